@@ -1,0 +1,56 @@
+//! `forjar`: the store tool. Hashes content and inspects, verifies and collects a store.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use forjar::cli::store::{self, HashCommand, StoreCommand};
+use forjar::cli::{ExitCode, Failure};
+use forjar::store::Store;
+
+/// forjar's store tool.
+#[derive(Debug, Parser)]
+#[command(
+    name = "forjar",
+    version,
+    about = "Hash content; inspect, verify and garbage-collect a forjar store"
+)]
+struct Cli {
+    /// The store directory [default: $FORJAR_STORE, /var/lib/forjar/store for root, else
+    /// ~/.local/share/forjar/store].
+    #[arg(long, global = true, value_name = "DIR")]
+    store: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Hash content.
+    #[command(subcommand)]
+    Hash(HashCommand),
+    /// Inspect and maintain the store.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::Usage
+            } else {
+                ExitCode::Success
+            }
+            .into();
+        }
+    };
+    let result: Result<ExitCode, Failure> = match cli.command {
+        Command::Hash(command) => store::hash(command),
+        Command::Store(command) => {
+            store::run(&cli.store.unwrap_or_else(Store::default_dir), command)
+        }
+    };
+    forjar::cli::report(result).into()
+}

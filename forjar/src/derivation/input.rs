@@ -1,0 +1,268 @@
+//! Inputs of a derivation: other derivations' outputs, and sources imported from the host.
+
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use crate::request::{InvalidValue, Name};
+
+/// Identifies a derivation within the [`Graph`](super::Graph) that made its handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DrvId {
+    pub(crate) graph: u64,
+    pub(crate) index: usize,
+}
+
+/// A typed handle to a derivation added to a graph; usable as an input of other derivations.
+///
+/// `T` is the type the derivation was made from (the DSL's struct), `()` for derivations made
+/// with the builder API.
+pub struct Drv<T = ()> {
+    pub(crate) id: DrvId,
+    _type: PhantomData<fn() -> T>,
+}
+
+impl<T> Drv<T> {
+    pub(crate) fn new(id: DrvId) -> Self {
+        Drv {
+            id,
+            _type: PhantomData,
+        }
+    }
+
+    /// The default output, `out`.
+    pub fn out(&self) -> OutputRef {
+        self.output("out")
+    }
+
+    /// A named output. The name is checked against the derivation's outputs when the graph is
+    /// planned; the DSL checks it at compile time.
+    pub fn output(&self, name: &str) -> OutputRef {
+        OutputRef {
+            drv: self.id,
+            output: name.to_string(),
+        }
+    }
+
+    /// The handle without its type.
+    pub fn erase(&self) -> Drv {
+        Drv::new(self.id)
+    }
+}
+
+impl<T> Clone for Drv<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Drv<T> {}
+
+impl<T> fmt::Debug for Drv<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Drv#{}", self.id.index)
+    }
+}
+
+impl<T> PartialEq for Drv<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl<T> Eq for Drv<T> {}
+
+/// One output of a derivation in a graph.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct OutputRef {
+    pub(crate) drv: DrvId,
+    pub(crate) output: String,
+}
+
+impl OutputRef {
+    /// The output's name.
+    pub fn name(&self) -> &str {
+        &self.output
+    }
+}
+
+impl<T> From<Drv<T>> for OutputRef {
+    fn from(drv: Drv<T>) -> Self {
+        drv.out()
+    }
+}
+
+impl<T> From<&Drv<T>> for OutputRef {
+    fn from(drv: &Drv<T>) -> Self {
+        drv.out()
+    }
+}
+
+/// Why a source could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The path does not exist.
+    #[error("source `{}` does not exist (relative paths are taken from `{}`)", .path.display(), .cwd.display())]
+    NotFound {
+        /// The path as given.
+        path: PathBuf,
+        /// The working directory it was resolved in.
+        cwd: PathBuf,
+    },
+    /// The path is not of the kind asked for.
+    #[error("source `{}` is {actual}, not {wanted}; use `Source::{constructor}`", .path.display())]
+    WrongKind {
+        /// The path.
+        path: PathBuf,
+        /// What it is.
+        actual: &'static str,
+        /// What was asked for.
+        wanted: &'static str,
+        /// The constructor that fits.
+        constructor: &'static str,
+    },
+    /// The path could not be examined.
+    #[error("cannot read source `{}`: {source}", .path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The name given to a source is not a valid name.
+    #[error(transparent)]
+    Name(#[from] InvalidValue),
+}
+
+/// A host file or directory, imported into the store by content.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Source {
+    path: PathBuf,
+    name: Name,
+}
+
+impl Source {
+    /// A directory. Relative paths are resolved against the working directory.
+    pub fn dir(path: impl AsRef<Path>) -> Result<Source, SourceError> {
+        Self::checked(path.as_ref(), Some(true))
+    }
+
+    /// A regular file. Relative paths are resolved against the working directory.
+    pub fn file(path: impl AsRef<Path>) -> Result<Source, SourceError> {
+        Self::checked(path.as_ref(), Some(false))
+    }
+
+    /// A file or directory, whichever is there.
+    pub fn path(path: impl AsRef<Path>) -> Result<Source, SourceError> {
+        Self::checked(path.as_ref(), None)
+    }
+
+    fn checked(path: &Path, want_dir: Option<bool>) -> Result<Source, SourceError> {
+        let resolved = std::fs::canonicalize(path).map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound => SourceError::NotFound {
+                path: path.to_path_buf(),
+                cwd: std::env::current_dir().unwrap_or_default(),
+            },
+            _ => SourceError::Io {
+                path: path.to_path_buf(),
+                source,
+            },
+        })?;
+        let meta = std::fs::metadata(&resolved).map_err(|source| SourceError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let actual = if meta.is_dir() {
+            "a directory"
+        } else if meta.is_file() {
+            "a file"
+        } else {
+            "a special file"
+        };
+        match want_dir {
+            Some(true) if !meta.is_dir() => {
+                return Err(SourceError::WrongKind {
+                    path: path.to_path_buf(),
+                    actual,
+                    wanted: "a directory",
+                    constructor: "file",
+                });
+            }
+            Some(false) if !meta.is_file() => {
+                return Err(SourceError::WrongKind {
+                    path: path.to_path_buf(),
+                    actual,
+                    wanted: "a file",
+                    constructor: "dir",
+                });
+            }
+            _ => {}
+        }
+        let base = resolved
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Ok(Source {
+            name: Name::sanitized(&base),
+            path: resolved,
+        })
+    }
+
+    /// The same source under another store name (by default, its file name).
+    pub fn named(self, name: &str) -> Result<Source, SourceError> {
+        Ok(Source {
+            name: Name::new(name)?,
+            ..self
+        })
+    }
+
+    /// The absolute host path.
+    pub fn host_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The name of its store entry.
+    pub fn name(&self) -> &Name {
+        &self.name
+    }
+}
+
+/// An input of a derivation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Input {
+    /// An output of another derivation (fixed-output ones included).
+    Output(OutputRef),
+    /// A host file or directory, imported by content.
+    Source(Source),
+}
+
+impl From<OutputRef> for Input {
+    fn from(output: OutputRef) -> Self {
+        Input::Output(output)
+    }
+}
+
+impl<T> From<Drv<T>> for Input {
+    fn from(drv: Drv<T>) -> Self {
+        Input::Output(drv.out())
+    }
+}
+
+impl<T> From<&Drv<T>> for Input {
+    fn from(drv: &Drv<T>) -> Self {
+        Input::Output(drv.out())
+    }
+}
+
+impl From<Source> for Input {
+    fn from(source: Source) -> Self {
+        Input::Source(source)
+    }
+}
+
+impl From<&Source> for Input {
+    fn from(source: &Source) -> Self {
+        Input::Source(source.clone())
+    }
+}

@@ -1,0 +1,506 @@
+//! The user-facing model: derivations, their inputs, and the graph of a program (DESIGN §2).
+//!
+//! The DSL's macros expand to this API; it can also be used directly:
+//!
+//! ```
+//! use forjar::prelude::*;
+//!
+//! let mut g = Graph::new();
+//! let greeting = g.add(
+//!     Derivation::builder("greeting")
+//!         .script("echo \"$message\" > $out")
+//!         .env("message", "hello")
+//!         .build()?,
+//! );
+//! let shout = g.add(
+//!     Derivation::builder("shout")
+//!         .script("tr a-z A-Z < $greeting > $out")
+//!         .input("greeting", &greeting)
+//!         .build()?,
+//! );
+//! g.root("shout", shout);
+//! # Ok::<(), forjar::Error>(())
+//! ```
+
+pub(crate) mod graph;
+mod input;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::panic::Location;
+use std::time::Duration;
+
+pub use graph::{Graph, GraphError};
+pub use input::{Drv, DrvId, Input, OutputRef, Source, SourceError};
+
+use crate::hash::TreeDigest;
+use crate::request::{
+    AbsPath, Arg, CleanRelPath, Constraints, EnvKey, EnvValue, InputName, InvalidValue, Name,
+    OutputName, RequestError, SandboxLevel, System, check_names,
+};
+
+/// Resource limits of a build. None of them is part of the closure key: they can make a build
+/// fail, but cannot change what a successful build produces.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Total wall-clock time.
+    pub timeout: Option<Duration>,
+    /// Time without output on the log.
+    pub max_silent: Option<Duration>,
+    /// Memory cap in bytes.
+    pub memory: Option<u64>,
+    /// CPUs the build may use (`FORJAR_BUILD_CORES`).
+    pub cpus: Option<u32>,
+    /// Largest total output size in bytes.
+    pub max_output_size: Option<u64>,
+    /// Largest log kept, in bytes.
+    pub max_log_size: Option<u64>,
+}
+
+/// A derivation that failed validation, with where it was defined.
+#[derive(Debug, thiserror::Error)]
+#[error("derivation `{name}` (defined at {location}): {error}")]
+pub struct DerivationError {
+    /// The derivation's name as given.
+    pub name: String,
+    /// Where it was defined.
+    pub location: String,
+    /// What is wrong.
+    #[source]
+    pub error: RequestError,
+}
+
+/// A validated derivation: a hermetic build step with named inputs and outputs.
+#[derive(Debug, Clone)]
+pub struct Derivation {
+    pub(crate) name: Name,
+    pub(crate) system: System,
+    pub(crate) args: Vec<Arg>,
+    pub(crate) env: BTreeMap<EnvKey, EnvValue>,
+    pub(crate) inputs: BTreeMap<InputName, Input>,
+    pub(crate) outputs: BTreeSet<OutputName>,
+    pub(crate) files: BTreeMap<CleanRelPath, Vec<u8>>,
+    pub(crate) constraints: Constraints,
+    pub(crate) sandbox: SandboxLevel,
+    pub(crate) fixed_output: Option<TreeDigest>,
+    pub(crate) limits: Limits,
+    pub(crate) location: &'static Location<'static>,
+}
+
+impl Derivation {
+    /// Starts a derivation named `name`; the caller's source location is recorded as its
+    /// definition site.
+    #[track_caller]
+    pub fn builder(name: impl Into<String>) -> DerivationBuilder {
+        DerivationBuilder::new(name.into(), Location::caller())
+    }
+
+    /// The name.
+    pub fn name(&self) -> &Name {
+        &self.name
+    }
+    /// The outputs.
+    pub fn outputs(&self) -> &BTreeSet<OutputName> {
+        &self.outputs
+    }
+    /// The inputs.
+    pub fn inputs(&self) -> &BTreeMap<InputName, Input> {
+        &self.inputs
+    }
+    /// The sandbox level.
+    pub fn sandbox(&self) -> SandboxLevel {
+        self.sandbox
+    }
+    /// The resource limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+    /// Where the derivation was defined, as `file:line`.
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.location.file(), self.location.line())
+    }
+}
+
+/// The script interpreter used for `.script(...)`.
+pub const SCRIPT_SHELL: [&str; 2] = ["/bin/sh", "-euc"];
+
+/// Collects a derivation's parts; [`DerivationBuilder::build`] validates them all at once.
+#[derive(Debug, Clone)]
+pub struct DerivationBuilder {
+    name: String,
+    location: &'static Location<'static>,
+    system: Option<String>,
+    script: Option<String>,
+    argv: Option<Vec<Vec<u8>>>,
+    env: Vec<(String, Vec<u8>)>,
+    inputs: Vec<(String, Input)>,
+    outputs: Vec<String>,
+    files: Vec<(String, Vec<u8>)>,
+    network: bool,
+    provide_bin_sh: bool,
+    ro_paths: Vec<String>,
+    min_memory: Option<u64>,
+    sandbox: SandboxLevel,
+    fixed_output: Option<String>,
+    limits: Limits,
+}
+
+impl DerivationBuilder {
+    fn new(name: String, location: &'static Location<'static>) -> Self {
+        DerivationBuilder {
+            name,
+            location,
+            system: None,
+            script: None,
+            argv: None,
+            env: Vec::new(),
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            files: Vec::new(),
+            network: false,
+            provide_bin_sh: false,
+            ro_paths: Vec::new(),
+            min_memory: None,
+            sandbox: SandboxLevel::default(),
+            fixed_output: None,
+            limits: Limits::default(),
+        }
+    }
+
+    /// A shell script run as `/bin/sh -euc <script>`; implies `provide_bin_sh`.
+    pub fn script(mut self, script: impl Into<String>) -> Self {
+        self.script = Some(script.into());
+        self
+    }
+
+    /// The builder's argv (the program first), instead of a script.
+    pub fn builder<I, A>(mut self, argv: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<Vec<u8>>,
+    {
+        self.argv = Some(argv.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// The platform to build for (default: this host's).
+    pub fn system(mut self, system: impl Into<String>) -> Self {
+        self.system = Some(system.into());
+        self
+    }
+
+    /// An environment variable of the build; the value is bytes.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// A named input; its store path is in the build's environment under that name.
+    pub fn input(mut self, name: impl Into<String>, input: impl Into<Input>) -> Self {
+        self.inputs.push((name.into(), input.into()));
+        self
+    }
+
+    /// A declared output (default: just `out`).
+    pub fn output(mut self, name: impl Into<String>) -> Self {
+        self.outputs.push(name.into());
+        self
+    }
+
+    /// A file written into the build directory before the build, at a clean relative path.
+    pub fn file(mut self, path: impl Into<String>, contents: impl Into<Vec<u8>>) -> Self {
+        self.files.push((path.into(), contents.into()));
+        self
+    }
+
+    /// Network access; only for fixed-output derivations.
+    pub fn network(mut self, network: bool) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// A working `/bin/sh` inside the sandbox.
+    pub fn provide_bin_sh(mut self, provide: bool) -> Self {
+        self.provide_bin_sh = provide;
+        self
+    }
+
+    /// A host path bound read-only into the sandbox.
+    pub fn ro_path(mut self, path: impl Into<String>) -> Self {
+        self.ro_paths.push(path.into());
+        self
+    }
+
+    /// The least memory, in bytes, the build needs.
+    pub fn min_memory(mut self, bytes: u64) -> Self {
+        self.min_memory = Some(bytes);
+        self
+    }
+
+    /// The sandbox level.
+    pub fn sandbox(mut self, level: SandboxLevel) -> Self {
+        self.sandbox = level;
+        self
+    }
+
+    /// Makes this a fixed-output derivation whose output must have `digest` (`blake3:<hex>`).
+    pub fn fixed_output(mut self, digest: impl Into<String>) -> Self {
+        self.fixed_output = Some(digest.into());
+        self
+    }
+
+    /// Total wall-clock limit.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.limits.timeout = Some(timeout);
+        self
+    }
+
+    /// Limit on time without log output.
+    pub fn max_silent(mut self, max_silent: Duration) -> Self {
+        self.limits.max_silent = Some(max_silent);
+        self
+    }
+
+    /// Memory cap in bytes.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.limits.memory = Some(bytes);
+        self
+    }
+
+    /// CPUs the build may use.
+    pub fn cpus(mut self, cpus: u32) -> Self {
+        self.limits.cpus = Some(cpus);
+        self
+    }
+
+    /// Largest total output size in bytes.
+    pub fn max_output_size(mut self, bytes: u64) -> Self {
+        self.limits.max_output_size = Some(bytes);
+        self
+    }
+
+    /// Validates everything and makes the derivation. The error names the derivation, where it
+    /// was defined, the field and the value.
+    pub fn build(self) -> Result<Derivation, DerivationError> {
+        let name = self.name.clone();
+        let location = self.location;
+        self.validate().map_err(|error| DerivationError {
+            name,
+            location: format!("{}:{}", location.file(), location.line()),
+            error,
+        })
+    }
+
+    fn validate(self) -> Result<Derivation, RequestError> {
+        let name = Name::new(self.name)?;
+        let system = match self.system {
+            Some(system) => System::new(system)?,
+            None => System::host(),
+        };
+        let mut provide_bin_sh = self.provide_bin_sh;
+        let argv: Vec<Vec<u8>> = match (self.script, self.argv) {
+            (Some(_), Some(_)) => {
+                return Err(InvalidValue::new(
+                    "builder",
+                    "",
+                    "give a script or a builder argv, not both",
+                )
+                .into());
+            }
+            (Some(script), None) => {
+                provide_bin_sh = true;
+                SCRIPT_SHELL
+                    .iter()
+                    .map(|a| a.as_bytes().to_vec())
+                    .chain([script.into_bytes()])
+                    .collect()
+            }
+            (None, Some(argv)) => argv,
+            (None, None) => Vec::new(),
+        };
+        let args = argv
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| Arg::new(i, a))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let mut env = BTreeMap::new();
+        for (key, value) in self.env {
+            let key = EnvKey::new(key)?;
+            let value = EnvValue::new(&key, value)?;
+            if env.insert(key.clone(), value).is_some() {
+                return Err(RequestError::Duplicate {
+                    field: "env var",
+                    value: key.to_string(),
+                });
+            }
+        }
+        let mut inputs = BTreeMap::new();
+        for (input_name, input) in self.inputs {
+            let input_name = InputName::new(input_name)?;
+            if inputs.insert(input_name.clone(), input).is_some() {
+                return Err(RequestError::Duplicate {
+                    field: "input",
+                    value: input_name.to_string(),
+                });
+            }
+        }
+        let mut outputs = BTreeSet::new();
+        for output in if self.outputs.is_empty() {
+            vec!["out".to_string()]
+        } else {
+            self.outputs
+        } {
+            let output = OutputName::new(output)?;
+            if !outputs.insert(output.clone()) {
+                return Err(RequestError::Duplicate {
+                    field: "output",
+                    value: output.to_string(),
+                });
+            }
+        }
+        let mut files = BTreeMap::new();
+        for (path, contents) in self.files {
+            let path = CleanRelPath::new("file path", path)?;
+            if files.insert(path.clone(), contents).is_some() {
+                return Err(RequestError::Duplicate {
+                    field: "file",
+                    value: path.as_str().to_string(),
+                });
+            }
+        }
+        let mut ro_paths = BTreeSet::new();
+        for path in self.ro_paths {
+            let path = AbsPath::new("read-only path", path)?;
+            if !ro_paths.insert(path.clone()) {
+                return Err(RequestError::Duplicate {
+                    field: "read-only path",
+                    value: path.as_str().to_string(),
+                });
+            }
+        }
+        let fixed_output = self
+            .fixed_output
+            .map(|d| {
+                d.parse::<TreeDigest>()
+                    .map_err(|e| InvalidValue::new("fixed-output digest", &d, e.to_string()))
+            })
+            .transpose()?;
+        check_names(
+            &name,
+            args.is_empty(),
+            &outputs,
+            inputs.keys(),
+            env.keys(),
+            self.network,
+            fixed_output.is_some(),
+        )?;
+        Ok(Derivation {
+            name,
+            system,
+            args,
+            env,
+            inputs,
+            outputs,
+            files,
+            constraints: Constraints {
+                network: self.network,
+                provide_bin_sh,
+                ro_paths,
+                min_memory: self.min_memory,
+            },
+            sandbox: self.sandbox,
+            fixed_output,
+            limits: self.limits,
+            location: self.location,
+        })
+    }
+}
+
+impl fmt::Display for Derivation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.name, self.location())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_runs_under_sh_and_asks_for_it() {
+        let drv = Derivation::builder("x")
+            .script("echo hi > $out")
+            .build()
+            .unwrap();
+        let args: Vec<&[u8]> = drv.args.iter().map(Arg::as_bytes).collect();
+        assert_eq!(args, [b"/bin/sh" as &[u8], b"-euc", b"echo hi > $out"]);
+        assert!(drv.constraints.provide_bin_sh);
+        assert_eq!(
+            drv.outputs
+                .iter()
+                .map(OutputName::as_str)
+                .collect::<Vec<_>>(),
+            ["out"]
+        );
+        assert!(
+            drv.location().starts_with("forjar/src/derivation/mod.rs:"),
+            "{}",
+            drv.location()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_derivation_its_location_the_field_and_the_value() {
+        let line = line!() + 1;
+        let err = Derivation::builder("hello")
+            .script("true")
+            .env("A=B", "x")
+            .build()
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "derivation `hello` (defined at forjar/src/derivation/mod.rs:{line}): invalid env key `A=B`: \
+                 an environment variable name may not contain `=`"
+            )
+        );
+    }
+
+    #[test]
+    fn invalid_parts_are_refused() {
+        let err = |b: DerivationBuilder| b.build().unwrap_err().error.to_string();
+        let base = || Derivation::builder("x").script("true");
+        assert!(
+            err(Derivation::builder("bad name").script("true")).contains("invalid name `bad name`")
+        );
+        assert!(err(Derivation::builder("x")).contains("has no builder"));
+        assert!(err(base().builder(["/bin/true"])).contains("not both"));
+        assert!(err(base().env("A", "1").env("A", "2")).contains("duplicate env var `A`"));
+        assert!(err(base().output("out").output("out")).contains("duplicate output `out`"));
+        assert!(err(base().output("dev-x")).contains("invalid output name `dev-x`"));
+        assert!(
+            err(base().file("../etc/passwd", "")).contains("invalid file path `../etc/passwd`")
+        );
+        assert!(err(base().ro_path("usr")).contains("invalid read-only path `usr`"));
+        assert!(err(base().system("x86_64-darwin")).contains("unknown system"));
+        assert!(err(base().network(true)).contains("declares no fixed-output digest"));
+        assert!(
+            err(base().fixed_output("sha256:abc"))
+                .contains("invalid fixed-output digest `sha256:abc`")
+        );
+        assert!(err(Derivation::builder("x").builder(vec![b"/bin/\0sh".to_vec()])).contains("NUL"));
+        assert!(
+            err(base()
+                .fixed_output(format!("blake3:{}", "0".repeat(64)))
+                .output("dev"))
+            .contains("exactly one output")
+        );
+        assert!(
+            err(base()
+                .env("src", "x")
+                .input("src", Source::dir(".").unwrap()))
+            .contains("is both")
+        );
+    }
+}

@@ -1,0 +1,412 @@
+//! Canonical encoding, closure keys and tree digests (DESIGN §3).
+//!
+//! Three BLAKE3 derive-key contexts give three kinds of 32-byte value:
+//! - the *closure key* of a derivation ([`derivation_key`]), from the normalised request;
+//! - the key of one output or source *store entry* ([`output_key`], [`source_key`]);
+//! - the *tree digest* of content ([`tree`]), the public format that `verify` compares.
+//!
+//! The encoding under a key is tagged and length-prefixed, so that no two different requests
+//! encode to the same bytes (see the book's "Hashing" chapter for the byte-exact spec).
+
+mod cache;
+mod host;
+pub mod tree;
+
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::request::{BuildRequest, Name, OutputName, ResolvedInput};
+
+pub use cache::DigestCache;
+pub use host::HostFingerprint;
+pub use tree::{HashError, HashStats, TreeHasher, tree_digest};
+
+/// BLAKE3 derive-key context of closure keys.
+pub const DERIVATION_CONTEXT: &str = "forjar derivation v1";
+/// BLAKE3 derive-key context of output entry keys.
+pub const OUTPUT_CONTEXT: &str = "forjar output v1";
+/// BLAKE3 derive-key context of source entry keys.
+pub const SOURCE_CONTEXT: &str = "forjar source v1";
+/// BLAKE3 derive-key context of tree digests.
+pub const TREE_CONTEXT: &str = "forjar tree v1";
+
+/// Lowercase RFC 4648 base32 alphabet.
+const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+
+/// Lowercase RFC 4648 base32 without padding.
+///
+/// ```
+/// assert_eq!(forjar::hash::base32(b"foobar"), "mzxw6ytboi");
+/// ```
+pub fn base32(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
+    let mut buffer: u64 = 0;
+    let mut bits = 0;
+    for &byte in bytes {
+        buffer = (buffer << 8) | u64::from(byte);
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(BASE32[((buffer >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(BASE32[((buffer << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// Whether `s` is a store hash: 32 characters of the lowercase base32 alphabet.
+pub fn is_store_hash(s: &str) -> bool {
+    s.len() == STORE_HASH_LEN && s.bytes().all(|b| BASE32.contains(&b))
+}
+
+/// Length of the hash part of a store entry name.
+pub const STORE_HASH_LEN: usize = 32;
+
+fn parse_hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+        let hex = std::str::from_utf8(chunk).ok()?;
+        if !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return None;
+        }
+        out[i] = u8::from_str_radix(hex, 16).ok()?;
+    }
+    Some(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// A 32-byte key of a derivation, output or source; printed as lowercase hex.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key([u8; 32]);
+
+impl Key {
+    /// The key's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The store hash: the first 20 bytes in lowercase base32, 32 characters.
+    pub fn store_hash(&self) -> String {
+        base32(&self.0[..20])
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex(&self.0))
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({self})")
+    }
+}
+
+impl FromStr for Key {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_hex32(s)
+            .map(Key)
+            .ok_or_else(|| format!("`{s}` is not a key (64 lowercase hex digits)"))
+    }
+}
+
+impl Serialize for Key {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The digest of a tree of content, printed as `blake3:<64 hex digits>`.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TreeDigest([u8; 32]);
+
+impl TreeDigest {
+    /// Wraps raw digest bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        TreeDigest(bytes)
+    }
+
+    /// The digest's bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for TreeDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "blake3:{}", hex(&self.0))
+    }
+}
+
+impl fmt::Debug for TreeDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TreeDigest({self})")
+    }
+}
+
+/// A malformed digest string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed digest `{0}`: expected `blake3:` followed by 64 lowercase hex digits")]
+pub struct BadDigest(pub String);
+
+impl FromStr for TreeDigest {
+    type Err = BadDigest;
+    fn from_str(s: &str) -> Result<Self, BadDigest> {
+        s.strip_prefix("blake3:")
+            .and_then(parse_hex32)
+            .map(TreeDigest)
+            .ok_or_else(|| BadDigest(s.to_string()))
+    }
+}
+
+impl Serialize for TreeDigest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for TreeDigest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Writes the canonical encoding into a BLAKE3 hasher in derive-key mode.
+///
+/// Every variable-length value is prefixed with its length as a u64 little-endian, every list
+/// with its count, every field with its tag (itself length-prefixed), every option with a 0/1
+/// byte: two different values can never encode to the same byte string.
+pub(crate) struct Encoder(blake3::Hasher);
+
+impl Encoder {
+    pub(crate) fn new(context: &str) -> Self {
+        Encoder(blake3::Hasher::new_derive_key(context))
+    }
+
+    pub(crate) fn u8(&mut self, v: u8) -> &mut Self {
+        self.0.update(&[v]);
+        self
+    }
+
+    pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.update(&v.to_le_bytes());
+        self
+    }
+
+    pub(crate) fn bytes(&mut self, v: &[u8]) -> &mut Self {
+        self.u64(v.len() as u64);
+        self.0.update(v);
+        self
+    }
+
+    pub(crate) fn field(&mut self, tag: &str) -> &mut Self {
+        self.bytes(tag.as_bytes())
+    }
+
+    pub(crate) fn count(&mut self, n: usize) -> &mut Self {
+        self.u64(n as u64)
+    }
+
+    pub(crate) fn option(&mut self, v: Option<&[u8]>) -> &mut Self {
+        match v {
+            None => self.u8(0),
+            Some(v) => self.u8(1).bytes(v),
+        }
+    }
+
+    pub(crate) fn finish(&self) -> [u8; 32] {
+        *self.0.finalize().as_bytes()
+    }
+}
+
+/// The closure key of a derivation: everything that can change its output, and nothing else.
+///
+/// A fixed-output derivation is keyed by its name, declared digest and store only (as in Nix):
+/// its output is known in advance, so a change to how it is fetched changes nothing downstream.
+pub fn derivation_key(request: &BuildRequest) -> Key {
+    let mut e = Encoder::new(DERIVATION_CONTEXT);
+    if let Some(digest) = request.fixed_output() {
+        e.field("fixed")
+            .bytes(request.name().as_str().as_bytes())
+            .bytes(digest.as_bytes());
+        e.field("store")
+            .bytes(request.store_dir().as_os_str().as_bytes());
+        return Key(e.finish());
+    }
+    e.field("name").bytes(request.name().as_str().as_bytes());
+    e.field("system")
+        .bytes(request.system().as_str().as_bytes());
+    e.field("args").count(request.args().len());
+    for arg in request.args() {
+        e.bytes(arg.as_bytes());
+    }
+    e.field("workdir")
+        .bytes(request.working_dir().as_str().as_bytes());
+    e.field("scratch").count(request.scratch_paths().len());
+    for path in request.scratch_paths() {
+        e.bytes(path.as_str().as_bytes());
+    }
+    e.field("env").count(request.env().len());
+    for (key, value) in request.env() {
+        e.bytes(key.as_str().as_bytes()).bytes(value.as_bytes());
+    }
+    e.field("outputs").count(request.outputs().len());
+    for output in request.outputs() {
+        e.bytes(output.as_str().as_bytes());
+    }
+    e.field("inputs").count(request.inputs().len());
+    for (name, input) in request.inputs() {
+        e.bytes(name.as_str().as_bytes());
+        match input {
+            ResolvedInput::Output { key, .. } => e.bytes(b"output").bytes(key.as_bytes()),
+            ResolvedInput::Source { entry, digest } => e
+                .bytes(b"source")
+                .bytes(digest.as_bytes())
+                .bytes(entry.as_str().as_bytes()),
+        };
+    }
+    e.field("files").count(request.files().len());
+    for (path, contents) in request.files() {
+        e.bytes(path.as_str().as_bytes()).bytes(contents);
+    }
+    let constraints = request.constraints();
+    e.field("constraints")
+        .u8(constraints.network.into())
+        .u8(constraints.provide_bin_sh.into());
+    e.count(constraints.ro_paths.len());
+    for path in &constraints.ro_paths {
+        e.bytes(path.as_str().as_bytes());
+    }
+    e.option(
+        constraints
+            .min_memory
+            .map(u64::to_le_bytes)
+            .as_ref()
+            .map(|b| &b[..]),
+    );
+    e.field("sandbox")
+        .bytes(request.sandbox().as_str().as_bytes());
+    e.field("host")
+        .option(request.host().map(|h| &h.as_bytes()[..]));
+    e.field("store")
+        .bytes(request.store_dir().as_os_str().as_bytes());
+    Key(e.finish())
+}
+
+/// The key of one output's store entry: the derivation key and the output name.
+pub fn output_key(derivation: &Key, output: &OutputName) -> Key {
+    let mut e = Encoder::new(OUTPUT_CONTEXT);
+    e.bytes(derivation.as_bytes())
+        .bytes(output.as_str().as_bytes());
+    Key(e.finish())
+}
+
+/// The key of a source's store entry: its name and the tree digest of its content, so that
+/// the same content under the same name is one entry.
+pub fn source_key(name: &Name, digest: &TreeDigest) -> Key {
+    let mut e = Encoder::new(SOURCE_CONTEXT);
+    e.bytes(name.as_str().as_bytes()).bytes(digest.as_bytes());
+    Key(e.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base32_matches_rfc4648_vectors() {
+        // RFC 4648 §10, lowercased and without padding.
+        let vectors = [
+            ("", ""),
+            ("f", "my"),
+            ("fo", "mzxq"),
+            ("foo", "mzxw6"),
+            ("foob", "mzxw6yq"),
+            ("fooba", "mzxw6ytb"),
+            ("foobar", "mzxw6ytboi"),
+        ];
+        for (input, expected) in vectors {
+            assert_eq!(base32(input.as_bytes()), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn store_hashes_are_32_base32_characters() {
+        let key = Key([0xab; 32]);
+        let h = key.store_hash();
+        assert_eq!(h.len(), STORE_HASH_LEN);
+        assert!(is_store_hash(&h));
+        assert!(!is_store_hash("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"));
+    }
+
+    #[test]
+    fn digests_and_keys_round_trip_through_text() {
+        let digest = TreeDigest([7; 32]);
+        let text = digest.to_string();
+        assert_eq!(text, format!("blake3:{}", "07".repeat(32)));
+        assert_eq!(text.parse::<TreeDigest>(), Ok(digest));
+        let key = Key([0xfe; 32]);
+        assert_eq!(key.to_string().parse::<Key>(), Ok(key));
+    }
+
+    #[test]
+    fn malformed_digests_are_named() {
+        for bad in [
+            "sha256:00",
+            "blake3:xyz",
+            "blake3:",
+            &format!("blake3:{}", "A".repeat(64)),
+        ] {
+            let err = bad.parse::<TreeDigest>().unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "malformed digest `{bad}`: expected `blake3:` followed by 64 lowercase hex digits"
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn the_encoding_is_unambiguous_across_field_boundaries() {
+        let key = |parts: &[&[u8]]| {
+            let mut e = Encoder::new(DERIVATION_CONTEXT);
+            for p in parts {
+                e.bytes(p);
+            }
+            e.finish()
+        };
+        assert_ne!(key(&[b"ab", b"c"]), key(&[b"a", b"bc"]));
+        assert_ne!(key(&[b"", b"x"]), key(&[b"x", b""]));
+    }
+}

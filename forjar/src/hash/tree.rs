@@ -1,0 +1,498 @@
+//! The tree digest: a public, exact content hash of a file, symlink or directory tree.
+//!
+//! ```text
+//! DK(x)   = BLAKE3 derive-key mode, context "forjar tree v1", over bytes x
+//! u64(n)  = n as 8 bytes little-endian
+//! node(p) = regular file: "F" || u8(x) || u64(size) || BLAKE3(contents)   x = 1 if owner-executable
+//!           symlink:      "L" || u64(len(target)) || target
+//!           directory:    "D" || u64(count) || for each entry, ascending by raw name bytes:
+//!                                  u64(len(name)) || name || digest(entry)
+//! digest(p) = DK(node(p))
+//! ```
+//!
+//! Directories are walked in parallel (rayon); file contents are read with a large buffer and
+//! hashed with BLAKE3's SIMD paths, large files with its multi-threaded path. With a
+//! [`DigestCache`], a file whose (device, inode, size, mtime, ctime) was seen before is not read.
+
+use std::cell::RefCell;
+use std::ffi::OsString;
+use std::fs::{self, File, FileType, Metadata};
+use std::io::{self, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use rayon::prelude::*;
+
+use super::cache::{DigestCache, FileId};
+use super::{TREE_CONTEXT, TreeDigest};
+
+/// Why a tree could not be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    /// The path does not exist.
+    #[error("`{}` does not exist", .path.display())]
+    NotFound {
+        /// The missing path.
+        path: PathBuf,
+    },
+    /// The path could not be read.
+    #[error("cannot read `{}`: {source}", .path.display())]
+    Io {
+        /// The path that failed.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The tree holds something that is neither a file, a directory nor a symlink.
+    #[error(
+        "`{}` is a {kind}; a tree may hold only regular files, directories and symlinks",
+        .path.display()
+    )]
+    SpecialFile {
+        /// The special file.
+        path: PathBuf,
+        /// What it is ("FIFO", "socket", ...).
+        kind: &'static str,
+    },
+    /// A file changed while it was read.
+    #[error(
+        "`{}` changed while it was being hashed (it had {expected} bytes, {got} were read); \
+         hash it again once nothing writes to it",
+        .path.display()
+    )]
+    Changed {
+        /// The file.
+        path: PathBuf,
+        /// Its size when opened.
+        expected: u64,
+        /// The bytes read.
+        got: u64,
+    },
+}
+
+impl HashError {
+    pub(crate) fn io(path: &Path, source: io::Error) -> Self {
+        if source.kind() == io::ErrorKind::NotFound {
+            HashError::NotFound {
+                path: path.to_path_buf(),
+            }
+        } else {
+            HashError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}
+
+/// What a hasher did: how much it read, and how often the cache spared a read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HashStats {
+    /// Regular files whose contents were read.
+    pub files_read: u64,
+    /// Bytes of file contents read.
+    pub bytes_read: u64,
+    /// Regular files whose content hash came from the cache.
+    pub cache_hits: u64,
+}
+
+/// Computes tree digests, optionally through a [`DigestCache`], counting what it reads.
+///
+/// ```
+/// # let dir = tempfile::tempdir().unwrap();
+/// std::fs::write(dir.path().join("hello.c"), "int main(void) { return 0; }\n").unwrap();
+/// let hasher = forjar::hash::TreeHasher::new();
+/// let digest = hasher.digest(dir.path()).unwrap();
+/// assert!(digest.to_string().starts_with("blake3:"));
+/// assert_eq!(hasher.stats().files_read, 1);
+/// ```
+#[derive(Default)]
+pub struct TreeHasher<'c> {
+    cache: Option<&'c DigestCache>,
+    files_read: AtomicU64,
+    bytes_read: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+/// The tree digest of `path`, reading everything (no cache).
+pub fn tree_digest(path: &Path) -> Result<TreeDigest, HashError> {
+    TreeHasher::new().digest(path)
+}
+
+/// Read buffer per thread; large enough that BLAKE3 hashes whole chunks with its widest SIMD.
+const BUFFER: usize = 1 << 20;
+/// Files at least this large are hashed with BLAKE3's multi-threaded path.
+const RAYON_THRESHOLD: u64 = 8 << 20;
+
+thread_local! {
+    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl<'c> TreeHasher<'c> {
+    /// A hasher that reads every file.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A hasher that takes unchanged files' content hashes from `cache` and records new ones.
+    pub fn with_cache(cache: &'c DigestCache) -> Self {
+        TreeHasher {
+            cache: Some(cache),
+            ..Self::default()
+        }
+    }
+
+    /// What this hasher has read so far.
+    pub fn stats(&self) -> HashStats {
+        HashStats {
+            files_read: self.files_read.load(Ordering::Relaxed),
+            bytes_read: self.bytes_read.load(Ordering::Relaxed),
+            cache_hits: self.cache_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The tree digest of `path`; a symlink at `path` is hashed as a symlink, not followed.
+    pub fn digest(&self, path: &Path) -> Result<TreeDigest, HashError> {
+        let meta = fs::symlink_metadata(path).map_err(|e| HashError::io(path, e))?;
+        self.node(path, meta.file_type())
+            .map(TreeDigest::from_bytes)
+    }
+
+    fn node(&self, path: &Path, kind: FileType) -> Result<[u8; 32], HashError> {
+        if kind.is_file() {
+            self.file(path)
+        } else if kind.is_dir() {
+            self.dir(path)
+        } else if kind.is_symlink() {
+            let target = fs::read_link(path).map_err(|e| HashError::io(path, e))?;
+            Ok(symlink_node(target.as_os_str().as_bytes()))
+        } else {
+            Err(HashError::SpecialFile {
+                path: path.to_path_buf(),
+                kind: special_kind(kind),
+            })
+        }
+    }
+
+    fn dir(&self, path: &Path) -> Result<[u8; 32], HashError> {
+        let mut entries = fs::read_dir(path)
+            .and_then(|dir| {
+                dir.map(|entry| entry.and_then(|e| Ok((e.file_name(), e.file_type()?))))
+                    .collect::<io::Result<Vec<(OsString, FileType)>>>()
+            })
+            .map_err(|e| HashError::io(path, e))?;
+        entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        let child = |(name, kind): &(OsString, FileType)| self.node(&path.join(name), *kind);
+        let digests: Vec<[u8; 32]> = if entries.len() > 1 {
+            entries.par_iter().map(child).collect::<Result<_, _>>()?
+        } else {
+            entries.iter().map(child).collect::<Result<_, _>>()?
+        };
+        let mut h = blake3::Hasher::new_derive_key(TREE_CONTEXT);
+        h.update(b"D").update(&(entries.len() as u64).to_le_bytes());
+        for ((name, _), digest) in entries.iter().zip(&digests) {
+            let name = name.as_bytes();
+            h.update(&(name.len() as u64).to_le_bytes())
+                .update(name)
+                .update(digest);
+        }
+        Ok(*h.finalize().as_bytes())
+    }
+
+    fn file(&self, path: &Path) -> Result<[u8; 32], HashError> {
+        let started = SystemTime::now();
+        // O_NOFOLLOW: the entry was a regular file when listed; if it was swapped for a symlink
+        // since, fail rather than hash what it points to. O_NONBLOCK: a swapped-in FIFO must not
+        // block the open.
+        let mut file = File::options()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(|e| HashError::io(path, e))?;
+        let meta = file.metadata().map_err(|e| HashError::io(path, e))?;
+        if !meta.is_file() {
+            return Err(HashError::SpecialFile {
+                path: path.to_path_buf(),
+                kind: special_kind(meta.file_type()),
+            });
+        }
+        let id = FileId::of(&meta);
+        let contents = match self.cache.and_then(|c| c.get(&id)) {
+            Some(hash) => {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                hash
+            }
+            None => {
+                let hash = self.contents(&mut file, path, meta.len())?;
+                if let Some(cache) = self.cache {
+                    cache.insert_settled(id, hash, started);
+                }
+                hash
+            }
+        };
+        Ok(file_node(is_executable(&meta), meta.len(), &contents))
+    }
+
+    /// BLAKE3 of a file's contents, checking that exactly `size` bytes were there to read.
+    fn contents(&self, file: &mut File, path: &Path, size: u64) -> Result<[u8; 32], HashError> {
+        let mut hasher = blake3::Hasher::new();
+        let read = BUF.with_borrow_mut(|buf| -> io::Result<u64> {
+            if buf.len() < BUFFER {
+                buf.resize(BUFFER, 0);
+            }
+            let mut total = 0u64;
+            loop {
+                let n = match file.read(buf) {
+                    Ok(0) => return Ok(total),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                };
+                if size >= RAYON_THRESHOLD {
+                    hasher.update_rayon(&buf[..n]);
+                } else {
+                    hasher.update(&buf[..n]);
+                }
+                total += n as u64;
+            }
+        });
+        let read = read.map_err(|e| HashError::io(path, e))?;
+        self.files_read.fetch_add(1, Ordering::Relaxed);
+        self.bytes_read.fetch_add(read, Ordering::Relaxed);
+        if read != size {
+            return Err(HashError::Changed {
+                path: path.to_path_buf(),
+                expected: size,
+                got: read,
+            });
+        }
+        Ok(*hasher.finalize().as_bytes())
+    }
+}
+
+fn is_executable(meta: &Metadata) -> bool {
+    meta.permissions().mode() & 0o100 != 0
+}
+
+/// `DK("F" || u8(x) || u64(size) || BLAKE3(contents))`.
+pub(crate) fn file_node(executable: bool, size: u64, contents: &[u8; 32]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(TREE_CONTEXT);
+    h.update(b"F")
+        .update(&[u8::from(executable)])
+        .update(&size.to_le_bytes())
+        .update(contents);
+    *h.finalize().as_bytes()
+}
+
+/// `DK("L" || u64(len(target)) || target)`.
+fn symlink_node(target: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key(TREE_CONTEXT);
+    h.update(b"L")
+        .update(&(target.len() as u64).to_le_bytes())
+        .update(target);
+    *h.finalize().as_bytes()
+}
+
+pub(crate) fn special_kind(kind: FileType) -> &'static str {
+    if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_char_device() {
+        "character device"
+    } else {
+        "file of unknown type"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::symlink;
+
+    use super::*;
+
+    fn dk(node: &[u8]) -> [u8; 32] {
+        blake3::derive_key(TREE_CONTEXT, node)
+    }
+
+    fn u64le(n: usize) -> [u8; 8] {
+        (n as u64).to_le_bytes()
+    }
+
+    /// The spec, written out by hand for a file.
+    fn spec_file(contents: &[u8], executable: bool) -> [u8; 32] {
+        let mut node = vec![b'F', u8::from(executable)];
+        node.extend(u64le(contents.len()));
+        node.extend(blake3::hash(contents).as_bytes());
+        dk(&node)
+    }
+
+    /// The spec, written out by hand for a directory of (name, digest) sorted by the caller.
+    fn spec_dir(entries: &[(&[u8], [u8; 32])]) -> [u8; 32] {
+        let mut node = vec![b'D'];
+        node.extend(u64le(entries.len()));
+        for (name, digest) in entries {
+            node.extend(u64le(name.len()));
+            node.extend(*name);
+            node.extend(digest);
+        }
+        dk(&node)
+    }
+
+    fn digest(path: &Path) -> [u8; 32] {
+        *tree_digest(path).unwrap().as_bytes()
+    }
+
+    #[test]
+    fn an_empty_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(digest(dir.path()), spec_dir(&[]));
+        // Pinned, so that another implementation can check itself against this one.
+        assert_eq!(
+            tree_digest(dir.path()).unwrap().to_string(),
+            format!("blake3:{}", super::super::hex(&spec_dir(&[])))
+        );
+    }
+
+    #[test]
+    fn one_file_and_the_same_file_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        fs::write(&path, b"hello\n").unwrap();
+        let plain = digest(&path);
+        assert_eq!(plain, spec_file(b"hello\n", false));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        let executable = digest(&path);
+        assert_eq!(executable, spec_file(b"hello\n", true));
+        assert_ne!(plain, executable);
+        // Only the owner's execute bit counts.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o611)).unwrap();
+        assert_eq!(digest(&path), plain);
+    }
+
+    #[test]
+    fn a_symlink_is_hashed_by_target_and_a_dangling_one_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("l");
+        symlink("does/not/exist", &link).unwrap();
+        let mut node = vec![b'L'];
+        node.extend(u64le("does/not/exist".len()));
+        node.extend(b"does/not/exist");
+        assert_eq!(digest(&link), dk(&node));
+        fs::write(dir.path().join("target"), b"x").unwrap();
+        let other = dir.path().join("m");
+        symlink("target", &other).unwrap();
+        assert_ne!(
+            digest(&other),
+            spec_file(b"x", false),
+            "a symlink is not followed"
+        );
+    }
+
+    #[test]
+    fn nested_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        fs::write(dir.path().join("a/b/c"), b"deep").unwrap();
+        fs::write(dir.path().join("top"), b"").unwrap();
+        let b = spec_dir(&[(b"c", spec_file(b"deep", false))]);
+        let a = spec_dir(&[(b"b", b)]);
+        let root = spec_dir(&[(b"a", a), (b"top", spec_file(b"", false))]);
+        assert_eq!(digest(dir.path()), root);
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_and_raw_byte_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let latin1 = std::ffi::OsStr::from_bytes(b"caf\xe9");
+        // Raw byte order: "B" (0x42) < "a" (0x61) < "caf\xe9" < "\xc3\xa9" (é in UTF-8).
+        let names: [&[u8]; 4] = [b"a", b"B", b"caf\xe9", "é".as_bytes()];
+        for name in names {
+            fs::write(dir.path().join(std::ffi::OsStr::from_bytes(name)), name).unwrap();
+        }
+        assert!(dir.path().join(latin1).exists());
+        let mut sorted = names.to_vec();
+        sorted.sort();
+        assert_eq!(sorted, [b"B" as &[u8], b"a", b"caf\xe9", "é".as_bytes()]);
+        let entries: Vec<(&[u8], [u8; 32])> =
+            sorted.iter().map(|n| (*n, spec_file(n, false))).collect();
+        assert_eq!(digest(dir.path()), spec_dir(&entries));
+    }
+
+    #[test]
+    fn renaming_or_moving_content_changes_the_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("a"), b"1").unwrap();
+        let before = digest(dir.path());
+        fs::rename(dir.path().join("a"), dir.path().join("b")).unwrap();
+        assert_ne!(digest(dir.path()), before);
+    }
+
+    #[test]
+    fn a_fifo_is_an_error_naming_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        let fifo = dir.path().join("sub/pipe");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        let err = tree_digest(dir.path()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "`{}` is a FIFO; a tree may hold only regular files, directories and symlinks",
+                fifo.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_missing_path_is_named() {
+        let err = tree_digest(Path::new("/nonexistent/forjar-test")).unwrap_err();
+        assert_eq!(err.to_string(), "`/nonexistent/forjar-test` does not exist");
+    }
+
+    #[test]
+    fn an_unreadable_directory_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        fs::write(&file, b"x").unwrap();
+        // Reading a regular file as a directory fails whatever the user's privileges are.
+        let hasher = TreeHasher::new();
+        let err = hasher.dir(&file).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("cannot read `{}`: ", file.display())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn large_files_hash_as_the_spec_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        let contents: Vec<u8> = (0..(RAYON_THRESHOLD as usize + 3 * BUFFER + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        fs::write(&path, &contents).unwrap();
+        assert_eq!(digest(&path), spec_file(&contents, false));
+    }
+
+    #[test]
+    fn a_parallel_walk_of_many_files_is_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..40 {
+            let sub = dir.path().join(format!("d{}", i % 7));
+            fs::create_dir_all(&sub).unwrap();
+            fs::write(sub.join(format!("f{i}")), i.to_string()).unwrap();
+        }
+        let first = digest(dir.path());
+        for _ in 0..5 {
+            assert_eq!(digest(dir.path()), first);
+        }
+    }
+}

@@ -1,0 +1,739 @@
+//! The plan: a petgraph DAG of a program's derivations and sources, with keys and statuses.
+//!
+//! Planning hashes every source (through the store's digest cache), computes every closure key
+//! in topological order, and asks the store which outputs exist. It builds and imports nothing.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use petgraph::Direction;
+use petgraph::algo::{tarjan_scc, toposort};
+use petgraph::graph::{DiGraph, NodeIndex};
+use petgraph::visit::EdgeRef;
+use rayon::prelude::*;
+use serde::Serialize;
+
+use crate::derivation::graph::Slot;
+use crate::derivation::{Derivation, DrvId, Graph, GraphError, Input, Limits, Source};
+use crate::hash::{self, HashError, HostFingerprint, Key, TreeDigest, TreeHasher};
+use crate::request::{
+    BuildRequest, CleanRelPath, InputName, Name, OutputName, RequestError, RequestParts,
+    ResolvedInput, SandboxLevel,
+};
+use crate::store::{EntryName, Store};
+
+/// Why a program's graph cannot be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The derivations depend on each other in a circle.
+    #[error("derivation cycle: {}", .0.join(" -> "))]
+    Cycle(Vec<String>),
+    /// A declared derivation was never defined.
+    #[error(
+        "derivation `{name}` was declared at {location} but never defined; call `define` on its handle"
+    )]
+    Undefined {
+        /// Its name.
+        name: String,
+        /// Where it was declared.
+        location: String,
+    },
+    /// An input names an output its derivation does not declare.
+    #[error(
+        "input `{input}` of `{consumer}` ({location}) names output `{output}` of `{producer}`, which declares only {declared}"
+    )]
+    UnknownOutput {
+        /// The derivation with the input.
+        consumer: String,
+        /// Where it was defined.
+        location: String,
+        /// The input's name.
+        input: String,
+        /// The output asked for.
+        output: String,
+        /// The derivation asked.
+        producer: String,
+        /// Its outputs.
+        declared: String,
+    },
+    /// A handle of another graph, or of no graph, was used.
+    #[error("in `{consumer}`: {error}")]
+    Handle {
+        /// Where the handle was used.
+        consumer: String,
+        /// The misuse.
+        error: GraphError,
+    },
+    /// Two roots have one name.
+    #[error("two roots are named `{0}`; root names must be unique")]
+    DuplicateRoot(String),
+    /// A root name is not a valid name.
+    #[error("invalid root name `{0}`: use letters, digits and + - . _ ? =")]
+    BadRootName(String),
+    /// A source could not be hashed.
+    #[error("source `{}`: {error}", .path.display())]
+    Source {
+        /// The source's path.
+        path: PathBuf,
+        /// The error.
+        error: HashError,
+    },
+    /// A request could not be formed.
+    #[error("derivation `{name}` ({location}): {error}")]
+    Request {
+        /// The derivation.
+        name: String,
+        /// Where it was defined.
+        location: String,
+        /// The error.
+        error: RequestError,
+    },
+}
+
+/// What a node needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    /// Every output is in the store.
+    Cached,
+    /// To be built.
+    Build,
+    /// A source to import.
+    Import,
+}
+
+impl Status {
+    /// The word the plan prints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Cached => "cached",
+            Status::Build => "build",
+            Status::Import => "import",
+        }
+    }
+}
+
+/// One output of a planned derivation.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedOutput {
+    /// The output's key.
+    pub key: Key,
+    /// Its store entry.
+    pub entry: EntryName,
+}
+
+/// What a node is.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum NodeKind {
+    /// A derivation.
+    Derivation {
+        /// The normalised request.
+        #[serde(skip)]
+        request: Box<BuildRequest>,
+        /// The closure key.
+        key: Key,
+        /// Its outputs.
+        outputs: BTreeMap<OutputName, PlannedOutput>,
+        /// Its limits (not in the key).
+        #[serde(skip)]
+        limits: Limits,
+    },
+    /// A source.
+    Source {
+        /// The host path.
+        path: PathBuf,
+        /// The content's tree digest.
+        digest: TreeDigest,
+        /// Its store entry.
+        entry: EntryName,
+    },
+}
+
+/// A node of the plan.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    /// The derivation or source name.
+    pub name: Name,
+    /// Where it was defined (derivations).
+    pub location: Option<String>,
+    /// What it is.
+    #[serde(flatten)]
+    pub kind: NodeKind,
+    /// What it needs.
+    pub status: Status,
+    /// Whether it sees the host (`host-tools`).
+    pub impure: bool,
+    /// Its parallel level: 0 for nodes without dependencies, else one more than its deepest one.
+    pub level: usize,
+}
+
+/// A planned root.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedRoot {
+    /// The root's name.
+    pub name: String,
+    /// The node that produces it.
+    #[serde(skip)]
+    pub node: NodeIndex,
+    /// The entry it points at.
+    pub entry: EntryName,
+}
+
+/// The DAG of a program, keyed and checked against the store.
+#[derive(Debug)]
+pub struct Plan {
+    dag: DiGraph<Node, InputName>,
+    order: Vec<NodeIndex>,
+    roots: Vec<PlannedRoot>,
+    /// Problems that did not stop planning (such as a digest cache that could not be saved).
+    pub warnings: Vec<String>,
+}
+
+/// Counts of a plan's nodes by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    /// Derivations to build.
+    pub build: usize,
+    /// Derivations whose outputs are all in the store.
+    pub cached: usize,
+    /// Sources to import.
+    pub import: usize,
+    /// Sources already in the store.
+    pub sources_cached: usize,
+}
+
+impl Plan {
+    /// Plans `graph` against `store`.
+    pub fn new(graph: &Graph, store: &Store) -> Result<Plan, PlanError> {
+        let mut planner = Planner {
+            graph,
+            dag: DiGraph::new(),
+            origins: Vec::new(),
+            drv_nodes: HashMap::new(),
+            source_nodes: HashMap::new(),
+        };
+        planner.nodes()?;
+        planner.edges()?;
+        let order = toposort(&planner.dag, None).map_err(|_| planner.cycle())?;
+        let mut warnings = Vec::new();
+        planner.hash_sources(store)?;
+        if let Err(e) = store.save_digest_cache() {
+            warnings.push(format!("the source digest cache was not saved ({e}); the next plan will read every source again"));
+        }
+        planner.keys(&order, store)?;
+        let roots = planner.roots(store)?;
+        let mut dag = planner.dag.map(
+            |_, n| {
+                n.clone()
+                    .expect("every node was keyed in topological order")
+            },
+            |_, e| e.clone(),
+        );
+        for &node in &order {
+            let level = dag
+                .neighbors_directed(node, Direction::Incoming)
+                .map(|dep| dag[dep].level + 1)
+                .max()
+                .unwrap_or(0);
+            dag[node].level = level;
+        }
+        Ok(Plan {
+            dag,
+            order,
+            roots,
+            warnings,
+        })
+    }
+
+    /// The nodes in topological order (dependencies first).
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeIndex, &Node)> {
+        self.order.iter().map(|&i| (i, &self.dag[i]))
+    }
+
+    /// A node by index.
+    pub fn node(&self, index: NodeIndex) -> &Node {
+        &self.dag[index]
+    }
+
+    /// The underlying graph; edges run from a dependency to its dependent, labelled with the
+    /// input name.
+    pub fn dag(&self) -> &DiGraph<Node, InputName> {
+        &self.dag
+    }
+
+    /// The requested roots.
+    pub fn roots(&self) -> &[PlannedRoot] {
+        &self.roots
+    }
+
+    /// The nodes grouped by parallel level: every node of a level depends only on earlier ones.
+    pub fn levels(&self) -> Vec<Vec<NodeIndex>> {
+        let mut levels: Vec<Vec<NodeIndex>> = Vec::new();
+        for &i in &self.order {
+            let level = self.dag[i].level;
+            if levels.len() <= level {
+                levels.resize(level + 1, Vec::new());
+            }
+            levels[level].push(i);
+        }
+        levels
+    }
+
+    /// How many nodes need what.
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for node in self.dag.node_weights() {
+            match (&node.kind, node.status) {
+                (NodeKind::Derivation { .. }, Status::Build) => s.build += 1,
+                (NodeKind::Derivation { .. }, _) => s.cached += 1,
+                (NodeKind::Source { .. }, Status::Import) => s.import += 1,
+                (NodeKind::Source { .. }, _) => s.sources_cached += 1,
+            }
+        }
+        s
+    }
+
+    /// The nodes named `name` (a derivation or source name, or a store entry name).
+    pub fn find(&self, name: &str) -> Vec<NodeIndex> {
+        self.order
+            .iter()
+            .copied()
+            .filter(|&i| {
+                let node = &self.dag[i];
+                node.name.as_str() == name
+                    || match &node.kind {
+                        NodeKind::Derivation { outputs, .. } => {
+                            outputs.values().any(|o| o.entry.as_str() == name)
+                        }
+                        NodeKind::Source { entry, .. } => entry.as_str() == name,
+                    }
+            })
+            .collect()
+    }
+
+    /// A shortest chain of dependencies from `from` to `to`, each step with the input name
+    /// that links it; `None` if `from` does not depend on `to`.
+    pub fn why_depends(
+        &self,
+        from: NodeIndex,
+        to: NodeIndex,
+    ) -> Option<Vec<(NodeIndex, Option<InputName>)>> {
+        // came_from[dep] = (node, input): `node` depends on `dep` through `input`.
+        let mut came_from: HashMap<NodeIndex, (NodeIndex, InputName)> = HashMap::new();
+        let mut queue = VecDeque::from([from]);
+        while let Some(node) = queue.pop_front() {
+            if node == to {
+                let mut chain = vec![(to, None)];
+                let mut at = to;
+                while at != from {
+                    let (prev, input) = came_from[&at].clone();
+                    chain.push((prev, Some(input)));
+                    at = prev;
+                }
+                chain.reverse();
+                return Some(chain);
+            }
+            for edge in self.dag.edges_directed(node, Direction::Incoming) {
+                let dep = edge.source();
+                if dep != from && !came_from.contains_key(&dep) {
+                    came_from.insert(dep, (node, edge.weight().clone()));
+                    queue.push_back(dep);
+                }
+            }
+        }
+        None
+    }
+
+    /// The plan in Graphviz DOT.
+    pub fn to_dot(&self) -> String {
+        let mut dot = String::from(
+            "digraph forjar {\n  rankdir=LR;\n  node [shape=box, fontname=\"monospace\"];\n",
+        );
+        for (i, node) in self.nodes() {
+            let shape = match node.kind {
+                NodeKind::Source { .. } => ", shape=note",
+                NodeKind::Derivation { .. } => "",
+            };
+            let style = match node.status {
+                Status::Cached => ", style=dashed",
+                Status::Build | Status::Import => ", style=bold",
+            };
+            let _ = writeln!(
+                dot,
+                "  n{} [label=\"{}\\n{}\"{shape}{style}];",
+                i.index(),
+                node.name,
+                node.status.as_str()
+            );
+        }
+        for edge in self.dag.edge_references() {
+            let _ = writeln!(
+                dot,
+                "  n{} -> n{} [label=\"{}\"];",
+                edge.source().index(),
+                edge.target().index(),
+                edge.weight()
+            );
+        }
+        dot.push_str("}\n");
+        dot
+    }
+
+    /// The plan as JSON: nodes (in topological order) and edges.
+    pub fn to_json(&self) -> serde_json::Value {
+        #[derive(Serialize)]
+        struct JsonNode<'a> {
+            id: usize,
+            #[serde(flatten)]
+            node: &'a Node,
+        }
+        #[derive(Serialize)]
+        struct JsonEdge<'a> {
+            from: usize,
+            to: usize,
+            input: &'a InputName,
+        }
+        let nodes: Vec<JsonNode> = self
+            .nodes()
+            .map(|(i, node)| JsonNode {
+                id: i.index(),
+                node,
+            })
+            .collect();
+        let edges: Vec<JsonEdge> = self
+            .dag
+            .edge_references()
+            .map(|e| JsonEdge {
+                from: e.source().index(),
+                to: e.target().index(),
+                input: e.weight(),
+            })
+            .collect();
+        serde_json::json!({
+            "nodes": nodes,
+            "edges": edges,
+            "roots": self.roots,
+            "summary": self.summary(),
+        })
+    }
+}
+
+/// Planning state: nodes are filled in (`Some`) once keyed.
+struct Planner<'g> {
+    graph: &'g Graph,
+    dag: DiGraph<Option<Node>, InputName>,
+    /// What each node is made from, by node index.
+    origins: Vec<Origin<'g>>,
+    drv_nodes: HashMap<usize, NodeIndex>,
+    source_nodes: HashMap<&'g Source, NodeIndex>,
+}
+
+/// What a node is made from.
+#[derive(Clone, Copy)]
+enum Origin<'g> {
+    Derivation(&'g Derivation),
+    Source(&'g Source),
+}
+
+impl<'g> Planner<'g> {
+    fn derivation(&self, index: usize) -> &'g Derivation {
+        match &self.graph.slots[index] {
+            Slot::Defined(d) => d,
+            Slot::Declared { .. } => {
+                unreachable!("undefined slots are refused before edges are made")
+            }
+        }
+    }
+
+    fn add(&mut self, origin: Origin<'g>) -> NodeIndex {
+        self.origins.push(origin);
+        self.dag.add_node(None)
+    }
+
+    fn nodes(&mut self) -> Result<(), PlanError> {
+        for (index, slot) in self.graph.slots.iter().enumerate() {
+            match slot {
+                Slot::Declared { name, location } => {
+                    return Err(PlanError::Undefined {
+                        name: name.clone(),
+                        location: format!("{}:{}", location.file(), location.line()),
+                    });
+                }
+                Slot::Defined(drv) => {
+                    let node = self.add(Origin::Derivation(drv));
+                    self.drv_nodes.insert(index, node);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn edges(&mut self) -> Result<(), PlanError> {
+        for index in 0..self.graph.slots.len() {
+            let drv = self.derivation(index);
+            let consumer = self.drv_nodes[&index];
+            for (input_name, input) in &drv.inputs {
+                let from = match input {
+                    Input::Source(source) => match self.source_nodes.get(source) {
+                        Some(&node) => node,
+                        None => {
+                            let node = self.add(Origin::Source(source));
+                            self.source_nodes.insert(source, node);
+                            node
+                        }
+                    },
+                    Input::Output(output) => {
+                        let producer = self.producer(drv, output.drv)?;
+                        let declared = &self.derivation(producer).outputs;
+                        if !declared.iter().any(|o| o.as_str() == output.output) {
+                            return Err(PlanError::UnknownOutput {
+                                consumer: drv.name.to_string(),
+                                location: drv.location(),
+                                input: input_name.to_string(),
+                                output: output.output.clone(),
+                                producer: self.derivation(producer).name.to_string(),
+                                declared: declared
+                                    .iter()
+                                    .map(|o| format!("`{o}`"))
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                            });
+                        }
+                        self.drv_nodes[&producer]
+                    }
+                };
+                self.dag.add_edge(from, consumer, input_name.clone());
+            }
+        }
+        Ok(())
+    }
+
+    fn producer(&self, consumer: &Derivation, id: DrvId) -> Result<usize, PlanError> {
+        match self.graph.slot(id) {
+            Ok(_) => Ok(id.index),
+            Err(error) => Err(PlanError::Handle {
+                consumer: consumer.name.to_string(),
+                error,
+            }),
+        }
+    }
+
+    fn name_of(&self, node: NodeIndex) -> String {
+        match self.origins[node.index()] {
+            Origin::Derivation(d) => d.name.to_string(),
+            Origin::Source(s) => s.name().to_string(),
+        }
+    }
+
+    /// The error for a graph that has a cycle: the names along one cycle, first name repeated.
+    fn cycle(&self) -> PlanError {
+        let scc = tarjan_scc(&self.dag)
+            .into_iter()
+            .find(|c| c.len() > 1 || self.dag.contains_edge(c[0], c[0]))
+            .expect("toposort failed, so some strongly connected component is a cycle");
+        // Walk dependency edges inside the component until a node repeats.
+        let start = *scc.iter().min().expect("component is not empty");
+        let mut path = vec![start];
+        let mut at = start;
+        loop {
+            let next = self
+                .dag
+                .neighbors_directed(at, Direction::Outgoing)
+                .filter(|n| scc.contains(n))
+                .min()
+                .expect("every node of a cyclic component has a successor inside it");
+            if let Some(pos) = path.iter().position(|&n| n == next) {
+                let mut cycle: Vec<String> = path[pos..].iter().map(|&n| self.name_of(n)).collect();
+                cycle.push(self.name_of(next));
+                // Edges run from dependency to dependent; print as "a depends on b".
+                cycle.reverse();
+                return PlanError::Cycle(cycle);
+            }
+            path.push(next);
+            at = next;
+        }
+    }
+
+    fn hash_sources(&mut self, store: &Store) -> Result<(), PlanError> {
+        let cache = store.digest_cache();
+        let sources: Vec<(&Source, NodeIndex)> =
+            self.source_nodes.iter().map(|(&s, &n)| (s, n)).collect();
+        let hashed = sources
+            .par_iter()
+            .map(|(source, node)| {
+                TreeHasher::with_cache(cache)
+                    .digest(source.host_path())
+                    .map(|digest| (source, *node, digest))
+                    .map_err(|error| PlanError::Source {
+                        path: source.host_path().to_path_buf(),
+                        error,
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for (source, node, digest) in hashed {
+            let key = hash::source_key(source.name(), &digest);
+            let entry = EntryName::new(&key, source.name(), None);
+            let status = if store.contains(&entry) {
+                Status::Cached
+            } else {
+                Status::Import
+            };
+            self.dag[node] = Some(Node {
+                name: source.name().clone(),
+                location: None,
+                kind: NodeKind::Source {
+                    path: source.host_path().to_path_buf(),
+                    digest,
+                    entry,
+                },
+                status,
+                impure: false,
+                level: 0,
+            });
+        }
+        Ok(())
+    }
+
+    fn keys(&mut self, order: &[NodeIndex], store: &Store) -> Result<(), PlanError> {
+        for &node in order {
+            let Origin::Derivation(drv) = self.origins[node.index()] else {
+                continue;
+            };
+            let request_error = |error: RequestError| PlanError::Request {
+                name: drv.name.to_string(),
+                location: drv.location(),
+                error,
+            };
+            let mut inputs = BTreeMap::new();
+            for edge in self.dag.edges_directed(node, Direction::Incoming) {
+                let input = &drv.inputs[edge.weight()];
+                let dep = self.dag[edge.source()]
+                    .as_ref()
+                    .expect("dependencies are keyed first");
+                let resolved = match (&dep.kind, input) {
+                    (NodeKind::Source { entry, digest, .. }, _) => ResolvedInput::Source {
+                        entry: entry.clone(),
+                        digest: *digest,
+                    },
+                    (NodeKind::Derivation { outputs, .. }, Input::Output(o)) => {
+                        let planned = outputs
+                            .iter()
+                            .find(|(name, _)| name.as_str() == o.output)
+                            .map(|(_, p)| p)
+                            .expect("outputs were checked when the edges were made");
+                        ResolvedInput::Output {
+                            entry: planned.entry.clone(),
+                            key: planned.key,
+                        }
+                    }
+                    (NodeKind::Derivation { .. }, Input::Source(_)) => {
+                        unreachable!("a source input has a source node")
+                    }
+                };
+                inputs.insert(edge.weight().clone(), resolved);
+            }
+            let host = (drv.sandbox == SandboxLevel::HostTools).then(HostFingerprint::current);
+            let request = BuildRequest::new(RequestParts {
+                name: drv.name.clone(),
+                system: drv.system.clone(),
+                args: drv.args.clone(),
+                working_dir: CleanRelPath::new("working directory", "build")
+                    .expect("`build` is a clean path"),
+                scratch_paths: Default::default(),
+                outputs: drv.outputs.clone(),
+                env: drv.env.clone(),
+                inputs,
+                files: drv.files.clone(),
+                constraints: drv.constraints.clone(),
+                sandbox: drv.sandbox,
+                fixed_output: drv.fixed_output,
+                store_dir: store.dir().to_path_buf(),
+                host,
+            })
+            .map_err(request_error)?;
+            let key = hash::derivation_key(&request);
+            let outputs: BTreeMap<OutputName, PlannedOutput> = drv
+                .outputs
+                .iter()
+                .map(|o| {
+                    let key = hash::output_key(&key, o);
+                    (
+                        o.clone(),
+                        PlannedOutput {
+                            key,
+                            entry: EntryName::new(&key, &drv.name, Some(o)),
+                        },
+                    )
+                })
+                .collect();
+            let status = if outputs.values().all(|o| store.contains(&o.entry)) {
+                Status::Cached
+            } else {
+                Status::Build
+            };
+            self.dag[node] = Some(Node {
+                name: drv.name.clone(),
+                location: Some(drv.location()),
+                kind: NodeKind::Derivation {
+                    request: Box::new(request),
+                    key,
+                    outputs,
+                    limits: drv.limits.clone(),
+                },
+                status,
+                impure: drv.sandbox == SandboxLevel::HostTools,
+                level: 0,
+            });
+        }
+        Ok(())
+    }
+
+    fn roots(&self, _store: &Store) -> Result<Vec<PlannedRoot>, PlanError> {
+        let mut roots: Vec<PlannedRoot> = Vec::new();
+        for (name, output) in &self.graph.roots {
+            if Name::new(name.as_str()).is_err() {
+                return Err(PlanError::BadRootName(name.clone()));
+            }
+            if roots.iter().any(|r| &r.name == name) {
+                return Err(PlanError::DuplicateRoot(name.clone()));
+            }
+            let consumer = format!("root `{name}`");
+            let index = match self.graph.slot(output.drv) {
+                Ok(_) => output.drv.index,
+                Err(error) => return Err(PlanError::Handle { consumer, error }),
+            };
+            let node = self.drv_nodes[&index];
+            let Some(Node {
+                kind: NodeKind::Derivation { outputs, .. },
+                name: producer,
+                ..
+            }) = &self.dag[node]
+            else {
+                unreachable!("derivation nodes are keyed")
+            };
+            let Some((_, planned)) = outputs.iter().find(|(o, _)| o.as_str() == output.output)
+            else {
+                return Err(PlanError::UnknownOutput {
+                    consumer,
+                    location: String::from("root"),
+                    input: name.clone(),
+                    output: output.output.clone(),
+                    producer: producer.to_string(),
+                    declared: outputs
+                        .keys()
+                        .map(|o| format!("`{o}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            };
+            roots.push(PlannedRoot {
+                name: name.clone(),
+                node,
+                entry: planned.entry.clone(),
+            });
+        }
+        Ok(roots)
+    }
+}

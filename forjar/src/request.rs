@@ -1,0 +1,940 @@
+//! The normalised, validated build request.
+//!
+//! After tvix-build's `BuildRequest`: everything a sandbox needs to run one build, with every
+//! "sorted / unique / clean relative path" rule made a constructor invariant of a newtype, so
+//! that an invalid request cannot exist. Each constructor's error names the field, the value
+//! and what is wrong with it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::hash::{HostFingerprint, Key, TreeDigest};
+use crate::store::EntryName;
+
+/// A value that failed a request invariant.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field} `{value}`: {reason}")]
+pub struct InvalidValue {
+    /// The field or kind of value, e.g. "env key" or "output name".
+    pub field: &'static str,
+    /// The offending value, escaped for printing.
+    pub value: String,
+    /// What is wrong and, where it helps, what to do.
+    pub reason: String,
+}
+
+impl InvalidValue {
+    pub(crate) fn new(
+        field: &'static str,
+        value: impl AsRef<[u8]>,
+        reason: impl Into<String>,
+    ) -> Self {
+        InvalidValue {
+            field,
+            value: shown(value.as_ref()),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Errors of the cross-field rules of a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// One field's value is invalid.
+    #[error(transparent)]
+    Invalid(#[from] InvalidValue),
+    /// Two things were given the same name.
+    #[error("duplicate {field} `{value}`: each {field} may be given once")]
+    Duplicate {
+        /// What was duplicated.
+        field: &'static str,
+        /// The duplicated name.
+        value: String,
+    },
+    /// Two different kinds of variable would get the same name in the build environment.
+    #[error(
+        "`{name}` is both {first} and {second}; inputs, outputs and env vars share the build \
+         environment, so their names must differ"
+    )]
+    NameClash {
+        /// The clashing name.
+        name: String,
+        /// The first kind ("an input", "an output", "an env var").
+        first: &'static str,
+        /// The second kind.
+        second: &'static str,
+    },
+    /// Network access was asked for on a derivation whose output is not fixed in advance.
+    #[error(
+        "derivation `{0}` asks for network access but declares no fixed-output digest; only a \
+         fixed-output derivation may use the network, so that what it downloads is verified"
+    )]
+    NetworkWithoutFixedOutput(String),
+    /// A fixed-output derivation declared more than the one output `out`.
+    #[error("fixed-output derivation `{0}` must have exactly one output, `out`")]
+    FixedOutputOutputs(String),
+    /// A derivation has no builder.
+    #[error("derivation `{0}` has no builder: give it a script or a builder argv")]
+    NoBuilder(String),
+}
+
+/// Bytes printed for a person: UTF-8 as is where it is printable, everything else escaped.
+pub(crate) fn shown(bytes: &[u8]) -> String {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.escape_debug().to_string(),
+        Err(_) => bytes.escape_ascii().to_string(),
+    }
+}
+
+/// The characters allowed in derivation and source names (those of Nix store names).
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '_' | '?' | '=')
+}
+
+/// The longest name; leaves room for the 32-character hash, a dash and an output suffix
+/// inside the 255-byte limit of a file name.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// A derivation or source name: the human part of a store entry name.
+///
+/// ```
+/// use forjar::request::Name;
+/// assert!(Name::new("hello-2.12").is_ok());
+/// assert!(Name::new("hello world").is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Name(String);
+
+impl Name {
+    /// Validates a name: 1 to 200 characters of `A-Z a-z 0-9 + - . _ ? =`, not starting with `.`.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidValue> {
+        let name = name.into();
+        let bad = |reason: String| Err(InvalidValue::new("name", &name, reason));
+        if name.is_empty() {
+            return bad("a name may not be empty".into());
+        }
+        if name.len() > MAX_NAME_LEN {
+            return bad(format!(
+                "a name has at most {MAX_NAME_LEN} bytes, this one has {}",
+                name.len()
+            ));
+        }
+        if name.starts_with('.') {
+            return bad("a name may not start with `.`".into());
+        }
+        if let Some((i, c)) = name.char_indices().find(|&(_, c)| !is_name_char(c)) {
+            return bad(format!(
+                "character {:?} at byte {i} is not allowed; names use letters, digits and + - . _ ? =",
+                c
+            ));
+        }
+        Ok(Name(name))
+    }
+
+    /// A name made from an arbitrary file name: disallowed characters become `_`, a leading
+    /// `.` is dropped, and the result is cut to the maximum length. Used for sources, whose
+    /// default name is their file name.
+    pub fn sanitized(raw: &str) -> Self {
+        let mut name: String = raw
+            .trim_start_matches('.')
+            .chars()
+            .map(|c| if is_name_char(c) { c } else { '_' })
+            .collect();
+        if name.len() > MAX_NAME_LEN {
+            let mut end = MAX_NAME_LEN;
+            while !name.is_char_boundary(end) {
+                end -= 1;
+            }
+            name.truncate(end);
+        }
+        if name.is_empty() {
+            name.push_str("source");
+        }
+        Name(name)
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Checks an identifier as used for output and input names: they become environment variables
+/// of the build (`$out`, `$src`), so they must be shell identifiers.
+fn identifier(field: &'static str, value: &str) -> Result<(), InvalidValue> {
+    let mut chars = value.chars();
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(InvalidValue::new(
+            field,
+            value,
+            "must be a shell identifier (a letter or `_`, then letters, digits or `_`), because \
+             it becomes an environment variable of the build",
+        ));
+    }
+    if value.len() > 64 {
+        return Err(InvalidValue::new(
+            field,
+            value,
+            "must be at most 64 bytes long",
+        ));
+    }
+    if RESERVED_ENV.contains(&value) {
+        return Err(InvalidValue::new(
+            field,
+            value,
+            format!(
+                "is set by the sandbox itself; reserved names are {}",
+                RESERVED_ENV.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Environment variables the sandbox sets in every build; a request may not set them.
+pub const RESERVED_ENV: &[&str] = &[
+    "HOME",
+    "TMPDIR",
+    "TEMPDIR",
+    "TMP",
+    "TEMP",
+    "PWD",
+    "FORJAR_BUILD_CORES",
+    "FORJAR_BUILD_TOP",
+];
+
+/// The name of one output of a derivation (`out`, `dev`, `doc`, ...).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct OutputName(String);
+
+impl OutputName {
+    /// Validates an output name: a shell identifier of at most 64 bytes, not a reserved variable.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidValue> {
+        let name = name.into();
+        identifier("output name", &name)?;
+        Ok(OutputName(name))
+    }
+
+    /// The default output, `out`.
+    pub fn out() -> Self {
+        OutputName("out".into())
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for OutputName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The name under which an input is visible to the build (an environment variable holding its
+/// store path).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct InputName(String);
+
+impl InputName {
+    /// Validates an input name: a shell identifier of at most 64 bytes, not a reserved variable.
+    pub fn new(name: impl Into<String>) -> Result<Self, InvalidValue> {
+        let name = name.into();
+        identifier("input name", &name)?;
+        Ok(InputName(name))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InputName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An environment variable name: non-empty, without `=` or NUL.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct EnvKey(String);
+
+impl EnvKey {
+    /// Validates an environment variable name.
+    pub fn new(key: impl Into<String>) -> Result<Self, InvalidValue> {
+        let key = key.into();
+        let bad = |reason: &str| Err(InvalidValue::new("env key", &key, reason));
+        if key.is_empty() {
+            return bad("an environment variable name may not be empty");
+        }
+        if key.contains('=') {
+            return bad("an environment variable name may not contain `=`");
+        }
+        if key.contains('\0') {
+            return bad("an environment variable name may not contain a NUL byte");
+        }
+        if RESERVED_ENV.contains(&key.as_str()) {
+            return Err(InvalidValue::new(
+                "env key",
+                &key,
+                format!(
+                    "is set by the sandbox itself; reserved names are {}",
+                    RESERVED_ENV.join(", ")
+                ),
+            ));
+        }
+        Ok(EnvKey(key))
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for EnvKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An environment variable value: arbitrary bytes without NUL.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EnvValue(Vec<u8>);
+
+impl EnvValue {
+    /// Validates a value; `key` names the variable in the error.
+    pub fn new(key: &EnvKey, value: impl Into<Vec<u8>>) -> Result<Self, InvalidValue> {
+        let value = value.into();
+        if let Some(at) = value.iter().position(|&b| b == 0) {
+            return Err(InvalidValue::new(
+                "env value",
+                &value,
+                format!(
+                    "the value of `{key}` contains a NUL byte at byte {at}, which no environment can hold"
+                ),
+            ));
+        }
+        Ok(EnvValue(value))
+    }
+
+    /// The value's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Serialize for EnvValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&shown(&self.0))
+    }
+}
+
+/// A relative path with no empty, `.` or `..` components, no leading or trailing `/`, and no NUL.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct CleanRelPath(String);
+
+impl CleanRelPath {
+    /// Validates a clean relative path; `field` names it in the error.
+    pub fn new(field: &'static str, path: impl Into<String>) -> Result<Self, InvalidValue> {
+        let path = path.into();
+        let bad = |reason: &str| Err(InvalidValue::new(field, &path, reason));
+        if path.is_empty() {
+            return bad("a path may not be empty");
+        }
+        if path.contains('\0') {
+            return bad("a path may not contain a NUL byte");
+        }
+        if path.starts_with('/') {
+            return bad(
+                "must be relative (it is placed inside the build directory); drop the leading `/`",
+            );
+        }
+        for component in path.split('/') {
+            match component {
+                "" => return bad("has an empty component (`//` or a trailing `/`)"),
+                "." | ".." => return bad("may not contain `.` or `..` components"),
+                _ => {}
+            }
+        }
+        Ok(CleanRelPath(path))
+    }
+
+    /// The path as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path as a `Path`.
+    pub fn as_path(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
+/// An absolute, clean host path (for read-only host paths): starts with `/`, no empty, `.` or
+/// `..` components, no NUL.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct AbsPath(String);
+
+impl AbsPath {
+    /// Validates an absolute clean path; `field` names it in the error.
+    pub fn new(field: &'static str, path: impl Into<String>) -> Result<Self, InvalidValue> {
+        let path = path.into();
+        let Some(rest) = path.strip_prefix('/') else {
+            return Err(InvalidValue::new(
+                field,
+                &path,
+                "must be an absolute path (start with `/`)",
+            ));
+        };
+        if rest.is_empty() {
+            return Err(InvalidValue::new(
+                field,
+                &path,
+                "may not be the root directory itself",
+            ));
+        }
+        CleanRelPath::new(field, rest).map_err(|e| InvalidValue {
+            value: path.clone(),
+            ..e
+        })?;
+        Ok(AbsPath(path))
+    }
+
+    /// The path as a `Path`.
+    pub fn as_path(&self) -> &Path {
+        Path::new(&self.0)
+    }
+
+    /// The path as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The platforms forjar knows; the sandbox is Linux-only.
+pub const KNOWN_SYSTEMS: &[&str] = &[
+    "x86_64-linux",
+    "aarch64-linux",
+    "i686-linux",
+    "armv7l-linux",
+    "riscv64-linux",
+    "powerpc64le-linux",
+    "s390x-linux",
+    "loongarch64-linux",
+];
+
+/// A build platform, `<arch>-<os>`, one of [`KNOWN_SYSTEMS`].
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct System(String);
+
+impl System {
+    /// Validates a system name against [`KNOWN_SYSTEMS`].
+    pub fn new(system: impl Into<String>) -> Result<Self, InvalidValue> {
+        let system = system.into();
+        if !KNOWN_SYSTEMS.contains(&system.as_str()) {
+            return Err(InvalidValue::new(
+                "system",
+                &system,
+                format!(
+                    "unknown system; known systems are {}",
+                    KNOWN_SYSTEMS.join(", ")
+                ),
+            ));
+        }
+        Ok(System(system))
+    }
+
+    /// The system this program runs on, e.g. `x86_64-linux`.
+    pub fn host() -> Self {
+        let arch = match std::env::consts::ARCH {
+            "x86" => "i686",
+            "arm" => "armv7l",
+            "powerpc64" => "powerpc64le",
+            other => other,
+        };
+        System(format!("{arch}-linux"))
+    }
+
+    /// The system as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One argument of the builder's argv: bytes without NUL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Arg(Vec<u8>);
+
+impl Arg {
+    /// Validates one argument; `index` names its position in the error.
+    pub fn new(index: usize, arg: impl Into<Vec<u8>>) -> Result<Self, InvalidValue> {
+        let arg = arg.into();
+        if arg.contains(&0) {
+            return Err(InvalidValue::new(
+                "builder argument",
+                &arg,
+                format!("argument {index} contains a NUL byte, which no argv can hold"),
+            ));
+        }
+        Ok(Arg(arg))
+    }
+
+    /// The argument's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Serialize for Arg {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&shown(&self.0))
+    }
+}
+
+/// How much of the host a build sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SandboxLevel {
+    /// Only the declared inputs, and `/bin/sh` when asked for.
+    #[default]
+    Hermetic,
+    /// Also the host's `/usr`, `/bin`, `/lib*`, `/sbin` read-only; impure, and keyed by a host
+    /// fingerprint.
+    HostTools,
+}
+
+impl SandboxLevel {
+    /// The level's name as written in attributes and `meta.yaml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxLevel::Hermetic => "hermetic",
+            SandboxLevel::HostTools => "host-tools",
+        }
+    }
+}
+
+impl std::str::FromStr for SandboxLevel {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "hermetic" => Ok(SandboxLevel::Hermetic),
+            "host-tools" => Ok(SandboxLevel::HostTools),
+            _ => Err(InvalidValue::new(
+                "sandbox level",
+                s,
+                "the levels are `hermetic` and `host-tools`",
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SandboxLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a build needs from its environment; all of it is part of the closure key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+pub struct Constraints {
+    /// Network access (fixed-output derivations only).
+    pub network: bool,
+    /// Provide a working `/bin/sh` in the sandbox.
+    pub provide_bin_sh: bool,
+    /// Host paths bound read-only into the sandbox.
+    pub ro_paths: BTreeSet<AbsPath>,
+    /// The least memory, in bytes, a machine must have to run the build.
+    pub min_memory: Option<u64>,
+}
+
+/// One resolved input of a request: what sits at its store path.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum ResolvedInput {
+    /// An output of another derivation, addressed by its key.
+    Output {
+        /// The store entry.
+        entry: EntryName,
+        /// The output's full key.
+        key: Key,
+    },
+    /// A source imported by content.
+    Source {
+        /// The store entry.
+        entry: EntryName,
+        /// The tree digest of the source's content.
+        digest: TreeDigest,
+    },
+}
+
+impl ResolvedInput {
+    /// The store entry this input is bound from.
+    pub fn entry(&self) -> &EntryName {
+        match self {
+            ResolvedInput::Output { entry, .. } | ResolvedInput::Source { entry, .. } => entry,
+        }
+    }
+}
+
+/// The parts of a request, before its cross-field rules are checked by [`BuildRequest::new`].
+#[derive(Debug, Clone)]
+pub struct RequestParts {
+    /// The derivation's name.
+    pub name: Name,
+    /// The platform to build on.
+    pub system: System,
+    /// The builder's argv; the first element is the program.
+    pub args: Vec<Arg>,
+    /// The working directory, relative to the build top.
+    pub working_dir: CleanRelPath,
+    /// Extra scratch directories, relative to the build top.
+    pub scratch_paths: BTreeSet<CleanRelPath>,
+    /// The outputs the builder must produce.
+    pub outputs: BTreeSet<OutputName>,
+    /// The build environment, besides what the sandbox sets.
+    pub env: BTreeMap<EnvKey, EnvValue>,
+    /// The inputs, resolved to store entries.
+    pub inputs: BTreeMap<InputName, ResolvedInput>,
+    /// Additional files written into the build directory before the build.
+    pub files: BTreeMap<CleanRelPath, Vec<u8>>,
+    /// What the build needs of the machine.
+    pub constraints: Constraints,
+    /// How much of the host the build sees.
+    pub sandbox: SandboxLevel,
+    /// The declared digest of a fixed-output derivation's output.
+    pub fixed_output: Option<TreeDigest>,
+    /// The store directory the outputs are built for (it appears in their paths).
+    pub store_dir: PathBuf,
+    /// The host fingerprint (set exactly for the `host-tools` level).
+    pub host: Option<HostFingerprint>,
+}
+
+/// A validated build request: the single input of key computation and of the sandbox.
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildRequest {
+    name: Name,
+    system: System,
+    args: Vec<Arg>,
+    working_dir: CleanRelPath,
+    scratch_paths: BTreeSet<CleanRelPath>,
+    outputs: BTreeSet<OutputName>,
+    env: BTreeMap<EnvKey, EnvValue>,
+    inputs: BTreeMap<InputName, ResolvedInput>,
+    #[serde(serialize_with = "serialize_files")]
+    files: BTreeMap<CleanRelPath, Vec<u8>>,
+    constraints: Constraints,
+    sandbox: SandboxLevel,
+    fixed_output: Option<TreeDigest>,
+    store_dir: PathBuf,
+    host: Option<HostFingerprint>,
+}
+
+fn serialize_files<S: serde::Serializer>(
+    files: &BTreeMap<CleanRelPath, Vec<u8>>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_map(
+        files
+            .iter()
+            .map(|(path, bytes)| (path, format!("{} bytes", bytes.len()))),
+    )
+}
+
+/// The cross-field rules shared by a derivation and the request made of it.
+pub(crate) fn check_names<'a>(
+    name: &Name,
+    args_empty: bool,
+    outputs: impl IntoIterator<Item = &'a OutputName>,
+    inputs: impl IntoIterator<Item = &'a InputName>,
+    env: impl IntoIterator<Item = &'a EnvKey>,
+    network: bool,
+    fixed_output: bool,
+) -> Result<(), RequestError> {
+    if args_empty {
+        return Err(RequestError::NoBuilder(name.to_string()));
+    }
+    let mut seen: BTreeMap<&str, &'static str> = BTreeMap::new();
+    let mut claim = |n: &'a str, kind: &'static str| match seen.insert(n, kind) {
+        Some(first) => Err(RequestError::NameClash {
+            name: n.to_string(),
+            first,
+            second: kind,
+        }),
+        None => Ok(()),
+    };
+    let outputs: Vec<&OutputName> = outputs.into_iter().collect();
+    for output in &outputs {
+        claim(output.as_str(), "an output")?;
+    }
+    for input in inputs {
+        claim(input.as_str(), "an input")?;
+    }
+    for key in env {
+        claim(key.as_str(), "an env var")?;
+    }
+    if outputs.is_empty() {
+        return Err(InvalidValue::new(
+            "outputs",
+            "",
+            "a derivation must declare at least one output",
+        )
+        .into());
+    }
+    if network && !fixed_output {
+        return Err(RequestError::NetworkWithoutFixedOutput(name.to_string()));
+    }
+    if fixed_output && (outputs.len() != 1 || outputs[0].as_str() != "out") {
+        return Err(RequestError::FixedOutputOutputs(name.to_string()));
+    }
+    Ok(())
+}
+
+impl BuildRequest {
+    /// Checks the cross-field rules (no name shared between inputs, outputs and env; at least one
+    /// output; network only with a fixed output; a host fingerprint exactly for `host-tools`) and
+    /// builds the request.
+    pub fn new(parts: RequestParts) -> Result<Self, RequestError> {
+        check_names(
+            &parts.name,
+            parts.args.is_empty(),
+            &parts.outputs,
+            parts.inputs.keys(),
+            parts.env.keys(),
+            parts.constraints.network,
+            parts.fixed_output.is_some(),
+        )?;
+        if parts.store_dir.is_relative() {
+            return Err(InvalidValue::new(
+                "store directory",
+                parts.store_dir.as_os_str().as_encoded_bytes(),
+                "must be absolute",
+            )
+            .into());
+        }
+        if (parts.sandbox == SandboxLevel::HostTools) != parts.host.is_some() {
+            return Err(InvalidValue::new(
+                "host fingerprint",
+                parts.sandbox.as_str(),
+                "a host fingerprint is given exactly for the `host-tools` level",
+            )
+            .into());
+        }
+        Ok(BuildRequest {
+            name: parts.name,
+            system: parts.system,
+            args: parts.args,
+            working_dir: parts.working_dir,
+            scratch_paths: parts.scratch_paths,
+            outputs: parts.outputs,
+            env: parts.env,
+            inputs: parts.inputs,
+            files: parts.files,
+            constraints: parts.constraints,
+            sandbox: parts.sandbox,
+            fixed_output: parts.fixed_output,
+            store_dir: parts.store_dir,
+            host: parts.host,
+        })
+    }
+
+    /// The derivation's name.
+    pub fn name(&self) -> &Name {
+        &self.name
+    }
+    /// The platform.
+    pub fn system(&self) -> &System {
+        &self.system
+    }
+    /// The builder's argv.
+    pub fn args(&self) -> &[Arg] {
+        &self.args
+    }
+    /// The working directory, relative to the build top.
+    pub fn working_dir(&self) -> &CleanRelPath {
+        &self.working_dir
+    }
+    /// Extra scratch directories.
+    pub fn scratch_paths(&self) -> &BTreeSet<CleanRelPath> {
+        &self.scratch_paths
+    }
+    /// The outputs, sorted.
+    pub fn outputs(&self) -> &BTreeSet<OutputName> {
+        &self.outputs
+    }
+    /// The environment, sorted by key.
+    pub fn env(&self) -> &BTreeMap<EnvKey, EnvValue> {
+        &self.env
+    }
+    /// The inputs, sorted by name.
+    pub fn inputs(&self) -> &BTreeMap<InputName, ResolvedInput> {
+        &self.inputs
+    }
+    /// Additional files, sorted by path.
+    pub fn files(&self) -> &BTreeMap<CleanRelPath, Vec<u8>> {
+        &self.files
+    }
+    /// The constraints.
+    pub fn constraints(&self) -> &Constraints {
+        &self.constraints
+    }
+    /// The sandbox level.
+    pub fn sandbox(&self) -> SandboxLevel {
+        self.sandbox
+    }
+    /// The declared output digest of a fixed-output derivation.
+    pub fn fixed_output(&self) -> Option<&TreeDigest> {
+        self.fixed_output.as_ref()
+    }
+    /// The store directory.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+    /// The host fingerprint, for `host-tools` builds.
+    pub fn host(&self) -> Option<&HostFingerprint> {
+        self.host.as_ref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_with_the_offending_character() {
+        assert!(Name::new("hello-2.12_x+y").is_ok());
+        let err = Name::new("hello world").unwrap_err();
+        assert_eq!(err.field, "name");
+        assert!(err.to_string().contains("`hello world`"), "{err}");
+        assert!(err.to_string().contains("' ' at byte 5"), "{err}");
+        assert!(Name::new("").is_err());
+        assert!(Name::new(".hidden").is_err());
+        assert!(Name::new("x".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn sanitized_names_are_valid() {
+        for raw in ["héllo wörld", ".git", "", "a/b", &"é".repeat(150)] {
+            let name = Name::sanitized(raw);
+            assert_eq!(Name::new(name.as_str()), Ok(name.clone()), "from {raw:?}");
+        }
+    }
+
+    #[test]
+    fn env_keys_reject_equals_nul_and_reserved_names() {
+        assert!(EnvKey::new("CFLAGS").is_ok());
+        let err = EnvKey::new("A=B").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid env key `A=B`: an environment variable name may not contain `=`"
+        );
+        assert!(EnvKey::new("A\0B").unwrap_err().to_string().contains("NUL"));
+        assert!(EnvKey::new("").is_err());
+        assert!(
+            EnvKey::new("HOME")
+                .unwrap_err()
+                .to_string()
+                .contains("set by the sandbox")
+        );
+    }
+
+    #[test]
+    fn env_values_are_bytes_without_nul() {
+        let key = EnvKey::new("K").unwrap();
+        assert!(EnvValue::new(&key, vec![0xff, 0xfe]).is_ok());
+        let err = EnvValue::new(&key, "a\0b").unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`K` contains a NUL byte at byte 1"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn clean_relative_paths() {
+        assert!(CleanRelPath::new("file", "etc/app/config.json").is_ok());
+        for bad in ["", "/etc", "a//b", "a/", "./a", "a/../b", "a\0b"] {
+            let err = CleanRelPath::new("file", bad).unwrap_err();
+            assert_eq!(err.field, "file", "{bad:?}");
+        }
+        assert!(AbsPath::new("ro path", "/usr/share").is_ok());
+        assert!(
+            AbsPath::new("ro path", "usr")
+                .unwrap_err()
+                .to_string()
+                .contains("absolute")
+        );
+        assert!(AbsPath::new("ro path", "/usr/../etc").is_err());
+        assert!(AbsPath::new("ro path", "/").is_err());
+    }
+
+    #[test]
+    fn output_and_input_names_are_identifiers() {
+        assert!(OutputName::new("dev").is_ok());
+        assert!(OutputName::new("2x").is_err());
+        assert!(
+            OutputName::new("a-b")
+                .unwrap_err()
+                .to_string()
+                .contains("shell identifier")
+        );
+        assert!(InputName::new("src").is_ok());
+        assert!(InputName::new("TMPDIR").is_err());
+    }
+
+    #[test]
+    fn systems_are_known() {
+        assert!(System::new("x86_64-linux").is_ok());
+        let err = System::new("x86-linux").unwrap_err();
+        assert!(
+            err.to_string().contains("known systems are x86_64-linux"),
+            "{err}"
+        );
+        assert!(KNOWN_SYSTEMS.contains(&System::host().as_str()));
+    }
+
+    #[test]
+    fn clashing_names_are_refused() {
+        let name = Name::new("x").unwrap();
+        let out = OutputName::out();
+        let src = InputName::new("out").unwrap();
+        let err = check_names(&name, false, [&out], [&src], [], false, false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`out` is both an output and an input; inputs, outputs and env vars share the build \
+             environment, so their names must differ"
+        );
+        let err = check_names(&name, false, [&out], [], [], true, false).unwrap_err();
+        assert!(matches!(err, RequestError::NetworkWithoutFixedOutput(_)));
+        let err = check_names(&name, true, [&out], [], [], false, false).unwrap_err();
+        assert!(matches!(err, RequestError::NoBuilder(_)));
+    }
+}

@@ -1,0 +1,227 @@
+//! GC roots and garbage collection.
+//!
+//! A root is a symlink in `.roots/`. A *direct* root points at an entry directory. An *indirect*
+//! root points at a link outside the store (such as the `result` link `apply` makes); the entry
+//! that link points at is live for as long as the link is there, and an indirect root whose link
+//! is gone is removed by the next collection. Everything reachable from a root through the
+//! `references` of `meta.yaml` is live; everything else is garbage.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::fs;
+use std::io;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use super::install::remove_tree;
+use super::{EntryName, Store, StoreError};
+use crate::hash::base32;
+use crate::request::Name;
+
+/// What a root keeps alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootTarget {
+    /// A store entry.
+    Entry(EntryName),
+    /// Nothing any more: the entry or the outside link is gone.
+    Dangling,
+}
+
+/// One GC root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    /// Its name in `.roots/`.
+    pub name: String,
+    /// Where its symlink points.
+    pub link: PathBuf,
+    /// Whether it goes through a link outside the store.
+    pub indirect: bool,
+    /// What it keeps alive.
+    pub target: RootTarget,
+}
+
+/// What a garbage collection deleted, or would delete.
+#[derive(Debug, Default)]
+pub struct GcReport {
+    /// The dead entries with their sizes in bytes, sorted by name.
+    pub dead: Vec<(EntryName, u64)>,
+    /// Total bytes of the dead entries.
+    pub bytes: u64,
+    /// The number of live entries.
+    pub live: usize,
+    /// Roots that keep nothing alive.
+    pub dangling_roots: Vec<String>,
+    /// Whether this was a dry run (nothing deleted).
+    pub dry_run: bool,
+}
+
+impl Store {
+    fn roots_dir(&self) -> PathBuf {
+        self.dir.join(".roots")
+    }
+
+    /// The entry a path inside this store belongs to, if any.
+    fn entry_of(&self, path: &Path) -> Option<EntryName> {
+        let rest = path.strip_prefix(&self.dir).ok()?;
+        let first = rest.components().next()?.as_os_str().to_str()?;
+        EntryName::parse(first).ok().filter(|e| self.contains(e))
+    }
+
+    /// Makes `entry` a root named `name`, replacing a root of that name.
+    pub fn add_root(&self, name: &str, entry: &EntryName) -> Result<(), StoreError> {
+        if Name::new(name).is_err() {
+            return Err(StoreError::BadRootName(name.to_string()));
+        }
+        self.put_root(name, &self.entry_path(entry))
+    }
+
+    /// Registers `link`, a symlink outside the store that points at an entry, as an indirect
+    /// root: the entry stays alive while the link does.
+    pub fn add_indirect_root(&self, link: &Path) -> Result<(), StoreError> {
+        let link = std::path::absolute(link).map_err(StoreError::io("cannot resolve", link))?;
+        let name = format!(
+            "auto-{}",
+            &base32(blake3::hash(link.as_os_str().as_encoded_bytes()).as_bytes())[..32]
+        );
+        self.put_root(&name, &link)
+    }
+
+    /// Removes the root `name`; a missing root is not an error.
+    pub fn remove_root(&self, name: &str) -> Result<(), StoreError> {
+        let path = self.roots_dir().join(name);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(StoreError::io("cannot remove", &path)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates the root symlink beside its final name and renames it over, so a root is never
+    /// missing while it is replaced.
+    fn put_root(&self, name: &str, target: &Path) -> Result<(), StoreError> {
+        let path = self.roots_dir().join(name);
+        let tmp = self
+            .roots_dir()
+            .join(format!(".{name}.{}", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        symlink(target, &tmp).map_err(StoreError::io("cannot create", &tmp))?;
+        fs::rename(&tmp, &path).map_err(StoreError::io("cannot create", &path))
+    }
+
+    /// Every root, sorted by name.
+    pub fn roots(&self) -> Result<Vec<Root>, StoreError> {
+        let dir = self.roots_dir();
+        let mut roots = Vec::new();
+        for item in fs::read_dir(&dir).map_err(StoreError::io("cannot read", &dir))? {
+            let item = item.map_err(StoreError::io("cannot read", &dir))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let Ok(link) = fs::read_link(item.path()) else {
+                continue;
+            };
+            let indirect = !link.starts_with(&self.dir);
+            let pointed = if indirect {
+                fs::read_link(&link).ok()
+            } else {
+                Some(link.clone())
+            };
+            let target = match pointed.and_then(|p| self.entry_of(&p)) {
+                Some(entry) => RootTarget::Entry(entry),
+                None => RootTarget::Dangling,
+            };
+            roots.push(Root {
+                name,
+                link,
+                indirect,
+                target,
+            });
+        }
+        roots.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(roots)
+    }
+
+    /// The entries reachable from the roots through `references`. A live entry whose
+    /// `meta.yaml` cannot be read stops the walk with an error: its references are unknown, and
+    /// guessing could delete what it needs.
+    pub fn live(&self) -> Result<BTreeSet<EntryName>, StoreError> {
+        let mut live = BTreeSet::new();
+        let mut queue: VecDeque<EntryName> = self
+            .roots()?
+            .into_iter()
+            .filter_map(|r| match r.target {
+                RootTarget::Entry(e) => Some(e),
+                RootTarget::Dangling => None,
+            })
+            .collect();
+        while let Some(entry) = queue.pop_front() {
+            if !self.contains(&entry) || !live.insert(entry.clone()) {
+                continue;
+            }
+            queue.extend(self.meta(&entry)?.references);
+        }
+        Ok(live)
+    }
+
+    /// Deletes every entry not reachable from a root (with `dry_run`, only reports them), and
+    /// removes indirect roots whose link is gone. Waits until no other process has the store
+    /// open, and keeps it locked meanwhile.
+    pub fn gc(&self, dry_run: bool) -> Result<GcReport, StoreError> {
+        let lock_path = self.dir.join(".locks/store.lock");
+        self.lock
+            .lock()
+            .map_err(StoreError::io("cannot lock", &lock_path))?;
+        let report = self.collect(dry_run);
+        self.lock
+            .lock_shared()
+            .map_err(StoreError::io("cannot lock", &lock_path))?;
+        report
+    }
+
+    fn collect(&self, dry_run: bool) -> Result<GcReport, StoreError> {
+        let live = self.live()?;
+        let mut report = GcReport {
+            live: live.len(),
+            dry_run,
+            ..GcReport::default()
+        };
+        for root in self.roots()? {
+            if root.target == RootTarget::Dangling {
+                if root.indirect && !dry_run {
+                    self.remove_root(&root.name)?;
+                }
+                report.dangling_roots.push(root.name);
+            }
+        }
+        for entry in self.entries()? {
+            if live.contains(&entry) {
+                continue;
+            }
+            let path = self.entry_path(&entry);
+            let size = tree_size(&path).map_err(StoreError::io("cannot read", &path))?;
+            if !dry_run {
+                // Renamed out of place first, so the entry vanishes in one step; a crash during
+                // the removal leaves only staging garbage, swept on the next open.
+                let doomed = self.dir.join(".tmp").join(format!("{}.gc", entry.hash()));
+                fs::rename(&path, &doomed).map_err(StoreError::io("cannot remove", &path))?;
+                remove_tree(&doomed)?;
+            }
+            report.bytes += size;
+            report.dead.push((entry, size));
+        }
+        Ok(report)
+    }
+}
+
+/// The apparent size in bytes of the regular files under `path`.
+fn tree_size(path: &Path) -> io::Result<u64> {
+    let meta = fs::symlink_metadata(path)?;
+    if meta.is_dir() {
+        fs::read_dir(path)?.try_fold(0, |sum, item| Ok(sum + tree_size(&item?.path())?))
+    } else if meta.is_file() {
+        Ok(meta.len())
+    } else {
+        Ok(0)
+    }
+}

@@ -1,0 +1,580 @@
+//! Putting entries into the store: per-key locks, staging, canonicalisation, one rename.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, TryLockError};
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use nix::sys::stat::{UtimensatFlags, utimensat};
+use nix::sys::time::TimeSpec;
+
+use super::{EntryKind, EntryName, Meta, SCHEMA, Store, StoreError};
+use crate::hash::{
+    self, HashError, Key, TreeDigest, TreeHasher, is_store_hash, tree::special_kind,
+};
+use crate::request::Name;
+
+/// An exclusive lock on one key, `.locks/<h>.lock`: one build or import of one key at a time,
+/// across processes. Released on drop.
+#[derive(Debug)]
+pub struct KeyLock {
+    _file: File,
+    hash: String,
+}
+
+impl KeyLock {
+    fn open(store: &Store, hash: &str) -> Result<File, StoreError> {
+        assert!(
+            is_store_hash(hash),
+            "lock names are store hashes, got {hash:?}"
+        );
+        let path = store.dir.join(".locks").join(format!("{hash}.lock"));
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io("cannot open", &path))
+    }
+
+    /// Waits for and takes the lock of store hash `hash`.
+    pub fn acquire(store: &Store, hash: &str) -> Result<KeyLock, StoreError> {
+        let file = Self::open(store, hash)?;
+        file.lock()
+            .map_err(StoreError::io("cannot lock", &store.dir.join(".locks")))?;
+        Ok(KeyLock {
+            _file: file,
+            hash: hash.to_string(),
+        })
+    }
+
+    /// Takes the lock if nobody holds it.
+    pub(crate) fn try_acquire(store: &Store, hash: &str) -> Result<Option<KeyLock>, StoreError> {
+        let file = Self::open(store, hash)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(KeyLock {
+                _file: file,
+                hash: hash.to_string(),
+            })),
+            Err(TryLockError::WouldBlock) => Ok(None),
+            Err(TryLockError::Error(e)) => {
+                Err(StoreError::io("cannot lock", &store.dir.join(".locks"))(e))
+            }
+        }
+    }
+
+    /// The store hash this lock is for.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+}
+
+/// What the producer of an entry knows; [`Staging::commit`] adds the digest, size and times.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The derivation or source name.
+    pub name: Name,
+    /// The output name.
+    pub output: String,
+    /// What produces the entry.
+    pub kind: EntryKind,
+    /// The entry's key.
+    pub key: Key,
+    /// The derivation's closure key (builds).
+    pub derivation: Option<Key>,
+    /// The entries the content refers to.
+    pub references: Vec<EntryName>,
+    /// The build's inputs.
+    pub inputs: BTreeMap<String, EntryName>,
+    /// The platform.
+    pub system: Option<String>,
+    /// The sandbox level.
+    pub sandbox: Option<String>,
+    /// When production started.
+    pub started: SystemTime,
+    /// The tree digest of the build log.
+    pub log_digest: Option<TreeDigest>,
+    /// The Rust source location of the definition.
+    pub location: Option<String>,
+    /// For a source, where it came from.
+    pub source_path: Option<PathBuf>,
+    /// The digest the content must have (sources, fixed outputs).
+    pub expected: Option<TreeDigest>,
+}
+
+/// The reason a committed content did not have the digest it was expected to have.
+#[derive(Debug, thiserror::Error)]
+#[error("the content of `{entry}` hashes to {got}, but {expected} was expected")]
+pub struct Mismatch {
+    /// The entry being committed.
+    pub entry: EntryName,
+    /// The expected digest.
+    pub expected: TreeDigest,
+    /// The digest of the staged content.
+    pub got: TreeDigest,
+}
+
+/// The outcome of a commit.
+#[derive(Debug)]
+pub enum Committed {
+    /// The entry is now in the store, with this provenance.
+    Installed(Meta),
+    /// The staged content did not have the expected digest; nothing was installed.
+    Mismatch(Mismatch),
+}
+
+/// A directory in `.tmp/` in which one entry is put together. Removed on drop unless committed.
+#[derive(Debug)]
+pub struct Staging<'s> {
+    store: &'s Store,
+    dir: PathBuf,
+    entry: EntryName,
+}
+
+static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl<'s> Staging<'s> {
+    /// Creates a staging directory for `entry`, written under `lock` (which the sweep of
+    /// `.tmp/` respects).
+    pub fn new(store: &'s Store, lock: &KeyLock, entry: EntryName) -> Result<Self, StoreError> {
+        let seq = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);
+        let dir = store.dir.join(".tmp").join(format!(
+            "{}.{}-{seq}-{entry}",
+            lock.hash(),
+            std::process::id()
+        ));
+        fs::create_dir(&dir).map_err(StoreError::io("cannot create", &dir))?;
+        Ok(Staging { store, dir, entry })
+    }
+
+    /// Where the producer writes the content: a file, directory or symlink.
+    pub fn content_path(&self) -> PathBuf {
+        self.dir.join("content")
+    }
+
+    /// The entry being staged.
+    pub fn entry(&self) -> &EntryName {
+        &self.entry
+    }
+
+    /// Canonicalises the content (mode 0444/0555, mtime 1), hashes it, checks the expected
+    /// digest, writes `meta.yaml`, syncs, and renames the staged directory into place.
+    ///
+    /// If the entry appeared meanwhile (it cannot while the key lock is held, but a store may be
+    /// shared with a careless tool), the existing entry wins and the staging is discarded.
+    pub fn commit(self, draft: Draft) -> Result<Committed, StoreError> {
+        let content = self.content_path();
+        let size = canonicalise(&content)?;
+        let digest = TreeHasher::new().digest(&content)?;
+        if let Some(expected) = draft.expected
+            && expected != digest
+        {
+            return Ok(Committed::Mismatch(Mismatch {
+                entry: self.entry.clone(),
+                expected,
+                got: digest,
+            }));
+        }
+        let finished = SystemTime::now();
+        let meta = Meta {
+            schema: SCHEMA,
+            name: draft.name.to_string(),
+            output: draft.output,
+            kind: draft.kind,
+            key: draft.key,
+            derivation: draft.derivation,
+            digest,
+            size,
+            references: draft.references,
+            inputs: draft.inputs,
+            system: draft.system,
+            sandbox: draft.sandbox,
+            forjar_version: env!("CARGO_PKG_VERSION").to_string(),
+            started: humantime::format_rfc3339_seconds(draft.started).to_string(),
+            finished: humantime::format_rfc3339_seconds(finished).to_string(),
+            duration_ms: finished
+                .duration_since(draft.started)
+                .unwrap_or_default()
+                .as_millis() as u64,
+            log_digest: draft.log_digest,
+            location: draft.location,
+            source_path: draft.source_path,
+        };
+        let meta_path = self.dir.join("meta.yaml");
+        fs::write(&meta_path, meta.to_yaml())
+            .map_err(StoreError::io("cannot write", &meta_path))?;
+        set_mode(&meta_path, 0o444)?;
+        // One syncfs makes every staged file durable before the rename publishes the entry, so
+        // a crash cannot leave a valid-looking entry with empty files.
+        let store_dir =
+            File::open(&self.store.dir).map_err(StoreError::io("cannot open", &self.store.dir))?;
+        nix::unistd::syncfs(store_dir.as_fd()).map_err(|e| {
+            StoreError::io("cannot sync the file system of", &self.store.dir)(e.into())
+        })?;
+        let target = self.store.entry_path(&self.entry);
+        match fs::rename(&self.dir, &target) {
+            Ok(()) => {}
+            Err(e)
+                if target.is_dir()
+                    && matches!(
+                        e.raw_os_error(),
+                        Some(nix::libc::EEXIST | nix::libc::ENOTEMPTY)
+                    ) =>
+            {
+                return self.store.meta(&self.entry).map(Committed::Installed);
+            }
+            Err(e) => return Err(StoreError::io("cannot install", &target)(e)),
+        }
+        set_mode(&target, 0o555)?;
+        store_dir
+            .sync_all()
+            .map_err(StoreError::io("cannot sync", &self.store.dir))?;
+        // The staging directory is gone; nothing is left for drop to remove.
+        std::mem::forget(self);
+        Ok(Committed::Installed(meta))
+    }
+}
+
+impl Drop for Staging<'_> {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.dir);
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .map_err(StoreError::io("cannot set the mode of", path))
+}
+
+/// Sets modes to 0444 (0555 where the owner could execute, and for directories) and
+/// modification times to 1 second past the epoch, children before parents; refuses special
+/// files. Returns the total size of the regular files.
+pub(crate) fn canonicalise(path: &Path) -> Result<u64, StoreError> {
+    let meta = fs::symlink_metadata(path).map_err(|e| HashError::io(path, e))?;
+    let kind = meta.file_type();
+    let size = if kind.is_dir() {
+        let mut size = 0;
+        for item in fs::read_dir(path).map_err(|e| HashError::io(path, e))? {
+            let item = item.map_err(|e| HashError::io(path, e))?;
+            size += canonicalise(&item.path())?;
+        }
+        set_mode(path, 0o555)?;
+        size
+    } else if kind.is_file() {
+        let executable = meta.permissions().mode() & 0o100 != 0;
+        set_mode(path, if executable { 0o555 } else { 0o444 })?;
+        meta.len()
+    } else if kind.is_symlink() {
+        0
+    } else {
+        return Err(HashError::SpecialFile {
+            path: path.to_path_buf(),
+            kind: special_kind(kind),
+        }
+        .into());
+    };
+    let one = TimeSpec::new(1, 0);
+    utimensat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        &one,
+        &one,
+        UtimensatFlags::NoFollowSymlink,
+    )
+    .map_err(|e| StoreError::io("cannot set the times of", path)(e.into()))?;
+    Ok(size)
+}
+
+/// Removes a file or tree, making read-only directories writable first. A missing path is fine.
+pub(crate) fn remove_tree(path: &Path) -> Result<(), StoreError> {
+    fn writable(path: &Path) -> io::Result<()> {
+        let meta = fs::symlink_metadata(path)?;
+        if meta.is_dir() {
+            if meta.permissions().mode() & 0o700 != 0o700 {
+                fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+            }
+            for item in fs::read_dir(path)? {
+                writable(&item?.path())?;
+            }
+        }
+        Ok(())
+    }
+    let result = writable(path).and_then(|()| match fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) => Err(e),
+    });
+    match result {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(StoreError::io("cannot remove", path)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Copies a file, directory or symlink tree; refuses special files.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), StoreError> {
+    let meta = fs::symlink_metadata(from).map_err(|e| HashError::io(from, e))?;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        fs::create_dir(to).map_err(StoreError::io("cannot create", to))?;
+        for item in fs::read_dir(from).map_err(|e| HashError::io(from, e))? {
+            let item = item.map_err(|e| HashError::io(from, e))?;
+            copy_tree(&item.path(), &to.join(item.file_name()))?;
+        }
+    } else if kind.is_file() {
+        fs::copy(from, to).map_err(|e| HashError::io(from, e))?;
+    } else if kind.is_symlink() {
+        let target = fs::read_link(from).map_err(|e| HashError::io(from, e))?;
+        symlink(target, to).map_err(StoreError::io("cannot create", to))?;
+    } else {
+        return Err(HashError::SpecialFile {
+            path: from.to_path_buf(),
+            kind: special_kind(kind),
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// What importing a source did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportOutcome {
+    /// The source's entry.
+    pub entry: EntryName,
+    /// Its tree digest.
+    pub digest: TreeDigest,
+    /// Whether this call added it (false: it was there already).
+    pub imported: bool,
+}
+
+impl Store {
+    /// Imports a host file or directory by content, hashing it through the source digest cache.
+    /// The same content under the same name is one entry.
+    pub fn import_source(&self, path: &Path, name: &Name) -> Result<ImportOutcome, StoreError> {
+        let digest = TreeHasher::with_cache(self.digest_cache()).digest(path)?;
+        self.import_source_as(path, name, digest)
+    }
+
+    /// Imports a source already hashed to `digest` (by the planner). The copy is hashed again
+    /// and must match, so a source that changed since it was hashed is refused, not stored
+    /// under the wrong key.
+    pub fn import_source_as(
+        &self,
+        path: &Path,
+        name: &Name,
+        digest: TreeDigest,
+    ) -> Result<ImportOutcome, StoreError> {
+        let key = hash::source_key(name, &digest);
+        let entry = EntryName::new(&key, name, None);
+        if self.contains(&entry) {
+            return Ok(ImportOutcome {
+                entry,
+                digest,
+                imported: false,
+            });
+        }
+        let lock = KeyLock::acquire(self, entry.hash())?;
+        if self.contains(&entry) {
+            return Ok(ImportOutcome {
+                entry,
+                digest,
+                imported: false,
+            });
+        }
+        let started = SystemTime::now();
+        let staging = Staging::new(self, &lock, entry.clone())?;
+        copy_tree(path, &staging.content_path())?;
+        let draft = Draft {
+            name: name.clone(),
+            output: "out".into(),
+            kind: EntryKind::Source,
+            key,
+            derivation: None,
+            references: vec![],
+            inputs: BTreeMap::new(),
+            system: None,
+            sandbox: None,
+            started,
+            log_digest: None,
+            location: None,
+            source_path: Some(path.to_path_buf()),
+            expected: Some(digest),
+        };
+        match staging.commit(draft)? {
+            Committed::Installed(_) => Ok(ImportOutcome {
+                entry,
+                digest,
+                imported: true,
+            }),
+            Committed::Mismatch(m) => Err(StoreError::SourceChanged {
+                path: path.to_path_buf(),
+                expected: m.expected,
+                got: m.got,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+
+    fn source(dir: &Path) -> PathBuf {
+        let src = dir.join("hello");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        fs::write(src.join("hello.c"), b"int main(void) { return 0; }\n").unwrap();
+        fs::write(src.join("sub/run.sh"), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(src.join("sub/run.sh"), fs::Permissions::from_mode(0o775)).unwrap();
+        symlink("hello.c", src.join("link")).unwrap();
+        src
+    }
+
+    #[test]
+    fn an_imported_source_is_canonical_and_has_its_digest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let src = source(tmp.path());
+        let name = Name::new("hello").unwrap();
+        let outcome = store.import_source(&src, &name).unwrap();
+        assert!(outcome.imported);
+        assert_eq!(outcome.digest, hash::tree_digest(&src).unwrap());
+
+        let content = store.content_path(&outcome.entry);
+        assert_eq!(hash::tree_digest(&content).unwrap(), outcome.digest);
+        let mode = |p: &str| fs::symlink_metadata(content.join(p)).unwrap().mode() & 0o7777;
+        assert_eq!(mode("hello.c"), 0o444);
+        assert_eq!(mode("sub/run.sh"), 0o555);
+        assert_eq!(mode("sub"), 0o555);
+        assert_eq!(
+            fs::symlink_metadata(content.join("link")).unwrap().mtime(),
+            1
+        );
+        assert_eq!(fs::metadata(content.join("sub/run.sh")).unwrap().mtime(), 1);
+
+        let meta = store.meta(&outcome.entry).unwrap();
+        assert_eq!(meta.digest, outcome.digest);
+        assert_eq!(meta.kind, EntryKind::Source);
+        assert_eq!(meta.key.store_hash(), outcome.entry.hash());
+        assert_eq!(meta.size, 29 + 10);
+        assert!(
+            fs::read_dir(tmp.path().join("store/.tmp"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "no staging left"
+        );
+    }
+
+    #[test]
+    fn identical_content_imported_twice_is_one_entry() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let name = Name::new("hello").unwrap();
+        let first = store.import_source(&source(tmp.path()), &name).unwrap();
+        let copy = tmp.path().join("elsewhere");
+        fs::create_dir(&copy).unwrap();
+        let second = store.import_source(&source(&copy), &name).unwrap();
+        assert_eq!(first.entry, second.entry);
+        assert!(!second.imported);
+        assert_eq!(store.entries().unwrap(), vec![first.entry]);
+    }
+
+    #[test]
+    fn a_source_that_changed_since_it_was_hashed_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let src = source(tmp.path());
+        let stale = hash::tree_digest(&src).unwrap();
+        fs::write(src.join("hello.c"), b"changed").unwrap();
+        let err = store
+            .import_source_as(&src, &Name::new("hello").unwrap(), stale)
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("changed while it was being imported"),
+            "{err}"
+        );
+        assert_eq!(store.entries().unwrap(), vec![]);
+        assert!(
+            fs::read_dir(tmp.path().join("store/.tmp"))
+                .unwrap()
+                .next()
+                .is_none(),
+            "staging removed"
+        );
+    }
+
+    #[test]
+    fn a_source_holding_a_fifo_is_refused_naming_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let src = source(tmp.path());
+        nix::unistd::mkfifo(
+            &src.join("pipe"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let err = store
+            .import_source(&src, &Name::new("hello").unwrap())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains(&format!("`{}` is a FIFO", src.join("pipe").display())),
+            "{err}"
+        );
+        assert_eq!(store.entries().unwrap(), vec![]);
+    }
+
+    #[test]
+    fn staging_left_by_a_dead_process_is_swept_on_open_but_live_staging_is_not() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("store");
+        let store = Store::open(&dir).unwrap();
+        let live_key = "a".repeat(32);
+        let dead_key = "b".repeat(32);
+        let lock = KeyLock::acquire(&store, &live_key).unwrap();
+        fs::create_dir_all(dir.join(format!(".tmp/{live_key}.1-0-x/content"))).unwrap();
+        fs::create_dir_all(dir.join(format!(".tmp/{dead_key}.1-0-y/content"))).unwrap();
+        fs::set_permissions(
+            dir.join(format!(".tmp/{dead_key}.1-0-y/content")),
+            fs::Permissions::from_mode(0o555),
+        )
+        .unwrap();
+        fs::write(dir.join(".tmp/not-a-hash"), b"").unwrap();
+
+        let second = Store::open(&dir).unwrap();
+        let left: Vec<String> = fs::read_dir(dir.join(".tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, vec![format!("{live_key}.1-0-x")]);
+        drop((lock, second));
+    }
+
+    #[test]
+    fn a_dropped_staging_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let key: Key = "44".repeat(32).parse().unwrap();
+        let entry = EntryName::new(&key, &Name::new("x").unwrap(), None);
+        let lock = KeyLock::acquire(&store, entry.hash()).unwrap();
+        let staging = Staging::new(&store, &lock, entry.clone()).unwrap();
+        fs::create_dir(staging.content_path()).unwrap();
+        fs::write(staging.content_path().join("f"), b"half").unwrap();
+        drop(staging);
+        assert!(!store.contains(&entry));
+        assert!(
+            fs::read_dir(tmp.path().join("store/.tmp"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+    }
+}

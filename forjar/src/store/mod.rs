@@ -1,0 +1,452 @@
+//! The store: content-checked entries with provenance (DESIGN §4).
+//!
+//! ```text
+//! <store>/.forjar-store            marks the directory as a store, with its format version
+//! <store>/<h>-<name>/content       the output; read-only, mtime 1
+//! <store>/<h>-<name>/meta.yaml     provenance
+//! <store>/.tmp/                    staging on the same filesystem; swept on open
+//! <store>/.locks/<h>.lock          one build of one key at a time, across processes
+//! <store>/.logs/<h>.log            build logs
+//! <store>/.roots/                  GC roots (symlinks)
+//! <store>/.cache/                  the source digest cache
+//! ```
+//!
+//! An entry is valid exactly when its directory exists: it is staged in `.tmp/`, synced, and
+//! renamed into place in one `rename(2)`.
+//!
+//! Every open `Store` holds a shared lock on `.locks/store.lock`; garbage collection takes it
+//! exclusively, so that it never deletes an entry another process is about to use or build on.
+
+mod entry;
+mod gc;
+mod install;
+mod meta;
+mod verify;
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+pub use entry::EntryName;
+pub use gc::{GcReport, Root, RootTarget};
+pub use install::{Draft, ImportOutcome, KeyLock, Staging};
+pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
+pub use verify::{Problem, VerifyReport};
+
+use crate::hash::{DigestCache, HashError, is_store_hash};
+
+/// The marker file of a store, and the format it holds.
+const MARKER: &str = ".forjar-store";
+const FORMAT: &str = "forjar store v1\n";
+const DIRS: [&str; 5] = [".tmp", ".locks", ".logs", ".roots", ".cache"];
+
+/// Errors of store operations.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The directory is not a store and cannot be made one.
+    #[error("`{}` is not a forjar store: {reason}", .dir.display())]
+    NotAStore {
+        /// The directory.
+        dir: PathBuf,
+        /// Why, and what to do.
+        reason: String,
+    },
+    /// A file system operation failed.
+    #[error("{what} `{}`: {source}", .path.display())]
+    Io {
+        /// What was being done ("cannot create", "cannot read", ...).
+        what: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// A `meta.yaml` could not be read.
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// Content could not be hashed.
+    #[error(transparent)]
+    Hash(#[from] HashError),
+    /// A source changed between planning and import.
+    #[error(
+        "source `{}` changed while it was being imported (expected {expected}, the copy hashes to \
+         {got}); run again once nothing writes to it",
+        .path.display()
+    )]
+    SourceChanged {
+        /// The source path.
+        path: PathBuf,
+        /// The digest it had when planned.
+        expected: crate::hash::TreeDigest,
+        /// The digest of what was copied.
+        got: crate::hash::TreeDigest,
+    },
+    /// No entry matches a name given on the command line.
+    #[error("no store entry matches `{0}`; `forjar store ls` lists the entries")]
+    NoSuchEntry(String),
+    /// More than one entry matches a name given on the command line.
+    #[error("`{query}` matches {} store entries ({}); give more of the hash or the whole entry name", .matches.len(), .matches.join(", "))]
+    Ambiguous {
+        /// What was asked for.
+        query: String,
+        /// The entries that match.
+        matches: Vec<String>,
+    },
+    /// An entry has no build log.
+    #[error("`{entry}` has no build log: {reason}")]
+    NoLog {
+        /// The entry.
+        entry: EntryName,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A root name is not usable as a file name.
+    #[error("invalid root name `{0}`: use letters, digits and + - . _ ? = (no `/`)")]
+    BadRootName(String),
+}
+
+impl StoreError {
+    pub(crate) fn io<'p>(
+        what: &'static str,
+        path: &'p Path,
+    ) -> impl FnOnce(io::Error) -> StoreError + 'p {
+        move |source| StoreError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// An open store.
+pub struct Store {
+    dir: PathBuf,
+    /// Shared for the life of the handle; exclusive while collecting garbage.
+    lock: File,
+    cache: OnceLock<DigestCache>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// The store used when none is named: `$FORJAR_STORE`, else `/var/lib/forjar/store` for
+    /// root, else `$XDG_DATA_HOME/forjar/store` (`~/.local/share/forjar/store`).
+    pub fn default_dir() -> PathBuf {
+        if let Some(dir) = std::env::var_os("FORJAR_STORE").filter(|d| !d.is_empty()) {
+            return PathBuf::from(dir);
+        }
+        if nix::unistd::geteuid().is_root() {
+            return PathBuf::from("/var/lib/forjar/store");
+        }
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .filter(|d| Path::new(d).is_absolute())
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        data.join("forjar/store")
+    }
+
+    /// Opens the store at `dir`, creating it if `dir` does not exist or is empty, and sweeps
+    /// staging left behind by crashed processes.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let dir = dir.as_ref();
+        let not_a_store = |reason: String| StoreError::NotAStore {
+            dir: dir.to_path_buf(),
+            reason,
+        };
+        match fs::metadata(dir) {
+            Ok(meta) if !meta.is_dir() => return Err(not_a_store("it is not a directory".into())),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(dir)
+                    .map_err(StoreError::io("cannot create the store directory", dir))?;
+            }
+            Err(e) => return Err(StoreError::io("cannot open the store directory", dir)(e)),
+        }
+        let dir = fs::canonicalize(dir)
+            .map_err(StoreError::io("cannot open the store directory", dir))?;
+        let marker = dir.join(MARKER);
+        match fs::read(&marker) {
+            Ok(format) if format == FORMAT.as_bytes() => {}
+            Ok(format) => {
+                return Err(StoreError::NotAStore {
+                    dir,
+                    reason: format!(
+                        "its `{MARKER}` says {:?}, and this forjar reads {:?}",
+                        String::from_utf8_lossy(&format).trim(),
+                        FORMAT.trim()
+                    ),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut listing = fs::read_dir(&dir)
+                    .map_err(StoreError::io("cannot read the store directory", &dir))?;
+                if listing.next().is_some() {
+                    return Err(StoreError::NotAStore {
+                        dir,
+                        reason: format!(
+                            "it is not empty and has no `{MARKER}` file; name a new or empty directory to \
+                             create a store there"
+                        ),
+                    });
+                }
+                fs::write(&marker, FORMAT).map_err(StoreError::io("cannot create", &marker))?;
+            }
+            Err(e) => return Err(StoreError::io("cannot read", &marker)(e)),
+        }
+        for sub in DIRS {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).map_err(StoreError::io("cannot create", &path))?;
+        }
+        let lock_path = dir.join(".locks/store.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(StoreError::io("cannot open", &lock_path))?;
+        lock.lock_shared()
+            .map_err(StoreError::io("cannot lock", &lock_path))?;
+        let store = Store {
+            dir,
+            lock,
+            cache: OnceLock::new(),
+        };
+        store.sweep_staging()?;
+        Ok(store)
+    }
+
+    /// The store's directory (absolute, symlinks resolved).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The directory of an entry.
+    pub fn entry_path(&self, entry: &EntryName) -> PathBuf {
+        self.dir.join(entry.as_str())
+    }
+
+    /// The `content` of an entry.
+    pub fn content_path(&self, entry: &EntryName) -> PathBuf {
+        self.entry_path(entry).join("content")
+    }
+
+    /// Whether an entry is in the store (an entry is valid exactly when its directory exists).
+    pub fn contains(&self, entry: &EntryName) -> bool {
+        self.entry_path(entry).is_dir()
+    }
+
+    /// The build log of the derivation whose key has store hash `hash`.
+    pub fn log_path(&self, hash: &str) -> PathBuf {
+        self.dir.join(".logs").join(format!("{hash}.log"))
+    }
+
+    /// Reads an entry's `meta.yaml`.
+    pub fn meta(&self, entry: &EntryName) -> Result<Meta, StoreError> {
+        let path = self.entry_path(entry).join("meta.yaml");
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::Meta(MetaError::Damaged {
+                path: path.clone(),
+                reason: "the entry has no meta.yaml".into(),
+            }),
+            _ => StoreError::io("cannot read", &path)(e),
+        })?;
+        Ok(Meta::parse(&bytes, &path)?)
+    }
+
+    /// Every entry in the store, sorted; names that are not entry names are skipped (`verify`
+    /// reports them).
+    pub fn entries(&self) -> Result<Vec<EntryName>, StoreError> {
+        let mut entries: Vec<EntryName> = self
+            .listing()?
+            .into_iter()
+            .filter_map(|name| EntryName::parse(&name).ok())
+            .collect();
+        entries.sort();
+        Ok(entries)
+    }
+
+    /// The names in the store directory other than its own dot-files.
+    fn listing(&self) -> Result<Vec<String>, StoreError> {
+        let read = fs::read_dir(&self.dir)
+            .map_err(StoreError::io("cannot read the store directory", &self.dir))?;
+        let mut names = Vec::new();
+        for item in read {
+            let item =
+                item.map_err(StoreError::io("cannot read the store directory", &self.dir))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    /// Finds the entry a person means: a whole entry name, a path inside the store, a prefix of
+    /// a store hash, or the name part of exactly one entry.
+    pub fn resolve(&self, query: &str) -> Result<EntryName, StoreError> {
+        let in_store = Path::new(query)
+            .strip_prefix(&self.dir)
+            .ok()
+            .and_then(|rest| rest.components().next())
+            .and_then(|c| c.as_os_str().to_str());
+        if let Some(entry) = in_store
+            .or(Some(query))
+            .and_then(|q| EntryName::parse(q).ok())
+            && self.contains(&entry)
+        {
+            return Ok(entry);
+        }
+        let matches: Vec<EntryName> = self
+            .entries()?
+            .into_iter()
+            .filter(|e| e.name() == query || (!query.is_empty() && e.hash().starts_with(query)))
+            .collect();
+        match matches.len() {
+            0 => Err(StoreError::NoSuchEntry(query.to_string())),
+            1 => Ok(matches.into_iter().next().expect("one match")),
+            _ => Err(StoreError::Ambiguous {
+                query: query.to_string(),
+                matches: matches.iter().map(ToString::to_string).collect(),
+            }),
+        }
+    }
+
+    /// The build log of an entry.
+    pub fn log(&self, entry: &EntryName) -> Result<Vec<u8>, StoreError> {
+        let meta = self.meta(entry)?;
+        let Some(derivation) = meta.derivation else {
+            return Err(StoreError::NoLog {
+                entry: entry.clone(),
+                reason: "it is a source, imported rather than built",
+            });
+        };
+        let path = self.log_path(&derivation.store_hash());
+        fs::read(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => StoreError::NoLog {
+                entry: entry.clone(),
+                reason: "the log was removed",
+            },
+            _ => StoreError::io("cannot read", &path)(e),
+        })
+    }
+
+    /// The source digest cache of this store, loaded on first use.
+    pub fn digest_cache(&self) -> &DigestCache {
+        self.cache
+            .get_or_init(|| DigestCache::load(&self.cache_file()))
+    }
+
+    /// Writes the source digest cache back, if it was used and changed. A failure only costs
+    /// speed on the next run, so it is reported and not fatal to the caller.
+    pub fn save_digest_cache(&self) -> Result<(), StoreError> {
+        match self.cache.get() {
+            Some(cache) => cache
+                .save(&self.cache_file())
+                .map_err(StoreError::io("cannot write", &self.cache_file())),
+            None => Ok(()),
+        }
+    }
+
+    fn cache_file(&self) -> PathBuf {
+        self.dir.join(".cache/source-digests")
+    }
+
+    /// Removes what crashed or interrupted processes left in `.tmp/`. A staging directory is
+    /// named `<h>.<suffix>` and is only ever written under the lock of `<h>`; one whose lock is
+    /// free has no living writer.
+    fn sweep_staging(&self) -> Result<(), StoreError> {
+        let tmp = self.dir.join(".tmp");
+        let listing = fs::read_dir(&tmp).map_err(StoreError::io("cannot read", &tmp))?;
+        for item in listing {
+            let item = item.map_err(StoreError::io("cannot read", &tmp))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            let hash = name.split('.').next().unwrap_or_default();
+            // A name that is not a store hash was never written by forjar under a lock.
+            let lock = match is_store_hash(hash) {
+                true => match KeyLock::try_acquire(self, hash)? {
+                    Some(lock) => Some(lock),
+                    None => continue,
+                },
+                false => None,
+            };
+            install::remove_tree(&item.path())?;
+            drop(lock);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opening_a_new_directory_creates_a_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/store");
+        let store = Store::open(&path).unwrap();
+        for sub in DIRS {
+            assert!(path.join(sub).is_dir(), "{sub}");
+        }
+        assert_eq!(fs::read_to_string(path.join(MARKER)).unwrap(), FORMAT);
+        assert_eq!(store.entries().unwrap(), vec![]);
+        drop(store);
+        Store::open(&path).unwrap();
+    }
+
+    #[test]
+    fn a_directory_that_is_not_a_store_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("important.txt"), b"data").unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        let shown = err.to_string();
+        assert!(
+            shown
+                .contains("is not a forjar store: it is not empty and has no `.forjar-store` file"),
+            "{shown}"
+        );
+        assert_eq!(
+            fs::read(dir.path().join("important.txt")).unwrap(),
+            b"data",
+            "nothing is lost"
+        );
+        assert!(!dir.path().join(".tmp").exists(), "nothing is written");
+
+        let file = dir.path().join("important.txt");
+        let err = Store::open(&file).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with("is not a forjar store: it is not a directory"),
+            "{err}"
+        );
+
+        let other = tempfile::tempdir().unwrap();
+        fs::write(other.path().join(MARKER), "forjar store v9\n").unwrap();
+        let err = Store::open(other.path()).unwrap_err();
+        assert!(
+            err.to_string().contains("says \"forjar store v9\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_default_store_follows_the_environment() {
+        // Only the FORJAR_STORE override is checked here: it is read first, so the test does
+        // not depend on who runs it. Other threads of this test binary do not read it.
+        // SAFETY: no other thread of the unit tests reads or writes FORJAR_STORE.
+        unsafe { std::env::set_var("FORJAR_STORE", "/srv/forjar") };
+        assert_eq!(Store::default_dir(), PathBuf::from("/srv/forjar"));
+        // SAFETY: as above.
+        unsafe { std::env::remove_var("FORJAR_STORE") };
+        let default = Store::default_dir();
+        assert!(default.ends_with("forjar/store"), "{}", default.display());
+    }
+}

@@ -1,0 +1,155 @@
+//! `verify`: every entry's content rehashed and compared with its recorded digest.
+
+use std::fmt;
+use std::fs;
+
+use rayon::prelude::*;
+
+use super::{EntryName, Store, StoreError};
+use crate::hash::{TreeDigest, TreeHasher};
+
+/// Something wrong with one store entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The content no longer hashes to the recorded digest.
+    Mismatch {
+        /// The entry.
+        entry: EntryName,
+        /// The digest in `meta.yaml`.
+        recorded: TreeDigest,
+        /// The digest of the content now.
+        actual: TreeDigest,
+    },
+    /// The `meta.yaml` is missing, damaged or of an unknown schema.
+    Meta {
+        /// The entry.
+        entry: EntryName,
+        /// The error.
+        error: String,
+    },
+    /// The content could not be hashed (missing, unreadable, holds a special file).
+    Content {
+        /// The entry.
+        entry: EntryName,
+        /// The error.
+        error: String,
+    },
+    /// The entry's directory name does not match the key and name in its `meta.yaml`.
+    Misnamed {
+        /// The entry.
+        entry: EntryName,
+        /// The name its `meta.yaml` implies.
+        expected: String,
+    },
+    /// Something in the store directory that is not an entry.
+    Stray {
+        /// Its name.
+        name: String,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Mismatch {
+                entry,
+                recorded,
+                actual,
+            } => write!(
+                f,
+                "{entry}: content does not match its digest: meta.yaml records {recorded}, the content hashes to {actual}"
+            ),
+            Problem::Meta { entry, error } => write!(f, "{entry}: {error}"),
+            Problem::Content { entry, error } => write!(f, "{entry}: {error}"),
+            Problem::Misnamed { entry, expected } => {
+                write!(
+                    f,
+                    "{entry}: its meta.yaml describes an entry named {expected}"
+                )
+            }
+            Problem::Stray { name } => write!(
+                f,
+                "{name}: not a store entry (a name is `<32-character hash>-<name>`)"
+            ),
+        }
+    }
+}
+
+/// The outcome of [`Store::verify`].
+#[derive(Debug, Default)]
+pub struct VerifyReport {
+    /// How many entries were checked.
+    pub checked: usize,
+    /// What was found wrong, sorted by entry.
+    pub problems: Vec<Problem>,
+}
+
+impl VerifyReport {
+    /// Whether every entry is as recorded.
+    pub fn is_ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+impl Store {
+    /// Rehashes every entry's content (no cache) and compares it with its `meta.yaml`.
+    pub fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let mut problems: Vec<Problem> = Vec::new();
+        let mut entries = Vec::new();
+        for name in self.listing()? {
+            match EntryName::parse(&name) {
+                Ok(entry) if self.entry_path(&entry).is_dir() => entries.push(entry),
+                _ => problems.push(Problem::Stray { name }),
+            }
+        }
+        problems.par_extend(entries.par_iter().filter_map(|entry| self.check(entry)));
+        problems.sort_by_key(ToString::to_string);
+        Ok(VerifyReport {
+            checked: entries.len(),
+            problems,
+        })
+    }
+
+    fn check(&self, entry: &EntryName) -> Option<Problem> {
+        let meta = match self.meta(entry) {
+            Ok(meta) => meta,
+            Err(e) => {
+                return Some(Problem::Meta {
+                    entry: entry.clone(),
+                    error: e.to_string(),
+                });
+            }
+        };
+        let suffix = if meta.output == "out" {
+            String::new()
+        } else {
+            format!("-{}", meta.output)
+        };
+        let expected = format!("{}-{}{suffix}", meta.key.store_hash(), meta.name);
+        if expected != entry.as_str() {
+            return Some(Problem::Misnamed {
+                entry: entry.clone(),
+                expected,
+            });
+        }
+        let content = self.content_path(entry);
+        if let Err(e) = fs::symlink_metadata(&content) {
+            return Some(Problem::Content {
+                entry: entry.clone(),
+                error: format!("no content: {e}"),
+            });
+        }
+        match TreeHasher::new().digest(&content) {
+            Ok(actual) if actual == meta.digest => None,
+            Ok(actual) => Some(Problem::Mismatch {
+                entry: entry.clone(),
+                recorded: meta.digest,
+                actual,
+            }),
+            Err(e) => Some(Problem::Content {
+                entry: entry.clone(),
+                error: e.to_string(),
+            }),
+        }
+    }
+}
