@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::derivation::graph::Slot;
-use crate::derivation::{Derivation, DrvId, Graph, GraphError, Input, Limits, Source};
+use crate::derivation::{Derivation, Drv, DrvId, Graph, GraphError, Input, Limits, Source};
 use crate::hash::{self, HashError, HostFingerprint, Key, TreeDigest, TreeHasher};
 use crate::request::{
     BuildRequest, CleanRelPath, InputName, Name, OutputName, RequestError, RequestParts,
@@ -40,23 +40,8 @@ pub enum PlanError {
         location: String,
     },
     /// An input names an output its derivation does not declare.
-    #[error(
-        "input `{input}` of `{consumer}` ({location}) names output `{output}` of `{producer}`, which declares only {declared}"
-    )]
-    UnknownOutput {
-        /// The derivation with the input.
-        consumer: String,
-        /// Where it was defined.
-        location: String,
-        /// The input's name.
-        input: String,
-        /// The output asked for.
-        output: String,
-        /// The derivation asked.
-        producer: String,
-        /// Its outputs.
-        declared: String,
-    },
+    #[error(transparent)]
+    UnknownOutput(Box<UnknownOutput>),
     /// A handle of another graph, or of no graph, was used.
     #[error("in `{consumer}`: {error}")]
     Handle {
@@ -89,6 +74,26 @@ pub enum PlanError {
         /// The error.
         error: RequestError,
     },
+}
+
+/// An input (or root) that names an output its derivation does not declare.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "input `{input}` of `{consumer}` ({location}) names output `{output}` of `{producer}`, which declares only {declared}"
+)]
+pub struct UnknownOutput {
+    /// The derivation with the input.
+    pub consumer: String,
+    /// Where it was defined.
+    pub location: String,
+    /// The input's name.
+    pub input: String,
+    /// The output asked for.
+    pub output: String,
+    /// The derivation asked.
+    pub producer: String,
+    /// Its outputs.
+    pub declared: String,
 }
 
 /// What a node needs.
@@ -186,6 +191,8 @@ pub struct PlannedRoot {
 pub struct Plan {
     dag: DiGraph<Node, InputName>,
     order: Vec<NodeIndex>,
+    /// The node of each derivation, by its index in the graph.
+    drv_nodes: HashMap<usize, NodeIndex>,
     roots: Vec<PlannedRoot>,
     /// Problems that did not stop planning (such as a digest cache that could not be saved).
     pub warnings: Vec<String>,
@@ -242,6 +249,7 @@ impl Plan {
         Ok(Plan {
             dag,
             order,
+            drv_nodes: planner.drv_nodes,
             roots,
             warnings,
         })
@@ -250,6 +258,29 @@ impl Plan {
     /// The nodes in topological order (dependencies first).
     pub fn nodes(&self) -> impl Iterator<Item = (NodeIndex, &Node)> {
         self.order.iter().map(|&i| (i, &self.dag[i]))
+    }
+
+    /// The node of a derivation of the planned graph.
+    pub fn node_of<T>(&self, drv: &Drv<T>) -> Option<NodeIndex> {
+        self.drv_nodes.get(&drv.id.index).copied()
+    }
+
+    /// The closure key of a derivation of the planned graph.
+    pub fn key<T>(&self, drv: &Drv<T>) -> Option<Key> {
+        match &self.dag[self.node_of(drv)?].kind {
+            NodeKind::Derivation { key, .. } => Some(*key),
+            NodeKind::Source { .. } => None,
+        }
+    }
+
+    /// The store entries a node produces.
+    pub fn entry_names(&self, index: NodeIndex) -> Vec<String> {
+        match &self.dag[index].kind {
+            NodeKind::Derivation { outputs, .. } => {
+                outputs.values().map(|o| o.entry.to_string()).collect()
+            }
+            NodeKind::Source { entry, .. } => vec![entry.to_string()],
+        }
     }
 
     /// A node by index.
@@ -301,14 +332,7 @@ impl Plan {
             .iter()
             .copied()
             .filter(|&i| {
-                let node = &self.dag[i];
-                node.name.as_str() == name
-                    || match &node.kind {
-                        NodeKind::Derivation { outputs, .. } => {
-                            outputs.values().any(|o| o.entry.as_str() == name)
-                        }
-                        NodeKind::Source { entry, .. } => entry.as_str() == name,
-                    }
+                self.dag[i].name.as_str() == name || self.entry_names(i).iter().any(|e| e == name)
             })
             .collect()
     }
@@ -488,7 +512,7 @@ impl<'g> Planner<'g> {
                         let producer = self.producer(drv, output.drv)?;
                         let declared = &self.derivation(producer).outputs;
                         if !declared.iter().any(|o| o.as_str() == output.output) {
-                            return Err(PlanError::UnknownOutput {
+                            return Err(PlanError::UnknownOutput(Box::new(UnknownOutput {
                                 consumer: drv.name.to_string(),
                                 location: drv.location(),
                                 input: input_name.to_string(),
@@ -499,7 +523,7 @@ impl<'g> Planner<'g> {
                                     .map(|o| format!("`{o}`"))
                                     .collect::<Vec<_>>()
                                     .join(", "),
-                            });
+                            })));
                         }
                         self.drv_nodes[&producer]
                     }
@@ -715,7 +739,7 @@ impl<'g> Planner<'g> {
             };
             let Some((_, planned)) = outputs.iter().find(|(o, _)| o.as_str() == output.output)
             else {
-                return Err(PlanError::UnknownOutput {
+                return Err(PlanError::UnknownOutput(Box::new(UnknownOutput {
                     consumer,
                     location: String::from("root"),
                     input: name.clone(),
@@ -726,7 +750,7 @@ impl<'g> Planner<'g> {
                         .map(|o| format!("`{o}`"))
                         .collect::<Vec<_>>()
                         .join(", "),
-                });
+                })));
             };
             roots.push(PlannedRoot {
                 name: name.clone(),

@@ -8,24 +8,25 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The `forjar` tool built for this test run (cargo builds it before integration tests).
-pub fn forjar_tool() -> PathBuf {
+/// The example program `name`, which cargo builds before the integration tests.
+pub fn example(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test binary knows its path");
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/forjar
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/examples/<name>
     exe.parent()
         .and_then(Path::parent)
         .expect("test binaries live in target/<profile>/deps")
-        .join("forjar")
+        .join("examples")
+        .join(name)
 }
 
-/// Runs the `forjar` tool with `args` against `store`.
-pub fn run_tool(store: &Path, args: &[&str]) -> Output {
-    Command::new(forjar_tool())
+/// Runs an example program with `args` against `store`.
+pub fn run_example(name: &str, store: &Path, args: &[&str]) -> Output {
+    Command::new(example(name))
         .arg("--store")
         .arg(store)
         .args(args)
         .output()
-        .expect("the forjar tool runs")
+        .expect("the example runs")
 }
 
 /// Standard output as text.
@@ -36,4 +37,72 @@ pub fn stdout(output: &Output) -> String {
 /// Standard error as text.
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use forjar::hash::Key;
+use forjar::plan::Plan;
+use forjar::prelude::*;
+use forjar::request::Name;
+use forjar::store::{Committed, Draft, EntryKind, EntryName, KeyLock, Staging, Store};
+
+/// A fresh store in a temporary directory (kept alive by the returned guard).
+pub fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = Store::open(dir.path().join("store")).expect("a new store opens");
+    (dir, store)
+}
+
+/// The closure key of the derivation `define` adds, planned against `store`.
+pub fn key_of(store: &Store, define: impl FnOnce(&mut Graph) -> Drv) -> Key {
+    let mut graph = Graph::new();
+    let drv = define(&mut graph);
+    let plan = Plan::new(&graph, store).expect("the graph plans");
+    plan.key(&drv)
+        .expect("the handle is a derivation of the plan")
+}
+
+/// Installs an entry holding one file with `contents`, as a build would, and returns its name.
+pub fn install_file(
+    store: &Store,
+    name: &str,
+    key: Key,
+    contents: &[u8],
+    references: Vec<EntryName>,
+) -> EntryName {
+    let name = Name::new(name).expect("a valid name");
+    let entry = EntryName::new(&key, &name, None);
+    let lock = KeyLock::acquire(store, entry.hash()).expect("the key lock");
+    let staging = Staging::new(store, &lock, entry.clone()).expect("staging");
+    std::fs::write(staging.content_path(), contents).expect("content is written");
+    let draft = Draft {
+        name,
+        output: "out".into(),
+        kind: EntryKind::Build,
+        key,
+        derivation: Some(key),
+        references,
+        inputs: BTreeMap::new(),
+        system: None,
+        sandbox: None,
+        started: SystemTime::now(),
+        log_digest: None,
+        location: None,
+        source_path: None,
+        expected: None,
+    };
+    match staging.commit(draft).expect("commit") {
+        Committed::Installed(_) => entry,
+        Committed::Mismatch(m) => panic!("no digest was expected, yet: {m}"),
+    }
+}
+
+/// A key made from a small number, for entries installed by tests.
+pub fn test_key(n: u8) -> Key {
+    format!("{n:02x}")
+        .repeat(32)
+        .parse()
+        .expect("64 hex digits")
 }

@@ -192,8 +192,12 @@ fn run_program(
                 many => Err(Failure::new(
                     ExitCode::Usage,
                     format!(
-                        "`{name}` names {} nodes; give a store entry name instead",
-                        many.len()
+                        "`{name}` names {} nodes; name one by its store entry: {}",
+                        many.len(),
+                        many.iter()
+                            .map(|&i| plan.entry_names(i).join(" "))
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )),
             };

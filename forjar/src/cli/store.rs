@@ -139,7 +139,9 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
             }
         }
         StoreCommand::Gc { dry_run } => {
-            let report = store.gc(dry_run)?;
+            let report = store.gc(dry_run, || {
+                eprintln!("waiting for the other forjar processes that use the store to finish...")
+            })?;
             let mut text = String::new();
             let verb = if dry_run { "would delete" } else { "deleted" };
             for (entry, size) in &report.dead {

@@ -32,7 +32,7 @@ pub(crate) enum Slot {
         name: String,
         location: &'static Location<'static>,
     },
-    Defined(Derivation),
+    Defined(Box<Derivation>),
 }
 
 /// The derivations of one program and the roots it wants realised.
@@ -67,7 +67,7 @@ impl Graph {
 
     /// Adds a derivation; the handle can be used as an input of later ones.
     pub fn add(&mut self, derivation: Derivation) -> Drv {
-        self.slots.push(Slot::Defined(derivation));
+        self.slots.push(Slot::Defined(Box::new(derivation)));
         Drv::new(DrvId {
             graph: self.id,
             index: self.slots.len() - 1,
@@ -99,7 +99,7 @@ impl Graph {
                 })
             }
             Slot::Declared { .. } => {
-                *slot = Slot::Defined(derivation);
+                *slot = Slot::Defined(Box::new(derivation));
                 Ok(())
             }
         }

@@ -7,7 +7,7 @@
 //! `references` of `meta.yaml` is live; everything else is garbage.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::fs;
+use std::fs::{self, TryLockError};
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -164,15 +164,28 @@ impl Store {
         Ok(live)
     }
 
-    /// Deletes every entry not reachable from a root (with `dry_run`, only reports them), and
-    /// removes indirect roots whose link is gone. Waits until no other process has the store
-    /// open, and keeps it locked meanwhile.
-    pub fn gc(&self, dry_run: bool) -> Result<GcReport, StoreError> {
+    /// Deletes every entry not reachable from a root, and removes indirect roots whose link is
+    /// gone. Deleting needs the store to itself: if another handle has it open (another forjar
+    /// process, or another `Store` in this one), `on_wait` is called and the collection waits.
+    /// A dry run only reads, and neither waits nor deletes.
+    pub fn gc(&self, dry_run: bool, on_wait: impl FnOnce()) -> Result<GcReport, StoreError> {
+        if dry_run {
+            return self.collect(true);
+        }
         let lock_path = self.dir.join(".locks/store.lock");
-        self.lock
-            .lock()
-            .map_err(StoreError::io("cannot lock", &lock_path))?;
-        let report = self.collect(dry_run);
+        match self.lock.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                on_wait();
+                self.lock
+                    .lock()
+                    .map_err(StoreError::io("cannot lock", &lock_path))?;
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(StoreError::io("cannot lock", &lock_path)(e));
+            }
+        }
+        let report = self.collect(false);
         self.lock
             .lock_shared()
             .map_err(StoreError::io("cannot lock", &lock_path))?;

@@ -122,7 +122,7 @@ pub struct Mismatch {
 #[derive(Debug)]
 pub enum Committed {
     /// The entry is now in the store, with this provenance.
-    Installed(Meta),
+    Installed(Box<Meta>),
     /// The staged content did not have the expected digest; nothing was installed.
     Mismatch(Mismatch),
 }
@@ -225,7 +225,10 @@ impl<'s> Staging<'s> {
                         Some(nix::libc::EEXIST | nix::libc::ENOTEMPTY)
                     ) =>
             {
-                return self.store.meta(&self.entry).map(Committed::Installed);
+                return self
+                    .store
+                    .meta(&self.entry)
+                    .map(|m| Committed::Installed(Box::new(m)));
             }
             Err(e) => return Err(StoreError::io("cannot install", &target)(e)),
         }
@@ -235,7 +238,7 @@ impl<'s> Staging<'s> {
             .map_err(StoreError::io("cannot sync", &self.store.dir))?;
         // The staging directory is gone; nothing is left for drop to remove.
         std::mem::forget(self);
-        Ok(Committed::Installed(meta))
+        Ok(Committed::Installed(Box::new(meta)))
     }
 }
 

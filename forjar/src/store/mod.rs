@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 
 pub use entry::EntryName;
 pub use gc::{GcReport, Root, RootTarget};
-pub use install::{Draft, ImportOutcome, KeyLock, Staging};
+pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use verify::{Problem, VerifyReport};
 

@@ -1,0 +1,340 @@
+//! The planner: topological order, statuses, parallel levels, cycles, why-depends.
+
+use forjar::plan::{NodeKind, Plan, Status};
+use forjar::prelude::*;
+use forjar_suite::{install_file, temp_store};
+
+fn drv(name: &str) -> forjar::DerivationBuilder {
+    Derivation::builder(name).script("echo > $out")
+}
+
+fn source_dir() -> (tempfile::TempDir, Source) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("main.c"), "int main(void) { return 0; }\n").unwrap();
+    let source = Source::dir(dir.path()).unwrap().named("src").unwrap();
+    (dir, source)
+}
+
+/// src -> a, src -> b, (a, b) -> c
+fn diamond(source: &Source) -> (Graph, [Drv; 3]) {
+    let mut g = Graph::new();
+    let a = g.add(drv("a").input("src", source).build().unwrap());
+    let b = g.add(drv("b").input("src", source).build().unwrap());
+    let c = g.add(drv("c").input("a", a).input("b", b).build().unwrap());
+    g.root("c", c);
+    (g, [a, b, c])
+}
+
+fn names(plan: &Plan, nodes: &[petgraph::graph::NodeIndex]) -> Vec<String> {
+    let mut names: Vec<String> = nodes
+        .iter()
+        .map(|&n| plan.node(n).name.to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_diamond_plans_in_topological_order_with_parallel_levels() {
+    let (_dir, store) = temp_store();
+    let (_src, source) = source_dir();
+    let (g, [a, b, c]) = diamond(&source);
+    let plan = Plan::new(&g, &store).unwrap();
+
+    let order: Vec<String> = plan.nodes().map(|(_, n)| n.name.to_string()).collect();
+    let pos = |name: &str| order.iter().position(|n| n == name).unwrap();
+    assert!(pos("src") < pos("a") && pos("src") < pos("b"));
+    assert!(pos("a") < pos("c") && pos("b") < pos("c"));
+
+    let levels: Vec<Vec<String>> = plan.levels().iter().map(|l| names(&plan, l)).collect();
+    assert_eq!(levels, vec![vec!["src"], vec!["a", "b"], vec!["c"]]);
+
+    for handle in [a, b, c] {
+        assert_eq!(
+            plan.node(plan.node_of(&handle).unwrap()).status,
+            Status::Build
+        );
+    }
+    let summary = plan.summary();
+    assert_eq!((summary.build, summary.cached, summary.import), (3, 0, 1));
+    assert_eq!(plan.roots().len(), 1);
+    assert_eq!(plan.roots()[0].name, "c");
+}
+
+#[test]
+fn planning_builds_and_imports_nothing() {
+    let (_dir, store) = temp_store();
+    let (_src, source) = source_dir();
+    let (g, _) = diamond(&source);
+    Plan::new(&g, &store).unwrap();
+    Plan::new(&g, &store).unwrap();
+    assert_eq!(store.entries().unwrap(), vec![]);
+    assert!(store.roots().unwrap().is_empty());
+}
+
+#[test]
+fn statuses_follow_the_store() {
+    let (_dir, store) = temp_store();
+    let (_src, source) = source_dir();
+    let (g, [a, _, c]) = diamond(&source);
+    let plan = Plan::new(&g, &store).unwrap();
+
+    store
+        .import_source(source.host_path(), source.name())
+        .unwrap();
+    let a_node = plan.node(plan.node_of(&a).unwrap());
+    let NodeKind::Derivation { outputs, .. } = &a_node.kind else {
+        panic!("a is a derivation")
+    };
+    let out = &outputs.values().next().unwrap();
+    install_file(&store, "a", out.key, b"built", vec![]);
+
+    let again = Plan::new(&g, &store).unwrap();
+    assert_eq!(
+        again.node(again.node_of(&a).unwrap()).status,
+        Status::Cached
+    );
+    assert_eq!(again.node(again.node_of(&c).unwrap()).status, Status::Build);
+    let summary = again.summary();
+    assert_eq!(
+        (
+            summary.build,
+            summary.cached,
+            summary.import,
+            summary.sources_cached
+        ),
+        (2, 1, 0, 1)
+    );
+    assert_eq!(
+        again.key(&a),
+        plan.key(&a),
+        "installing entries does not change keys"
+    );
+}
+
+#[test]
+fn a_cycle_is_an_error_that_names_it() {
+    let (_dir, store) = temp_store();
+    let mut g = Graph::new();
+    let a = g.declare("a");
+    let b = g.add(drv("b").input("a", a).build().unwrap());
+    let c = g.add(drv("c").input("b", b).build().unwrap());
+    g.define(&a, drv("a").input("c", c).build().unwrap())
+        .unwrap();
+    let err = Plan::new(&g, &store).unwrap_err();
+    assert_eq!(err.to_string(), "derivation cycle: a -> c -> b -> a");
+}
+
+#[test]
+fn a_derivation_that_depends_on_itself_is_a_cycle() {
+    let (_dir, store) = temp_store();
+    let mut g = Graph::new();
+    let a = g.declare("a");
+    g.define(&a, drv("a").input("me", a).build().unwrap())
+        .unwrap();
+    assert_eq!(
+        Plan::new(&g, &store).unwrap_err().to_string(),
+        "derivation cycle: a -> a"
+    );
+}
+
+#[test]
+fn a_declared_but_undefined_derivation_is_named_with_its_location() {
+    let (_dir, store) = temp_store();
+    let mut g = Graph::new();
+    let line = line!() + 1;
+    let later = g.declare("later");
+    g.add(drv("user").input("later", later).build().unwrap());
+    let err = Plan::new(&g, &store).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "derivation `later` was declared at tests/plan.rs:{line} but never defined; call `define` on its handle"
+        )
+    );
+}
+
+#[test]
+fn define_refuses_misuse() {
+    let mut g = Graph::new();
+    let a = g.declare("a");
+    let err = g.define(&a, drv("b").build().unwrap()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "`a` was declared, but a derivation named `b` was given to define it"
+    );
+    g.define(&a, drv("a").build().unwrap()).unwrap();
+    let err = g.define(&a, drv("a").build().unwrap()).unwrap_err();
+    assert!(err.to_string().contains("already defined"), "{err}");
+}
+
+#[test]
+fn an_undeclared_output_is_named_with_what_is_declared() {
+    let (_dir, store) = temp_store();
+    let mut g = Graph::new();
+    let lib = g.add(drv("lib").output("out").output("dev").build().unwrap());
+    g.add(
+        drv("app")
+            .input("headers", lib.output("doc"))
+            .build()
+            .unwrap(),
+    );
+    let err = Plan::new(&g, &store).unwrap_err().to_string();
+    assert!(
+        err.starts_with("input `headers` of `app` (tests/plan.rs:"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with("names output `doc` of `lib`, which declares only `dev`, `out`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_handle_from_another_graph_is_refused() {
+    let (_dir, store) = temp_store();
+    let mut other = Graph::new();
+    let foreign = other.add(drv("foreign").build().unwrap());
+    let mut g = Graph::new();
+    g.add(drv("app").input("dep", foreign).build().unwrap());
+    let err = Plan::new(&g, &store).unwrap_err().to_string();
+    assert!(
+        err.starts_with("in `app`: a derivation handle from another graph"),
+        "{err}"
+    );
+}
+
+#[test]
+fn root_names_are_unique_and_valid() {
+    let (_dir, store) = temp_store();
+    let mut g = Graph::new();
+    let a = g.add(drv("a").build().unwrap());
+    g.root("x", a);
+    g.root("x", a);
+    assert_eq!(
+        Plan::new(&g, &store).unwrap_err().to_string(),
+        "two roots are named `x`; root names must be unique"
+    );
+    let mut g = Graph::new();
+    let a = g.add(drv("a").build().unwrap());
+    g.root("../x", a);
+    assert!(
+        Plan::new(&g, &store)
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid root name `../x`")
+    );
+}
+
+#[test]
+fn a_missing_source_is_named() {
+    let (_dir, store) = temp_store();
+    let (src, source) = source_dir();
+    let mut g = Graph::new();
+    g.add(drv("a").input("src", &source).build().unwrap());
+    std::fs::remove_dir_all(src.path()).unwrap();
+    let err = Plan::new(&g, &store).unwrap_err().to_string();
+    let path = src.path().display();
+    assert_eq!(err, format!("source `{path}`: `{path}` does not exist"));
+}
+
+#[test]
+fn a_source_holding_a_fifo_is_named() {
+    let (_dir, store) = temp_store();
+    let (src, source) = source_dir();
+    let fifo = src.path().join("pipe");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let mut g = Graph::new();
+    g.add(drv("a").input("src", &source).build().unwrap());
+    let err = Plan::new(&g, &store).unwrap_err().to_string();
+    assert!(
+        err.ends_with(&format!(
+            "`{}` is a FIFO; a tree may hold only regular files, directories and symlinks",
+            fifo.display()
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn why_depends_gives_the_chain_of_inputs() {
+    let (_dir, store) = temp_store();
+    let (_src, source) = source_dir();
+    let (g, [a, b, c]) = diamond(&source);
+    let plan = Plan::new(&g, &store).unwrap();
+    let src = plan.find("src")[0];
+    let chain = plan.why_depends(plan.node_of(&c).unwrap(), src).unwrap();
+    let steps: Vec<(String, Option<String>)> = chain
+        .iter()
+        .map(|(n, input)| {
+            (
+                plan.node(*n).name.to_string(),
+                input.as_ref().map(ToString::to_string),
+            )
+        })
+        .collect();
+    assert_eq!(steps[0], ("c".to_string(), Some(steps[1].0.clone())));
+    assert_eq!(steps[1].1.as_deref(), Some("src"));
+    assert_eq!(steps[2], ("src".to_string(), None));
+    assert!(
+        plan.why_depends(plan.node_of(&a).unwrap(), plan.node_of(&b).unwrap())
+            .is_none()
+    );
+    assert!(
+        plan.why_depends(src, plan.node_of(&c).unwrap()).is_none(),
+        "dependencies do not depend on dependents"
+    );
+}
+
+#[test]
+fn dot_and_json_show_every_node_and_edge() {
+    let (_dir, store) = temp_store();
+    let (_src, source) = source_dir();
+    let (g, _) = diamond(&source);
+    let plan = Plan::new(&g, &store).unwrap();
+    let dot = plan.to_dot();
+    assert!(dot.starts_with("digraph forjar {"));
+    assert_eq!(dot.matches(" -> ").count(), 4);
+    assert_eq!(dot.matches("[label=\"").count(), 4 + 4);
+    let json = plan.to_json();
+    assert_eq!(json["nodes"].as_array().unwrap().len(), 4);
+    assert_eq!(json["edges"].as_array().unwrap().len(), 4);
+    assert_eq!(json["summary"]["build"], 3);
+    let c = json["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "c")
+        .unwrap();
+    assert_eq!(c["status"], "build");
+    assert_eq!(c["level"], 2);
+    assert_eq!(c["key"].as_str().unwrap().len(), 64);
+    assert!(
+        c["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("tests/plan.rs:")
+    );
+}
+
+#[test]
+fn a_host_tools_derivation_is_marked_impure() {
+    let (_dir, store) = temp_store();
+    let mut g = Graph::new();
+    let pure = g.add(drv("pure").build().unwrap());
+    let impure = g.add(
+        drv("impure")
+            .sandbox(SandboxLevel::HostTools)
+            .build()
+            .unwrap(),
+    );
+    let plan = Plan::new(&g, &store).unwrap();
+    assert!(!plan.node(plan.node_of(&pure).unwrap()).impure);
+    assert!(plan.node(plan.node_of(&impure).unwrap()).impure);
+    let text = forjar::cli::render_plan(&plan);
+    assert!(text.contains("build*  impure"), "{text}");
+    assert!(
+        text.ends_with("Plan: 2 to build, 0 cached, 0 sources to import\n"),
+        "{text}"
+    );
+}

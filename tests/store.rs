@@ -1,0 +1,275 @@
+//! The store: roots, garbage collection, verification, damaged entries.
+
+use std::fs;
+use std::os::unix::fs::{PermissionsExt, symlink};
+
+use forjar::store::{Problem, RootTarget, Store};
+use forjar_suite::{install_file, temp_store, test_key};
+
+/// Makes an entry's content writable again and overwrites it, as a careless tool might.
+fn tamper(store: &Store, entry: &forjar::store::EntryName, contents: &[u8]) {
+    let path = store.content_path(entry);
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&path, contents).unwrap();
+}
+
+#[test]
+fn gc_keeps_what_roots_reach_through_references_and_deletes_the_rest() {
+    let (_dir, store) = temp_store();
+    let lib = install_file(&store, "lib", test_key(1), b"library", vec![]);
+    let app = install_file(
+        &store,
+        "app",
+        test_key(2),
+        b"application",
+        vec![lib.clone()],
+    );
+    let old = install_file(&store, "old", test_key(3), b"old build!", vec![]);
+    let old_dep = install_file(&store, "old-dep", test_key(4), b"x", vec![]);
+    let older = install_file(&store, "older", test_key(5), b"yy", vec![old_dep.clone()]);
+    store.add_root("app", &app).unwrap();
+
+    let dry = store
+        .gc(true, || panic!("nothing else holds the store"))
+        .unwrap();
+    let dead: Vec<_> = dry.dead.iter().map(|(e, _)| e.clone()).collect();
+    let mut expected = vec![old.clone(), old_dep.clone(), older.clone()];
+    expected.sort();
+    assert_eq!(dead, expected);
+    assert_eq!(dry.live, 2);
+    let meta_bytes: u64 = [&old, &old_dep, &older]
+        .iter()
+        .map(|e| {
+            fs::metadata(store.entry_path(e).join("meta.yaml"))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(
+        dry.bytes,
+        10 + 1 + 2 + meta_bytes,
+        "content and meta.yaml of the dead entries"
+    );
+    assert_eq!(
+        store.entries().unwrap().len(),
+        5,
+        "a dry run deletes nothing"
+    );
+
+    let report = store
+        .gc(false, || panic!("nothing else holds the store"))
+        .unwrap();
+    assert_eq!(report.dead.len(), 3);
+    assert_eq!(report.bytes, dry.bytes);
+    let mut left = vec![lib, app];
+    left.sort();
+    assert_eq!(store.entries().unwrap(), left);
+    assert!(
+        fs::read_dir(store.dir().join(".tmp"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "no garbage left in .tmp"
+    );
+    assert!(store.verify().unwrap().is_ok());
+}
+
+#[test]
+fn an_indirect_root_lives_as_long_as_its_link() {
+    let (dir, store) = temp_store();
+    let entry = install_file(&store, "result", test_key(7), b"out", vec![]);
+    let link = dir.path().join("result");
+    symlink(store.entry_path(&entry), &link).unwrap();
+    store.add_indirect_root(&link).unwrap();
+
+    let roots = store.roots().unwrap();
+    assert_eq!(roots.len(), 1);
+    assert!(roots[0].indirect);
+    assert_eq!(roots[0].target, RootTarget::Entry(entry.clone()));
+    assert!(
+        store
+            .gc(false, || panic!("nothing else holds the store"))
+            .unwrap()
+            .dead
+            .is_empty()
+    );
+
+    fs::remove_file(&link).unwrap();
+    let report = store
+        .gc(false, || panic!("nothing else holds the store"))
+        .unwrap();
+    assert_eq!(report.dead.len(), 1);
+    assert_eq!(report.dangling_roots, vec![roots[0].name.clone()]);
+    assert!(
+        store.roots().unwrap().is_empty(),
+        "the dangling indirect root is removed"
+    );
+}
+
+#[test]
+fn roots_can_be_replaced_and_removed() {
+    let (_dir, store) = temp_store();
+    let one = install_file(&store, "one", test_key(1), b"1", vec![]);
+    let two = install_file(&store, "two", test_key(2), b"2", vec![]);
+    store.add_root("current", &one).unwrap();
+    store.add_root("current", &two).unwrap();
+    let roots = store.roots().unwrap();
+    assert_eq!(roots.len(), 1);
+    assert_eq!(roots[0].target, RootTarget::Entry(two));
+    store.remove_root("current").unwrap();
+    assert!(store.roots().unwrap().is_empty());
+    assert!(
+        store
+            .add_root("a/b", &one)
+            .unwrap_err()
+            .to_string()
+            .starts_with("invalid root name `a/b`")
+    );
+}
+
+#[test]
+fn gc_refuses_to_guess_when_a_live_entry_has_a_damaged_meta() {
+    let (_dir, store) = temp_store();
+    let entry = install_file(&store, "app", test_key(2), b"application", vec![]);
+    let other = install_file(&store, "other", test_key(3), b"other", vec![]);
+    store.add_root("app", &entry).unwrap();
+    let meta = store.entry_path(&entry).join("meta.yaml");
+    fs::set_permissions(store.entry_path(&entry), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&meta, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&meta, "schema: 1\nname: [\n").unwrap();
+    let err = store
+        .gc(false, || panic!("nothing else holds the store"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("`{}` is damaged: not YAML", meta.display())),
+        "{err}"
+    );
+    assert!(store.contains(&other), "nothing is deleted");
+}
+
+#[test]
+fn verify_names_every_entry_whose_content_changed() {
+    let (_dir, store) = temp_store();
+    let good = install_file(&store, "good", test_key(1), b"good", vec![]);
+    let bad = install_file(&store, "bad", test_key(2), b"original", vec![]);
+    assert!(store.verify().unwrap().is_ok());
+    tamper(&store, &bad, b"tampered");
+
+    let report = store.verify().unwrap();
+    assert_eq!(report.checked, 2);
+    assert_eq!(report.problems.len(), 1);
+    let Problem::Mismatch {
+        entry,
+        recorded,
+        actual,
+    } = &report.problems[0]
+    else {
+        panic!("expected a mismatch, got {:?}", report.problems)
+    };
+    assert_eq!(entry, &bad);
+    assert_eq!(*recorded, store.meta(&bad).unwrap().digest);
+    assert_ne!(recorded, actual);
+    assert!(
+        report.problems[0]
+            .to_string()
+            .starts_with(&format!("{bad}: content does not match its digest"))
+    );
+    let _ = good;
+}
+
+#[test]
+fn verify_reports_damaged_meta_missing_content_and_stray_files() {
+    let (_dir, store) = temp_store();
+    let damaged = install_file(&store, "damaged", test_key(1), b"x", vec![]);
+    let unknown = install_file(&store, "unknown", test_key(2), b"x", vec![]);
+    let hollow = install_file(&store, "hollow", test_key(3), b"x", vec![]);
+    for entry in [&damaged, &unknown, &hollow] {
+        fs::set_permissions(store.entry_path(entry), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let meta = |e: &forjar::store::EntryName| store.entry_path(e).join("meta.yaml");
+    fs::remove_file(meta(&damaged)).unwrap();
+    fs::write(meta(&damaged), "not: [valid").unwrap();
+    let text = fs::read_to_string(meta(&unknown))
+        .unwrap()
+        .replace("schema: 1", "schema: 2");
+    fs::remove_file(meta(&unknown)).unwrap();
+    fs::write(meta(&unknown), text).unwrap();
+    fs::remove_file(store.content_path(&hollow)).unwrap();
+    fs::write(store.dir().join("stray.txt"), "?").unwrap();
+
+    let report = store.verify().unwrap();
+    let lines: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 4, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{damaged}: `")) && l.contains("is damaged: not YAML"))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{unknown}: `")) && l.contains("has schema version 2"))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("{hollow}: no content")))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("stray.txt: not a store entry"))
+    );
+}
+
+#[test]
+fn resolve_accepts_names_hash_prefixes_and_paths() {
+    let (_dir, store) = temp_store();
+    let entry = install_file(&store, "hello", test_key(9), b"hi", vec![]);
+    install_file(&store, "hello-dev", test_key(10), b"hi", vec![]);
+    assert_eq!(store.resolve(entry.as_str()).unwrap(), entry);
+    assert_eq!(store.resolve("hello").unwrap(), entry);
+    assert_eq!(store.resolve(&entry.hash()[..6]).unwrap(), entry);
+    let inside = store.content_path(&entry);
+    assert_eq!(store.resolve(inside.to_str().unwrap()).unwrap(), entry);
+    assert_eq!(
+        store.resolve("nothing").unwrap_err().to_string(),
+        "no store entry matches `nothing`; `forjar store ls` lists the entries"
+    );
+}
+
+#[test]
+fn a_second_process_sees_entries_the_first_installed() {
+    let (dir, store) = temp_store();
+    let entry = install_file(&store, "shared", test_key(1), b"x", vec![]);
+    let again = Store::open(dir.path().join("store")).unwrap();
+    assert!(again.contains(&entry));
+    assert_eq!(again.meta(&entry).unwrap(), store.meta(&entry).unwrap());
+}
+
+#[test]
+fn gc_waits_for_other_handles_and_says_so() {
+    let (dir, store) = temp_store();
+    install_file(&store, "garbage", test_key(1), b"x", vec![]);
+    let other = Store::open(dir.path().join("store")).unwrap();
+    let waited = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let gc = s.spawn(|| {
+            store.gc(false, || {
+                waited.store(true, std::sync::atomic::Ordering::SeqCst)
+            })
+        });
+        while !waited.load(std::sync::atomic::Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        assert!(
+            other.entries().unwrap().len() == 1,
+            "nothing is deleted while another handle is open"
+        );
+        drop(other);
+        let report = gc.join().unwrap().unwrap();
+        assert_eq!(report.dead.len(), 1);
+    });
+    assert!(store.entries().unwrap().is_empty());
+}
