@@ -21,6 +21,7 @@ use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
@@ -57,10 +58,10 @@ pub enum HashError {
         /// What it is ("FIFO", "socket", ...).
         kind: &'static str,
     },
-    /// A file changed while it was read.
+    /// A file shrank while it was read.
     #[error(
-        "`{}` changed while it was being hashed (it had {expected} bytes, {got} were read); \
-         hash it again once nothing writes to it",
+        "`{}` changed while it was being hashed (it had {expected} bytes, only {got} could be \
+         read); hash it again once nothing writes to it",
         .path.display()
     )]
     Changed {
@@ -125,10 +126,19 @@ pub fn tree_digest(path: &Path) -> Result<TreeDigest, HashError> {
 /// Read buffer per thread; large enough that BLAKE3 hashes whole chunks with its widest SIMD.
 const BUFFER: usize = 1 << 20;
 /// Files at least this large are hashed with BLAKE3's multi-threaded path.
-const RAYON_THRESHOLD: u64 = 8 << 20;
+const RAYON_THRESHOLD: u64 = 1 << 20;
 
 thread_local! {
     static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A hasher in derive-key mode for the tree context. Deriving the context key is a BLAKE3
+/// compression of its own; doing it once and cloning saves one per node, which counts on trees
+/// of many small files.
+fn node_hasher() -> blake3::Hasher {
+    static TEMPLATE: LazyLock<blake3::Hasher> =
+        LazyLock::new(|| blake3::Hasher::new_derive_key(TREE_CONTEXT));
+    TEMPLATE.clone()
 }
 
 impl<'c> TreeHasher<'c> {
@@ -191,7 +201,7 @@ impl<'c> TreeHasher<'c> {
         } else {
             entries.iter().map(child).collect::<Result<_, _>>()?
         };
-        let mut h = blake3::Hasher::new_derive_key(TREE_CONTEXT);
+        let mut h = node_hasher();
         h.update(b"D").update(&(entries.len() as u64).to_le_bytes());
         for ((name, _), digest) in entries.iter().zip(&digests) {
             let name = name.as_bytes();
@@ -203,6 +213,16 @@ impl<'c> TreeHasher<'c> {
     }
 
     fn file(&self, path: &Path) -> Result<[u8; 32], HashError> {
+        // With a cache, one lstat answers for an unchanged file: no open, no read.
+        if let Some(cache) = self.cache {
+            let meta = fs::symlink_metadata(path).map_err(|e| HashError::io(path, e))?;
+            if meta.is_file()
+                && let Some(hash) = cache.get(&FileId::of(&meta))
+            {
+                self.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(file_node(is_executable(&meta), meta.len(), &hash));
+            }
+        }
         let started = SystemTime::now();
         // O_NOFOLLOW: the entry was a regular file when listed; if it was swapped for a symlink
         // since, fail rather than hash what it points to. O_NONBLOCK: a swapped-in FIFO must not
@@ -219,24 +239,17 @@ impl<'c> TreeHasher<'c> {
                 kind: special_kind(meta.file_type()),
             });
         }
-        let id = FileId::of(&meta);
-        let contents = match self.cache.and_then(|c| c.get(&id)) {
-            Some(hash) => {
-                self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                hash
-            }
-            None => {
-                let hash = self.contents(&mut file, path, meta.len())?;
-                if let Some(cache) = self.cache {
-                    cache.insert_settled(id, hash, started);
-                }
-                hash
-            }
-        };
+        let contents = self.contents(&mut file, path, meta.len())?;
+        if let Some(cache) = self.cache {
+            cache.insert_settled(FileId::of(&meta), contents, started);
+        }
         Ok(file_node(is_executable(&meta), meta.len(), &contents))
     }
 
-    /// BLAKE3 of a file's contents, checking that exactly `size` bytes were there to read.
+    /// BLAKE3 of the first `size` bytes of a file (its size when opened), failing if it has
+    /// fewer. Reading stops at `size`, saving the `read` that would only report the end of the
+    /// file; a file that grows while it is hashed is caught where it matters, when the copy of an
+    /// imported source is hashed again.
     fn contents(&self, file: &mut File, path: &Path, size: u64) -> Result<[u8; 32], HashError> {
         let mut hasher = blake3::Hasher::new();
         let read = BUF.with_borrow_mut(|buf| -> io::Result<u64> {
@@ -244,9 +257,10 @@ impl<'c> TreeHasher<'c> {
                 buf.resize(BUFFER, 0);
             }
             let mut total = 0u64;
-            loop {
-                let n = match file.read(buf) {
-                    Ok(0) => return Ok(total),
+            while total < size {
+                let want = (size - total).min(BUFFER as u64) as usize;
+                let n = match file.read(&mut buf[..want]) {
+                    Ok(0) => break,
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => return Err(e),
@@ -258,6 +272,7 @@ impl<'c> TreeHasher<'c> {
                 }
                 total += n as u64;
             }
+            Ok(total)
         });
         let read = read.map_err(|e| HashError::io(path, e))?;
         self.files_read.fetch_add(1, Ordering::Relaxed);
@@ -279,7 +294,7 @@ fn is_executable(meta: &Metadata) -> bool {
 
 /// `DK("F" || u8(x) || u64(size) || BLAKE3(contents))`.
 pub(crate) fn file_node(executable: bool, size: u64, contents: &[u8; 32]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key(TREE_CONTEXT);
+    let mut h = node_hasher();
     h.update(b"F")
         .update(&[u8::from(executable)])
         .update(&size.to_le_bytes())
@@ -289,7 +304,7 @@ pub(crate) fn file_node(executable: bool, size: u64, contents: &[u8; 32]) -> [u8
 
 /// `DK("L" || u64(len(target)) || target)`.
 fn symlink_node(target: &[u8]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new_derive_key(TREE_CONTEXT);
+    let mut h = node_hasher();
     h.update(b"L")
         .update(&(target.len() as u64).to_le_bytes())
         .update(target);
