@@ -249,32 +249,35 @@ impl<'c> TreeHasher<'c> {
     /// BLAKE3 of the first `size` bytes of a file (its size when opened), failing if it has
     /// fewer. Reading stops at `size`, saving the `read` that would only report the end of the
     /// file; a file that grows while it is hashed is caught where it matters, when the copy of an
-    /// imported source is hashed again.
+    /// imported source is hashed again. A file that fits the buffer is hashed in one call, which
+    /// spares the incremental hasher's bookkeeping on the many small files of a typical tree.
     fn contents(&self, file: &mut File, path: &Path, size: u64) -> Result<[u8; 32], HashError> {
-        let mut hasher = blake3::Hasher::new();
-        let read = BUF.with_borrow_mut(|buf| -> io::Result<u64> {
+        let hashed = BUF.with_borrow_mut(|buf| -> io::Result<([u8; 32], u64)> {
             if buf.len() < BUFFER {
                 buf.resize(BUFFER, 0);
             }
+            if size <= BUFFER as u64 {
+                let n = read_full(file, &mut buf[..size as usize])?;
+                return Ok((*blake3::hash(&buf[..n]).as_bytes(), n as u64));
+            }
+            let mut hasher = blake3::Hasher::new();
             let mut total = 0u64;
             while total < size {
                 let want = (size - total).min(BUFFER as u64) as usize;
-                let n = match file.read(&mut buf[..want]) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(e),
-                };
+                let n = read_full(file, &mut buf[..want])?;
                 if size >= RAYON_THRESHOLD {
                     hasher.update_rayon(&buf[..n]);
                 } else {
                     hasher.update(&buf[..n]);
                 }
                 total += n as u64;
+                if n < want {
+                    break;
+                }
             }
-            Ok(total)
+            Ok((*hasher.finalize().as_bytes(), total))
         });
-        let read = read.map_err(|e| HashError::io(path, e))?;
+        let (hash, read) = hashed.map_err(|e| HashError::io(path, e))?;
         self.files_read.fetch_add(1, Ordering::Relaxed);
         self.bytes_read.fetch_add(read, Ordering::Relaxed);
         if read != size {
@@ -284,8 +287,22 @@ impl<'c> TreeHasher<'c> {
                 got: read,
             });
         }
-        Ok(*hasher.finalize().as_bytes())
+        Ok(hash)
     }
+}
+
+/// Reads until `buf` is full or the file ends; returns the bytes read.
+fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut total = 0;
+    while total < buf.len() {
+        match file.read(&mut buf[total..]) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
 }
 
 fn is_executable(meta: &Metadata) -> bool {
@@ -495,6 +512,52 @@ mod tests {
             .collect();
         fs::write(&path, &contents).unwrap();
         assert_eq!(digest(&path), spec_file(&contents, false));
+    }
+
+    /// The vectors published in the book (reference/hashing.md), which the independent Python
+    /// implementation there reproduces.
+    #[test]
+    fn the_published_test_vectors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |rel: &str| dir.path().join(rel);
+        fs::create_dir_all(p("empty")).unwrap();
+        fs::create_dir_all(p("tree/sub")).unwrap();
+        fs::write(p("hello.txt"), b"hello\n").unwrap();
+        fs::write(p("hello.sh"), b"hello\n").unwrap();
+        fs::set_permissions(p("hello.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("hello.txt", p("link")).unwrap();
+        fs::write(p("tree/a"), b"hello\n").unwrap();
+        fs::write(p("tree/sub/b"), b"").unwrap();
+        symlink("../a", p("tree/sub/c")).unwrap();
+        let vectors = [
+            (
+                "empty",
+                "ba8ea6c3b2a571bc420557f2606b39289949c1bbf60786222c20d0e57bb55e5f",
+            ),
+            (
+                "hello.txt",
+                "c9ead8039dfa64166770b067c253a4e6ed7fd8162f4c6974add7f6d857cc9e35",
+            ),
+            (
+                "hello.sh",
+                "fc70010e563ec87aa0cb65bd24d8dfbee5d0817333875aaff56a8529003910af",
+            ),
+            (
+                "link",
+                "557febaa2a03453cdd168b776423dc27a0c2df4ca992ec0189a9d9fd0a88a853",
+            ),
+            (
+                "tree",
+                "7912e9d18e21c2c8fb8e75b06679462af936ae89a234368b18b320760273d0f7",
+            ),
+        ];
+        for (rel, hex) in vectors {
+            assert_eq!(
+                tree_digest(&p(rel)).unwrap().to_string(),
+                format!("blake3:{hex}"),
+                "{rel}"
+            );
+        }
     }
 
     #[test]
