@@ -211,7 +211,7 @@ fn main() {
         let secs = row.median.as_secs_f64();
         println!(
             "| {} | {:.3} s | {:.0} MB/s | {:.2}x |",
-            row.name,
+            row.name.replace('|', "\\|"),
             secs,
             bytes as f64 / 1e6 / secs,
             secs / forjar
