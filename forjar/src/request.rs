@@ -81,6 +81,26 @@ pub enum RequestError {
     NoBuilder(String),
 }
 
+/// `as_str` and `Display` for the string newtypes below: each shows exactly its validated text.
+macro_rules! string_newtype {
+    ($($name:ident),+) => {$(
+        impl $name {
+            /// The validated text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    )+};
+}
+
+string_newtype!(Name, OutputName, InputName, EnvKey, System);
+
 /// Bytes printed for a person: UTF-8 as is where it is printable, everything else escaped.
 pub(crate) fn shown(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
@@ -156,17 +176,6 @@ impl Name {
         }
         Name(name)
     }
-
-    /// The name as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for Name {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// Checks an identifier as used for output and input names: they become environment variables
@@ -233,17 +242,6 @@ impl OutputName {
     pub fn out() -> Self {
         OutputName("out".into())
     }
-
-    /// The name as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for OutputName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
 }
 
 /// The name under which an input is visible to the build (an environment variable holding its
@@ -258,17 +256,6 @@ impl InputName {
         let name = name.into();
         identifier("input name", &name)?;
         Ok(InputName(name))
-    }
-
-    /// The name as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for InputName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -302,17 +289,6 @@ impl EnvKey {
             ));
         }
         Ok(EnvKey(key))
-    }
-
-    /// The name as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for EnvKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
@@ -475,17 +451,6 @@ impl System {
             other => other,
         };
         System(format!("{arch}-linux"))
-    }
-
-    /// The system as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for System {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 
