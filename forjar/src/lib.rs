@@ -27,9 +27,11 @@
 
 pub mod cli;
 pub mod derivation;
+pub mod exec;
 pub mod hash;
 pub mod plan;
 pub mod request;
+pub mod sandbox;
 pub mod store;
 
 pub use cli::main;

@@ -106,3 +106,15 @@ pub fn test_key(n: u8) -> Key {
         .parse()
         .expect("64 hex digits")
 }
+
+/// Plans `define`'s graph against `store` and applies it, returning the plan too.
+pub fn apply(
+    store: &Store,
+    define: impl FnOnce(&mut Graph),
+) -> (Plan, Result<forjar::exec::Report, forjar::exec::ExecError>) {
+    let mut graph = Graph::new();
+    define(&mut graph);
+    let plan = Plan::new(&graph, store).expect("the graph plans");
+    let report = forjar::exec::apply(&plan, store, &forjar::exec::Options::default(), &mut |_| {});
+    (plan, report)
+}

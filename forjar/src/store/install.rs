@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, TryLockError};
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -156,6 +156,11 @@ impl<'s> Staging<'s> {
         self.dir.join("content")
     }
 
+    /// The staging directory, which becomes the entry's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The entry being staged.
     pub fn entry(&self) -> &EntryName {
         &self.entry
@@ -168,7 +173,7 @@ impl<'s> Staging<'s> {
     /// shared with a careless tool), the existing entry wins and the staging is discarded.
     pub fn commit(self, draft: Draft) -> Result<Committed, StoreError> {
         let content = self.content_path();
-        let size = canonicalise(&content)?;
+        let size = canonicalise(&content, self.store.owner())?;
         let digest = TreeHasher::new().digest(&content)?;
         if let Some(expected) = draft.expected
             && expected != digest
@@ -256,14 +261,27 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
 /// Sets modes to 0444 (0555 where the owner could execute, and for directories) and
 /// modification times to 1 second past the epoch, children before parents; refuses special
 /// files. Returns the total size of the regular files.
-pub(crate) fn canonicalise(path: &Path) -> Result<u64, StoreError> {
+pub(crate) fn canonicalise(path: &Path, owner: Option<(u32, u32)>) -> Result<u64, StoreError> {
     let meta = fs::symlink_metadata(path).map_err(|e| HashError::io(path, e))?;
+    // Outputs of a build run as root belong to the build user until they enter the store.
+    if let Some((uid, gid)) = owner
+        && (meta.uid() != uid || meta.gid() != gid)
+    {
+        nix::unistd::fchownat(
+            nix::fcntl::AT_FDCWD,
+            path,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| StoreError::io("cannot set the owner of", path)(e.into()))?;
+    }
     let kind = meta.file_type();
     let size = if kind.is_dir() {
         let mut size = 0;
         for item in fs::read_dir(path).map_err(|e| HashError::io(path, e))? {
             let item = item.map_err(|e| HashError::io(path, e))?;
-            size += canonicalise(&item.path())?;
+            size += canonicalise(&item.path(), owner)?;
         }
         set_mode(path, 0o555)?;
         size
@@ -293,7 +311,7 @@ pub(crate) fn canonicalise(path: &Path) -> Result<u64, StoreError> {
 }
 
 /// Removes a file or tree, making read-only directories writable first. A missing path is fine.
-pub(crate) fn remove_tree(path: &Path) -> Result<(), StoreError> {
+pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
     fn writable(path: &Path) -> io::Result<()> {
         let meta = fs::symlink_metadata(path)?;
         if meta.is_dir() {

@@ -30,7 +30,7 @@ use std::sync::OnceLock;
 
 pub use entry::EntryName;
 pub use gc::{GcReport, Root, RootTarget};
-pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
+pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging, remove_tree};
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use verify::{Problem, VerifyReport};
 
@@ -226,6 +226,16 @@ impl Store {
     /// The store's directory (absolute, symlinks resolved).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The owner that entries must have: the store directory's, when this process may set
+    /// owners (root); `None` when whatever it writes is already its own.
+    pub fn owner(&self) -> Option<(u32, u32)> {
+        use std::os::unix::fs::MetadataExt;
+        if !nix::unistd::geteuid().is_root() {
+            return None;
+        }
+        fs::metadata(&self.dir).ok().map(|m| (m.uid(), m.gid()))
     }
 
     /// The directory of an entry.

@@ -1,0 +1,535 @@
+//! What runs after `fork`, inside the new namespaces: the supervisor (A) and the builder (B).
+//!
+//! Everything here runs in a child of a possibly multi-threaded process. `fork` (not a bare
+//! `clone`) keeps glibc's allocator consistent in the child, so the code may allocate; it takes
+//! no other lock (no stdout, no environment) and reports failure through the error pipe, whose
+//! end is closed on `exec`: the parent reading end-of-file on it means the builder started.
+
+use std::ffi::{CStr, CString};
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{DirBuilderExt, symlink};
+use std::path::{Path, PathBuf};
+
+use nix::libc;
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{
+    ForkResult, Gid, Uid, chdir, fork, pivot_root, sethostname, setresgid, setresuid,
+};
+
+use super::{BUILD_GID, BUILD_UID, NodeKind, Prepared};
+
+/// Where the new root is assembled before `pivot_root`. Any directory every uid can search
+/// would do; `/tmp` always is one, and the tmpfs mounted on it is visible only in the build's
+/// own mount namespace.
+const NEW_ROOT: &str = "/tmp";
+
+/// A step that failed, for the error pipe.
+struct Failed(String);
+
+impl<E: std::fmt::Display> From<(&str, E)> for Failed {
+    fn from((what, e): (&str, E)) -> Self {
+        Failed(format!("{what}: {e}"))
+    }
+}
+
+fn ctx<T, E: std::fmt::Display>(
+    r: Result<T, E>,
+    what: impl FnOnce() -> String,
+) -> Result<T, Failed> {
+    r.map_err(|e| Failed(format!("{}: {e}", what())))
+}
+
+/// Writes the failure to the error pipe and exits without running destructors or atexit
+/// handlers (they belong to the parent).
+fn die(err_fd: RawFd, failure: Failed) -> ! {
+    // SAFETY: the fd is this child's copy of the error pipe's write end, open until exit.
+    let mut pipe = std::mem::ManuallyDrop::new(unsafe { fs::File::from_raw_fd(err_fd) });
+    let _ = pipe.write_all(failure.0.as_bytes());
+    // SAFETY: _exit is always safe to call; it ends this process only.
+    unsafe { libc::_exit(127) }
+}
+
+/// The supervisor A: enters the new namespaces, waits for the parent to write its id maps,
+/// takes the build user's ids, forks the builder B (pid 1 of the new pid namespace), and
+/// reports B's wait status to the parent.
+pub(super) fn supervisor(
+    p: &Prepared,
+    sync_write: OwnedFd,
+    sync_read: OwnedFd,
+    status_write: OwnedFd,
+) -> ! {
+    let err = p.err_write;
+    let result = (|| -> Result<(), Failed> {
+        ctx(
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
+            || "cannot set the parent-death signal".into(),
+        )?;
+        if nix::unistd::getppid().as_raw() != p.parent_pid {
+            return Err(Failed("the parent exited".into()));
+        }
+        let mut flags = CloneFlags::CLONE_NEWUSER
+            | CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWUTS;
+        if !p.network {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        ctx(unshare(flags), || {
+            "cannot create the build's namespaces (unshare)".into()
+        })?;
+        ctx(nix::unistd::write(&sync_write, b"u"), || {
+            "cannot signal the parent".into()
+        })?;
+        let mut byte = [0u8];
+        match nix::unistd::read(&sync_read, &mut byte) {
+            Ok(1) => {}
+            _ => return Err(Failed("the parent did not map the build user".into())),
+        }
+        drop((sync_write, sync_read));
+        let fds = open_all(p)?;
+        ctx(
+            setresgid(
+                Gid::from_raw(BUILD_GID),
+                Gid::from_raw(BUILD_GID),
+                Gid::from_raw(BUILD_GID),
+            ),
+            || "cannot take the build group".into(),
+        )?;
+        ctx(
+            setresuid(
+                Uid::from_raw(BUILD_UID),
+                Uid::from_raw(BUILD_UID),
+                Uid::from_raw(BUILD_UID),
+            ),
+            || "cannot take the build user".into(),
+        )?;
+        // SAFETY: this process is single-threaded (a fork child); the builder child only runs
+        // `builder`, which ends in exec or _exit.
+        match ctx(unsafe { fork() }, || "cannot fork the builder".into())? {
+            ForkResult::Child => builder(p, &fds),
+            ForkResult::Parent { child } => {
+                // Only the builder writes the log and the error pipe from here on.
+                // SAFETY: these are this process's copies of the fds; nothing else uses them.
+                unsafe {
+                    libc::close(p.log_write);
+                    libc::close(p.err_write);
+                }
+                loop {
+                    match waitpid(child, None) {
+                        Ok(WaitStatus::Exited(_, code)) => {
+                            let _ = nix::unistd::write(&status_write, &[0, code as u8]);
+                            break;
+                        }
+                        Ok(WaitStatus::Signaled(_, signal, _)) => {
+                            let _ = nix::unistd::write(&status_write, &[1, signal as i32 as u8]);
+                            break;
+                        }
+                        Ok(_) => continue,
+                        Err(nix::errno::Errno::EINTR) => continue,
+                        Err(_) => break,
+                    }
+                }
+                // SAFETY: _exit ends this process only.
+                unsafe { libc::_exit(0) }
+            }
+        }
+    })();
+    match result {
+        Ok(()) => unreachable!("the supervisor exits from inside"),
+        Err(failure) => die(err, failure),
+    }
+}
+
+/// The builder B: pid 1 of the build's pid namespace. Assembles the root, enters it, and execs
+/// the builder.
+fn builder(p: &Prepared, fds: &Opened) -> ! {
+    let err = p.err_write;
+    let failure = match setup(p, fds) {
+        Ok(never) => match never {},
+        Err(failure) => failure,
+    };
+    die(err, failure)
+}
+
+enum Never {}
+
+/// The host objects the build gets, opened inside its mount namespace.
+struct Opened {
+    /// One per node; `None` for symlinks.
+    nodes: Vec<Option<OwnedFd>>,
+    devices: Vec<OwnedFd>,
+    build_dir: OwnedFd,
+}
+
+fn open_all(p: &Prepared) -> Result<Opened, Failed> {
+    let open = |path: &Path| {
+        ctx(super::open_path(path), || {
+            format!("cannot open `{}`", path.display())
+        })
+    };
+    let nodes = p
+        .nodes
+        .iter()
+        .map(|node| match &node.kind {
+            NodeKind::Bind { host, .. } => open(host).map(Some),
+            NodeKind::Symlink { .. } => Ok(None),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let devices = p
+        .devices
+        .iter()
+        .map(|d| open(&Path::new("/dev").join(d)))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Opened {
+        nodes,
+        devices,
+        build_dir: open(&p.build_dir)?,
+    })
+}
+
+fn bind_source(fd: RawFd) -> String {
+    format!("/proc/self/fd/{fd}")
+}
+
+/// The mount flags a bind mount already has, which a read-only remount must keep (the kernel
+/// refuses to clear flags locked by the mount's owner namespace).
+fn locked_flags(path: &Path) -> MsFlags {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).expect("sandbox paths have no NUL");
+    // SAFETY: `st` is plain data filled by statvfs; `c` is a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return MsFlags::empty();
+    }
+    let mut flags = MsFlags::empty();
+    for (st_flag, ms_flag) in [
+        (libc::ST_NOSUID, MsFlags::MS_NOSUID),
+        (libc::ST_NODEV, MsFlags::MS_NODEV),
+        (libc::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (libc::ST_NOATIME, MsFlags::MS_NOATIME),
+        (libc::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (libc::ST_RELATIME, MsFlags::MS_RELATIME),
+    ] {
+        if st.f_flag & st_flag != 0 {
+            flags |= ms_flag;
+        }
+    }
+    flags
+}
+
+fn mkdirs(path: &Path) -> Result<(), Failed> {
+    ctx(
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(path),
+        || format!("cannot create `{}`", path.display()),
+    )
+}
+
+/// How a bind may be used.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    ReadOnly,
+    Writable,
+    /// A device node: usable (no `nodev`) but not executable.
+    Device,
+}
+
+/// Binds the host object behind `fd` at `target`, always `nosuid`, and `nodev` unless it is a
+/// device; read-only unless writable.
+fn bind(fd: RawFd, target: &Path, is_dir: bool, access: Access) -> Result<(), Failed> {
+    if let Some(parent) = target.parent() {
+        mkdirs(parent)?;
+    }
+    if is_dir {
+        mkdirs(target)?;
+    } else if !target.exists() {
+        ctx(fs::File::create(target), || {
+            format!("cannot create `{}`", target.display())
+        })?;
+    }
+    let source = bind_source(fd);
+    ctx(
+        mount(
+            Some(source.as_str()),
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        || format!("cannot bind `{}`", target.display()),
+    )?;
+    let mut flags =
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | locked_flags(target);
+    match access {
+        Access::ReadOnly => flags |= MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+        Access::Writable => flags |= MsFlags::MS_NODEV,
+        Access::Device => flags |= MsFlags::MS_NOEXEC,
+    }
+    ctx(
+        mount(None::<&str>, target, None::<&str>, flags, None::<&str>),
+        || format!("cannot make `{}` read-only", target.display()),
+    )
+}
+
+fn tmpfs(target: &Path, mode: u32, extra: MsFlags) -> Result<(), Failed> {
+    mkdirs(target)?;
+    let options = format!("mode={mode:o}");
+    ctx(
+        mount(
+            Some("tmpfs"),
+            target,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | extra,
+            Some(options.as_str()),
+        ),
+        || format!("cannot mount a tmpfs on `{}`", target.display()),
+    )
+}
+
+fn write_file(path: &Path, contents: &[u8]) -> Result<(), Failed> {
+    if let Some(parent) = path.parent() {
+        mkdirs(parent)?;
+    }
+    ctx(fs::write(path, contents), || {
+        format!("cannot write `{}`", path.display())
+    })
+}
+
+/// Brings the loopback interface of the new network namespace up.
+fn loopback_up() -> Result<(), Failed> {
+    // SAFETY: plain socket/ioctl calls on a socket owned here and closed at the end; `req` is
+    // a zeroed ifreq whose name is "lo".
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err((
+                "cannot open a socket to set up loopback",
+                std::io::Error::last_os_error(),
+            )
+                .into());
+        }
+        let sock = OwnedFd::from_raw_fd(sock);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (i, b) in b"lo".iter().enumerate() {
+            req.ifr_name[i] = *b as libc::c_char;
+        }
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err((
+                "cannot read the loopback flags",
+                std::io::Error::last_os_error(),
+            )
+                .into());
+        }
+        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(("cannot bring loopback up", std::io::Error::last_os_error()).into());
+        }
+    }
+    Ok(())
+}
+
+fn setup(p: &Prepared, fds: &Opened) -> Result<Never, Failed> {
+    ctx(
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
+        || "cannot set the parent-death signal".into(),
+    )?;
+    let root = Path::new(NEW_ROOT);
+    let at = |path: &Path| -> PathBuf { root.join(path.strip_prefix("/").unwrap_or(path)) };
+
+    // Nothing mounted here propagates back to the host.
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+        || "cannot make the mounts private".into(),
+    )?;
+    tmpfs(root, 0o755, MsFlags::empty())?;
+    // /tmp first: a store that lives under /tmp is bound on top of it below.
+    tmpfs(&at(Path::new("/tmp")), 0o1777, MsFlags::empty())?;
+
+    for (node, fd) in p.nodes.iter().zip(&fds.nodes) {
+        let target = at(&node.target);
+        match (&node.kind, fd) {
+            (
+                NodeKind::Bind {
+                    is_dir, writable, ..
+                },
+                Some(fd),
+            ) => {
+                let access = if *writable {
+                    Access::Writable
+                } else {
+                    Access::ReadOnly
+                };
+                bind(fd.as_raw_fd(), &target, *is_dir, access)?
+            }
+            (NodeKind::Bind { .. }, None) => unreachable!("open_all opens every bind"),
+            (NodeKind::Symlink { to }, _) => {
+                if let Some(parent) = target.parent() {
+                    mkdirs(parent)?;
+                }
+                ctx(symlink(to, &target), || {
+                    format!("cannot create the symlink `{}`", target.display())
+                })?;
+            }
+        }
+    }
+
+    // /build: the working directory, from the host; the request's files are written into it.
+    bind(
+        fds.build_dir.as_raw_fd(),
+        &at(Path::new("/build")),
+        true,
+        Access::Writable,
+    )?;
+    for (path, contents) in &p.files {
+        write_file(&at(&Path::new("/build").join(path)), contents)?;
+    }
+
+    // /dev: the harmless devices, a private devpts, shared memory.
+    for (name, fd) in p.devices.iter().zip(&fds.devices) {
+        bind(
+            fd.as_raw_fd(),
+            &at(&Path::new("/dev").join(name)),
+            false,
+            Access::Device,
+        )?;
+    }
+    let pts = at(Path::new("/dev/pts"));
+    mkdirs(&pts)?;
+    ctx(
+        mount(
+            Some("devpts"),
+            &pts,
+            Some("devpts"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("newinstance,ptmxmode=0666,mode=620"),
+        ),
+        || "cannot mount devpts".into(),
+    )?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        ctx(symlink(to, at(&Path::new("/dev").join(link))), || {
+            format!("cannot create /dev/{link}")
+        })?;
+    }
+    tmpfs(&at(Path::new("/dev/shm")), 0o1777, MsFlags::MS_NOEXEC)?;
+
+    // A fresh /proc of the build's own pid namespace.
+    let proc_dir = at(Path::new("/proc"));
+    mkdirs(&proc_dir)?;
+    ctx(
+        mount(
+            Some("proc"),
+            &proc_dir,
+            Some("proc"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            None::<&str>,
+        ),
+        || "cannot mount /proc".into(),
+    )?;
+
+    write_file(&at(Path::new("/etc/passwd")), PASSWD.as_bytes())?;
+    write_file(&at(Path::new("/etc/group")), GROUP.as_bytes())?;
+    write_file(&at(Path::new("/etc/hosts")), HOSTS.as_bytes())?;
+
+    ctx(sethostname("localhost"), || {
+        "cannot set the hostname".into()
+    })?;
+    if !p.network {
+        loopback_up()?;
+    }
+
+    // Enter the new root; the old one is detached and gone.
+    ctx(chdir(root), || "cannot enter the new root".into())?;
+    ctx(pivot_root(".", "."), || "pivot_root failed".into())?;
+    ctx(umount2(".", MntFlags::MNT_DETACH), || {
+        "cannot detach the old root".into()
+    })?;
+    ctx(chdir("/"), || "cannot enter the new root".into())?;
+    ctx(
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND
+                | MsFlags::MS_REMOUNT
+                | MsFlags::MS_RDONLY
+                | MsFlags::MS_NOSUID
+                | MsFlags::MS_NODEV,
+            None::<&str>,
+        ),
+        || "cannot make the root read-only".into(),
+    )?;
+    ctx(chdir("/build"), || "cannot enter /build".into())?;
+
+    for &(resource, limit) in &p.rlimits {
+        ctx(
+            nix::sys::resource::setrlimit(resource, limit, limit),
+            || format!("cannot set {resource:?}"),
+        )?;
+    }
+
+    // Standard streams: nothing in, the log out.
+    let null = ctx(fs::File::open("/dev/null"), || {
+        "cannot open /dev/null".into()
+    })?;
+    // SAFETY: dup2 onto the standard descriptors of this process, which owns them.
+    unsafe {
+        if libc::dup2(null.as_raw_fd(), 0) < 0
+            || libc::dup2(p.log_write, 1) < 0
+            || libc::dup2(p.log_write, 2) < 0
+        {
+            return Err((
+                "cannot set up the standard streams",
+                std::io::Error::last_os_error(),
+            )
+                .into());
+        }
+        // Every other descriptor closes on exec (the error pipe too, which tells the parent
+        // that exec happened).
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+        let _ = BorrowedFd::borrow_raw(p.err_write);
+    }
+
+    ctx(nix::sys::prctl::set_no_new_privs(), || {
+        "cannot set no_new_privs".into()
+    })?;
+    ctx(super::seccomp::install(&p.seccomp), || {
+        "cannot install the seccomp filter".into()
+    })?;
+
+    let argv: Vec<&CStr> = p.args.iter().map(CString::as_c_str).collect();
+    let envp: Vec<&CStr> = p.env.iter().map(CString::as_c_str).collect();
+    let error = nix::unistd::execve(argv[0], &argv, &envp).unwrap_err();
+    Err(Failed(format!(
+        "cannot run the builder `{}`: {error}",
+        argv[0].to_string_lossy()
+    )))
+}
+
+const PASSWD: &str = "root:x:0:0:root:/build:/noshell\n\
+                      forjar:x:1000:100:forjar build user:/build:/noshell\n\
+                      nobody:x:65534:65534:nobody:/:/noshell\n";
+const GROUP: &str = "root:x:0:\nforjar:x:100:\nnogroup:x:65534:\n";
+const HOSTS: &str = "127.0.0.1 localhost\n::1 localhost\n";

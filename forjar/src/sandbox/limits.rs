@@ -1,0 +1,125 @@
+//! A build's cgroup: its memory cap and process limit, and whether the memory cap was hit.
+//!
+//! cgroup v2 where the host has it, else the v1 `memory` and `pids` controllers. Creating
+//! cgroups needs root (there is no delegation to ordinary users here); without one the sandbox
+//! falls back to `RLIMIT_AS` and `RLIMIT_NPROC`.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::unistd::Pid;
+
+use super::DEFAULT_MAX_PROCESSES;
+use crate::derivation::Limits;
+
+const ROOT: &str = "/sys/fs/cgroup";
+
+/// The cgroup directories of one build, removed on drop.
+#[derive(Debug)]
+pub struct Cgroup {
+    /// One directory on v2; the memory and pids directories on v1.
+    dirs: Vec<PathBuf>,
+    v2: bool,
+}
+
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Cgroup {
+    /// Makes a cgroup for one build with its limits, if this process may (root, with a
+    /// cgroup file system); `None` otherwise.
+    pub fn create(limits: &Limits) -> io::Result<Option<Cgroup>> {
+        if !nix::unistd::geteuid().is_root() {
+            return Ok(None);
+        }
+        let name = format!(
+            "forjar-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        );
+        let root = Path::new(ROOT);
+        if root.join("cgroup.controllers").exists() {
+            let controllers = fs::read_to_string(root.join("cgroup.controllers"))?;
+            if !(controllers.contains("memory") && controllers.contains("pids")) {
+                return Ok(None);
+            }
+            // Best effort: the controllers may already be enabled, or only settable by systemd.
+            let _ = fs::write(root.join("cgroup.subtree_control"), "+memory +pids");
+            let dir = root.join(&name);
+            fs::create_dir(&dir)?;
+            let cgroup = Cgroup {
+                dirs: vec![dir.clone()],
+                v2: true,
+            };
+            if let Some(memory) = limits.memory {
+                fs::write(dir.join("memory.max"), memory.to_string())?;
+                let _ = fs::write(dir.join("memory.swap.max"), "0");
+            }
+            fs::write(dir.join("pids.max"), DEFAULT_MAX_PROCESSES.to_string())?;
+            return Ok(Some(cgroup));
+        }
+        let (memory, pids) = (root.join("memory"), root.join("pids"));
+        if !memory.join("cgroup.procs").exists() || !pids.join("cgroup.procs").exists() {
+            return Ok(None);
+        }
+        let dirs = vec![memory.join(&name), pids.join(&name)];
+        for dir in &dirs {
+            fs::create_dir(dir)?;
+        }
+        let cgroup = Cgroup { dirs, v2: false };
+        if let Some(limit) = limits.memory {
+            fs::write(
+                cgroup.dirs[0].join("memory.limit_in_bytes"),
+                limit.to_string(),
+            )?;
+            let _ = fs::write(
+                cgroup.dirs[0].join("memory.memsw.limit_in_bytes"),
+                limit.to_string(),
+            );
+        }
+        fs::write(
+            cgroup.dirs[1].join("pids.max"),
+            DEFAULT_MAX_PROCESSES.to_string(),
+        )?;
+        Ok(Some(cgroup))
+    }
+
+    /// Moves a process (and so everything it will start) into the cgroup.
+    pub fn add(&self, pid: Pid) -> io::Result<()> {
+        for dir in &self.dirs {
+            fs::write(dir.join("cgroup.procs"), pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Whether the kernel killed a process of the build for going over its memory limit.
+    pub fn oom_killed(&self) -> bool {
+        let (file, dir) = if self.v2 {
+            ("memory.events", &self.dirs[0])
+        } else {
+            ("memory.oom_control", &self.dirs[0])
+        };
+        fs::read_to_string(dir.join(file)).is_ok_and(|text| {
+            text.lines().any(|line| {
+                line.strip_prefix("oom_kill ")
+                    .is_some_and(|n| n.trim() != "0")
+            })
+        })
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        // The build's processes are gone (its pid namespace died with pid 1), but the kernel
+        // may take a moment to empty the cgroup.
+        for dir in &self.dirs {
+            for _ in 0..100 {
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}

@@ -1,0 +1,719 @@
+//! The Linux sandbox (DESIGN §5): kernel namespaces through the `nix` crate, no helper program.
+//!
+//! A build runs in new user, mount, pid, ipc and uts namespaces, and a new network namespace
+//! with only loopback unless it is fixed-output. Inside, it is uid 1000 / gid 100, mapped to an
+//! unprivileged host id (the caller's own, or [`ROOT_BUILD_UID`] when forjar runs as root), with
+//! `setgroups` denied, `no_new_privs`, and a seccomp filter against setuid bits and xattrs. Its
+//! root is a fresh tmpfs holding only: the inputs, read-only, at their store paths; the outputs'
+//! staging directories, writable, at their final store paths; `/build`; `/tmp`; a minimal
+//! `/dev`; a fresh `/proc`; `/etc/{passwd,group,hosts}`; and, by level, `/bin/sh` or the host's
+//! `/usr`.
+//!
+//! Every host path is opened by the parent (`O_PATH`) before the fork and bound from
+//! `/proc/self/fd/N`, so the build user needs no permission on the way to it, and sees nothing
+//! it was not given.
+//!
+//! If the kernel cannot give a sandbox, the build fails with [`SandboxError::Unavailable`]; it
+//! never runs unsandboxed.
+
+mod child;
+mod elf;
+mod limits;
+mod seccomp;
+
+use std::collections::VecDeque;
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::libc;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::resource::Resource;
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, pipe2};
+
+use crate::derivation::Limits;
+use crate::request::{BuildRequest, InputName, OutputName, SandboxLevel};
+
+pub use limits::Cgroup;
+
+/// The uid of the build user inside the sandbox.
+pub const BUILD_UID: u32 = 1000;
+/// The gid of the build group inside the sandbox.
+pub const BUILD_GID: u32 = 100;
+/// The host uid and gid builds run as when forjar runs as root (as Nix's `nixbld` users).
+pub const ROOT_BUILD_UID: u32 = 30001;
+
+/// The `PATH` of a `host-tools` build (a hermetic one has only what its inputs provide).
+const HOST_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+/// The host paths a `host-tools` build sees, read-only.
+const HOST_TOOLS: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+];
+/// What a fixed-output build with network access needs to resolve names and check certificates.
+const NETWORK_FILES: &[&str] = &[
+    "/etc/resolv.conf",
+    "/etc/nsswitch.conf",
+    "/etc/ssl",
+    "/etc/ca-certificates",
+];
+/// The device nodes bound into `/dev`.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// Lines of the log kept for error messages.
+const TAIL_LINES: usize = 25;
+/// The largest log kept when a derivation sets none.
+pub const DEFAULT_MAX_LOG: u64 = 64 << 20;
+/// The most processes a build may have when a derivation sets nothing (a fork bomb stops here).
+pub const DEFAULT_MAX_PROCESSES: u64 = 4096;
+
+/// Why the sandbox could not run a build.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The kernel refused what a sandbox needs; forjar does not build without one.
+    #[error(
+        "the kernel gives no sandbox here ({0}); forjar never builds unsandboxed. It needs user \
+         namespaces: check `sysctl user.max_user_namespaces` (must be above 0) and, on Debian and \
+         Ubuntu, `kernel.unprivileged_userns_clone` and `kernel.apparmor_restrict_unprivileged_userns`"
+    )]
+    Unavailable(String),
+    /// A host path the build needs could not be opened.
+    #[error("cannot give the build `{}`: {source}", .path.display())]
+    Host {
+        /// The path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The builder program could not be started inside the sandbox.
+    #[error("{0}")]
+    Builder(String),
+    /// The parent's side of running a build failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SandboxError {
+    move |source| SandboxError::Io { what, source }
+}
+
+fn nix_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> SandboxError {
+    move |e| SandboxError::Io {
+        what,
+        source: e.into(),
+    }
+}
+
+/// One thing placed in the sandbox's root.
+pub(crate) struct Node {
+    target: PathBuf,
+    kind: NodeKind,
+}
+
+pub(crate) enum NodeKind {
+    /// A host file or directory, bound from an `O_PATH` descriptor the supervisor opens.
+    Bind {
+        host: PathBuf,
+        is_dir: bool,
+        writable: bool,
+    },
+    /// A symlink (a symlink on the host is recreated, not bound).
+    Symlink { to: PathBuf },
+}
+
+/// Everything the children need, made before the fork.
+pub(crate) struct Prepared {
+    parent_pid: i32,
+    network: bool,
+    nodes: Vec<Node>,
+    build_dir: PathBuf,
+    files: Vec<(PathBuf, Vec<u8>)>,
+    devices: Vec<&'static str>,
+    rlimits: Vec<(Resource, u64)>,
+    seccomp: Vec<libc::sock_filter>,
+    args: Vec<CString>,
+    env: Vec<CString>,
+    log_write: RawFd,
+    err_write: RawFd,
+}
+
+/// A build to run: the request and where its inputs and outputs are on the host.
+pub struct BuildSpec<'a> {
+    /// The request.
+    pub request: &'a BuildRequest,
+    /// Each input: its name, its content on the host, and its path in the sandbox.
+    pub inputs: Vec<(InputName, PathBuf, PathBuf)>,
+    /// Entries the inputs refer to, bound read-only at their store paths with no variable.
+    pub referenced: Vec<PathBuf>,
+    /// Each output: its name, its staging directory on the host (empty; the builder creates
+    /// `content` in it), and the entry path it is bound at in the sandbox.
+    pub outputs: Vec<(OutputName, PathBuf, PathBuf)>,
+    /// The host directory bound at `/build`.
+    pub build_dir: PathBuf,
+    /// Resource limits.
+    pub limits: Limits,
+    /// `FORJAR_BUILD_CORES`.
+    pub cores: u32,
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The builder exited with this code.
+    Exited(i32),
+    /// The builder was killed by this signal.
+    Signaled(String),
+    /// It ran past its timeout.
+    TimedOut(Duration),
+    /// It printed nothing for this long.
+    Silent(Duration),
+    /// Its log passed this many bytes.
+    LogLimit(u64),
+    /// Its outputs passed this many bytes.
+    OutputLimit(u64),
+    /// It hit its memory limit of this many bytes.
+    MemoryLimit(u64),
+}
+
+impl Outcome {
+    /// Whether the build succeeded.
+    pub fn success(&self) -> bool {
+        *self == Outcome::Exited(0)
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Exited(code) => write!(f, "the builder exited with status {code}"),
+            Outcome::Signaled(signal) => write!(f, "the builder was killed by {signal}"),
+            Outcome::TimedOut(t) => write!(
+                f,
+                "the build timed out after {}; every process in it was killed",
+                humantime::format_duration(*t)
+            ),
+            Outcome::Silent(t) => write!(
+                f,
+                "the build printed nothing for {}; every process in it was killed",
+                humantime::format_duration(*t)
+            ),
+            Outcome::LogLimit(n) => write!(
+                f,
+                "the build log passed its limit of {n} bytes; the build was killed"
+            ),
+            Outcome::OutputLimit(n) => write!(
+                f,
+                "the outputs passed their limit of {n} bytes; the build was killed"
+            ),
+            Outcome::MemoryLimit(n) => write!(
+                f,
+                "the build hit its memory limit of {n} bytes and was killed"
+            ),
+        }
+    }
+}
+
+/// A finished build.
+#[derive(Debug)]
+pub struct Finished {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The last lines of its log.
+    pub log_tail: Vec<String>,
+    /// Bytes of log written.
+    pub log_bytes: u64,
+    /// Wall-clock time.
+    pub duration: Duration,
+}
+
+/// The host ids a build runs as: the caller's own, or an unprivileged build id for root.
+pub fn host_ids() -> (u32, u32) {
+    if nix::unistd::geteuid().is_root() {
+        (ROOT_BUILD_UID, ROOT_BUILD_UID)
+    } else {
+        (
+            nix::unistd::getuid().as_raw(),
+            nix::unistd::getgid().as_raw(),
+        )
+    }
+}
+
+/// Opens a host path for binding. The supervisor calls this inside the build's mount namespace
+/// (the kernel binds only from mounts of the caller's own namespace) and before it takes the
+/// build user's ids, so that it can reach whatever the caller can.
+pub(crate) fn open_path(path: &Path) -> io::Result<OwnedFd> {
+    File::options()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+        .open(path)
+        .map(OwnedFd::from)
+}
+
+/// Checks in advance that the build can be given `path`, so that a missing one is reported by
+/// name rather than from inside the sandbox.
+fn check_path(path: &Path) -> Result<(), SandboxError> {
+    fs::symlink_metadata(path)
+        .map(drop)
+        .map_err(|source| SandboxError::Host {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// A host file, directory or symlink placed at `target`; a missing one is `None`.
+fn host_node(host: &Path, target: &Path, writable: bool) -> Result<Option<Node>, SandboxError> {
+    let meta = match fs::symlink_metadata(host) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SandboxError::Host {
+                path: host.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let kind = if meta.file_type().is_symlink() {
+        let to = fs::read_link(host).map_err(|source| SandboxError::Host {
+            path: host.to_path_buf(),
+            source,
+        })?;
+        NodeKind::Symlink { to }
+    } else {
+        NodeKind::Bind {
+            host: host.to_path_buf(),
+            is_dir: meta.is_dir(),
+            writable,
+        }
+    };
+    Ok(Some(Node {
+        target: target.to_path_buf(),
+        kind,
+    }))
+}
+
+fn cstring(bytes: impl Into<Vec<u8>>) -> CString {
+    CString::new(bytes).expect("request values were checked to hold no NUL")
+}
+
+fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, SandboxError> {
+    let request = spec.request;
+    let mut nodes = Vec::new();
+    for (_, host, target) in &spec.inputs {
+        nodes.extend(host_node(host, target, false)?);
+    }
+    for path in &spec.referenced {
+        nodes.extend(host_node(path, path, false)?);
+    }
+    for (_, host, target) in &spec.outputs {
+        check_path(host)?;
+        nodes.push(Node {
+            target: target.clone(),
+            kind: NodeKind::Bind {
+                host: host.clone(),
+                is_dir: true,
+                writable: true,
+            },
+        });
+    }
+    let host_tools = request.sandbox() == SandboxLevel::HostTools;
+    if host_tools {
+        for path in HOST_TOOLS {
+            nodes.extend(host_node(Path::new(path), Path::new(path), false)?);
+        }
+    } else if request.constraints().provide_bin_sh {
+        let files = elf::closure(Path::new("/bin/sh")).map_err(|e| SandboxError::Host {
+            path: PathBuf::from("/bin/sh"),
+            source: io::Error::other(e),
+        })?;
+        for (path, real) in files {
+            nodes.push(Node {
+                target: path,
+                kind: NodeKind::Bind {
+                    host: real,
+                    is_dir: false,
+                    writable: false,
+                },
+            });
+        }
+    }
+    if request.constraints().network {
+        for path in NETWORK_FILES {
+            nodes.extend(host_node(Path::new(path), Path::new(path), false)?);
+        }
+    }
+    for path in &request.constraints().ro_paths {
+        let node = host_node(path.as_path(), path.as_path(), false)?.ok_or_else(|| {
+            SandboxError::Host {
+                path: path.as_path().to_path_buf(),
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "a read-only path the derivation asks for is not on this host",
+                ),
+            }
+        })?;
+        nodes.push(node);
+    }
+    // Parents before children, so a path bound inside another lands on top of it.
+    nodes.sort_by(|a, b| a.target.cmp(&b.target));
+
+    for device in DEVICES {
+        check_path(&Path::new("/dev").join(device))?;
+    }
+    check_path(&spec.build_dir)?;
+
+    let mut env: Vec<(Vec<u8>, Vec<u8>)> = request
+        .env()
+        .iter()
+        .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+    if !request.env().keys().any(|k| k.as_str() == "PATH") {
+        let path = if host_tools {
+            HOST_PATH
+        } else {
+            "/path-not-set"
+        };
+        env.push((b"PATH".to_vec(), path.as_bytes().to_vec()));
+    }
+    for (key, value) in [
+        ("HOME", "/homeless-shelter"),
+        ("TMPDIR", "/build"),
+        ("TEMPDIR", "/build"),
+        ("TMP", "/build"),
+        ("TEMP", "/build"),
+        ("PWD", "/build"),
+        ("FORJAR_BUILD_TOP", "/build"),
+    ] {
+        env.push((key.as_bytes().to_vec(), value.as_bytes().to_vec()));
+    }
+    env.push((
+        b"FORJAR_BUILD_CORES".to_vec(),
+        spec.cores.to_string().into_bytes(),
+    ));
+    for (name, _, target) in &spec.inputs {
+        env.push((
+            name.as_str().as_bytes().to_vec(),
+            target.as_os_str().as_bytes().to_vec(),
+        ));
+    }
+    for (name, _, target) in &spec.outputs {
+        env.push((
+            name.as_str().as_bytes().to_vec(),
+            target.join("content").as_os_str().as_bytes().to_vec(),
+        ));
+    }
+    let env = env
+        .into_iter()
+        .map(|(k, v)| cstring([k, b"=".to_vec(), v].concat()))
+        .collect();
+
+    let mut rlimits = vec![(Resource::RLIMIT_CORE, 0)];
+    if let Some(cap) = spec.limits.max_output_size {
+        rlimits.push((Resource::RLIMIT_FSIZE, cap));
+    }
+    if cgroup.is_none() {
+        if let Some(memory) = spec.limits.memory {
+            rlimits.push((Resource::RLIMIT_AS, memory));
+        }
+        rlimits.push((Resource::RLIMIT_NPROC, DEFAULT_MAX_PROCESSES));
+    }
+
+    Ok(Prepared {
+        parent_pid: std::process::id() as i32,
+        network: request.constraints().network,
+        nodes,
+        build_dir: spec.build_dir.clone(),
+        files: request
+            .files()
+            .iter()
+            .map(|(p, c)| (p.as_path().to_path_buf(), c.clone()))
+            .collect(),
+        devices: DEVICES.to_vec(),
+        rlimits,
+        seccomp: seccomp::program(),
+        args: request
+            .args()
+            .iter()
+            .map(|a| cstring(a.as_bytes()))
+            .collect(),
+        env,
+        log_write: -1,
+        err_write: -1,
+    })
+}
+
+/// Gives the build user the staging and build directories (only root needs to: otherwise the
+/// build user is the caller).
+fn hand_over(spec: &BuildSpec, uid: u32, gid: u32) -> Result<(), SandboxError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Ok(());
+    }
+    let owner = (
+        Some(nix::unistd::Uid::from_raw(uid)),
+        Some(nix::unistd::Gid::from_raw(gid)),
+    );
+    for dir in spec
+        .outputs
+        .iter()
+        .map(|(_, host, _)| host)
+        .chain([&spec.build_dir])
+    {
+        nix::unistd::chown(dir, owner.0, owner.1).map_err(|e| SandboxError::Host {
+            path: dir.clone(),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+fn write_maps(pid: Pid, uid: u32, gid: u32) -> io::Result<()> {
+    let proc = PathBuf::from(format!("/proc/{pid}"));
+    fs::write(proc.join("setgroups"), "deny")?;
+    fs::write(proc.join("uid_map"), format!("{BUILD_UID} {uid} 1\n"))?;
+    fs::write(proc.join("gid_map"), format!("{BUILD_GID} {gid} 1\n"))
+}
+
+/// Keeps the last lines of the log.
+struct Tail {
+    lines: VecDeque<String>,
+    partial: Vec<u8>,
+}
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if b == b'\n' {
+                self.lines
+                    .push_back(String::from_utf8_lossy(&self.partial).into_owned());
+                self.partial.clear();
+                if self.lines.len() > TAIL_LINES {
+                    self.lines.pop_front();
+                }
+            } else if self.partial.len() < 4096 {
+                self.partial.push(b);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if !self.partial.is_empty() {
+            self.lines
+                .push_back(String::from_utf8_lossy(&self.partial).into_owned());
+            if self.lines.len() > TAIL_LINES {
+                self.lines.pop_front();
+            }
+        }
+        self.lines.into()
+    }
+}
+
+/// Runs one build in a new sandbox, streaming its log into `log`. `output_size` reports the
+/// bytes the outputs hold so far (checked every quarter second when there is an output cap).
+pub fn run(
+    spec: &BuildSpec,
+    log: &mut dyn Write,
+    output_size: &dyn Fn() -> u64,
+) -> Result<Finished, SandboxError> {
+    let (uid, gid) = host_ids();
+    hand_over(spec, uid, gid)?;
+    let cgroup =
+        Cgroup::create(&spec.limits).map_err(io_err("cannot create the build's cgroup"))?;
+    let mut prepared = prepare(spec, cgroup.as_ref())?;
+
+    let (sync_read, sync_write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
+    let (ready_read, ready_write) =
+        pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
+    let (status_read, status_write) =
+        pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
+    let (log_read, log_write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
+    let (err_read, err_write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
+    prepared.log_write = log_write.as_raw_fd();
+    prepared.err_write = err_write.as_raw_fd();
+
+    let started = Instant::now();
+    // SAFETY: the child runs only `child::supervisor`, which ends in `_exit` or `exec`, and
+    // takes no lock but the allocator's, which glibc's `fork` leaves usable.
+    let supervisor = match unsafe { fork() }.map_err(nix_err("cannot fork"))? {
+        ForkResult::Child => child::supervisor(&prepared, sync_write, ready_read, status_write),
+        ForkResult::Parent { child } => child,
+    };
+    drop((sync_write, ready_read, status_write, log_write, err_write));
+    drop(prepared);
+
+    let killed = supervise(
+        spec,
+        supervisor,
+        uid,
+        gid,
+        cgroup.as_ref(),
+        sync_read,
+        ready_write,
+        log_read,
+        log,
+        output_size,
+        started,
+    );
+    let mut err_text = String::new();
+    let _ = File::from(err_read).read_to_string(&mut err_text);
+    let mut status = [0u8; 2];
+    let status_len = File::from(status_read).read(&mut status).unwrap_or(0);
+    let (killed, tail, log_bytes) = killed?;
+    let memory_hit = cgroup.as_ref().is_some_and(Cgroup::oom_killed);
+    drop(cgroup);
+
+    if !err_text.is_empty() && killed.is_none() {
+        return Err(if err_text.starts_with("cannot run the builder") {
+            SandboxError::Builder(err_text)
+        } else {
+            SandboxError::Unavailable(err_text)
+        });
+    }
+    let outcome = match (killed, status_len, status) {
+        (Some(outcome), _, _) => outcome,
+        (None, _, _) if memory_hit => Outcome::MemoryLimit(spec.limits.memory.unwrap_or_default()),
+        (None, 2, [0, code]) => Outcome::Exited(i32::from(code)),
+        (None, 2, [1, signal]) => Outcome::Signaled(
+            Signal::try_from(i32::from(signal))
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {signal}")),
+        ),
+        _ => Outcome::Signaled("an unknown cause (the supervisor died)".into()),
+    };
+    Ok(Finished {
+        outcome,
+        log_tail: tail,
+        log_bytes,
+        duration: started.elapsed(),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn supervise(
+    spec: &BuildSpec,
+    supervisor: Pid,
+    uid: u32,
+    gid: u32,
+    cgroup: Option<&Cgroup>,
+    sync_read: OwnedFd,
+    ready_write: OwnedFd,
+    log_read: OwnedFd,
+    log: &mut dyn Write,
+    output_size: &dyn Fn() -> u64,
+    started: Instant,
+) -> Result<(Option<Outcome>, Vec<String>, u64), SandboxError> {
+    let reap = |pid: Pid| {
+        let _ = kill(pid, Signal::SIGKILL);
+        loop {
+            match waitpid(pid, None) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => break,
+            }
+        }
+    };
+    // Wait for the supervisor to be in its namespaces, map its ids, let it go on.
+    let mut byte = [0u8];
+    let unshared =
+        nix::unistd::read(&sync_read, &mut byte).map_err(nix_err("cannot read from the build"))?;
+    if unshared == 1 {
+        let setup = write_maps(supervisor, uid, gid)
+            .map_err(io_err("cannot map the build user"))
+            .and_then(|()| {
+                cgroup.map_or(Ok(()), |c| {
+                    c.add(supervisor)
+                        .map_err(io_err("cannot put the build in its cgroup"))
+                })
+            });
+        if let Err(e) = setup {
+            reap(supervisor);
+            return Err(e);
+        }
+        nix::unistd::write(&ready_write, b"r").map_err(nix_err("cannot signal the build"))?;
+    }
+    drop(ready_write);
+
+    let limits = &spec.limits;
+    let max_log = limits.max_log_size.unwrap_or(DEFAULT_MAX_LOG);
+    let mut tail = Tail {
+        lines: VecDeque::new(),
+        partial: Vec::new(),
+    };
+    let mut log_bytes = 0u64;
+    let mut last_output = Instant::now();
+    let mut last_size_check = Instant::now();
+    let mut log_open = true;
+    let mut buf = vec![0u8; 64 << 10];
+    let mut log_file = File::from(log_read);
+    loop {
+        if log_open {
+            let mut fds = [PollFd::new(log_file.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(100u16)) {
+                Ok(n) if n > 0 => match log_file.read(&mut buf) {
+                    Ok(0) => log_open = false,
+                    Ok(n) => {
+                        last_output = Instant::now();
+                        let keep = (max_log.saturating_sub(log_bytes)).min(n as u64) as usize;
+                        log.write_all(&buf[..keep])
+                            .map_err(io_err("cannot write the build log"))?;
+                        tail.push(&buf[..n]);
+                        log_bytes += n as u64;
+                        if log_bytes > max_log {
+                            reap(supervisor);
+                            return Ok((
+                                Some(Outcome::LogLimit(max_log)),
+                                tail.finish(),
+                                log_bytes,
+                            ));
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_err("cannot read the build log")(e)),
+                },
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(nix_err("cannot poll the build log")(e)),
+            }
+        } else {
+            match waitpid(supervisor, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => return Ok((None, tail.finish(), log_bytes)),
+            }
+        }
+        let killed = if limits.timeout.is_some_and(|t| started.elapsed() > t) {
+            Some(Outcome::TimedOut(limits.timeout.unwrap_or_default()))
+        } else if limits.max_silent.is_some_and(|t| last_output.elapsed() > t) {
+            Some(Outcome::Silent(limits.max_silent.unwrap_or_default()))
+        } else if let Some(cap) = limits.max_output_size
+            && last_size_check.elapsed() > Duration::from_millis(250)
+        {
+            last_size_check = Instant::now();
+            (output_size() > cap).then_some(Outcome::OutputLimit(cap))
+        } else {
+            None
+        };
+        if let Some(outcome) = killed {
+            // The builder is pid 1 of its namespace and dies with the supervisor (its
+            // parent-death signal); when pid 1 dies, the kernel kills every other process in it.
+            reap(supervisor);
+            return Ok((Some(outcome), tail.finish(), log_bytes));
+        }
+    }
+}
