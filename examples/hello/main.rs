@@ -1,7 +1,9 @@
-//! Compiles `hello.c` with the host's C compiler, then wraps the binary in a launcher script.
+//! Compiles `hello.c` with the host's C compiler, writes a greeting in a hermetic build, and
+//! bundles both with the output of running the program.
 //!
 //! ```text
 //! cargo run --example hello -- plan
+//! cargo run --example hello -- apply
 //! ```
 
 use forjar::prelude::*;
@@ -10,6 +12,7 @@ fn main() -> forjar::Result<()> {
     forjar::main(|g| {
         let src = Source::dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello/src"))?
             .named("hello-src")?;
+        // Sees the host's /usr (and so its compiler): impure, keyed by a host fingerprint.
         let hello = g.add(
             Derivation::builder("hello")
                 .sandbox(SandboxLevel::HostTools)
@@ -23,19 +26,29 @@ fn main() -> forjar::Result<()> {
                 .env("greeting", "hello")
                 .build()?,
         );
-        let launcher = g.add(
-            Derivation::builder("hello-launcher")
+        // Hermetic: nothing of the host but /bin/sh, so only shell builtins.
+        let message = g.add(
+            Derivation::builder("message")
+                .script(r#"printf '%s, built in %s\n' "$text" "$PWD" > $out"#)
+                .env("text", "a hermetic greeting")
+                .build()?,
+        );
+        let bundle = g.add(
+            Derivation::builder("hello-bundle")
+                .sandbox(SandboxLevel::HostTools)
                 .script(
                     r#"
-                    mkdir -p $out/bin
-                    printf '#!/bin/sh\nexec %s/bin/hello "$@"\n' "$hello" > $out/bin/greet
-                    chmod +x $out/bin/greet
+                    mkdir -p $out/bin $out/share
+                    cp $hello/bin/hello $out/bin/hello
+                    cp $message $out/share/message.txt
+                    $hello/bin/hello > $out/share/output.txt
                     "#,
                 )
                 .input("hello", hello)
+                .input("message", message)
                 .build()?,
         );
-        g.root("hello", launcher);
+        g.root("hello", bundle);
         Ok(())
     })
 }

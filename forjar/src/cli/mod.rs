@@ -104,6 +104,12 @@ enum ProgramCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Build and import what the roots need, in the sandbox, and register the roots.
+    Apply {
+        /// Show the plan and do nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Print the dependency graph.
     Graph {
         /// Graphviz DOT (the default).
@@ -181,6 +187,40 @@ fn run_program(
             emit(&format!("{:#}\n", plan.to_json()))?;
         }
         ProgramCommand::Plan { json: false } => emit(&render_plan(&plan))?,
+        ProgramCommand::Apply { dry_run: true } => {
+            emit(&render_plan(&plan))?;
+            emit("dry run: nothing was built, imported or registered\n")?;
+        }
+        ProgramCommand::Apply { dry_run: false } => {
+            let mut progress = |node: &crate::plan::Node| {
+                let verb = match node.kind {
+                    NodeKind::Derivation { .. } => "building",
+                    NodeKind::Source { .. } => "importing",
+                };
+                let at = node
+                    .location
+                    .as_deref()
+                    .map(|l| format!(" ({l})"))
+                    .unwrap_or_default();
+                let _ = writeln!(io::stderr().lock(), "{verb} {}{at}", node.name);
+            };
+            let report = crate::exec::apply(
+                &plan,
+                &store,
+                &crate::exec::Options::default(),
+                &mut progress,
+            )
+            .map_err(|e| Failure::new(ExitCode::Failure, e))?;
+            let mut text = String::new();
+            for (name, entry) in &report.roots {
+                text.push_str(&format!(
+                    "{name} -> {}\n",
+                    store.content_path(entry).display()
+                ));
+            }
+            text.push_str(&format!("{report}\n"));
+            emit(&text)?;
+        }
         ProgramCommand::Graph { .. } => emit(&plan.to_dot())?,
         ProgramCommand::WhyDepends { a, b } => {
             let find = |name: &str| match plan.find(name).as_slice() {

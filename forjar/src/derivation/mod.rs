@@ -279,6 +279,12 @@ impl DerivationBuilder {
         self
     }
 
+    /// Largest log kept, in bytes; a build that prints more is stopped.
+    pub fn max_log_size(mut self, bytes: u64) -> Self {
+        self.limits.max_log_size = Some(bytes);
+        self
+    }
+
     /// Validates everything and makes the derivation. The error names the derivation, where it
     /// was defined, the field and the value.
     pub fn build(self) -> Result<Derivation, DerivationError> {

@@ -363,9 +363,20 @@ fn build(node: &Node, store: &Store, options: &Options) -> Result<Done, ExecErro
         }))
     };
     if !finished.outcome.success() {
-        let mut reason = finished.outcome.to_string();
+        // RLIMIT_FSIZE stops a write at the cap with SIGXFSZ, which the builder reports as a
+        // plain failure; the staged size says what happened.
+        let outcome = match limits.max_output_size {
+            Some(cap)
+                if matches!(finished.outcome, Outcome::Exited(_) | Outcome::Signaled(_))
+                    && output_size() >= cap =>
+            {
+                Outcome::OutputLimit(cap)
+            }
+            _ => finished.outcome.clone(),
+        };
+        let mut reason = outcome.to_string();
         if limits.memory.is_some()
-            && !matches!(finished.outcome, Outcome::MemoryLimit(_))
+            && !matches!(outcome, Outcome::MemoryLimit(_))
             && !nix::unistd::geteuid().is_root()
         {
             reason.push_str(

@@ -385,6 +385,30 @@ fn setup(p: &Prepared, fds: &Opened) -> Result<Never, Failed> {
         }
     }
 
+    // The store directory itself is read-only (only the outputs bound in it are writable), even
+    // where its path runs through a writable part of the sandbox such as /tmp.
+    let store = at(&p.store_dir);
+    mkdirs(&store)?;
+    ctx(
+        mount(
+            Some(&store),
+            &store,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        ),
+        || "cannot bind the store directory".into(),
+    )?;
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
+    ctx(
+        mount(None::<&str>, &store, None::<&str>, flags, None::<&str>),
+        || "cannot make the store directory read-only".into(),
+    )?;
+
     // /build: the working directory, from the host; the request's files are written into it.
     bind(
         fds.build_dir.as_raw_fd(),

@@ -146,6 +146,7 @@ pub(crate) struct Prepared {
     network: bool,
     nodes: Vec<Node>,
     build_dir: PathBuf,
+    store_dir: PathBuf,
     files: Vec<(PathBuf, Vec<u8>)>,
     devices: Vec<&'static str>,
     rlimits: Vec<(Resource, u64)>,
@@ -441,6 +442,7 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
         network: request.constraints().network,
         nodes,
         build_dir: spec.build_dir.clone(),
+        store_dir: request.store_dir().to_path_buf(),
         files: request
             .files()
             .iter()

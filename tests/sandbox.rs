@@ -1,0 +1,995 @@
+//! The sandbox, run for real: what a build sees, what it cannot do, and how it is stopped.
+//!
+//! Every test builds in a real sandbox. Where the kernel gives none, the tests fail under CI
+//! (`CI=true`) and are skipped, saying so, elsewhere.
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use forjar::DerivationBuilder;
+use forjar::exec::{ExecError, Report};
+use forjar::plan::Plan;
+use forjar::prelude::*;
+use forjar::sandbox::SandboxError;
+use forjar::store::{EntryName, Store};
+use forjar_suite::{apply, temp_store};
+
+/// Whether this machine gives a sandbox; under CI a missing one fails the test instead.
+fn sandbox() -> bool {
+    static AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
+    let available = AVAILABLE.get_or_init(|| {
+        let (_dir, store) = temp_store();
+        match apply(&store, |g| {
+            g.add(
+                Derivation::builder("probe")
+                    .script("echo > $out")
+                    .build()
+                    .unwrap(),
+            );
+        })
+        .1
+        {
+            Err(ExecError::Sandbox {
+                error: e @ SandboxError::Unavailable(_),
+                ..
+            }) => Err(e.to_string()),
+            Err(other) => panic!("the probe build failed: {other}"),
+            Ok(_) => Ok(()),
+        }
+    });
+    match available {
+        Ok(()) => true,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI must run the sandbox tests: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            false
+        }
+    }
+}
+
+fn tools(name: &str, script: &str) -> DerivationBuilder {
+    Derivation::builder(name)
+        .sandbox(SandboxLevel::HostTools)
+        .script(script)
+}
+
+/// Builds one derivation as a root; returns its entry or the error text.
+fn build(store: &Store, builder: DerivationBuilder) -> Result<EntryName, String> {
+    let (plan, report) = apply(store, |g| {
+        let d = g.add(builder.build().unwrap());
+        g.root("it", d);
+    });
+    report
+        .map(|_| plan.roots()[0].entry.clone())
+        .map_err(|e| e.to_string())
+}
+
+fn output(store: &Store, entry: &EntryName) -> String {
+    fs::read_to_string(store.content_path(entry)).unwrap()
+}
+
+/// Everything in the store directory, for "the store is left as it was".
+fn store_listing(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(store.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n != ".logs" && n != ".locks" && n != ".cache")
+        .collect();
+    names.sort();
+    for dir in [".tmp", ".roots"] {
+        assert!(
+            fs::read_dir(store.dir().join(dir))
+                .unwrap()
+                .next()
+                .is_none(),
+            "{dir} is not empty"
+        );
+    }
+    names
+}
+
+/// A host process with a recognisable command line, killed on drop.
+struct HostProcess(Child);
+
+impl HostProcess {
+    fn sleep(marker: &str) -> Self {
+        HostProcess(Command::new("sleep").arg(marker).spawn().unwrap())
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    fn alive(&mut self) -> bool {
+        self.0.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for HostProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Host processes whose command line contains `needle`.
+fn host_processes_with(needle: &str) -> usize {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .chars()
+                .all(|c| c.is_ascii_digit())
+        })
+        .filter(|e| {
+            fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .count()
+}
+
+// ---------------------------------------------------------------- what a build sees
+
+#[test]
+fn a_build_runs_as_1000_100_in_its_own_namespaces() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let script = r#"
+        {
+          echo "ids $(id -u) $(id -g) $(id -G)"
+          echo "host $(hostname)"
+          echo "pid $$"
+          echo "setgroups $(cat /proc/self/setgroups)"
+          grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\t ' ' '
+          echo "cwd $PWD home $HOME tmpdir $TMPDIR"
+          echo "net $(ls /sys/class/net 2>/dev/null | tr '\n' ' ')$(cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | tr '\n' ' ')"
+          echo "root: $(ls / | tr '\n' ' ')"
+          ls /dev | tr '\n' ' '; echo
+          stat -c 'tmp %a' /tmp
+          echo "processes $(ls /proc | grep -c '^[0-9]')"
+        } > $out
+    "#;
+    let entry = build(&store, tools("look", script)).unwrap();
+    let text = output(&store, &entry);
+    assert!(text.contains("ids 1000 100 100\n"), "{text}");
+    assert!(text.contains("host localhost\n"), "{text}");
+    assert!(text.contains("pid 1\n"), "{text}");
+    assert!(text.contains("setgroups deny\n"), "{text}");
+    assert!(text.contains("NoNewPrivs: 1\n"), "{text}");
+    assert!(text.contains("Seccomp: 2\n"), "{text}");
+    assert!(
+        text.contains("cwd /build home /homeless-shelter tmpdir /build\n"),
+        "{text}"
+    );
+    assert!(text.contains("net lo \n"), "only loopback: {text}");
+    let root = text.lines().find_map(|l| l.strip_prefix("root: ")).unwrap();
+    for dir in ["bin", "build", "dev", "etc", "proc", "tmp", "usr"] {
+        assert!(
+            root.split(' ').any(|d| d == dir),
+            "/{dir} is missing: {root}"
+        );
+    }
+    for dir in ["root", "home", "var", "srv", "mnt", "opt", "boot", "sys"] {
+        assert!(
+            !root.split(' ').any(|d| d == dir),
+            "/{dir} is visible: {root}"
+        );
+    }
+    assert!(
+        text.contains("null")
+            && text.contains("urandom")
+            && text.contains("pts")
+            && text.contains("shm"),
+        "{text}"
+    );
+    assert!(text.contains("tmp 1777\n"), "{text}");
+    // The builder, the subshell of `$(...)`, `ls` and `grep`: nothing of the host.
+    let processes: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("processes "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(processes <= 4, "{text}");
+}
+
+#[test]
+fn a_hermetic_build_has_sh_and_nothing_else_of_the_host() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let script = r#"
+        for p in /usr /usr/bin/cc /etc/shadow /home /root /bin/ls /var; do
+          if [ -e "$p" ]; then echo "sees $p"; fi
+        done > $out
+        echo "path $PATH" >> $out
+    "#;
+    let entry = build(&store, Derivation::builder("hermetic").script(script)).unwrap();
+    assert_eq!(output(&store, &entry), "path /path-not-set\n");
+}
+
+#[test]
+fn inputs_are_bound_read_only_and_outputs_land_at_their_store_paths() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let (plan, report) = apply(&store, |g| {
+        let a = g.add(
+            Derivation::builder("a")
+                .script("echo a-content > $out")
+                .build()
+                .unwrap(),
+        );
+        let b = g.add(
+            Derivation::builder("b")
+                .script(r#"read line < $a; echo "got $line from $a" > $out; echo "out is $out" >> $out"#)
+                .input("a", a)
+                .build()
+                .unwrap(),
+        );
+        g.root("b", b);
+    });
+    report.unwrap();
+    let b = &plan.roots()[0].entry;
+    let text = output(&store, b);
+    let a = plan.find("a")[0];
+    let a_entry = &plan.entry_names(a)[0];
+    assert!(
+        text.starts_with(&format!(
+            "got a-content from {}/{a_entry}/content\n",
+            store.dir().display()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.ends_with(&format!("out is {}\n", store.content_path(b).display())),
+        "{text}"
+    );
+}
+
+// ---------------------------------------------------------------- the escape suite
+
+/// A build that must fail, leaving the store as it was.
+fn must_fail(name: &str, builder: DerivationBuilder) -> String {
+    let (_dir, store) = temp_store();
+    let before = store_listing(&store);
+    let err = build(&store, builder).expect_err(&format!("`{name}` escaped"));
+    assert_eq!(store_listing(&store), before, "`{name}` changed the store");
+    err
+}
+
+#[test]
+fn a_builder_cannot_write_etc() {
+    if !sandbox() {
+        return;
+    }
+    let marker = format!("/etc/forjar-escape-{}", std::process::id());
+    must_fail(
+        "write /etc",
+        tools("etc", &format!("echo owned > {marker}")),
+    );
+    assert!(!Path::new(&marker).exists());
+}
+
+#[test]
+fn a_builder_cannot_write_the_store_or_an_input() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let (plan, report) = apply(&store, |g| {
+        g.add(
+            Derivation::builder("victim")
+                .script("echo original > $out")
+                .build()
+                .unwrap(),
+        );
+    });
+    report.unwrap();
+    let victim = plan.entry_names(plan.find("victim")[0]).remove(0);
+    let before = store_listing(&store);
+    let store_dir = store.dir().display().to_string();
+    for (what, script) in [
+        ("a new store entry", format!("echo x > {store_dir}/evil")),
+        ("an input", "echo tampered > $victim".to_string()),
+        (
+            "an input's directory",
+            format!("echo x > {store_dir}/{victim}/meta.yaml"),
+        ),
+        ("the input, by chmod", "chmod u+w $victim".to_string()),
+    ] {
+        let (_, report) = apply(&store, |g| {
+            let v = g.add(
+                Derivation::builder("victim")
+                    .script("echo original > $out")
+                    .build()
+                    .unwrap(),
+            );
+            let d = g.add(
+                tools("attack", &format!("{script}; echo done > $out"))
+                    .env("what", what)
+                    .input("victim", v)
+                    .build()
+                    .unwrap(),
+            );
+            g.root("attack", d);
+        });
+        assert!(report.is_err(), "writing {what} succeeded");
+        assert_eq!(
+            store_listing(&store),
+            before,
+            "writing {what} changed the store"
+        );
+    }
+    assert_eq!(
+        output(&store, &EntryName::parse(&victim).unwrap()),
+        "original\n"
+    );
+    assert!(store.verify().unwrap().is_ok());
+}
+
+#[test]
+fn a_builder_cannot_read_root_host_proc_or_host_tmp() {
+    if !sandbox() {
+        return;
+    }
+    let secret = std::env::temp_dir().join(format!("forjar-secret-{}", std::process::id()));
+    fs::write(&secret, "host secret").unwrap();
+    let (_dir, store) = temp_store();
+    let mut host = HostProcess::sleep("4321.25");
+    let script = format!(
+        r#"
+        {{
+          cat {secret} 2>/dev/null && echo "read host tmp"
+          ls /root 2>/dev/null && echo "read /root"
+          cat /proc/{pid}/environ 2>/dev/null && echo "read host environ"
+          m=4321
+          for f in /proc/[0-9]*/cmdline; do
+            if [ "$(tr '\0' ' ' < "$f")" = "sleep $m.25 " ]; then echo "saw host process"; fi
+          done
+          echo "pid 1: $(tr '\0' '\n' < /proc/1/cmdline | head -n 2 | tr '\n' ' ')"
+        }} > $out
+    "#,
+        secret = secret.display(),
+        pid = host.pid()
+    );
+    let entry = build(&store, tools("snoop", &script)).unwrap();
+    let text = output(&store, &entry);
+    fs::remove_file(&secret).unwrap();
+    assert!(!text.contains("read ") && !text.contains("saw "), "{text}");
+    assert_eq!(
+        text, "pid 1: /bin/sh -euc \n",
+        "pid 1 is the builder itself"
+    );
+    assert!(host.alive());
+}
+
+#[test]
+fn a_builder_cannot_connect_to_the_hosts_loopback() {
+    if !sandbox() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let err = must_fail(
+        "connect",
+        tools(
+            "connect",
+            &format!("bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}'; echo > $out"),
+        ),
+    );
+    assert!(
+        err.contains("Connection refused") || err.contains("connect"),
+        "{err}"
+    );
+    assert!(listener.accept().is_err(), "a connection reached the host");
+}
+
+#[test]
+fn a_builder_cannot_make_setuid_files_device_nodes_or_mounts() {
+    if !sandbox() {
+        return;
+    }
+    let err = must_fail("setuid", tools("setuid", "touch $out; chmod 4755 $out"));
+    assert!(err.contains("Operation not permitted"), "{err}");
+    let err = must_fail("setgid", tools("setgid", "mkdir $out; chmod g+s $out"));
+    assert!(err.contains("Operation not permitted"), "{err}");
+    let err = must_fail(
+        "xattr",
+        tools(
+            "xattr",
+            "touch $out; perl -e 'my ($f, $n, $v) = ($ARGV[0], \"user.x\", \"v\"); syscall(188, $f, $n, $v, 1, 0) == 0 or die \"setxattr: $!\\n\"' $out",
+        ),
+    );
+    assert!(err.contains("setxattr: Operation not supported"), "{err}");
+    let err = must_fail("mknod", tools("mknod", "mkdir $out; mknod $out/null c 1 3"));
+    assert!(err.contains("Operation not permitted"), "{err}");
+    let err = must_fail(
+        "mount",
+        tools(
+            "mount",
+            "mkdir -p /build/m; mount -t tmpfs none /build/m; echo > $out",
+        ),
+    );
+    assert!(
+        err.contains("permission denied")
+            || err.contains("Operation not permitted")
+            || err.contains("must be superuser"),
+        "{err}"
+    );
+}
+
+#[test]
+fn setuid_bits_never_reach_the_store_even_if_the_builder_ignores_errors() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let entry = build(
+        &store,
+        tools(
+            "ignores",
+            "mkdir $out; touch $out/f; chmod 4755 $out/f || true; chmod 755 $out/f",
+        ),
+    )
+    .unwrap();
+    let mode = fs::metadata(store.content_path(&entry).join("f"))
+        .unwrap()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o555);
+}
+
+#[test]
+fn a_builder_cannot_trace_or_kill_host_processes() {
+    if !sandbox() {
+        return;
+    }
+    let mut host = HostProcess::sleep("4321.5");
+    let pid = host.pid();
+    let err = must_fail(
+        "ptrace",
+        tools(
+            "ptrace",
+            &format!(
+                "perl -e 'syscall(101, 16, {pid}, 0, 0) == 0 or die \"ptrace: $!\\n\"'; echo > $out"
+            ),
+        ),
+    );
+    assert!(err.contains("ptrace: No such process"), "{err}");
+    let err = must_fail(
+        "kill",
+        tools("kill", &format!("kill -9 {pid}; echo > $out")),
+    );
+    assert!(
+        err.contains("No such process") || err.contains("kill"),
+        "{err}"
+    );
+    assert!(host.alive(), "the host process was killed");
+}
+
+#[test]
+fn a_fork_bomb_is_contained() {
+    if !sandbox() {
+        return;
+    }
+    let err = must_fail(
+        "fork bomb",
+        tools("bomb", "bomb() { bomb | bomb & }; bomb; sleep 30").timeout(Duration::from_secs(3)),
+    );
+    assert!(err.contains("failed"), "{err}");
+    // The host can still start processes.
+    assert!(Command::new("true").status().unwrap().success());
+}
+
+#[test]
+fn a_write_past_the_output_cap_fails() {
+    if !sandbox() {
+        return;
+    }
+    let err = must_fail(
+        "big write",
+        tools("big", "head -c 10000000 /dev/zero > $out").max_output_size(1 << 20),
+    );
+    assert!(
+        err.contains("the outputs passed their limit of 1048576 bytes"),
+        "{err}"
+    );
+    let err = must_fail(
+        "many files",
+        tools("many", "mkdir $out; for i in 1 2 3 4 5 6; do head -c 500000 /dev/zero > $out/$i; done; sleep 2")
+            .max_output_size(1 << 20),
+    );
+    assert!(
+        err.contains("the outputs passed their limit of 1048576 bytes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_hard_link_cannot_bring_host_files_into_the_store() {
+    if !sandbox() {
+        return;
+    }
+    let err = must_fail(
+        "hard link",
+        tools("link", "mkdir $out; ln /usr/bin/env $out/env"),
+    );
+    assert!(err.contains("Invalid cross-device link"), "{err}");
+    let (_dir, store) = temp_store();
+    let (_, report) = apply(&store, |g| {
+        let a = g.add(
+            Derivation::builder("a")
+                .script("echo a > $out")
+                .build()
+                .unwrap(),
+        );
+        let b = g.add(
+            tools("b", "mkdir $out; ln $a $out/a")
+                .input("a", a)
+                .build()
+                .unwrap(),
+        );
+        g.root("b", b);
+    });
+    assert!(
+        report
+            .unwrap_err()
+            .to_string()
+            .contains("Invalid cross-device link")
+    );
+}
+
+// ---------------------------------------------------------------- limits and logs
+
+#[test]
+fn a_timeout_kills_every_process_in_the_build() {
+    if !sandbox() {
+        return;
+    }
+    let started = std::time::Instant::now();
+    let err = must_fail(
+        "timeout",
+        tools(
+            "slow",
+            "sleep 4321.75 & (sleep 4321.75 &); echo started; sleep 4321.75",
+        )
+        .timeout(Duration::from_secs(1)),
+    );
+    assert!(
+        err.contains("the build timed out after 1s; every process in it was killed"),
+        "{err}"
+    );
+    assert!(err.contains("| started"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        host_processes_with("4321.75"),
+        0,
+        "a process of the build survived"
+    );
+}
+
+#[test]
+fn max_silent_time_kills_a_quiet_build() {
+    if !sandbox() {
+        return;
+    }
+    let err = must_fail(
+        "silent",
+        tools("quiet", "echo hello; sleep 4321.875").max_silent(Duration::from_secs(1)),
+    );
+    assert!(
+        err.contains("the build printed nothing for 1s; every process in it was killed"),
+        "{err}"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(host_processes_with("4321.875"), 0);
+}
+
+#[test]
+fn a_memory_cap_stops_a_build_and_says_so() {
+    if !sandbox() {
+        return;
+    }
+    let err = must_fail(
+        "memory",
+        tools(
+            "hungry",
+            "perl -e '$x = \"a\" x (400 * 1024 * 1024); print length $x' > $out",
+        )
+        .memory_limit(64 << 20),
+    );
+    assert!(err.contains("memory limit"), "{err}");
+}
+
+#[test]
+fn the_log_is_captured_capped_and_its_tail_is_in_the_error() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let err = build(
+        &store,
+        Derivation::builder("fails").script("echo first; echo second >&2; echo third; exit 3"),
+    )
+    .unwrap_err();
+    assert!(
+        err.starts_with("build of `fails` (tests/sandbox.rs:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("failed: the builder exited with status 3"),
+        "{err}"
+    );
+    assert!(err.contains("  | first\n  | second\n  | third"), "{err}");
+    let log_path = err
+        .split("the whole log: ")
+        .nth(1)
+        .unwrap()
+        .split("):")
+        .next()
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(log_path).unwrap(),
+        "first\nsecond\nthird\n"
+    );
+
+    let err = build(
+        &store,
+        tools("chatty", "yes forjar | head -c 3000000; echo > $out").max_log_size(100_000),
+    )
+    .unwrap_err();
+    assert!(
+        err.contains("the build log passed its limit of 100000 bytes"),
+        "{err}"
+    );
+    let log_path = err
+        .split("the whole log: ")
+        .nth(1)
+        .unwrap()
+        .split("):")
+        .next()
+        .unwrap();
+    assert_eq!(fs::metadata(log_path).unwrap().len(), 100_000);
+}
+
+// ---------------------------------------------------------------- outputs
+
+#[test]
+fn a_missing_output_is_named_with_the_log_tail() {
+    if !sandbox() {
+        return;
+    }
+    let err = must_fail(
+        "missing",
+        Derivation::builder("lazy")
+            .script("echo did nothing; echo > $out")
+            .output("out")
+            .output("dev"),
+    );
+    assert!(err.contains("output `dev` was not produced"), "{err}");
+    assert!(err.contains("| did nothing"), "{err}");
+}
+
+#[test]
+fn special_files_and_writes_beside_the_output_are_refused() {
+    if !sandbox() {
+        return;
+    }
+    let err = must_fail("fifo", tools("fifo", "mkdir $out; mkfifo $out/pipe"));
+    assert!(err.contains("is a FIFO"), "{err}");
+    let err = must_fail(
+        "socket",
+        tools(
+            "socket",
+            "mkdir $out; perl -MIO::Socket::UNIX -e 'IO::Socket::UNIX->new(Local => \"$ENV{out}/sock\", Listen => 1) or die'",
+        ),
+    );
+    assert!(err.contains("is a socket"), "{err}");
+    let err = must_fail(
+        "beside",
+        tools("beside", "echo x > $out; echo y > $(dirname $out)/extra"),
+    );
+    assert!(err.contains("wrote `extra` beside output `out`"), "{err}");
+}
+
+#[test]
+fn outputs_are_canonicalised() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let entry = build(&store, tools("modes", "mkdir -p $out/d; echo x > $out/d/f; printf '#!/bin/sh\\n' > $out/run; chmod 700 $out/run; chmod 777 $out/d; ln -s d/f $out/l")).unwrap();
+    let content = store.content_path(&entry);
+    let meta = |p: &str| fs::symlink_metadata(content.join(p)).unwrap();
+    assert_eq!(meta("d").mode() & 0o7777, 0o555);
+    assert_eq!(meta("d/f").mode() & 0o7777, 0o444);
+    assert_eq!(meta("run").mode() & 0o7777, 0o555);
+    for p in ["d", "d/f", "run", "l"] {
+        assert_eq!(meta(p).mtime(), 1, "{p}");
+        assert_eq!(
+            (meta(p).uid(), meta(p).gid()),
+            (
+                fs::metadata(store.dir()).unwrap().uid(),
+                fs::metadata(store.dir()).unwrap().gid()
+            ),
+            "{p}"
+        );
+    }
+    assert_eq!(fs::read_link(content.join("l")).unwrap(), Path::new("d/f"));
+}
+
+#[test]
+fn references_are_found_when_an_output_mentions_an_input_and_not_otherwise() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let (plan, report) = apply(&store, |g| {
+        let lib = g.add(
+            Derivation::builder("lib")
+                .script("echo library > $out")
+                .build()
+                .unwrap(),
+        );
+        let other = g.add(
+            Derivation::builder("other")
+                .script("echo other > $out")
+                .build()
+                .unwrap(),
+        );
+        let keeps = g.add(
+            Derivation::builder("keeps")
+                .script("echo \"uses $lib\" > $out")
+                .input("lib", lib)
+                .input("other", other)
+                .build()
+                .unwrap(),
+        );
+        let copies = g.add(
+            Derivation::builder("copies")
+                .script("read l < $lib; echo \"$l\" > $out")
+                .input("lib", lib)
+                .build()
+                .unwrap(),
+        );
+        let me = g.add(
+            Derivation::builder("self")
+                .script("echo \"I am $out\" > $out")
+                .build()
+                .unwrap(),
+        );
+        g.root("keeps", keeps);
+        g.root("copies", copies);
+        g.root("self", me);
+    });
+    report.unwrap();
+    let entry = |name: &str| EntryName::parse(&plan.entry_names(plan.find(name)[0])[0]).unwrap();
+    assert_eq!(
+        store.meta(&entry("keeps")).unwrap().references,
+        vec![entry("lib")]
+    );
+    assert!(store.meta(&entry("copies")).unwrap().references.is_empty());
+    assert_eq!(
+        store.meta(&entry("self")).unwrap().references,
+        vec![entry("self")]
+    );
+    // A reference keeps its target alive through gc.
+    let report = store.gc(false, || {}).unwrap();
+    let dead: Vec<String> = report
+        .dead
+        .iter()
+        .map(|(e, _)| e.name().to_string())
+        .collect();
+    assert!(
+        dead.contains(&"other".to_string()) && !dead.contains(&"lib".to_string()),
+        "{dead:?}"
+    );
+}
+
+#[test]
+fn what_an_input_refers_to_is_in_the_sandbox_too() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let (plan, report) = apply(&store, |g| {
+        let data = g.add(
+            Derivation::builder("data")
+                .script("echo payload > $out")
+                .build()
+                .unwrap(),
+        );
+        let pointer = g.add(
+            Derivation::builder("pointer")
+                .script("echo \"$data\" > $out")
+                .input("data", data)
+                .build()
+                .unwrap(),
+        );
+        let reader = g.add(
+            Derivation::builder("reader")
+                .script("read path < $pointer; read v < \"$path\"; echo \"$v\" > $out")
+                .input("pointer", pointer)
+                .build()
+                .unwrap(),
+        );
+        g.root("reader", reader);
+    });
+    report.unwrap();
+    assert_eq!(output(&store, &plan.roots()[0].entry), "payload\n");
+}
+
+// ---------------------------------------------------------------- fixed outputs
+
+fn serve_once(body: &'static str) -> (u16, std::thread::JoinHandle<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        listener.set_nonblocking(false).unwrap();
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = socket.read(&mut request);
+        use std::io::Write;
+        socket.write_all(body.as_bytes()).unwrap();
+        true
+    });
+    (port, handle)
+}
+
+fn digest_of(contents: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), contents).unwrap();
+    forjar::hash::tree_digest(&dir.path().join("f"))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_fixed_output_derivation_gets_the_network_and_is_verified() {
+    if !sandbox() {
+        return;
+    }
+    let (port, server) = serve_once("fetched data\n");
+    let (_dir, store) = temp_store();
+    let builder = Derivation::builder("fetch")
+        .sandbox(SandboxLevel::HostTools)
+        .builder([
+            "/bin/bash",
+            "-euc",
+            &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; echo GET >&3; cat <&3 > $out"),
+        ])
+        .network(true)
+        .fixed_output(digest_of("fetched data\n"));
+    let entry = build(&store, builder).unwrap();
+    assert!(server.join().unwrap());
+    assert_eq!(output(&store, &entry), "fetched data\n");
+    assert_eq!(
+        store.meta(&entry).unwrap().kind,
+        forjar::store::EntryKind::Fixed
+    );
+}
+
+#[test]
+fn a_fixed_output_with_the_wrong_digest_is_a_hash_mismatch() {
+    if !sandbox() {
+        return;
+    }
+    let specified = digest_of("what was promised\n");
+    let err = must_fail(
+        "mismatch",
+        tools("fetch", "echo what arrived > $out").fixed_output(specified.clone()),
+    );
+    assert!(
+        err.starts_with("hash mismatch in fixed-output derivation `fetch` (tests/sandbox.rs:"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "\n  specified: {specified}\n  got:       {}",
+            digest_of("what arrived\n")
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_fixed_output_may_not_refer_to_store_entries() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let (_, report) = apply(&store, |g| {
+        let dep = g.add(
+            Derivation::builder("dep")
+                .script("echo dep > $out")
+                .build()
+                .unwrap(),
+        );
+        let bad = g.add(
+            Derivation::builder("bad")
+                .script("echo \"$dep\" > $out")
+                .input("dep", dep)
+                .fixed_output(digest_of("anything\n"))
+                .build()
+                .unwrap(),
+        );
+        g.root("bad", bad);
+    });
+    let err = report.unwrap_err().to_string();
+    assert!(
+        err.contains("a fixed-output derivation may not refer to store entries"),
+        "{err}"
+    );
+}
+
+// ---------------------------------------------------------------- the lifecycle
+
+#[test]
+fn apply_twice_builds_nothing_the_second_time() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let define = |g: &mut Graph| {
+        let a = g.add(
+            Derivation::builder("a")
+                .script("echo a > $out")
+                .build()
+                .unwrap(),
+        );
+        let b = g.add(
+            Derivation::builder("b")
+                .script("read x < $a; echo \"$x$x\" > $out")
+                .input("a", a)
+                .build()
+                .unwrap(),
+        );
+        g.root("b", b);
+    };
+    let first: Report = apply(&store, define).1.unwrap();
+    assert_eq!(first.built, vec!["a", "b"]);
+    let second = apply(&store, define).1.unwrap();
+    assert!(second.built.is_empty());
+    assert_eq!(second.to_string(), "Nothing to do: all 2 cached");
+    assert!(store.verify().unwrap().is_ok());
+    let mut graph = Graph::new();
+    define(&mut graph);
+    let plan = Plan::new(&graph, &store).unwrap();
+    assert_eq!(plan.summary().build, 0);
+}
+
+#[test]
+fn builds_are_reproducible_in_the_sandbox() {
+    if !sandbox() {
+        return;
+    }
+    let (_one, first) = temp_store();
+    let (_two, second) = temp_store();
+    let builder = || {
+        tools(
+            "repro",
+            "mkdir $out; date -u +%Y > /dev/null; echo $PWD $HOME $(id -un) $(hostname) > $out/env; ls / > $out/root",
+        )
+    };
+    let a = build(&first, builder()).unwrap();
+    let b = build(&second, builder()).unwrap();
+    assert_eq!(
+        first.meta(&a).unwrap().digest,
+        second.meta(&b).unwrap().digest
+    );
+}
