@@ -1,6 +1,20 @@
-//! The `hello` example, run as a user runs it: `plan`, `graph`, `why-depends`.
+//! The `hello` example, run as a user runs it: `plan`, `apply`, `graph`, `why-depends`.
+
+use std::fs;
+use std::path::Path;
 
 use forjar_suite::{run_example, stderr, stdout};
+
+/// The store entries (not the store's own dot-directories) under `store`.
+fn entries(store: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    names
+}
 
 #[test]
 fn plan_lists_every_node_with_a_summary_and_writes_no_entry() {
@@ -11,12 +25,13 @@ fn plan_lists_every_node_with_a_summary_and_writes_no_entry() {
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("import  hello-src "), "{text}");
-    assert!(lines[1].starts_with("build*  hello "), "{text}");
-    assert!(lines[1].contains("examples/hello/main.rs:"), "{text}");
-    assert!(lines[2].starts_with("build   hello-launcher "), "{text}");
+    assert!(lines[1].starts_with("build   message "), "{text}");
+    assert!(lines[2].starts_with("build*  hello "), "{text}");
+    assert!(lines[2].contains("examples/hello/main.rs:"), "{text}");
+    assert!(lines[3].starts_with("build*  hello-bundle "), "{text}");
     assert_eq!(
         lines.last(),
-        Some(&"Plan: 2 to build, 0 cached, 1 source to import")
+        Some(&"Plan: 3 to build, 0 cached, 1 source to import")
     );
 
     let again = run_example("hello", &store, &["plan"]);
@@ -25,12 +40,61 @@ fn plan_lists_every_node_with_a_summary_and_writes_no_entry() {
         text,
         "planning is side-effect free and deterministic"
     );
-    let entries: Vec<_> = std::fs::read_dir(&store)
+    let dry = run_example("hello", &store, &["apply", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(
+        stdout(&dry).starts_with(&text),
+        "a dry run shows the same plan"
+    );
+    assert!(
+        entries(&store).is_empty(),
+        "plan or a dry run wrote store entries"
+    );
+    for dir in [".roots", ".logs", ".tmp"] {
+        assert!(
+            fs::read_dir(store.join(dir)).unwrap().next().is_none(),
+            "{dir} was written"
+        );
+    }
+}
+
+#[test]
+fn apply_builds_the_example_and_a_second_apply_builds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let out = run_example("hello", &store, &["apply"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.ends_with("Built 3, imported 1, 0 cached\n"), "{text}");
+    let bundle = text
+        .lines()
+        .next()
         .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    assert!(entries.is_empty(), "plan wrote store entries: {entries:?}");
+        .strip_prefix("hello -> ")
+        .unwrap();
+    assert_eq!(
+        fs::read_to_string(Path::new(bundle).join("share/output.txt")).unwrap(),
+        "hello, world\n"
+    );
+    assert_eq!(
+        fs::read_to_string(Path::new(bundle).join("share/message.txt")).unwrap(),
+        "a hermetic greeting, built in /build\n"
+    );
+    let run = std::process::Command::new(Path::new(bundle).join("bin/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&run), "hello, world\n");
+
+    let again = run_example("hello", &store, &["apply"]);
+    assert!(
+        stdout(&again).ends_with("Nothing to do: all 4 cached\n"),
+        "{}",
+        stdout(&again)
+    );
+    let verify = run_example("hello", &store, &["verify"]);
+    assert!(verify.status.success(), "{}", stdout(&verify));
+    let roots = run_example("hello", &store, &["roots"]);
+    assert!(stdout(&roots).starts_with("hello  "), "{}", stdout(&roots));
 }
 
 #[test]
@@ -40,7 +104,7 @@ fn plan_json_graph_and_why_depends() {
     let out = run_example("hello", &store, &["plan", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(json["summary"]["build"], 2);
+    assert_eq!(json["summary"]["build"], 3);
     assert_eq!(json["summary"]["import"], 1);
     assert_eq!(json["roots"][0]["name"], "hello");
 
@@ -50,12 +114,12 @@ fn plan_json_graph_and_why_depends() {
     let out = run_example(
         "hello",
         &store,
-        &["why-depends", "hello-launcher", "hello-src"],
+        &["why-depends", "hello-bundle", "hello-src"],
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         stdout(&out),
-        "hello-launcher  (input `hello`)\n└── hello  (input `src`)\n    └── hello-src\n"
+        "hello-bundle  (input `hello`)\n└── hello  (input `src`)\n    └── hello-src\n"
     );
     let out = run_example("hello", &store, &["why-depends", "hello-src", "hello"]);
     assert_eq!(out.status.code(), Some(1));

@@ -623,12 +623,7 @@ fn supervise(
 ) -> Result<(Option<Outcome>, Vec<String>, u64), SandboxError> {
     let reap = |pid: Pid| {
         let _ = kill(pid, Signal::SIGKILL);
-        loop {
-            match waitpid(pid, None) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                _ => break,
-            }
-        }
+        while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
     };
     // Wait for the supervisor to be in its namespaces, map its ids, let it go on.
     let mut byte = [0u8];
