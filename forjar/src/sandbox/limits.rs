@@ -9,6 +9,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::libc;
 use nix::unistd::Pid;
 
 use super::DEFAULT_MAX_PROCESSES;
@@ -28,11 +29,26 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Cgroup {
     /// Makes a cgroup for one build with its limits, if this process may (root, with a
-    /// cgroup file system); `None` otherwise.
+    /// writable cgroup file system); `None` otherwise, and the sandbox uses rlimits. A root that
+    /// may not create cgroups (root in a container's user namespace) is no error.
     pub fn create(limits: &Limits) -> io::Result<Option<Cgroup>> {
         if !nix::unistd::geteuid().is_root() {
             return Ok(None);
         }
+        match Self::make(limits) {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EACCES | libc::EPERM | libc::EROFS)
+                ) =>
+            {
+                Ok(None)
+            }
+            other => other,
+        }
+    }
+
+    fn make(limits: &Limits) -> io::Result<Option<Cgroup>> {
         let name = format!(
             "forjar-{}-{}",
             std::process::id(),

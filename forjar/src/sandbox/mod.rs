@@ -246,16 +246,32 @@ pub struct Finished {
     pub duration: Duration,
 }
 
-/// The host ids a build runs as: the caller's own, or an unprivileged build id for root.
+/// The host ids a build runs as: an unprivileged build id for root, the caller's own otherwise.
+/// Root inside a user namespace that does not map the build id (a container that maps only
+/// root) builds as itself, which is unprivileged outside that namespace.
 pub fn host_ids() -> (u32, u32) {
-    if nix::unistd::geteuid().is_root() {
+    let mapped = |file| maps(file, ROOT_BUILD_UID);
+    if nix::unistd::geteuid().is_root()
+        && mapped("/proc/self/uid_map")
+        && mapped("/proc/self/gid_map")
+    {
         (ROOT_BUILD_UID, ROOT_BUILD_UID)
     } else {
         (
-            nix::unistd::getuid().as_raw(),
-            nix::unistd::getgid().as_raw(),
+            nix::unistd::geteuid().as_raw(),
+            nix::unistd::getegid().as_raw(),
         )
     }
+}
+
+/// Whether an id map of this process's user namespace maps `id`.
+fn maps(file: &str, id: u32) -> bool {
+    fs::read_to_string(file).is_ok_and(|map| {
+        map.lines().any(|line| {
+            let fields: Vec<u64> = line.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+            matches!(fields[..], [inside, _, count] if inside <= u64::from(id) && u64::from(id) < inside + count)
+        })
+    })
 }
 
 /// Opens a host path for binding. The supervisor calls this inside the build's mount namespace
@@ -465,7 +481,7 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
 /// Gives the build user the staging and build directories (only root needs to: otherwise the
 /// build user is the caller).
 fn hand_over(spec: &BuildSpec, uid: u32, gid: u32) -> Result<(), SandboxError> {
-    if !nix::unistd::geteuid().is_root() {
+    if nix::unistd::geteuid().as_raw() == uid {
         return Ok(());
     }
     let owner = (
@@ -607,6 +623,14 @@ pub fn run(
     })
 }
 
+/// A pidfd of `pid` (Linux 5.3 and later); `None` where the kernel has none.
+fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    // SAFETY: a non-negative return is a descriptor this process now owns.
+    (fd >= 0).then(|| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as RawFd) })
+}
+
 #[allow(clippy::too_many_arguments)]
 fn supervise(
     spec: &BuildSpec,
@@ -658,6 +682,8 @@ fn supervise(
     let mut log_open = true;
     let mut buf = vec![0u8; 64 << 10];
     let mut log_file = File::from(log_read);
+    // Readable when the supervisor exits, so the end of a build is seen at once.
+    let exited = pidfd_open(supervisor);
     loop {
         if log_open {
             let mut fds = [PollFd::new(log_file.as_fd(), PollFlags::POLLIN)];
@@ -688,9 +714,13 @@ fn supervise(
             }
         } else {
             match waitpid(supervisor, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => match &exited {
+                    Some(pidfd) => {
+                        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+                        let _ = poll(&mut fds, PollTimeout::from(100u16));
+                    }
+                    None => std::thread::sleep(Duration::from_millis(5)),
+                },
                 _ => return Ok((None, tail.finish(), log_bytes)),
             }
         }

@@ -1,0 +1,244 @@
+//! Sandbox cost against named peers, measured in the same run.
+//!
+//! ```text
+//! bench/sandbox                          # installs bubblewrap and nix-bin if missing, runs this
+//! cargo bench -p forjar --bench sandbox -- [--runs N]
+//! ```
+//!
+//! 1. Spawning `/usr/bin/true`: a plain `fork`+`exec`; forjar's sandbox (`sandbox::run`, host
+//!    tools level: every namespace, tmpfs root, /dev, /proc, seccomp); `bwrap` with a comparable
+//!    sandbox.
+//! 2. A trivial derivation end to end (`echo x > $out`, with a new value each run so it is
+//!    built): forjar's plan + apply (key, sandbox, ingest, `meta.yaml`, one rename) against
+//!    `nix-build` of the same derivation with Nix's sandbox on and substituters off.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use forjar::derivation::Limits;
+use forjar::plan::Plan;
+use forjar::prelude::*;
+use forjar::request::{Arg, BuildRequest, CleanRelPath, Name, OutputName, RequestParts, System};
+use forjar::sandbox::{self, BuildSpec};
+use forjar::store::Store;
+
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn measure(runs: usize, mut f: impl FnMut(usize)) -> Duration {
+    f(usize::MAX);
+    median(
+        (0..runs)
+            .map(|i| {
+                let start = Instant::now();
+                f(i);
+                start.elapsed()
+            })
+            .collect(),
+    )
+}
+
+fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("the peer runs");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn row(name: &str, time: Duration, reference: Duration) {
+    println!(
+        "| {name} | {:.2} ms | {:.2}x |",
+        time.as_secs_f64() * 1e3,
+        time.as_secs_f64() / reference.as_secs_f64()
+    );
+}
+
+fn main() {
+    let mut runs = 30;
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    while let Some(arg) = args.next() {
+        if arg == "--runs" {
+            runs = args
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("--runs takes a number");
+        }
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    println!("median of {runs} runs, after one unmeasured run\n");
+
+    // 1. Spawning `true`.
+    let plain = measure(runs, |_| run_ok(&mut Command::new("/usr/bin/true")));
+    let build_dir = dir.path().join("build");
+    std::fs::create_dir(&build_dir).unwrap();
+    let request = BuildRequest::new(RequestParts {
+        name: Name::new("true").unwrap(),
+        system: System::host(),
+        args: vec![Arg::new(0, "/usr/bin/true").unwrap()],
+        working_dir: CleanRelPath::new("working directory", "build").unwrap(),
+        scratch_paths: BTreeSet::new(),
+        outputs: BTreeSet::from([OutputName::out()]),
+        env: Default::default(),
+        inputs: Default::default(),
+        files: Default::default(),
+        constraints: Default::default(),
+        sandbox: SandboxLevel::HostTools,
+        fixed_output: None,
+        store_dir: dir.path().join("store"),
+        host: Some(forjar::hash::HostFingerprint::current()),
+    })
+    .unwrap();
+    let spec = BuildSpec {
+        request: &request,
+        inputs: vec![],
+        referenced: vec![],
+        outputs: vec![],
+        build_dir: build_dir.clone(),
+        limits: Limits::default(),
+        cores: 1,
+    };
+    let forjar_spawn = measure(runs, |_| {
+        let finished = sandbox::run(&spec, &mut std::io::sink(), &|| 0).expect("the sandbox runs");
+        assert!(finished.outcome.success(), "{}", finished.outcome);
+    });
+    println!("| spawn `/usr/bin/true` | median | / plain spawn |");
+    println!("|---|---:|---:|");
+    row("plain fork+exec", plain, plain);
+    row("forjar sandbox (host-tools)", forjar_spawn, plain);
+    if have("bwrap") {
+        let bwrap = measure(runs, |_| {
+            run_ok(Command::new("bwrap").args([
+                "--unshare-all",
+                "--uid",
+                "1000",
+                "--gid",
+                "100",
+                "--hostname",
+                "localhost",
+                "--die-with-parent",
+                "--new-session",
+                "--clearenv",
+                "--ro-bind",
+                "/usr",
+                "/usr",
+                "--symlink",
+                "usr/bin",
+                "/bin",
+                "--symlink",
+                "usr/sbin",
+                "/sbin",
+                "--symlink",
+                "usr/lib",
+                "/lib",
+                "--symlink",
+                "usr/lib64",
+                "/lib64",
+                "--dev",
+                "/dev",
+                "--proc",
+                "/proc",
+                "--tmpfs",
+                "/tmp",
+                "--bind",
+                build_dir.to_str().unwrap(),
+                "/build",
+                "--chdir",
+                "/build",
+                "/usr/bin/true",
+            ]))
+        });
+        row("bwrap (same namespaces and mounts)", bwrap, plain);
+        println!(
+            "\nforjar / bwrap = {:.2} (target: at most 1.0)",
+            forjar_spawn.as_secs_f64() / bwrap.as_secs_f64()
+        );
+    } else {
+        eprintln!("bwrap not found: install Debian's bubblewrap (bench/sandbox does)");
+    }
+
+    // 2. A trivial derivation, end to end.
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let forjar_e2e = measure(runs, |i| {
+        let mut g = Graph::new();
+        let d = g.add(
+            Derivation::builder("trivial")
+                .script("echo x > $out")
+                .env("nonce", format!("{i}"))
+                .build()
+                .unwrap(),
+        );
+        g.root("trivial", d);
+        let plan = Plan::new(&g, &store).unwrap();
+        forjar::exec::apply(
+            &plan,
+            &store,
+            &forjar::exec::Options::default(),
+            &mut |_| {},
+        )
+        .expect("the build succeeds");
+    });
+    println!("\n| trivial derivation, end to end | median | / forjar |");
+    println!("|---|---:|---:|");
+    row("forjar plan + apply", forjar_e2e, forjar_e2e);
+    if have("nix-build") {
+        let seed = std::process::id();
+        let nix = measure(runs, |i| {
+            let expr = format!(
+                "derivation {{ name = \"trivial\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
+                 args = [\"-c\" \"echo x > $out\"]; nonce = \"{seed}-{i}\"; }}"
+            );
+            run_ok(Command::new("nix-build").args([
+                "--no-out-link",
+                "--option",
+                "sandbox",
+                "true",
+                "--option",
+                "substituters",
+                "",
+                "--option",
+                "sandbox-paths",
+                &sh_closure(),
+                "-E",
+                &expr,
+            ]));
+        });
+        row("nix-build (sandbox on, no substituters)", nix, forjar_e2e);
+        println!(
+            "\nnix-build / forjar = {:.2} (target: at least 5)",
+            nix.as_secs_f64() / forjar_e2e.as_secs_f64()
+        );
+    } else {
+        eprintln!("nix-build not found: install Debian's nix-bin (bench/sandbox does)");
+    }
+}
+
+/// Nix's `sandbox-paths` giving its builds the host's `/bin/sh` and what it needs, as forjar's
+/// `provide_bin_sh` does.
+fn sh_closure() -> String {
+    let real = std::fs::canonicalize("/bin/sh").unwrap();
+    let mut paths = vec![format!("/bin/sh={}", real.display())];
+    for dir in ["/lib/x86_64-linux-gnu", "/lib64", "/lib/aarch64-linux-gnu"] {
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            paths.push(format!("{dir}={}", real.display()));
+        }
+    }
+    paths.join(" ")
+}
