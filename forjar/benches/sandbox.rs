@@ -14,7 +14,10 @@
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod peers;
+use peers::{have, measure};
 
 use forjar::derivation::Limits;
 use forjar::plan::Plan;
@@ -22,33 +25,6 @@ use forjar::prelude::*;
 use forjar::request::{Arg, BuildRequest, CleanRelPath, Name, OutputName, RequestParts, System};
 use forjar::sandbox::{self, BuildSpec};
 use forjar::store::Store;
-
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
-}
-
-fn measure(runs: usize, mut f: impl FnMut(usize)) -> Duration {
-    f(usize::MAX);
-    median(
-        (0..runs)
-            .map(|i| {
-                let start = Instant::now();
-                f(i);
-                start.elapsed()
-            })
-            .collect(),
-    )
-}
-
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
 
 fn run_ok(cmd: &mut Command) {
     let out = cmd
@@ -72,16 +48,7 @@ fn row(name: &str, time: Duration, reference: Duration) {
 }
 
 fn main() {
-    let mut runs = 30;
-    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
-    while let Some(arg) = args.next() {
-        if arg == "--runs" {
-            runs = args
-                .next()
-                .and_then(|n| n.parse().ok())
-                .expect("--runs takes a number");
-        }
-    }
+    let (runs, _) = peers::args(30);
     let dir = tempfile::tempdir().expect("a temporary directory");
     println!("median of {runs} runs, after one unmeasured run\n");
 

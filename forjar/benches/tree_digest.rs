@@ -14,31 +14,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod peers;
+use peers::{have, measure};
+
 use forjar::hash::{DigestCache, TreeHasher};
 use rayon::prelude::*;
 
 struct Row {
     name: &'static str,
     median: Duration,
-}
-
-fn median(mut times: Vec<Duration>) -> Duration {
-    times.sort();
-    times[times.len() / 2]
-}
-
-/// Runs `f` once to warm up, then `runs` times, and returns the median.
-fn measure(runs: usize, mut f: impl FnMut()) -> Duration {
-    f();
-    median(
-        (0..runs)
-            .map(|_| {
-                let start = Instant::now();
-                f();
-                start.elapsed()
-            })
-            .collect(),
-    )
 }
 
 /// Runs a shell command to completion, failing loudly if it fails.
@@ -91,30 +75,13 @@ fn read_all(dir: &Path) -> u64 {
         .sum()
 }
 
-fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn main() {
-    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
-    let mut corpus = std::env::var_os("FORJAR_BENCH_CORPUS").map(PathBuf::from);
-    let mut runs = 5;
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => {
-                runs = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .expect("--runs takes a number")
-            }
-            _ => corpus = Some(PathBuf::from(arg)),
-        }
-    }
+    let (runs, rest) = peers::args(5);
+    let corpus = rest
+        .into_iter()
+        .next()
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("FORJAR_BENCH_CORPUS").map(PathBuf::from));
     let Some(corpus) = corpus else {
         eprintln!(
             "usage: tree_digest CORPUS [--runs N] (or set FORJAR_BENCH_CORPUS); bench/tree-digest makes one"
@@ -143,7 +110,7 @@ fn main() {
         .expect("the corpus hashes");
     rows.push(Row {
         name: "forjar tree digest",
-        median: measure(runs, || {
+        median: measure(runs, |_| {
             assert_eq!(TreeHasher::new().digest(&corpus).unwrap(), digest)
         }),
     });
@@ -153,7 +120,7 @@ fn main() {
         .expect("a one-thread pool");
     rows.push(Row {
         name: "forjar tree digest, 1 thread",
-        median: measure(runs, || {
+        median: measure(runs, |_| {
             single.install(|| assert_eq!(TreeHasher::new().digest(&corpus).unwrap(), digest))
         }),
     });
@@ -162,7 +129,7 @@ fn main() {
     TreeHasher::with_cache(&cache).digest(&corpus).unwrap();
     rows.push(Row {
         name: "forjar, warm digest cache (re-plan)",
-        median: measure(runs, || {
+        median: measure(runs, |_| {
             assert_eq!(
                 TreeHasher::with_cache(&cache).digest(&corpus).unwrap(),
                 digest
@@ -171,11 +138,11 @@ fn main() {
     });
     rows.push(Row {
         name: "read every file (same walk, no hash)",
-        median: measure(runs, || assert_eq!(read_all(&corpus), bytes)),
+        median: measure(runs, |_| assert_eq!(read_all(&corpus), bytes)),
     });
     rows.push(Row {
         name: "read every file (find | xargs cat)",
-        median: measure(runs, || {
+        median: measure(runs, |_| {
             shell(
                 "find \"$1\" -type f -print0 | xargs -0 cat > /dev/null",
                 &corpus,
@@ -185,7 +152,7 @@ fn main() {
     if have("nix-hash") {
         rows.push(Row {
             name: "nix-hash --type sha256",
-            median: measure(runs, || shell("nix-hash --type sha256 \"$1\"", &corpus)),
+            median: measure(runs, |_| shell("nix-hash --type sha256 \"$1\"", &corpus)),
         });
     } else {
         eprintln!("nix-hash not found: install Debian's nix-bin (bench/tree-digest does)");
@@ -193,7 +160,7 @@ fn main() {
     if have("b3sum") {
         rows.push(Row {
             name: "b3sum (find | xargs b3sum)",
-            median: measure(runs, || {
+            median: measure(runs, |_| {
                 shell(
                     "find \"$1\" -type f -print0 | xargs -0 b3sum > /dev/null",
                     &corpus,

@@ -1,0 +1,54 @@
+//! What the benchmark programs share: timing, and finding the peers they compare against.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The median of some durations.
+pub fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Runs `f` once unmeasured (with `usize::MAX`), then `runs` times with the run's index, and
+/// returns the median time.
+pub fn measure(runs: usize, mut f: impl FnMut(usize)) -> Duration {
+    f(usize::MAX);
+    median(
+        (0..runs)
+            .map(|i| {
+                let start = Instant::now();
+                f(i);
+                start.elapsed()
+            })
+            .collect(),
+    )
+}
+
+/// Whether `tool` is on the `PATH`.
+pub fn have(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The value of `--runs N` among the arguments, and the other arguments.
+pub fn args(default_runs: usize) -> (usize, Vec<String>) {
+    let mut runs = default_runs;
+    let mut rest = Vec::new();
+    let mut args = std::env::args().skip(1).filter(|a| a != "--bench");
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--runs" => {
+                runs = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("--runs takes a number")
+            }
+            _ => rest.push(arg),
+        }
+    }
+    (runs, rest)
+}
