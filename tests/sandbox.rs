@@ -1016,3 +1016,57 @@ fn builds_are_reproducible_in_the_sandbox() {
         second.meta(&b).unwrap().digest
     );
 }
+
+#[test]
+fn two_applies_at_once_build_each_derivation_once() {
+    if !sandbox() {
+        return;
+    }
+    let (dir, _store) = temp_store();
+    let define = |g: &mut Graph| {
+        let shared = g.add(
+            tools("shared", "sleep 0.3; echo shared > $out")
+                .build()
+                .unwrap(),
+        );
+        let mut tops = Vec::new();
+        for i in 0..3 {
+            let d = tools(
+                &format!("top{i}"),
+                "sleep 0.1; read s < $shared; echo \"$s\" > $out",
+            )
+            .input("shared", shared)
+            .build()
+            .unwrap();
+            tops.push(g.add(d));
+        }
+        for (i, top) in tops.into_iter().enumerate() {
+            g.root(&format!("top{i}"), top);
+        }
+    };
+    let reports: Vec<Report> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                let path = dir.path().join("store");
+                s.spawn(move || {
+                    let store = Store::open(path).unwrap();
+                    apply(&store, define).1.unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let mut built: Vec<String> = reports.iter().flat_map(|r| r.built.clone()).collect();
+    built.sort();
+    assert_eq!(
+        built,
+        vec!["shared", "top0", "top1", "top2"],
+        "each derivation is built exactly once"
+    );
+    let store = Store::open(dir.path().join("store")).unwrap();
+    assert!(store.verify().unwrap().is_ok());
+    let entry = store.resolve("shared").unwrap();
+    assert_eq!(store.log(&entry).unwrap(), b"");
+    let top = store.resolve("top0").unwrap();
+    assert_eq!(output(&store, &top), "shared\n");
+}

@@ -100,9 +100,12 @@ impl Store {
     /// missing while it is replaced.
     fn put_root(&self, name: &str, target: &Path) -> Result<(), StoreError> {
         let path = self.roots_dir().join(name);
+        // Unique per process and per call: two stores in one process may register the same root.
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tmp = self
             .roots_dir()
-            .join(format!(".{name}.{}", std::process::id()));
+            .join(format!(".{name}.{}-{seq}", std::process::id()));
         let _ = fs::remove_file(&tmp);
         symlink(target, &tmp).map_err(StoreError::io("cannot create", &tmp))?;
         fs::rename(&tmp, &path).map_err(StoreError::io("cannot create", &path))
