@@ -55,6 +55,9 @@ impl Cgroup {
             SEQ.fetch_add(1, Ordering::Relaxed)
         );
         let root = Path::new(ROOT);
+        for parent in [root.to_path_buf(), root.join("memory"), root.join("pids")] {
+            sweep(&parent);
+        }
         if root.join("cgroup.controllers").exists() {
             let controllers = fs::read_to_string(root.join("cgroup.controllers"))?;
             if !(controllers.contains("memory") && controllers.contains("pids")) {
@@ -122,6 +125,26 @@ impl Cgroup {
                     .is_some_and(|n| n.trim() != "0")
             })
         })
+    }
+}
+
+/// Removes the empty cgroups of forjar processes that no longer exist (killed before they could
+/// remove their own).
+fn sweep(parent: &Path) {
+    let Ok(listing) = fs::read_dir(parent) else {
+        return;
+    };
+    for item in listing.flatten() {
+        let name = item.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("forjar-")
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = fs::remove_dir(item.path());
+        }
     }
 }
 
