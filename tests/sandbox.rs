@@ -261,6 +261,26 @@ fn inputs_are_bound_read_only_and_outputs_land_at_their_store_paths() {
 
 // ---------------------------------------------------------------- the escape suite
 
+/// Syscall numbers for the builds that make raw calls through perl's `syscall`.
+struct Syscalls {
+    ptrace: u32,
+    setxattr: u32,
+    mount: u32,
+}
+
+#[cfg(target_arch = "x86_64")]
+const SYS: Syscalls = Syscalls {
+    ptrace: 101,
+    setxattr: 188,
+    mount: 165,
+};
+#[cfg(target_arch = "aarch64")]
+const SYS: Syscalls = Syscalls {
+    ptrace: 117,
+    setxattr: 5,
+    mount: 40,
+};
+
 /// A build that must fail, leaving the store as it was.
 fn must_fail(name: &str, builder: DerivationBuilder) -> String {
     let (_dir, store) = temp_store();
@@ -395,16 +415,13 @@ fn a_builder_cannot_connect_to_the_hosts_loopback() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
-    let err = must_fail(
+    refused(
         "connect",
         tools(
             "connect",
             &format!("bash -c 'echo hi > /dev/tcp/127.0.0.1/{port}'; echo > $out"),
         ),
-    );
-    assert!(
-        err.contains("Connection refused") || err.contains("connect"),
-        "{err}"
+        &["| bash: connect: Connection refused"],
     );
     assert!(listener.accept().is_err(), "a connection reached the host");
 }
@@ -428,7 +445,11 @@ fn a_builder_cannot_make_setuid_files_device_nodes_or_mounts() {
         "xattr",
         tools(
             "xattr",
-            "touch $out; perl -e 'my ($f, $n, $v) = ($ARGV[0], \"user.x\", \"v\"); syscall(188, $f, $n, $v, 1, 0) == 0 or die \"setxattr: $!\\n\"' $out",
+            &format!(
+                "touch $out; perl -e 'my ($f, $n, $v) = ($ARGV[0], \"user.x\", \"v\"); \
+                 syscall({}, $f, $n, $v, 1, 0) == 0 or die \"setxattr: $!\\n\"' $out",
+                SYS.setxattr
+            ),
         ),
         &["setxattr: Operation not supported"],
     );
@@ -437,18 +458,18 @@ fn a_builder_cannot_make_setuid_files_device_nodes_or_mounts() {
         tools("mknod", "mkdir $out; mknod $out/null c 1 3"),
         &["Operation not permitted"],
     );
-    let err = must_fail(
+    // mount(2) itself (the mount program refuses non-root users before it gets that far).
+    refused(
         "mount",
         tools(
             "mount",
-            "mkdir -p /build/m; mount -t tmpfs none /build/m; echo > $out",
+            &format!(
+                "mkdir -p /build/m; perl -e 'my ($s, $t, $f) = (\"none\", \"/build/m\", \"tmpfs\"); \
+                 syscall({}, $s, $t, $f, 0, 0) == 0 or die \"mount: $!\\n\"'; echo > $out",
+                SYS.mount
+            ),
         ),
-    );
-    assert!(
-        err.contains("permission denied")
-            || err.contains("Operation not permitted")
-            || err.contains("must be superuser"),
-        "{err}"
+        &["| mount: Operation not permitted"],
     );
 }
 
@@ -485,18 +506,16 @@ fn a_builder_cannot_trace_or_kill_host_processes() {
         tools(
             "ptrace",
             &format!(
-                "perl -e 'syscall(101, 16, {pid}, 0, 0) == 0 or die \"ptrace: $!\\n\"'; echo > $out"
+                "perl -e 'syscall({}, 16, {pid}, 0, 0) == 0 or die \"ptrace: $!\\n\"'; echo > $out",
+                SYS.ptrace
             ),
         ),
         &["ptrace: No such process"],
     );
-    let err = must_fail(
+    refused(
         "kill",
         tools("kill", &format!("kill -9 {pid}; echo > $out")),
-    );
-    assert!(
-        err.contains("No such process") || err.contains("kill"),
-        "{err}"
+        &["kill: No such process"],
     );
     assert!(host.alive(), "the host process was killed");
 }
@@ -509,7 +528,8 @@ fn a_fork_bomb_is_contained() {
     refused(
         "fork bomb",
         tools("bomb", "bomb() { bomb | bomb & }; bomb; sleep 30").timeout(Duration::from_secs(3)),
-        &["failed"],
+        // The process limit stops the forks; the timeout ends the build.
+        &["the build timed out after 3s", "Cannot fork"],
     );
     // The host can still start processes.
     assert!(Command::new("true").status().unwrap().success());
