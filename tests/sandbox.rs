@@ -1090,3 +1090,25 @@ fn two_applies_at_once_build_each_derivation_once() {
     let top = store.resolve("top0").unwrap();
     assert_eq!(output(&store, &top), "shared\n");
 }
+
+#[test]
+fn a_builder_that_is_not_in_the_sandbox_is_named() {
+    if !sandbox() {
+        return;
+    }
+    let err = must_fail(
+        "missing builder",
+        Derivation::builder("nobuilder").builder(["/usr/bin/env", "true"]),
+    );
+    assert!(
+        err.starts_with("cannot build `nobuilder` (tests/sandbox.rs:"),
+        "{err}"
+    );
+    assert!(
+        err.ends_with(
+            "): cannot run the builder `/usr/bin/env`: ENOENT: No such file or directory"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("the kernel gives no sandbox"), "{err}");
+}

@@ -8,7 +8,7 @@
 use std::ffi::{CStr, CString};
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, symlink};
 use std::path::{Path, PathBuf};
 
@@ -20,19 +20,20 @@ use nix::unistd::{
     ForkResult, Gid, Uid, chdir, fork, pivot_root, sethostname, setresgid, setresuid,
 };
 
-use super::{BUILD_GID, BUILD_UID, NodeKind, Prepared};
+use super::{BUILD_GID, BUILD_UID, EXEC_FAILED, NodeKind, Prepared, SETUP_FAILED};
 
 /// Where the new root is assembled before `pivot_root`. Any directory every uid can search
 /// would do; `/tmp` always is one, and the tmpfs mounted on it is visible only in the build's
 /// own mount namespace.
 const NEW_ROOT: &str = "/tmp";
 
-/// A step that failed, for the error pipe.
-struct Failed(String);
+/// A step that failed, for the error pipe: its kind (one of [`SETUP_FAILED`] and
+/// [`EXEC_FAILED`]) and what happened.
+struct Failed(u8, String);
 
 impl<E: std::fmt::Display> From<(&str, E)> for Failed {
     fn from((what, e): (&str, E)) -> Self {
-        Failed(format!("{what}: {e}"))
+        Failed(SETUP_FAILED, format!("{what}: {e}"))
     }
 }
 
@@ -40,7 +41,7 @@ fn ctx<T, E: std::fmt::Display>(
     r: Result<T, E>,
     what: impl FnOnce() -> String,
 ) -> Result<T, Failed> {
-    r.map_err(|e| Failed(format!("{}: {e}", what())))
+    r.map_err(|e| Failed(SETUP_FAILED, format!("{}: {e}", what())))
 }
 
 /// Writes the failure to the error pipe and exits without running destructors or atexit
@@ -48,7 +49,8 @@ fn ctx<T, E: std::fmt::Display>(
 fn die(err_fd: RawFd, failure: Failed) -> ! {
     // SAFETY: the fd is this child's copy of the error pipe's write end, open until exit.
     let mut pipe = std::mem::ManuallyDrop::new(unsafe { fs::File::from_raw_fd(err_fd) });
-    let _ = pipe.write_all(failure.0.as_bytes());
+    let _ = pipe.write_all(&[failure.0]);
+    let _ = pipe.write_all(failure.1.as_bytes());
     // SAFETY: _exit is always safe to call; it ends this process only.
     unsafe { libc::_exit(127) }
 }
@@ -69,7 +71,7 @@ pub(super) fn supervisor(
             || "cannot set the parent-death signal".into(),
         )?;
         if nix::unistd::getppid().as_raw() != p.parent_pid {
-            return Err(Failed("the parent exited".into()));
+            return Err(Failed(SETUP_FAILED, "the parent exited".into()));
         }
         let mut flags = CloneFlags::CLONE_NEWUSER
             | CloneFlags::CLONE_NEWNS
@@ -88,7 +90,12 @@ pub(super) fn supervisor(
         let mut byte = [0u8];
         match nix::unistd::read(&sync_read, &mut byte) {
             Ok(1) => {}
-            _ => return Err(Failed("the parent did not map the build user".into())),
+            _ => {
+                return Err(Failed(
+                    SETUP_FAILED,
+                    "the parent did not map the build user".into(),
+                ));
+            }
         }
         drop((sync_write, sync_read));
         let fds = open_all(p)?;
@@ -533,7 +540,6 @@ fn setup(p: &Prepared, fds: &Opened) -> Result<Never, Failed> {
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         );
-        let _ = BorrowedFd::borrow_raw(p.err_write);
     }
 
     ctx(nix::sys::prctl::set_no_new_privs(), || {
@@ -546,10 +552,13 @@ fn setup(p: &Prepared, fds: &Opened) -> Result<Never, Failed> {
     let argv: Vec<&CStr> = p.args.iter().map(CString::as_c_str).collect();
     let envp: Vec<&CStr> = p.env.iter().map(CString::as_c_str).collect();
     let error = nix::unistd::execve(argv[0], &argv, &envp).unwrap_err();
-    Err(Failed(format!(
-        "cannot run the builder `{}`: {error}",
-        argv[0].to_string_lossy()
-    )))
+    Err(Failed(
+        EXEC_FAILED,
+        format!(
+            "cannot run the builder `{}`: {error}",
+            argv[0].to_string_lossy()
+        ),
+    ))
 }
 
 const PASSWD: &str = "root:x:0:0:root:/build:/noshell\n\

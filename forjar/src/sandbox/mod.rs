@@ -74,6 +74,11 @@ const NETWORK_FILES: &[&str] = &[
 ];
 /// The device nodes bound into `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+/// The first byte a child writes to the error pipe: the sandbox could not be set up.
+const SETUP_FAILED: u8 = b'S';
+/// The first byte a child writes to the error pipe: the sandbox was set up, but `exec` of the
+/// builder failed.
+const EXEC_FAILED: u8 = b'X';
 /// Lines of the log kept for error messages.
 const TAIL_LINES: usize = 25;
 /// The largest log kept when a derivation sets none.
@@ -589,19 +594,22 @@ pub fn run(
         output_size,
         started,
     );
-    let mut err_text = String::new();
-    let _ = File::from(err_read).read_to_string(&mut err_text);
+    let mut failure = Vec::new();
+    let _ = File::from(err_read).read_to_end(&mut failure);
     let mut status = [0u8; 2];
     let status_len = File::from(status_read).read(&mut status).unwrap_or(0);
     let (killed, tail, log_bytes) = killed?;
     let memory_hit = cgroup.as_ref().is_some_and(Cgroup::oom_killed);
     drop(cgroup);
 
-    if !err_text.is_empty() && killed.is_none() {
-        return Err(if err_text.starts_with("cannot run the builder") {
-            SandboxError::Builder(err_text)
+    if let Some((&kind, message)) = failure.split_first()
+        && killed.is_none()
+    {
+        let message = String::from_utf8_lossy(message).into_owned();
+        return Err(if kind == EXEC_FAILED {
+            SandboxError::Builder(message)
         } else {
-            SandboxError::Unavailable(err_text)
+            SandboxError::Unavailable(message)
         });
     }
     let outcome = match (killed, status_len, status) {
