@@ -235,18 +235,10 @@ fn closure(
     Ok(seen)
 }
 
-/// The bytes a staged output holds so far.
+/// The bytes a staged output holds so far; a builder may be changing it, so an entry that
+/// vanishes mid-walk counts as nothing until the next look.
 fn staged_size(path: &Path) -> u64 {
-    let Ok(meta) = fs::symlink_metadata(path) else {
-        return 0;
-    };
-    if meta.is_dir() {
-        fs::read_dir(path)
-            .map(|d| d.flatten().map(|e| staged_size(&e.path())).sum())
-            .unwrap_or(0)
-    } else {
-        meta.len()
-    }
+    crate::store::tree_size(path).unwrap_or(0)
 }
 
 /// The `/build` directory of one build, removed when dropped.

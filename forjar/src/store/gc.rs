@@ -231,7 +231,7 @@ impl Store {
 }
 
 /// The apparent size in bytes of the regular files under `path`.
-fn tree_size(path: &Path) -> io::Result<u64> {
+pub fn tree_size(path: &Path) -> io::Result<u64> {
     let meta = fs::symlink_metadata(path)?;
     if meta.is_dir() {
         fs::read_dir(path)?.try_fold(0, |sum, item| Ok(sum + tree_size(&item?.path())?))

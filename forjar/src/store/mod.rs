@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use entry::EntryName;
-pub use gc::{GcReport, Root, RootTarget};
+pub use gc::{GcReport, Root, RootTarget, tree_size};
 pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging, remove_tree};
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use verify::{Problem, VerifyReport};
