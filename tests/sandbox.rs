@@ -26,12 +26,7 @@ fn sandbox() -> bool {
     let available = AVAILABLE.get_or_init(|| {
         let (_dir, store) = temp_store();
         match apply(&store, |g| {
-            g.add(
-                Derivation::builder("probe")
-                    .script("echo > $out")
-                    .build()
-                    .unwrap(),
-            );
+            g.add(sh("probe", "echo > $out"));
         })
         .1
         {
@@ -55,6 +50,12 @@ fn sandbox() -> bool {
     }
 }
 
+/// A hermetic derivation running `script`.
+fn sh(name: &str, script: &str) -> Derivation {
+    Derivation::builder(name).script(script).build().unwrap()
+}
+
+/// A derivation running `script` with the host's tools.
 fn tools(name: &str, script: &str) -> DerivationBuilder {
     Derivation::builder(name)
         .sandbox(SandboxLevel::HostTools)
@@ -226,12 +227,7 @@ fn inputs_are_bound_read_only_and_outputs_land_at_their_store_paths() {
     }
     let (_dir, store) = temp_store();
     let (plan, report) = apply(&store, |g| {
-        let a = g.add(
-            Derivation::builder("a")
-                .script("echo a-content > $out")
-                .build()
-                .unwrap(),
-        );
+        let a = g.add(sh("a", "echo a-content > $out"));
         let b = g.add(
             Derivation::builder("b")
                 .script(r#"read line < $a; echo "got $line from $a" > $out; echo "out is $out" >> $out"#)
@@ -321,12 +317,7 @@ fn a_builder_cannot_write_the_store_or_an_input() {
     }
     let (_dir, store) = temp_store();
     let (plan, report) = apply(&store, |g| {
-        g.add(
-            Derivation::builder("victim")
-                .script("echo original > $out")
-                .build()
-                .unwrap(),
-        );
+        g.add(sh("victim", "echo original > $out"));
     });
     report.unwrap();
     let victim = plan.entry_names(plan.find("victim")[0]).remove(0);
@@ -342,12 +333,7 @@ fn a_builder_cannot_write_the_store_or_an_input() {
         ("the input, by chmod", "chmod u+w $victim".to_string()),
     ] {
         let (_, report) = apply(&store, |g| {
-            let v = g.add(
-                Derivation::builder("victim")
-                    .script("echo original > $out")
-                    .build()
-                    .unwrap(),
-            );
+            let v = g.add(sh("victim", "echo original > $out"));
             let d = g.add(
                 tools("attack", &format!("{script}; echo done > $out"))
                     .env("what", what)
@@ -571,12 +557,7 @@ fn a_hard_link_cannot_bring_host_files_into_the_store() {
     assert!(err.contains("Invalid cross-device link"), "{err}");
     let (_dir, store) = temp_store();
     let (_, report) = apply(&store, |g| {
-        let a = g.add(
-            Derivation::builder("a")
-                .script("echo a > $out")
-                .build()
-                .unwrap(),
-        );
+        let a = g.add(sh("a", "echo a > $out"));
         let b = g.add(
             tools("b", "mkdir $out; ln $a $out/a")
                 .input("a", a)
@@ -783,18 +764,8 @@ fn references_are_found_when_an_output_mentions_an_input_and_not_otherwise() {
     }
     let (_dir, store) = temp_store();
     let (plan, report) = apply(&store, |g| {
-        let lib = g.add(
-            Derivation::builder("lib")
-                .script("echo library > $out")
-                .build()
-                .unwrap(),
-        );
-        let other = g.add(
-            Derivation::builder("other")
-                .script("echo other > $out")
-                .build()
-                .unwrap(),
-        );
+        let lib = g.add(sh("lib", "echo library > $out"));
+        let other = g.add(sh("other", "echo other > $out"));
         let keeps = g.add(
             Derivation::builder("keeps")
                 .script("echo \"uses $lib\" > $out")
@@ -810,12 +781,7 @@ fn references_are_found_when_an_output_mentions_an_input_and_not_otherwise() {
                 .build()
                 .unwrap(),
         );
-        let me = g.add(
-            Derivation::builder("self")
-                .script("echo \"I am $out\" > $out")
-                .build()
-                .unwrap(),
-        );
+        let me = g.add(sh("self", "echo \"I am $out\" > $out"));
         g.root("keeps", keeps);
         g.root("copies", copies);
         g.root("self", me);
@@ -851,12 +817,7 @@ fn what_an_input_refers_to_is_in_the_sandbox_too() {
     }
     let (_dir, store) = temp_store();
     let (plan, report) = apply(&store, |g| {
-        let data = g.add(
-            Derivation::builder("data")
-                .script("echo payload > $out")
-                .build()
-                .unwrap(),
-        );
+        let data = g.add(sh("data", "echo payload > $out"));
         let pointer = g.add(
             Derivation::builder("pointer")
                 .script("echo \"$data\" > $out")
@@ -957,12 +918,7 @@ fn a_fixed_output_may_not_refer_to_store_entries() {
     }
     let (_dir, store) = temp_store();
     let (_, report) = apply(&store, |g| {
-        let dep = g.add(
-            Derivation::builder("dep")
-                .script("echo dep > $out")
-                .build()
-                .unwrap(),
-        );
+        let dep = g.add(sh("dep", "echo dep > $out"));
         let bad = g.add(
             Derivation::builder("bad")
                 .script("echo \"$dep\" > $out")
@@ -989,12 +945,7 @@ fn apply_twice_builds_nothing_the_second_time() {
     }
     let (_dir, store) = temp_store();
     let define = |g: &mut Graph| {
-        let a = g.add(
-            Derivation::builder("a")
-                .script("echo a > $out")
-                .build()
-                .unwrap(),
-        );
+        let a = g.add(sh("a", "echo a > $out"));
         let b = g.add(
             Derivation::builder("b")
                 .script("read x < $a; echo \"$x$x\" > $out")
