@@ -44,11 +44,6 @@ impl<T> Drv<T> {
             output: name.to_string(),
         }
     }
-
-    /// The handle without its type.
-    pub fn erase(&self) -> Drv {
-        Drv::new(self.id)
-    }
 }
 
 impl<T> Clone for Drv<T> {

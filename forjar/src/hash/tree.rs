@@ -310,7 +310,7 @@ fn is_executable(meta: &Metadata) -> bool {
 }
 
 /// `DK("F" || u8(x) || u64(size) || BLAKE3(contents))`.
-pub(crate) fn file_node(executable: bool, size: u64, contents: &[u8; 32]) -> [u8; 32] {
+fn file_node(executable: bool, size: u64, contents: &[u8; 32]) -> [u8; 32] {
     let mut h = node_hasher();
     h.update(b"F")
         .update(&[u8::from(executable)])

@@ -42,7 +42,7 @@ use nix::unistd::{ForkResult, Pid, fork, pipe2};
 use crate::derivation::Limits;
 use crate::request::{BuildRequest, InputName, OutputName, SandboxLevel};
 
-pub use limits::Cgroup;
+use limits::Cgroup;
 
 /// The uid of the build user inside the sandbox.
 pub const BUILD_UID: u32 = 1000;

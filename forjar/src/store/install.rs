@@ -161,11 +161,6 @@ impl<'s> Staging<'s> {
         &self.dir
     }
 
-    /// The entry being staged.
-    pub fn entry(&self) -> &EntryName {
-        &self.entry
-    }
-
     /// Canonicalises the content (mode 0444/0555, mtime 1), hashes it, checks the expected
     /// digest, writes `meta.yaml`, syncs, and renames the staged directory into place.
     ///
