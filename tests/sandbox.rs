@@ -9,46 +9,14 @@ use std::net::TcpListener;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Command};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use forjar::DerivationBuilder;
-use forjar::exec::{ExecError, Report};
+use forjar::exec::Report;
 use forjar::plan::Plan;
 use forjar::prelude::*;
-use forjar::sandbox::SandboxError;
 use forjar::store::{EntryName, Store};
-use forjar_suite::{apply, temp_store};
-
-/// Whether this machine gives a sandbox; under CI a missing one fails the test instead.
-fn sandbox() -> bool {
-    static AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
-    let available = AVAILABLE.get_or_init(|| {
-        let (_dir, store) = temp_store();
-        match apply(&store, |g| {
-            g.add(sh("probe", "echo > $out"));
-        })
-        .1
-        {
-            Err(ExecError::Sandbox {
-                error: e @ SandboxError::Unavailable(_),
-                ..
-            }) => Err(e.to_string()),
-            Err(other) => panic!("the probe build failed: {other}"),
-            Ok(_) => Ok(()),
-        }
-    });
-    match available {
-        Ok(()) => true,
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("CI must run the sandbox tests: {e}")
-        }
-        Err(e) => {
-            eprintln!("skipping: {e}");
-            false
-        }
-    }
-}
+use forjar_suite::{apply, sandbox, temp_store};
 
 /// A hermetic derivation running `script`.
 fn sh(name: &str, script: &str) -> Derivation {

@@ -8,46 +8,53 @@
 
 use forjar::prelude::*;
 
+/// Compiles hello.c. It sees the host's /usr (and so its compiler): impure, and keyed by a
+/// fingerprint of the host's toolchain.
+#[derive(Derivation)]
+#[forjar(sandbox = "host-tools")]
+#[forjar(script = r#"
+    mkdir -p $out/bin
+    cc -O2 -DGREETING="\"$greeting\"" -o $out/bin/hello $src/hello.c
+"#)]
+struct Hello {
+    #[forjar(input)]
+    src: Source,
+    #[forjar(env)]
+    greeting: String,
+}
+
+/// Hermetic: nothing of the host but /bin/sh, so only shell builtins.
+#[forjar::derivation]
+fn message(g: &mut Graph, text: &str) -> Drv<Message> {
+    r#"printf '%s, built in %s\n' "$text" "$PWD" > $out"#
+}
+
+/// The program, its message, and what it printed when run.
+#[derive(Derivation)]
+#[forjar(name = "hello-bundle", sandbox = "host-tools")]
+#[forjar(script = r#"
+    mkdir -p $out/bin $out/share
+    cp $hello/bin/hello $out/bin/hello
+    cp $message $out/share/message.txt
+    $hello/bin/hello > $out/share/output.txt
+"#)]
+struct Bundle {
+    #[forjar(input)]
+    hello: Drv<Hello>,
+    #[forjar(input)]
+    message: Drv<Message>,
+}
+
 fn main() -> forjar::Result<()> {
     forjar::main(|g| {
         let src = Source::dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello/src"))?
             .named("hello-src")?;
-        // Sees the host's /usr (and so its compiler): impure, keyed by a host fingerprint.
-        let hello = g.add(
-            Derivation::builder("hello")
-                .sandbox(SandboxLevel::HostTools)
-                .script(
-                    r#"
-                    mkdir -p $out/bin
-                    cc -O2 -DGREETING="\"$greeting\"" -o $out/bin/hello $src/hello.c
-                    "#,
-                )
-                .input("src", src)
-                .env("greeting", "hello")
-                .build()?,
-        );
-        // Hermetic: nothing of the host but /bin/sh, so only shell builtins.
-        let message = g.add(
-            Derivation::builder("message")
-                .script(r#"printf '%s, built in %s\n' "$text" "$PWD" > $out"#)
-                .env("text", "a hermetic greeting")
-                .build()?,
-        );
-        let bundle = g.add(
-            Derivation::builder("hello-bundle")
-                .sandbox(SandboxLevel::HostTools)
-                .script(
-                    r#"
-                    mkdir -p $out/bin $out/share
-                    cp $hello/bin/hello $out/bin/hello
-                    cp $message $out/share/message.txt
-                    $hello/bin/hello > $out/share/output.txt
-                    "#,
-                )
-                .input("hello", hello)
-                .input("message", message)
-                .build()?,
-        );
+        let hello = g.add(Hello {
+            src,
+            greeting: "hello".into(),
+        });
+        let message = message(g, "a hermetic greeting");
+        let bundle = g.add(Bundle { hello, message });
         g.root("hello", bundle);
         Ok(())
     })

@@ -36,12 +36,83 @@ pub mod store;
 
 pub use cli::main;
 pub use derivation::{Derivation, DerivationBuilder, Drv, Graph, Input, Limits, OutputRef, Source};
+pub use forjar_macros::{Derivation, derivation};
 pub use request::SandboxLevel;
 
 /// Everything a program needs, to `use forjar::prelude::*`.
 pub mod prelude {
     pub use crate::derivation::{Derivation, Drv, Graph, Input, OutputRef, Source};
     pub use crate::request::SandboxLevel;
+    pub use forjar_macros::Derivation;
+}
+
+/// What the macros' expansions call; not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::derivation::{
+        Derivation, DerivationBuilder, DerivationError, Drv, DrvId, Graph, Input, IntoDerivation,
+        IntoEnv, IntoInput, OutputRef, Outputs, Param,
+    };
+    pub use crate::request::SandboxLevel;
+    pub use core::panic::Location;
+    pub use core::result::Result;
+    pub use serde::Serialize;
+
+    /// A builder for the derivation `name`, defined at `location`.
+    pub fn builder(name: &str, location: &'static Location<'static>) -> DerivationBuilder {
+        DerivationBuilder::new(name.to_string(), location)
+    }
+
+    /// The output `name` of the handle `drv`.
+    pub fn output(drv: DrvId, name: &str) -> OutputRef {
+        OutputRef::new(drv, name)
+    }
+
+    /// Adds an input field, left out when it is `None`.
+    pub fn input(
+        builder: DerivationBuilder,
+        name: &str,
+        input: Option<Input>,
+    ) -> DerivationBuilder {
+        match input {
+            Some(input) => builder.input(name, input),
+            None => builder,
+        }
+    }
+
+    /// Adds an env field, left out when it is `None`.
+    pub fn env(
+        builder: DerivationBuilder,
+        name: &str,
+        value: Option<Vec<u8>>,
+    ) -> DerivationBuilder {
+        match value {
+            Some(value) => builder.env(name, value),
+            None => builder,
+        }
+    }
+
+    /// Adds a file field, rendered by its extension.
+    pub fn file<T: Serialize + ?Sized>(
+        builder: DerivationBuilder,
+        path: &str,
+        value: &T,
+    ) -> DerivationBuilder {
+        builder.render(path, value)
+    }
+
+    /// Adds what a derivation fn made to the graph, typed by its handle type.
+    pub fn add<T: Outputs>(
+        graph: &mut Graph,
+        derivation: Result<Derivation, DerivationError>,
+    ) -> Drv<T> {
+        graph.push(derivation)
+    }
+
+    /// The derivation's name from a `#[forjar(name)]` field.
+    pub fn name(value: impl Into<String>) -> String {
+        value.into()
+    }
 }
 
 /// Any error of forjar's library API.
@@ -49,7 +120,7 @@ pub mod prelude {
 pub enum Error {
     /// A derivation failed validation.
     #[error(transparent)]
-    Derivation(#[from] derivation::DerivationError),
+    Derivation(Box<derivation::DerivationError>),
     /// A source could not be used.
     #[error(transparent)]
     Source(#[from] derivation::SourceError),
@@ -71,6 +142,12 @@ pub enum Error {
     /// A value is invalid.
     #[error(transparent)]
     Invalid(#[from] request::InvalidValue),
+}
+
+impl From<derivation::DerivationError> for Error {
+    fn from(error: derivation::DerivationError) -> Self {
+        Error::Derivation(Box::new(error))
+    }
 }
 
 /// `Result` with forjar's [`Error`].

@@ -15,7 +15,9 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::derivation::graph::Slot;
-use crate::derivation::{Derivation, Drv, DrvId, Graph, GraphError, Input, Limits, Source};
+use crate::derivation::{
+    Derivation, DerivationError, Drv, DrvId, Graph, GraphError, Input, Limits, Outputs, Source,
+};
 use crate::hash::{self, HashError, HostFingerprint, Key, TreeDigest, TreeHasher};
 use crate::request::{
     BuildRequest, CleanRelPath, InputName, Name, OutputName, RequestError, RequestParts,
@@ -39,6 +41,9 @@ pub enum PlanError {
         /// Where it was declared.
         location: String,
     },
+    /// A derivation added to the graph failed validation.
+    #[error(transparent)]
+    Derivation(Box<DerivationError>),
     /// An input names an output its derivation does not declare.
     #[error(transparent)]
     UnknownOutput(Box<UnknownOutput>),
@@ -261,12 +266,12 @@ impl Plan {
     }
 
     /// The node of a derivation of the planned graph.
-    pub fn node_of<T>(&self, drv: &Drv<T>) -> Option<NodeIndex> {
+    pub fn node_of<T: Outputs>(&self, drv: &Drv<T>) -> Option<NodeIndex> {
         self.drv_nodes.get(&drv.id.index).copied()
     }
 
     /// The closure key of a derivation of the planned graph.
-    pub fn key<T>(&self, drv: &Drv<T>) -> Option<Key> {
+    pub fn key<T: Outputs>(&self, drv: &Drv<T>) -> Option<Key> {
         match &self.dag[self.node_of(drv)?].kind {
             NodeKind::Derivation { key, .. } => Some(*key),
             NodeKind::Source { .. } => None,
@@ -465,8 +470,8 @@ impl<'g> Planner<'g> {
     fn derivation(&self, index: usize) -> &'g Derivation {
         match &self.graph.slots[index] {
             Slot::Defined(d) => d,
-            Slot::Declared { .. } => {
-                unreachable!("undefined slots are refused before edges are made")
+            Slot::Declared { .. } | Slot::Invalid(_) => {
+                unreachable!("undefined and invalid slots are refused before edges are made")
             }
         }
     }
@@ -484,6 +489,9 @@ impl<'g> Planner<'g> {
                         name: name.clone(),
                         location: format!("{}:{}", location.file(), location.line()),
                     });
+                }
+                Slot::Invalid(error) => {
+                    return Err(PlanError::Derivation(error.clone()));
                 }
                 Slot::Defined(drv) => {
                     let node = self.add(Origin::Derivation(drv));

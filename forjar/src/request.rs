@@ -14,6 +14,11 @@ use serde::Serialize;
 use crate::hash::{HostFingerprint, Key, TreeDigest};
 use crate::store::EntryName;
 
+pub mod rules;
+
+use rules::is_name_char;
+pub use rules::{KNOWN_SYSTEMS, MAX_NAME_LEN, RESERVED_ENV};
+
 /// A value that failed a request invariant.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid {field} `{value}`: {reason}")]
@@ -76,6 +81,16 @@ pub enum RequestError {
     /// A fixed-output derivation declared more than the one output `out`.
     #[error("fixed-output derivation `{0}` must have exactly one output, `out`")]
     FixedOutputOutputs(String),
+    /// A value for `#[forjar(file = ...)]` or `render` could not be written in its format.
+    #[error("cannot render file `{path}` as {format}: {reason}")]
+    Render {
+        /// The file's path in the build directory.
+        path: String,
+        /// The format its extension names.
+        format: &'static str,
+        /// What the serializer said.
+        reason: String,
+    },
     /// A derivation has no builder.
     #[error("derivation `{0}` has no builder: give it a script or a builder argv")]
     NoBuilder(String),
@@ -109,15 +124,6 @@ pub(crate) fn shown(bytes: &[u8]) -> String {
     }
 }
 
-/// The characters allowed in derivation and source names (those of Nix store names).
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.' | '_' | '?' | '=')
-}
-
-/// The longest name; leaves room for the 32-character hash, a dash and an output suffix
-/// inside the 255-byte limit of a file name.
-pub const MAX_NAME_LEN: usize = 200;
-
 /// A derivation or source name: the human part of a store entry name.
 ///
 /// ```
@@ -133,25 +139,7 @@ impl Name {
     /// Validates a name: 1 to 200 characters of `A-Z a-z 0-9 + - . _ ? =`, not starting with `.`.
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidValue> {
         let name = name.into();
-        let bad = |reason: String| Err(InvalidValue::new("name", &name, reason));
-        if name.is_empty() {
-            return bad("a name may not be empty".into());
-        }
-        if name.len() > MAX_NAME_LEN {
-            return bad(format!(
-                "a name has at most {MAX_NAME_LEN} bytes, this one has {}",
-                name.len()
-            ));
-        }
-        if name.starts_with('.') {
-            return bad("a name may not start with `.`".into());
-        }
-        if let Some((i, c)) = name.char_indices().find(|&(_, c)| !is_name_char(c)) {
-            return bad(format!(
-                "character {:?} at byte {i} is not allowed; names use letters, digits and + - . _ ? =",
-                c
-            ));
-        }
+        rules::name(&name).map_err(|reason| InvalidValue::new("name", &name, reason))?;
         Ok(Name(name))
     }
 
@@ -178,52 +166,10 @@ impl Name {
     }
 }
 
-/// Checks an identifier as used for output and input names: they become environment variables
-/// of the build (`$out`, `$src`), so they must be shell identifiers.
+/// Checks an identifier as used for output and input names.
 fn identifier(field: &'static str, value: &str) -> Result<(), InvalidValue> {
-    let mut chars = value.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-    if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-        return Err(InvalidValue::new(
-            field,
-            value,
-            "must be a shell identifier (a letter or `_`, then letters, digits or `_`), because \
-             it becomes an environment variable of the build",
-        ));
-    }
-    if value.len() > 64 {
-        return Err(InvalidValue::new(
-            field,
-            value,
-            "must be at most 64 bytes long",
-        ));
-    }
-    if RESERVED_ENV.contains(&value) {
-        return Err(InvalidValue::new(
-            field,
-            value,
-            format!(
-                "is set by the sandbox itself; reserved names are {}",
-                RESERVED_ENV.join(", ")
-            ),
-        ));
-    }
-    Ok(())
+    rules::identifier(value).map_err(|reason| InvalidValue::new(field, value, reason))
 }
-
-/// Environment variables the sandbox sets in every build; a request may not set them.
-pub const RESERVED_ENV: &[&str] = &[
-    "HOME",
-    "TMPDIR",
-    "TEMPDIR",
-    "TMP",
-    "TEMP",
-    "PWD",
-    "FORJAR_BUILD_CORES",
-    "FORJAR_BUILD_TOP",
-];
 
 /// The name of one output of a derivation (`out`, `dev`, `doc`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -268,26 +214,7 @@ impl EnvKey {
     /// Validates an environment variable name.
     pub fn new(key: impl Into<String>) -> Result<Self, InvalidValue> {
         let key = key.into();
-        let bad = |reason: &str| Err(InvalidValue::new("env key", &key, reason));
-        if key.is_empty() {
-            return bad("an environment variable name may not be empty");
-        }
-        if key.contains('=') {
-            return bad("an environment variable name may not contain `=`");
-        }
-        if key.contains('\0') {
-            return bad("an environment variable name may not contain a NUL byte");
-        }
-        if RESERVED_ENV.contains(&key.as_str()) {
-            return Err(InvalidValue::new(
-                "env key",
-                &key,
-                format!(
-                    "is set by the sandbox itself; reserved names are {}",
-                    RESERVED_ENV.join(", ")
-                ),
-            ));
-        }
+        rules::env_key(&key).map_err(|reason| InvalidValue::new("env key", &key, reason))?;
         Ok(EnvKey(key))
     }
 }
@@ -333,25 +260,7 @@ impl CleanRelPath {
     /// Validates a clean relative path; `field` names it in the error.
     pub fn new(field: &'static str, path: impl Into<String>) -> Result<Self, InvalidValue> {
         let path = path.into();
-        let bad = |reason: &str| Err(InvalidValue::new(field, &path, reason));
-        if path.is_empty() {
-            return bad("a path may not be empty");
-        }
-        if path.contains('\0') {
-            return bad("a path may not contain a NUL byte");
-        }
-        if path.starts_with('/') {
-            return bad(
-                "must be relative (it is placed inside the build directory); drop the leading `/`",
-            );
-        }
-        for component in path.split('/') {
-            match component {
-                "" => return bad("has an empty component (`//` or a trailing `/`)"),
-                "." | ".." => return bad("may not contain `.` or `..` components"),
-                _ => {}
-            }
-        }
+        rules::clean_rel_path(&path).map_err(|reason| InvalidValue::new(field, &path, reason))?;
         Ok(CleanRelPath(path))
     }
 
@@ -376,24 +285,7 @@ impl AbsPath {
     /// Validates an absolute clean path; `field` names it in the error.
     pub fn new(field: &'static str, path: impl Into<String>) -> Result<Self, InvalidValue> {
         let path = path.into();
-        let Some(rest) = path.strip_prefix('/') else {
-            return Err(InvalidValue::new(
-                field,
-                &path,
-                "must be an absolute path (start with `/`)",
-            ));
-        };
-        if rest.is_empty() {
-            return Err(InvalidValue::new(
-                field,
-                &path,
-                "may not be the root directory itself",
-            ));
-        }
-        CleanRelPath::new(field, rest).map_err(|e| InvalidValue {
-            value: path.clone(),
-            ..e
-        })?;
+        rules::abs_path(&path).map_err(|reason| InvalidValue::new(field, &path, reason))?;
         Ok(AbsPath(path))
     }
 
@@ -408,18 +300,6 @@ impl AbsPath {
     }
 }
 
-/// The platforms forjar knows; the sandbox is Linux-only.
-pub const KNOWN_SYSTEMS: &[&str] = &[
-    "x86_64-linux",
-    "aarch64-linux",
-    "i686-linux",
-    "armv7l-linux",
-    "riscv64-linux",
-    "powerpc64le-linux",
-    "s390x-linux",
-    "loongarch64-linux",
-];
-
 /// A build platform, `<arch>-<os>`, one of [`KNOWN_SYSTEMS`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
@@ -429,16 +309,7 @@ impl System {
     /// Validates a system name against [`KNOWN_SYSTEMS`].
     pub fn new(system: impl Into<String>) -> Result<Self, InvalidValue> {
         let system = system.into();
-        if !KNOWN_SYSTEMS.contains(&system.as_str()) {
-            return Err(InvalidValue::new(
-                "system",
-                &system,
-                format!(
-                    "unknown system; known systems are {}",
-                    KNOWN_SYSTEMS.join(", ")
-                ),
-            ));
-        }
+        rules::system(&system).map_err(|reason| InvalidValue::new("system", &system, reason))?;
         Ok(System(system))
     }
 
@@ -516,7 +387,7 @@ impl std::str::FromStr for SandboxLevel {
             _ => Err(InvalidValue::new(
                 "sandbox level",
                 s,
-                "the levels are `hermetic` and `host-tools`",
+                format!("the levels are {}", rules::SANDBOX_LEVELS.join(", ")),
             )),
         }
     }

@@ -118,3 +118,42 @@ pub fn apply(
     let report = forjar::exec::apply(&plan, store, &forjar::exec::Options::default(), &mut |_| {});
     (plan, report)
 }
+
+/// Whether this machine gives a sandbox, found by building one trivial derivation. Under CI
+/// (`CI=true`) a missing sandbox fails the calling test; elsewhere the test is skipped, saying so.
+pub fn sandbox() -> bool {
+    use forjar::exec::ExecError;
+    use forjar::sandbox::SandboxError;
+    use std::sync::OnceLock;
+
+    static AVAILABLE: OnceLock<Result<(), String>> = OnceLock::new();
+    let available = AVAILABLE.get_or_init(|| {
+        let (_dir, store) = temp_store();
+        let probe = Derivation::builder("probe")
+            .script("echo > $out")
+            .build()
+            .expect("the probe is valid");
+        match apply(&store, |g| {
+            g.add(probe);
+        })
+        .1
+        {
+            Err(ExecError::Sandbox {
+                error: e @ SandboxError::Unavailable(_),
+                ..
+            }) => Err(e.to_string()),
+            Err(other) => panic!("the probe build failed: {other}"),
+            Ok(_) => Ok(()),
+        }
+    });
+    match available {
+        Ok(()) => true,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI must run the sandbox tests: {e}")
+        }
+        Err(e) => {
+            eprintln!("skipping: {e}");
+            false
+        }
+    }
+}

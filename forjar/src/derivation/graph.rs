@@ -3,7 +3,7 @@
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Derivation, Drv, DrvId, OutputRef};
+use super::{Derivation, DerivationError, Drv, DrvId, IntoDerivation, OutputRef, Outputs};
 
 /// Misuse of a graph's handles.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +33,8 @@ pub(crate) enum Slot {
         location: &'static Location<'static>,
     },
     Defined(Box<Derivation>),
+    /// Added, but failed validation; reported when planning.
+    Invalid(Box<DerivationError>),
 }
 
 /// The derivations of one program and the roots it wants realised.
@@ -65,9 +67,26 @@ impl Graph {
         }
     }
 
-    /// Adds a derivation; the handle can be used as an input of later ones.
-    pub fn add(&mut self, derivation: Derivation) -> Drv {
-        self.slots.push(Slot::Defined(Box::new(derivation)));
+    /// Adds a derivation, made with the builder API or from a type of the DSL; the handle can
+    /// be used as an input of later ones.
+    ///
+    /// For a DSL type, the caller's source location is the derivation's location. A derivation
+    /// that fails validation here (an env value holding a NUL byte, a file that cannot be
+    /// rendered) is reported, with that location, when the graph is planned.
+    #[track_caller]
+    pub fn add<T: IntoDerivation>(&mut self, value: T) -> Drv<T> {
+        self.push(value.into_derivation(Location::caller()))
+    }
+
+    /// Adds a derivation, or the error that stands in its place until planning.
+    pub(crate) fn push<T: Outputs>(
+        &mut self,
+        derivation: Result<Derivation, DerivationError>,
+    ) -> Drv<T> {
+        self.slots.push(match derivation {
+            Ok(derivation) => Slot::Defined(Box::new(derivation)),
+            Err(error) => Slot::Invalid(Box::new(error)),
+        });
         Drv::new(DrvId {
             graph: self.id,
             index: self.slots.len() - 1,
@@ -88,10 +107,11 @@ impl Graph {
     }
 
     /// Gives a declared handle its derivation.
-    pub fn define<T>(&mut self, handle: &Drv<T>, derivation: Derivation) -> Result<(), GraphError> {
+    pub fn define(&mut self, handle: &Drv, derivation: Derivation) -> Result<(), GraphError> {
         let slot = self.slot_mut(handle.id)?;
         match slot {
             Slot::Defined(existing) => Err(GraphError::AlreadyDefined(existing.name.to_string())),
+            Slot::Invalid(existing) => Err(GraphError::AlreadyDefined(existing.name.clone())),
             Slot::Declared { name, .. } if name != derivation.name.as_str() => {
                 Err(GraphError::NameMismatch {
                     declared: name.clone(),
@@ -110,11 +130,11 @@ impl Graph {
         self.roots.push((name.to_string(), output.into()));
     }
 
-    /// The derivation behind a handle, if it is of this graph and defined.
-    pub fn get<T>(&self, handle: &Drv<T>) -> Option<&Derivation> {
+    /// The derivation behind a handle, if it is of this graph, defined and valid.
+    pub fn get<T: Outputs>(&self, handle: &Drv<T>) -> Option<&Derivation> {
         match self.slot(handle.id).ok()? {
             Slot::Defined(d) => Some(d),
-            Slot::Declared { .. } => None,
+            Slot::Declared { .. } | Slot::Invalid(_) => None,
         }
     }
 

@@ -2,9 +2,10 @@
 
 use std::fmt;
 use std::io;
-use std::marker::PhantomData;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
+use super::{Derivation, Outputs};
 use crate::request::{InvalidValue, Name};
 
 /// Identifies a derivation within the [`Graph`](super::Graph) that made its handle.
@@ -16,57 +17,89 @@ pub struct DrvId {
 
 /// A typed handle to a derivation added to a graph; usable as an input of other derivations.
 ///
-/// `T` is the type the derivation was made from (the DSL's struct), `()` for derivations made
-/// with the builder API.
-pub struct Drv<T = ()> {
+/// `T` is what the derivation was made from: the struct of `#[derive(Derivation)]`, the handle
+/// type named by a `#[forjar::derivation]` fn, or [`Derivation`] for the builder API. A handle
+/// dereferences to `T`'s output accessors, one method per declared output, so that naming an
+/// output the type does not declare is a compile error:
+///
+/// ```
+/// use forjar::prelude::*;
+///
+/// #[derive(Derivation)]
+/// #[forjar(outputs = ["out", "dev"], script = "echo lib > $out; echo headers > $dev")]
+/// struct Lib;
+///
+/// let mut g = Graph::new();
+/// let lib = g.add(Lib);
+/// let headers: OutputRef = lib.dev();
+/// # let _ = headers;
+/// ```
+///
+/// ```compile_fail
+/// # use forjar::prelude::*;
+/// # #[derive(Derivation)]
+/// # #[forjar(outputs = ["out", "dev"], script = "echo lib > $out; echo headers > $dev")]
+/// # struct Lib;
+/// # let mut g = Graph::new();
+/// let lib = g.add(Lib);
+/// lib.doc(); // `Lib` declares no output `doc`
+/// ```
+pub struct Drv<T: Outputs = Derivation> {
     pub(crate) id: DrvId,
-    _type: PhantomData<fn() -> T>,
+    accessors: T::Accessors,
 }
 
-impl<T> Drv<T> {
+impl<T: Outputs> Drv<T> {
     pub(crate) fn new(id: DrvId) -> Self {
         Drv {
             id,
-            _type: PhantomData,
+            accessors: T::accessors(id),
         }
     }
 
-    /// The default output, `out`.
-    pub fn out(&self) -> OutputRef {
-        self.output("out")
+    /// The output a handle stands for when it is used as an input: `T`'s first declared output,
+    /// `out` unless the type says otherwise.
+    pub fn default_output(&self) -> OutputRef {
+        OutputRef::new(self.id, T::DEFAULT)
     }
 
-    /// A named output. The name is checked against the derivation's outputs when the graph is
-    /// planned; the DSL checks it at compile time.
+    /// An output named at run time. The name is checked against the derivation's outputs when
+    /// the graph is planned; prefer the accessors (`drv.dev()`), which are checked when the
+    /// program is compiled.
     pub fn output(&self, name: &str) -> OutputRef {
-        OutputRef {
-            drv: self.id,
-            output: name.to_string(),
-        }
+        OutputRef::new(self.id, name)
     }
 }
 
-impl<T> Clone for Drv<T> {
+impl<T: Outputs> Deref for Drv<T> {
+    type Target = T::Accessors;
+
+    fn deref(&self) -> &T::Accessors {
+        &self.accessors
+    }
+}
+
+impl<T: Outputs> Clone for Drv<T> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<T> Copy for Drv<T> {}
+impl<T: Outputs> Copy for Drv<T> {}
 
-impl<T> fmt::Debug for Drv<T> {
+impl<T: Outputs> fmt::Debug for Drv<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Drv#{}", self.id.index)
     }
 }
 
-impl<T> PartialEq for Drv<T> {
+impl<T: Outputs> PartialEq for Drv<T> {
     fn eq(&self, other: &Self) -> bool {
         self.id == other.id
     }
 }
 
-impl<T> Eq for Drv<T> {}
+impl<T: Outputs> Eq for Drv<T> {}
 
 /// One output of a derivation in a graph.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -76,21 +109,28 @@ pub struct OutputRef {
 }
 
 impl OutputRef {
+    pub(crate) fn new(drv: DrvId, output: &str) -> Self {
+        OutputRef {
+            drv,
+            output: output.to_string(),
+        }
+    }
+
     /// The output's name.
     pub fn name(&self) -> &str {
         &self.output
     }
 }
 
-impl<T> From<Drv<T>> for OutputRef {
+impl<T: Outputs> From<Drv<T>> for OutputRef {
     fn from(drv: Drv<T>) -> Self {
-        drv.out()
+        drv.default_output()
     }
 }
 
-impl<T> From<&Drv<T>> for OutputRef {
+impl<T: Outputs> From<&Drv<T>> for OutputRef {
     fn from(drv: &Drv<T>) -> Self {
-        drv.out()
+        drv.default_output()
     }
 }
 
@@ -238,15 +278,15 @@ impl From<OutputRef> for Input {
     }
 }
 
-impl<T> From<Drv<T>> for Input {
+impl<T: Outputs> From<Drv<T>> for Input {
     fn from(drv: Drv<T>) -> Self {
-        Input::Output(drv.out())
+        Input::Output(drv.default_output())
     }
 }
 
-impl<T> From<&Drv<T>> for Input {
+impl<T: Outputs> From<&Drv<T>> for Input {
     fn from(drv: &Drv<T>) -> Self {
-        Input::Output(drv.out())
+        Input::Output(drv.default_output())
     }
 }
 

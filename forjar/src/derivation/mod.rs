@@ -24,6 +24,7 @@
 
 pub(crate) mod graph;
 mod input;
+mod typed;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -32,11 +33,12 @@ use std::time::Duration;
 
 pub use graph::{Graph, GraphError};
 pub use input::{Drv, DrvId, Input, OutputRef, Source, SourceError};
+pub use typed::{AnyOutputs, IntoDerivation, IntoEnv, IntoInput, Outputs, Param, render_file};
 
 use crate::hash::TreeDigest;
 use crate::request::{
     AbsPath, Arg, CleanRelPath, Constraints, EnvKey, EnvValue, InputName, InvalidValue, Name,
-    OutputName, RequestError, SandboxLevel, System, check_names,
+    OutputName, RequestError, SandboxLevel, System, check_names, rules,
 };
 
 /// Resource limits of a build. None of them is part of the closure key: they can make a build
@@ -58,7 +60,7 @@ pub struct Limits {
 }
 
 /// A derivation that failed validation, with where it was defined.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("derivation `{name}` (defined at {location}): {error}")]
 pub struct DerivationError {
     /// The derivation's name as given.
@@ -143,10 +145,13 @@ pub struct DerivationBuilder {
     sandbox: SandboxLevel,
     fixed_output: Option<String>,
     limits: Limits,
+    /// The first error of a part that is checked as it is given (`render`).
+    deferred: Option<RequestError>,
 }
 
 impl DerivationBuilder {
-    fn new(name: String, location: &'static Location<'static>) -> Self {
+    /// Starts a derivation defined at `location`.
+    pub(crate) fn new(name: String, location: &'static Location<'static>) -> Self {
         DerivationBuilder {
             name,
             location,
@@ -164,6 +169,7 @@ impl DerivationBuilder {
             sandbox: SandboxLevel::default(),
             fixed_output: None,
             limits: Limits::default(),
+            deferred: None,
         }
     }
 
@@ -210,6 +216,35 @@ impl DerivationBuilder {
     /// A file written into the build directory before the build, at a clean relative path.
     pub fn file(mut self, path: impl Into<String>, contents: impl Into<Vec<u8>>) -> Self {
         self.files.push((path.into(), contents.into()));
+        self
+    }
+
+    /// A file in the build directory holding `value` rendered in the format its extension
+    /// names: JSON (`.json`), TOML (`.toml`) or YAML (`.yaml`, `.yml`).
+    ///
+    /// ```
+    /// # use forjar::prelude::*;
+    /// #[derive(serde::Serialize)]
+    /// struct Config { port: u16 }
+    ///
+    /// let drv = Derivation::builder("config")
+    ///     .render("config.toml", &Config { port: 8080 })
+    ///     .script("cp config.toml $out")
+    ///     .build()?;
+    /// # Ok::<(), forjar::Error>(())
+    /// ```
+    pub fn render<T: serde::Serialize + ?Sized>(
+        mut self,
+        path: impl Into<String>,
+        value: &T,
+    ) -> Self {
+        let path = path.into();
+        match render_file(&path, value) {
+            Ok(contents) => self.files.push((path, contents)),
+            Err(error) => {
+                self.deferred.get_or_insert(error);
+            }
+        }
         self
     }
 
@@ -298,6 +333,9 @@ impl DerivationBuilder {
     }
 
     fn validate(self) -> Result<Derivation, RequestError> {
+        if let Some(error) = self.deferred {
+            return Err(error);
+        }
         let name = Name::new(self.name)?;
         let system = match self.system {
             Some(system) => System::new(system)?,
@@ -388,8 +426,9 @@ impl DerivationBuilder {
         let fixed_output = self
             .fixed_output
             .map(|d| {
-                d.parse::<TreeDigest>()
-                    .map_err(|e| InvalidValue::new("fixed-output digest", &d, e.to_string()))
+                rules::digest(&d)
+                    .map(TreeDigest::from_bytes)
+                    .map_err(|reason| InvalidValue::new("fixed-output digest", &d, reason))
             })
             .transpose()?;
         check_names(

@@ -181,10 +181,9 @@ pub struct BadDigest(pub String);
 impl FromStr for TreeDigest {
     type Err = BadDigest;
     fn from_str(s: &str) -> Result<Self, BadDigest> {
-        s.strip_prefix("blake3:")
-            .and_then(parse_hex32)
+        crate::request::rules::digest(s)
             .map(TreeDigest)
-            .ok_or_else(|| BadDigest(s.to_string()))
+            .map_err(|_| BadDigest(s.to_string()))
     }
 }
 

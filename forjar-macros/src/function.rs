@@ -1,0 +1,272 @@
+//! `#[forjar::derivation]` on a fn: the parameters after the graph are the inputs and env, the
+//! body is the script, and the return type `Drv<Handle>` names the handle type the macro
+//! defines.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, quote};
+use syn::parse::Parser;
+use syn::{
+    Expr, ExprLit, FnArg, GenericArgument, Ident, ItemFn, Lit, Pat, PathArguments, ReturnType,
+    Stmt, Type,
+};
+
+use crate::ast::{Derivation, Named, Role, Var, kebab, role};
+use crate::attr::{self, Container};
+use crate::check;
+use crate::ctxt::Ctxt;
+use crate::expand;
+use crate::symbol::{self, SCRIPT};
+
+pub fn derivation(args: TokenStream, mut item: ItemFn) -> syn::Result<TokenStream> {
+    let cx = Ctxt::new();
+    let mut attrs = Container::new();
+    let parsed = syn::meta::parser(|meta| {
+        if meta.path == SCRIPT {
+            cx.error_spanned_by(
+                &meta.path,
+                "the body of a derivation fn is its script; remove `script = ...` and write the script as the body",
+            );
+        }
+        attrs.parse_one(&cx, meta)
+    })
+    .parse2(args);
+    if let Err(error) = parsed {
+        cx.syn_error(error);
+    }
+    attrs.broken = cx.has_errors();
+
+    signature_is_plain(&cx, &item);
+    let handle = handle_type(&cx, &item.sig.output);
+    let graph = graph_param(&cx, &item);
+    match body_script(&cx, &item, attrs.builder.get().is_some()) {
+        Ok(Some(script)) => attrs.set_script(script),
+        Ok(None) => {}
+        Err(()) => attrs.broken = true,
+    }
+    // Without the graph first, every parameter is taken for an input or env var.
+    let skip = usize::from(graph.is_some());
+
+    // Read the parameters' attributes, then strip them: they are the macro's, not Rust's.
+    let kinds: Vec<attr::FieldKind> = item
+        .sig
+        .inputs
+        .iter_mut()
+        .skip(skip)
+        .map(|arg| match arg {
+            FnArg::Typed(param) => {
+                let kind = attr::field_kind(&cx, &param.attrs, symbol::PARAM, "parameter");
+                param.attrs.retain(|a| a.path() != symbol::FORJAR);
+                kind
+            }
+            FnArg::Receiver(_) => Ok(None),
+        })
+        .collect();
+    let mut vars = Vec::new();
+    for (arg, kind) in item.sig.inputs.iter().skip(skip).zip(kinds) {
+        let FnArg::Typed(param) = arg else {
+            cx.error_spanned_by(arg, "a derivation fn is a free fn; it takes no `self`");
+            continue;
+        };
+        let Pat::Ident(pat) = &*param.pat else {
+            cx.error_spanned_by(
+                &param.pat,
+                "a parameter of a derivation fn is a plain name: it names the input or env var",
+            );
+            continue;
+        };
+        let ident = &pat.ident;
+        let role = match kind {
+            Ok(None) => Role::Param(Named {
+                name: ident.to_string().trim_start_matches("r#").to_string(),
+                span: ident.span(),
+            }),
+            kind => role(&cx, kind, Some(ident)),
+        };
+        vars.push(Var {
+            access: ident.to_token_stream(),
+            rust_name: ident.to_string(),
+            ty: &param.ty,
+            role,
+            original: param,
+        });
+    }
+
+    let name = &item.sig.ident;
+    let drv = Derivation {
+        ident: handle
+            .clone()
+            .unwrap_or_else(|| Ident::new("__ForjarUnnamedHandle", name.span())),
+        generics: syn::Generics::default(),
+        default_name: kebab(&name.to_string()),
+        attrs,
+        vars,
+        span: name.span(),
+    };
+    check::check(&cx, &drv);
+
+    let vis = &item.vis;
+    let handle_doc = format!(
+        "The handle type of the derivation fn [`{name}`]: a `Drv<{}>` has one method per declared output.",
+        drv.ident
+    );
+    let ident = &drv.ident;
+    let handle_type = quote! {
+        #[doc = #handle_doc]
+        #vis enum #ident {}
+    };
+    if cx.has_errors() || handle.is_none() || graph.is_none() {
+        let errors = cx
+            .check()
+            .err()
+            .map(syn::Error::into_compile_error)
+            .unwrap_or_default();
+        let outputs = expand::valid_outputs(&drv);
+        let fallback = expand::fallback(ident, &drv.generics, &outputs);
+        // The fn keeps its signature, with a body that is never run, so callers see no error.
+        item.block = syn::parse_quote!({
+            ::core::unreachable!("forjar: this derivation had compile errors")
+        });
+        item.attrs
+            .push(syn::parse_quote!(#[allow(unused_variables)]));
+        let handle_type = handle.is_some().then_some(handle_type);
+        return Ok(quote!(#errors #handle_type #fallback #item));
+    }
+    cx.check()?;
+
+    let graph = graph.expect("checked above");
+    let location = Ident::new("__forjar_location", Span::mixed_site());
+    let body = expand::builder(&drv, &location);
+    let outputs = drv.outputs();
+    let accessors = expand::accessors(ident, &outputs);
+    let outputs_impl = expand::outputs_impl(ident, &drv.generics, &outputs);
+    item.block = syn::parse_quote!({
+        let #location = ::forjar::__private::Location::caller();
+        let __forjar_derivation = { #body };
+        ::forjar::__private::add::<#ident>(#graph, __forjar_derivation)
+    });
+    item.attrs.push(syn::parse_quote!(#[track_caller]));
+    Ok(quote! {
+        #handle_type
+        const _: () = {
+            #accessors
+            #outputs_impl
+        };
+        #item
+    })
+}
+
+// A derivation fn is a plain, synchronous, non-generic fn: it runs when the program builds its
+// graph.
+fn signature_is_plain(cx: &Ctxt, item: &ItemFn) {
+    let sig = &item.sig;
+    if let Some(token) = &sig.asyncness {
+        cx.error_spanned_by(
+            token,
+            "a derivation fn cannot be `async`: it only describes a build",
+        );
+    }
+    if let Some(token) = &sig.constness {
+        cx.error_spanned_by(token, "a derivation fn cannot be `const`");
+    }
+    if let Some(token) = &sig.unsafety {
+        cx.error_spanned_by(token, "a derivation fn cannot be `unsafe`");
+    }
+    if !sig.generics.params.is_empty() {
+        cx.error_spanned_by(
+            &sig.generics,
+            "a derivation fn cannot be generic: its parameters' types decide what is an input and what is env",
+        );
+    }
+}
+
+/// `Handle` of `-> Drv<Handle>`.
+fn handle_type(cx: &Ctxt, output: &ReturnType) -> Option<Ident> {
+    let message =
+        "a derivation fn returns its handle, `-> Drv<Name>`, and the macro defines the type `Name`";
+    let ReturnType::Type(_, ty) = output else {
+        cx.error_at(Span::call_site(), message);
+        return None;
+    };
+    let handle = match &**ty {
+        Type::Path(path) if path.qself.is_none() => {
+            let last = path.path.segments.last()?;
+            match (&last.arguments, last.ident == "Drv") {
+                (PathArguments::AngleBracketed(args), true) if args.args.len() == 1 => {
+                    match &args.args[0] {
+                        GenericArgument::Type(Type::Path(inner))
+                            if inner.qself.is_none() && inner.path.get_ident().is_some() =>
+                        {
+                            inner.path.get_ident().cloned()
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    if handle.is_none() {
+        cx.error_spanned_by(ty, message);
+    }
+    handle
+}
+
+/// The first parameter, `g: &mut Graph`; returns its name.
+fn graph_param(cx: &Ctxt, item: &ItemFn) -> Option<Ident> {
+    let message = "the first parameter of a derivation fn is the graph it adds to: `g: &mut Graph`";
+    let Some(FnArg::Typed(first)) = item.sig.inputs.first() else {
+        match item.sig.inputs.first() {
+            Some(receiver) => cx.error_spanned_by(receiver, message),
+            None => cx.error_spanned_by(&item.sig.ident, message),
+        }
+        return None;
+    };
+    let is_graph = match &*first.ty {
+        Type::Reference(r) if r.mutability.is_some() => match &*r.elem {
+            Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Graph"),
+            _ => false,
+        },
+        _ => false,
+    };
+    match (&*first.pat, is_graph) {
+        (Pat::Ident(pat), true) => Some(pat.ident.clone()),
+        _ => {
+            cx.error_spanned_by(first, message);
+            None
+        }
+    }
+}
+
+/// The script: the body's one string literal. With a `builder`, the body is empty.
+fn body_script(cx: &Ctxt, item: &ItemFn, has_builder: bool) -> Result<Option<syn::LitStr>, ()> {
+    let stmts = &item.block.stmts;
+    if has_builder {
+        if !stmts.is_empty() {
+            cx.error_spanned_by(
+                &item.block,
+                "a derivation fn with a `builder` has an empty body `{}`: the builder runs instead of a script",
+            );
+            return Err(());
+        }
+        return Ok(None);
+    }
+    match stmts.as_slice() {
+        [
+            Stmt::Expr(
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(script),
+                    ..
+                }),
+                None,
+            ),
+        ] => Ok(Some(script.clone())),
+        _ => {
+            cx.error_spanned_by(
+                &item.block,
+                "the body of a derivation fn is its script: one string literal, such as r#\"make install PREFIX=$out\"#",
+            );
+            Err(())
+        }
+    }
+}

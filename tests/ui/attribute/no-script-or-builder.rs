@@ -1,0 +1,7 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(sandbox = "hermetic")]
+struct Nothing;
+
+fn main() {}

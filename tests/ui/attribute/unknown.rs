@@ -1,0 +1,10 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(scirpt = "echo hi > $out")]
+struct Hello {
+    #[forjar(inptu)]
+    src: Source,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(script = "echo hi > $out")]
+enum Choice {
+    A,
+    B,
+}
+
+fn main() {}

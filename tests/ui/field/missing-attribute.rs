@@ -1,0 +1,11 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(script = "cp $src $out")]
+struct Copy {
+    #[forjar(input)]
+    src: Source,
+    mode: u32,
+}
+
+fn main() {}

@@ -1,0 +1,7 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(script = "cp $src $out")]
+struct Copy(#[forjar(input)] Source);
+
+fn main() {}

@@ -1,0 +1,7 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(timeout = "600", script = "echo hi > $out")]
+struct Slow;
+
+fn main() {}

@@ -1,0 +1,7 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(script = "echo $RANDOM > $out")]
+struct Token;
+
+fn main() {}
