@@ -19,7 +19,7 @@ struct Hello {
 
 /// The closure key of `drv` in `graph`, for a store at a fixed place (the store's directory
 /// is part of every key).
-fn key<T: forjar::derivation::Outputs>(graph: &Graph, drv: &Drv<T>) -> forjar::hash::Key {
+fn key<T: forjar::derivation::IntoDerivation>(graph: &Graph, drv: &Drv<T>) -> forjar::hash::Key {
     use std::sync::OnceLock;
     static STORE: OnceLock<(tempfile::TempDir, forjar::store::Store)> = OnceLock::new();
     let (_dir, store) = STORE.get_or_init(temp_store);

@@ -1,8 +1,9 @@
-//! Turns the checked IR into code: the `Outputs` impl with its accessors, and the code that
-//! gives the runtime's `DerivationBuilder` every part.
+//! Turns the checked IR into code: one `IntoDerivation` impl, with an accessors type when the
+//! outputs are more than `out`. The impl is mostly data (a `Spec` constant), because that is
+//! what compiles fastest: see `forjar/benches/dsl_check.rs`.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{quote, quote_spanned};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::spanned::Spanned;
 use syn::{DeriveInput, Ident};
 
@@ -29,7 +30,6 @@ pub fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
     }
     cx.check()?;
 
-    let ident = &drv.ident;
     let mut generics = drv.generics.clone();
     if !generics.params.is_empty() {
         let where_clause = generics.make_where_clause();
@@ -45,31 +45,52 @@ pub fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
             where_clause.predicates.push(syn::parse_quote!(#ty: #bound));
         }
     }
-    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
-    let outputs = drv.outputs();
-    let accessors = accessors(ident, &outputs);
-    let outputs_impl = outputs_impl(ident, &drv.generics, &outputs);
     let location = Ident::new("__forjar_location", Span::mixed_site());
     let body = builder(&drv, &location);
-    Ok(quote! {
+    Ok(into_derivation(
+        &drv.ident,
+        &generics,
+        &drv.outputs(),
+        &location,
+        body,
+    ))
+}
+
+/// The impl of `IntoDerivation` for `ident`, with `body` making the derivation, inside a
+/// `const _` block with the accessors type it names.
+pub fn into_derivation(
+    ident: &Ident,
+    generics: &syn::Generics,
+    outputs: &[(String, Span)],
+    location: &Ident,
+    body: TokenStream,
+) -> TokenStream {
+    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
+    let accessors = accessors(ident, outputs);
+    let accessors_type = if default_outputs(outputs) {
+        quote!(__forjar::DefaultOutputs)
+    } else {
+        accessors_ident(ident).to_token_stream()
+    };
+    let default = outputs.first().map_or("out", |(name, _)| name.as_str());
+    quote! {
         const _: () = {
+            use ::forjar::__private as __forjar;
             #accessors
-            #outputs_impl
 
             #[automatically_derived]
-            impl #impl_generics ::forjar::__private::IntoDerivation for #ident #ty_generics #where_clause {
+            impl #impl_generics __forjar::IntoDerivation for #ident #ty_generics #where_clause {
+                type Accessors = #accessors_type;
+                const DEFAULT: &'static str = #default;
                 fn into_derivation(
                     self,
-                    #location: &'static ::forjar::__private::Location<'static>,
-                ) -> ::forjar::__private::Result<
-                    ::forjar::__private::Derivation,
-                    ::forjar::__private::DerivationError,
-                > {
+                    #location: &'static __forjar::Location<'static>,
+                ) -> __forjar::Result<__forjar::Derivation, __forjar::DerivationError> {
                     #body
                 }
             }
         };
-    })
+    }
 }
 
 /// The outputs that passed their checks; the fallback gives them accessors so that uses of
@@ -86,44 +107,41 @@ pub fn valid_outputs(drv: &Derivation) -> Vec<(String, Span)> {
         .collect()
 }
 
-/// What the derive emits when the input has errors: the trait impls with bodies that are never
-/// run, so that the type can still be added to a graph and its outputs named, and the IDE
-/// shows the one error rather than a cascade (thiserror's `fallback.rs`).
+/// What the derive emits when the input has errors: the impl with a body that is never run,
+/// so that the type can still be added to a graph and its outputs named, and the IDE shows the
+/// one error rather than a cascade (thiserror's `fallback.rs`).
 pub fn fallback(
     ident: &Ident,
     generics: &syn::Generics,
     outputs: &[(String, Span)],
 ) -> TokenStream {
-    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
-    let accessors = accessors(ident, outputs);
-    let outputs_impl = outputs_impl(ident, generics, outputs);
-    quote! {
-        const _: () = {
-            #accessors
-            #outputs_impl
-
-            #[automatically_derived]
-            impl #impl_generics ::forjar::__private::IntoDerivation for #ident #ty_generics #where_clause {
-                fn into_derivation(
-                    self,
-                    _: &'static ::forjar::__private::Location<'static>,
-                ) -> ::forjar::__private::Result<
-                    ::forjar::__private::Derivation,
-                    ::forjar::__private::DerivationError,
-                > {
-                    ::core::unreachable!("forjar: this derivation had compile errors")
-                }
-            }
-        };
-    }
+    let location = Ident::new("_", Span::call_site());
+    into_derivation(
+        ident,
+        generics,
+        outputs,
+        &location,
+        quote!(::core::unreachable!(
+            "forjar: this derivation had compile errors"
+        )),
+    )
 }
 
 fn accessors_ident(ident: &Ident) -> Ident {
     Ident::new(&format!("__{ident}Outputs"), Span::call_site())
 }
 
-/// The accessors type of `ident`: one method per output.
+/// Whether the outputs are just `out`, whose accessor is forjar's `DefaultOutputs`.
+fn default_outputs(outputs: &[(String, Span)]) -> bool {
+    matches!(outputs, [(name, _)] if name == "out")
+}
+
+/// The accessors type of `ident`, one method per output; nothing when the outputs are just
+/// `out` (most derivations), which share forjar's `DefaultOutputs`.
 pub fn accessors(ident: &Ident, outputs: &[(String, Span)]) -> TokenStream {
+    if default_outputs(outputs) {
+        return TokenStream::new();
+    }
     let accessors = accessors_ident(ident);
     let doc = format!("The outputs of [`{ident}`]; a `Drv<{ident}>` dereferences to this.");
     let methods = outputs.iter().filter_map(|(name, span)| {
@@ -131,139 +149,118 @@ pub fn accessors(ident: &Ident, outputs: &[(String, Span)]) -> TokenStream {
         let doc = format!("The output `{name}`.");
         Some(quote! {
             #[doc = #doc]
-            pub fn #method(&self) -> ::forjar::__private::OutputRef {
-                ::forjar::__private::output(self.0, #name)
+            pub fn #method(&self) -> __forjar::OutputRef {
+                __forjar::output(self.0, #name)
             }
         })
     });
     quote! {
         #[doc = #doc]
-        #[derive(Clone, Copy, Debug)]
-        pub struct #accessors(::forjar::__private::DrvId);
+        #[derive(Clone, Copy)]
+        pub struct #accessors(__forjar::DrvId);
 
         impl #accessors {
             #(#methods)*
         }
-    }
-}
 
-/// `impl Outputs for ident`; the first output is the default.
-pub fn outputs_impl(
-    ident: &Ident,
-    generics: &syn::Generics,
-    outputs: &[(String, Span)],
-) -> TokenStream {
-    let accessors = accessors_ident(ident);
-    let default = outputs.first().map_or("out", |(name, _)| name.as_str());
-    let (impl_generics, ty_generics, where_clause) = generics.split_for_impl();
-    quote! {
-        #[automatically_derived]
-        impl #impl_generics ::forjar::__private::Outputs for #ident #ty_generics #where_clause {
-            type Accessors = #accessors;
-            const DEFAULT: &'static str = #default;
-            fn accessors(drv: ::forjar::__private::DrvId) -> #accessors {
+        impl ::core::convert::From<__forjar::DrvId> for #accessors {
+            fn from(drv: __forjar::DrvId) -> Self {
                 #accessors(drv)
             }
         }
     }
 }
 
-/// The statements that make the derivation: a `DerivationBuilder` given every part, then
-/// `build()`, whose `Result` is the block's value.
+/// The expression that makes the derivation: the constant parts as a `Spec`, and one call
+/// given the values. Data rather than a chain of builder calls, so that each derivation adds
+/// little for the compiler to type-check.
 pub fn builder(drv: &Derivation, location: &Ident) -> TokenStream {
     let attrs = &drv.attrs;
-    let b = Ident::new("__forjar_builder", Span::mixed_site());
-
-    let name = match (
-        attrs.name.get(),
-        drv.vars.iter().find(|v| matches!(v.role, Role::Name)),
-    ) {
-        (Some(lit), _) => quote!(#lit),
-        (None, Some(field)) => {
+    let default_name = attrs
+        .name
+        .get()
+        .map_or_else(|| drv.default_name.clone(), |lit| lit.value());
+    let name = match drv.vars.iter().find(|v| matches!(v.role, Role::Name)) {
+        Some(field) => {
             let access = &field.access;
-            quote_spanned!(field.ty.span()=> &::forjar::__private::name(#access))
+            quote_spanned!(field.ty.span()=> __forjar::Some(__forjar::name(#access)))
         }
-        (None, None) => {
-            let name = &drv.default_name;
-            quote!(#name)
+        None => quote!(__forjar::None),
+    };
+    // Only the fields an attribute gives; the rest are `Spec::DEFAULT`'s.
+    let mut fields = vec![quote!(name: #default_name,)];
+    let mut field = |name: &str, value: Option<TokenStream>| {
+        if let Some(value) = value {
+            let name = Ident::new(name, Span::call_site());
+            fields.push(quote!(#name: #value,));
         }
     };
-    let mut parts = Vec::new();
-    if let Some(script) = attrs.script.get() {
-        parts.push(quote!(.script(#script)));
-    }
-    if let Some(argv) = attrs.builder.get() {
-        parts.push(quote!(.builder([#(#argv),*])));
-    }
-    if let Some(outputs) = attrs.outputs.get() {
-        parts.extend(outputs.iter().map(|o| quote!(.output(#o))));
-    }
-    if let Some(system) = attrs.system.get() {
-        parts.push(quote!(.system(#system)));
-    }
-    if let Some(level) = attrs.sandbox.get() {
-        let variant = match level {
-            Level::Hermetic => quote!(Hermetic),
-            Level::HostTools => quote!(HostTools),
-        };
-        parts.push(quote!(.sandbox(::forjar::__private::SandboxLevel::#variant)));
-    }
-    if let Some(digest) = attrs.fixed_output.get() {
-        parts.push(quote!(.fixed_output(#digest)));
-    }
-    if let Some(&network) = attrs.network.get() {
-        parts.push(quote!(.network(#network)));
-    }
-    if let Some(&provide) = attrs.provide_bin_sh.get() {
-        parts.push(quote!(.provide_bin_sh(#provide)));
-    }
-    if let Some(paths) = attrs.ro_paths.get() {
-        parts.extend(paths.iter().map(|p| quote!(.ro_path(#p))));
-    }
-    if let Some(&millis) = attrs.timeout.get() {
-        parts.push(quote!(.timeout(::core::time::Duration::from_millis(#millis))));
-    }
-    if let Some(&millis) = attrs.max_silent.get() {
-        parts.push(quote!(.max_silent(::core::time::Duration::from_millis(#millis))));
-    }
-    if let Some(&bytes) = attrs.memory.get() {
-        parts.push(quote!(.memory_limit(#bytes)));
-    }
-    if let Some(&cpus) = attrs.cpus.get() {
-        parts.push(quote!(.cpus(#cpus)));
-    }
+    let some = |value: TokenStream| quote!(__forjar::Some(#value));
+    field("script", attrs.script.get().map(|lit| some(quote!(#lit))));
+    field(
+        "builder",
+        attrs.builder.get().map(|argv| some(quote!(&[#(#argv),*]))),
+    );
+    field("outputs", attrs.outputs.get().map(|o| quote!(&[#(#o),*])));
+    field("system", attrs.system.get().map(|lit| some(quote!(#lit))));
+    field(
+        "sandbox",
+        attrs.sandbox.get().map(|level| match level {
+            Level::HostTools => quote!(__forjar::SandboxLevel::HostTools),
+            Level::Hermetic => quote!(__forjar::SandboxLevel::Hermetic),
+        }),
+    );
+    field(
+        "fixed_output",
+        attrs.fixed_output.get().map(|lit| some(quote!(#lit))),
+    );
+    field("network", attrs.network.get().map(|on| quote!(#on)));
+    field(
+        "provide_bin_sh",
+        attrs.provide_bin_sh.get().map(|on| quote!(#on)),
+    );
+    field("ro_paths", attrs.ro_paths.get().map(|p| quote!(&[#(#p),*])));
+    field(
+        "timeout_ms",
+        attrs.timeout.get().map(|ms| some(quote!(#ms))),
+    );
+    field(
+        "max_silent_ms",
+        attrs.max_silent.get().map(|ms| some(quote!(#ms))),
+    );
+    field(
+        "memory",
+        attrs.memory.get().map(|bytes| some(quote!(#bytes))),
+    );
+    field("cpus", attrs.cpus.get().map(|cpus| some(quote!(#cpus))));
 
-    let vars = drv.vars.iter().filter_map(|var| {
+    let parts = drv.vars.iter().filter_map(|var| {
         let access = &var.access;
         let ty = var.ty;
         // Through the field's type and spanned on it, so that "`T` cannot be an input" lands
         // on the type.
-        let span = ty.span();
         Some(match &var.role {
             Role::Input(named) => {
                 let n = &named.name;
-                quote_spanned!(span=> let #b = ::forjar::__private::input(
-                    #b, #n, <#ty as ::forjar::__private::IntoInput>::into_input(#access));)
+                quote_spanned!(ty.span()=> __forjar::Part::Input(
+                    #n, <#ty as __forjar::IntoInput>::into_input(#access)))
             }
             Role::Env(named) => {
                 let n = &named.name;
-                quote_spanned!(span=> let #b = ::forjar::__private::env(
-                    #b, #n, <#ty as ::forjar::__private::IntoEnv>::into_env(#access));)
+                quote_spanned!(ty.span()=> __forjar::Part::Env(
+                    #n, <#ty as __forjar::IntoEnv>::into_env(#access)))
             }
             Role::Param(named) => {
                 let n = &named.name;
-                quote_spanned!(span=> let #b = <#ty as ::forjar::__private::Param>::add_to(
-                    #access, #n, #b);)
+                quote_spanned!(ty.span()=> <#ty as __forjar::Param>::into_part(#access, #n))
             }
-            Role::File(path) => {
-                quote_spanned!(span=> let #b = ::forjar::__private::file::<#ty>(#b, #path, &#access);)
-            }
+            Role::File(path) => quote_spanned!(ty.span()=> __forjar::Part::File(
+                #path, __forjar::render::<#ty>(#path, &#access))),
             Role::Name | Role::Skip | Role::Missing | Role::Invalid => return None,
         })
     });
-    quote! {
-        let #b = ::forjar::__private::builder(#name, #location) #(#parts)*;
-        #(#vars)*
-        #b.build()
-    }
+    quote! {{
+        const SPEC: __forjar::Spec = __forjar::Spec { #(#fields)* ..__forjar::Spec::DEFAULT };
+        SPEC.derive(#name, #location, [#(#parts),*])
+    }}
 }

@@ -120,9 +120,12 @@ pub fn derivation(args: TokenStream, mut item: ItemFn) -> syn::Result<TokenStrea
             .err()
             .map(syn::Error::into_compile_error)
             .unwrap_or_default();
-        let outputs = expand::valid_outputs(&drv);
-        let fallback = expand::fallback(ident, &drv.generics, &outputs);
-        // The fn keeps its signature, with a body that is never run, so callers see no error.
+        // The handle type and the fn keep their signatures, with bodies that are never run,
+        // so that callers see no second error.
+        let fallback = handle.is_some().then(|| {
+            let outputs = expand::valid_outputs(&drv);
+            expand::fallback(ident, &drv.generics, &outputs)
+        });
         item.block = syn::parse_quote!({
             ::core::unreachable!("forjar: this derivation had compile errors")
         });
@@ -136,21 +139,24 @@ pub fn derivation(args: TokenStream, mut item: ItemFn) -> syn::Result<TokenStrea
     let graph = graph.expect("checked above");
     let location = Ident::new("__forjar_location", Span::mixed_site());
     let body = expand::builder(&drv, &location);
-    let outputs = drv.outputs();
-    let accessors = expand::accessors(ident, &outputs);
-    let outputs_impl = expand::outputs_impl(ident, &drv.generics, &outputs);
+    // The handle type is never a value: its `into_derivation` cannot be called.
+    let handle_impl = expand::into_derivation(
+        ident,
+        &drv.generics,
+        &drv.outputs(),
+        &Ident::new("_", Span::call_site()),
+        quote!(match self {}),
+    );
     item.block = syn::parse_quote!({
-        let #location = ::forjar::__private::Location::caller();
-        let __forjar_derivation = { #body };
-        ::forjar::__private::add::<#ident>(#graph, __forjar_derivation)
+        use ::forjar::__private as __forjar;
+        let #location = __forjar::Location::caller();
+        let __forjar_derivation = #body;
+        __forjar::add::<#ident>(#graph, __forjar_derivation)
     });
     item.attrs.push(syn::parse_quote!(#[track_caller]));
     Ok(quote! {
         #handle_type
-        const _: () = {
-            #accessors
-            #outputs_impl
-        };
+        #handle_impl
         #item
     })
 }

@@ -46,63 +46,40 @@ pub mod prelude {
     pub use forjar_macros::Derivation;
 }
 
+/// The book's guide chapters, whose examples are compiled (and run) as doc tests.
+#[cfg(doctest)]
+mod book {
+    #[doc = include_str!("../../book/src/guide/writing-derivations.md")]
+    mod writing_derivations {}
+    #[doc = include_str!("../../book/src/guide/builder-api.md")]
+    mod builder_api {}
+}
+
 /// What the macros' expansions call; not a public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::derivation::{
-        Derivation, DerivationBuilder, DerivationError, Drv, DrvId, Graph, Input, IntoDerivation,
-        IntoEnv, IntoInput, OutputRef, Outputs, Param,
+        DefaultOutputs, Derivation, DerivationError, Drv, DrvId, Graph, IntoDerivation, IntoEnv,
+        IntoInput, OutputRef, Param, Part, Spec,
     };
-    pub use crate::request::SandboxLevel;
+    pub use crate::request::{RequestError, SandboxLevel};
+    pub use core::option::Option::{None, Some};
     pub use core::panic::Location;
     pub use core::result::Result;
     pub use serde::Serialize;
-
-    /// A builder for the derivation `name`, defined at `location`.
-    pub fn builder(name: &str, location: &'static Location<'static>) -> DerivationBuilder {
-        DerivationBuilder::new(name.to_string(), location)
-    }
 
     /// The output `name` of the handle `drv`.
     pub fn output(drv: DrvId, name: &str) -> OutputRef {
         OutputRef::new(drv, name)
     }
 
-    /// Adds an input field, left out when it is `None`.
-    pub fn input(
-        builder: DerivationBuilder,
-        name: &str,
-        input: Option<Input>,
-    ) -> DerivationBuilder {
-        match input {
-            Some(input) => builder.input(name, input),
-            None => builder,
-        }
-    }
-
-    /// Adds an env field, left out when it is `None`.
-    pub fn env(
-        builder: DerivationBuilder,
-        name: &str,
-        value: Option<Vec<u8>>,
-    ) -> DerivationBuilder {
-        match value {
-            Some(value) => builder.env(name, value),
-            None => builder,
-        }
-    }
-
-    /// Adds a file field, rendered by its extension.
-    pub fn file<T: Serialize + ?Sized>(
-        builder: DerivationBuilder,
-        path: &str,
-        value: &T,
-    ) -> DerivationBuilder {
-        builder.render(path, value)
+    /// A file field's contents, rendered by its path's extension.
+    pub fn render<T: Serialize + ?Sized>(path: &str, value: &T) -> Result<Vec<u8>, RequestError> {
+        crate::derivation::render_file(path, value)
     }
 
     /// Adds what a derivation fn made to the graph, typed by its handle type.
-    pub fn add<T: Outputs>(
+    pub fn add<T: IntoDerivation>(
         graph: &mut Graph,
         derivation: Result<Derivation, DerivationError>,
     ) -> Drv<T> {

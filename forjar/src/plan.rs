@@ -16,7 +16,8 @@ use serde::Serialize;
 
 use crate::derivation::graph::Slot;
 use crate::derivation::{
-    Derivation, DerivationError, Drv, DrvId, Graph, GraphError, Input, Limits, Outputs, Source,
+    Derivation, DerivationError, Drv, DrvId, Graph, GraphError, Input, IntoDerivation, Limits,
+    Source,
 };
 use crate::hash::{self, HashError, HostFingerprint, Key, TreeDigest, TreeHasher};
 use crate::request::{
@@ -266,12 +267,12 @@ impl Plan {
     }
 
     /// The node of a derivation of the planned graph.
-    pub fn node_of<T: Outputs>(&self, drv: &Drv<T>) -> Option<NodeIndex> {
+    pub fn node_of<T: IntoDerivation>(&self, drv: &Drv<T>) -> Option<NodeIndex> {
         self.drv_nodes.get(&drv.id.index).copied()
     }
 
     /// The closure key of a derivation of the planned graph.
-    pub fn key<T: Outputs>(&self, drv: &Drv<T>) -> Option<Key> {
+    pub fn key<T: IntoDerivation>(&self, drv: &Drv<T>) -> Option<Key> {
         match &self.dag[self.node_of(drv)?].kind {
             NodeKind::Derivation { key, .. } => Some(*key),
             NodeKind::Source { .. } => None,

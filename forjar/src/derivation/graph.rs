@@ -3,7 +3,7 @@
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Derivation, DerivationError, Drv, DrvId, IntoDerivation, OutputRef, Outputs};
+use super::{Derivation, DerivationError, Drv, DrvId, IntoDerivation, OutputRef};
 
 /// Misuse of a graph's handles.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ impl Graph {
     }
 
     /// Adds a derivation, or the error that stands in its place until planning.
-    pub(crate) fn push<T: Outputs>(
+    pub(crate) fn push<T: IntoDerivation>(
         &mut self,
         derivation: Result<Derivation, DerivationError>,
     ) -> Drv<T> {
@@ -131,7 +131,7 @@ impl Graph {
     }
 
     /// The derivation behind a handle, if it is of this graph, defined and valid.
-    pub fn get<T: Outputs>(&self, handle: &Drv<T>) -> Option<&Derivation> {
+    pub fn get<T: IntoDerivation>(&self, handle: &Drv<T>) -> Option<&Derivation> {
         match self.slot(handle.id).ok()? {
             Slot::Defined(d) => Some(d),
             Slot::Declared { .. } | Slot::Invalid(_) => None,

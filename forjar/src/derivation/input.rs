@@ -5,7 +5,7 @@ use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
-use super::{Derivation, Outputs};
+use super::{Derivation, IntoDerivation};
 use crate::request::{InvalidValue, Name};
 
 /// Identifies a derivation within the [`Graph`](super::Graph) that made its handle.
@@ -44,16 +44,16 @@ pub struct DrvId {
 /// let lib = g.add(Lib);
 /// lib.doc(); // `Lib` declares no output `doc`
 /// ```
-pub struct Drv<T: Outputs = Derivation> {
+pub struct Drv<T: IntoDerivation = Derivation> {
     pub(crate) id: DrvId,
     accessors: T::Accessors,
 }
 
-impl<T: Outputs> Drv<T> {
+impl<T: IntoDerivation> Drv<T> {
     pub(crate) fn new(id: DrvId) -> Self {
         Drv {
             id,
-            accessors: T::accessors(id),
+            accessors: T::Accessors::from(id),
         }
     }
 
@@ -71,7 +71,7 @@ impl<T: Outputs> Drv<T> {
     }
 }
 
-impl<T: Outputs> Deref for Drv<T> {
+impl<T: IntoDerivation> Deref for Drv<T> {
     type Target = T::Accessors;
 
     fn deref(&self) -> &T::Accessors {
@@ -79,27 +79,27 @@ impl<T: Outputs> Deref for Drv<T> {
     }
 }
 
-impl<T: Outputs> Clone for Drv<T> {
+impl<T: IntoDerivation> Clone for Drv<T> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<T: Outputs> Copy for Drv<T> {}
+impl<T: IntoDerivation> Copy for Drv<T> {}
 
-impl<T: Outputs> fmt::Debug for Drv<T> {
+impl<T: IntoDerivation> fmt::Debug for Drv<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Drv#{}", self.id.index)
     }
 }
 
-impl<T: Outputs> PartialEq for Drv<T> {
+impl<T: IntoDerivation> PartialEq for Drv<T> {
     fn eq(&self, other: &Self) -> bool {
         self.id == other.id
     }
 }
 
-impl<T: Outputs> Eq for Drv<T> {}
+impl<T: IntoDerivation> Eq for Drv<T> {}
 
 /// One output of a derivation in a graph.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -122,13 +122,13 @@ impl OutputRef {
     }
 }
 
-impl<T: Outputs> From<Drv<T>> for OutputRef {
+impl<T: IntoDerivation> From<Drv<T>> for OutputRef {
     fn from(drv: Drv<T>) -> Self {
         drv.default_output()
     }
 }
 
-impl<T: Outputs> From<&Drv<T>> for OutputRef {
+impl<T: IntoDerivation> From<&Drv<T>> for OutputRef {
     fn from(drv: &Drv<T>) -> Self {
         drv.default_output()
     }
@@ -278,13 +278,13 @@ impl From<OutputRef> for Input {
     }
 }
 
-impl<T: Outputs> From<Drv<T>> for Input {
+impl<T: IntoDerivation> From<Drv<T>> for Input {
     fn from(drv: Drv<T>) -> Self {
         Input::Output(drv.default_output())
     }
 }
 
-impl<T: Outputs> From<&Drv<T>> for Input {
+impl<T: IntoDerivation> From<&Drv<T>> for Input {
     fn from(drv: &Drv<T>) -> Self {
         Input::Output(drv.default_output())
     }

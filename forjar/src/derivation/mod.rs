@@ -33,7 +33,9 @@ use std::time::Duration;
 
 pub use graph::{Graph, GraphError};
 pub use input::{Drv, DrvId, Input, OutputRef, Source, SourceError};
-pub use typed::{AnyOutputs, IntoDerivation, IntoEnv, IntoInput, Outputs, Param, render_file};
+pub use typed::{
+    DefaultOutputs, IntoDerivation, IntoEnv, IntoInput, Param, Part, Spec, render_file,
+};
 
 use crate::hash::TreeDigest;
 use crate::request::{
@@ -233,14 +235,20 @@ impl DerivationBuilder {
     ///     .build()?;
     /// # Ok::<(), forjar::Error>(())
     /// ```
-    pub fn render<T: serde::Serialize + ?Sized>(
+    pub fn render<T: serde::Serialize + ?Sized>(self, path: impl Into<String>, value: &T) -> Self {
+        let path = path.into();
+        let contents = render_file(&path, value);
+        self.rendered(path, contents)
+    }
+
+    /// A file, or the error rendering it; the error is reported by `build`.
+    pub(crate) fn rendered(
         mut self,
         path: impl Into<String>,
-        value: &T,
+        contents: Result<Vec<u8>, RequestError>,
     ) -> Self {
-        let path = path.into();
-        match render_file(&path, value) {
-            Ok(contents) => self.files.push((path, contents)),
+        match contents {
+            Ok(contents) => self.files.push((path.into(), contents)),
             Err(error) => {
                 self.deferred.get_or_insert(error);
             }

@@ -11,24 +11,19 @@ use super::{Derivation, DerivationBuilder, DerivationError, Drv, DrvId, Input, O
 use crate::request::RequestError;
 use crate::request::rules::FILE_FORMATS;
 
-/// The outputs a kind of derivation declares, known when the program is compiled.
+/// A value that becomes a derivation when it is added to a [`Graph`](super::Graph), with the
+/// outputs it declares, known when the program is compiled.
 ///
-/// Implemented by `#[derive(Derivation)]` and `#[forjar::derivation]`; [`Drv<T>`] dereferences
-/// to `T::Accessors`, so a handle has one method per declared output.
-pub trait Outputs {
+/// `#[derive(Derivation)]` implements it; so does [`Derivation`] itself, so that the builder
+/// API and the DSL meet in [`Graph::add`](super::Graph::add); and so does the handle type a
+/// `#[forjar::derivation]` fn names, which is never a value. [`Drv<T>`] dereferences to
+/// `T::Accessors`, so a handle has one method per declared output.
+pub trait IntoDerivation {
     /// One method per declared output, each returning an [`OutputRef`].
-    type Accessors: Copy;
+    type Accessors: Copy + From<DrvId>;
     /// The output a handle stands for when used as an input: the first declared.
     const DEFAULT: &'static str;
-    /// The accessors of the handle `drv`.
-    fn accessors(drv: DrvId) -> Self::Accessors;
-}
 
-/// A value that becomes a derivation when it is added to a [`Graph`](super::Graph).
-///
-/// `#[derive(Derivation)]` implements it; [`Derivation`] itself implements it too, so the builder
-/// API and the DSL meet in [`Graph::add`](super::Graph::add).
-pub trait IntoDerivation: Outputs {
     /// Makes the derivation. `location` is where it was added to the graph; it is recorded in
     /// `meta.yaml` and named in errors.
     fn into_derivation(
@@ -37,27 +32,29 @@ pub trait IntoDerivation: Outputs {
     ) -> Result<Derivation, DerivationError>;
 }
 
-/// The outputs of a derivation made with the builder API: only known at run time, so besides
-/// [`out`](AnyOutputs::out) they are named with [`Drv::output`] and checked when planning.
+/// The accessor of a derivation whose only declared output is `out`: every derived type that
+/// declares no other, and the builder API's derivations, whose outputs are only known at run
+/// time (their others are named with [`Drv::output`] and checked when planning).
 #[derive(Debug, Clone, Copy)]
-pub struct AnyOutputs(DrvId);
+pub struct DefaultOutputs(DrvId);
 
-impl AnyOutputs {
+impl DefaultOutputs {
     /// The default output, `out`.
     pub fn out(&self) -> OutputRef {
         OutputRef::new(self.0, "out")
     }
 }
 
-impl Outputs for Derivation {
-    type Accessors = AnyOutputs;
-    const DEFAULT: &'static str = "out";
-    fn accessors(drv: DrvId) -> AnyOutputs {
-        AnyOutputs(drv)
+impl From<DrvId> for DefaultOutputs {
+    fn from(drv: DrvId) -> Self {
+        DefaultOutputs(drv)
     }
 }
 
 impl IntoDerivation for Derivation {
+    type Accessors = DefaultOutputs;
+    const DEFAULT: &'static str = "out";
+
     /// A built derivation keeps the location of its `Derivation::builder` call.
     fn into_derivation(self, _: &'static Location<'static>) -> Result<Derivation, DerivationError> {
         Ok(self)
@@ -105,13 +102,13 @@ impl IntoInput for &OutputRef {
     }
 }
 
-impl<T: Outputs> IntoInput for Drv<T> {
+impl<T: IntoDerivation> IntoInput for Drv<T> {
     fn into_input(self) -> Option<Input> {
         Some(Input::Output(self.default_output()))
     }
 }
 
-impl<T: Outputs> IntoInput for &Drv<T> {
+impl<T: IntoDerivation> IntoInput for &Drv<T> {
     fn into_input(self) -> Option<Input> {
         Some(Input::Output(self.default_output()))
     }
@@ -221,48 +218,173 @@ impl<T: IntoEnv> IntoEnv for Option<T> {
     note = "inputs are `Source`, `Drv<T>` and `OutputRef`; env values are strings, paths, bytes, numbers, `bool` and `char`; either may be in an `Option`; structured data goes in a file: `#[forjar(file = \"name.json\")]`"
 )]
 pub trait Param {
-    /// Adds the parameter to the derivation under `name`.
-    fn add_to(self, name: &str, builder: DerivationBuilder) -> DerivationBuilder;
+    /// The parameter as a part of the derivation, under `name`.
+    fn into_part(self, name: &'static str) -> Part;
+}
+
+/// One value-given part of a derived derivation, as the macros' expansions hand it over.
+#[derive(Debug)]
+pub enum Part {
+    /// An input (left out when `None`).
+    Input(&'static str, Option<Input>),
+    /// An env var (left out when `None`).
+    Env(&'static str, Option<Vec<u8>>),
+    /// A file rendered into the build directory.
+    File(&'static str, Result<Vec<u8>, RequestError>),
 }
 
 macro_rules! param_as {
-    ($method:ident, $convert:path: $($ty:ty),+) => {$(
+    ($variant:ident, $convert:path: $($ty:ty),+) => {$(
         impl Param for $ty {
-            fn add_to(self, name: &str, builder: DerivationBuilder) -> DerivationBuilder {
-                match $convert(self) {
-                    Some(value) => builder.$method(name, value),
-                    None => builder,
-                }
+            fn into_part(self, name: &'static str) -> Part {
+                Part::$variant(name, $convert(self))
             }
         }
     )+};
 }
 
-param_as!(input, IntoInput::into_input: Input, Source, &Source, OutputRef, &OutputRef);
+param_as!(Input, IntoInput::into_input: Input, Source, &Source, OutputRef, &OutputRef);
 param_as!(
-    env, IntoEnv::into_env: String, &str, &String, Box<str>, Cow<'_, str>, char, bool, u8, u16,
+    Env, IntoEnv::into_env: String, &str, &String, Box<str>, Cow<'_, str>, char, bool, u8, u16,
     u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, Vec<u8>, &[u8], PathBuf, &Path,
     OsString, &OsStr
 );
 
-impl<T: Outputs> Param for Drv<T> {
-    fn add_to(self, name: &str, builder: DerivationBuilder) -> DerivationBuilder {
-        builder.input(name, self)
+impl<T: IntoDerivation> Param for Drv<T> {
+    fn into_part(self, name: &'static str) -> Part {
+        Part::Input(name, self.into_input())
     }
 }
 
-impl<T: Outputs> Param for &Drv<T> {
-    fn add_to(self, name: &str, builder: DerivationBuilder) -> DerivationBuilder {
-        builder.input(name, self)
+impl<T: IntoDerivation> Param for &Drv<T> {
+    fn into_part(self, name: &'static str) -> Part {
+        Part::Input(name, self.into_input())
     }
 }
 
 impl<T: Param> Param for Option<T> {
-    fn add_to(self, name: &str, builder: DerivationBuilder) -> DerivationBuilder {
+    fn into_part(self, name: &'static str) -> Part {
         match self {
-            Some(value) => value.add_to(name, builder),
-            None => builder,
+            Some(value) => value.into_part(name),
+            // Either kind, left out: the name alone is not part of the derivation.
+            None => Part::Env(name, None),
         }
+    }
+}
+
+/// What a derived type says about its derivation at compile time, as constants: the macros
+/// expand to one of these and one call of [`Spec::derive`], so that the code each derivation
+/// adds to a program is small to compile.
+#[derive(Debug)]
+pub struct Spec {
+    /// The name, unless a `name` field gives one.
+    pub name: &'static str,
+    /// The script, if any.
+    pub script: Option<&'static str>,
+    /// The builder argv, if any.
+    pub builder: Option<&'static [&'static str]>,
+    /// The outputs; empty for just `out`.
+    pub outputs: &'static [&'static str],
+    /// The system, unless this host's.
+    pub system: Option<&'static str>,
+    /// The sandbox level.
+    pub sandbox: crate::request::SandboxLevel,
+    /// The fixed-output digest.
+    pub fixed_output: Option<&'static str>,
+    /// Network access.
+    pub network: bool,
+    /// A `/bin/sh` in the sandbox.
+    pub provide_bin_sh: bool,
+    /// Host paths bound read-only.
+    pub ro_paths: &'static [&'static str],
+    /// Wall-clock limit in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Silence limit in milliseconds.
+    pub max_silent_ms: Option<u64>,
+    /// Memory cap in bytes.
+    pub memory: Option<u64>,
+    /// CPUs.
+    pub cpus: Option<u32>,
+}
+
+impl Spec {
+    /// A spec with everything at its default; expansions set what their attributes give.
+    pub const DEFAULT: Spec = Spec {
+        name: "",
+        script: None,
+        builder: None,
+        outputs: &[],
+        system: None,
+        sandbox: crate::request::SandboxLevel::Hermetic,
+        fixed_output: None,
+        network: false,
+        provide_bin_sh: false,
+        ro_paths: &[],
+        timeout_ms: None,
+        max_silent_ms: None,
+        memory: None,
+        cpus: None,
+    };
+
+    /// The derivation made of this spec and the parts given at run time.
+    pub fn derive<const N: usize>(
+        &self,
+        name: Option<String>,
+        location: &'static Location<'static>,
+        parts: [Part; N],
+    ) -> Result<Derivation, DerivationError> {
+        self.derive_parts(name, location, Vec::from(parts))
+    }
+
+    fn derive_parts(
+        &self,
+        name: Option<String>,
+        location: &'static Location<'static>,
+        parts: Vec<Part>,
+    ) -> Result<Derivation, DerivationError> {
+        let mut b = DerivationBuilder::new(name.unwrap_or_else(|| self.name.to_string()), location)
+            .sandbox(self.sandbox)
+            .network(self.network)
+            .provide_bin_sh(self.provide_bin_sh);
+        if let Some(script) = self.script {
+            b = b.script(script);
+        }
+        if let Some(argv) = self.builder {
+            b = b.builder(argv.iter().copied());
+        }
+        for output in self.outputs {
+            b = b.output(*output);
+        }
+        if let Some(system) = self.system {
+            b = b.system(system);
+        }
+        if let Some(digest) = self.fixed_output {
+            b = b.fixed_output(digest);
+        }
+        for path in self.ro_paths {
+            b = b.ro_path(*path);
+        }
+        if let Some(ms) = self.timeout_ms {
+            b = b.timeout(std::time::Duration::from_millis(ms));
+        }
+        if let Some(ms) = self.max_silent_ms {
+            b = b.max_silent(std::time::Duration::from_millis(ms));
+        }
+        if let Some(bytes) = self.memory {
+            b = b.memory_limit(bytes);
+        }
+        if let Some(cpus) = self.cpus {
+            b = b.cpus(cpus);
+        }
+        for part in parts {
+            b = match part {
+                Part::Input(name, Some(input)) => b.input(name, input),
+                Part::Env(name, Some(value)) => b.env(name, value),
+                Part::Input(_, None) | Part::Env(_, None) => b,
+                Part::File(path, contents) => b.rendered(path, contents),
+            };
+        }
+        b.build()
     }
 }
 
