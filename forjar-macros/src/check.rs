@@ -27,8 +27,11 @@ pub fn check(cx: &Ctxt, drv: &Derivation) {
     one_name(cx, drv);
     network_needs_fixed_output(cx, drv);
     fixed_output_has_one_output(cx, drv);
-    script_names_only_declared_variables(cx, drv);
-    script_is_deterministic(cx, drv);
+    if let Some(script) = drv.attrs.script.get() {
+        let scan = script::scan(&script.value());
+        script_names_only_declared_variables(cx, drv, &scan);
+        script_is_deterministic(cx, drv, &scan);
+    }
 }
 
 // A derivation runs exactly one of a script or a builder argv.
@@ -258,15 +261,11 @@ fn script_span(drv: &Derivation) -> Span {
 
 // Every `$name` a script expands is declared, assigned by the script, or set by the sandbox;
 // under `sh -u` anything else stops the build.
-fn script_names_only_declared_variables(cx: &Ctxt, drv: &Derivation) {
-    let Some(script) = drv.attrs.script.get() else {
-        return;
-    };
+fn script_names_only_declared_variables(cx: &Ctxt, drv: &Derivation, scan: &script::Scan) {
     // With a field's attribute refused, what it declares is unknown.
     if drv.vars.iter().any(|v| matches!(v.role, Role::Invalid)) {
         return;
     }
-    let scan = script::scan(&script.value());
     let mut declared: Vec<(String, &str)> = Vec::new();
     for var in &drv.vars {
         if let Some((named, kind)) = var.role.variable() {
@@ -309,14 +308,11 @@ fn script_names_only_declared_variables(cx: &Ctxt, drv: &Derivation) {
 
 // A script's output depends only on its inputs: no randomness, process ids or clock, unless
 // the derivation says `allow_impure`.
-fn script_is_deterministic(cx: &Ctxt, drv: &Derivation) {
-    let Some(script) = drv.attrs.script.get() else {
-        return;
-    };
+fn script_is_deterministic(cx: &Ctxt, drv: &Derivation, scan: &script::Scan) {
     if drv.attrs.allow_impure.get() == Some(&true) {
         return;
     }
-    for (what, line) in script::scan(&script.value()).impure {
+    for (what, line) in &scan.impure {
         cx.error_at(
             script_span(drv),
             format!(
