@@ -5,7 +5,7 @@ use std::fs;
 
 use forjar::plan::Plan;
 use forjar::prelude::*;
-use forjar_suite::{apply, sandbox, temp_store};
+use forjar_suite::{apply, entry_of, sandbox, temp_store};
 
 #[derive(Derivation)]
 #[forjar(sandbox = "host-tools", timeout = "5m")]
@@ -143,9 +143,7 @@ fn file_fields_are_rendered_by_extension_into_the_build_directory() {
         g.root("rendered", drv);
     });
     report.expect("the build succeeds");
-    let entry = &plan.entry_names(plan.find("rendered")[0])[0];
-    let entry = forjar::store::EntryName::parse(entry).unwrap();
-    let text = fs::read_to_string(store.content_path(&entry)).unwrap();
+    let text = fs::read_to_string(store.content_path(&entry_of(&plan, "rendered"))).unwrap();
     assert_eq!(
         text,
         "max-connections = 64\nhosts = [\n    \"a\",\n    \"b\",\n]\n\

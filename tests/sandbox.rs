@@ -16,7 +16,7 @@ use forjar::exec::Report;
 use forjar::plan::Plan;
 use forjar::prelude::*;
 use forjar::store::{EntryName, Store};
-use forjar_suite::{apply, sandbox, temp_store};
+use forjar_suite::{apply, entry_of, sandbox, temp_store};
 
 /// A hermetic derivation running `script`.
 fn sh(name: &str, script: &str) -> Derivation {
@@ -288,7 +288,7 @@ fn a_builder_cannot_write_the_store_or_an_input() {
         g.add(sh("victim", "echo original > $out"));
     });
     report.unwrap();
-    let victim = plan.entry_names(plan.find("victim")[0]).remove(0);
+    let victim = entry_of(&plan, "victim");
     let before = store_listing(&store);
     let store_dir = store.dir().display().to_string();
     for (what, script) in [
@@ -318,10 +318,7 @@ fn a_builder_cannot_write_the_store_or_an_input() {
             "writing {what} changed the store"
         );
     }
-    assert_eq!(
-        output(&store, &EntryName::parse(&victim).unwrap()),
-        "original\n"
-    );
+    assert_eq!(output(&store, &victim), "original\n");
     assert!(store.verify().unwrap().is_ok());
 }
 
@@ -755,7 +752,7 @@ fn references_are_found_when_an_output_mentions_an_input_and_not_otherwise() {
         g.root("self", me);
     });
     report.unwrap();
-    let entry = |name: &str| EntryName::parse(&plan.entry_names(plan.find(name)[0])[0]).unwrap();
+    let entry = |name| entry_of(&plan, name);
     assert_eq!(
         store.meta(&entry("keeps")).unwrap().references,
         vec![entry("lib")]

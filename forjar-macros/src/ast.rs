@@ -55,13 +55,50 @@ pub struct Named {
     pub span: Span,
 }
 
+/// The kinds of variable a derivation's values become in the build environment.
+#[derive(Clone, Copy, PartialEq)]
+pub enum VarKind {
+    Input,
+    Env,
+    Param,
+}
+
+impl VarKind {
+    /// As listed in messages: "`src` (input)".
+    pub fn label(self) -> &'static str {
+        match self {
+            VarKind::Input => "input",
+            VarKind::Env => "env",
+            VarKind::Param => "parameter",
+        }
+    }
+
+    /// As named in a sentence: "`x` is both an input and an env var".
+    pub fn article(self) -> &'static str {
+        match self {
+            VarKind::Input => "an input",
+            VarKind::Env => "an env var",
+            VarKind::Param => "a parameter",
+        }
+    }
+
+    /// The rule its name follows: any env key for env vars; inputs (and parameters, which may
+    /// be inputs) are shell identifiers.
+    pub fn check_name(self, name: &str) -> Result<(), String> {
+        match self {
+            VarKind::Env => crate::rules::env_key(name),
+            VarKind::Input | VarKind::Param => crate::rules::identifier(name),
+        }
+    }
+}
+
 impl Role {
     /// The build environment name and kind of variable, if the value is one.
-    pub fn variable(&self) -> Option<(&Named, &'static str)> {
+    pub fn variable(&self) -> Option<(&Named, VarKind)> {
         match self {
-            Role::Input(n) => Some((n, "input")),
-            Role::Env(n) => Some((n, "env")),
-            Role::Param(n) => Some((n, "parameter")),
+            Role::Input(n) => Some((n, VarKind::Input)),
+            Role::Env(n) => Some((n, VarKind::Env)),
+            Role::Param(n) => Some((n, VarKind::Param)),
             _ => None,
         }
     }

@@ -126,28 +126,14 @@ fn variables_are_valid_and_unique(cx: &Ctxt, drv: &Derivation) {
         let Some((named, kind)) = var.role.variable() else {
             continue;
         };
-        let valid = if kind == "env" {
-            rules::env_key(&named.name)
-        } else {
-            rules::identifier(&named.name)
-        };
-        if let Err(reason) = valid {
-            let what = match kind {
-                "env" => "env name",
-                "input" => "input name",
-                _ => "parameter name",
-            };
+        if let Err(reason) = kind.check_name(&named.name) {
             cx.error_at(
                 named.span,
-                format!("invalid {what} `{}`: {reason}", named.name),
+                format!("invalid {} name `{}`: {reason}", kind.label(), named.name),
             );
             continue;
         }
-        let article = match kind {
-            "input" => "an input",
-            "env" => "an env var",
-            _ => "a parameter",
-        };
+        let article = kind.article();
         if let Some(first) = seen.insert(named.name.clone(), article) {
             cx.error_at(
                 named.span,
@@ -269,7 +255,7 @@ fn script_names_only_declared_variables(cx: &Ctxt, drv: &Derivation, scan: &scri
     let mut declared: Vec<(String, &str)> = Vec::new();
     for var in &drv.vars {
         if let Some((named, kind)) = var.role.variable() {
-            declared.push((named.name.clone(), kind));
+            declared.push((named.name.clone(), kind.label()));
         }
     }
     for (name, _) in drv.outputs() {

@@ -107,6 +107,16 @@ pub fn test_key(n: u8) -> Key {
         .expect("64 hex digits")
 }
 
+/// The store entry of the first output of the derivation named `name` in `plan`.
+pub fn entry_of(plan: &Plan, name: &str) -> EntryName {
+    let node = *plan
+        .find(name)
+        .first()
+        .unwrap_or_else(|| panic!("the plan has a derivation named `{name}`"));
+    let entry = plan.entry_names(node).into_iter().next();
+    EntryName::parse(&entry.expect("a derivation has an output")).expect("a valid entry name")
+}
+
 /// Plans `define`'s graph against `store` and applies it, returning the plan too.
 pub fn apply(
     store: &Store,

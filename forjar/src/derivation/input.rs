@@ -278,6 +278,12 @@ impl From<OutputRef> for Input {
     }
 }
 
+impl From<&OutputRef> for Input {
+    fn from(output: &OutputRef) -> Self {
+        Input::Output(output.clone())
+    }
+}
+
 impl<T: IntoDerivation> From<Drv<T>> for Input {
     fn from(drv: Drv<T>) -> Self {
         Input::Output(drv.default_output())

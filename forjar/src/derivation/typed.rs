@@ -72,46 +72,31 @@ pub trait IntoInput {
     fn into_input(self) -> Option<Input>;
 }
 
-impl IntoInput for Input {
-    fn into_input(self) -> Option<Input> {
-        Some(self)
-    }
+/// `IntoInput` (through `Input`'s `From`) and `Param` for each input type.
+macro_rules! input_types {
+    ($(impl$(<$g:ident>)? for $ty:ty;)+) => {$(
+        impl$(<$g: IntoDerivation>)? IntoInput for $ty {
+            fn into_input(self) -> Option<Input> {
+                Some(Input::from(self))
+            }
+        }
+
+        impl$(<$g: IntoDerivation>)? Param for $ty {
+            fn into_part(self, name: &'static str) -> Part {
+                Part::Input(name, self.into_input())
+            }
+        }
+    )+};
 }
 
-impl IntoInput for Source {
-    fn into_input(self) -> Option<Input> {
-        Some(Input::Source(self))
-    }
-}
-
-impl IntoInput for &Source {
-    fn into_input(self) -> Option<Input> {
-        Some(Input::Source(self.clone()))
-    }
-}
-
-impl IntoInput for OutputRef {
-    fn into_input(self) -> Option<Input> {
-        Some(Input::Output(self))
-    }
-}
-
-impl IntoInput for &OutputRef {
-    fn into_input(self) -> Option<Input> {
-        Some(Input::Output(self.clone()))
-    }
-}
-
-impl<T: IntoDerivation> IntoInput for Drv<T> {
-    fn into_input(self) -> Option<Input> {
-        Some(Input::Output(self.default_output()))
-    }
-}
-
-impl<T: IntoDerivation> IntoInput for &Drv<T> {
-    fn into_input(self) -> Option<Input> {
-        Some(Input::Output(self.default_output()))
-    }
+input_types! {
+    impl for Input;
+    impl for Source;
+    impl for &Source;
+    impl for OutputRef;
+    impl for &OutputRef;
+    impl<T> for Drv<T>;
+    impl<T> for &Drv<T>;
 }
 
 impl<T: IntoInput> IntoInput for Option<T> {
@@ -132,17 +117,32 @@ pub trait IntoEnv {
     fn into_env(self) -> Option<Vec<u8>>;
 }
 
-macro_rules! env_by_display {
-    ($($ty:ty),+) => {$(
+/// `IntoEnv` and `Param` for each env value type, with the value's bytes.
+macro_rules! env_types {
+    ($($ty:ty => |$value:ident| $bytes:expr;)+) => {$(
         impl IntoEnv for $ty {
             fn into_env(self) -> Option<Vec<u8>> {
-                Some(self.to_string().into_bytes())
+                let $value = self;
+                Some($bytes)
+            }
+        }
+
+        impl Param for $ty {
+            fn into_part(self, name: &'static str) -> Part {
+                Part::Env(name, self.into_env())
             }
         }
     )+};
 }
 
-env_by_display!(
+/// `env_types!` for types whose bytes are their `Display` text.
+macro_rules! env_types_by_display {
+    ($($ty:ty),+) => {
+        env_types! { $($ty => |value| value.to_string().into_bytes();)+ }
+    };
+}
+
+env_types_by_display!(
     String,
     &str,
     &String,
@@ -163,46 +163,14 @@ env_by_display!(
     isize
 );
 
-impl IntoEnv for bool {
-    fn into_env(self) -> Option<Vec<u8>> {
-        Some(if self { b"1".to_vec() } else { Vec::new() })
-    }
-}
-
-impl IntoEnv for Vec<u8> {
-    fn into_env(self) -> Option<Vec<u8>> {
-        Some(self)
-    }
-}
-
-impl IntoEnv for &[u8] {
-    fn into_env(self) -> Option<Vec<u8>> {
-        Some(self.to_vec())
-    }
-}
-
-impl IntoEnv for PathBuf {
-    fn into_env(self) -> Option<Vec<u8>> {
-        Some(self.into_os_string().into_vec())
-    }
-}
-
-impl IntoEnv for &Path {
-    fn into_env(self) -> Option<Vec<u8>> {
-        Some(self.as_os_str().as_bytes().to_vec())
-    }
-}
-
-impl IntoEnv for OsString {
-    fn into_env(self) -> Option<Vec<u8>> {
-        Some(self.into_vec())
-    }
-}
-
-impl IntoEnv for &OsStr {
-    fn into_env(self) -> Option<Vec<u8>> {
-        Some(self.as_bytes().to_vec())
-    }
+env_types! {
+    bool => |value| if value { b"1".to_vec() } else { Vec::new() };
+    Vec<u8> => |value| value;
+    &[u8] => |value| value.to_vec();
+    PathBuf => |value| value.into_os_string().into_vec();
+    &Path => |value| value.as_os_str().as_bytes().to_vec();
+    OsString => |value| value.into_vec();
+    &OsStr => |value| value.as_bytes().to_vec();
 }
 
 impl<T: IntoEnv> IntoEnv for Option<T> {
@@ -231,35 +199,6 @@ pub enum Part {
     Env(&'static str, Option<Vec<u8>>),
     /// A file rendered into the build directory.
     File(&'static str, Result<Vec<u8>, RequestError>),
-}
-
-macro_rules! param_as {
-    ($variant:ident, $convert:path: $($ty:ty),+) => {$(
-        impl Param for $ty {
-            fn into_part(self, name: &'static str) -> Part {
-                Part::$variant(name, $convert(self))
-            }
-        }
-    )+};
-}
-
-param_as!(Input, IntoInput::into_input: Input, Source, &Source, OutputRef, &OutputRef);
-param_as!(
-    Env, IntoEnv::into_env: String, &str, &String, Box<str>, Cow<'_, str>, char, bool, u8, u16,
-    u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, Vec<u8>, &[u8], PathBuf, &Path,
-    OsString, &OsStr
-);
-
-impl<T: IntoDerivation> Param for Drv<T> {
-    fn into_part(self, name: &'static str) -> Part {
-        Part::Input(name, self.into_input())
-    }
-}
-
-impl<T: IntoDerivation> Param for &Drv<T> {
-    fn into_part(self, name: &'static str) -> Part {
-        Part::Input(name, self.into_input())
-    }
 }
 
 impl<T: Param> Param for Option<T> {
@@ -333,6 +272,8 @@ impl Spec {
         location: &'static Location<'static>,
         parts: [Part; N],
     ) -> Result<Derivation, DerivationError> {
+        // The work is in a non-generic fn, compiled once here rather than per `N` in each
+        // program.
         self.derive_parts(name, location, Vec::from(parts))
     }
 
