@@ -65,7 +65,10 @@ fn apply_builds_the_example_and_a_second_apply_builds_nothing() {
     let out = run_example("hello", &store, &["apply"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    assert!(text.ends_with("Built 3, imported 1, 0 cached\n"), "{text}");
+    assert!(
+        text.ends_with("Built 3, imported 1, 0 cached\nRecorded generation 1 of profile `hello`\n"),
+        "{text}"
+    );
     let bundle = text
         .lines()
         .next()
@@ -87,7 +90,8 @@ fn apply_builds_the_example_and_a_second_apply_builds_nothing() {
 
     let again = run_example("hello", &store, &["apply"]);
     assert!(
-        stdout(&again).ends_with("Nothing to do: all 4 cached\n"),
+        stdout(&again)
+            .ends_with("Nothing to do: all 4 cached\nStill generation 1 of profile `hello`\n"),
         "{}",
         stdout(&again)
     );
@@ -128,7 +132,7 @@ fn plan_json_graph_and_why_depends() {
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out),
-        "error: no derivation or source is named `nothing`\n"
+        "error: no derivation or source is named `nothing`; `plan` lists them\n"
     );
 }
 

@@ -81,6 +81,7 @@ fn main() {
         build_dir: build_dir.clone(),
         limits: Limits::default(),
         cores: 1,
+        cancel: None,
     };
     let forjar_spawn = measure(runs, |_| {
         let finished = sandbox::run(&spec, &mut std::io::sink(), &|| 0).expect("the sandbox runs");
@@ -154,13 +155,8 @@ fn main() {
         );
         g.root("trivial", d);
         let plan = Plan::new(&g, &store).unwrap();
-        forjar::exec::apply(
-            &plan,
-            &store,
-            &forjar::exec::Options::default(),
-            &mut |_| {},
-        )
-        .expect("the build succeeds");
+        forjar::exec::apply(&plan, &store, &forjar::exec::Options::default(), &|_| {})
+            .expect("the build succeeds");
     });
     println!("\n| trivial derivation, end to end | median | / forjar |");
     println!("|---|---:|---:|");

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use forjar::cli::store::{self, HashCommand, StoreCommand};
+use forjar::cli::store::{self, EntryCommand, HashCommand, StoreCommand};
 use forjar::cli::{ExitCode, Failure};
 use forjar::store::Store;
 
@@ -30,7 +30,15 @@ enum Command {
     Hash(HashCommand),
     /// Inspect and maintain the store.
     #[command(subcommand)]
+    Store(StoreCommands),
+}
+
+#[derive(Debug, Subcommand)]
+enum StoreCommands {
+    #[command(flatten)]
     Store(StoreCommand),
+    #[command(flatten)]
+    Entry(EntryCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -49,7 +57,13 @@ fn main() -> std::process::ExitCode {
     let result: Result<ExitCode, Failure> = match cli.command {
         Command::Hash(command) => store::hash(command),
         Command::Store(command) => {
-            store::run(&cli.store.unwrap_or_else(Store::default_dir), command)
+            let dir = cli.store.unwrap_or_else(Store::default_dir);
+            match command {
+                StoreCommands::Store(command) => store::run(&dir, command),
+                StoreCommands::Entry(command) => Store::open(&dir)
+                    .map_err(Failure::from)
+                    .and_then(|store| store::entry(&store, command)),
+            }
         }
     };
     forjar::cli::report(result).into()

@@ -1,19 +1,28 @@
 //! The command lines: the one every user program gets from [`main`], and the standalone
 //! `forjar` store tool (`src/bin/forjar.rs`). Both share the store commands of [`store`].
 //!
-//! Exit codes (see [`ExitCode`]): 0 success, 1 the operation failed (a damaged store, an I/O
-//! error), 2 a bad command line, 3 an invalid program or derivation.
+//! Exit codes (see [`ExitCode`]): 0 success, 1 the operation failed (a build, a damaged store,
+//! an I/O error), 2 a bad command line, 3 an invalid program or derivation, 130 interrupted by
+//! Ctrl-C (143 by SIGTERM).
 
+mod progress;
 pub mod store;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use clap::{Parser, Subcommand};
+use petgraph::graph::NodeIndex;
 
+use self::progress::{Progress, Verbosity};
+use self::store::human_bytes;
 use crate::derivation::Graph;
-use crate::plan::{NodeKind, Plan};
-use crate::store::Store;
+use crate::exec::{self, ExecError};
+use crate::plan::{NodeKind, Plan, Status};
+use crate::store::{EntryName, RootChanges, Store};
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,6 +36,10 @@ pub enum ExitCode {
     Usage = 2,
     /// The program or one of its derivations is invalid.
     InvalidProgram = 3,
+    /// Ctrl-C (SIGINT) stopped it; the running builds were stopped and their staging removed.
+    Interrupted = 130,
+    /// SIGTERM stopped it, as with [`ExitCode::Interrupted`].
+    Terminated = 143,
 }
 
 impl From<ExitCode> for std::process::ExitCode {
@@ -86,14 +99,37 @@ pub fn report(result: Result<ExitCode, Failure>) -> ExitCode {
 
 /// The command line of a user program.
 #[derive(Debug, Parser)]
-#[command(about = "Plan and inspect this program's derivations")]
+#[command(about = "Plan, build and inspect this program's derivations")]
 struct ProgramCli {
     /// The store directory [default: $FORJAR_STORE, /var/lib/forjar/store for root, else
     /// ~/.local/share/forjar/store].
     #[arg(long, global = true, value_name = "DIR")]
     store: Option<PathBuf>,
+    /// The profile whose generations `apply` records [default: the program's file name].
+    #[arg(long, global = true, value_name = "NAME")]
+    profile: Option<String>,
+    /// Print only errors and results.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Also print every build's log, each line prefixed with the derivation's name.
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: ProgramCommand,
+}
+
+/// How to run builds.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// How many builds run at once [default: the number of cores].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
+    /// After a failure, go on with everything that does not depend on it.
+    #[arg(long)]
+    keep_going: bool,
+    /// Keep a failed build's directory and print where it is.
+    #[arg(long)]
+    keep_failed: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,11 +140,23 @@ enum ProgramCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Build and import what the roots need, in the sandbox, and register the roots.
+    /// Build and import what the roots need, in the sandbox, register the roots, and record a
+    /// generation.
     Apply {
+        #[command(flatten)]
+        run: RunArgs,
         /// Show the plan and do nothing.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Build the named derivations and what they need, and print their outputs; registers no
+    /// root.
+    Build {
+        /// Derivation names (or store entry names).
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// Print the dependency graph.
     Graph {
@@ -126,11 +174,73 @@ enum ProgramCommand {
         /// The dependency.
         b: String,
     },
+    /// Show a derivation: its request, key, outputs, and the meta.yaml of those built.
+    Show {
+        /// A derivation or source name, or a store entry.
+        name: String,
+    },
+    /// Print a derivation's build log.
+    Log {
+        /// A derivation name, or a store entry.
+        name: String,
+    },
+    /// Rebuild a derivation and compare the result with the store's, naming differing files.
+    Check {
+        /// A derivation name.
+        name: String,
+        /// How many times to rebuild.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        rounds: u16,
+    },
+    /// List the profile's generations with their time and what changed.
+    Generations,
+    /// Show what changed between two generations: entries added, removed and changed.
+    Diff {
+        /// The earlier generation.
+        a: u64,
+        /// The later generation.
+        b: u64,
+    },
+    /// Make an earlier generation current again, without building.
+    Rollback {
+        /// The generation [default: the one before the current one].
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+    },
     #[command(flatten)]
     Store(store::StoreCommand),
     /// Hash content.
     #[command(subcommand)]
     Hash(store::HashCommand),
+}
+
+/// The signal that interrupted an apply, or 0.
+static INTERRUPT_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Set by the first SIGINT or SIGTERM; builds stop within a tenth of a second.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(signal: nix::libc::c_int) {
+    // Only async-signal-safe work here: atomics and `_exit`.
+    if INTERRUPTED.swap(true, Ordering::SeqCst) {
+        // SAFETY: `_exit` is async-signal-safe. A second signal means "stop now".
+        unsafe { nix::libc::_exit(128 + signal) };
+    }
+    INTERRUPT_SIGNAL.store(signal, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM stop the running builds, remove their staging and exit with
+/// 128 + the signal (130 for Ctrl-C). A second signal exits at once.
+fn handle_interrupts() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only touches atomics and calls `_exit`.
+        let _ = unsafe { sigaction(signal, &action) };
+    }
 }
 
 /// Runs a user program: `define` adds its derivations to the graph, and the command line says
@@ -165,14 +275,338 @@ pub fn main(define: impl FnOnce(&mut Graph) -> crate::Result<()>) -> crate::Resu
     Ok(())
 }
 
+/// The profile a program applies into when none is named: its file name.
+fn default_profile() -> String {
+    std::env::args_os()
+        .next()
+        .as_deref()
+        .and_then(|a| Path::new(a).file_name())
+        .and_then(|n| n.to_str())
+        .filter(|n| crate::request::Name::new(*n).is_ok())
+        .unwrap_or("default")
+        .to_string()
+}
+
+/// What an interrupted or failed run exits with.
+fn exec_failure(error: ExecError) -> Failure {
+    match error {
+        ExecError::Interrupted(_) => {
+            let signal = INTERRUPT_SIGNAL.load(Ordering::SeqCst);
+            let code = if signal == nix::libc::SIGTERM {
+                ExitCode::Terminated
+            } else {
+                ExitCode::Interrupted
+            };
+            Failure::new(code, format!("{error}; their staging was removed"))
+        }
+        error => Failure::new(ExitCode::Failure, error),
+    }
+}
+
+/// The state every program command works on.
+struct Session {
+    store: Store,
+    plan: Plan,
+    verbosity: Verbosity,
+    profile: String,
+}
+
+impl Session {
+    /// Exactly one node named `name`.
+    fn find(&self, name: &str) -> Result<Option<NodeIndex>, Failure> {
+        match self.plan.find(name).as_slice() {
+            [one] => Ok(Some(*one)),
+            [] => Ok(None),
+            many => Err(Failure::new(
+                ExitCode::Usage,
+                format!(
+                    "`{name}` names {} nodes; name one by its store entry: {}",
+                    many.len(),
+                    many.iter()
+                        .map(|&i| self.plan.entry_names(i).join(" "))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+    }
+
+    fn find_node(&self, name: &str) -> Result<NodeIndex, Failure> {
+        self.find(name)?.ok_or_else(|| {
+            Failure::new(
+                ExitCode::Usage,
+                format!("no derivation or source is named `{name}`; `plan` lists them"),
+            )
+        })
+    }
+
+    fn options(&self, run: &RunArgs) -> exec::Options {
+        let defaults = exec::Options::default();
+        exec::Options {
+            jobs: run.jobs.map_or(defaults.jobs, usize::from),
+            keep_going: run.keep_going,
+            keep_failed: run.keep_failed,
+            interrupt: Some(&INTERRUPTED),
+            ..defaults
+        }
+    }
+
+    /// Realises `nodes` with a progress display.
+    fn realise(
+        &self,
+        nodes: &[NodeIndex],
+        options: &exec::Options,
+    ) -> Result<exec::Report, Failure> {
+        handle_interrupts();
+        let to_do = nodes
+            .iter()
+            .filter(|&&n| self.plan.node(n).status != Status::Cached)
+            .count();
+        let progress = Progress::new(self.verbosity, to_do);
+        let result = exec::realise_all(&self.plan, &self.store, nodes, options, &|event| {
+            progress.observe(event)
+        });
+        progress.finish();
+        result.map_err(exec_failure)
+    }
+
+    fn apply(&self, run: &RunArgs) -> Result<ExitCode, Failure> {
+        let report = self.realise(&exec::needed(&self.plan), &self.options(run))?;
+        let mut roots = BTreeMap::new();
+        for root in self.plan.roots() {
+            self.store.add_root(&root.name, &root.entry)?;
+            roots.insert(root.name.clone(), root.entry.clone());
+        }
+        let mut text = String::new();
+        for (name, entry) in &roots {
+            let _ = writeln!(
+                text,
+                "{name} -> {}",
+                self.store.content_path(entry).display()
+            );
+        }
+        let _ = writeln!(text, "{report}");
+        if !roots.is_empty() {
+            let (generation, new) = self.store.profile(&self.profile)?.record(roots)?;
+            let _ = writeln!(
+                text,
+                "{} {} of profile `{}`",
+                if new {
+                    "Recorded generation"
+                } else {
+                    "Still generation"
+                },
+                generation.number,
+                self.profile
+            );
+        }
+        emit(&text)?;
+        Ok(ExitCode::Success)
+    }
+
+    fn build(&self, names: &[String], run: &RunArgs) -> Result<ExitCode, Failure> {
+        let targets = names
+            .iter()
+            .map(|n| self.find_node(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let report = self.realise(
+            &exec::needed_for(&self.plan, targets.iter().copied()),
+            &self.options(run),
+        )?;
+        let mut text = String::new();
+        for &target in &targets {
+            for entry in self.plan.entry_names(target) {
+                let _ = writeln!(
+                    text,
+                    "{} -> {}",
+                    self.plan.node(target).name,
+                    self.store.dir().join(&entry).join("content").display()
+                );
+            }
+        }
+        let _ = writeln!(text, "{report}");
+        emit(&text)?;
+        Ok(ExitCode::Success)
+    }
+
+    fn show(&self, name: &str) -> Result<ExitCode, Failure> {
+        let Some(index) = self.find(name)? else {
+            let entry = self.store.resolve(name)?;
+            emit(&store::show_entry(&self.store, &entry)?)?;
+            return Ok(ExitCode::Success);
+        };
+        let node = self.plan.node(index);
+        let mut text = format!("name: {}\n", node.name);
+        if let Some(location) = &node.location {
+            let _ = writeln!(text, "location: {location}");
+        }
+        let _ = writeln!(text, "status: {}", node.status.as_str());
+        let indent = |yaml: String| -> String {
+            yaml.lines().map(|l| format!("  {l}\n")).collect::<String>()
+        };
+        let entries: Vec<(String, EntryName)> = match &node.kind {
+            NodeKind::Derivation {
+                request,
+                key,
+                outputs,
+                ..
+            } => {
+                let _ = writeln!(text, "key: {key}");
+                let _ = writeln!(text, "request:");
+                text.push_str(&indent(
+                    serde_yaml_ng::to_string(request).unwrap_or_else(|e| format!("({e})")),
+                ));
+                outputs
+                    .iter()
+                    .map(|(o, p)| (o.to_string(), p.entry.clone()))
+                    .collect()
+            }
+            NodeKind::Source {
+                path,
+                digest,
+                entry,
+            } => {
+                let _ = writeln!(text, "path: {}", path.display());
+                let _ = writeln!(text, "digest: {digest}");
+                vec![("out".to_string(), entry.clone())]
+            }
+        };
+        for (output, entry) in entries {
+            let _ = writeln!(
+                text,
+                "output {output}: {}",
+                self.store.entry_path(&entry).display()
+            );
+            if self.store.contains(&entry) {
+                text.push_str(&indent(self.store.meta(&entry)?.to_yaml()));
+            } else {
+                text.push_str("  (not in the store)\n");
+            }
+        }
+        emit(&text)?;
+        Ok(ExitCode::Success)
+    }
+
+    fn log(&self, name: &str) -> Result<ExitCode, Failure> {
+        let Some(index) = self.find(name)? else {
+            let entry = self.store.resolve(name)?;
+            emit(&String::from_utf8_lossy(&self.store.log(&entry)?))?;
+            return Ok(ExitCode::Success);
+        };
+        let node = self.plan.node(index);
+        let NodeKind::Derivation { key, .. } = &node.kind else {
+            return Err(Failure::new(
+                ExitCode::Failure,
+                format!("`{name}` is a source; sources are imported, not built, and have no log"),
+            ));
+        };
+        let path = self.store.log_path(&key.store_hash());
+        match std::fs::read(&path) {
+            Ok(log) => emit(&String::from_utf8_lossy(&log))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(Failure::new(
+                    ExitCode::Failure,
+                    format!(
+                        "`{name}` has no build log in this store: it has not been built here (status: {}); `build {name}` builds it",
+                        node.status.as_str()
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(Failure::new(
+                    ExitCode::Failure,
+                    format!("cannot read `{}`: {e}", path.display()),
+                ));
+            }
+        }
+        Ok(ExitCode::Success)
+    }
+
+    fn check(&self, name: &str, rounds: u16) -> Result<ExitCode, Failure> {
+        let index = self.find_node(name)?;
+        if !matches!(self.plan.node(index).kind, NodeKind::Derivation { .. }) {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                format!("`{name}` is a source; only derivations are rebuilt"),
+            ));
+        }
+        let options = exec::Options {
+            interrupt: Some(&INTERRUPTED),
+            ..exec::Options::default()
+        };
+        self.realise(&exec::needed_for(&self.plan, [index]), &options)?;
+        let progress = Progress::new(self.verbosity, 0);
+        let mut text = String::new();
+        let mut mismatch = false;
+        for round in 1..=rounds {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                return Err(exec_failure(ExecError::Interrupted(vec![name.to_string()])));
+            }
+            let started = std::time::Instant::now();
+            let checked = exec::check(
+                &self.plan,
+                &self.store,
+                index,
+                &options,
+                &INTERRUPTED,
+                &|e| progress.observe(e),
+            )
+            .map_err(|e| match e {
+                ExecError::Cancelled(name) => exec_failure(ExecError::Interrupted(vec![name])),
+                e => exec_failure(e),
+            })?;
+            for output in &checked {
+                if output.matches() {
+                    let _ = writeln!(
+                        text,
+                        "round {round}: {} output `{}` matches the store ({}, rebuilt in {:.1}s)",
+                        name,
+                        output.output,
+                        output.got,
+                        started.elapsed().as_secs_f64()
+                    );
+                } else {
+                    mismatch = true;
+                    let _ = writeln!(
+                        text,
+                        "round {round}: {name} output `{}` differs from the store: {} in the store, {} rebuilt",
+                        output.output, output.expected, output.got
+                    );
+                    for difference in &output.differences {
+                        let _ = writeln!(text, "  {difference}");
+                    }
+                }
+            }
+            if mismatch {
+                break;
+            }
+        }
+        progress.finish();
+        emit(&text)?;
+        if mismatch {
+            return Err(Failure::new(
+                ExitCode::Failure,
+                format!("`{name}` is not reproducible: a rebuild differs from the store"),
+            ));
+        }
+        Ok(ExitCode::Success)
+    }
+}
+
 fn run_program(
     cli: ProgramCli,
     define: impl FnOnce(&mut Graph) -> crate::Result<()>,
 ) -> Result<ExitCode, Failure> {
     let store_dir = cli.store.unwrap_or_else(Store::default_dir);
+    let profile = cli.profile.unwrap_or_else(default_profile);
     let command = match cli.command {
         ProgramCommand::Store(command) => return store::run(&store_dir, command),
         ProgramCommand::Hash(command) => return store::hash(command),
+        ProgramCommand::Generations => return generations(&Store::open(&store_dir)?, &profile),
+        ProgramCommand::Diff { a, b } => return diff(&Store::open(&store_dir)?, &profile, a, b),
+        ProgramCommand::Rollback { to } => {
+            return rollback(&Store::open(&store_dir)?, &profile, to);
+        }
         command => command,
     };
     let mut graph = Graph::new();
@@ -182,66 +616,35 @@ fn run_program(
     for warning in &plan.warnings {
         let _ = writeln!(io::stderr().lock(), "warning: {warning}");
     }
+    let verbosity = match (cli.quiet, cli.verbose) {
+        (true, _) => Verbosity::Quiet,
+        (_, true) => Verbosity::Verbose,
+        _ => Verbosity::Normal,
+    };
+    let session = Session {
+        store,
+        plan,
+        verbosity,
+        profile,
+    };
+    let plan = &session.plan;
     match command {
         ProgramCommand::Plan { json: true } | ProgramCommand::Graph { json: true, .. } => {
             emit(&format!("{:#}\n", plan.to_json()))?;
         }
-        ProgramCommand::Plan { json: false } => emit(&render_plan(&plan))?,
-        ProgramCommand::Apply { dry_run: true } => {
-            emit(&render_plan(&plan))?;
+        ProgramCommand::Plan { json: false } => emit(&render_plan(plan))?,
+        ProgramCommand::Apply { dry_run: true, .. } => {
+            emit(&render_plan(plan))?;
             emit("dry run: nothing was built, imported or registered\n")?;
         }
-        ProgramCommand::Apply { dry_run: false } => {
-            let mut progress = |node: &crate::plan::Node| {
-                let verb = match node.kind {
-                    NodeKind::Derivation { .. } => "building",
-                    NodeKind::Source { .. } => "importing",
-                };
-                let at = node
-                    .location
-                    .as_deref()
-                    .map(|l| format!(" ({l})"))
-                    .unwrap_or_default();
-                let _ = writeln!(io::stderr().lock(), "{verb} {}{at}", node.name);
-            };
-            let report = crate::exec::apply(
-                &plan,
-                &store,
-                &crate::exec::Options::default(),
-                &mut progress,
-            )
-            .map_err(|e| Failure::new(ExitCode::Failure, e))?;
-            let mut text = String::new();
-            for (name, entry) in &report.roots {
-                text.push_str(&format!(
-                    "{name} -> {}\n",
-                    store.content_path(entry).display()
-                ));
-            }
-            text.push_str(&format!("{report}\n"));
-            emit(&text)?;
-        }
+        ProgramCommand::Apply {
+            dry_run: false,
+            run,
+        } => return session.apply(&run),
+        ProgramCommand::Build { names, run } => return session.build(&names, &run),
         ProgramCommand::Graph { .. } => emit(&plan.to_dot())?,
         ProgramCommand::WhyDepends { a, b } => {
-            let find = |name: &str| match plan.find(name).as_slice() {
-                [one] => Ok(*one),
-                [] => Err(Failure::new(
-                    ExitCode::Usage,
-                    format!("no derivation or source is named `{name}`"),
-                )),
-                many => Err(Failure::new(
-                    ExitCode::Usage,
-                    format!(
-                        "`{name}` names {} nodes; name one by its store entry: {}",
-                        many.len(),
-                        many.iter()
-                            .map(|&i| plan.entry_names(i).join(" "))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )),
-            };
-            let (from, to) = (find(&a)?, find(&b)?);
+            let (from, to) = (session.find_node(&a)?, session.find_node(&b)?);
             let Some(chain) = plan.why_depends(from, to) else {
                 emit(&format!("`{a}` does not depend on `{b}`\n"))?;
                 return Ok(ExitCode::Failure);
@@ -261,10 +664,147 @@ fn run_program(
             }
             emit(&text)?;
         }
-        ProgramCommand::Store(_) | ProgramCommand::Hash(_) => {
+        ProgramCommand::Show { name } => return session.show(&name),
+        ProgramCommand::Log { name } => return session.log(&name),
+        ProgramCommand::Check { name, rounds } => return session.check(&name, rounds),
+        ProgramCommand::Store(_)
+        | ProgramCommand::Hash(_)
+        | ProgramCommand::Generations
+        | ProgramCommand::Diff { .. }
+        | ProgramCommand::Rollback { .. } => {
             unreachable!("handled before planning")
         }
     }
+    Ok(ExitCode::Success)
+}
+
+fn generations(store: &Store, profile: &str) -> Result<ExitCode, Failure> {
+    let profile = store.profile(profile)?;
+    let current = profile.current()?;
+    let generations = profile.generations()?;
+    if generations.is_empty() {
+        emit(&format!(
+            "profile `{}` has no generations yet; `apply` records one\n",
+            profile.name()
+        ))?;
+        return Ok(ExitCode::Success);
+    }
+    let mut text = String::new();
+    let mut before = BTreeMap::new();
+    for generation in &generations {
+        let changes = RootChanges::between(&before, &generation.roots);
+        let mut summary: Vec<String> = Vec::new();
+        summary.extend(changes.added.iter().map(|r| format!("+{r}")));
+        summary.extend(changes.changed.iter().map(|r| format!("~{r}")));
+        summary.extend(changes.removed.iter().map(|r| format!("-{r}")));
+        if summary.is_empty() {
+            summary.push("(same roots)".into());
+        }
+        let _ = writeln!(
+            text,
+            "{} {:>4}  {}  {}",
+            if current == Some(generation.number) {
+                '*'
+            } else {
+                ' '
+            },
+            generation.number,
+            humantime::format_rfc3339_seconds(generation.created()),
+            summary.join(" ")
+        );
+        before = generation.roots.clone();
+    }
+    emit(&text)?;
+    Ok(ExitCode::Success)
+}
+
+fn diff(store: &Store, profile: &str, a: u64, b: u64) -> Result<ExitCode, Failure> {
+    let profile = store.profile(profile)?;
+    let (from, to) = (profile.read(a)?, profile.read(b)?);
+    let contents = |roots: &BTreeMap<String, EntryName>| -> Result<BTreeMap<String, (BTreeSet<EntryName>, u64)>, Failure> {
+        let mut by_name: BTreeMap<String, (BTreeSet<EntryName>, u64)> = BTreeMap::new();
+        for entry in exec::closure(store, roots.values().cloned())? {
+            let size = store.meta(&entry)?.size;
+            let slot = by_name.entry(entry.name().to_string()).or_default();
+            slot.0.insert(entry);
+            slot.1 += size;
+        }
+        Ok(by_name)
+    };
+    let (left, right) = (contents(&from.roots)?, contents(&to.roots)?);
+    let mut text = String::new();
+    let names: BTreeSet<&String> = left.keys().chain(right.keys()).collect();
+    for name in names {
+        match (left.get(name), right.get(name)) {
+            (None, Some((_, size))) => {
+                let _ = writeln!(text, "+ {name}  {}", human_bytes(*size));
+            }
+            (Some((_, size)), None) => {
+                let _ = writeln!(text, "- {name}  {}", human_bytes(*size));
+            }
+            (Some((old, old_size)), Some((new, new_size))) if old != new => {
+                let _ = writeln!(
+                    text,
+                    "~ {name}  {} -> {}",
+                    human_bytes(*old_size),
+                    human_bytes(*new_size)
+                );
+            }
+            _ => {}
+        }
+    }
+    if text.is_empty() {
+        text = format!("generations {a} and {b} hold the same entries\n");
+    }
+    emit(&text)?;
+    Ok(ExitCode::Success)
+}
+
+fn rollback(store: &Store, profile: &str, to: Option<u64>) -> Result<ExitCode, Failure> {
+    let profile = store.profile(profile)?;
+    let current = profile.current()?;
+    let target = match to {
+        Some(n) => n,
+        None => {
+            let Some(current) = current else {
+                return Err(Failure::new(
+                    ExitCode::Failure,
+                    format!(
+                        "profile `{}` has no generations to roll back",
+                        profile.name()
+                    ),
+                ));
+            };
+            profile
+                .generations()?
+                .iter()
+                .map(|g| g.number)
+                .filter(|&n| n < current)
+                .max()
+                .ok_or_else(|| {
+                    Failure::new(
+                        ExitCode::Failure,
+                        format!(
+                            "generation {current} is the oldest of profile `{}`; there is nothing to roll back to",
+                            profile.name()
+                        ),
+                    )
+                })?
+        }
+    };
+    let generation = profile.switch(target)?;
+    let mut text = String::new();
+    for (name, entry) in &generation.roots {
+        let _ = writeln!(text, "{name} -> {}", store.content_path(entry).display());
+    }
+    let _ = writeln!(
+        text,
+        "Generation {} of profile `{}` is current (was {})",
+        generation.number,
+        profile.name(),
+        current.map_or("none".to_string(), |c| c.to_string())
+    );
+    emit(&text)?;
     Ok(ExitCode::Success)
 }
 

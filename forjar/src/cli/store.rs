@@ -7,23 +7,13 @@ use clap::Subcommand;
 
 use super::{ExitCode, Failure, emit};
 use crate::hash::tree_digest;
-use crate::store::{RootTarget, Store};
+use crate::store::{EntryName, RootTarget, Store};
 
 /// Commands on the store.
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
     /// List the entries with their kind and size.
     Ls,
-    /// Print an entry's meta.yaml.
-    Show {
-        /// An entry name, a path in the store, a prefix of a hash, or a name.
-        entry: String,
-    },
-    /// Print an entry's build log.
-    Log {
-        /// An entry name, a path in the store, a prefix of a hash, or a name.
-        entry: String,
-    },
     /// List the GC roots and what they keep alive.
     Roots,
     /// Rehash every entry; exit 1 naming each entry whose content no longer matches.
@@ -34,6 +24,45 @@ pub enum StoreCommand {
         #[arg(long)]
         dry_run: bool,
     },
+}
+
+/// Commands on one entry.
+#[derive(Debug, Subcommand)]
+pub enum EntryCommand {
+    /// Print an entry's meta.yaml.
+    Show {
+        /// An entry name, a path in the store, a prefix of a hash, or a name.
+        entry: String,
+    },
+    /// Print an entry's build log.
+    Log {
+        /// An entry name, a path in the store, a prefix of a hash, or a name.
+        entry: String,
+    },
+}
+
+/// Runs an entry command on the store at `dir`.
+pub fn entry(store: &Store, command: EntryCommand) -> Result<ExitCode, Failure> {
+    match command {
+        EntryCommand::Show { entry } => {
+            let entry = store.resolve(&entry)?;
+            emit(&show_entry(store, &entry)?)?;
+        }
+        EntryCommand::Log { entry } => {
+            let entry = store.resolve(&entry)?;
+            emit(&String::from_utf8_lossy(&store.log(&entry)?))?;
+        }
+    }
+    Ok(ExitCode::Success)
+}
+
+/// An entry's path and `meta.yaml`.
+pub fn show_entry(store: &Store, entry: &EntryName) -> Result<String, Failure> {
+    Ok(format!(
+        "path: {}\n{}",
+        store.entry_path(entry).display(),
+        store.meta(entry)?.to_yaml()
+    ))
 }
 
 /// Hashing commands.
@@ -88,18 +117,6 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
                 }
             }
             emit(&text)?;
-        }
-        StoreCommand::Show { entry } => {
-            let entry = store.resolve(&entry)?;
-            emit(&format!(
-                "path: {}\n{}",
-                store.entry_path(&entry).display(),
-                store.meta(&entry)?.to_yaml()
-            ))?;
-        }
-        StoreCommand::Log { entry } => {
-            let entry = store.resolve(&entry)?;
-            emit(&String::from_utf8_lossy(&store.log(&entry)?))?;
         }
         StoreCommand::Roots => {
             let mut text = String::new();

@@ -1,4 +1,9 @@
-//! Realising a plan: the lifecycle of each build, in dependency order.
+//! Realising a plan: a parallel scheduler over the DAG, and the lifecycle of each build.
+//!
+//! The scheduler runs up to `jobs` builds and imports at once, always starting the ready node
+//! with the longest chain of work still behind it (critical path first). Cached nodes are
+//! settled on the spot and take no job. A failure stops the apply (cancelling the running
+//! builds) unless `keep_going`, where it stops only what depends on it.
 //!
 //! For one derivation: closure key (from the plan) -> store check (a hit is skipped) -> the
 //! key's lock -> its inputs' closure in the store -> staging for each output -> the sandbox
@@ -6,13 +11,20 @@
 //! else -> reference scan -> fixed-output digest check -> canonicalise, hash, `meta.yaml`, and
 //! one rename per output into the store.
 
+mod check;
 mod refscan;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+pub use check::{CheckedOutput, check};
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::fs;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
 
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
@@ -67,6 +79,52 @@ pub enum ExecError {
         /// The entry.
         entry: EntryName,
     },
+    /// The build was stopped because the apply was: another build failed, or Ctrl-C.
+    #[error("the build of `{0}` was cancelled")]
+    Cancelled(String),
+    /// The apply was interrupted (Ctrl-C); the running builds were stopped and their staging
+    /// removed.
+    #[error("interrupted; stopped {}", stopped_list(.0))]
+    Interrupted(Vec<String>),
+    /// More than one build failed (`keep_going`), or builds were left out because a
+    /// dependency failed.
+    #[error("{}", describe_several(.failures, .skipped))]
+    Several {
+        /// Each failure, in the order they happened.
+        failures: Vec<ExecError>,
+        /// The derivations not built because something they depend on failed.
+        skipped: Vec<String>,
+    },
+}
+
+fn stopped_list(names: &[String]) -> String {
+    if names.is_empty() {
+        "no build was running".to_string()
+    } else {
+        format!("`{}`", names.join("`, `"))
+    }
+}
+
+fn describe_several(failures: &[ExecError], skipped: &[String]) -> String {
+    let mut text = format!(
+        "{} failed",
+        if failures.len() == 1 {
+            "1 build".to_string()
+        } else {
+            format!("{} builds", failures.len())
+        }
+    );
+    if !skipped.is_empty() {
+        text.push_str(&format!(
+            "; not built because a dependency failed: `{}`",
+            skipped.join("`, `")
+        ));
+    }
+    for failure in failures {
+        text.push_str("\n\n");
+        text.push_str(&failure.to_string());
+    }
+    text
 }
 
 /// A build that ran and failed.
@@ -82,6 +140,8 @@ pub struct BuildFailure {
     pub log_tail: Vec<String>,
     /// The whole log.
     pub log_path: PathBuf,
+    /// The build directory, kept for inspection (`keep_failed`).
+    pub kept: Option<PathBuf>,
 }
 
 impl BuildFailure {
@@ -106,6 +166,12 @@ impl BuildFailure {
                 text.push_str(line);
             }
         }
+        if let Some(kept) = &self.kept {
+            text.push_str(&format!(
+                "\nthe build directory is kept at {}",
+                kept.display()
+            ));
+        }
         text
     }
 }
@@ -122,7 +188,7 @@ pub enum Done {
 /// What an apply did.
 #[derive(Debug, Default)]
 pub struct Report {
-    /// Derivations built, in order.
+    /// Derivations built, in the order they finished.
     pub built: Vec<String>,
     /// Sources imported.
     pub imported: Vec<String>,
@@ -132,17 +198,47 @@ pub struct Report {
     pub roots: Vec<(String, EntryName)>,
 }
 
+/// Something that happened during an apply, for progress displays. Sent from the scheduler
+/// and from the threads that run builds.
+#[derive(Debug, Clone, Copy)]
+pub enum Event<'a> {
+    /// A build or import started.
+    Started(&'a Node),
+    /// A line of a running build's log.
+    Log(&'a Node, &'a str),
+    /// A build or import ended well, after this long.
+    Finished(&'a Node, Done, Duration),
+    /// A build or import failed.
+    Failed(&'a Node, &'a ExecError),
+    /// A node was left out because its dependency (the second) failed.
+    Skipped(&'a Node, &'a Node),
+}
+
 /// How to apply.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// `FORJAR_BUILD_CORES` for each build.
     pub cores: u32,
+    /// How many builds and imports run at once.
+    pub jobs: usize,
+    /// Go on after a failure with everything that does not depend on it.
+    pub keep_going: bool,
+    /// Keep a failed build's directory, and say where it is.
+    pub keep_failed: bool,
+    /// When set (by a Ctrl-C handler), the apply stops its builds and returns
+    /// [`ExecError::Interrupted`].
+    pub interrupt: Option<&'static AtomicBool>,
 }
 
 impl Default for Options {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Options {
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+            cores: cores as u32,
+            jobs: cores,
+            keep_going: false,
+            keep_failed: false,
+            interrupt: None,
         }
     }
 }
@@ -152,8 +248,13 @@ pub fn needed(plan: &Plan) -> Vec<NodeIndex> {
     if plan.roots().is_empty() {
         return plan.nodes().map(|(i, _)| i).collect();
     }
+    needed_for(plan, plan.roots().iter().map(|r| r.node))
+}
+
+/// `targets` and everything they depend on, in topological order.
+pub fn needed_for(plan: &Plan, targets: impl IntoIterator<Item = NodeIndex>) -> Vec<NodeIndex> {
     let mut wanted = BTreeSet::new();
-    let mut queue: VecDeque<NodeIndex> = plan.roots().iter().map(|r| r.node).collect();
+    let mut queue: VecDeque<NodeIndex> = targets.into_iter().collect();
     while let Some(node) = queue.pop_front() {
         if wanted.insert(node) {
             queue.extend(plan.dag().neighbors_directed(node, Direction::Incoming));
@@ -165,26 +266,14 @@ pub fn needed(plan: &Plan) -> Vec<NodeIndex> {
         .collect()
 }
 
-/// Realises everything the plan's roots need, one node at a time in dependency order, and
-/// registers the roots. `progress` hears of each node as it starts.
+/// Realises everything the plan's roots need, in parallel, and registers the roots.
 pub fn apply(
     plan: &Plan,
     store: &Store,
     options: &Options,
-    progress: &mut dyn FnMut(&Node),
+    observer: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<Report, ExecError> {
-    let mut report = Report::default();
-    for index in needed(plan) {
-        let node = plan.node(index);
-        if node.status != Status::Cached {
-            progress(node);
-        }
-        match (realise(plan, store, index, options)?, &node.kind) {
-            (Done::Cached, _) => report.cached += 1,
-            (Done::Made, NodeKind::Derivation { .. }) => report.built.push(node.name.to_string()),
-            (Done::Made, NodeKind::Source { .. }) => report.imported.push(node.name.to_string()),
-        }
-    }
+    let mut report = realise_all(plan, store, &needed(plan), options, observer)?;
     for root in plan.roots() {
         store.add_root(&root.name, &root.entry)?;
         report.roots.push((root.name.clone(), root.entry.clone()));
@@ -192,12 +281,263 @@ pub fn apply(
     Ok(report)
 }
 
-/// Realises one node whose dependencies are in the store.
+/// Realises `nodes`, which must hold everything they depend on (see [`needed_for`]), running
+/// up to `options.jobs` at once.
+pub fn realise_all(
+    plan: &Plan,
+    store: &Store,
+    nodes: &[NodeIndex],
+    options: &Options,
+    observer: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<Report, ExecError> {
+    let stop = AtomicBool::new(false);
+    Scheduler::new(plan, store, nodes, options, observer, &stop).run()
+}
+
+/// The state of one parallel realisation.
+struct Scheduler<'a> {
+    plan: &'a Plan,
+    store: &'a Store,
+    options: &'a Options,
+    observer: &'a (dyn Fn(Event<'_>) + Sync),
+    /// For each node still to do: how many of its dependencies are not done.
+    waiting: HashMap<NodeIndex, usize>,
+    /// The length of the longest chain of work from each node to the end.
+    priority: HashMap<NodeIndex, usize>,
+    /// Position in topological order, to break priority ties the same way every run.
+    position: HashMap<NodeIndex, usize>,
+    ready: BinaryHeap<(usize, Reverse<usize>, NodeIndex)>,
+    /// Set to stop the running builds: a failure without `keep_going`, or an interrupt.
+    stop: &'a AtomicBool,
+    report: Report,
+    failures: Vec<(NodeIndex, ExecError)>,
+    skipped: Vec<String>,
+}
+
+impl<'a> Scheduler<'a> {
+    fn new(
+        plan: &'a Plan,
+        store: &'a Store,
+        nodes: &[NodeIndex],
+        options: &'a Options,
+        observer: &'a (dyn Fn(Event<'_>) + Sync),
+        stop: &'a AtomicBool,
+    ) -> Self {
+        let wanted: BTreeSet<NodeIndex> = nodes.iter().copied().collect();
+        let dag = plan.dag();
+        let mut priority = HashMap::new();
+        for &node in nodes.iter().rev() {
+            let own = usize::from(plan.node(node).status != Status::Cached);
+            let behind = dag
+                .neighbors_directed(node, Direction::Outgoing)
+                .filter_map(|d| priority.get(&d).copied())
+                .max()
+                .unwrap_or(0);
+            priority.insert(node, own + behind);
+        }
+        let waiting: HashMap<NodeIndex, usize> = nodes
+            .iter()
+            .map(|&n| {
+                let deps = dag
+                    .neighbors_directed(n, Direction::Incoming)
+                    .filter(|d| wanted.contains(d))
+                    .collect::<BTreeSet<_>>()
+                    .len();
+                (n, deps)
+            })
+            .collect();
+        let position = nodes.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+        let mut scheduler = Scheduler {
+            plan,
+            store,
+            options,
+            observer,
+            waiting,
+            priority,
+            position,
+            ready: BinaryHeap::new(),
+            stop,
+            report: Report::default(),
+            failures: Vec::new(),
+            skipped: Vec::new(),
+        };
+        for &node in nodes {
+            if scheduler.waiting[&node] == 0 {
+                scheduler.make_ready(node);
+            }
+        }
+        scheduler
+    }
+
+    fn make_ready(&mut self, node: NodeIndex) {
+        self.ready
+            .push((self.priority[&node], Reverse(self.position[&node]), node));
+    }
+
+    fn interrupted(&self) -> bool {
+        self.options
+            .interrupt
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
+    }
+
+    /// Whether every output of `node` is in the store already.
+    fn present(&self, node: NodeIndex) -> bool {
+        match &self.plan.node(node).kind {
+            NodeKind::Derivation { outputs, .. } => {
+                outputs.values().all(|o| self.store.contains(&o.entry))
+            }
+            NodeKind::Source { entry, .. } => self.store.contains(entry),
+        }
+    }
+
+    fn run(mut self) -> Result<Report, ExecError> {
+        let jobs = self.options.jobs.max(1);
+        let mut running: BTreeMap<NodeIndex, String> = BTreeMap::new();
+        std::thread::scope(|scope| {
+            let (done_tx, done_rx) = mpsc::channel::<(NodeIndex, Result<Done, ExecError>)>();
+            loop {
+                if self.interrupted() {
+                    self.stop.store(true, Ordering::Relaxed);
+                }
+                while !self.stop.load(Ordering::Relaxed) && running.len() < jobs {
+                    let Some((_, _, node)) = self.ready.pop() else {
+                        break;
+                    };
+                    if self.present(node) {
+                        self.settle(node, Ok(Done::Cached));
+                        continue;
+                    }
+                    let plan_node = self.plan.node(node);
+                    (self.observer)(Event::Started(plan_node));
+                    running.insert(node, plan_node.name.to_string());
+                    let (plan, store, options, observer, stop, tx) = (
+                        self.plan,
+                        self.store,
+                        self.options,
+                        self.observer,
+                        self.stop,
+                        done_tx.clone(),
+                    );
+                    scope.spawn(move || {
+                        let started = Instant::now();
+                        let result = realise(plan, store, node, options, stop, observer);
+                        if let Ok(done) = &result {
+                            observer(Event::Finished(plan.node(node), *done, started.elapsed()));
+                        }
+                        let _ = tx.send((node, result));
+                    });
+                }
+                if running.is_empty() {
+                    break;
+                }
+                match done_rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok((node, result)) => {
+                        running.remove(&node);
+                        self.settle(node, result);
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        unreachable!("the scheduler holds a sender")
+                    }
+                }
+            }
+        });
+        if self.interrupted() {
+            let stopped = self
+                .failures
+                .iter()
+                .filter(|(_, e)| matches!(e, ExecError::Cancelled(_)))
+                .map(|(n, _)| self.plan.node(*n).name.to_string())
+                .collect();
+            return Err(ExecError::Interrupted(stopped));
+        }
+        let mut failures: Vec<ExecError> = self
+            .failures
+            .into_iter()
+            .map(|(_, e)| e)
+            .filter(|e| !matches!(e, ExecError::Cancelled(_)))
+            .collect();
+        match (failures.len(), self.skipped.is_empty()) {
+            (0, _) => Ok(self.report),
+            (_, _) if !self.options.keep_going => Err(failures.remove(0)),
+            (1, true) => Err(failures.remove(0)),
+            _ => Err(ExecError::Several {
+                failures,
+                skipped: self.skipped,
+            }),
+        }
+    }
+
+    /// Records how `node` ended and releases or skips what depends on it.
+    fn settle(&mut self, node: NodeIndex, result: Result<Done, ExecError>) {
+        let plan_node = self.plan.node(node);
+        match result {
+            Ok(done) => {
+                match (done, &plan_node.kind) {
+                    (Done::Cached, _) => self.report.cached += 1,
+                    (Done::Made, NodeKind::Derivation { .. }) => {
+                        self.report.built.push(plan_node.name.to_string())
+                    }
+                    (Done::Made, NodeKind::Source { .. }) => {
+                        self.report.imported.push(plan_node.name.to_string())
+                    }
+                }
+                let dependents: BTreeSet<NodeIndex> = self
+                    .plan
+                    .dag()
+                    .neighbors_directed(node, Direction::Outgoing)
+                    .collect();
+                for dependent in dependents {
+                    if let Some(count) = self.waiting.get_mut(&dependent) {
+                        *count -= 1;
+                        if *count == 0 {
+                            self.make_ready(dependent);
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                if !matches!(error, ExecError::Cancelled(_)) {
+                    (self.observer)(Event::Failed(plan_node, &error));
+                    if self.options.keep_going {
+                        self.skip_dependents(node);
+                    } else {
+                        self.stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                self.failures.push((node, error));
+            }
+        }
+    }
+
+    /// Leaves out everything that depends on the failed `node`.
+    fn skip_dependents(&mut self, node: NodeIndex) {
+        let mut queue = VecDeque::from([node]);
+        let mut seen = BTreeSet::new();
+        while let Some(at) = queue.pop_front() {
+            for dependent in self.plan.dag().neighbors_directed(at, Direction::Outgoing) {
+                if self.waiting.remove(&dependent).is_some() && seen.insert(dependent) {
+                    (self.observer)(Event::Skipped(
+                        self.plan.node(dependent),
+                        self.plan.node(node),
+                    ));
+                    self.skipped
+                        .push(self.plan.node(dependent).name.to_string());
+                    queue.push_back(dependent);
+                }
+            }
+        }
+    }
+}
+
+/// Realises one node whose dependencies are in the store. `stop` cancels a running build.
 pub fn realise(
     plan: &Plan,
     store: &Store,
     index: NodeIndex,
     options: &Options,
+    stop: &AtomicBool,
+    observer: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<Done, ExecError> {
     let node = plan.node(index);
     match &node.kind {
@@ -216,12 +556,40 @@ pub fn realise(
                 Done::Cached
             })
         }
-        NodeKind::Derivation { .. } => build(node, store, options),
+        NodeKind::Derivation { .. } => build(node, store, options, stop, observer, None),
+    }
+}
+
+/// The build log on disk, with each complete line also told to the observer.
+struct LogTap<'a> {
+    file: fs::File,
+    partial: Vec<u8>,
+    node: &'a Node,
+    observer: &'a (dyn Fn(Event<'_>) + Sync),
+}
+
+impl Write for LogTap<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.partial.extend_from_slice(&buf[..n]);
+        while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line[..end]);
+            (self.observer)(Event::Log(self.node, text.trim_end_matches('\r')));
+        }
+        if self.partial.len() > 4096 {
+            self.partial.clear();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
     }
 }
 
 /// Every entry reachable from `roots` through references, the roots included.
-fn closure(
+pub(crate) fn closure(
     store: &Store,
     roots: impl IntoIterator<Item = EntryName>,
 ) -> Result<BTreeSet<EntryName>, StoreError> {
@@ -244,13 +612,31 @@ fn staged_size(path: &Path) -> u64 {
 /// The `/build` directory of one build, removed when dropped.
 struct BuildDir(PathBuf);
 
+/// Moves a failed build's directory to `.failed/<hash>-<name>` in the store, out of the way of
+/// the staging sweep, and returns where it went. Best effort: `None` if it cannot be moved.
+fn keep_build_dir(store: &Store, dir: &Path, hash: &str, name: &str) -> Option<PathBuf> {
+    let failed = store.dir().join(".failed");
+    fs::create_dir_all(&failed).ok()?;
+    let kept = failed.join(format!("{hash}-{name}"));
+    crate::store::remove_tree(&kept).ok()?;
+    fs::rename(dir, &kept).ok()?;
+    Some(kept)
+}
+
 impl Drop for BuildDir {
     fn drop(&mut self) {
         let _ = crate::store::remove_tree(&self.0);
     }
 }
 
-fn build(node: &Node, store: &Store, options: &Options) -> Result<Done, ExecError> {
+fn build(
+    node: &Node,
+    store: &Store,
+    options: &Options,
+    stop: &AtomicBool,
+    observer: &(dyn Fn(Event<'_>) + Sync),
+    check: Option<&mut Vec<CheckedOutput>>,
+) -> Result<Done, ExecError> {
     let NodeKind::Derivation {
         request,
         key,
@@ -262,7 +648,7 @@ fn build(node: &Node, store: &Store, options: &Options) -> Result<Done, ExecErro
     };
     let name = node.name.to_string();
     let location = node.location.clone().unwrap_or_default();
-    let all_present = || outputs.values().all(|o| store.contains(&o.entry));
+    let all_present = || check.is_none() && outputs.values().all(|o| store.contains(&o.entry));
     if all_present() {
         return Ok(Done::Cached);
     }
@@ -313,9 +699,17 @@ fn build(node: &Node, store: &Store, options: &Options) -> Result<Done, ExecErro
             .join(format!("{hash}.{}-build", std::process::id())),
     );
     fs::create_dir(&build_dir.0).map_err(StoreError::io("cannot create", &build_dir.0))?;
-    let log_path = store.log_path(&hash);
-    let mut log =
-        fs::File::create(&log_path).map_err(StoreError::io("cannot create", &log_path))?;
+    let log_path = match check {
+        None => store.log_path(&hash),
+        // A rebuild for comparison keeps the original build's log, which meta.yaml hashes.
+        Some(_) => store.dir().join(".logs").join(format!("{hash}.check.log")),
+    };
+    let mut log = LogTap {
+        file: fs::File::create(&log_path).map_err(StoreError::io("cannot create", &log_path))?,
+        partial: Vec::new(),
+        node,
+        observer,
+    };
 
     let spec = BuildSpec {
         request,
@@ -335,6 +729,7 @@ fn build(node: &Node, store: &Store, options: &Options) -> Result<Done, ExecErro
         build_dir: build_dir.0.clone(),
         limits: limits.clone(),
         cores: limits.cpus.unwrap_or(options.cores),
+        cancel: Some(stop),
     };
     let content_paths: Vec<PathBuf> = stagings.iter().map(Staging::content_path).collect();
     let output_size = || content_paths.iter().map(|p| staged_size(p)).sum();
@@ -345,6 +740,9 @@ fn build(node: &Node, store: &Store, options: &Options) -> Result<Done, ExecErro
             error,
         })?;
     drop(log);
+    if finished.outcome == Outcome::Cancelled {
+        return Err(ExecError::Cancelled(name));
+    }
     let fail = |reason: String, log_tail: Vec<String>| {
         ExecError::Failed(Box::new(BuildFailure {
             name: name.clone(),
@@ -352,6 +750,10 @@ fn build(node: &Node, store: &Store, options: &Options) -> Result<Done, ExecErro
             reason,
             log_tail,
             log_path: log_path.clone(),
+            kept: options
+                .keep_failed
+                .then(|| keep_build_dir(store, &build_dir.0, &hash, &name))
+                .flatten(),
         }))
     };
     if !finished.outcome.success() {
@@ -412,6 +814,28 @@ fn build(node: &Node, store: &Store, options: &Options) -> Result<Done, ExecErro
         }
     }
 
+    if let Some(checked) = check {
+        for ((output, planned), staging) in outputs.iter().zip(&stagings) {
+            let expected = store.meta(&planned.entry)?.digest;
+            let got = TreeHasher::new()
+                .digest(&staging.content_path())
+                .map_err(StoreError::from)?;
+            let differences = if got == expected {
+                Vec::new()
+            } else {
+                check::differences(&store.content_path(&planned.entry), &staging.content_path())
+                    .map_err(StoreError::io("cannot compare", &staging.content_path()))?
+            };
+            checked.push(CheckedOutput {
+                output: output.clone(),
+                entry: planned.entry.clone(),
+                expected,
+                got,
+                differences,
+            });
+        }
+        return Ok(Done::Made);
+    }
     let own: Vec<EntryName> = outputs.values().map(|o| o.entry.clone()).collect();
     let candidates: Vec<EntryName> = input_closure
         .iter()

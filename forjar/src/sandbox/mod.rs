@@ -29,6 +29,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::OFlag;
@@ -179,6 +180,9 @@ pub struct BuildSpec<'a> {
     pub limits: Limits,
     /// `FORJAR_BUILD_CORES`.
     pub cores: u32,
+    /// When set, the build is killed (within a tenth of a second) and ends as
+    /// [`Outcome::Cancelled`]: Ctrl-C, or another build's failure.
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 /// How a build ended.
@@ -198,6 +202,8 @@ pub enum Outcome {
     OutputLimit(u64),
     /// It hit its memory limit of this many bytes.
     MemoryLimit(u64),
+    /// It was stopped from outside (see [`BuildSpec::cancel`]).
+    Cancelled,
 }
 
 impl Outcome {
@@ -234,6 +240,7 @@ impl std::fmt::Display for Outcome {
                 f,
                 "the build hit its memory limit of {n} bytes and was killed"
             ),
+            Outcome::Cancelled => write!(f, "the build was cancelled"),
         }
     }
 }
@@ -732,7 +739,9 @@ fn supervise(
                 _ => return Ok((None, tail.finish(), log_bytes)),
             }
         }
-        let killed = if limits.timeout.is_some_and(|t| started.elapsed() > t) {
+        let killed = if spec.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            Some(Outcome::Cancelled)
+        } else if limits.timeout.is_some_and(|t| started.elapsed() > t) {
             Some(Outcome::TimedOut(limits.timeout.unwrap_or_default()))
         } else if limits.max_silent.is_some_and(|t| last_output.elapsed() > t) {
             Some(Outcome::Silent(limits.max_silent.unwrap_or_default()))

@@ -3,8 +3,9 @@
 //! A root is a symlink in `.roots/`. A *direct* root points at an entry directory. An *indirect*
 //! root points at a link outside the store (such as the `result` link `apply` makes); the entry
 //! that link points at is live for as long as the link is there, and an indirect root whose link
-//! is gone is removed by the next collection. Everything reachable from a root through the
-//! `references` of `meta.yaml` is live; everything else is garbage.
+//! is gone is removed by the next collection. Every generation of every profile is a root too.
+//! Everything reachable from a root through the `references` of `meta.yaml` is live; everything
+//! else is garbage.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, TryLockError};
@@ -157,6 +158,7 @@ impl Store {
                 RootTarget::Entry(e) => Some(e),
                 RootTarget::Dangling => None,
             })
+            .chain(self.generation_roots()?)
             .collect();
         while let Some(entry) = queue.pop_front() {
             if !self.contains(&entry) || !live.insert(entry.clone()) {

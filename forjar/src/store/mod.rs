@@ -21,6 +21,7 @@ mod entry;
 mod gc;
 mod install;
 mod meta;
+mod profile;
 mod verify;
 
 use std::fs::{self, File};
@@ -32,6 +33,7 @@ pub use entry::EntryName;
 pub use gc::{GcReport, Root, RootTarget, tree_size};
 pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging, remove_tree};
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
+pub use profile::{Generation, Profile, RootChanges};
 pub use verify::{Problem, VerifyReport};
 
 use crate::hash::{DigestCache, HashError, is_store_hash};
@@ -104,6 +106,25 @@ pub enum StoreError {
     /// A root name is not usable as a file name.
     #[error("invalid root name `{0}`: use letters, digits and + - . _ ? = (no `/`)")]
     BadRootName(String),
+    /// A profile name is not usable as a file name.
+    #[error("invalid profile name `{0}`: use letters, digits and + - . _ ? = (no `/`)")]
+    BadProfileName(String),
+    /// A generation that does not exist was asked for.
+    #[error("profile `{profile}` has no generation {number}; `generations` lists them")]
+    NoSuchGeneration {
+        /// The profile.
+        profile: String,
+        /// The number asked for.
+        number: u64,
+    },
+    /// A file of the store's own bookkeeping cannot be read.
+    #[error("`{}` is damaged: {reason}", .path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl StoreError {

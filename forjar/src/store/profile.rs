@@ -1,0 +1,356 @@
+//! Profiles and their generations.
+//!
+//! Each program applies into a *profile* (by default named after the program). Every apply
+//! that changes what the profile's roots point at records a numbered *generation*: the set of
+//! roots it produced, in `.profiles/<profile>/<n>.yaml`. `current` names the generation the
+//! roots point at now. Every generation is a GC root, so rolling back never needs a rebuild.
+//!
+//! Generation files and `current` are written beside their final name and renamed over, under
+//! the profile's lock, so a crash leaves either the old or the new state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File};
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::{EntryName, Store, StoreError};
+use crate::request::Name;
+
+/// One recorded generation of a profile.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generation {
+    /// Its number, from 1.
+    pub number: u64,
+    /// When it was recorded, in seconds since the Unix epoch.
+    pub created: u64,
+    /// Each root's name and the entry it pointed at.
+    pub roots: BTreeMap<String, EntryName>,
+}
+
+impl Generation {
+    /// When it was recorded.
+    pub fn created(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.created)
+    }
+}
+
+/// How the roots of two generations differ.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RootChanges {
+    /// Roots only in the later one.
+    pub added: Vec<String>,
+    /// Roots only in the earlier one.
+    pub removed: Vec<String>,
+    /// Roots in both, pointing at different entries.
+    pub changed: Vec<String>,
+}
+
+impl RootChanges {
+    /// Compares the roots of `from` and `to`.
+    pub fn between(
+        from: &BTreeMap<String, EntryName>,
+        to: &BTreeMap<String, EntryName>,
+    ) -> RootChanges {
+        let mut changes = RootChanges::default();
+        for (name, entry) in to {
+            match from.get(name) {
+                None => changes.added.push(name.clone()),
+                Some(old) if old != entry => changes.changed.push(name.clone()),
+                Some(_) => {}
+            }
+        }
+        changes.removed = from
+            .keys()
+            .filter(|n| !to.contains_key(*n))
+            .cloned()
+            .collect();
+        changes
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// A profile of a store: its generations and which one is current.
+#[derive(Debug)]
+pub struct Profile<'s> {
+    store: &'s Store,
+    name: String,
+    dir: PathBuf,
+}
+
+impl Store {
+    pub(super) fn profiles_dir(&self) -> PathBuf {
+        self.dir.join(".profiles")
+    }
+
+    /// The profile `name` (created on first use).
+    pub fn profile(&self, name: &str) -> Result<Profile<'_>, StoreError> {
+        if Name::new(name).is_err() {
+            return Err(StoreError::BadProfileName(name.to_string()));
+        }
+        let dir = self.profiles_dir().join(name);
+        fs::create_dir_all(&dir).map_err(StoreError::io("cannot create", &dir))?;
+        Ok(Profile {
+            store: self,
+            name: name.to_string(),
+            dir,
+        })
+    }
+
+    /// Every entry some generation of some profile points at.
+    pub(super) fn generation_roots(&self) -> Result<BTreeSet<EntryName>, StoreError> {
+        let dir = self.profiles_dir();
+        let mut entries = BTreeSet::new();
+        let listing = match fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(entries),
+            Err(e) => return Err(StoreError::io("cannot read", &dir)(e)),
+        };
+        for item in listing {
+            let item = item.map_err(StoreError::io("cannot read", &dir))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let profile = Profile {
+                store: self,
+                dir: item.path(),
+                name,
+            };
+            for generation in profile.generations()? {
+                entries.extend(generation.roots.into_values());
+            }
+        }
+        Ok(entries)
+    }
+}
+
+impl Profile<'_> {
+    /// The profile's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Takes the profile's lock: one change to a profile at a time, across processes.
+    fn lock(&self) -> Result<File, StoreError> {
+        let path = self.dir.join(".lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io("cannot open", &path))?;
+        file.lock().map_err(StoreError::io("cannot lock", &path))?;
+        Ok(file)
+    }
+
+    /// Every generation, oldest first.
+    pub fn generations(&self) -> Result<Vec<Generation>, StoreError> {
+        let mut generations = Vec::new();
+        for item in fs::read_dir(&self.dir).map_err(StoreError::io("cannot read", &self.dir))? {
+            let item = item.map_err(StoreError::io("cannot read", &self.dir))?;
+            let file_name = item.file_name().to_string_lossy().into_owned();
+            let Some(number) = file_name
+                .strip_suffix(".yaml")
+                .and_then(|n| n.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            generations.push(self.read(number)?);
+        }
+        generations.sort_by_key(|g| g.number);
+        Ok(generations)
+    }
+
+    fn path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("{number}.yaml"))
+    }
+
+    /// Generation `number`.
+    pub fn read(&self, number: u64) -> Result<Generation, StoreError> {
+        let path = self.path(number);
+        let text = match fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NoSuchGeneration {
+                    profile: self.name.clone(),
+                    number,
+                });
+            }
+            Err(e) => return Err(StoreError::io("cannot read", &path)(e)),
+        };
+        let generation: Generation =
+            serde_yaml_ng::from_slice(&text).map_err(|e| StoreError::Damaged {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        if generation.number != number {
+            return Err(StoreError::Damaged {
+                path,
+                reason: format!("it says it is generation {}", generation.number),
+            });
+        }
+        Ok(generation)
+    }
+
+    /// The number of the current generation, if any was recorded.
+    pub fn current(&self) -> Result<Option<u64>, StoreError> {
+        let path = self.dir.join("current");
+        match fs::read_to_string(&path) {
+            Ok(text) => text
+                .trim()
+                .parse()
+                .map(Some)
+                .map_err(|_| StoreError::Damaged {
+                    path,
+                    reason: format!("{:?} is not a generation number", text.trim()),
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("cannot read", &path)(e)),
+        }
+    }
+
+    /// Writes `contents` to `name` in the profile's directory in one rename.
+    fn replace(&self, name: &str, contents: &[u8]) -> Result<(), StoreError> {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        fs::write(&tmp, contents).map_err(StoreError::io("cannot write", &tmp))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(StoreError::io("cannot write", &tmp))?;
+        fs::rename(&tmp, &path).map_err(StoreError::io("cannot write", &path))
+    }
+
+    /// Records `roots` as a new current generation, unless the current one has exactly these
+    /// roots. Returns the current generation and whether it is new.
+    pub fn record(
+        &self,
+        roots: BTreeMap<String, EntryName>,
+    ) -> Result<(Generation, bool), StoreError> {
+        let _lock = self.lock()?;
+        let current = self.current()?;
+        if let Some(number) = current {
+            let generation = self.read(number)?;
+            if generation.roots == roots {
+                return Ok((generation, false));
+            }
+        }
+        let number = self.generations()?.last().map_or(0, |g| g.number) + 1;
+        let generation = Generation {
+            number,
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+            roots,
+        };
+        let yaml = serde_yaml_ng::to_string(&generation).map_err(|e| StoreError::Damaged {
+            path: self.path(number),
+            reason: e.to_string(),
+        })?;
+        self.replace(&format!("{number}.yaml"), yaml.as_bytes())?;
+        self.replace("current", format!("{number}\n").as_bytes())?;
+        Ok((generation, true))
+    }
+
+    /// Makes generation `number` current again: its roots point where they did then, and the
+    /// roots of the current generation that it lacks are removed. Builds nothing; every entry
+    /// it names must be in the store (generations are GC roots, so they are).
+    pub fn switch(&self, number: u64) -> Result<Generation, StoreError> {
+        let _lock = self.lock()?;
+        let target = self.read(number)?;
+        for entry in target.roots.values() {
+            if !self.store.contains(entry) {
+                return Err(StoreError::NoSuchEntry(entry.to_string()));
+            }
+        }
+        let before = match self.current()? {
+            Some(current) => self.read(current)?.roots,
+            None => BTreeMap::new(),
+        };
+        for (name, entry) in &target.roots {
+            self.store.add_root(name, entry)?;
+        }
+        for name in before.keys().filter(|n| !target.roots.contains_key(*n)) {
+            self.store.remove_root(name)?;
+        }
+        self.replace("current", format!("{number}\n").as_bytes())?;
+        Ok(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(n: u8, name: &str) -> EntryName {
+        let key: crate::hash::Key = format!("{n:02x}").repeat(32).parse().unwrap();
+        EntryName::new(&key, &Name::new(name).unwrap(), None)
+    }
+
+    #[test]
+    fn a_generation_is_recorded_only_when_the_roots_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let profile = store.profile("app").unwrap();
+        assert_eq!(profile.current().unwrap(), None);
+        let roots = BTreeMap::from([("web".to_string(), entry(1, "web"))]);
+        let (first, new) = profile.record(roots.clone()).unwrap();
+        assert_eq!((first.number, new), (1, true));
+        let (again, new) = profile.record(roots).unwrap();
+        assert_eq!((again.number, new), (1, false));
+        let (second, new) = profile
+            .record(BTreeMap::from([("web".to_string(), entry(2, "web"))]))
+            .unwrap();
+        assert_eq!((second.number, new), (2, true));
+        assert_eq!(profile.current().unwrap(), Some(2));
+        assert_eq!(
+            profile
+                .generations()
+                .unwrap()
+                .iter()
+                .map(|g| g.number)
+                .collect::<Vec<_>>(),
+            [1, 2]
+        );
+        assert_eq!(
+            store.generation_roots().unwrap(),
+            BTreeSet::from([entry(1, "web"), entry(2, "web")])
+        );
+    }
+
+    #[test]
+    fn root_changes_name_what_was_added_removed_and_changed() {
+        let from = BTreeMap::from([
+            ("a".to_string(), entry(1, "a")),
+            ("b".to_string(), entry(2, "b")),
+        ]);
+        let to = BTreeMap::from([
+            ("b".to_string(), entry(3, "b")),
+            ("c".to_string(), entry(4, "c")),
+        ]);
+        assert_eq!(
+            RootChanges::between(&from, &to),
+            RootChanges {
+                added: vec!["c".into()],
+                removed: vec!["a".into()],
+                changed: vec!["b".into()],
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_profile_name_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        assert!(matches!(
+            store.profile("../x"),
+            Err(StoreError::BadProfileName(_))
+        ));
+    }
+}
