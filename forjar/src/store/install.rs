@@ -41,11 +41,22 @@ impl KeyLock {
             .map_err(StoreError::io("cannot open", &path))
     }
 
-    /// Waits for and takes the lock of store hash `hash`.
+    /// Waits for and takes the lock of store hash `hash`, then removes the staging a killed
+    /// holder left for it: all staging of a hash is made under its lock, so none is in use.
+    /// (A process killed while building may hold the lock a moment longer through its build's
+    /// supervisor, and so escape the sweep when the store is opened.)
     pub fn acquire(store: &Store, hash: &str) -> Result<KeyLock, StoreError> {
         let file = Self::open(store, hash)?;
         file.lock()
             .map_err(StoreError::io("cannot lock", &store.dir.join(".locks")))?;
+        let tmp = store.dir.join(".tmp");
+        let prefix = format!("{hash}.");
+        for item in fs::read_dir(&tmp).map_err(StoreError::io("cannot read", &tmp))? {
+            let item = item.map_err(StoreError::io("cannot read", &tmp))?;
+            if item.file_name().to_string_lossy().starts_with(&prefix) {
+                remove_tree(&item.path())?;
+            }
+        }
         Ok(KeyLock {
             _file: file,
             hash: hash.to_string(),

@@ -1,0 +1,520 @@
+//! The program's command line under load and faults: parallel apply, --keep-going,
+//! --keep-failed, concurrent applies on one store, kill -9 at many moments, Ctrl-C, check,
+//! and generations. Every test runs real builds in the sandbox through `tests/programs/dag.rs`.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use forjar_suite::{example, sandbox, stderr, stdout};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// The dag program against `store`, with `env` shaping the DAG.
+fn dag(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut command = Command::new(example("dag"));
+    command.arg("--store").arg(store).args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+fn run(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    dag(store, env, args)
+        .output()
+        .expect("the dag program runs")
+}
+
+/// The derivations a run says it built.
+fn built(output: &Output) -> Vec<String> {
+    stderr(output)
+        .lines()
+        .filter_map(|l| l.strip_prefix("built "))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The store's entries (directories that are not dot-files).
+fn entries(store: &Path) -> BTreeSet<String> {
+    fs::read_dir(store)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn store_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    (dir, store)
+}
+
+/// The most builds running at once, from the order of `building` and `built` lines.
+fn most_at_once(output: &Output) -> usize {
+    let (mut running, mut most) = (0usize, 0usize);
+    for line in stderr(output).lines() {
+        if line.starts_with("building ") {
+            running += 1;
+            most = most.max(running);
+        } else if line.starts_with("built ") {
+            running -= 1;
+        }
+    }
+    most
+}
+
+#[test]
+fn apply_runs_builds_in_parallel_after_their_dependencies() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = store_dir();
+    let env = [("DAG_SLEEP", "0.3")];
+    let out = run(&store, &env, &["apply", "-j", "4"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = stderr(&out);
+    assert!(
+        stdout(&out).contains("Built 13, imported 0, 0 cached"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(most_at_once(&out), 4, "-j 4 runs four at once:\n{log}");
+    // Every build starts after the builds it depends on have finished.
+    let position = |prefix: &str, name: &str| {
+        log.lines()
+            .position(|l| l.starts_with(&format!("{prefix} {name} ")))
+            .unwrap_or_else(|| panic!("no `{prefix} {name}` line in:\n{log}"))
+    };
+    for layer in 1..3 {
+        for i in 0..4 {
+            for dep in [i, (i + 1) % 4] {
+                assert!(
+                    position("built", &format!("n{}-{dep}", layer - 1))
+                        < position("building", &format!("n{layer}-{i}")),
+                    "n{layer}-{i} started before its dependency:\n{log}"
+                );
+            }
+        }
+    }
+
+    let serial = run(&store, &[("DAG_SALT", "serial")], &["apply", "-j", "1"]);
+    assert!(serial.status.success(), "{}", stderr(&serial));
+    assert_eq!(most_at_once(&serial), 1, "{}", stderr(&serial));
+
+    let again = run(&store, &env, &["apply"]);
+    assert!(again.status.success());
+    assert!(built(&again).is_empty(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("Nothing to do: all 13 cached"),
+        "{}",
+        stdout(&again)
+    );
+}
+
+#[test]
+fn a_failure_names_the_derivation_location_status_and_log_and_stops_the_apply() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = store_dir();
+    let out = run(&store, &[("DAG_FAIL", "n0-0")], &["apply", "-j", "1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("error: build of `n0-0` (tests/programs/dag.rs:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("failed: the builder exited with status 1"),
+        "{err}"
+    );
+    assert!(err.contains("  | n0-0 gives up"), "{err}");
+    assert!(
+        !err.contains("building n1-"),
+        "nothing after the failure starts without --keep-going:\n{err}"
+    );
+    assert!(
+        fs::read_dir(store.join(".tmp")).unwrap().next().is_none(),
+        "a failed build leaves no staging"
+    );
+}
+
+#[test]
+fn keep_going_builds_everything_that_does_not_depend_on_a_failure() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = store_dir();
+    let out = run(
+        &store,
+        &[("DAG_FAIL", "n0-0")],
+        &["apply", "--keep-going", "--keep-failed"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    let made: BTreeSet<String> = built(&out).into_iter().collect();
+    // n<l>-i needs n<l-1>-i and n<l-1>-(i+1): n1-0 and n1-3 need n0-0, n2-0, n2-2 and n2-3
+    // need one of those, and top needs the whole last layer.
+    let expected: BTreeSet<String> = ["n0-1", "n0-2", "n0-3", "n1-1", "n1-2", "n2-1"]
+        .map(String::from)
+        .into();
+    assert_eq!(made, expected, "{err}");
+    for skipped in ["n1-0", "n1-3", "n2-0", "n2-2", "n2-3", "top"] {
+        assert!(
+            err.contains(&format!("skipped {skipped}: it depends on")),
+            "{skipped} is not reported skipped:\n{err}"
+        );
+    }
+    assert!(
+        err.contains("error: 1 build failed; not built because a dependency failed: `"),
+        "{err}"
+    );
+    let kept = err
+        .lines()
+        .find_map(|l| l.strip_prefix("the build directory is kept at "))
+        .unwrap_or_else(|| panic!("--keep-failed names the directory:\n{err}"));
+    assert!(Path::new(kept).is_dir(), "{kept} is kept");
+    assert!(
+        Path::new(kept).starts_with(fs::canonicalize(&store).unwrap()),
+        "{kept}"
+    );
+    // The roots are not registered, and no generation is recorded.
+    let roots = run(&store, &[], &["roots"]);
+    assert_eq!(stdout(&roots), "");
+    let generations = run(&store, &[], &["generations"]);
+    assert!(
+        stdout(&generations).contains("no generations yet"),
+        "{}",
+        stdout(&generations)
+    );
+}
+
+#[test]
+fn two_applies_at_once_build_each_derivation_once_and_both_succeed() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = store_dir();
+    let first = [("DAG_SLEEP", "0.2"), ("DAG_LAYERS", "3")];
+    let second = [("DAG_SLEEP", "0.2"), ("DAG_LAYERS", "4")];
+    let a = dag(&store, &first, &["apply", "-j", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = dag(&store, &second, &["apply", "-j", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(b.status.success(), "{}", stderr(&b));
+    // Both DAGs share layers 0-2 (12 derivations); each has its own `top` (two derivations of
+    // one name), and the second has a fourth layer: 12 + 2 + 4 builds in all.
+    let mut all = built(&a);
+    all.extend(built(&b));
+    assert_eq!(all.len(), 18, "{all:?}");
+    let shared: Vec<&String> = all.iter().filter(|n| *n != "top").collect();
+    let unique: BTreeSet<&String> = shared.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        shared.len(),
+        "a derivation was built twice:\n{}\n{}",
+        stderr(&a),
+        stderr(&b)
+    );
+    assert!(run(&store, &[], &["verify"]).status.success());
+}
+
+/// The time one apply of `env` takes on a fresh store.
+fn full_run(env: &[(&str, &str)]) -> (Duration, String) {
+    let (_dir, store) = store_dir();
+    let started = Instant::now();
+    let out = run(&store, env, &["apply", "-j", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let top = fs::read_to_string(
+        stdout(&out)
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("top -> "))
+            .map(|p| Path::new(p).join("all"))
+            .expect("apply names the root"),
+    )
+    .unwrap();
+    (started.elapsed(), top)
+}
+
+#[test]
+fn kill_9_at_thirty_moments_leaves_a_valid_store_and_the_next_apply_completes() {
+    if !sandbox() {
+        return;
+    }
+    let env = [("DAG_FILES", "40"), ("DAG_SLEEP", "0.02")];
+    let (full, expected_top) = full_run(&env);
+    let points = 30;
+    let mut killed_mid_run = 0;
+    for point in 0..points {
+        let (_dir, store) = store_dir();
+        let mut child = dag(&store, &env, &["apply", "-j", "2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(full.mul_f64(f64::from(point) / f64::from(points)));
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+        let status = child.wait().unwrap();
+        if status.code().is_none() {
+            killed_mid_run += 1;
+        }
+        let verify = run(&store, &[], &["verify"]);
+        assert!(
+            verify.status.success(),
+            "after a kill at {point}/{points}: {}{}",
+            stdout(&verify),
+            stderr(&verify)
+        );
+        for entry in entries(&store) {
+            assert!(
+                store.join(&entry).join("meta.yaml").is_file(),
+                "after a kill at {point}/{points}: {entry} has no meta.yaml"
+            );
+        }
+        let out = run(&store, &env, &["apply"]);
+        assert!(
+            out.status.success(),
+            "after a kill at {point}/{points}: {}",
+            stderr(&out)
+        );
+        let top = stdout(&out)
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("top -> "))
+            .map(|p| fs::read_to_string(Path::new(p).join("all")).unwrap());
+        assert_eq!(top.as_deref(), Some(expected_top.as_str()));
+        assert!(fs::read_dir(store.join(".tmp")).unwrap().next().is_none());
+    }
+    assert!(
+        killed_mid_run >= points / 2,
+        "only {killed_mid_run} of {points} kills landed during the run"
+    );
+}
+
+#[test]
+fn ctrl_c_stops_the_builds_removes_their_staging_and_exits_130() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = store_dir();
+    let mut child = dag(
+        &store,
+        &[("DAG_SLEEP", "30"), ("DAG_LAYERS", "1")],
+        &["apply", "-j", "2"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    while !seen.matches("building ").count().eq(&2) {
+        let mut line = String::new();
+        assert_ne!(err.read_line(&mut line).unwrap(), 0, "{seen}");
+        seen.push_str(&line);
+    }
+    // The builds are under way: their staging exists.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(fs::read_dir(store.join(".tmp")).unwrap().next().is_some());
+    let sent = Instant::now();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(20),
+        "the 30 s builds were not stopped"
+    );
+    assert!(rest.contains("error: interrupted; stopped `n0-"), "{rest}");
+    assert!(
+        fs::read_dir(store.join(".tmp")).unwrap().next().is_none(),
+        "staging is removed"
+    );
+    assert!(entries(&store).is_empty(), "{:?}", entries(&store));
+}
+
+#[test]
+fn check_rebuilds_and_names_the_files_that_differ() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = store_dir();
+    let env = [("DAG_LAYERS", "1"), ("DAG_NOISE", "n0-1")];
+    let out = run(&store, &env, &["check", "n0-0", "--rounds", "2"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains("round 1: n0-0 output `out` matches the store")
+            && text.contains("round 2: n0-0 output `out` matches the store"),
+        "{text}"
+    );
+    let out = run(&store, &env, &["check", "n0-1"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("round 1: n0-1 output `out` differs from the store"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stdout(&out).contains("  ./noise: contents differ\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("error: `n0-1` is not reproducible"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(run(&store, &[], &["verify"]).status.success());
+}
+
+#[test]
+fn build_show_and_log_work_by_derivation_name() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = store_dir();
+    let env = [("DAG_LAYERS", "2")];
+    let out = run(&store, &env, &["build", "n1-0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let made: BTreeSet<String> = built(&out).into_iter().collect();
+    assert_eq!(
+        made,
+        ["n0-0", "n0-1", "n1-0"].map(String::from).into(),
+        "build makes the target and what it needs, nothing else"
+    );
+    let path = stdout(&out)
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("n1-0 -> "))
+        .map(PathBuf::from)
+        .expect("build names the output");
+    assert_eq!(fs::read_to_string(path.join("f1")).unwrap(), "n1-0 1 \n");
+
+    let show = stdout(&run(&store, &env, &["show", "n1-0"]));
+    for expected in [
+        "name: n1-0\n",
+        "location: tests/programs/dag.rs:",
+        "status: cached\n",
+        "key: ",
+        "request:\n",
+        "output out: ",
+        "  kind: build\n",
+    ] {
+        assert!(
+            show.contains(expected),
+            "`{expected}` missing from:\n{show}"
+        );
+    }
+    let show = stdout(&run(&store, &env, &["show", "n1-1"]));
+    assert!(show.contains("status: build\n"), "{show}");
+    assert!(show.contains("  (not in the store)\n"), "{show}");
+
+    let log = run(&store, &env, &["log", "n1-0"]);
+    assert!(log.status.success(), "{}", stderr(&log));
+    let log = run(&store, &env, &["log", "n1-1"]);
+    assert_eq!(log.status.code(), Some(1));
+    assert!(
+        stderr(&log).contains("`n1-1` has no build log in this store"),
+        "{}",
+        stderr(&log)
+    );
+    let unknown = run(&store, &env, &["show", "nothing"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).contains("no store entry matches `nothing`"));
+}
+
+#[test]
+fn generations_record_diff_and_roll_back_without_building() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = store_dir();
+    let v1 = [("DAG_LAYERS", "1"), ("DAG_SALT", "one")];
+    let v2 = [("DAG_LAYERS", "1"), ("DAG_SALT", "two")];
+    let top_of = |out: &Output| {
+        stdout(out)
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("top -> "))
+            .map(str::to_string)
+            .expect("apply names the root")
+    };
+    let first = run(&store, &v1, &["apply"]);
+    assert!(
+        stdout(&first).ends_with("Recorded generation 1 of profile `dag`\n"),
+        "{}",
+        stdout(&first)
+    );
+    let second = run(&store, &v2, &["apply"]);
+    assert!(
+        stdout(&second).ends_with("Recorded generation 2 of profile `dag`\n"),
+        "{}",
+        stdout(&second)
+    );
+    let list = stdout(&run(&store, &[], &["generations"]));
+    let lines: Vec<&str> = list.lines().collect();
+    assert_eq!(lines.len(), 2, "{list}");
+    assert!(
+        lines[0].starts_with("     1  ") && lines[0].ends_with("  +top"),
+        "{list}"
+    );
+    assert!(
+        lines[1].starts_with("*    2  ") && lines[1].ends_with("  ~top"),
+        "{list}"
+    );
+    let diff = stdout(&run(&store, &[], &["diff", "1", "2"]));
+    assert!(diff.starts_with("~ top  "), "{diff}");
+
+    // Collecting garbage keeps every generation, so rolling back builds nothing.
+    assert!(run(&store, &[], &["gc"]).status.success());
+    let back = run(&store, &[], &["rollback"]);
+    assert!(back.status.success(), "{}", stderr(&back));
+    assert!(
+        stdout(&back).ends_with("Generation 1 of profile `dag` is current (was 2)\n"),
+        "{}",
+        stdout(&back)
+    );
+    assert_eq!(
+        top_of(&back),
+        top_of(&first),
+        "the root points where it did"
+    );
+    let roots = stdout(&run(&store, &[], &["roots"]));
+    let first_entry = Path::new(&top_of(&first))
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert!(roots.contains(&first_entry), "{roots}");
+    let forward = run(&store, &[], &["rollback", "--to", "2"]);
+    assert!(forward.status.success(), "{}", stderr(&forward));
+    let missing = run(&store, &[], &["rollback", "--to", "9"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("profile `dag` has no generation 9"),
+        "{}",
+        stderr(&missing)
+    );
+    assert!(run(&store, &[], &["verify"]).status.success());
+}
