@@ -51,7 +51,7 @@ fn main() -> forjar::Result<()> {
                     .env("SALT", salt.as_str());
                 if !previous.is_empty() {
                     for k in [i % previous.len(), (i + 1) % previous.len()] {
-                        builder = builder.input(format!("dep{k}"), &previous[k]);
+                        builder = builder.input(format!("dep{k}"), previous[k]);
                     }
                 }
                 current.push(g.add(builder.build()?));
