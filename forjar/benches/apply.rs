@@ -1,0 +1,247 @@
+//! Apply at scale, against Nix measured in the same run.
+//!
+//! ```text
+//! bench/apply                                   # installs nix-bin if missing, runs this
+//! cargo bench -p forjar --bench apply -- [--runs N] [--tree N] [--noop N] [--no-nix-noop]
+//! ```
+//!
+//! 1. A tree-shaped DAG of `--tree` (1000) trivial derivations (node i depends on 2i+1 and
+//!    2i+2; each writes its number and its inputs' paths): forjar's plan + apply with `-j 2` on
+//!    a fresh store, against `nix-build -j2` of the same tree with Nix's sandbox on and
+//!    substituters off. Both start from nothing built (a new nonce every run).
+//! 2. A no-op `plan` of `--noop` (10,000) cached derivations (the same tree shape): defining
+//!    the graph, opening the store and planning, in process; and Nix's no-op `nix-build` of
+//!    the same tree once built (left out with `--no-nix-noop`; building it takes minutes).
+//! 3. 40 independent builds of `sleep 0.5` with `-j 4`: the makespan against the ideal 5 s.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+mod peers;
+use peers::{have, measure};
+
+use forjar::exec::{self, Options};
+use forjar::plan::Plan;
+use forjar::prelude::*;
+use forjar::store::Store;
+
+/// The tree of `size` trivial derivations, made new by `nonce`.
+fn tree(g: &mut Graph, size: usize, nonce: &str) -> Drv {
+    let mut nodes: Vec<Option<Drv>> = vec![None; size];
+    for i in (0..size).rev() {
+        let mut builder = Derivation::builder(format!("n{i}"))
+            .script("echo $id ${dep0-} ${dep1-} > $out")
+            .env("id", i.to_string())
+            .env("nonce", nonce);
+        for (k, child) in [2 * i + 1, 2 * i + 2].into_iter().enumerate() {
+            if child < size {
+                let drv = nodes[child].take().expect("each node has one parent");
+                builder = builder.input(format!("dep{k}"), drv);
+            }
+        }
+        nodes[i] = Some(g.add(builder.build().expect("a valid derivation")));
+    }
+    nodes[0].take().expect("the tree has a root")
+}
+
+/// Plans and applies the tree on `store`.
+fn apply_tree(store: &Store, size: usize, nonce: &str, jobs: usize) -> exec::Report {
+    let mut g = Graph::new();
+    let root = tree(&mut g, size, nonce);
+    g.root("tree", root);
+    let plan = Plan::new(&g, store).expect("the tree plans");
+    let options = Options {
+        jobs,
+        ..Options::default()
+    };
+    exec::apply(&plan, store, &options, &|_| {}).expect("the tree builds")
+}
+
+/// The Nix expression of the same tree.
+fn nix_tree(size: usize, nonce: &str) -> String {
+    format!(
+        r#"let
+  size = {size};
+  node = i: derivation {{
+    name = "n${{toString i}}";
+    system = builtins.currentSystem;
+    builder = "/bin/sh";
+    args = [ "-c" "echo $id \${{dep0-}} \${{dep1-}} > $out" ];
+    id = toString i;
+    nonce = "{nonce}";
+    dep0 = if 2 * i + 1 < size then node (2 * i + 1) else "";
+    dep1 = if 2 * i + 2 < size then node (2 * i + 2) else "";
+  }};
+in node 0"#
+    )
+}
+
+fn nix_build(expr: &str, jobs: usize) {
+    let out = Command::new("nix-build")
+        .args([
+            "--no-out-link",
+            "--quiet",
+            "-j",
+            &jobs.to_string(),
+            "--option",
+            "sandbox",
+            "true",
+            "--option",
+            "substituters",
+            "",
+            "--option",
+            "sandbox-paths",
+            &sh_closure(),
+            "-E",
+            expr,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("nix-build runs");
+    assert!(
+        out.status.success(),
+        "nix-build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Nix's `sandbox-paths` giving its builds the host's `/bin/sh` and what it needs, as forjar's
+/// `provide_bin_sh` does.
+fn sh_closure() -> String {
+    let real = std::fs::canonicalize("/bin/sh").unwrap();
+    let mut paths = vec![format!("/bin/sh={}", real.display())];
+    for dir in ["/lib/x86_64-linux-gnu", "/lib64", "/lib/aarch64-linux-gnu"] {
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            paths.push(format!("{dir}={}", real.display()));
+        }
+    }
+    paths.join(" ")
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.3} s", d.as_secs_f64())
+}
+
+fn main() {
+    let (runs, rest) = peers::args(3);
+    let flag = |name: &str, default: usize| {
+        rest.iter()
+            .position(|a| a == name)
+            .and_then(|i| rest.get(i + 1))
+            .map_or(default, |n| n.parse().expect("a number"))
+    };
+    let tree_size = flag("--tree", 1000);
+    let noop_size = flag("--noop", 10_000);
+    let nix_noop = !rest.iter().any(|a| a == "--no-nix-noop");
+    let nix = have("nix-build");
+    if !nix {
+        eprintln!("nix-build not found: install Debian's nix-bin (bench/apply does)");
+    }
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let seed = std::process::id();
+    println!("median of {runs} runs, after one unmeasured run\n");
+
+    // 1. First build of the tree.
+    let forjar_first = measure(runs, |i| {
+        let store = Store::open(dir.path().join(format!("tree-{i}"))).unwrap();
+        let report = apply_tree(&store, tree_size, &format!("{seed}-{i}"), 2);
+        assert_eq!(report.built.len(), tree_size);
+    });
+    println!("| {tree_size}-derivation tree, first build, -j2 | median | / forjar |");
+    println!("|---|---:|---:|");
+    println!("| forjar plan + apply | {} | 1.00x |", secs(forjar_first));
+    if nix {
+        let nix_first = measure(runs, |i| {
+            nix_build(&nix_tree(tree_size, &format!("{seed}-{i}")), 2)
+        });
+        println!(
+            "| nix-build -j2 (sandbox on, no substituters) | {} | {:.2}x |",
+            secs(nix_first),
+            nix_first.as_secs_f64() / forjar_first.as_secs_f64()
+        );
+        println!(
+            "\nnix-build / forjar = {:.2} (target: at least 5)",
+            nix_first.as_secs_f64() / forjar_first.as_secs_f64()
+        );
+    }
+
+    // 2. No-op plan of a large cached DAG.
+    let store = Store::open(dir.path().join("noop")).unwrap();
+    let nonce = format!("{seed}-noop");
+    let started = Instant::now();
+    apply_tree(&store, noop_size, &nonce, 2);
+    let forjar_build = started.elapsed();
+    drop(store);
+    let noop = measure(runs.max(5), |_| {
+        let store = Store::open(dir.path().join("noop")).unwrap();
+        let mut g = Graph::new();
+        let root = tree(&mut g, noop_size, &nonce);
+        g.root("tree", root);
+        let plan = Plan::new(&g, &store).unwrap();
+        assert_eq!(plan.summary().build, 0);
+    });
+    println!("\n| no-op plan, {noop_size} cached derivations | median | |");
+    println!("|---|---:|---:|");
+    println!(
+        "| forjar: define + open store + plan | {:.1} ms | target: under 100 ms |",
+        noop.as_secs_f64() * 1e3
+    );
+    println!(
+        "| (forjar's first build of them, -j2: {}) | | |",
+        secs(forjar_build)
+    );
+    if nix && nix_noop {
+        let expr = nix_tree(noop_size, &nonce);
+        let started = Instant::now();
+        nix_build(&expr, 2);
+        let nix_build_time = started.elapsed();
+        let nix_noop = measure(runs, |_| nix_build(&expr, 2));
+        println!(
+            "| nix-build, no-op (evaluate + check) | {:.1} ms | {:.1}x forjar |",
+            nix_noop.as_secs_f64() * 1e3,
+            nix_noop.as_secs_f64() / noop.as_secs_f64()
+        );
+        println!(
+            "| (nix-build's first build of them, -j2: {}) | | |",
+            secs(nix_build_time)
+        );
+    }
+
+    // 3. Makespan of 40 independent half-second builds with -j 4.
+    let mut makespans = Vec::new();
+    measure(runs, |i| {
+        let store = Store::open(dir.path().join(format!("sleep-{i}"))).unwrap();
+        let mut g = Graph::new();
+        for n in 0..40 {
+            let drv = Derivation::builder(format!("sleep{n}"))
+                .sandbox(SandboxLevel::HostTools)
+                .script("sleep 0.5; echo done > $out")
+                .env("nonce", format!("{seed}-{i}-{n}"))
+                .build()
+                .unwrap();
+            let drv = g.add(drv);
+            g.root(&format!("sleep{n}"), drv);
+        }
+        let plan = Plan::new(&g, &store).unwrap();
+        let options = Options {
+            jobs: 4,
+            ..Options::default()
+        };
+        let started = Instant::now();
+        exec::apply(&plan, &store, &options, &|_| {}).unwrap();
+        // The makespan is the apply alone (`measure` would time planning too).
+        if i != usize::MAX {
+            makespans.push(started.elapsed());
+        }
+    });
+    let apply_only = peers::median(makespans);
+    let ideal = Duration::from_millis(5000);
+    println!("\n| 40 builds of 0.5 s, -j 4 | makespan | / ideal (5 s) |");
+    println!("|---|---:|---:|");
+    println!(
+        "| forjar apply, median | {} | {:.3}x (target: within 1.10x) |",
+        secs(apply_only),
+        apply_only.as_secs_f64() / ideal.as_secs_f64()
+    );
+}
