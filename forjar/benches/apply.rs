@@ -18,7 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod peers;
-use peers::{have, measure};
+use peers::{have, measure, sh_closure};
 
 use forjar::exec::{self, Options};
 use forjar::plan::Plan;
@@ -104,19 +104,6 @@ fn nix_build(expr: &str, jobs: usize) {
         "nix-build failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Nix's `sandbox-paths` giving its builds the host's `/bin/sh` and what it needs, as forjar's
-/// `provide_bin_sh` does.
-fn sh_closure() -> String {
-    let real = std::fs::canonicalize("/bin/sh").unwrap();
-    let mut paths = vec![format!("/bin/sh={}", real.display())];
-    for dir in ["/lib/x86_64-linux-gnu", "/lib64", "/lib/aarch64-linux-gnu"] {
-        if let Ok(real) = std::fs::canonicalize(dir) {
-            paths.push(format!("{dir}={}", real.display()));
-        }
-    }
-    paths.join(" ")
 }
 
 fn secs(d: Duration) -> String {

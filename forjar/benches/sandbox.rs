@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod peers;
-use peers::{have, measure};
+use peers::{have, measure, sh_closure};
 
 use forjar::derivation::Limits;
 use forjar::plan::Plan;
@@ -191,17 +191,4 @@ fn main() {
     } else {
         eprintln!("nix-build not found: install Debian's nix-bin (bench/sandbox does)");
     }
-}
-
-/// Nix's `sandbox-paths` giving its builds the host's `/bin/sh` and what it needs, as forjar's
-/// `provide_bin_sh` does.
-fn sh_closure() -> String {
-    let real = std::fs::canonicalize("/bin/sh").unwrap();
-    let mut paths = vec![format!("/bin/sh={}", real.display())];
-    for dir in ["/lib/x86_64-linux-gnu", "/lib64", "/lib/aarch64-linux-gnu"] {
-        if let Ok(real) = std::fs::canonicalize(dir) {
-            paths.push(format!("{dir}={}", real.display()));
-        }
-    }
-    paths.join(" ")
 }

@@ -237,13 +237,24 @@ impl Plan {
         }
         planner.keys(&order, store)?;
         let roots = planner.roots(store)?;
-        let mut dag = planner.dag.map(
-            |_, n| {
-                n.clone()
-                    .expect("every node was keyed in topological order")
-            },
-            |_, e| e.clone(),
+        let Planner { dag, drv_nodes, .. } = planner;
+        let mut dag = dag.map_owned(
+            |_, n| n.expect("every node was keyed in topological order"),
+            |_, e| e,
         );
+        let cached: Vec<NodeIndex> = order
+            .par_iter()
+            .copied()
+            .filter(|&i| match &dag[i].kind {
+                NodeKind::Derivation { outputs, .. } => {
+                    outputs.values().all(|o| store.contains(&o.entry))
+                }
+                NodeKind::Source { .. } => false,
+            })
+            .collect();
+        for node in cached {
+            dag[node].status = Status::Cached;
+        }
         for &node in &order {
             let level = dag
                 .neighbors_directed(node, Direction::Incoming)
@@ -255,7 +266,7 @@ impl Plan {
         Ok(Plan {
             dag,
             order,
-            drv_nodes: planner.drv_nodes,
+            drv_nodes,
             roots,
             warnings,
         })
@@ -701,11 +712,8 @@ impl<'g> Planner<'g> {
                     )
                 })
                 .collect();
-            let status = if outputs.values().all(|o| store.contains(&o.entry)) {
-                Status::Cached
-            } else {
-                Status::Build
-            };
+            // The store is asked in one parallel pass once every node is keyed.
+            let status = Status::Build;
             self.dag[node] = Some(Node {
                 name: drv.name.clone(),
                 location: Some(drv.location()),

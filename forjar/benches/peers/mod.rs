@@ -52,3 +52,17 @@ pub fn args(default_runs: usize) -> (usize, Vec<String>) {
     }
     (runs, rest)
 }
+
+/// Nix's `sandbox-paths` giving its builds the host's `/bin/sh` and what it needs, as forjar's
+/// `provide_bin_sh` does.
+#[allow(dead_code, reason = "only the benchmarks that run Nix use it")]
+pub fn sh_closure() -> String {
+    let real = std::fs::canonicalize("/bin/sh").unwrap();
+    let mut paths = vec![format!("/bin/sh={}", real.display())];
+    for dir in ["/lib/x86_64-linux-gnu", "/lib64", "/lib/aarch64-linux-gnu"] {
+        if let Ok(real) = std::fs::canonicalize(dir) {
+            paths.push(format!("{dir}={}", real.display()));
+        }
+    }
+    paths.join(" ")
+}
