@@ -14,11 +14,10 @@
 //!    the same tree once built (left out with `--no-nix-noop`; building it takes minutes).
 //! 3. 40 independent builds of `sleep 0.5` with `-j 4`: the makespan against the ideal 5 s.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod peers;
-use peers::{have, measure, sh_closure};
+use peers::{have, measure, nix_build};
 
 use forjar::exec::{self, Options};
 use forjar::plan::Plan;
@@ -74,36 +73,6 @@ fn nix_tree(size: usize, nonce: &str) -> String {
   }};
 in node 0"#
     )
-}
-
-fn nix_build(expr: &str, jobs: usize) {
-    let out = Command::new("nix-build")
-        .args([
-            "--no-out-link",
-            "--quiet",
-            "-j",
-            &jobs.to_string(),
-            "--option",
-            "sandbox",
-            "true",
-            "--option",
-            "substituters",
-            "",
-            "--option",
-            "sandbox-paths",
-            &sh_closure(),
-            "-E",
-            expr,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("nix-build runs");
-    assert!(
-        out.status.success(),
-        "nix-build failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn secs(d: Duration) -> String {

@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod peers;
-use peers::{have, measure, sh_closure};
+use peers::{have, measure};
 
 use forjar::derivation::Limits;
 use forjar::plan::Plan;
@@ -168,20 +168,7 @@ fn main() {
                 "derivation {{ name = \"trivial\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
                  args = [\"-c\" \"echo x > $out\"]; nonce = \"{seed}-{i}\"; }}"
             );
-            run_ok(Command::new("nix-build").args([
-                "--no-out-link",
-                "--option",
-                "sandbox",
-                "true",
-                "--option",
-                "substituters",
-                "",
-                "--option",
-                "sandbox-paths",
-                &sh_closure(),
-                "-E",
-                &expr,
-            ]));
+            peers::nix_build(&expr, 1);
         });
         row("nix-build (sandbox on, no substituters)", nix, forjar_e2e);
         println!(

@@ -53,10 +53,30 @@ pub fn args(default_runs: usize) -> (usize, Vec<String>) {
     (runs, rest)
 }
 
+/// Runs `nix-build` of `expr` with `-j jobs`, Nix's sandbox on, substituters off and the
+/// host's `/bin/sh` provided as forjar provides it, and panics if it fails.
+#[allow(dead_code, reason = "only the benchmarks that run Nix use it")]
+pub fn nix_build(expr: &str, jobs: usize) {
+    let out = Command::new("nix-build")
+        .args(["--no-out-link", "--quiet", "-j", &jobs.to_string()])
+        .args(["--option", "sandbox", "true"])
+        .args(["--option", "substituters", ""])
+        .args(["--option", "sandbox-paths", &sh_closure()])
+        .args(["-E", expr])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("nix-build runs");
+    assert!(
+        out.status.success(),
+        "nix-build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Nix's `sandbox-paths` giving its builds the host's `/bin/sh` and what it needs, as forjar's
 /// `provide_bin_sh` does.
-#[allow(dead_code, reason = "only the benchmarks that run Nix use it")]
-pub fn sh_closure() -> String {
+fn sh_closure() -> String {
     let real = std::fs::canonicalize("/bin/sh").unwrap();
     let mut paths = vec![format!("/bin/sh={}", real.display())];
     for dir in ["/lib/x86_64-linux-gnu", "/lib64", "/lib/aarch64-linux-gnu"] {
