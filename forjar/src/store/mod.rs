@@ -207,9 +207,19 @@ impl Store {
                 });
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mut listing = fs::read_dir(&dir)
+                // Another process may be making this store at the same moment: its marker is
+                // written beside its final name first (`.forjar-store.<pid>.tmp`), and once the
+                // marker is in place the directory may fill at any time.
+                let listing = fs::read_dir(&dir)
                     .map_err(StoreError::io("cannot read the store directory", &dir))?;
-                if listing.next().is_some() {
+                let foreign = listing.flatten().any(|item| {
+                    !item
+                        .file_name()
+                        .to_string_lossy()
+                        .starts_with(&format!("{MARKER}."))
+                });
+                let made_meanwhile = || fs::read(&marker).is_ok_and(|f| f == FORMAT.as_bytes());
+                if foreign && !made_meanwhile() {
                     return Err(StoreError::NotAStore {
                         dir,
                         reason: format!(
@@ -218,7 +228,11 @@ impl Store {
                         ),
                     });
                 }
-                fs::write(&marker, FORMAT).map_err(StoreError::io("cannot create", &marker))?;
+                if !foreign {
+                    let tmp = dir.join(format!("{MARKER}.{}.tmp", std::process::id()));
+                    fs::write(&tmp, FORMAT).map_err(StoreError::io("cannot create", &tmp))?;
+                    fs::rename(&tmp, &marker).map_err(StoreError::io("cannot create", &marker))?;
+                }
             }
             Err(e) => return Err(StoreError::io("cannot read", &marker)(e)),
         }
