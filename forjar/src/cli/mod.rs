@@ -372,11 +372,9 @@ impl Session {
 
     fn apply(&self, run: &RunArgs) -> Result<ExitCode, Failure> {
         let report = self.realise(&exec::needed(&self.plan), &self.options(run))?;
-        let mut roots = BTreeMap::new();
-        for root in self.plan.roots() {
-            self.store.add_root(&root.name, &root.entry)?;
-            roots.insert(root.name.clone(), root.entry.clone());
-        }
+        let roots: BTreeMap<String, EntryName> = exec::register_roots(&self.plan, &self.store)?
+            .into_iter()
+            .collect();
         let mut text = String::new();
         for (name, entry) in &roots {
             let _ = writeln!(

@@ -274,11 +274,19 @@ pub fn apply(
     observer: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<Report, ExecError> {
     let mut report = realise_all(plan, store, &needed(plan), options, observer)?;
-    for root in plan.roots() {
-        store.add_root(&root.name, &root.entry)?;
-        report.roots.push((root.name.clone(), root.entry.clone()));
-    }
+    report.roots = register_roots(plan, store)?;
     Ok(report)
+}
+
+/// Makes each of the plan's roots a GC root of the store, and returns them with their entries.
+pub fn register_roots(plan: &Plan, store: &Store) -> Result<Vec<(String, EntryName)>, StoreError> {
+    plan.roots()
+        .iter()
+        .map(|root| {
+            store.add_root(&root.name, &root.entry)?;
+            Ok((root.name.clone(), root.entry.clone()))
+        })
+        .collect()
 }
 
 /// Realises `nodes`, which must hold everything they depend on (see [`needed_for`]), running
