@@ -338,3 +338,54 @@ fn a_host_tools_derivation_is_marked_impure() {
         "{text}"
     );
 }
+
+/// A layered DAG of `layers` x `width` derivations, each depending on two of the layer before
+/// (and one on the same one twice), defined in the order given by `reverse`.
+fn layered(layers: usize, width: usize, reverse: bool) -> (Graph, Vec<Vec<Drv>>) {
+    let mut g = Graph::new();
+    let mut all: Vec<Vec<Drv>> = Vec::new();
+    for layer in 0..layers {
+        let mut order: Vec<usize> = (0..width).collect();
+        if reverse {
+            order.reverse();
+        }
+        let mut current: Vec<Option<Drv>> = vec![None; width];
+        for i in order {
+            let mut builder = drv(&format!("n{layer}-{i}")).env("i", i.to_string());
+            if let Some(previous) = all.last() {
+                builder = builder
+                    .input("left", previous[i])
+                    .input("right", previous[(i * 7 + 1) % width]);
+                if i == 0 {
+                    builder = builder.input("again", previous[i]);
+                }
+            }
+            current[i] = Some(g.add(builder.build().unwrap()));
+        }
+        all.push(current.into_iter().map(Option::unwrap).collect());
+    }
+    (g, all)
+}
+
+#[test]
+fn keys_do_not_depend_on_definition_order_or_on_which_thread_keys_a_node() {
+    let (_dir, store) = temp_store();
+    let (g1, nodes1) = layered(30, 100, false);
+    let (g2, nodes2) = layered(30, 100, true);
+    let p1 = Plan::new(&g1, &store).unwrap();
+    let p2 = Plan::new(&g2, &store).unwrap();
+    let again = Plan::new(&g1, &store).unwrap();
+    let mut keys = std::collections::BTreeSet::new();
+    for (layer1, layer2) in nodes1.iter().zip(&nodes2) {
+        for (a, b) in layer1.iter().zip(layer2) {
+            let key = p1.key(a).unwrap();
+            assert_eq!(Some(key), p2.key(b));
+            assert_eq!(Some(key), again.key(a));
+            keys.insert(key);
+        }
+    }
+    assert_eq!(keys.len(), 3000, "every derivation has its own key");
+    let levels = p1.levels();
+    assert_eq!(levels.len(), 30);
+    assert!(levels.iter().all(|level| level.len() == 100));
+}

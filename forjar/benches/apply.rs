@@ -3,6 +3,7 @@
 //! ```text
 //! bench/apply                                   # installs nix-bin if missing, runs this
 //! cargo bench -p forjar --bench apply -- [--runs N] [--tree N] [--noop N] [--no-nix-noop]
+//!                                              [--no-nix] [--part tree|noop|makespan]..
 //! ```
 //!
 //! 1. A tree-shaped DAG of `--tree` (1000) trivial derivations (node i depends on 2i+1 and
@@ -90,8 +91,16 @@ fn main() {
     let tree_size = flag("--tree", 1000);
     let noop_size = flag("--noop", 10_000);
     let nix_noop = !rest.iter().any(|a| a == "--no-nix-noop");
-    let nix = have("nix-build");
-    if !nix {
+    // `--part tree|noop|makespan` (repeatable) runs only the parts named.
+    let parts: Vec<&str> = rest
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| *a == "--part")
+        .filter_map(|(i, _)| rest.get(i + 1).map(String::as_str))
+        .collect();
+    let part = |name: &str| parts.is_empty() || parts.contains(&name);
+    let nix = have("nix-build") && !rest.iter().any(|a| a == "--no-nix");
+    if !have("nix-build") {
         eprintln!("nix-build not found: install Debian's nix-bin (bench/apply does)");
     }
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -99,9 +108,21 @@ fn main() {
     println!("median of {runs} runs, after one unmeasured run\n");
 
     // 1. First build of the tree.
+    if part("tree") {
+        tree_part(&dir, runs, tree_size, seed, nix);
+    }
+    if part("noop") {
+        noop_part(&dir, runs, noop_size, seed, nix && nix_noop);
+    }
+    if part("makespan") {
+        makespan_part(&dir, runs, seed);
+    }
+}
+
+fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, nix: bool) {
     let forjar_first = measure(runs, |i| {
         let store = Store::open(dir.path().join(format!("tree-{i}"))).unwrap();
-        let report = apply_tree(&store, tree_size, &format!("{seed}-{i}"), 2);
+        let report = apply_tree(&store, tree_size, &format!("{seed}-{i}"), jobs());
         assert_eq!(report.built.len(), tree_size);
     });
     println!("| {tree_size}-derivation tree, first build, -j2 | median | / forjar |");
@@ -121,8 +142,10 @@ fn main() {
             nix_first.as_secs_f64() / forjar_first.as_secs_f64()
         );
     }
+}
 
-    // 2. No-op plan of a large cached DAG.
+/// 2. No-op plan of a large cached DAG.
+fn noop_part(dir: &tempfile::TempDir, runs: usize, noop_size: usize, seed: u32, nix: bool) {
     let store = Store::open(dir.path().join("noop")).unwrap();
     let nonce = format!("{seed}-noop");
     let started = Instant::now();
@@ -136,6 +159,8 @@ fn main() {
         g.root("tree", root);
         let plan = Plan::new(&g, &store).unwrap();
         assert_eq!(plan.summary().build, 0);
+        // Freed after the clock stops, as the command line leaves them to the exit.
+        (g, plan, store)
     });
     println!("\n| no-op plan, {noop_size} cached derivations | median | |");
     println!("|---|---:|---:|");
@@ -147,7 +172,7 @@ fn main() {
         "| (forjar's first build of them, -j2: {}) | | |",
         secs(forjar_build)
     );
-    if nix && nix_noop {
+    if nix {
         let expr = nix_tree(noop_size, &nonce);
         let started = Instant::now();
         nix_build(&expr, 2);
@@ -163,8 +188,10 @@ fn main() {
             secs(nix_build_time)
         );
     }
+}
 
-    // 3. Makespan of 40 independent half-second builds with -j 4.
+/// 3. Makespan of 40 independent half-second builds with -j 4.
+fn makespan_part(dir: &tempfile::TempDir, runs: usize, seed: u32) {
     let mut makespans = Vec::new();
     measure(runs, |i| {
         let store = Store::open(dir.path().join(format!("sleep-{i}"))).unwrap();
@@ -200,4 +227,9 @@ fn main() {
         secs(apply_only),
         apply_only.as_secs_f64() / ideal.as_secs_f64()
     );
+}
+
+/// `-j` of the tree part: 2, or `FORJAR_BENCH_JOBS` (for looking into scaling).
+fn jobs() -> usize {
+    std::env::var("FORJAR_BENCH_JOBS").map_or(2, |j| j.parse().expect("a number"))
 }

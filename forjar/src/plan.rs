@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use petgraph::Direction;
 use petgraph::algo::{tarjan_scc, toposort};
@@ -235,7 +237,7 @@ impl Plan {
         if let Err(e) = store.save_digest_cache() {
             warnings.push(format!("the source digest cache was not saved ({e}); the next plan will read every source again"));
         }
-        planner.keys(&order, store)?;
+        let levels = planner.keys(&order, store)?;
         let roots = planner.roots(store)?;
         let Planner { dag, drv_nodes, .. } = planner;
         let mut dag = dag.map_owned(
@@ -255,13 +257,8 @@ impl Plan {
         for node in cached {
             dag[node].status = Status::Cached;
         }
-        for &node in &order {
-            let level = dag
-                .neighbors_directed(node, Direction::Incoming)
-                .map(|dep| dag[dep].level + 1)
-                .max()
-                .unwrap_or(0);
-            dag[node].level = level;
+        for node in dag.node_indices() {
+            dag[node].level = levels[node.index()];
         }
         Ok(Plan {
             dag,
@@ -478,6 +475,43 @@ enum Origin<'g> {
     Source(&'g Source),
 }
 
+/// Keying in dependency order on the thread pool ([`Planner::keys`]).
+#[derive(Clone, Copy)]
+struct Wave<'p, 'g> {
+    planner: &'p Planner<'g>,
+    store: &'p Store,
+    /// Per node, the input edges from derivations not yet keyed.
+    waiting: &'p [AtomicUsize],
+    /// Per node, how keying it went.
+    keyed: &'p [OnceLock<Result<Node, PlanError>>],
+}
+
+impl<'p> Wave<'p, '_> {
+    /// Keys `node`, then starts each dependent whose last input it was.
+    fn run(self, node: NodeIndex, scope: &rayon::Scope<'p>) {
+        let dag = &self.planner.dag;
+        let planned = |dep: NodeIndex| match &dag[dep] {
+            Some(source) => source,
+            None => match self.keyed[dep.index()].get() {
+                Some(Ok(planned)) => planned,
+                _ => unreachable!("a node starts once its inputs are keyed"),
+            },
+        };
+        let result = self.planner.key(node, self.store, planned);
+        let ok = result.is_ok();
+        let _ = self.keyed[node.index()].set(result);
+        if !ok {
+            return;
+        }
+        for dependent in dag.neighbors_directed(node, Direction::Outgoing) {
+            // One count per edge, as there may be several from one input.
+            if self.waiting[dependent.index()].fetch_sub(1, Ordering::AcqRel) == 1 {
+                scope.spawn(move |scope| self.run(dependent, scope));
+            }
+        }
+    }
+}
+
 impl<'g> Planner<'g> {
     fn derivation(&self, index: usize) -> &'g Derivation {
         match &self.graph.slots[index] {
@@ -640,95 +674,156 @@ impl<'g> Planner<'g> {
         Ok(())
     }
 
-    fn keys(&mut self, order: &[NodeIndex], store: &Store) -> Result<(), PlanError> {
+    /// Keys every derivation. A key needs only the keys of the node's inputs, so each node is
+    /// keyed on the thread pool as soon as its last input is: the graph's own parallelism,
+    /// whatever its shape. Returns every node's level (one more than its inputs' highest), by
+    /// index.
+    fn keys(&mut self, order: &[NodeIndex], store: &Store) -> Result<Vec<usize>, PlanError> {
+        let count = self.dag.node_count();
+        let mut level_of = vec![0usize; count];
         for &node in order {
-            let Origin::Derivation(drv) = self.origins[node.index()] else {
-                continue;
-            };
-            let request_error = |error: RequestError| PlanError::Request {
-                name: drv.name.to_string(),
-                location: drv.location(),
-                error,
-            };
-            let mut inputs = BTreeMap::new();
-            for edge in self.dag.edges_directed(node, Direction::Incoming) {
-                let input = &drv.inputs[edge.weight()];
-                let dep = self.dag[edge.source()]
-                    .as_ref()
-                    .expect("dependencies are keyed first");
-                let resolved = match (&dep.kind, input) {
-                    (NodeKind::Source { entry, digest, .. }, _) => ResolvedInput::Source {
-                        entry: entry.clone(),
-                        digest: *digest,
-                    },
-                    (NodeKind::Derivation { outputs, .. }, Input::Output(o)) => {
-                        let planned = outputs
-                            .iter()
-                            .find(|(name, _)| name.as_str() == o.output)
-                            .map(|(_, p)| p)
-                            .expect("outputs were checked when the edges were made");
-                        ResolvedInput::Output {
-                            entry: planned.entry.clone(),
-                            key: planned.key,
-                        }
-                    }
-                    (NodeKind::Derivation { .. }, Input::Source(_)) => {
-                        unreachable!("a source input has a source node")
-                    }
-                };
-                inputs.insert(edge.weight().clone(), resolved);
-            }
-            let host = (drv.sandbox == SandboxLevel::HostTools).then(HostFingerprint::current);
-            let request = BuildRequest::new(RequestParts {
-                name: drv.name.clone(),
-                system: drv.system.clone(),
-                args: drv.args.clone(),
-                working_dir: CleanRelPath::new("working directory", "build")
-                    .expect("`build` is a clean path"),
-                scratch_paths: Default::default(),
-                outputs: drv.outputs.clone(),
-                env: drv.env.clone(),
-                inputs,
-                files: drv.files.clone(),
-                constraints: drv.constraints.clone(),
-                sandbox: drv.sandbox,
-                fixed_output: drv.fixed_output,
-                store_dir: store.dir().to_path_buf(),
-                host,
-            })
-            .map_err(request_error)?;
-            let key = hash::derivation_key(&request);
-            let outputs: BTreeMap<OutputName, PlannedOutput> = drv
-                .outputs
-                .iter()
-                .map(|o| {
-                    let key = hash::output_key(&key, o);
-                    (
-                        o.clone(),
-                        PlannedOutput {
-                            key,
-                            entry: EntryName::new(&key, &drv.name, Some(o)),
-                        },
-                    )
-                })
-                .collect();
-            // The store is asked in one parallel pass once every node is keyed.
-            let status = Status::Build;
-            self.dag[node] = Some(Node {
-                name: drv.name.clone(),
-                location: Some(drv.location()),
-                kind: NodeKind::Derivation {
-                    request: Box::new(request),
-                    key,
-                    outputs,
-                    limits: drv.limits.clone(),
-                },
-                status,
-                impure: drv.sandbox == SandboxLevel::HostTools,
-                level: 0,
-            });
+            level_of[node.index()] = self
+                .dag
+                .neighbors_directed(node, Direction::Incoming)
+                .map(|dep| level_of[dep.index()] + 1)
+                .max()
+                .unwrap_or(0);
         }
-        Ok(())
+        let is_derivation = |n: NodeIndex| matches!(self.origins[n.index()], Origin::Derivation(_));
+        // Per node, the input edges from derivations not yet keyed.
+        let waiting: Vec<AtomicUsize> = self
+            .dag
+            .node_indices()
+            .map(|n| {
+                let from_derivations = self
+                    .dag
+                    .neighbors_directed(n, Direction::Incoming)
+                    .filter(|&dep| is_derivation(dep))
+                    .count();
+                AtomicUsize::new(from_derivations)
+            })
+            .collect();
+        let keyed: Vec<OnceLock<Result<Node, PlanError>>> =
+            (0..count).map(|_| OnceLock::new()).collect();
+        let this = &*self;
+        let wave = Wave {
+            planner: this,
+            store,
+            waiting: &waiting,
+            keyed: &keyed,
+        };
+        rayon::scope(|scope| {
+            for &node in order {
+                if is_derivation(node) && waiting[node.index()].load(Ordering::Relaxed) == 0 {
+                    scope.spawn(move |scope| wave.run(node, scope));
+                }
+            }
+        });
+        // The first failure in topological order; a node after a failure was never keyed.
+        let mut keyed: Vec<Option<Result<Node, PlanError>>> =
+            keyed.into_iter().map(OnceLock::into_inner).collect();
+        for &node in order {
+            if is_derivation(node) {
+                match keyed[node.index()].take() {
+                    Some(Ok(planned)) => self.dag[node] = Some(planned),
+                    Some(Err(error)) => return Err(error),
+                    None => unreachable!("a node is left unkeyed only after a failure"),
+                }
+            }
+        }
+        Ok(level_of)
+    }
+
+    /// The planned node of derivation `node`, given its inputs' planned nodes (`planned`).
+    fn key<'a>(
+        &'a self,
+        node: NodeIndex,
+        store: &Store,
+        planned: impl Fn(NodeIndex) -> &'a Node,
+    ) -> Result<Node, PlanError> {
+        let Origin::Derivation(drv) = self.origins[node.index()] else {
+            unreachable!("only derivations are keyed");
+        };
+        let request_error = |error: RequestError| PlanError::Request {
+            name: drv.name.to_string(),
+            location: drv.location(),
+            error,
+        };
+        let mut inputs = BTreeMap::new();
+        for edge in self.dag.edges_directed(node, Direction::Incoming) {
+            let input = &drv.inputs[edge.weight()];
+            let dep = planned(edge.source());
+            let resolved = match (&dep.kind, input) {
+                (NodeKind::Source { entry, digest, .. }, _) => ResolvedInput::Source {
+                    entry: entry.clone(),
+                    digest: *digest,
+                },
+                (NodeKind::Derivation { outputs, .. }, Input::Output(o)) => {
+                    let planned = outputs
+                        .iter()
+                        .find(|(name, _)| name.as_str() == o.output)
+                        .map(|(_, p)| p)
+                        .expect("outputs were checked when the edges were made");
+                    ResolvedInput::Output {
+                        entry: planned.entry.clone(),
+                        key: planned.key,
+                    }
+                }
+                (NodeKind::Derivation { .. }, Input::Source(_)) => {
+                    unreachable!("a source input has a source node")
+                }
+            };
+            inputs.insert(edge.weight().clone(), resolved);
+        }
+        let host = (drv.sandbox == SandboxLevel::HostTools).then(HostFingerprint::current);
+        let request = BuildRequest::new(RequestParts {
+            name: drv.name.clone(),
+            system: drv.system.clone(),
+            args: drv.args.clone(),
+            working_dir: CleanRelPath::new("working directory", "build")
+                .expect("`build` is a clean path"),
+            scratch_paths: Default::default(),
+            outputs: drv.outputs.clone(),
+            env: drv.env.clone(),
+            inputs,
+            files: drv.files.clone(),
+            constraints: drv.constraints.clone(),
+            sandbox: drv.sandbox,
+            fixed_output: drv.fixed_output,
+            store_dir: store.dir().to_path_buf(),
+            host,
+        })
+        .map_err(request_error)?;
+        let key = hash::derivation_key(&request);
+        let outputs: BTreeMap<OutputName, PlannedOutput> = drv
+            .outputs
+            .iter()
+            .map(|o| {
+                let key = hash::output_key(&key, o);
+                (
+                    o.clone(),
+                    PlannedOutput {
+                        key,
+                        entry: EntryName::new(&key, &drv.name, Some(o)),
+                    },
+                )
+            })
+            .collect();
+        // The store is asked in one parallel pass once every node is keyed.
+        let status = Status::Build;
+        Ok(Node {
+            name: drv.name.clone(),
+            location: Some(drv.location()),
+            kind: NodeKind::Derivation {
+                request: Box::new(request),
+                key,
+                outputs,
+                limits: drv.limits.clone(),
+            },
+            status,
+            impure: drv.sandbox == SandboxLevel::HostTools,
+            level: 0,
+        })
     }
 
     fn roots(&self, _store: &Store) -> Result<Vec<PlannedRoot>, PlanError> {

@@ -11,6 +11,7 @@ pub mod store;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::io::{self, Write};
+use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
@@ -257,6 +258,7 @@ fn handle_interrupts() {
 /// }
 /// ```
 pub fn main(define: impl FnOnce(&mut Graph) -> crate::Result<()>) -> crate::Result<()> {
+    grow_heap_in_large_steps();
     let cli = match ProgramCli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -273,6 +275,19 @@ pub fn main(define: impl FnOnce(&mut Graph) -> crate::Result<()>) -> crate::Resu
         std::process::exit(code as i32);
     }
     Ok(())
+}
+
+/// Asks glibc's allocator to grow each heap 32 MiB at a time (address space only; pages are
+/// still taken as they are touched). Planning a large graph allocates from every thread of the
+/// pool, and with the default step each thread's heap grows by `mprotect` calls that took a
+/// sixth of a no-op plan of 10,000 derivations. The program owns its process, so the setting
+/// is made here and not in the library.
+fn grow_heap_in_large_steps() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt sets an allocator parameter under the allocator's own lock.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_TOP_PAD, 32 << 20);
+    }
 }
 
 /// The profile a program applies into when none is named: its file name.
@@ -607,7 +622,9 @@ fn run_program(
         }
         command => command,
     };
-    let mut graph = Graph::new();
+    // The graph and the session are left to the process's exit, not freed one allocation at a
+    // time: in a no-op plan of 10,000 derivations the frees took a quarter of the CPU time.
+    let mut graph = ManuallyDrop::new(Graph::new());
     define(&mut graph).map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
     let store = Store::open(&store_dir)?;
     let plan = Plan::new(&graph, &store).map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
@@ -619,12 +636,12 @@ fn run_program(
         (_, true) => Verbosity::Verbose,
         _ => Verbosity::Normal,
     };
-    let session = Session {
+    let session = ManuallyDrop::new(Session {
         store,
         plan,
         verbosity,
         profile,
-    };
+    });
     let plan = &session.plan;
     match command {
         ProgramCommand::Plan { json: true } | ProgramCommand::Graph { json: true, .. } => {

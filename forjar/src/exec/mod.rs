@@ -23,7 +23,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use petgraph::Direction;
@@ -401,6 +401,11 @@ impl<'a> Scheduler<'a> {
     fn run(mut self) -> Result<Report, ExecError> {
         let jobs = self.options.jobs.max(1);
         let mut running: BTreeMap<NodeIndex, String> = BTreeMap::new();
+        // Builds run on up to `jobs` worker threads, started as they are first needed and kept
+        // for the whole run (with their read buffers), fed through one queue.
+        let (work_tx, work_rx) = mpsc::channel::<NodeIndex>();
+        let work_rx = Mutex::new(work_rx);
+        let mut workers = 0;
         std::thread::scope(|scope| {
             let (done_tx, done_rx) = mpsc::channel::<(NodeIndex, Result<Done, ExecError>)>();
             loop {
@@ -418,24 +423,39 @@ impl<'a> Scheduler<'a> {
                     let plan_node = self.plan.node(node);
                     (self.observer)(Event::Started(plan_node));
                     running.insert(node, plan_node.name.to_string());
-                    let (plan, store, options, observer, stop, tx) = (
-                        self.plan,
-                        self.store,
-                        self.options,
-                        self.observer,
-                        self.stop,
-                        done_tx.clone(),
-                    );
-                    scope.spawn(move || {
-                        let started = Instant::now();
-                        let result = realise(plan, store, node, options, stop, observer);
-                        if let Ok(done) = &result {
-                            observer(Event::Finished(plan.node(node), *done, started.elapsed()));
-                        }
-                        let _ = tx.send((node, result));
-                    });
+                    if running.len() > workers {
+                        workers += 1;
+                        let (plan, store, options, observer, stop, work, tx) = (
+                            self.plan,
+                            self.store,
+                            self.options,
+                            self.observer,
+                            self.stop,
+                            &work_rx,
+                            done_tx.clone(),
+                        );
+                        scope.spawn(move || {
+                            loop {
+                                // The lock is held only to take the next node; the queue
+                                // closes when the scheduler is done.
+                                let next = work.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                                let Ok(node) = next else { break };
+                                let started = Instant::now();
+                                let result = realise(plan, store, node, options, stop, observer);
+                                if let Ok(done) = &result {
+                                    let took = started.elapsed();
+                                    observer(Event::Finished(plan.node(node), *done, took));
+                                }
+                                let _ = tx.send((node, result));
+                            }
+                        });
+                    }
+                    work_tx
+                        .send(node)
+                        .expect("the workers outlive the scheduler loop");
                 }
                 if running.is_empty() {
+                    drop(work_tx);
                     break;
                 }
                 match done_rx.recv_timeout(Duration::from_millis(100)) {

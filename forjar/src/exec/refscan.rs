@@ -72,8 +72,7 @@ pub(crate) fn scan(path: &Path, candidates: &[EntryName]) -> io::Result<BTreeSet
         window: Vec::new(),
         found: BTreeSet::new(),
     };
-    let mut buf = vec![0u8; 1 << 20];
-    walk(path, &mut scanner, &mut buf)?;
+    crate::hash::with_read_buffer(|buf| walk(path, &mut scanner, buf))?;
     Ok(scanner.found)
 }
 

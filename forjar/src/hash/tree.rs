@@ -14,7 +14,6 @@
 //! hashed with BLAKE3's SIMD paths, large files with its multi-threaded path. With a
 //! [`DigestCache`], a file whose (device, inode, size, mtime, ctime) was seen before is not read.
 
-use std::cell::RefCell;
 use std::ffi::OsString;
 use std::fs::{self, File, FileType, Metadata};
 use std::io::{self, Read};
@@ -28,7 +27,7 @@ use std::time::SystemTime;
 use rayon::prelude::*;
 
 use super::cache::{DigestCache, FileId};
-use super::{TREE_CONTEXT, TreeDigest};
+use super::{READ_BUFFER as BUFFER, TREE_CONTEXT, TreeDigest, with_read_buffer};
 
 /// Why a tree could not be hashed.
 #[derive(Debug, thiserror::Error)]
@@ -123,14 +122,8 @@ pub fn tree_digest(path: &Path) -> Result<TreeDigest, HashError> {
     TreeHasher::new().digest(path)
 }
 
-/// Read buffer per thread; large enough that BLAKE3 hashes whole chunks with its widest SIMD.
-const BUFFER: usize = 1 << 20;
 /// Files at least this large are hashed with BLAKE3's multi-threaded path.
 const RAYON_THRESHOLD: u64 = 1 << 20;
-
-thread_local! {
-    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
 
 /// A hasher in derive-key mode for the tree context. Deriving the context key is a BLAKE3
 /// compression of its own; doing it once and cloning saves one per node, which counts on trees
@@ -252,10 +245,7 @@ impl<'c> TreeHasher<'c> {
     /// imported source is hashed again. A file that fits the buffer is hashed in one call, which
     /// spares the incremental hasher's bookkeeping on the many small files of a typical tree.
     fn contents(&self, file: &mut File, path: &Path, size: u64) -> Result<[u8; 32], HashError> {
-        let hashed = BUF.with_borrow_mut(|buf| -> io::Result<([u8; 32], u64)> {
-            if buf.len() < BUFFER {
-                buf.resize(BUFFER, 0);
-            }
+        let hashed = with_read_buffer(|buf| -> io::Result<([u8; 32], u64)> {
             if size <= BUFFER as u64 {
                 let n = read_full(file, &mut buf[..size as usize])?;
                 return Ok((*blake3::hash(&buf[..n]).as_bytes(), n as u64));

@@ -73,6 +73,11 @@ pub(super) fn supervisor(
         if nix::unistd::getppid().as_raw() != p.parent_pid {
             return Err(Failed(SETUP_FAILED, "the parent exited".into()));
         }
+        for tasks in &p.cgroup_tasks {
+            ctx(nix::unistd::write(tasks, b"0"), || {
+                "cannot join the build's cgroup".into()
+            })?;
+        }
         let mut flags = CloneFlags::CLONE_NEWUSER
             | CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID

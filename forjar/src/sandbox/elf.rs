@@ -2,9 +2,11 @@
 //! libraries it (transitively) names. Used to give a hermetic build a working `/bin/sh` made of
 //! the host's shell, with nothing else of the host visible.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 /// The directories the dynamic loader searches when there is no `ld.so.cache` (as in a hermetic
 /// sandbox), in its order.
@@ -105,10 +107,81 @@ fn parse(bytes: &[u8]) -> Option<Elf> {
     })
 }
 
+/// A host file as found: it is taken to be unchanged while these stay the same.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path) -> Option<Stamp> {
+        let m = fs::metadata(path).ok()?;
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// A computed closure and the stamps of the files it was read from.
+struct Cached {
+    files: Vec<(PathBuf, PathBuf)>,
+    stamps: Vec<(PathBuf, Stamp)>,
+}
+
+/// Closures already computed by this process. Every build that asks for `/bin/sh` needs the
+/// same few files; reading and parsing them (libc is megabytes) once per build showed in
+/// profiles of large applies. An entry is used only while every path still resolves to the
+/// file it did and every file read still has the stamp it had.
+static CACHE: Mutex<BTreeMap<PathBuf, Arc<Cached>>> = Mutex::new(BTreeMap::new());
+
 /// The host files `program` needs to run: the program itself (symlinks resolved), its ELF
 /// interpreter and every shared library it needs, transitively; each as the path the loader
 /// will look for and the real file behind it.
 pub(crate) fn closure(program: &Path) -> Result<Vec<(PathBuf, PathBuf)>, String> {
+    let cached = CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(program)
+        .cloned();
+    if let Some(cached) = cached {
+        let fresh = cached
+            .files
+            .iter()
+            .all(|(path, real)| fs::canonicalize(path).is_ok_and(|r| r == *real))
+            && cached
+                .stamps
+                .iter()
+                .all(|(path, stamp)| Stamp::of(path) == Some(*stamp));
+        if fresh {
+            return Ok(cached.files.clone());
+        }
+    }
+    let files = compute(program)?;
+    let stamps = files
+        .iter()
+        .filter_map(|(_, real)| Some((real.clone(), Stamp::of(real)?)))
+        .collect();
+    let cached = Arc::new(Cached {
+        files: files.clone(),
+        stamps,
+    });
+    CACHE
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(program.to_path_buf(), cached);
+    Ok(files)
+}
+
+/// [`closure`], read from the files.
+fn compute(program: &Path) -> Result<Vec<(PathBuf, PathBuf)>, String> {
     let real = fs::canonicalize(program)
         .map_err(|e| format!("cannot resolve `{}`: {e}", program.display()))?;
     let mut files = vec![(program.to_path_buf(), real.clone())];
@@ -167,6 +240,19 @@ mod tests {
         for (_, real) in &files {
             assert!(real.is_file(), "{}", real.display());
         }
+    }
+
+    #[test]
+    fn a_remembered_closure_is_read_again_when_its_program_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let program = dir.path().join("sh");
+        fs::copy(fs::canonicalize("/bin/sh").unwrap(), &program).unwrap();
+        let first = closure(&program).unwrap();
+        assert_eq!(closure(&program).unwrap(), first);
+        // Replaced by a file that is not ELF (a new inode, as an upgrade's rename makes).
+        fs::remove_file(&program).unwrap();
+        fs::write(&program, "#!/bin/sh\n").unwrap();
+        assert!(closure(&program).unwrap_err().contains("is not a 64-bit"));
     }
 
     #[test]

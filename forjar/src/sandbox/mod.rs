@@ -161,6 +161,8 @@ pub(crate) struct Prepared {
     env: Vec<CString>,
     log_write: RawFd,
     err_write: RawFd,
+    /// Written `0` by the supervisor to join the build's cgroup ([`Cgroup::self_join`]).
+    cgroup_tasks: Vec<File>,
 }
 
 /// A build to run: the request and where its inputs and outputs are on the host.
@@ -487,6 +489,12 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
         env,
         log_write: -1,
         err_write: -1,
+        cgroup_tasks: match cgroup {
+            Some(cgroup) => cgroup
+                .self_join()
+                .map_err(io_err("cannot open the build's cgroup"))?,
+            None => Vec::new(),
+        },
     })
 }
 
