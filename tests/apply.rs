@@ -517,4 +517,43 @@ fn generations_record_diff_and_roll_back_without_building() {
         stderr(&missing)
     );
     assert!(run(&store, &[], &["verify"]).status.success());
+
+    // Deleting a generation lets gc free what only it kept; the current one cannot go.
+    let current = run(&store, &[], &["delete-generations", "2"]);
+    assert_eq!(current.status.code(), Some(1));
+    assert!(
+        stderr(&current).contains("generation 2 is the current one of profile `dag`"),
+        "{}",
+        stderr(&current)
+    );
+    let none = run(&store, &[], &["delete-generations", "--older-than", "1h"]);
+    assert_eq!(
+        stdout(&none),
+        "no generation of profile `dag` matches; nothing was deleted\n"
+    );
+    let usage = run(&store, &[], &["delete-generations"]);
+    assert_eq!(
+        usage.status.code(),
+        Some(2),
+        "nothing named is a usage error"
+    );
+    let deleted = run(&store, &[], &["delete-generations", "--keep", "1"]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert_eq!(
+        stdout(&deleted),
+        "Deleted generation 1 of profile `dag`; `gc` frees what only they kept\n"
+    );
+    assert!(Path::new(&top_of(&first)).exists());
+    assert!(run(&store, &[], &["gc"]).status.success());
+    assert!(
+        !Path::new(&top_of(&first)).exists(),
+        "only generation 1 kept it"
+    );
+    assert!(Path::new(&top_of(&second)).exists());
+    let list = stdout(&run(&store, &[], &["generations"]));
+    assert!(
+        list.starts_with("*    2  ") && list.lines().count() == 1,
+        "{list}"
+    );
+    assert!(run(&store, &[], &["verify"]).status.success());
 }

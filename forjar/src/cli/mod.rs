@@ -14,6 +14,7 @@ use std::io::{self, Write};
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Parser, Subcommand};
 use petgraph::graph::NodeIndex;
@@ -201,6 +202,19 @@ enum ProgramCommand {
         a: u64,
         /// The later generation.
         b: u64,
+    },
+    /// Delete generations, so that `gc` can free what only they kept. The current one stays.
+    #[command(group = clap::ArgGroup::new("which").required(true).multiple(true))]
+    DeleteGenerations {
+        /// Generation numbers.
+        #[arg(group = "which")]
+        numbers: Vec<u64>,
+        /// Every generation recorded longer ago than AGE (e.g. `30d`, `12h`).
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration, group = "which")]
+        older_than: Option<Duration>,
+        /// Every generation but the newest N.
+        #[arg(long, value_name = "N", group = "which")]
+        keep: Option<usize>,
     },
     /// Make an earlier generation current again, without building.
     Rollback {
@@ -620,6 +634,14 @@ fn run_program(
         ProgramCommand::Rollback { to } => {
             return rollback(&Store::open(&store_dir)?, &profile, to);
         }
+        ProgramCommand::DeleteGenerations {
+            numbers,
+            older_than,
+            keep,
+        } => {
+            let store = Store::open(&store_dir)?;
+            return delete_generations(&store, &profile, &numbers, older_than, keep);
+        }
         command => command,
     };
     // The graph and the session are left to the process's exit, not freed one allocation at a
@@ -686,7 +708,8 @@ fn run_program(
         | ProgramCommand::Hash(_)
         | ProgramCommand::Generations
         | ProgramCommand::Diff { .. }
-        | ProgramCommand::Rollback { .. } => {
+        | ProgramCommand::Rollback { .. }
+        | ProgramCommand::DeleteGenerations { .. } => {
             unreachable!("handled before planning")
         }
     }
@@ -772,6 +795,56 @@ fn diff(store: &Store, profile: &str, a: u64, b: u64) -> Result<ExitCode, Failur
         text = format!("generations {a} and {b} hold the same entries\n");
     }
     emit(&text)?;
+    Ok(ExitCode::Success)
+}
+
+fn delete_generations(
+    store: &Store,
+    profile: &str,
+    numbers: &[u64],
+    older_than: Option<Duration>,
+    keep: Option<usize>,
+) -> Result<ExitCode, Failure> {
+    let profile = store.profile(profile)?;
+    let current = profile.current()?;
+    let generations = profile.generations()?;
+    // Named numbers are taken as given (naming the current one is an error); the current one is
+    // left out of what the age and count select.
+    let mut doomed: BTreeSet<u64> = numbers.iter().copied().collect();
+    let selected = |number: u64| current != Some(number);
+    if let Some(age) = older_than {
+        let cutoff = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
+        doomed.extend(
+            generations
+                .iter()
+                .filter(|g| g.created() < cutoff && selected(g.number))
+                .map(|g| g.number),
+        );
+    }
+    if let Some(keep) = keep {
+        let older = generations.len().saturating_sub(keep);
+        doomed.extend(
+            generations[..older]
+                .iter()
+                .map(|g| g.number)
+                .filter(|&n| selected(n)),
+        );
+    }
+    if doomed.is_empty() {
+        emit(&format!(
+            "no generation of profile `{}` matches; nothing was deleted\n",
+            profile.name()
+        ))?;
+        return Ok(ExitCode::Success);
+    }
+    profile.delete(&doomed)?;
+    let list: Vec<String> = doomed.iter().map(u64::to_string).collect();
+    emit(&format!(
+        "Deleted generation{} {} of profile `{}`; `gc` frees what only they kept\n",
+        if doomed.len() == 1 { "" } else { "s" },
+        list.join(", "),
+        profile.name()
+    ))?;
     Ok(ExitCode::Success)
 }
 

@@ -117,6 +117,17 @@ pub enum StoreError {
         /// The number asked for.
         number: u64,
     },
+    /// The current generation of a profile was asked to be deleted.
+    #[error(
+        "generation {number} is the current one of profile `{profile}` and cannot be deleted; \
+         `rollback --to` another generation, or `apply`, first"
+    )]
+    CurrentGeneration {
+        /// The profile.
+        profile: String,
+        /// The generation.
+        number: u64,
+    },
     /// A file of the store's own bookkeeping cannot be read.
     #[error("`{}` is damaged: {reason}", .path.display())]
     Damaged {

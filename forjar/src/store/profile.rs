@@ -282,6 +282,27 @@ impl Profile<'_> {
         self.replace("current", format!("{number}\n").as_bytes())?;
         Ok(target)
     }
+
+    /// Deletes the generations numbered `numbers`, all or none: every one must exist and none
+    /// may be the current one. What only they kept becomes garbage for the next `gc`.
+    pub fn delete(&self, numbers: &BTreeSet<u64>) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let current = self.current()?;
+        for &number in numbers {
+            if current == Some(number) {
+                return Err(StoreError::CurrentGeneration {
+                    profile: self.name.clone(),
+                    number,
+                });
+            }
+            self.read(number)?;
+        }
+        for &number in numbers {
+            let path = self.path(number);
+            fs::remove_file(&path).map_err(StoreError::io("cannot delete", &path))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -341,6 +362,38 @@ mod tests {
                 removed: vec!["a".into()],
                 changed: vec!["b".into()],
             }
+        );
+    }
+
+    #[test]
+    fn deleting_generations_is_all_or_nothing_and_spares_the_current_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let profile = store.profile("app").unwrap();
+        for n in 1..=3 {
+            profile
+                .record(BTreeMap::from([("web".to_string(), entry(n, "web"))]))
+                .unwrap();
+        }
+        let numbers = |p: &Profile| -> Vec<u64> {
+            p.generations().unwrap().iter().map(|g| g.number).collect()
+        };
+        let err = profile.delete(&BTreeSet::from([1, 9])).unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::NoSuchGeneration { number: 9, .. }
+        ));
+        let err = profile.delete(&BTreeSet::from([1, 3])).unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::CurrentGeneration { number: 3, .. }
+        ));
+        assert_eq!(numbers(&profile), [1, 2, 3], "nothing was deleted");
+        profile.delete(&BTreeSet::from([1, 2])).unwrap();
+        assert_eq!(numbers(&profile), [3]);
+        assert_eq!(
+            store.generation_roots().unwrap(),
+            BTreeSet::from([entry(3, "web")])
         );
     }
 
