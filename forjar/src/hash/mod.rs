@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::request::{BuildRequest, Name, OutputName, ResolvedInput};
 
 pub use cache::DigestCache;
+pub(crate) use cache::FileId;
 pub use host::HostFingerprint;
 pub use tree::{HashError, HashStats, TreeHasher, tree_digest};
 

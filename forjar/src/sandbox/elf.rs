@@ -4,9 +4,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+use crate::hash::FileId;
 
 /// The directories the dynamic loader searches when there is no `ld.so.cache` (as in a hermetic
 /// sandbox), in its order.
@@ -107,33 +108,10 @@ fn parse(bytes: &[u8]) -> Option<Elf> {
     })
 }
 
-/// A host file as found: it is taken to be unchanged while these stay the same.
-#[derive(Clone, Copy, PartialEq, Eq)]
-struct Stamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl Stamp {
-    fn of(path: &Path) -> Option<Stamp> {
-        let m = fs::metadata(path).ok()?;
-        Some(Stamp {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        })
-    }
-}
-
 /// A computed closure and the stamps of the files it was read from.
 struct Cached {
     files: Vec<(PathBuf, PathBuf)>,
-    stamps: Vec<(PathBuf, Stamp)>,
+    stamps: Vec<(PathBuf, FileId)>,
 }
 
 /// Closures already computed by this process. Every build that asks for `/bin/sh` needs the
@@ -159,7 +137,7 @@ pub(crate) fn closure(program: &Path) -> Result<Vec<(PathBuf, PathBuf)>, String>
             && cached
                 .stamps
                 .iter()
-                .all(|(path, stamp)| Stamp::of(path) == Some(*stamp));
+                .all(|(path, stamp)| stamp_of(path) == Some(*stamp));
         if fresh {
             return Ok(cached.files.clone());
         }
@@ -167,7 +145,7 @@ pub(crate) fn closure(program: &Path) -> Result<Vec<(PathBuf, PathBuf)>, String>
     let files = compute(program)?;
     let stamps = files
         .iter()
-        .filter_map(|(_, real)| Some((real.clone(), Stamp::of(real)?)))
+        .filter_map(|(_, real)| Some((real.clone(), stamp_of(real)?)))
         .collect();
     let cached = Arc::new(Cached {
         files: files.clone(),
@@ -178,6 +156,11 @@ pub(crate) fn closure(program: &Path) -> Result<Vec<(PathBuf, PathBuf)>, String>
         .unwrap_or_else(|e| e.into_inner())
         .insert(program.to_path_buf(), cached);
     Ok(files)
+}
+
+/// What marks a host file as unchanged: its inode, size and times.
+fn stamp_of(path: &Path) -> Option<FileId> {
+    fs::metadata(path).ok().map(|meta| FileId::of(&meta))
 }
 
 /// [`closure`], read from the files.
