@@ -924,11 +924,9 @@ pub fn render_plan(plan: &Plan) -> String {
         .collect();
     let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
     let (w0, w1, w2) = (width(0), width(1), width(2));
-    let mut text = String::new();
+    let mut text = String::with_capacity(rows.len() * (w0 + w1 + w2 + 48));
     for [status, name, origin, entry] in &rows {
-        text.push_str(&format!(
-            "{status:<w0$}  {name:<w1$}  {origin:<w2$}  {entry}\n"
-        ));
+        let _ = writeln!(text, "{status:<w0$}  {name:<w1$}  {origin:<w2$}  {entry}");
     }
     if plan.nodes().any(|(_, n)| n.impure) {
         text.push_str(
