@@ -122,7 +122,7 @@ fn main() {
 fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, nix: bool) {
     let forjar_first = measure(runs, |i| {
         let store = Store::open(dir.path().join(format!("tree-{i}"))).unwrap();
-        let report = apply_tree(&store, tree_size, &format!("{seed}-{i}"), jobs());
+        let report = apply_tree(&store, tree_size, &format!("{seed}-{i}"), 2);
         assert_eq!(report.built.len(), tree_size);
     });
     println!("| {tree_size}-derivation tree, first build, -j2 | median | / forjar |");
@@ -227,9 +227,4 @@ fn makespan_part(dir: &tempfile::TempDir, runs: usize, seed: u32) {
         secs(apply_only),
         apply_only.as_secs_f64() / ideal.as_secs_f64()
     );
-}
-
-/// `-j` of the tree part: 2, or `FORJAR_BENCH_JOBS` (for looking into scaling).
-fn jobs() -> usize {
-    std::env::var("FORJAR_BENCH_JOBS").map_or(2, |j| j.parse().expect("a number"))
 }

@@ -811,13 +811,13 @@ fn delete_generations(
     // Named numbers are taken as given (naming the current one is an error); the current one is
     // left out of what the age and count select.
     let mut doomed: BTreeSet<u64> = numbers.iter().copied().collect();
-    let selected = |number: u64| current != Some(number);
+    let not_current = |number: u64| current != Some(number);
     if let Some(age) = older_than {
         let cutoff = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
         doomed.extend(
             generations
                 .iter()
-                .filter(|g| g.created() < cutoff && selected(g.number))
+                .filter(|g| g.created() < cutoff && not_current(g.number))
                 .map(|g| g.number),
         );
     }
@@ -827,7 +827,7 @@ fn delete_generations(
             generations[..older]
                 .iter()
                 .map(|g| g.number)
-                .filter(|&n| selected(n)),
+                .filter(|&n| not_current(n)),
         );
     }
     if doomed.is_empty() {
