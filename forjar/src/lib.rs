@@ -30,6 +30,7 @@ pub mod derivation;
 pub mod exec;
 pub mod hash;
 pub mod plan;
+pub mod remote;
 pub mod request;
 pub mod sandbox;
 pub mod store;

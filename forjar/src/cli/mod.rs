@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,6 +25,8 @@ use self::store::human_bytes;
 use crate::derivation::Graph;
 use crate::exec::{self, ExecError};
 use crate::plan::{NodeKind, Plan, Status};
+use crate::remote::Address;
+use crate::remote::cache::Cache;
 use crate::store::{EntryName, RootChanges, Store};
 
 /// How a command ended.
@@ -132,6 +135,13 @@ struct RunArgs {
     /// Keep a failed build's directory and print where it is.
     #[arg(long)]
     keep_failed: bool,
+    /// A REAPI remote cache (e.g. BuildGrid): each derivation is looked up there before it is
+    /// built, and what is built here is uploaded.
+    #[arg(long, value_name = "grpc://HOST:PORT[/INSTANCE]", env = "FORJAR_REMOTE")]
+    remote: Option<String>,
+    /// When the remote cannot be reached at the start, warn and build everything here.
+    #[arg(long, requires = "remote")]
+    remote_fallback: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -369,14 +379,33 @@ impl Session {
         })
     }
 
-    fn options(&self, run: &RunArgs) -> exec::Options {
+    fn options(&self, run: &RunArgs) -> Result<exec::Options, Failure> {
         let defaults = exec::Options::default();
-        exec::Options {
+        Ok(exec::Options {
             jobs: run.jobs.map_or(defaults.jobs, usize::from),
             keep_going: run.keep_going,
             keep_failed: run.keep_failed,
             interrupt: Some(&INTERRUPTED),
+            remote: self.remote(run)?,
             ..defaults
+        })
+    }
+
+    /// Connects to the remote cache, if one is asked for.
+    fn remote(&self, run: &RunArgs) -> Result<Option<Arc<Cache>>, Failure> {
+        let Some(text) = run.remote.as_deref().filter(|t| !t.is_empty()) else {
+            return Ok(None);
+        };
+        let address = Address::parse(text).map_err(|e| Failure::new(ExitCode::Usage, e))?;
+        match Cache::connect(&address) {
+            Ok(cache) => Ok(Some(Arc::new(cache))),
+            Err(error) if run.remote_fallback && error.is_outage() => {
+                if self.verbosity != Verbosity::Quiet {
+                    eprintln!("warning: {error}; building here (--remote-fallback)");
+                }
+                Ok(None)
+            }
+            Err(error) => Err(Failure::new(ExitCode::Failure, error)),
         }
     }
 
@@ -400,7 +429,7 @@ impl Session {
     }
 
     fn apply(&self, run: &RunArgs) -> Result<ExitCode, Failure> {
-        let report = self.realise(&exec::needed(&self.plan), &self.options(run))?;
+        let report = self.realise(&exec::needed(&self.plan), &self.options(run)?)?;
         let roots: BTreeMap<String, EntryName> = exec::register_roots(&self.plan, &self.store)?
             .into_iter()
             .collect();
@@ -438,7 +467,7 @@ impl Session {
             .collect::<Result<Vec<_>, _>>()?;
         let report = self.realise(
             &exec::needed_for(&self.plan, targets.iter().copied()),
-            &self.options(run),
+            &self.options(run)?,
         )?;
         let mut text = String::new();
         for &target in &targets {

@@ -124,10 +124,11 @@ impl Progress {
             }
             Event::Finished(node, done, elapsed) => {
                 self.end(node);
-                if done == Done::Made {
-                    let verb = match node.kind {
-                        NodeKind::Derivation { .. } => "built",
-                        NodeKind::Source { .. } => "imported",
+                if done != Done::Cached {
+                    let verb = match (done, &node.kind) {
+                        (Done::Downloaded, _) => "downloaded",
+                        (_, NodeKind::Derivation { .. }) => "built",
+                        (_, NodeKind::Source { .. }) => "imported",
                     };
                     self.line(&format!(
                         "{verb} {} in {:.1}s",
@@ -139,6 +140,9 @@ impl Progress {
             Event::Failed(node, _) => {
                 self.end(node);
                 self.line(&format!("failed {}{}", node.name, at(node)));
+            }
+            Event::Remote(node, error) => {
+                self.line(&format!("warning: remote cache, for {}: {error}", node.name));
             }
             Event::Skipped(node, failed) => {
                 if let Some(bars) = &self.bars {

@@ -23,14 +23,16 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 
-use crate::hash::{TreeDigest, TreeHasher};
+use crate::hash::{Key, TreeDigest, TreeHasher};
 use crate::plan::{Node, NodeKind, Plan, Status};
+use crate::remote::RemoteError;
+use crate::remote::cache::Cache;
 use crate::sandbox::{self, BuildSpec, Outcome, SandboxError};
 use crate::store::{Committed, Draft, EntryKind, EntryName, KeyLock, Staging, Store, StoreError};
 
@@ -183,6 +185,8 @@ pub enum Done {
     Cached,
     /// It was built (a derivation) or imported (a source).
     Made,
+    /// It was downloaded from the remote cache.
+    Downloaded,
 }
 
 /// What an apply did.
@@ -192,6 +196,8 @@ pub struct Report {
     pub built: Vec<String>,
     /// Sources imported.
     pub imported: Vec<String>,
+    /// Derivations whose outputs were downloaded from the remote cache.
+    pub downloaded: Vec<String>,
     /// Nodes that were in the store already.
     pub cached: usize,
     /// The roots registered, with their entries.
@@ -212,6 +218,10 @@ pub enum Event<'a> {
     Failed(&'a Node, &'a ExecError),
     /// A node was left out because its dependency (the second) failed.
     Skipped(&'a Node, &'a Node),
+    /// The remote cache failed while looking up, downloading or uploading the node's outputs.
+    /// The apply goes on: a failed download is a miss (the node is built here), a failed upload
+    /// loses nothing local.
+    Remote(&'a Node, &'a RemoteError),
 }
 
 /// How to apply.
@@ -228,6 +238,9 @@ pub struct Options {
     /// When set (by a Ctrl-C handler), the apply stops its builds and returns
     /// [`ExecError::Interrupted`].
     pub interrupt: Option<&'static AtomicBool>,
+    /// A remote cache: each derivation is looked up there before it is built, and what is
+    /// built here is uploaded to it.
+    pub remote: Option<Arc<Cache>>,
 }
 
 impl Default for Options {
@@ -239,6 +252,7 @@ impl Default for Options {
             keep_going: false,
             keep_failed: false,
             interrupt: None,
+            remote: None,
         }
     }
 }
@@ -509,6 +523,9 @@ impl<'a> Scheduler<'a> {
                     (Done::Made, NodeKind::Source { .. }) => {
                         self.report.imported.push(plan_node.name.to_string())
                     }
+                    (Done::Downloaded, _) => {
+                        self.report.downloaded.push(plan_node.name.to_string())
+                    }
                 }
                 let dependents: BTreeSet<NodeIndex> = self
                     .plan
@@ -684,6 +701,19 @@ fn build(
     let lock = KeyLock::acquire(store, &hash)?;
     if all_present() {
         return Ok(Done::Cached);
+    }
+    if let Some(cache) = &options.remote
+        && check.is_none()
+    {
+        let wanted: Vec<(EntryName, Key)> = outputs
+            .values()
+            .map(|o| (o.entry.clone(), o.key))
+            .collect();
+        match cache.pull(store, &lock, &wanted) {
+            Ok(true) => return Ok(Done::Downloaded),
+            Ok(false) => {}
+            Err(error) => observer(Event::Remote(node, &error)),
+        }
     }
     let started = SystemTime::now();
 
@@ -933,20 +963,28 @@ fn build(
         }
     }
     drop(lock);
+    if let Some(cache) = &options.remote
+        && let Err(error) = cache.push(store, &own)
+    {
+        observer(Event::Remote(node, &error));
+    }
     Ok(Done::Made)
 }
 
 impl fmt::Display for Report {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.built.is_empty() && self.imported.is_empty() {
+        if self.built.is_empty() && self.imported.is_empty() && self.downloaded.is_empty() {
             return write!(f, "Nothing to do: all {} cached", self.cached);
         }
         write!(
             f,
-            "Built {}, imported {}, {} cached",
+            "Built {}, imported {}, ",
             self.built.len(),
-            self.imported.len(),
-            self.cached
-        )
+            self.imported.len()
+        )?;
+        if !self.downloaded.is_empty() {
+            write!(f, "downloaded {}, ", self.downloaded.len())?;
+        }
+        write!(f, "{} cached", self.cached)
     }
 }

@@ -215,6 +215,28 @@ impl<'s> Staging<'s> {
             location: draft.location,
             source_path: draft.source_path,
         };
+        self.publish(meta)
+    }
+
+    /// Installs content made elsewhere (downloaded from a remote cache or worker) with the
+    /// provenance its producer wrote: canonicalises it, and installs it only if its tree digest
+    /// is the one `meta` records.
+    pub fn commit_fetched(self, meta: Meta) -> Result<Committed, StoreError> {
+        let content = self.content_path();
+        canonicalise(&content, self.store.owner())?;
+        let digest = TreeHasher::new().digest(&content)?;
+        if digest != meta.digest {
+            return Ok(Committed::Mismatch(Mismatch {
+                entry: self.entry.clone(),
+                expected: meta.digest,
+                got: digest,
+            }));
+        }
+        self.publish(meta)
+    }
+
+    /// Writes `meta.yaml`, syncs, and renames the staged directory into place.
+    fn publish(self, meta: Meta) -> Result<Committed, StoreError> {
         let meta_path = self.dir.join("meta.yaml");
         fs::write(&meta_path, meta.to_yaml())
             .map_err(StoreError::io("cannot write", &meta_path))?;

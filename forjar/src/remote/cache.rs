@@ -1,0 +1,289 @@
+//! Store entries in a REAPI ActionCache and CAS.
+//!
+//! An entry is cached under an *entry action*: an `Action` whose `Command` names the entry's
+//! full key (and this format's version), with an empty input root. It is a function of the key
+//! alone, so a fresh store can look up any entry of its plan before it has the entry's inputs,
+//! as Nix asks a binary cache by store path. The `ActionResult` has one output directory,
+//! `entry`, holding `content` (file, directory or symlink) and `meta.yaml`.
+//!
+//! A download is installed only if every blob matches its digest, the `meta.yaml` is for the
+//! key asked for, and the content's tree digest is the one `meta.yaml` records; it goes through
+//! the store's staging, so a failure at any point leaves nothing behind.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use prost::Message;
+use re::action_cache_client::ActionCacheClient;
+
+use super::cas::{self, DirectoryExt, Upload};
+use super::{Address, Remote, RemoteError};
+use crate::hash::Key;
+use crate::store::{Committed, EntryName, KeyLock, Meta, Staging, Store};
+
+/// The version of the entry action's layout; changing it starts a new cache.
+const FORMAT: &str = "forjar entry v1";
+/// The output directory that holds an entry.
+const OUTPUT: &str = "entry";
+
+/// The command and action under which `entry` (with `key`) is cached.
+pub fn entry_action(entry: &EntryName, key: &Key) -> (re::Command, re::Action) {
+    let command = re::Command {
+        arguments: vec![
+            "forjar".to_string(),
+            "substitute".to_string(),
+            FORMAT.to_string(),
+            key.to_string(),
+            entry.to_string(),
+        ],
+        output_paths: vec![OUTPUT.to_string()],
+        ..Default::default()
+    };
+    let action = re::Action {
+        command_digest: Some(cas::encode(&command).0),
+        input_root_digest: Some(cas::encode(&re::Directory::default()).0),
+        ..Default::default()
+    };
+    (command, action)
+}
+
+/// A store entry the remote has, fully: its result, and the tree of its output.
+#[derive(Debug)]
+struct Found {
+    entry: EntryName,
+    key: Key,
+    tree: re::Tree,
+}
+
+impl Remote {
+    fn action_cache(&self) -> ActionCacheClient<tonic::transport::Channel> {
+        ActionCacheClient::new(self.channel())
+    }
+
+    /// Uploads a store entry (its content and `meta.yaml`) and records it under its entry
+    /// action. Blobs the CAS has are not sent again.
+    pub fn push_entry(&self, store: &Store, entry: &EntryName) -> Result<(), RemoteError> {
+        let meta = store.meta(entry)?;
+        let mut upload = Upload::default();
+        let mut children = Vec::new();
+        let content = upload.add_path(&store.content_path(entry), &mut children)?;
+        let meta_node = upload.add_path(&store.entry_path(entry).join("meta.yaml"), &mut children)?;
+        let mut root = re::Directory::default();
+        root.add("content".to_string(), content);
+        root.add("meta.yaml".to_string(), meta_node);
+        let root_digest = upload.add_message(&root);
+        let tree_digest = upload.add_message(&re::Tree {
+            root: Some(root),
+            children,
+        });
+        let (command, action) = entry_action(entry, &meta.key);
+        upload.add_message(&command);
+        let action_digest = upload.add_message(&action);
+        self.upload(upload)?;
+        let request = re::UpdateActionResultRequest {
+            instance_name: self.address.instance().to_string(),
+            action_digest: Some(action_digest),
+            action_result: Some(re::ActionResult {
+                output_directories: vec![re::OutputDirectory {
+                    path: OUTPUT.to_string(),
+                    tree_digest: Some(tree_digest),
+                    is_topologically_sorted: false,
+                    root_directory_digest: Some(root_digest),
+                }],
+                exit_code: 0,
+                ..Default::default()
+            }),
+            results_cache_policy: None,
+            digest_function: 0,
+        };
+        self.block_on(self.action_cache().update_action_result(request))
+            .map_err(self.failed("UpdateActionResult"))?;
+        Ok(())
+    }
+
+    /// Looks `entry` up. `None` when the remote does not have all of it: no result, or a
+    /// result whose tree or file blobs are gone (a cache may evict blobs before results).
+    fn find_entry(&self, entry: &EntryName, key: &Key) -> Result<Option<Found>, RemoteError> {
+        let (_, action) = entry_action(entry, key);
+        let request = re::GetActionResultRequest {
+            instance_name: self.address.instance().to_string(),
+            action_digest: Some(cas::encode(&action).0),
+            ..Default::default()
+        };
+        let result = match self.block_on(self.action_cache().get_action_result(request)) {
+            Ok(response) => response.into_inner(),
+            Err(status) if status.code() == tonic::Code::NotFound => return Ok(None),
+            Err(status) => return Err(self.failed("GetActionResult")(status)),
+        };
+        let Some(tree_digest) = result
+            .output_directories
+            .iter()
+            .find(|d| d.path == OUTPUT)
+            .and_then(|d| d.tree_digest.clone())
+        else {
+            return Ok(None);
+        };
+        let tree = match self.read_blob(&tree_digest) {
+            Ok(bytes) => re::Tree::decode(bytes.as_slice()).map_err(|e| RemoteError::Malformed {
+                what: format!("tree {} of `{entry}`", cas::show(&tree_digest)),
+                reason: e.to_string(),
+            })?,
+            Err(RemoteError::Call {
+                code: tonic::Code::NotFound,
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let files: Vec<re::Digest> = tree
+            .root
+            .iter()
+            .chain(&tree.children)
+            .flat_map(|d| d.files.iter().filter_map(|f| f.digest.clone()))
+            .collect();
+        if !self.find_missing(files)?.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Found {
+            entry: entry.clone(),
+            key: *key,
+            tree,
+        }))
+    }
+
+    /// Downloads a found entry into staging, checks it, and installs it. What it refers to
+    /// must be in the store or among `siblings` (the other outputs of its derivation), as for a
+    /// local build.
+    fn install(
+        &self,
+        store: &Store,
+        lock: &KeyLock,
+        found: Found,
+        siblings: &[EntryName],
+    ) -> Result<(), RemoteError> {
+        let Found { entry, key, tree } = found;
+        let staging = Staging::new(store, lock, entry.clone())?;
+        let root = tree.root.unwrap_or_default();
+        self.materialise(&root, &tree.children, staging.dir())?;
+        let meta_path = staging.dir().join("meta.yaml");
+        let bytes = std::fs::read(&meta_path).map_err(|e| RemoteError::Malformed {
+            what: format!("entry `{entry}`"),
+            reason: format!("its meta.yaml cannot be read: {e}"),
+        })?;
+        let meta = Meta::parse(&bytes, &meta_path).map_err(crate::store::StoreError::from)?;
+        if meta.key != key {
+            return Err(RemoteError::Malformed {
+                what: format!("entry `{entry}`"),
+                reason: format!("its meta.yaml is for key {}, not {key}", meta.key),
+            });
+        }
+        let present = |r: &EntryName| store.contains(r) || siblings.contains(r);
+        if let Some(missing) = meta.references.iter().find(|r| !present(r)) {
+            return Err(RemoteError::Malformed {
+                what: format!("entry `{entry}`"),
+                reason: format!("it refers to `{missing}`, which is not in the store"),
+            });
+        }
+        std::fs::remove_file(&meta_path)
+            .map_err(crate::store::StoreError::io("cannot remove", &meta_path))?;
+        match staging.commit_fetched(meta)? {
+            Committed::Installed(_) => Ok(()),
+            Committed::Mismatch(m) => Err(RemoteError::Corrupt {
+                digest: format!("content of `{entry}` (meta.yaml says {})", m.expected),
+                got: m.got.to_string(),
+            }),
+        }
+    }
+}
+
+/// A remote cache as an apply uses it: after the remote fails to answer once, it is not asked
+/// again during the apply, so that an outage costs one timeout, not one per build.
+#[derive(Debug)]
+pub struct Cache {
+    remote: Remote,
+    down: AtomicBool,
+}
+
+impl Cache {
+    /// Connects to the remote cache at `address`.
+    pub fn connect(address: &Address) -> Result<Cache, RemoteError> {
+        Ok(Cache {
+            remote: Remote::connect(address)?,
+            down: AtomicBool::new(false),
+        })
+    }
+
+    /// The connection.
+    pub fn remote(&self) -> &Remote {
+        &self.remote
+    }
+
+    /// Whether the remote has stopped answering during this apply.
+    pub fn is_down(&self) -> bool {
+        self.down.load(Ordering::Relaxed)
+    }
+
+    fn note(&self, error: RemoteError) -> RemoteError {
+        if error.is_outage() {
+            self.down.store(true, Ordering::Relaxed);
+        }
+        error
+    }
+
+    /// Installs `entries` (a derivation's outputs, with their keys) from the remote if it has
+    /// every one of them, and their references are in the store or among them. `Ok(false)` is a
+    /// miss: nothing was installed.
+    pub fn pull(
+        &self,
+        store: &Store,
+        lock: &KeyLock,
+        entries: &[(EntryName, Key)],
+    ) -> Result<bool, RemoteError> {
+        if self.is_down() {
+            return Ok(false);
+        }
+        let mut found = Vec::new();
+        for (entry, key) in entries {
+            match self.remote.find_entry(entry, key) {
+                Ok(Some(f)) => found.push(f),
+                Ok(None) => return Ok(false),
+                Err(e) => return Err(self.note(e)),
+            }
+        }
+        let siblings: Vec<EntryName> = entries.iter().map(|(e, _)| e.clone()).collect();
+        for f in found {
+            self.remote
+                .install(store, lock, f, &siblings)
+                .map_err(|e| self.note(e))?;
+        }
+        Ok(true)
+    }
+
+    /// Uploads `entries` and records them.
+    pub fn push(&self, store: &Store, entries: &[EntryName]) -> Result<(), RemoteError> {
+        if self.is_down() {
+            return Ok(());
+        }
+        for entry in entries {
+            self.remote
+                .push_entry(store, entry)
+                .map_err(|e| self.note(e))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::str::FromStr;
+
+    #[test]
+    fn the_entry_action_depends_on_the_key_alone() {
+        let key = Key::from_str(&"ab".repeat(32)).unwrap();
+        let other = Key::from_str(&"cd".repeat(32)).unwrap();
+        let entry = EntryName::parse(&format!("{}-hello", key.store_hash())).unwrap();
+        let digest = |k: &Key| cas::encode(&entry_action(&entry, k).1).0;
+        assert_eq!(digest(&key), digest(&key));
+        assert_ne!(digest(&key), digest(&other));
+    }
+}
