@@ -19,7 +19,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .extern_path(".google.protobuf", "::bazel_remote_apis::google::protobuf")
         .extern_path(".google.rpc", "::bazel_remote_apis::google::rpc")
         .compile_protos(
-            &[std::path::PathBuf::from("proto/google/devtools/remoteworkers/v1test2/bots.proto")],
+            &[std::path::PathBuf::from(
+                "proto/google/devtools/remoteworkers/v1test2/bots.proto",
+            )],
             &includes,
         )?;
     Ok(())

@@ -167,3 +167,37 @@ pub fn sandbox() -> bool {
         }
     }
 }
+
+/// The remote stack's state directory (`remote/stack`'s default).
+pub fn stack_dir() -> PathBuf {
+    std::env::var_os("FORJAR_STACK_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/remote-stack"))
+}
+
+/// Starts the remote stack (BuildGrid and PostgreSQL on 127.0.0.1) with `remote/stack start`,
+/// once per test process (the script itself serialises starts across processes), and returns
+/// its address. The remote tests need it everywhere, so a stack that cannot start fails the
+/// calling test with the script's message; it is never skipped.
+pub fn remote_stack() -> &'static str {
+    use std::sync::OnceLock;
+    static ADDRESS: OnceLock<Result<String, String>> = OnceLock::new();
+    let started = ADDRESS.get_or_init(|| {
+        let output = Command::new(root().join("remote/stack"))
+            .arg("start")
+            .output()
+            .map_err(|e| format!("cannot run remote/stack: {e}"))?;
+        if !output.status.success() {
+            return Err(format!("remote/stack start failed:\n{}", stderr(&output)));
+        }
+        stdout(&output)
+            .lines()
+            .find_map(|l| l.strip_prefix("FORJAR_REMOTE="))
+            .map(str::to_string)
+            .ok_or_else(|| format!("remote/stack printed no address:\n{}", stdout(&output)))
+    });
+    match started {
+        Ok(address) => address,
+        Err(e) => panic!("the remote tests need the remote stack: {e}"),
+    }
+}

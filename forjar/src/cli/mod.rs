@@ -137,7 +137,11 @@ struct RunArgs {
     keep_failed: bool,
     /// A REAPI remote cache (e.g. BuildGrid): each derivation is looked up there before it is
     /// built, and what is built here is uploaded.
-    #[arg(long, value_name = "grpc://HOST:PORT[/INSTANCE]", env = "FORJAR_REMOTE")]
+    #[arg(
+        long,
+        value_name = "grpc://HOST:PORT[/INSTANCE]",
+        env = "FORJAR_REMOTE"
+    )]
     remote: Option<String>,
     /// When the remote cannot be reached at the start, warn and build everything here.
     #[arg(long, requires = "remote")]

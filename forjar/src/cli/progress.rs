@@ -142,7 +142,10 @@ impl Progress {
                 self.line(&format!("failed {}{}", node.name, at(node)));
             }
             Event::Remote(node, error) => {
-                self.line(&format!("warning: remote cache, for {}: {error}", node.name));
+                self.line(&format!(
+                    "warning: remote cache, for {}: {error}",
+                    node.name
+                ));
             }
             Event::Skipped(node, failed) => {
                 if let Some(bars) = &self.bars {

@@ -705,10 +705,8 @@ fn build(
     if let Some(cache) = &options.remote
         && check.is_none()
     {
-        let wanted: Vec<(EntryName, Key)> = outputs
-            .values()
-            .map(|o| (o.entry.clone(), o.key))
-            .collect();
+        let wanted: Vec<(EntryName, Key)> =
+            outputs.values().map(|o| (o.entry.clone(), o.key)).collect();
         match cache.pull(store, &lock, &wanted) {
             Ok(true) => return Ok(Done::Downloaded),
             Ok(false) => {}

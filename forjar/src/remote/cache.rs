@@ -67,7 +67,8 @@ impl Remote {
         let mut upload = Upload::default();
         let mut children = Vec::new();
         let content = upload.add_path(&store.content_path(entry), &mut children)?;
-        let meta_node = upload.add_path(&store.entry_path(entry).join("meta.yaml"), &mut children)?;
+        let meta_node =
+            upload.add_path(&store.entry_path(entry).join("meta.yaml"), &mut children)?;
         let mut root = re::Directory::default();
         root.add("content".to_string(), content);
         root.add("meta.yaml".to_string(), meta_node);
@@ -124,10 +125,12 @@ impl Remote {
             return Ok(None);
         };
         let tree = match self.read_blob(&tree_digest) {
-            Ok(bytes) => re::Tree::decode(bytes.as_slice()).map_err(|e| RemoteError::Malformed {
-                what: format!("tree {} of `{entry}`", cas::show(&tree_digest)),
-                reason: e.to_string(),
-            })?,
+            Ok(bytes) => {
+                re::Tree::decode(bytes.as_slice()).map_err(|e| RemoteError::Malformed {
+                    what: format!("tree {} of `{entry}`", cas::show(&tree_digest)),
+                    reason: e.to_string(),
+                })?
+            }
             Err(RemoteError::Call {
                 code: tonic::Code::NotFound,
                 ..

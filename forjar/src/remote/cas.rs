@@ -308,7 +308,12 @@ impl Remote {
     fn write_stream(&self, digest: &re::Digest, source: Source) -> Result<(), RemoteError> {
         let seq = UPLOAD_SEQ.fetch_add(1, Ordering::Relaxed);
         let id = hex(&Sha256::digest(
-            format!("{}-{seq}-{:?}", std::process::id(), std::time::SystemTime::now()).as_bytes(),
+            format!(
+                "{}-{seq}-{:?}",
+                std::process::id(),
+                std::time::SystemTime::now()
+            )
+            .as_bytes(),
         ));
         let resource = match self.address.instance() {
             "" => format!("uploads/{}/{}", &id[..32], self.blob_resource(digest)),
@@ -320,7 +325,10 @@ impl Remote {
             ),
         };
         let (mut reader, origin): (Box<dyn Read + Send>, PathBuf) = match source {
-            Source::Bytes(bytes) => (Box::new(io::Cursor::new(bytes)), PathBuf::from(show(digest))),
+            Source::Bytes(bytes) => (
+                Box::new(io::Cursor::new(bytes)),
+                PathBuf::from(show(digest)),
+            ),
             Source::File(path) => (
                 Box::new(File::open(&path).map_err(io_error("cannot read", &path))?),
                 path,
@@ -344,7 +352,11 @@ impl Remote {
                 return None;
             }
             let request = WriteRequest {
-                resource_name: if offset == 0 { resource.clone() } else { String::new() },
+                resource_name: if offset == 0 {
+                    resource.clone()
+                } else {
+                    String::new()
+                },
                 write_offset: offset,
                 finish_write: offset + data.len() as i64 >= total,
                 data,
@@ -508,7 +520,9 @@ impl Remote {
                 .open(path)
                 .map_err(io_error("cannot create", path))?;
             match blobs.get(&digest.hash) {
-                Some(data) => file.write_all(data).map_err(io_error("cannot write", path))?,
+                Some(data) => file
+                    .write_all(data)
+                    .map_err(io_error("cannot write", path))?,
                 None => {
                     let mut hashing = HashingWriter {
                         inner: &mut file,

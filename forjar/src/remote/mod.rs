@@ -181,12 +181,13 @@ impl Remote {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .tcp_nodelay(true);
-        let channel = runtime
-            .block_on(endpoint.connect())
-            .map_err(|e| RemoteError::Unreachable {
-                address: address.to_string(),
-                reason: error_chain(&e),
-            })?;
+        let channel =
+            runtime
+                .block_on(endpoint.connect())
+                .map_err(|e| RemoteError::Unreachable {
+                    address: address.to_string(),
+                    reason: error_chain(&e),
+                })?;
         let remote = Remote {
             address: address.clone(),
             runtime,

@@ -1,0 +1,343 @@
+//! The remote cache against a real BuildGrid, started on 127.0.0.1 by `remote/stack`: upload
+//! and download, blobs gone or damaged on the server, the server down at the start and killed
+//! during an apply. Every build is a real sandboxed build of `tests/programs/dag.rs`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use forjar::remote::cas::digest_file;
+use forjar::store::{Store, remove_tree};
+use forjar_suite::{example, remote_stack, root, sandbox, stack_dir, stderr, stdout};
+
+fn dag(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut command = Command::new(example("dag"));
+    command.arg("--store").arg(store).args(args);
+    command.env_remove("FORJAR_REMOTE");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+fn run(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    dag(store, env, args)
+        .output()
+        .expect("the dag program runs")
+}
+
+/// A salt no earlier run used, so that the shared server starts cold for this test.
+fn fresh_salt(test: &str) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    format!("{test}-{}-{}", std::process::id(), now.as_nanos())
+}
+
+/// The names of the derivations a run reports with `verb` ("built", "downloaded").
+fn reported(output: &Output, verb: &str) -> Vec<String> {
+    let mut names: Vec<String> = stderr(output)
+        .lines()
+        .filter_map(|l| l.strip_prefix(verb)?.strip_prefix(' '))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every entry of the store with the tree digest its meta.yaml records.
+fn digests(store: &Path) -> BTreeMap<String, String> {
+    let store = Store::open(store).unwrap();
+    store
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.to_string(), store.meta(&e).unwrap().digest.to_string()))
+        .collect()
+}
+
+fn verified(store: &Path) {
+    let report = Store::open(store).unwrap().verify().unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
+fn assert_ok(output: &Output) {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        stdout(output),
+        stderr(output)
+    );
+}
+
+/// Where BuildGrid's disk storage keeps the blob of a file's content.
+fn blob_path(stack: &Path, file: &Path) -> PathBuf {
+    let digest = digest_file(file).unwrap();
+    stack
+        .join("cas/cas/objects")
+        .join(&digest.hash[..2])
+        .join(&digest.hash[2..])
+}
+
+/// The content directory of the entry built for derivation `name`.
+fn content_of(store: &Path, name: &str) -> PathBuf {
+    let entry = fs::read_dir(store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|e| e.ends_with(&format!("-{name}")))
+        .unwrap_or_else(|| panic!("no entry for {name} in {}", store.display()));
+    store.join(entry).join("content")
+}
+
+const SMALL: [(&str, &str); 2] = [("DAG_LAYERS", "2"), ("DAG_WIDTH", "3")];
+const ALL: [&str; 7] = ["n0-0", "n0-1", "n0-2", "n1-0", "n1-1", "n1-2", "top"];
+
+/// Builds the small DAG with `salt` into a new store at `store`, uploading it, then removes
+/// that store, so the next apply at the same path (which gives the same keys) starts empty.
+fn build_upload_and_forget(store: &Path, salt: &str, remote: &str) -> BTreeMap<String, String> {
+    let env = [SMALL[0], SMALL[1], ("DAG_SALT", salt)];
+    let first = run(store, &env, &["apply", "--remote", remote]);
+    assert_ok(&first);
+    assert_eq!(reported(&first, "built"), ALL, "{}", stderr(&first));
+    let before = digests(store);
+    remove_tree(store).unwrap();
+    before
+}
+
+#[test]
+fn a_fresh_store_downloads_what_an_earlier_apply_uploaded() {
+    if !sandbox() {
+        return;
+    }
+    let remote = remote_stack();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("round-trip");
+    let before = build_upload_and_forget(&store, &salt, remote);
+
+    let env = [SMALL[0], SMALL[1], ("DAG_SALT", salt.as_str())];
+    let second = run(&store, &env, &["apply", "--remote", remote]);
+    assert_ok(&second);
+    assert_eq!(reported(&second, "downloaded"), ALL, "{}", stderr(&second));
+    assert!(reported(&second, "built").is_empty());
+    assert!(
+        stdout(&second).contains("downloaded 7"),
+        "{}",
+        stdout(&second)
+    );
+    assert!(!stderr(&second).contains("warning"), "{}", stderr(&second));
+    assert_eq!(
+        digests(&store),
+        before,
+        "the same entries with the same tree digests"
+    );
+    verified(&store);
+
+    // The environment variable names the remote as well as the flag does.
+    remove_tree(&store).unwrap();
+    let third = dag(&store, &env, &["apply"])
+        .env("FORJAR_REMOTE", remote)
+        .output()
+        .unwrap();
+    assert_ok(&third);
+    assert_eq!(reported(&third, "downloaded"), ALL);
+}
+
+#[test]
+fn an_entry_whose_blobs_are_gone_is_a_miss_and_is_built() {
+    if !sandbox() {
+        return;
+    }
+    let remote = remote_stack();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("gone");
+    let env = [SMALL[0], SMALL[1], ("DAG_SALT", salt.as_str())];
+    let first = run(&store, &env, &["apply", "--remote", remote]);
+    assert_ok(&first);
+    let blob = blob_path(&stack_dir(), &content_of(&store, "n1-1").join("f1"));
+    remove_tree(&store).unwrap();
+    fs::remove_file(&blob).expect("BuildGrid keeps the blob where its disk storage says");
+
+    let second = run(&store, &env, &["apply", "--remote", remote]);
+    assert_ok(&second);
+    assert_eq!(reported(&second, "built"), ["n1-1"], "{}", stderr(&second));
+    assert_eq!(reported(&second, "downloaded").len(), 6);
+    assert!(
+        !stderr(&second).contains("warning"),
+        "a miss is not a problem"
+    );
+    verified(&store);
+}
+
+#[test]
+fn a_damaged_blob_is_detected_by_its_digest_and_not_installed() {
+    if !sandbox() {
+        return;
+    }
+    let remote = remote_stack();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("damaged");
+    let env = [SMALL[0], SMALL[1], ("DAG_SALT", salt.as_str())];
+    let first = run(&store, &env, &["apply", "--remote", remote]);
+    assert_ok(&first);
+    let file = content_of(&store, "n0-2").join("f2");
+    let blob = blob_path(&stack_dir(), &file);
+    let mut damaged = fs::read(&file).unwrap();
+    damaged[0] ^= 0x20;
+    remove_tree(&store).unwrap();
+    fs::write(&blob, &damaged).unwrap();
+
+    let second = run(&store, &env, &["apply", "--remote", remote]);
+    assert_ok(&second);
+    let log = stderr(&second);
+    assert!(
+        log.contains("warning: remote cache, for n0-2: blob") && log.contains("is damaged"),
+        "{log}"
+    );
+    assert_eq!(reported(&second, "built"), ["n0-2"], "{log}");
+    assert_eq!(reported(&second, "downloaded").len(), 6);
+    let content = fs::read(content_of(&store, "n0-2").join("f2")).unwrap();
+    assert_ne!(
+        content, damaged,
+        "the damaged bytes are not what got installed"
+    );
+    verified(&store);
+    let staging: Vec<_> = fs::read_dir(store.join(".tmp")).unwrap().collect();
+    assert!(staging.is_empty(), "the refused download left no staging");
+}
+
+#[test]
+fn a_remote_that_is_down_at_the_start_is_an_error_or_with_fallback_a_warning() {
+    if !sandbox() {
+        return;
+    }
+    // A port nothing listens on: bound, then released.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("grpc://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let env = [SMALL[0], SMALL[1], ("DAG_SALT", "down")];
+
+    let refused = run(&store, &env, &["apply", "--remote", &address]);
+    assert_eq!(refused.status.code(), Some(1));
+    let message = stderr(&refused);
+    assert!(
+        message.contains(&format!("cannot reach the remote at {address}"))
+            && message.contains("--remote-fallback"),
+        "{message}"
+    );
+    assert!(
+        Store::open(&store).unwrap().entries().unwrap().is_empty(),
+        "nothing was built"
+    );
+
+    let fallback = run(
+        &store,
+        &env,
+        &["apply", "--remote", &address, "--remote-fallback"],
+    );
+    assert_ok(&fallback);
+    assert!(stderr(&fallback).contains("warning: cannot reach the remote"));
+    assert_eq!(reported(&fallback, "built"), ALL);
+
+    let malformed = run(&store, &env, &["apply", "--remote", "127.0.0.1:1"]);
+    assert_eq!(malformed.status.code(), Some(2));
+    assert!(
+        stderr(&malformed).contains("`127.0.0.1:1` is not a remote address"),
+        "{}",
+        stderr(&malformed)
+    );
+}
+
+/// A stack of its own, to be killed: BuildGrid and PostgreSQL on other ports, in `dir`.
+struct PrivateStack {
+    dir: PathBuf,
+}
+
+impl PrivateStack {
+    fn start(dir: &Path, port: u16, pg_port: u16) -> (PrivateStack, String) {
+        let output = Command::new(root().join("remote/stack"))
+            .arg("start")
+            .env("FORJAR_STACK_DIR", dir)
+            .env("FORJAR_STACK_PORT", port.to_string())
+            .env("FORJAR_STACK_PG_PORT", pg_port.to_string())
+            .output()
+            .unwrap();
+        assert_ok(&output);
+        (
+            PrivateStack {
+                dir: dir.to_path_buf(),
+            },
+            format!("grpc://127.0.0.1:{port}"),
+        )
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("remote/stack"))
+            .arg("stop")
+            .env("FORJAR_STACK_DIR", &self.dir)
+            .output();
+    }
+}
+
+#[test]
+fn a_remote_killed_during_an_apply_leaves_the_apply_to_finish_here() {
+    if !sandbox() {
+        return;
+    }
+    remote_stack(); // the shared venv is installed once
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, address) = PrivateStack::start(&dir.path().join("stack"), 50079, 54379);
+    let store = dir.path().join("store");
+    let salt = fresh_salt("killed");
+    let env = [
+        ("DAG_LAYERS", "3"),
+        ("DAG_WIDTH", "2"),
+        ("DAG_SLEEP", "0.3"),
+        ("DAG_SALT", salt.as_str()),
+    ];
+    let mut apply = dag(&store, &env, &["apply", "-j", "1", "--remote", &address])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(apply.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.starts_with("built ") {
+            break;
+        }
+    }
+    // The first build is done (and uploaded): the server dies with the rest to do.
+    let pid = fs::read_to_string(stack.dir.join("buildgrid.pid")).unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    for line in lines {
+        log.push_str(&line.unwrap());
+        log.push('\n');
+    }
+    let status = apply.wait().unwrap();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("warning: remote cache"), "{log}");
+    let built = log.lines().filter(|l| l.starts_with("built ")).count();
+    assert_eq!(built, 7, "everything was built here: {log}");
+    // One timeout, not one per build: the outage is reported once.
+    assert_eq!(log.matches("warning: remote cache").count(), 1, "{log}");
+    verified(&store);
+}
