@@ -137,6 +137,10 @@ fn a_fresh_store_downloads_what_an_earlier_apply_uploaded() {
         "the same entries with the same tree digests"
     );
     verified(&store);
+    // The build logs came along: `log` prints what the build printed where it ran.
+    let log = run(&store, &env, &["log", "n0-1"]);
+    assert_ok(&log);
+    assert_eq!(stdout(&log), "making n0-1\n");
 
     // The environment variable names the remote as well as the flag does.
     remove_tree(&store).unwrap();

@@ -36,7 +36,7 @@ fn main() -> forjar::Result<()> {
                 let name = format!("n{layer}-{i}");
                 let failing = fail.split(',').any(|f| f == name);
                 let mut script = format!(
-                    "sleep {sleep}\nmkdir -p $out\nfor i in $(seq 1 {files}); do echo \"$NAME $i $SALT\" > $out/f$i; done\n"
+                    "echo \"making $NAME\"\nsleep {sleep}\nmkdir -p $out\nfor i in $(seq 1 {files}); do echo \"$NAME $i $SALT\" > $out/f$i; done\n"
                 );
                 if noise.split(',').any(|f| f == name) {
                     script.push_str("head -c 8 /dev/urandom > $out/noise\n");

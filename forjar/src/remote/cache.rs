@@ -71,6 +71,14 @@ impl Remote {
             upload.add_path(&store.entry_path(entry).join("meta.yaml"), &mut children)?;
         let mut root = re::Directory::default();
         root.add("content".to_string(), content);
+        // The build's log goes along, so that `log` works where the entry is downloaded.
+        if let Some(derivation) = meta.derivation.filter(|_| meta.log_digest.is_some()) {
+            let log = store.log_path(&derivation.store_hash());
+            if log.is_file() {
+                let log_node = upload.add_path(&log, &mut children)?;
+                root.add("log".to_string(), log_node);
+            }
+        }
         root.add("meta.yaml".to_string(), meta_node);
         let root_digest = upload.add_message(&root);
         let tree_digest = upload.add_message(&re::Tree {
@@ -188,6 +196,10 @@ impl Remote {
         }
         std::fs::remove_file(&meta_path)
             .map_err(crate::store::StoreError::io("cannot remove", &meta_path))?;
+        let log = staging.dir().join("log");
+        if log.is_file() {
+            keep_log(store, &meta, &log)?;
+        }
         match staging.commit_fetched(meta)? {
             Committed::Installed(_) => Ok(()),
             Committed::Mismatch(m) => Err(RemoteError::Corrupt {
@@ -196,6 +208,33 @@ impl Remote {
             }),
         }
     }
+}
+
+/// Moves a downloaded build log to the store's logs, if it is the log `meta` names and the store
+/// has none for the derivation yet.
+fn keep_log(store: &Store, meta: &Meta, log: &std::path::Path) -> Result<(), RemoteError> {
+    let got = crate::hash::TreeHasher::new()
+        .digest(log)
+        .map_err(crate::store::StoreError::from)?;
+    match (meta.derivation, meta.log_digest) {
+        (Some(derivation), Some(expected)) if expected == got => {
+            let target = store.log_path(&derivation.store_hash());
+            if !target.exists() {
+                std::fs::rename(log, &target)
+                    .map_err(crate::store::StoreError::io("cannot install", &target))?;
+                return Ok(());
+            }
+        }
+        (_, Some(expected)) => {
+            return Err(RemoteError::Corrupt {
+                digest: format!("log of `{}` (meta.yaml says {expected})", meta.name),
+                got: got.to_string(),
+            });
+        }
+        _ => {}
+    }
+    std::fs::remove_file(log).map_err(crate::store::StoreError::io("cannot remove", log))?;
+    Ok(())
 }
 
 /// A remote cache as an apply uses it: after the remote fails to answer once, it is not asked
