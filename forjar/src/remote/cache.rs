@@ -172,8 +172,33 @@ impl Remote {
         siblings: &[EntryName],
     ) -> Result<(), RemoteError> {
         let Found { entry, key, tree } = found;
-        let staging = Staging::new(store, lock, entry.clone())?;
         let root = tree.root.unwrap_or_default();
+        let names = root
+            .files
+            .iter()
+            .map(|f| &f.name)
+            .chain(root.directories.iter().map(|d| &d.name))
+            .chain(root.symlinks.iter().map(|s| &s.name));
+        let mut has_content = false;
+        for name in names {
+            match name.as_str() {
+                "content" => has_content = true,
+                "log" | "meta.yaml" => {}
+                other => {
+                    return Err(RemoteError::Malformed {
+                        what: format!("entry `{entry}`"),
+                        reason: format!("its tree holds `{other}` beside content and meta.yaml"),
+                    });
+                }
+            }
+        }
+        if !has_content {
+            return Err(RemoteError::Malformed {
+                what: format!("entry `{entry}`"),
+                reason: "its tree has no content".to_string(),
+            });
+        }
+        let staging = Staging::new(store, lock, entry.clone())?;
         self.materialise(&root, &tree.children, staging.dir())?;
         let meta_path = staging.dir().join("meta.yaml");
         let bytes = std::fs::read(&meta_path).map_err(|e| RemoteError::Malformed {

@@ -631,7 +631,7 @@ mod tests {
         assert_eq!(files, [("b.txt", false), ("run", true)]);
         assert_eq!(top.directories[0].name, "sub");
         assert_eq!(top.symlinks[0].target, "b.txt");
-        // Four file and directory blobs: b.txt, run, sub/a, sub's Directory, and root's.
+        // Five blobs: the files b.txt, run and sub/a, and the Directory messages of sub and root.
         assert_eq!(upload.blobs.len(), 5);
     }
 }
