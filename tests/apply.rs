@@ -6,28 +6,12 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use forjar_suite::{example, sandbox, stderr, stdout};
+use forjar_suite::{dag, run_dag, sandbox, stderr, stdout};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// The dag program against `store`, with `env` shaping the DAG.
-fn dag(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut command = Command::new(example("dag"));
-    command.arg("--store").arg(store).args(args);
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command
-}
-
-fn run(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    dag(store, env, args)
-        .output()
-        .expect("the dag program runs")
-}
 
 /// The derivations a run says it built.
 fn built(output: &Output) -> Vec<String> {
@@ -78,7 +62,7 @@ fn apply_runs_builds_in_parallel_after_their_dependencies() {
     }
     let (_dir, store) = store_dir();
     let env = [("DAG_SLEEP", "0.3")];
-    let out = run(&store, &env, &["apply", "-j", "4"]);
+    let out = run_dag(&store, &env, &["apply", "-j", "4"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let log = stderr(&out);
     assert!(
@@ -105,11 +89,11 @@ fn apply_runs_builds_in_parallel_after_their_dependencies() {
         }
     }
 
-    let serial = run(&store, &[("DAG_SALT", "serial")], &["apply", "-j", "1"]);
+    let serial = run_dag(&store, &[("DAG_SALT", "serial")], &["apply", "-j", "1"]);
     assert!(serial.status.success(), "{}", stderr(&serial));
     assert_eq!(most_at_once(&serial), 1, "{}", stderr(&serial));
 
-    let again = run(&store, &env, &["apply"]);
+    let again = run_dag(&store, &env, &["apply"]);
     assert!(again.status.success());
     assert!(built(&again).is_empty(), "{}", stderr(&again));
     assert!(
@@ -125,7 +109,7 @@ fn a_failure_names_the_derivation_location_status_and_log_and_stops_the_apply() 
         return;
     }
     let (_dir, store) = store_dir();
-    let out = run(&store, &[("DAG_FAIL", "n0-0")], &["apply", "-j", "1"]);
+    let out = run_dag(&store, &[("DAG_FAIL", "n0-0")], &["apply", "-j", "1"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
     assert!(
@@ -153,7 +137,7 @@ fn keep_going_builds_everything_that_does_not_depend_on_a_failure() {
         return;
     }
     let (_dir, store) = store_dir();
-    let out = run(
+    let out = run_dag(
         &store,
         &[("DAG_FAIL", "n0-0")],
         &["apply", "--keep-going", "--keep-failed"],
@@ -187,9 +171,9 @@ fn keep_going_builds_everything_that_does_not_depend_on_a_failure() {
         "{kept}"
     );
     // The roots are not registered, and no generation is recorded.
-    let roots = run(&store, &[], &["roots"]);
+    let roots = run_dag(&store, &[], &["roots"]);
     assert_eq!(stdout(&roots), "");
-    let generations = run(&store, &[], &["generations"]);
+    let generations = run_dag(&store, &[], &["generations"]);
     assert!(
         stdout(&generations).contains("no generations yet"),
         "{}",
@@ -232,14 +216,14 @@ fn two_applies_at_once_build_each_derivation_once_and_both_succeed() {
         stderr(&a),
         stderr(&b)
     );
-    assert!(run(&store, &[], &["verify"]).status.success());
+    assert!(run_dag(&store, &[], &["verify"]).status.success());
 }
 
 /// The time one apply of `env` takes on a fresh store.
 fn full_run(env: &[(&str, &str)]) -> (Duration, String) {
     let (_dir, store) = store_dir();
     let started = Instant::now();
-    let out = run(&store, env, &["apply", "-j", "2"]);
+    let out = run_dag(&store, env, &["apply", "-j", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let top = fs::read_to_string(
         stdout(&out)
@@ -275,7 +259,7 @@ fn kill_9_at_thirty_moments_leaves_a_valid_store_and_the_next_apply_completes() 
         if status.code().is_none() {
             killed_mid_run += 1;
         }
-        let verify = run(&store, &[], &["verify"]);
+        let verify = run_dag(&store, &[], &["verify"]);
         assert!(
             verify.status.success(),
             "after a kill at {point}/{points}: {}{}",
@@ -288,7 +272,7 @@ fn kill_9_at_thirty_moments_leaves_a_valid_store_and_the_next_apply_completes() 
                 "after a kill at {point}/{points}: {entry} has no meta.yaml"
             );
         }
-        let out = run(&store, &env, &["apply"]);
+        let out = run_dag(&store, &env, &["apply"]);
         assert!(
             out.status.success(),
             "after a kill at {point}/{points}: {}",
@@ -358,7 +342,7 @@ fn check_rebuilds_and_names_the_files_that_differ() {
     }
     let (_dir, store) = store_dir();
     let env = [("DAG_LAYERS", "1"), ("DAG_NOISE", "n0-1")];
-    let out = run(&store, &env, &["check", "n0-0", "--rounds", "2"]);
+    let out = run_dag(&store, &env, &["check", "n0-0", "--rounds", "2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
@@ -366,7 +350,7 @@ fn check_rebuilds_and_names_the_files_that_differ() {
             && text.contains("round 2: n0-0 output `out` matches the store"),
         "{text}"
     );
-    let out = run(&store, &env, &["check", "n0-1"]);
+    let out = run_dag(&store, &env, &["check", "n0-1"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stdout(&out).contains("round 1: n0-1 output `out` differs from the store"),
@@ -383,7 +367,7 @@ fn check_rebuilds_and_names_the_files_that_differ() {
         "{}",
         stderr(&out)
     );
-    assert!(run(&store, &[], &["verify"]).status.success());
+    assert!(run_dag(&store, &[], &["verify"]).status.success());
 }
 
 #[test]
@@ -393,7 +377,7 @@ fn build_show_and_log_work_by_derivation_name() {
     }
     let (_dir, store) = store_dir();
     let env = [("DAG_LAYERS", "2")];
-    let out = run(&store, &env, &["build", "n1-0"]);
+    let out = run_dag(&store, &env, &["build", "n1-0"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let made: BTreeSet<String> = built(&out).into_iter().collect();
     assert_eq!(
@@ -409,7 +393,7 @@ fn build_show_and_log_work_by_derivation_name() {
         .expect("build names the output");
     assert_eq!(fs::read_to_string(path.join("f1")).unwrap(), "n1-0 1 \n");
 
-    let show = stdout(&run(&store, &env, &["show", "n1-0"]));
+    let show = stdout(&run_dag(&store, &env, &["show", "n1-0"]));
     for expected in [
         "name: n1-0\n",
         "location: tests/programs/dag.rs:",
@@ -424,20 +408,20 @@ fn build_show_and_log_work_by_derivation_name() {
             "`{expected}` missing from:\n{show}"
         );
     }
-    let show = stdout(&run(&store, &env, &["show", "n1-1"]));
+    let show = stdout(&run_dag(&store, &env, &["show", "n1-1"]));
     assert!(show.contains("status: build\n"), "{show}");
     assert!(show.contains("  (not in the store)\n"), "{show}");
 
-    let log = run(&store, &env, &["log", "n1-0"]);
+    let log = run_dag(&store, &env, &["log", "n1-0"]);
     assert!(log.status.success(), "{}", stderr(&log));
-    let log = run(&store, &env, &["log", "n1-1"]);
+    let log = run_dag(&store, &env, &["log", "n1-1"]);
     assert_eq!(log.status.code(), Some(1));
     assert!(
         stderr(&log).contains("`n1-1` has no build log in this store"),
         "{}",
         stderr(&log)
     );
-    let unknown = run(&store, &env, &["show", "nothing"]);
+    let unknown = run_dag(&store, &env, &["show", "nothing"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(stderr(&unknown).contains("no store entry matches `nothing`"));
 }
@@ -458,19 +442,19 @@ fn generations_record_diff_and_roll_back_without_building() {
             .map(str::to_string)
             .expect("apply names the root")
     };
-    let first = run(&store, &v1, &["apply"]);
+    let first = run_dag(&store, &v1, &["apply"]);
     assert!(
         stdout(&first).ends_with("Recorded generation 1 of profile `dag`\n"),
         "{}",
         stdout(&first)
     );
-    let second = run(&store, &v2, &["apply"]);
+    let second = run_dag(&store, &v2, &["apply"]);
     assert!(
         stdout(&second).ends_with("Recorded generation 2 of profile `dag`\n"),
         "{}",
         stdout(&second)
     );
-    let list = stdout(&run(&store, &[], &["generations"]));
+    let list = stdout(&run_dag(&store, &[], &["generations"]));
     let lines: Vec<&str> = list.lines().collect();
     assert_eq!(lines.len(), 2, "{list}");
     assert!(
@@ -481,12 +465,12 @@ fn generations_record_diff_and_roll_back_without_building() {
         lines[1].starts_with("*    2  ") && lines[1].ends_with("  ~top"),
         "{list}"
     );
-    let diff = stdout(&run(&store, &[], &["diff", "1", "2"]));
+    let diff = stdout(&run_dag(&store, &[], &["diff", "1", "2"]));
     assert!(diff.starts_with("~ top  "), "{diff}");
 
     // Collecting garbage keeps every generation, so rolling back builds nothing.
-    assert!(run(&store, &[], &["gc"]).status.success());
-    let back = run(&store, &[], &["rollback"]);
+    assert!(run_dag(&store, &[], &["gc"]).status.success());
+    let back = run_dag(&store, &[], &["rollback"]);
     assert!(back.status.success(), "{}", stderr(&back));
     assert!(
         stdout(&back).ends_with("Generation 1 of profile `dag` is current (was 2)\n"),
@@ -498,7 +482,7 @@ fn generations_record_diff_and_roll_back_without_building() {
         top_of(&first),
         "the root points where it did"
     );
-    let roots = stdout(&run(&store, &[], &["roots"]));
+    let roots = stdout(&run_dag(&store, &[], &["roots"]));
     let first_entry = Path::new(&top_of(&first))
         .parent()
         .unwrap()
@@ -507,53 +491,53 @@ fn generations_record_diff_and_roll_back_without_building() {
         .to_string_lossy()
         .into_owned();
     assert!(roots.contains(&first_entry), "{roots}");
-    let forward = run(&store, &[], &["rollback", "--to", "2"]);
+    let forward = run_dag(&store, &[], &["rollback", "--to", "2"]);
     assert!(forward.status.success(), "{}", stderr(&forward));
-    let missing = run(&store, &[], &["rollback", "--to", "9"]);
+    let missing = run_dag(&store, &[], &["rollback", "--to", "9"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(
         stderr(&missing).contains("profile `dag` has no generation 9"),
         "{}",
         stderr(&missing)
     );
-    assert!(run(&store, &[], &["verify"]).status.success());
+    assert!(run_dag(&store, &[], &["verify"]).status.success());
 
     // Deleting a generation lets gc free what only it kept; the current one cannot go.
-    let current = run(&store, &[], &["delete-generations", "2"]);
+    let current = run_dag(&store, &[], &["delete-generations", "2"]);
     assert_eq!(current.status.code(), Some(1));
     assert!(
         stderr(&current).contains("generation 2 is the current one of profile `dag`"),
         "{}",
         stderr(&current)
     );
-    let none = run(&store, &[], &["delete-generations", "--older-than", "1h"]);
+    let none = run_dag(&store, &[], &["delete-generations", "--older-than", "1h"]);
     assert_eq!(
         stdout(&none),
         "no generation of profile `dag` matches; nothing was deleted\n"
     );
-    let usage = run(&store, &[], &["delete-generations"]);
+    let usage = run_dag(&store, &[], &["delete-generations"]);
     assert_eq!(
         usage.status.code(),
         Some(2),
         "nothing named is a usage error"
     );
-    let deleted = run(&store, &[], &["delete-generations", "--keep", "1"]);
+    let deleted = run_dag(&store, &[], &["delete-generations", "--keep", "1"]);
     assert!(deleted.status.success(), "{}", stderr(&deleted));
     assert_eq!(
         stdout(&deleted),
         "Deleted generation 1 of profile `dag`; `gc` frees what only they kept\n"
     );
     assert!(Path::new(&top_of(&first)).exists());
-    assert!(run(&store, &[], &["gc"]).status.success());
+    assert!(run_dag(&store, &[], &["gc"]).status.success());
     assert!(
         !Path::new(&top_of(&first)).exists(),
         "only generation 1 kept it"
     );
     assert!(Path::new(&top_of(&second)).exists());
-    let list = stdout(&run(&store, &[], &["generations"]));
+    let list = stdout(&run_dag(&store, &[], &["generations"]));
     assert!(
         list.starts_with("*    2  ") && list.lines().count() == 1,
         "{list}"
     );
-    assert!(run(&store, &[], &["verify"]).status.success());
+    assert!(run_dag(&store, &[], &["verify"]).status.success());
 }

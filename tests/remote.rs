@@ -12,23 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use forjar::remote::cas::digest_file;
 use forjar::store::{Store, remove_tree};
-use forjar_suite::{example, remote_stack, root, sandbox, stack_dir, stderr, stdout};
-
-fn dag(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
-    let mut command = Command::new(example("dag"));
-    command.arg("--store").arg(store).args(args);
-    command.env_remove("FORJAR_REMOTE");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command
-}
-
-fn run(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    dag(store, env, args)
-        .output()
-        .expect("the dag program runs")
-}
+use forjar_suite::{dag, remote_stack, root, run_dag, sandbox, stack_dir, stderr, stdout};
 
 /// A salt no earlier run used, so that the shared server starts cold for this test.
 fn fresh_salt(test: &str) -> String {
@@ -97,16 +81,39 @@ fn content_of(store: &Path, name: &str) -> PathBuf {
 const SMALL: [(&str, &str); 2] = [("DAG_LAYERS", "2"), ("DAG_WIDTH", "3")];
 const ALL: [&str; 7] = ["n0-0", "n0-1", "n0-2", "n1-0", "n1-1", "n1-2", "top"];
 
-/// Builds the small DAG with `salt` into a new store at `store`, uploading it, then removes
-/// that store, so the next apply at the same path (which gives the same keys) starts empty.
-fn build_upload_and_forget(store: &Path, salt: &str, remote: &str) -> BTreeMap<String, String> {
-    let env = [SMALL[0], SMALL[1], ("DAG_SALT", salt)];
-    let first = run(store, &env, &["apply", "--remote", remote]);
-    assert_ok(&first);
-    assert_eq!(reported(&first, "built"), ALL, "{}", stderr(&first));
-    let before = digests(store);
-    remove_tree(store).unwrap();
-    before
+/// A store into which the small DAG was built, with a salt of its own, and uploaded.
+struct Uploaded {
+    _dir: tempfile::TempDir,
+    store: PathBuf,
+    salt: String,
+}
+
+impl Uploaded {
+    fn new(test: &str, remote: &str) -> Uploaded {
+        let dir = tempfile::tempdir().unwrap();
+        let uploaded = Uploaded {
+            store: dir.path().join("store"),
+            salt: fresh_salt(test),
+            _dir: dir,
+        };
+        let first = uploaded.apply(remote);
+        assert_ok(&first);
+        assert_eq!(reported(&first, "built"), ALL, "{}", stderr(&first));
+        uploaded
+    }
+
+    fn env(&self) -> [(&str, &str); 3] {
+        [SMALL[0], SMALL[1], ("DAG_SALT", self.salt.as_str())]
+    }
+
+    fn apply(&self, remote: &str) -> Output {
+        run_dag(&self.store, &self.env(), &["apply", "--remote", remote])
+    }
+
+    /// Removes the store, so the next apply at the same path (same keys) starts empty.
+    fn forget(&self) {
+        remove_tree(&self.store).unwrap();
+    }
 }
 
 #[test]
@@ -115,13 +122,12 @@ fn a_fresh_store_downloads_what_an_earlier_apply_uploaded() {
         return;
     }
     let remote = remote_stack();
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let salt = fresh_salt("round-trip");
-    let before = build_upload_and_forget(&store, &salt, remote);
+    let uploaded = Uploaded::new("round-trip", remote);
+    let (store, env) = (&uploaded.store, uploaded.env());
+    let before = digests(store);
+    uploaded.forget();
 
-    let env = [SMALL[0], SMALL[1], ("DAG_SALT", salt.as_str())];
-    let second = run(&store, &env, &["apply", "--remote", remote]);
+    let second = uploaded.apply(remote);
     assert_ok(&second);
     assert_eq!(reported(&second, "downloaded"), ALL, "{}", stderr(&second));
     assert!(reported(&second, "built").is_empty());
@@ -132,19 +138,19 @@ fn a_fresh_store_downloads_what_an_earlier_apply_uploaded() {
     );
     assert!(!stderr(&second).contains("warning"), "{}", stderr(&second));
     assert_eq!(
-        digests(&store),
+        digests(store),
         before,
         "the same entries with the same tree digests"
     );
-    verified(&store);
+    verified(store);
     // The build logs came along: `log` prints what the build printed where it ran.
-    let log = run(&store, &env, &["log", "n0-1"]);
+    let log = run_dag(store, &env, &["log", "n0-1"]);
     assert_ok(&log);
     assert_eq!(stdout(&log), "making n0-1\n");
 
     // The environment variable names the remote as well as the flag does.
-    remove_tree(&store).unwrap();
-    let third = dag(&store, &env, &["apply"])
+    uploaded.forget();
+    let third = dag(store, &env, &["apply"])
         .env("FORJAR_REMOTE", remote)
         .output()
         .unwrap();
@@ -158,17 +164,13 @@ fn an_entry_whose_blobs_are_gone_is_a_miss_and_is_built() {
         return;
     }
     let remote = remote_stack();
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let salt = fresh_salt("gone");
-    let env = [SMALL[0], SMALL[1], ("DAG_SALT", salt.as_str())];
-    let first = run(&store, &env, &["apply", "--remote", remote]);
-    assert_ok(&first);
-    let blob = blob_path(&stack_dir(), &content_of(&store, "n1-1").join("f1"));
-    remove_tree(&store).unwrap();
+    let uploaded = Uploaded::new("gone", remote);
+    let store = &uploaded.store;
+    let blob = blob_path(&stack_dir(), &content_of(store, "n1-1").join("f1"));
+    uploaded.forget();
     fs::remove_file(&blob).expect("BuildGrid keeps the blob where its disk storage says");
 
-    let second = run(&store, &env, &["apply", "--remote", remote]);
+    let second = uploaded.apply(remote);
     assert_ok(&second);
     assert_eq!(reported(&second, "built"), ["n1-1"], "{}", stderr(&second));
     assert_eq!(reported(&second, "downloaded").len(), 6);
@@ -176,7 +178,7 @@ fn an_entry_whose_blobs_are_gone_is_a_miss_and_is_built() {
         !stderr(&second).contains("warning"),
         "a miss is not a problem"
     );
-    verified(&store);
+    verified(store);
 }
 
 #[test]
@@ -185,20 +187,16 @@ fn a_damaged_blob_is_detected_by_its_digest_and_not_installed() {
         return;
     }
     let remote = remote_stack();
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let salt = fresh_salt("damaged");
-    let env = [SMALL[0], SMALL[1], ("DAG_SALT", salt.as_str())];
-    let first = run(&store, &env, &["apply", "--remote", remote]);
-    assert_ok(&first);
-    let file = content_of(&store, "n0-2").join("f2");
+    let uploaded = Uploaded::new("damaged", remote);
+    let store = &uploaded.store;
+    let file = content_of(store, "n0-2").join("f2");
     let blob = blob_path(&stack_dir(), &file);
     let mut damaged = fs::read(&file).unwrap();
     damaged[0] ^= 0x20;
-    remove_tree(&store).unwrap();
+    uploaded.forget();
     fs::write(&blob, &damaged).unwrap();
 
-    let second = run(&store, &env, &["apply", "--remote", remote]);
+    let second = uploaded.apply(remote);
     assert_ok(&second);
     let log = stderr(&second);
     assert!(
@@ -207,12 +205,12 @@ fn a_damaged_blob_is_detected_by_its_digest_and_not_installed() {
     );
     assert_eq!(reported(&second, "built"), ["n0-2"], "{log}");
     assert_eq!(reported(&second, "downloaded").len(), 6);
-    let content = fs::read(content_of(&store, "n0-2").join("f2")).unwrap();
+    let content = fs::read(content_of(store, "n0-2").join("f2")).unwrap();
     assert_ne!(
         content, damaged,
         "the damaged bytes are not what got installed"
     );
-    verified(&store);
+    verified(store);
     let staging: Vec<_> = fs::read_dir(store.join(".tmp")).unwrap().collect();
     assert!(staging.is_empty(), "the refused download left no staging");
 }
@@ -233,7 +231,7 @@ fn a_remote_that_is_down_at_the_start_is_an_error_or_with_fallback_a_warning() {
     let store = dir.path().join("store");
     let env = [SMALL[0], SMALL[1], ("DAG_SALT", "down")];
 
-    let refused = run(&store, &env, &["apply", "--remote", &address]);
+    let refused = run_dag(&store, &env, &["apply", "--remote", &address]);
     assert_eq!(refused.status.code(), Some(1));
     let message = stderr(&refused);
     assert!(
@@ -246,7 +244,7 @@ fn a_remote_that_is_down_at_the_start_is_an_error_or_with_fallback_a_warning() {
         "nothing was built"
     );
 
-    let fallback = run(
+    let fallback = run_dag(
         &store,
         &env,
         &["apply", "--remote", &address, "--remote-fallback"],
@@ -255,7 +253,7 @@ fn a_remote_that_is_down_at_the_start_is_an_error_or_with_fallback_a_warning() {
     assert!(stderr(&fallback).contains("warning: cannot reach the remote"));
     assert_eq!(reported(&fallback, "built"), ALL);
 
-    let malformed = run(&store, &env, &["apply", "--remote", "127.0.0.1:1"]);
+    let malformed = run_dag(&store, &env, &["apply", "--remote", "127.0.0.1:1"]);
     assert_eq!(malformed.status.code(), Some(2));
     assert!(
         stderr(&malformed).contains("`127.0.0.1:1` is not a remote address"),

@@ -29,6 +29,25 @@ pub fn run_example(name: &str, store: &Path, args: &[&str]) -> Output {
         .expect("the example runs")
 }
 
+/// The `dag` test program (tests/programs/dag.rs) against `store`, with `env` shaping the DAG.
+/// A remote cache set in the caller's environment is not used.
+pub fn dag(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
+    let mut command = Command::new(example("dag"));
+    command.arg("--store").arg(store).args(args);
+    command.env_remove("FORJAR_REMOTE");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command
+}
+
+/// Runs the `dag` program to the end.
+pub fn run_dag(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    dag(store, env, args)
+        .output()
+        .expect("the dag program runs")
+}
+
 /// Standard output as text.
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()

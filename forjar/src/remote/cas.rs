@@ -287,22 +287,28 @@ impl Remote {
             .block_on(self.cas().batch_update_blobs(request))
             .map_err(self.failed("BatchUpdateBlobs"))?;
         for answer in response.into_inner().responses {
-            if let Some(status) = answer.status
-                && status.code != 0
-            {
-                return Err(RemoteError::Call {
-                    address: self.address.to_string(),
-                    call: "BatchUpdateBlobs",
-                    code: tonic::Code::from(status.code),
-                    message: format!(
-                        "{} (blob {})",
-                        status.message,
-                        answer.digest.as_ref().map(show).unwrap_or_default()
-                    ),
-                });
-            }
+            let digest = answer.digest.unwrap_or_default();
+            self.blob_status("BatchUpdateBlobs", answer.status, &digest)?;
         }
         Ok(())
+    }
+
+    /// The error a batch reports for one blob, if any.
+    fn blob_status(
+        &self,
+        call: &'static str,
+        status: Option<bazel_remote_apis::google::rpc::Status>,
+        digest: &re::Digest,
+    ) -> Result<(), RemoteError> {
+        match status {
+            Some(status) if status.code != 0 => Err(RemoteError::Call {
+                address: self.address.to_string(),
+                call,
+                code: tonic::Code::from(status.code),
+                message: format!("{} (blob {})", status.message, show(digest)),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn write_stream(&self, digest: &re::Digest, source: Source) -> Result<(), RemoteError> {
@@ -420,16 +426,7 @@ impl Remote {
                 .map_err(self.failed("BatchReadBlobs"))?;
             for answer in response.into_inner().responses {
                 let digest = answer.digest.unwrap_or_default();
-                if let Some(status) = answer.status
-                    && status.code != 0
-                {
-                    return Err(RemoteError::Call {
-                        address: self.address.to_string(),
-                        call: "BatchReadBlobs",
-                        code: tonic::Code::from(status.code),
-                        message: format!("{} (blob {})", status.message, show(&digest)),
-                    });
-                }
+                self.blob_status("BatchReadBlobs", answer.status, &digest)?;
                 check(&digest, &answer.data)?;
                 blobs.insert(digest.hash, answer.data);
             }
