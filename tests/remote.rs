@@ -159,6 +159,51 @@ fn a_fresh_store_downloads_what_an_earlier_apply_uploaded() {
 }
 
 #[test]
+fn push_uploads_what_was_built_without_a_remote() {
+    if !sandbox() {
+        return;
+    }
+    let remote = remote_stack();
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("push");
+    let env = [SMALL[0], SMALL[1], ("DAG_SALT", salt.as_str())];
+    let local = run_dag(&store, &env, &["apply"]);
+    assert_ok(&local);
+    assert_eq!(reported(&local, "built"), ALL);
+    let entries = Store::open(&store).unwrap().entries().unwrap();
+
+    // `top` and what it refers to, then everything.
+    let top = run_dag(&store, &env, &["push", "top", "--remote", remote]);
+    assert_ok(&top);
+    let all = run_dag(&store, &env, &["push", "--remote", remote]);
+    assert_ok(&all);
+    assert_eq!(
+        stdout(&all),
+        format!("pushed {} entries to {remote}\n", entries.len())
+    );
+
+    remove_tree(&store).unwrap();
+    let fetched = run_dag(&store, &env, &["apply", "--remote", remote]);
+    assert_ok(&fetched);
+    assert_eq!(
+        reported(&fetched, "downloaded"),
+        ALL,
+        "{}",
+        stderr(&fetched)
+    );
+    verified(&store);
+
+    let nothing = run_dag(&store, &env, &["push", "no-such-entry", "--remote", remote]);
+    assert_eq!(nothing.status.code(), Some(1));
+    assert!(
+        stderr(&nothing).contains("no-such-entry"),
+        "{}",
+        stderr(&nothing)
+    );
+}
+
+#[test]
 fn an_entry_whose_blobs_are_gone_is_a_miss_and_is_built() {
     if !sandbox() {
         return;

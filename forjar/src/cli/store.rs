@@ -7,6 +7,7 @@ use clap::Subcommand;
 
 use super::{ExitCode, Failure, emit};
 use crate::hash::tree_digest;
+use crate::remote::{Address, Remote};
 use crate::store::{EntryName, RootTarget, Store};
 
 /// Commands on the store.
@@ -23,6 +24,19 @@ pub enum StoreCommand {
         /// Only list what would be deleted and the bytes that would be freed.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Upload entries and everything they refer to into a remote cache, as `apply --remote`
+    /// uploads what it builds [default: every entry of the store].
+    Push {
+        /// Entry names, paths in the store, hash prefixes or names.
+        entries: Vec<String>,
+        /// The REAPI remote cache.
+        #[arg(
+            long,
+            value_name = "grpc://HOST:PORT[/INSTANCE]",
+            env = "FORJAR_REMOTE"
+        )]
+        remote: String,
     },
 }
 
@@ -184,6 +198,31 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
                 report.live
             );
             emit(&text)?;
+        }
+        StoreCommand::Push { entries, remote } => {
+            let address = Address::parse(&remote).map_err(|e| Failure::new(ExitCode::Usage, e))?;
+            let named = if entries.is_empty() {
+                store.entries()?
+            } else {
+                entries
+                    .iter()
+                    .map(|e| store.resolve(e))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
+            let closure = crate::exec::closure(&store, named)?;
+            let remote =
+                Remote::connect(&address).map_err(|e| Failure::new(ExitCode::Failure, e))?;
+            for entry in &closure {
+                remote.push_entry(&store, entry).map_err(|e| {
+                    Failure::new(ExitCode::Failure, format!("pushing {entry}: {e}"))
+                })?;
+            }
+            let noun = if closure.len() == 1 {
+                "entry"
+            } else {
+                "entries"
+            };
+            emit(&format!("pushed {} {noun} to {address}\n", closure.len()))?;
         }
     }
     Ok(ExitCode::Success)
