@@ -9,19 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use forjar_suite::{dag, run_dag, sandbox, stderr, stdout};
+use forjar_suite::{dag, reported, run_dag, sandbox, stderr, stdout};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// The derivations a run says it built.
-fn built(output: &Output) -> Vec<String> {
-    stderr(output)
-        .lines()
-        .filter_map(|l| l.strip_prefix("built "))
-        .filter_map(|l| l.split(' ').next())
-        .map(str::to_string)
-        .collect()
-}
 
 /// The store's entries (directories that are not dot-files).
 fn entries(store: &Path) -> BTreeSet<String> {
@@ -95,7 +85,7 @@ fn apply_runs_builds_in_parallel_after_their_dependencies() {
 
     let again = run_dag(&store, &env, &["apply"]);
     assert!(again.status.success());
-    assert!(built(&again).is_empty(), "{}", stderr(&again));
+    assert!(reported(&again, "built").is_empty(), "{}", stderr(&again));
     assert!(
         stdout(&again).contains("Nothing to do: all 13 cached"),
         "{}",
@@ -144,7 +134,7 @@ fn keep_going_builds_everything_that_does_not_depend_on_a_failure() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let err = stderr(&out);
-    let made: BTreeSet<String> = built(&out).into_iter().collect();
+    let made: BTreeSet<String> = reported(&out, "built").into_iter().collect();
     // n<l>-i needs n<l-1>-i and n<l-1>-(i+1): n1-0 and n1-3 need n0-0, n2-0, n2-2 and n2-3
     // need one of those, and top needs the whole last layer.
     let expected: BTreeSet<String> = ["n0-1", "n0-2", "n0-3", "n1-1", "n1-2", "n2-1"]
@@ -204,8 +194,8 @@ fn two_applies_at_once_build_each_derivation_once_and_both_succeed() {
     assert!(b.status.success(), "{}", stderr(&b));
     // Both DAGs share layers 0-2 (12 derivations); each has its own `top` (two derivations of
     // one name), and the second has a fourth layer: 12 + 2 + 4 builds in all.
-    let mut all = built(&a);
-    all.extend(built(&b));
+    let mut all = reported(&a, "built");
+    all.extend(reported(&b, "built"));
     assert_eq!(all.len(), 18, "{all:?}");
     let shared: Vec<&String> = all.iter().filter(|n| *n != "top").collect();
     let unique: BTreeSet<&String> = shared.iter().copied().collect();
@@ -379,7 +369,7 @@ fn build_show_and_log_work_by_derivation_name() {
     let env = [("DAG_LAYERS", "2")];
     let out = run_dag(&store, &env, &["build", "n1-0"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let made: BTreeSet<String> = built(&out).into_iter().collect();
+    let made: BTreeSet<String> = reported(&out, "built").into_iter().collect();
     assert_eq!(
         made,
         ["n0-0", "n0-1", "n1-0"].map(String::from).into(),

@@ -12,24 +12,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use forjar::remote::cas::digest_file;
 use forjar::store::{Store, remove_tree};
-use forjar_suite::{dag, remote_stack, root, run_dag, sandbox, stack_dir, stderr, stdout};
+use forjar_suite::{
+    dag, remote_stack, reported, root, run_dag, sandbox, stack_dir, stderr, stdout,
+};
 
 /// A salt no earlier run used, so that the shared server starts cold for this test.
 fn fresh_salt(test: &str) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
     format!("{test}-{}-{}", std::process::id(), now.as_nanos())
-}
-
-/// The names of the derivations a run reports with `verb` ("built", "downloaded").
-fn reported(output: &Output, verb: &str) -> Vec<String> {
-    let mut names: Vec<String> = stderr(output)
-        .lines()
-        .filter_map(|l| l.strip_prefix(verb)?.strip_prefix(' '))
-        .filter_map(|l| l.split(' ').next())
-        .map(str::to_string)
-        .collect();
-    names.sort();
-    names
 }
 
 /// Every entry of the store with the tree digest its meta.yaml records.

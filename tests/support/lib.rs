@@ -48,6 +48,18 @@ pub fn run_dag(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
         .expect("the dag program runs")
 }
 
+/// The names a run's progress lines report with `verb` (`built`, `downloaded`, ...), sorted.
+pub fn reported(output: &Output, verb: &str) -> Vec<String> {
+    let mut names: Vec<String> = stderr(output)
+        .lines()
+        .filter_map(|l| l.strip_prefix(verb)?.strip_prefix(' '))
+        .filter_map(|l| l.split(' ').next())
+        .map(str::to_string)
+        .collect();
+    names.sort();
+    names
+}
+
 /// Standard output as text.
 pub fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
