@@ -77,6 +77,16 @@ impl From<crate::store::StoreError> for Failure {
     }
 }
 
+impl From<crate::remote::RemoteError> for Failure {
+    fn from(e: crate::remote::RemoteError) -> Self {
+        let code = match e {
+            crate::remote::RemoteError::Address { .. } => ExitCode::Usage,
+            _ => ExitCode::Failure,
+        };
+        Failure::new(code, e)
+    }
+}
+
 impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Self {
         Failure::new(ExitCode::Failure, e)
@@ -400,7 +410,7 @@ impl Session {
         let Some(text) = run.remote.as_deref().filter(|t| !t.is_empty()) else {
             return Ok(None);
         };
-        let address = Address::parse(text).map_err(|e| Failure::new(ExitCode::Usage, e))?;
+        let address = Address::parse(text)?;
         match Cache::connect(&address) {
             Ok(cache) => Ok(Some(Arc::new(cache))),
             Err(error) if run.remote_fallback && error.is_outage() => {
@@ -409,7 +419,11 @@ impl Session {
                 }
                 Ok(None)
             }
-            Err(error) => Err(Failure::new(ExitCode::Failure, error)),
+            Err(error) if error.is_outage() => Err(Failure::new(
+                ExitCode::Failure,
+                format!("{error}; or pass --remote-fallback to build here when it is down"),
+            )),
+            Err(error) => Err(error.into()),
         }
     }
 

@@ -200,7 +200,7 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
             emit(&text)?;
         }
         StoreCommand::Push { entries, remote } => {
-            let address = Address::parse(&remote).map_err(|e| Failure::new(ExitCode::Usage, e))?;
+            let address = Address::parse(&remote)?;
             let named = if entries.is_empty() {
                 store.entries()?
             } else {
@@ -210,8 +210,7 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
                     .collect::<Result<Vec<_>, _>>()?
             };
             let closure = crate::exec::closure(&store, named)?;
-            let remote =
-                Remote::connect(&address).map_err(|e| Failure::new(ExitCode::Failure, e))?;
+            let remote = Remote::connect(&address)?;
             for entry in &closure {
                 remote.push_entry(&store, entry).map_err(|e| {
                     Failure::new(ExitCode::Failure, format!("pushing {entry}: {e}"))

@@ -83,7 +83,7 @@ pub enum RemoteError {
     },
     /// Nothing answers at the address.
     #[error(
-        "cannot reach the remote at {address}: {reason}; start it (remote/stack start), or pass --remote-fallback to build locally when it is down"
+        "cannot reach the remote at {address}: {reason}; is it running? (remote/stack start runs one on 127.0.0.1)"
     )]
     Unreachable {
         /// The remote.
