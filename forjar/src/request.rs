@@ -9,12 +9,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::hash::{HostFingerprint, Key, TreeDigest};
 use crate::store::EntryName;
 
 pub mod rules;
+pub mod wire;
 
 use rules::is_name_char;
 pub use rules::{KNOWN_SYSTEMS, MAX_NAME_LEN, RESERVED_ENV};
@@ -413,7 +414,7 @@ pub struct Constraints {
 }
 
 /// One resolved input of a request: what sits at its store path.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum ResolvedInput {
     /// An output of another derivation, addressed by its key.

@@ -31,8 +31,10 @@ use petgraph::graph::NodeIndex;
 
 use crate::hash::{Key, TreeDigest, TreeHasher};
 use crate::plan::{Node, NodeKind, Plan, Status};
+use crate::request::{BuildRequest, SandboxLevel};
 use crate::remote::RemoteError;
 use crate::remote::cache::Cache;
+use crate::remote::exec::{BuildAction, Executed};
 use crate::sandbox::{self, BuildSpec, Outcome, SandboxError};
 use crate::store::{Committed, Draft, EntryKind, EntryName, KeyLock, Staging, Store, StoreError};
 
@@ -80,6 +82,16 @@ pub enum ExecError {
         input: String,
         /// The entry.
         entry: EntryName,
+    },
+    /// Remote execution failed (not the build itself: the remote or its worker).
+    #[error("cannot build `{name}` ({location}) remotely: {error}")]
+    Remote {
+        /// The derivation.
+        name: String,
+        /// Where it was defined.
+        location: String,
+        /// Why.
+        error: RemoteError,
     },
     /// The build was stopped because the apply was: another build failed, or Ctrl-C.
     #[error("the build of `{0}` was cancelled")]
@@ -187,6 +199,8 @@ pub enum Done {
     Made,
     /// It was downloaded from the remote cache.
     Downloaded,
+    /// It was built by the remote executor.
+    Executed,
 }
 
 /// What an apply did.
@@ -198,6 +212,8 @@ pub struct Report {
     pub imported: Vec<String>,
     /// Derivations whose outputs were downloaded from the remote cache.
     pub downloaded: Vec<String>,
+    /// Derivations built by the remote executor (also in `built`).
+    pub executed: Vec<String>,
     /// Nodes that were in the store already.
     pub cached: usize,
     /// The roots registered, with their entries.
@@ -526,6 +542,10 @@ impl<'a> Scheduler<'a> {
                     (Done::Downloaded, _) => {
                         self.report.downloaded.push(plan_node.name.to_string())
                     }
+                    (Done::Executed, _) => {
+                        self.report.built.push(plan_node.name.to_string());
+                        self.report.executed.push(plan_node.name.to_string());
+                    }
                 }
                 let dependents: BTreeSet<NodeIndex> = self
                     .plan
@@ -674,7 +694,73 @@ impl Drop for BuildDir {
     }
 }
 
-fn build(
+/// Runs a build on the remote executor and installs its outputs from the remote cache, where
+/// the worker records them.
+fn build_remotely(
+    node: &Node,
+    store: &Store,
+    lock: &KeyLock,
+    cache: &Cache,
+    action: &BuildAction<'_>,
+    stop: &AtomicBool,
+) -> Result<Done, ExecError> {
+    let name = node.name.to_string();
+    let location = node.location.clone().unwrap_or_default();
+    let remote_error = |error: RemoteError| ExecError::Remote {
+        name: name.clone(),
+        location: location.clone(),
+        error,
+    };
+    match cache.execute(store, action, stop).map_err(remote_error)? {
+        Executed::Built { worker } => {
+            let NodeKind::Derivation { outputs, .. } = &node.kind else {
+                unreachable!("only derivations are built")
+            };
+            let wanted: Vec<(EntryName, Key)> =
+                outputs.values().map(|o| (o.entry.clone(), o.key)).collect();
+            if cache.pull(store, lock, &wanted).map_err(remote_error)? {
+                Ok(Done::Executed)
+            } else {
+                Err(remote_error(RemoteError::Malformed {
+                    what: format!("build of `{name}` on worker {worker}"),
+                    reason: "the worker reported success, but the cache does not hold the outputs"
+                        .to_string(),
+                }))
+            }
+        }
+        Executed::Failed {
+            worker,
+            reason,
+            log,
+        } => {
+            let log_path = store.log_path(&action.key.store_hash());
+            fs::write(&log_path, &log).map_err(StoreError::io("cannot write", &log_path))?;
+            let text = String::from_utf8_lossy(&log);
+            let lines: Vec<&str> = text.lines().collect();
+            let log_tail = lines[lines.len().saturating_sub(sandbox::TAIL_LINES)..]
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            Err(ExecError::Failed(Box::new(BuildFailure {
+                name,
+                location,
+                reason: format!("{reason} (on worker {worker})"),
+                log_tail,
+                log_path,
+                kept: None,
+            })))
+        }
+        Executed::Cancelled => Err(ExecError::Cancelled(name)),
+    }
+}
+
+/// Where `entry`'s content is in the store `request` was planned for.
+fn planned_content(request: &BuildRequest, entry: &EntryName) -> PathBuf {
+    request.store_dir().join(entry.as_str()).join("content")
+}
+
+/// Builds one derivation node into `store` (see the module documentation for the steps).
+pub(crate) fn build(
     node: &Node,
     store: &Store,
     options: &Options,
@@ -725,10 +811,12 @@ fn build(
                 entry: entry.clone(),
             });
         }
+        // Bound at the path the request was planned for, which is this store's own except on a
+        // remote worker.
         inputs.push((
             input.clone(),
             store.content_path(entry),
-            store.content_path(entry),
+            planned_content(request, entry),
         ));
     }
     // What the inputs refer to is bound too (without a variable), so that what they need at
@@ -739,9 +827,31 @@ fn build(
         .map(|i| i.entry().clone())
         .collect();
     let input_closure = closure(store, direct.iter().cloned())?;
-    let referenced: Vec<PathBuf> = input_closure
+    if let Some(cache) = options.remote.as_deref()
+        && cache.executes()
+        && !cache.is_down()
+        && check.is_none()
+        && request.sandbox() == SandboxLevel::Hermetic
+    {
+        let action = BuildAction {
+            request,
+            key,
+            limits,
+            location: node.location.as_deref(),
+            closure: &input_closure,
+            outputs: outputs.values().map(|o| o.entry.clone()).collect(),
+        };
+        match build_remotely(node, store, &lock, cache, &action, stop) {
+            Err(ExecError::Remote { error, .. }) if error.is_outage() => {
+                // Built here instead, as when the cache fails.
+                observer(Event::Remote(node, &error));
+            }
+            done => return done,
+        }
+    }
+    let referenced: Vec<(PathBuf, PathBuf)> = input_closure
         .difference(&direct)
-        .map(|e| store.content_path(e))
+        .map(|e| (store.content_path(e), planned_content(request, e)))
         .collect();
 
     let stagings = outputs
@@ -778,7 +888,7 @@ fn build(
                 (
                     output.clone(),
                     staging.dir().to_path_buf(),
-                    store.entry_path(&planned.entry),
+                    request.store_dir().join(planned.entry.as_str()),
                 )
             })
             .collect(),
@@ -974,12 +1084,11 @@ impl fmt::Display for Report {
         if self.built.is_empty() && self.imported.is_empty() && self.downloaded.is_empty() {
             return write!(f, "Nothing to do: all {} cached", self.cached);
         }
-        write!(
-            f,
-            "Built {}, imported {}, ",
-            self.built.len(),
-            self.imported.len()
-        )?;
+        write!(f, "Built {}", self.built.len())?;
+        if !self.executed.is_empty() {
+            write!(f, " ({} remotely)", self.executed.len())?;
+        }
+        write!(f, ", imported {}, ", self.imported.len())?;
         if !self.downloaded.is_empty() {
             write!(f, "downloaded {}, ", self.downloaded.len())?;
         }

@@ -70,6 +70,15 @@ impl fmt::Debug for HostFingerprint {
     }
 }
 
+impl std::str::FromStr for HostFingerprint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        super::parse_hex32(s)
+            .map(HostFingerprint)
+            .ok_or_else(|| format!("`{s}` is not a host fingerprint (64 lowercase hex digits)"))
+    }
+}
+
 impl Serialize for HostFingerprint {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)

@@ -17,6 +17,7 @@ use prost::Message;
 use re::action_cache_client::ActionCacheClient;
 
 use super::cas::{self, DirectoryExt, Upload};
+use super::exec::{BuildAction, Executed, Packed};
 use super::{Address, Remote, RemoteError};
 use crate::hash::Key;
 use crate::store::{Committed, EntryName, KeyLock, Meta, Staging, Store};
@@ -61,8 +62,8 @@ impl Remote {
     }
 
     /// Uploads a store entry (its content and `meta.yaml`) and records it under its entry
-    /// action. Blobs the CAS has are not sent again.
-    pub fn push_entry(&self, store: &Store, entry: &EntryName) -> Result<(), RemoteError> {
+    /// action. Blobs the CAS has are not sent again. Returns the digest of the entry's `Tree`.
+    pub fn push_entry(&self, store: &Store, entry: &EntryName) -> Result<re::Digest, RemoteError> {
         let meta = store.meta(entry)?;
         let mut upload = Upload::default();
         let mut children = Vec::new();
@@ -95,7 +96,7 @@ impl Remote {
             action_result: Some(re::ActionResult {
                 output_directories: vec![re::OutputDirectory {
                     path: OUTPUT.to_string(),
-                    tree_digest: Some(tree_digest),
+                    tree_digest: Some(tree_digest.clone()),
                     is_topologically_sorted: false,
                     root_directory_digest: Some(root_digest),
                 }],
@@ -107,7 +108,7 @@ impl Remote {
         };
         self.block_on(self.action_cache().update_action_result(request))
             .map_err(self.failed("UpdateActionResult"))?;
-        Ok(())
+        Ok(tree_digest)
     }
 
     /// Looks `entry` up. `None` when the remote does not have all of it: no result, or a
@@ -264,10 +265,14 @@ fn keep_log(store: &Store, meta: &Meta, log: &std::path::Path) -> Result<(), Rem
 
 /// A remote cache as an apply uses it: after the remote fails to answer once, it is not asked
 /// again during the apply, so that an outage costs one timeout, not one per build.
+///
+/// With remote execution, the same remote also runs the builds it does not have.
 #[derive(Debug)]
 pub struct Cache {
     remote: Remote,
     down: AtomicBool,
+    execute: bool,
+    packed: Packed,
 }
 
 impl Cache {
@@ -276,7 +281,45 @@ impl Cache {
         Ok(Cache {
             remote: Remote::connect(address)?,
             down: AtomicBool::new(false),
+            execute: false,
+            packed: Packed::default(),
         })
+    }
+
+    /// Connects to the remote at `address` as a cache and an executor: a derivation it does not
+    /// have is built there (see [`super::exec`]).
+    pub fn connect_executor(address: &Address) -> Result<Cache, RemoteError> {
+        let remote = Remote::connect(address)?;
+        if !remote.executes()? {
+            return Err(RemoteError::Malformed {
+                what: format!("capabilities of {address}"),
+                reason: "it does not offer remote execution; use --remote for a cache alone"
+                    .to_string(),
+            });
+        }
+        Ok(Cache {
+            remote,
+            down: AtomicBool::new(false),
+            execute: true,
+            packed: Packed::default(),
+        })
+    }
+
+    /// Whether builds are sent to the remote.
+    pub fn executes(&self) -> bool {
+        self.execute
+    }
+
+    /// Builds `action` remotely; its outputs are then in the cache, for [`Cache::pull`].
+    pub fn execute(
+        &self,
+        store: &Store,
+        action: &BuildAction<'_>,
+        stop: &AtomicBool,
+    ) -> Result<Executed, RemoteError> {
+        self.remote
+            .execute_build(store, action, &self.packed, stop)
+            .map_err(|e| self.note(e))
     }
 
     /// The connection.
@@ -289,7 +332,8 @@ impl Cache {
         self.down.load(Ordering::Relaxed)
     }
 
-    fn note(&self, error: RemoteError) -> RemoteError {
+    /// Records an outage: the remote is not asked again during this apply.
+    pub fn note(&self, error: RemoteError) -> RemoteError {
         if error.is_outage() {
             self.down.store(true, Ordering::Relaxed);
         }

@@ -92,6 +92,13 @@ impl Upload {
         digest
     }
 
+    /// Adds a blob; returns its digest.
+    pub fn add_blob(&mut self, bytes: Vec<u8>) -> re::Digest {
+        let digest = digest_of(&bytes);
+        self.add_bytes(digest.clone(), bytes);
+        digest
+    }
+
     fn add_bytes(&mut self, digest: re::Digest, bytes: Vec<u8>) {
         self.blobs
             .entry(digest.hash.clone())
@@ -445,6 +452,59 @@ impl Remote {
             flush(group, &mut blobs)?;
         }
         Ok(blobs)
+    }
+
+    /// Reads the directory `digest` and every directory below it, each checked against its
+    /// digest: the parts of a `Tree`, for [`Remote::materialise`].
+    pub fn read_directories(
+        &self,
+        digest: &re::Digest,
+    ) -> Result<(re::Directory, Vec<re::Directory>), RemoteError> {
+        let decode = |digest: &re::Digest, bytes: &[u8]| {
+            re::Directory::decode(bytes).map_err(|e| RemoteError::Malformed {
+                what: format!("directory {}", show(digest)),
+                reason: e.to_string(),
+            })
+        };
+        let root = decode(digest, &self.read_blob(digest)?)?;
+        let mut children = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        let mut level: Vec<re::Digest> = Vec::new();
+        let mut queue_from = |directory: &re::Directory, level: &mut Vec<re::Digest>| {
+            for sub in &directory.directories {
+                let digest = sub.digest.clone().unwrap_or_default();
+                if seen.insert(digest.hash.clone()) {
+                    level.push(digest);
+                }
+            }
+        };
+        queue_from(&root, &mut level);
+        while !level.is_empty() {
+            let (small, large): (Vec<_>, Vec<_>) = level
+                .drain(..)
+                .partition(|d| d.size_bytes as usize <= BATCH_BLOB);
+            let mut read: Vec<(re::Digest, Vec<u8>)> = Vec::new();
+            let mut batch = self.read_batch(small.clone())?;
+            for digest in small {
+                let bytes = batch.remove(&digest.hash).ok_or_else(|| RemoteError::Call {
+                    address: self.address.to_string(),
+                    call: "BatchReadBlobs",
+                    code: tonic::Code::NotFound,
+                    message: format!("directory {} was not returned", show(&digest)),
+                })?;
+                read.push((digest, bytes));
+            }
+            for digest in large {
+                let bytes = self.read_blob(&digest)?;
+                read.push((digest, bytes));
+            }
+            for (digest, bytes) in read {
+                let directory = decode(&digest, &bytes)?;
+                queue_from(&directory, &mut level);
+                children.push(directory);
+            }
+        }
+        Ok((root, children))
     }
 
     /// Writes the tree under `root` into the existing directory `dest`: every blob is checked

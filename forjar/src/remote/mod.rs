@@ -1,5 +1,5 @@
 //! Beyond one machine: the Bazel Remote Execution API v2 (REAPI), served by an existing engine
-//! such as BuildGrid, as a remote cache of store entries.
+//! such as BuildGrid, as a remote cache of store entries and a remote executor of builds.
 //!
 //! forjar is synchronous; [`Remote`] owns a small tokio runtime and blocks on each call, so the
 //! scheduler's build threads use it like any other blocking resource.
@@ -8,9 +8,15 @@
 //!   blob checked against its SHA-256 digest.
 //! - [`cache`]: store entries in the ActionCache, keyed by an action derived from the entry's
 //!   key alone, so that a fresh store can look an entry up before it has any of its inputs.
+//! - [`exec`]: a derivation's build sent as an `Action` to the remote executor.
+//! - [`worker`]: `forjar worker`, a bot of BuildGrid's Bots API that runs actions in forjar's
+//!   sandbox; [`bots`] is that API's client, generated from `proto/`.
 
+pub mod bots;
 pub mod cache;
 pub mod cas;
+pub mod exec;
+pub mod worker;
 
 use std::fmt;
 use std::time::Duration;
@@ -219,6 +225,14 @@ impl Remote {
             code: status.code(),
             message: status.message().to_string(),
         }
+    }
+
+    /// Whether the remote runs actions (not only caches them).
+    pub fn executes(&self) -> Result<bool, RemoteError> {
+        Ok(self
+            .capabilities()?
+            .execution_capabilities
+            .is_some_and(|e| e.exec_enabled))
     }
 
     fn capabilities(&self) -> Result<re::ServerCapabilities, RemoteError> {

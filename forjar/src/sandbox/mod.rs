@@ -81,7 +81,7 @@ const SETUP_FAILED: u8 = b'S';
 /// builder failed.
 const EXEC_FAILED: u8 = b'X';
 /// Lines of the log kept for error messages.
-const TAIL_LINES: usize = 25;
+pub(crate) const TAIL_LINES: usize = 25;
 /// The largest log kept when a derivation sets none.
 pub const DEFAULT_MAX_LOG: u64 = 64 << 20;
 /// The most processes a build may have when a derivation sets nothing (a fork bomb stops here).
@@ -171,8 +171,9 @@ pub struct BuildSpec<'a> {
     pub request: &'a BuildRequest,
     /// Each input: its name, its content on the host, and its path in the sandbox.
     pub inputs: Vec<(InputName, PathBuf, PathBuf)>,
-    /// Entries the inputs refer to, bound read-only at their store paths with no variable.
-    pub referenced: Vec<PathBuf>,
+    /// Entries the inputs refer to, bound read-only with no variable: each one's content on the
+    /// host, and its path in the sandbox.
+    pub referenced: Vec<(PathBuf, PathBuf)>,
     /// Each output: its name, its staging directory on the host (empty; the builder creates
     /// `content` in it), and the entry path it is bound at in the sandbox.
     pub outputs: Vec<(OutputName, PathBuf, PathBuf)>,
@@ -351,8 +352,8 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
     for (_, host, target) in &spec.inputs {
         nodes.extend(host_node(host, target, false)?);
     }
-    for path in &spec.referenced {
-        nodes.extend(host_node(path, path, false)?);
+    for (host, target) in &spec.referenced {
+        nodes.extend(host_node(host, target, false)?);
     }
     for (_, host, target) in &spec.outputs {
         check_path(host)?;
