@@ -235,7 +235,7 @@ fn a_damaged_blob_is_detected_by_its_digest_and_not_installed() {
     assert_ok(&second);
     let log = stderr(&second);
     assert!(
-        log.contains("warning: remote cache, for n0-2: blob") && log.contains("is damaged"),
+        log.contains("warning: remote, for n0-2: blob") && log.contains("is damaged"),
         "{log}"
     );
     assert_eq!(reported(&second, "built"), ["n0-2"], "{log}");

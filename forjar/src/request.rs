@@ -603,6 +603,28 @@ impl BuildRequest {
         })
     }
 
+    /// A request for a plain REAPI action run by `forjar worker`: like [`BuildRequest::new`],
+    /// but with no store outputs (the action's outputs are paths in `/build`, its input root).
+    pub(crate) fn action(parts: RequestParts) -> Result<Self, RequestError> {
+        if parts.args.is_empty() {
+            return Err(RequestError::NoBuilder(parts.name.to_string()));
+        }
+        if !parts.outputs.is_empty() || !parts.inputs.is_empty() {
+            return Err(InvalidValue::new(
+                "action",
+                parts.name.as_str(),
+                "a plain action has neither store inputs nor store outputs",
+            )
+            .into());
+        }
+        let mut request = BuildRequest::new(RequestParts {
+            outputs: [OutputName::out()].into(),
+            ..parts
+        })?;
+        request.outputs.clear();
+        Ok(request)
+    }
+
     /// The derivation's name.
     pub fn name(&self) -> &Name {
         &self.name

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use forjar::cli::store::{self, EntryCommand, HashCommand, StoreCommand};
+use forjar::cli::worker::{self, WorkerArgs};
 use forjar::cli::{ExitCode, Failure};
 use forjar::store::Store;
 
@@ -12,7 +13,7 @@ use forjar::store::Store;
 #[command(
     name = "forjar",
     version,
-    about = "Hash content; inspect, verify and garbage-collect a forjar store"
+    about = "Hash content; inspect, verify and garbage-collect a forjar store; run a remote worker"
 )]
 struct Cli {
     /// The store directory [default: $FORJAR_STORE, /var/lib/forjar/store for root, else
@@ -31,6 +32,9 @@ enum Command {
     /// Inspect and maintain the store.
     #[command(subcommand)]
     Store(StoreCommands),
+    /// Run actions for a REAPI server (BuildGrid's Bots API), each in forjar's sandbox, with
+    /// the store (--store) holding inputs and outputs.
+    Worker(WorkerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -56,6 +60,9 @@ fn main() -> std::process::ExitCode {
     };
     let result: Result<ExitCode, Failure> = match cli.command {
         Command::Hash(command) => store::hash(command),
+        Command::Worker(args) => {
+            worker::run(&cli.store.unwrap_or_else(Store::default_dir), args)
+        }
         Command::Store(command) => {
             let dir = cli.store.unwrap_or_else(Store::default_dir);
             match command {

@@ -7,6 +7,7 @@
 
 mod progress;
 pub mod store;
+pub mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -153,8 +154,18 @@ struct RunArgs {
         env = "FORJAR_REMOTE"
     )]
     remote: Option<String>,
+    /// A REAPI remote executor (e.g. BuildGrid with `forjar worker`s): a cache as with
+    /// --remote, and what it does not have is built there (a `host-tools` build only by a
+    /// worker on a host with the same software). Raise -j to keep more workers busy.
+    #[arg(
+        long,
+        value_name = "grpc://HOST:PORT[/INSTANCE]",
+        env = "FORJAR_REMOTE_EXEC",
+        conflicts_with = "remote"
+    )]
+    remote_exec: Option<String>,
     /// When the remote cannot be reached at the start, warn and build everything here.
-    #[arg(long, requires = "remote")]
+    #[arg(long)]
     remote_fallback: bool,
 }
 
@@ -405,13 +416,27 @@ impl Session {
         })
     }
 
-    /// Connects to the remote cache, if one is asked for.
+    /// Connects to the remote cache or executor, if one is asked for.
     fn remote(&self, run: &RunArgs) -> Result<Option<Arc<Cache>>, Failure> {
-        let Some(text) = run.remote.as_deref().filter(|t| !t.is_empty()) else {
-            return Ok(None);
+        let nonempty = |t: &Option<String>| t.clone().filter(|t| !t.is_empty());
+        let (text, execute) = match (nonempty(&run.remote), nonempty(&run.remote_exec)) {
+            (_, Some(text)) => (text, true),
+            (Some(text), None) => (text, false),
+            (None, None) if run.remote_fallback => {
+                return Err(Failure::new(
+                    ExitCode::Usage,
+                    "--remote-fallback needs --remote or --remote-exec",
+                ));
+            }
+            (None, None) => return Ok(None),
         };
-        let address = Address::parse(text)?;
-        match Cache::connect(&address) {
+        let address = Address::parse(&text)?;
+        let connected = if execute {
+            Cache::connect_executor(&address)
+        } else {
+            Cache::connect(&address)
+        };
+        match connected {
             Ok(cache) => Ok(Some(Arc::new(cache))),
             Err(error) if run.remote_fallback && error.is_outage() => {
                 if self.verbosity != Verbosity::Quiet {

@@ -127,6 +127,7 @@ impl Progress {
                 if done != Done::Cached {
                     let verb = match (done, &node.kind) {
                         (Done::Downloaded, _) => "downloaded",
+                        (Done::Executed, _) => "built remotely",
                         (_, NodeKind::Derivation { .. }) => "built",
                         (_, NodeKind::Source { .. }) => "imported",
                     };
@@ -143,7 +144,7 @@ impl Progress {
             }
             Event::Remote(node, error) => {
                 self.line(&format!(
-                    "warning: remote cache, for {}: {error}",
+                    "warning: remote, for {}: {error}",
                     node.name
                 ));
             }

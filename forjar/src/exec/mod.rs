@@ -31,7 +31,7 @@ use petgraph::graph::NodeIndex;
 
 use crate::hash::{Key, TreeDigest, TreeHasher};
 use crate::plan::{Node, NodeKind, Plan, Status};
-use crate::request::{BuildRequest, SandboxLevel};
+use crate::request::BuildRequest;
 use crate::remote::RemoteError;
 use crate::remote::cache::Cache;
 use crate::remote::exec::{BuildAction, Executed};
@@ -831,7 +831,6 @@ pub(crate) fn build(
         && cache.executes()
         && !cache.is_down()
         && check.is_none()
-        && request.sandbox() == SandboxLevel::Hermetic
     {
         let action = BuildAction {
             request,

@@ -174,6 +174,36 @@ impl Remote {
     ) -> Result<(), RemoteError> {
         let Found { entry, key, tree } = found;
         let root = tree.root.unwrap_or_default();
+        self.install_tree(store, lock, &entry, &root, &tree.children, &|meta| {
+            if meta.key != key {
+                return Err(format!("its meta.yaml is for key {}, not {key}", meta.key));
+            }
+            let present = |r: &EntryName| store.contains(r) || siblings.contains(r);
+            match meta.references.iter().find(|r| !present(r)) {
+                Some(missing) => Err(format!(
+                    "it refers to `{missing}`, which is not in the store"
+                )),
+                None => Ok(()),
+            }
+        })
+    }
+
+    /// Writes an entry's tree (`content`, `meta.yaml` and optionally `log`) into staging,
+    /// checks that `accept` takes its `meta.yaml` and that the content has the tree digest the
+    /// `meta.yaml` records, and installs it.
+    pub(crate) fn install_tree(
+        &self,
+        store: &Store,
+        lock: &KeyLock,
+        entry: &EntryName,
+        root: &re::Directory,
+        children: &[re::Directory],
+        accept: &dyn Fn(&Meta) -> Result<(), String>,
+    ) -> Result<(), RemoteError> {
+        let malformed = |reason: String| RemoteError::Malformed {
+            what: format!("entry `{entry}`"),
+            reason,
+        };
         let names = root
             .files
             .iter()
@@ -186,40 +216,22 @@ impl Remote {
                 "content" => has_content = true,
                 "log" | "meta.yaml" => {}
                 other => {
-                    return Err(RemoteError::Malformed {
-                        what: format!("entry `{entry}`"),
-                        reason: format!("its tree holds `{other}` beside content and meta.yaml"),
-                    });
+                    return Err(malformed(format!(
+                        "its tree holds `{other}` beside content and meta.yaml"
+                    )));
                 }
             }
         }
         if !has_content {
-            return Err(RemoteError::Malformed {
-                what: format!("entry `{entry}`"),
-                reason: "its tree has no content".to_string(),
-            });
+            return Err(malformed("its tree has no content".to_string()));
         }
         let staging = Staging::new(store, lock, entry.clone())?;
-        self.materialise(&root, &tree.children, staging.dir())?;
+        self.materialise(root, children, staging.dir())?;
         let meta_path = staging.dir().join("meta.yaml");
-        let bytes = std::fs::read(&meta_path).map_err(|e| RemoteError::Malformed {
-            what: format!("entry `{entry}`"),
-            reason: format!("its meta.yaml cannot be read: {e}"),
-        })?;
+        let bytes = std::fs::read(&meta_path)
+            .map_err(|e| malformed(format!("its meta.yaml cannot be read: {e}")))?;
         let meta = Meta::parse(&bytes, &meta_path).map_err(crate::store::StoreError::from)?;
-        if meta.key != key {
-            return Err(RemoteError::Malformed {
-                what: format!("entry `{entry}`"),
-                reason: format!("its meta.yaml is for key {}, not {key}", meta.key),
-            });
-        }
-        let present = |r: &EntryName| store.contains(r) || siblings.contains(r);
-        if let Some(missing) = meta.references.iter().find(|r| !present(r)) {
-            return Err(RemoteError::Malformed {
-                what: format!("entry `{entry}`"),
-                reason: format!("it refers to `{missing}`, which is not in the store"),
-            });
-        }
+        accept(&meta).map_err(malformed)?;
         std::fs::remove_file(&meta_path)
             .map_err(crate::store::StoreError::io("cannot remove", &meta_path))?;
         let log = staging.dir().join("log");

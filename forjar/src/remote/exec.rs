@@ -35,6 +35,11 @@ pub fn is_build_command(command: &re::Command) -> bool {
     command.arguments == BUILD_ARGS
 }
 
+/// The platform property that sends a `host-tools` build to a worker on a host with the same
+/// fingerprint (the build's key depends on it). Workers advertise theirs; the scheduler must
+/// match on it (BuildGrid: `match-property-keys: [forjar-host]`).
+pub const HOST_PROPERTY: &str = "forjar-host";
+
 /// The type URL of an `ActionResult` in a `google.protobuf.Any`.
 pub const ACTION_RESULT_TYPE: &str =
     "type.googleapis.com/build.bazel.remote.execution.v2.ActionResult";
@@ -115,10 +120,16 @@ impl Remote {
         let action_digest = self.upload_action(store, build, packed)?;
         let response = match self.execute(&action_digest, stop) {
             // The CAS dropped an input uploaded earlier in this run: upload everything again.
-            Err(RemoteError::Call {
-                code: tonic::Code::FailedPrecondition,
-                ..
-            }) => {
+            Err(
+                RemoteError::Call {
+                    code: tonic::Code::FailedPrecondition,
+                    ..
+                }
+                | RemoteError::Action {
+                    code: tonic::Code::FailedPrecondition,
+                    ..
+                },
+            ) => {
                 packed.clear();
                 let action_digest = self.upload_action(store, build, packed)?;
                 self.execute(&action_digest, stop)?
@@ -129,9 +140,8 @@ impl Remote {
             return Ok(Executed::Cancelled);
         };
         if let Some(status) = response.status.as_ref().filter(|s| s.code != 0) {
-            return Err(RemoteError::Call {
+            return Err(RemoteError::Action {
                 address: self.address.to_string(),
-                call: "Execute",
                 code: tonic::Code::from(status.code),
                 message: status.message.clone(),
             });
@@ -224,6 +234,12 @@ impl Remote {
                 seconds: t.as_secs() as i64,
                 nanos: t.subsec_nanos() as i32,
             }),
+            platform: build.request.host().map(|host| re::Platform {
+                properties: vec![re::platform::Property {
+                    name: HOST_PROPERTY.to_string(),
+                    value: host.to_string(),
+                }],
+            }),
             ..Default::default()
         };
         let action_digest = upload.add_message(&action);
@@ -286,9 +302,8 @@ impl Remote {
                     what: format!("execute response of {}", operation.name),
                     reason: e.to_string(),
                 }),
-            Some(operation::Result::Error(status)) => Err(RemoteError::Call {
+            Some(operation::Result::Error(status)) => Err(RemoteError::Action {
                 address: self.address.to_string(),
-                call: "Execute",
                 code: tonic::Code::from(status.code),
                 message: status.message,
             }),

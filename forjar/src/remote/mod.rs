@@ -125,6 +125,17 @@ pub enum RemoteError {
         /// Why it cannot be used.
         reason: String,
     },
+    /// The remote ran an action and reports that it failed for a reason other than its exit
+    /// status (a worker refused it, or could not run it).
+    #[error("the remote at {address} could not run the action: {code:?}: {message}")]
+    Action {
+        /// The remote.
+        address: String,
+        /// The status code the remote gave.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+    },
     /// The local side failed.
     #[error(transparent)]
     Store(#[from] StoreError),
