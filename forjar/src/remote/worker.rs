@@ -178,11 +178,15 @@ pub fn serve(
                 }
                 if running.is_empty() {
                     session.status = BotStatus::BotTerminating as i32;
-                    let _ = update(remote, &mut bots, &session);
+                    let _ = update(remote, &mut bots, &session, None);
                     return Ok(());
                 }
             }
-            match update(remote, &mut bots, &session) {
+            let idle = running.is_empty().then_some(stop);
+            let Some(updated) = update(remote, &mut bots, &session, idle) else {
+                continue;
+            };
+            match updated {
                 Ok(next) => session = next,
                 Err(status) if status.code() == tonic::Code::Unavailable => {
                     eprintln!("worker {}: the server is unavailable; retrying", options.name);
@@ -241,18 +245,28 @@ fn create_session(
         .map_err(remote.failed("CreateBotSession"))
 }
 
+/// Sends the session and returns the server's version of it. An idle worker's update waits on
+/// the server until there is work; `stop` ends that wait (`None`).
 fn update(
     remote: &Remote,
     bots: &mut BotsClient<tonic::transport::Channel>,
     session: &BotSession,
-) -> Result<BotSession, tonic::Status> {
+    stop: Option<&AtomicBool>,
+) -> Option<Result<BotSession, tonic::Status>> {
     let request = UpdateBotSessionRequest {
         name: session.name.clone(),
         bot_session: Some(session.clone()),
     };
-    remote
-        .block_on(bots.update_bot_session(request))
-        .map(tonic::Response::into_inner)
+    remote.block_on(async {
+        let mut call = std::pin::pin!(bots.update_bot_session(request));
+        loop {
+            match tokio::time::timeout(Duration::from_millis(100), call.as_mut()).await {
+                Ok(result) => return Some(result.map(tonic::Response::into_inner)),
+                Err(_) if stop.is_some_and(|s| s.load(Ordering::Relaxed)) => return None,
+                Err(_) => {}
+            }
+        }
+    })
 }
 
 /// A lease reported done: with its result, or with why there is none.
