@@ -139,9 +139,18 @@ fn two_workers_build_the_whole_dag_with_the_digests_of_a_local_apply() {
         Worker::start(address, dir.path(), "w2"),
     ];
     workers.iter().for_each(Worker::wait_ready);
-    let output = run_dag(&store, &env, &["apply", "--remote-exec", address, "-j", "4"]);
+    let output = run_dag(
+        &store,
+        &env,
+        &["apply", "--remote-exec", address, "-j", "4"],
+    );
     assert_ok(&output);
-    assert_eq!(reported(&output, "built remotely").len(), all, "{}", stderr(&output));
+    assert_eq!(
+        reported(&output, "built remotely").len(),
+        all,
+        "{}",
+        stderr(&output)
+    );
     assert!(
         stdout(&output).contains(&format!("Built {all} ({all} remotely)")),
         "{}",
@@ -215,7 +224,10 @@ fn a_worker_killed_during_a_build_has_its_action_run_by_another() {
     // Kill whichever worker starts n0-0, while it builds.
     let deadline = Instant::now() + Duration::from_secs(60);
     let first = loop {
-        if let Some(i) = workers.iter().position(|w| w.log().contains("building n0-0")) {
+        if let Some(i) = workers
+            .iter()
+            .position(|w| w.log().contains("building n0-0"))
+        {
             break i;
         }
         assert!(Instant::now() < deadline, "no worker started n0-0");

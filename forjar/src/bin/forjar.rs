@@ -60,9 +60,7 @@ fn main() -> std::process::ExitCode {
     };
     let result: Result<ExitCode, Failure> = match cli.command {
         Command::Hash(command) => store::hash(command),
-        Command::Worker(args) => {
-            worker::run(&cli.store.unwrap_or_else(Store::default_dir), args)
-        }
+        Command::Worker(args) => worker::run(&cli.store.unwrap_or_else(Store::default_dir), args),
         Command::Store(command) => {
             let dir = cli.store.unwrap_or_else(Store::default_dir);
             match command {

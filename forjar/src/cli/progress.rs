@@ -143,10 +143,7 @@ impl Progress {
                 self.line(&format!("failed {}{}", node.name, at(node)));
             }
             Event::Remote(node, error) => {
-                self.line(&format!(
-                    "warning: remote, for {}: {error}",
-                    node.name
-                ));
+                self.line(&format!("warning: remote, for {}: {error}", node.name));
             }
             Event::Skipped(node, failed) => {
                 if let Some(bars) = &self.bars {

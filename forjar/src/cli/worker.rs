@@ -11,7 +11,11 @@ use crate::store::Store;
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
     /// The server whose scheduler leases the actions.
-    #[arg(long, value_name = "grpc://HOST:PORT[/INSTANCE]", env = "FORJAR_WORKER_SERVER")]
+    #[arg(
+        long,
+        value_name = "grpc://HOST:PORT[/INSTANCE]",
+        env = "FORJAR_WORKER_SERVER"
+    )]
     server: String,
     /// The worker's name, unique among the server's workers [default: HOSTNAME-PID].
     #[arg(long, value_name = "NAME")]

@@ -31,10 +31,10 @@ use petgraph::graph::NodeIndex;
 
 use crate::hash::{Key, TreeDigest, TreeHasher};
 use crate::plan::{Node, NodeKind, Plan, Status};
-use crate::request::BuildRequest;
 use crate::remote::RemoteError;
 use crate::remote::cache::Cache;
 use crate::remote::exec::{BuildAction, Executed};
+use crate::request::BuildRequest;
 use crate::sandbox::{self, BuildSpec, Outcome, SandboxError};
 use crate::store::{Committed, Draft, EntryKind, EntryName, KeyLock, Staging, Store, StoreError};
 
@@ -91,7 +91,7 @@ pub enum ExecError {
         /// Where it was defined.
         location: String,
         /// Why.
-        error: RemoteError,
+        error: Box<RemoteError>,
     },
     /// The build was stopped because the apply was: another build failed, or Ctrl-C.
     #[error("the build of `{0}` was cancelled")]
@@ -709,7 +709,7 @@ fn build_remotely(
     let remote_error = |error: RemoteError| ExecError::Remote {
         name: name.clone(),
         location: location.clone(),
-        error,
+        error: Box::new(error),
     };
     match cache.execute(store, action, stop).map_err(remote_error)? {
         Executed::Built { worker } => {

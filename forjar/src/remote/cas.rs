@@ -486,12 +486,14 @@ impl Remote {
             let mut read: Vec<(re::Digest, Vec<u8>)> = Vec::new();
             let mut batch = self.read_batch(small.clone())?;
             for digest in small {
-                let bytes = batch.remove(&digest.hash).ok_or_else(|| RemoteError::Call {
-                    address: self.address.to_string(),
-                    call: "BatchReadBlobs",
-                    code: tonic::Code::NotFound,
-                    message: format!("directory {} was not returned", show(&digest)),
-                })?;
+                let bytes = batch
+                    .remove(&digest.hash)
+                    .ok_or_else(|| RemoteError::Call {
+                        address: self.address.to_string(),
+                        call: "BatchReadBlobs",
+                        code: tonic::Code::NotFound,
+                        message: format!("directory {} was not returned", show(&digest)),
+                    })?;
                 read.push((digest, bytes));
             }
             for digest in large {

@@ -199,8 +199,8 @@ impl Remote {
                     let mut directory = re::Directory::default();
                     let content = upload.add_path(&store.content_path(entry), &mut children)?;
                     directory.add("content".to_string(), content);
-                    let meta =
-                        upload.add_path(&store.entry_path(entry).join("meta.yaml"), &mut children)?;
+                    let meta = upload
+                        .add_path(&store.entry_path(entry).join("meta.yaml"), &mut children)?;
                     directory.add("meta.yaml".to_string(), meta);
                     let digest = upload.add_message(&directory);
                     entries.push((entry.clone(), digest.clone()));
@@ -210,12 +210,8 @@ impl Remote {
             root.add(entry.to_string(), cas::Packed::Directory(digest));
         }
         // The request is the root's only file.
-        let request = crate::request::wire::encode(
-            build.request,
-            build.key,
-            build.limits,
-            build.location,
-        );
+        let request =
+            crate::request::wire::encode(build.request, build.key, build.limits, build.location);
         root.files.push(re::FileNode {
             name: REQUEST_FILE.to_string(),
             digest: Some(upload.add_blob(request)),
@@ -230,10 +226,13 @@ impl Remote {
         let action = re::Action {
             command_digest: Some(upload.add_message(&command)),
             input_root_digest: Some(upload.add_message(&root)),
-            timeout: build.limits.timeout.map(|t| bazel_remote_apis::google::protobuf::Duration {
-                seconds: t.as_secs() as i64,
-                nanos: t.subsec_nanos() as i32,
-            }),
+            timeout: build
+                .limits
+                .timeout
+                .map(|t| bazel_remote_apis::google::protobuf::Duration {
+                    seconds: t.as_secs() as i64,
+                    nanos: t.subsec_nanos() as i32,
+                }),
             platform: build.request.host().map(|host| re::Platform {
                 properties: vec![re::platform::Property {
                     name: HOST_PROPERTY.to_string(),

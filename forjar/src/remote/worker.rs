@@ -189,7 +189,10 @@ pub fn serve(
             match updated {
                 Ok(next) => session = next,
                 Err(status) if status.code() == tonic::Code::Unavailable => {
-                    eprintln!("worker {}: the server is unavailable; retrying", options.name);
+                    eprintln!(
+                        "worker {}: the server is unavailable; retrying",
+                        options.name
+                    );
                     std::thread::sleep(REFRESH);
                 }
                 Err(status) => {
@@ -333,13 +336,18 @@ fn perform(
     let invalid = |what: &str, e: prost::DecodeError| {
         Refusal::new(tonic::Code::InvalidArgument, format!("{what}: {e}"))
     };
-    let action = if payload.type_url.ends_with("build.bazel.remote.execution.v2.Action") {
+    let action = if payload
+        .type_url
+        .ends_with("build.bazel.remote.execution.v2.Action")
+    {
         re::Action::decode(&payload.value[..]).map_err(|e| invalid("the lease's action", e))?
-    } else if payload.type_url.ends_with("build.bazel.remote.execution.v2.Digest") {
+    } else if payload
+        .type_url
+        .ends_with("build.bazel.remote.execution.v2.Digest")
+    {
         let digest =
             re::Digest::decode(&payload.value[..]).map_err(|e| invalid("the lease's digest", e))?;
-        re::Action::decode(&remote.read_blob(&digest)?[..])
-            .map_err(|e| invalid("the action", e))?
+        re::Action::decode(&remote.read_blob(&digest)?[..]).map_err(|e| invalid("the action", e))?
     } else {
         return Err(Refusal::new(
             tonic::Code::InvalidArgument,
@@ -370,12 +378,8 @@ fn build(
     root_digest: &re::Digest,
     cancel: &AtomicBool,
 ) -> Result<re::ActionResult, Refusal> {
-    let root = re::Directory::decode(&remote.read_blob(root_digest)?[..]).map_err(|e| {
-        Refusal::new(
-            tonic::Code::InvalidArgument,
-            format!("the input root: {e}"),
-        )
-    })?;
+    let root = re::Directory::decode(&remote.read_blob(root_digest)?[..])
+        .map_err(|e| Refusal::new(tonic::Code::InvalidArgument, format!("the input root: {e}")))?;
     let request_file = root
         .files
         .iter()
@@ -421,7 +425,11 @@ fn build(
             install_input(remote, store, &entry, directory.digest.as_ref())?;
         }
     }
-    let direct: Vec<EntryName> = request.inputs().values().map(|i| i.entry().clone()).collect();
+    let direct: Vec<EntryName> = request
+        .inputs()
+        .values()
+        .map(|i| i.entry().clone())
+        .collect();
     // Every entry the inputs refer to must have come too.
     exec::closure(store, direct).map_err(|e| {
         Refusal::new(
@@ -646,15 +654,20 @@ fn run_command(
         cancel: Some(cancel),
     };
     let log_path = top.0.join("log");
-    let mut log = fs::File::create(&log_path).map_err(StoreError::io("cannot create", &log_path))?;
+    let mut log =
+        fs::File::create(&log_path).map_err(StoreError::io("cannot create", &log_path))?;
     let finished = sandbox::run(&spec, &mut log, &|| 0)
         .map_err(|e| Refusal::new(tonic::Code::Internal, e.to_string()))?;
-    log.flush().map_err(StoreError::io("cannot write", &log_path))?;
+    log.flush()
+        .map_err(StoreError::io("cannot write", &log_path))?;
     drop(log);
     let exit_code = match &finished.outcome {
         Outcome::Exited(code) => *code,
         Outcome::Cancelled => {
-            return Err(Refusal::new(tonic::Code::Cancelled, "the action was cancelled"));
+            return Err(Refusal::new(
+                tonic::Code::Cancelled,
+                "the action was cancelled",
+            ));
         }
         Outcome::TimedOut(_) => {
             return Err(Refusal::new(
@@ -688,7 +701,9 @@ fn run_command(
                 ..Default::default()
             }),
             cas::Packed::Directory(root_digest) => {
-                let root = children.pop().expect("a packed directory is in its children");
+                let root = children
+                    .pop()
+                    .expect("a packed directory is in its children");
                 let tree = upload.add_message(&re::Tree {
                     root: Some(root),
                     children,

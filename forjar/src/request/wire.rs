@@ -180,7 +180,11 @@ pub fn encode(
         location: location.map(str::to_string),
         name: request.name().to_string(),
         system: request.system().to_string(),
-        args: request.args().iter().map(|a| Bytes::of(a.as_bytes())).collect(),
+        args: request
+            .args()
+            .iter()
+            .map(|a| Bytes::of(a.as_bytes()))
+            .collect(),
         working_dir: request.working_dir().as_str().to_string(),
         scratch_paths: request
             .scratch_paths()
@@ -394,7 +398,12 @@ mod tests {
         assert_eq!(received.location.as_deref(), Some("src/main.rs:3"));
         let outputs = received.outputs();
         assert_eq!(outputs.len(), 2);
-        assert!(outputs[&OutputName::new("dev").unwrap()].1.as_str().ends_with("-hello-dev"));
+        assert!(
+            outputs[&OutputName::new("dev").unwrap()]
+                .1
+                .as_str()
+                .ends_with("-hello-dev")
+        );
     }
 
     #[test]
@@ -416,7 +425,12 @@ mod tests {
         let error = decode(bad.as_bytes()).unwrap_err();
         assert!(error.to_string().contains("`he llo`"), "{error}");
         let other = text.replace(FORMAT, "forjar build request v0");
-        assert!(decode(other.as_bytes()).unwrap_err().to_string().contains("v0"));
+        assert!(
+            decode(other.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("v0")
+        );
         assert!(decode(b"{").is_err());
     }
 }
