@@ -2,50 +2,22 @@
 //! and download, blobs gone or damaged on the server, the server down at the start and killed
 //! during an apply. Every build is a real sandboxed build of `tests/programs/dag.rs`.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use forjar::remote::cas::digest_file;
 use forjar::store::{Store, remove_tree};
 use forjar_suite::{
-    dag, remote_stack, reported, root, run_dag, sandbox, stack_dir, stderr, stdout,
+    assert_ok, dag, fresh_salt, remote_stack, reported, root, run_dag, sandbox, stack_dir, stderr,
+    stdout, store_digests,
 };
-
-/// A salt no earlier run used, so that the shared server starts cold for this test.
-fn fresh_salt(test: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    format!("{test}-{}-{}", std::process::id(), now.as_nanos())
-}
-
-/// Every entry of the store with the tree digest its meta.yaml records.
-fn digests(store: &Path) -> BTreeMap<String, String> {
-    let store = Store::open(store).unwrap();
-    store
-        .entries()
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.to_string(), store.meta(&e).unwrap().digest.to_string()))
-        .collect()
-}
 
 fn verified(store: &Path) {
     let report = Store::open(store).unwrap().verify().unwrap();
     assert!(report.is_ok(), "{report:?}");
-}
-
-fn assert_ok(output: &Output) {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        stdout(output),
-        stderr(output)
-    );
 }
 
 /// Where BuildGrid's disk storage keeps the blob of a file's content.
@@ -114,7 +86,7 @@ fn a_fresh_store_downloads_what_an_earlier_apply_uploaded() {
     let remote = remote_stack();
     let uploaded = Uploaded::new("round-trip", remote);
     let (store, env) = (&uploaded.store, uploaded.env());
-    let before = digests(store);
+    let before = store_digests(store);
     uploaded.forget();
 
     let second = uploaded.apply(remote);
@@ -128,7 +100,7 @@ fn a_fresh_store_downloads_what_an_earlier_apply_uploaded() {
     );
     assert!(!stderr(&second).contains("warning"), "{}", stderr(&second));
     assert_eq!(
-        digests(store),
+        store_digests(store),
         before,
         "the same entries with the same tree digests"
     );

@@ -2,24 +2,20 @@
 //! worker` processes: a DAG built entirely by two workers ends with the tree digests of a local
 //! apply; a worker killed in the middle of a build has its action retried by the other.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use forjar::store::Store;
-use forjar_suite::{remote_stack, reported, run_dag, sandbox, stderr, stdout};
+use forjar_suite::{
+    assert_ok, fresh_salt, remote_stack, reported, run_dag, sandbox, stderr, stdout, store_digests,
+};
 
 /// The tests share the stack's scheduler: one at a time, so that each one's workers take only
 /// its own actions.
 static WORKERS: Mutex<()> = Mutex::new(());
-
-fn fresh_salt(test: &str) -> String {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
-    format!("{test}-{}-{}", std::process::id(), now.as_nanos())
-}
 
 /// The `forjar` tool, which cargo builds with the workspace.
 fn forjar_tool() -> PathBuf {
@@ -71,6 +67,16 @@ impl Worker {
     }
 }
 
+/// Two workers named PREFIX1 and PREFIX2, each with a session with the server.
+fn two_workers(address: &str, dir: &Path, prefix: &str) -> Vec<Worker> {
+    let workers: Vec<Worker> = ["1", "2"]
+        .iter()
+        .map(|n| Worker::start(address, dir, &format!("{prefix}{n}")))
+        .collect();
+    workers.iter().for_each(Worker::wait_ready);
+    workers
+}
+
 impl Drop for Worker {
     /// Stops the worker as an operator would, with SIGTERM: it ends its session, so the server
     /// gives it no more work (a killed worker is given work until its session expires).
@@ -89,26 +95,6 @@ impl Drop for Worker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn digests(store: &Path) -> BTreeMap<String, String> {
-    let store = Store::open(store).unwrap();
-    store
-        .entries()
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.to_string(), store.meta(&e).unwrap().digest.to_string()))
-        .collect()
-}
-
-fn assert_ok(output: &Output) {
-    assert!(
-        output.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
-        output.status.code(),
-        stdout(output),
-        stderr(output)
-    );
 }
 
 #[test]
@@ -130,15 +116,11 @@ fn two_workers_build_the_whole_dag_with_the_digests_of_a_local_apply() {
 
     // The reference: a local apply, then the store is emptied (same path, same keys).
     assert_ok(&run_dag(&store, &env, &["apply"]));
-    let local = digests(&store);
+    let local = store_digests(&store);
     assert_eq!(local.len(), all);
     fs::remove_dir_all(&store).unwrap();
 
-    let workers = [
-        Worker::start(address, dir.path(), "w1"),
-        Worker::start(address, dir.path(), "w2"),
-    ];
-    workers.iter().for_each(Worker::wait_ready);
+    let workers = two_workers(address, dir.path(), "w");
     let output = run_dag(
         &store,
         &env,
@@ -156,7 +138,7 @@ fn two_workers_build_the_whole_dag_with_the_digests_of_a_local_apply() {
         "{}",
         stdout(&output)
     );
-    assert_eq!(digests(&store), local);
+    assert_eq!(store_digests(&store), local);
     let report = Store::open(&store).unwrap().verify().unwrap();
     assert!(report.is_ok(), "{report:?}");
     // Both workers took part, and each build ran exactly once.
@@ -210,11 +192,7 @@ fn a_worker_killed_during_a_build_has_its_action_run_by_another() {
         ("DAG_SLEEP", "3"),
         ("DAG_SALT", salt.as_str()),
     ];
-    let mut workers = vec![
-        Worker::start(address, dir.path(), "k1"),
-        Worker::start(address, dir.path(), "k2"),
-    ];
-    workers.iter().for_each(Worker::wait_ready);
+    let mut workers = two_workers(address, dir.path(), "k");
     let apply = forjar_suite::dag(&store, &env, &["apply", "--remote-exec", address])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

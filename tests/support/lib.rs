@@ -232,3 +232,36 @@ pub fn remote_stack() -> &'static str {
         Err(e) => panic!("the remote tests need the remote stack: {e}"),
     }
 }
+
+/// A salt no earlier run used, so that a shared remote starts cold for the calling test.
+pub fn fresh_salt(test: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is after 1970");
+    format!("{test}-{}-{}", std::process::id(), now.as_nanos())
+}
+
+/// Every entry of the store with the tree digest its meta.yaml records.
+pub fn store_digests(store: &Path) -> BTreeMap<String, String> {
+    let store = forjar::store::Store::open(store).expect("the store opens");
+    store
+        .entries()
+        .expect("the store lists its entries")
+        .into_iter()
+        .map(|e| {
+            let digest = store.meta(&e).expect("every entry has a meta.yaml").digest;
+            (e.to_string(), digest.to_string())
+        })
+        .collect()
+}
+
+/// Asserts that a program exited 0, showing its output if not.
+pub fn assert_ok(output: &Output) {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        output.status.code(),
+        stdout(output),
+        stderr(output)
+    );
+}
