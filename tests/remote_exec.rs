@@ -5,7 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use forjar::store::Store;
@@ -97,16 +97,43 @@ impl Drop for Worker {
     }
 }
 
+/// What each test starts from: the stack to itself, a temporary store and a fresh salt.
+struct Scene {
+    _one: MutexGuard<'static, ()>,
+    address: &'static str,
+    dir: tempfile::TempDir,
+    store: PathBuf,
+    salt: String,
+}
+
+/// The scene of test `test`; `None` where this machine gives no sandbox (outside CI).
+fn scene(test: &str) -> Option<Scene> {
+    if !sandbox() {
+        return None;
+    }
+    let one = WORKERS.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    Some(Scene {
+        _one: one,
+        address: remote_stack(),
+        store: dir.path().join("store"),
+        dir,
+        salt: fresh_salt(test),
+    })
+}
+
 #[test]
 fn two_workers_build_the_whole_dag_with_the_digests_of_a_local_apply() {
-    if !sandbox() {
+    let Some(Scene {
+        _one,
+        address,
+        dir,
+        store,
+        salt,
+    }) = scene("two-workers")
+    else {
         return;
-    }
-    let _one = WORKERS.lock().unwrap_or_else(|e| e.into_inner());
-    let address = remote_stack();
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let salt = fresh_salt("two-workers");
+    };
     let env = [
         ("DAG_LAYERS", "3"),
         ("DAG_WIDTH", "3"),
@@ -178,14 +205,16 @@ fn two_workers_build_the_whole_dag_with_the_digests_of_a_local_apply() {
 
 #[test]
 fn a_worker_killed_during_a_build_has_its_action_run_by_another() {
-    if !sandbox() {
+    let Some(Scene {
+        _one,
+        address,
+        dir,
+        store,
+        salt,
+    }) = scene("killed-worker")
+    else {
         return;
-    }
-    let _one = WORKERS.lock().unwrap_or_else(|e| e.into_inner());
-    let address = remote_stack();
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    let salt = fresh_salt("killed-worker");
+    };
     let env = [
         ("DAG_LAYERS", "1"),
         ("DAG_WIDTH", "1"),

@@ -569,6 +569,28 @@ impl BuildRequest {
             parts.constraints.network,
             parts.fixed_output.is_some(),
         )?;
+        Self::assemble(parts)
+    }
+
+    /// A request for a plain REAPI action run by `forjar worker`: like [`BuildRequest::new`],
+    /// but with no store outputs (the action's outputs are paths in `/build`, its input root).
+    pub(crate) fn action(parts: RequestParts) -> Result<Self, RequestError> {
+        if parts.args.is_empty() {
+            return Err(RequestError::NoBuilder(parts.name.to_string()));
+        }
+        if !parts.outputs.is_empty() || !parts.inputs.is_empty() || parts.constraints.network {
+            return Err(InvalidValue::new(
+                "action",
+                parts.name.as_str(),
+                "a plain action has no store inputs, no store outputs and no network",
+            )
+            .into());
+        }
+        Self::assemble(parts)
+    }
+
+    /// The rules that do not concern names, and the request.
+    fn assemble(parts: RequestParts) -> Result<Self, RequestError> {
         if parts.store_dir.is_relative() {
             return Err(InvalidValue::new(
                 "store directory",
@@ -601,28 +623,6 @@ impl BuildRequest {
             store_dir: parts.store_dir,
             host: parts.host,
         })
-    }
-
-    /// A request for a plain REAPI action run by `forjar worker`: like [`BuildRequest::new`],
-    /// but with no store outputs (the action's outputs are paths in `/build`, its input root).
-    pub(crate) fn action(parts: RequestParts) -> Result<Self, RequestError> {
-        if parts.args.is_empty() {
-            return Err(RequestError::NoBuilder(parts.name.to_string()));
-        }
-        if !parts.outputs.is_empty() || !parts.inputs.is_empty() {
-            return Err(InvalidValue::new(
-                "action",
-                parts.name.as_str(),
-                "a plain action has neither store inputs nor store outputs",
-            )
-            .into());
-        }
-        let mut request = BuildRequest::new(RequestParts {
-            outputs: [OutputName::out()].into(),
-            ..parts
-        })?;
-        request.outputs.clear();
-        Ok(request)
     }
 
     /// The derivation's name.

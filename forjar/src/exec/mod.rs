@@ -735,17 +735,11 @@ fn build_remotely(
         } => {
             let log_path = store.log_path(&action.key.store_hash());
             fs::write(&log_path, &log).map_err(StoreError::io("cannot write", &log_path))?;
-            let text = String::from_utf8_lossy(&log);
-            let lines: Vec<&str> = text.lines().collect();
-            let log_tail = lines[lines.len().saturating_sub(sandbox::TAIL_LINES)..]
-                .iter()
-                .map(ToString::to_string)
-                .collect();
             Err(ExecError::Failed(Box::new(BuildFailure {
                 name,
                 location,
                 reason: format!("{reason} (on worker {worker})"),
-                log_tail,
+                log_tail: sandbox::log_tail(&log),
                 log_path,
                 kept: None,
             })))

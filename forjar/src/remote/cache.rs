@@ -10,6 +10,7 @@
 //! key asked for, and the content's tree digest is the one `meta.yaml` records; it goes through
 //! the store's staging, so a failure at any point leaves nothing behind.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
@@ -17,7 +18,7 @@ use prost::Message;
 use re::action_cache_client::ActionCacheClient;
 
 use super::cas::{self, DirectoryExt, Upload};
-use super::exec::{BuildAction, Executed, Packed};
+use super::exec::{BuildAction, Executed, PackedEntries};
 use super::{Address, Remote, RemoteError};
 use crate::hash::Key;
 use crate::store::{Committed, EntryName, KeyLock, Meta, Staging, Store};
@@ -48,6 +49,15 @@ pub fn entry_action(entry: &EntryName, key: &Key) -> (re::Command, re::Action) {
     (command, action)
 }
 
+/// What [`Remote::push_entry`] uploaded.
+#[derive(Debug)]
+pub struct Pushed {
+    /// The digest of the entry's `Tree`.
+    pub tree: re::Digest,
+    /// The digest of its build log, when one went along.
+    pub log: Option<re::Digest>,
+}
+
 /// A store entry the remote has, fully: its result, and the tree of its output.
 #[derive(Debug)]
 struct Found {
@@ -62,8 +72,8 @@ impl Remote {
     }
 
     /// Uploads a store entry (its content and `meta.yaml`) and records it under its entry
-    /// action. Blobs the CAS has are not sent again. Returns the digest of the entry's `Tree`.
-    pub fn push_entry(&self, store: &Store, entry: &EntryName) -> Result<re::Digest, RemoteError> {
+    /// action. Blobs the CAS has are not sent again.
+    pub fn push_entry(&self, store: &Store, entry: &EntryName) -> Result<Pushed, RemoteError> {
         let meta = store.meta(entry)?;
         let mut upload = Upload::default();
         let mut children = Vec::new();
@@ -73,10 +83,14 @@ impl Remote {
         let mut root = re::Directory::default();
         root.add("content".to_string(), content);
         // The build's log goes along, so that `log` works where the entry is downloaded.
+        let mut log_digest = None;
         if let Some(derivation) = meta.derivation.filter(|_| meta.log_digest.is_some()) {
             let log = store.log_path(&derivation.store_hash());
             if log.is_file() {
                 let log_node = upload.add_path(&log, &mut children)?;
+                if let cas::Packed::File { digest, .. } = &log_node {
+                    log_digest = Some(digest.clone());
+                }
                 root.add("log".to_string(), log_node);
             }
         }
@@ -108,7 +122,10 @@ impl Remote {
         };
         self.block_on(self.action_cache().update_action_result(request))
             .map_err(self.failed("UpdateActionResult"))?;
-        Ok(tree_digest)
+        Ok(Pushed {
+            tree: tree_digest,
+            log: log_digest,
+        })
     }
 
     /// Looks `entry` up. `None` when the remote does not have all of it: no result, or a
@@ -284,37 +301,36 @@ pub struct Cache {
     remote: Remote,
     down: AtomicBool,
     execute: bool,
-    packed: Packed,
+    packed: PackedEntries,
 }
 
 impl Cache {
+    fn new(remote: Remote, execute: bool) -> Cache {
+        Cache {
+            remote,
+            down: AtomicBool::new(false),
+            execute,
+            packed: PackedEntries::default(),
+        }
+    }
+
     /// Connects to the remote cache at `address`.
     pub fn connect(address: &Address) -> Result<Cache, RemoteError> {
-        Ok(Cache {
-            remote: Remote::connect(address)?,
-            down: AtomicBool::new(false),
-            execute: false,
-            packed: Packed::default(),
-        })
+        Ok(Cache::new(Remote::connect(address)?, false))
     }
 
     /// Connects to the remote at `address` as a cache and an executor: a derivation it does not
     /// have is built there (see [`super::exec`]).
     pub fn connect_executor(address: &Address) -> Result<Cache, RemoteError> {
         let remote = Remote::connect(address)?;
-        if !remote.executes()? {
+        if !remote.executes() {
             return Err(RemoteError::Malformed {
                 what: format!("capabilities of {address}"),
                 reason: "it does not offer remote execution; use --remote for a cache alone"
                     .to_string(),
             });
         }
-        Ok(Cache {
-            remote,
-            down: AtomicBool::new(false),
-            execute: true,
-            packed: Packed::default(),
-        })
+        Ok(Cache::new(remote, true))
     }
 
     /// Whether builds are sent to the remote.
@@ -345,7 +361,7 @@ impl Cache {
     }
 
     /// Records an outage: the remote is not asked again during this apply.
-    pub fn note(&self, error: RemoteError) -> RemoteError {
+    fn note(&self, error: RemoteError) -> RemoteError {
         if error.is_outage() {
             self.down.store(true, Ordering::Relaxed);
         }
@@ -374,9 +390,20 @@ impl Cache {
         }
         let siblings: Vec<EntryName> = entries.iter().map(|(e, _)| e.clone()).collect();
         for f in found {
+            // An input root can name this entry by the digests just checked, so a remote build
+            // that needs it does not read and hash it again.
+            let packed: Option<Arc<[re::Directory]>> = f.tree.root.as_ref().map(|root| {
+                std::iter::once(PackedEntries::entry_directory(root))
+                    .chain(f.tree.children.iter().cloned())
+                    .collect()
+            });
+            let entry = f.entry.clone();
             self.remote
                 .install(store, lock, f, &siblings)
                 .map_err(|e| self.note(e))?;
+            if let Some(directories) = packed {
+                self.packed.insert(vec![(entry, directories)]);
+            }
         }
         Ok(true)
     }

@@ -10,8 +10,8 @@
 //! rename into place.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
@@ -81,13 +81,15 @@ pub struct BuildAction<'a> {
     pub outputs: Vec<EntryName>,
 }
 
-/// Entries packed for input roots during this run, by the digest of their directory, so that
-/// an entry needed by many builds is read and hashed once.
+/// Entries packed for input roots during this run, so that an entry needed by many builds is
+/// read and hashed once: each one's directories, its own first. Their messages go along with
+/// every action (the server has them after the first, and they cost one small hash each); the
+/// file blobs they name are not read again.
 #[derive(Debug, Default)]
-pub struct Packed(Mutex<HashMap<EntryName, re::Digest>>);
+pub struct PackedEntries(Mutex<HashMap<EntryName, Arc<[re::Directory]>>>);
 
-impl Packed {
-    fn get(&self, entry: &EntryName) -> Option<re::Digest> {
+impl PackedEntries {
+    fn get(&self, entry: &EntryName) -> Option<Arc<[re::Directory]>> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -95,7 +97,34 @@ impl Packed {
             .cloned()
     }
 
-    fn insert(&self, entries: Vec<(EntryName, re::Digest)>) {
+    /// An entry as an input root holds it, `content` and `meta.yaml`, made from the root of its
+    /// cached tree (which also holds its `log`).
+    pub(crate) fn entry_directory(cached: &re::Directory) -> re::Directory {
+        let kept = |name: &String| name == "content" || name == "meta.yaml";
+        re::Directory {
+            files: cached
+                .files
+                .iter()
+                .filter(|f| kept(&f.name))
+                .cloned()
+                .collect(),
+            directories: cached
+                .directories
+                .iter()
+                .filter(|d| kept(&d.name))
+                .cloned()
+                .collect(),
+            symlinks: cached
+                .symlinks
+                .iter()
+                .filter(|s| kept(&s.name))
+                .cloned()
+                .collect(),
+            node_properties: None,
+        }
+    }
+
+    pub(crate) fn insert(&self, entries: Vec<(EntryName, Arc<[re::Directory]>)>) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -114,7 +143,7 @@ impl Remote {
         &self,
         store: &Store,
         build: &BuildAction<'_>,
-        packed: &Packed,
+        packed: &PackedEntries,
         stop: &AtomicBool,
     ) -> Result<Executed, RemoteError> {
         let action_digest = self.upload_action(store, build, packed)?;
@@ -186,14 +215,14 @@ impl Remote {
         &self,
         store: &Store,
         build: &BuildAction<'_>,
-        packed: &Packed,
+        packed: &PackedEntries,
     ) -> Result<re::Digest, RemoteError> {
         let mut upload = Upload::default();
         let mut root = re::Directory::default();
         let mut entries = Vec::new();
         for entry in build.closure {
-            let digest = match packed.get(entry) {
-                Some(digest) => digest,
+            let directories = match packed.get(entry) {
+                Some(directories) => directories,
                 None => {
                     let mut children = Vec::new();
                     let mut directory = re::Directory::default();
@@ -202,11 +231,18 @@ impl Remote {
                     let meta = upload
                         .add_path(&store.entry_path(entry).join("meta.yaml"), &mut children)?;
                     directory.add("meta.yaml".to_string(), meta);
-                    let digest = upload.add_message(&directory);
-                    entries.push((entry.clone(), digest.clone()));
-                    digest
+                    children.insert(0, directory);
+                    let directories: Arc<[re::Directory]> = children.into();
+                    entries.push((entry.clone(), directories.clone()));
+                    directories
                 }
             };
+            let mut digest = None;
+            for directory in directories.iter() {
+                let added = upload.add_message(directory);
+                digest.get_or_insert(added);
+            }
+            let digest = digest.expect("an entry has its own directory");
             root.add(entry.to_string(), cas::Packed::Directory(digest));
         }
         // The request is the root's only file.

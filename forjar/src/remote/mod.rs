@@ -161,6 +161,8 @@ pub struct Remote {
     address: Address,
     runtime: tokio::runtime::Runtime,
     channel: Channel,
+    /// What the server said it offers when connected to.
+    capabilities: re::ServerCapabilities,
 }
 
 impl fmt::Debug for Remote {
@@ -205,12 +207,13 @@ impl Remote {
                     address: address.to_string(),
                     reason: error_chain(&e),
                 })?;
-        let remote = Remote {
+        let mut remote = Remote {
             address: address.clone(),
             runtime,
             channel,
+            capabilities: re::ServerCapabilities::default(),
         };
-        remote.capabilities()?;
+        remote.capabilities = remote.ask_capabilities()?;
         Ok(remote)
     }
 
@@ -239,14 +242,14 @@ impl Remote {
     }
 
     /// Whether the remote runs actions (not only caches them).
-    pub fn executes(&self) -> Result<bool, RemoteError> {
-        Ok(self
-            .capabilities()?
+    pub fn executes(&self) -> bool {
+        self.capabilities
             .execution_capabilities
-            .is_some_and(|e| e.exec_enabled))
+            .as_ref()
+            .is_some_and(|e| e.exec_enabled)
     }
 
-    fn capabilities(&self) -> Result<re::ServerCapabilities, RemoteError> {
+    fn ask_capabilities(&self) -> Result<re::ServerCapabilities, RemoteError> {
         let mut client = re::capabilities_client::CapabilitiesClient::new(self.channel());
         let request = re::GetCapabilitiesRequest {
             instance_name: self.address.instance.clone(),

@@ -83,9 +83,16 @@ impl Refusal {
 
 impl From<RemoteError> for Refusal {
     fn from(e: RemoteError) -> Self {
-        // Unavailable is retried elsewhere by the server; a damaged input is not the action's
-        // fault either.
-        Refusal::new(tonic::Code::Unavailable, e.to_string())
+        match e {
+            // REAPI's answer to a missing input: the client uploads again and resends.
+            RemoteError::Call {
+                code: tonic::Code::NotFound,
+                ..
+            } => Refusal::new(tonic::Code::FailedPrecondition, e.to_string()),
+            // Unavailable is retried elsewhere by the server; a damaged input is not the
+            // action's fault either.
+            _ => Refusal::new(tonic::Code::Unavailable, e.to_string()),
+        }
     }
 }
 
@@ -93,11 +100,6 @@ impl From<StoreError> for Refusal {
     fn from(e: StoreError) -> Self {
         Refusal::new(tonic::Code::Internal, e.to_string())
     }
-}
-
-/// A running lease: its cancel flag.
-struct Running {
-    cancel: Arc<AtomicBool>,
 }
 
 /// Serves `address` until `stop` is set; then ends its session and returns.
@@ -119,7 +121,8 @@ pub fn serve(
         if options.jobs == 1 { "" } else { "s" }
     );
     let (done_tx, done_rx) = mpsc::channel::<(String, Lease)>();
-    let mut running: HashMap<String, Running> = HashMap::new();
+    // The leases running here, each with its cancel flag.
+    let mut running: HashMap<String, Arc<AtomicBool>> = HashMap::new();
     std::thread::scope(|scope| {
         loop {
             // Take up what the server sent: start new leases, stop cancelled ones.
@@ -132,12 +135,7 @@ pub fn serve(
                     {
                         lease.state = LeaseState::Active as i32;
                         let cancel = Arc::new(AtomicBool::new(false));
-                        running.insert(
-                            lease.id.clone(),
-                            Running {
-                                cancel: cancel.clone(),
-                            },
-                        );
+                        running.insert(lease.id.clone(), cancel.clone());
                         let (id, payload, tx) =
                             (lease.id.clone(), lease.payload.clone(), done_tx.clone());
                         scope.spawn(move || {
@@ -147,7 +145,7 @@ pub fn serve(
                     }
                     LeaseState::Cancelled => {
                         if let Some(run) = running.get(&lease.id) {
-                            run.cancel.store(true, Ordering::Relaxed);
+                            run.store(true, Ordering::Relaxed);
                         }
                     }
                     _ => {}
@@ -166,15 +164,24 @@ pub fn serve(
             {
                 finished.push(one);
             }
-            for (id, lease) in finished {
+            for (id, mut lease) in finished {
                 running.remove(&id);
+                // A build stopped because this worker is stopping is given back to be run
+                // elsewhere (the server retries UNAVAILABLE), not reported as cancelled.
+                if stop.load(Ordering::Relaxed)
+                    && let Some(status) = lease.status.as_mut()
+                    && status.code == tonic::Code::Cancelled as i32
+                {
+                    status.code = tonic::Code::Unavailable as i32;
+                    status.message = "the worker stopped".to_string();
+                }
                 if let Some(slot) = session.leases.iter_mut().find(|l| l.id == id) {
                     *slot = lease;
                 }
             }
             if stop.load(Ordering::Relaxed) {
                 for run in running.values() {
-                    run.cancel.store(true, Ordering::Relaxed);
+                    run.store(true, Ordering::Relaxed);
                 }
                 if running.is_empty() {
                     session.status = BotStatus::BotTerminating as i32;
@@ -205,7 +212,7 @@ pub fn serve(
                         status.message()
                     );
                     for run in running.values() {
-                        run.cancel.store(true, Ordering::Relaxed);
+                        run.store(true, Ordering::Relaxed);
                     }
                     std::thread::sleep(REFRESH);
                     session = create_session(remote, &mut bots, options)?;
@@ -470,15 +477,14 @@ fn build(
         Ok(_) => {
             let mut result = re::ActionResult::default();
             for entry in &entries {
-                let tree = remote.push_entry(store, entry)?;
+                // Each output's tree holds the build's log, which is also the action's stdout.
+                let pushed = remote.push_entry(store, entry)?;
                 result.output_directories.push(re::OutputDirectory {
                     path: entry.to_string(),
-                    tree_digest: Some(tree),
+                    tree_digest: Some(pushed.tree),
                     ..Default::default()
                 });
-            }
-            if log_path.is_file() {
-                result.stdout_digest = Some(upload_file(remote, &log_path)?);
+                result.stdout_digest = result.stdout_digest.or(pushed.log);
             }
             Ok(result)
         }
@@ -536,7 +542,12 @@ fn install_input(
                 Err(format!("its meta.yaml is for key {}", meta.key))
             }
         })
-        .map_err(|e| Refusal::new(tonic::Code::InvalidArgument, e.to_string()))
+        .map_err(|e| match e {
+            RemoteError::Malformed { .. } => {
+                Refusal::new(tonic::Code::InvalidArgument, e.to_string())
+            }
+            other => other.into(),
+        })
 }
 
 static ACTION_SEQ: AtomicU64 = AtomicU64::new(0);

@@ -242,10 +242,9 @@ pub fn decode(document: &[u8]) -> Result<Received, WireError> {
             wire.format
         )));
     }
-    let env_key = |k: String| EnvKey::new(k);
     let mut env = BTreeMap::new();
     for (key, value) in wire.env {
-        let key = env_key(key)?;
+        let key = EnvKey::new(key)?;
         let value = EnvValue::new(&key, value.into_vec()?)?;
         env.insert(key, value);
     }

@@ -81,7 +81,7 @@ const SETUP_FAILED: u8 = b'S';
 /// builder failed.
 const EXEC_FAILED: u8 = b'X';
 /// Lines of the log kept for error messages.
-pub(crate) const TAIL_LINES: usize = 25;
+const TAIL_LINES: usize = 25;
 /// The largest log kept when a derivation sets none.
 pub const DEFAULT_MAX_LOG: u64 = 64 << 20;
 /// The most processes a build may have when a derivation sets nothing (a fork bomb stops here).
@@ -530,7 +530,15 @@ fn write_maps(pid: Pid, uid: u32, gid: u32) -> io::Result<()> {
     fs::write(proc.join("gid_map"), format!("{BUILD_GID} {gid} 1\n"))
 }
 
+/// The last lines of a log, as a failed build's error shows them.
+pub(crate) fn log_tail(log: &[u8]) -> Vec<String> {
+    let mut tail = Tail::default();
+    tail.push(log);
+    tail.finish()
+}
+
 /// Keeps the last lines of the log.
+#[derive(Default)]
 struct Tail {
     lines: VecDeque<String>,
     partial: Vec<u8>,
@@ -696,10 +704,7 @@ fn supervise(
 
     let limits = &spec.limits;
     let max_log = limits.max_log_size.unwrap_or(DEFAULT_MAX_LOG);
-    let mut tail = Tail {
-        lines: VecDeque::new(),
-        partial: Vec::new(),
-    };
+    let mut tail = Tail::default();
     let mut log_bytes = 0u64;
     let mut last_output = Instant::now();
     let mut last_size_check = Instant::now();
