@@ -11,8 +11,8 @@ use std::process::{Command, Output, Stdio};
 use forjar::remote::cas::digest_file;
 use forjar::store::{Store, remove_tree};
 use forjar_suite::{
-    assert_ok, dag, fresh_salt, remote_stack, reported, root, run_dag, sandbox, stack_dir, stderr,
-    stdout, store_digests,
+    PrivateStack, assert_ok, dag, fresh_salt, remote_stack, reported, root, run_dag, sandbox,
+    stack_dir, stderr, stdout, store_digests,
 };
 
 fn verified(store: &Path) {
@@ -269,39 +269,6 @@ fn a_remote_that_is_down_at_the_start_is_an_error_or_with_fallback_a_warning() {
     );
 }
 
-/// A stack of its own, to be killed: BuildGrid and PostgreSQL on other ports, in `dir`.
-struct PrivateStack {
-    dir: PathBuf,
-}
-
-impl PrivateStack {
-    fn start(dir: &Path, port: u16, pg_port: u16) -> (PrivateStack, String) {
-        let output = Command::new(root().join("remote/stack"))
-            .arg("start")
-            .env("FORJAR_STACK_DIR", dir)
-            .env("FORJAR_STACK_PORT", port.to_string())
-            .env("FORJAR_STACK_PG_PORT", pg_port.to_string())
-            .output()
-            .unwrap();
-        assert_ok(&output);
-        (
-            PrivateStack {
-                dir: dir.to_path_buf(),
-            },
-            format!("grpc://127.0.0.1:{port}"),
-        )
-    }
-}
-
-impl Drop for PrivateStack {
-    fn drop(&mut self) {
-        let _ = Command::new(root().join("remote/stack"))
-            .arg("stop")
-            .env("FORJAR_STACK_DIR", &self.dir)
-            .output();
-    }
-}
-
 #[test]
 fn a_remote_killed_during_an_apply_leaves_the_apply_to_finish_here() {
     if !sandbox() {
@@ -309,7 +276,7 @@ fn a_remote_killed_during_an_apply_leaves_the_apply_to_finish_here() {
     }
     remote_stack(); // the shared venv is installed once
     let dir = tempfile::tempdir().unwrap();
-    let (stack, address) = PrivateStack::start(&dir.path().join("stack"), 50079, 54379);
+    let (stack, address) = PrivateStack::start(&dir.path().join("stack"), 50079, 54379, 0);
     let store = dir.path().join("store");
     let salt = fresh_salt("killed");
     let env = [

@@ -1,8 +1,10 @@
 //! Remote execution against a real BuildGrid (started by `remote/stack`) with real `forjar
 //! worker` processes: a DAG built entirely by two workers ends with the tree digests of a local
-//! apply; a worker killed in the middle of a build has its action retried by the other.
+//! apply; a worker killed in the middle of a build has its action retried by the other; Bazel,
+//! an outside client, has its genrules run by the workers.
 
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -10,21 +12,13 @@ use std::time::{Duration, Instant};
 
 use forjar::store::Store;
 use forjar_suite::{
-    assert_ok, fresh_salt, remote_stack, reported, run_dag, sandbox, stderr, stdout, store_digests,
+    PrivateStack, assert_ok, forjar_tool, fresh_salt, remote_stack, reported, run_dag, sandbox,
+    stderr, stdout, store_digests,
 };
 
 /// The tests share the stack's scheduler: one at a time, so that each one's workers take only
 /// its own actions.
 static WORKERS: Mutex<()> = Mutex::new(());
-
-/// The `forjar` tool, which cargo builds with the workspace.
-fn forjar_tool() -> PathBuf {
-    forjar_suite::example("dag")
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("forjar")
-}
 
 /// A `forjar worker` process, killed when dropped.
 struct Worker {
@@ -253,6 +247,238 @@ fn a_worker_killed_during_a_build_has_its_action_run_by_another() {
     );
     assert!(!killed.log().contains("lease"), "{}", killed.log());
     assert_eq!(reported(&output, "built remotely"), ["n0-0", "top"]);
+    let report = Store::open(&store).unwrap().verify().unwrap();
+    assert!(report.is_ok(), "{report:?}");
+}
+
+/// Runs `remote/bazel` (Debian's Bazel, installed on first use) in `workspace`, with its output
+/// tree under `root` and without the user's own rc file.
+fn bazel(workspace: &Path, root: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(forjar_suite::root().join("remote/bazel"))
+        .arg("--batch")
+        .arg(format!("--output_user_root={}", root.display()))
+        .arg("--nohome_rc")
+        .args(args)
+        .current_dir(workspace)
+        .stdin(Stdio::null())
+        .output()
+        .expect("remote/bazel runs")
+}
+
+/// Leases a worker finished with exit status 0.
+fn leases_done(worker: &Worker) -> usize {
+    worker
+        .log()
+        .lines()
+        .filter(|l| l.contains(": lease ") && l.ends_with("exit status 0"))
+        .count()
+}
+
+#[test]
+fn bazel_genrules_are_executed_by_forjar_workers() {
+    let Some(Scene {
+        _one,
+        address,
+        dir,
+        salt,
+        ..
+    }) = scene("bazel")
+    else {
+        return;
+    };
+    let workspace = dir.path().join("workspace");
+    fs::create_dir_all(workspace.join("broken")).unwrap();
+    fs::write(workspace.join("WORKSPACE"), "").unwrap();
+    fs::write(workspace.join("words.txt"), "one two three\n").unwrap();
+    fs::write(
+        workspace.join("count.sh"),
+        "#!/bin/sh\nwc -w < \"$1\" > \"$2\"\n",
+    )
+    .unwrap();
+    let mut permissions = fs::metadata(workspace.join("count.sh"))
+        .unwrap()
+        .permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o755);
+    fs::set_permissions(workspace.join("count.sh"), permissions).unwrap();
+    // Four genrules: one from nothing, one from a source file and a tool, one from another's
+    // output with two outputs (one in a subdirectory), and one that reports where it ran. The
+    // salt keeps BuildGrid's action cache of earlier runs out of this one.
+    let port = address.rsplit(':').next().unwrap();
+    fs::write(
+        workspace.join("BUILD"),
+        format!(
+            r#"
+genrule(
+    name = "greeting",
+    outs = ["greeting.txt"],
+    cmd = "echo hello {salt} > $@",
+)
+
+genrule(
+    name = "count",
+    srcs = ["words.txt"],
+    tools = ["count.sh"],
+    outs = ["count.txt"],
+    cmd = "$(location count.sh) $(location words.txt) $@",
+)
+
+genrule(
+    name = "shout",
+    srcs = [":greeting"],
+    outs = ["upper.txt", "nested/length.txt"],
+    cmd = "tr a-z A-Z < $(location :greeting) > $(location upper.txt); wc -c < $(location :greeting) > $(location nested/length.txt)",
+)
+
+genrule(
+    name = "where",
+    outs = ["where.txt"],
+    cmd = "(echo {salt}; hostname; pwd; test -e {workspace} && echo sees-host || echo host-hidden; (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null && echo network || echo no-network) > $@",
+)
+"#,
+            workspace = workspace.display(),
+        ),
+    )
+    .unwrap();
+    fs::write(
+        workspace.join("broken/BUILD"),
+        format!(
+            r#"
+genrule(
+    name = "fails",
+    outs = ["never.txt"],
+    cmd = "echo {salt} said on stdout; echo broken on purpose >&2; exit 3",
+)
+"#
+        ),
+    )
+    .unwrap();
+
+    let workers = two_workers(address, dir.path(), "b");
+    let output_root = dir.path().join("bazel-root");
+    let remote = format!("--remote_executor={address}");
+    let targets = ["//:greeting", "//:count", "//:shout", "//:where"];
+    let build = |targets: &[&str]| {
+        let mut args = vec!["build", remote.as_str(), "--spawn_strategy=remote"];
+        args.extend(targets);
+        bazel(&workspace, &output_root, &args)
+    };
+
+    // Every genrule runs on a worker, none here: Bazel counts 4 remote processes.
+    let output = build(&targets);
+    assert_ok(&output);
+    assert!(
+        stderr(&output).contains("1 internal, 4 remote."),
+        "{}",
+        stderr(&output)
+    );
+    let done: Vec<usize> = workers.iter().map(leases_done).collect();
+    assert_eq!(done.iter().sum::<usize>(), 4, "{done:?}");
+    let bin = workspace.join("bazel-bin");
+    let read = |name: &str| fs::read_to_string(bin.join(name)).unwrap();
+    assert_eq!(read("greeting.txt"), format!("hello {salt}\n"));
+    assert_eq!(read("count.txt"), "3\n");
+    assert_eq!(
+        read("upper.txt"),
+        format!("HELLO {}\n", salt.to_uppercase())
+    );
+    assert_eq!(
+        read("nested/length.txt"),
+        format!("{}\n", format!("hello {salt}\n").len())
+    );
+    // In forjar's sandbox: its hostname, the input root at /build, nothing of the host's
+    // files, no network.
+    assert_eq!(
+        read("where.txt"),
+        format!("{salt}\nlocalhost\n/build\nhost-hidden\nno-network\n")
+    );
+
+    // A failing genrule fails the build with its exit status and its output.
+    let output = build(&["//broken:fails"]);
+    assert!(!output.status.success(), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(text.contains("(Exit 3)"), "{text}");
+    assert!(text.contains(&format!("{salt} said on stdout")), "{text}");
+    assert!(text.contains("broken on purpose"), "{text}");
+
+    // The workers' results went into BuildGrid's action cache: after a clean, Bazel takes
+    // all four from there, and no worker runs anything.
+    assert_ok(&bazel(&workspace, &output_root, &["clean"]));
+    let output = build(&targets);
+    assert_ok(&output);
+    assert!(
+        stderr(&output).contains("4 remote cache hit"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(workers.iter().map(leases_done).sum::<usize>(), 4);
+    assert_eq!(
+        read("upper.txt"),
+        format!("HELLO {}\n", salt.to_uppercase())
+    );
+}
+
+#[test]
+fn a_server_killed_during_remote_execution_leaves_the_apply_to_finish_here() {
+    if !sandbox() {
+        return;
+    }
+    remote_stack(); // the shared venv is installed once
+    let dir = tempfile::tempdir().unwrap();
+    let (stack, address) = PrivateStack::start(&dir.path().join("stack"), 50078, 54378, 1);
+    let store = dir.path().join("store");
+    let salt = fresh_salt("killed-exec");
+    let env = [
+        ("DAG_LAYERS", "3"),
+        ("DAG_WIDTH", "2"),
+        ("DAG_SLEEP", "0.5"),
+        ("DAG_SALT", salt.as_str()),
+    ];
+    let mut apply = forjar_suite::dag(&store, &env, &["apply", "-j", "1", "--remote-exec"])
+        .arg(&address)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(apply.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        log.push_str(&line);
+        log.push('\n');
+        if line.starts_with("built remotely ") {
+            break;
+        }
+    }
+    // One build came back from the worker; the server dies while the worker runs the next.
+    let worker_log = stack.dir.join("worker-1.log");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::read_to_string(&worker_log)
+        .unwrap_or_default()
+        .matches(": building ")
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the worker took no second build");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = fs::read_to_string(stack.dir.join("buildgrid.pid")).unwrap();
+    let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    for line in lines {
+        log.push_str(&line.unwrap());
+        log.push('\n');
+    }
+    let status = apply.wait().unwrap();
+    assert!(status.success(), "{log}");
+    // Reported once, not once per build.
+    assert_eq!(log.matches("warning: remote, for").count(), 1, "{log}");
+    let remotely = log
+        .lines()
+        .filter(|l| l.starts_with("built remotely "))
+        .count();
+    let here = log.lines().filter(|l| l.starts_with("built ")).count() - remotely;
+    assert!(remotely >= 1 && here >= 1, "{log}");
+    assert_eq!(remotely + here, 7, "each derivation was built once: {log}");
     let report = Store::open(&store).unwrap().verify().unwrap();
     assert!(report.is_ok(), "{report:?}");
 }

@@ -265,3 +265,52 @@ pub fn assert_ok(output: &Output) {
         stderr(output)
     );
 }
+
+/// The `forjar` tool, which cargo builds with the workspace.
+pub fn forjar_tool() -> PathBuf {
+    example("dag")
+        .parent()
+        .and_then(Path::parent)
+        .expect("examples live in target/<profile>/examples")
+        .join("forjar")
+}
+
+/// A stack of its own, to be killed: BuildGrid, PostgreSQL and `workers` forjar workers on other
+/// ports, in `dir`; stopped when dropped.
+pub struct PrivateStack {
+    pub dir: PathBuf,
+}
+
+impl PrivateStack {
+    /// Starts the stack; returns it and its address.
+    pub fn start(dir: &Path, port: u16, pg_port: u16, workers: usize) -> (PrivateStack, String) {
+        let mut command = Command::new(root().join("remote/stack"));
+        command
+            .arg("start")
+            .env("FORJAR_STACK_DIR", dir)
+            .env("FORJAR_STACK_PORT", port.to_string())
+            .env("FORJAR_STACK_PG_PORT", pg_port.to_string());
+        if workers > 0 {
+            command
+                .args(["--workers", &workers.to_string(), "--forjar"])
+                .arg(forjar_tool());
+        }
+        let output = command.output().expect("remote/stack runs");
+        assert_ok(&output);
+        (
+            PrivateStack {
+                dir: dir.to_path_buf(),
+            },
+            format!("grpc://127.0.0.1:{port}"),
+        )
+    }
+}
+
+impl Drop for PrivateStack {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("remote/stack"))
+            .arg("stop")
+            .env("FORJAR_STACK_DIR", &self.dir)
+            .output();
+    }
+}

@@ -98,7 +98,7 @@ pub enum RemoteError {
         reason: String,
     },
     /// A call failed.
-    #[error("the remote at {address} refused {call}: {code:?}: {message}")]
+    #[error("{call} to the remote at {address} failed: {code:?}: {message}")]
     Call {
         /// The remote.
         address: String,

@@ -577,6 +577,11 @@ fn run_command(
             command.working_directory
         )));
     }
+    eprintln!(
+        "worker {}: running {}",
+        options.name,
+        abbreviated(&command.arguments.join(" "), 160)
+    );
     let seq = ACTION_SEQ.fetch_add(1, Ordering::Relaxed);
     let tmp = store.dir().join(".tmp");
     let top = Scratch(tmp.join(format!("action-{}-{seq}", std::process::id())));
@@ -750,6 +755,14 @@ fn run_command(
     }
     remote.upload(upload)?;
     Ok(result)
+}
+
+/// `text` cut to at most `limit` characters, with an ellipsis where it was cut.
+fn abbreviated(text: &str, limit: usize) -> String {
+    match text.char_indices().nth(limit) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 /// Gives the tree at `path` to the build user (the worker runs as root, the build does not).
