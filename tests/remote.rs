@@ -6,13 +6,13 @@ use std::fs;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use forjar::remote::cas::digest_file;
 use forjar::store::{Store, remove_tree};
 use forjar_suite::{
-    PrivateStack, assert_ok, dag, fresh_salt, remote_stack, reported, root, run_dag, sandbox,
-    stack_dir, stderr, stdout, store_digests,
+    PrivateStack, assert_ok, dag, fresh_salt, remote_stack, reported, run_dag, sandbox, stack_dir,
+    stderr, stdout, store_digests,
 };
 
 fn verified(store: &Path) {
