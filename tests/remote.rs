@@ -235,30 +235,38 @@ fn a_remote_that_is_down_at_the_start_is_an_error_or_with_fallback_a_warning() {
         .port();
     let address = format!("grpc://127.0.0.1:{port}");
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
     let env = [SMALL[0], SMALL[1], ("DAG_SALT", "down")];
 
-    let refused = run_dag(&store, &env, &["apply", "--remote", &address]);
-    assert_eq!(refused.status.code(), Some(1));
-    let message = stderr(&refused);
-    assert!(
-        message.contains(&format!("cannot reach the remote at {address}"))
-            && message.contains("--remote-fallback"),
-        "{message}"
-    );
-    assert!(
-        Store::open(&store).unwrap().entries().unwrap().is_empty(),
-        "nothing was built"
-    );
+    // The same for a remote cache and for remote execution.
+    for flag in ["--remote", "--remote-exec"] {
+        let store = dir.path().join(flag.trim_start_matches('-'));
+        let refused = run_dag(&store, &env, &["apply", flag, &address]);
+        assert_eq!(refused.status.code(), Some(1), "{flag}");
+        let message = stderr(&refused);
+        assert!(
+            message.contains(&format!("cannot reach the remote at {address}"))
+                && message.contains("--remote-fallback"),
+            "{flag}: {message}"
+        );
+        assert!(
+            Store::open(&store).unwrap().entries().unwrap().is_empty(),
+            "{flag}: nothing was built"
+        );
 
-    let fallback = run_dag(
-        &store,
-        &env,
-        &["apply", "--remote", &address, "--remote-fallback"],
-    );
-    assert_ok(&fallback);
-    assert!(stderr(&fallback).contains("warning: cannot reach the remote"));
-    assert_eq!(reported(&fallback, "built"), ALL);
+        let fallback = run_dag(
+            &store,
+            &env,
+            &["apply", flag, &address, "--remote-fallback"],
+        );
+        assert_ok(&fallback);
+        assert!(
+            stderr(&fallback).contains("warning: cannot reach the remote"),
+            "{flag}: {}",
+            stderr(&fallback)
+        );
+        assert_eq!(reported(&fallback, "built"), ALL, "{flag}");
+    }
+    let store = dir.path().join("store");
 
     let malformed = run_dag(&store, &env, &["apply", "--remote", "127.0.0.1:1"]);
     assert_eq!(malformed.status.code(), Some(2));

@@ -302,7 +302,7 @@ fn bazel_genrules_are_executed_by_forjar_workers() {
     fs::set_permissions(workspace.join("count.sh"), permissions).unwrap();
     // Four genrules: one from nothing, one from a source file and a tool, one from another's
     // output with two outputs (one in a subdirectory), and one that reports where it ran. The
-    // salt keeps BuildGrid's action cache of earlier runs out of this one.
+    // salt, in every command, keeps BuildGrid's action cache of earlier runs out of this one.
     let port = address.rsplit(':').next().unwrap();
     fs::write(
         workspace.join("BUILD"),
@@ -319,7 +319,7 @@ genrule(
     srcs = ["words.txt"],
     tools = ["count.sh"],
     outs = ["count.txt"],
-    cmd = "$(location count.sh) $(location words.txt) $@",
+    cmd = "$(location count.sh) $(location words.txt) $@ # {salt}",
 )
 
 genrule(
