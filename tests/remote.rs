@@ -3,16 +3,15 @@
 //! during an apply. Every build is a real sandboxed build of `tests/programs/dag.rs`.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Output, Stdio};
+use std::process::Output;
 
 use forjar::remote::cas::digest_file;
 use forjar::store::{Store, remove_tree};
 use forjar_suite::{
-    PrivateStack, assert_ok, dag, fresh_salt, remote_stack, reported, run_dag, sandbox, stack_dir,
-    stderr, stdout, store_digests,
+    PrivateStack, Watched, assert_ok, dag, fresh_salt, remote_stack, reported, run_dag, sandbox,
+    stack_dir, stderr, stdout, store_digests,
 };
 
 fn verified(store: &Path) {
@@ -293,30 +292,15 @@ fn a_remote_killed_during_an_apply_leaves_the_apply_to_finish_here() {
         ("DAG_SLEEP", "0.3"),
         ("DAG_SALT", salt.as_str()),
     ];
-    let mut apply = dag(&store, &env, &["apply", "-j", "1", "--remote", &address])
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(apply.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        log.push_str(&line);
-        log.push('\n');
-        if line.starts_with("built ") {
-            break;
-        }
-    }
+    let mut apply = Watched::spawn(dag(
+        &store,
+        &env,
+        &["apply", "-j", "1", "--remote", &address],
+    ));
+    apply.until("built ");
     // The first build is done (and uploaded): the server dies with the rest to do.
-    let pid = fs::read_to_string(stack.dir.join("buildgrid.pid")).unwrap();
-    let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    for line in lines {
-        log.push_str(&line.unwrap());
-        log.push('\n');
-    }
-    let status = apply.wait().unwrap();
+    stack.kill_server();
+    let (status, log) = apply.finish();
     assert!(status.success(), "{log}");
     assert!(log.contains("warning: remote, for"), "{log}");
     let built = log.lines().filter(|l| l.starts_with("built ")).count();

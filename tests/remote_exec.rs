@@ -4,7 +4,6 @@
 //! an outside client, has its genrules run by the workers.
 
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
@@ -12,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use forjar::store::Store;
 use forjar_suite::{
-    PrivateStack, assert_ok, forjar_tool, fresh_salt, remote_stack, reported, run_dag, sandbox,
-    stderr, stdout, store_digests,
+    PrivateStack, Watched, assert_ok, forjar_tool, fresh_salt, remote_stack, reported, run_dag,
+    sandbox, stderr, stdout, store_digests,
 };
 
 /// The tests share the stack's scheduler: one at a time, so that each one's workers take only
@@ -433,22 +432,12 @@ fn a_server_killed_during_remote_execution_leaves_the_apply_to_finish_here() {
         ("DAG_SLEEP", "0.5"),
         ("DAG_SALT", salt.as_str()),
     ];
-    let mut apply = forjar_suite::dag(&store, &env, &["apply", "-j", "1", "--remote-exec"])
-        .arg(&address)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(apply.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        log.push_str(&line);
-        log.push('\n');
-        if line.starts_with("built remotely ") {
-            break;
-        }
-    }
+    let mut apply = Watched::spawn(forjar_suite::dag(
+        &store,
+        &env,
+        &["apply", "-j", "1", "--remote-exec", &address],
+    ));
+    apply.until("built remotely ");
     // One build came back from the worker; the server dies while the worker runs the next.
     let worker_log = stack.dir.join("worker-1.log");
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -461,14 +450,8 @@ fn a_server_killed_during_remote_execution_leaves_the_apply_to_finish_here() {
         assert!(Instant::now() < deadline, "the worker took no second build");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pid = fs::read_to_string(stack.dir.join("buildgrid.pid")).unwrap();
-    let pid = nix::unistd::Pid::from_raw(pid.trim().parse().unwrap());
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-    for line in lines {
-        log.push_str(&line.unwrap());
-        log.push('\n');
-    }
-    let status = apply.wait().unwrap();
+    stack.kill_server();
+    let (status, log) = apply.finish();
     assert!(status.success(), "{log}");
     // Reported once, not once per build.
     assert_eq!(log.matches("warning: remote, for").count(), 1, "{log}");

@@ -306,6 +306,67 @@ impl PrivateStack {
     }
 }
 
+impl PrivateStack {
+    /// Kills the stack's BuildGrid with SIGKILL, as a crash would.
+    pub fn kill_server(&self) {
+        use nix::sys::signal::{Signal, kill};
+        let pid = std::fs::read_to_string(self.dir.join("buildgrid.pid"))
+            .expect("the stack records BuildGrid's pid");
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().expect("a pid"));
+        kill(pid, Signal::SIGKILL).expect("BuildGrid is running");
+    }
+}
+
+/// A running program whose standard error (its progress) is read line by line.
+pub struct Watched {
+    child: std::process::Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    /// What it has printed so far.
+    pub log: String,
+}
+
+impl Watched {
+    /// Starts `command` with its standard error piped.
+    pub fn spawn(mut command: Command) -> Watched {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("the program starts");
+        let stderr = child.stderr.take().expect("standard error is piped");
+        Watched {
+            child,
+            lines: std::io::BufReader::new(stderr).lines(),
+            log: String::new(),
+        }
+    }
+
+    /// Reads until a line that starts with `prefix`, or to the end.
+    pub fn until(&mut self, prefix: &str) {
+        self.read(Some(prefix));
+    }
+
+    fn read(&mut self, prefix: Option<&str>) {
+        for line in self.lines.by_ref() {
+            let line = line.expect("standard error is readable");
+            self.log.push_str(&line);
+            self.log.push('\n');
+            if prefix.is_some_and(|p| line.starts_with(p)) {
+                return;
+            }
+        }
+    }
+
+    /// Reads to the end and waits; returns the exit status and everything printed.
+    pub fn finish(mut self) -> (std::process::ExitStatus, String) {
+        self.read(None);
+        let status = self.child.wait().expect("the program is waited for");
+        (status, self.log)
+    }
+}
+
 impl Drop for PrivateStack {
     fn drop(&mut self) {
         let _ = Command::new(root().join("remote/stack"))
