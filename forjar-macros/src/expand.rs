@@ -1,5 +1,5 @@
 //! Turns the checked IR into code: one `IntoDerivation` impl, with an accessors type when the
-//! outputs are more than `out`. The impl is mostly data (a `Spec` constant), because that is
+//! outputs are more than `out`. The impl is mostly data (a `Spec` value), because that is
 //! what compiles fastest: see `forjar/benches/dsl_check.rs`.
 
 use proc_macro2::{Span, TokenStream};
@@ -260,7 +260,7 @@ pub fn builder(drv: &Derivation, location: &Ident) -> TokenStream {
         })
     });
     quote! {{
-        const SPEC: __forjar::Spec = __forjar::Spec { #(#fields)* ..__forjar::Spec::DEFAULT };
-        SPEC.derive(#name, #location, [#(#parts),*])
+        __forjar::Spec { #(#fields)* ..__forjar::Spec::DEFAULT }
+            .derive(#name, #location, [#(#parts),*])
     }}
 }

@@ -3,7 +3,7 @@
 //! the same run.
 //!
 //! ```text
-//! bench/dsl-check [--runs N]
+//! bench/dsl-check [--runs N] [--opt-macros]
 //! ```
 //!
 //! Both programs are generated under `target/dsl-check/`, depend on this checkout of forjar,
@@ -12,6 +12,9 @@
 //!
 //! - clean: `cargo clean -p <program>`, then `cargo check` (the program's whole crate);
 //! - touch: one of the ten modules changed, then `cargo check` (incremental).
+//!
+//! `--opt-macros` gives both programs `[profile.dev.build-override] opt-level = 3`, so that
+//! forjar-macros runs optimised (as a user may set it), with a target directory of its own.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -58,15 +61,16 @@ fn main() {
         .skip_while(|a| a != "--runs")
         .nth(1)
         .map_or(5, |n| n.parse().expect("--runs takes a number"));
+    let opt_macros = std::env::args().any(|a| a == "--opt-macros");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("forjar/ is in the workspace")
         .to_path_buf();
     let out = workspace.join("target/dsl-check");
-    let target = out.join("target");
+    let target = out.join(if opt_macros { "target-opt" } else { "target" });
     let styles = [Style::Derive, Style::Builder];
     for style in styles {
-        generate(&workspace, &out, style);
+        generate(&workspace, &out, style, opt_macros);
     }
     // Builds forjar and its dependencies once; checks that both programs compile.
     for style in styles {
@@ -93,7 +97,15 @@ fn main() {
         }
     }
 
-    println!("cargo check of {DERIVATIONS} derivations in {MODULES} modules, {runs} runs, medians");
+    let macros = if opt_macros {
+        "optimised"
+    } else {
+        "unoptimised (the default)"
+    };
+    println!(
+        "cargo check of {DERIVATIONS} derivations in {MODULES} modules, {runs} runs, medians; \
+         forjar-macros {macros}"
+    );
     println!(
         "{:<8} {:>10} {:>10} {:>8}",
         "case", "derive", "builder", "ratio"
@@ -151,15 +163,18 @@ fn check(out: &Path, target: &Path, style: Style) -> Duration {
     elapsed
 }
 
-fn generate(workspace: &Path, out: &Path, style: Style) {
+fn generate(workspace: &Path, out: &Path, style: Style, opt_macros: bool) {
     let dir = out.join(style.name());
     std::fs::create_dir_all(dir.join("src")).expect("target/ is writable");
-    let manifest = format!(
+    let mut manifest = format!(
         "[package]\nname = \"{}\"\nversion = \"0.0.0\"\nedition = \"2024\"\npublish = false\n\n\
          [dependencies]\nforjar = {{ path = \"{}\" }}\n\n[workspace]\n",
         package(style),
         workspace.join("forjar").display()
     );
+    if opt_macros {
+        manifest.push_str("\n[profile.dev.build-override]\nopt-level = 3\n");
+    }
     write_if_changed(&dir.join("Cargo.toml"), &manifest);
 
     let mut main = String::from("use forjar::prelude::*;\n\n");

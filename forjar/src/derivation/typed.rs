@@ -211,9 +211,10 @@ impl<T: Param> Param for Option<T> {
     }
 }
 
-/// What a derived type says about its derivation at compile time, as constants: the macros
-/// expand to one of these and one call of [`Spec::derive`], so that the code each derivation
-/// adds to a program is small to compile.
+/// What a derived type says about its derivation at compile time, as data: the macros expand
+/// to one of these and one call of [`Spec::derive`], so that the code each derivation adds to
+/// a program is small to compile. It is a value in the body, not a `const` item, which the
+/// compiler would evaluate once per derivation (`bench/dsl-check`).
 #[derive(Debug)]
 pub struct Spec {
     /// The name, unless a `name` field gives one.
