@@ -372,6 +372,8 @@ genrule(
     );
     let done: Vec<usize> = workers.iter().map(leases_done).collect();
     assert_eq!(done.iter().sum::<usize>(), 4, "{done:?}");
+    let logs: String = workers.iter().map(Worker::log).collect();
+    assert!(logs.contains(": running /bin/bash -c "), "{logs}");
     let bin = workspace.join("bazel-bin");
     let read = |name: &str| fs::read_to_string(bin.join(name)).unwrap();
     assert_eq!(read("greeting.txt"), format!("hello {salt}\n"));

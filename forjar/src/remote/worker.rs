@@ -757,12 +757,22 @@ fn run_command(
     Ok(result)
 }
 
-/// `text` cut to at most `limit` characters, with an ellipsis where it was cut.
+/// `text` on one line for a log: control characters escaped, cut to at most `limit` characters
+/// with an ellipsis where it was cut.
 fn abbreviated(text: &str, limit: usize) -> String {
-    match text.char_indices().nth(limit) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
+    let mut line = String::new();
+    for (count, c) in text.chars().enumerate() {
+        if count == limit {
+            line.push('…');
+            break;
+        }
+        if c.is_control() {
+            line.extend(c.escape_debug());
+        } else {
+            line.push(c);
+        }
     }
+    line
 }
 
 /// Gives the tree at `path` to the build user (the worker runs as root, the build does not).
@@ -789,4 +799,17 @@ fn give(path: &Path, uid: u32, gid: u32) -> Result<(), StoreError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::abbreviated;
+
+    #[test]
+    fn a_logged_command_is_one_line_and_cut_at_the_limit() {
+        assert_eq!(abbreviated("echo hi", 7), "echo hi");
+        assert_eq!(abbreviated("echo hi!", 7), "echo hi…");
+        assert_eq!(abbreviated("a\nb\tc", 10), "a\\nb\\tc");
+        assert_eq!(abbreviated("é€x", 2), "é€…");
+    }
 }
