@@ -611,10 +611,6 @@ fn run_command(
             fs::create_dir_all(parent).map_err(StoreError::io("cannot create", parent))?;
         }
     }
-    let (uid, gid) = sandbox::host_ids();
-    if nix::unistd::geteuid().as_raw() != uid {
-        give(&exec_root, uid, gid)?;
-    }
 
     let args = command
         .arguments
@@ -773,32 +769,6 @@ fn abbreviated(text: &str, limit: usize) -> String {
         }
     }
     line
-}
-
-/// Gives the tree at `path` to the build user (the worker runs as root, the build does not).
-fn give(path: &Path, uid: u32, gid: u32) -> Result<(), StoreError> {
-    let owner = (
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
-    );
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        owner.0,
-        owner.1,
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(|e| StoreError::io("cannot give the build", path)(e.into()))?;
-    if fs::symlink_metadata(path)
-        .map_err(StoreError::io("cannot read", path))?
-        .is_dir()
-    {
-        for child in fs::read_dir(path).map_err(StoreError::io("cannot read", path))? {
-            let child = child.map_err(StoreError::io("cannot read", path))?;
-            give(&child.path(), uid, gid)?;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -499,15 +499,16 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
     })
 }
 
-/// Gives the build user the staging and build directories (only root needs to: otherwise the
-/// build user is the caller).
+/// Gives the build user the staging and build directories and what they hold (a worker's
+/// build directory starts with the action's input root). Only root needs to: otherwise the
+/// build user is the caller.
 fn hand_over(spec: &BuildSpec, uid: u32, gid: u32) -> Result<(), SandboxError> {
     if nix::unistd::geteuid().as_raw() == uid {
         return Ok(());
     }
     let owner = (
-        Some(nix::unistd::Uid::from_raw(uid)),
-        Some(nix::unistd::Gid::from_raw(gid)),
+        nix::unistd::Uid::from_raw(uid),
+        nix::unistd::Gid::from_raw(gid),
     );
     for dir in spec
         .outputs
@@ -515,10 +516,28 @@ fn hand_over(spec: &BuildSpec, uid: u32, gid: u32) -> Result<(), SandboxError> {
         .map(|(_, host, _)| host)
         .chain([&spec.build_dir])
     {
-        nix::unistd::chown(dir, owner.0, owner.1).map_err(|e| SandboxError::Host {
+        chown_tree(dir, owner).map_err(|source| SandboxError::Host {
             path: dir.clone(),
-            source: e.into(),
+            source,
         })?;
+    }
+    Ok(())
+}
+
+/// Changes the owner of `path` and, for a directory, of everything under it; symlinks
+/// themselves, never their targets.
+fn chown_tree(path: &Path, (uid, gid): (nix::unistd::Uid, nix::unistd::Gid)) -> io::Result<()> {
+    nix::unistd::fchownat(
+        nix::fcntl::AT_FDCWD,
+        path,
+        Some(uid),
+        Some(gid),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )?;
+    if fs::symlink_metadata(path)?.is_dir() {
+        for child in fs::read_dir(path)? {
+            chown_tree(&child?.path(), (uid, gid))?;
+        }
     }
     Ok(())
 }
