@@ -10,6 +10,7 @@
 //! key asked for, and the content's tree digest is the one `meta.yaml` records; it goes through
 //! the store's staging, so a failure at any point leaves nothing behind.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -56,6 +57,34 @@ pub struct Pushed {
     pub tree: re::Digest,
     /// The digest of its build log, when one went along.
     pub log: Option<re::Digest>,
+    /// The entry as an input root holds it (see [`PackedEntries`]).
+    pub directories: Arc<[re::Directory]>,
+}
+
+/// Adds a store entry to `upload`: its `content`, its build log at `log` if given, and its
+/// `meta.yaml`. Returns the entry's directory, the directories under `content`, and the log's
+/// digest.
+pub(crate) fn pack_entry(
+    upload: &mut Upload,
+    store: &Store,
+    entry: &EntryName,
+    log: Option<&Path>,
+) -> Result<(re::Directory, Vec<re::Directory>, Option<re::Digest>), RemoteError> {
+    let mut children = Vec::new();
+    let mut root = re::Directory::default();
+    let content = upload.add_path(&store.content_path(entry), &mut children)?;
+    root.add("content".to_string(), content);
+    let mut log_digest = None;
+    if let Some(log) = log {
+        let log_node = upload.add_path(log, &mut children)?;
+        if let cas::Packed::File { digest, .. } = &log_node {
+            log_digest = Some(digest.clone());
+        }
+        root.add("log".to_string(), log_node);
+    }
+    let meta = upload.add_path(&store.entry_path(entry).join("meta.yaml"), &mut children)?;
+    root.add("meta.yaml".to_string(), meta);
+    Ok((root, children, log_digest))
 }
 
 /// A store entry the remote has, fully: its result, and the tree of its output.
@@ -75,26 +104,15 @@ impl Remote {
     /// action. Blobs the CAS has are not sent again.
     pub fn push_entry(&self, store: &Store, entry: &EntryName) -> Result<Pushed, RemoteError> {
         let meta = store.meta(entry)?;
-        let mut upload = Upload::default();
-        let mut children = Vec::new();
-        let content = upload.add_path(&store.content_path(entry), &mut children)?;
-        let meta_node =
-            upload.add_path(&store.entry_path(entry).join("meta.yaml"), &mut children)?;
-        let mut root = re::Directory::default();
-        root.add("content".to_string(), content);
         // The build's log goes along, so that `log` works where the entry is downloaded.
-        let mut log_digest = None;
-        if let Some(derivation) = meta.derivation.filter(|_| meta.log_digest.is_some()) {
-            let log = store.log_path(&derivation.store_hash());
-            if log.is_file() {
-                let log_node = upload.add_path(&log, &mut children)?;
-                if let cas::Packed::File { digest, .. } = &log_node {
-                    log_digest = Some(digest.clone());
-                }
-                root.add("log".to_string(), log_node);
-            }
-        }
-        root.add("meta.yaml".to_string(), meta_node);
+        let log = meta
+            .derivation
+            .filter(|_| meta.log_digest.is_some())
+            .map(|derivation| store.log_path(&derivation.store_hash()))
+            .filter(|log| log.is_file());
+        let mut upload = Upload::default();
+        let (root, children, log_digest) = pack_entry(&mut upload, store, entry, log.as_deref())?;
+        let directories = PackedEntries::directories(&root, &children);
         let root_digest = upload.add_message(&root);
         let tree_digest = upload.add_message(&re::Tree {
             root: Some(root),
@@ -125,6 +143,7 @@ impl Remote {
         Ok(Pushed {
             tree: tree_digest,
             log: log_digest,
+            directories,
         })
     }
 
@@ -392,11 +411,8 @@ impl Cache {
         for f in found {
             // An input root can name this entry by the digests just checked, so a remote build
             // that needs it does not read and hash it again.
-            let packed: Option<Arc<[re::Directory]>> = f.tree.root.as_ref().map(|root| {
-                std::iter::once(PackedEntries::entry_directory(root))
-                    .chain(f.tree.children.iter().cloned())
-                    .collect()
-            });
+            let packed = (f.tree.root.as_ref())
+                .map(|root| PackedEntries::directories(root, &f.tree.children));
             let entry = f.entry.clone();
             self.remote
                 .install(store, lock, f, &siblings)
@@ -414,9 +430,13 @@ impl Cache {
             return Ok(());
         }
         for entry in entries {
-            self.remote
+            let pushed = self
+                .remote
                 .push_entry(store, entry)
                 .map_err(|e| self.note(e))?;
+            // A remote build that needs this entry names it by these digests.
+            self.packed
+                .insert(vec![(entry.clone(), pushed.directories)]);
         }
         Ok(())
     }

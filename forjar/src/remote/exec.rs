@@ -18,6 +18,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::longrunning::{self, operation};
 use prost::Message;
 
+use super::cache::pack_entry;
 use super::cas::{self, DirectoryExt, Upload};
 use super::{Remote, RemoteError};
 use crate::derivation::Limits;
@@ -97,9 +98,20 @@ impl PackedEntries {
             .cloned()
     }
 
+    /// An entry as the memo holds it, from its cached tree's root (which may also hold its
+    /// `log`) and the directories under it.
+    pub(crate) fn directories(
+        cached: &re::Directory,
+        children: &[re::Directory],
+    ) -> Arc<[re::Directory]> {
+        std::iter::once(Self::entry_directory(cached))
+            .chain(children.iter().cloned())
+            .collect()
+    }
+
     /// An entry as an input root holds it, `content` and `meta.yaml`, made from the root of its
-    /// cached tree (which also holds its `log`).
-    pub(crate) fn entry_directory(cached: &re::Directory) -> re::Directory {
+    /// cached tree.
+    fn entry_directory(cached: &re::Directory) -> re::Directory {
         let kept = |name: &String| name == "content" || name == "meta.yaml";
         re::Directory {
             files: cached
@@ -224,15 +236,8 @@ impl Remote {
             let directories = match packed.get(entry) {
                 Some(directories) => directories,
                 None => {
-                    let mut children = Vec::new();
-                    let mut directory = re::Directory::default();
-                    let content = upload.add_path(&store.content_path(entry), &mut children)?;
-                    directory.add("content".to_string(), content);
-                    let meta = upload
-                        .add_path(&store.entry_path(entry).join("meta.yaml"), &mut children)?;
-                    directory.add("meta.yaml".to_string(), meta);
-                    children.insert(0, directory);
-                    let directories: Arc<[re::Directory]> = children.into();
+                    let (directory, children, _) = pack_entry(&mut upload, store, entry, None)?;
+                    let directories = PackedEntries::directories(&directory, &children);
                     entries.push((entry.clone(), directories.clone()));
                     directories
                 }
