@@ -1031,3 +1031,95 @@ fn a_builder_that_is_not_in_the_sandbox_is_named() {
     );
     assert!(!err.contains("the kernel gives no sandbox"), "{err}");
 }
+
+/// A request made by hand, run straight in the sandbox: its working directory and scratch
+/// paths, which no derivation of the builder API sets (a remote worker's actions do).
+#[test]
+fn a_request_starts_in_its_working_directory_and_has_its_scratch_paths() {
+    use forjar::hash::HostFingerprint;
+    use forjar::request::{
+        Arg, BuildRequest, CleanRelPath, Name, OutputName, RequestParts, System,
+    };
+    use forjar::sandbox::{BuildSpec, Outcome};
+
+    if !sandbox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let staging = dir.path().join("staging");
+    for d in [&store_dir, &staging] {
+        fs::create_dir(d).unwrap();
+    }
+    let script = "pwd; echo \"PWD=$PWD\"; cat data; \
+         echo scratch > /scratch/a; echo cache > /var/cache/b; cat /scratch/a /var/cache/b; \
+         stat -c 'mode %a' /var/cache; \
+         touch /var/c 2>/dev/null || echo '/var is read-only'; \
+         echo > $out";
+    let run = |working_dir: &str| {
+        let build_dir = dir
+            .path()
+            .join(format!("build-{}", working_dir.replace('/', "-")));
+        fs::create_dir(&build_dir).unwrap();
+        let request = BuildRequest::new(RequestParts {
+            name: Name::new("paths").unwrap(),
+            system: System::host(),
+            args: ["/bin/sh", "-c", script]
+                .iter()
+                .enumerate()
+                .map(|(i, a)| Arg::new(i, *a).unwrap())
+                .collect(),
+            working_dir: CleanRelPath::new("working directory", working_dir).unwrap(),
+            scratch_paths: ["scratch", "var/cache"]
+                .iter()
+                .map(|p| CleanRelPath::new("scratch path", *p).unwrap())
+                .collect(),
+            outputs: [OutputName::new("out").unwrap()].into(),
+            env: Default::default(),
+            inputs: Default::default(),
+            files: [(
+                CleanRelPath::new("file", "src/data").unwrap(),
+                b"data in src\n".to_vec(),
+            )]
+            .into(),
+            constraints: Default::default(),
+            sandbox: SandboxLevel::HostTools,
+            fixed_output: None,
+            store_dir: store_dir.clone(),
+            host: Some(HostFingerprint::current()),
+        })
+        .unwrap();
+        let spec = BuildSpec {
+            request: &request,
+            inputs: Vec::new(),
+            referenced: Vec::new(),
+            outputs: vec![(
+                OutputName::new("out").unwrap(),
+                staging.clone(),
+                store_dir.join("paths-out"),
+            )],
+            build_dir,
+            limits: Default::default(),
+            cores: 1,
+            cancel: None,
+        };
+        let mut log = Vec::new();
+        forjar::sandbox::run(&spec, &mut log, &|| 0)
+            .map(|finished| (finished.outcome, String::from_utf8(log).unwrap()))
+            .map_err(|e| e.to_string())
+    };
+
+    let (outcome, log) = run("build/src").unwrap();
+    assert_eq!(outcome, Outcome::Exited(0), "{log}");
+    assert_eq!(
+        log,
+        "/build/src\nPWD=/build/src\ndata in src\nscratch\ncache\nmode 1777\n/var is read-only\n"
+    );
+
+    // A working directory the build directory does not have stops the build before it runs.
+    let err = run("build/missing").unwrap_err();
+    assert!(
+        err.contains("cannot enter the working directory `/build/missing`"),
+        "{err}"
+    );
+}

@@ -555,6 +555,63 @@ pub(crate) fn check_names<'a>(
     Ok(())
 }
 
+/// Top-level directories the sandbox fills itself (`build` and `tmp` are writable already);
+/// a scratch path may not be one of them or inside one.
+const SANDBOX_DIRS: &[&str] = &[
+    "build", "tmp", "dev", "proc", "etc", "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
+];
+
+/// The rules of the working directory and the scratch paths, which are relative to the
+/// sandbox's root: each scratch path is an empty writable directory of its own, clear of what
+/// the sandbox puts there; the build starts in `build` (the build directory), a directory in
+/// it, or in a scratch path.
+fn check_build_paths(parts: &RequestParts) -> Result<(), InvalidValue> {
+    let store = parts
+        .store_dir
+        .strip_prefix("/")
+        .unwrap_or(&parts.store_dir);
+    for scratch in &parts.scratch_paths {
+        let path = scratch.as_path();
+        let top = scratch.as_str().split('/').next().unwrap_or_default();
+        let refusal = if SANDBOX_DIRS.contains(&top) {
+            let dirs: Vec<String> = SANDBOX_DIRS.iter().map(|d| format!("/{d}")).collect();
+            Some(format!(
+                "the sandbox makes `/{top}` itself; choose a path outside {}",
+                dirs.join(", ")
+            ))
+        } else if path.starts_with(store) {
+            Some(format!(
+                "it is in the store directory `{}`, which the build sees read-only",
+                parts.store_dir.display()
+            ))
+        } else {
+            parts
+                .constraints
+                .ro_paths
+                .iter()
+                .find(|ro| Path::new("/").join(path).starts_with(ro.as_path()))
+                .map(|ro| format!("it is in the read-only host path `{}`", ro.as_str()))
+        };
+        if let Some(reason) = refusal {
+            return Err(InvalidValue::new("scratch path", scratch.as_str(), reason));
+        }
+    }
+    let working = parts.working_dir.as_path();
+    if !working.starts_with("build")
+        && !parts
+            .scratch_paths
+            .iter()
+            .any(|scratch| working.starts_with(scratch.as_path()))
+    {
+        return Err(InvalidValue::new(
+            "working directory",
+            parts.working_dir.as_str(),
+            "must be `build` (the build directory), a directory in it, or in a scratch path",
+        ));
+    }
+    Ok(())
+}
+
 impl BuildRequest {
     /// Checks the cross-field rules (no name shared between inputs, outputs and env; at least one
     /// output; network only with a fixed output; a host fingerprint exactly for `host-tools`) and
@@ -599,6 +656,7 @@ impl BuildRequest {
             )
             .into());
         }
+        check_build_paths(&parts)?;
         if (parts.sandbox == SandboxLevel::HostTools) != parts.host.is_some() {
             return Err(InvalidValue::new(
                 "host fingerprint",
@@ -686,6 +744,78 @@ impl BuildRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The parts of a request with `working_dir` and `scratch_paths`, otherwise minimal.
+    fn parts(working_dir: &str, scratch: &[&str]) -> RequestParts {
+        RequestParts {
+            name: Name::new("x").unwrap(),
+            system: System::host(),
+            args: vec![Arg::new(0, "/bin/true").unwrap()],
+            working_dir: CleanRelPath::new("working directory", working_dir).unwrap(),
+            scratch_paths: scratch
+                .iter()
+                .map(|p| CleanRelPath::new("scratch path", *p).unwrap())
+                .collect(),
+            outputs: [OutputName::new("out").unwrap()].into(),
+            env: BTreeMap::new(),
+            inputs: BTreeMap::new(),
+            files: BTreeMap::new(),
+            constraints: Constraints {
+                ro_paths: [AbsPath::new("ro path", "/opt/tools").unwrap()].into(),
+                ..Default::default()
+            },
+            sandbox: SandboxLevel::Hermetic,
+            fixed_output: None,
+            store_dir: PathBuf::from("/var/forjar/store"),
+            host: None,
+        }
+    }
+
+    #[test]
+    fn the_working_directory_is_in_the_build_directory_or_a_scratch_path() {
+        for (working_dir, scratch) in [
+            ("build", &[][..]),
+            ("build/src/sub", &[]),
+            ("work", &["work"]),
+            ("work/a", &["work", "cache"]),
+        ] {
+            BuildRequest::new(parts(working_dir, scratch)).unwrap();
+        }
+        let err = BuildRequest::new(parts("src", &["work"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid working directory `src`: must be `build` (the build directory), a \
+             directory in it, or in a scratch path"
+        );
+        // `buildx` is not in `build`.
+        assert!(BuildRequest::new(parts("buildx", &[])).is_err());
+    }
+
+    #[test]
+    fn scratch_paths_keep_clear_of_what_the_sandbox_makes() {
+        for bad in ["tmp", "build/x", "proc", "etc/app", "usr/local"] {
+            let err = BuildRequest::new(parts("build", &[bad])).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with(&format!("invalid scratch path `{bad}`: the sandbox makes")),
+                "{err}"
+            );
+        }
+        let err = BuildRequest::new(parts("build", &["var/forjar/store/x"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("in the store directory `/var/forjar/store`"),
+            "{err}"
+        );
+        let err = BuildRequest::new(parts("build", &["opt/tools/cache"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("in the read-only host path `/opt/tools`"),
+            "{err}"
+        );
+        // Above the store directory is allowed: the store is bound on top, as under /tmp.
+        BuildRequest::new(parts("build", &["var", "opt/other", "tmpfiles"])).unwrap();
+    }
 
     #[test]
     fn names_are_checked_with_the_offending_character() {

@@ -571,12 +571,6 @@ fn run_command(
     cancel: &AtomicBool,
 ) -> Result<re::ActionResult, Refusal> {
     let invalid = |message: String| Refusal::new(tonic::Code::InvalidArgument, message);
-    if !command.working_directory.is_empty() {
-        return Err(invalid(format!(
-            "working directory `{}`: this worker runs commands at the input root",
-            command.working_directory
-        )));
-    }
     eprintln!(
         "worker {}: running {}",
         options.name,
@@ -591,6 +585,24 @@ fn run_command(
     let (root, children) =
         remote.read_directories(&action.input_root_digest.clone().unwrap_or_default())?;
     remote.materialise(&root, &children, &exec_root)?;
+    // The input root is the sandbox's `/build`; the command starts there or in a directory of it.
+    let working_dir = if command.working_directory.is_empty() {
+        CleanRelPath::new("working directory", "build")
+    } else {
+        CleanRelPath::new(
+            "working directory",
+            format!("build/{}", command.working_directory),
+        )
+    }
+    .map_err(|e| invalid(e.to_string()))?;
+    // Output paths are relative to the working directory.
+    let work_root = exec_root.join(&command.working_directory);
+    if !fs::symlink_metadata(&work_root).is_ok_and(|m| m.is_dir()) {
+        return Err(invalid(format!(
+            "working directory `{}`: not a directory of the input root",
+            command.working_directory
+        )));
+    }
 
     // Clients of REAPI before v2.1 (older Bazel) name outputs by kind.
     #[allow(deprecated)]
@@ -607,7 +619,7 @@ fn run_command(
     for output in &outputs {
         let path = CleanRelPath::new("output path", output.as_str())
             .map_err(|e| invalid(e.to_string()))?;
-        if let Some(parent) = exec_root.join(path.as_path()).parent() {
+        if let Some(parent) = work_root.join(path.as_path()).parent() {
             fs::create_dir_all(parent).map_err(StoreError::io("cannot create", parent))?;
         }
     }
@@ -634,7 +646,7 @@ fn run_command(
         name: Name::new("action").expect("a valid name"),
         system: System::host(),
         args,
-        working_dir: CleanRelPath::new("working directory", "root").expect("a clean path"),
+        working_dir,
         scratch_paths: Default::default(),
         outputs: Default::default(),
         env,
@@ -699,7 +711,7 @@ fn run_command(
         result.stderr_raw = finished.outcome.to_string().into_bytes();
     }
     for output in &outputs {
-        let path = exec_root.join(output);
+        let path = work_root.join(output);
         if fs::symlink_metadata(&path).is_err() {
             // An output the command did not make is left out of the result.
             continue;

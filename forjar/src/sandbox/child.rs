@@ -368,6 +368,10 @@ fn setup(p: &Prepared, fds: &Opened) -> Result<Never, Failed> {
     tmpfs(root, 0o755, MsFlags::empty())?;
     // /tmp first: a store that lives under /tmp is bound on top of it below.
     tmpfs(&at(Path::new("/tmp")), 0o1777, MsFlags::empty())?;
+    // The request's scratch paths likewise: what is bound inside one lands on top of it.
+    for scratch in &p.scratch {
+        tmpfs(&at(scratch), 0o1777, MsFlags::empty())?;
+    }
 
     for (node, fd) in p.nodes.iter().zip(&fds.nodes) {
         let target = at(&node.target);
@@ -512,7 +516,12 @@ fn setup(p: &Prepared, fds: &Opened) -> Result<Never, Failed> {
         ),
         || "cannot make the root read-only".into(),
     )?;
-    ctx(chdir("/build"), || "cannot enter /build".into())?;
+    ctx(chdir(&p.working_dir), || {
+        format!(
+            "cannot enter the working directory `{}`",
+            p.working_dir.display()
+        )
+    })?;
 
     for &(resource, limit) in &p.rlimits {
         ctx(

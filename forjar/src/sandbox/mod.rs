@@ -152,6 +152,10 @@ pub(crate) struct Prepared {
     network: bool,
     nodes: Vec<Node>,
     build_dir: PathBuf,
+    /// Where the build starts, in the sandbox.
+    working_dir: PathBuf,
+    /// Empty writable directories the request asks for, in the sandbox.
+    scratch: Vec<PathBuf>,
     store_dir: PathBuf,
     files: Vec<(PathBuf, Vec<u8>)>,
     devices: Vec<&'static str>,
@@ -431,11 +435,12 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
         ("TEMPDIR", "/build"),
         ("TMP", "/build"),
         ("TEMP", "/build"),
-        ("PWD", "/build"),
         ("FORJAR_BUILD_TOP", "/build"),
     ] {
         env.push((key.as_bytes().to_vec(), value.as_bytes().to_vec()));
     }
+    let working_dir = Path::new("/").join(request.working_dir().as_path());
+    env.push((b"PWD".to_vec(), working_dir.as_os_str().as_bytes().to_vec()));
     env.push((
         b"FORJAR_BUILD_CORES".to_vec(),
         spec.cores.to_string().into_bytes(),
@@ -473,6 +478,12 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
         network: request.constraints().network,
         nodes,
         build_dir: spec.build_dir.clone(),
+        working_dir,
+        scratch: request
+            .scratch_paths()
+            .iter()
+            .map(|p| Path::new("/").join(p.as_path()))
+            .collect(),
         store_dir: request.store_dir().to_path_buf(),
         files: request
             .files()
