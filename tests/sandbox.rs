@@ -1032,89 +1032,113 @@ fn a_builder_that_is_not_in_the_sandbox_is_named() {
     assert!(!err.contains("the kernel gives no sandbox"), "{err}");
 }
 
-/// A request made by hand, run straight in the sandbox: its working directory and scratch
-/// paths, which no derivation of the builder API sets (a remote worker's actions do).
-#[test]
-fn a_request_starts_in_its_working_directory_and_has_its_scratch_paths() {
+/// A request made by hand: `script` run by `/bin/sh` with the host's tools, in `working_dir`,
+/// with `scratch` paths and the file `src/data`, for the store directory `store_dir`.
+fn hand_made(
+    store_dir: &Path,
+    working_dir: &str,
+    scratch: &[&str],
+    script: &str,
+) -> forjar::request::BuildRequest {
     use forjar::hash::HostFingerprint;
     use forjar::request::{
         Arg, BuildRequest, CleanRelPath, Name, OutputName, RequestParts, System,
     };
-    use forjar::sandbox::{BuildSpec, Outcome};
+    BuildRequest::new(RequestParts {
+        name: Name::new("hand-made").unwrap(),
+        system: System::host(),
+        args: ["/bin/sh", "-c", script]
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Arg::new(i, *a).unwrap())
+            .collect(),
+        working_dir: CleanRelPath::new("working directory", working_dir).unwrap(),
+        scratch_paths: scratch
+            .iter()
+            .map(|p| CleanRelPath::new("scratch path", *p).unwrap())
+            .collect(),
+        outputs: [OutputName::new("out").unwrap()].into(),
+        env: Default::default(),
+        inputs: Default::default(),
+        files: [(
+            CleanRelPath::new("file", "src/data").unwrap(),
+            b"data in src\n".to_vec(),
+        )]
+        .into(),
+        constraints: Default::default(),
+        sandbox: SandboxLevel::HostTools,
+        fixed_output: None,
+        store_dir: store_dir.to_path_buf(),
+        host: Some(HostFingerprint::current()),
+    })
+    .unwrap()
+}
+
+/// Runs a hand-made request straight in the sandbox, in fresh directories under `dir`, with its
+/// stdout and stderr apart (as a worker runs a plain action); the outcome and the two streams.
+fn run_hand_made(
+    dir: &Path,
+    request: &forjar::request::BuildRequest,
+    cancel: Option<&std::sync::atomic::AtomicBool>,
+) -> Result<(forjar::sandbox::Outcome, String, String), String> {
+    use forjar::request::OutputName;
+    let top = tempfile::tempdir_in(dir).unwrap();
+    let (build_dir, staging) = (top.path().join("build"), top.path().join("staging"));
+    for d in [&build_dir, &staging] {
+        fs::create_dir(d).unwrap();
+    }
+    let spec = forjar::sandbox::BuildSpec {
+        request,
+        inputs: Vec::new(),
+        referenced: Vec::new(),
+        outputs: vec![(
+            OutputName::new("out").unwrap(),
+            staging,
+            request.store_dir().join("hand-made-out"),
+        )],
+        build_dir,
+        limits: Default::default(),
+        cores: 1,
+        cancel,
+    };
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    forjar::sandbox::run_split(&spec, &mut stdout, &mut stderr, &|| 0)
+        .map(|finished| {
+            let text = |bytes| String::from_utf8(bytes).unwrap();
+            (finished.outcome, text(stdout), text(stderr))
+        })
+        .map_err(|e| e.to_string())
+}
+
+/// A request's working directory and scratch paths, which no derivation of the builder API
+/// sets (a remote worker's actions do), and its stdout and stderr kept apart.
+#[test]
+fn a_request_starts_in_its_working_directory_and_has_its_scratch_paths() {
+    use forjar::sandbox::Outcome;
 
     if !sandbox() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
-    let staging = dir.path().join("staging");
-    for d in [&store_dir, &staging] {
-        fs::create_dir(d).unwrap();
-    }
+    fs::create_dir(&store_dir).unwrap();
     let script = "pwd; echo \"PWD=$PWD\"; cat data; \
          echo scratch > /scratch/a; echo cache > /var/cache/b; cat /scratch/a /var/cache/b; \
          stat -c 'mode %a' /var/cache; \
          touch /var/c 2>/dev/null || echo '/var is read-only'; \
-         echo > $out";
+         echo 'to stderr' >&2; echo > $out";
     let run = |working_dir: &str| {
-        let build_dir = dir
-            .path()
-            .join(format!("build-{}", working_dir.replace('/', "-")));
-        fs::create_dir(&build_dir).unwrap();
-        let request = BuildRequest::new(RequestParts {
-            name: Name::new("paths").unwrap(),
-            system: System::host(),
-            args: ["/bin/sh", "-c", script]
-                .iter()
-                .enumerate()
-                .map(|(i, a)| Arg::new(i, *a).unwrap())
-                .collect(),
-            working_dir: CleanRelPath::new("working directory", working_dir).unwrap(),
-            scratch_paths: ["scratch", "var/cache"]
-                .iter()
-                .map(|p| CleanRelPath::new("scratch path", *p).unwrap())
-                .collect(),
-            outputs: [OutputName::new("out").unwrap()].into(),
-            env: Default::default(),
-            inputs: Default::default(),
-            files: [(
-                CleanRelPath::new("file", "src/data").unwrap(),
-                b"data in src\n".to_vec(),
-            )]
-            .into(),
-            constraints: Default::default(),
-            sandbox: SandboxLevel::HostTools,
-            fixed_output: None,
-            store_dir: store_dir.clone(),
-            host: Some(HostFingerprint::current()),
-        })
-        .unwrap();
-        let spec = BuildSpec {
-            request: &request,
-            inputs: Vec::new(),
-            referenced: Vec::new(),
-            outputs: vec![(
-                OutputName::new("out").unwrap(),
-                staging.clone(),
-                store_dir.join("paths-out"),
-            )],
-            build_dir,
-            limits: Default::default(),
-            cores: 1,
-            cancel: None,
-        };
-        let mut log = Vec::new();
-        forjar::sandbox::run(&spec, &mut log, &|| 0)
-            .map(|finished| (finished.outcome, String::from_utf8(log).unwrap()))
-            .map_err(|e| e.to_string())
+        let request = hand_made(&store_dir, working_dir, &["scratch", "var/cache"], script);
+        run_hand_made(dir.path(), &request, None)
     };
 
-    let (outcome, log) = run("build/src").unwrap();
-    assert_eq!(outcome, Outcome::Exited(0), "{log}");
+    let (outcome, stdout, stderr) = run("build/src").unwrap();
+    assert_eq!(outcome, Outcome::Exited(0), "{stdout}{stderr}");
     assert_eq!(
-        log,
+        stdout,
         "/build/src\nPWD=/build/src\ndata in src\nscratch\ncache\nmode 1777\n/var is read-only\n"
     );
+    assert_eq!(stderr, "to stderr\n");
 
     // A working directory the build directory does not have stops the build before it runs.
     let err = run("build/missing").unwrap_err();
@@ -1122,4 +1146,64 @@ fn a_request_starts_in_its_working_directory_and_has_its_scratch_paths() {
         err.contains("cannot enter the working directory `/build/missing`"),
         "{err}"
     );
+}
+
+/// Builds started at the same moment on several threads do not hold each other's log pipes:
+/// quick builds end while slow ones started beside them still run. (A supervisor forked while
+/// another thread's pipes were open kept their write ends, and that build's log did not end
+/// until the supervisor's own build did.)
+#[test]
+fn a_build_does_not_wait_for_one_started_beside_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Barrier, mpsc};
+
+    if !sandbox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    fs::create_dir(&store_dir).unwrap();
+    let slow = hand_made(&store_dir, "build", &[], "sleep 20; echo > $out");
+    let quick = hand_made(&store_dir, "build", &[], "echo > $out");
+    let stop = AtomicBool::new(false);
+    let (done, finished) = mpsc::channel();
+    let quick_done = done.clone();
+    // The threads start at once, so that forks interleave with the other threads' pipes.
+    const SLOW: usize = 4;
+    let barrier = Barrier::new(SLOW + 1);
+    let (dir, slow, quick, stop, barrier) = (dir.path(), &slow, &quick, &stop, &barrier);
+    std::thread::scope(|scope| {
+        for _ in 0..SLOW {
+            let done = done.clone();
+            scope.spawn(move || {
+                barrier.wait();
+                let outcome = run_hand_made(dir, slow, Some(stop)).map(|r| r.0);
+                done.send(("slow", outcome)).unwrap();
+            });
+        }
+        drop(done);
+        scope.spawn(move || {
+            barrier.wait();
+            for _ in 0..20 {
+                let outcome = run_hand_made(dir, quick, None).map(|r| r.0);
+                quick_done.send(("quick", outcome)).unwrap();
+            }
+        });
+        for _ in 0..20 {
+            let (which, outcome) = finished.recv().unwrap();
+            assert_eq!(
+                (which, outcome),
+                ("quick", Ok(forjar::sandbox::Outcome::Exited(0))),
+                "a quick build waited for the slow one"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        for _ in 0..SLOW {
+            let (which, outcome) = finished.recv().unwrap();
+            assert_eq!(
+                (which, outcome),
+                ("slow", Ok(forjar::sandbox::Outcome::Cancelled))
+            );
+        }
+    });
 }

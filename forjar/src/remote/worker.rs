@@ -677,14 +677,17 @@ fn run_command(
         cores: options.cores,
         cancel: Some(cancel),
     };
-    let log_path = top.0.join("log");
-    let mut log =
-        fs::File::create(&log_path).map_err(StoreError::io("cannot create", &log_path))?;
-    let finished = sandbox::run(&spec, &mut log, &|| 0)
+    let stdout_path = top.0.join("stdout");
+    let stderr_path = top.0.join("stderr");
+    let create =
+        |path: &Path| fs::File::create(path).map_err(StoreError::io("cannot create", path));
+    let (mut stdout, mut stderr) = (create(&stdout_path)?, create(&stderr_path)?);
+    let finished = sandbox::run_split(&spec, &mut stdout, &mut stderr, &|| 0)
         .map_err(|e| Refusal::new(tonic::Code::Internal, e.to_string()))?;
-    log.flush()
-        .map_err(StoreError::io("cannot write", &log_path))?;
-    drop(log);
+    for (file, path) in [(stdout, &stdout_path), (stderr, &stderr_path)] {
+        let mut file = file;
+        file.flush().map_err(StoreError::io("cannot write", path))?;
+    }
     let exit_code = match &finished.outcome {
         Outcome::Exited(code) => *code,
         Outcome::Cancelled => {
@@ -708,7 +711,13 @@ fn run_command(
         ..Default::default()
     };
     if !finished.outcome.success() && !matches!(finished.outcome, Outcome::Exited(_)) {
-        result.stderr_raw = finished.outcome.to_string().into_bytes();
+        // How the command ended, after what it wrote.
+        let mut file = fs::OpenOptions::new()
+            .append(true)
+            .open(&stderr_path)
+            .map_err(StoreError::io("cannot open", &stderr_path))?;
+        writeln!(file, "forjar worker: {}", finished.outcome)
+            .map_err(StoreError::io("cannot write", &stderr_path))?;
     }
     for output in &outputs {
         let path = work_root.join(output);
@@ -757,9 +766,13 @@ fn run_command(
             }
         }
     }
-    let packed = upload.add_path(&log_path, &mut Vec::new())?;
-    if let cas::Packed::File { digest, .. } = packed {
-        result.stdout_digest = Some(digest);
+    for (path, digest) in [
+        (&stdout_path, &mut result.stdout_digest),
+        (&stderr_path, &mut result.stderr_digest),
+    ] {
+        if let cas::Packed::File { digest: packed, .. } = upload.add_path(path, &mut Vec::new())? {
+            *digest = Some(packed);
+        }
     }
     remote.upload(upload)?;
     Ok(result)

@@ -44,6 +44,22 @@ fn ctx<T, E: std::fmt::Display>(
     r.map_err(|e| Failed(SETUP_FAILED, format!("{}: {e}", what())))
 }
 
+/// Closes every descriptor from 3 up but those in `keep` (-1 entries are ignored); sorts `keep`.
+/// Allocates nothing, as it runs between `fork` and `exec`.
+fn close_all_but(keep: &mut [RawFd]) {
+    keep.sort_unstable();
+    let mut from: RawFd = 3;
+    for &fd in keep.iter().filter(|&&fd| fd >= 3) {
+        if fd > from {
+            // SAFETY: close_range closes descriptors of this process, which uses none of them.
+            unsafe { libc::syscall(libc::SYS_close_range, from as u32, (fd - 1) as u32, 0) };
+        }
+        from = from.max(fd + 1);
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, from as u32, u32::MAX, 0) };
+}
+
 /// Writes the failure to the error pipe and exits without running destructors or atexit
 /// handlers (they belong to the parent).
 fn die(err_fd: RawFd, failure: Failed) -> ! {
@@ -70,6 +86,26 @@ pub(super) fn supervisor(
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
             || "cannot set the parent-death signal".into(),
         )?;
+        // The fork copied every descriptor of forjar, among them the pipes of builds that other
+        // threads are starting; a copy of another build's log pipe held here would keep that
+        // log from ending until this build does.
+        let mut keep = [-1; 16];
+        let own = [
+            sync_write.as_raw_fd(),
+            sync_read.as_raw_fd(),
+            status_write.as_raw_fd(),
+            p.log_write,
+            p.stderr_write,
+            p.err_write,
+        ];
+        let tasks = p.cgroup_tasks.iter().map(AsRawFd::as_raw_fd);
+        for (slot, fd) in keep.iter_mut().zip(own.into_iter().chain(tasks)) {
+            *slot = fd;
+        }
+        if own.len() + p.cgroup_tasks.len() > keep.len() {
+            return Err(Failed(SETUP_FAILED, "too many cgroup files".into()));
+        }
+        close_all_but(&mut keep);
         if nix::unistd::getppid().as_raw() != p.parent_pid {
             return Err(Failed(SETUP_FAILED, "the parent exited".into()));
         }
@@ -129,6 +165,9 @@ pub(super) fn supervisor(
                 // SAFETY: these are this process's copies of the fds; nothing else uses them.
                 unsafe {
                     libc::close(p.log_write);
+                    if p.stderr_write >= 0 {
+                        libc::close(p.stderr_write);
+                    }
                     libc::close(p.err_write);
                 }
                 loop {
@@ -538,7 +577,14 @@ fn setup(p: &Prepared, fds: &Opened) -> Result<Never, Failed> {
     unsafe {
         if libc::dup2(null.as_raw_fd(), 0) < 0
             || libc::dup2(p.log_write, 1) < 0
-            || libc::dup2(p.log_write, 2) < 0
+            || libc::dup2(
+                if p.stderr_write >= 0 {
+                    p.stderr_write
+                } else {
+                    p.log_write
+                },
+                2,
+            ) < 0
         {
             return Err((
                 "cannot set up the standard streams",

@@ -164,6 +164,8 @@ pub(crate) struct Prepared {
     args: Vec<CString>,
     env: Vec<CString>,
     log_write: RawFd,
+    /// The builder's stderr when it is kept apart from the log; -1 when it goes to the log.
+    stderr_write: RawFd,
     err_write: RawFd,
     /// Written `0` by the supervisor to join the build's cgroup ([`Cgroup::self_join`]).
     cgroup_tasks: Vec<File>,
@@ -500,6 +502,7 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
             .collect(),
         env,
         log_write: -1,
+        stderr_write: -1,
         err_write: -1,
         cgroup_tasks: match cgroup {
             Some(cgroup) => cgroup
@@ -602,11 +605,32 @@ impl Tail {
     }
 }
 
-/// Runs one build in a new sandbox, streaming its log into `log`. `output_size` reports the
-/// bytes the outputs hold so far (checked every quarter second when there is an output cap).
+/// Runs one build in a new sandbox, streaming its log (stdout and stderr, interleaved as
+/// written) into `log`. `output_size` reports the bytes the outputs hold so far (checked every
+/// quarter second when there is an output cap).
 pub fn run(
     spec: &BuildSpec,
     log: &mut dyn Write,
+    output_size: &dyn Fn() -> u64,
+) -> Result<Finished, SandboxError> {
+    run_streams(spec, log, None, output_size)
+}
+
+/// Like [`run`], with the builder's stderr kept apart, in `stderr` (as a REAPI action's result
+/// reports it). The log limits count both streams together.
+pub fn run_split(
+    spec: &BuildSpec,
+    stdout: &mut dyn Write,
+    stderr: &mut dyn Write,
+    output_size: &dyn Fn() -> u64,
+) -> Result<Finished, SandboxError> {
+    run_streams(spec, stdout, Some(stderr), output_size)
+}
+
+fn run_streams(
+    spec: &BuildSpec,
+    log: &mut dyn Write,
+    stderr: Option<&mut dyn Write>,
     output_size: &dyn Fn() -> u64,
 ) -> Result<Finished, SandboxError> {
     let (uid, gid) = host_ids();
@@ -622,7 +646,15 @@ pub fn run(
         pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
     let (log_read, log_write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
     let (err_read, err_write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
+    let stderr_pipe = match stderr {
+        Some(sink) => {
+            let (read, write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
+            Some((read, write, sink))
+        }
+        None => None,
+    };
     prepared.log_write = log_write.as_raw_fd();
+    prepared.stderr_write = stderr_pipe.as_ref().map_or(-1, |(_, w, _)| w.as_raw_fd());
     prepared.err_write = err_write.as_raw_fd();
 
     let started = Instant::now();
@@ -634,6 +666,10 @@ pub fn run(
     };
     drop((sync_write, ready_read, status_write, log_write, err_write));
     drop(prepared);
+    let stderr = stderr_pipe.map(|(read, write, sink)| {
+        drop(write);
+        (read, sink)
+    });
 
     let killed = supervise(
         spec,
@@ -645,6 +681,7 @@ pub fn run(
         ready_write,
         log_read,
         log,
+        stderr,
         output_size,
         started,
     );
@@ -704,6 +741,7 @@ fn supervise(
     ready_write: OwnedFd,
     log_read: OwnedFd,
     log: &mut dyn Write,
+    stderr: Option<(OwnedFd, &mut dyn Write)>,
     output_size: &dyn Fn() -> u64,
     started: Instant,
 ) -> Result<(Option<Outcome>, Vec<String>, u64), SandboxError> {
@@ -738,21 +776,40 @@ fn supervise(
     let mut log_bytes = 0u64;
     let mut last_output = Instant::now();
     let mut last_size_check = Instant::now();
-    let mut log_open = true;
     let mut buf = vec![0u8; 64 << 10];
-    let mut log_file = File::from(log_read);
+    // The open streams: the log, and stderr when it is kept apart.
+    let mut streams: Vec<(File, &mut dyn Write)> = vec![(File::from(log_read), log)];
+    if let Some((read, sink)) = stderr {
+        streams.push((File::from(read), sink));
+    }
     // Readable when the supervisor exits, so the end of a build is seen at once.
     let exited = pidfd_open(supervisor);
     loop {
-        if log_open {
-            let mut fds = [PollFd::new(log_file.as_fd(), PollFlags::POLLIN)];
-            match poll(&mut fds, PollTimeout::from(100u16)) {
-                Ok(n) if n > 0 => match log_file.read(&mut buf) {
-                    Ok(0) => log_open = false,
+        if !streams.is_empty() {
+            let mut fds: Vec<PollFd> = streams
+                .iter()
+                .map(|(file, _)| PollFd::new(file.as_fd(), PollFlags::POLLIN))
+                .collect();
+            let ready: Vec<bool> = match poll(&mut fds, PollTimeout::from(100u16)) {
+                Ok(n) if n > 0 => fds
+                    .iter()
+                    .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+                    .collect(),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => vec![false; streams.len()],
+                Err(e) => return Err(nix_err("cannot poll the build log")(e)),
+            };
+            drop(fds);
+            let mut closed = Vec::new();
+            for (i, (file, sink)) in streams.iter_mut().enumerate() {
+                if !ready[i] {
+                    continue;
+                }
+                match file.read(&mut buf) {
+                    Ok(0) => closed.push(i),
                     Ok(n) => {
                         last_output = Instant::now();
                         let keep = (max_log.saturating_sub(log_bytes)).min(n as u64) as usize;
-                        log.write_all(&buf[..keep])
+                        sink.write_all(&buf[..keep])
                             .map_err(io_err("cannot write the build log"))?;
                         tail.push(&buf[..n]);
                         log_bytes += n as u64;
@@ -767,9 +824,10 @@ fn supervise(
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(io_err("cannot read the build log")(e)),
-                },
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(nix_err("cannot poll the build log")(e)),
+                }
+            }
+            for i in closed.into_iter().rev() {
+                streams.remove(i);
             }
         } else {
             match waitpid(supervisor, Some(WaitPidFlag::WNOHANG)) {
