@@ -1100,6 +1100,7 @@ fn run_hand_made(
         limits: Default::default(),
         cores: 1,
         cancel,
+        hold: None,
     };
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     forjar::sandbox::run_split(&spec, &mut stdout, &mut stderr, &|| 0)

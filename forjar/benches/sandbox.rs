@@ -82,6 +82,7 @@ fn main() {
         limits: Limits::default(),
         cores: 1,
         cancel: None,
+        hold: None,
     };
     let forjar_spawn = measure(runs, |_| {
         let finished = sandbox::run(&spec, &mut std::io::sink(), &|| 0).expect("the sandbox runs");

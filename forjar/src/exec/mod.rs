@@ -889,6 +889,7 @@ pub(crate) fn build(
         limits: limits.clone(),
         cores: limits.cpus.unwrap_or(options.cores),
         cancel: Some(stop),
+        hold: Some(lock.as_fd()),
     };
     let content_paths: Vec<PathBuf> = stagings.iter().map(Staging::content_path).collect();
     let output_size = || content_paths.iter().map(|p| staged_size(p)).sum();

@@ -676,6 +676,7 @@ fn run_command(
         limits,
         cores: options.cores,
         cancel: Some(cancel),
+        hold: None,
     };
     let stdout_path = top.0.join("stdout");
     let stderr_path = top.0.join("stderr");

@@ -86,9 +86,10 @@ pub(super) fn supervisor(
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
             || "cannot set the parent-death signal".into(),
         )?;
-        // The fork copied every descriptor of forjar, among them the pipes of builds that other
-        // threads are starting; a copy of another build's log pipe held here would keep that
-        // log from ending until this build does.
+        // The fork copied every descriptor of forjar, among them the pipes and store locks of
+        // builds that other threads are starting; a copy of another build's log pipe held here
+        // would keep that log from ending until this build does. This build's own lock stays
+        // (`hold`).
         let mut keep = [-1; 16];
         let own = [
             sync_write.as_raw_fd(),
@@ -97,6 +98,7 @@ pub(super) fn supervisor(
             p.log_write,
             p.stderr_write,
             p.err_write,
+            p.hold,
         ];
         let tasks = p.cgroup_tasks.iter().map(AsRawFd::as_raw_fd);
         for (slot, fd) in keep.iter_mut().zip(own.into_iter().chain(tasks)) {

@@ -166,6 +166,8 @@ pub(crate) struct Prepared {
     log_write: RawFd,
     /// The builder's stderr when it is kept apart from the log; -1 when it goes to the log.
     stderr_write: RawFd,
+    /// [`BuildSpec::hold`], or -1.
+    hold: RawFd,
     err_write: RawFd,
     /// Written `0` by the supervisor to join the build's cgroup ([`Cgroup::self_join`]).
     cgroup_tasks: Vec<File>,
@@ -192,6 +194,10 @@ pub struct BuildSpec<'a> {
     /// When set, the build is killed (within a tenth of a second) and ends as
     /// [`Outcome::Cancelled`]: Ctrl-C, or another build's failure.
     pub cancel: Option<&'a AtomicBool>,
+    /// A descriptor the build's supervisor keeps open while it lives (the build's store lock,
+    /// so that a build outliving a killed forjar still holds it); every other descriptor of
+    /// forjar's is closed in the supervisor.
+    pub hold: Option<std::os::fd::BorrowedFd<'a>>,
 }
 
 /// How a build ended.
@@ -503,6 +509,7 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
         env,
         log_write: -1,
         stderr_write: -1,
+        hold: spec.hold.map_or(-1, |fd| fd.as_raw_fd()),
         err_write: -1,
         cgroup_tasks: match cgroup {
             Some(cgroup) => cgroup

@@ -22,7 +22,7 @@ use crate::request::Name;
 /// across processes. Released on drop.
 #[derive(Debug)]
 pub struct KeyLock {
-    _file: File,
+    file: File,
     hash: String,
 }
 
@@ -58,9 +58,15 @@ impl KeyLock {
             }
         }
         Ok(KeyLock {
-            _file: file,
+            file,
             hash: hash.to_string(),
         })
+    }
+
+    /// The locked file, which a build's supervisor keeps open (so the lock is held) until its
+    /// build is gone, even when this process is killed first.
+    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.file)
     }
 
     /// Takes the lock if nobody holds it.
@@ -68,7 +74,7 @@ impl KeyLock {
         let file = Self::open(store, hash)?;
         match file.try_lock() {
             Ok(()) => Ok(Some(KeyLock {
-                _file: file,
+                file,
                 hash: hash.to_string(),
             })),
             Err(TryLockError::WouldBlock) => Ok(None),
