@@ -555,12 +555,6 @@ pub(crate) fn check_names<'a>(
     Ok(())
 }
 
-/// Top-level directories the sandbox fills itself (`build` and `tmp` are writable already);
-/// a scratch path may not be one of them or inside one.
-const SANDBOX_DIRS: &[&str] = &[
-    "build", "tmp", "dev", "proc", "etc", "usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32",
-];
-
 /// The rules of the working directory and the scratch paths, which are relative to the
 /// sandbox's root: each scratch path is an empty writable directory of its own, clear of what
 /// the sandbox puts there; the build starts in `build` (the build directory), a directory in
@@ -572,12 +566,9 @@ fn check_build_paths(parts: &RequestParts) -> Result<(), InvalidValue> {
         .unwrap_or(&parts.store_dir);
     for scratch in &parts.scratch_paths {
         let path = scratch.as_path();
-        let top = scratch.as_str().split('/').next().unwrap_or_default();
-        let refusal = if SANDBOX_DIRS.contains(&top) {
-            let dirs: Vec<String> = SANDBOX_DIRS.iter().map(|d| format!("/{d}")).collect();
+        let refusal = if let Some(dir) = crate::sandbox::own_dir(&Path::new("/").join(path)) {
             Some(format!(
-                "the sandbox makes `/{top}` itself; choose a path outside {}",
-                dirs.join(", ")
+                "the sandbox makes `{dir}` itself; choose a path outside it"
             ))
         } else if path.starts_with(store) {
             Some(format!(

@@ -685,10 +685,6 @@ fn run_command(
     let (mut stdout, mut stderr) = (create(&stdout_path)?, create(&stderr_path)?);
     let finished = sandbox::run_split(&spec, &mut stdout, &mut stderr, &|| 0)
         .map_err(|e| Refusal::new(tonic::Code::Internal, e.to_string()))?;
-    for (file, path) in [(stdout, &stdout_path), (stderr, &stderr_path)] {
-        let mut file = file;
-        file.flush().map_err(StoreError::io("cannot write", path))?;
-    }
     let exit_code = match &finished.outcome {
         Outcome::Exited(code) => *code,
         Outcome::Cancelled => {
@@ -703,23 +699,20 @@ fn run_command(
                 finished.outcome.to_string(),
             ));
         }
-        _ => 1,
+        other => {
+            // How the command ended, after what it wrote.
+            writeln!(stderr, "forjar worker: {other}")
+                .map_err(StoreError::io("cannot write", &stderr_path))?;
+            1
+        }
     };
+    drop((stdout, stderr));
 
     let mut upload = Upload::default();
     let mut result = re::ActionResult {
         exit_code,
         ..Default::default()
     };
-    if !finished.outcome.success() && !matches!(finished.outcome, Outcome::Exited(_)) {
-        // How the command ended, after what it wrote.
-        let mut file = fs::OpenOptions::new()
-            .append(true)
-            .open(&stderr_path)
-            .map_err(StoreError::io("cannot open", &stderr_path))?;
-        writeln!(file, "forjar worker: {}", finished.outcome)
-            .map_err(StoreError::io("cannot write", &stderr_path))?;
-    }
     for output in &outputs {
         let path = work_root.join(output);
         if fs::symlink_metadata(&path).is_err() {

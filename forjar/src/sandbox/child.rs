@@ -90,7 +90,6 @@ pub(super) fn supervisor(
         // builds that other threads are starting; a copy of another build's log pipe held here
         // would keep that log from ending until this build does. This build's own lock stays
         // (`hold`).
-        let mut keep = [-1; 16];
         let own = [
             sync_write.as_raw_fd(),
             sync_read.as_raw_fd(),
@@ -100,12 +99,13 @@ pub(super) fn supervisor(
             p.err_write,
             p.hold,
         ];
+        let mut keep = [-1; 16];
+        if own.len() + p.cgroup_tasks.len() > keep.len() {
+            return Err(Failed(SETUP_FAILED, "too many cgroup files".into()));
+        }
         let tasks = p.cgroup_tasks.iter().map(AsRawFd::as_raw_fd);
         for (slot, fd) in keep.iter_mut().zip(own.into_iter().chain(tasks)) {
             *slot = fd;
-        }
-        if own.len() + p.cgroup_tasks.len() > keep.len() {
-            return Err(Failed(SETUP_FAILED, "too many cgroup files".into()));
         }
         close_all_but(&mut keep);
         if nix::unistd::getppid().as_raw() != p.parent_pid {

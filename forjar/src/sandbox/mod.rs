@@ -73,6 +73,20 @@ const NETWORK_FILES: &[&str] = &[
     "/etc/ssl",
     "/etc/ca-certificates",
 ];
+/// The directories the sandbox fills itself besides the host tools and the store (`/build` and
+/// `/tmp` are writable already).
+const OWN_DIRS: &[&str] = &["/build", "/tmp", "/dev", "/proc", "/etc"];
+
+/// The directory of the sandbox's own making (its own or the host tools') that `path`, absolute
+/// in the sandbox, is or is in: a request's scratch path may not be.
+pub(crate) fn own_dir(path: &Path) -> Option<&'static str> {
+    OWN_DIRS
+        .iter()
+        .chain(HOST_TOOLS)
+        .copied()
+        .find(|dir| path.starts_with(dir))
+}
+
 /// The device nodes bound into `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// The first byte a child writes to the error pipe: the sandbox could not be set up.
