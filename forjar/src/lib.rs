@@ -34,6 +34,7 @@ pub mod remote;
 pub mod request;
 pub mod sandbox;
 pub mod store;
+mod walk;
 
 pub use cli::main;
 pub use derivation::{Derivation, DerivationBuilder, Drv, Graph, Input, Limits, OutputRef, Source};

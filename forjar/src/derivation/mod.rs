@@ -61,6 +61,20 @@ pub struct Limits {
     pub max_log_size: Option<u64>,
 }
 
+/// The bound on a build's outputs, in bytes, when a derivation sets none: every byte of an
+/// output is read to hash and scan it (a sparse file counts whole), so its size is bounded
+/// like every other cost of a build.
+pub const DEFAULT_MAX_OUTPUT_SIZE: u64 = 64 << 30;
+/// The bound on a build's `/build` directory, in bytes (apparent size).
+pub const MAX_BUILD_DIR_SIZE: u64 = 64 << 30;
+
+impl Limits {
+    /// The bound on the outputs' total size: the derivation's, or [`DEFAULT_MAX_OUTPUT_SIZE`].
+    pub fn output_cap(&self) -> u64 {
+        self.max_output_size.unwrap_or(DEFAULT_MAX_OUTPUT_SIZE)
+    }
+}
+
 /// A derivation that failed validation, with where it was defined.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("derivation `{name}` (defined at {location}): {error}")]

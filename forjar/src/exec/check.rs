@@ -1,10 +1,11 @@
 //! `check`: rebuild a derivation that is in the store and compare what comes out, file by file,
 //! with what the store holds. The rebuild is never installed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
@@ -15,6 +16,7 @@ use crate::hash::TreeDigest;
 use crate::plan::{NodeKind, Plan};
 use crate::request::OutputName;
 use crate::store::{EntryName, Store};
+use crate::walk::{self, At, Kind, Visitor};
 
 /// One output of a rebuild, against the store.
 #[derive(Debug, Clone)]
@@ -60,104 +62,184 @@ pub fn check(
 
 /// What a path is, as the tree digest sees it.
 #[derive(PartialEq, Eq)]
-enum Kind {
+enum What {
     File {
         executable: bool,
         digest: blake3::Hash,
     },
-    Directory,
-    Symlink(std::path::PathBuf),
-    Other,
+    /// A directory's entries, by ascending name: indices into the tree.
+    Directory(Vec<usize>),
+    Symlink(Vec<u8>),
 }
 
-fn kind(path: &Path) -> io::Result<Kind> {
-    let meta = fs::symlink_metadata(path)?;
-    Ok(if meta.is_dir() {
-        Kind::Directory
-    } else if meta.is_symlink() {
-        Kind::Symlink(fs::read_link(path)?)
-    } else if meta.is_file() {
-        let mut hasher = blake3::Hasher::new();
-        hasher.update_reader(fs::File::open(path)?)?;
-        Kind::File {
-            executable: meta.permissions().mode() & 0o111 != 0,
-            digest: hasher.finalize(),
+/// One path of a tree read for comparison.
+struct Entry {
+    name: Vec<u8>,
+    parent: Option<usize>,
+    what: What,
+}
+
+/// A whole tree, flat: entries refer to each other by index, so that neither reading,
+/// comparing nor dropping it recurses, at any depth.
+#[derive(Default)]
+struct Tree(Vec<Entry>);
+
+impl Tree {
+    fn read(path: &Path) -> io::Result<(Tree, usize)> {
+        let mut tree = Tree::default();
+        let root = walk::walk(path, &mut tree, walk::Options::default())?;
+        Ok((tree, root))
+    }
+
+    fn push(&mut self, name: &[u8], what: What) -> usize {
+        self.0.push(Entry {
+            name: name.to_vec(),
+            parent: None,
+            what,
+        });
+        self.0.len() - 1
+    }
+
+    /// The path of entry `i`, relative to the root (`.`).
+    fn path(&self, mut i: usize) -> String {
+        let mut names = Vec::new();
+        while let Some(parent) = self.0[i].parent {
+            names.push(String::from_utf8_lossy(&self.0[i].name).into_owned());
+            i = parent;
         }
-    } else {
-        Kind::Other
-    })
+        names.push(".".into());
+        names.reverse();
+        names.join("/")
+    }
 }
 
-fn describe(kind: &Kind) -> &'static str {
-    match kind {
-        Kind::File { .. } => "a file",
-        Kind::Directory => "a directory",
-        Kind::Symlink(_) => "a symlink",
-        Kind::Other => "a special file",
+impl Visitor for Tree {
+    type Out = usize;
+    type Error = io::Error;
+
+    fn leaf(&mut self, at: &At<'_>, kind: Kind) -> io::Result<usize> {
+        let what = match kind {
+            Kind::Symlink => What::Symlink(at.read_link()?),
+            Kind::File => match at.open_file()? {
+                Ok((fd, st)) => {
+                    let mut hasher = blake3::Hasher::new();
+                    hasher.update_reader(fs::File::from(fd))?;
+                    What::File {
+                        executable: st.st_mode & 0o100 != 0,
+                        digest: hasher.finalize(),
+                    }
+                }
+                Err(_) => {
+                    return Err(io::Error::other(format!(
+                        "`{}` changed while it was compared",
+                        at.path().display()
+                    )));
+                }
+            },
+            _ => {
+                return Err(io::Error::other(format!(
+                    "`{}` is a {}",
+                    at.path().display(),
+                    kind.special_name()
+                )));
+            }
+        };
+        Ok(self.push(at.name.to_bytes(), what))
+    }
+
+    fn leave(
+        &mut self,
+        at: &At<'_>,
+        _: BorrowedFd<'_>,
+        children: Vec<(CString, usize)>,
+    ) -> io::Result<usize> {
+        let ids: Vec<usize> = children.into_iter().map(|(_, i)| i).collect();
+        let me = self.0.len();
+        for &child in &ids {
+            self.0[child].parent = Some(me);
+        }
+        Ok(self.push(at.name.to_bytes(), What::Directory(ids)))
+    }
+}
+
+fn describe(what: &What) -> &'static str {
+    match what {
+        What::File { .. } => "a file",
+        What::Directory(_) => "a directory",
+        What::Symlink(_) => "a symlink",
     }
 }
 
 /// The paths under which `expected` (the store's copy) and `got` (the rebuild) differ, each
 /// with how. Paths are relative, `.` being the output itself.
 pub(crate) fn differences(expected: &Path, got: &Path) -> io::Result<Vec<String>> {
+    let (left, left_root) = Tree::read(expected)?;
+    let (right, right_root) = Tree::read(got)?;
     let mut found = Vec::new();
-    walk(expected, got, Path::new("."), &mut found)?;
-    Ok(found)
-}
-
-fn walk(expected: &Path, got: &Path, rel: &Path, found: &mut Vec<String>) -> io::Result<()> {
-    let (a, b) = (kind(expected)?, kind(got)?);
-    let name = rel.display();
-    match (&a, &b) {
-        (Kind::Directory, Kind::Directory) => {
-            let names = |dir: &Path| -> io::Result<BTreeSet<std::ffi::OsString>> {
-                fs::read_dir(dir)?
-                    .map(|e| e.map(|e| e.file_name()))
-                    .collect()
-            };
-            let (left, right) = (names(expected)?, names(got)?);
-            for child in left.union(&right) {
-                let rel = rel.join(child);
-                match (left.contains(child), right.contains(child)) {
-                    (true, true) => walk(&expected.join(child), &got.join(child), &rel, found)?,
-                    (true, false) => found.push(format!("{}: only in the store", rel.display())),
-                    _ => found.push(format!("{}: only in the rebuild", rel.display())),
+    let mut pairs = vec![(left_root, right_root)];
+    while let Some((l, r)) = pairs.pop() {
+        let name = left.path(l);
+        match (&left.0[l].what, &right.0[r].what) {
+            (What::Directory(a), What::Directory(b)) => {
+                let by_name = |tree: &Tree, ids: &[usize]| -> BTreeMap<Vec<u8>, usize> {
+                    ids.iter().map(|&i| (tree.0[i].name.clone(), i)).collect()
+                };
+                let (a, b) = (by_name(&left, a), by_name(&right, b));
+                let names: BTreeSet<&Vec<u8>> = a.keys().chain(b.keys()).collect();
+                // Pushed in reverse, so that they are compared in name order.
+                for child in names.into_iter().rev() {
+                    match (a.get(child), b.get(child)) {
+                        (Some(&x), Some(&y)) => pairs.push((x, y)),
+                        (Some(&x), None) => {
+                            found.push(format!("{}: only in the store", left.path(x)))
+                        }
+                        (None, Some(&y)) => {
+                            found.push(format!("{}: only in the rebuild", right.path(y)))
+                        }
+                        (None, None) => unreachable!("the name came from one of the two"),
+                    }
                 }
             }
-        }
-        (
-            Kind::File {
-                executable: x1,
-                digest: d1,
-            },
-            Kind::File {
-                executable: x2,
-                digest: d2,
-            },
-        ) => {
-            if d1 != d2 {
-                found.push(format!("{name}: contents differ"));
-            } else if x1 != x2 {
-                found.push(format!("{name}: executable bit differs"));
+            (
+                What::File {
+                    executable: x1,
+                    digest: d1,
+                },
+                What::File {
+                    executable: x2,
+                    digest: d2,
+                },
+            ) => {
+                if d1 != d2 {
+                    found.push(format!("{name}: contents differ"));
+                } else if x1 != x2 {
+                    found.push(format!("{name}: executable bit differs"));
+                }
             }
+            (What::Symlink(t1), What::Symlink(t2)) => {
+                if t1 != t2 {
+                    found.push(format!(
+                        "{name}: symlink target differs ({} in the store, {} in the rebuild)",
+                        String::from_utf8_lossy(t1),
+                        String::from_utf8_lossy(t2)
+                    ))
+                }
+            }
+            (a, b) => found.push(format!(
+                "{name}: {} in the store, {} in the rebuild",
+                describe(a),
+                describe(b)
+            )),
         }
-        (Kind::Symlink(t1), Kind::Symlink(t2)) if t1 != t2 => found.push(format!(
-            "{name}: symlink target differs ({} in the store, {} in the rebuild)",
-            t1.display(),
-            t2.display()
-        )),
-        _ if a != b => found.push(format!(
-            "{name}: {} in the store, {} in the rebuild",
-            describe(&a),
-            describe(&b)
-        )),
-        _ => {}
     }
-    Ok(())
+    found.sort();
+    Ok(found)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

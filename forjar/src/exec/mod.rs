@@ -919,11 +919,9 @@ pub(crate) fn build(
     if !finished.outcome.success() {
         // RLIMIT_FSIZE stops a write at the cap with SIGXFSZ, which the builder reports as a
         // plain failure; the staged size says what happened.
-        let outcome = match limits.max_output_size {
-            Some(cap)
-                if matches!(finished.outcome, Outcome::Exited(_) | Outcome::Signaled(_))
-                    && output_size() >= cap =>
-            {
+        let cap = limits.output_cap();
+        let outcome = match finished.outcome {
+            Outcome::Exited(_) | Outcome::Signaled(_) if output_size() >= cap => {
                 Outcome::OutputLimit(cap)
             }
             _ => finished.outcome.clone(),
@@ -940,6 +938,11 @@ pub(crate) fn build(
         return Err(fail(reason, finished.log_tail));
     }
 
+    // Every process of the build is gone (`sandbox::run` returns once its pid namespace is
+    // empty). What it left is taken back from the build user before anything reads it.
+    for staging in &stagings {
+        staging.reclaim()?;
+    }
     for ((output, _), staging) in outputs.iter().zip(&stagings) {
         if fs::symlink_metadata(staging.content_path()).is_err() {
             return Err(fail(
@@ -964,15 +967,25 @@ pub(crate) fn build(
                 finished.log_tail,
             ));
         }
-        if let Some(cap) = limits.max_output_size
-            && staged_size(&staging.content_path()) > cap
-        {
-            return Err(fail(
-                Outcome::OutputLimit(cap).to_string(),
-                finished.log_tail,
-            ));
-        }
     }
+    if output_size() > limits.output_cap() {
+        return Err(fail(
+            Outcome::OutputLimit(limits.output_cap()).to_string(),
+            finished.log_tail,
+        ));
+    }
+    // A fixed-output build shares the host's network, and with it a way to hand descriptors of
+    // its outputs to a process outside the sandbox, which could still write through them after
+    // the build: its outputs are copied into fresh files of the store's own first, and only the
+    // copies are checked and installed.
+    let stagings = if request.fixed_output().is_some() {
+        stagings
+            .into_iter()
+            .map(|staging| staging.fresh_copy(&lock))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        stagings
+    };
 
     if let Some(checked) = check {
         for ((output, planned), staging) in outputs.iter().zip(&stagings) {
@@ -1010,7 +1023,7 @@ pub(crate) fn build(
         .collect();
     let mut drafts = Vec::new();
     for ((output, planned), staging) in outputs.iter().zip(stagings) {
-        let references: Vec<EntryName> = refscan::scan(&staging.content_path(), &candidates)
+        let references: Vec<EntryName> = refscan::scan(&staging.content_path(), &candidates, stop)
             .map_err(StoreError::io("cannot scan", &staging.content_path()))?
             .into_iter()
             .collect();

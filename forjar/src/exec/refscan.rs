@@ -6,13 +6,16 @@
 //! bytes whatever the number of needles.
 
 use std::collections::{BTreeSet, HashMap};
-use std::fs;
+use std::ffi::CString;
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::hash::STORE_HASH_LEN;
 use crate::store::EntryName;
+use crate::walk::{self, At, Kind, Visitor};
 
 fn is_base32(b: u8) -> bool {
     b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)
@@ -53,8 +56,13 @@ impl Scanner<'_> {
     }
 }
 
-/// The entries among `candidates` whose hash occurs in the tree at `path`.
-pub(crate) fn scan(path: &Path, candidates: &[EntryName]) -> io::Result<BTreeSet<EntryName>> {
+/// The entries among `candidates` whose hash occurs in the tree at `path`. Gives up with
+/// `Interrupted` once `stop` is set.
+pub(crate) fn scan(
+    path: &Path,
+    candidates: &[EntryName],
+    stop: &AtomicBool,
+) -> io::Result<BTreeSet<EntryName>> {
     let needles: HashMap<[u8; STORE_HASH_LEN], EntryName> = candidates
         .iter()
         .map(|e| {
@@ -72,42 +80,88 @@ pub(crate) fn scan(path: &Path, candidates: &[EntryName]) -> io::Result<BTreeSet
         window: Vec::new(),
         found: BTreeSet::new(),
     };
-    crate::hash::with_read_buffer(|buf| walk(path, &mut scanner, buf))?;
+    crate::hash::with_read_buffer(|buf| {
+        let mut walk = Walk {
+            scanner: &mut scanner,
+            buf,
+            stop,
+            depth: 0,
+        };
+        walk::walk(path, &mut walk, walk::Options::default())
+    })?;
     Ok(scanner.found)
 }
 
-fn walk(path: &Path, scanner: &mut Scanner, buf: &mut [u8]) -> io::Result<()> {
-    let meta = fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        for item in fs::read_dir(path)? {
-            let item = item?;
+/// The scan as a walk: every name below the root, every file's bytes, every symlink's target.
+struct Walk<'s, 'n, 'b> {
+    scanner: &'s mut Scanner<'n>,
+    buf: &'b mut [u8],
+    stop: &'b AtomicBool,
+    depth: usize,
+}
+
+impl Visitor for Walk<'_, '_, '_> {
+    type Out = ();
+    type Error = io::Error;
+
+    fn leaf(&mut self, at: &At<'_>, kind: Kind) -> io::Result<()> {
+        if self.depth > 0 {
             // A file name can hold a hash too.
-            scanner.feed(item.file_name().as_bytes());
-            scanner.end_of_item();
-            walk(&item.path(), scanner, buf)?;
+            self.scanner.feed(at.name.to_bytes());
+            self.scanner.end_of_item();
         }
-    } else if meta.file_type().is_symlink() {
-        scanner.feed(fs::read_link(path)?.as_os_str().as_bytes());
-    } else if meta.is_file() {
-        let mut file = fs::File::open(path)?;
-        loop {
-            match file.read(buf)? {
-                0 => break,
-                n => scanner.feed(&buf[..n]),
+        match kind {
+            Kind::Symlink => self.scanner.feed(&at.read_link()?),
+            Kind::File => {
+                if let Ok((fd, _)) = at.open_file()? {
+                    let mut file = File::from(fd);
+                    loop {
+                        if self.stop.load(Ordering::Relaxed) {
+                            return Err(io::Error::new(
+                                io::ErrorKind::Interrupted,
+                                format!("stopped while scanning `{}`", at.path().display()),
+                            ));
+                        }
+                        match file.read(self.buf) {
+                            Ok(0) => break,
+                            Ok(n) => self.scanner.feed(&self.buf[..n]),
+                            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                            Err(e) => return Err(walk::Failure::new(at.path(), e).into()),
+                        }
+                    }
+                }
             }
+            _ => {}
         }
+        self.scanner.end_of_item();
+        Ok(())
     }
-    scanner.end_of_item();
-    Ok(())
+
+    fn enter(&mut self, at: &At<'_>, _: BorrowedFd<'_>) -> io::Result<()> {
+        if self.depth > 0 {
+            self.scanner.feed(at.name.to_bytes());
+            self.scanner.end_of_item();
+        }
+        self.depth += 1;
+        Ok(())
+    }
+
+    fn leave(&mut self, _: &At<'_>, _: BorrowedFd<'_>, _: Vec<(CString, ())>) -> io::Result<()> {
+        self.depth -= 1;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
     use std::os::unix::fs::symlink;
 
     use super::*;
     use crate::hash::Key;
     use crate::request::Name;
+
+    static NO_STOP: AtomicBool = AtomicBool::new(false);
 
     fn entry(n: u8, name: &str) -> EntryName {
         let key: Key = format!("{n:02x}").repeat(32).parse().unwrap();
@@ -128,7 +182,7 @@ mod tests {
         let mut big = vec![b' '; (1 << 20) - 10];
         big.extend(c.hash().as_bytes());
         fs::write(dir.path().join("big"), big).unwrap();
-        let found = scan(dir.path(), &[a.clone(), b.clone(), c.clone(), d]).unwrap();
+        let found = scan(dir.path(), &[a.clone(), b.clone(), c.clone(), d], &NO_STOP).unwrap();
         assert_eq!(found, BTreeSet::from([a, b, c]));
     }
 
@@ -137,8 +191,13 @@ mod tests {
         let a = entry(1, "a");
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("x"), format!("zz{}zz", a.hash())).unwrap();
-        assert_eq!(scan(dir.path(), std::slice::from_ref(&a)).unwrap().len(), 1);
+        assert_eq!(
+            scan(dir.path(), std::slice::from_ref(&a), &NO_STOP)
+                .unwrap()
+                .len(),
+            1
+        );
         fs::write(dir.path().join("x"), &a.hash()[..31]).unwrap();
-        assert!(scan(dir.path(), &[a]).unwrap().is_empty());
+        assert!(scan(dir.path(), &[a], &NO_STOP).unwrap().is_empty());
     }
 }

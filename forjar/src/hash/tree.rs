@@ -10,24 +10,25 @@
 //! digest(p) = DK(node(p))
 //! ```
 //!
-//! Directories are walked in parallel (rayon); file contents are read with a large buffer and
-//! hashed with BLAKE3's SIMD paths, large files with its multi-threaded path. With a
+//! The files of each directory are hashed in parallel (rayon); file contents are read with a
+//! large buffer and hashed with BLAKE3's SIMD paths, large files with its multi-threaded path. With a
 //! [`DigestCache`], a file whose (device, inode, size, mtime, ctime) was seen before is not read.
 
-use std::ffi::OsString;
-use std::fs::{self, File, FileType, Metadata};
-use std::io::{self, Read};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use rayon::prelude::*;
 
 use super::cache::{DigestCache, FileId};
 use super::{READ_BUFFER as BUFFER, TREE_CONTEXT, TreeDigest, with_read_buffer};
+use crate::walk::{self, At, Kind, Visitor};
 
 /// Why a tree could not be hashed.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +72,18 @@ pub enum HashError {
         /// The bytes read.
         got: u64,
     },
+    /// Hashing was stopped (Ctrl-C).
+    #[error("stopped while hashing `{}`", .path.display())]
+    Interrupted {
+        /// The file being read.
+        path: PathBuf,
+    },
+}
+
+impl From<walk::Failure> for HashError {
+    fn from(failure: walk::Failure) -> Self {
+        HashError::io(&failure.path, failure.source)
+    }
 }
 
 impl HashError {
@@ -101,6 +114,10 @@ pub struct HashStats {
 
 /// Computes tree digests, optionally through a [`DigestCache`], counting what it reads.
 ///
+/// The walk is iterative and descriptor-relative, follows no symlink and works at any depth
+/// (see the book's sandbox chapter); a hasher given a stop flag ([`TreeHasher::stopped_by`])
+/// gives up within a megabyte of reading once it is set.
+///
 /// ```
 /// # let dir = tempfile::tempdir().unwrap();
 /// std::fs::write(dir.path().join("hello.c"), "int main(void) { return 0; }\n").unwrap();
@@ -112,6 +129,7 @@ pub struct HashStats {
 #[derive(Default)]
 pub struct TreeHasher<'c> {
     cache: Option<&'c DigestCache>,
+    stop: Option<&'c AtomicBool>,
     files_read: AtomicU64,
     bytes_read: AtomicU64,
     cache_hits: AtomicU64,
@@ -124,6 +142,9 @@ pub fn tree_digest(path: &Path) -> Result<TreeDigest, HashError> {
 
 /// Files at least this large are hashed with BLAKE3's multi-threaded path.
 const RAYON_THRESHOLD: u64 = 1 << 20;
+
+/// What a hole of a sparse file is hashed from: zeros that need no read.
+static ZEROS: [u8; BUFFER] = [0; BUFFER];
 
 /// A hasher in derive-key mode for the tree context. Deriving the context key is a BLAKE3
 /// compression of its own; doing it once and cloning saves one per node, which counts on trees
@@ -148,6 +169,12 @@ impl<'c> TreeHasher<'c> {
         }
     }
 
+    /// Makes the hasher stop with [`HashError::Interrupted`] once `stop` is set (Ctrl-C).
+    pub fn stopped_by(mut self, stop: &'c AtomicBool) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
     /// What this hasher has read so far.
     pub fn stats(&self) -> HashStats {
         HashStats {
@@ -159,120 +186,116 @@ impl<'c> TreeHasher<'c> {
 
     /// The tree digest of `path`; a symlink at `path` is hashed as a symlink, not followed.
     pub fn digest(&self, path: &Path) -> Result<TreeDigest, HashError> {
-        let meta = fs::symlink_metadata(path).map_err(|e| HashError::io(path, e))?;
-        self.node(path, meta.file_type())
-            .map(TreeDigest::from_bytes)
+        walk::walk(path, &mut Digests(self), walk::Options::default()).map(TreeDigest::from_bytes)
     }
 
-    fn node(&self, path: &Path, kind: FileType) -> Result<[u8; 32], HashError> {
-        if kind.is_file() {
-            self.file(path)
-        } else if kind.is_dir() {
-            self.dir(path)
-        } else if kind.is_symlink() {
-            let target = fs::read_link(path).map_err(|e| HashError::io(path, e))?;
-            Ok(symlink_node(target.as_os_str().as_bytes()))
-        } else {
-            Err(HashError::SpecialFile {
-                path: path.to_path_buf(),
-                kind: special_kind(kind),
-            })
+    fn check_stop(&self, path: impl FnOnce() -> PathBuf) -> Result<(), HashError> {
+        match self.stop {
+            Some(stop) if stop.load(Ordering::Relaxed) => {
+                Err(HashError::Interrupted { path: path() })
+            }
+            _ => Ok(()),
         }
     }
 
-    fn dir(&self, path: &Path) -> Result<[u8; 32], HashError> {
-        let mut entries = fs::read_dir(path)
-            .and_then(|dir| {
-                dir.map(|entry| entry.and_then(|e| Ok((e.file_name(), e.file_type()?))))
-                    .collect::<io::Result<Vec<(OsString, FileType)>>>()
-            })
-            .map_err(|e| HashError::io(path, e))?;
-        entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let child = |(name, kind): &(OsString, FileType)| self.node(&path.join(name), *kind);
-        let digests: Vec<[u8; 32]> = if entries.len() > 1 {
-            entries.par_iter().map(child).collect::<Result<_, _>>()?
-        } else {
-            entries.iter().map(child).collect::<Result<_, _>>()?
-        };
-        let mut h = node_hasher();
-        h.update(b"D").update(&(entries.len() as u64).to_le_bytes());
-        for ((name, _), digest) in entries.iter().zip(&digests) {
-            let name = name.as_bytes();
-            h.update(&(name.len() as u64).to_le_bytes())
-                .update(name)
-                .update(digest);
+    fn leaf(&self, at: &At<'_>, kind: Kind) -> Result<[u8; 32], HashError> {
+        match kind {
+            Kind::File => self.file(at),
+            Kind::Symlink => Ok(symlink_node(&at.read_link()?)),
+            other => Err(HashError::SpecialFile {
+                path: at.path(),
+                kind: other.special_name(),
+            }),
         }
-        Ok(*h.finalize().as_bytes())
     }
 
-    fn file(&self, path: &Path) -> Result<[u8; 32], HashError> {
-        // With a cache, one lstat answers for an unchanged file: no open, no read.
+    fn file(&self, at: &At<'_>) -> Result<[u8; 32], HashError> {
+        self.check_stop(|| at.path())?;
+        // With a cache, one fstatat answers for an unchanged file: no open, no read.
         if let Some(cache) = self.cache {
-            let meta = fs::symlink_metadata(path).map_err(|e| HashError::io(path, e))?;
-            if meta.is_file()
-                && let Some(hash) = cache.get(&FileId::of(&meta))
+            let st = at.stat()?;
+            if Kind::from_mode(st.st_mode) == Kind::File
+                && let Some(hash) = cache.get(&FileId::of(&st))
             {
                 self.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(file_node(is_executable(&meta), meta.len(), &hash));
+                return Ok(file_node(is_executable(&st), st.st_size as u64, &hash));
             }
         }
         let started = SystemTime::now();
-        // O_NOFOLLOW: the entry was a regular file when listed; if it was swapped for a symlink
-        // since, fail rather than hash what it points to. O_NONBLOCK: a swapped-in FIFO must not
-        // block the open.
-        let mut file = File::options()
-            .read(true)
-            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
-            .open(path)
-            .map_err(|e| HashError::io(path, e))?;
-        let meta = file.metadata().map_err(|e| HashError::io(path, e))?;
-        if !meta.is_file() {
-            return Err(HashError::SpecialFile {
-                path: path.to_path_buf(),
-                kind: special_kind(meta.file_type()),
-            });
-        }
-        let contents = self.contents(&mut file, path, meta.len())?;
+        // The entry was a regular file when listed; if it was swapped for anything else since,
+        // fail rather than hash what it became.
+        let (fd, st) = match at.open_file()? {
+            Ok(opened) => opened,
+            Err(Kind::Symlink | Kind::Dir | Kind::File) => {
+                return Err(HashError::io(
+                    &at.path(),
+                    io::Error::other("it changed while it was being hashed"),
+                ));
+            }
+            Err(other) => {
+                return Err(HashError::SpecialFile {
+                    path: at.path(),
+                    kind: other.special_name(),
+                });
+            }
+        };
+        let size = st.st_size as u64;
+        let contents = self.contents(&File::from(fd), at, size)?;
         if let Some(cache) = self.cache {
-            cache.insert_settled(FileId::of(&meta), contents, started);
+            cache.insert_settled(FileId::of(&st), contents, started);
         }
-        Ok(file_node(is_executable(&meta), meta.len(), &contents))
+        Ok(file_node(is_executable(&st), size, &contents))
     }
 
     /// BLAKE3 of the first `size` bytes of a file (its size when opened), failing if it has
     /// fewer. Reading stops at `size`, saving the `read` that would only report the end of the
     /// file; a file that grows while it is hashed is caught where it matters, when the copy of an
     /// imported source is hashed again. A file that fits the buffer is hashed in one call, which
-    /// spares the incremental hasher's bookkeeping on the many small files of a typical tree.
-    fn contents(&self, file: &mut File, path: &Path, size: u64) -> Result<[u8; 32], HashError> {
-        let hashed = with_read_buffer(|buf| -> io::Result<([u8; 32], u64)> {
+    /// spares the incremental hasher's bookkeeping on the many small files of a typical tree. The
+    /// holes of a sparse file are hashed as the zeros they read as, without reading them.
+    fn contents(&self, file: &File, at: &At<'_>, size: u64) -> Result<[u8; 32], HashError> {
+        let hashed = with_read_buffer(|buf| -> Result<([u8; 32], u64), HashError> {
+            let io = |e| HashError::io(&at.path(), e);
             if size <= BUFFER as u64 {
-                let n = read_full(file, &mut buf[..size as usize])?;
+                let n = read_full(file, 0, &mut buf[..size as usize]).map_err(io)?;
                 return Ok((*blake3::hash(&buf[..n]).as_bytes(), n as u64));
             }
             let mut hasher = blake3::Hasher::new();
-            let mut total = 0u64;
-            while total < size {
-                let want = (size - total).min(BUFFER as u64) as usize;
-                let n = read_full(file, &mut buf[..want])?;
+            let mut update = |bytes: &[u8]| {
                 if size >= RAYON_THRESHOLD {
-                    hasher.update_rayon(&buf[..n]);
+                    hasher.update_rayon(bytes);
                 } else {
-                    hasher.update(&buf[..n]);
+                    hasher.update(bytes);
                 }
-                total += n as u64;
-                if n < want {
-                    break;
+            };
+            let mut total = 0u64;
+            'file: while total < size {
+                let (data, hole) = next_data(file, total, size);
+                while total < data {
+                    self.check_stop(|| at.path())?;
+                    let n = (data - total).min(BUFFER as u64) as usize;
+                    update(&ZEROS[..n]);
+                    total += n as u64;
+                }
+                while total < hole {
+                    self.check_stop(|| at.path())?;
+                    let want = (hole - total).min(BUFFER as u64) as usize;
+                    let n = read_full(file, total, &mut buf[..want]).map_err(io)?;
+                    update(&buf[..n]);
+                    total += n as u64;
+                    if n < want {
+                        break 'file;
+                    }
                 }
             }
             Ok((*hasher.finalize().as_bytes(), total))
         });
-        let (hash, read) = hashed.map_err(|e| HashError::io(path, e))?;
+        let (hash, read) = hashed?;
         self.files_read.fetch_add(1, Ordering::Relaxed);
         self.bytes_read.fetch_add(read, Ordering::Relaxed);
         if read != size {
             return Err(HashError::Changed {
-                path: path.to_path_buf(),
+                path: at.path(),
                 expected: size,
                 got: read,
             });
@@ -281,11 +304,101 @@ impl<'c> TreeHasher<'c> {
     }
 }
 
-/// Reads until `buf` is full or the file ends; returns the bytes read.
-fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+/// What a tree may not hold, by name ("FIFO", "socket", ...).
+pub(crate) fn special_kind(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = if kind.is_fifo() {
+        Kind::Fifo
+    } else if kind.is_socket() {
+        Kind::Socket
+    } else if kind.is_block_device() {
+        Kind::Block
+    } else if kind.is_char_device() {
+        Kind::Char
+    } else {
+        Kind::Unknown
+    };
+    kind.special_name()
+}
+
+/// Where the next data of a file starts from `at`, and where the hole after it starts, both at
+/// most `size`; a file system that cannot say has data everywhere.
+fn next_data(file: &File, at: u64, size: u64) -> (u64, u64) {
+    let seek = |whence| {
+        // SAFETY: lseek on a descriptor the file owns.
+        let to = unsafe { nix::libc::lseek(file.as_raw_fd(), at as i64, whence) };
+        (to >= 0).then_some(to as u64)
+    };
+    match seek(nix::libc::SEEK_DATA) {
+        Some(data) => {
+            let data = data.min(size);
+            let hole = {
+                // SAFETY: as above.
+                let to = unsafe {
+                    nix::libc::lseek(file.as_raw_fd(), data as i64, nix::libc::SEEK_HOLE)
+                };
+                if to >= 0 { (to as u64).min(size) } else { size }
+            };
+            (data, hole.max(data))
+        }
+        // ENXIO: only a hole is left.
+        None if io::Error::last_os_error().raw_os_error() == Some(nix::libc::ENXIO) => (size, size),
+        None => (at, size),
+    }
+}
+
+/// The tree digest as a walk: files and symlinks of a directory hashed in parallel, each
+/// directory's node made from its entries' digests on the way out.
+struct Digests<'h, 'c>(&'h TreeHasher<'c>);
+
+impl Visitor for Digests<'_, '_> {
+    type Out = [u8; 32];
+    type Error = HashError;
+
+    fn leaf(&mut self, at: &At<'_>, kind: Kind) -> Result<[u8; 32], HashError> {
+        self.0.leaf(at, kind)
+    }
+
+    fn leaves(
+        &mut self,
+        dir: BorrowedFd<'_>,
+        dir_path: &Path,
+        leaves: &[(CString, Kind)],
+    ) -> Result<Vec<[u8; 32]>, HashError> {
+        let hasher = self.0;
+        let one =
+            |(name, kind): &(CString, Kind)| hasher.leaf(&At::new(dir, name, dir_path), *kind);
+        if leaves.len() > 1 {
+            leaves.par_iter().map(one).collect()
+        } else {
+            leaves.iter().map(one).collect()
+        }
+    }
+
+    fn leave(
+        &mut self,
+        _: &At<'_>,
+        _: BorrowedFd<'_>,
+        children: Vec<(CString, [u8; 32])>,
+    ) -> Result<[u8; 32], HashError> {
+        let mut h = node_hasher();
+        h.update(b"D")
+            .update(&(children.len() as u64).to_le_bytes());
+        for (name, digest) in &children {
+            let name = name.as_bytes();
+            h.update(&(name.len() as u64).to_le_bytes())
+                .update(name)
+                .update(digest);
+        }
+        Ok(*h.finalize().as_bytes())
+    }
+}
+
+/// Reads from `offset` until `buf` is full or the file ends; returns the bytes read.
+fn read_full(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
     let mut total = 0;
     while total < buf.len() {
-        match file.read(&mut buf[total..]) {
+        match file.read_at(&mut buf[total..], offset + total as u64) {
             Ok(0) => break,
             Ok(n) => total += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -295,8 +408,8 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(total)
 }
 
-fn is_executable(meta: &Metadata) -> bool {
-    meta.permissions().mode() & 0o100 != 0
+fn is_executable(st: &nix::libc::stat) -> bool {
+    st.st_mode & 0o100 != 0
 }
 
 /// `DK("F" || u8(x) || u64(size) || BLAKE3(contents))`.
@@ -318,24 +431,12 @@ fn symlink_node(target: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-pub(crate) fn special_kind(kind: FileType) -> &'static str {
-    if kind.is_fifo() {
-        "FIFO"
-    } else if kind.is_socket() {
-        "socket"
-    } else if kind.is_block_device() {
-        "block device"
-    } else if kind.is_char_device() {
-        "character device"
-    } else {
-        "file of unknown type"
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::os::fd::AsFd;
     use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::symlink;
+    use std::os::unix::fs::{PermissionsExt, symlink};
 
     use super::*;
 
@@ -484,13 +585,63 @@ mod tests {
         let file = dir.path().join("file");
         fs::write(&file, b"x").unwrap();
         // Reading a regular file as a directory fails whatever the user's privileges are.
-        let hasher = TreeHasher::new();
-        let err = hasher.dir(&file).unwrap_err();
+        let err = TreeHasher::new().digest(&file.join("x")).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with(&format!("cannot read `{}`: ", file.display())),
+                .starts_with(&format!("cannot read `{}`: ", file.join("x").display())),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_sparse_file_hashes_as_its_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sparse");
+        let file = File::create(&path).unwrap();
+        // Data, a hole of 7 MiB, data, and a hole to the end.
+        file.write_all_at(b"head", 0).unwrap();
+        file.write_all_at(b"tail", 7 << 20).unwrap();
+        file.set_len(9 << 20).unwrap();
+        let mut bytes = vec![0u8; 9 << 20];
+        bytes[..4].copy_from_slice(b"head");
+        bytes[7 << 20..(7 << 20) + 4].copy_from_slice(b"tail");
+        assert_eq!(digest(&path), spec_file(&bytes, false));
+    }
+
+    #[test]
+    fn a_set_stop_flag_stops_hashing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        File::create(&path).unwrap().set_len(64 << 20).unwrap();
+        let stop = AtomicBool::new(true);
+        let err = TreeHasher::new()
+            .stopped_by(&stop)
+            .digest(&path)
+            .unwrap_err();
+        assert!(matches!(err, HashError::Interrupted { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_tree_deeper_than_path_max_hashes_as_the_spec_says() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("deep");
+        fs::create_dir(&root).unwrap();
+        let name = "n".repeat(200);
+        let depth = 100;
+        let bottom = walk::deep_chain(&root, &name, depth);
+        let f = walk::openat_mode(
+            bottom.as_fd(),
+            c"f",
+            nix::libc::O_CREAT | nix::libc::O_WRONLY,
+            0o644,
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut File::from(f), b"deep").unwrap();
+        let mut expected = spec_dir(&[(b"f", spec_file(b"deep", false))]);
+        for _ in 0..depth {
+            expected = spec_dir(&[(name.as_bytes(), expected)]);
+        }
+        assert_eq!(digest(&root), expected);
     }
 
     #[test]

@@ -27,6 +27,9 @@ use super::{BUILD_GID, BUILD_UID, EXEC_FAILED, NodeKind, Prepared, SETUP_FAILED}
 /// own mount namespace.
 const NEW_ROOT: &str = "/tmp";
 
+/// From <linux/keyctl.h>.
+const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+
 /// A step that failed, for the error pipe: its kind (one of [`SETUP_FAILED`] and
 /// [`EXEC_FAILED`]) and what happened.
 struct Failed(u8, String);
@@ -111,6 +114,12 @@ pub(super) fn supervisor(
         if nix::unistd::getppid().as_raw() != p.parent_pid {
             return Err(Failed(SETUP_FAILED, "the parent exited".into()));
         }
+        // A session of its own, without a controlling terminal: nothing of the build can open
+        // the user's terminal (`/dev/tty` fails with ENXIO), and a Ctrl-C on it reaches forjar
+        // alone, which stops the build.
+        ctx(nix::unistd::setsid(), || {
+            "cannot start a new session".into()
+        })?;
         for tasks in &p.cgroup_tasks {
             ctx(nix::unistd::write(tasks, b"0"), || {
                 "cannot join the build's cgroup".into()
@@ -140,7 +149,6 @@ pub(super) fn supervisor(
                 ));
             }
         }
-        drop((sync_write, sync_read));
         let fds = open_all(p)?;
         ctx(
             setresgid(
@@ -163,6 +171,12 @@ pub(super) fn supervisor(
         match ctx(unsafe { fork() }, || "cannot fork the builder".into())? {
             ForkResult::Child => builder(p, &fds),
             ForkResult::Parent { child } => {
+                // The parent watches the builder's end through a pidfd: pid 1 of the build's
+                // pid namespace ends only once every other process in it is gone. The builder
+                // is not reaped before the parent has opened its pidfd, so the pid is its.
+                let _ = nix::unistd::write(&sync_write, &child.as_raw().to_le_bytes());
+                let _ = nix::unistd::read(&sync_read, &mut byte);
+                drop((sync_write, sync_read));
                 // Only the builder writes the log and the error pipe from here on.
                 // SAFETY: these are this process's copies of the fds; nothing else uses them.
                 unsafe {
@@ -604,6 +618,23 @@ fn setup(p: &Prepared, fds: &Opened) -> Result<Never, Failed> {
         );
     }
 
+    // An empty session keyring of the build's own, so that nothing of forjar's is reachable
+    // even before the filter refuses the keyring calls.
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) takes no pointer but the NULL name.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_JOIN_SESSION_KEYRING,
+            std::ptr::null::<libc::c_char>(),
+        )
+    } < 0
+    {
+        return Err((
+            "cannot give the build a keyring of its own",
+            std::io::Error::last_os_error(),
+        )
+            .into());
+    }
     ctx(nix::sys::prctl::set_no_new_privs(), || {
         "cannot set no_new_privs".into()
     })?;

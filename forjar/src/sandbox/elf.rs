@@ -160,7 +160,7 @@ pub(crate) fn closure(program: &Path) -> Result<Vec<(PathBuf, PathBuf)>, String>
 
 /// What marks a host file as unchanged: its inode, size and times.
 fn stamp_of(path: &Path) -> Option<FileId> {
-    fs::metadata(path).ok().map(|meta| FileId::of(&meta))
+    nix::sys::stat::stat(path).ok().map(|st| FileId::of(&st))
 }
 
 /// [`closure`], read from the files.

@@ -40,8 +40,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2};
 
-use crate::derivation::Limits;
+use crate::derivation::{Limits, MAX_BUILD_DIR_SIZE};
 use crate::request::{BuildRequest, InputName, OutputName, SandboxLevel};
+use crate::walk;
 
 use limits::Cgroup;
 
@@ -229,6 +230,8 @@ pub enum Outcome {
     LogLimit(u64),
     /// Its outputs passed this many bytes.
     OutputLimit(u64),
+    /// Its `/build` directory passed this many bytes.
+    BuildDirLimit(u64),
     /// It hit its memory limit of this many bytes.
     MemoryLimit(u64),
     /// It was stopped from outside (see [`BuildSpec::cancel`]).
@@ -264,6 +267,10 @@ impl std::fmt::Display for Outcome {
             Outcome::OutputLimit(n) => write!(
                 f,
                 "the outputs passed their limit of {n} bytes; the build was killed"
+            ),
+            Outcome::BuildDirLimit(n) => write!(
+                f,
+                "the build directory passed its limit of {n} bytes; the build was killed"
             ),
             Outcome::MemoryLimit(n) => write!(
                 f,
@@ -485,9 +492,8 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
         .collect();
 
     let mut rlimits = vec![(Resource::RLIMIT_CORE, 0)];
-    if let Some(cap) = spec.limits.max_output_size {
-        rlimits.push((Resource::RLIMIT_FSIZE, cap));
-    }
+    // No single file past the outputs' bound, however sparse: every byte is read to hash it.
+    rlimits.push((Resource::RLIMIT_FSIZE, spec.limits.output_cap()));
     if cgroup.is_none() {
         if let Some(memory) = spec.limits.memory {
             rlimits.push((Resource::RLIMIT_AS, memory));
@@ -541,10 +547,7 @@ fn hand_over(spec: &BuildSpec, uid: u32, gid: u32) -> Result<(), SandboxError> {
     if nix::unistd::geteuid().as_raw() == uid {
         return Ok(());
     }
-    let owner = (
-        nix::unistd::Uid::from_raw(uid),
-        nix::unistd::Gid::from_raw(gid),
-    );
+    let owner = (uid, gid);
     for dir in spec
         .outputs
         .iter()
@@ -561,20 +564,45 @@ fn hand_over(spec: &BuildSpec, uid: u32, gid: u32) -> Result<(), SandboxError> {
 
 /// Changes the owner of `path` and, for a directory, of everything under it; symlinks
 /// themselves, never their targets.
-fn chown_tree(path: &Path, (uid, gid): (nix::unistd::Uid, nix::unistd::Gid)) -> io::Result<()> {
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        Some(uid),
-        Some(gid),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )?;
-    if fs::symlink_metadata(path)?.is_dir() {
-        for child in fs::read_dir(path)? {
-            chown_tree(&child?.path(), (uid, gid))?;
+fn chown_tree(path: &Path, (uid, gid): (u32, u32)) -> io::Result<()> {
+    walk::walk(path, &mut Chown(uid, gid), walk::Options::default())
+}
+
+struct Chown(u32, u32);
+
+impl walk::Visitor for Chown {
+    type Out = ();
+    type Error = io::Error;
+
+    fn leaf(&mut self, at: &walk::At<'_>, _: walk::Kind) -> io::Result<()> {
+        // SAFETY: fchownat of a valid descriptor and C string, not following.
+        let rc = unsafe {
+            libc::fchownat(
+                at.parent.as_raw_fd(),
+                at.name.as_ptr(),
+                self.0,
+                self.1,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc != 0 {
+            return Err(walk::Failure::new(at.path(), io::Error::last_os_error()).into());
         }
+        Ok(())
     }
-    Ok(())
+
+    fn leave(
+        &mut self,
+        at: &walk::At<'_>,
+        dir: std::os::fd::BorrowedFd<'_>,
+        _: Vec<(CString, ())>,
+    ) -> io::Result<()> {
+        // SAFETY: fchown of a valid descriptor.
+        if unsafe { libc::fchown(dir.as_raw_fd(), self.0, self.1) } != 0 {
+            return Err(walk::Failure::new(at.path(), io::Error::last_os_error()).into());
+        }
+        Ok(())
+    }
 }
 
 fn write_maps(pid: Pid, uid: u32, gid: u32) -> io::Result<()> {
@@ -743,6 +771,9 @@ fn run_streams(
     })
 }
 
+/// How often a running build's outputs and `/build` are measured against their bounds, at most.
+const SIZE_CHECK_EVERY: Duration = Duration::from_millis(250);
+
 /// A pidfd of `pid` (Linux 5.3 and later); `None` where the kernel has none.
 fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
@@ -766,10 +797,6 @@ fn supervise(
     output_size: &dyn Fn() -> u64,
     started: Instant,
 ) -> Result<(Option<Outcome>, Vec<String>, u64), SandboxError> {
-    let reap = |pid: Pid| {
-        let _ = kill(pid, Signal::SIGKILL);
-        while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
-    };
     // Wait for the supervisor to be in its namespaces, map its ids, let it go on.
     let mut byte = [0u8];
     let unshared =
@@ -789,14 +816,103 @@ fn supervise(
         }
         nix::unistd::write(&ready_write, b"r").map_err(nix_err("cannot signal the build"))?;
     }
+    // The builder's pid, once it is forked: nothing of the build outlives it.
+    let mut pid = [0u8; 4];
+    let builder = match read_full(&sync_read, &mut pid) {
+        Ok(4) => {
+            let pidfd = pidfd_open(Pid::from_raw(i32::from_le_bytes(pid)));
+            let _ = nix::unistd::write(&ready_write, b"p");
+            pidfd
+        }
+        _ => None,
+    };
     drop(ready_write);
+    let watched = watch(
+        spec,
+        supervisor,
+        log_read,
+        log,
+        stderr,
+        output_size,
+        started,
+    );
+    if watched.is_err() {
+        // Only the ways out of `watch` that end the build reap the supervisor.
+        reap(supervisor);
+    }
+    if let Some(builder) = builder {
+        wait_gone(&builder);
+    }
+    watched
+}
 
+/// Reads until `buf` is full or the pipe ends.
+fn read_full(fd: &OwnedFd, buf: &mut [u8]) -> nix::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match nix::unistd::read(fd, &mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(got)
+}
+
+/// How long the processes of a killed build may take to end before forjar goes on without
+/// them (a process blocked in the kernel cannot be hurried).
+const END_GRACE: Duration = Duration::from_secs(10);
+
+/// Kills the build's pid 1 and waits until it has ended, which the kernel makes it do only
+/// after every other process of its namespace: from then on nothing of the build can change
+/// what it left.
+fn wait_gone(builder: &OwnedFd) {
+    // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            builder.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    let deadline = Instant::now() + END_GRACE;
+    while Instant::now() < deadline {
+        let mut fds = [PollFd::new(builder.as_fd(), PollFlags::POLLIN)];
+        if let Ok(n) = poll(&mut fds, PollTimeout::from(100u16))
+            && n > 0
+        {
+            return;
+        }
+    }
+}
+
+/// Kills the supervisor (the builder dies with it) and reaps it.
+fn reap(pid: Pid) {
+    let _ = kill(pid, Signal::SIGKILL);
+    while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
+}
+
+/// Streams the build's log until it ends or a limit stops it.
+#[allow(clippy::too_many_arguments)]
+fn watch(
+    spec: &BuildSpec,
+    supervisor: Pid,
+    log_read: OwnedFd,
+    log: &mut dyn Write,
+    stderr: Option<(OwnedFd, &mut dyn Write)>,
+    output_size: &dyn Fn() -> u64,
+    started: Instant,
+) -> Result<(Option<Outcome>, Vec<String>, u64), SandboxError> {
     let limits = &spec.limits;
     let max_log = limits.max_log_size.unwrap_or(DEFAULT_MAX_LOG);
     let mut tail = Tail::default();
     let mut log_bytes = 0u64;
     let mut last_output = Instant::now();
     let mut last_size_check = Instant::now();
+    let mut size_check_every = SIZE_CHECK_EVERY;
     let mut buf = vec![0u8; 64 << 10];
     // The open streams: the log, and stderr when it is kept apart.
     let mut streams: Vec<(File, &mut dyn Write)> = vec![(File::from(log_read), log)];
@@ -868,11 +984,21 @@ fn supervise(
             Some(Outcome::TimedOut(limits.timeout.unwrap_or_default()))
         } else if limits.max_silent.is_some_and(|t| last_output.elapsed() > t) {
             Some(Outcome::Silent(limits.max_silent.unwrap_or_default()))
-        } else if let Some(cap) = limits.max_output_size
-            && last_size_check.elapsed() > Duration::from_millis(250)
-        {
+        } else if last_size_check.elapsed() > size_check_every {
+            // Measuring walks the trees: it is done less often the longer it takes, at most a
+            // twentieth of the build's time.
+            let measuring = Instant::now();
+            let cap = limits.output_cap();
+            let outcome = if output_size() > cap {
+                Some(Outcome::OutputLimit(cap))
+            } else if walk::apparent_size(&spec.build_dir).unwrap_or(0) > MAX_BUILD_DIR_SIZE {
+                Some(Outcome::BuildDirLimit(MAX_BUILD_DIR_SIZE))
+            } else {
+                None
+            };
             last_size_check = Instant::now();
-            (output_size() > cap).then_some(Outcome::OutputLimit(cap))
+            size_check_every = SIZE_CHECK_EVERY.max(measuring.elapsed() * 20);
+            outcome
         } else {
             None
         };

@@ -1,8 +1,14 @@
-//! The seccomp filter every build runs under: no setuid or setgid bits, no extended attributes.
+//! The seccomp filter every build runs under: no setuid or setgid bits, no extended attributes,
+//! no keyrings, and no call whose arguments the filter cannot see.
 //!
 //! A build's outputs must not carry privileges or metadata that the tree digest does not cover.
-//! `chmod`-family calls that set `S_ISUID` or `S_ISGID` fail with `EPERM`; `*setxattr` calls
-//! fail with `ENOTSUP`, as on a filesystem without xattrs. The filter also covers the 32-bit
+//! `chmod`-family calls that set `S_ISUID` or `S_ISGID` fail with `EPERM`, and so do the calls
+//! that create a file with those bits (`open`/`openat` with `O_CREAT` or `O_TMPFILE`, `creat`,
+//! `mknod`); `*setxattr` calls fail with `ENOTSUP`, as on a filesystem without xattrs. The
+//! kernel keyrings (`add_key`, `request_key`, `keyctl`) are refused, so a build can neither read
+//! nor plant keys. `io_uring` would perform all of the above out of the filter's sight, and
+//! `openat2` passes its mode in a structure the filter cannot read: both fail with `ENOSYS`, as
+//! on a kernel without them, and libc falls back to `openat`. The filter also covers the 32-bit
 //! x86 ABI on x86_64 hosts, and refuses every x32 call, so that neither is a way around it.
 
 use nix::libc;
@@ -23,28 +29,59 @@ const fn offset_arg(i: u32) -> u32 {
     16 + 8 * i
 }
 
+/// `O_CREAT | __O_TMPFILE`, the same on every architecture here.
+const CREATES: u32 = 0o100 | 0o20_000_000;
+
 /// A syscall the filter restricts.
 #[derive(Clone, Copy)]
 enum Rule {
     /// Refuse with `EPERM` when argument `arg` has the setuid or setgid bit.
     ModeBits { nr: u32, arg: u32 },
+    /// Refuse with `EPERM` when the flags in argument `flags` create a file and the mode in
+    /// argument `mode` has the setuid or setgid bit.
+    CreateMode { nr: u32, flags: u32, mode: u32 },
     /// Refuse with `ENOTSUP`.
     NotSupported { nr: u32 },
+    /// Refuse with `ENOSYS`.
+    Missing { nr: u32 },
 }
 
 /// The rules of one ABI: (audit arch, rules).
 fn abis() -> Vec<(u32, Vec<Rule>)> {
     use Rule::*;
     let xattr = |nrs: [u32; 4]| nrs.map(|nr| NotSupported { nr });
-    // fchmodat2 is 452 and setxattrat 463 on every architecture.
+    let missing = |nrs: [u32; 3]| nrs.map(|nr| Missing { nr });
+    // The same numbers on every architecture: fchmodat2 452, openat2 437, and
+    // io_uring_setup, io_uring_enter and io_uring_register 425 to 427.
+    let common = [
+        ModeBits { nr: 452, arg: 2 },
+        Missing { nr: 437 },
+        Missing { nr: 425 },
+        Missing { nr: 426 },
+        Missing { nr: 427 },
+    ];
     let x86_64 = [
         vec![
             ModeBits { nr: 90, arg: 1 },
             ModeBits { nr: 91, arg: 1 },
             ModeBits { nr: 268, arg: 2 },
-            ModeBits { nr: 452, arg: 2 },
+            CreateMode {
+                nr: 2,
+                flags: 1,
+                mode: 2,
+            },
+            CreateMode {
+                nr: 257,
+                flags: 2,
+                mode: 3,
+            },
+            ModeBits { nr: 85, arg: 1 },
+            ModeBits { nr: 133, arg: 1 },
+            ModeBits { nr: 259, arg: 2 },
         ],
         xattr([188, 189, 190, 463]).to_vec(),
+        missing([248, 249, 250]).to_vec(),
+        common.to_vec(),
     ]
     .concat();
     let i386 = [
@@ -52,18 +89,39 @@ fn abis() -> Vec<(u32, Vec<Rule>)> {
             ModeBits { nr: 15, arg: 1 },
             ModeBits { nr: 94, arg: 1 },
             ModeBits { nr: 306, arg: 2 },
-            ModeBits { nr: 452, arg: 2 },
+            CreateMode {
+                nr: 5,
+                flags: 1,
+                mode: 2,
+            },
+            CreateMode {
+                nr: 295,
+                flags: 2,
+                mode: 3,
+            },
+            ModeBits { nr: 8, arg: 1 },
+            ModeBits { nr: 14, arg: 1 },
+            ModeBits { nr: 297, arg: 2 },
         ],
         xattr([226, 227, 228, 463]).to_vec(),
+        missing([286, 287, 288]).to_vec(),
+        common.to_vec(),
     ]
     .concat();
     let aarch64 = [
         vec![
             ModeBits { nr: 52, arg: 1 },
             ModeBits { nr: 53, arg: 2 },
-            ModeBits { nr: 452, arg: 2 },
+            CreateMode {
+                nr: 56,
+                flags: 2,
+                mode: 3,
+            },
+            ModeBits { nr: 33, arg: 2 },
         ],
         xattr([5, 6, 7, 463]).to_vec(),
+        missing([217, 218, 219]).to_vec(),
+        common.to_vec(),
     ]
     .concat();
     vec![
@@ -125,9 +183,22 @@ fn section(rules: &[Rule], x86_64: bool) -> Vec<libc::sock_filter> {
                 program.push(ret_errno(libc::EPERM));
                 program.push(allow());
             }
+            Rule::CreateMode { nr, flags, mode } => {
+                program.push(jump(JEQ_K, nr, 0, 6));
+                program.push(stmt(LD_W_ABS, offset_arg(flags)));
+                program.push(jump(JSET_K, CREATES, 0, 3));
+                program.push(stmt(LD_W_ABS, offset_arg(mode)));
+                program.push(jump(JSET_K, S_ISUID | S_ISGID, 0, 1));
+                program.push(ret_errno(libc::EPERM));
+                program.push(allow());
+            }
             Rule::NotSupported { nr } => {
                 program.push(jump(JEQ_K, nr, 0, 1));
                 program.push(ret_errno(libc::ENOTSUP));
+            }
+            Rule::Missing { nr } => {
+                program.push(jump(JEQ_K, nr, 0, 1));
+                program.push(ret_errno(libc::ENOSYS));
             }
         }
     }

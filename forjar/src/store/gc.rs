@@ -13,7 +13,7 @@ use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use super::install::remove_tree;
+use super::tree::{remove_tree, tree_size};
 use super::{EntryName, Store, StoreError};
 use crate::hash::base32;
 use crate::request::Name;
@@ -229,17 +229,5 @@ impl Store {
             report.dead.push((entry, size));
         }
         Ok(report)
-    }
-}
-
-/// The apparent size in bytes of the regular files under `path`.
-pub fn tree_size(path: &Path) -> io::Result<u64> {
-    let meta = fs::symlink_metadata(path)?;
-    if meta.is_dir() {
-        fs::read_dir(path)?.try_fold(0, |sum, item| Ok(sum + tree_size(&item?.path())?))
-    } else if meta.is_file() {
-        Ok(meta.len())
-    } else {
-        Ok(0)
     }
 }

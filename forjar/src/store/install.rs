@@ -2,21 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, TryLockError};
-use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use nix::sys::stat::{UtimensatFlags, utimensat};
-use nix::sys::time::TimeSpec;
-
+use super::tree::remove_tree;
 use super::{EntryKind, EntryName, Meta, SCHEMA, Store, StoreError};
-use crate::hash::{
-    self, HashError, Key, TreeDigest, TreeHasher, is_store_hash, tree::special_kind,
-};
+use crate::hash::{self, Key, TreeDigest, TreeHasher, is_store_hash};
 use crate::request::Name;
+use crate::walk;
 
 /// An exclusive lock on one key, `.locks/<h>.lock`: one build or import of one key at a time,
 /// across processes. Released on drop.
@@ -178,6 +174,32 @@ impl<'s> Staging<'s> {
         &self.dir
     }
 
+    /// Takes the staging directory back from a build user: owned by the store's owner (when
+    /// this process sets owners) and closed to everyone else, before anything reads what a
+    /// build left in it.
+    pub fn reclaim(&self) -> Result<(), StoreError> {
+        let fd =
+            walk::open_dir_path(&self.dir).map_err(StoreError::io("cannot open", &self.dir))?;
+        if let Some((uid, gid)) = self.store.owner() {
+            nix::unistd::fchown(
+                &fd,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| StoreError::io("cannot set the owner of", &self.dir)(e.into()))?;
+        }
+        nix::sys::stat::fchmod(&fd, nix::sys::stat::Mode::from_bits_truncate(0o700))
+            .map_err(|e| StoreError::io("cannot set the mode of", &self.dir)(e.into()))
+    }
+
+    /// A new staging for the same entry whose content is a copy of this one's, made of fresh
+    /// files of this process's own; this staging is removed.
+    pub fn fresh_copy(self, lock: &KeyLock) -> Result<Staging<'s>, StoreError> {
+        let copy = Staging::new(self.store, lock, self.entry.clone())?;
+        super::tree::copy(&self.content_path(), &copy.content_path())?;
+        Ok(copy)
+    }
+
     /// Canonicalises the content (mode 0444/0555, mtime 1), hashes it, checks the expected
     /// digest, writes `meta.yaml`, syncs, and renames the staged directory into place.
     ///
@@ -185,7 +207,7 @@ impl<'s> Staging<'s> {
     /// shared with a careless tool), the existing entry wins and the staging is discarded.
     pub fn commit(self, draft: Draft) -> Result<Committed, StoreError> {
         let content = self.content_path();
-        let size = canonicalise(&content, self.store.owner())?;
+        let size = super::tree::canonicalise(&content, self.store.owner())?;
         let digest = TreeHasher::new().digest(&content)?;
         if let Some(expected) = draft.expected
             && expected != digest
@@ -229,7 +251,7 @@ impl<'s> Staging<'s> {
     /// is the one `meta` records.
     pub fn commit_fetched(self, meta: Meta) -> Result<Committed, StoreError> {
         let content = self.content_path();
-        canonicalise(&content, self.store.owner())?;
+        super::tree::canonicalise(&content, self.store.owner())?;
         let digest = TreeHasher::new().digest(&content)?;
         if digest != meta.digest {
             return Ok(Committed::Mismatch(Mismatch {
@@ -292,110 +314,6 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), StoreError> {
         .map_err(StoreError::io("cannot set the mode of", path))
 }
 
-/// Sets modes to 0444 (0555 where the owner could execute, and for directories) and
-/// modification times to 1 second past the epoch, children before parents; refuses special
-/// files. Returns the total size of the regular files.
-pub(crate) fn canonicalise(path: &Path, owner: Option<(u32, u32)>) -> Result<u64, StoreError> {
-    let meta = fs::symlink_metadata(path).map_err(|e| HashError::io(path, e))?;
-    // Outputs of a build run as root belong to the build user until they enter the store.
-    if let Some((uid, gid)) = owner
-        && (meta.uid() != uid || meta.gid() != gid)
-    {
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            path,
-            Some(nix::unistd::Uid::from_raw(uid)),
-            Some(nix::unistd::Gid::from_raw(gid)),
-            nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| StoreError::io("cannot set the owner of", path)(e.into()))?;
-    }
-    let kind = meta.file_type();
-    let size = if kind.is_dir() {
-        let mut size = 0;
-        for item in fs::read_dir(path).map_err(|e| HashError::io(path, e))? {
-            let item = item.map_err(|e| HashError::io(path, e))?;
-            size += canonicalise(&item.path(), owner)?;
-        }
-        set_mode(path, 0o555)?;
-        size
-    } else if kind.is_file() {
-        let executable = meta.permissions().mode() & 0o100 != 0;
-        set_mode(path, if executable { 0o555 } else { 0o444 })?;
-        meta.len()
-    } else if kind.is_symlink() {
-        0
-    } else {
-        return Err(HashError::SpecialFile {
-            path: path.to_path_buf(),
-            kind: special_kind(kind),
-        }
-        .into());
-    };
-    let one = TimeSpec::new(1, 0);
-    utimensat(
-        nix::fcntl::AT_FDCWD,
-        path,
-        &one,
-        &one,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(|e| StoreError::io("cannot set the times of", path)(e.into()))?;
-    Ok(size)
-}
-
-/// Removes a file or tree, making read-only directories writable first. A missing path is fine.
-pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
-    fn writable(path: &Path) -> io::Result<()> {
-        let meta = fs::symlink_metadata(path)?;
-        if meta.is_dir() {
-            if meta.permissions().mode() & 0o700 != 0o700 {
-                fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
-            }
-            for item in fs::read_dir(path)? {
-                writable(&item?.path())?;
-            }
-        }
-        Ok(())
-    }
-    let result = writable(path).and_then(|()| match fs::symlink_metadata(path) {
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-        Err(e) => Err(e),
-    });
-    match result {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(StoreError::io("cannot remove", path)(e))
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Copies a file, directory or symlink tree; refuses special files.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), StoreError> {
-    let meta = fs::symlink_metadata(from).map_err(|e| HashError::io(from, e))?;
-    let kind = meta.file_type();
-    if kind.is_dir() {
-        fs::create_dir(to).map_err(StoreError::io("cannot create", to))?;
-        for item in fs::read_dir(from).map_err(|e| HashError::io(from, e))? {
-            let item = item.map_err(|e| HashError::io(from, e))?;
-            copy_tree(&item.path(), &to.join(item.file_name()))?;
-        }
-    } else if kind.is_file() {
-        fs::copy(from, to).map_err(|e| HashError::io(from, e))?;
-    } else if kind.is_symlink() {
-        let target = fs::read_link(from).map_err(|e| HashError::io(from, e))?;
-        symlink(target, to).map_err(StoreError::io("cannot create", to))?;
-    } else {
-        return Err(HashError::SpecialFile {
-            path: from.to_path_buf(),
-            kind: special_kind(kind),
-        }
-        .into());
-    }
-    Ok(())
-}
-
 /// What importing a source did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportOutcome {
@@ -443,7 +361,7 @@ impl Store {
         }
         let started = SystemTime::now();
         let staging = Staging::new(self, &lock, entry.clone())?;
-        copy_tree(path, &staging.content_path())?;
+        super::tree::copy(path, &staging.content_path())?;
         let draft = Draft {
             name: name.clone(),
             output: "out".into(),
@@ -477,7 +395,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::{MetadataExt, symlink};
 
     use super::*;
 

@@ -22,6 +22,7 @@ mod gc;
 mod install;
 mod meta;
 mod profile;
+mod tree;
 mod verify;
 
 use std::fs::{self, File};
@@ -30,10 +31,11 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use entry::EntryName;
-pub use gc::{GcReport, Root, RootTarget, tree_size};
-pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging, remove_tree};
+pub use gc::{GcReport, Root, RootTarget};
+pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use profile::{Generation, Profile, RootChanges};
+pub use tree::{remove_tree, tree_size};
 pub use verify::{Problem, VerifyReport};
 
 use crate::hash::{DigestCache, HashError, is_store_hash};
@@ -433,7 +435,7 @@ impl Store {
                 },
                 false => None,
             };
-            install::remove_tree(&item.path())?;
+            remove_tree(&item.path())?;
             drop(lock);
         }
         Ok(())
