@@ -136,9 +136,28 @@ fn verify_exits_non_zero_naming_the_damaged_entry() {
     let out = forjar(store.dir(), &["store", "verify"]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    let head = format!("{entry}: content does not match its digest: meta.yaml records blake3:");
+    let head = format!("{entry}: content does not match its digest: the store records blake3:");
     assert!(text.starts_with(&head), "{text}");
     assert!(text.ends_with("verified 1 entries: 1 problems\n"), "{text}");
+
+    // Content and meta.yaml rewritten together, as the entry's one-time owner could: the
+    // store's own record, kept apart from the entry, still tells.
+    let now = forjar::hash::tree_digest(&store.content_path(&entry)).unwrap();
+    let meta = store.entry_path(&entry).join("meta.yaml");
+    let recorded = store.meta(&entry).unwrap().digest;
+    fs::set_permissions(store.entry_path(&entry), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::set_permissions(&meta, fs::Permissions::from_mode(0o644)).unwrap();
+    let text = fs::read_to_string(&meta).unwrap();
+    fs::write(&meta, text.replace(&recorded.to_string(), &now.to_string())).unwrap();
+    let out = forjar(store.dir(), &["store", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!(
+            "{entry}: meta.yaml records {now}, but the store recorded {recorded} when it installed the entry"
+        )),
+        "{text}"
+    );
 }
 
 #[test]

@@ -7,11 +7,12 @@
 
 mod progress;
 pub mod store;
+mod terminal;
 pub mod worker;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::mem::ManuallyDrop;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -95,8 +96,15 @@ impl From<io::Error> for Failure {
 }
 
 /// Writes to standard output; a reader that went away (`| head`) ends output quietly.
+/// On a terminal, control characters are shown as escapes ([`terminal::sanitise`]); a pipe or
+/// a file gets the text as it is.
 pub(crate) fn emit(text: &str) -> Result<(), Failure> {
-    match io::stdout().lock().write_all(text.as_bytes()) {
+    let mut out = io::stdout().lock();
+    let text = match out.is_terminal() {
+        true => terminal::sanitise(text),
+        false => std::borrow::Cow::Borrowed(text),
+    };
+    match out.write_all(text.as_bytes()) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
     }
@@ -107,7 +115,11 @@ pub fn report(result: Result<ExitCode, Failure>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(failure) => {
-            let _ = writeln!(io::stderr().lock(), "error: {}", failure.message);
+            let _ = writeln!(
+                io::stderr().lock(),
+                "error: {}",
+                terminal::sanitise(&failure.message)
+            );
             failure.code
         }
     }
@@ -440,7 +452,10 @@ impl Session {
             Ok(cache) => Ok(Some(Arc::new(cache))),
             Err(error) if run.remote_fallback && error.is_outage() => {
                 if self.verbosity != Verbosity::Quiet {
-                    eprintln!("warning: {error}; building here (--remote-fallback)");
+                    eprintln!(
+                        "warning: {}; building here (--remote-fallback)",
+                        terminal::sanitise(&error.to_string())
+                    );
                 }
                 Ok(None)
             }

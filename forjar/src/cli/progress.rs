@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::terminal::sanitise;
 use crate::exec::{Done, Event};
 use crate::plan::{Node, NodeKind};
 
@@ -76,6 +77,7 @@ impl Progress {
 
     /// Prints a line above the bars, or on its own.
     fn line(&self, text: &str) {
+        let text = &*sanitise(text);
         match &self.bars {
             Some(bars) => {
                 let _ = bars.multi.println(text);
@@ -103,7 +105,7 @@ impl Progress {
                             ProgressStyle::with_template("{spinner} {prefix} {wide_msg}")
                                 .expect("a valid template"),
                         );
-                        bar.set_prefix(text);
+                        bar.set_prefix(sanitise(&text).into_owned());
                         bar.enable_steady_tick(Duration::from_millis(120));
                         if let Ok(mut running) = bars.running.lock() {
                             running.insert(id(node), bar);
@@ -119,7 +121,7 @@ impl Progress {
                     && let Ok(running) = bars.running.lock()
                     && let Some(bar) = running.get(&id(node))
                 {
-                    bar.set_message(line.to_string());
+                    bar.set_message(sanitise(line).into_owned());
                 }
             }
             Event::Finished(node, done, elapsed) => {

@@ -1077,6 +1077,9 @@ pub(crate) fn build(
             }
         }
     }
+    // The build directory goes while the lock is held: staging of this key is only ever
+    // touched under it.
+    drop(build_dir);
     drop(lock);
     if let Some(cache) = &options.remote
         && let Err(error) = cache.push(store, &own)

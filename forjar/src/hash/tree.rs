@@ -304,23 +304,6 @@ impl<'c> TreeHasher<'c> {
     }
 }
 
-/// What a tree may not hold, by name ("FIFO", "socket", ...).
-pub(crate) fn special_kind(kind: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
-    let kind = if kind.is_fifo() {
-        Kind::Fifo
-    } else if kind.is_socket() {
-        Kind::Socket
-    } else if kind.is_block_device() {
-        Kind::Block
-    } else if kind.is_char_device() {
-        Kind::Char
-    } else {
-        Kind::Unknown
-    };
-    kind.special_name()
-}
-
 /// Where the next data of a file starts from `at`, and where the hole after it starts, both at
 /// most `size`; a file system that cannot say has data everywhere.
 fn next_data(file: &File, at: u64, size: u64) -> (u64, u64) {

@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::{Remote, RemoteError};
 use crate::store::StoreError;
+use crate::walk;
 
 /// Blobs up to this size travel in batches; larger ones through ByteStream.
 const BATCH_BLOB: usize = 1 << 20;
@@ -45,7 +46,10 @@ pub fn encode(message: &impl Message) -> (re::Digest, Vec<u8>) {
 
 /// The digest of a file's content.
 pub fn digest_file(path: &Path) -> io::Result<re::Digest> {
-    let mut file = File::open(path)?;
+    digest_reader(File::open(path)?)
+}
+
+fn digest_reader(mut file: File) -> io::Result<re::Digest> {
     let mut hasher = Sha256::new();
     let size = io::copy(&mut file, &mut hasher)?;
     Ok(re::Digest {
@@ -112,50 +116,86 @@ impl Upload {
     }
 
     /// Packs the file, directory or symlink at `path` (not followed), adding its files and
-    /// directories; directories below it go to `children` as well, for a `Tree`.
+    /// directories; directories below it go to `children` as well, for a `Tree`. The walk is
+    /// iterative and descriptor-relative, as for every tree a build wrote.
     pub fn add_path(
         &mut self,
         path: &Path,
         children: &mut Vec<re::Directory>,
     ) -> Result<Packed, RemoteError> {
-        let meta = fs::symlink_metadata(path).map_err(io_error("cannot read", path))?;
-        let kind = meta.file_type();
-        if kind.is_symlink() {
-            let target = fs::read_link(path).map_err(io_error("cannot read", path))?;
-            let target = target.to_str().ok_or_else(|| unusable_name(path))?;
-            return Ok(Packed::Symlink(target.to_string()));
-        }
-        if kind.is_file() {
-            let digest = digest_file(path).map_err(io_error("cannot read", path))?;
-            self.add_file(digest.clone(), path.to_path_buf());
-            return Ok(Packed::File {
-                digest,
-                executable: meta.permissions().mode() & 0o100 != 0,
-            });
-        }
-        if !kind.is_dir() {
-            return Err(RemoteError::Store(StoreError::Hash(
+        walk::walk(
+            path,
+            &mut Pack {
+                upload: self,
+                children,
+            },
+            walk::Options::default(),
+        )
+    }
+}
+
+/// Packing as a walk: files hashed through their descriptors, each directory's message made
+/// from its entries' on the way out.
+struct Pack<'u> {
+    upload: &'u mut Upload,
+    children: &'u mut Vec<re::Directory>,
+}
+
+impl From<walk::Failure> for RemoteError {
+    fn from(failure: walk::Failure) -> Self {
+        RemoteError::Store(StoreError::from(failure))
+    }
+}
+
+impl walk::Visitor for Pack<'_> {
+    type Out = Packed;
+    type Error = RemoteError;
+
+    fn leaf(&mut self, at: &walk::At<'_>, kind: walk::Kind) -> Result<Packed, RemoteError> {
+        let path = at.path();
+        match kind {
+            walk::Kind::Symlink => {
+                let target =
+                    String::from_utf8(at.read_link()?).map_err(|_| unusable_name(&path))?;
+                Ok(Packed::Symlink(target))
+            }
+            walk::Kind::File => {
+                let Ok((fd, st)) = at.open_file()? else {
+                    return Err(io_error("cannot read", &path)(io::Error::other(
+                        "it changed while it was being read",
+                    )));
+                };
+                let digest =
+                    digest_reader(File::from(fd)).map_err(io_error("cannot read", &path))?;
+                self.upload.add_file(digest.clone(), path);
+                Ok(Packed::File {
+                    digest,
+                    executable: st.st_mode & 0o100 != 0,
+                })
+            }
+            other => Err(RemoteError::Store(StoreError::Hash(
                 crate::hash::HashError::SpecialFile {
-                    path: path.to_path_buf(),
-                    kind: crate::hash::tree::special_kind(kind),
+                    path,
+                    kind: other.special_name(),
                 },
-            )));
+            ))),
         }
-        let mut names: Vec<(String, PathBuf)> = Vec::new();
-        for child in fs::read_dir(path).map_err(io_error("cannot read", path))? {
-            let child = child.map_err(io_error("cannot read", path))?;
-            let name = child.file_name();
-            let name = name.to_str().ok_or_else(|| unusable_name(&child.path()))?;
-            names.push((name.to_string(), child.path()));
-        }
-        // REAPI directories list their entries sorted by name.
-        names.sort();
+    }
+
+    fn leave(
+        &mut self,
+        at: &walk::At<'_>,
+        _: std::os::fd::BorrowedFd<'_>,
+        entries: Vec<(std::ffi::CString, Packed)>,
+    ) -> Result<Packed, RemoteError> {
+        // REAPI directories list their entries sorted by name; the walk gives them so.
         let mut directory = re::Directory::default();
-        for (name, child) in names {
-            directory.add(name, self.add_path(&child, children)?);
+        for (name, packed) in entries {
+            let name = name.into_string().map_err(|_| unusable_name(&at.path()))?;
+            directory.add(name, packed);
         }
-        let digest = self.add_message(&directory);
-        children.push(directory);
+        let digest = self.upload.add_message(&directory);
+        self.children.push(directory);
         Ok(Packed::Directory(digest))
     }
 }

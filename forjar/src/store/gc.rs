@@ -224,6 +224,7 @@ impl Store {
                 let doomed = self.dir.join(".tmp").join(format!("{}.gc", entry.hash()));
                 fs::rename(&path, &doomed).map_err(StoreError::io("cannot remove", &path))?;
                 remove_tree(&doomed)?;
+                self.forget_digest(&entry)?;
             }
             report.bytes += size;
             report.dead.push((entry, size));

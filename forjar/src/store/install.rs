@@ -265,10 +265,12 @@ impl<'s> Staging<'s> {
 
     /// Writes `meta.yaml`, syncs, and renames the staged directory into place.
     fn publish(self, meta: Meta) -> Result<Committed, StoreError> {
+        self.reclaim()?;
         let meta_path = self.dir.join("meta.yaml");
         fs::write(&meta_path, meta.to_yaml())
             .map_err(StoreError::io("cannot write", &meta_path))?;
         set_mode(&meta_path, 0o444)?;
+        self.store.record_digest(&self.entry, &meta.digest)?;
         // One syncfs makes every staged file durable before the rename publishes the entry, so
         // a crash cannot leave a valid-looking entry with empty files.
         let store_dir =
@@ -286,10 +288,10 @@ impl<'s> Staging<'s> {
                         Some(nix::libc::EEXIST | nix::libc::ENOTEMPTY)
                     ) =>
             {
-                return self
-                    .store
-                    .meta(&self.entry)
-                    .map(|m| Committed::Installed(Box::new(m)));
+                // The record just written is of this staging's content, not the entry's.
+                let existing = self.store.meta(&self.entry)?;
+                self.store.record_digest(&self.entry, &existing.digest)?;
+                return Ok(Committed::Installed(Box::new(existing)));
             }
             Err(e) => return Err(StoreError::io("cannot install", &target)(e)),
         }

@@ -9,6 +9,8 @@
 //! <store>/.logs/<h>.log            build logs
 //! <store>/.roots/                  GC roots (symlinks)
 //! <store>/.cache/                  the source digest cache
+//! <store>/.digests/<h>-<name>      each entry's tree digest, kept apart from the entry
+//! <store>/.failed/                 build directories kept by `--keep-failed`
 //! ```
 //!
 //! An entry is valid exactly when its directory exists: it is staged in `.tmp/`, synced, and
@@ -38,12 +40,19 @@ pub use profile::{Generation, Profile, RootChanges};
 pub use tree::{remove_tree, tree_size};
 pub use verify::{Problem, VerifyReport};
 
-use crate::hash::{DigestCache, HashError, is_store_hash};
+use std::os::unix::fs::PermissionsExt;
+
+use crate::hash::{DigestCache, HashError, TreeDigest, is_store_hash};
 
 /// The marker file of a store, and the format it holds.
 const MARKER: &str = ".forjar-store";
 const FORMAT: &str = "forjar store v1\n";
-const DIRS: [&str; 5] = [".tmp", ".locks", ".logs", ".roots", ".cache"];
+const DIRS: [&str; 7] = [
+    ".tmp", ".locks", ".logs", ".roots", ".cache", ".digests", ".failed",
+];
+/// The directories no one but the store's owner may enter: what builds are writing, what failed
+/// builds left.
+const PRIVATE_DIRS: [&str; 2] = [".tmp", ".failed"];
 
 /// Errors of store operations.
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +262,13 @@ impl Store {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(StoreError::io("cannot create", &path))?;
         }
+        for sub in PRIVATE_DIRS {
+            let path = dir.join(sub);
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+                fs::set_permissions(&path, fs::Permissions::from_mode(0o700))
+                    .map_err(StoreError::io("cannot set the mode of", &path))?;
+            }
+        }
         let lock_path = dir.join(".locks/store.lock");
         let lock = File::options()
             .create(true)
@@ -299,6 +315,57 @@ impl Store {
     /// Whether an entry is in the store (an entry is valid exactly when its directory exists).
     pub fn contains(&self, entry: &EntryName) -> bool {
         self.entry_path(entry).is_dir()
+    }
+
+    /// The tree digest recorded for `entry` when it was installed, apart from the entry (whose
+    /// `meta.yaml` says the same, but lives where a build once wrote); `None` if there is none.
+    pub fn recorded_digest(&self, entry: &EntryName) -> Result<Option<TreeDigest>, StoreError> {
+        let path = self.digest_record(entry);
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                text.trim()
+                    .parse::<TreeDigest>()
+                    .map(Some)
+                    .map_err(|e| StoreError::Damaged {
+                        path,
+                        reason: e.to_string(),
+                    })
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("cannot read", &path)(e)),
+        }
+    }
+
+    fn digest_record(&self, entry: &EntryName) -> PathBuf {
+        self.dir.join(".digests").join(entry.as_str())
+    }
+
+    /// Records `entry`'s digest (replacing any record), in one rename.
+    pub(crate) fn record_digest(
+        &self,
+        entry: &EntryName,
+        digest: &TreeDigest,
+    ) -> Result<(), StoreError> {
+        let path = self.digest_record(entry);
+        let tmp = self
+            .dir
+            .join(".digests")
+            .join(format!(".{entry}.{}.tmp", std::process::id()));
+        fs::write(&tmp, format!("{digest}\n")).map_err(StoreError::io("cannot write", &tmp))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444))
+            .map_err(StoreError::io("cannot set the mode of", &tmp))?;
+        fs::rename(&tmp, &path).map_err(StoreError::io("cannot write", &path))
+    }
+
+    /// Removes `entry`'s digest record (the entry is gone).
+    pub(crate) fn forget_digest(&self, entry: &EntryName) -> Result<(), StoreError> {
+        let path = self.digest_record(entry);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(StoreError::io("cannot remove", &path)(e))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The build log of the derivation whose key has store hash `hash`.
@@ -435,7 +502,9 @@ impl Store {
                 },
                 false => None,
             };
-            remove_tree(&item.path())?;
+            // Best effort: what cannot be removed now is tried again at the next open, and never
+            // keeps the store from opening.
+            let _ = remove_tree(&item.path());
             drop(lock);
         }
         Ok(())

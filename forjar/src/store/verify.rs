@@ -15,10 +15,18 @@ pub enum Problem {
     Mismatch {
         /// The entry.
         entry: EntryName,
-        /// The digest in `meta.yaml`.
+        /// The digest the store recorded.
         recorded: TreeDigest,
         /// The digest of the content now.
         actual: TreeDigest,
+    },
+    /// The store has no record of the entry's digest apart from the entry itself, or the record
+    /// and `meta.yaml` disagree: the content cannot be vouched for.
+    Unrecorded {
+        /// The entry.
+        entry: EntryName,
+        /// What is wrong.
+        reason: String,
     },
     /// The `meta.yaml` is missing, damaged or of an unknown schema.
     Meta {
@@ -57,8 +65,9 @@ impl fmt::Display for Problem {
                 actual,
             } => write!(
                 f,
-                "{entry}: content does not match its digest: meta.yaml records {recorded}, the content hashes to {actual}"
+                "{entry}: content does not match its digest: the store records {recorded}, the content hashes to {actual}"
             ),
+            Problem::Unrecorded { entry, reason } => write!(f, "{entry}: {reason}"),
             Problem::Meta { entry, error } => write!(f, "{entry}: {error}"),
             Problem::Content { entry, error } => write!(f, "{entry}: {error}"),
             Problem::Misnamed { entry, expected } => {
@@ -132,6 +141,34 @@ impl Store {
                 expected,
             });
         }
+        // The record outside the entry is what counts: an entry's directory was once its
+        // builder's, and content and meta.yaml could have been rewritten together.
+        let recorded = match self.recorded_digest(entry) {
+            Ok(Some(recorded)) if recorded == meta.digest => recorded,
+            Ok(Some(recorded)) => {
+                return Some(Problem::Unrecorded {
+                    entry: entry.clone(),
+                    reason: format!(
+                        "meta.yaml records {}, but the store recorded {recorded} when it installed the entry",
+                        meta.digest
+                    ),
+                });
+            }
+            Ok(None) => {
+                return Some(Problem::Unrecorded {
+                    entry: entry.clone(),
+                    reason: "the store has no record of its digest (.digests/); remove the entry \
+                             (`gc` once nothing refers to it) and build it again"
+                        .into(),
+                });
+            }
+            Err(e) => {
+                return Some(Problem::Unrecorded {
+                    entry: entry.clone(),
+                    reason: e.to_string(),
+                });
+            }
+        };
         let content = self.content_path(entry);
         if let Err(e) = fs::symlink_metadata(&content) {
             return Some(Problem::Content {
@@ -140,10 +177,10 @@ impl Store {
             });
         }
         match TreeHasher::new().digest(&content) {
-            Ok(actual) if actual == meta.digest => None,
+            Ok(actual) if actual == recorded => None,
             Ok(actual) => Some(Problem::Mismatch {
                 entry: entry.clone(),
-                recorded: meta.digest,
+                recorded,
                 actual,
             }),
             Err(e) => Some(Problem::Content {

@@ -1,0 +1,509 @@
+//! A hostile build, run for real: what it tries against the user's terminal, forjar's keyring,
+//! the host's files (with an accomplice on the host), the store, and the limits of what forjar
+//! reads on its behalf. Each test is the attack; each assertion is what must hold.
+//!
+//! The fixed-output attacks hand descriptors to a host process over an abstract unix socket,
+//! which fixed-output builds reach because they share the host's network namespace. The
+//! accomplice (tests/programs/accomplice.rs) runs as the build user's host id, as a process of
+//! that user would.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use forjar::DerivationBuilder;
+use forjar::prelude::*;
+use forjar::store::{EntryName, Store};
+use forjar_suite::{apply, example, fresh_salt, sandbox, stderr, temp_store};
+
+/// A derivation running `script` with the host's tools and the accomplice program as `$tool`.
+fn hostile(name: &str, script: &str) -> DerivationBuilder {
+    Derivation::builder(name)
+        .sandbox(SandboxLevel::HostTools)
+        .input("tool", Source::file(example("accomplice")).unwrap())
+        .script(script)
+}
+
+/// Builds one derivation as the root `it`; returns its entry or the error text.
+fn build(store: &Store, builder: DerivationBuilder) -> Result<EntryName, String> {
+    let (plan, report) = apply(store, |g| {
+        let d = g.add(builder.build().unwrap());
+        g.root("it", d);
+    });
+    report
+        .map(|_| plan.roots()[0].entry.clone())
+        .map_err(|e| e.to_string())
+}
+
+fn output(store: &Store, entry: &EntryName) -> String {
+    fs::read_to_string(store.content_path(entry)).unwrap()
+}
+
+/// Nothing is left in the store's staging once every process is done with it.
+fn assert_no_staging(store: &Store) {
+    let reopened = Store::open(store.dir()).unwrap();
+    let left: Vec<_> = fs::read_dir(reopened.dir().join(".tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "staging left behind: {left:?}");
+}
+
+/// The accomplice on the host, as the build user's host id, listening on `socket`.
+struct Accomplice(Child);
+
+impl Accomplice {
+    fn start(args: &[&str]) -> Accomplice {
+        let (uid, gid) = forjar::sandbox::host_ids();
+        let mut child = Command::new(example("accomplice"))
+            .args(args)
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "listening\n");
+        Accomplice(child)
+    }
+
+    /// Tells it to go on.
+    fn go(&mut self) {
+        use std::io::Write;
+        self.0.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    }
+
+    /// What it reported last.
+    fn finish(mut self) -> String {
+        let mut rest = String::new();
+        self.0
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut rest)
+            .unwrap();
+        assert!(self.0.wait().unwrap().success(), "{rest}");
+        rest
+    }
+}
+
+impl Drop for Accomplice {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn digest_of(contents: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    fs::write(dir.path().join("f"), contents).unwrap();
+    forjar::hash::tree_digest(&dir.path().join("f"))
+        .unwrap()
+        .to_string()
+}
+
+// ---------------------------------------------------------------- the user's terminal
+
+/// Runs the `hostile` program's apply with `script` against `store`, on a new terminal of its
+/// own (its controlling terminal, as a user's shell gives it). Returns what the terminal
+/// showed and the program's exit status.
+fn apply_on_a_terminal(store: &Path, script: &str) -> (String, bool) {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave = pty.slave;
+    let mut child = Command::new(example("hostile"));
+    child
+        .arg("--store")
+        .arg(store)
+        .arg("apply")
+        .env("HOSTILE_SCRIPT", script)
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()));
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        child.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut process = child.spawn().unwrap();
+    drop((child, slave));
+    let master: OwnedFd = pty.master;
+    // The terminal's output is drained while the program runs, so that it never blocks, and
+    // until nothing more comes once it has ended.
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = ended.clone();
+    let reader = std::thread::spawn(move || {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut shown = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+            let ready = poll(&mut fds, PollTimeout::from(200u16)).unwrap_or(0);
+            if ready == 0 {
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                continue;
+            }
+            // EIO once every holder of the terminal's other side has closed it.
+            match nix::unistd::read(&master, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => shown.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&shown).into_owned()
+    });
+    let status = process.wait().unwrap();
+    ended.store(true, std::sync::atomic::Ordering::SeqCst);
+    (reader.join().unwrap(), status.success())
+}
+
+#[test]
+fn a_build_cannot_reach_the_users_terminal() {
+    if !sandbox() {
+        return;
+    }
+    let (dir, _store) = temp_store();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("terminal");
+    let script = format!(
+        r#"
+        : {salt}
+        if (echo TTY-REACHED-BY-THE-BUILD > /dev/tty) 2>/dev/null; then t=opened; else t=refused; fi
+        echo "$t tty_nr=$(cut -d' ' -f7 /proc/self/stat)" > $out
+        "#
+    );
+    let (shown, ok) = apply_on_a_terminal(&store, &script);
+    assert!(ok, "{shown}");
+    assert!(!shown.contains("TTY-REACHED"), "{shown}");
+    let store = Store::open(&store).unwrap();
+    let entry = store.resolve("it").unwrap();
+    assert_eq!(output(&store, &entry), "refused tty_nr=0\n");
+}
+
+// ---------------------------------------------------------------- forjar's keyring
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_build_cannot_read_or_plant_keys_in_forjars_keyring() {
+    if !sandbox() {
+        return;
+    }
+    let (dir, _store) = temp_store();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("keyring");
+    let probe = format!("forjar-probe-{}", std::process::id());
+    let script = format!(
+        r#"
+        : {salt}
+        {{
+          echo "visible $(grep -c {probe} /proc/keys || true)"
+          perl -e 'my ($t, $d, $p) = ("user", "{probe}", "x");
+                   my $r = syscall(250, 0, -3, 0); print "keyctl $r ", $!+0, "\n";
+                   $r = syscall(248, $t, $d, $p, 1, -3); print "add_key $r ", $!+0, "\n";
+                   $r = syscall(249, $t, $d, 0, 0); print "request_key $r ", $!+0, "\n"'
+        }} > $out
+        "#
+    );
+    let mut command = Command::new(example("hostile"));
+    command
+        .arg("--store")
+        .arg(&store)
+        .arg("apply")
+        .env("HOSTILE_SCRIPT", &script);
+    let description = std::ffi::CString::new(probe.clone()).unwrap();
+    // SAFETY: only system calls between fork and exec: a session keyring of forjar's own,
+    // holding a secret.
+    unsafe {
+        command.pre_exec(move || {
+            let join = nix::libc::syscall(nix::libc::SYS_keyctl, 1, c"forjar-test".as_ptr());
+            let key = nix::libc::syscall(
+                nix::libc::SYS_add_key,
+                c"user".as_ptr(),
+                description.as_ptr(),
+                c"s3cret".as_ptr(),
+                6,
+                -3,
+            );
+            if join < 0 || key < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let store = Store::open(&store).unwrap();
+    let entry = store.resolve("it").unwrap();
+    // ENOSYS (38) for every keyring call, and no key of forjar's in sight.
+    assert_eq!(
+        output(&store, &entry),
+        "visible 0\nkeyctl -1 38\nadd_key -1 38\nrequest_key -1 38\n"
+    );
+}
+
+// ---------------------------------------------------------------- an accomplice on the host
+
+#[test]
+fn a_descriptor_kept_by_an_accomplice_cannot_rewrite_the_installed_entry() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let socket = fresh_salt("hold");
+    let contents = format!("{socket}\n");
+    let mut accomplice = Accomplice::start(&["hold", &socket]);
+    let script = format!("printf '%s\\n' {socket} > $out\n$tool send {socket} $out\n");
+    let entry = build(
+        &store,
+        hostile("fetch", &script)
+            .network(true)
+            .fixed_output(digest_of(&contents)),
+    )
+    .unwrap();
+    accomplice.go();
+    let said = accomplice.finish();
+    // It wrote through its descriptor, into a file the store no longer has.
+    assert_eq!(said, "wrote\n");
+    assert_eq!(output(&store, &entry), contents);
+    assert!(store.verify().unwrap().is_ok());
+}
+
+#[test]
+fn symlinks_swapped_into_an_output_never_lead_forjar_to_host_files() {
+    if !sandbox() {
+        return;
+    }
+    let (dir, store) = temp_store();
+    // A root-owned secret the build user cannot read.
+    let secret = dir.path().join("secret");
+    fs::write(&secret, "the host's secret\n").unwrap();
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let when = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    fs::File::options()
+        .write(true)
+        .open(&secret)
+        .unwrap()
+        .set_modified(when)
+        .unwrap();
+    let before = fs::metadata(&secret).unwrap();
+
+    let socket = fresh_salt("swap");
+    let accomplice = Accomplice::start(&["swap", &socket, secret.to_str().unwrap(), "3"]);
+    let script = format!(
+        "mkdir $out\nfor i in $(seq 1 60); do echo $i > $out/f$i; done\n$tool send {socket} $out\nsleep 0.2\n"
+    );
+    // The digest cannot match what the accomplice leaves; whether the build fails or not,
+    // nothing outside the tree may change.
+    let result = build(
+        &store,
+        hostile("fetch", &script)
+            .network(true)
+            .fixed_output(digest_of("anything")),
+    );
+    let said = accomplice.finish();
+    assert!(said.starts_with("swapped "), "{said}");
+    let after = fs::metadata(&secret).unwrap();
+    assert_eq!(after.mode() & 0o7777, 0o600, "{result:?}");
+    assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+    assert_eq!(after.modified().unwrap(), when);
+    assert_eq!(fs::read_to_string(&secret).unwrap(), "the host's secret\n");
+    // Nothing of the secret reached the store.
+    for entry in store.entries().unwrap() {
+        let content = store.content_path(&entry);
+        if content.is_dir() {
+            for file in fs::read_dir(&content).unwrap() {
+                let file = file.unwrap().path();
+                if !file.is_symlink() {
+                    assert!(!fs::read_to_string(&file).unwrap().contains("secret"));
+                }
+            }
+        }
+    }
+    assert_no_staging(&store);
+}
+
+// ---------------------------------------------------------------- deep trees
+
+#[test]
+fn a_tree_deeper_than_any_path_is_stored_verified_and_collected_and_leaves_nothing() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let salt = fresh_salt("deep");
+    let deep = format!(": {salt}\nmkdir $out\n$tool deep $out 20000\necho done > $out/top\n");
+    let entry = build(&store, hostile("deep", &deep)).unwrap();
+    assert_eq!(
+        fs::read_to_string(store.content_path(&entry).join("top")).unwrap(),
+        "done\n"
+    );
+    assert!(store.verify().unwrap().is_ok());
+
+    // A failed build that leaves a deep tree in /build and in its output.
+    let failing =
+        format!(": {salt}\n$tool deep /build 20000\nmkdir $out\n$tool deep $out 20000\nexit 1\n");
+    let err = build(&store, hostile("deep-fail", &failing)).unwrap_err();
+    assert!(err.contains("exited with status 1"), "{err}");
+    assert_no_staging(&store);
+
+    // The deep entry is collected like any other, and the store stays usable.
+    store.remove_root("it").unwrap();
+    let report = store.gc(false, || {}).unwrap();
+    assert!(report.dead.iter().any(|(e, _)| *e == entry), "{report:?}");
+    assert!(!store.contains(&entry));
+    assert!(store.verify().unwrap().is_ok());
+    assert_no_staging(&store);
+}
+
+// ---------------------------------------------------------------- ownership
+
+#[test]
+fn entries_belong_to_the_store_owner_and_not_the_build_user() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let salt = fresh_salt("owner");
+    let script = format!(": {salt}\nmkdir -p $out/sub\necho x > $out/sub/f\nln -s f $out/sub/l\n");
+    let entry = build(&store, hostile("owned", &script)).unwrap();
+    let owner = fs::metadata(store.dir()).unwrap();
+    let entry_dir = store.entry_path(&entry);
+    for path in [
+        entry_dir.clone(),
+        entry_dir.join("meta.yaml"),
+        entry_dir.join("content"),
+        entry_dir.join("content/sub"),
+        entry_dir.join("content/sub/f"),
+        entry_dir.join("content/sub/l"),
+    ] {
+        let meta = fs::symlink_metadata(&path).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            (owner.uid(), owner.gid()),
+            "{}",
+            path.display()
+        );
+    }
+}
+
+// ---------------------------------------------------------------- the terminal, through the log
+
+#[test]
+fn escape_sequences_from_a_build_are_shown_not_sent() {
+    if !sandbox() {
+        return;
+    }
+    let (dir, _store) = temp_store();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("escapes");
+    let script = format!(
+        ": {salt}\nprintf 'clip\\033]52;c;cHduZWQ=\\007 title\\033]2;owned\\007 clear\\033[2J\\n'\nexit 3\n"
+    );
+    for verbose in [false, true] {
+        let mut command = Command::new(example("hostile"));
+        command
+            .arg("--store")
+            .arg(&store)
+            .args(if verbose { &["-v"][..] } else { &[][..] })
+            .arg("apply")
+            .env("HOSTILE_SCRIPT", &script);
+        let out = command.output().unwrap();
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            !out.stderr.iter().any(|&b| b == 0x1b || b == 0x07),
+            "raw control bytes reached the terminal: {err:?}"
+        );
+        assert!(err.contains("clip\\x1b]52;c;cHduZWQ=\\x07 title"), "{err}");
+    }
+}
+
+// ---------------------------------------------------------------- system calls
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn io_uring_and_openat2_are_refused() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let salt = fresh_salt("calls");
+    let script = format!(
+        r#": {salt}
+        perl -e 'my ($params, $path, $how) = ("\0" x 120, "/etc/hosts", "\0" x 24);
+                 my $r = syscall(425, 8, $params); print "io_uring_setup $r ", $!+0, "\n";
+                 $r = syscall(437, -100, $path, $how, 24); print "openat2 $r ", $!+0, "\n"' > $out
+        "#
+    );
+    let entry = build(&store, hostile("calls", &script)).unwrap();
+    assert_eq!(
+        output(&store, &entry),
+        "io_uring_setup -1 38\nopenat2 -1 38\n"
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn setuid_and_setgid_files_cannot_be_created() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let salt = fresh_salt("setuid");
+    // open, openat (perl's sysopen), O_TMPFILE, creat and mknod, each asking for the bits.
+    let script = format!(
+        r#": {salt}
+        perl -e 'use Fcntl;
+          for my $m (04755, 02755) {{
+            my $ok = sysopen(my $f, "/build/s$m", O_CREAT|O_WRONLY, $m);
+            print "sysopen $m ", ($ok ? "made" : $!+0), "\n";
+          }}
+          my ($o, $b, $c, $m, $p) = ("/build/o", "/build", "/build/c", "/build/m", "/build/plain");
+          my $r = syscall(2, $o, 0100|01, 04755); print "open ", ($r < 0 ? $!+0 : "made"), "\n";
+          $r = syscall(257, -100, $b, 020000000|0200000|02, 04755); print "tmpfile ", ($r < 0 ? $!+0 : "made"), "\n";
+          $r = syscall(85, $c, 04755); print "creat ", ($r < 0 ? $!+0 : "made"), "\n";
+          $r = syscall(133, $m, 0100000|06755, 0); print "mknod ", ($r < 0 ? $!+0 : "made"), "\n";
+          $r = syscall(257, -100, $p, 0100|01, 0644); print "plain ", ($r < 0 ? $!+0 : "made"), "\n";
+        ' > $out
+        "#
+    );
+    let entry = build(&store, hostile("setuid", &script)).unwrap();
+    assert_eq!(
+        output(&store, &entry),
+        "sysopen 2541 1\nsysopen 1517 1\nopen 1\ntmpfile 1\ncreat 1\nmknod 1\nplain made\n"
+    );
+}
+
+// ---------------------------------------------------------------- bounds
+
+#[test]
+fn a_huge_sparse_output_is_stopped_by_the_default_bound() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let salt = fresh_salt("sparse");
+    let script = format!(": {salt}\ntruncate -s 1T $out\n");
+    let err = build(&store, hostile("sparse", &script)).unwrap_err();
+    assert!(err.contains("build of `sparse`"), "{err}");
+    assert!(
+        err.contains("File too large") || err.contains("SIGXFSZ") || err.contains("153"),
+        "{err}"
+    );
+    assert_no_staging(&store);
+}
