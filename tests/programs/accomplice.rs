@@ -5,21 +5,19 @@
 //! - `send SOCKET PATH..`: (in the build) connects to the abstract socket `SOCKET` and sends a
 //!   descriptor of each path (directories read-only, files read-write).
 //! - `swap SOCKET TARGET SECONDS`: (on the host) takes one directory descriptor from `SOCKET`
-//!   and, for `SECONDS`, keeps swapping every entry of that directory for a symlink to `TARGET`
-//!   and back.
+//!   and, for `SECONDS`, keeps exchanging its entry `d` with a symlink to `TARGET`, atomically,
+//!   so that `d` always exists: as the directory, or as the symlink.
 //! - `hold SOCKET`: (on the host) takes one file descriptor from `SOCKET`, waits for a line on
 //!   its standard input (the store installed the output), then writes `EVIL` through the
 //!   descriptor; prints `wrote` if it could.
 //! - `deep DIR DEPTH`: makes `DEPTH` nested directories `d` in `DIR`, step by step.
 
-use std::ffi::CString;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{OFlag, openat, renameat};
-use nix::libc;
+use nix::fcntl::{OFlag, RenameFlags, openat, renameat2};
 use nix::sys::socket::{
     AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
     UnixAddr, accept, bind, connect, listen, recvmsg, sendmsg, socket,
@@ -109,31 +107,23 @@ fn receive(name: &str) -> Vec<OwnedFd> {
 fn swap(name: &str, target: &str, seconds: u64) {
     let fds = receive(name);
     let dir = fds.first().expect("a directory descriptor");
-    let names: Vec<String> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
-        .expect("the directory lists")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    let target = CString::new(target).expect("no NUL");
+    nix::unistd::symlinkat(target, dir.as_fd(), "dl").expect("a symlink");
     let end = Instant::now() + Duration::from_secs(seconds);
     let mut swaps = 0u64;
     while Instant::now() < end {
-        for name in &names {
-            let aside = format!("{name}.aside");
-            // The entry out of the way, a symlink in its place, then the entry back.
-            if renameat(dir.as_fd(), name.as_str(), dir.as_fd(), aside.as_str()).is_ok() {
-                let link = CString::new(name.as_str()).expect("no NUL");
-                // SAFETY: symlinkat with valid C strings and descriptor.
-                unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), link.as_ptr()) };
-                swaps += 1;
-                let _ = nix::unistd::unlinkat(
-                    dir.as_fd(),
-                    name.as_str(),
-                    nix::unistd::UnlinkatFlags::NoRemoveDir,
-                );
-                let _ = renameat(dir.as_fd(), aside.as_str(), dir.as_fd(), name.as_str());
-            }
+        // Once forjar has taken the directory back, the exchange is refused: the attack is over.
+        if let Err(e) = renameat2(
+            dir.as_fd(),
+            "d",
+            dir.as_fd(),
+            "dl",
+            RenameFlags::RENAME_EXCHANGE,
+        ) {
+            println!("stopped by {e}");
+            break;
         }
+        swaps += 1;
+        std::thread::sleep(Duration::from_micros(20));
     }
     println!("swapped {swaps}");
 }

@@ -365,3 +365,85 @@ impl Visitor for Remove {
 pub fn tree_size(path: &Path) -> io::Result<u64> {
     walk::apparent_size(path).map_err(io::Error::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+
+    use super::*;
+
+    fn xattrs(path: &Path) -> Vec<u8> {
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let mut buf = [0u8; 256];
+        // SAFETY: a valid C string and a buffer valid for its length.
+        let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        assert!(n >= 0, "{}", io::Error::last_os_error());
+        buf[..n as usize].to_vec()
+    }
+
+    fn set_xattr(path: &Path, name: &CStr) {
+        let c = CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: valid C strings and a one-byte value.
+        let rc = unsafe { libc::setxattr(c.as_ptr(), name.as_ptr(), b"1".as_ptr().cast(), 1, 0) };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+    }
+
+    #[test]
+    fn canonicalising_strips_extended_attributes_and_settles_modes_and_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("out");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        fs::write(root.join("sub/f"), b"x").unwrap();
+        fs::write(root.join("run"), b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(root.join("run"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(root.join("sub/f"), fs::Permissions::from_mode(0o000)).unwrap();
+        symlink("sub/f", root.join("l")).unwrap();
+        set_xattr(&root.join("run"), c"user.planted");
+        set_xattr(&root.join("sub"), c"user.planted");
+        assert_eq!(canonicalise(&root, None).unwrap(), 11);
+        for (path, mode) in [
+            ("", 0o555),
+            ("sub", 0o555),
+            ("sub/f", 0o444),
+            ("run", 0o555),
+        ] {
+            let path = root.join(path);
+            let meta = fs::symlink_metadata(&path).unwrap();
+            assert_eq!(meta.mode() & 0o7777, mode, "{}", path.display());
+            assert_eq!(meta.mtime(), 1, "{}", path.display());
+            assert_eq!(xattrs(&path), b"", "{}", path.display());
+        }
+        assert_eq!(fs::symlink_metadata(root.join("l")).unwrap().mtime(), 1);
+    }
+
+    #[test]
+    fn a_copy_shares_no_inode_and_a_removal_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let from = dir.path().join("from");
+        fs::create_dir_all(from.join("a/b")).unwrap();
+        fs::write(from.join("a/b/f"), b"content").unwrap();
+        fs::set_permissions(from.join("a/b/f"), fs::Permissions::from_mode(0o755)).unwrap();
+        symlink("/etc/hostname", from.join("a/l")).unwrap();
+        let to = dir.path().join("to");
+        copy(&from, &to).unwrap();
+        assert_eq!(
+            crate::hash::tree_digest(&from).unwrap(),
+            crate::hash::tree_digest(&to).unwrap()
+        );
+        let (a, b) = (
+            fs::metadata(from.join("a/b/f")).unwrap(),
+            fs::metadata(to.join("a/b/f")).unwrap(),
+        );
+        assert_ne!(a.ino(), b.ino());
+        assert_eq!(
+            fs::read_link(to.join("a/l")).unwrap(),
+            Path::new("/etc/hostname")
+        );
+
+        canonicalise(&to, None).unwrap();
+        remove_tree(&to).unwrap();
+        assert!(!to.exists());
+        remove_tree(&to).unwrap();
+    }
+}
