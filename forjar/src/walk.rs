@@ -120,6 +120,11 @@ impl<'a> At<'a> {
         }
     }
 
+    /// The path of the entry's directory, for messages.
+    pub(crate) fn dir_path(&self) -> &'a Path {
+        self.dir_path
+    }
+
     /// The entry's path, for messages.
     pub(crate) fn path(&self) -> PathBuf {
         self.dir_path.join(OsStr::from_bytes(self.name.to_bytes()))
@@ -170,23 +175,20 @@ pub(crate) trait Visitor {
     /// Anything that is not a directory.
     fn leaf(&mut self, at: &At<'_>, kind: Kind) -> Result<Self::Out, Self::Error>;
 
-    /// Every non-directory entry of one directory (its descriptor and path), in ascending name
-    /// order; each through [`Visitor::leaf`] unless a visitor does them together.
+    /// The entries of one directory (its descriptor and path), in ascending name order: the
+    /// result of each one that is not a directory, `None` for directories (visited on their
+    /// own). Each through [`Visitor::leaf`] unless a visitor does them together.
     fn leaves(
         &mut self,
         dir: BorrowedFd<'_>,
         dir_path: &Path,
-        leaves: &[(CString, Kind)],
-    ) -> Result<Vec<Self::Out>, Self::Error> {
-        leaves
+        entries: &[(CString, Kind)],
+    ) -> Result<Vec<Option<Self::Out>>, Self::Error> {
+        entries
             .iter()
-            .map(|(name, kind)| {
-                let at = At {
-                    parent: dir,
-                    name,
-                    dir_path,
-                };
-                self.leaf(&at, *kind)
+            .map(|(name, kind)| match kind {
+                Kind::Dir => Ok(None),
+                kind => self.leaf(&At::new(dir, name, dir_path), *kind).map(Some),
             })
             .collect()
     }
@@ -313,7 +315,8 @@ pub(crate) fn walk_at<V: Visitor>(
     }
 }
 
-const DIR_FLAGS: i32 = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
+/// How a directory of a walked tree is opened: never through a symlink.
+pub(crate) const DIR_FLAGS: i32 = libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW;
 
 /// Opens the directory `name` of `parent`, lists it, visits its leaves, and enters it.
 fn open_frame<V: Visitor>(
@@ -350,22 +353,8 @@ fn open_frame<V: Visitor>(
     }
     visitor.enter(&at, fd.as_fd())?;
     let path = at.path();
-    let mut entries = list(fd.as_fd()).map_err(|e| Failure::new(path.clone(), e))?;
-    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-    let mut results: Vec<Option<V::Out>> = entries.iter().map(|_| None).collect();
-    let leaves: Vec<(usize, (CString, Kind))> = entries
-        .iter()
-        .enumerate()
-        .filter(|(_, (_, kind))| *kind != Kind::Dir)
-        .map(|(i, (name, kind))| (i, (name.clone(), *kind)))
-        .collect();
-    if !leaves.is_empty() {
-        let (positions, leaves): (Vec<usize>, Vec<(CString, Kind)>) = leaves.into_iter().unzip();
-        let outs = visitor.leaves(fd.as_fd(), &path, &leaves)?;
-        for (i, out) in positions.into_iter().zip(outs) {
-            results[i] = Some(out);
-        }
-    }
+    let entries = list_sorted(fd.as_fd()).map_err(|e| Failure::new(path.clone(), e))?;
+    let results = visitor.leaves(fd.as_fd(), &path, &entries)?;
     Ok(Frame {
         fd: Some(fd),
         id: (st.st_dev, st.st_ino),
@@ -441,7 +430,7 @@ pub(crate) fn reopen(handle: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> 
 }
 
 /// The directory and the final name of `path`.
-fn split(path: &Path) -> Result<(&Path, CString), Failure> {
+pub(crate) fn split(path: &Path) -> Result<(&Path, CString), Failure> {
     let name = path.file_name().ok_or_else(|| {
         Failure::new(
             path.to_path_buf(),
@@ -576,54 +565,60 @@ pub(crate) fn unlink_at(parent: BorrowedFd<'_>, name: &CStr, dir: bool) -> io::R
     Ok(())
 }
 
-/// The entries of an open directory, but `.` and `..`, with their kinds.
-fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, Kind)>> {
-    // The stream gets a duplicate: closing the stream closes it, and the walk keeps `dir`.
-    // SAFETY: F_DUPFD_CLOEXEC of a valid descriptor.
-    let dup = owned(unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) })?;
-    // Another listing of the same open directory would start where this one ended.
-    // SAFETY: lseek on a valid descriptor.
-    unsafe { libc::lseek(dup.as_raw_fd(), 0, libc::SEEK_SET) };
-    // SAFETY: fdopendir takes ownership of a valid directory descriptor.
-    let stream = unsafe { libc::fdopendir(dup.as_raw_fd()) };
-    if stream.is_null() {
-        return Err(io::Error::last_os_error());
-    }
-    std::mem::forget(dup);
-    let mut entries = Vec::new();
-    let result = loop {
-        // SAFETY: errno is thread-local; readdir reports its end and its errors through it.
-        unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: a valid stream, used by this thread only.
-        let entry = unsafe { libc::readdir64(stream) };
-        if entry.is_null() {
-            let errno = io::Error::last_os_error();
-            break match errno.raw_os_error() {
-                Some(0) => Ok(()),
-                _ => Err(errno),
-            };
-        }
-        // SAFETY: readdir returned a valid entry, alive until the next call on the stream.
-        let (name, dtype) = unsafe { (CStr::from_ptr((*entry).d_name.as_ptr()), (*entry).d_type) };
-        if name == c"." || name == c".." {
-            continue;
-        }
-        let kind = match Kind::from_dtype(dtype) {
-            Some(kind) => kind,
-            None => match stat_at(dir, name) {
-                Ok(st) => Kind::from_mode(st.st_mode),
-                Err(e) => break Err(e),
-            },
-        };
-        entries.push((name.to_owned(), kind));
-    };
-    // SAFETY: the stream is valid and not used again.
-    unsafe { libc::closedir(stream) };
-    result.map(|()| entries)
+/// The entries of an open directory, but `.` and `..`, with their kinds, in ascending order of
+/// raw name bytes.
+pub(crate) fn list_sorted(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, Kind)>> {
+    let mut entries = list(dir)?;
+    entries.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+    Ok(entries)
 }
 
-/// Makes `depth` nested directories named `name` in `root`, step by step (no path that long
-/// can be handed to the kernel), and returns the deepest, open.
+/// The entries of an open directory (read from its start), but `.` and `..`, with their kinds.
+fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, Kind)>> {
+    // struct linux_dirent64: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, char d_name[].
+    const NAME: usize = 19;
+    let mut buf = vec![0u8; 32 << 10];
+    let mut entries = Vec::new();
+    loop {
+        // SAFETY: getdents64 fills at most `buf.len()` bytes of `buf`.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir.as_raw_fd(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Ok(entries);
+        }
+        let mut at = 0usize;
+        while at < n as usize {
+            let reclen = u16::from_ne_bytes([buf[at + 16], buf[at + 17]]) as usize;
+            let dtype = buf[at + 18];
+            let record = &buf[at + NAME..at + reclen];
+            let name = CStr::from_bytes_until_nul(record)
+                .map_err(|_| io::Error::other("a directory entry without an end"))?;
+            at += reclen;
+            if name == c"." || name == c".." {
+                continue;
+            }
+            let kind = match Kind::from_dtype(dtype) {
+                Some(kind) => kind,
+                None => Kind::from_mode(stat_at(dir, name)?.st_mode),
+            };
+            entries.push((name.to_owned(), kind));
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn deep_chain(root: &Path, name: &str, depth: usize) -> OwnedFd {
     let name = cstring(name.as_bytes());

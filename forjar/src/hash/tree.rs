@@ -17,7 +17,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
@@ -140,6 +140,10 @@ pub fn tree_digest(path: &Path) -> Result<TreeDigest, HashError> {
     TreeHasher::new().digest(path)
 }
 
+/// How deep directories are hashed in parallel with each other (on the call stack); deeper
+/// ones are walked iteratively.
+const PARALLEL_DEPTH: usize = 16;
+
 /// Files at least this large are hashed with BLAKE3's multi-threaded path.
 const RAYON_THRESHOLD: u64 = 1 << 20;
 
@@ -186,7 +190,59 @@ impl<'c> TreeHasher<'c> {
 
     /// The tree digest of `path`; a symlink at `path` is hashed as a symlink, not followed.
     pub fn digest(&self, path: &Path) -> Result<TreeDigest, HashError> {
-        walk::walk(path, &mut Digests(self), walk::Options::default()).map(TreeDigest::from_bytes)
+        let (dir_path, name) = walk::split(path)?;
+        let parent = walk::open_dir_path(dir_path).map_err(|e| HashError::io(path, e))?;
+        let root = At::new(parent.as_fd(), &name, dir_path);
+        let st = root.stat()?;
+        match Kind::from_mode(st.st_mode) {
+            Kind::Dir => self.dir(&root, 0),
+            kind => self.leaf(&root, kind),
+        }
+        .map(TreeDigest::from_bytes)
+    }
+
+    /// The digest of the directory `at`, its entries hashed in parallel, subdirectories too down
+    /// to [`PARALLEL_DEPTH`]; below that, each subtree is one iterative walk (whose files are
+    /// still hashed in parallel), so that the call stack stays short at any depth.
+    fn dir(&self, at: &At<'_>, depth: usize) -> Result<[u8; 32], HashError> {
+        if depth >= PARALLEL_DEPTH {
+            return walk::walk_at(
+                at.parent,
+                at.name,
+                at.dir_path(),
+                &mut Digests(self),
+                walk::Options::default(),
+            );
+        }
+        let path = at.path();
+        let fd = walk::openat(at.parent, at.name, walk::DIR_FLAGS).map_err(|e| {
+            match e.raw_os_error() {
+                Some(nix::libc::ELOOP | nix::libc::ENOTDIR) => HashError::io(
+                    &path,
+                    io::Error::other("it changed while it was being hashed"),
+                ),
+                _ => HashError::io(&path, e),
+            }
+        })?;
+        let entries = walk::list_sorted(fd.as_fd()).map_err(|e| HashError::io(&path, e))?;
+        let one = |(name, kind): &(CString, Kind)| {
+            let child = At::new(fd.as_fd(), name, &path);
+            match kind {
+                Kind::Dir => self.dir(&child, depth + 1),
+                kind => self.leaf(&child, *kind),
+            }
+        };
+        let digests: Vec<[u8; 32]> = if entries.len() > 1 {
+            entries.par_iter().map(one).collect::<Result<_, _>>()?
+        } else {
+            entries.iter().map(one).collect::<Result<_, _>>()?
+        };
+        let children: Vec<(CString, [u8; 32])> = entries
+            .into_iter()
+            .map(|(name, _)| name)
+            .zip(digests)
+            .collect();
+        Ok(dir_node(&children))
     }
 
     fn check_stop(&self, path: impl FnOnce() -> PathBuf) -> Result<(), HashError> {
@@ -346,15 +402,17 @@ impl Visitor for Digests<'_, '_> {
         &mut self,
         dir: BorrowedFd<'_>,
         dir_path: &Path,
-        leaves: &[(CString, Kind)],
-    ) -> Result<Vec<[u8; 32]>, HashError> {
+        entries: &[(CString, Kind)],
+    ) -> Result<Vec<Option<[u8; 32]>>, HashError> {
         let hasher = self.0;
-        let one =
-            |(name, kind): &(CString, Kind)| hasher.leaf(&At::new(dir, name, dir_path), *kind);
-        if leaves.len() > 1 {
-            leaves.par_iter().map(one).collect()
+        let one = |(name, kind): &(CString, Kind)| match kind {
+            Kind::Dir => Ok(None),
+            kind => hasher.leaf(&At::new(dir, name, dir_path), *kind).map(Some),
+        };
+        if entries.len() > 1 {
+            entries.par_iter().map(one).collect()
         } else {
-            leaves.iter().map(one).collect()
+            entries.iter().map(one).collect()
         }
     }
 
@@ -364,17 +422,23 @@ impl Visitor for Digests<'_, '_> {
         _: BorrowedFd<'_>,
         children: Vec<(CString, [u8; 32])>,
     ) -> Result<[u8; 32], HashError> {
-        let mut h = node_hasher();
-        h.update(b"D")
-            .update(&(children.len() as u64).to_le_bytes());
-        for (name, digest) in &children {
-            let name = name.as_bytes();
-            h.update(&(name.len() as u64).to_le_bytes())
-                .update(name)
-                .update(digest);
-        }
-        Ok(*h.finalize().as_bytes())
+        Ok(dir_node(&children))
     }
+}
+
+/// `DK("D" || u64(count) || for each entry: u64(len(name)) || name || digest)`, the entries in
+/// ascending order of raw name bytes.
+fn dir_node(children: &[(CString, [u8; 32])]) -> [u8; 32] {
+    let mut h = node_hasher();
+    h.update(b"D")
+        .update(&(children.len() as u64).to_le_bytes());
+    for (name, digest) in children {
+        let name = name.as_bytes();
+        h.update(&(name.len() as u64).to_le_bytes())
+            .update(name)
+            .update(digest);
+    }
+    *h.finalize().as_bytes()
 }
 
 /// Reads from `offset` until `buf` is full or the file ends; returns the bytes read.
