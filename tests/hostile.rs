@@ -18,8 +18,10 @@ use std::time::{Duration, SystemTime};
 
 use forjar::DerivationBuilder;
 use forjar::prelude::*;
-use forjar::store::{EntryName, Store};
-use forjar_suite::{apply, example, fresh_salt, sandbox, stderr, temp_store};
+use forjar::store::Store;
+use forjar_suite::{
+    build_root, content_text, digest_of, example, fresh_salt, sandbox, stderr, temp_store,
+};
 
 /// A derivation running `script` with the host's tools and the accomplice program as `$tool`.
 fn hostile(name: &str, script: &str) -> DerivationBuilder {
@@ -27,21 +29,6 @@ fn hostile(name: &str, script: &str) -> DerivationBuilder {
         .sandbox(SandboxLevel::HostTools)
         .input("tool", Source::file(example("accomplice")).unwrap())
         .script(script)
-}
-
-/// Builds one derivation as the root `it`; returns its entry or the error text.
-fn build(store: &Store, builder: DerivationBuilder) -> Result<EntryName, String> {
-    let (plan, report) = apply(store, |g| {
-        let d = g.add(builder.build().unwrap());
-        g.root("it", d);
-    });
-    report
-        .map(|_| plan.roots()[0].entry.clone())
-        .map_err(|e| e.to_string())
-}
-
-fn output(store: &Store, entry: &EntryName) -> String {
-    fs::read_to_string(store.content_path(entry)).unwrap()
 }
 
 /// Nothing is left in the store's staging once every process is done with it.
@@ -105,14 +92,6 @@ impl Drop for Accomplice {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn digest_of(contents: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("f"), contents).unwrap();
-    forjar::hash::tree_digest(&dir.path().join("f"))
-        .unwrap()
-        .to_string()
 }
 
 // ---------------------------------------------------------------- the user's terminal
@@ -196,7 +175,7 @@ fn a_build_cannot_reach_the_users_terminal() {
     assert!(!shown.contains("TTY-REACHED"), "{shown}");
     let store = Store::open(&store).unwrap();
     let entry = store.resolve("it").unwrap();
-    assert_eq!(output(&store, &entry), "refused tty_nr=0\n");
+    assert_eq!(content_text(&store, &entry), "refused tty_nr=0\n");
 }
 
 // ---------------------------------------------------------------- forjar's keyring
@@ -255,7 +234,7 @@ fn a_build_cannot_read_or_plant_keys_in_forjars_keyring() {
     let entry = store.resolve("it").unwrap();
     // ENOSYS (38) for every keyring call, and no key of forjar's in sight.
     assert_eq!(
-        output(&store, &entry),
+        content_text(&store, &entry),
         "visible 0\nkeyctl -1 38\nadd_key -1 38\nrequest_key -1 38\n"
     );
 }
@@ -272,7 +251,7 @@ fn a_descriptor_kept_by_an_accomplice_cannot_rewrite_the_installed_entry() {
     let contents = format!("{socket}\n");
     let mut accomplice = Accomplice::start(&["hold", &socket]);
     let script = format!("printf '%s\\n' {socket} > $out\n$tool send {socket} $out\n");
-    let entry = build(
+    let entry = build_root(
         &store,
         hostile("fetch", &script)
             .network(true)
@@ -283,7 +262,7 @@ fn a_descriptor_kept_by_an_accomplice_cannot_rewrite_the_installed_entry() {
     let said = accomplice.finish();
     // It wrote through its descriptor, into a file the store no longer has.
     assert_eq!(said, "wrote\n");
-    assert_eq!(output(&store, &entry), contents);
+    assert_eq!(content_text(&store, &entry), contents);
     assert!(store.verify().unwrap().is_ok());
 }
 
@@ -329,7 +308,7 @@ fn symlinks_swapped_into_an_output_never_lead_forjar_to_host_files() {
     );
     // The digest cannot match what the accomplice leaves; whether the build fails or not,
     // nothing outside the tree may change.
-    let result = build(
+    let result = build_root(
         &store,
         hostile("fetch", &script)
             .network(true)
@@ -367,7 +346,7 @@ fn a_tree_deeper_than_any_path_is_stored_verified_and_collected_and_leaves_nothi
     let (_dir, store) = temp_store();
     let salt = fresh_salt("deep");
     let deep = format!(": {salt}\nmkdir $out\n$tool deep $out 20000\necho done > $out/top\n");
-    let entry = build(&store, hostile("deep", &deep)).unwrap();
+    let entry = build_root(&store, hostile("deep", &deep)).unwrap();
     assert_eq!(
         fs::read_to_string(store.content_path(&entry).join("top")).unwrap(),
         "done\n"
@@ -377,7 +356,7 @@ fn a_tree_deeper_than_any_path_is_stored_verified_and_collected_and_leaves_nothi
     // A failed build that leaves a deep tree in /build and in its output.
     let failing =
         format!(": {salt}\n$tool deep /build 20000\nmkdir $out\n$tool deep $out 20000\nexit 1\n");
-    let err = build(&store, hostile("deep-fail", &failing)).unwrap_err();
+    let err = build_root(&store, hostile("deep-fail", &failing)).unwrap_err();
     assert!(err.contains("exited with status 1"), "{err}");
     assert_no_staging(&store);
 
@@ -400,7 +379,7 @@ fn entries_belong_to_the_store_owner_and_not_the_build_user() {
     let (_dir, store) = temp_store();
     let salt = fresh_salt("owner");
     let script = format!(": {salt}\nmkdir -p $out/sub\necho x > $out/sub/f\nln -s f $out/sub/l\n");
-    let entry = build(&store, hostile("owned", &script)).unwrap();
+    let entry = build_root(&store, hostile("owned", &script)).unwrap();
     let owner = fs::metadata(store.dir()).unwrap();
     let entry_dir = store.entry_path(&entry);
     for path in [
@@ -470,9 +449,9 @@ fn io_uring_and_openat2_are_refused() {
                  $r = syscall(437, -100, $path, $how, 24); print "openat2 $r ", $!+0, "\n"' > $out
         "#
     );
-    let entry = build(&store, hostile("calls", &script)).unwrap();
+    let entry = build_root(&store, hostile("calls", &script)).unwrap();
     assert_eq!(
-        output(&store, &entry),
+        content_text(&store, &entry),
         "io_uring_setup -1 38\nopenat2 -1 38\n"
     );
 }
@@ -502,9 +481,9 @@ fn setuid_and_setgid_files_cannot_be_created() {
         ' > $out
         "#
     );
-    let entry = build(&store, hostile("setuid", &script)).unwrap();
+    let entry = build_root(&store, hostile("setuid", &script)).unwrap();
     assert_eq!(
-        output(&store, &entry),
+        content_text(&store, &entry),
         "sysopen 2541 1\nsysopen 1517 1\nopen 1\ntmpfile 1\ncreat 1\nmknod 1\nplain made\n"
     );
 }
@@ -519,7 +498,7 @@ fn a_huge_sparse_output_is_stopped_by_the_default_bound() {
     let (_dir, store) = temp_store();
     let salt = fresh_salt("sparse");
     let script = format!(": {salt}\ntruncate -s 1T $out\n");
-    let err = build(&store, hostile("sparse", &script)).unwrap_err();
+    let err = build_root(&store, hostile("sparse", &script)).unwrap_err();
     assert!(err.contains("build of `sparse`"), "{err}");
     assert!(
         err.contains("File too large") || err.contains("SIGXFSZ") || err.contains("153"),

@@ -15,8 +15,8 @@ use forjar::DerivationBuilder;
 use forjar::exec::Report;
 use forjar::plan::Plan;
 use forjar::prelude::*;
-use forjar::store::{EntryName, Store};
-use forjar_suite::{apply, entry_of, sandbox, temp_store};
+use forjar::store::Store;
+use forjar_suite::{apply, build_root, content_text, digest_of, entry_of, sandbox, temp_store};
 
 /// A hermetic derivation running `script`.
 fn sh(name: &str, script: &str) -> Derivation {
@@ -28,21 +28,6 @@ fn tools(name: &str, script: &str) -> DerivationBuilder {
     Derivation::builder(name)
         .sandbox(SandboxLevel::HostTools)
         .script(script)
-}
-
-/// Builds one derivation as a root; returns its entry or the error text.
-fn build(store: &Store, builder: DerivationBuilder) -> Result<EntryName, String> {
-    let (plan, report) = apply(store, |g| {
-        let d = g.add(builder.build().unwrap());
-        g.root("it", d);
-    });
-    report
-        .map(|_| plan.roots()[0].entry.clone())
-        .map_err(|e| e.to_string())
-}
-
-fn output(store: &Store, entry: &EntryName) -> String {
-    fs::read_to_string(store.content_path(entry)).unwrap()
 }
 
 /// Everything in the store directory, for "the store is left as it was".
@@ -128,8 +113,8 @@ fn a_build_runs_as_1000_100_in_its_own_namespaces() {
           echo "processes $(ls /proc | grep -c '^[0-9]')"
         } > $out
     "#;
-    let entry = build(&store, tools("look", script)).unwrap();
-    let text = output(&store, &entry);
+    let entry = build_root(&store, tools("look", script)).unwrap();
+    let text = content_text(&store, &entry);
     assert!(text.contains("ids 1000 100 100\n"), "{text}");
     assert!(text.contains("host localhost\n"), "{text}");
     assert!(text.contains("pid 1\n"), "{text}");
@@ -184,8 +169,8 @@ fn a_hermetic_build_has_sh_and_nothing_else_of_the_host() {
         done > $out
         echo "path $PATH" >> $out
     "#;
-    let entry = build(&store, Derivation::builder("hermetic").script(script)).unwrap();
-    assert_eq!(output(&store, &entry), "path /path-not-set\n");
+    let entry = build_root(&store, Derivation::builder("hermetic").script(script)).unwrap();
+    assert_eq!(content_text(&store, &entry), "path /path-not-set\n");
 }
 
 #[test]
@@ -207,7 +192,7 @@ fn inputs_are_bound_read_only_and_outputs_land_at_their_store_paths() {
     });
     report.unwrap();
     let b = &plan.roots()[0].entry;
-    let text = output(&store, b);
+    let text = content_text(&store, b);
     let a = plan.find("a")[0];
     let a_entry = &plan.entry_names(a)[0];
     assert!(
@@ -249,7 +234,7 @@ const SYS: Syscalls = Syscalls {
 fn must_fail(name: &str, builder: DerivationBuilder) -> String {
     let (_dir, store) = temp_store();
     let before = store_listing(&store);
-    let err = build(&store, builder).expect_err(&format!("`{name}` escaped"));
+    let err = build_root(&store, builder).expect_err(&format!("`{name}` escaped"));
     assert_eq!(store_listing(&store), before, "`{name}` changed the store");
     err
 }
@@ -318,7 +303,7 @@ fn a_builder_cannot_write_the_store_or_an_input() {
             "writing {what} changed the store"
         );
     }
-    assert_eq!(output(&store, &victim), "original\n");
+    assert_eq!(content_text(&store, &victim), "original\n");
     assert!(store.verify().unwrap().is_ok());
 }
 
@@ -347,8 +332,8 @@ fn a_builder_cannot_read_root_host_proc_or_host_tmp() {
         secret = secret.display(),
         pid = host.pid()
     );
-    let entry = build(&store, tools("snoop", &script)).unwrap();
-    let text = output(&store, &entry);
+    let entry = build_root(&store, tools("snoop", &script)).unwrap();
+    let text = content_text(&store, &entry);
     fs::remove_file(&secret).unwrap();
     assert!(!text.contains("read ") && !text.contains("saw "), "{text}");
     assert_eq!(
@@ -430,7 +415,7 @@ fn setuid_bits_never_reach_the_store_even_if_the_builder_ignores_errors() {
         return;
     }
     let (_dir, store) = temp_store();
-    let entry = build(
+    let entry = build_root(
         &store,
         tools(
             "ignores",
@@ -611,7 +596,7 @@ fn the_log_is_captured_capped_and_its_tail_is_in_the_error() {
         return;
     }
     let (_dir, store) = temp_store();
-    let err = build(
+    let err = build_root(
         &store,
         Derivation::builder("fails").script("echo first; echo second >&2; echo third; exit 3"),
     )
@@ -637,7 +622,7 @@ fn the_log_is_captured_capped_and_its_tail_is_in_the_error() {
         "first\nsecond\nthird\n"
     );
 
-    let err = build(
+    let err = build_root(
         &store,
         tools("chatty", "yes forjar | head -c 3000000; echo > $out").max_log_size(100_000),
     )
@@ -705,7 +690,7 @@ fn outputs_are_canonicalised() {
         return;
     }
     let (_dir, store) = temp_store();
-    let entry = build(&store, tools("modes", "mkdir -p $out/d; echo x > $out/d/f; printf '#!/bin/sh\\n' > $out/run; chmod 700 $out/run; chmod 777 $out/d; ln -s d/f $out/l")).unwrap();
+    let entry = build_root(&store, tools("modes", "mkdir -p $out/d; echo x > $out/d/f; printf '#!/bin/sh\\n' > $out/run; chmod 700 $out/run; chmod 777 $out/d; ln -s d/f $out/l")).unwrap();
     let content = store.content_path(&entry);
     let meta = |p: &str| fs::symlink_metadata(content.join(p)).unwrap();
     assert_eq!(meta("d").mode() & 0o7777, 0o555);
@@ -803,7 +788,7 @@ fn what_an_input_refers_to_is_in_the_sandbox_too() {
         g.root("reader", reader);
     });
     report.unwrap();
-    assert_eq!(output(&store, &plan.roots()[0].entry), "payload\n");
+    assert_eq!(content_text(&store, &plan.roots()[0].entry), "payload\n");
 }
 
 // ---------------------------------------------------------------- fixed outputs
@@ -823,14 +808,6 @@ fn serve_once(body: &'static str) -> (u16, std::thread::JoinHandle<bool>) {
     (port, handle)
 }
 
-fn digest_of(contents: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    fs::write(dir.path().join("f"), contents).unwrap();
-    forjar::hash::tree_digest(&dir.path().join("f"))
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn a_fixed_output_derivation_gets_the_network_and_is_verified() {
     if !sandbox() {
@@ -847,9 +824,9 @@ fn a_fixed_output_derivation_gets_the_network_and_is_verified() {
         ])
         .network(true)
         .fixed_output(digest_of("fetched data\n"));
-    let entry = build(&store, builder).unwrap();
+    let entry = build_root(&store, builder).unwrap();
     assert!(server.join().unwrap());
-    assert_eq!(output(&store, &entry), "fetched data\n");
+    assert_eq!(content_text(&store, &entry), "fetched data\n");
     assert_eq!(
         store.meta(&entry).unwrap().kind,
         forjar::store::EntryKind::Fixed
@@ -948,8 +925,8 @@ fn builds_are_reproducible_in_the_sandbox() {
             "mkdir $out; date -u +%Y > /dev/null; echo $PWD $HOME $(id -un) $(hostname) > $out/env; ls / > $out/root",
         )
     };
-    let a = build(&first, builder()).unwrap();
-    let b = build(&second, builder()).unwrap();
+    let a = build_root(&first, builder()).unwrap();
+    let b = build_root(&second, builder()).unwrap();
     assert_eq!(
         first.meta(&a).unwrap().digest,
         second.meta(&b).unwrap().digest
@@ -1007,7 +984,7 @@ fn two_applies_at_once_build_each_derivation_once() {
     let entry = store.resolve("shared").unwrap();
     assert_eq!(store.log(&entry).unwrap(), b"");
     let top = store.resolve("top0").unwrap();
-    assert_eq!(output(&store, &top), "shared\n");
+    assert_eq!(content_text(&store, &top), "shared\n");
 }
 
 #[test]

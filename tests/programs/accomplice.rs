@@ -40,6 +40,16 @@ fn address(name: &str) -> UnixAddr {
     UnixAddr::new_abstract(name.as_bytes()).expect("an abstract address")
 }
 
+fn unix_socket() -> OwnedFd {
+    socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::empty(),
+        None,
+    )
+    .expect("a socket")
+}
+
 fn send(name: &str, paths: &[String]) {
     let fds: Vec<OwnedFd> = paths
         .iter()
@@ -53,13 +63,7 @@ fn send(name: &str, paths: &[String]) {
             nix::fcntl::open(path.as_str(), flags, Mode::empty()).expect("the path opens")
         })
         .collect();
-    let sock = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .expect("a socket");
+    let sock = unix_socket();
     connect(sock.as_raw_fd(), &address(name)).expect("the accomplice listens");
     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
     sendmsg::<()>(
@@ -75,13 +79,7 @@ fn send(name: &str, paths: &[String]) {
 
 /// Listens on `name`, prints `listening`, and returns the descriptors of the first message.
 fn receive(name: &str) -> Vec<OwnedFd> {
-    let sock = socket(
-        AddressFamily::Unix,
-        SockType::Stream,
-        SockFlag::empty(),
-        None,
-    )
-    .expect("a socket");
+    let sock = unix_socket();
     bind(sock.as_raw_fd(), &address(name)).expect("the address is free");
     listen(&sock, Backlog::new(1).expect("a backlog")).expect("listen");
     println!("listening");

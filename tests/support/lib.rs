@@ -160,6 +160,31 @@ pub fn apply(
     (plan, report)
 }
 
+/// Builds one derivation as the root `it`; returns its entry or the error text.
+pub fn build_root(store: &Store, builder: forjar::DerivationBuilder) -> Result<EntryName, String> {
+    let (plan, report) = apply(store, |g| {
+        let d = g.add(builder.build().expect("a valid derivation"));
+        g.root("it", d);
+    });
+    report
+        .map(|_| plan.roots()[0].entry.clone())
+        .map_err(|e| e.to_string())
+}
+
+/// An entry's content, a file, as text.
+pub fn content_text(store: &Store, entry: &EntryName) -> String {
+    std::fs::read_to_string(store.content_path(entry)).expect("the content is a text file")
+}
+
+/// The tree digest of a file holding `contents`, as a fixed output declares it.
+pub fn digest_of(contents: &str) -> String {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    std::fs::write(dir.path().join("f"), contents).expect("a file is written");
+    forjar::hash::tree_digest(&dir.path().join("f"))
+        .expect("the file hashes")
+        .to_string()
+}
+
 /// Whether this machine gives a sandbox, found by building one trivial derivation. Under CI
 /// (`CI=true`) a missing sandbox fails the calling test; elsewhere the test is skipped, saying so.
 pub fn sandbox() -> bool {
