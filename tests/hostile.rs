@@ -20,7 +20,7 @@ use forjar::DerivationBuilder;
 use forjar::prelude::*;
 use forjar::store::Store;
 use forjar_suite::{
-    build_root, content_text, digest_of, example, fresh_salt, sandbox, stderr, temp_store,
+    Watched, build_root, content_text, digest_of, example, fresh_salt, sandbox, stderr, temp_store,
 };
 
 /// A derivation running `script` with the host's tools and the accomplice program as `$tool`.
@@ -504,5 +504,37 @@ fn a_huge_sparse_output_is_stopped_by_the_default_bound() {
         err.contains("File too large") || err.contains("SIGXFSZ") || err.contains("153"),
         "{err}"
     );
+    assert_no_staging(&store);
+}
+
+#[test]
+fn a_signal_while_a_large_output_is_read_stops_forjar_and_installs_nothing() {
+    if !sandbox() {
+        return;
+    }
+    let (dir, _store) = temp_store();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("interrupt");
+    // 24 GiB of holes: seconds of reading and hashing, within the default bound.
+    let script = format!(": {salt}\ntruncate -s 24G $out\necho ready\n");
+    let mut command = Command::new(example("hostile"));
+    command
+        .arg("--store")
+        .arg(&store)
+        .args(["-v", "apply"])
+        .env("HOSTILE_SCRIPT", &script);
+    let mut watched = Watched::spawn(command);
+    watched.until("it> ready");
+    // The build has ended; forjar is reading what it wrote.
+    std::thread::sleep(Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(watched.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (status, log) = watched.finish();
+    assert_eq!(status.code(), Some(143), "{log}");
+    let store = Store::open(&store).unwrap();
+    assert!(store.entries().unwrap().is_empty(), "{log}");
     assert_no_staging(&store);
 }

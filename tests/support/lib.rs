@@ -368,6 +368,11 @@ impl Watched {
         }
     }
 
+    /// The program's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Reads until a line that starts with `prefix`, or to the end.
     pub fn until(&mut self, prefix: &str) {
         self.read(Some(prefix));

@@ -916,6 +916,15 @@ pub(crate) fn build(
                 .flatten(),
         }))
     };
+    // Hashing and scanning give up once the apply is stopped: that is a cancelled build, not a
+    // failed one.
+    let stopped_or = |error: StoreError| {
+        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            ExecError::Cancelled(name.clone())
+        } else {
+            ExecError::Store(error)
+        }
+    };
     if !finished.outcome.success() {
         // RLIMIT_FSIZE stops a write at the cap with SIGXFSZ, which the builder reports as a
         // plain failure; the staged size says what happened.
@@ -991,8 +1000,9 @@ pub(crate) fn build(
         for ((output, planned), staging) in outputs.iter().zip(&stagings) {
             let expected = store.meta(&planned.entry)?.digest;
             let got = TreeHasher::new()
+                .stopped_by(stop)
                 .digest(&staging.content_path())
-                .map_err(StoreError::from)?;
+                .map_err(|e| stopped_or(StoreError::from(e)))?;
             let differences = if got == expected {
                 Vec::new()
             } else {
@@ -1024,7 +1034,7 @@ pub(crate) fn build(
     let mut drafts = Vec::new();
     for ((output, planned), staging) in outputs.iter().zip(stagings) {
         let references: Vec<EntryName> = refscan::scan(&staging.content_path(), &candidates, stop)
-            .map_err(StoreError::io("cannot scan", &staging.content_path()))?
+            .map_err(|e| stopped_or(StoreError::io("cannot scan", &staging.content_path())(e)))?
             .into_iter()
             .collect();
         if request.fixed_output().is_some() && !references.is_empty() {
@@ -1065,7 +1075,7 @@ pub(crate) fn build(
         ));
     }
     for (staging, draft) in drafts {
-        match staging.commit(draft)? {
+        match staging.commit_unless(draft, stop).map_err(stopped_or)? {
             Committed::Installed(_) => {}
             Committed::Mismatch(m) => {
                 return Err(ExecError::HashMismatch {

@@ -5,7 +5,7 @@ use std::fs::{self, File, TryLockError};
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use super::tree::remove_tree;
@@ -206,9 +206,15 @@ impl<'s> Staging<'s> {
     /// If the entry appeared meanwhile (it cannot while the key lock is held, but a store may be
     /// shared with a careless tool), the existing entry wins and the staging is discarded.
     pub fn commit(self, draft: Draft) -> Result<Committed, StoreError> {
+        self.commit_unless(draft, &AtomicBool::new(false))
+    }
+
+    /// [`Staging::commit`], giving up (nothing installed) once `stop` is set while the content
+    /// is hashed: Ctrl-C during a large output.
+    pub fn commit_unless(self, draft: Draft, stop: &AtomicBool) -> Result<Committed, StoreError> {
         let content = self.content_path();
         let size = super::tree::canonicalise(&content, self.store.owner())?;
-        let digest = TreeHasher::new().digest(&content)?;
+        let digest = TreeHasher::new().stopped_by(stop).digest(&content)?;
         if let Some(expected) = draft.expected
             && expected != digest
         {
