@@ -169,7 +169,7 @@ impl Visitor for Canonicalise {
                 } else {
                     0o444
                 };
-                settle(fd.as_fd(), &st, self.owner, mode).map_err(os(at, "cannot settle"))?;
+                settle(fd.as_fd(), &st, self.owner, mode).map_err(os(at, "cannot canonicalise"))?;
                 Ok(st.st_size as u64)
             }
             Kind::Symlink => {
@@ -209,7 +209,7 @@ impl Visitor for Canonicalise {
         children: Vec<(CString, u64)>,
     ) -> Result<u64, StoreError> {
         let st = walk::fstat(dir).map_err(os(at, "cannot read"))?;
-        settle(dir, &st, self.owner, 0o555).map_err(os(at, "cannot settle"))?;
+        settle(dir, &st, self.owner, 0o555).map_err(os(at, "cannot canonicalise"))?;
         Ok(children.iter().map(|(_, size)| size).sum())
     }
 }
