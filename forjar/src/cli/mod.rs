@@ -292,6 +292,18 @@ extern "C" fn on_interrupt(signal: nix::libc::c_int) {
 
 /// Makes SIGINT and SIGTERM stop the running builds, remove their staging and exit with
 /// 128 + the signal (130 for Ctrl-C). A second signal exits at once.
+/// Raises this process's soft limit on open files to its hard limit, as Nix and cargo do: the
+/// usual soft limit (1,024) is far below what the hard limit allows, and an apply holds files
+/// for many builds at once.
+pub(crate) fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 fn handle_interrupts() {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
     let action = SigAction::new(
@@ -320,6 +332,7 @@ fn handle_interrupts() {
 /// ```
 pub fn main(define: impl FnOnce(&mut Graph) -> crate::Result<()>) -> crate::Result<()> {
     grow_heap_in_large_steps();
+    raise_open_file_limit();
     let cli = match ProgramCli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{ExitCode, Failure, INTERRUPTED, handle_interrupts};
+use super::{ExitCode, Failure, INTERRUPTED, handle_interrupts, raise_open_file_limit};
 use crate::remote::Address;
 use crate::remote::worker::{self, WorkerOptions};
 use crate::store::Store;
@@ -41,6 +41,7 @@ pub fn run(store_dir: &Path, args: WorkerArgs) -> Result<ExitCode, Failure> {
         format!("{host}-{}", std::process::id())
     });
     handle_interrupts();
+    raise_open_file_limit();
     worker::serve(
         &address,
         &store,

@@ -15,12 +15,16 @@ use std::path::{Path, PathBuf};
 use nix::libc;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
+use nix::sys::socket::{
+    AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
+    sendmsg, socketpair,
+};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{
     ForkResult, Gid, Uid, chdir, fork, pivot_root, sethostname, setresgid, setresuid,
 };
 
-use super::{BUILD_GID, BUILD_UID, EXEC_FAILED, NodeKind, Prepared, SETUP_FAILED};
+use super::{BUILD_GID, BUILD_UID, EXEC_FAILED, LIMIT_HIT, NodeKind, Prepared, SETUP_FAILED};
 
 /// Where the new root is assembled before `pivot_root`. Any directory every uid can search
 /// would do; `/tmp` always is one, and the tmpfs mounted on it is visible only in the build's
@@ -149,34 +153,38 @@ pub(super) fn supervisor(
                 ));
             }
         }
-        let fds = open_all(p)?;
-        ctx(
-            setresgid(
-                Gid::from_raw(BUILD_GID),
-                Gid::from_raw(BUILD_GID),
-                Gid::from_raw(BUILD_GID),
+        // The supervisor clones each host object the build gets into a detached mount, and
+        // hands the clones to the builder over a socket, a batch at a time; the builder, in a
+        // mount namespace of its own, attaches them. Neither holds more than a batch of
+        // descriptors, however many inputs the build has, and the builder's new root (a tmpfs
+        // on `/tmp`) never hides a host path from the supervisor.
+        let (feed_here, feed_there) = ctx(
+            socketpair(
+                AddressFamily::Unix,
+                SockType::SeqPacket,
+                None,
+                SockFlag::SOCK_CLOEXEC,
             ),
-            || "cannot take the build group".into(),
-        )?;
-        ctx(
-            setresuid(
-                Uid::from_raw(BUILD_UID),
-                Uid::from_raw(BUILD_UID),
-                Uid::from_raw(BUILD_UID),
-            ),
-            || "cannot take the build user".into(),
+            || "cannot make a socket pair".into(),
         )?;
         // SAFETY: this process is single-threaded (a fork child); the builder child only runs
         // `builder`, which ends in exec or _exit.
         match ctx(unsafe { fork() }, || "cannot fork the builder".into())? {
-            ForkResult::Child => builder(p, &fds),
+            ForkResult::Child => {
+                drop((feed_here, sync_write, sync_read, status_write));
+                builder(p, Feed::new(feed_there))
+            }
             ForkResult::Parent { child } => {
+                drop(feed_there);
                 // The parent watches the builder's end through a pidfd: pid 1 of the build's
                 // pid namespace ends only once every other process in it is gone. The builder
                 // is not reaped before the parent has opened its pidfd, so the pid is its.
                 let _ = nix::unistd::write(&sync_write, &child.as_raw().to_le_bytes());
                 let _ = nix::unistd::read(&sync_read, &mut byte);
                 drop((sync_write, sync_read));
+                feed(p, &feed_here)?;
+                drop(feed_here);
+                take_build_ids()?;
                 // Only the builder writes the log and the error pipe from here on.
                 // SAFETY: these are this process's copies of the fds; nothing else uses them.
                 unsafe {
@@ -212,11 +220,36 @@ pub(super) fn supervisor(
     }
 }
 
-/// The builder B: pid 1 of the build's pid namespace. Assembles the root, enters it, and execs
-/// the builder.
-fn builder(p: &Prepared, fds: &Opened) -> ! {
+/// Takes the build user's and group's ids (in the build's user namespace, where the
+/// capabilities stay until `exec`).
+fn take_build_ids() -> Result<(), Failed> {
+    ctx(
+        setresgid(
+            Gid::from_raw(BUILD_GID),
+            Gid::from_raw(BUILD_GID),
+            Gid::from_raw(BUILD_GID),
+        ),
+        || "cannot take the build group".into(),
+    )?;
+    ctx(
+        setresuid(
+            Uid::from_raw(BUILD_UID),
+            Uid::from_raw(BUILD_UID),
+            Uid::from_raw(BUILD_UID),
+        ),
+        || "cannot take the build user".into(),
+    )
+}
+
+/// The builder B: pid 1 of the build's pid namespace. Assembles the root in a mount namespace
+/// of its own, enters it, and execs the builder.
+fn builder(p: &Prepared, mut feed: Feed) -> ! {
     let err = p.err_write;
-    let failure = match setup(p, fds) {
+    let ready = ctx(unshare(CloneFlags::CLONE_NEWNS), || {
+        "cannot create the build's mount namespace".into()
+    })
+    .and_then(|()| take_build_ids());
+    let failure = match ready.and_then(|()| setup(p, &mut feed)) {
         Ok(never) => match never {},
         Err(failure) => failure,
     };
@@ -225,42 +258,145 @@ fn builder(p: &Prepared, fds: &Opened) -> ! {
 
 enum Never {}
 
-/// The host objects the build gets, opened inside its mount namespace.
-struct Opened {
-    /// One per node; `None` for symlinks.
-    nodes: Vec<Option<OwnedFd>>,
-    devices: Vec<OwnedFd>,
-    build_dir: OwnedFd,
+/// The failure of a build that needs more open files than this process may have.
+fn too_many_files() -> Failed {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or_else(|_| "unknown".to_string(), |(soft, _)| soft.to_string());
+    Failed(
+        LIMIT_HIT,
+        format!(
+            "the build's sandbox needs more open files than the limit of {limit} allows; raise \
+             it (`ulimit -n`, or LimitNOFILE= for a service) and run again"
+        ),
+    )
 }
 
-fn open_all(p: &Prepared) -> Result<Opened, Failed> {
-    let open = |path: &Path| {
-        ctx(super::open_path(path), || {
-            format!("cannot open `{}`", path.display())
-        })
-    };
-    let nodes = p
-        .nodes
+/// How many descriptors go over the feed at once.
+const BATCH: usize = 32;
+
+/// The host objects the build binds, in the order `setup` binds them: every bound node, the
+/// build directory, the devices.
+fn fed_paths(p: &Prepared) -> Vec<PathBuf> {
+    p.nodes
         .iter()
-        .map(|node| match &node.kind {
-            NodeKind::Bind { host, .. } => open(host).map(Some),
-            NodeKind::Symlink { .. } => Ok(None),
+        .filter_map(|node| match &node.kind {
+            NodeKind::Bind { host, .. } => Some(host.clone()),
+            NodeKind::Symlink { .. } => None,
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    let devices = p
-        .devices
-        .iter()
-        .map(|d| open(&Path::new("/dev").join(d)))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Opened {
-        nodes,
-        devices,
-        build_dir: open(&p.build_dir)?,
-    })
+        .chain([p.build_dir.clone()])
+        .chain(p.devices.iter().map(|d| Path::new("/dev").join(d)))
+        .collect()
 }
 
-fn bind_source(fd: RawFd) -> String {
-    format!("/proc/self/fd/{fd}")
+/// A detached copy of the mount of `path` (and the mounts below it), as `open_tree` makes it:
+/// the builder attaches it where the build sees it. A symlink at `path` is not followed.
+fn clone_mount(path: &Path) -> std::io::Result<OwnedFd> {
+    const OPEN_TREE_CLONE: libc::c_uint = 1;
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::other("the path holds a NUL"))?;
+    let flags = OPEN_TREE_CLONE
+        | libc::O_CLOEXEC as libc::c_uint
+        | libc::AT_RECURSIVE as libc::c_uint
+        | libc::AT_SYMLINK_NOFOLLOW as libc::c_uint;
+    // SAFETY: open_tree with a valid C string; a non-negative result is a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The supervisor's side of the feed: clones the host objects (it can reach whatever the
+/// caller can; the builder, as the build user, may not) a batch at a time, each batch when the
+/// builder asks for it.
+fn feed(p: &Prepared, sock: &OwnedFd) -> Result<(), Failed> {
+    let paths = fed_paths(p);
+    for chunk in paths.chunks(BATCH) {
+        let mut ask = [0u8];
+        if !matches!(nix::unistd::read(sock, &mut ask), Ok(1)) {
+            // The builder is gone; it reported why.
+            return Ok(());
+        }
+        let fds = chunk
+            .iter()
+            .map(|path| {
+                clone_mount(path).map_err(|e| match e.raw_os_error() {
+                    Some(libc::EMFILE | libc::ENFILE) => too_many_files(),
+                    _ => Failed(
+                        SETUP_FAILED,
+                        format!("cannot open `{}`: {e}", path.display()),
+                    ),
+                })
+            })
+            .collect::<Result<Vec<OwnedFd>, _>>()?;
+        let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        // The count goes with the batch, so that the builder can tell a batch that arrived
+        // short (no room for the descriptors) from a whole one.
+        ctx(
+            sendmsg::<()>(
+                sock.as_raw_fd(),
+                &[std::io::IoSlice::new(&[raw.len() as u8])],
+                &[ControlMessage::ScmRights(&raw)],
+                MsgFlags::empty(),
+                None,
+            ),
+            || "cannot hand the build its inputs".into(),
+        )?;
+    }
+    Ok(())
+}
+
+/// The builder's side of the feed.
+struct Feed {
+    sock: OwnedFd,
+    batch: std::collections::VecDeque<OwnedFd>,
+}
+
+impl Feed {
+    fn new(sock: OwnedFd) -> Feed {
+        Feed {
+            sock,
+            batch: std::collections::VecDeque::with_capacity(BATCH),
+        }
+    }
+
+    /// The next host object, asking the supervisor for the next batch when this one is used.
+    fn next(&mut self) -> Result<OwnedFd, Failed> {
+        if self.batch.is_empty() {
+            ctx(nix::unistd::write(&self.sock, b"n"), || {
+                "cannot ask for the build's inputs".into()
+            })?;
+            let mut byte = [0u8];
+            let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+            let mut space = nix::cmsg_space!([RawFd; BATCH]);
+            let msg = ctx(
+                recvmsg::<()>(
+                    self.sock.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut space),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                ),
+                || "cannot receive the build's inputs".into(),
+            )?;
+            for cmsg in ctx(msg.cmsgs(), || "cannot receive the build's inputs".into())? {
+                if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                    // SAFETY: SCM_RIGHTS gave this process these new descriptors.
+                    self.batch.extend(
+                        fds.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
+                }
+            }
+        }
+        match self.batch.pop_front() {
+            Some(fd) => Ok(fd),
+            // The supervisor stopped feeding: it failed, and reported why; a second report
+            // would only garble it.
+            // SAFETY: _exit ends this process only.
+            None => unsafe { libc::_exit(127) },
+        }
+    }
 }
 
 /// The mount flags a bind mount already has, which a read-only remount must keep (the kernel
@@ -307,9 +443,10 @@ enum Access {
     Device,
 }
 
-/// Binds the host object behind `fd` at `target`, always `nosuid`, and `nodev` unless it is a
-/// device; read-only unless writable.
-fn bind(fd: RawFd, target: &Path, is_dir: bool, access: Access) -> Result<(), Failed> {
+/// Attaches the detached mount `clone` (a host object, cloned by the supervisor) at `target`,
+/// always `nosuid`, and `nodev` unless it is a device; read-only unless writable.
+fn bind(clone: OwnedFd, target: &Path, is_dir: bool, access: Access) -> Result<(), Failed> {
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
     if let Some(parent) = target.parent() {
         mkdirs(parent)?;
     }
@@ -320,17 +457,29 @@ fn bind(fd: RawFd, target: &Path, is_dir: bool, access: Access) -> Result<(), Fa
             format!("cannot create `{}`", target.display())
         })?;
     }
-    let source = bind_source(fd);
-    ctx(
-        mount(
-            Some(source.as_str()),
-            target,
-            None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REC,
-            None::<&str>,
-        ),
-        || format!("cannot bind `{}`", target.display()),
-    )?;
+    let c = CString::new(target.as_os_str().as_encoded_bytes()).expect("sandbox paths have no NUL");
+    // SAFETY: move_mount of a descriptor this process owns to a valid C string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            clone.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc != 0 {
+        return Err(Failed(
+            SETUP_FAILED,
+            format!(
+                "cannot bind `{}`: {}",
+                target.display(),
+                std::io::Error::last_os_error()
+            ),
+        ));
+    }
+    drop(clone);
     let mut flags =
         MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | locked_flags(target);
     match access {
@@ -401,7 +550,7 @@ fn loopback_up() -> Result<(), Failed> {
     Ok(())
 }
 
-fn setup(p: &Prepared, fds: &Opened) -> Result<Never, Failed> {
+fn setup(p: &Prepared, feed: &mut Feed) -> Result<Never, Failed> {
     ctx(
         nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
         || "cannot set the parent-death signal".into(),
@@ -428,24 +577,20 @@ fn setup(p: &Prepared, fds: &Opened) -> Result<Never, Failed> {
         tmpfs(&at(scratch), 0o1777, MsFlags::empty())?;
     }
 
-    for (node, fd) in p.nodes.iter().zip(&fds.nodes) {
+    for node in &p.nodes {
         let target = at(&node.target);
-        match (&node.kind, fd) {
-            (
-                NodeKind::Bind {
-                    is_dir, writable, ..
-                },
-                Some(fd),
-            ) => {
+        match &node.kind {
+            NodeKind::Bind {
+                is_dir, writable, ..
+            } => {
                 let access = if *writable {
                     Access::Writable
                 } else {
                     Access::ReadOnly
                 };
-                bind(fd.as_raw_fd(), &target, *is_dir, access)?
+                bind(feed.next()?, &target, *is_dir, access)?
             }
-            (NodeKind::Bind { .. }, None) => unreachable!("open_all opens every bind"),
-            (NodeKind::Symlink { to }, _) => {
+            NodeKind::Symlink { to } => {
                 if let Some(parent) = target.parent() {
                     mkdirs(parent)?;
                 }
@@ -482,7 +627,7 @@ fn setup(p: &Prepared, fds: &Opened) -> Result<Never, Failed> {
 
     // /build: the working directory, from the host; the request's files are written into it.
     bind(
-        fds.build_dir.as_raw_fd(),
+        feed.next()?,
         &at(Path::new("/build")),
         true,
         Access::Writable,
@@ -492,9 +637,9 @@ fn setup(p: &Prepared, fds: &Opened) -> Result<Never, Failed> {
     }
 
     // /dev: the harmless devices, a private devpts, shared memory.
-    for (name, fd) in p.devices.iter().zip(&fds.devices) {
+    for name in &p.devices {
         bind(
-            fd.as_raw_fd(),
+            feed.next()?,
             &at(&Path::new("/dev").join(name)),
             false,
             Access::Device,

@@ -9,9 +9,11 @@
 //! `/dev`; a fresh `/proc`; `/etc/{passwd,group,hosts}`; and, by level, `/bin/sh` or the host's
 //! `/usr`.
 //!
-//! Every host path is opened by the parent (`O_PATH`) before the fork and bound from
-//! `/proc/self/fd/N`, so the build user needs no permission on the way to it, and sees nothing
-//! it was not given.
+//! Every host path is cloned into a detached mount (`open_tree`) by the supervisor, which can
+//! reach whatever the caller can, and handed to the builder over a socket a batch at a time;
+//! the builder, in a mount namespace of its own, attaches it (`move_mount`). The build user
+//! needs no permission on the way to a path, sees nothing it was not given, and neither process
+//! holds more than a batch of descriptors however many inputs a build has.
 //!
 //! If the kernel cannot give a sandbox, the build fails with [`SandboxError::Unavailable`]; it
 //! never runs unsandboxed.
@@ -27,7 +29,6 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -95,6 +96,8 @@ const SETUP_FAILED: u8 = b'S';
 /// The first byte a child writes to the error pipe: the sandbox was set up, but `exec` of the
 /// builder failed.
 const EXEC_FAILED: u8 = b'X';
+/// The first byte a child writes to the error pipe: a limit of the process stopped the setup.
+const LIMIT_HIT: u8 = b'L';
 /// Lines of the log kept for error messages.
 const TAIL_LINES: usize = 25;
 /// The largest log kept when a derivation sets none.
@@ -120,7 +123,8 @@ pub enum SandboxError {
         /// The OS error.
         source: io::Error,
     },
-    /// The builder program could not be started inside the sandbox.
+    /// The builder could not be started inside the sandbox: its program, or a limit of this
+    /// process (open files) that the sandbox's setup ran into.
     #[error("{0}")]
     Builder(String),
     /// The parent's side of running a build failed.
@@ -151,7 +155,7 @@ pub(crate) struct Node {
 }
 
 pub(crate) enum NodeKind {
-    /// A host file or directory, bound from an `O_PATH` descriptor the supervisor opens.
+    /// A host file or directory, bound from a detached mount the supervisor clones.
     Bind {
         host: PathBuf,
         is_dir: bool,
@@ -320,17 +324,6 @@ fn maps(file: &str, id: u32) -> bool {
             matches!(fields[..], [inside, _, count] if inside <= u64::from(id) && u64::from(id) < inside + count)
         })
     })
-}
-
-/// Opens a host path for binding. The supervisor calls this inside the build's mount namespace
-/// (the kernel binds only from mounts of the caller's own namespace) and before it takes the
-/// build user's ids, so that it can reach whatever the caller can.
-pub(crate) fn open_path(path: &Path) -> io::Result<OwnedFd> {
-    File::options()
-        .read(true)
-        .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
-        .open(path)
-        .map(OwnedFd::from)
 }
 
 /// Checks in advance that the build can be given `path`, so that a missing one is reported by
@@ -746,7 +739,7 @@ fn run_streams(
         && killed.is_none()
     {
         let message = String::from_utf8_lossy(message).into_owned();
-        return Err(if kind == EXEC_FAILED {
+        return Err(if kind == EXEC_FAILED || kind == LIMIT_HIT {
             SandboxError::Builder(message)
         } else {
             SandboxError::Unavailable(message)

@@ -1,0 +1,78 @@
+//! Builds under the usual limit of 1,024 open files: a build binds its whole input closure, and
+//! forjar must not need a descriptor per bound path at once. This test binary lowers its own
+//! limit, so its tests live apart from the others.
+
+use std::process::Command;
+
+use forjar::prelude::*;
+use forjar_suite::{apply, dag, fresh_salt, sandbox, stderr};
+
+/// Sets this process's open-file limit, soft and hard, to `limit`.
+fn limit_open_files(limit: u64) {
+    use nix::sys::resource::{Resource, setrlimit};
+    setrlimit(Resource::RLIMIT_NOFILE, limit, limit).expect("the limit can be lowered");
+}
+
+#[test]
+fn a_build_with_1500_inputs_runs_under_a_limit_of_1024_open_files() {
+    if !sandbox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = forjar::store::Store::open(dir.path().join("store")).unwrap();
+    let sources = dir.path().join("sources");
+    std::fs::create_dir(&sources).unwrap();
+    let salt = fresh_salt("wide");
+    for i in 0..1500 {
+        std::fs::write(sources.join(format!("s{i}")), format!("{salt} {i}\n")).unwrap();
+    }
+    limit_open_files(1024);
+    let (plan, report) = apply(&store, |g| {
+        let mut wide = Derivation::builder("wide")
+            .script("read a < $s0; read b < $s1499; printf '%s\\n%s\\n' \"$a\" \"$b\" > $out");
+        for i in 0..1500 {
+            wide = wide.input(
+                format!("s{i}"),
+                Source::file(sources.join(format!("s{i}"))).unwrap(),
+            );
+        }
+        let wide = g.add(wide.build().unwrap());
+        g.root("wide", wide);
+    });
+    report.unwrap();
+    let entry = &plan.roots()[0].entry;
+    assert_eq!(
+        std::fs::read_to_string(store.content_path(entry)).unwrap(),
+        format!("{salt} 0\n{salt} 1499\n")
+    );
+}
+
+#[test]
+fn a_program_builds_a_dag_of_2400_under_a_hard_limit_of_1024_open_files() {
+    if !sandbox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("many");
+    // 600 layers of 4: the root's input closure is all 2,400 derivations.
+    let mut command: Command = dag(
+        &store,
+        &[
+            ("DAG_LAYERS", "600"),
+            ("DAG_SALT", &salt),
+            ("DAG_FILES", "1"),
+        ],
+        &["-q", "apply", "-j", "2"],
+    );
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 1024, 1024)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let out = command.output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
