@@ -177,7 +177,7 @@ impl<'s> Staging<'s> {
     /// Takes the staging directory back from a build user: owned by the store's owner (when
     /// this process sets owners) and closed to everyone else, before anything reads what a
     /// build left in it.
-    pub fn reclaim(&self) -> Result<(), StoreError> {
+    pub(crate) fn reclaim(&self) -> Result<(), StoreError> {
         let fd =
             walk::open_dir_path(&self.dir).map_err(StoreError::io("cannot open", &self.dir))?;
         if let Some((uid, gid)) = self.store.owner() {
@@ -194,7 +194,7 @@ impl<'s> Staging<'s> {
 
     /// A new staging for the same entry whose content is a copy of this one's, made of fresh
     /// files of this process's own; this staging is removed.
-    pub fn fresh_copy(self, lock: &KeyLock) -> Result<Staging<'s>, StoreError> {
+    pub(crate) fn fresh_copy(self, lock: &KeyLock) -> Result<Staging<'s>, StoreError> {
         let copy = Staging::new(self.store, lock, self.entry.clone())?;
         super::tree::copy(&self.content_path(), &copy.content_path())?;
         Ok(copy)

@@ -160,10 +160,7 @@ impl Visitor for Canonicalise {
     fn leaf(&mut self, at: &At<'_>, kind: Kind) -> Result<u64, StoreError> {
         match kind {
             Kind::File => {
-                let (fd, st) = match open_readable(at)? {
-                    Ok(opened) => opened,
-                    Err(kind) => return Err(changed_or_special(at, kind)),
-                };
+                let (fd, st) = regular(at, open_readable(at))?;
                 let mode = if st.st_mode & 0o100 != 0 {
                     0o555
                 } else {
@@ -212,6 +209,15 @@ impl Visitor for Canonicalise {
         settle(dir, &st, self.owner, 0o555).map_err(os(at, "cannot canonicalise"))?;
         Ok(children.iter().map(|(_, size)| size).sum())
     }
+}
+
+/// The regular file `at` opened, or why it is not one any more: a file listed as regular that
+/// turned into something else was changed under the walk.
+fn regular(
+    at: &At<'_>,
+    opened: Result<Result<(OwnedFd, libc::stat), Kind>, StoreError>,
+) -> Result<(OwnedFd, libc::stat), StoreError> {
+    opened?.map_err(|kind| changed_or_special(at, kind))
 }
 
 fn changed_or_special(at: &At<'_>, kind: Kind) -> StoreError {
@@ -267,10 +273,7 @@ impl Visitor for Copy {
         let name = self.name(at);
         match kind {
             Kind::File => {
-                let (fd, st) = match at.open_file()? {
-                    Ok(opened) => opened,
-                    Err(kind) => return Err(changed_or_special(at, kind)),
-                };
+                let (fd, st) = regular(at, at.open_file().map_err(StoreError::from))?;
                 let mode = if st.st_mode & 0o100 != 0 {
                     0o700
                 } else {
