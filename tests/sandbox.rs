@@ -1018,9 +1018,8 @@ fn hand_made(
     script: &str,
 ) -> forjar::request::BuildRequest {
     use forjar::hash::HostFingerprint;
-    use forjar::request::{
-        Arg, BuildRequest, CleanRelPath, Name, OutputName, RequestParts, System,
-    };
+    use forjar::name::{Name, OutputName};
+    use forjar::request::{Arg, BuildRequest, CleanRelPath, RequestParts, System};
     BuildRequest::new(RequestParts {
         name: Name::new("hand-made").unwrap(),
         system: System::host(),
@@ -1058,7 +1057,7 @@ fn run_hand_made(
     request: &forjar::request::BuildRequest,
     cancel: Option<&std::sync::atomic::AtomicBool>,
 ) -> Result<(forjar::sandbox::Outcome, String, String), String> {
-    use forjar::request::OutputName;
+    use forjar::name::OutputName;
     let top = tempfile::tempdir_in(dir).unwrap();
     let (build_dir, staging) = (top.path().join("build"), top.path().join("staging"));
     for d in [&build_dir, &staging] {

@@ -11,12 +11,11 @@ mod check;
 mod ctxt;
 mod expand;
 mod function;
-#[path = "../../forjar/src/request/rules.rs"]
-#[allow(dead_code)] // the runtime uses all of it; the macros most
-mod rules;
 mod script;
 mod suggest;
 mod symbol;
+
+use forjar_rules as rules;
 
 use proc_macro::TokenStream;
 use syn::{DeriveInput, ItemFn, parse_macro_input};

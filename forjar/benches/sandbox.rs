@@ -19,10 +19,11 @@ use std::time::Duration;
 mod peers;
 use peers::{have, measure};
 
-use forjar::derivation::Limits;
+use forjar::name::Limits;
+use forjar::name::{Name, OutputName};
 use forjar::plan::Plan;
 use forjar::prelude::*;
-use forjar::request::{Arg, BuildRequest, CleanRelPath, Name, OutputName, RequestParts, System};
+use forjar::request::{Arg, BuildRequest, CleanRelPath, RequestParts, System};
 use forjar::sandbox::{self, BuildSpec};
 use forjar::store::Store;
 

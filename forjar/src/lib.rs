@@ -29,6 +29,7 @@ pub mod cli;
 pub mod derivation;
 pub mod exec;
 pub mod hash;
+pub mod name;
 pub mod plan;
 pub mod remote;
 pub mod request;
@@ -37,8 +38,9 @@ pub mod store;
 mod walk;
 
 pub use cli::main;
-pub use derivation::{Derivation, DerivationBuilder, Drv, Graph, Input, Limits, OutputRef, Source};
+pub use derivation::{Derivation, DerivationBuilder, Drv, Graph, Input, OutputRef, Source};
 pub use forjar_macros::{Derivation, derivation};
+pub use name::Limits;
 pub use request::SandboxLevel;
 
 /// Everything a program needs, to `use forjar::prelude::*`.
@@ -120,7 +122,7 @@ pub enum Error {
     Request(#[from] request::RequestError),
     /// A value is invalid.
     #[error(transparent)]
-    Invalid(#[from] request::InvalidValue),
+    Invalid(#[from] name::InvalidValue),
 }
 
 impl From<derivation::DerivationError> for Error {

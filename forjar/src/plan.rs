@@ -18,13 +18,13 @@ use serde::Serialize;
 
 use crate::derivation::graph::Slot;
 use crate::derivation::{
-    Derivation, DerivationError, Drv, DrvId, Graph, GraphError, Input, IntoDerivation, Limits,
-    Source,
+    Derivation, DerivationError, Drv, DrvId, Graph, GraphError, Input, IntoDerivation, Source,
 };
 use crate::hash::{self, HashError, HostFingerprint, Key, TreeDigest, TreeHasher};
+use crate::name::Limits;
+use crate::name::{Name, OutputName};
 use crate::request::{
-    BuildRequest, CleanRelPath, InputName, Name, OutputName, RequestError, RequestParts,
-    ResolvedInput, SandboxLevel,
+    BuildRequest, CleanRelPath, InputName, RequestError, RequestParts, ResolvedInput, SandboxLevel,
 };
 use crate::store::{EntryName, Store};
 
@@ -794,7 +794,7 @@ impl<'g> Planner<'g> {
             host,
         })
         .map_err(request_error)?;
-        let key = hash::derivation_key(&request);
+        let key = request.key();
         let outputs: BTreeMap<OutputName, PlannedOutput> = drv
             .outputs
             .iter()

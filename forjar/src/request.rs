@@ -7,44 +7,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{HostFingerprint, Key, TreeDigest};
-use crate::store::EntryName;
+use crate::hash::{DERIVATION_CONTEXT, Encoder, EntryName, HostFingerprint, Key, TreeDigest};
+use crate::name::{InvalidValue, Name, OutputName, identifier, rules, shown, string_newtype};
 
-pub mod rules;
 pub mod wire;
-
-use rules::is_name_char;
-pub use rules::{KNOWN_SYSTEMS, MAX_NAME_LEN, RESERVED_ENV};
-
-/// A value that failed a request invariant.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {field} `{value}`: {reason}")]
-pub struct InvalidValue {
-    /// The field or kind of value, e.g. "env key" or "output name".
-    pub field: &'static str,
-    /// The offending value, escaped for printing.
-    pub value: String,
-    /// What is wrong and, where it helps, what to do.
-    pub reason: String,
-}
-
-impl InvalidValue {
-    pub(crate) fn new(
-        field: &'static str,
-        value: impl AsRef<[u8]>,
-        reason: impl Into<String>,
-    ) -> Self {
-        InvalidValue {
-            field,
-            value: shown(value.as_ref()),
-            reason: reason.into(),
-        }
-    }
-}
 
 /// Errors of the cross-field rules of a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,99 +68,7 @@ pub enum RequestError {
     NoBuilder(String),
 }
 
-/// `as_str` and `Display` for the string newtypes below: each shows exactly its validated text.
-macro_rules! string_newtype {
-    ($($name:ident),+) => {$(
-        impl $name {
-            /// The validated text.
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-        }
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    )+};
-}
-
-string_newtype!(Name, OutputName, InputName, EnvKey, System);
-
-/// Bytes printed for a person: UTF-8 as is where it is printable, everything else escaped.
-pub(crate) fn shown(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.escape_debug().to_string(),
-        Err(_) => bytes.escape_ascii().to_string(),
-    }
-}
-
-/// A derivation or source name: the human part of a store entry name.
-///
-/// ```
-/// use forjar::request::Name;
-/// assert!(Name::new("hello-2.12").is_ok());
-/// assert!(Name::new("hello world").is_err());
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct Name(String);
-
-impl Name {
-    /// Validates a name: 1 to 200 characters of `A-Z a-z 0-9 + - . _ ? =`, not starting with `.`.
-    pub fn new(name: impl Into<String>) -> Result<Self, InvalidValue> {
-        let name = name.into();
-        rules::name(&name).map_err(|reason| InvalidValue::new("name", &name, reason))?;
-        Ok(Name(name))
-    }
-
-    /// A name made from an arbitrary file name: disallowed characters become `_`, a leading
-    /// `.` is dropped, and the result is cut to the maximum length. Used for sources, whose
-    /// default name is their file name.
-    pub fn sanitized(raw: &str) -> Self {
-        let mut name: String = raw
-            .trim_start_matches('.')
-            .chars()
-            .map(|c| if is_name_char(c) { c } else { '_' })
-            .collect();
-        if name.len() > MAX_NAME_LEN {
-            let mut end = MAX_NAME_LEN;
-            while !name.is_char_boundary(end) {
-                end -= 1;
-            }
-            name.truncate(end);
-        }
-        if name.is_empty() {
-            name.push_str("source");
-        }
-        Name(name)
-    }
-}
-
-/// Checks an identifier as used for output and input names.
-fn identifier(field: &'static str, value: &str) -> Result<(), InvalidValue> {
-    rules::identifier(value).map_err(|reason| InvalidValue::new(field, value, reason))
-}
-
-/// The name of one output of a derivation (`out`, `dev`, `doc`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
-pub struct OutputName(String);
-
-impl OutputName {
-    /// Validates an output name: a shell identifier of at most 64 bytes, not a reserved variable.
-    pub fn new(name: impl Into<String>) -> Result<Self, InvalidValue> {
-        let name = name.into();
-        identifier("output name", &name)?;
-        Ok(OutputName(name))
-    }
-
-    /// The default output, `out`.
-    pub fn out() -> Self {
-        OutputName("out".into())
-    }
-}
+string_newtype!(InputName, EnvKey, System);
 
 /// The name under which an input is visible to the build (an environment variable holding its
 /// store path).
@@ -566,7 +445,7 @@ fn check_build_paths(parts: &RequestParts) -> Result<(), InvalidValue> {
         .unwrap_or(&parts.store_dir);
     for scratch in &parts.scratch_paths {
         let path = scratch.as_path();
-        let refusal = if let Some(dir) = crate::sandbox::own_dir(&Path::new("/").join(path)) {
+        let refusal = if let Some(dir) = rules::sandbox_dir(&format!("/{}", scratch.as_str())) {
             Some(format!(
                 "the sandbox makes `{dir}` itself; choose a path outside it"
             ))
@@ -672,6 +551,78 @@ impl BuildRequest {
             store_dir: parts.store_dir,
             host: parts.host,
         })
+    }
+
+    /// The closure key of a derivation: everything that can change its output, and nothing else.
+    ///
+    /// A fixed-output derivation is keyed by its name, declared digest and store only (as in Nix):
+    /// its output is known in advance, so a change to how it is fetched changes nothing downstream.
+    pub fn key(&self) -> Key {
+        let mut e = Encoder::new(DERIVATION_CONTEXT);
+        if let Some(digest) = self.fixed_output() {
+            e.field("fixed")
+                .bytes(self.name().as_str().as_bytes())
+                .bytes(digest.as_bytes());
+            e.field("store")
+                .bytes(self.store_dir().as_os_str().as_bytes());
+            return Key::from_bytes(e.finish());
+        }
+        e.field("name").bytes(self.name().as_str().as_bytes());
+        e.field("system").bytes(self.system().as_str().as_bytes());
+        e.field("args").count(self.args().len());
+        for arg in self.args() {
+            e.bytes(arg.as_bytes());
+        }
+        e.field("workdir")
+            .bytes(self.working_dir().as_str().as_bytes());
+        e.field("scratch").count(self.scratch_paths().len());
+        for path in self.scratch_paths() {
+            e.bytes(path.as_str().as_bytes());
+        }
+        e.field("env").count(self.env().len());
+        for (key, value) in self.env() {
+            e.bytes(key.as_str().as_bytes()).bytes(value.as_bytes());
+        }
+        e.field("outputs").count(self.outputs().len());
+        for output in self.outputs() {
+            e.bytes(output.as_str().as_bytes());
+        }
+        e.field("inputs").count(self.inputs().len());
+        for (name, input) in self.inputs() {
+            e.bytes(name.as_str().as_bytes());
+            match input {
+                ResolvedInput::Output { key, .. } => e.bytes(b"output").bytes(key.as_bytes()),
+                ResolvedInput::Source { entry, digest } => e
+                    .bytes(b"source")
+                    .bytes(digest.as_bytes())
+                    .bytes(entry.as_str().as_bytes()),
+            };
+        }
+        e.field("files").count(self.files().len());
+        for (path, contents) in self.files() {
+            e.bytes(path.as_str().as_bytes()).bytes(contents);
+        }
+        let constraints = self.constraints();
+        e.field("constraints")
+            .u8(constraints.network.into())
+            .u8(constraints.provide_bin_sh.into());
+        e.count(constraints.ro_paths.len());
+        for path in &constraints.ro_paths {
+            e.bytes(path.as_str().as_bytes());
+        }
+        e.option(
+            constraints
+                .min_memory
+                .map(u64::to_le_bytes)
+                .as_ref()
+                .map(|b| &b[..]),
+        );
+        e.field("sandbox").bytes(self.sandbox().as_str().as_bytes());
+        e.field("host")
+            .option(self.host().map(|h| &h.as_bytes()[..]));
+        e.field("store")
+            .bytes(self.store_dir().as_os_str().as_bytes());
+        Key::from_bytes(e.finish())
     }
 
     /// The derivation's name.
@@ -809,26 +760,6 @@ mod tests {
     }
 
     #[test]
-    fn names_are_checked_with_the_offending_character() {
-        assert!(Name::new("hello-2.12_x+y").is_ok());
-        let err = Name::new("hello world").unwrap_err();
-        assert_eq!(err.field, "name");
-        assert!(err.to_string().contains("`hello world`"), "{err}");
-        assert!(err.to_string().contains("' ' at byte 5"), "{err}");
-        assert!(Name::new("").is_err());
-        assert!(Name::new(".hidden").is_err());
-        assert!(Name::new("x".repeat(MAX_NAME_LEN + 1)).is_err());
-    }
-
-    #[test]
-    fn sanitized_names_are_valid() {
-        for raw in ["héllo wörld", ".git", "", "a/b", &"é".repeat(150)] {
-            let name = Name::sanitized(raw);
-            assert_eq!(Name::new(name.as_str()), Ok(name.clone()), "from {raw:?}");
-        }
-    }
-
-    #[test]
     fn env_keys_reject_equals_nul_and_reserved_names() {
         assert!(EnvKey::new("CFLAGS").is_ok());
         let err = EnvKey::new("A=B").unwrap_err();
@@ -898,7 +829,7 @@ mod tests {
             err.to_string().contains("known systems are x86_64-linux"),
             "{err}"
         );
-        assert!(KNOWN_SYSTEMS.contains(&System::host().as_str()));
+        assert!(crate::name::KNOWN_SYSTEMS.contains(&System::host().as_str()));
     }
 
     #[test]

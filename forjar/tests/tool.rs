@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use forjar::request::Name;
+use forjar::name::Name;
 use forjar::store::{EntryName, Store};
 
 fn forjar(store: &Path, args: &[&str]) -> Output {

@@ -74,9 +74,9 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use forjar::hash::Key;
+use forjar::name::Name;
 use forjar::plan::Plan;
 use forjar::prelude::*;
-use forjar::request::Name;
 use forjar::store::{Committed, Draft, EntryKind, EntryName, KeyLock, Staging, Store};
 
 /// A fresh store in a temporary directory (kept alive by the returned guard).

@@ -371,7 +371,7 @@ fn default_profile() -> String {
         .as_deref()
         .and_then(|a| Path::new(a).file_name())
         .and_then(|n| n.to_str())
-        .filter(|n| crate::request::Name::new(*n).is_ok())
+        .filter(|n| crate::name::Name::new(*n).is_ok())
         .unwrap_or("default")
         .to_string()
 }

@@ -6,7 +6,7 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 use super::{Derivation, IntoDerivation};
-use crate::request::{InvalidValue, Name};
+use crate::name::{InvalidValue, Name};
 
 /// Identifies a derivation within the [`Graph`](super::Graph) that made its handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -38,42 +38,11 @@ pub use typed::{
 };
 
 use crate::hash::TreeDigest;
+use crate::name::{InvalidValue, Limits, Name, OutputName, rules};
 use crate::request::{
-    AbsPath, Arg, CleanRelPath, Constraints, EnvKey, EnvValue, InputName, InvalidValue, Name,
-    OutputName, RequestError, SandboxLevel, System, check_names, rules,
+    AbsPath, Arg, CleanRelPath, Constraints, EnvKey, EnvValue, InputName, RequestError,
+    SandboxLevel, System, check_names,
 };
-
-/// Resource limits of a build. None of them is part of the closure key: they can make a build
-/// fail, but cannot change what a successful build produces.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Limits {
-    /// Total wall-clock time.
-    pub timeout: Option<Duration>,
-    /// Time without output on the log.
-    pub max_silent: Option<Duration>,
-    /// Memory cap in bytes.
-    pub memory: Option<u64>,
-    /// CPUs the build may use (`FORJAR_BUILD_CORES`).
-    pub cpus: Option<u32>,
-    /// Largest total output size in bytes.
-    pub max_output_size: Option<u64>,
-    /// Largest log kept, in bytes.
-    pub max_log_size: Option<u64>,
-}
-
-/// The bound on a build's outputs, in bytes, when a derivation sets none: every byte of an
-/// output is read to hash and scan it (a sparse file counts whole), so its size is bounded
-/// like every other cost of a build.
-pub const DEFAULT_MAX_OUTPUT_SIZE: u64 = 64 << 30;
-/// The bound on a build's `/build` directory, in bytes (apparent size).
-pub const MAX_BUILD_DIR_SIZE: u64 = 64 << 30;
-
-impl Limits {
-    /// The bound on the outputs' total size: the derivation's, or [`DEFAULT_MAX_OUTPUT_SIZE`].
-    pub fn output_cap(&self) -> u64 {
-        self.max_output_size.unwrap_or(DEFAULT_MAX_OUTPUT_SIZE)
-    }
-}
 
 /// A derivation that failed validation, with where it was defined.
 #[derive(Debug, Clone, thiserror::Error)]

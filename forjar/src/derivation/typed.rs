@@ -8,8 +8,8 @@ use std::panic::Location;
 use std::path::{Path, PathBuf};
 
 use super::{Derivation, DerivationBuilder, DerivationError, Drv, DrvId, Input, OutputRef, Source};
+use crate::name::rules::FILE_FORMATS;
 use crate::request::RequestError;
-use crate::request::rules::FILE_FORMATS;
 
 /// A value that becomes a derivation when it is added to a [`Graph`](super::Graph), with the
 /// outputs it declares, known when the program is compiled.

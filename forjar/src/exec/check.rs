@@ -13,8 +13,8 @@ use petgraph::graph::NodeIndex;
 
 use super::{Event, ExecError, Options, build};
 use crate::hash::TreeDigest;
+use crate::name::OutputName;
 use crate::plan::{NodeKind, Plan};
-use crate::request::OutputName;
 use crate::store::{EntryName, Store};
 use crate::walk::{self, At, Kind, Visitor};
 

@@ -159,7 +159,7 @@ mod tests {
 
     use super::*;
     use crate::hash::Key;
-    use crate::request::Name;
+    use crate::name::Name;
 
     static NO_STOP: AtomicBool = AtomicBool::new(false);
 

@@ -9,19 +9,20 @@
 //! encode to the same bytes (see the book's "Hashing" chapter for the byte-exact spec).
 
 mod cache;
+mod entry;
 mod host;
 pub mod tree;
 
 use std::fmt;
-use std::os::unix::ffi::OsStrExt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::request::{BuildRequest, Name, OutputName, ResolvedInput};
+use crate::name::{Name, OutputName, rules};
 
 pub use cache::DigestCache;
 pub(crate) use cache::FileId;
+pub use entry::EntryName;
 pub use host::HostFingerprint;
 pub use tree::{HashError, HashStats, TreeHasher, tree_digest};
 
@@ -101,6 +102,11 @@ fn hex(bytes: &[u8]) -> String {
 pub struct Key([u8; 32]);
 
 impl Key {
+    /// Wraps raw key bytes.
+    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+        Key(bytes)
+    }
+
     /// The key's bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
@@ -182,7 +188,7 @@ pub struct BadDigest(pub String);
 impl FromStr for TreeDigest {
     type Err = BadDigest;
     fn from_str(s: &str) -> Result<Self, BadDigest> {
-        crate::request::rules::digest(s)
+        rules::digest(s)
             .map(TreeDigest)
             .map_err(|_| BadDigest(s.to_string()))
     }
@@ -267,80 +273,6 @@ impl Encoder {
     pub(crate) fn finish(&self) -> [u8; 32] {
         *self.0.finalize().as_bytes()
     }
-}
-
-/// The closure key of a derivation: everything that can change its output, and nothing else.
-///
-/// A fixed-output derivation is keyed by its name, declared digest and store only (as in Nix):
-/// its output is known in advance, so a change to how it is fetched changes nothing downstream.
-pub fn derivation_key(request: &BuildRequest) -> Key {
-    let mut e = Encoder::new(DERIVATION_CONTEXT);
-    if let Some(digest) = request.fixed_output() {
-        e.field("fixed")
-            .bytes(request.name().as_str().as_bytes())
-            .bytes(digest.as_bytes());
-        e.field("store")
-            .bytes(request.store_dir().as_os_str().as_bytes());
-        return Key(e.finish());
-    }
-    e.field("name").bytes(request.name().as_str().as_bytes());
-    e.field("system")
-        .bytes(request.system().as_str().as_bytes());
-    e.field("args").count(request.args().len());
-    for arg in request.args() {
-        e.bytes(arg.as_bytes());
-    }
-    e.field("workdir")
-        .bytes(request.working_dir().as_str().as_bytes());
-    e.field("scratch").count(request.scratch_paths().len());
-    for path in request.scratch_paths() {
-        e.bytes(path.as_str().as_bytes());
-    }
-    e.field("env").count(request.env().len());
-    for (key, value) in request.env() {
-        e.bytes(key.as_str().as_bytes()).bytes(value.as_bytes());
-    }
-    e.field("outputs").count(request.outputs().len());
-    for output in request.outputs() {
-        e.bytes(output.as_str().as_bytes());
-    }
-    e.field("inputs").count(request.inputs().len());
-    for (name, input) in request.inputs() {
-        e.bytes(name.as_str().as_bytes());
-        match input {
-            ResolvedInput::Output { key, .. } => e.bytes(b"output").bytes(key.as_bytes()),
-            ResolvedInput::Source { entry, digest } => e
-                .bytes(b"source")
-                .bytes(digest.as_bytes())
-                .bytes(entry.as_str().as_bytes()),
-        };
-    }
-    e.field("files").count(request.files().len());
-    for (path, contents) in request.files() {
-        e.bytes(path.as_str().as_bytes()).bytes(contents);
-    }
-    let constraints = request.constraints();
-    e.field("constraints")
-        .u8(constraints.network.into())
-        .u8(constraints.provide_bin_sh.into());
-    e.count(constraints.ro_paths.len());
-    for path in &constraints.ro_paths {
-        e.bytes(path.as_str().as_bytes());
-    }
-    e.option(
-        constraints
-            .min_memory
-            .map(u64::to_le_bytes)
-            .as_ref()
-            .map(|b| &b[..]),
-    );
-    e.field("sandbox")
-        .bytes(request.sandbox().as_str().as_bytes());
-    e.field("host")
-        .option(request.host().map(|h| &h.as_bytes()[..]));
-    e.field("store")
-        .bytes(request.store_dir().as_os_str().as_bytes());
-    Key(e.finish())
 }
 
 /// The key of one output's store entry: the derivation key and the output name.

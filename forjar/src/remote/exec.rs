@@ -21,8 +21,8 @@ use prost::Message;
 use super::cache::pack_entry;
 use super::cas::{self, DirectoryExt, Upload};
 use super::{Remote, RemoteError};
-use crate::derivation::Limits;
 use crate::hash::Key;
+use crate::name::Limits;
 use crate::request::BuildRequest;
 use crate::store::{EntryName, Store};
 

@@ -38,14 +38,14 @@ use super::bots::{
 use super::cas::{self, Upload};
 use super::exec::{ACTION_RESULT_TYPE, HOST_PROPERTY, REQUEST_FILE, is_build_command};
 use super::{Address, Remote, RemoteError};
-use crate::derivation::Limits;
 use crate::exec::{self, ExecError};
 use crate::hash::HostFingerprint;
+use crate::name::Limits;
+use crate::name::{Name, RESERVED_ENV};
 use crate::plan::{Node, NodeKind, PlannedOutput, Status as PlanStatus};
 use crate::request::wire;
 use crate::request::{
-    Arg, BuildRequest, CleanRelPath, EnvKey, EnvValue, Name, RESERVED_ENV, RequestParts,
-    SandboxLevel, System,
+    Arg, BuildRequest, CleanRelPath, EnvKey, EnvValue, RequestParts, SandboxLevel, System,
 };
 use crate::sandbox::{self, BuildSpec, Outcome};
 use crate::store::{EntryName, KeyLock, Store, StoreError};

@@ -19,8 +19,8 @@ use super::{
     AbsPath, Arg, BuildRequest, CleanRelPath, Constraints, EnvKey, EnvValue, InputName, Name,
     OutputName, RequestParts, ResolvedInput, SandboxLevel, System,
 };
-use crate::derivation::Limits;
 use crate::hash::{self, HostFingerprint, Key, TreeDigest};
+use crate::name::Limits;
 use crate::store::EntryName;
 
 /// The version of the document; a worker refuses any other.
@@ -304,7 +304,7 @@ pub fn decode(document: &[u8]) -> Result<Received, WireError> {
         store_dir,
         host,
     })?;
-    let got = hash::derivation_key(&request);
+    let got = request.key();
     if got != wire.key {
         return Err(WireError::KeyMismatch {
             name: request.name().to_string(),
@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn a_request_survives_the_wire_with_its_key() {
         let request = request();
-        let key = hash::derivation_key(&request);
+        let key = request.key();
         let limits = Limits {
             timeout: Some(Duration::from_millis(1500)),
             cpus: Some(2),
@@ -417,7 +417,7 @@ mod tests {
     #[test]
     fn invalid_values_are_refused_by_the_local_rules() {
         let request = request();
-        let key = hash::derivation_key(&request);
+        let key = request.key();
         let text = String::from_utf8(encode(&request, &key, &Limits::default(), None)).unwrap();
         let bad = text.replace("\"name\":\"hello\"", "\"name\":\"he llo\"");
         assert_ne!(bad, text);

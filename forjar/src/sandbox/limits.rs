@@ -14,7 +14,7 @@ use nix::libc;
 use nix::unistd::Pid;
 
 use super::DEFAULT_MAX_PROCESSES;
-use crate::derivation::Limits;
+use crate::name::Limits;
 
 const ROOT: &str = "/sys/fs/cgroup";
 

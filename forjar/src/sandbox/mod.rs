@@ -41,8 +41,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork, pipe2};
 
-use crate::derivation::{Limits, MAX_BUILD_DIR_SIZE};
-use crate::request::{BuildRequest, InputName, OutputName, SandboxLevel};
+use crate::name::OutputName;
+use crate::name::rules::HOST_TOOLS;
+use crate::name::{Limits, MAX_BUILD_DIR_SIZE};
+use crate::request::{BuildRequest, InputName, SandboxLevel};
 use crate::walk;
 
 use limits::Cgroup;
@@ -56,18 +58,6 @@ pub const ROOT_BUILD_UID: u32 = 30001;
 
 /// The `PATH` of a `host-tools` build (a hermetic one has only what its inputs provide).
 const HOST_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
-/// The host paths a `host-tools` build sees, read-only.
-const HOST_TOOLS: &[&str] = &[
-    "/usr",
-    "/bin",
-    "/sbin",
-    "/lib",
-    "/lib32",
-    "/lib64",
-    "/libx32",
-    "/etc/alternatives",
-    "/etc/ld.so.cache",
-];
 /// What a fixed-output build with network access needs to resolve names and check certificates.
 const NETWORK_FILES: &[&str] = &[
     "/etc/resolv.conf",
@@ -75,19 +65,6 @@ const NETWORK_FILES: &[&str] = &[
     "/etc/ssl",
     "/etc/ca-certificates",
 ];
-/// The directories the sandbox fills itself besides the host tools and the store (`/build` and
-/// `/tmp` are writable already).
-const OWN_DIRS: &[&str] = &["/build", "/tmp", "/dev", "/proc", "/etc"];
-
-/// The directory of the sandbox's own making (its own or the host tools') that `path`, absolute
-/// in the sandbox, is or is in: a request's scratch path may not be.
-pub(crate) fn own_dir(path: &Path) -> Option<&'static str> {
-    OWN_DIRS
-        .iter()
-        .chain(HOST_TOOLS)
-        .copied()
-        .find(|dir| path.starts_with(dir))
-}
 
 /// The device nodes bound into `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];

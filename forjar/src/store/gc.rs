@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use super::tree::{remove_tree, tree_size};
 use super::{EntryName, Store, StoreError};
 use crate::hash::base32;
-use crate::request::Name;
+use crate::name::Name;
 
 /// What a root keeps alive.
 #[derive(Debug, Clone, PartialEq, Eq)]

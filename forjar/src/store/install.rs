@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use super::tree::remove_tree;
 use super::{EntryKind, EntryName, Meta, SCHEMA, Store, StoreError};
 use crate::hash::{self, Key, TreeDigest, TreeHasher, is_store_hash};
-use crate::request::Name;
+use crate::name::Name;
 use crate::walk;
 
 /// An exclusive lock on one key, `.locks/<h>.lock`: one build or import of one key at a time,

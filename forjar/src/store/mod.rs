@@ -19,7 +19,6 @@
 //! Every open `Store` holds a shared lock on `.locks/store.lock`; garbage collection takes it
 //! exclusively, so that it never deletes an entry another process is about to use or build on.
 
-mod entry;
 mod gc;
 mod install;
 mod meta;
@@ -32,7 +31,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-pub use entry::EntryName;
+pub use crate::hash::EntryName;
 pub use gc::{GcReport, Root, RootTarget};
 pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::{EntryName, Store, StoreError};
-use crate::request::Name;
+use crate::name::Name;
 
 /// One recorded generation of a profile.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

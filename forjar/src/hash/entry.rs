@@ -4,8 +4,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{Key, STORE_HASH_LEN, is_store_hash};
-use crate::request::{InvalidValue, Name, OutputName};
+use super::{Key, STORE_HASH_LEN, is_store_hash};
+use crate::name::{InvalidValue, Name, OutputName};
 
 /// The name of a store entry's directory, `<h>-<name>`; for an output other than `out`,
 /// `<h>-<name>-<output>`.

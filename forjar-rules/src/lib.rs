@@ -1,10 +1,10 @@
 //! The rules on names and values that are checked twice: by the runtime when a derivation is
 //! built, and by forjar-macros at compile time, on the user's token.
 //!
-//! One file serves both: forjar-macros includes it with `#[path]`, because a proc-macro crate
-//! can export nothing but macros, and the two checks must never drift apart. So it uses only
-//! `std`, and each rule returns the reason a value is wrong; the caller adds the field and the
-//! value.
+//! One crate serves both, so that the two checks never drift apart: a proc-macro crate can
+//! export nothing but macros, so the rules cannot live in forjar-macros, and forjar-macros
+//! cannot depend on forjar. It uses only `std`, and each rule returns the reason a value is
+//! wrong; the caller adds the field and the value.
 
 use std::time::Duration;
 
@@ -299,6 +299,31 @@ pub fn duration(text: &str) -> Result<Duration, String> {
         return Err("a limit of zero would stop every build; leave it out for no limit".into());
     }
     Ok(Duration::from_millis(millis))
+}
+
+/// The host paths a `host-tools` build sees, read-only.
+pub const HOST_TOOLS: &[&str] = &[
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/etc/alternatives",
+    "/etc/ld.so.cache",
+];
+/// The directories the sandbox fills itself besides the host tools and the store (`/build` and
+/// `/tmp` are writable already).
+const SANDBOX_DIRS: &[&str] = &["/build", "/tmp", "/dev", "/proc", "/etc"];
+
+/// The directory of the sandbox's own making (its own or the host tools') that `path`, absolute
+/// in the sandbox, is or is in; a request's scratch path may not be.
+pub fn sandbox_dir(path: &str) -> Option<&'static str> {
+    SANDBOX_DIRS.iter().chain(HOST_TOOLS).copied().find(|dir| {
+        path.strip_prefix(dir)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
 }
 
 #[cfg(test)]
