@@ -54,7 +54,7 @@ fn apply_tree(store: &Store, size: usize, nonce: &str, jobs: usize) -> exec::Rep
         jobs,
         ..Options::default()
     };
-    exec::apply(&plan, store, &options, &|_| {}).expect("the tree builds")
+    exec::apply(&plan, store, &exec::Local::default(), &options, &|_| {}).expect("the tree builds")
 }
 
 /// The Nix expression of the same tree.
@@ -212,7 +212,7 @@ fn makespan_part(dir: &tempfile::TempDir, runs: usize, seed: u32) {
             ..Options::default()
         };
         let started = Instant::now();
-        exec::apply(&plan, &store, &options, &|_| {}).unwrap();
+        exec::apply(&plan, &store, &exec::Local::default(), &options, &|_| {}).unwrap();
         // The makespan is the apply alone (`measure` would time planning too).
         if i != usize::MAX {
             makespans.push(started.elapsed());

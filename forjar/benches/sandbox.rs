@@ -157,8 +157,14 @@ fn main() {
         );
         g.root("trivial", d);
         let plan = Plan::new(&g, &store).unwrap();
-        forjar::exec::apply(&plan, &store, &forjar::exec::Options::default(), &|_| {})
-            .expect("the build succeeds");
+        forjar::exec::apply(
+            &plan,
+            &store,
+            &forjar::exec::Local::default(),
+            &forjar::exec::Options::default(),
+            &|_| {},
+        )
+        .expect("the build succeeds");
     });
     println!("\n| trivial derivation, end to end | median | / forjar |");
     println!("|---|---:|---:|");

@@ -15,8 +15,6 @@ use serde::{Deserialize, Serialize};
 use crate::hash::{DERIVATION_CONTEXT, Encoder, EntryName, HostFingerprint, Key, TreeDigest};
 use crate::name::{InvalidValue, Name, OutputName, identifier, rules, shown, string_newtype};
 
-pub mod wire;
-
 /// Errors of the cross-field rules of a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {

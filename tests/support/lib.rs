@@ -156,7 +156,13 @@ pub fn apply(
     let mut graph = Graph::new();
     define(&mut graph);
     let plan = Plan::new(&graph, store).expect("the graph plans");
-    let report = forjar::exec::apply(&plan, store, &forjar::exec::Options::default(), &|_| {});
+    let report = forjar::exec::apply(
+        &plan,
+        store,
+        &forjar::exec::Local::default(),
+        &forjar::exec::Options::default(),
+        &|_| {},
+    );
     (plan, report)
 }
 

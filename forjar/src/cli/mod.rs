@@ -25,10 +25,11 @@ use petgraph::graph::NodeIndex;
 use self::progress::{Progress, Verbosity};
 use self::store::human_bytes;
 use crate::derivation::Graph;
-use crate::exec::{self, ExecError};
+use crate::exec::{self, ExecError, Executor, Local};
 use crate::plan::{NodeKind, Plan, Status};
 use crate::remote::Address;
 use crate::remote::cache::Cache;
+use crate::remote::executor::{Cached, Hybrid};
 use crate::store::{EntryName, RootChanges, Store};
 
 /// How a command ended.
@@ -429,15 +430,31 @@ impl Session {
         })
     }
 
-    fn options(&self, run: &RunArgs) -> Result<exec::Options, Failure> {
-        let defaults = exec::Options::default();
-        Ok(exec::Options {
-            jobs: run.jobs.map_or(defaults.jobs, usize::from),
+    fn options(&self, run: &RunArgs) -> exec::Options {
+        exec::Options {
+            jobs: run.jobs.map_or(exec::Options::default().jobs, usize::from),
             keep_going: run.keep_going,
-            keep_failed: run.keep_failed,
             interrupt: Some(&INTERRUPTED),
-            remote: self.remote(run)?,
-            ..defaults
+        }
+    }
+
+    /// The local sandbox, with the remote cache or executor composed around it if one is asked
+    /// for.
+    fn executor(&self, run: &RunArgs) -> Result<Box<dyn Executor>, Failure> {
+        let local = Local {
+            keep_failed: run.keep_failed,
+            ..Local::default()
+        };
+        Ok(match self.remote(run)? {
+            None => Box::new(local),
+            Some(cache) if cache.executes() => Box::new(Cached {
+                cache: cache.clone(),
+                inner: Hybrid { cache, local },
+            }),
+            Some(cache) => Box::new(Cached {
+                cache,
+                inner: local,
+            }),
         })
     }
 
@@ -484,6 +501,7 @@ impl Session {
     fn realise(
         &self,
         nodes: &[NodeIndex],
+        executor: &dyn Executor,
         options: &exec::Options,
     ) -> Result<exec::Report, Failure> {
         handle_interrupts();
@@ -492,15 +510,24 @@ impl Session {
             .filter(|&&n| self.plan.node(n).status != Status::Cached)
             .count();
         let progress = Progress::new(self.verbosity, to_do);
-        let result = exec::realise_all(&self.plan, &self.store, nodes, options, &|event| {
-            progress.observe(event)
-        });
+        let result = exec::realise_all(
+            &self.plan,
+            &self.store,
+            nodes,
+            executor,
+            options,
+            &|event| progress.observe(event),
+        );
         progress.finish();
         result.map_err(exec_failure)
     }
 
     fn apply(&self, run: &RunArgs) -> Result<ExitCode, Failure> {
-        let report = self.realise(&exec::needed(&self.plan), &self.options(run)?)?;
+        let report = self.realise(
+            &exec::needed(&self.plan),
+            &*self.executor(run)?,
+            &self.options(run),
+        )?;
         let roots: BTreeMap<String, EntryName> = exec::register_roots(&self.plan, &self.store)?
             .into_iter()
             .collect();
@@ -538,7 +565,8 @@ impl Session {
             .collect::<Result<Vec<_>, _>>()?;
         let report = self.realise(
             &exec::needed_for(&self.plan, targets.iter().copied()),
-            &self.options(run)?,
+            &*self.executor(run)?,
+            &self.options(run),
         )?;
         let mut text = String::new();
         for &target in &targets {
@@ -661,7 +689,8 @@ impl Session {
             interrupt: Some(&INTERRUPTED),
             ..exec::Options::default()
         };
-        self.realise(&exec::needed_for(&self.plan, [index]), &options)?;
+        let local = Local::default();
+        self.realise(&exec::needed_for(&self.plan, [index]), &local, &options)?;
         let progress = Progress::new(self.verbosity, 0);
         let mut text = String::new();
         let mut mismatch = false;
@@ -670,14 +699,9 @@ impl Session {
                 return Err(exec_failure(ExecError::Interrupted(vec![name.to_string()])));
             }
             let started = std::time::Instant::now();
-            let checked = exec::check(
-                &self.plan,
-                &self.store,
-                index,
-                &options,
-                &INTERRUPTED,
-                &|e| progress.observe(e),
-            )
+            let checked = exec::check(&self.plan, &self.store, index, &local, &INTERRUPTED, &|e| {
+                progress.observe(e)
+            })
             .map_err(|e| match e {
                 ExecError::Cancelled(name) => exec_failure(ExecError::Interrupted(vec![name])),
                 e => exec_failure(e),
@@ -861,7 +885,7 @@ fn diff(store: &Store, profile: &str, a: u64, b: u64) -> Result<ExitCode, Failur
     let (from, to) = (profile.read(a)?, profile.read(b)?);
     let contents = |roots: &BTreeMap<String, EntryName>| -> Result<BTreeMap<String, (BTreeSet<EntryName>, u64)>, Failure> {
         let mut by_name: BTreeMap<String, (BTreeSet<EntryName>, u64)> = BTreeMap::new();
-        for entry in exec::closure(store, roots.values().cloned())? {
+        for entry in store.closure(roots.values().cloned())? {
             let size = store.meta(&entry)?.size;
             let slot = by_name.entry(entry.name().to_string()).or_default();
             slot.0.insert(entry);

@@ -209,7 +209,7 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
                     .map(|e| store.resolve(e))
                     .collect::<Result<Vec<_>, _>>()?
             };
-            let closure = crate::exec::closure(&store, named)?;
+            let closure = store.closure(named)?;
             let remote = Remote::connect(&address)?;
             for entry in &closure {
                 remote.push_entry(&store, entry).map_err(|e| {

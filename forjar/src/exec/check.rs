@@ -11,11 +11,11 @@ use std::sync::atomic::AtomicBool;
 
 use petgraph::graph::NodeIndex;
 
-use super::{Event, ExecError, Options, build};
-use crate::hash::TreeDigest;
+use super::{BuildJob, Context, Event, ExecError, JobEvent, Local};
+use crate::hash::{TreeDigest, TreeHasher};
 use crate::name::OutputName;
-use crate::plan::{NodeKind, Plan};
-use crate::store::{EntryName, Store};
+use crate::plan::Plan;
+use crate::store::{EntryName, KeyLock, Store, StoreError};
 use crate::walk::{self, At, Kind, Visitor};
 
 /// One output of a rebuild, against the store.
@@ -41,22 +41,55 @@ impl CheckedOutput {
 }
 
 /// Rebuilds the derivation at `index`, whose outputs and inputs must be in the store, in the
-/// sandbox, and compares each output with the store's.
+/// sandbox, and compares each output with the store's. The rebuild's log goes beside the
+/// original's (`<hash>.check.log`), which `meta.yaml` hashes.
 pub fn check(
     plan: &Plan,
     store: &Store,
     index: NodeIndex,
-    options: &Options,
+    local: &Local,
     stop: &AtomicBool,
     observer: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<Vec<CheckedOutput>, ExecError> {
     let node = plan.node(index);
-    assert!(
-        matches!(node.kind, NodeKind::Derivation { .. }),
-        "only derivations are rebuilt"
-    );
+    let job = BuildJob::of(node).expect("only derivations are rebuilt");
+    let hash = job.key.store_hash();
+    let lock = KeyLock::acquire(store, &hash)?;
+    let events = |event: JobEvent<'_>| match event {
+        JobEvent::Log(line) => observer(Event::Log(node, line)),
+        JobEvent::Remote(error) => observer(Event::Remote(node, error)),
+    };
+    let cx = Context {
+        store,
+        lock: &lock,
+        stop,
+        events: &events,
+    };
+    let log_path = store.dir().join(".logs").join(format!("{hash}.check.log"));
+    let mut prepared = local.prepare(&job, &cx, log_path)?;
+    let built = prepared.run()?;
     let mut checked = Vec::new();
-    build(node, store, options, stop, observer, Some(&mut checked))?;
+    for ((output, planned), staging) in job.outputs.iter().zip(&built.stagings) {
+        let content = staging.content_path();
+        let expected = store.meta(&planned.entry)?.digest;
+        let got = TreeHasher::new()
+            .stopped_by(stop)
+            .digest(&content)
+            .map_err(|e| prepared.stopped_or(StoreError::from(e)))?;
+        let differences = if got == expected {
+            Vec::new()
+        } else {
+            differences(&store.content_path(&planned.entry), &content)
+                .map_err(StoreError::io("cannot compare", &content))?
+        };
+        checked.push(CheckedOutput {
+            output: output.clone(),
+            entry: planned.entry.clone(),
+            expected,
+            got,
+            differences,
+        });
+    }
     Ok(checked)
 }
 

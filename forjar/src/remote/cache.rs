@@ -19,7 +19,7 @@ use prost::Message;
 use re::action_cache_client::ActionCacheClient;
 
 use super::cas::{self, DirectoryExt, Upload};
-use super::exec::{BuildAction, Executed, PackedEntries};
+use super::execution::{BuildAction, Executed, PackedEntries};
 use super::{Address, Remote, RemoteError};
 use crate::hash::Key;
 use crate::store::{Committed, EntryName, KeyLock, Meta, Staging, Store};
@@ -339,7 +339,7 @@ impl Cache {
     }
 
     /// Connects to the remote at `address` as a cache and an executor: a derivation it does not
-    /// have is built there (see [`super::exec`]).
+    /// have is built there (see [`super::execution`]).
     pub fn connect_executor(address: &Address) -> Result<Cache, RemoteError> {
         let remote = Remote::connect(address)?;
         if !remote.executes() {

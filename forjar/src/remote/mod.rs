@@ -8,14 +8,19 @@
 //!   blob checked against its SHA-256 digest.
 //! - [`cache`]: store entries in the ActionCache, keyed by an action derived from the entry's
 //!   key alone, so that a fresh store can look an entry up before it has any of its inputs.
-//! - [`exec`]: a derivation's build sent as an `Action` to the remote executor.
+//! - [`execution`]: a derivation's build sent as an `Action` to the remote executor, in the
+//!   wire form of [`wire`].
+//! - [`executor`]: the remote cache and remote execution as executors of
+//!   [`crate::exec::Executor`], composed around the local one.
 //! - [`worker`]: `forjar worker`, a bot of BuildGrid's Bots API that runs actions in forjar's
 //!   sandbox; [`bots`] is that API's client, generated from `proto/`.
 
 pub mod bots;
 pub mod cache;
 pub mod cas;
-pub mod exec;
+pub mod execution;
+pub mod executor;
+pub mod wire;
 pub mod worker;
 
 use std::fmt;

@@ -8,7 +8,7 @@
 //! its leases given to another.
 //!
 //! Two kinds of action:
-//! - a forjar build ([`super::exec::BUILD_ARGS`]): the request is read back through the local
+//! - a forjar build ([`super::execution::BUILD_ARGS`]): the request is read back through the local
 //!   validation and must hash to the key it was sent under; the input closure is installed in
 //!   the worker's store (each entry checked against its `meta.yaml`'s tree digest); the build
 //!   runs exactly as a local one, bound at the client's store paths; and each output is
@@ -36,14 +36,14 @@ use super::bots::{
     UpdateBotSessionRequest, Worker as BotWorker, device, worker,
 };
 use super::cas::{self, Upload};
-use super::exec::{ACTION_RESULT_TYPE, HOST_PROPERTY, REQUEST_FILE, is_build_command};
+use super::execution::{ACTION_RESULT_TYPE, HOST_PROPERTY, REQUEST_FILE, is_build_command};
+use super::wire;
 use super::{Address, Remote, RemoteError};
-use crate::exec::{self, ExecError};
+use crate::exec::{self, BuildJob, ExecError, Local};
 use crate::hash::HostFingerprint;
 use crate::name::Limits;
 use crate::name::{Name, RESERVED_ENV};
-use crate::plan::{Node, NodeKind, PlannedOutput, Status as PlanStatus};
-use crate::request::wire;
+use crate::plan::PlannedOutput;
 use crate::request::{
     Arg, BuildRequest, CleanRelPath, EnvKey, EnvValue, RequestParts, SandboxLevel, System,
 };
@@ -438,7 +438,7 @@ fn build(
         .map(|i| i.entry().clone())
         .collect();
     // Every entry the inputs refer to must have come too.
-    exec::closure(store, direct).map_err(|e| {
+    store.closure(direct).map_err(|e| {
         Refusal::new(
             tonic::Code::InvalidArgument,
             format!("the input root lacks part of the input closure: {e}"),
@@ -451,29 +451,19 @@ fn build(
         .collect();
     let entries: Vec<EntryName> = outputs.values().map(|o| o.entry.clone()).collect();
     eprintln!("worker {}: building {}", options.name, request.name());
-    let node = Node {
-        name: request.name().clone(),
-        location: received.location.clone(),
-        kind: NodeKind::Derivation {
-            request: Box::new(received.request.clone()),
-            key: received.key,
-            outputs,
-            limits: received.limits.clone(),
-        },
-        status: PlanStatus::Build,
-        impure: request.sandbox() == SandboxLevel::HostTools,
-        level: 0,
+    let job = BuildJob {
+        request,
+        key: &received.key,
+        outputs: &outputs,
+        limits: &received.limits,
+        location: received.location.as_deref(),
     };
-    let exec_options = exec::Options {
+    let local = Local {
         cores: options.cores,
-        jobs: 1,
-        keep_going: false,
         keep_failed: false,
-        interrupt: None,
-        remote: None,
     };
     let log_path = store.log_path(&received.key.store_hash());
-    match exec::build(&node, store, &exec_options, cancel, &|_| {}, None) {
+    match exec::run_job(&local, &job, store, cancel, &|_| {}) {
         Ok(_) => {
             let mut result = re::ActionResult::default();
             for entry in &entries {

@@ -372,6 +372,21 @@ impl Store {
         self.dir.join(".logs").join(format!("{hash}.log"))
     }
 
+    /// Every entry reachable from `roots` through references, the roots included.
+    pub fn closure(
+        &self,
+        roots: impl IntoIterator<Item = EntryName>,
+    ) -> Result<std::collections::BTreeSet<EntryName>, StoreError> {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut queue: std::collections::VecDeque<EntryName> = roots.into_iter().collect();
+        while let Some(entry) = queue.pop_front() {
+            if seen.insert(entry.clone()) {
+                queue.extend(self.meta(&entry)?.references);
+            }
+        }
+        Ok(seen)
+    }
+
     /// Reads an entry's `meta.yaml`.
     pub fn meta(&self, entry: &EntryName) -> Result<Meta, StoreError> {
         let path = self.entry_path(entry).join("meta.yaml");

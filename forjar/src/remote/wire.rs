@@ -15,12 +15,13 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    AbsPath, Arg, BuildRequest, CleanRelPath, Constraints, EnvKey, EnvValue, InputName, Name,
-    OutputName, RequestParts, ResolvedInput, SandboxLevel, System,
-};
+use crate::exec::BuildJob;
 use crate::hash::{self, HostFingerprint, Key, TreeDigest};
-use crate::name::Limits;
+use crate::name::{InvalidValue, Limits, Name, OutputName};
+use crate::request::{
+    AbsPath, Arg, BuildRequest, CleanRelPath, Constraints, EnvKey, EnvValue, InputName,
+    RequestParts, ResolvedInput, SandboxLevel, System,
+};
 use crate::store::EntryName;
 
 /// The version of the document; a worker refuses any other.
@@ -34,7 +35,7 @@ pub enum WireError {
     Malformed(String),
     /// A value fails the rules a local request obeys.
     #[error("the build request is invalid: {0}")]
-    Invalid(#[from] super::RequestError),
+    Invalid(#[from] crate::request::RequestError),
     /// The request does not hash to the key it was sent under.
     #[error(
         "the build request for `{name}` hashes to {got} here, but was sent as {sent}; the client \
@@ -50,8 +51,8 @@ pub enum WireError {
     },
 }
 
-impl From<super::InvalidValue> for WireError {
-    fn from(e: super::InvalidValue) -> Self {
+impl From<InvalidValue> for WireError {
+    fn from(e: InvalidValue) -> Self {
         WireError::Invalid(e.into())
     }
 }
@@ -168,16 +169,12 @@ fn millis(d: Option<Duration>) -> Option<u64> {
 }
 
 /// Writes a request, its key, limits and location as the JSON document a worker reads.
-pub fn encode(
-    request: &BuildRequest,
-    key: &Key,
-    limits: &Limits,
-    location: Option<&str>,
-) -> Vec<u8> {
+pub fn encode(job: &BuildJob<'_>) -> Vec<u8> {
+    let (request, limits) = (job.request, job.limits);
     let wire = Wire {
         format: FORMAT.to_string(),
-        key: *key,
-        location: location.map(str::to_string),
+        key: *job.key,
+        location: job.location.map(str::to_string),
         name: request.name().to_string(),
         system: request.system().to_string(),
         args: request
@@ -333,6 +330,22 @@ mod tests {
     use super::*;
     use std::collections::BTreeSet;
 
+    /// The document of a job of `request`; the wire form leaves the planned outputs out.
+    fn encoded(
+        request: &BuildRequest,
+        key: &Key,
+        limits: &Limits,
+        location: Option<&str>,
+    ) -> Vec<u8> {
+        encode(&BuildJob {
+            request,
+            key,
+            outputs: &BTreeMap::new(),
+            limits,
+            location,
+        })
+    }
+
     fn request() -> BuildRequest {
         let key = EnvKey::new("BYTES").unwrap();
         let mut env = BTreeMap::new();
@@ -387,7 +400,7 @@ mod tests {
             cpus: Some(2),
             ..Default::default()
         };
-        let received = decode(&encode(&request, &key, &limits, Some("src/main.rs:3"))).unwrap();
+        let received = decode(&encoded(&request, &key, &limits, Some("src/main.rs:3"))).unwrap();
         assert_eq!(received.key, key);
         assert_eq!(received.request.args(), request.args());
         assert_eq!(received.request.env(), request.env());
@@ -409,7 +422,7 @@ mod tests {
     fn a_request_that_does_not_hash_to_its_key_is_refused() {
         let request = request();
         let wrong: Key = "33".repeat(32).parse().unwrap();
-        let error = decode(&encode(&request, &wrong, &Limits::default(), None)).unwrap_err();
+        let error = decode(&encoded(&request, &wrong, &Limits::default(), None)).unwrap_err();
         assert!(matches!(error, WireError::KeyMismatch { .. }), "{error}");
         assert!(error.to_string().contains("same forjar version"), "{error}");
     }
@@ -418,7 +431,7 @@ mod tests {
     fn invalid_values_are_refused_by_the_local_rules() {
         let request = request();
         let key = request.key();
-        let text = String::from_utf8(encode(&request, &key, &Limits::default(), None)).unwrap();
+        let text = String::from_utf8(encoded(&request, &key, &Limits::default(), None)).unwrap();
         let bad = text.replace("\"name\":\"hello\"", "\"name\":\"he llo\"");
         assert_ne!(bad, text);
         let error = decode(bad.as_bytes()).unwrap_err();

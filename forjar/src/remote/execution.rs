@@ -1,7 +1,7 @@
 //! Remote execution: a derivation's build sent as a REAPI `Action`, for `forjar worker` to run.
 //!
 //! The action's input root holds the build request ([`REQUEST_FILE`], the wire form of
-//! [`crate::request::wire`]) and, for every store entry of the input closure, a directory named
+//! [`super::wire`]) and, for every store entry of the input closure, a directory named
 //! after the entry with its `content` and `meta.yaml`. Its command is [`BUILD_ARGS`], which
 //! `forjar worker` recognises (any other command it runs as a plain action, as Bazel sends). The
 //! worker builds in its own sandbox, checks what it built as a local build is checked, and
@@ -21,9 +21,7 @@ use prost::Message;
 use super::cache::pack_entry;
 use super::cas::{self, DirectoryExt, Upload};
 use super::{Remote, RemoteError};
-use crate::hash::Key;
-use crate::name::Limits;
-use crate::request::BuildRequest;
+use crate::exec::BuildJob;
 use crate::store::{EntryName, Store};
 
 /// The file of the input root that holds the build request.
@@ -66,20 +64,12 @@ pub enum Executed {
     Cancelled,
 }
 
-/// One build to send.
+/// One build to send: the job and its input closure, every entry the build may see.
 pub struct BuildAction<'a> {
-    /// The request.
-    pub request: &'a BuildRequest,
-    /// Its key.
-    pub key: &'a Key,
-    /// Its limits (the timeout also bounds the action).
-    pub limits: &'a Limits,
-    /// Where the derivation is defined.
-    pub location: Option<&'a str>,
-    /// The input closure: every entry the build may see.
+    /// The build.
+    pub job: &'a BuildJob<'a>,
+    /// Its input closure.
     pub closure: &'a BTreeSet<EntryName>,
-    /// The outputs' entries.
-    pub outputs: Vec<EntryName>,
 }
 
 /// Entries packed for input roots during this run, so that an entry needed by many builds is
@@ -251,8 +241,7 @@ impl Remote {
             root.add(entry.to_string(), cas::Packed::Directory(digest));
         }
         // The request is the root's only file.
-        let request =
-            crate::request::wire::encode(build.request, build.key, build.limits, build.location);
+        let request = super::wire::encode(build.job);
         root.files.push(re::FileNode {
             name: REQUEST_FILE.to_string(),
             digest: Some(upload.add_blob(request)),
@@ -261,20 +250,21 @@ impl Remote {
         });
         let command = re::Command {
             arguments: BUILD_ARGS.iter().map(ToString::to_string).collect(),
-            output_paths: build.outputs.iter().map(ToString::to_string).collect(),
+            output_paths: (build.job.outputs.values())
+                .map(|o| o.entry.to_string())
+                .collect(),
             ..Default::default()
         };
         let action = re::Action {
             command_digest: Some(upload.add_message(&command)),
             input_root_digest: Some(upload.add_message(&root)),
-            timeout: build
-                .limits
-                .timeout
-                .map(|t| bazel_remote_apis::google::protobuf::Duration {
+            timeout: build.job.limits.timeout.map(|t| {
+                bazel_remote_apis::google::protobuf::Duration {
                     seconds: t.as_secs() as i64,
                     nanos: t.subsec_nanos() as i32,
-                }),
-            platform: build.request.host().map(|host| re::Platform {
+                }
+            }),
+            platform: build.job.request.host().map(|host| re::Platform {
                 properties: vec![re::platform::Property {
                     name: HOST_PROPERTY.to_string(),
                     value: host.to_string(),
