@@ -45,7 +45,7 @@ struct Bundle {
     message: Drv<Message>,
 }
 
-fn main() -> forjar::Result<()> {
+fn main() -> forjar::ExitCode {
     forjar::main(|g| {
         let src = Source::dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello/src"))?
             .named("hello-src")?;

@@ -59,7 +59,7 @@ struct Tarball {
     version: String,
 }
 
-fn main() -> forjar::Result<()> {
+fn main() -> forjar::ExitCode {
     forjar::main(|g| {
         let src = Source::dir(concat!(
             env!("CARGO_MANIFEST_DIR"),

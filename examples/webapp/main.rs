@@ -87,7 +87,7 @@ struct Profile {
     unit: String,
 }
 
-fn main() -> forjar::Result<()> {
+fn main() -> forjar::ExitCode {
     forjar::main(|g| {
         let config = AppConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),

@@ -8,7 +8,7 @@
 //! ```no_run
 //! use forjar::prelude::*;
 //!
-//! fn main() -> forjar::Result<()> {
+//! fn main() -> forjar::ExitCode {
 //!     forjar::main(|g| {
 //!         let src = Source::dir("examples/hello")?;
 //!         let hello = g.add(
@@ -37,7 +37,7 @@ pub mod sandbox;
 pub mod store;
 mod walk;
 
-pub use cli::main;
+pub use cli::{ExitCode, main};
 pub use derivation::{Derivation, DerivationBuilder, Drv, Graph, Input, OutputRef, Source};
 pub use forjar_macros::{Derivation, derivation};
 pub use name::Limits;

@@ -20,7 +20,7 @@ fn number(name: &str, default: usize) -> usize {
         .unwrap_or_else(|_| panic!("{name} must be a whole number, not {value:?}"))
 }
 
-fn main() -> forjar::Result<()> {
+fn main() -> forjar::ExitCode {
     let layers = number("DAG_LAYERS", 3);
     let width = number("DAG_WIDTH", 4);
     let files = number("DAG_FILES", 2);

@@ -4,7 +4,7 @@
 
 use forjar::prelude::*;
 
-fn main() -> forjar::Result<()> {
+fn main() -> forjar::ExitCode {
     let script = std::env::var("HOSTILE_SCRIPT").unwrap_or_default();
     forjar::main(|g| {
         let it = g.add(

@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use super::{ExitCode, Failure, INTERRUPTED, handle_interrupts, raise_open_file_limit};
+use super::process::{INTERRUPTED, handle_interrupts, raise_open_file_limit};
+use super::{ExitCode, Failure};
 use crate::remote::Address;
 use crate::remote::worker::{self, WorkerOptions};
 use crate::store::Store;

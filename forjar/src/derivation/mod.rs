@@ -1,4 +1,5 @@
-//! The user-facing model: derivations, their inputs, and the graph of a program (DESIGN §2).
+//! The user-facing model: derivations, their inputs, and the graph of a program (the book's
+//! guide, "Writing derivations").
 //!
 //! The DSL's macros expand to this API; it can also be used directly:
 //!

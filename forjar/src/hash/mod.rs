@@ -1,4 +1,4 @@
-//! Canonical encoding, closure keys and tree digests (DESIGN §3).
+//! Canonical encoding, closure keys and tree digests (the book: "Hashing").
 //!
 //! Three BLAKE3 derive-key contexts give three kinds of 32-byte value:
 //! - the *closure key* of a derivation ([`derivation_key`]), from the normalised request;

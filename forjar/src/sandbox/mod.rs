@@ -1,4 +1,5 @@
-//! The Linux sandbox (DESIGN §5): kernel namespaces through the `nix` crate, no helper program.
+//! The Linux sandbox: kernel namespaces through the `nix` crate, no helper program. The book's
+//! reference chapter "The sandbox" describes it.
 //!
 //! A build runs in new user, mount, pid, ipc and uts namespaces, and a new network namespace
 //! with only loopback unless it is fixed-output. Inside, it is uid 1000 / gid 100, mapped to an

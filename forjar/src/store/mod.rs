@@ -1,4 +1,4 @@
-//! The store: content-checked entries with provenance (DESIGN §4).
+//! The store: content-checked entries with provenance (the book: "The store").
 //!
 //! ```text
 //! <store>/.forjar-store            marks the directory as a store, with its format version

@@ -1,0 +1,345 @@
+//! The commands that build: `apply`, `build` and `check`.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use clap::Subcommand;
+use petgraph::graph::NodeIndex;
+
+use super::inspect::render_plan;
+use super::process::{INTERRUPT_SIGNAL, INTERRUPTED, handle_interrupts};
+use super::program::Session;
+use super::progress::{Progress, Verbosity};
+use super::{ExitCode, Failure, emit, terminal};
+use crate::exec::{self, ExecError, Executor, Local};
+use crate::plan::{NodeKind, Status};
+use crate::remote::Address;
+use crate::remote::cache::Cache;
+use crate::remote::executor::{Cached, Hybrid};
+use crate::store::EntryName;
+
+/// How to run builds.
+#[derive(Debug, clap::Args)]
+pub(super) struct RunArgs {
+    /// How many builds run at once [default: the number of cores].
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    jobs: Option<u16>,
+    /// After a failure, go on with everything that does not depend on it.
+    #[arg(long)]
+    keep_going: bool,
+    /// Keep a failed build's directory and print where it is.
+    #[arg(long)]
+    keep_failed: bool,
+    /// A REAPI remote cache (e.g. BuildGrid): each derivation is looked up there before it is
+    /// built, and what is built here is uploaded.
+    #[arg(
+        long,
+        value_name = "grpc://HOST:PORT[/INSTANCE]",
+        env = "FORJAR_REMOTE"
+    )]
+    remote: Option<String>,
+    /// A REAPI remote executor (e.g. BuildGrid with `forjar worker`s): a cache as with
+    /// --remote, and what it does not have is built there (a `host-tools` build only by a
+    /// worker on a host with the same software). Raise -j to keep more workers busy.
+    #[arg(
+        long,
+        value_name = "grpc://HOST:PORT[/INSTANCE]",
+        env = "FORJAR_REMOTE_EXEC",
+        conflicts_with = "remote"
+    )]
+    remote_exec: Option<String>,
+    /// When the remote cannot be reached at the start, warn and build everything here.
+    #[arg(long)]
+    remote_fallback: bool,
+}
+
+/// The commands that build: each plans the program, then realises part of it.
+#[derive(Debug, Subcommand)]
+pub(super) enum BuildCommand {
+    /// Build and import what the roots need, in the sandbox, register the roots, and record a
+    /// generation.
+    #[command(display_order = 2)]
+    Apply {
+        #[command(flatten)]
+        run: RunArgs,
+        /// Show the plan and do nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Build the named derivations and what they need, and print their outputs; registers no
+    /// root.
+    #[command(display_order = 3)]
+    Build {
+        /// Derivation names (or store entry names).
+        #[arg(required = true, value_name = "NAME")]
+        names: Vec<String>,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Rebuild a derivation and compare the result with the store's, naming differing files.
+    #[command(display_order = 8)]
+    Check {
+        /// A derivation name.
+        name: String,
+        /// How many times to rebuild.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        rounds: u16,
+    },
+}
+
+/// What an interrupted or failed run exits with.
+fn exec_failure(error: ExecError) -> Failure {
+    match error {
+        ExecError::Interrupted(_) => {
+            let signal = INTERRUPT_SIGNAL.load(Ordering::SeqCst);
+            let code = if signal == nix::libc::SIGTERM {
+                ExitCode::Terminated
+            } else {
+                ExitCode::Interrupted
+            };
+            Failure::new(code, format!("{error}; their staging was removed"))
+        }
+        error => Failure::new(ExitCode::Failure, error),
+    }
+}
+
+impl Session {
+    /// Runs a build command.
+    pub(super) fn run_build(&self, command: BuildCommand) -> Result<ExitCode, Failure> {
+        match command {
+            BuildCommand::Apply { dry_run: true, .. } => {
+                emit(&render_plan(&self.plan))?;
+                emit("dry run: nothing was built, imported or registered\n")?;
+                Ok(ExitCode::Success)
+            }
+            BuildCommand::Apply {
+                dry_run: false,
+                run,
+            } => self.apply(&run),
+            BuildCommand::Build { names, run } => self.build(&names, &run),
+            BuildCommand::Check { name, rounds } => self.check(&name, rounds),
+        }
+    }
+
+    fn options(&self, run: &RunArgs) -> exec::Options {
+        exec::Options {
+            jobs: run.jobs.map_or(exec::Options::default().jobs, usize::from),
+            keep_going: run.keep_going,
+            interrupt: Some(&INTERRUPTED),
+        }
+    }
+
+    /// The local sandbox, with the remote cache or executor composed around it if one is asked
+    /// for.
+    fn executor(&self, run: &RunArgs) -> Result<Box<dyn Executor>, Failure> {
+        let local = Local {
+            keep_failed: run.keep_failed,
+            ..Local::default()
+        };
+        Ok(match self.remote(run)? {
+            None => Box::new(local),
+            Some(cache) if cache.executes() => Box::new(Cached {
+                cache: cache.clone(),
+                inner: Hybrid { cache, local },
+            }),
+            Some(cache) => Box::new(Cached {
+                cache,
+                inner: local,
+            }),
+        })
+    }
+
+    /// Connects to the remote cache or executor, if one is asked for.
+    fn remote(&self, run: &RunArgs) -> Result<Option<Arc<Cache>>, Failure> {
+        let nonempty = |t: &Option<String>| t.clone().filter(|t| !t.is_empty());
+        let (text, execute) = match (nonempty(&run.remote), nonempty(&run.remote_exec)) {
+            (_, Some(text)) => (text, true),
+            (Some(text), None) => (text, false),
+            (None, None) if run.remote_fallback => {
+                return Err(Failure::new(
+                    ExitCode::Usage,
+                    "--remote-fallback needs --remote or --remote-exec",
+                ));
+            }
+            (None, None) => return Ok(None),
+        };
+        let address = Address::parse(&text)?;
+        let connected = if execute {
+            Cache::connect_executor(&address)
+        } else {
+            Cache::connect(&address)
+        };
+        match connected {
+            Ok(cache) => Ok(Some(Arc::new(cache))),
+            Err(error) if run.remote_fallback && error.is_outage() => {
+                if self.verbosity != Verbosity::Quiet {
+                    eprintln!(
+                        "warning: {}; building here (--remote-fallback)",
+                        terminal::sanitise(&error.to_string())
+                    );
+                }
+                Ok(None)
+            }
+            Err(error) if error.is_outage() => Err(Failure::new(
+                ExitCode::Failure,
+                format!("{error}; or pass --remote-fallback to build here when it is down"),
+            )),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Realises `nodes` with a progress display.
+    fn realise(
+        &self,
+        nodes: &[NodeIndex],
+        executor: &dyn Executor,
+        options: &exec::Options,
+    ) -> Result<exec::Report, Failure> {
+        handle_interrupts();
+        let to_do = nodes
+            .iter()
+            .filter(|&&n| self.plan.node(n).status != Status::Cached)
+            .count();
+        let progress = Progress::new(self.verbosity, to_do);
+        let result = exec::realise_all(
+            &self.plan,
+            &self.store,
+            nodes,
+            executor,
+            options,
+            &|event| progress.observe(event),
+        );
+        progress.finish();
+        result.map_err(exec_failure)
+    }
+
+    fn apply(&self, run: &RunArgs) -> Result<ExitCode, Failure> {
+        let report = self.realise(
+            &exec::needed(&self.plan),
+            &*self.executor(run)?,
+            &self.options(run),
+        )?;
+        let roots: BTreeMap<String, EntryName> = exec::register_roots(&self.plan, &self.store)?
+            .into_iter()
+            .collect();
+        let mut text = String::new();
+        for (name, entry) in &roots {
+            let _ = writeln!(
+                text,
+                "{name} -> {}",
+                self.store.content_path(entry).display()
+            );
+        }
+        let _ = writeln!(text, "{report}");
+        if !roots.is_empty() {
+            let (generation, new) = self.store.profile(&self.profile)?.record(roots)?;
+            let _ = writeln!(
+                text,
+                "{} {} of profile `{}`",
+                if new {
+                    "Recorded generation"
+                } else {
+                    "Still generation"
+                },
+                generation.number,
+                self.profile
+            );
+        }
+        emit(&text)?;
+        Ok(ExitCode::Success)
+    }
+
+    fn build(&self, names: &[String], run: &RunArgs) -> Result<ExitCode, Failure> {
+        let targets = names
+            .iter()
+            .map(|n| self.find_node(n))
+            .collect::<Result<Vec<_>, _>>()?;
+        let report = self.realise(
+            &exec::needed_for(&self.plan, targets.iter().copied()),
+            &*self.executor(run)?,
+            &self.options(run),
+        )?;
+        let mut text = String::new();
+        for &target in &targets {
+            for entry in self.plan.entry_names(target) {
+                let _ = writeln!(
+                    text,
+                    "{} -> {}",
+                    self.plan.node(target).name,
+                    self.store.dir().join(&entry).join("content").display()
+                );
+            }
+        }
+        let _ = writeln!(text, "{report}");
+        emit(&text)?;
+        Ok(ExitCode::Success)
+    }
+
+    fn check(&self, name: &str, rounds: u16) -> Result<ExitCode, Failure> {
+        let index = self.find_node(name)?;
+        if !matches!(self.plan.node(index).kind, NodeKind::Derivation { .. }) {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                format!("`{name}` is a source; only derivations are rebuilt"),
+            ));
+        }
+        let options = exec::Options {
+            interrupt: Some(&INTERRUPTED),
+            ..exec::Options::default()
+        };
+        let local = Local::default();
+        self.realise(&exec::needed_for(&self.plan, [index]), &local, &options)?;
+        let progress = Progress::new(self.verbosity, 0);
+        let mut text = String::new();
+        let mut mismatch = false;
+        for round in 1..=rounds {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                return Err(exec_failure(ExecError::Interrupted(vec![name.to_string()])));
+            }
+            let started = std::time::Instant::now();
+            let checked = exec::check(&self.plan, &self.store, index, &local, &INTERRUPTED, &|e| {
+                progress.observe(e)
+            })
+            .map_err(|e| match e {
+                ExecError::Cancelled(name) => exec_failure(ExecError::Interrupted(vec![name])),
+                e => exec_failure(e),
+            })?;
+            for output in &checked {
+                if output.matches() {
+                    let _ = writeln!(
+                        text,
+                        "round {round}: {} output `{}` matches the store ({}, rebuilt in {:.1}s)",
+                        name,
+                        output.output,
+                        output.got,
+                        started.elapsed().as_secs_f64()
+                    );
+                } else {
+                    mismatch = true;
+                    let _ = writeln!(
+                        text,
+                        "round {round}: {name} output `{}` differs from the store: {} in the store, {} rebuilt",
+                        output.output, output.expected, output.got
+                    );
+                    for difference in &output.differences {
+                        let _ = writeln!(text, "  {difference}");
+                    }
+                }
+            }
+            if mismatch {
+                break;
+            }
+        }
+        progress.finish();
+        emit(&text)?;
+        if mismatch {
+            return Err(Failure::new(
+                ExitCode::Failure,
+                format!("`{name}` is not reproducible: a rebuild differs from the store"),
+            ));
+        }
+        Ok(ExitCode::Success)
+    }
+}

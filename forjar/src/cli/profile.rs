@@ -1,0 +1,243 @@
+//! The commands on a program's profile: `generations`, `diff`, `delete-generations` and
+//! `rollback`. They need the store, not the program's plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Subcommand;
+
+use super::store::human_bytes;
+use super::{ExitCode, Failure, emit};
+use crate::store::{EntryName, RootChanges, Store};
+
+/// The commands on the program's profile, which need no plan.
+#[derive(Debug, Subcommand)]
+pub(super) enum ProfileCommand {
+    /// List the profile's generations with their time and what changed.
+    Generations,
+    /// Show what changed between two generations: entries added, removed and changed.
+    Diff {
+        /// The earlier generation.
+        a: u64,
+        /// The later generation.
+        b: u64,
+    },
+    /// Delete generations, so that `gc` can free what only they kept. The current one stays.
+    #[command(group = clap::ArgGroup::new("which").required(true).multiple(true))]
+    DeleteGenerations {
+        /// Generation numbers.
+        #[arg(group = "which")]
+        numbers: Vec<u64>,
+        /// Every generation recorded longer ago than AGE (e.g. `30d`, `12h`).
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration, group = "which")]
+        older_than: Option<Duration>,
+        /// Every generation but the newest N.
+        #[arg(long, value_name = "N", group = "which")]
+        keep: Option<usize>,
+    },
+    /// Make an earlier generation current again, without building.
+    Rollback {
+        /// The generation [default: the one before the current one].
+        #[arg(long, value_name = "N")]
+        to: Option<u64>,
+    },
+}
+
+/// Runs a profile command on `profile` in `store`.
+pub(super) fn run(
+    store: &Store,
+    profile: &str,
+    command: ProfileCommand,
+) -> Result<ExitCode, Failure> {
+    match command {
+        ProfileCommand::Generations => generations(store, profile),
+        ProfileCommand::Diff { a, b } => diff(store, profile, a, b),
+        ProfileCommand::DeleteGenerations {
+            numbers,
+            older_than,
+            keep,
+        } => delete_generations(store, profile, &numbers, older_than, keep),
+        ProfileCommand::Rollback { to } => rollback(store, profile, to),
+    }
+}
+
+fn generations(store: &Store, profile: &str) -> Result<ExitCode, Failure> {
+    let profile = store.profile(profile)?;
+    let current = profile.current()?;
+    let generations = profile.generations()?;
+    if generations.is_empty() {
+        emit(&format!(
+            "profile `{}` has no generations yet; `apply` records one\n",
+            profile.name()
+        ))?;
+        return Ok(ExitCode::Success);
+    }
+    let mut text = String::new();
+    let mut before = BTreeMap::new();
+    for generation in &generations {
+        let changes = RootChanges::between(&before, &generation.roots);
+        let mut summary: Vec<String> = Vec::new();
+        summary.extend(changes.added.iter().map(|r| format!("+{r}")));
+        summary.extend(changes.changed.iter().map(|r| format!("~{r}")));
+        summary.extend(changes.removed.iter().map(|r| format!("-{r}")));
+        if summary.is_empty() {
+            summary.push("(same roots)".into());
+        }
+        let _ = writeln!(
+            text,
+            "{} {:>4}  {}  {}",
+            if current == Some(generation.number) {
+                '*'
+            } else {
+                ' '
+            },
+            generation.number,
+            humantime::format_rfc3339_seconds(generation.created()),
+            summary.join(" ")
+        );
+        before = generation.roots.clone();
+    }
+    emit(&text)?;
+    Ok(ExitCode::Success)
+}
+
+fn diff(store: &Store, profile: &str, a: u64, b: u64) -> Result<ExitCode, Failure> {
+    let profile = store.profile(profile)?;
+    let (from, to) = (profile.read(a)?, profile.read(b)?);
+    let contents = |roots: &BTreeMap<String, EntryName>| -> Result<BTreeMap<String, (BTreeSet<EntryName>, u64)>, Failure> {
+        let mut by_name: BTreeMap<String, (BTreeSet<EntryName>, u64)> = BTreeMap::new();
+        for entry in store.closure(roots.values().cloned())? {
+            let size = store.meta(&entry)?.size;
+            let slot = by_name.entry(entry.name().to_string()).or_default();
+            slot.0.insert(entry);
+            slot.1 += size;
+        }
+        Ok(by_name)
+    };
+    let (left, right) = (contents(&from.roots)?, contents(&to.roots)?);
+    let mut text = String::new();
+    let names: BTreeSet<&String> = left.keys().chain(right.keys()).collect();
+    for name in names {
+        match (left.get(name), right.get(name)) {
+            (None, Some((_, size))) => {
+                let _ = writeln!(text, "+ {name}  {}", human_bytes(*size));
+            }
+            (Some((_, size)), None) => {
+                let _ = writeln!(text, "- {name}  {}", human_bytes(*size));
+            }
+            (Some((old, old_size)), Some((new, new_size))) if old != new => {
+                let _ = writeln!(
+                    text,
+                    "~ {name}  {} -> {}",
+                    human_bytes(*old_size),
+                    human_bytes(*new_size)
+                );
+            }
+            _ => {}
+        }
+    }
+    if text.is_empty() {
+        text = format!("generations {a} and {b} hold the same entries\n");
+    }
+    emit(&text)?;
+    Ok(ExitCode::Success)
+}
+
+fn delete_generations(
+    store: &Store,
+    profile: &str,
+    numbers: &[u64],
+    older_than: Option<Duration>,
+    keep: Option<usize>,
+) -> Result<ExitCode, Failure> {
+    let profile = store.profile(profile)?;
+    let current = profile.current()?;
+    let generations = profile.generations()?;
+    // Named numbers are taken as given (naming the current one is an error); the current one is
+    // left out of what the age and count select.
+    let mut doomed: BTreeSet<u64> = numbers.iter().copied().collect();
+    let not_current = |number: u64| current != Some(number);
+    if let Some(age) = older_than {
+        let cutoff = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
+        doomed.extend(
+            generations
+                .iter()
+                .filter(|g| g.created() < cutoff && not_current(g.number))
+                .map(|g| g.number),
+        );
+    }
+    if let Some(keep) = keep {
+        let older = generations.len().saturating_sub(keep);
+        doomed.extend(
+            generations[..older]
+                .iter()
+                .map(|g| g.number)
+                .filter(|&n| not_current(n)),
+        );
+    }
+    if doomed.is_empty() {
+        emit(&format!(
+            "no generation of profile `{}` matches; nothing was deleted\n",
+            profile.name()
+        ))?;
+        return Ok(ExitCode::Success);
+    }
+    profile.delete(&doomed)?;
+    let list: Vec<String> = doomed.iter().map(u64::to_string).collect();
+    emit(&format!(
+        "Deleted generation{} {} of profile `{}`; `gc` frees what only they kept\n",
+        if doomed.len() == 1 { "" } else { "s" },
+        list.join(", "),
+        profile.name()
+    ))?;
+    Ok(ExitCode::Success)
+}
+
+fn rollback(store: &Store, profile: &str, to: Option<u64>) -> Result<ExitCode, Failure> {
+    let profile = store.profile(profile)?;
+    let current = profile.current()?;
+    let target = match to {
+        Some(n) => n,
+        None => {
+            let Some(current) = current else {
+                return Err(Failure::new(
+                    ExitCode::Failure,
+                    format!(
+                        "profile `{}` has no generations to roll back",
+                        profile.name()
+                    ),
+                ));
+            };
+            profile
+                .generations()?
+                .iter()
+                .map(|g| g.number)
+                .filter(|&n| n < current)
+                .max()
+                .ok_or_else(|| {
+                    Failure::new(
+                        ExitCode::Failure,
+                        format!(
+                            "generation {current} is the oldest of profile `{}`; there is nothing to roll back to",
+                            profile.name()
+                        ),
+                    )
+                })?
+        }
+    };
+    let generation = profile.switch(target)?;
+    let mut text = String::new();
+    for (name, entry) in &generation.roots {
+        let _ = writeln!(text, "{name} -> {}", store.content_path(entry).display());
+    }
+    let _ = writeln!(
+        text,
+        "Generation {} of profile `{}` is current (was {})",
+        generation.number,
+        profile.name(),
+        current.map_or("none".to_string(), |c| c.to_string())
+    );
+    emit(&text)?;
+    Ok(ExitCode::Success)
+}
