@@ -1044,7 +1044,7 @@ fn hand_made(
         constraints: Default::default(),
         sandbox: SandboxLevel::HostTools,
         fixed_output: None,
-        store_dir: store_dir.to_path_buf(),
+        store_dir: forjar::name::StoreDir::from_path(store_dir).unwrap(),
         host: Some(HostFingerprint::current()),
     })
     .unwrap()
@@ -1070,7 +1070,7 @@ fn run_hand_made(
         outputs: vec![(
             OutputName::new("out").unwrap(),
             staging,
-            request.store_dir().join("hand-made-out"),
+            request.store_dir.as_path().join("hand-made-out"),
         )],
         build_dir,
         limits: Default::default(),

@@ -70,7 +70,7 @@ fn main() {
         constraints: Default::default(),
         sandbox: SandboxLevel::HostTools,
         fixed_output: None,
-        store_dir: dir.path().join("store"),
+        store_dir: forjar::name::StoreDir::from_path(&dir.path().join("store")).unwrap(),
         host: Some(forjar::hash::HostFingerprint::current()),
     })
     .unwrap();

@@ -2,9 +2,10 @@
 //! a build. It imports nothing of forjar's, so everything above may use it.
 
 use std::fmt;
+use std::path::Path;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub(crate) use forjar_rules as rules;
 pub use forjar_rules::{KNOWN_SYSTEMS, MAX_NAME_LEN, RESERVED_ENV};
@@ -35,7 +36,9 @@ impl InvalidValue {
     }
 }
 
-/// `as_str` and `Display` for the string newtypes of `name` and `request`: each shows exactly its validated text.
+/// `as_str`, `Display` and serde for the string newtypes of `name` and `request` whose
+/// constructor is `new(impl Into<String>)`: each shows exactly its validated text, and is read
+/// back through its constructor, so a deserialized value is as valid as a built one.
 macro_rules! string_newtype {
     ($($name:ident),+) => {$(
         impl $name {
@@ -50,14 +53,27 @@ macro_rules! string_newtype {
                 f.write_str(&self.0)
             }
         }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = <String as serde::Deserialize>::deserialize(d)?;
+                $name::new(text).map_err(serde::de::Error::custom)
+            }
+        }
     )+};
 }
 pub(crate) use string_newtype;
 
-string_newtype!(Name, OutputName);
+string_newtype!(Name, OutputName, StoreDir);
 
 /// Bytes printed for a person: UTF-8 as is where it is printable, everything else escaped.
-pub(crate) fn shown(bytes: &[u8]) -> String {
+fn shown(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(s) => s.escape_debug().to_string(),
         Err(_) => bytes.escape_ascii().to_string(),
@@ -71,8 +87,7 @@ pub(crate) fn shown(bytes: &[u8]) -> String {
 /// assert!(Name::new("hello-2.12").is_ok());
 /// assert!(Name::new("hello world").is_err());
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Name(String);
 
 impl Name {
@@ -112,8 +127,7 @@ pub(crate) fn identifier(field: &'static str, value: &str) -> Result<(), Invalid
 }
 
 /// The name of one output of a derivation (`out`, `dev`, `doc`, ...).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OutputName(String);
 
 impl OutputName {
@@ -130,9 +144,43 @@ impl OutputName {
     }
 }
 
+/// A store directory: an absolute, clean path in UTF-8, as outputs are built for it and as it
+/// appears in their paths.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StoreDir(String);
+
+impl StoreDir {
+    /// Validates a store directory: it starts with `/`, has no empty, `.` or `..` component
+    /// and no NUL, and is not `/` itself.
+    pub fn new(path: impl Into<String>) -> Result<Self, InvalidValue> {
+        let path = path.into();
+        rules::abs_path(&path)
+            .map_err(|reason| InvalidValue::new("store directory", &path, reason))?;
+        Ok(StoreDir(path))
+    }
+
+    /// A host path as a store directory; one that is not UTF-8 is refused too.
+    pub fn from_path(path: &Path) -> Result<Self, InvalidValue> {
+        match path.to_str() {
+            Some(text) => StoreDir::new(text),
+            None => Err(InvalidValue::new(
+                "store directory",
+                path.as_os_str().as_encoded_bytes(),
+                "must be UTF-8; choose another with --store or FORJAR_STORE",
+            )),
+        }
+    }
+
+    /// The directory as a `Path`.
+    pub fn as_path(&self) -> &Path {
+        Path::new(&self.0)
+    }
+}
+
 /// Resource limits of a build. None of them is part of the closure key: they can make a build
 /// fail, but cannot change what a successful build produces.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Total wall-clock time.
     pub timeout: Option<Duration>,

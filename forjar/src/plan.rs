@@ -790,7 +790,7 @@ impl<'g> Planner<'g> {
             constraints: drv.constraints.clone(),
             sandbox: drv.sandbox,
             fixed_output: drv.fixed_output,
-            store_dir: store.dir().to_path_buf(),
+            store_dir: store.store_dir().clone(),
             host,
         })
         .map_err(request_error)?;

@@ -7,13 +7,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{DERIVATION_CONTEXT, Encoder, EntryName, HostFingerprint, Key, TreeDigest};
-use crate::name::{InvalidValue, Name, OutputName, identifier, rules, shown, string_newtype};
+use crate::name::{InvalidValue, Name, OutputName, StoreDir, identifier, rules, string_newtype};
 
 /// Errors of the cross-field rules of a request.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,8 +69,7 @@ string_newtype!(InputName, EnvKey, System);
 
 /// The name under which an input is visible to the build (an environment variable holding its
 /// store path).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InputName(String);
 
 impl InputName {
@@ -84,8 +82,7 @@ impl InputName {
 }
 
 /// An environment variable name: non-empty, without `=` or NUL.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct EnvKey(String);
 
 impl EnvKey {
@@ -104,14 +101,19 @@ pub struct EnvValue(Vec<u8>);
 impl EnvValue {
     /// Validates a value; `key` names the variable in the error.
     pub fn new(key: &EnvKey, value: impl Into<Vec<u8>>) -> Result<Self, InvalidValue> {
-        let value = value.into();
+        Self::checked(Some(key), value.into())
+    }
+
+    fn checked(key: Option<&EnvKey>, value: Vec<u8>) -> Result<Self, InvalidValue> {
         if let Some(at) = value.iter().position(|&b| b == 0) {
+            let of = key.map_or_else(
+                || "an env value".to_string(),
+                |k| format!("the value of `{k}`"),
+            );
             return Err(InvalidValue::new(
                 "env value",
                 &value,
-                format!(
-                    "the value of `{key}` contains a NUL byte at byte {at}, which no environment can hold"
-                ),
+                format!("{of} contains a NUL byte at byte {at}, which no environment can hold"),
             ));
         }
         Ok(EnvValue(value))
@@ -125,7 +127,13 @@ impl EnvValue {
 
 impl Serialize for EnvValue {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&shown(&self.0))
+        bytes::serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        EnvValue::checked(None, bytes::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
@@ -133,6 +141,12 @@ impl Serialize for EnvValue {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct CleanRelPath(String);
+
+impl<'de> Deserialize<'de> for CleanRelPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        CleanRelPath::new("path", String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
 
 impl CleanRelPath {
     /// Validates a clean relative path; `field` names it in the error.
@@ -159,6 +173,12 @@ impl CleanRelPath {
 #[serde(transparent)]
 pub struct AbsPath(String);
 
+impl<'de> Deserialize<'de> for AbsPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        AbsPath::new("path", String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 impl AbsPath {
     /// Validates an absolute clean path; `field` names it in the error.
     pub fn new(field: &'static str, path: impl Into<String>) -> Result<Self, InvalidValue> {
@@ -179,8 +199,7 @@ impl AbsPath {
 }
 
 /// A build platform, `<arch>-<os>`, one of [`KNOWN_SYSTEMS`].
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(transparent)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct System(String);
 
 impl System {
@@ -229,12 +248,29 @@ impl Arg {
 
 impl Serialize for Arg {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&shown(&self.0))
+        bytes::serialize(&self.0, s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Arg {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let arg = bytes::deserialize(d)?;
+        if arg.contains(&0) {
+            let error = InvalidValue::new(
+                "builder argument",
+                &arg,
+                "an argument contains a NUL byte, which no argv can hold",
+            );
+            return Err(serde::de::Error::custom(error));
+        }
+        Ok(Arg(arg))
     }
 }
 
 /// How much of the host a build sees.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum SandboxLevel {
     /// Only the declared inputs, and `/bin/sh` when asked for.
@@ -278,7 +314,8 @@ impl fmt::Display for SandboxLevel {
 }
 
 /// What a build needs from its environment; all of it is part of the closure key.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Constraints {
     /// Network access (fixed-output derivations only).
     pub network: bool,
@@ -319,8 +356,11 @@ impl ResolvedInput {
     }
 }
 
-/// The parts of a request, before its cross-field rules are checked by [`BuildRequest::new`].
-#[derive(Debug, Clone)]
+/// The fields of a request, each valid on its own; [`BuildRequest::new`] checks the rules
+/// between them. Its serde form is the request's on the wire and in `show`: every field is read
+/// back through its type's validating constructor.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RequestParts {
     /// The derivation's name.
     pub name: Name,
@@ -339,6 +379,7 @@ pub struct RequestParts {
     /// The inputs, resolved to store entries.
     pub inputs: BTreeMap<InputName, ResolvedInput>,
     /// Additional files written into the build directory before the build.
+    #[serde(with = "bytes::map")]
     pub files: BTreeMap<CleanRelPath, Vec<u8>>,
     /// What the build needs of the machine.
     pub constraints: Constraints,
@@ -347,40 +388,29 @@ pub struct RequestParts {
     /// The declared digest of a fixed-output derivation's output.
     pub fixed_output: Option<TreeDigest>,
     /// The store directory the outputs are built for (it appears in their paths).
-    pub store_dir: PathBuf,
+    pub store_dir: StoreDir,
     /// The host fingerprint (set exactly for the `host-tools` level).
     pub host: Option<HostFingerprint>,
 }
 
-/// A validated build request: the single input of key computation and of the sandbox.
+/// A validated build request: the single input of key computation and of the sandbox. Its
+/// fields are those of [`RequestParts`], read through `Deref`.
 #[derive(Debug, Clone, Serialize)]
-pub struct BuildRequest {
-    name: Name,
-    system: System,
-    args: Vec<Arg>,
-    working_dir: CleanRelPath,
-    scratch_paths: BTreeSet<CleanRelPath>,
-    outputs: BTreeSet<OutputName>,
-    env: BTreeMap<EnvKey, EnvValue>,
-    inputs: BTreeMap<InputName, ResolvedInput>,
-    #[serde(serialize_with = "serialize_files")]
-    files: BTreeMap<CleanRelPath, Vec<u8>>,
-    constraints: Constraints,
-    sandbox: SandboxLevel,
-    fixed_output: Option<TreeDigest>,
-    store_dir: PathBuf,
-    host: Option<HostFingerprint>,
+#[serde(transparent)]
+pub struct BuildRequest(RequestParts);
+
+impl std::ops::Deref for BuildRequest {
+    type Target = RequestParts;
+
+    fn deref(&self) -> &RequestParts {
+        &self.0
+    }
 }
 
-fn serialize_files<S: serde::Serializer>(
-    files: &BTreeMap<CleanRelPath, Vec<u8>>,
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_map(
-        files
-            .iter()
-            .map(|(path, bytes)| (path, format!("{} bytes", bytes.len()))),
-    )
+impl<'de> Deserialize<'de> for BuildRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        BuildRequest::new(RequestParts::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// The cross-field rules shared by a derivation and the request made of it.
@@ -439,8 +469,9 @@ pub(crate) fn check_names<'a>(
 fn check_build_paths(parts: &RequestParts) -> Result<(), InvalidValue> {
     let store = parts
         .store_dir
+        .as_path()
         .strip_prefix("/")
-        .unwrap_or(&parts.store_dir);
+        .unwrap_or(parts.store_dir.as_path());
     for scratch in &parts.scratch_paths {
         let path = scratch.as_path();
         let refusal = if let Some(dir) = rules::sandbox_dir(&format!("/{}", scratch.as_str())) {
@@ -450,7 +481,7 @@ fn check_build_paths(parts: &RequestParts) -> Result<(), InvalidValue> {
         } else if path.starts_with(store) {
             Some(format!(
                 "it is in the store directory `{}`, which the build sees read-only",
-                parts.store_dir.display()
+                parts.store_dir
             ))
         } else {
             parts
@@ -516,14 +547,6 @@ impl BuildRequest {
 
     /// The rules that do not concern names, and the request.
     fn assemble(parts: RequestParts) -> Result<Self, RequestError> {
-        if parts.store_dir.is_relative() {
-            return Err(InvalidValue::new(
-                "store directory",
-                parts.store_dir.as_os_str().as_encoded_bytes(),
-                "must be absolute",
-            )
-            .into());
-        }
         check_build_paths(&parts)?;
         if (parts.sandbox == SandboxLevel::HostTools) != parts.host.is_some() {
             return Err(InvalidValue::new(
@@ -533,22 +556,7 @@ impl BuildRequest {
             )
             .into());
         }
-        Ok(BuildRequest {
-            name: parts.name,
-            system: parts.system,
-            args: parts.args,
-            working_dir: parts.working_dir,
-            scratch_paths: parts.scratch_paths,
-            outputs: parts.outputs,
-            env: parts.env,
-            inputs: parts.inputs,
-            files: parts.files,
-            constraints: parts.constraints,
-            sandbox: parts.sandbox,
-            fixed_output: parts.fixed_output,
-            store_dir: parts.store_dir,
-            host: parts.host,
-        })
+        Ok(BuildRequest(parts))
     }
 
     /// The closure key of a derivation: everything that can change its output, and nothing else.
@@ -557,36 +565,35 @@ impl BuildRequest {
     /// its output is known in advance, so a change to how it is fetched changes nothing downstream.
     pub fn key(&self) -> Key {
         let mut e = Encoder::new(DERIVATION_CONTEXT);
-        if let Some(digest) = self.fixed_output() {
+        if let Some(digest) = &self.fixed_output {
             e.field("fixed")
-                .bytes(self.name().as_str().as_bytes())
+                .bytes(self.name.as_str().as_bytes())
                 .bytes(digest.as_bytes());
-            e.field("store")
-                .bytes(self.store_dir().as_os_str().as_bytes());
+            e.field("store").bytes(self.store_dir.as_str().as_bytes());
             return Key::from_bytes(e.finish());
         }
-        e.field("name").bytes(self.name().as_str().as_bytes());
-        e.field("system").bytes(self.system().as_str().as_bytes());
-        e.field("args").count(self.args().len());
-        for arg in self.args() {
+        e.field("name").bytes(self.name.as_str().as_bytes());
+        e.field("system").bytes(self.system.as_str().as_bytes());
+        e.field("args").count(self.args.len());
+        for arg in &self.args {
             e.bytes(arg.as_bytes());
         }
         e.field("workdir")
-            .bytes(self.working_dir().as_str().as_bytes());
-        e.field("scratch").count(self.scratch_paths().len());
-        for path in self.scratch_paths() {
+            .bytes(self.working_dir.as_str().as_bytes());
+        e.field("scratch").count(self.scratch_paths.len());
+        for path in &self.scratch_paths {
             e.bytes(path.as_str().as_bytes());
         }
-        e.field("env").count(self.env().len());
-        for (key, value) in self.env() {
+        e.field("env").count(self.env.len());
+        for (key, value) in &self.env {
             e.bytes(key.as_str().as_bytes()).bytes(value.as_bytes());
         }
-        e.field("outputs").count(self.outputs().len());
-        for output in self.outputs() {
+        e.field("outputs").count(self.outputs.len());
+        for output in &self.outputs {
             e.bytes(output.as_str().as_bytes());
         }
-        e.field("inputs").count(self.inputs().len());
-        for (name, input) in self.inputs() {
+        e.field("inputs").count(self.inputs.len());
+        for (name, input) in &self.inputs {
             e.bytes(name.as_str().as_bytes());
             match input {
                 ResolvedInput::Output { key, .. } => e.bytes(b"output").bytes(key.as_bytes()),
@@ -596,11 +603,11 @@ impl BuildRequest {
                     .bytes(entry.as_str().as_bytes()),
             };
         }
-        e.field("files").count(self.files().len());
-        for (path, contents) in self.files() {
+        e.field("files").count(self.files.len());
+        for (path, contents) in &self.files {
             e.bytes(path.as_str().as_bytes()).bytes(contents);
         }
-        let constraints = self.constraints();
+        let constraints = &self.constraints;
         e.field("constraints")
             .u8(constraints.network.into())
             .u8(constraints.provide_bin_sh.into());
@@ -615,69 +622,79 @@ impl BuildRequest {
                 .as_ref()
                 .map(|b| &b[..]),
         );
-        e.field("sandbox").bytes(self.sandbox().as_str().as_bytes());
+        e.field("sandbox").bytes(self.sandbox.as_str().as_bytes());
         e.field("host")
-            .option(self.host().map(|h| &h.as_bytes()[..]));
-        e.field("store")
-            .bytes(self.store_dir().as_os_str().as_bytes());
+            .option(self.host.as_ref().map(|h| &h.as_bytes()[..]));
+        e.field("store").bytes(self.store_dir.as_str().as_bytes());
         Key::from_bytes(e.finish())
     }
+}
 
-    /// The derivation's name.
-    pub fn name(&self) -> &Name {
-        &self.name
+/// The serde form of byte strings (arguments, env values, files): a string when they are UTF-8,
+/// `{"hex": ...}` otherwise, so that nothing is lost on the way.
+mod bytes {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::CleanRelPath;
+    use crate::hash::{hex, unhex};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Form<'a> {
+        Text(std::borrow::Cow<'a, str>),
+        Raw { hex: String },
     }
-    /// The platform.
-    pub fn system(&self) -> &System {
-        &self.system
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Form::Text(text.into()),
+            Err(_) => Form::Raw { hex: hex(bytes) },
+        }
+        .serialize(s)
     }
-    /// The builder's argv.
-    pub fn args(&self) -> &[Arg] {
-        &self.args
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        match Form::deserialize(d)? {
+            Form::Text(text) => Ok(text.into_owned().into_bytes()),
+            Form::Raw { hex } => unhex(&hex)
+                .ok_or_else(|| serde::de::Error::custom(format!("`{hex}` is not lowercase hex"))),
+        }
     }
-    /// The working directory, relative to the build top.
-    pub fn working_dir(&self) -> &CleanRelPath {
-        &self.working_dir
-    }
-    /// Extra scratch directories.
-    pub fn scratch_paths(&self) -> &BTreeSet<CleanRelPath> {
-        &self.scratch_paths
-    }
-    /// The outputs, sorted.
-    pub fn outputs(&self) -> &BTreeSet<OutputName> {
-        &self.outputs
-    }
-    /// The environment, sorted by key.
-    pub fn env(&self) -> &BTreeMap<EnvKey, EnvValue> {
-        &self.env
-    }
-    /// The inputs, sorted by name.
-    pub fn inputs(&self) -> &BTreeMap<InputName, ResolvedInput> {
-        &self.inputs
-    }
-    /// Additional files, sorted by path.
-    pub fn files(&self) -> &BTreeMap<CleanRelPath, Vec<u8>> {
-        &self.files
-    }
-    /// The constraints.
-    pub fn constraints(&self) -> &Constraints {
-        &self.constraints
-    }
-    /// The sandbox level.
-    pub fn sandbox(&self) -> SandboxLevel {
-        self.sandbox
-    }
-    /// The declared output digest of a fixed-output derivation.
-    pub fn fixed_output(&self) -> Option<&TreeDigest> {
-        self.fixed_output.as_ref()
-    }
-    /// The store directory.
-    pub fn store_dir(&self) -> &Path {
-        &self.store_dir
-    }
-    /// The host fingerprint, for `host-tools` builds.
-    pub fn host(&self) -> Option<&HostFingerprint> {
-        self.host.as_ref()
+
+    /// A map of byte strings.
+    pub(super) mod map {
+        use super::*;
+
+        pub(crate) fn serialize<S: Serializer>(
+            files: &BTreeMap<CleanRelPath, Vec<u8>>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            struct Bytes<'a>(&'a [u8]);
+            impl Serialize for Bytes<'_> {
+                fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    super::serialize(self.0, s)
+                }
+            }
+            s.collect_map(files.iter().map(|(path, bytes)| (path, Bytes(bytes))))
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<BTreeMap<CleanRelPath, Vec<u8>>, D::Error> {
+            struct Bytes(Vec<u8>);
+            impl<'de> Deserialize<'de> for Bytes {
+                fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                    super::deserialize(d).map(Bytes)
+                }
+            }
+            let map = BTreeMap::<CleanRelPath, Bytes>::deserialize(d)?;
+            Ok(map
+                .into_iter()
+                .map(|(path, bytes)| (path, bytes.0))
+                .collect())
+        }
     }
 }
 
@@ -706,7 +723,7 @@ mod tests {
             },
             sandbox: SandboxLevel::Hermetic,
             fixed_output: None,
-            store_dir: PathBuf::from("/var/forjar/store"),
+            store_dir: StoreDir::new("/var/forjar/store").unwrap(),
             host: None,
         }
     }

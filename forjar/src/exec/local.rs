@@ -96,10 +96,14 @@ impl Local {
         let planned_content = |entry: &EntryName| {
             // Bound at the path the request was planned for, which is this store's own except on
             // a remote worker.
-            request.store_dir().join(entry.as_str()).join("content")
+            request
+                .store_dir
+                .as_path()
+                .join(entry.as_str())
+                .join("content")
         };
         let mut inputs = Vec::new();
-        for (input, resolved) in request.inputs() {
+        for (input, resolved) in &request.inputs {
             let entry = resolved.entry();
             if !store.contains(entry) {
                 return Err(ExecError::MissingInput {
@@ -116,11 +120,8 @@ impl Local {
         }
         // What the inputs refer to is bound too (without a variable), so that what they need at
         // run time is there; it is also what the outputs may refer to.
-        let direct: BTreeSet<EntryName> = request
-            .inputs()
-            .values()
-            .map(|i| i.entry().clone())
-            .collect();
+        let direct: BTreeSet<EntryName> =
+            request.inputs.values().map(|i| i.entry().clone()).collect();
         let input_closure = store.closure(direct.iter().cloned())?;
         let referenced = input_closure
             .difference(&direct)
@@ -204,7 +205,7 @@ impl<'a> Prepared<'a> {
                     (
                         output.clone(),
                         staging.dir().to_path_buf(),
-                        job.request.store_dir().join(planned.entry.as_str()),
+                        job.request.store_dir.as_path().join(planned.entry.as_str()),
                     )
                 })
                 .collect(),
@@ -288,7 +289,7 @@ impl<'a> Prepared<'a> {
         // of its outputs to a process outside the sandbox, which could still write through them
         // after the build: its outputs are copied into fresh files of the store's own first, and
         // only the copies are checked and installed.
-        let stagings = if job.request.fixed_output().is_some() {
+        let stagings = if job.request.fixed_output.as_ref().is_some() {
             stagings
                 .into_iter()
                 .map(|staging| staging.fresh_copy(cx.lock))
@@ -306,7 +307,7 @@ impl<'a> Prepared<'a> {
     fn install(self, built: Built<'a>, started: SystemTime) -> Result<(), ExecError> {
         let (job, cx) = (self.job, self.cx);
         let request = job.request;
-        let fixed = request.fixed_output();
+        let fixed = request.fixed_output.as_ref();
         let own: Vec<EntryName> = job.outputs.values().map(|o| o.entry.clone()).collect();
         let candidates: Vec<EntryName> = self
             .input_closure
@@ -316,7 +317,7 @@ impl<'a> Prepared<'a> {
             .collect();
         let log_digest = TreeHasher::new().digest(&self.log_path).ok();
         let input_entries: BTreeMap<String, EntryName> = request
-            .inputs()
+            .inputs
             .iter()
             .map(|(n, i)| (n.to_string(), i.entry().clone()))
             .collect();
@@ -354,8 +355,8 @@ impl<'a> Prepared<'a> {
                     derivation: Some(*job.key),
                     references,
                     inputs: input_entries.clone(),
-                    system: Some(request.system().to_string()),
-                    sandbox: Some(request.sandbox().as_str().to_string()),
+                    system: Some(request.system.to_string()),
+                    sandbox: Some(request.sandbox.as_str().to_string()),
                     started,
                     log_digest,
                     location: job.location.map(str::to_string),

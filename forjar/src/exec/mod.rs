@@ -296,7 +296,7 @@ impl<'a> BuildJob<'a> {
 
     /// The derivation's name.
     pub fn name(&self) -> &'a Name {
-        self.request.name()
+        &self.request.name
     }
 
     /// Where it is defined, or nothing.

@@ -85,6 +85,13 @@ impl Serialize for HostFingerprint {
     }
 }
 
+impl<'de> serde::Deserialize<'de> for HostFingerprint {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ use re::content_addressable_storage_client::ContentAddressableStorageClient;
 use sha2::{Digest as _, Sha256};
 
 use super::{Remote, RemoteError};
+use crate::hash::hex;
 use crate::store::StoreError;
 use crate::walk;
 
@@ -61,14 +62,6 @@ fn digest_reader(mut file: File) -> io::Result<re::Digest> {
 /// `hash/size`, as REAPI tools print digests.
 pub fn show(digest: &re::Digest) -> String {
     format!("{}/{}", digest.hash, digest.size_bytes)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    bytes.iter().fold(String::with_capacity(64), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 fn io_error<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> RemoteError + 'p {

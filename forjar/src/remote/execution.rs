@@ -264,7 +264,7 @@ impl Remote {
                     nanos: t.subsec_nanos() as i32,
                 }
             }),
-            platform: build.job.request.host().map(|host| re::Platform {
+            platform: build.job.request.host.as_ref().map(|host| re::Platform {
                 properties: vec![re::platform::Property {
                     name: HOST_PROPERTY.to_string(),
                     value: host.to_string(),

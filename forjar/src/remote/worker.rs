@@ -39,11 +39,10 @@ use super::cas::{self, Upload};
 use super::execution::{ACTION_RESULT_TYPE, HOST_PROPERTY, REQUEST_FILE, is_build_command};
 use super::wire;
 use super::{Address, Remote, RemoteError};
-use crate::exec::{self, BuildJob, ExecError, Local};
+use crate::exec::{self, ExecError, Local};
 use crate::hash::HostFingerprint;
 use crate::name::Limits;
 use crate::name::{Name, RESERVED_ENV};
-use crate::plan::PlannedOutput;
 use crate::request::{
     Arg, BuildRequest, CleanRelPath, EnvKey, EnvValue, RequestParts, SandboxLevel, System,
 };
@@ -317,7 +316,22 @@ fn run_lease(
     cancel: &AtomicBool,
 ) -> Lease {
     let started = Instant::now();
-    let result = perform(remote, store, options, payload.unwrap_or_default(), cancel);
+    // A lease always gets its answer: a panic is a bug of this worker, and reported as one
+    // rather than leaving the action to time out.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        perform(remote, store, options, payload.unwrap_or_default(), cancel)
+    }))
+    .unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Refusal::new(
+            tonic::Code::Internal,
+            format!("the worker failed unexpectedly: {what}"),
+        ))
+    });
     match &result {
         Ok(r) => eprintln!(
             "worker {}: lease {id} done in {:.1}s, exit status {}",
@@ -401,18 +415,18 @@ fn build(
     let received = wire::decode(&remote.read_blob(&request_file)?)
         .map_err(|e| Refusal::new(tonic::Code::InvalidArgument, e.to_string()))?;
     let request = &received.request;
-    if *request.system() != System::host() {
+    if request.system != System::host() {
         return Err(Refusal::new(
             tonic::Code::FailedPrecondition,
             format!(
                 "`{}` is for {}, and this worker builds for {}",
-                request.name(),
-                request.system(),
+                request.name,
+                request.system,
                 System::host()
             ),
         ));
     }
-    if let Some(host) = request.host()
+    if let Some(host) = request.host.as_ref()
         && *host != HostFingerprint::current()
     {
         return Err(Refusal::new(
@@ -420,7 +434,7 @@ fn build(
             format!(
                 "`{}` is a host-tools build keyed by another host's software ({host}); this \
                  worker's host is {}",
-                request.name(),
+                request.name,
                 HostFingerprint::current()
             ),
         ));
@@ -432,11 +446,7 @@ fn build(
             install_input(remote, store, &entry, directory.digest.as_ref())?;
         }
     }
-    let direct: Vec<EntryName> = request
-        .inputs()
-        .values()
-        .map(|i| i.entry().clone())
-        .collect();
+    let direct: Vec<EntryName> = request.inputs.values().map(|i| i.entry().clone()).collect();
     // Every entry the inputs refer to must have come too.
     store.closure(direct).map_err(|e| {
         Refusal::new(
@@ -444,20 +454,10 @@ fn build(
             format!("the input root lacks part of the input closure: {e}"),
         )
     })?;
-    let outputs: std::collections::BTreeMap<_, _> = received
-        .outputs()
-        .into_iter()
-        .map(|(o, (key, entry))| (o, PlannedOutput { key, entry }))
-        .collect();
+    let outputs = received.outputs();
     let entries: Vec<EntryName> = outputs.values().map(|o| o.entry.clone()).collect();
-    eprintln!("worker {}: building {}", options.name, request.name());
-    let job = BuildJob {
-        request,
-        key: &received.key,
-        outputs: &outputs,
-        limits: &received.limits,
-        location: received.location.as_deref(),
-    };
+    eprintln!("worker {}: building {}", options.name, request.name);
+    let job = received.job(&outputs);
     let local = Local {
         cores: options.cores,
         keep_failed: false,
@@ -645,7 +645,7 @@ fn run_command(
         constraints: Default::default(),
         sandbox: SandboxLevel::HostTools,
         fixed_output: None,
-        store_dir: store.dir().to_path_buf(),
+        store_dir: store.store_dir().clone(),
         host: Some(HostFingerprint::current()),
     })
     .map_err(|e| invalid(e.to_string()))?;

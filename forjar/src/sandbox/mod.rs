@@ -370,12 +370,12 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
             },
         });
     }
-    let host_tools = request.sandbox() == SandboxLevel::HostTools;
+    let host_tools = request.sandbox == SandboxLevel::HostTools;
     if host_tools {
         for path in HOST_TOOLS {
             nodes.extend(host_node(Path::new(path), Path::new(path), false)?);
         }
-    } else if request.constraints().provide_bin_sh {
+    } else if request.constraints.provide_bin_sh {
         let files = elf::closure(Path::new("/bin/sh")).map_err(|e| SandboxError::Host {
             path: PathBuf::from("/bin/sh"),
             source: io::Error::other(e),
@@ -391,12 +391,12 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
             });
         }
     }
-    if request.constraints().network {
+    if request.constraints.network {
         for path in NETWORK_FILES {
             nodes.extend(host_node(Path::new(path), Path::new(path), false)?);
         }
     }
-    for path in &request.constraints().ro_paths {
+    for path in &request.constraints.ro_paths {
         let node = host_node(path.as_path(), path.as_path(), false)?.ok_or_else(|| {
             SandboxError::Host {
                 path: path.as_path().to_path_buf(),
@@ -417,11 +417,11 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
     check_path(&spec.build_dir)?;
 
     let mut env: Vec<(Vec<u8>, Vec<u8>)> = request
-        .env()
+        .env
         .iter()
         .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
         .collect();
-    if !request.env().keys().any(|k| k.as_str() == "PATH") {
+    if !request.env.keys().any(|k| k.as_str() == "PATH") {
         let path = if host_tools {
             HOST_PATH
         } else {
@@ -439,7 +439,7 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
     ] {
         env.push((key.as_bytes().to_vec(), value.as_bytes().to_vec()));
     }
-    let working_dir = Path::new("/").join(request.working_dir().as_path());
+    let working_dir = Path::new("/").join(request.working_dir.as_path());
     env.push((b"PWD".to_vec(), working_dir.as_os_str().as_bytes().to_vec()));
     env.push((
         b"FORJAR_BUILD_CORES".to_vec(),
@@ -474,29 +474,25 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
 
     Ok(Prepared {
         parent_pid: std::process::id() as i32,
-        network: request.constraints().network,
+        network: request.constraints.network,
         nodes,
         build_dir: spec.build_dir.clone(),
         working_dir,
         scratch: request
-            .scratch_paths()
+            .scratch_paths
             .iter()
             .map(|p| Path::new("/").join(p.as_path()))
             .collect(),
-        store_dir: request.store_dir().to_path_buf(),
+        store_dir: request.store_dir.as_path().to_path_buf(),
         files: request
-            .files()
+            .files
             .iter()
             .map(|(p, c)| (p.as_path().to_path_buf(), c.clone()))
             .collect(),
         devices: DEVICES.to_vec(),
         rlimits,
         seccomp: seccomp::program(),
-        args: request
-            .args()
-            .iter()
-            .map(|a| cstring(a.as_bytes()))
-            .collect(),
+        args: request.args.iter().map(|a| cstring(a.as_bytes())).collect(),
         env,
         log_write: -1,
         stderr_write: -1,

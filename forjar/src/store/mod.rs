@@ -42,6 +42,7 @@ pub use verify::{Problem, VerifyReport};
 use std::os::unix::fs::PermissionsExt;
 
 use crate::hash::{DigestCache, HashError, TreeDigest, is_store_hash};
+use crate::name::StoreDir;
 
 /// The marker file of a store, and the format it holds.
 const MARKER: &str = ".forjar-store";
@@ -164,6 +165,8 @@ impl StoreError {
 /// An open store.
 pub struct Store {
     dir: PathBuf,
+    /// `dir`, validated as the store directory builds are keyed by.
+    store_dir: StoreDir,
     /// Shared for the life of the handle; exclusive while collecting garbage.
     lock: File,
     cache: OnceLock<DigestCache>,
@@ -214,6 +217,10 @@ impl Store {
         }
         let dir = fs::canonicalize(dir)
             .map_err(StoreError::io("cannot open the store directory", dir))?;
+        let store_dir = StoreDir::from_path(&dir).map_err(|e| StoreError::NotAStore {
+            dir: dir.clone(),
+            reason: format!("its path {}", e.reason),
+        })?;
         let marker = dir.join(MARKER);
         match fs::read(&marker) {
             Ok(format) if format == FORMAT.as_bytes() => {}
@@ -279,6 +286,7 @@ impl Store {
             .map_err(StoreError::io("cannot lock", &lock_path))?;
         let store = Store {
             dir,
+            store_dir,
             lock,
             cache: OnceLock::new(),
         };
@@ -289,6 +297,11 @@ impl Store {
     /// The store's directory (absolute, symlinks resolved).
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The store directory as builds are keyed by it.
+    pub fn store_dir(&self) -> &StoreDir {
+        &self.store_dir
     }
 
     /// The owner that entries must have: the store directory's, when this process may set
