@@ -1,9 +1,16 @@
 //! Generates the client of the Remote Workers API's Bots service (which `forjar worker` speaks
 //! to BuildGrid) from `proto/`, with the vendored protoc. The Remote Execution API itself comes
 //! pre-generated in the `bazel-remote-apis` crate, whose protobuf and rpc types the generated
-//! code shares.
+//! code shares. Only with the `remote` feature.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    #[cfg(feature = "remote")]
+    bots()?;
+    Ok(())
+}
+
+#[cfg(feature = "remote")]
+fn bots() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     // SAFETY: build scripts are single-threaded; prost-build reads PROTOC from the environment.
     unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };

@@ -31,6 +31,7 @@ pub mod exec;
 pub mod hash;
 pub mod name;
 pub mod plan;
+#[cfg(feature = "remote")]
 pub mod remote;
 pub mod request;
 pub mod sandbox;

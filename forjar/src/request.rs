@@ -530,6 +530,7 @@ impl BuildRequest {
 
     /// A request for a plain REAPI action run by `forjar worker`: like [`BuildRequest::new`],
     /// but with no store outputs (the action's outputs are paths in `/build`, its input root).
+    #[cfg(feature = "remote")]
     pub(crate) fn action(parts: RequestParts) -> Result<Self, RequestError> {
         if parts.args.is_empty() {
             return Err(RequestError::NoBuilder(parts.name.to_string()));

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use forjar::cli::store::{self, EntryCommand, HashCommand, StoreCommand};
+#[cfg(feature = "remote")]
 use forjar::cli::worker::{self, WorkerArgs};
 use forjar::cli::{ExitCode, Failure};
 use forjar::store::Store;
@@ -34,6 +35,7 @@ enum Command {
     Store(StoreCommands),
     /// Run actions for a REAPI server (BuildGrid's Bots API), each in forjar's sandbox, with
     /// the store (--store) holding inputs and outputs.
+    #[cfg(feature = "remote")]
     Worker(WorkerArgs),
 }
 
@@ -60,6 +62,7 @@ fn main() -> std::process::ExitCode {
     };
     let result: Result<ExitCode, Failure> = match cli.command {
         Command::Hash(command) => store::hash(command),
+        #[cfg(feature = "remote")]
         Command::Worker(args) => worker::run(&cli.store.unwrap_or_else(Store::default_dir), args),
         Command::Store(command) => {
             let dir = cli.store.unwrap_or_else(Store::default_dir);

@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use clap::Subcommand;
@@ -11,13 +10,10 @@ use petgraph::graph::NodeIndex;
 use super::inspect::render_plan;
 use super::process::{INTERRUPT_SIGNAL, INTERRUPTED, handle_interrupts};
 use super::program::Session;
-use super::progress::{Progress, Verbosity};
-use super::{ExitCode, Failure, emit, terminal};
+use super::progress::Progress;
+use super::{ExitCode, Failure, emit};
 use crate::exec::{self, ExecError, Executor, Local};
 use crate::plan::{NodeKind, Status};
-use crate::remote::Address;
-use crate::remote::cache::Cache;
-use crate::remote::executor::{Cached, Hybrid};
 use crate::store::EntryName;
 
 /// How to run builds.
@@ -32,27 +28,9 @@ pub(super) struct RunArgs {
     /// Keep a failed build's directory and print where it is.
     #[arg(long)]
     keep_failed: bool,
-    /// A REAPI remote cache (e.g. BuildGrid): each derivation is looked up there before it is
-    /// built, and what is built here is uploaded.
-    #[arg(
-        long,
-        value_name = "grpc://HOST:PORT[/INSTANCE]",
-        env = "FORJAR_REMOTE"
-    )]
-    remote: Option<String>,
-    /// A REAPI remote executor (e.g. BuildGrid with `forjar worker`s): a cache as with
-    /// --remote, and what it does not have is built there (a `host-tools` build only by a
-    /// worker on a host with the same software). Raise -j to keep more workers busy.
-    #[arg(
-        long,
-        value_name = "grpc://HOST:PORT[/INSTANCE]",
-        env = "FORJAR_REMOTE_EXEC",
-        conflicts_with = "remote"
-    )]
-    remote_exec: Option<String>,
-    /// When the remote cannot be reached at the start, warn and build everything here.
-    #[arg(long)]
-    remote_fallback: bool,
+    #[cfg(feature = "remote")]
+    #[command(flatten)]
+    remote: super::remote::RemoteArgs,
 }
 
 /// The commands that build: each plans the program, then realises part of it.
@@ -138,56 +116,10 @@ impl Session {
             keep_failed: run.keep_failed,
             ..Local::default()
         };
-        Ok(match self.remote(run)? {
-            None => Box::new(local),
-            Some(cache) if cache.executes() => Box::new(Cached {
-                cache: cache.clone(),
-                inner: Hybrid { cache, local },
-            }),
-            Some(cache) => Box::new(Cached {
-                cache,
-                inner: local,
-            }),
-        })
-    }
-
-    /// Connects to the remote cache or executor, if one is asked for.
-    fn remote(&self, run: &RunArgs) -> Result<Option<Arc<Cache>>, Failure> {
-        let nonempty = |t: &Option<String>| t.clone().filter(|t| !t.is_empty());
-        let (text, execute) = match (nonempty(&run.remote), nonempty(&run.remote_exec)) {
-            (_, Some(text)) => (text, true),
-            (Some(text), None) => (text, false),
-            (None, None) if run.remote_fallback => {
-                return Err(Failure::new(
-                    ExitCode::Usage,
-                    "--remote-fallback needs --remote or --remote-exec",
-                ));
-            }
-            (None, None) => return Ok(None),
-        };
-        let address = Address::parse(&text)?;
-        let connected = if execute {
-            Cache::connect_executor(&address)
-        } else {
-            Cache::connect(&address)
-        };
-        match connected {
-            Ok(cache) => Ok(Some(Arc::new(cache))),
-            Err(error) if run.remote_fallback && error.is_outage() => {
-                if self.verbosity != Verbosity::Quiet {
-                    eprintln!(
-                        "warning: {}; building here (--remote-fallback)",
-                        terminal::sanitise(&error.to_string())
-                    );
-                }
-                Ok(None)
-            }
-            Err(error) if error.is_outage() => Err(Failure::new(
-                ExitCode::Failure,
-                format!("{error}; or pass --remote-fallback to build here when it is down"),
-            )),
-            Err(error) => Err(error.into()),
-        }
+        #[cfg(feature = "remote")]
+        return super::remote::around(local, &run.remote, self.verbosity);
+        #[cfg(not(feature = "remote"))]
+        Ok(Box::new(local))
     }
 
     /// Realises `nodes` with a progress display.

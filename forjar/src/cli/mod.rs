@@ -11,8 +11,11 @@ mod process;
 mod profile;
 mod program;
 mod progress;
+#[cfg(feature = "remote")]
+mod remote;
 pub mod store;
 mod terminal;
+#[cfg(feature = "remote")]
 pub mod worker;
 
 pub use inspect::render_plan;
@@ -79,6 +82,7 @@ impl From<crate::store::StoreError> for Failure {
     }
 }
 
+#[cfg(feature = "remote")]
 impl From<crate::remote::RemoteError> for Failure {
     fn from(e: crate::remote::RemoteError) -> Self {
         let code = match e {

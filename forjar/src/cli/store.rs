@@ -7,7 +7,6 @@ use clap::Subcommand;
 
 use super::{ExitCode, Failure, emit};
 use crate::hash::tree_digest;
-use crate::remote::{Address, Remote};
 use crate::store::{EntryName, RootTarget, Store};
 
 /// Commands on the store.
@@ -27,6 +26,7 @@ pub enum StoreCommand {
     },
     /// Upload entries and everything they refer to into a remote cache, as `apply --remote`
     /// uploads what it builds [default: every entry of the store].
+    #[cfg(feature = "remote")]
     Push {
         /// Entry names, paths in the store, hash prefixes or names.
         entries: Vec<String>,
@@ -199,8 +199,9 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
             );
             emit(&text)?;
         }
+        #[cfg(feature = "remote")]
         StoreCommand::Push { entries, remote } => {
-            let address = Address::parse(&remote)?;
+            let address = crate::remote::Address::parse(&remote)?;
             let named = if entries.is_empty() {
                 store.entries()?
             } else {
@@ -210,7 +211,7 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
                     .collect::<Result<Vec<_>, _>>()?
             };
             let closure = store.closure(named)?;
-            let remote = Remote::connect(&address)?;
+            let remote = crate::remote::Remote::connect(&address)?;
             for entry in &closure {
                 remote.push_entry(&store, entry).map_err(|e| {
                     Failure::new(ExitCode::Failure, format!("pushing {entry}: {e}"))

@@ -580,6 +580,7 @@ fn write_maps(pid: Pid, uid: u32, gid: u32) -> io::Result<()> {
 }
 
 /// The last lines of a log, as a failed build's error shows them.
+#[cfg(feature = "remote")]
 pub(crate) fn log_tail(log: &[u8]) -> Vec<String> {
     let mut tail = Tail::default();
     tail.push(log);
