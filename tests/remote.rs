@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
-use forjar::remote::cas::digest_file;
+use forjar::remote::digest_file;
 use forjar::store::{Store, remove_tree};
 use forjar_suite::{
     PrivateStack, Watched, assert_ok, dag, fresh_salt, remote_stack, reported, run_dag, sandbox,

@@ -198,12 +198,12 @@ impl AbsPath {
     }
 }
 
-/// A build platform, `<arch>-<os>`, one of [`KNOWN_SYSTEMS`].
+/// A build platform, `<arch>-<os>`, one of [`crate::name::KNOWN_SYSTEMS`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct System(String);
 
 impl System {
-    /// Validates a system name against [`KNOWN_SYSTEMS`].
+    /// Validates a system name against [`crate::name::KNOWN_SYSTEMS`].
     pub fn new(system: impl Into<String>) -> Result<Self, InvalidValue> {
         let system = system.into();
         rules::system(&system).map_err(|reason| InvalidValue::new("system", &system, reason))?;

@@ -1,9 +1,10 @@
 //! Canonical encoding, closure keys and tree digests (the book: "Hashing").
 //!
 //! Three BLAKE3 derive-key contexts give three kinds of 32-byte value:
-//! - the *closure key* of a derivation ([`derivation_key`]), from the normalised request;
+//! - the *closure key* of a derivation ([`crate::request::BuildRequest::key`]), from the normalised
+//!   request;
 //! - the key of one output or source *store entry* ([`output_key`], [`source_key`]);
-//! - the *tree digest* of content ([`tree`]), the public format that `verify` compares.
+//! - the *tree digest* of content ([`tree_digest`]), the public format that `verify` compares.
 //!
 //! The encoding under a key is tagged and length-prefixed, so that no two different requests
 //! encode to the same bytes (see the book's "Hashing" chapter for the byte-exact spec).
@@ -11,7 +12,7 @@
 mod cache;
 mod entry;
 mod host;
-pub mod tree;
+mod tree;
 
 use std::fmt;
 use std::str::FromStr;

@@ -57,7 +57,7 @@ pub struct Pushed {
     pub tree: re::Digest,
     /// The digest of its build log, when one went along.
     pub log: Option<re::Digest>,
-    /// The entry as an input root holds it (see [`PackedEntries`]).
+    /// The entry as an input root holds it (see `PackedEntries`).
     pub directories: Arc<[re::Directory]>,
 }
 
@@ -339,7 +339,7 @@ impl Cache {
     }
 
     /// Connects to the remote at `address` as a cache and an executor: a derivation it does not
-    /// have is built there (see [`super::execution`]).
+    /// have is built there (see the book's "Remote execution").
     pub fn connect_executor(address: &Address) -> Result<Cache, RemoteError> {
         let remote = Remote::connect(address)?;
         if !remote.executes() {

@@ -4,24 +4,26 @@
 //! forjar is synchronous; [`Remote`] owns a small tokio runtime and blocks on each call, so the
 //! scheduler's build threads use it like any other blocking resource.
 //!
-//! - [`cas`]: blobs, directories and trees in the ContentAddressableStorage, every downloaded
+//! - `cas`: blobs, directories and trees in the ContentAddressableStorage, every downloaded
 //!   blob checked against its SHA-256 digest.
 //! - [`cache`]: store entries in the ActionCache, keyed by an action derived from the entry's
 //!   key alone, so that a fresh store can look an entry up before it has any of its inputs.
-//! - [`execution`]: a derivation's build sent as an `Action` to the remote executor, in the
-//!   wire form of [`wire`].
+//! - `execution`: a derivation's build sent as an `Action` to the remote executor, in the
+//!   wire form of `wire`.
 //! - [`executor`]: the remote cache and remote execution as executors of
 //!   [`crate::exec::Executor`], composed around the local one.
-//! - [`worker`]: `forjar worker`, a bot of BuildGrid's Bots API that runs actions in forjar's
-//!   sandbox; [`bots`] is that API's client, generated from `proto/`.
+//! - `worker`: `forjar worker`, a bot of BuildGrid's Bots API that runs actions in forjar's
+//!   sandbox; `bots` is that API's client, generated from `proto/`.
 
-pub mod bots;
+mod bots;
 pub mod cache;
-pub mod cas;
-pub mod execution;
+mod cas;
+mod execution;
 pub mod executor;
-pub mod wire;
-pub mod worker;
+mod wire;
+pub(crate) mod worker;
+
+pub use cas::digest_file;
 
 use std::fmt;
 use std::time::Duration;
