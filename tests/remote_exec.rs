@@ -467,3 +467,88 @@ fn a_server_killed_during_remote_execution_leaves_the_apply_to_finish_here() {
     let report = Store::open(&store).unwrap().verify().unwrap();
     assert!(report.is_ok(), "{report:?}");
 }
+
+/// BuildGrid's own client: sends `args` as a command with `root` as its input root, from `dir`,
+/// with `bgd`'s `options` (`--output-file`, ...).
+fn bgd_execute(
+    address: &str,
+    dir: &Path,
+    root: &Path,
+    options: &[&str],
+    args: &[&str],
+) -> std::process::Output {
+    let server = address.replacen("grpc://", "http://", 1);
+    Command::new(forjar_suite::root().join("target/buildgrid-venv/bin/bgd"))
+        .args(["execute", "--remote", &server, "command"])
+        .args(options)
+        .arg(root)
+        .arg("--")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("bgd, installed by remote/stack, runs")
+}
+
+#[test]
+fn a_worker_refuses_a_request_with_a_nul_naming_it_and_takes_the_next_action() {
+    let Some(scene) = scene("nul") else { return };
+    let worker = Worker::start(scene.address, scene.dir.path(), "nul");
+    worker.wait_ready();
+    // What no forjar client sends and a broken or hostile one can: a store directory with a NUL.
+    let root = scene.dir.path().join("root");
+    fs::create_dir(&root).unwrap();
+    let request = serde_json::json!({
+        "format": "forjar build request v2",
+        "key": "00".repeat(32),
+        "location": null,
+        "limits": {},
+        "request": {
+            "store_dir": "/var/lib/forjar\u{0}/store",
+            "name": format!("nul-{}", scene.salt),
+            "system": "x86_64-linux",
+            "args": ["/bin/sh", "-c", "true"],
+            "working_dir": "build",
+            "scratch_paths": [],
+            "outputs": ["out"],
+            "env": {},
+            "inputs": {},
+            "files": {},
+            "constraints": {"network": false, "provide_bin_sh": true, "ro_paths": []},
+            "sandbox": "hermetic",
+            "fixed_output": null,
+            "host": null,
+        },
+    });
+    fs::write(root.join("request.json"), request.to_string()).unwrap();
+    let out = bgd_execute(
+        scene.address,
+        scene.dir.path(),
+        &root,
+        &[],
+        &["forjar", "build-request", "request.json"],
+    );
+    let said = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(
+        said.contains("code: 3") && said.contains("invalid store directory"),
+        "the client is told the request is invalid, and why:\n{said}"
+    );
+    assert!(worker.log().contains("InvalidArgument"), "{}", worker.log());
+
+    // The worker goes on: the next action runs.
+    let plain = scene.dir.path().join("plain");
+    fs::create_dir(&plain).unwrap();
+    let salt = format!("echo {} > out", scene.salt);
+    let out = bgd_execute(
+        scene.address,
+        scene.dir.path(),
+        &plain,
+        &["--output-file", "out"],
+        &["/bin/sh", "-c", &salt],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !worker.log().contains("exit status 0") {
+        assert!(Instant::now() < deadline, "{}", worker.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

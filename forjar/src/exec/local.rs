@@ -18,7 +18,7 @@ use super::{BuildFailure, BuildJob, Context, Done, ExecError, Executor, JobEvent
 use crate::hash::TreeHasher;
 use crate::request::InputName;
 use crate::sandbox::{self, BuildSpec, Outcome};
-use crate::store::{Committed, Draft, EntryKind, EntryName, Staging, StoreError};
+use crate::store::{Committed, Draft, EntryKind, EntryName, ScratchDir, Staging, StoreError};
 
 /// Builds in the sandbox on this machine.
 #[derive(Debug, Clone)]
@@ -50,15 +50,6 @@ impl Executor for Local {
     }
 }
 
-/// The `/build` directory of one build, removed when dropped.
-struct BuildDir(PathBuf);
-
-impl Drop for BuildDir {
-    fn drop(&mut self) {
-        let _ = crate::store::remove_tree(&self.0);
-    }
-}
-
 /// A build set up in the store: its inputs found, its staging and build directories made.
 pub(super) struct Prepared<'a> {
     local: &'a Local,
@@ -72,7 +63,7 @@ pub(super) struct Prepared<'a> {
     referenced: Vec<(PathBuf, PathBuf)>,
     /// One per output, in the order of `job.outputs`; taken by `run`.
     stagings: Vec<Staging<'a>>,
-    build_dir: BuildDir,
+    build_dir: ScratchDir,
     log_path: PathBuf,
 }
 
@@ -132,7 +123,7 @@ impl Local {
             .values()
             .map(|o| Staging::new(store, cx.lock, o.entry.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        let build_dir = BuildDir(store.dir().join(".tmp").join(format!(
+        let build_dir = ScratchDir(store.dir().join(".tmp").join(format!(
             "{}.{}-build",
             job.key.store_hash(),
             std::process::id()

@@ -71,11 +71,9 @@ impl fmt::Debug for HostFingerprint {
 }
 
 impl std::str::FromStr for HostFingerprint {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        super::parse_hex32(s)
-            .map(HostFingerprint)
-            .ok_or_else(|| format!("`{s}` is not a host fingerprint (64 lowercase hex digits)"))
+    type Err = super::BadHex;
+    fn from_str(s: &str) -> Result<Self, super::BadHex> {
+        super::parse_hex32_as("host fingerprint", s).map(HostFingerprint)
     }
 }
 

@@ -1,8 +1,8 @@
 //! Canonical encoding, closure keys and tree digests (the book: "Hashing").
 //!
 //! Three BLAKE3 derive-key contexts give three kinds of 32-byte value:
-//! - the *closure key* of a derivation ([`crate::request::BuildRequest::key`]), from the normalised
-//!   request;
+//! - the *closure key* of a derivation (`BuildRequest::key`, in `request`, which
+//!   encodes the normalised request with this module's encoder);
 //! - the key of one output or source *store entry* ([`output_key`], [`source_key`]);
 //! - the *tree digest* of content ([`tree_digest`]), the public format that `verify` compares.
 //!
@@ -134,12 +134,28 @@ impl fmt::Debug for Key {
     }
 }
 
+/// A string that is not the 64 lowercase hex digits of a key or a host fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not a {what} (64 lowercase hex digits)")]
+pub struct BadHex {
+    /// What was expected: "key" or "host fingerprint".
+    pub what: &'static str,
+    /// The text given.
+    pub text: String,
+}
+
+/// The 32 bytes of `s`, or what it is not.
+fn parse_hex32_as(what: &'static str, s: &str) -> Result<[u8; 32], BadHex> {
+    parse_hex32(s).ok_or_else(|| BadHex {
+        what,
+        text: s.to_string(),
+    })
+}
+
 impl FromStr for Key {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        parse_hex32(s)
-            .map(Key)
-            .ok_or_else(|| format!("`{s}` is not a key (64 lowercase hex digits)"))
+    type Err = BadHex;
+    fn from_str(s: &str) -> Result<Self, BadHex> {
+        parse_hex32_as("key", s).map(Key)
     }
 }
 

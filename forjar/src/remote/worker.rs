@@ -20,7 +20,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
@@ -542,15 +542,6 @@ fn install_input(
 
 static ACTION_SEQ: AtomicU64 = AtomicU64::new(0);
 
-/// A directory removed when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = crate::store::remove_tree(&self.0);
-    }
-}
-
 /// Runs a plain command: the input root at `/build`, the host's tools, no network.
 fn run_command(
     remote: &Remote,
@@ -568,7 +559,7 @@ fn run_command(
     );
     let seq = ACTION_SEQ.fetch_add(1, Ordering::Relaxed);
     let tmp = store.dir().join(".tmp");
-    let top = Scratch(tmp.join(format!("action-{}-{seq}", std::process::id())));
+    let top = crate::store::ScratchDir(tmp.join(format!("action-{}-{seq}", std::process::id())));
     fs::create_dir(&top.0).map_err(StoreError::io("cannot create", &top.0))?;
     let exec_root = top.0.join("root");
     fs::create_dir(&exec_root).map_err(StoreError::io("cannot create", &exec_root))?;

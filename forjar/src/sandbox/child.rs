@@ -24,7 +24,7 @@ use nix::unistd::{
     ForkResult, Gid, Uid, chdir, fork, pivot_root, sethostname, setresgid, setresuid,
 };
 
-use super::{BUILD_GID, BUILD_UID, EXEC_FAILED, LIMIT_HIT, NodeKind, Prepared, SETUP_FAILED};
+use super::{BUILD_GID, BUILD_UID, EXEC_FAILED, LIMIT_HIT, PlacementKind, Prepared, SETUP_FAILED};
 
 /// Where the new root is assembled before `pivot_root`. Any directory every uid can search
 /// would do; `/tmp` always is one, and the tmpfs mounted on it is visible only in the build's
@@ -274,14 +274,14 @@ fn too_many_files() -> Failed {
 /// How many descriptors go over the feed at once.
 const BATCH: usize = 32;
 
-/// The host objects the build binds, in the order `setup` binds them: every bound node, the
+/// The host objects the build binds, in the order `setup` binds them: every bound placement, the
 /// build directory, the devices.
 fn fed_paths(p: &Prepared) -> Vec<PathBuf> {
-    p.nodes
+    p.placements
         .iter()
-        .filter_map(|node| match &node.kind {
-            NodeKind::Bind { host, .. } => Some(host.clone()),
-            NodeKind::Symlink { .. } => None,
+        .filter_map(|placement| match &placement.kind {
+            PlacementKind::Bind { host, .. } => Some(host.clone()),
+            PlacementKind::Symlink { .. } => None,
         })
         .chain([p.build_dir.clone()])
         .chain(p.devices.iter().map(|d| Path::new("/dev").join(d)))
@@ -577,10 +577,10 @@ fn setup(p: &Prepared, feed: &mut Feed) -> Result<Never, Failed> {
         tmpfs(&at(scratch), 0o1777, MsFlags::empty())?;
     }
 
-    for node in &p.nodes {
-        let target = at(&node.target);
-        match &node.kind {
-            NodeKind::Bind {
+    for placement in &p.placements {
+        let target = at(&placement.target);
+        match &placement.kind {
+            PlacementKind::Bind {
                 is_dir, writable, ..
             } => {
                 let access = if *writable {
@@ -590,7 +590,7 @@ fn setup(p: &Prepared, feed: &mut Feed) -> Result<Never, Failed> {
                 };
                 bind(feed.next()?, &target, *is_dir, access)?
             }
-            NodeKind::Symlink { to } => {
+            PlacementKind::Symlink { to } => {
                 if let Some(parent) = target.parent() {
                     mkdirs(parent)?;
                 }

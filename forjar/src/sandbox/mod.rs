@@ -127,12 +127,12 @@ fn nix_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> SandboxError
 }
 
 /// One thing placed in the sandbox's root.
-pub(crate) struct Node {
+pub(crate) struct Placement {
     target: PathBuf,
-    kind: NodeKind,
+    kind: PlacementKind,
 }
 
-pub(crate) enum NodeKind {
+pub(crate) enum PlacementKind {
     /// A host file or directory, bound from a detached mount the supervisor clones.
     Bind {
         host: PathBuf,
@@ -147,7 +147,7 @@ pub(crate) enum NodeKind {
 pub(crate) struct Prepared {
     parent_pid: i32,
     network: bool,
-    nodes: Vec<Node>,
+    placements: Vec<Placement>,
     build_dir: PathBuf,
     /// Where the build starts, in the sandbox.
     working_dir: PathBuf,
@@ -316,7 +316,11 @@ fn check_path(path: &Path) -> Result<(), SandboxError> {
 }
 
 /// A host file, directory or symlink placed at `target`; a missing one is `None`.
-fn host_node(host: &Path, target: &Path, writable: bool) -> Result<Option<Node>, SandboxError> {
+fn host_placement(
+    host: &Path,
+    target: &Path,
+    writable: bool,
+) -> Result<Option<Placement>, SandboxError> {
     let meta = match fs::symlink_metadata(host) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -332,15 +336,15 @@ fn host_node(host: &Path, target: &Path, writable: bool) -> Result<Option<Node>,
             path: host.to_path_buf(),
             source,
         })?;
-        NodeKind::Symlink { to }
+        PlacementKind::Symlink { to }
     } else {
-        NodeKind::Bind {
+        PlacementKind::Bind {
             host: host.to_path_buf(),
             is_dir: meta.is_dir(),
             writable,
         }
     };
-    Ok(Some(Node {
+    Ok(Some(Placement {
         target: target.to_path_buf(),
         kind,
     }))
@@ -352,18 +356,18 @@ fn cstring(bytes: impl Into<Vec<u8>>) -> CString {
 
 fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, SandboxError> {
     let request = spec.request;
-    let mut nodes = Vec::new();
+    let mut placements = Vec::new();
     for (_, host, target) in &spec.inputs {
-        nodes.extend(host_node(host, target, false)?);
+        placements.extend(host_placement(host, target, false)?);
     }
     for (host, target) in &spec.referenced {
-        nodes.extend(host_node(host, target, false)?);
+        placements.extend(host_placement(host, target, false)?);
     }
     for (_, host, target) in &spec.outputs {
         check_path(host)?;
-        nodes.push(Node {
+        placements.push(Placement {
             target: target.clone(),
-            kind: NodeKind::Bind {
+            kind: PlacementKind::Bind {
                 host: host.clone(),
                 is_dir: true,
                 writable: true,
@@ -373,7 +377,7 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
     let host_tools = request.sandbox == SandboxLevel::HostTools;
     if host_tools {
         for path in HOST_TOOLS {
-            nodes.extend(host_node(Path::new(path), Path::new(path), false)?);
+            placements.extend(host_placement(Path::new(path), Path::new(path), false)?);
         }
     } else if request.constraints.provide_bin_sh {
         let files = elf::closure(Path::new("/bin/sh")).map_err(|e| SandboxError::Host {
@@ -381,9 +385,9 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
             source: io::Error::other(e),
         })?;
         for (path, real) in files {
-            nodes.push(Node {
+            placements.push(Placement {
                 target: path,
-                kind: NodeKind::Bind {
+                kind: PlacementKind::Bind {
                     host: real,
                     is_dir: false,
                     writable: false,
@@ -393,23 +397,24 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
     }
     if request.constraints.network {
         for path in NETWORK_FILES {
-            nodes.extend(host_node(Path::new(path), Path::new(path), false)?);
+            placements.extend(host_placement(Path::new(path), Path::new(path), false)?);
         }
     }
     for path in &request.constraints.ro_paths {
-        let node = host_node(path.as_path(), path.as_path(), false)?.ok_or_else(|| {
-            SandboxError::Host {
-                path: path.as_path().to_path_buf(),
-                source: io::Error::new(
-                    io::ErrorKind::NotFound,
-                    "a read-only path the derivation asks for is not on this host",
-                ),
-            }
-        })?;
-        nodes.push(node);
+        let placement =
+            host_placement(path.as_path(), path.as_path(), false)?.ok_or_else(|| {
+                SandboxError::Host {
+                    path: path.as_path().to_path_buf(),
+                    source: io::Error::new(
+                        io::ErrorKind::NotFound,
+                        "a read-only path the derivation asks for is not on this host",
+                    ),
+                }
+            })?;
+        placements.push(placement);
     }
     // Parents before children, so a path bound inside another lands on top of it.
-    nodes.sort_by(|a, b| a.target.cmp(&b.target));
+    placements.sort_by(|a, b| a.target.cmp(&b.target));
 
     for device in DEVICES {
         check_path(&Path::new("/dev").join(device))?;
@@ -475,7 +480,7 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
     Ok(Prepared {
         parent_pid: std::process::id() as i32,
         network: request.constraints.network,
-        nodes,
+        placements,
         build_dir: spec.build_dir.clone(),
         working_dir,
         scratch: request

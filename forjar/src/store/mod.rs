@@ -36,6 +36,7 @@ pub use gc::{GcReport, Root, RootTarget};
 pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use profile::{Generation, Profile, RootChanges};
+pub(crate) use tree::ScratchDir;
 pub use tree::{remove_tree, tree_size};
 pub use verify::{Problem, VerifyReport};
 

@@ -5,7 +5,7 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::libc;
 
@@ -330,6 +330,17 @@ impl Visitor for Copy {
             .map_err(os(at, "cannot copy"))?;
         self.depth -= 1;
         Ok(())
+    }
+}
+
+/// A directory of forjar's own making, removed with everything in it when dropped: a build's
+/// `/build`, a worker's action.
+#[derive(Debug)]
+pub(crate) struct ScratchDir(pub(crate) PathBuf);
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = remove_tree(&self.0);
     }
 }
 
