@@ -76,3 +76,39 @@ fn a_program_builds_a_dag_of_2400_under_a_hard_limit_of_1024_open_files() {
     let out = command.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_limit_too_low_for_the_sandbox_is_named_with_what_to_do_and_loses_nothing() {
+    if !sandbox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("low-limit");
+    let env = [("DAG_SALT", salt.as_str())];
+    let mut command: Command = dag(&store, &env, &["-q", "apply", "-j", "1"]);
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 16, 16)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let out = command.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(
+            "the build's sandbox needs more open files than the limit of 16 allows; raise it \
+             (`ulimit -n`, or LimitNOFILE= for a service) and run again"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // Nothing half made: with the limit raised, the same apply builds everything, and no
+    // staging is left behind.
+    let out = dag(&store, &env, &["-q", "apply"]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let leftovers: Vec<_> = std::fs::read_dir(store.join(".tmp")).unwrap().collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}

@@ -258,17 +258,10 @@ fn builder(p: &Prepared, mut feed: Feed) -> ! {
 
 enum Never {}
 
-/// The failure of a build that needs more open files than this process may have.
+/// The failure of a build that needs more open files than this process may have; the parent
+/// says so with the limit (`SandboxError::OpenFiles`).
 fn too_many_files() -> Failed {
-    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map_or_else(|_| "unknown".to_string(), |(soft, _)| soft.to_string());
-    Failed(
-        LIMIT_HIT,
-        format!(
-            "the build's sandbox needs more open files than the limit of {limit} allows; raise \
-             it (`ulimit -n`, or LimitNOFILE= for a service) and run again"
-        ),
-    )
+    Failed(LIMIT_HIT, String::new())
 }
 
 /// How many descriptors go over the feed at once.

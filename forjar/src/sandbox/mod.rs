@@ -101,10 +101,19 @@ pub enum SandboxError {
         /// The OS error.
         source: io::Error,
     },
-    /// The builder could not be started inside the sandbox: its program, or a limit of this
-    /// process (open files) that the sandbox's setup ran into.
+    /// The builder could not be started inside the sandbox.
     #[error("{0}")]
     Builder(String),
+    /// Setting the sandbox up, here or in its processes, ran into this process's limit on open
+    /// files.
+    #[error(
+        "the build's sandbox needs more open files than the limit of {limit} allows; raise it \
+         (`ulimit -n`, or LimitNOFILE= for a service) and run again"
+    )]
+    OpenFiles {
+        /// The soft limit, as read when it was hit.
+        limit: String,
+    },
     /// The parent's side of running a build failed.
     #[error("{what}: {source}")]
     Io {
@@ -115,15 +124,26 @@ pub enum SandboxError {
     },
 }
 
+impl SandboxError {
+    /// The error of a sandbox that ran out of open files, with this process's limit.
+    pub(crate) fn open_files() -> Self {
+        let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_or_else(|_| "unknown".to_string(), |(soft, _)| soft.to_string());
+        SandboxError::OpenFiles { limit }
+    }
+}
+
+/// An I/O error of the parent's side; running out of open files is said as such, wherever it
+/// happens.
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> SandboxError {
-    move |source| SandboxError::Io { what, source }
+    move |source| match source.raw_os_error() {
+        Some(nix::libc::EMFILE) => SandboxError::open_files(),
+        _ => SandboxError::Io { what, source },
+    }
 }
 
 fn nix_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> SandboxError {
-    move |e| SandboxError::Io {
-        what,
-        source: e.into(),
-    }
+    move |e| io_err(what)(e.into())
 }
 
 /// One thing placed in the sandbox's root.
@@ -719,7 +739,9 @@ fn run_streams(
         && killed.is_none()
     {
         let message = String::from_utf8_lossy(message).into_owned();
-        return Err(if kind == EXEC_FAILED || kind == LIMIT_HIT {
+        return Err(if kind == LIMIT_HIT {
+            SandboxError::open_files()
+        } else if kind == EXEC_FAILED {
             SandboxError::Builder(message)
         } else {
             SandboxError::Unavailable(message)
