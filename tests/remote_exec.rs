@@ -28,9 +28,14 @@ struct Worker {
 
 impl Worker {
     fn start(address: &str, dir: &Path, name: &str) -> Worker {
+        Worker::start_with(address, dir, name, Command::new(forjar_tool()))
+    }
+
+    /// Starts `command`, the `forjar` tool set up as the caller needs, as a worker.
+    fn start_with(address: &str, dir: &Path, name: &str, mut command: Command) -> Worker {
         let name = format!("{name}-{}", std::process::id());
         let log = dir.join(format!("{name}.log"));
-        let child = Command::new(forjar_tool())
+        let child = command
             .args(["worker", "--server", address, "--name", &name, "--store"])
             .arg(dir.join(format!("{name}-store")))
             .stdin(Stdio::null())
@@ -551,4 +556,66 @@ fn a_worker_refuses_a_request_with_a_nul_naming_it_and_takes_the_next_action() {
         assert!(Instant::now() < deadline, "{}", worker.log());
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_worker_under_a_hard_limit_of_1024_open_files_builds_a_job_of_1100_inputs() {
+    let Some(scene) = scene("wide") else { return };
+    let mut command = Command::new(forjar_tool());
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 1024, 1024)
+                .map_err(std::io::Error::from)
+        });
+    }
+    let worker = Worker::start_with(scene.address, scene.dir.path(), "wide", command);
+    worker.wait_ready();
+    let limits = fs::read_to_string(format!("/proc/{}/limits", worker.child.id())).unwrap();
+    let open_files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        open_files.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["1024", "1024"],
+        "{open_files}"
+    );
+
+    // 1,100 derivations built here, then `top`, whose inputs are all of them, built there.
+    let env = [
+        ("DAG_LAYERS", "1"),
+        ("DAG_WIDTH", "1100"),
+        ("DAG_FILES", "1"),
+        ("DAG_SALT", scene.salt.as_str()),
+    ];
+    let names: Vec<String> = (0..1100).map(|i| format!("n0-{i}")).collect();
+    let mut args = vec!["-q", "build"];
+    args.extend(names.iter().map(String::as_str));
+    assert_ok(&run_dag(&scene.store, &env, &args));
+    let output = run_dag(
+        &scene.store,
+        &env,
+        &["apply", "--remote-exec", scene.address],
+    );
+    assert_ok(&output);
+    assert_eq!(
+        reported(&output, "built remotely"),
+        ["top"],
+        "{}",
+        stderr(&output)
+    );
+    assert!(worker.log().contains(": building top"), "{}", worker.log());
+    let all = fs::read_to_string(
+        scene
+            .store
+            .join(fs::read_link(scene.store.join(".roots/top")).unwrap())
+            .join("content/all"),
+    );
+    assert_eq!(
+        all.map(|text| text.lines().count()).ok(),
+        Some(1100),
+        "top read every input"
+    );
 }
