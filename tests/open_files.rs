@@ -5,7 +5,7 @@
 use std::process::Command;
 
 use forjar::prelude::*;
-use forjar_suite::{apply, dag, fresh_salt, sandbox, stderr};
+use forjar_suite::{apply, dag, fresh_salt, sandbox, stderr, with_open_file_limit};
 
 /// Sets this process's open-file limit, soft and hard, to `limit`.
 fn limit_open_files(limit: u64) {
@@ -65,14 +65,7 @@ fn a_program_builds_a_dag_of_2400_under_a_hard_limit_of_1024_open_files() {
         ],
         &["-q", "apply", "-j", "2"],
     );
-    // SAFETY: only setrlimit between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 1024, 1024)
-                .map_err(std::io::Error::from)
-        });
-    }
+    with_open_file_limit(&mut command, 1024);
     let out = command.output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
@@ -87,14 +80,7 @@ fn a_limit_too_low_for_the_sandbox_is_named_with_what_to_do_and_loses_nothing() 
     let salt = fresh_salt("low-limit");
     let env = [("DAG_SALT", salt.as_str())];
     let mut command: Command = dag(&store, &env, &["-q", "apply", "-j", "1"]);
-    // SAFETY: only setrlimit between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 16, 16)
-                .map_err(std::io::Error::from)
-        });
-    }
+    with_open_file_limit(&mut command, 16);
     let out = command.output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use forjar::store::Store;
 use forjar_suite::{
     PrivateStack, Watched, assert_ok, forjar_tool, fresh_salt, remote_stack, reported, run_dag,
-    sandbox, stderr, stdout, store_digests,
+    sandbox, stderr, stdout, store_digests, with_open_file_limit,
 };
 
 /// The tests share the stack's scheduler: one at a time, so that each one's workers take only
@@ -562,14 +562,7 @@ fn a_worker_refuses_a_request_with_a_nul_naming_it_and_takes_the_next_action() {
 fn a_worker_under_a_hard_limit_of_1024_open_files_builds_a_job_of_1100_inputs() {
     let Some(scene) = scene("wide") else { return };
     let mut command = Command::new(forjar_tool());
-    // SAFETY: only setrlimit between fork and exec.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(|| {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 1024, 1024)
-                .map_err(std::io::Error::from)
-        });
-    }
+    with_open_file_limit(&mut command, 1024);
     let worker = Worker::start_with(scene.address, scene.dir.path(), "wide", command);
     worker.wait_ready();
     let limits = fs::read_to_string(format!("/proc/{}/limits", worker.child.id())).unwrap();

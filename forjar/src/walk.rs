@@ -76,26 +76,26 @@ impl Kind {
 
 /// A failed step of a walk: the path (for people) and the OS error.
 #[derive(Debug)]
-pub(crate) struct Failure {
+pub(crate) struct WalkError {
     pub path: PathBuf,
     pub source: io::Error,
 }
 
-impl Failure {
+impl WalkError {
     pub(crate) fn new(path: PathBuf, source: io::Error) -> Self {
-        Failure { path, source }
+        WalkError { path, source }
     }
 
     fn changed(path: PathBuf) -> Self {
-        Failure::new(
+        WalkError::new(
             path,
             io::Error::other("it changed while it was being read; nothing may write to it"),
         )
     }
 }
 
-impl From<Failure> for io::Error {
-    fn from(f: Failure) -> Self {
+impl From<WalkError> for io::Error {
+    fn from(f: WalkError) -> Self {
         io::Error::new(
             f.source.kind(),
             format!("`{}`: {}", f.path.display(), f.source),
@@ -131,14 +131,14 @@ impl<'a> At<'a> {
     }
 
     /// `fstatat` of the entry, not following a symlink.
-    pub(crate) fn stat(&self) -> Result<libc::stat, Failure> {
-        stat_at(self.parent, self.name).map_err(|e| Failure::new(self.path(), e))
+    pub(crate) fn stat(&self) -> Result<libc::stat, WalkError> {
+        stat_at(self.parent, self.name).map_err(|e| WalkError::new(self.path(), e))
     }
 
     /// Opens the entry for reading if it is a regular file, never following a symlink nor
     /// blocking on a FIFO swapped in; returns it with its `fstat`, or `None` with the kind it
     /// turned out to be.
-    pub(crate) fn open_file(&self) -> Result<Result<(OwnedFd, libc::stat), Kind>, Failure> {
+    pub(crate) fn open_file(&self) -> Result<Result<(OwnedFd, libc::stat), Kind>, WalkError> {
         let fd = openat(
             self.parent,
             self.name,
@@ -150,9 +150,9 @@ impl<'a> At<'a> {
             Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENXIO)) => {
                 return Ok(Err(Kind::from_mode(self.stat()?.st_mode)));
             }
-            Err(e) => return Err(Failure::new(self.path(), e)),
+            Err(e) => return Err(WalkError::new(self.path(), e)),
         };
-        let st = fstat(fd.as_fd()).map_err(|e| Failure::new(self.path(), e))?;
+        let st = fstat(fd.as_fd()).map_err(|e| WalkError::new(self.path(), e))?;
         match Kind::from_mode(st.st_mode) {
             Kind::File => Ok(Ok((fd, st))),
             other => Ok(Err(other)),
@@ -160,8 +160,8 @@ impl<'a> At<'a> {
     }
 
     /// The target of the symlink.
-    pub(crate) fn read_link(&self) -> Result<Vec<u8>, Failure> {
-        read_link_at(self.parent, self.name).map_err(|e| Failure::new(self.path(), e))
+    pub(crate) fn read_link(&self) -> Result<Vec<u8>, WalkError> {
+        read_link_at(self.parent, self.name).map_err(|e| WalkError::new(self.path(), e))
     }
 }
 
@@ -170,7 +170,7 @@ impl<'a> At<'a> {
 /// ascending order of raw name bytes.
 pub(crate) trait Visitor {
     type Out;
-    type Error: From<Failure>;
+    type Error: From<WalkError>;
 
     /// Anything that is not a directory.
     fn leaf(&mut self, at: &At<'_>, kind: Kind) -> Result<Self::Out, Self::Error>;
@@ -237,7 +237,7 @@ pub(crate) fn walk<V: Visitor>(
 ) -> Result<V::Out, V::Error> {
     let (dir_path, name) = split(path)?;
     // A missing directory on the way is reported as the path asked for being missing.
-    let parent = open_dir_path(dir_path).map_err(|e| Failure::new(path.to_path_buf(), e))?;
+    let parent = open_dir_path(dir_path).map_err(|e| WalkError::new(path.to_path_buf(), e))?;
     walk_at(parent.as_fd(), &name, dir_path, visitor, options)
 }
 
@@ -298,9 +298,9 @@ pub(crate) fn walk_at<V: Visitor>(
         if parent_frame.fd.is_none() {
             let reopened = openat(fd.as_fd(), c"..", DIR_FLAGS)
                 .and_then(|up| Ok((fstat(up.as_fd())?, up)))
-                .map_err(|e| Failure::new(path.clone(), e))?;
+                .map_err(|e| WalkError::new(path.clone(), e))?;
             if (reopened.0.st_dev, reopened.0.st_ino) != parent_frame.id {
-                return Err(Failure::changed(path).into());
+                return Err(WalkError::changed(path).into());
             }
             parent_frame.fd = Some(reopened.1);
         }
@@ -335,25 +335,25 @@ fn open_frame<V: Visitor>(
     let fd = match openat(parent, name, DIR_FLAGS) {
         Ok(fd) => fd,
         Err(e) if options.force && e.raw_os_error() == Some(libc::EACCES) => {
-            force_open(parent, name).map_err(|e| Failure::new(at.path(), e))?
+            force_open(parent, name).map_err(|e| WalkError::new(at.path(), e))?
         }
         // Listed as a directory, but a symlink or something else now.
         Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
-            return Err(Failure::changed(at.path()).into());
+            return Err(WalkError::changed(at.path()).into());
         }
-        Err(e) => return Err(Failure::new(at.path(), e).into()),
+        Err(e) => return Err(WalkError::new(at.path(), e).into()),
     };
-    let st = fstat(fd.as_fd()).map_err(|e| Failure::new(at.path(), e))?;
+    let st = fstat(fd.as_fd()).map_err(|e| WalkError::new(at.path(), e))?;
     if options.force && st.st_mode & 0o700 != 0o700 && st.st_uid == nix::unistd::geteuid().as_raw()
     {
         // SAFETY: fchmod on a descriptor this function owns.
         if unsafe { libc::fchmod(fd.as_raw_fd(), (st.st_mode & 0o7777) | 0o700) } != 0 {
-            return Err(Failure::new(at.path(), io::Error::last_os_error()).into());
+            return Err(WalkError::new(at.path(), io::Error::last_os_error()).into());
         }
     }
     visitor.enter(&at, fd.as_fd())?;
     let path = at.path();
-    let entries = list_sorted(fd.as_fd()).map_err(|e| Failure::new(path.clone(), e))?;
+    let entries = list_sorted(fd.as_fd()).map_err(|e| WalkError::new(path.clone(), e))?;
     let results = visitor.leaves(fd.as_fd(), &path, &entries)?;
     Ok(Frame {
         fd: Some(fd),
@@ -368,7 +368,7 @@ fn open_frame<V: Visitor>(
 
 /// The apparent size in bytes of the regular files under `path` (what reading them costs; a
 /// sparse file counts whole).
-pub(crate) fn apparent_size(path: &Path) -> Result<u64, Failure> {
+pub(crate) fn apparent_size(path: &Path) -> Result<u64, WalkError> {
     walk(path, &mut Size, Options::default())
 }
 
@@ -376,9 +376,9 @@ struct Size;
 
 impl Visitor for Size {
     type Out = u64;
-    type Error = Failure;
+    type Error = WalkError;
 
-    fn leaf(&mut self, at: &At<'_>, kind: Kind) -> Result<u64, Failure> {
+    fn leaf(&mut self, at: &At<'_>, kind: Kind) -> Result<u64, WalkError> {
         Ok(match kind {
             Kind::File => at.stat()?.st_size as u64,
             _ => 0,
@@ -390,7 +390,7 @@ impl Visitor for Size {
         _: &At<'_>,
         _: BorrowedFd<'_>,
         children: Vec<(CString, u64)>,
-    ) -> Result<u64, Failure> {
+    ) -> Result<u64, WalkError> {
         Ok(children.iter().map(|(_, n)| n).sum())
     }
 }
@@ -430,9 +430,9 @@ pub(crate) fn reopen(handle: BorrowedFd<'_>, flags: i32) -> io::Result<OwnedFd> 
 }
 
 /// The directory and the final name of `path`.
-pub(crate) fn split(path: &Path) -> Result<(&Path, CString), Failure> {
+pub(crate) fn split(path: &Path) -> Result<(&Path, CString), WalkError> {
     let name = path.file_name().ok_or_else(|| {
-        Failure::new(
+        WalkError::new(
             path.to_path_buf(),
             io::Error::new(io::ErrorKind::InvalidInput, "it does not end in a name"),
         )
@@ -646,8 +646,8 @@ mod tests {
 
     impl Visitor for Paths {
         type Out = usize;
-        type Error = Failure;
-        fn leaf(&mut self, at: &At<'_>, _: Kind) -> Result<usize, Failure> {
+        type Error = WalkError;
+        fn leaf(&mut self, at: &At<'_>, _: Kind) -> Result<usize, WalkError> {
             self.0.push(at.path().display().to_string());
             Ok(1)
         }
@@ -656,7 +656,7 @@ mod tests {
             at: &At<'_>,
             _: BorrowedFd<'_>,
             children: Vec<(CString, usize)>,
-        ) -> Result<usize, Failure> {
+        ) -> Result<usize, WalkError> {
             self.0.push(format!("{}/", at.path().display()));
             Ok(1 + children.iter().map(|(_, n)| n).sum::<usize>())
         }

@@ -41,6 +41,18 @@ pub fn dag(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
     command
 }
 
+/// Makes `command` start with `limit` as its soft and hard limit on open files.
+pub fn with_open_file_limit(command: &mut Command, limit: u64) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only setrlimit, which is async-signal-safe, between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, limit, limit)
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
 /// Runs the `dag` program to the end.
 pub fn run_dag(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
     dag(store, env, args)

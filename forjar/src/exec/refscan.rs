@@ -126,7 +126,7 @@ impl Visitor for Walk<'_, '_, '_> {
                             Ok(0) => break,
                             Ok(n) => self.scanner.feed(&self.buf[..n]),
                             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                            Err(e) => return Err(walk::Failure::new(at.path(), e).into()),
+                            Err(e) => return Err(walk::WalkError::new(at.path(), e).into()),
                         }
                     }
                 }

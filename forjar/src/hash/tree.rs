@@ -80,8 +80,8 @@ pub enum HashError {
     },
 }
 
-impl From<walk::Failure> for HashError {
-    fn from(failure: walk::Failure) -> Self {
+impl From<walk::WalkError> for HashError {
+    fn from(failure: walk::WalkError) -> Self {
         HashError::io(&failure.path, failure.source)
     }
 }

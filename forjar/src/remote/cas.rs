@@ -134,8 +134,8 @@ struct Pack<'u> {
     children: &'u mut Vec<re::Directory>,
 }
 
-impl From<walk::Failure> for RemoteError {
-    fn from(failure: walk::Failure) -> Self {
+impl From<walk::WalkError> for RemoteError {
+    fn from(failure: walk::WalkError) -> Self {
         RemoteError::Store(StoreError::from(failure))
     }
 }

@@ -578,7 +578,7 @@ impl walk::Visitor for Chown {
             )
         };
         if rc != 0 {
-            return Err(walk::Failure::new(at.path(), io::Error::last_os_error()).into());
+            return Err(walk::WalkError::new(at.path(), io::Error::last_os_error()).into());
         }
         Ok(())
     }
@@ -591,7 +591,7 @@ impl walk::Visitor for Chown {
     ) -> io::Result<()> {
         // SAFETY: fchown of a valid descriptor.
         if unsafe { libc::fchown(dir.as_raw_fd(), self.0, self.1) } != 0 {
-            return Err(walk::Failure::new(at.path(), io::Error::last_os_error()).into());
+            return Err(walk::WalkError::new(at.path(), io::Error::last_os_error()).into());
         }
         Ok(())
     }

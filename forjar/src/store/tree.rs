@@ -11,10 +11,10 @@ use nix::libc;
 
 use super::StoreError;
 use crate::hash::HashError;
-use crate::walk::{self, At, Failure, Kind, Visitor};
+use crate::walk::{self, At, Kind, Visitor, WalkError};
 
-impl From<Failure> for StoreError {
-    fn from(failure: Failure) -> Self {
+impl From<WalkError> for StoreError {
+    fn from(failure: WalkError) -> Self {
         StoreError::Hash(HashError::from(failure))
     }
 }
