@@ -11,7 +11,7 @@ use std::sync::atomic::AtomicBool;
 
 use petgraph::graph::NodeIndex;
 
-use super::{BuildJob, Context, Event, ExecError, JobEvent, Local};
+use super::{BuildJob, Context, Event, ExecError, Local};
 use crate::hash::{TreeDigest, TreeHasher};
 use crate::name::OutputName;
 use crate::plan::Plan;
@@ -55,10 +55,7 @@ pub fn check(
     let job = BuildJob::of(node).expect("only derivations are rebuilt");
     let hash = job.key.store_hash();
     let lock = KeyLock::acquire(store, &hash)?;
-    let events = |event: JobEvent<'_>| match event {
-        JobEvent::Log(line) => observer(Event::Log(node, line)),
-        JobEvent::Remote(error) => observer(Event::Remote(node, error)),
-    };
+    let events = super::node_events(node, observer);
     let cx = Context {
         store,
         lock: &lock,

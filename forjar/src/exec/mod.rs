@@ -417,12 +417,19 @@ pub fn realise(
         }
         NodeKind::Derivation { .. } => {
             let job = BuildJob::of(node).expect("a derivation node has a job");
-            let events = |event: JobEvent<'_>| match event {
-                JobEvent::Log(line) => observer(Event::Log(node, line)),
-                JobEvent::Remote(error) => observer(Event::Remote(node, error)),
-            };
-            run_job(executor, &job, store, stop, &events)
+            run_job(executor, &job, store, stop, &node_events(node, observer))
         }
+    }
+}
+
+/// What a job tells, as events of its plan node.
+fn node_events<'a>(
+    node: &'a Node,
+    observer: &'a (dyn Fn(Event<'_>) + Sync),
+) -> impl Fn(JobEvent<'_>) + Sync + 'a {
+    move |event| match event {
+        JobEvent::Log(line) => observer(Event::Log(node, line)),
+        JobEvent::Remote(error) => observer(Event::Remote(node, error)),
     }
 }
 
