@@ -85,8 +85,8 @@ fn a_limit_too_low_for_the_sandbox_is_named_with_what_to_do_and_loses_nothing() 
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(
         stderr(&out).contains(
-            "the build's sandbox needs more open files than the limit of 16 allows; raise it \
-             (`ulimit -n`, or LimitNOFILE= for a service) and run again"
+            "the build's sandbox needs more open files than it may have: the limit of 16 open \
+             files is too low; raise it (`ulimit -n`, or LimitNOFILE= for a service) and run again"
         ),
         "{}",
         stderr(&out)

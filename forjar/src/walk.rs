@@ -74,6 +74,17 @@ impl Kind {
     }
 }
 
+/// The advice that goes with running out of descriptors (`EMFILE`): this process's limit and
+/// how to raise it.
+pub(crate) fn open_file_limit_advice() -> String {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or_else(|_| "unknown".to_string(), |(soft, _)| soft.to_string());
+    format!(
+        "the limit of {limit} open files is too low; raise it (`ulimit -n`, or LimitNOFILE= for \
+         a service) and run again"
+    )
+}
+
 /// A failed step of a walk: the path (for people) and the OS error.
 #[derive(Debug)]
 pub(crate) struct WalkError {

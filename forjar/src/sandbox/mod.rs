@@ -106,13 +106,10 @@ pub enum SandboxError {
     Builder(String),
     /// Setting the sandbox up, here or in its processes, ran into this process's limit on open
     /// files.
-    #[error(
-        "the build's sandbox needs more open files than the limit of {limit} allows; raise it \
-         (`ulimit -n`, or LimitNOFILE= for a service) and run again"
-    )]
+    #[error("the build's sandbox needs more open files than it may have: {advice}")]
     OpenFiles {
-        /// The soft limit, as read when it was hit.
-        limit: String,
+        /// The limit, as read when it was hit, and how to raise it.
+        advice: String,
     },
     /// The parent's side of running a build failed.
     #[error("{what}: {source}")]
@@ -127,9 +124,9 @@ pub enum SandboxError {
 impl SandboxError {
     /// The error of a sandbox that ran out of open files, with this process's limit.
     pub(crate) fn open_files() -> Self {
-        let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-            .map_or_else(|_| "unknown".to_string(), |(soft, _)| soft.to_string());
-        SandboxError::OpenFiles { limit }
+        SandboxError::OpenFiles {
+            advice: walk::open_file_limit_advice(),
+        }
     }
 }
 

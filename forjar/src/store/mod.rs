@@ -67,7 +67,7 @@ pub enum StoreError {
         reason: String,
     },
     /// A file system operation failed.
-    #[error("{what} `{}`: {source}", .path.display())]
+    #[error("{what} `{}`: {source}{}", .path.display(), advice(.source))]
     Io {
         /// What was being done ("cannot create", "cannot read", ...).
         what: &'static str,
@@ -160,6 +160,14 @@ impl StoreError {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+/// What to do about `error`, after it, where there is something to say.
+fn advice(error: &io::Error) -> String {
+    match error.raw_os_error() {
+        Some(nix::libc::EMFILE) => format!("; {}", crate::walk::open_file_limit_advice()),
+        _ => String::new(),
     }
 }
 
@@ -542,6 +550,23 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn running_out_of_descriptors_says_the_limit_and_how_to_raise_it() {
+        let error = StoreError::io("cannot open", Path::new("/s/x"))(io::Error::from_raw_os_error(
+            nix::libc::EMFILE,
+        ));
+        let text = error.to_string();
+        assert!(text.starts_with("cannot open `/s/x`: "), "{text}");
+        assert!(
+            text.contains("open files is too low; raise it (`ulimit -n`"),
+            "{text}"
+        );
+        let other = StoreError::io("cannot open", Path::new("/s/x"))(io::Error::from_raw_os_error(
+            nix::libc::ENOENT,
+        ));
+        assert!(!other.to_string().contains("ulimit"), "{other}");
+    }
 
     #[test]
     fn opening_a_new_directory_creates_a_store() {
