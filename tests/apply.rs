@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use forjar_suite::{dag, reported, run_dag, sandbox, stderr, stdout};
+use forjar_suite::{dag, fresh_salt, reported, run_dag, sandbox, stderr, stdout};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -87,7 +87,7 @@ fn apply_runs_builds_in_parallel_after_their_dependencies() {
     assert!(again.status.success());
     assert!(reported(&again, "built").is_empty(), "{}", stderr(&again));
     assert!(
-        stdout(&again).contains("Nothing to do: all 13 cached"),
+        stdout(&again).contains("Nothing to do: all 1 cached"),
         "{}",
         stdout(&again)
     );
@@ -530,4 +530,46 @@ fn generations_record_diff_and_roll_back_without_building() {
         "{list}"
     );
     assert!(run_dag(&store, &[], &["verify"]).status.success());
+}
+
+#[test]
+fn after_gc_an_apply_whose_roots_are_in_the_store_builds_nothing() {
+    if !sandbox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("valid-output");
+    let env = [("DAG_SALT", salt.as_str())];
+    let first = run_dag(&store, &env, &["apply"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    // `top` copies its inputs' text and refers to none of them, so gc keeps `top` alone.
+    assert!(run_dag(&store, &[], &["gc"]).status.success());
+    let plan = run_dag(&store, &env, &["plan"]);
+    let text = stdout(&plan);
+    assert!(
+        text.ends_with("Plan: 0 to build, 1 cached, 0 sources to import, 12 not needed\n"),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("unneeded*  n0-0 ")),
+        "{text}"
+    );
+    let again = run_dag(&store, &env, &["apply"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(reported(&again, "built").is_empty(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("Nothing to do: all 1 cached"),
+        "{}",
+        stdout(&again)
+    );
+    // Asked for by name, a build-time input is built again, with what it needs.
+    let one = run_dag(&store, &env, &["build", "n1-0"]);
+    assert!(one.status.success(), "{}", stderr(&one));
+    assert_eq!(
+        reported(&one, "built"),
+        ["n0-0", "n0-1", "n1-0"],
+        "{}",
+        stderr(&one)
+    );
 }

@@ -91,7 +91,7 @@ fn apply_builds_the_example_and_a_second_apply_builds_nothing() {
     let again = run_example("hello", &store, &["apply"]);
     assert!(
         stdout(&again)
-            .ends_with("Nothing to do: all 4 cached\nStill generation 1 of profile `hello`\n"),
+            .ends_with("Nothing to do: all 1 cached\nStill generation 1 of profile `hello`\n"),
         "{}",
         stdout(&again)
     );

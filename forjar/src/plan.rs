@@ -114,6 +114,9 @@ pub enum Status {
     Build,
     /// A source to import.
     Import,
+    /// Not in the store, and not needed: everything that depends on it is (a build-time input
+    /// of a cached derivation, say, after `gc`). A valid output needs nothing else.
+    Unneeded,
 }
 
 impl Status {
@@ -123,6 +126,7 @@ impl Status {
             Status::Cached => "cached",
             Status::Build => "build",
             Status::Import => "import",
+            Status::Unneeded => "unneeded",
         }
     }
 }
@@ -217,6 +221,24 @@ pub struct Summary {
     pub import: usize,
     /// Sources already in the store.
     pub sources_cached: usize,
+    /// Derivations and sources not in the store that nothing to be built needs.
+    pub unneeded: usize,
+}
+
+/// `targets` and what they need: the inputs of each node that is not in the store, and theirs.
+/// A node in the store needs nothing else, so the walk stops there.
+pub(crate) fn needed_from(
+    dag: &DiGraph<Node, InputName>,
+    targets: impl IntoIterator<Item = NodeIndex>,
+) -> std::collections::HashSet<NodeIndex> {
+    let mut needed = std::collections::HashSet::new();
+    let mut queue: Vec<NodeIndex> = targets.into_iter().collect();
+    while let Some(node) = queue.pop() {
+        if needed.insert(node) && dag[node].status != Status::Cached {
+            queue.extend(dag.neighbors_directed(node, petgraph::Direction::Incoming));
+        }
+    }
+    needed
 }
 
 impl Plan {
@@ -256,6 +278,17 @@ impl Plan {
             .collect();
         for node in cached {
             dag[node].status = Status::Cached;
+        }
+        let wanted: Vec<NodeIndex> = if roots.is_empty() {
+            order.clone()
+        } else {
+            roots.iter().map(|r| r.node).collect()
+        };
+        let needed = needed_from(&dag, wanted);
+        for node in dag.node_indices() {
+            if dag[node].status != Status::Cached && !needed.contains(&node) {
+                dag[node].status = Status::Unneeded;
+            }
         }
         for node in dag.node_indices() {
             dag[node].level = levels[node.index()];
@@ -331,6 +364,7 @@ impl Plan {
         let mut s = Summary::default();
         for node in self.dag.node_weights() {
             match (&node.kind, node.status) {
+                (_, Status::Unneeded) => s.unneeded += 1,
                 (NodeKind::Derivation { .. }, Status::Build) => s.build += 1,
                 (NodeKind::Derivation { .. }, _) => s.cached += 1,
                 (NodeKind::Source { .. }, Status::Import) => s.import += 1,
@@ -396,6 +430,7 @@ impl Plan {
             };
             let style = match node.status {
                 Status::Cached => ", style=dashed",
+                Status::Unneeded => ", style=dotted",
                 Status::Build | Status::Import => ", style=bold",
             };
             let _ = writeln!(

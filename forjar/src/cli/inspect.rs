@@ -230,10 +230,15 @@ pub fn render_plan(plan: &Plan) -> String {
     let plural =
         |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     text.push_str(&format!(
-        "Plan: {} to build, {} cached, {} to import\n",
+        "Plan: {} to build, {} cached, {} to import",
         s.build,
         s.cached,
         plural(s.import, "source", "sources")
     ));
+    if s.unneeded > 0 {
+        // Build-time inputs of what is in the store, after a `gc`: nothing will make them.
+        text.push_str(&format!(", {} not needed", s.unneeded));
+    }
+    text.push('\n');
     text
 }

@@ -19,13 +19,12 @@ mod scheduler;
 pub use check::{CheckedOutput, check};
 pub use local::Local;
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 
 use crate::hash::{Key, TreeDigest};
@@ -441,15 +440,11 @@ pub fn needed(plan: &Plan) -> Vec<NodeIndex> {
     needed_for(plan, plan.roots().iter().map(|r| r.node))
 }
 
-/// `targets` and everything they depend on, in topological order.
+/// `targets` and what they need, in topological order: the inputs of each one that is not in
+/// the store when planned, and theirs. An output in the store needs nothing else, so the inputs
+/// of a cached derivation are neither built nor imported.
 pub fn needed_for(plan: &Plan, targets: impl IntoIterator<Item = NodeIndex>) -> Vec<NodeIndex> {
-    let mut wanted = BTreeSet::new();
-    let mut queue: VecDeque<NodeIndex> = targets.into_iter().collect();
-    while let Some(node) = queue.pop_front() {
-        if wanted.insert(node) {
-            queue.extend(plan.dag().neighbors_directed(node, Direction::Incoming));
-        }
-    }
+    let wanted = crate::plan::needed_from(plan.dag(), targets);
     plan.nodes()
         .map(|(i, _)| i)
         .filter(|i| wanted.contains(i))
