@@ -881,6 +881,60 @@ fn a_fixed_output_may_not_refer_to_store_entries() {
     );
 }
 
+#[test]
+fn after_gc_a_root_in_the_store_needs_neither_its_fetch_nor_its_server() {
+    if !sandbox() {
+        return;
+    }
+    let (port, server) = serve_once("source of the app\n");
+    let (_dir, store) = temp_store();
+    let define = |g: &mut Graph| {
+        let fetch = g.add(
+            Derivation::builder("fetch")
+                .sandbox(SandboxLevel::HostTools)
+                .builder([
+                    "/bin/bash",
+                    "-euc",
+                    &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; echo GET >&3; cat <&3 > $out"),
+                ])
+                .network(true)
+                .fixed_output(digest_of("source of the app\n"))
+                .build()
+                .unwrap(),
+        );
+        let configured = g.add(
+            Derivation::builder("configured")
+                .script("read x < $src; echo \"configured $x\" > $out")
+                .input("src", fetch)
+                .build()
+                .unwrap(),
+        );
+        // The app copies what it was built from and refers to none of it, so gc keeps it alone.
+        let app = g.add(
+            Derivation::builder("app")
+                .script("read x < $cfg; echo \"app: $x\" > $out")
+                .input("cfg", configured)
+                .build()
+                .unwrap(),
+        );
+        g.root("app", app);
+    };
+    let (plan, first) = apply(&store, define);
+    assert_eq!(first.unwrap().built, ["fetch", "configured", "app"]);
+    assert!(server.join().unwrap(), "the server has served, and is gone");
+    let collected = store.gc(false, || {}).unwrap();
+    assert_eq!(collected.dead.len(), 2, "{collected:?}");
+
+    let (_, again) = apply(&store, define);
+    let again = again.expect("the fetch is not needed, so its server being gone is no error");
+    assert!(again.built.is_empty(), "{again:?}");
+    assert_eq!(again.to_string(), "Nothing to do: all 1 cached");
+    assert_eq!(
+        content_text(&store, &plan.roots()[0].entry),
+        "app: configured source of the app\n"
+    );
+}
+
 // ---------------------------------------------------------------- the lifecycle
 
 #[test]
