@@ -273,3 +273,34 @@ fn gc_waits_for_other_handles_and_says_so() {
     });
     assert!(store.entries().unwrap().is_empty());
 }
+
+#[test]
+fn verify_names_an_entry_whose_reference_is_gone() {
+    let (_dir, store) = temp_store();
+    let lib = install_file(&store, "lib", test_key(1), b"library", vec![]);
+    let app = install_file(
+        &store,
+        "app",
+        test_key(2),
+        b"application",
+        vec![lib.clone()],
+    );
+    assert!(store.verify().unwrap().is_ok());
+    // Deleted behind the store's back, as a careless tool might.
+    forjar::store::remove_tree(&store.entry_path(&lib)).unwrap();
+    let report = store.verify().unwrap();
+    assert_eq!(
+        report.problems,
+        [Problem::MissingReferences {
+            entry: app.clone(),
+            missing: vec![lib.clone()],
+        }]
+    );
+    assert!(
+        report.problems[0].to_string().starts_with(&format!(
+            "{app}: refers to `{lib}`, which the store no longer has"
+        )),
+        "{}",
+        report.problems[0]
+    );
+}

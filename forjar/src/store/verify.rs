@@ -1,4 +1,5 @@
-//! `verify`: every entry's content rehashed and compared with its recorded digest.
+//! `verify`: every entry's content rehashed and compared with its recorded digest, and every
+//! entry it refers to present.
 
 use std::fmt;
 use std::fs;
@@ -49,6 +50,14 @@ pub enum Problem {
         /// The name its `meta.yaml` implies.
         expected: String,
     },
+    /// The entry refers to entries that are not in the store: its closure is broken, and what
+    /// uses it may fail at run time.
+    MissingReferences {
+        /// The entry.
+        entry: EntryName,
+        /// The entries it refers to that are gone.
+        missing: Vec<EntryName>,
+    },
     /// Something in the store directory that is not an entry.
     Stray {
         /// Its name.
@@ -76,6 +85,16 @@ impl fmt::Display for Problem {
                     "{entry}: its meta.yaml describes an entry named {expected}"
                 )
             }
+            Problem::MissingReferences { entry, missing } => write!(
+                f,
+                "{entry}: refers to {}, which the store no longer has; build what made it again \
+                 (or restore it from a remote cache with `apply --remote`)",
+                missing
+                    .iter()
+                    .map(|m| format!("`{m}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Problem::Stray { name } => write!(
                 f,
                 "{name}: not a store entry (a name is `<32-character hash>-<name>`)"
@@ -101,7 +120,8 @@ impl VerifyReport {
 }
 
 impl Store {
-    /// Rehashes every entry's content (no cache) and compares it with its `meta.yaml`.
+    /// Rehashes every entry's content (no cache) and compares it with its `meta.yaml`, and checks
+    /// that every entry an entry refers to is in the store.
     pub fn verify(&self) -> Result<VerifyReport, StoreError> {
         let mut problems: Vec<Problem> = Vec::new();
         let mut entries = Vec::new();
@@ -111,7 +131,7 @@ impl Store {
                 _ => problems.push(Problem::Stray { name }),
             }
         }
-        problems.par_extend(entries.par_iter().filter_map(|entry| self.check(entry)));
+        problems.par_extend(entries.par_iter().flat_map_iter(|entry| self.check(entry)));
         problems.sort_by_key(ToString::to_string);
         Ok(VerifyReport {
             checked: entries.len(),
@@ -119,16 +139,35 @@ impl Store {
         })
     }
 
-    fn check(&self, entry: &EntryName) -> Option<Problem> {
+    /// What is wrong with `entry`: its content, and its references.
+    fn check(&self, entry: &EntryName) -> Vec<Problem> {
         let meta = match self.meta(entry) {
             Ok(meta) => meta,
             Err(e) => {
-                return Some(Problem::Meta {
+                return vec![Problem::Meta {
                     entry: entry.clone(),
                     error: e.to_string(),
-                });
+                }];
             }
         };
+        let missing: Vec<EntryName> = meta
+            .references
+            .iter()
+            .filter(|r| !self.contains(r))
+            .cloned()
+            .collect();
+        let mut problems: Vec<Problem> = self.check_content(entry, &meta).into_iter().collect();
+        if !missing.is_empty() {
+            problems.push(Problem::MissingReferences {
+                entry: entry.clone(),
+                missing,
+            });
+        }
+        problems
+    }
+
+    /// What is wrong with `entry`'s content against its `meta.yaml` and the store's record.
+    fn check_content(&self, entry: &EntryName, meta: &super::Meta) -> Option<Problem> {
         let suffix = if meta.output == "out" {
             String::new()
         } else {
