@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
@@ -358,6 +359,31 @@ fn check_rebuilds_and_names_the_files_that_differ() {
         stderr(&out)
     );
     assert!(run_dag(&store, &[], &["verify"]).status.success());
+
+    // A copy edited in place after it was installed does not pass for a reproduction.
+    let built = run_dag(&store, &env, &["build", "n0-0"]);
+    let content = stdout(&built)
+        .lines()
+        .find_map(|l| l.strip_prefix("n0-0 -> "))
+        .map(std::path::PathBuf::from)
+        .expect("build names the output");
+    let file = content.join("f1");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&file, "edited\n").unwrap();
+    let out = run_dag(&store, &env, &["check", "n0-0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("round 1: n0-0 output `out`: the store's copy no longer matches")
+            && stdout(&out).contains("  ./f1: contents differ\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out)
+            .contains("error: the store's copy of `n0-0` was changed after it was installed"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

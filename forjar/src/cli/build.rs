@@ -225,7 +225,7 @@ impl Session {
         self.realise(&exec::needed_for(&self.plan, [index]), &local, &options)?;
         let progress = Progress::new(self.verbosity, 0);
         let mut text = String::new();
-        let mut mismatch = false;
+        let (mut mismatch, mut damaged) = (false, false);
         for round in 1..=rounds {
             if INTERRUPTED.load(Ordering::SeqCst) {
                 return Err(exec_failure(ExecError::Interrupted(vec![name.to_string()])));
@@ -239,7 +239,18 @@ impl Session {
                 e => exec_failure(e),
             })?;
             for output in &checked {
-                if output.matches() {
+                if output.damaged() {
+                    damaged = true;
+                    let _ = writeln!(
+                        text,
+                        "round {round}: {name} output `{}`: the store's copy no longer matches \
+                         its record ({} recorded, {} now); `verify` names every entry so damaged",
+                        output.output, output.expected, output.stored
+                    );
+                    for difference in &output.differences {
+                        let _ = writeln!(text, "  {difference}");
+                    }
+                } else if output.matches() {
                     let _ = writeln!(
                         text,
                         "round {round}: {} output `{}` matches the store ({}, rebuilt in {:.1}s)",
@@ -260,12 +271,21 @@ impl Session {
                     }
                 }
             }
-            if mismatch {
+            if mismatch || damaged {
                 break;
             }
         }
         progress.finish();
         emit(&text)?;
+        if damaged {
+            return Err(Failure::new(
+                ExitCode::Failure,
+                format!(
+                    "the store's copy of `{name}` was changed after it was installed; \
+                     the rebuild cannot be compared with what was built"
+                ),
+            ));
+        }
         if mismatch {
             return Err(Failure::new(
                 ExitCode::Failure,

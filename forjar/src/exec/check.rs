@@ -25,18 +25,27 @@ pub struct CheckedOutput {
     pub output: OutputName,
     /// Its store entry.
     pub entry: EntryName,
-    /// The tree digest in the store.
+    /// The tree digest the store recorded when it installed the entry.
     pub expected: TreeDigest,
+    /// The tree digest of the store's copy as it is now, hashed again.
+    pub stored: TreeDigest,
     /// The tree digest of the rebuild.
     pub got: TreeDigest,
-    /// What differs, one line per path (empty when the digests match).
+    /// What differs between the store's copy and the rebuild, one line per path (empty when
+    /// their digests match).
     pub differences: Vec<String>,
 }
 
 impl CheckedOutput {
-    /// Whether the rebuild is identical to the store's copy.
+    /// Whether the rebuild is identical to the store's copy, and that copy to its record.
     pub fn matches(&self) -> bool {
-        self.expected == self.got
+        self.expected == self.got && self.stored == self.expected
+    }
+
+    /// Whether the store's copy no longer matches what the store recorded: then the rebuild
+    /// says nothing of the derivation, only of the damage.
+    pub fn damaged(&self) -> bool {
+        self.stored != self.expected
     }
 }
 
@@ -69,20 +78,28 @@ pub fn check(
     for ((output, planned), staging) in job.outputs.iter().zip(&built.stagings) {
         let content = staging.content_path();
         let expected = store.meta(&planned.entry)?.digest;
-        let got = TreeHasher::new()
-            .stopped_by(stop)
-            .digest(&content)
-            .map_err(|e| prepared.stopped_or(StoreError::from(e)))?;
-        let differences = if got == expected {
+        let digest = |path: &std::path::Path| {
+            TreeHasher::new()
+                .stopped_by(stop)
+                .digest(path)
+                .map_err(|e| prepared.stopped_or(StoreError::from(e)))
+        };
+        // The store's copy is hashed again, not taken on its record's word: a copy edited in
+        // place must not pass for a reproduction.
+        let stored_path = store.content_path(&planned.entry);
+        let stored = digest(&stored_path)?;
+        let got = digest(&content)?;
+        let differences = if got == stored {
             Vec::new()
         } else {
-            differences(&store.content_path(&planned.entry), &content)
+            differences(&stored_path, &content)
                 .map_err(StoreError::io("cannot compare", &content))?
         };
         checked.push(CheckedOutput {
             output: output.clone(),
             entry: planned.entry.clone(),
             expected,
+            stored,
             got,
             differences,
         });
