@@ -315,7 +315,7 @@ fn feed(p: &Prepared, sock: &OwnedFd) -> Result<(), Failed> {
             .iter()
             .map(|path| {
                 clone_mount(path).map_err(|e| match e.raw_os_error() {
-                    Some(libc::EMFILE | libc::ENFILE) => too_many_files(),
+                    Some(libc::EMFILE) => too_many_files(),
                     _ => Failed(
                         SETUP_FAILED,
                         format!("cannot open `{}`: {e}", path.display()),
@@ -360,8 +360,8 @@ impl Feed {
             ctx(nix::unistd::write(&self.sock, b"n"), || {
                 "cannot ask for the build's inputs".into()
             })?;
-            let mut byte = [0u8];
-            let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+            let mut count = [0u8];
+            let mut iov = [std::io::IoSliceMut::new(&mut count)];
             let mut space = nix::cmsg_space!([RawFd; BATCH]);
             let msg = ctx(
                 recvmsg::<()>(
@@ -372,14 +372,23 @@ impl Feed {
                 ),
                 || "cannot receive the build's inputs".into(),
             )?;
-            for cmsg in ctx(msg.cmsgs(), || "cannot receive the build's inputs".into())? {
-                if let ControlMessageOwned::ScmRights(fds) = cmsg {
-                    // SAFETY: SCM_RIGHTS gave this process these new descriptors.
-                    self.batch.extend(
-                        fds.into_iter()
-                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
-                    );
+            let (bytes, truncated) = (msg.bytes, msg.flags.contains(MsgFlags::MSG_CTRUNC));
+            // A truncated message is refused by `cmsgs`; what did arrive is closed on exit.
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for cmsg in cmsgs {
+                    if let ControlMessageOwned::ScmRights(fds) = cmsg {
+                        // SAFETY: SCM_RIGHTS gave this process these new descriptors.
+                        self.batch.extend(
+                            fds.into_iter()
+                                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                        );
+                    }
                 }
+            }
+            // A batch that arrived short (no room for its descriptors) would bind the next
+            // batch's objects in this one's places: the build stops instead.
+            if bytes == 1 && (truncated || self.batch.len() != usize::from(count[0])) {
+                return Err(too_many_files());
             }
         }
         match self.batch.pop_front() {
