@@ -57,12 +57,12 @@ pub struct GcReport {
 
 impl Store {
     fn roots_dir(&self) -> PathBuf {
-        self.dir.join(".roots")
+        self.dir().join(".roots")
     }
 
     /// The entry a path inside this store belongs to, if any.
     fn entry_of(&self, path: &Path) -> Option<EntryName> {
-        let rest = path.strip_prefix(&self.dir).ok()?;
+        let rest = path.strip_prefix(self.dir()).ok()?;
         let first = rest.components().next()?.as_os_str().to_str()?;
         EntryName::parse(first).ok().filter(|e| self.contains(e))
     }
@@ -125,7 +125,7 @@ impl Store {
             let Ok(link) = fs::read_link(item.path()) else {
                 continue;
             };
-            let indirect = !link.starts_with(&self.dir);
+            let indirect = !link.starts_with(self.dir());
             let pointed = if indirect {
                 fs::read_link(&link).ok()
             } else {
@@ -177,7 +177,7 @@ impl Store {
         if dry_run {
             return self.collect(true);
         }
-        let lock_path = self.dir.join(".locks/store.lock");
+        let lock_path = self.dir().join(".locks/store.lock");
         match self.lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
@@ -221,7 +221,7 @@ impl Store {
             if !dry_run {
                 // Renamed out of place first, so the entry vanishes in one step; a crash during
                 // the removal leaves only staging garbage, swept on the next open.
-                let doomed = self.dir.join(".tmp").join(format!("{}.gc", entry.hash()));
+                let doomed = self.dir().join(".tmp").join(format!("{}.gc", entry.hash()));
                 fs::rename(&path, &doomed).map_err(StoreError::io("cannot remove", &path))?;
                 remove_tree(&doomed)?;
                 self.forget_digest(&entry)?;

@@ -28,7 +28,7 @@ impl KeyLock {
             is_store_hash(hash),
             "lock names are store hashes, got {hash:?}"
         );
-        let path = store.dir.join(".locks").join(format!("{hash}.lock"));
+        let path = store.dir().join(".locks").join(format!("{hash}.lock"));
         File::options()
             .create(true)
             .truncate(false)
@@ -44,8 +44,8 @@ impl KeyLock {
     pub fn acquire(store: &Store, hash: &str) -> Result<KeyLock, StoreError> {
         let file = Self::open(store, hash)?;
         file.lock()
-            .map_err(StoreError::io("cannot lock", &store.dir.join(".locks")))?;
-        let tmp = store.dir.join(".tmp");
+            .map_err(StoreError::io("cannot lock", &store.dir().join(".locks")))?;
+        let tmp = store.dir().join(".tmp");
         let prefix = format!("{hash}.");
         for item in fs::read_dir(&tmp).map_err(StoreError::io("cannot read", &tmp))? {
             let item = item.map_err(StoreError::io("cannot read", &tmp))?;
@@ -74,9 +74,10 @@ impl KeyLock {
                 hash: hash.to_string(),
             })),
             Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(e)) => {
-                Err(StoreError::io("cannot lock", &store.dir.join(".locks"))(e))
-            }
+            Err(TryLockError::Error(e)) => Err(StoreError::io(
+                "cannot lock",
+                &store.dir().join(".locks"),
+            )(e)),
         }
     }
 
@@ -155,7 +156,7 @@ impl<'s> Staging<'s> {
     /// `.tmp/` respects).
     pub fn new(store: &'s Store, lock: &KeyLock, entry: EntryName) -> Result<Self, StoreError> {
         let seq = STAGING_SEQ.fetch_add(1, Ordering::Relaxed);
-        let dir = store.dir.join(".tmp").join(format!(
+        let dir = store.dir().join(".tmp").join(format!(
             "{}.{}-{seq}-{entry}",
             lock.hash(),
             std::process::id()
@@ -279,10 +280,10 @@ impl<'s> Staging<'s> {
         self.store.record_digest(&self.entry, &meta.digest)?;
         // One syncfs makes every staged file durable before the rename publishes the entry, so
         // a crash cannot leave a valid-looking entry with empty files.
-        let store_dir =
-            File::open(&self.store.dir).map_err(StoreError::io("cannot open", &self.store.dir))?;
+        let store_dir = File::open(self.store.dir())
+            .map_err(StoreError::io("cannot open", self.store.dir()))?;
         nix::unistd::syncfs(store_dir.as_fd()).map_err(|e| {
-            StoreError::io("cannot sync the file system of", &self.store.dir)(e.into())
+            StoreError::io("cannot sync the file system of", self.store.dir())(e.into())
         })?;
         let target = self.store.entry_path(&self.entry);
         match fs::rename(&self.dir, &target) {
@@ -304,7 +305,7 @@ impl<'s> Staging<'s> {
         set_mode(&target, 0o555)?;
         store_dir
             .sync_all()
-            .map_err(StoreError::io("cannot sync", &self.store.dir))?;
+            .map_err(StoreError::io("cannot sync", self.store.dir()))?;
         // The staging directory is gone; nothing is left for drop to remove.
         std::mem::forget(self);
         Ok(Committed::Installed(Box::new(meta)))

@@ -173,9 +173,8 @@ fn advice(error: &io::Error) -> String {
 
 /// An open store.
 pub struct Store {
-    dir: PathBuf,
-    /// `dir`, validated as the store directory builds are keyed by.
-    store_dir: StoreDir,
+    /// The store directory, canonical, as builds are keyed by it.
+    dir: StoreDir,
     /// Shared for the life of the handle; exclusive while collecting garbage.
     lock: File,
     cache: OnceLock<DigestCache>,
@@ -184,7 +183,7 @@ pub struct Store {
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("dir", &self.dir)
+            .field("dir", &self.dir())
             .finish_non_exhaustive()
     }
 }
@@ -294,8 +293,7 @@ impl Store {
         lock.lock_shared()
             .map_err(StoreError::io("cannot lock", &lock_path))?;
         let store = Store {
-            dir,
-            store_dir,
+            dir: store_dir,
             lock,
             cache: OnceLock::new(),
         };
@@ -305,12 +303,12 @@ impl Store {
 
     /// The store's directory (absolute, symlinks resolved).
     pub fn dir(&self) -> &Path {
-        &self.dir
+        self.dir.as_path()
     }
 
     /// The store directory as builds are keyed by it.
     pub fn store_dir(&self) -> &StoreDir {
-        &self.store_dir
+        &self.dir
     }
 
     /// The owner that entries must have: the store directory's, when this process may set
@@ -320,12 +318,12 @@ impl Store {
         if !nix::unistd::geteuid().is_root() {
             return None;
         }
-        fs::metadata(&self.dir).ok().map(|m| (m.uid(), m.gid()))
+        fs::metadata(self.dir()).ok().map(|m| (m.uid(), m.gid()))
     }
 
     /// The directory of an entry.
     pub fn entry_path(&self, entry: &EntryName) -> PathBuf {
-        self.dir.join(entry.as_str())
+        self.dir().join(entry.as_str())
     }
 
     /// The `content` of an entry.
@@ -358,7 +356,7 @@ impl Store {
     }
 
     fn digest_record(&self, entry: &EntryName) -> PathBuf {
-        self.dir.join(".digests").join(entry.as_str())
+        self.dir().join(".digests").join(entry.as_str())
     }
 
     /// Records `entry`'s digest (replacing any record), in one rename.
@@ -369,7 +367,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let path = self.digest_record(entry);
         let tmp = self
-            .dir
+            .dir()
             .join(".digests")
             .join(format!(".{entry}.{}.tmp", std::process::id()));
         fs::write(&tmp, format!("{digest}\n")).map_err(StoreError::io("cannot write", &tmp))?;
@@ -391,7 +389,7 @@ impl Store {
 
     /// The build log of the derivation whose key has store hash `hash`.
     pub fn log_path(&self, hash: &str) -> PathBuf {
-        self.dir.join(".logs").join(format!("{hash}.log"))
+        self.dir().join(".logs").join(format!("{hash}.log"))
     }
 
     /// Every entry reachable from `roots` through references, the roots included.
@@ -436,12 +434,16 @@ impl Store {
 
     /// The names in the store directory other than its own dot-files.
     fn listing(&self) -> Result<Vec<String>, StoreError> {
-        let read = fs::read_dir(&self.dir)
-            .map_err(StoreError::io("cannot read the store directory", &self.dir))?;
+        let read = fs::read_dir(self.dir()).map_err(StoreError::io(
+            "cannot read the store directory",
+            self.dir(),
+        ))?;
         let mut names = Vec::new();
         for item in read {
-            let item =
-                item.map_err(StoreError::io("cannot read the store directory", &self.dir))?;
+            let item = item.map_err(StoreError::io(
+                "cannot read the store directory",
+                self.dir(),
+            ))?;
             let name = item.file_name().to_string_lossy().into_owned();
             if !name.starts_with('.') {
                 names.push(name);
@@ -454,7 +456,7 @@ impl Store {
     /// a store hash, or the name part of exactly one entry.
     pub fn resolve(&self, query: &str) -> Result<EntryName, StoreError> {
         let in_store = Path::new(query)
-            .strip_prefix(&self.dir)
+            .strip_prefix(self.dir())
             .ok()
             .and_then(|rest| rest.components().next())
             .and_then(|c| c.as_os_str().to_str());
@@ -517,14 +519,14 @@ impl Store {
     }
 
     fn cache_file(&self) -> PathBuf {
-        self.dir.join(".cache/source-digests")
+        self.dir().join(".cache/source-digests")
     }
 
     /// Removes what crashed or interrupted processes left in `.tmp/`. A staging directory is
     /// named `<h>.<suffix>` and is only ever written under the lock of `<h>`; one whose lock is
     /// free has no living writer.
     fn sweep_staging(&self) -> Result<(), StoreError> {
-        let tmp = self.dir.join(".tmp");
+        let tmp = self.dir().join(".tmp");
         let listing = fs::read_dir(&tmp).map_err(StoreError::io("cannot read", &tmp))?;
         for item in listing {
             let item = item.map_err(StoreError::io("cannot read", &tmp))?;

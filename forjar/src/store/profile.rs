@@ -86,7 +86,7 @@ pub struct Profile<'s> {
 
 impl Store {
     pub(super) fn profiles_dir(&self) -> PathBuf {
-        self.dir.join(".profiles")
+        self.dir().join(".profiles")
     }
 
     /// The profile `name` (created on first use).
