@@ -279,15 +279,13 @@ impl Plan {
         for node in cached {
             dag[node].status = Status::Cached;
         }
-        let wanted: Vec<NodeIndex> = if roots.is_empty() {
-            order.clone()
-        } else {
-            roots.iter().map(|r| r.node).collect()
-        };
-        let needed = needed_from(&dag, wanted);
-        for node in dag.node_indices() {
-            if dag[node].status != Status::Cached && !needed.contains(&node) {
-                dag[node].status = Status::Unneeded;
+        // Without roots every node is wanted; with them, what they need.
+        if !roots.is_empty() {
+            let needed = needed_from(&dag, roots.iter().map(|r| r.node));
+            for node in dag.node_indices() {
+                if dag[node].status != Status::Cached && !needed.contains(&node) {
+                    dag[node].status = Status::Unneeded;
+                }
             }
         }
         for node in dag.node_indices() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use petgraph::Direction;
 use petgraph::graph::NodeIndex;
 
-use super::{Done, Event, ExecError, Executor, Options, Report, realise};
+use super::{BuildJob, Done, Event, ExecError, Executor, Options, Report, realise};
 use crate::plan::{NodeKind, Plan, Status};
 use crate::store::Store;
 
@@ -104,11 +104,12 @@ impl<'a> Scheduler<'a> {
 
     /// Whether every output of `node` is in the store already.
     fn present(&self, node: NodeIndex) -> bool {
-        match &self.plan.node(node).kind {
-            NodeKind::Derivation { outputs, .. } => {
-                outputs.values().all(|o| self.store.contains(&o.entry))
-            }
+        let node = self.plan.node(node);
+        match &node.kind {
             NodeKind::Source { entry, .. } => self.store.contains(entry),
+            NodeKind::Derivation { .. } => {
+                BuildJob::of(node).is_some_and(|job| job.present(self.store))
+            }
         }
     }
 

@@ -105,21 +105,28 @@ pub fn encode(job: &BuildJob<'_>) -> Vec<u8> {
     serde_json::to_vec(&document).expect("a request serialises to JSON")
 }
 
+fn other_format(format: &str) -> WireError {
+    WireError::Malformed(format!(
+        "its format is `{format}`; this worker reads `{FORMAT}`"
+    ))
+}
+
 /// Reads a request back, validates every value, and checks that it hashes to its key.
 pub fn decode(document: &[u8]) -> Result<Received, WireError> {
-    #[derive(Deserialize)]
-    struct Format {
-        format: String,
+    let document: Document<BuildRequest> = serde_json::from_slice(document).map_err(|e| {
+        // A document of another format fails on its fields; say which format it is instead.
+        #[derive(Deserialize)]
+        struct Format {
+            format: String,
+        }
+        match serde_json::from_slice::<Format>(document) {
+            Ok(Format { format }) if format != FORMAT => other_format(&format),
+            _ => WireError::Malformed(e.to_string()),
+        }
+    })?;
+    if document.format != FORMAT {
+        return Err(other_format(&document.format));
     }
-    let malformed = |e: serde_json::Error| WireError::Malformed(e.to_string());
-    let format: Format = serde_json::from_slice(document).map_err(malformed)?;
-    if format.format != FORMAT {
-        return Err(WireError::Malformed(format!(
-            "its format is `{}`; this worker reads `{FORMAT}`",
-            format.format
-        )));
-    }
-    let document: Document<BuildRequest> = serde_json::from_slice(document).map_err(malformed)?;
     let got = document.request.key();
     if got != document.key {
         return Err(WireError::KeyMismatch {
