@@ -808,14 +808,10 @@ fn serve_once(body: &'static str) -> (u16, std::thread::JoinHandle<bool>) {
     (port, handle)
 }
 
-#[test]
-fn a_fixed_output_derivation_gets_the_network_and_is_verified() {
-    if !sandbox() {
-        return;
-    }
-    let (port, server) = serve_once("fetched data\n");
-    let (_dir, store) = temp_store();
-    let builder = Derivation::builder("fetch")
+/// A fixed-output derivation `fetch` that reads its output from the server on `port`, which
+/// must serve `body`.
+fn fetch_from(port: u16, body: &str) -> DerivationBuilder {
+    Derivation::builder("fetch")
         .sandbox(SandboxLevel::HostTools)
         .builder([
             "/bin/bash",
@@ -823,8 +819,17 @@ fn a_fixed_output_derivation_gets_the_network_and_is_verified() {
             &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; echo GET >&3; cat <&3 > $out"),
         ])
         .network(true)
-        .fixed_output(digest_of("fetched data\n"));
-    let entry = build_root(&store, builder).unwrap();
+        .fixed_output(digest_of(body))
+}
+
+#[test]
+fn a_fixed_output_derivation_gets_the_network_and_is_verified() {
+    if !sandbox() {
+        return;
+    }
+    let (port, server) = serve_once("fetched data\n");
+    let (_dir, store) = temp_store();
+    let entry = build_root(&store, fetch_from(port, "fetched data\n")).unwrap();
     assert!(server.join().unwrap());
     assert_eq!(content_text(&store, &entry), "fetched data\n");
     assert_eq!(
@@ -889,19 +894,7 @@ fn after_gc_a_root_in_the_store_needs_neither_its_fetch_nor_its_server() {
     let (port, server) = serve_once("source of the app\n");
     let (_dir, store) = temp_store();
     let define = |g: &mut Graph| {
-        let fetch = g.add(
-            Derivation::builder("fetch")
-                .sandbox(SandboxLevel::HostTools)
-                .builder([
-                    "/bin/bash",
-                    "-euc",
-                    &format!("exec 3<>/dev/tcp/127.0.0.1/{port}; echo GET >&3; cat <&3 > $out"),
-                ])
-                .network(true)
-                .fixed_output(digest_of("source of the app\n"))
-                .build()
-                .unwrap(),
-        );
+        let fetch = g.add(fetch_from(port, "source of the app\n").build().unwrap());
         let configured = g.add(
             Derivation::builder("configured")
                 .script("read x < $src; echo \"configured $x\" > $out")

@@ -3,7 +3,7 @@
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 
-use forjar::store::{Problem, RootTarget, Store};
+use forjar::store::{EntryName, Problem, RootTarget, Store};
 use forjar_suite::{install_file, temp_store, test_key};
 
 /// Makes an entry's content writable again and overwrites it, as a careless tool might.
@@ -13,17 +13,17 @@ fn tamper(store: &Store, entry: &forjar::store::EntryName, contents: &[u8]) {
     fs::write(&path, contents).unwrap();
 }
 
+/// Entries `lib` and `app`, which refers to `lib`.
+fn lib_and_app(store: &Store) -> (EntryName, EntryName) {
+    let lib = install_file(store, "lib", test_key(1), b"library", vec![]);
+    let app = install_file(store, "app", test_key(2), b"application", vec![lib.clone()]);
+    (lib, app)
+}
+
 #[test]
 fn gc_keeps_what_roots_reach_through_references_and_deletes_the_rest() {
     let (_dir, store) = temp_store();
-    let lib = install_file(&store, "lib", test_key(1), b"library", vec![]);
-    let app = install_file(
-        &store,
-        "app",
-        test_key(2),
-        b"application",
-        vec![lib.clone()],
-    );
+    let (lib, app) = lib_and_app(&store);
     let old = install_file(&store, "old", test_key(3), b"old build!", vec![]);
     let old_dep = install_file(&store, "old-dep", test_key(4), b"x", vec![]);
     let older = install_file(&store, "older", test_key(5), b"yy", vec![old_dep.clone()]);
@@ -277,14 +277,7 @@ fn gc_waits_for_other_handles_and_says_so() {
 #[test]
 fn verify_names_an_entry_whose_reference_is_gone() {
     let (_dir, store) = temp_store();
-    let lib = install_file(&store, "lib", test_key(1), b"library", vec![]);
-    let app = install_file(
-        &store,
-        "app",
-        test_key(2),
-        b"application",
-        vec![lib.clone()],
-    );
+    let (lib, app) = lib_and_app(&store);
     assert!(store.verify().unwrap().is_ok());
     // Deleted behind the store's back, as a careless tool might.
     forjar::store::remove_tree(&store.entry_path(&lib)).unwrap();
