@@ -57,9 +57,9 @@ pub(super) struct Prepared<'a> {
     cx: &'a Context<'a>,
     /// The inputs and every entry they refer to: what the outputs may refer to.
     input_closure: BTreeSet<EntryName>,
-    /// Each input's name, its content here, and its path in the sandbox.
+    /// Each input's name, its content here, and its path in the sandbox; taken by `run`.
     inputs: Vec<(InputName, PathBuf, PathBuf)>,
-    /// The rest of the closure: content here, path in the sandbox.
+    /// The rest of the closure: content here, path in the sandbox; taken by `run`.
     referenced: Vec<(PathBuf, PathBuf)>,
     /// One per output, in the order of `job.outputs`; taken by `run`.
     stagings: Vec<Staging<'a>>,
@@ -186,8 +186,8 @@ impl<'a> Prepared<'a> {
         let stagings = std::mem::take(&mut self.stagings);
         let spec = BuildSpec {
             request: job.request,
-            inputs: self.inputs.clone(),
-            referenced: self.referenced.clone(),
+            inputs: std::mem::take(&mut self.inputs),
+            referenced: std::mem::take(&mut self.referenced),
             outputs: job
                 .outputs
                 .iter()
