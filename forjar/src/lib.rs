@@ -29,6 +29,7 @@ pub mod cli;
 pub mod derivation;
 pub mod exec;
 pub mod hash;
+pub mod machine;
 pub mod name;
 pub mod plan;
 #[cfg(feature = "remote")]
@@ -38,7 +39,7 @@ pub mod sandbox;
 pub mod store;
 mod walk;
 
-pub use cli::{ExitCode, main};
+pub use cli::{ExitCode, Program, main};
 pub use derivation::{Derivation, DerivationBuilder, Drv, Graph, Input, OutputRef, Source};
 pub use forjar_macros::{Derivation, derivation};
 pub use name::Limits;

@@ -423,3 +423,148 @@ impl Drop for PrivateStack {
             .output();
     }
 }
+
+/// Real Debian hosts booted by `hosts/testhosts` for one test: systemd and sshd in
+/// systemd-nspawn, each in a network namespace of its own. Stopped, with everything the run
+/// made, when dropped.
+pub struct TestHosts {
+    pub run: String,
+    pub dir: PathBuf,
+    /// Each host's ssh alias and address.
+    pub hosts: Vec<(String, String)>,
+}
+
+impl TestHosts {
+    /// Boots `n` hosts. They need root; without it the calling test is skipped, saying so,
+    /// except under CI (`CI=true`), where it fails.
+    pub fn up(n: usize) -> Option<TestHosts> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        if !nix::unistd::geteuid().is_root() {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("CI must run the machine tests, which need root for their test hosts");
+            }
+            eprintln!("skipping: the test hosts need root");
+            return None;
+        }
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let run = format!("{}{}", to_base36(std::process::id() % 36u32.pow(4)), seq);
+        let output = Command::new(root().join("hosts/testhosts"))
+            .args(["up", &run, &n.to_string()])
+            .output()
+            .expect("hosts/testhosts runs");
+        let hosts = TestHosts {
+            dir: root().join("target/testhosts/runs").join(&run),
+            hosts: Vec::new(),
+            run,
+        };
+        assert!(
+            output.status.success(),
+            "hosts/testhosts up failed:\n{}",
+            stderr(&output)
+        );
+        let listing =
+            std::fs::read_to_string(hosts.dir.join("hosts")).expect("the run lists its hosts");
+        let mut hosts = hosts;
+        hosts.hosts = listing
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        Some(hosts)
+    }
+
+    /// The run's ssh config (keys, known hosts, aliases).
+    pub fn ssh_config(&self) -> PathBuf {
+        self.dir.join("ssh_config")
+    }
+
+    /// Host `i`'s (from 0) alias.
+    pub fn name(&self, i: usize) -> &str {
+        &self.hosts[i].0
+    }
+
+    /// Runs `command` on host `i` over ssh.
+    pub fn ssh(&self, i: usize, command: &str) -> Output {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(self.ssh_config())
+            .args(["-o", "BatchMode=yes", self.name(i), command])
+            .output()
+            .expect("ssh runs")
+    }
+
+    /// Takes host `i`'s link down or up.
+    pub fn link(&self, i: usize, up: bool) {
+        let output = Command::new(root().join("hosts/testhosts"))
+            .args([
+                "link",
+                &self.run,
+                &(i + 1).to_string(),
+                if up { "up" } else { "down" },
+            ])
+            .output()
+            .expect("hosts/testhosts runs");
+        assert_ok(&output);
+    }
+
+    /// Reboots host `i`, keeping its disk.
+    pub fn restart(&self, i: usize) {
+        let output = Command::new(root().join("hosts/testhosts"))
+            .args(["restart", &self.run, &(i + 1).to_string()])
+            .output()
+            .expect("hosts/testhosts runs");
+        assert_ok(&output);
+    }
+
+    /// What an HTTP GET of `/` on host `i`'s `port` answers, waiting up to 15 s for it to listen.
+    pub fn http_get(&self, i: usize, port: u16) -> String {
+        use std::io::{Read, Write};
+        let address = format!("{}:{port}", self.hosts[i].1);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            let attempt = (|| -> std::io::Result<String> {
+                let mut stream = std::net::TcpStream::connect(&address)?;
+                stream.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+                stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer)?;
+                Ok(answer
+                    .split("\r\n\r\n")
+                    .nth(1)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string())
+            })();
+            match attempt {
+                Ok(body) if !body.is_empty() => return body,
+                _ if std::time::Instant::now() > deadline => {
+                    panic!("{address} did not answer HTTP: {attempt:?}")
+                }
+                _ => std::thread::sleep(std::time::Duration::from_millis(200)),
+            }
+        }
+    }
+}
+
+fn to_base36(mut n: u32) -> String {
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut text = Vec::new();
+    loop {
+        text.push(digits[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    text.reverse();
+    String::from_utf8(text).expect("base 36 digits are ASCII")
+}
+
+impl Drop for TestHosts {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("hosts/testhosts"))
+            .args(["down", &self.run])
+            .output();
+    }
+}

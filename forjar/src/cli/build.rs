@@ -180,7 +180,7 @@ impl Session {
             );
         }
         emit(&text)?;
-        Ok(ExitCode::Success)
+        self.deploy()
     }
 
     fn build(&self, names: &[String], run: &RunArgs) -> Result<ExitCode, Failure> {

@@ -58,10 +58,20 @@ impl Session {
     pub(super) fn inspect(&self, command: InspectCommand) -> Result<ExitCode, Failure> {
         let plan = &self.plan;
         match command {
+            InspectCommand::Plan { json: true } if !self.machines.is_empty() => {
+                let mut value = plan.to_json();
+                let (code, hosts) = self.host_plans_json()?;
+                value["hosts"] = hosts;
+                emit(&format!("{value:#}\n"))?;
+                return Ok(code);
+            }
             InspectCommand::Plan { json: true } | InspectCommand::Graph { json: true, .. } => {
                 emit(&format!("{:#}\n", plan.to_json()))?;
             }
-            InspectCommand::Plan { json: false } => emit(&render_plan(plan))?,
+            InspectCommand::Plan { json: false } => {
+                emit(&render_plan(plan))?;
+                return self.plan_hosts();
+            }
             InspectCommand::Graph { .. } => emit(&plan.to_dot())?,
             InspectCommand::WhyDepends { a, b } => return self.why_depends(&a, &b),
             InspectCommand::Show { name } => return self.show(&name),

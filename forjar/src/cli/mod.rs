@@ -2,11 +2,12 @@
 //! `forjar` store tool (`src/bin/forjar.rs`). Both share the store commands of [`store`].
 //!
 //! Exit codes (see [`ExitCode`]): 0 success, 1 the operation failed (a build, a damaged store,
-//! an I/O error), 2 a bad command line, 3 an invalid program or derivation, 130 interrupted by
-//! Ctrl-C (143 by SIGTERM).
+//! an I/O error), 2 a bad command line, 3 an invalid program or derivation, 4 a host rolled back
+//! (its activation failed), 130 interrupted by Ctrl-C (143 by SIGTERM).
 
 mod build;
 mod inspect;
+mod machine;
 mod process;
 mod profile;
 mod program;
@@ -25,7 +26,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::derivation::Graph;
+use crate::derivation::{Graph, OutputRef};
+use crate::machine::Machine;
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +41,8 @@ pub enum ExitCode {
     Usage = 2,
     /// The program or one of its derivations is invalid.
     InvalidProgram = 3,
+    /// A host's activation failed and the host went back to its previous generation by itself.
+    RolledBack = 4,
     /// Ctrl-C (SIGINT) stopped it; the running builds were stopped and their staging removed.
     Interrupted = 130,
     /// SIGTERM stopped it, as with [`ExitCode::Interrupted`].
@@ -146,6 +150,13 @@ struct ProgramCli {
     /// Also print every build's log, each line prefixed with the derivation's name.
     #[arg(short, long, global = true)]
     verbose: bool,
+    /// The machines to plan, apply, check for drift, list or roll back: names, `@tag`s and
+    /// globs, comma-separated [default: all of them].
+    #[arg(long, global = true, value_name = "MACHINES")]
+    on: Option<String>,
+    /// An ssh config file to reach the machines with, instead of `~/.ssh/config`.
+    #[arg(long, global = true, value_name = "FILE", env = "FORJAR_SSH_CONFIG")]
+    ssh_config: Option<PathBuf>,
     #[command(subcommand)]
     command: ProgramCommand,
 }
@@ -159,6 +170,8 @@ enum ProgramCommand {
     Inspect(inspect::InspectCommand),
     #[command(flatten)]
     Profile(profile::ProfileCommand),
+    #[command(flatten)]
+    Machine(machine::MachineCommand),
     #[command(flatten)]
     Store(store::StoreCommand),
     /// Hash content.
@@ -179,7 +192,16 @@ enum ProgramCommand {
 ///     })
 /// }
 /// ```
-pub fn main(define: impl FnOnce(&mut Graph) -> crate::Result<()>) -> ExitCode {
+pub fn main(define: impl FnOnce(&mut Program) -> crate::Result<()>) -> ExitCode {
+    // On a host, the program is the agent of the system it is part of.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().as_deref() == Some(std::ffi::OsStr::new("__agent")) {
+        return match crate::machine::agent_main(args.collect()) {
+            0 => ExitCode::Success,
+            2 => ExitCode::Usage,
+            _ => ExitCode::Failure,
+        };
+    }
     process::grow_heap_in_large_steps();
     process::raise_open_file_limit();
     match ProgramCli::try_parse() {
@@ -192,5 +214,82 @@ pub fn main(define: impl FnOnce(&mut Graph) -> crate::Result<()>) -> ExitCode {
                 ExitCode::Success
             }
         }
+    }
+}
+
+/// What a program describes: its derivations (the [`Graph`], which this dereferences to) and
+/// its machines.
+pub struct Program {
+    graph: Graph,
+    pub(crate) machines: Vec<Machine>,
+    /// The graph root each machine file's derivation output was registered under.
+    pub(crate) machine_roots: std::collections::HashMap<OutputRef, String>,
+}
+
+impl Program {
+    pub(crate) fn new() -> Program {
+        Program {
+            graph: Graph::new(),
+            machines: Vec::new(),
+            machine_roots: std::collections::HashMap::new(),
+        }
+    }
+
+    /// Adds a machine: `apply` builds what its files need and makes the host match.
+    pub fn machine(&mut self, machine: Machine) {
+        for output in machine.file_outputs() {
+            if !self.machine_roots.contains_key(output) {
+                let root = format!(
+                    "machine.{}.{}",
+                    machine.name(),
+                    self.machine_roots.len() + 1
+                );
+                self.graph.root(&root, output.clone());
+                self.machine_roots.insert(output.clone(), root);
+            }
+        }
+        self.machines.push(machine);
+    }
+
+    /// The machines added so far.
+    pub fn machines(&self) -> &[Machine] {
+        &self.machines
+    }
+
+    /// The checks on the machines that could not be made as they were described: a mistake
+    /// of each, named with the machine and where it was made.
+    pub(crate) fn machine_errors(&self) -> Option<String> {
+        let mut errors = Vec::new();
+        let mut names = std::collections::BTreeSet::new();
+        for machine in &self.machines {
+            if !names.insert(machine.name()) {
+                errors.push(format!(
+                    "machine `{}` (at {}) is added twice",
+                    machine.name(),
+                    machine.location
+                ));
+            }
+            for error in &machine.errors {
+                errors.push(format!(
+                    "machine `{}` (at {}): {error}",
+                    machine.name(),
+                    machine.location
+                ));
+            }
+        }
+        (!errors.is_empty()).then(|| errors.join("\n"))
+    }
+}
+
+impl std::ops::Deref for Program {
+    type Target = Graph;
+    fn deref(&self) -> &Graph {
+        &self.graph
+    }
+}
+
+impl std::ops::DerefMut for Program {
+    fn deref_mut(&mut self) -> &mut Graph {
+        &mut self.graph
     }
 }

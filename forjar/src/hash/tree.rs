@@ -455,6 +455,16 @@ fn read_full(file: &File, offset: u64, buf: &mut [u8]) -> io::Result<usize> {
     Ok(total)
 }
 
+/// The tree digest of a regular file holding `contents`, with the owner-execute bit or without:
+/// what [`tree_digest`] gives for such a file, without one on disk.
+pub fn file_digest(contents: &[u8], executable: bool) -> TreeDigest {
+    TreeDigest::from_bytes(file_node(
+        executable,
+        contents.len() as u64,
+        blake3::hash(contents).as_bytes(),
+    ))
+}
+
 fn is_executable(st: &nix::libc::stat) -> bool {
     st.st_mode & 0o100 != 0
 }

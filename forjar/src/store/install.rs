@@ -402,6 +402,64 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Imports a tree forjar made itself (a machine's system), keyed by its name and content
+    /// like a source, recording `references`, the entries its content names, so that the
+    /// entry's closure holds them.
+    pub fn import_made(
+        &self,
+        path: &Path,
+        name: &Name,
+        references: Vec<EntryName>,
+    ) -> Result<ImportOutcome, StoreError> {
+        let digest = TreeHasher::new().digest(path)?;
+        let key = hash::source_key(name, &digest);
+        let entry = EntryName::new(&key, name, None);
+        let outcome = |imported| ImportOutcome {
+            entry: entry.clone(),
+            digest,
+            imported,
+        };
+        if self.contains(&entry) {
+            return Ok(outcome(false));
+        }
+        let lock = KeyLock::acquire(self, entry.hash())?;
+        if self.contains(&entry) {
+            return Ok(outcome(false));
+        }
+        if let Some(missing) = references.iter().find(|r| !self.contains(r)) {
+            return Err(StoreError::NoSuchEntry(missing.to_string()));
+        }
+        let started = SystemTime::now();
+        let staging = Staging::new(self, &lock, entry.clone())?;
+        super::tree::copy(path, &staging.content_path())?;
+        let draft = Draft {
+            name: name.clone(),
+            output: "out".into(),
+            kind: EntryKind::Source,
+            key,
+            derivation: None,
+            references,
+            inputs: BTreeMap::new(),
+            system: None,
+            sandbox: None,
+            started,
+            log_digest: None,
+            location: None,
+            source_path: None,
+            expected: Some(digest),
+        };
+        match staging.commit(draft)? {
+            Committed::Installed(_) => Ok(outcome(true)),
+            Committed::Mismatch(m) => Err(StoreError::SourceChanged {
+                path: path.to_path_buf(),
+                expected: m.expected,
+                got: m.got,
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::{MetadataExt, symlink};

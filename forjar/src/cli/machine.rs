@@ -1,0 +1,545 @@
+//! The machine half of a program's command line: the per-host plan after the build plan, the
+//! deploy after `apply` builds, `drift`, and `generations`/`rollback --on HOST`.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{self, Write};
+
+use clap::Subcommand;
+
+use super::program::Session;
+use super::{ExitCode, Failure, emit};
+use crate::derivation::OutputRef;
+use crate::hash::EntryName;
+use crate::machine::agent::Request;
+use crate::machine::deploy::{self, HostPlan, HostReport, Provenance, System, human_bytes};
+use crate::machine::manifest::Changes;
+use crate::machine::ssh::SshOptions;
+use crate::machine::{Machine, MachineError};
+
+/// A machine's name and what a command gave on it, or why it failed there.
+type PerHost<T> = (String, Result<T, String>);
+
+/// The machine commands.
+#[derive(Debug, Subcommand)]
+pub(super) enum MachineCommand {
+    /// Compare each selected host's live state with its current generation; `--repair`
+    /// restores what differs.
+    #[command(display_order = 12)]
+    Drift {
+        /// Put the live state back.
+        #[arg(long)]
+        repair: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl From<MachineError> for Failure {
+    fn from(e: MachineError) -> Self {
+        let code = match e {
+            MachineError::Program(_) => ExitCode::InvalidProgram,
+            _ => ExitCode::Failure,
+        };
+        Failure::new(code, e)
+    }
+}
+
+/// The machines `--on` selects: a comma-separated list of names, `@tag`s and globs (`web*`);
+/// all of them without `--on`.
+pub(super) fn select<'m>(
+    machines: &'m [Machine],
+    on: Option<&str>,
+) -> Result<Vec<&'m Machine>, Failure> {
+    let Some(on) = on else {
+        return Ok(machines.iter().collect());
+    };
+    let mut selected: Vec<&Machine> = Vec::new();
+    for pattern in on.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let matches: Vec<&Machine> = machines
+            .iter()
+            .filter(|m| match pattern.strip_prefix('@') {
+                Some(tag) => m.tags().contains(tag),
+                None => glob(pattern, m.name()),
+            })
+            .collect();
+        if matches.is_empty() {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                format!(
+                    "`--on {pattern}` matches no machine; the program's machines are: {}",
+                    machines
+                        .iter()
+                        .map(Machine::name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        for m in matches {
+            if !selected.iter().any(|s| s.name() == m.name()) {
+                selected.push(m);
+            }
+        }
+    }
+    Ok(selected)
+}
+
+/// `*` any run of characters, `?` one character.
+fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
+}
+
+impl Session {
+    fn ssh(&self) -> SshOptions {
+        SshOptions {
+            config: self.ssh_config.clone(),
+            ..SshOptions::default()
+        }
+    }
+
+    /// The entry each machine file's derivation output was planned to.
+    fn resolver(&self) -> impl Fn(&OutputRef) -> Option<EntryName> + '_ {
+        let by_root: HashMap<&str, &EntryName> = self
+            .plan
+            .roots()
+            .iter()
+            .map(|r| (r.name.as_str(), &r.entry))
+            .collect();
+        move |output: &OutputRef| {
+            let root = self.machine_roots.get(output)?;
+            by_root.get(root.as_str()).map(|e| (*e).clone())
+        }
+    }
+
+    /// The systems of `machines`, made in the store.
+    fn systems(&self, machines: &[&Machine]) -> Result<Vec<System>, Failure> {
+        let agent = deploy::agent_entry(&self.store)?;
+        let resolve = self.resolver();
+        machines
+            .iter()
+            .map(|m| deploy::assemble(&self.store, m, &agent, &resolve).map_err(Failure::from))
+            .collect()
+    }
+
+    /// After the build plan: each selected host's plan. Hosts whose files need outputs that
+    /// are not built yet are planned after `apply` builds them.
+    pub(super) fn plan_hosts(&self) -> Result<ExitCode, Failure> {
+        let plans = self.host_plans()?;
+        let mut text = String::new();
+        for plan in &plans {
+            match plan {
+                Ok(plan) => render_host_plan(&mut text, plan),
+                Err(e) => {
+                    let _ = writeln!(text, "\nhost {e}");
+                }
+            }
+        }
+        emit(&text)?;
+        Ok(plan_code(&plans))
+    }
+
+    /// The hosts' plans as JSON, for `plan --json`.
+    pub(super) fn host_plans_json(&self) -> Result<(ExitCode, serde_json::Value), Failure> {
+        let plans = self.host_plans()?;
+        let value: Vec<serde_json::Value> = plans
+            .iter()
+            .map(|p| match p {
+                Ok(plan) => serde_json::to_value(plan).expect("a plan serialises"),
+                Err(e) => serde_json::json!({ "error": e }),
+            })
+            .collect();
+        Ok((plan_code(&plans), serde_json::Value::Array(value)))
+    }
+
+    fn host_plans(&self) -> Result<Vec<Result<HostPlan, String>>, Failure> {
+        let machines = select(&self.machines, self.on.as_deref())?;
+        let resolve = self.resolver();
+        let unbuilt = |m: &Machine| {
+            m.file_outputs()
+                .any(|o| resolve(o).is_none_or(|e| !self.store.contains(&e)))
+        };
+        let mut plans: Vec<Result<HostPlan, String>> = Vec::new();
+        let agent = deploy::agent_entry(&self.store)?;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = machines
+                .iter()
+                .map(|m| {
+                    let agent = &agent;
+                    let resolve = &resolve;
+                    let unbuilt = unbuilt(m);
+                    scope.spawn(move || -> Result<HostPlan, String> {
+                        if unbuilt {
+                            return Err(format!("{}: {LATER}", m.name()));
+                        }
+                        let system = deploy::assemble(&self.store, m, agent, resolve)
+                            .map_err(|e| e.to_string())?;
+                        let host = deploy::Host::connect(m, &self.store, agent, &self.ssh())
+                            .map_err(|e| e.to_string())?;
+                        let plan = deploy::plan_host(&host, &system).map_err(|e| e.to_string());
+                        host.close();
+                        plan
+                    })
+                })
+                .collect();
+            for handle in handles {
+                plans.push(handle.join().expect("a host plan does not panic"));
+            }
+        });
+        Ok(plans)
+    }
+
+    /// After `apply` built everything: deploys every selected machine, hosts in parallel.
+    pub(super) fn deploy(&self) -> Result<ExitCode, Failure> {
+        let machines = select(&self.machines, self.on.as_deref())?;
+        if machines.is_empty() {
+            return Ok(ExitCode::Success);
+        }
+        let systems = self.systems(&machines)?;
+        let provenance = Provenance::current();
+        let ssh = self.ssh();
+        let quiet = self.verbosity == super::progress::Verbosity::Quiet;
+        let progress = |host: &str, line: &str| {
+            if !quiet {
+                let _ = writeln!(
+                    io::stderr().lock(),
+                    "{host}: {}",
+                    super::terminal::sanitise(line)
+                );
+            }
+        };
+        let reports: Vec<HostReport> = std::thread::scope(|scope| {
+            let handles: Vec<_> = machines
+                .iter()
+                .zip(&systems)
+                .map(|(m, system)| {
+                    let (ssh, provenance, progress) = (&ssh, &provenance, &progress);
+                    scope.spawn(move || {
+                        deploy::deploy_host(&self.store, m, system, ssh, provenance, progress)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a deploy does not panic"))
+                .collect()
+        });
+        let mut text = String::new();
+        let mut code = ExitCode::Success;
+        for report in &reports {
+            let generation = report
+                .generation
+                .map_or("no generation".to_string(), |n| format!("generation {n}"));
+            let sent = if report.sent_bytes > 0 {
+                format!(
+                    "; sent {} entries, {} ({} bytes)",
+                    report.sent_entries,
+                    human_bytes(report.sent_bytes),
+                    report.sent_bytes
+                )
+            } else {
+                String::new()
+            };
+            let _ = match report.result.as_str() {
+                "activated" => writeln!(
+                    text,
+                    "{}: activated {generation}{}{sent}",
+                    report.machine,
+                    report.changes.as_ref().map(summary).unwrap_or_default()
+                ),
+                "unchanged" => writeln!(text, "{}: unchanged, {generation}{sent}", report.machine),
+                "rolled-back" => {
+                    if code == ExitCode::Success {
+                        code = ExitCode::RolledBack;
+                    }
+                    writeln!(
+                        text,
+                        "{}: rolled back to {generation}: {}",
+                        report.machine,
+                        report.error.as_deref().unwrap_or("activation failed")
+                    )
+                }
+                _ => {
+                    code = ExitCode::Failure;
+                    writeln!(
+                        text,
+                        "{}: failed: {}",
+                        report.machine,
+                        report.error.as_deref().unwrap_or("unknown error")
+                    )
+                }
+            };
+        }
+        emit(&text)?;
+        Ok(code)
+    }
+
+    /// Runs a machine command.
+    pub(super) fn machine(&self, command: MachineCommand) -> Result<ExitCode, Failure> {
+        match command {
+            MachineCommand::Drift { repair, json } => self.drift(repair, json),
+        }
+    }
+
+    fn connect_each<T: Send>(
+        &self,
+        each: impl Fn(&deploy::Host) -> Result<T, MachineError> + Sync,
+    ) -> Result<Vec<PerHost<T>>, Failure> {
+        let machines = select(&self.machines, self.on.as_deref())?;
+        let agent = deploy::agent_entry(&self.store)?;
+        let ssh = self.ssh();
+        Ok(std::thread::scope(|scope| {
+            let handles: Vec<_> = machines
+                .iter()
+                .map(|m| {
+                    let (agent, ssh, each) = (&agent, &ssh, &each);
+                    scope.spawn(move || {
+                        let result = deploy::Host::connect(m, &self.store, agent, ssh)
+                            .and_then(|host| {
+                                let result = each(&host);
+                                host.close();
+                                result
+                            })
+                            .map_err(|e| e.to_string());
+                        (m.name().to_string(), result)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a host command does not panic"))
+                .collect()
+        }))
+    }
+
+    fn drift(&self, repair: bool, json: bool) -> Result<ExitCode, Failure> {
+        let results = self.connect_each(|host| host.drift(repair))?;
+        let mut code = ExitCode::Success;
+        let mut text = String::new();
+        let mut value = serde_json::Map::new();
+        for (name, result) in results {
+            match result {
+                Ok(drift) => {
+                    if !drift.is_empty() && !repair {
+                        code = ExitCode::Failure;
+                    }
+                    if drift.is_empty() {
+                        let _ = writeln!(text, "{name}: no drift");
+                    }
+                    for d in &drift {
+                        let _ = writeln!(text, "{name}: {}: {}", d.subject, d.difference);
+                    }
+                    value.insert(
+                        name,
+                        serde_json::to_value(&drift).expect("drift serialises"),
+                    );
+                }
+                Err(e) => {
+                    code = ExitCode::Failure;
+                    let _ = writeln!(text, "{e}");
+                    value.insert(name, serde_json::json!({ "error": e }));
+                }
+            }
+        }
+        if json {
+            emit(&format!("{:#}\n", serde_json::Value::Object(value)))?;
+        } else {
+            emit(&text)?;
+        }
+        Ok(code)
+    }
+
+    /// `generations --on HOST`.
+    pub(super) fn host_generations(&self) -> Result<ExitCode, Failure> {
+        let results = self.connect_each(|host| host.generations())?;
+        let mut text = String::new();
+        let mut code = ExitCode::Success;
+        for (name, result) in results {
+            match result {
+                Ok(generations) => {
+                    let _ = writeln!(text, "{name}:");
+                    if generations.is_empty() {
+                        let _ = writeln!(text, "  no generations yet; `apply` makes one");
+                    }
+                    for g in &generations {
+                        let time = humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(g.created),
+                        );
+                        let _ = writeln!(
+                            text,
+                            "  {:>4}  {time}  {:<11}  {}  by {}{}",
+                            g.number,
+                            g.status,
+                            g.system,
+                            g.operator,
+                            g.revision
+                                .as_deref()
+                                .map(|r| format!(" at {r}"))
+                                .unwrap_or_default()
+                        );
+                    }
+                    let _ = deploy::mirror(&self.store, &name, &generations);
+                }
+                Err(e) => {
+                    code = ExitCode::Failure;
+                    let _ = writeln!(text, "{e}");
+                }
+            }
+        }
+        emit(&text)?;
+        Ok(code)
+    }
+
+    /// `rollback --on HOST [--to N]`: activates an earlier generation of each selected host.
+    pub(super) fn host_rollback(&self, to: Option<u64>) -> Result<ExitCode, Failure> {
+        let provenance = Provenance::current();
+        let request = Request {
+            system: None,
+            to,
+            operator: provenance.operator,
+            revision: provenance.revision,
+            plan: "rollback".into(),
+        };
+        let results = self.connect_each(|host| {
+            let mut id = None;
+            host.activate(&request, &mut id, |line| {
+                let _ = writeln!(io::stderr().lock(), "{}", super::terminal::sanitise(line));
+            })
+        })?;
+        let mut text = String::new();
+        let mut code = ExitCode::Success;
+        for (name, result) in results {
+            match result {
+                Ok(outcome) if outcome.result == "activated" || outcome.result == "unchanged" => {
+                    let _ = writeln!(
+                        text,
+                        "{name}: now on generation {}",
+                        outcome.generation.unwrap_or_default()
+                    );
+                }
+                Ok(outcome) => {
+                    code = ExitCode::Failure;
+                    let _ = writeln!(
+                        text,
+                        "{name}: {}: {}",
+                        outcome.result,
+                        outcome.error.unwrap_or_default()
+                    );
+                }
+                Err(e) => {
+                    code = ExitCode::Failure;
+                    let _ = writeln!(text, "{e}");
+                }
+            }
+        }
+        emit(&text)?;
+        Ok(code)
+    }
+}
+
+/// What a host's plan says when its files need outputs that are not built yet: not a failure.
+const LATER: &str =
+    "its files use derivation outputs not built yet; `apply` builds them, then plans and deploys";
+
+fn plan_code(plans: &[Result<HostPlan, String>]) -> ExitCode {
+    if plans
+        .iter()
+        .any(|p| p.as_ref().is_err_and(|e| !e.ends_with(LATER)))
+    {
+        ExitCode::Failure
+    } else {
+        ExitCode::Success
+    }
+}
+
+fn summary(changes: &Changes) -> String {
+    let mut parts = Vec::new();
+    let mut count = |n: usize, what: &str| {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    };
+    count(
+        changes.paths_added.len() + changes.paths_changed.len() + changes.paths_removed.len(),
+        "paths changed",
+    );
+    count(changes.users_added.len(), "users added");
+    count(changes.units_started.len(), "units started");
+    count(changes.units_restarted.len(), "units restarted");
+    count(changes.units_reloaded.len(), "units reloaded");
+    count(changes.units_stopped.len(), "units stopped");
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
+    }
+}
+
+fn render_host_plan(text: &mut String, plan: &HostPlan) {
+    let current = plan
+        .current
+        .as_ref()
+        .map_or("never activated".to_string(), |g| {
+            format!("on generation {}", g.number)
+        });
+    let _ = writeln!(text, "\nhost {} ({current}):", plan.machine);
+    if plan.install_agent {
+        let _ = writeln!(text, "  install the agent");
+    }
+    if !plan.send.is_empty() {
+        let total: u64 = plan.send.iter().map(|(_, s)| s).sum();
+        let _ = writeln!(
+            text,
+            "  copy {} entries ({}):",
+            plan.send.len(),
+            human_bytes(total)
+        );
+        for (entry, size) in &plan.send {
+            let _ = writeln!(text, "    + {entry} ({})", human_bytes(*size));
+        }
+    }
+    match &plan.changes {
+        None => {
+            let _ = writeln!(text, "  runs this system already");
+        }
+        Some(changes) => {
+            let mut line = |sign: &str, what: &str, items: &[String]| {
+                for item in items {
+                    let _ = writeln!(text, "  {sign} {what} {item}");
+                }
+            };
+            line("+", "path", &changes.paths_added);
+            line("~", "path", &changes.paths_changed);
+            line("-", "path", &changes.paths_removed);
+            line("+", "group", &changes.groups_added);
+            line("+", "user", &changes.users_added);
+            line("start", "unit", &changes.units_started);
+            line("restart", "unit", &changes.units_restarted);
+            line("reload", "unit", &changes.units_reloaded);
+            line("stop", "unit", &changes.units_stopped);
+            line("run", "hook", &changes.hooks);
+        }
+    }
+    for d in &plan.drift {
+        let _ = writeln!(text, "  drift: {}: {}", d.subject, d.difference);
+    }
+}

@@ -1,0 +1,1052 @@
+//! The agent: the forjar program itself, run on a host (as `PROGRAM __agent ...`) from an entry
+//! of the system closure it activates. It receives and verifies entries, activates a system,
+//! keeps the host's generations, reports drift and rolls back. It never takes the controller's
+//! word for content: entries are installed only when their tree digest matches.
+//!
+//! Host state lives in the state directory (default `/var/lib/forjar/machine`):
+//!
+//! ```text
+//! generations/<n>.json   one record per activation: system entry, time, operator, revision
+//! current                symlink to generations/<n>.json, moved with one rename
+//! lock                   held by the one activation running
+//! journal.json           the activation in progress; a later run finishes it
+//! activations/<id>.log   an activation's log, and <id>.json its outcome
+//! ```
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, BufRead, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use super::archive;
+use super::manifest::{self, Changes, Manifest, PathKind, PathSpec, UNIT_DIR};
+use crate::hash::{EntryName, TreeDigest, tree_digest};
+use crate::store::{Committed, KeyLock, Meta, Staging, Store};
+
+/// The default state directory on a host.
+pub const STATE_DIR: &str = "/var/lib/forjar/machine";
+
+/// How long a started unit must stay active before activation counts it as started.
+const SETTLE: Duration = Duration::from_millis(1500);
+
+/// A host's record of one generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationRecord {
+    /// Its number, from 1.
+    pub number: u64,
+    /// The system entry.
+    pub system: EntryName,
+    /// When it was activated, in seconds since the Unix epoch.
+    pub created: u64,
+    /// Who ran the apply (the controller's user and host).
+    pub operator: String,
+    /// The program's source revision, when it was run from a git checkout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// The digest of the host's plan that made it.
+    pub plan: String,
+    /// `active` once activated, `rolled-back` if its activation failed.
+    pub status: String,
+}
+
+/// What `probe` tells the controller.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Probe {
+    /// The entries asked about that the host's store lacks.
+    pub missing: Vec<EntryName>,
+    /// The current generation.
+    pub current: Option<GenerationRecord>,
+    /// Its manifest.
+    pub manifest: Option<Manifest>,
+}
+
+/// The outcome of an activation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    /// The activation's id.
+    pub id: String,
+    /// `activated`, `unchanged`, `rolled-back` or `failed`.
+    pub result: String,
+    /// The generation the host is on now.
+    pub generation: Option<u64>,
+    /// What went wrong, for `rolled-back` and `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// What activation changed.
+    #[serde(default)]
+    pub changes: Option<Changes>,
+}
+
+/// One difference between a host's live state and its current generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drift {
+    /// The path, unit, user or group.
+    pub subject: String,
+    /// What differs.
+    pub difference: String,
+}
+
+/// A failure on the host; printed by the agent to its standard error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AgentError(pub String);
+
+impl AgentError {
+    fn io(what: impl std::fmt::Display, path: &Path) -> impl FnOnce(io::Error) -> AgentError {
+        let message = format!("{what} `{}`", path.display());
+        move |e| AgentError(format!("{message}: {e}"))
+    }
+}
+
+impl From<crate::store::StoreError> for AgentError {
+    fn from(e: crate::store::StoreError) -> Self {
+        AgentError(e.to_string())
+    }
+}
+
+impl From<archive::ArchiveError> for AgentError {
+    fn from(e: archive::ArchiveError) -> Self {
+        AgentError(e.to_string())
+    }
+}
+
+/// The host's state directory.
+#[derive(Debug, Clone)]
+pub struct State {
+    dir: PathBuf,
+}
+
+impl State {
+    /// Opens (making) the state directory `dir`.
+    pub fn open(dir: &Path) -> Result<State, AgentError> {
+        for sub in ["generations", "activations"] {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).map_err(AgentError::io("cannot create", &path))?;
+        }
+        Ok(State {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn generation_path(&self, number: u64) -> PathBuf {
+        self.dir.join("generations").join(format!("{number}.json"))
+    }
+
+    /// Every generation, oldest first.
+    pub fn generations(&self) -> Result<Vec<GenerationRecord>, AgentError> {
+        let dir = self.dir.join("generations");
+        let mut numbers: Vec<u64> = fs::read_dir(&dir)
+            .map_err(AgentError::io("cannot read", &dir))?
+            .filter_map(|i| i.ok())
+            .filter_map(|i| i.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        numbers.into_iter().map(|n| self.generation(n)).collect()
+    }
+
+    /// Generation `number`.
+    pub fn generation(&self, number: u64) -> Result<GenerationRecord, AgentError> {
+        let path = self.generation_path(number);
+        let bytes = fs::read(&path).map_err(|e| match e.kind() {
+            io::ErrorKind::NotFound => AgentError(format!("the host has no generation {number}")),
+            _ => AgentError::io("cannot read", &path)(e),
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| AgentError(format!("`{}` is damaged: {e}", path.display())))
+    }
+
+    fn write_generation(&self, record: &GenerationRecord) -> Result<(), AgentError> {
+        write_atomic(
+            &self.generation_path(record.number),
+            serde_json::to_string_pretty(record)
+                .expect("a record serialises")
+                .as_bytes(),
+        )
+    }
+
+    /// The number of the current generation.
+    pub fn current(&self) -> Result<Option<u64>, AgentError> {
+        let link = self.dir.join("current");
+        match fs::read_link(&link) {
+            Ok(target) => target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| n.parse().ok())
+                .map(Some)
+                .ok_or_else(|| AgentError(format!("`{}` points at no generation", link.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(AgentError::io("cannot read", &link)(e)),
+        }
+    }
+
+    /// Points `current` at generation `number` (or nowhere), with one rename.
+    fn switch(&self, number: Option<u64>) -> Result<(), AgentError> {
+        let link = self.dir.join("current");
+        match number {
+            Some(number) => {
+                let tmp = self.dir.join(".current.tmp");
+                let _ = fs::remove_file(&tmp);
+                symlink(format!("generations/{number}.json"), &tmp)
+                    .map_err(AgentError::io("cannot create", &tmp))?;
+                fs::rename(&tmp, &link).map_err(AgentError::io("cannot replace", &link))?;
+            }
+            None => match fs::remove_file(&link) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    return Err(AgentError::io("cannot remove", &link)(e));
+                }
+                _ => {}
+            },
+        }
+        sync_dir(&self.dir)
+    }
+
+    fn lock(&self) -> Result<fs::File, AgentError> {
+        let path = self.dir.join("lock");
+        let file = fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(AgentError::io("cannot open", &path))?;
+        file.lock().map_err(AgentError::io("cannot lock", &path))?;
+        Ok(file)
+    }
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::File::create(&tmp).map_err(AgentError::io("cannot create", &tmp))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(AgentError::io("cannot write", &tmp))?;
+    fs::rename(&tmp, path).map_err(AgentError::io("cannot replace", path))?;
+    sync_dir(path.parent().unwrap_or(Path::new("/")))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), AgentError> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(AgentError::io("cannot sync", dir))
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The manifest of system entry `system`.
+pub fn read_manifest(store: &Store, system: &EntryName) -> Result<Manifest, AgentError> {
+    let path = store.content_path(system).join(manifest::FILE);
+    let bytes = fs::read(&path).map_err(AgentError::io("cannot read", &path))?;
+    Manifest::parse(&bytes)
+        .map_err(|e| AgentError(format!("the manifest of `{system}` is not valid: {e}")))
+}
+
+/// `probe`: which of `wanted` the store lacks, and the current generation with its manifest.
+pub fn probe(store: &Store, state: &State, wanted: &[EntryName]) -> Result<Probe, AgentError> {
+    let missing = wanted
+        .iter()
+        .filter(|e| !store.contains(e))
+        .cloned()
+        .collect();
+    let current = match state.current()? {
+        Some(n) => Some(state.generation(n)?),
+        None => None,
+    };
+    let manifest = match &current {
+        Some(record) if store.contains(&record.system) => {
+            Some(read_manifest(store, &record.system)?)
+        }
+        _ => None,
+    };
+    Ok(Probe {
+        missing,
+        current,
+        manifest,
+    })
+}
+
+/// `adopt`: installs the agent binary uploaded to `file` as entry `entry`, if its digest is the
+/// one `meta` records.
+pub fn adopt(store: &Store, entry: &EntryName, meta: &str, file: &Path) -> Result<(), AgentError> {
+    let meta = Meta::parse(meta.as_bytes(), &store.entry_path(entry).join("meta.yaml"))
+        .map_err(|e| AgentError(e.to_string()))?;
+    let lock = KeyLock::acquire(store, entry.hash())?;
+    if store.contains(entry) {
+        return Ok(());
+    }
+    let staging = Staging::new(store, &lock, entry.clone())?;
+    fs::copy(file, staging.content_path()).map_err(AgentError::io("cannot copy", file))?;
+    match staging.commit_fetched(meta)? {
+        Committed::Installed(_) => Ok(()),
+        Committed::Mismatch(m) => Err(AgentError(format!(
+            "the uploaded agent hashes to {}, not {}; nothing was installed",
+            m.got, m.expected
+        ))),
+    }
+}
+
+/// `receive`: installs the entries of the stream on standard input, printing each.
+pub fn receive(store: &Store) -> Result<(), AgentError> {
+    let stdin = io::stdin();
+    let mut input = io::BufReader::with_capacity(1 << 20, stdin.lock());
+    let mut out = io::stdout().lock();
+    archive::receive(store, &mut input, |entry| {
+        let _ = writeln!(out, "installed {entry}");
+        let _ = out.flush();
+    })?;
+    Ok(())
+}
+
+/// What the controller asks an activation to record.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// The system entry to activate; none to roll back to `to`.
+    pub system: Option<EntryName>,
+    /// The generation to go back to (`rollback`).
+    pub to: Option<u64>,
+    /// Who asks.
+    pub operator: String,
+    /// The program's source revision.
+    pub revision: Option<String>,
+    /// The plan's digest.
+    pub plan: String,
+}
+
+/// `activate`: starts the activation detached from this session (it survives a dropped
+/// connection), then follows its log to standard output until its outcome is known, which is
+/// printed last as `outcome <json>`.
+pub fn activate(store: &Store, state: &State, request: &Request) -> Result<(), AgentError> {
+    let id = format!(
+        "{}-{}",
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+        std::process::id()
+    );
+    let log_path = state.dir.join("activations").join(format!("{id}.log"));
+    let log = fs::File::create(&log_path).map_err(AgentError::io("cannot create", &log_path))?;
+    let exe =
+        std::env::current_exe().map_err(|e| AgentError(format!("cannot find myself: {e}")))?;
+    let mut command = Command::new(exe);
+    command
+        .args(["__agent", "--store"])
+        .arg(store.dir())
+        .arg("--state")
+        .arg(&state.dir)
+        .args(["run-activation", "--id", &id, "--request"])
+        .arg(serde_json::to_string(request).expect("a request serialises"))
+        .stdin(Stdio::null())
+        .stdout(
+            log.try_clone()
+                .map_err(AgentError::io("cannot open", &log_path))?,
+        )
+        .stderr(log);
+    // SAFETY: setsid is async-signal-safe; it makes the activator a session of its own, so
+    // the end of the SSH session (SIGHUP to its process group) does not reach it.
+    unsafe {
+        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+    }
+    command
+        .spawn()
+        .map_err(|e| AgentError(format!("cannot start the activator: {e}")))?;
+    {
+        let mut out = io::stdout().lock();
+        let _ = writeln!(out, "activation {id}");
+        let _ = out.flush();
+    }
+    follow(state, &id)
+}
+
+/// `wait`: follows activation `id` to its outcome, as `activate` does.
+pub fn follow(state: &State, id: &str) -> Result<(), AgentError> {
+    let log_path = state.dir.join("activations").join(format!("{id}.log"));
+    let outcome_path = state.dir.join("activations").join(format!("{id}.json"));
+    let mut log = fs::File::open(&log_path).map_err(AgentError::io("cannot open", &log_path))?;
+    let mut out = io::stdout().lock();
+    let mut buffer = Vec::new();
+    loop {
+        let done = outcome_path.exists();
+        buffer.clear();
+        log.read_to_end(&mut buffer)
+            .map_err(AgentError::io("cannot read", &log_path))?;
+        if !buffer.is_empty() {
+            out.write_all(&buffer)
+                .and_then(|()| out.flush())
+                .map_err(|e| AgentError(format!("cannot write: {e}")))?;
+        }
+        if done {
+            let outcome = fs::read_to_string(&outcome_path)
+                .map_err(AgentError::io("cannot read", &outcome_path))?;
+            writeln!(out, "outcome {}", outcome.trim())
+                .map_err(|e| AgentError(format!("cannot write: {e}")))?;
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The detached activator: takes the host's lock, finishes an activation a killed activator
+/// left, activates, and writes the outcome.
+pub fn run_activation(store: &Store, state: &State, id: &str, request: &Request) -> i32 {
+    // The session that started it may end at any moment.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGHUP,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
+    let outcome = match state.lock() {
+        Ok(_lock) => {
+            let outcome =
+                resume(store, state).and_then(|()| activate_locked(store, state, id, request));
+            match outcome {
+                Ok(outcome) => outcome,
+                Err(e) => Outcome {
+                    id: id.to_string(),
+                    result: "failed".into(),
+                    generation: state.current().ok().flatten(),
+                    error: Some(e.0),
+                    changes: None,
+                },
+            }
+        }
+        Err(e) => Outcome {
+            id: id.to_string(),
+            result: "failed".into(),
+            generation: None,
+            error: Some(e.0),
+            changes: None,
+        },
+    };
+    log(&format!("outcome: {}", outcome.result));
+    let path = state.dir.join("activations").join(format!("{id}.json"));
+    match write_atomic(
+        &path,
+        serde_json::to_string(&outcome)
+            .expect("an outcome serialises")
+            .as_bytes(),
+    ) {
+        Ok(()) => 0,
+        Err(e) => {
+            log(&e.0);
+            1
+        }
+    }
+}
+
+/// A line of the activation's log: standard error, which is the log file for the detached
+/// activator and never the JSON a command prints on standard output.
+fn log(line: &str) {
+    let mut out = io::stderr().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// The activation in progress, written before the first change and removed after the last.
+#[derive(Debug, Serialize, Deserialize)]
+struct Journal {
+    /// The generation being activated.
+    to: u64,
+    /// The generation before it.
+    from: Option<u64>,
+}
+
+/// Finishes what a killed activator left: the host goes back to the generation it was on
+/// before, so it is never left between two.
+fn resume(store: &Store, state: &State) -> Result<(), AgentError> {
+    let path = state.dir.join("journal.json");
+    let Ok(bytes) = fs::read(&path) else {
+        return Ok(());
+    };
+    let journal: Journal = serde_json::from_slice(&bytes)
+        .map_err(|e| AgentError(format!("`{}` is damaged: {e}", path.display())))?;
+    log(&format!(
+        "an activation of generation {} was interrupted; returning to {}",
+        journal.to,
+        journal.from.map_or("none".to_string(), |n| n.to_string())
+    ));
+    let new_system = state.generation(journal.to)?.system;
+    let new = read_manifest(store, &new_system)?;
+    let old_system = match journal.from {
+        Some(n) => state.generation(n)?.system,
+        None => new_system,
+    };
+    let old = match journal.from {
+        Some(_) => Some(read_manifest(store, &old_system)?),
+        None => None,
+    };
+    converge(
+        store,
+        &old_system,
+        &empty_or(old.as_ref(), &new),
+        Some(&new),
+        true,
+    )?;
+    state.switch(journal.from)?;
+    mark(state, journal.to, "rolled-back")?;
+    fs::remove_file(&path).map_err(AgentError::io("cannot remove", &path))?;
+    Ok(())
+}
+
+fn mark(state: &State, number: u64, status: &str) -> Result<(), AgentError> {
+    let mut record = state.generation(number)?;
+    record.status = status.to_string();
+    state.write_generation(&record)
+}
+
+/// `old`, or a manifest with nothing in it (what a host had before its first activation).
+fn empty_or(old: Option<&Manifest>, like: &Manifest) -> Manifest {
+    old.cloned().unwrap_or_else(|| Manifest {
+        format: manifest::FORMAT.into(),
+        machine: like.machine.clone(),
+        agent: like.agent.clone(),
+        groups: BTreeMap::new(),
+        users: BTreeMap::new(),
+        paths: BTreeMap::new(),
+        units: BTreeMap::new(),
+        hooks: Vec::new(),
+    })
+}
+
+fn activate_locked(
+    store: &Store,
+    state: &State,
+    id: &str,
+    request: &Request,
+) -> Result<Outcome, AgentError> {
+    let previous = state.current()?;
+    let old_system = match previous {
+        Some(n) => Some(state.generation(n)?.system),
+        None => None,
+    };
+    let old = match &old_system {
+        Some(system) => Some(read_manifest(store, system)?),
+        None => None,
+    };
+    let system = match (&request.system, request.to) {
+        (Some(system), _) => system.clone(),
+        (None, Some(to)) => state.generation(to)?.system,
+        (None, None) => {
+            let current = previous.unwrap_or(0);
+            match state
+                .generations()?
+                .into_iter()
+                .rfind(|g| g.number < current && g.status == "active")
+            {
+                Some(g) => g.system,
+                None => {
+                    return Err(AgentError(
+                        "there is no earlier generation to roll back to".into(),
+                    ));
+                }
+            }
+        }
+    };
+    // Every entry of the closure must be here before anything changes.
+    let closure = store.closure([system.clone()])?;
+    if let Some(missing) = closure.iter().find(|e| !store.contains(e)) {
+        return Err(AgentError(format!(
+            "entry `{missing}` of the system's closure is not in the host's store"
+        )));
+    }
+    let new = read_manifest(store, &system)?;
+    let changes = Changes::between(old.as_ref(), &new);
+    if let Some(n) = previous
+        && state.generation(n)?.system == system
+    {
+        log(&format!("generation {n} is the system already"));
+        return Ok(Outcome {
+            id: id.to_string(),
+            result: "unchanged".into(),
+            generation: Some(n),
+            error: None,
+            changes: Some(changes),
+        });
+    }
+    let number = state.generations()?.last().map_or(0, |g| g.number) + 1;
+    state.write_generation(&GenerationRecord {
+        number,
+        system: system.clone(),
+        created: now(),
+        operator: request.operator.clone(),
+        revision: request.revision.clone(),
+        plan: request.plan.clone(),
+        status: "active".into(),
+    })?;
+    store.add_root(&format!("machine-generation-{number}"), &system)?;
+    let journal = state.dir.join("journal.json");
+    write_atomic(
+        &journal,
+        serde_json::to_string(&Journal {
+            to: number,
+            from: previous,
+        })
+        .expect("a journal serialises")
+        .as_bytes(),
+    )?;
+    state.switch(Some(number))?;
+    log(&format!("generation {number}: activating `{system}`"));
+    let result = converge(store, &system, &new, old.as_ref(), false);
+    let outcome = match result {
+        Ok(()) => Outcome {
+            id: id.to_string(),
+            result: "activated".into(),
+            generation: Some(number),
+            error: None,
+            changes: Some(changes),
+        },
+        Err(e) => {
+            log(&format!("activation failed: {}; rolling back", e.0));
+            let back = old_system.as_ref().unwrap_or(&system);
+            converge(store, back, &empty_or(old.as_ref(), &new), Some(&new), true).map_err(
+                |r| AgentError(format!("{}; and the rollback failed too: {}", e.0, r.0)),
+            )?;
+            state.switch(previous)?;
+            mark(state, number, "rolled-back")?;
+            Outcome {
+                id: id.to_string(),
+                result: "rolled-back".into(),
+                generation: previous,
+                error: Some(e.0),
+                changes: None,
+            }
+        }
+    };
+    fs::remove_file(&journal).map_err(AgentError::io("cannot remove", &journal))?;
+    Ok(outcome)
+}
+
+/// Makes the host match `new`, coming from `old`: groups and users, units that go away
+/// stopped, paths put in place (write beside, rename), paths no longer managed removed, units
+/// reloaded by systemd, then enabled, started, restarted or reloaded as they changed, and
+/// hooks run. With `force`, every unit that should run is started even if nothing changed
+/// (a rollback or a repair).
+pub fn converge(
+    store: &Store,
+    system: &EntryName,
+    new: &Manifest,
+    old: Option<&Manifest>,
+    force: bool,
+) -> Result<(), AgentError> {
+    let changes = Changes::between(old, new);
+    for (name, spec) in &new.groups {
+        if !exists("group", name) {
+            let mut args = vec!["groupadd".to_string()];
+            if spec.system {
+                args.push("--system".into());
+            }
+            if let Some(gid) = spec.gid {
+                args.extend(["--gid".into(), gid.to_string()]);
+            }
+            args.push(name.clone());
+            run(&args)?;
+        }
+    }
+    for (name, spec) in &new.users {
+        if !exists("passwd", name) {
+            let mut args = vec!["useradd".to_string()];
+            if spec.system {
+                args.push("--system".into());
+            }
+            if let Some(uid) = spec.uid {
+                args.extend(["--uid".into(), uid.to_string()]);
+            }
+            if spec.group == *name && !exists("group", name) {
+                args.push("--user-group".into());
+            } else {
+                args.extend(["--gid".into(), spec.group.clone()]);
+            }
+            if !spec.groups.is_empty() {
+                let groups: Vec<&str> = spec.groups.iter().map(String::as_str).collect();
+                args.extend(["--groups".into(), groups.join(",")]);
+            }
+            match &spec.home {
+                Some(home) => {
+                    args.extend(["--home-dir".into(), home.clone(), "--create-home".into()])
+                }
+                None => args.push("--no-create-home".into()),
+            }
+            if let Some(shell) = &spec.shell {
+                args.extend(["--shell".into(), shell.clone()]);
+            }
+            args.push(name.clone());
+            run(&args)?;
+        }
+    }
+    let old_units = old.map(|m| &m.units);
+    for name in &changes.units_stopped {
+        systemctl(&["stop", name])?;
+    }
+    if let Some(old_units) = old_units {
+        for (name, unit) in old_units {
+            if unit.enable && new.units.get(name).is_none_or(|u| !u.enable) {
+                systemctl(&["disable", name])?;
+            }
+        }
+    }
+    let mut units_changed = false;
+    for (path, spec) in &new.paths {
+        if place(store, system, path, spec)? && path.starts_with(UNIT_DIR) {
+            units_changed = true;
+        }
+    }
+    if let Some(old) = old {
+        for path in old.paths.keys().rev() {
+            if !new.paths.contains_key(path) {
+                remove(Path::new(path))?;
+                units_changed |= path.starts_with(UNIT_DIR);
+            }
+        }
+    }
+    if units_changed {
+        systemctl(&["daemon-reload"])?;
+    }
+    let mut started = Vec::new();
+    for (name, unit) in &new.units {
+        if unit.enable && !check("systemctl", &["is-enabled", "--quiet", name]) {
+            systemctl(&["enable", name])?;
+        }
+        if !unit.start {
+            continue;
+        }
+        let active = check("systemctl", &["is-active", "--quiet", name]);
+        if changes.units_restarted.contains(name)
+            || (force
+                && active
+                && changes
+                    .paths_changed
+                    .iter()
+                    .any(|p| p.starts_with(UNIT_DIR)))
+        {
+            log(&format!("restarting {name}"));
+            systemctl(&["restart", name])?;
+        } else if changes.units_reloaded.contains(name) {
+            log(&format!("reloading {name}"));
+            systemctl(&["reload-or-restart", name])?;
+        } else if !active || changes.units_started.contains(name) {
+            log(&format!("starting {name}"));
+            systemctl(&["start", name])?;
+        } else {
+            continue;
+        }
+        started.push(name.clone());
+    }
+    if !started.is_empty() {
+        std::thread::sleep(SETTLE);
+        for name in &started {
+            if !check("systemctl", &["is-active", "--quiet", name]) {
+                let journal = Command::new("journalctl")
+                    .args(["--no-pager", "-n", "8", "-o", "cat", "-u", name])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_default();
+                return Err(AgentError(format!(
+                    "unit {name} did not stay active after it was started; its last log lines:\n{journal}"
+                )));
+            }
+        }
+    }
+    for hook in &new.hooks {
+        log(&format!("running hook {}", hook.name));
+        let status = Command::new("/bin/sh")
+            .args(["-euc", &hook.script])
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| AgentError(format!("cannot run hook {}: {e}", hook.name)))?;
+        if !status.success() {
+            return Err(AgentError(format!("hook {} failed ({status})", hook.name)));
+        }
+    }
+    Ok(())
+}
+
+fn exists(database: &str, name: &str) -> bool {
+    check("getent", &[database, name])
+}
+
+fn check(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn run(args: &[String]) -> Result<(), AgentError> {
+    let output = Command::new(&args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| AgentError(format!("cannot run {}: {e}", args[0])))?;
+    if !output.status.success() {
+        return Err(AgentError(format!(
+            "`{}` failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+fn systemctl(args: &[&str]) -> Result<(), AgentError> {
+    let mut all = vec!["systemctl".to_string()];
+    all.extend(args.iter().map(|a| a.to_string()));
+    run(&all)
+}
+
+fn user_id(name: &str) -> Result<u32, AgentError> {
+    nix::unistd::User::from_name(name)
+        .ok()
+        .flatten()
+        .map(|u| u.uid.as_raw())
+        .ok_or_else(|| AgentError(format!("the host has no user `{name}`")))
+}
+
+fn group_id(name: &str) -> Result<u32, AgentError> {
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
+        .ok_or_else(|| AgentError(format!("the host has no group `{name}`")))
+}
+
+/// Where the content of a file of `system` is in the store.
+fn source_path(store: &Store, system: &EntryName, source: &str) -> PathBuf {
+    match source.strip_prefix("system:") {
+        Some(rel) => store.content_path(system).join(rel),
+        None => store.dir().join(source),
+    }
+}
+
+/// What differs between the live `path` and `spec`; empty when it matches.
+fn differences(path: &Path, spec: &PathSpec) -> Result<Vec<String>, AgentError> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec!["missing".into()]),
+        Err(e) => return Err(AgentError::io("cannot inspect", path)(e)),
+    };
+    let kind = meta.file_type();
+    let mut found = Vec::new();
+    match &spec.kind {
+        PathKind::File { digest, .. } => {
+            if !kind.is_file() {
+                return Ok(vec!["not a regular file".into()]);
+            }
+            let got = tree_digest(path).map_err(|e| AgentError(e.to_string()))?;
+            if got != *digest {
+                found.push(format!("content is {got}, expected {digest}"));
+            }
+        }
+        PathKind::Directory => {
+            if !kind.is_dir() {
+                return Ok(vec!["not a directory".into()]);
+            }
+        }
+        PathKind::Symlink { target } => {
+            if !kind.is_symlink() {
+                return Ok(vec!["not a symlink".into()]);
+            }
+            let got = fs::read_link(path).map_err(AgentError::io("cannot read", path))?;
+            if got != Path::new(target) {
+                found.push(format!(
+                    "points at `{}`, expected `{target}`",
+                    got.display()
+                ));
+            }
+            return Ok(found);
+        }
+    }
+    let (uid, gid) = (user_id(&spec.owner)?, group_id(&spec.group)?);
+    if meta.uid() != uid || meta.gid() != gid {
+        found.push(format!(
+            "owner is {}:{}, expected {}:{}",
+            meta.uid(),
+            meta.gid(),
+            spec.owner,
+            spec.group
+        ));
+    }
+    if meta.mode() & 0o7777 != spec.mode {
+        found.push(format!(
+            "mode is {:#o}, expected {:#o}",
+            meta.mode() & 0o7777,
+            spec.mode
+        ));
+    }
+    Ok(found)
+}
+
+/// Puts one managed path in place unless it matches already; returns whether it changed.
+fn place(
+    store: &Store,
+    system: &EntryName,
+    path: &str,
+    spec: &PathSpec,
+) -> Result<bool, AgentError> {
+    let target = Path::new(path);
+    if differences(target, spec)?.is_empty() {
+        return Ok(false);
+    }
+    let parent = target.parent().unwrap_or(Path::new("/"));
+    fs::create_dir_all(parent).map_err(AgentError::io("cannot create", parent))?;
+    let name = target
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let beside = parent.join(format!(".{name}.forjar-new"));
+    let _ = fs::remove_file(&beside);
+    match &spec.kind {
+        PathKind::Directory => {
+            match fs::symlink_metadata(target) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => {
+                    fs::remove_file(target).map_err(AgentError::io("cannot replace", target))?;
+                    fs::create_dir(target).map_err(AgentError::io("cannot create", target))?;
+                }
+                Err(_) => {
+                    fs::create_dir(target).map_err(AgentError::io("cannot create", target))?
+                }
+            }
+            set_owner_mode(target, spec)?;
+        }
+        PathKind::File { source, .. } => {
+            let from = source_path(store, system, source);
+            let mut input = fs::File::open(&from).map_err(AgentError::io("cannot open", &from))?;
+            let mut output = fs::File::options()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(nix::libc::O_NOFOLLOW)
+                .open(&beside)
+                .map_err(AgentError::io("cannot create", &beside))?;
+            io::copy(&mut input, &mut output)
+                .and_then(|_| output.sync_all())
+                .map_err(AgentError::io("cannot write", &beside))?;
+            set_owner_mode(&beside, spec)?;
+            fs::rename(&beside, target).map_err(AgentError::io("cannot replace", target))?;
+        }
+        PathKind::Symlink { target: to } => {
+            symlink(to, &beside).map_err(AgentError::io("cannot create", &beside))?;
+            fs::rename(&beside, target).map_err(AgentError::io("cannot replace", target))?;
+        }
+    }
+    Ok(true)
+}
+
+fn set_owner_mode(path: &Path, spec: &PathSpec) -> Result<(), AgentError> {
+    let (uid, gid) = (user_id(&spec.owner)?, group_id(&spec.group)?);
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+        .map_err(AgentError::io("cannot change the owner of", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(spec.mode))
+        .map_err(AgentError::io("cannot change the mode of", path))
+}
+
+fn remove(path: &Path) -> Result<(), AgentError> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => match fs::remove_dir(path) {
+            // A directory that holds what forjar does not manage stays.
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) => Ok(()),
+            other => other.map_err(AgentError::io("cannot remove", path)),
+        },
+        Ok(_) => fs::remove_file(path).map_err(AgentError::io("cannot remove", path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(AgentError::io("cannot inspect", path)(e)),
+    }
+}
+
+/// `drift`: every difference between the live host and its current generation.
+pub fn drift(store: &Store, state: &State) -> Result<Vec<Drift>, AgentError> {
+    let Some(current) = state.current()? else {
+        return Ok(Vec::new());
+    };
+    let system = state.generation(current)?.system;
+    let manifest = read_manifest(store, &system)?;
+    let mut found = Vec::new();
+    for name in manifest.groups.keys() {
+        if !exists("group", name) {
+            found.push(Drift {
+                subject: format!("group {name}"),
+                difference: "missing".into(),
+            });
+        }
+    }
+    for name in manifest.users.keys() {
+        if !exists("passwd", name) {
+            found.push(Drift {
+                subject: format!("user {name}"),
+                difference: "missing".into(),
+            });
+        }
+    }
+    for (path, spec) in &manifest.paths {
+        for difference in differences(Path::new(path), spec)? {
+            found.push(Drift {
+                subject: path.clone(),
+                difference,
+            });
+        }
+    }
+    for (name, unit) in &manifest.units {
+        if unit.enable && !check("systemctl", &["is-enabled", "--quiet", name]) {
+            found.push(Drift {
+                subject: format!("unit {name}"),
+                difference: "not enabled".into(),
+            });
+        }
+        if unit.start && !check("systemctl", &["is-active", "--quiet", name]) {
+            found.push(Drift {
+                subject: format!("unit {name}"),
+                difference: "not active".into(),
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// `drift --repair`: puts the live host back to its current generation.
+pub fn repair(store: &Store, state: &State) -> Result<(), AgentError> {
+    let _lock = state.lock()?;
+    resume(store, state)?;
+    let Some(current) = state.current()? else {
+        return Ok(());
+    };
+    let system = state.generation(current)?.system;
+    let manifest = read_manifest(store, &system)?;
+    converge(store, &system, &manifest, Some(&manifest), true)
+}
+
+/// Reads entry names, one a line, from `input`.
+pub fn read_names(input: impl BufRead) -> Result<Vec<EntryName>, AgentError> {
+    let mut names = Vec::new();
+    for line in input.lines() {
+        let line = line.map_err(|e| AgentError(format!("cannot read the entry list: {e}")))?;
+        if line.is_empty() {
+            continue;
+        }
+        names.push(
+            EntryName::parse(&line).map_err(|e| AgentError(format!("the entry list holds {e}")))?,
+        );
+    }
+    Ok(names)
+}
+
+/// A digest, for records.
+pub fn digest_text(text: &str) -> String {
+    TreeDigest::from_bytes(*blake3::hash(text.as_bytes()).as_bytes()).to_string()
+}

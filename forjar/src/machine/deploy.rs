@@ -1,0 +1,733 @@
+//! The controller's side of a deploy: a machine's system entry made from its model, its
+//! closure copied to the host (only what the host lacks, asked in one round trip), activated by
+//! the agent, and the outcome reported. Also the per-host plan, drift, generations and
+//! rollback, each a command of the agent on the host.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::MachineError;
+use super::agent::{self, Drift, GenerationRecord, Outcome, Probe, Request};
+use super::archive;
+use super::manifest::{self, Changes, Manifest, PathKind, PathSpec, UnitSpec};
+use super::model::{Content, Entry, Machine};
+use super::ssh::{Input, Reply, SshOptions, Transport};
+use crate::derivation::OutputRef;
+use crate::hash::{EntryName, file_digest};
+use crate::name::Name;
+use crate::store::Store;
+
+/// A machine's system: its entry, manifest and closure.
+#[derive(Debug, Clone)]
+pub struct System {
+    /// The machine's name.
+    pub machine: String,
+    /// The system entry.
+    pub entry: EntryName,
+    /// What it holds.
+    pub manifest: Manifest,
+    /// The closure, references before what refers to them, with each entry's size.
+    pub closure: Vec<(EntryName, u64)>,
+}
+
+/// The entry of the running program, which is the agent on every host.
+pub fn agent_entry(store: &Store) -> Result<EntryName, MachineError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| MachineError::Program(format!("cannot find this program's binary: {e}")))?;
+    let name = Name::new("forjar-agent").expect("the agent's name is valid");
+    Ok(store.import_source(&exe, &name)?.entry)
+}
+
+/// Makes the system entry of `machine` in `store`. `output` gives the entry of each derivation
+/// output the machine's files use (all built by now).
+pub fn assemble(
+    store: &Store,
+    machine: &Machine,
+    agent: &EntryName,
+    output: &dyn Fn(&OutputRef) -> Option<EntryName>,
+) -> Result<System, MachineError> {
+    let bad = |why: String| MachineError::Program(format!("machine `{}`: {why}", machine.name));
+    let dir = tempfile::TempDir::new()
+        .map_err(|e| MachineError::Program(format!("cannot make a temporary directory: {e}")))?;
+    let files = dir.path().join("files");
+    fs::create_dir(&files).map_err(|e| bad(format!("cannot write: {e}")))?;
+    let mut paths: BTreeMap<String, PathSpec> = BTreeMap::new();
+    let mut inline = 0usize;
+    let mut write_inline = |bytes: &[u8], executable: bool| -> Result<String, MachineError> {
+        inline += 1;
+        let path = files.join(inline.to_string());
+        fs::write(&path, bytes).map_err(|e| bad(format!("cannot write: {e}")))?;
+        if executable {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755))
+                .map_err(|e| bad(format!("cannot write: {e}")))?;
+        }
+        Ok(format!("system:files/{inline}"))
+    };
+    for (path, entry) in &machine.paths {
+        let spec = match entry {
+            Entry::File(file) => {
+                let executable = file.mode.bits() & 0o100 != 0;
+                let (source, bytes) = match &file.content {
+                    Content::Bytes(bytes) => (write_inline(bytes, executable)?, bytes.clone()),
+                    Content::Output {
+                        output: out,
+                        path: inner,
+                    } => {
+                        let entry = output(out).ok_or_else(|| {
+                            bad(format!(
+                                "file `{}`: its derivation output is not built",
+                                path.as_str()
+                            ))
+                        })?;
+                        let mut source = format!("{entry}/content");
+                        if let Some(inner) = inner {
+                            source = format!("{source}/{inner}");
+                        }
+                        let bytes = fs::read(store.dir().join(&source)).map_err(|e| {
+                            bad(format!(
+                                "file `{}` takes `{source}` from the store, which cannot be read \
+                                 as a file: {e}",
+                                path.as_str()
+                            ))
+                        })?;
+                        (source, bytes)
+                    }
+                    Content::Invalid(why) => {
+                        return Err(bad(format!("file `{}`: {why}", path.as_str())));
+                    }
+                };
+                PathSpec {
+                    kind: PathKind::File {
+                        source,
+                        digest: file_digest(&bytes, executable),
+                        size: bytes.len() as u64,
+                    },
+                    owner: file.owner.clone(),
+                    group: file.group.clone(),
+                    mode: file.mode.bits(),
+                }
+            }
+            Entry::Directory { owner, group, mode } => PathSpec {
+                kind: PathKind::Directory,
+                owner: owner.clone(),
+                group: group.clone(),
+                mode: mode.bits(),
+            },
+            Entry::Symlink(target) => PathSpec {
+                kind: PathKind::Symlink {
+                    target: target.clone(),
+                },
+                owner: "root".into(),
+                group: "root".into(),
+                mode: 0o777,
+            },
+        };
+        paths.insert(path.as_str().to_string(), spec);
+    }
+    let mut units = BTreeMap::new();
+    for (name, unit) in &machine.units {
+        let unit_path = Manifest::unit_path(name);
+        if paths.contains_key(&unit_path) {
+            return Err(bad(format!(
+                "path `{unit_path}` is both a file and unit `{name}`"
+            )));
+        }
+        let text = unit.render();
+        let digest = file_digest(text.as_bytes(), false);
+        let mut stamp = blake3::Hasher::new();
+        stamp.update(digest.as_bytes());
+        for trigger in &unit.triggers {
+            match paths.get(trigger.as_str()) {
+                Some(PathSpec {
+                    kind: PathKind::File { digest, .. },
+                    ..
+                }) => {
+                    stamp.update(digest.as_bytes());
+                }
+                _ => {
+                    return Err(bad(format!(
+                        "unit `{name}` restarts on `{}`, which is not a file this machine manages",
+                        trigger.as_str()
+                    )));
+                }
+            }
+        }
+        paths.insert(
+            unit_path,
+            PathSpec {
+                kind: PathKind::File {
+                    source: write_inline(text.as_bytes(), false)?,
+                    digest,
+                    size: text.len() as u64,
+                },
+                owner: "root".into(),
+                group: "root".into(),
+                mode: 0o644,
+            },
+        );
+        units.insert(
+            name.clone(),
+            UnitSpec {
+                enable: unit.enable,
+                start: unit.start,
+                reload: unit.reload,
+                stamp: crate::hash::TreeDigest::from_bytes(*stamp.finalize().as_bytes()),
+            },
+        );
+    }
+    let manifest = Manifest {
+        format: manifest::FORMAT.into(),
+        machine: machine.name.clone(),
+        agent: agent.clone(),
+        groups: machine.groups.clone(),
+        users: machine.users.clone(),
+        paths,
+        units,
+        hooks: machine.hooks.clone(),
+    };
+    fs::write(dir.path().join(manifest::FILE), manifest.to_json())
+        .map_err(|e| bad(format!("cannot write: {e}")))?;
+    let name = Name::new(format!("system-{}", machine.name))
+        .map_err(|e| bad(format!("cannot name its system entry: {}", e.reason)))?;
+    let references: Vec<EntryName> = manifest.references().into_iter().collect();
+    let entry = store.import_made(dir.path(), &name, references)?.entry;
+    let closure = ordered_closure(store, &entry)?;
+    Ok(System {
+        machine: machine.name.clone(),
+        entry,
+        manifest,
+        closure,
+    })
+}
+
+/// The closure of `root`, each entry after the entries it refers to.
+fn ordered_closure(store: &Store, root: &EntryName) -> Result<Vec<(EntryName, u64)>, MachineError> {
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    // (entry, whether its references were pushed already)
+    let mut stack = vec![(root.clone(), false)];
+    while let Some((entry, expanded)) = stack.pop() {
+        if expanded {
+            let size = store.meta(&entry)?.size;
+            order.push((entry, size));
+            continue;
+        }
+        if !seen.insert(entry.clone()) {
+            continue;
+        }
+        let references = store.meta(&entry)?.references;
+        stack.push((entry, true));
+        for reference in references.into_iter().rev() {
+            if !seen.contains(&reference) {
+                stack.push((reference, false));
+            }
+        }
+    }
+    Ok(order)
+}
+
+/// Who deploys, and from which revision: recorded in every generation.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    /// `user@host` of the controller.
+    pub operator: String,
+    /// The program's git revision, if it runs from a checkout (`-dirty` with local changes).
+    pub revision: Option<String>,
+}
+
+impl Provenance {
+    /// The running controller's.
+    pub fn current() -> Provenance {
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| nix::unistd::getuid().to_string());
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let revision = git(&["rev-parse", "HEAD"]).map(|rev| {
+            match git(&["status", "--porcelain", "--untracked-files=no"]) {
+                Some(changes) if !changes.is_empty() => format!("{rev}-dirty"),
+                _ => rev,
+            }
+        });
+        Provenance {
+            operator: format!("{user}@{host}"),
+            revision,
+        }
+    }
+}
+
+/// The agent's command line on the host, for entry `agent` of a store at `store_dir`.
+fn agent_argv(store_dir: &Path, agent: &EntryName, command: &[&str]) -> Vec<String> {
+    let mut argv = vec![
+        store_dir
+            .join(agent.as_str())
+            .join("content")
+            .display()
+            .to_string(),
+        "__agent".into(),
+        "--store".into(),
+        store_dir.display().to_string(),
+        "--state".into(),
+        agent::STATE_DIR.into(),
+    ];
+    argv.extend(command.iter().map(|s| s.to_string()));
+    argv
+}
+
+const AGENT_MISSING: &str = "forjar-agent-missing";
+
+/// How long a deploy tries to reconnect to a host whose connection dropped during activation.
+const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// A host's connection and what it says about itself.
+pub struct Host {
+    transport: Transport,
+    store_dir: std::path::PathBuf,
+    agent: EntryName,
+}
+
+impl Host {
+    /// Connects to `machine`, whose agent is entry `agent` of `store`.
+    pub fn connect(
+        machine: &Machine,
+        store: &Store,
+        agent: &EntryName,
+        ssh: &SshOptions,
+    ) -> Result<Host, MachineError> {
+        Ok(Host {
+            transport: Transport::connect(machine, ssh)?,
+            store_dir: store.dir().to_path_buf(),
+            agent: agent.clone(),
+        })
+    }
+
+    fn name(&self) -> &str {
+        self.transport.host()
+    }
+
+    /// Runs an agent command, failing with its standard error if it fails.
+    fn agent(
+        &self,
+        command: &[&str],
+        input: Input<'_>,
+        line: impl FnMut(&str),
+    ) -> Result<Reply, MachineError> {
+        let reply = self.transport.run(
+            &agent_argv(&self.store_dir, &self.agent, command),
+            input,
+            line,
+        )?;
+        if !reply.status.success() {
+            return Err(MachineError::host(
+                self.name(),
+                format!(
+                    "the agent's `{}` failed ({}): {}",
+                    command.first().copied().unwrap_or_default(),
+                    reply.status,
+                    reply.stderr.trim()
+                ),
+            ));
+        }
+        Ok(reply)
+    }
+
+    /// Asks which of `closure` the host lacks, and what it runs now, in one round trip; `None`
+    /// when the host has no agent of this version yet.
+    pub fn probe(&self, closure: &[EntryName]) -> Result<Option<Probe>, MachineError> {
+        let names: String = closure.iter().map(|e| format!("{e}\n")).collect();
+        let mut argv = vec![
+            "sh".to_string(),
+            "-c".into(),
+            format!("if [ -x \"$0\" ]; then exec \"$0\" \"$@\"; fi; echo {AGENT_MISSING}"),
+        ];
+        argv.extend(agent_argv(&self.store_dir, &self.agent, &["probe"]));
+        let reply = self
+            .transport
+            .run(&argv, Input::Bytes(names.as_bytes()), |_| {})?;
+        if String::from_utf8_lossy(&reply.stdout).trim() == AGENT_MISSING {
+            return Ok(None);
+        }
+        if !reply.status.success() {
+            return Err(MachineError::host(
+                self.name(),
+                format!(
+                    "the agent's probe failed ({}): {}",
+                    reply.status,
+                    reply.stderr.trim()
+                ),
+            ));
+        }
+        serde_json::from_slice(&reply.stdout)
+            .map(Some)
+            .map_err(|e| {
+                MachineError::host(
+                    self.name(),
+                    format!("the agent's probe answered nonsense: {e}"),
+                )
+            })
+    }
+
+    /// Uploads the agent binary and installs it in the host's store, verified by its digest;
+    /// returns the bytes sent.
+    pub fn install_agent(&self, store: &Store) -> Result<u64, MachineError> {
+        let meta =
+            fs::read_to_string(store.entry_path(&self.agent).join("meta.yaml")).map_err(|e| {
+                MachineError::host(
+                    self.name(),
+                    format!("cannot read the agent's meta.yaml: {e}"),
+                )
+            })?;
+        let script = "set -e; umask 077; mkdir -p \"$1\"; f=$(mktemp \"$1/agent.XXXXXX\"); \
+                      trap 'rm -f \"$f\"' EXIT; cat > \"$f\"; chmod 700 \"$f\"; \
+                      \"$f\" __agent --store \"$2\" --state \"$1\" adopt --entry \"$3\" --meta \"$4\" --file \"$f\"";
+        let argv = vec![
+            "sh".to_string(),
+            "-c".into(),
+            script.into(),
+            "sh".into(),
+            agent::STATE_DIR.into(),
+            self.store_dir.display().to_string(),
+            self.agent.to_string(),
+            meta,
+        ];
+        let binary = store.content_path(&self.agent);
+        let reply = self.transport.run(
+            &argv,
+            Input::Stream(Box::new(move |out| {
+                io::copy(&mut fs::File::open(&binary)?, out).map(drop)
+            })),
+            |_| {},
+        )?;
+        if !reply.status.success() {
+            return Err(MachineError::host(
+                self.name(),
+                format!(
+                    "cannot install the agent ({}): {}",
+                    reply.status,
+                    reply.stderr.trim()
+                ),
+            ));
+        }
+        Ok(reply.sent)
+    }
+
+    /// Sends `entries` (references first); returns the bytes sent.
+    pub fn send(&self, store: &Store, entries: &[EntryName]) -> Result<u64, MachineError> {
+        let reply = self.agent(
+            &["receive"],
+            Input::Stream(Box::new(move |out| {
+                archive::write_entries(store, entries, &mut WriteRef(out))
+            })),
+            |_| {},
+        )?;
+        Ok(reply.sent)
+    }
+
+    /// Activates (`request`), following the activator's log through `log`; a dropped
+    /// connection is survived by the activator, and this waits for it again over a new one.
+    pub fn activate(
+        &self,
+        request: &Request,
+        id: &mut Option<String>,
+        mut log: impl FnMut(&str),
+    ) -> Result<Outcome, MachineError> {
+        let json = serde_json::to_string(request).expect("a request serialises");
+        let mut outcome = None;
+        let result = self.agent(&["activate", "--request", &json], Input::Nothing, |line| {
+            if let Some(rest) = line.strip_prefix("activation ") {
+                *id = Some(rest.to_string());
+            } else if let Some(rest) = line.strip_prefix("outcome ") {
+                outcome = serde_json::from_str::<Outcome>(rest).ok();
+            } else {
+                log(line);
+            }
+        });
+        match (outcome, result) {
+            (Some(outcome), _) => Ok(outcome),
+            (None, Err(e)) => Err(e),
+            (None, Ok(_)) => Err(MachineError::host(
+                self.name(),
+                "the activation ended without an outcome".to_string(),
+            )),
+        }
+    }
+
+    /// Waits for activation `id`, begun over an earlier connection.
+    pub fn wait(&self, id: &str) -> Result<Outcome, MachineError> {
+        let mut outcome = None;
+        self.agent(&["wait", "--id", id], Input::Nothing, |line| {
+            if let Some(rest) = line.strip_prefix("outcome ") {
+                outcome = serde_json::from_str::<Outcome>(rest).ok();
+            }
+        })?;
+        outcome.ok_or_else(|| {
+            MachineError::host(self.name(), format!("activation {id} has no outcome"))
+        })
+    }
+
+    /// The host's generations.
+    pub fn generations(&self) -> Result<Vec<GenerationRecord>, MachineError> {
+        let reply = self.agent(&["generations"], Input::Nothing, |_| {})?;
+        serde_json::from_slice(&reply.stdout).map_err(|e| {
+            MachineError::host(
+                self.name(),
+                format!("the agent's generations are nonsense: {e}"),
+            )
+        })
+    }
+
+    /// The host's drift from its current generation; with `repair`, repaired first.
+    pub fn drift(&self, repair: bool) -> Result<Vec<Drift>, MachineError> {
+        let command: &[&str] = if repair {
+            &["drift", "--repair"]
+        } else {
+            &["drift"]
+        };
+        let reply = self.agent(command, Input::Nothing, |_| {})?;
+        serde_json::from_slice(&reply.stdout).map_err(|e| {
+            MachineError::host(
+                self.name(),
+                format!("the agent's drift report is nonsense: {e}"),
+            )
+        })
+    }
+
+    /// Closes the connection.
+    pub fn close(self) {
+        self.transport.close();
+    }
+}
+
+/// `&mut dyn Write` as a sized writer.
+struct WriteRef<'a>(&'a mut dyn Write);
+
+impl Write for WriteRef<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// What a deploy did on one host.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostReport {
+    /// The machine.
+    pub machine: String,
+    /// `activated`, `unchanged`, `rolled-back` or `failed`.
+    pub result: String,
+    /// The generation the host is on afterwards, as far as known.
+    pub generation: Option<u64>,
+    /// Entries sent.
+    pub sent_entries: usize,
+    /// Bytes sent, the agent's upload included.
+    pub sent_bytes: u64,
+    /// What activation changed.
+    pub changes: Option<Changes>,
+    /// What went wrong.
+    pub error: Option<String>,
+}
+
+/// What a host would change: the closure entries it lacks, the activation's changes, and its
+/// drift.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostPlan {
+    /// The machine.
+    pub machine: String,
+    /// The system entry it would run.
+    pub system: EntryName,
+    /// Its current generation.
+    pub current: Option<GenerationRecord>,
+    /// Entries to send, with sizes.
+    pub send: Vec<(EntryName, u64)>,
+    /// Whether the agent must be installed first.
+    pub install_agent: bool,
+    /// What activation would change; none when the host runs this system already.
+    pub changes: Option<Changes>,
+    /// How the host differs from its current generation now.
+    pub drift: Vec<Drift>,
+}
+
+impl HostPlan {
+    /// The digest recorded in the generation this plan makes.
+    pub fn digest(&self) -> String {
+        agent::digest_text(&serde_json::to_string(self).expect("a plan serialises"))
+    }
+}
+
+/// Plans `system` on the connected `host`.
+pub fn plan_host(host: &Host, system: &System) -> Result<HostPlan, MachineError> {
+    let names: Vec<EntryName> = system.closure.iter().map(|(e, _)| e.clone()).collect();
+    let probe = host.probe(&names)?;
+    let (missing, current, manifest, install_agent, drift) = match probe {
+        None => (names.clone(), None, None, true, Vec::new()),
+        Some(probe) => {
+            let drift = if probe.current.is_some() {
+                host.drift(false)?
+            } else {
+                Vec::new()
+            };
+            (probe.missing, probe.current, probe.manifest, false, drift)
+        }
+    };
+    let missing: BTreeSet<EntryName> = missing.into_iter().collect();
+    let send = system
+        .closure
+        .iter()
+        .filter(|(e, _)| missing.contains(e))
+        .cloned()
+        .collect();
+    let changes = match &current {
+        Some(record) if record.system == system.entry => None,
+        _ => Some(Changes::between(manifest.as_ref(), &system.manifest)),
+    };
+    Ok(HostPlan {
+        machine: system.machine.clone(),
+        system: system.entry.clone(),
+        current,
+        send,
+        install_agent,
+        changes,
+        drift,
+    })
+}
+
+/// Deploys `system` to `machine`: connect, plan, send what is missing, activate, report.
+/// `progress` gets each step.
+pub fn deploy_host(
+    store: &Store,
+    machine: &Machine,
+    system: &System,
+    ssh: &SshOptions,
+    provenance: &Provenance,
+    progress: &(dyn Fn(&str, &str) + Sync),
+) -> HostReport {
+    let mut report = HostReport {
+        machine: machine.name.clone(),
+        result: "failed".into(),
+        generation: None,
+        sent_entries: 0,
+        sent_bytes: 0,
+        changes: None,
+        error: None,
+    };
+    let name = machine.name.as_str();
+    let result = (|| -> Result<(), MachineError> {
+        let host = Host::connect(machine, store, &system.manifest.agent, ssh)?;
+        let mut plan = plan_host(&host, system)?;
+        if plan.install_agent {
+            progress(name, "installing the agent");
+            report.sent_bytes += host.install_agent(store)?;
+            plan = plan_host(&host, system)?;
+        }
+        if !plan.send.is_empty() {
+            let bytes: u64 = plan.send.iter().map(|(_, s)| s).sum();
+            progress(
+                name,
+                &format!(
+                    "copying {} entries ({})",
+                    plan.send.len(),
+                    human_bytes(bytes)
+                ),
+            );
+            let entries: Vec<EntryName> = plan.send.iter().map(|(e, _)| e.clone()).collect();
+            report.sent_bytes += host.send(store, &entries)?;
+            report.sent_entries = entries.len();
+        }
+        let request = Request {
+            system: Some(system.entry.clone()),
+            to: None,
+            operator: provenance.operator.clone(),
+            revision: provenance.revision.clone(),
+            plan: plan.digest(),
+        };
+        progress(name, "activating");
+        let mut id = None;
+        let mut host = host;
+        let outcome = match host.activate(&request, &mut id, |line| progress(name, line)) {
+            Ok(outcome) => outcome,
+            // The activator goes on without the connection: wait for it over a new one.
+            Err(e) => {
+                let Some(id) = id else { return Err(e) };
+                progress(name, &format!("lost the connection ({e}); reconnecting"));
+                let deadline = std::time::Instant::now() + RECONNECT_FOR;
+                loop {
+                    match Host::connect(machine, store, &system.manifest.agent, ssh)
+                        .and_then(|h| h.wait(&id).map(|o| (h, o)))
+                    {
+                        Ok((new_host, outcome)) => {
+                            host = new_host;
+                            break outcome;
+                        }
+                        Err(again) if std::time::Instant::now() >= deadline => {
+                            return Err(MachineError::host(
+                                name,
+                                format!(
+                                    "lost the connection during activation {id} and could not \
+                                     reconnect: {again}; the host finishes the activation by \
+                                     itself (old or new generation), and the next apply shows which"
+                                ),
+                            ));
+                        }
+                        Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
+                    }
+                }
+            }
+        };
+        report.result = outcome.result.clone();
+        report.generation = outcome.generation;
+        report.changes = outcome.changes.clone();
+        report.error = outcome.error.clone();
+        if let Ok(generations) = host.generations() {
+            let _ = mirror(store, name, &generations);
+        }
+        host.close();
+        Ok(())
+    })();
+    if let Err(e) = result {
+        report.result = "failed".into();
+        report.error = Some(e.message());
+    }
+    report
+}
+
+/// Keeps a copy of a host's generations on the controller, in `<store>/.machines/<name>/`.
+pub fn mirror(store: &Store, machine: &str, generations: &[GenerationRecord]) -> io::Result<()> {
+    let dir = store.dir().join(".machines").join(machine);
+    fs::create_dir_all(&dir)?;
+    let tmp = dir.join("generations.json.tmp");
+    fs::write(&tmp, serde_json::to_string_pretty(generations)?)?;
+    fs::rename(&tmp, dir.join("generations.json"))
+}
+
+/// `1.2 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}

@@ -1,0 +1,358 @@
+//! Reaching a host: the system `ssh` through the `openssh` crate, one multiplexed connection per
+//! host that every command of a deploy reuses, so the user's ssh config (agent, `ProxyJump`,
+//! known hosts) applies. Host keys are checked strictly: an unknown or changed key is refused.
+//! The local machine is reached without SSH.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use super::MachineError;
+use super::model::{Machine, Target};
+
+/// How hosts are reached.
+#[derive(Debug, Clone)]
+pub struct SshOptions {
+    /// An ssh config file to use instead of `~/.ssh/config` (`ssh -F`).
+    pub config: Option<PathBuf>,
+    /// How long to wait for a connection.
+    pub connect_timeout: Duration,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions {
+            config: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a remote command gets on its standard input.
+pub enum Input<'a> {
+    /// Nothing.
+    Nothing,
+    /// These bytes.
+    Bytes(&'a [u8]),
+    /// What this writer writes; returns the bytes written.
+    Stream(Box<WriteWith<'a>>),
+}
+
+/// A writer of a command's standard input.
+pub type WriteWith<'a> = dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send + 'a;
+
+/// What a remote command did.
+#[derive(Debug)]
+pub struct Reply {
+    /// How it exited.
+    pub status: ExitStatus,
+    /// Its standard output (unless it was streamed to a callback).
+    pub stdout: Vec<u8>,
+    /// Its standard error.
+    pub stderr: String,
+    /// Bytes written to its standard input.
+    pub sent: u64,
+}
+
+/// A connection to one machine.
+pub struct Transport {
+    host: String,
+    link: Link,
+}
+
+enum Link {
+    Local,
+    Ssh {
+        runtime: tokio::runtime::Runtime,
+        session: openssh::Session,
+    },
+}
+
+/// Counts what passes through a writer.
+struct Counting<W> {
+    inner: W,
+    count: u64,
+}
+
+impl<W: Write> Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl Transport {
+    /// Connects to `machine`.
+    pub fn connect(machine: &Machine, options: &SshOptions) -> Result<Transport, MachineError> {
+        let host = machine.name().to_string();
+        let (address, user, port, jump) = match machine.target() {
+            Target::Local => {
+                return Ok(Transport {
+                    host,
+                    link: Link::Local,
+                });
+            }
+            Target::Ssh {
+                address,
+                user,
+                port,
+                jump,
+            } => (address, user, port, jump),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| MachineError::host(&host, format!("cannot start the I/O runtime: {e}")))?;
+        let mut builder = openssh::SessionBuilder::default();
+        builder
+            .known_hosts_check(openssh::KnownHosts::Strict)
+            .connect_timeout(options.connect_timeout)
+            .server_alive_interval(Duration::from_secs(2))
+            .control_directory(std::env::temp_dir());
+        if let Some(config) = &options.config {
+            builder.config_file(config);
+        }
+        if let Some(user) = user {
+            builder.user(user.clone());
+        }
+        if let Some(port) = port {
+            builder.port(*port);
+        }
+        if let Some(jump) = jump {
+            builder.jump_hosts([jump.as_str()]);
+        }
+        let session = runtime.block_on(builder.connect(address)).map_err(|e| {
+            // The master's error is one line of ssh's log; ssh itself says all of it.
+            let said = diagnose(address, user, port, jump, options);
+            MachineError::host(&host, connect_advice(address, &e, &said))
+        })?;
+        Ok(Transport {
+            host,
+            link: Link::Ssh { runtime, session },
+        })
+    }
+
+    /// The machine's name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// Runs `argv` on the machine, feeding it `input` and calling `line` with each line of its
+    /// standard output as it comes (all of it is also returned).
+    pub fn run(
+        &self,
+        argv: &[String],
+        input: Input<'_>,
+        mut line: impl FnMut(&str),
+    ) -> Result<Reply, MachineError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            MachineError::host(&self.host, format!("{what}: {e}"))
+        };
+        let (stdin_read, stdin_write) = io::pipe().map_err(|e| fail("cannot make a pipe", &e))?;
+        let (stdout_read, stdout_write) = io::pipe().map_err(|e| fail("cannot make a pipe", &e))?;
+        let (stderr_read, stderr_write) = io::pipe().map_err(|e| fail("cannot make a pipe", &e))?;
+        let (stdin_read, stdout_write, stderr_write) = (
+            OwnedFd::from(stdin_read),
+            OwnedFd::from(stdout_write),
+            OwnedFd::from(stderr_write),
+        );
+        // The command (and with it this process's copies of the child's pipe ends) is dropped
+        // once spawned, so that the pipes end when the child does.
+        enum Running<'s> {
+            Local(std::process::Child),
+            Ssh(Box<openssh::Child<&'s openssh::Session>>),
+        }
+        let running = match &self.link {
+            Link::Local => std::process::Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(stdin_read)
+                .stdout(stdout_write)
+                .stderr(stderr_write)
+                .spawn()
+                .map(Running::Local)
+                .map_err(|e| fail(&format!("cannot run `{}`", argv[0]), &e))?,
+            Link::Ssh { runtime, session } => {
+                let mut command = session.command(argv[0].as_str());
+                command
+                    .args(&argv[1..])
+                    .stdin(openssh::Stdio::from(stdin_read))
+                    .stdout(openssh::Stdio::from(stdout_write))
+                    .stderr(openssh::Stdio::from(stderr_write));
+                let child = runtime
+                    .block_on(command.spawn())
+                    .map_err(|e| fail("the connection failed", &error_chain(&e)))?;
+                drop(command);
+                Running::Ssh(Box::new(child))
+            }
+        };
+        let mut stdout = Vec::new();
+        let (sent, stderr) = std::thread::scope(|scope| {
+            let writer = scope.spawn(move || {
+                let mut counting = Counting {
+                    inner: io::BufWriter::with_capacity(1 << 20, stdin_write),
+                    count: 0,
+                };
+                let result = match input {
+                    Input::Nothing => Ok(()),
+                    Input::Bytes(bytes) => counting.write_all(bytes),
+                    Input::Stream(write) => write(&mut counting),
+                }
+                .and_then(|()| counting.flush());
+                (counting.count, result)
+            });
+            let reader = scope.spawn(move || {
+                let mut text = String::new();
+                let _ = BufReader::new(stderr_read).read_to_string(&mut text);
+                text
+            });
+            let mut out = BufReader::new(stdout_read);
+            let mut buffer = Vec::new();
+            loop {
+                buffer.clear();
+                match out.read_until(b'\n', &mut buffer) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        stdout.extend_from_slice(&buffer);
+                        line(String::from_utf8_lossy(&buffer).trim_end_matches('\n'));
+                    }
+                }
+            }
+            let (sent, _written) = writer.join().expect("the writer does not panic");
+            (sent, reader.join().expect("the reader does not panic"))
+        });
+        let status = match running {
+            Running::Local(mut child) => child
+                .wait()
+                .map_err(|e| fail("cannot wait for the command", &e))?,
+            Running::Ssh(child) => match &self.link {
+                Link::Ssh { runtime, .. } => runtime
+                    .block_on((*child).wait())
+                    .map_err(|e| fail("the connection failed", &error_chain(&e)))?,
+                Link::Local => unreachable!("an ssh child has an ssh link"),
+            },
+        };
+        Ok(Reply {
+            status,
+            stdout,
+            stderr,
+            sent,
+        })
+    }
+
+    /// Closes the connection.
+    pub fn close(self) {
+        if let Link::Ssh { runtime, session } = self.link {
+            let _ = runtime.block_on(session.close());
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !said.is_empty() && !text.contains(&said) {
+            text.push_str(": ");
+            text.push_str(said.trim());
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// What a plain `ssh` with the same settings says on its standard error, for a connection that
+/// failed.
+fn diagnose(
+    address: &str,
+    user: &Option<String>,
+    port: &Option<u16>,
+    jump: &Option<String>,
+    options: &SshOptions,
+) -> String {
+    let mut command = std::process::Command::new("ssh");
+    command.args([
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=yes",
+        "-o",
+    ]);
+    command.arg(format!(
+        "ConnectTimeout={}",
+        options.connect_timeout.as_secs().max(1)
+    ));
+    if let Some(config) = &options.config {
+        command.arg("-F").arg(config);
+    }
+    if let Some(user) = user {
+        command.args(["-l", user]);
+    }
+    if let Some(port) = port {
+        command.args(["-p", &port.to_string()]);
+    }
+    if let Some(jump) = jump {
+        command.args(["-J", jump]);
+    }
+    command
+        .args([address, "true"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.starts_with("@@@"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+        .unwrap_or_default()
+}
+
+/// A connection failure, with what to do about the usual causes.
+fn connect_advice(address: &str, e: &openssh::Error, said: &str) -> String {
+    let text = match said.is_empty() {
+        true => error_chain(e),
+        false => said.to_string(),
+    };
+    let line = |needle: &str| {
+        text.split("; ")
+            .find(|l| l.contains(needle))
+            .map(|l| l.trim().to_string())
+    };
+    if text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED") {
+        return format!(
+            "cannot connect to `{address}`: its host key is not the one recorded{}; if the host \
+             was reinstalled, remove the old key (`ssh-keygen -R {address}`) and record the new \
+             one after checking its fingerprint; otherwise someone may be in the middle",
+            line("Offending")
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default()
+        );
+    }
+    if text.contains("host key is known") || text.contains("Host key verification failed") {
+        return format!(
+            "cannot connect to `{address}`: its host key is unknown, and host keys are checked \
+             strictly; record it after checking its fingerprint (`ssh-keyscan {address} >> \
+             ~/.ssh/known_hosts`)"
+        );
+    }
+    let advice = if text.contains("Permission denied") {
+        "; the login was refused: check the user and that your key is in the host's \
+         authorized_keys (or loaded in your ssh agent)"
+    } else if text.contains("timed out")
+        || text.contains("No route")
+        || text.contains("Connection refused")
+        || text.contains("Could not resolve")
+    {
+        "; the host is unreachable: check its address, that it is up and that sshd listens"
+    } else {
+        ""
+    };
+    format!("cannot connect to `{address}`: {}{advice}", text.trim())
+}
