@@ -9,8 +9,19 @@ use forjar_suite::{TestHosts, assert_ok, example, stderr, stdout};
 
 /// Runs the fleet example against `hosts` with `store` and `env`.
 fn fleet(store: &Path, hosts: &TestHosts, env: &[(&str, &str)], args: &[&str]) -> Output {
+    fleet_program(&example("fleet"), store, hosts, env, args)
+}
+
+/// Runs `program`, a build of the fleet example, as [`fleet`] does.
+fn fleet_program(
+    program: &Path,
+    store: &Path,
+    hosts: &TestHosts,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> Output {
     let names: Vec<&str> = (0..hosts.hosts.len()).map(|i| hosts.name(i)).collect();
-    let mut command = std::process::Command::new(example("fleet"));
+    let mut command = std::process::Command::new(program);
     command
         .env("FLEET_HOSTS", names.join(","))
         .arg("--store")

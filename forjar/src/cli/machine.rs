@@ -133,11 +133,13 @@ impl Session {
 
     /// The systems of `machines`, made in the store.
     fn systems(&self, machines: &[&Machine]) -> Result<Vec<System>, Failure> {
-        let agent = deploy::agent_entry(&self.store)?;
+        let agent = deploy::agent_entry(&self.store, true)?;
         let resolve = self.resolver();
         machines
             .iter()
-            .map(|m| deploy::assemble(&self.store, m, &agent, &resolve).map_err(Failure::from))
+            .map(|m| {
+                deploy::assemble(&self.store, m, &agent, &resolve, true).map_err(Failure::from)
+            })
             .collect()
     }
 
@@ -179,7 +181,10 @@ impl Session {
                 .any(|o| resolve(o).is_none_or(|e| !self.store.contains(&e)))
         };
         let mut plans: Vec<Result<HostPlan, String>> = Vec::new();
-        let agent = deploy::agent_entry(&self.store)?;
+        if machines.is_empty() {
+            return Ok(plans);
+        }
+        let agent = deploy::agent_entry(&self.store, false)?;
         std::thread::scope(|scope| {
             let handles: Vec<_> = machines
                 .iter()
@@ -191,7 +196,7 @@ impl Session {
                         if unbuilt {
                             return Err(format!("{}: {LATER}", m.name()));
                         }
-                        let system = deploy::assemble(&self.store, m, agent, resolve)
+                        let system = deploy::assemble(&self.store, m, agent, resolve, false)
                             .map_err(|e| e.to_string())?;
                         let host = deploy::Host::connect(m, &self.store, agent, &self.ssh())
                             .map_err(|e| e.to_string())?;
@@ -305,7 +310,7 @@ impl Session {
         each: impl Fn(&deploy::Host) -> Result<T, MachineError> + Sync,
     ) -> Result<Vec<PerHost<T>>, Failure> {
         let machines = select(&self.machines, self.on.as_deref())?;
-        let agent = deploy::agent_entry(&self.store)?;
+        let agent = deploy::agent_entry(&self.store, false)?;
         let ssh = self.ssh();
         Ok(std::thread::scope(|scope| {
             let handles: Vec<_> = machines

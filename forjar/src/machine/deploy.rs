@@ -17,7 +17,7 @@ use super::manifest::{self, Changes, Manifest, PathKind, PathSpec, UnitSpec};
 use super::model::{Content, Entry, Machine};
 use super::ssh::{Input, Reply, SshOptions, Transport};
 use crate::derivation::OutputRef;
-use crate::hash::{EntryName, file_digest};
+use crate::hash::{self, EntryName, TreeHasher, file_digest};
 use crate::name::Name;
 use crate::store::Store;
 
@@ -34,21 +34,34 @@ pub struct System {
     pub closure: Vec<(EntryName, u64)>,
 }
 
-/// The entry of the running program, which is the agent on every host.
-pub fn agent_entry(store: &Store) -> Result<EntryName, MachineError> {
+/// The entry of the running program, which is the agent on every host: imported into the store
+/// with `import`, else only named (for commands that write nothing).
+pub fn agent_entry(store: &Store, import: bool) -> Result<EntryName, MachineError> {
     let exe = std::env::current_exe()
         .map_err(|e| MachineError::Program(format!("cannot find this program's binary: {e}")))?;
     let name = Name::new("forjar-agent").expect("the agent's name is valid");
-    Ok(store.import_source(&exe, &name)?.entry)
+    if import {
+        return Ok(store.import_source(&exe, &name)?.entry);
+    }
+    let digest = TreeHasher::with_cache(store.digest_cache())
+        .digest(&exe)
+        .map_err(|e| MachineError::Program(e.to_string()))?;
+    Ok(EntryName::new(
+        &hash::source_key(&name, &digest),
+        &name,
+        None,
+    ))
 }
 
-/// Makes the system entry of `machine` in `store`. `output` gives the entry of each derivation
-/// output the machine's files use (all built by now).
+/// Makes the system entry of `machine`: in `store` with `import`, else only named, with its
+/// closure as it will be (for `plan`, which writes nothing). `output` gives the entry of each
+/// derivation output the machine's files use (all built by now).
 pub fn assemble(
     store: &Store,
     machine: &Machine,
     agent: &EntryName,
     output: &dyn Fn(&OutputRef) -> Option<EntryName>,
+    import: bool,
 ) -> Result<System, MachineError> {
     let bad = |why: String| MachineError::Program(format!("machine `{}`: {why}", machine.name));
     let dir = tempfile::TempDir::new()
@@ -195,14 +208,44 @@ pub fn assemble(
     let name = Name::new(format!("system-{}", machine.name))
         .map_err(|e| bad(format!("cannot name its system entry: {}", e.reason)))?;
     let references: Vec<EntryName> = manifest.references().into_iter().collect();
-    let entry = store.import_made(dir.path(), &name, references)?.entry;
-    let closure = ordered_closure(store, &entry)?;
+    let (entry, closure) = if import {
+        let entry = store.import_made(dir.path(), &name, references)?.entry;
+        let closure = ordered_closure(store, &entry)?;
+        (entry, closure)
+    } else {
+        let digest = TreeHasher::new()
+            .digest(dir.path())
+            .map_err(|e| bad(e.to_string()))?;
+        let entry = EntryName::new(&hash::source_key(&name, &digest), &name, None);
+        let mut closure: Vec<(EntryName, u64)> = Vec::new();
+        for reference in &references {
+            let part = match store.contains(reference) {
+                true => ordered_closure(store, reference)?,
+                // Only the agent can be missing here: everything else was built.
+                false => vec![(reference.clone(), agent_size())],
+            };
+            for item in part {
+                if !closure.iter().any(|(e, _)| *e == item.0) {
+                    closure.push(item);
+                }
+            }
+        }
+        let size = crate::store::tree_size(dir.path()).map_err(|e| bad(e.to_string()))?;
+        closure.push((entry.clone(), size));
+        (entry, closure)
+    };
     Ok(System {
         machine: machine.name.clone(),
         entry,
         manifest,
         closure,
     })
+}
+
+fn agent_size() -> u64 {
+    std::env::current_exe()
+        .and_then(fs::metadata)
+        .map_or(0, |m| m.len())
 }
 
 /// The closure of `root`, each entry after the entries it refers to.
@@ -291,6 +334,14 @@ fn agent_argv(store_dir: &Path, agent: &EntryName, command: &[&str]) -> Vec<Stri
 
 const AGENT_MISSING: &str = "forjar-agent-missing";
 
+/// What the fallback says on standard error when it runs the host's own agent.
+const AGENT_OTHER: &str = "forjar-agent-of-the-current-generation";
+
+/// `text` quoted for `sh`.
+fn sh_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
+}
+
 /// How long a deploy tries to reconnect to a host whose connection dropped during activation.
 const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(20);
 
@@ -321,17 +372,24 @@ impl Host {
     }
 
     /// Runs an agent command, failing with its standard error if it fails.
+    /// Runs an agent command: this program's agent, else the agent of the host's current
+    /// generation (commands that read or go back, such as `drift`, `generations` and
+    /// `rollback`, need no new agent; a deploy installs its own before it sends anything).
     fn agent(
         &self,
         command: &[&str],
         input: Input<'_>,
         line: impl FnMut(&str),
     ) -> Result<Reply, MachineError> {
-        let reply = self.transport.run(
-            &agent_argv(&self.store_dir, &self.agent, command),
-            input,
-            line,
-        )?;
+        let reply = self
+            .transport
+            .run(&self.fallback_argv(command), input, line)?;
+        if String::from_utf8_lossy(&reply.stdout).trim() == AGENT_MISSING {
+            return Err(MachineError::host(
+                self.name(),
+                "the host has no forjar agent yet; `apply` installs it".to_string(),
+            ));
+        }
         if !reply.status.success() {
             return Err(MachineError::host(
                 self.name(),
@@ -346,21 +404,38 @@ impl Host {
         Ok(reply)
     }
 
-    /// Asks which of `closure` the host lacks, and what it runs now, in one round trip; `None`
-    /// when the host has no agent of this version yet.
-    pub fn probe(&self, closure: &[EntryName]) -> Result<Option<Probe>, MachineError> {
+    /// `sh -c` running this program's agent, else the agent of the host's current generation
+    /// (named by its manifest; it says so on standard error), else printing
+    /// [`AGENT_MISSING`].
+    fn fallback_argv(&self, command: &[&str]) -> Vec<String> {
+        let store = sh_quote(&self.store_dir.display().to_string());
+        let script = format!(
+            "a=$0; if [ ! -x \"$a\" ]; then \
+               g=$(readlink -f {state}/current 2>/dev/null) || g=; \
+               if [ -n \"$g\" ] && [ -f \"$g\" ]; then \
+                 s=$(sed -n 's/^ *\"system\": *\"\\(.*\\)\",\\{{0,1\\}}$/\\1/p' \"$g\"); \
+                 b=$(sed -n 's/^ *\"agent\": *\"\\(.*\\)\",\\{{0,1\\}}$/\\1/p' {store}/\"$s\"/content/manifest.json); \
+                 a={store}/\"$b\"/content; echo {AGENT_OTHER} >&2; \
+               fi; \
+             fi; \
+             if [ -x \"$a\" ]; then exec \"$a\" \"$@\"; fi; echo {AGENT_MISSING}",
+            state = sh_quote(agent::STATE_DIR),
+        );
+        let mut argv = vec!["sh".to_string(), "-c".into(), script];
+        argv.extend(agent_argv(&self.store_dir, &self.agent, command));
+        argv
+    }
+
+    /// Asks which of `closure` the host lacks, and what it runs now, in one round trip, and
+    /// whether this program's agent is there; `None` when the host has no agent at all.
+    pub fn probe(&self, closure: &[EntryName]) -> Result<(Option<Probe>, bool), MachineError> {
         let names: String = closure.iter().map(|e| format!("{e}\n")).collect();
-        let mut argv = vec![
-            "sh".to_string(),
-            "-c".into(),
-            format!("if [ -x \"$0\" ]; then exec \"$0\" \"$@\"; fi; echo {AGENT_MISSING}"),
-        ];
-        argv.extend(agent_argv(&self.store_dir, &self.agent, &["probe"]));
+        let argv = self.fallback_argv(&["probe"]);
         let reply = self
             .transport
             .run(&argv, Input::Bytes(names.as_bytes()), |_| {})?;
         if String::from_utf8_lossy(&reply.stdout).trim() == AGENT_MISSING {
-            return Ok(None);
+            return Ok((None, false));
         }
         if !reply.status.success() {
             return Err(MachineError::host(
@@ -372,14 +447,14 @@ impl Host {
                 ),
             ));
         }
-        serde_json::from_slice(&reply.stdout)
-            .map(Some)
-            .map_err(|e| {
-                MachineError::host(
-                    self.name(),
-                    format!("the agent's probe answered nonsense: {e}"),
-                )
-            })
+        let own = !reply.stderr.contains(AGENT_OTHER);
+        let probe = serde_json::from_slice(&reply.stdout).map_err(|e| {
+            MachineError::host(
+                self.name(),
+                format!("the agent's probe answered nonsense: {e}"),
+            )
+        })?;
+        Ok((Some(probe), own))
     }
 
     /// Uploads the agent binary and installs it in the host's store, verified by its digest;
@@ -574,18 +649,19 @@ impl HostPlan {
 /// Plans `system` on the connected `host`.
 pub fn plan_host(host: &Host, system: &System) -> Result<HostPlan, MachineError> {
     let names: Vec<EntryName> = system.closure.iter().map(|(e, _)| e.clone()).collect();
-    let probe = host.probe(&names)?;
-    let (missing, current, manifest, install_agent, drift) = match probe {
-        None => (names.clone(), None, None, true, Vec::new()),
+    let (probe, own_agent) = host.probe(&names)?;
+    let (missing, current, manifest, drift) = match probe {
+        None => (names.clone(), None, None, Vec::new()),
         Some(probe) => {
             let drift = if probe.current.is_some() {
                 host.drift(false)?
             } else {
                 Vec::new()
             };
-            (probe.missing, probe.current, probe.manifest, false, drift)
+            (probe.missing, probe.current, probe.manifest, drift)
         }
     };
+    let install_agent = !own_agent;
     let missing: BTreeSet<EntryName> = missing.into_iter().collect();
     let send = system
         .closure
