@@ -2,8 +2,8 @@
 //! `hosts/testhosts`, reached over SSH): copy, activation, generations, rollback, drift, and
 //! the faults a deploy must survive.
 
-use std::path::Path;
-use std::process::Output;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use forjar_suite::{TestHosts, assert_ok, example, stderr, stdout};
 
@@ -21,17 +21,55 @@ fn fleet_program(
     args: &[&str],
 ) -> Output {
     let names: Vec<&str> = (0..hosts.hosts.len()).map(|i| hosts.name(i)).collect();
-    let mut command = std::process::Command::new(program);
-    command
-        .env("FLEET_HOSTS", names.join(","))
-        .arg("--store")
-        .arg(store)
-        .arg("--ssh-config")
-        .arg(hosts.ssh_config());
+    let mut command = fleet_command(program, store, &names.join(","), &hosts.ssh_config());
     for (k, v) in env {
         command.env(k, v);
     }
     command.args(args).output().expect("the fleet example runs")
+}
+
+/// The fleet `program` for the machines `names` (comma-separated), with `store` and
+/// `ssh_config`.
+fn fleet_command(program: &Path, store: &Path, names: &str, ssh_config: &Path) -> Command {
+    let mut command = Command::new(program);
+    command
+        .env("FLEET_HOSTS", names)
+        .arg("--store")
+        .arg(store)
+        .arg("--ssh-config")
+        .arg(ssh_config);
+    command
+}
+
+/// A new ssh key pair at `path`; returns its public key's type and text.
+fn new_key(path: &Path) -> String {
+    assert_ok(
+        &Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(path)
+            .output()
+            .unwrap(),
+    );
+    let public = std::fs::read_to_string(path.with_extension("pub")).unwrap();
+    public
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A copy of the run's ssh config at `to`, with `from` replaced by `with`.
+fn ssh_config_with(hosts: &TestHosts, to: &Path, from: &Path, with: &Path) -> PathBuf {
+    let config = std::fs::read_to_string(hosts.ssh_config()).unwrap();
+    let replaced = config.replace(&from.display().to_string(), &with.display().to_string());
+    assert_ne!(
+        config,
+        replaced,
+        "the run's ssh config names {}",
+        from.display()
+    );
+    std::fs::write(to, replaced).unwrap();
+    to.to_path_buf()
 }
 
 /// The bytes a host's line of the apply summary says were sent (0 if none).
@@ -137,6 +175,16 @@ fn apply_converges_hosts_sends_only_what_they_lack_and_rolls_back_on_request() {
             .join("generations.json")
             .exists()
     );
+    let diff = fleet(
+        &store,
+        &hosts,
+        &env,
+        &["diff", "1", "2", "--on", hosts.name(0)],
+    );
+    assert_ok(&diff);
+    let text = stdout(&diff);
+    assert!(text.contains("~ path /etc/hello/config.toml"), "{text}");
+    assert!(text.contains("restart unit hello.service"), "{text}");
     let back = fleet(
         &store,
         &hosts,
@@ -248,39 +296,17 @@ fn a_host_that_cannot_be_reached_fails_by_name_and_the_others_are_deployed() {
     let store = dir.path().join("store");
 
     // A host whose key is not the one known: refused, strictly.
-    let config = std::fs::read_to_string(hosts.ssh_config()).unwrap();
+    let key = new_key(&dir.path().join("other"));
     let wrong_known = dir.path().join("known_hosts");
-    let other_key = dir.path().join("other");
-    assert_ok(
-        &std::process::Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(&other_key)
-            .output()
-            .unwrap(),
-    );
-    let public = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
-    let key: Vec<&str> = public.split_whitespace().take(2).collect();
-    std::fs::write(
+    std::fs::write(&wrong_known, format!("{} {key}\n", hosts.hosts[0].1)).unwrap();
+    let wrong_config = ssh_config_with(
+        &hosts,
+        &dir.path().join("ssh_config"),
+        &hosts.dir.join("known_hosts"),
         &wrong_known,
-        format!("{} {}\n", hosts.hosts[0].1, key.join(" ")),
-    )
-    .unwrap();
-    let wrong_config = dir.path().join("ssh_config");
-    let known = hosts.dir.join("known_hosts");
-    std::fs::write(
-        &wrong_config,
-        config.replace(
-            &known.display().to_string(),
-            &wrong_known.display().to_string(),
-        ),
-    )
-    .unwrap();
-    let output = std::process::Command::new(example("fleet"))
-        .env("FLEET_HOSTS", hosts.name(0))
-        .arg("--store")
-        .arg(&store)
-        .arg("--ssh-config")
-        .arg(&wrong_config)
+    );
+    let fleet_exe = example("fleet");
+    let output = fleet_command(&fleet_exe, &store, hosts.name(0), &wrong_config)
         .arg("apply")
         .output()
         .unwrap();
@@ -289,12 +315,8 @@ fn a_host_that_cannot_be_reached_fails_by_name_and_the_others_are_deployed() {
     assert!(line.contains("failed") && line.contains("key"), "{line}");
 
     // An unreachable host beside a good one: the good one is deployed.
-    let output = std::process::Command::new(example("fleet"))
-        .env("FLEET_HOSTS", format!("{},10.255.255.1", hosts.name(0)))
-        .arg("--store")
-        .arg(&store)
-        .arg("--ssh-config")
-        .arg(hosts.ssh_config())
+    let names = format!("{},10.255.255.1", hosts.name(0));
+    let output = fleet_command(&fleet_exe, &store, &names, &hosts.ssh_config())
         .arg("apply")
         .output()
         .unwrap();
@@ -305,37 +327,37 @@ fn a_host_that_cannot_be_reached_fails_by_name_and_the_others_are_deployed() {
 }
 
 #[test]
-fn a_dropped_connection_during_activation_leaves_the_old_or_new_generation_and_a_rerun_completes() {
+fn a_connection_dropped_during_copy_or_activation_leaves_a_whole_generation_and_a_rerun_completes()
+{
     let Some(hosts) = TestHosts::up(1) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
 
-    // Drop the link at several moments of a deploy: while it copies, as it activates, later.
-    for (round, delay_ms) in [0u64, 150, 400, 900, 1600].into_iter().enumerate() {
+    // Twenty moments, 150 ms apart: each round deploys from a fresh store (so the agent, some
+    // 100 MiB, is copied again before the activation), and the link goes down for 3 s.
+    for round in 0..20u64 {
+        let store = dir.path().join(format!("store-{round}"));
         let greeting = format!("round {round}");
         let env = [("FLEET_GREETING", greeting.as_str())];
-        let names = hosts.name(0);
-        let child = std::process::Command::new(example("fleet"))
-            .env("FLEET_HOSTS", names)
-            .env("FLEET_GREETING", &greeting)
-            .arg("--store")
-            .arg(&store)
-            .arg("--ssh-config")
-            .arg(hosts.ssh_config())
-            .arg("apply")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let child = fleet_command(
+            &example("fleet"),
+            &store,
+            hosts.name(0),
+            &hosts.ssh_config(),
+        )
+        .env("FLEET_GREETING", &greeting)
+        .arg("apply")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(150 * round));
         hosts.link(0, false);
         std::thread::sleep(std::time::Duration::from_secs(3));
         hosts.link(0, true);
         let first = child.wait_with_output().unwrap();
-        // Whatever the first run saw, the host is on a whole generation, and a rerun finishes.
+        // A rerun completes, and the host is on a whole generation.
         let rerun = fleet(&store, &hosts, &env, &["apply"]);
         assert_ok(&rerun);
         let line = summary_line(&rerun, hosts.name(0));
@@ -348,17 +370,26 @@ fn a_dropped_connection_during_activation_leaves_the_old_or_new_generation_and_a
         assert_eq!(hosts.http_get(0, 8080), greeting);
         let drift = fleet(&store, &hosts, &env, &["drift"]);
         assert!(stdout(&drift).contains("no drift"), "{}", stdout(&drift));
-        let partial = hosts.ssh(0, &format!("ls -A {}/.tmp", store.display()));
-        assert_eq!(
-            stdout(&partial).trim(),
-            "",
-            "no partial entry is left in the host's store"
-        );
+        // Nothing partial is left: a receiver cut off gives up within its idle limit (20 s)
+        // and removes its staging.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let partial = hosts.ssh(0, &format!("ls -A {}/.tmp", store.display()));
+            if stdout(&partial).trim().is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: a partial entry stays in the host's store: {}",
+                stdout(&partial)
+            );
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
 
     // A reboot brings the host back on its current generation.
     hosts.restart(0);
-    assert_eq!(hosts.http_get(0, 8080), "round 4");
+    assert_eq!(hosts.http_get(0, 8080), "round 19");
 }
 
 #[test]
@@ -370,16 +401,16 @@ fn two_applies_at_once_are_serialised_by_the_host() {
     let store = dir.path().join("store");
     assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
     let spawn = |greeting: &str| {
-        std::process::Command::new(example("fleet"))
-            .env("FLEET_HOSTS", hosts.name(0))
-            .env("FLEET_GREETING", greeting)
-            .arg("--store")
-            .arg(&store)
-            .arg("--ssh-config")
-            .arg(hosts.ssh_config())
-            .arg("apply")
-            .output()
-            .unwrap()
+        fleet_command(
+            &example("fleet"),
+            &store,
+            hosts.name(0),
+            &hosts.ssh_config(),
+        )
+        .env("FLEET_GREETING", greeting)
+        .arg("apply")
+        .output()
+        .unwrap()
     };
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| spawn("first"));
@@ -398,4 +429,81 @@ fn two_applies_at_once_are_serialised_by_the_host() {
     assert!(answer == "first" || answer == "second", "{answer}");
     let drift = fleet(&store, &hosts, &[], &["drift"]);
     assert!(stdout(&drift).contains("no drift"), "{}", stdout(&drift));
+}
+
+#[test]
+fn a_full_disk_or_a_refused_login_fails_that_host_by_name_and_not_the_others() {
+    let Some(hosts) = TestHosts::up(2) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+
+    // Host 1's store is on a file system too small for the closure.
+    let full = hosts.ssh(
+        0,
+        &format!(
+            "mkdir -p {0} && mount -t tmpfs -o size=8m tmpfs {0}",
+            store.display()
+        ),
+    );
+    assert_ok(&full);
+    let output = fleet(&store, &hosts, &[], &["apply"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let line = summary_line(&output, hosts.name(0));
+    assert!(line.contains("No space left on device"), "{line}");
+    assert!(summary_line(&output, hosts.name(1)).contains("activated generation 1"));
+    let left = hosts.ssh(0, &format!("ls -A {0}/.tmp; ls {0}", store.display()));
+    assert!(
+        !stdout(&left).contains("forjar-agent") && !stdout(&left).contains("system-"),
+        "nothing partial was installed: {}",
+        stdout(&left)
+    );
+    // With room again, the next apply completes.
+    assert_ok(&hosts.ssh(0, &format!("umount {}", store.display())));
+    let output = fleet(&store, &hosts, &[], &["apply"]);
+    assert_ok(&output);
+    assert!(summary_line(&output, hosts.name(0)).contains("activated generation 1"));
+
+    // A key the hosts do not accept: the login is refused, by name.
+    let stranger = dir.path().join("stranger");
+    new_key(&stranger);
+    let config = ssh_config_with(
+        &hosts,
+        &dir.path().join("ssh_config"),
+        &hosts.dir.join("id_ed25519"),
+        &stranger,
+    );
+    let output = fleet_command(&example("fleet"), &store, hosts.name(0), &config)
+        .arg("drift")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let text = stdout(&output);
+    assert!(
+        text.contains(hosts.name(0)) && text.contains("the login was refused"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_mistake_in_a_machine_is_an_invalid_program_naming_the_machine_and_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(example("fleet"))
+        .env("FLEET_HOSTS", "web 1")
+        .arg("--store")
+        .arg(dir.path())
+        .arg("plan")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    let text = stderr(&output);
+    assert!(
+        text.contains("machine `web 1` (at examples/fleet/main.rs:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("address `web 1` is not a host name"),
+        "{text}"
+    );
 }

@@ -414,6 +414,35 @@ impl Session {
         Ok(code)
     }
 
+    /// `diff A B --on HOST`: what activating generation B over A changes on each host.
+    pub(super) fn host_diff(&self, a: u64, b: u64) -> Result<ExitCode, Failure> {
+        let results = self.connect_each(|host| {
+            Ok(Changes::between(
+                Some(&host.manifest(a)?),
+                &host.manifest(b)?,
+            ))
+        })?;
+        let mut text = String::new();
+        let mut code = ExitCode::Success;
+        for (name, result) in results {
+            match result {
+                Ok(changes) => {
+                    let _ = writeln!(text, "{name}: generation {a} -> {b}:");
+                    if changes.is_empty() {
+                        let _ = writeln!(text, "  no paths, users, groups or units differ");
+                    }
+                    render_changes(&mut text, &changes, false);
+                }
+                Err(e) => {
+                    code = ExitCode::Failure;
+                    let _ = writeln!(text, "{e}");
+                }
+            }
+        }
+        emit(&text)?;
+        Ok(code)
+    }
+
     /// `rollback --on HOST [--to N]`: activates an earlier generation of each selected host.
     pub(super) fn host_rollback(&self, to: Option<u64>) -> Result<ExitCode, Failure> {
         let provenance = Provenance::current();
@@ -499,6 +528,26 @@ fn summary(changes: &Changes) -> String {
     }
 }
 
+fn render_changes(text: &mut String, changes: &Changes, hooks: bool) {
+    let mut line = |sign: &str, what: &str, items: &[String]| {
+        for item in items {
+            let _ = writeln!(text, "  {sign} {what} {item}");
+        }
+    };
+    line("+", "path", &changes.paths_added);
+    line("~", "path", &changes.paths_changed);
+    line("-", "path", &changes.paths_removed);
+    line("+", "group", &changes.groups_added);
+    line("+", "user", &changes.users_added);
+    line("start", "unit", &changes.units_started);
+    line("restart", "unit", &changes.units_restarted);
+    line("reload", "unit", &changes.units_reloaded);
+    line("stop", "unit", &changes.units_stopped);
+    if hooks {
+        line("run", "hook", &changes.hooks);
+    }
+}
+
 fn render_host_plan(text: &mut String, plan: &HostPlan) {
     let current = plan
         .current
@@ -526,23 +575,7 @@ fn render_host_plan(text: &mut String, plan: &HostPlan) {
         None => {
             let _ = writeln!(text, "  runs this system already");
         }
-        Some(changes) => {
-            let mut line = |sign: &str, what: &str, items: &[String]| {
-                for item in items {
-                    let _ = writeln!(text, "  {sign} {what} {item}");
-                }
-            };
-            line("+", "path", &changes.paths_added);
-            line("~", "path", &changes.paths_changed);
-            line("-", "path", &changes.paths_removed);
-            line("+", "group", &changes.groups_added);
-            line("+", "user", &changes.users_added);
-            line("start", "unit", &changes.units_started);
-            line("restart", "unit", &changes.units_restarted);
-            line("reload", "unit", &changes.units_reloaded);
-            line("stop", "unit", &changes.units_stopped);
-            line("run", "hook", &changes.hooks);
-        }
+        Some(changes) => render_changes(text, changes, true),
     }
     for d in &plan.drift {
         let _ = writeln!(text, "  drift: {}: {}", d.subject, d.difference);

@@ -118,10 +118,11 @@ pub(super) fn run(
             match command {
                 profile::ProfileCommand::Generations => session.host_generations(),
                 profile::ProfileCommand::Rollback { to } => session.host_rollback(to),
-                _ => Err(Failure::new(
+                profile::ProfileCommand::Diff { a, b } => session.host_diff(a, b),
+                profile::ProfileCommand::DeleteGenerations { .. } => Err(Failure::new(
                     ExitCode::Usage,
-                    "`--on` goes with `generations` and `rollback`; `diff` and \
-                     `delete-generations` work on the program's local profile",
+                    "`--on` goes with `generations`, `diff` and `rollback`; \
+                     `delete-generations` works on the program's local profile",
                 )),
             }
         }

@@ -42,6 +42,9 @@ pub struct GenerationRecord {
     pub number: u64,
     /// The system entry.
     pub system: EntryName,
+    /// The store it is in (a host may be deployed from stores at several paths).
+    #[serde(default)]
+    pub store: PathBuf,
     /// When it was activated, in seconds since the Unix epoch.
     pub created: u64,
     /// Who ran the apply (the controller's user and host).
@@ -242,12 +245,42 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The manifest of system entry `system`.
-pub fn read_manifest(store: &Store, system: &EntryName) -> Result<Manifest, AgentError> {
-    let path = store.content_path(system).join(manifest::FILE);
+/// A system entry and the store directory it is in.
+#[derive(Debug, Clone)]
+pub struct Sys {
+    /// The store directory.
+    pub dir: PathBuf,
+    /// The system entry.
+    pub entry: EntryName,
+}
+
+impl Sys {
+    /// The system of `record`, in the store it names (`store` for records that name none).
+    pub fn of(record: &GenerationRecord, store: &Store) -> Sys {
+        Sys {
+            dir: match record.store.as_os_str().is_empty() {
+                true => store.dir().to_path_buf(),
+                false => record.store.clone(),
+            },
+            entry: record.system.clone(),
+        }
+    }
+
+    fn content(&self) -> PathBuf {
+        self.dir.join(self.entry.as_str()).join("content")
+    }
+}
+
+/// The manifest of `system`.
+pub fn read_manifest(system: &Sys) -> Result<Manifest, AgentError> {
+    let path = system.content().join(manifest::FILE);
     let bytes = fs::read(&path).map_err(AgentError::io("cannot read", &path))?;
-    Manifest::parse(&bytes)
-        .map_err(|e| AgentError(format!("the manifest of `{system}` is not valid: {e}")))
+    Manifest::parse(&bytes).map_err(|e| {
+        AgentError(format!(
+            "the manifest of `{}` is not valid: {e}",
+            system.entry
+        ))
+    })
 }
 
 /// `probe`: which of `wanted` the store lacks, and the current generation with its manifest.
@@ -262,10 +295,15 @@ pub fn probe(store: &Store, state: &State, wanted: &[EntryName]) -> Result<Probe
         None => None,
     };
     let manifest = match &current {
-        Some(record) if store.contains(&record.system) => {
-            Some(read_manifest(store, &record.system)?)
+        Some(record) => {
+            let system = Sys::of(record, store);
+            system
+                .content()
+                .exists()
+                .then(|| read_manifest(&system))
+                .transpose()?
         }
-        _ => None,
+        None => None,
     };
     Ok(Probe {
         missing,
@@ -294,10 +332,48 @@ pub fn adopt(store: &Store, entry: &EntryName, meta: &str, file: &Path) -> Resul
     }
 }
 
+/// How long `receive` waits for the next bytes before it takes the connection for gone.
+const IDLE: Duration = Duration::from_secs(20);
+
+/// Standard input that fails once nothing arrives for [`IDLE`]: sshd may not notice for hours
+/// that a controller's connection died, and a receiver waiting on it would keep its staging
+/// and its entry's lock, and so stop the next deploy.
+struct IdleLimited(fs::File);
+
+impl Read for IdleLimited {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let mut fds = [PollFd::new(self.0.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(IDLE.as_millis() as i32)
+            .expect("the idle limit fits a poll timeout");
+        loop {
+            match poll(&mut fds, timeout) {
+                Ok(0) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!(
+                            "nothing arrived for {} s; the controller's connection is gone",
+                            IDLE.as_secs()
+                        ),
+                    ));
+                }
+                Ok(_) => return self.0.read(buf),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
 /// `receive`: installs the entries of the stream on standard input, printing each.
 pub fn receive(store: &Store) -> Result<(), AgentError> {
-    let stdin = io::stdin();
-    let mut input = io::BufReader::with_capacity(1 << 20, stdin.lock());
+    use std::os::fd::AsFd;
+    let stdin = io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| AgentError(format!("cannot read standard input: {e}")))?;
+    let mut input = io::BufReader::with_capacity(1 << 20, IdleLimited(fs::File::from(stdin)));
     let mut out = io::stdout().lock();
     archive::receive(store, &mut input, |entry| {
         let _ = writeln!(out, "installed {entry}");
@@ -479,23 +555,17 @@ fn resume(store: &Store, state: &State) -> Result<(), AgentError> {
         journal.to,
         journal.from.map_or("none".to_string(), |n| n.to_string())
     ));
-    let new_system = state.generation(journal.to)?.system;
-    let new = read_manifest(store, &new_system)?;
-    let old_system = match journal.from {
-        Some(n) => state.generation(n)?.system,
-        None => new_system,
+    let new_system = Sys::of(&state.generation(journal.to)?, store);
+    let new = read_manifest(&new_system)?;
+    let (old_system, old) = match journal.from {
+        Some(n) => {
+            let system = Sys::of(&state.generation(n)?, store);
+            let manifest = read_manifest(&system)?;
+            (system, Some(manifest))
+        }
+        None => (new_system, None),
     };
-    let old = match journal.from {
-        Some(_) => Some(read_manifest(store, &old_system)?),
-        None => None,
-    };
-    converge(
-        store,
-        &old_system,
-        &empty_or(old.as_ref(), &new),
-        Some(&new),
-        true,
-    )?;
+    converge(&old_system, &empty_or(old.as_ref(), &new), Some(&new), true)?;
     state.switch(journal.from)?;
     mark(state, journal.to, "rolled-back")?;
     fs::remove_file(&path).map_err(AgentError::io("cannot remove", &path))?;
@@ -529,17 +599,20 @@ fn activate_locked(
     request: &Request,
 ) -> Result<Outcome, AgentError> {
     let previous = state.current()?;
-    let old_system = match previous {
-        Some(n) => Some(state.generation(n)?.system),
-        None => None,
-    };
-    let old = match &old_system {
-        Some(system) => Some(read_manifest(store, system)?),
-        None => None,
+    let (old_system, old) = match previous {
+        Some(n) => {
+            let system = Sys::of(&state.generation(n)?, store);
+            let manifest = read_manifest(&system)?;
+            (Some(system), Some(manifest))
+        }
+        None => (None, None),
     };
     let system = match (&request.system, request.to) {
-        (Some(system), _) => system.clone(),
-        (None, Some(to)) => state.generation(to)?.system,
+        (Some(entry), _) => Sys {
+            dir: store.dir().to_path_buf(),
+            entry: entry.clone(),
+        },
+        (None, Some(to)) => Sys::of(&state.generation(to)?, store),
         (None, None) => {
             let current = previous.unwrap_or(0);
             match state
@@ -547,7 +620,7 @@ fn activate_locked(
                 .into_iter()
                 .rfind(|g| g.number < current && g.status == "active")
             {
-                Some(g) => g.system,
+                Some(g) => Sys::of(&g, store),
                 None => {
                     return Err(AgentError(
                         "there is no earlier generation to roll back to".into(),
@@ -557,17 +630,24 @@ fn activate_locked(
         }
     };
     // Every entry of the closure must be here before anything changes.
-    let closure = store.closure([system.clone()])?;
-    if let Some(missing) = closure.iter().find(|e| !store.contains(e)) {
+    let system_store = match system.dir == store.dir() {
+        true => None,
+        false => Some(Store::open(&system.dir)?),
+    };
+    let system_store = system_store.as_ref().unwrap_or(store);
+    let closure = system_store.closure([system.entry.clone()])?;
+    if let Some(missing) = closure.iter().find(|e| !system_store.contains(e)) {
         return Err(AgentError(format!(
             "entry `{missing}` of the system's closure is not in the host's store"
         )));
     }
-    let new = read_manifest(store, &system)?;
+    let new = read_manifest(&system)?;
     let changes = Changes::between(old.as_ref(), &new);
-    if let Some(n) = previous
-        && state.generation(n)?.system == system
+    if let Some(old_system) = &old_system
+        && old_system.entry == system.entry
+        && old_system.dir == system.dir
     {
+        let n = previous.expect("a current system has a generation");
         log(&format!("generation {n} is the system already"));
         return Ok(Outcome {
             id: id.to_string(),
@@ -580,14 +660,15 @@ fn activate_locked(
     let number = state.generations()?.last().map_or(0, |g| g.number) + 1;
     state.write_generation(&GenerationRecord {
         number,
-        system: system.clone(),
+        system: system.entry.clone(),
+        store: system.dir.clone(),
         created: now(),
         operator: request.operator.clone(),
         revision: request.revision.clone(),
         plan: request.plan.clone(),
         status: "active".into(),
     })?;
-    store.add_root(&format!("machine-generation-{number}"), &system)?;
+    system_store.add_root(&format!("machine-generation-{number}"), &system.entry)?;
     let journal = state.dir.join("journal.json");
     write_atomic(
         &journal,
@@ -599,8 +680,11 @@ fn activate_locked(
         .as_bytes(),
     )?;
     state.switch(Some(number))?;
-    log(&format!("generation {number}: activating `{system}`"));
-    let result = converge(store, &system, &new, old.as_ref(), false);
+    log(&format!(
+        "generation {number}: activating `{}`",
+        system.entry
+    ));
+    let result = converge(&system, &new, old.as_ref(), false);
     let outcome = match result {
         Ok(()) => Outcome {
             id: id.to_string(),
@@ -612,9 +696,9 @@ fn activate_locked(
         Err(e) => {
             log(&format!("activation failed: {}; rolling back", e.0));
             let back = old_system.as_ref().unwrap_or(&system);
-            converge(store, back, &empty_or(old.as_ref(), &new), Some(&new), true).map_err(
-                |r| AgentError(format!("{}; and the rollback failed too: {}", e.0, r.0)),
-            )?;
+            converge(back, &empty_or(old.as_ref(), &new), Some(&new), true).map_err(|r| {
+                AgentError(format!("{}; and the rollback failed too: {}", e.0, r.0))
+            })?;
             state.switch(previous)?;
             mark(state, number, "rolled-back")?;
             Outcome {
@@ -636,8 +720,7 @@ fn activate_locked(
 /// hooks run. With `force`, every unit that should run is started even if nothing changed
 /// (a rollback or a repair).
 pub fn converge(
-    store: &Store,
-    system: &EntryName,
+    system: &Sys,
     new: &Manifest,
     old: Option<&Manifest>,
     force: bool,
@@ -700,7 +783,7 @@ pub fn converge(
     }
     let mut units_changed = false;
     for (path, spec) in &new.paths {
-        if place(store, system, path, spec)? && path.starts_with(UNIT_DIR) {
+        if place(system, path, spec)? && path.starts_with(UNIT_DIR) {
             units_changed = true;
         }
     }
@@ -827,11 +910,11 @@ fn group_id(name: &str) -> Result<u32, AgentError> {
         .ok_or_else(|| AgentError(format!("the host has no group `{name}`")))
 }
 
-/// Where the content of a file of `system` is in the store.
-fn source_path(store: &Store, system: &EntryName, source: &str) -> PathBuf {
+/// Where the content of a file of `system` is in its store.
+fn source_path(system: &Sys, source: &str) -> PathBuf {
     match source.strip_prefix("system:") {
-        Some(rel) => store.content_path(system).join(rel),
-        None => store.dir().join(source),
+        Some(rel) => system.content().join(rel),
+        None => system.dir.join(source),
     }
 }
 
@@ -894,12 +977,7 @@ fn differences(path: &Path, spec: &PathSpec) -> Result<Vec<String>, AgentError> 
 }
 
 /// Puts one managed path in place unless it matches already; returns whether it changed.
-fn place(
-    store: &Store,
-    system: &EntryName,
-    path: &str,
-    spec: &PathSpec,
-) -> Result<bool, AgentError> {
+fn place(system: &Sys, path: &str, spec: &PathSpec) -> Result<bool, AgentError> {
     let target = Path::new(path);
     if differences(target, spec)?.is_empty() {
         return Ok(false);
@@ -926,7 +1004,7 @@ fn place(
             set_owner_mode(target, spec)?;
         }
         PathKind::File { source, .. } => {
-            let from = source_path(store, system, source);
+            let from = source_path(system, source);
             let mut input = fs::File::open(&from).map_err(AgentError::io("cannot open", &from))?;
             let mut output = fs::File::options()
                 .write(true)
@@ -975,8 +1053,8 @@ pub fn drift(store: &Store, state: &State) -> Result<Vec<Drift>, AgentError> {
     let Some(current) = state.current()? else {
         return Ok(Vec::new());
     };
-    let system = state.generation(current)?.system;
-    let manifest = read_manifest(store, &system)?;
+    let system = Sys::of(&state.generation(current)?, store);
+    let manifest = read_manifest(&system)?;
     let mut found = Vec::new();
     for name in manifest.groups.keys() {
         if !exists("group", name) {
@@ -1026,9 +1104,9 @@ pub fn repair(store: &Store, state: &State) -> Result<(), AgentError> {
     let Some(current) = state.current()? else {
         return Ok(());
     };
-    let system = state.generation(current)?.system;
-    let manifest = read_manifest(store, &system)?;
-    converge(store, &system, &manifest, Some(&manifest), true)
+    let system = Sys::of(&state.generation(current)?, store);
+    let manifest = read_manifest(&system)?;
+    converge(&system, &manifest, Some(&manifest), true)
 }
 
 /// Reads entry names, one a line, from `input`.

@@ -566,6 +566,22 @@ impl Host {
         })
     }
 
+    /// The manifest of the host's generation `number`.
+    pub fn manifest(&self, number: u64) -> Result<Manifest, MachineError> {
+        let number = number.to_string();
+        let reply = self.agent(
+            &["manifest", "--generation", &number],
+            Input::Nothing,
+            |_| {},
+        )?;
+        Manifest::parse(&reply.stdout).map_err(|e| {
+            MachineError::host(
+                self.name(),
+                format!("the agent's manifest is not valid: {e}"),
+            )
+        })
+    }
+
     /// The host's drift from its current generation; with `repair`, repaired first.
     pub fn drift(&self, repair: bool) -> Result<Vec<Drift>, MachineError> {
         let command: &[&str] = if repair {
@@ -670,7 +686,12 @@ pub fn plan_host(host: &Host, system: &System) -> Result<HostPlan, MachineError>
         .cloned()
         .collect();
     let changes = match &current {
-        Some(record) if record.system == system.entry => None,
+        Some(record)
+            if record.system == system.entry
+                && (record.store.as_os_str().is_empty() || record.store == host.store_dir) =>
+        {
+            None
+        }
         _ => Some(Changes::between(manifest.as_ref(), &system.manifest)),
     };
     Ok(HostPlan {

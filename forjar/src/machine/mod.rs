@@ -115,6 +115,11 @@ enum AgentCommand {
     },
     /// Prints the generations.
     Generations,
+    /// Prints the manifest of a generation.
+    Manifest {
+        #[arg(long)]
+        generation: u64,
+    },
     /// Reports (and repairs) drift.
     Drift {
         #[arg(long)]
@@ -182,6 +187,11 @@ fn run_agent(cli: AgentCli) -> Result<i32, agent::AgentError> {
         AgentCommand::Generations => {
             let generations = state.generations()?;
             print(serde_json::to_string(&generations).expect("records serialise"))
+        }
+        AgentCommand::Manifest { generation } => {
+            let system = agent::Sys::of(&state.generation(generation)?, &store);
+            let manifest = agent::read_manifest(&system)?;
+            print(manifest.to_json())
         }
         AgentCommand::Drift { repair } => {
             if repair {
