@@ -86,6 +86,35 @@ pub(super) fn select<'m>(
     Ok(selected)
 }
 
+/// Runs `each` on every item, at most `limit` at a time, and returns the results in the items'
+/// order: hosts are reached in parallel, with a bound (`--max-hosts`).
+fn bounded<T: Sync, R: Send>(items: &[T], limit: usize, each: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let results: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..limit.clamp(1, items.len().max(1)) {
+            scope.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let result = each(item);
+                    *results[i].lock().expect("a host's slot is not poisoned") = Some(result);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|slot| {
+            slot.into_inner()
+                .expect("a host's slot is not poisoned")
+                .expect("every host ran")
+        })
+        .collect()
+}
+
 /// `*` any run of characters, `?` one character.
 fn glob(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
@@ -180,35 +209,22 @@ impl Session {
             m.file_outputs()
                 .any(|o| resolve(o).is_none_or(|e| !self.store.contains(&e)))
         };
-        let mut plans: Vec<Result<HostPlan, String>> = Vec::new();
         if machines.is_empty() {
-            return Ok(plans);
+            return Ok(Vec::new());
         }
         let agent = deploy::agent_entry(&self.store, false)?;
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = machines
-                .iter()
-                .map(|m| {
-                    let agent = &agent;
-                    let resolve = &resolve;
-                    let unbuilt = unbuilt(m);
-                    scope.spawn(move || -> Result<HostPlan, String> {
-                        if unbuilt {
-                            return Err(format!("{}: {LATER}", m.name()));
-                        }
-                        let system = deploy::assemble(&self.store, m, agent, resolve, false)
-                            .map_err(|e| e.to_string())?;
-                        let host = deploy::Host::connect(m, &self.store, agent, &self.ssh())
-                            .map_err(|e| e.to_string())?;
-                        let plan = deploy::plan_host(&host, &system).map_err(|e| e.to_string());
-                        host.close();
-                        plan
-                    })
-                })
-                .collect();
-            for handle in handles {
-                plans.push(handle.join().expect("a host plan does not panic"));
+        let ssh = self.ssh();
+        let plans = bounded(&machines, self.max_hosts, |m| -> Result<HostPlan, String> {
+            if unbuilt(m) {
+                return Err(format!("{}: {LATER}", m.name()));
             }
+            let system = deploy::assemble(&self.store, m, &agent, &resolve, false)
+                .map_err(|e| e.to_string())?;
+            let host =
+                deploy::Host::connect(m, &self.store, &agent, &ssh).map_err(|e| e.to_string())?;
+            let plan = deploy::plan_host(&host, &system).map_err(|e| e.to_string());
+            host.close();
+            plan
         });
         Ok(plans)
     }
@@ -232,21 +248,9 @@ impl Session {
                 );
             }
         };
-        let reports: Vec<HostReport> = std::thread::scope(|scope| {
-            let handles: Vec<_> = machines
-                .iter()
-                .zip(&systems)
-                .map(|(m, system)| {
-                    let (ssh, provenance, progress) = (&ssh, &provenance, &progress);
-                    scope.spawn(move || {
-                        deploy::deploy_host(&self.store, m, system, ssh, provenance, progress)
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a deploy does not panic"))
-                .collect()
+        let pairs: Vec<(&Machine, &System)> = machines.iter().copied().zip(&systems).collect();
+        let reports: Vec<HostReport> = bounded(&pairs, self.max_hosts, |(m, system)| {
+            deploy::deploy_host(&self.store, m, system, &ssh, &provenance, &progress)
         });
         let mut text = String::new();
         let mut code = ExitCode::Success;
@@ -312,27 +316,15 @@ impl Session {
         let machines = select(&self.machines, self.on.as_deref())?;
         let agent = deploy::agent_entry(&self.store, false)?;
         let ssh = self.ssh();
-        Ok(std::thread::scope(|scope| {
-            let handles: Vec<_> = machines
-                .iter()
-                .map(|m| {
-                    let (agent, ssh, each) = (&agent, &ssh, &each);
-                    scope.spawn(move || {
-                        let result = deploy::Host::connect(m, &self.store, agent, ssh)
-                            .and_then(|host| {
-                                let result = each(&host);
-                                host.close();
-                                result
-                            })
-                            .map_err(|e| e.to_string());
-                        (m.name().to_string(), result)
-                    })
+        Ok(bounded(&machines, self.max_hosts, |m| {
+            let result = deploy::Host::connect(m, &self.store, &agent, &ssh)
+                .and_then(|host| {
+                    let result = each(&host);
+                    host.close();
+                    result
                 })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a host command does not panic"))
-                .collect()
+                .map_err(|e| e.to_string());
+            (m.name().to_string(), result)
         }))
     }
 
@@ -579,5 +571,57 @@ fn render_host_plan(text: &mut String, plan: &HostPlan) {
     }
     for d in &plan.drift {
         let _ = writeln!(text, "  drift: {}: {}", d.subject, d.difference);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_names_as_a_shell_does() {
+        assert!(glob("web*", "web1"));
+        assert!(glob("web?", "web1"));
+        assert!(glob("*", ""));
+        assert!(glob("w*b*1", "web-b1"));
+        assert!(!glob("web?", "web12"));
+        assert!(!glob("db*", "web1"));
+    }
+
+    #[test]
+    fn on_selects_by_name_tag_and_glob_and_names_what_matches_nothing() {
+        let machines = vec![
+            Machine::ssh("web1", "10.0.0.1").tag("web"),
+            Machine::ssh("web2", "10.0.0.2").tag("web"),
+            Machine::ssh("db1", "10.0.0.3").tag("db"),
+        ];
+        let names = |on: &str| -> Vec<String> {
+            select(&machines, Some(on))
+                .unwrap()
+                .iter()
+                .map(|m| m.name().to_string())
+                .collect()
+        };
+        assert_eq!(names("@db,web1"), ["db1", "web1"]);
+        assert_eq!(names("web*,@web"), ["web1", "web2"]);
+        let error = select(&machines, Some("cache*")).unwrap_err();
+        assert_eq!(error.code, ExitCode::Usage);
+        assert!(error.message.contains("web1, web2, db1"), "{}", error.message);
+    }
+
+    #[test]
+    fn bounded_runs_at_most_the_limit_at_once_and_keeps_the_order() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let (running, most) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let items: Vec<usize> = (0..20).collect();
+        let results = bounded(&items, 3, |&i| {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            running.fetch_sub(1, Ordering::SeqCst);
+            i * 2
+        });
+        assert_eq!(results, (0..20).map(|i| i * 2).collect::<Vec<_>>());
+        assert!(most.load(Ordering::SeqCst) <= 3);
     }
 }

@@ -157,6 +157,10 @@ struct ProgramCli {
     /// An ssh config file to reach the machines with, instead of `~/.ssh/config`.
     #[arg(long, global = true, value_name = "FILE", env = "FORJAR_SSH_CONFIG")]
     ssh_config: Option<PathBuf>,
+    /// How many machines to reach at once.
+    #[arg(long, global = true, value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..))]
+    max_hosts: u16,
     #[command(subcommand)]
     command: ProgramCommand,
 }

@@ -23,6 +23,7 @@ pub(super) struct Session {
     pub(super) machine_roots: std::collections::HashMap<crate::derivation::OutputRef, String>,
     pub(super) on: Option<String>,
     pub(super) ssh_config: Option<std::path::PathBuf>,
+    pub(super) max_hosts: usize,
 }
 
 impl Session {
@@ -56,6 +57,7 @@ impl Session {
             machine_roots: std::mem::take(&mut program.machine_roots),
             on: hosts.on,
             ssh_config: hosts.ssh_config,
+            max_hosts: hosts.max_hosts,
         }))
     }
 
@@ -92,6 +94,7 @@ impl Session {
 pub(super) struct Hosts {
     on: Option<String>,
     ssh_config: Option<std::path::PathBuf>,
+    max_hosts: usize,
 }
 
 /// Runs the command `cli` names on the program `define` describes.
@@ -109,6 +112,7 @@ pub(super) fn run(
     let hosts = Hosts {
         on: cli.on,
         ssh_config: cli.ssh_config,
+        max_hosts: usize::from(cli.max_hosts),
     };
     match cli.command {
         ProgramCommand::Store(command) => store::run(&store_dir, command),
