@@ -507,3 +507,59 @@ fn a_mistake_in_a_machine_is_an_invalid_program_naming_the_machine_and_the_line(
         "{text}"
     );
 }
+
+#[test]
+fn an_activator_killed_midway_is_reported_and_the_next_apply_returns_then_activates() {
+    use std::io::BufRead;
+    let Some(hosts) = TestHosts::up(1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
+
+    // Kill the activator while it restarts the service (it then waits for the unit to settle).
+    let mut child = fleet_command(
+        &example("fleet"),
+        &store,
+        hosts.name(0),
+        &hosts.ssh_config(),
+    )
+    .env("FLEET_GREETING", "killed")
+    .arg("apply")
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    let stderr_lines = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    for line in stderr_lines.lines() {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.ends_with("restarting hello.service") {
+            assert_ok(&hosts.ssh(0, "pkill -KILL -f '__agent.*run-activation'"));
+        }
+    }
+    let first = child.wait_with_output().unwrap();
+    assert_eq!(first.status.code(), Some(1), "{seen}{}", stdout(&first));
+    let line = summary_line(&first, hosts.name(0));
+    assert!(line.contains("ended without an outcome"), "{line}\n{seen}");
+
+    // The next apply takes the host back from the half-done generation, then activates.
+    let rerun = fleet(&store, &hosts, &[("FLEET_GREETING", "killed")], &["apply"]);
+    assert_ok(&rerun);
+    assert!(
+        stderr(&rerun).contains("was interrupted; returning to 1"),
+        "{}",
+        stderr(&rerun)
+    );
+    assert!(summary_line(&rerun, hosts.name(0)).contains("activated generation 3"));
+    assert_eq!(hosts.http_get(0, 8080), "killed");
+    let generations = fleet(&store, &hosts, &[], &["generations", "--on", hosts.name(0)]);
+    assert!(
+        stdout(&generations).contains("rolled-back"),
+        "generation 2 is marked: {}",
+        stdout(&generations)
+    );
+}

@@ -606,7 +606,11 @@ mod tests {
         assert_eq!(names("web*,@web"), ["web1", "web2"]);
         let error = select(&machines, Some("cache*")).unwrap_err();
         assert_eq!(error.code, ExitCode::Usage);
-        assert!(error.message.contains("web1, web2, db1"), "{}", error.message);
+        assert!(
+            error.message.contains("web1, web2, db1"),
+            "{}",
+            error.message
+        );
     }
 
     #[test]

@@ -431,9 +431,11 @@ pub fn activate(store: &Store, state: &State, request: &Request) -> Result<(), A
     unsafe {
         command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
     }
-    command
+    let child = command
         .spawn()
         .map_err(|e| AgentError(format!("cannot start the activator: {e}")))?;
+    let pid_path = state.dir.join("activations").join(format!("{id}.pid"));
+    write_atomic(&pid_path, child.id().to_string().as_bytes())?;
     {
         let mut out = io::stdout().lock();
         let _ = writeln!(out, "activation {id}");
@@ -466,8 +468,44 @@ pub fn follow(state: &State, id: &str) -> Result<(), AgentError> {
                 .map_err(|e| AgentError(format!("cannot write: {e}")))?;
             return Ok(());
         }
+        if !activator_alive(state, id) && !outcome_path.exists() {
+            let outcome = Outcome {
+                id: id.to_string(),
+                result: "failed".into(),
+                generation: state.current()?,
+                error: Some(format!(
+                    "the activator of {id} ended without an outcome (it was killed, or the host \
+                     restarted); the next activation takes the host back to the generation it \
+                     was on before"
+                )),
+                changes: None,
+            };
+            writeln!(
+                out,
+                "outcome {}",
+                serde_json::to_string(&outcome).expect("an outcome serialises")
+            )
+            .map_err(|e| AgentError(format!("cannot write: {e}")))?;
+            return Ok(());
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Whether the activator of `id` still runs: its pid's command line names the id (a pid reused
+/// after a reboot, or a zombie, does not).
+fn activator_alive(state: &State, id: &str) -> bool {
+    let pid_path = state.dir.join("activations").join(format!("{id}.pid"));
+    let Ok(pid) = fs::read_to_string(&pid_path) else {
+        // Written right after the activator starts; until then it is starting, unless its log
+        // is older than a start can take.
+        let log_path = state.dir.join("activations").join(format!("{id}.log"));
+        return fs::metadata(&log_path)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(30));
+    };
+    fs::read(format!("/proc/{}/cmdline", pid.trim()))
+        .is_ok_and(|cmdline| cmdline.windows(id.len()).any(|w| w == id.as_bytes()))
 }
 
 /// The detached activator: takes the host's lock, finishes an activation a killed activator
