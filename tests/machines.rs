@@ -563,3 +563,40 @@ fn an_activator_killed_midway_is_reported_and_the_next_apply_returns_then_activa
         stdout(&generations)
     );
 }
+
+#[test]
+fn the_local_machine_is_changed_without_ssh() {
+    let Some(hosts) = TestHosts::up(1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // The host gets the server's build from this store (it has no sandbox of its own inside
+    // the container), then runs the program itself against `Machine::local`.
+    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
+    let copy = Command::new("ssh")
+        .arg("-F")
+        .arg(hosts.ssh_config())
+        .args([
+            hosts.name(0),
+            "cat > /usr/local/bin/fleet && chmod 755 /usr/local/bin/fleet",
+        ])
+        .stdin(std::fs::File::open(example("fleet")).unwrap())
+        .output()
+        .unwrap();
+    assert_ok(&copy);
+    let local = hosts.ssh(
+        0,
+        &format!(
+            "FLEET_HOSTS=local FLEET_GREETING=local fleet --store {} apply",
+            store.display()
+        ),
+    );
+    assert_ok(&local);
+    assert!(
+        stdout(&local).contains("local: activated generation 2"),
+        "{}",
+        stdout(&local)
+    );
+    assert_eq!(hosts.http_get(0, 8080), "local");
+}

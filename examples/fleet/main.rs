@@ -1,6 +1,7 @@
 //! A small fleet: an HTTP service with a typed configuration file, its own user and a systemd
 //! unit, on every host named in `FLEET_HOSTS` (ssh host names or aliases, comma-separated;
-//! default `demo-1,demo-2,demo-3`, the test hosts of `hosts/testhosts up demo 3`).
+//! default `demo-1,demo-2,demo-3`, the test hosts of `hosts/testhosts up demo 3`; `local` is
+//! the machine the program runs on).
 //!
 //! ```sh
 //! hosts/testhosts up demo 3
@@ -61,7 +62,12 @@ fn main() -> forjar::ExitCode {
         };
         let hosts = std::env::var("FLEET_HOSTS").unwrap_or_else(|_| "demo-1,demo-2,demo-3".into());
         for host in hosts.split(',').filter(|h| !h.is_empty()) {
-            let mut machine = Machine::ssh(host, host).tag("web");
+            // `local` is the machine the program runs on, changed without SSH.
+            let mut machine = match host {
+                "local" => Machine::local(host),
+                _ => Machine::ssh(host, host),
+            }
+            .tag("web");
             let hello = machine.user(User::system("hello"));
             machine
                 .file(
