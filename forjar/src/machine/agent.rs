@@ -223,8 +223,11 @@ impl State {
     }
 }
 
+/// Writes `bytes` beside `path` under a name of this process's own, syncs, and renames it over.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
-    let tmp = path.with_extension("tmp");
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = path.with_file_name(name);
     let mut file = fs::File::create(&tmp).map_err(AgentError::io("cannot create", &tmp))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
