@@ -600,3 +600,35 @@ fn the_local_machine_is_changed_without_ssh() {
     );
     assert_eq!(hosts.http_get(0, 8080), "local");
 }
+
+#[test]
+fn a_link_a_user_placed_on_the_way_to_a_managed_path_is_not_followed() {
+    let Some(hosts) = TestHosts::up(1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
+    // A directory on the way to a managed file, replaced by a link another user owns.
+    assert_ok(&hosts.ssh(
+        0,
+        "mkdir -p /tmp/elsewhere && ln -s /tmp/elsewhere /etc/hello/extra && \
+         chown -h nobody /etc/hello/extra",
+    ));
+    let output = fleet(&store, &hosts, &[("FLEET_EXTRA_FILES", "1")], &["apply"]);
+    assert_eq!(output.status.code(), Some(4), "{}", stdout(&output));
+    let line = summary_line(&output, hosts.name(0));
+    assert!(
+        line.contains("rolled back")
+            && line.contains("/etc/hello/extra")
+            && line.contains("symlink"),
+        "{line}"
+    );
+    let elsewhere = hosts.ssh(0, "ls -A /tmp/elsewhere");
+    assert_eq!(
+        stdout(&elsewhere).trim(),
+        "",
+        "nothing was written through the link"
+    );
+    assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+}

@@ -12,10 +12,11 @@ use super::{ExitCode, Failure, emit};
 use crate::derivation::OutputRef;
 use crate::hash::EntryName;
 use crate::machine::agent::Request;
-use crate::machine::deploy::{self, HostPlan, HostReport, Provenance, System, human_bytes};
+use crate::machine::deploy::{self, HostPlan, HostReport, Provenance, System};
 use crate::machine::manifest::Changes;
 use crate::machine::ssh::SshOptions;
 use crate::machine::{Machine, MachineError};
+use crate::store::human_bytes;
 
 /// A machine's name and what a command gave on it, or why it failed there.
 type PerHost<T> = (String, Result<T, String>);

@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
 
-use super::store::human_bytes;
 use super::{ExitCode, Failure, emit};
+use crate::store::human_bytes;
 use crate::store::{EntryName, RootChanges, Store};
 
 /// The commands on the program's profile, which need no plan.

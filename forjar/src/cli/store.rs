@@ -7,7 +7,7 @@ use clap::Subcommand;
 
 use super::{ExitCode, Failure, emit};
 use crate::hash::tree_digest;
-use crate::store::{EntryName, RootTarget, Store};
+use crate::store::{EntryName, RootTarget, Store, human_bytes};
 
 /// Commands on the store.
 #[derive(Debug, Subcommand)]
@@ -95,22 +95,6 @@ pub fn hash(command: HashCommand) -> Result<ExitCode, Failure> {
     let digest = tree_digest(&path).map_err(|e| Failure::new(ExitCode::Failure, e))?;
     emit(&format!("{digest}\n"))?;
     Ok(ExitCode::Success)
-}
-
-/// Bytes in a form people read.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }
 
 /// Runs a store command on the store at `dir`.

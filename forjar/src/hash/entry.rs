@@ -24,6 +24,11 @@ impl EntryName {
         }
     }
 
+    /// The entry of a source (or any tree keyed as one) named `name` with content `digest`.
+    pub fn of_source(name: &Name, digest: &super::TreeDigest) -> Self {
+        EntryName::new(&super::source_key(name, digest), name, None)
+    }
+
     /// Parses an entry name: a store hash, `-`, and a valid name.
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         let bad = || {

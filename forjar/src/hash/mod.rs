@@ -25,7 +25,7 @@ pub use cache::DigestCache;
 pub(crate) use cache::FileId;
 pub use entry::EntryName;
 pub use host::HostFingerprint;
-pub use tree::{HashError, HashStats, TreeHasher, file_digest, tree_digest};
+pub use tree::{HashError, HashStats, TreeHasher, file_digest, file_digest_from, tree_digest};
 
 /// BLAKE3 derive-key context of closure keys.
 pub const DERIVATION_CONTEXT: &str = "forjar derivation v1";

@@ -465,6 +465,17 @@ pub fn file_digest(contents: &[u8], executable: bool) -> TreeDigest {
     ))
 }
 
+/// [`file_digest`] of what `content` reads, streamed.
+pub fn file_digest_from(mut content: impl io::Read, executable: bool) -> io::Result<TreeDigest> {
+    let mut hasher = blake3::Hasher::new();
+    let size = io::copy(&mut content, &mut hasher)?;
+    Ok(TreeDigest::from_bytes(file_node(
+        executable,
+        size,
+        hasher.finalize().as_bytes(),
+    )))
+}
+
 fn is_executable(st: &nix::libc::stat) -> bool {
     st.st_mode & 0o100 != 0
 }

@@ -13,10 +13,9 @@
 //! activations/<id>.log   an activation's log, and <id>.json its outcome
 //! ```
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt, symlink};
+use std::os::unix::fs::symlink;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -25,9 +24,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::archive;
+use super::hostpath::{self, Parent};
 use super::manifest::{self, Changes, Manifest, PathKind, PathSpec, UNIT_DIR};
-use crate::hash::{EntryName, TreeDigest, tree_digest};
+use crate::hash::{EntryName, TreeDigest};
 use crate::store::{Committed, KeyLock, Meta, Staging, Store};
+use crate::walk::Kind;
 
 /// The default state directory on a host.
 pub const STATE_DIR: &str = "/var/lib/forjar/machine";
@@ -621,16 +622,7 @@ fn mark(state: &State, number: u64, status: &str) -> Result<(), AgentError> {
 
 /// `old`, or a manifest with nothing in it (what a host had before its first activation).
 fn empty_or(old: Option<&Manifest>, like: &Manifest) -> Manifest {
-    old.cloned().unwrap_or_else(|| Manifest {
-        format: manifest::FORMAT.into(),
-        machine: like.machine.clone(),
-        agent: like.agent.clone(),
-        groups: BTreeMap::new(),
-        users: BTreeMap::new(),
-        paths: BTreeMap::new(),
-        units: BTreeMap::new(),
-        hooks: Vec::new(),
-    })
+    old.cloned().unwrap_or_else(|| Manifest::empty_like(like))
 }
 
 fn activate_locked(
@@ -959,62 +951,60 @@ fn source_path(system: &Sys, source: &str) -> PathBuf {
     }
 }
 
-/// What differs between the live `path` and `spec`; empty when it matches.
+/// What differs between the live `path` and `spec`; empty when it matches. Nothing on the
+/// way is followed ([`Parent`]).
 fn differences(path: &Path, spec: &PathSpec) -> Result<Vec<String>, AgentError> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(vec!["missing".into()]),
-        Err(e) => return Err(AgentError::io("cannot inspect", path)(e)),
+    let io = |e| AgentError::io("cannot inspect", path)(e);
+    let Some(parent) = Parent::open(path, false).map_err(io)? else {
+        return Ok(vec!["missing".into()]);
     };
-    let kind = meta.file_type();
-    let mut found = Vec::new();
+    let Some(found) = parent.stat().map_err(io)? else {
+        return Ok(vec!["missing".into()]);
+    };
+    let mut differences = Vec::new();
     match &spec.kind {
         PathKind::File { digest, .. } => {
-            if !kind.is_file() {
+            if found.kind != Kind::File {
                 return Ok(vec!["not a regular file".into()]);
             }
-            let got = tree_digest(path).map_err(|e| AgentError(e.to_string()))?;
+            let got = parent.file_digest().map_err(io)?;
             if got != *digest {
-                found.push(format!("content is {got}, expected {digest}"));
+                differences.push(format!("content is {got}, expected {digest}"));
             }
         }
         PathKind::Directory => {
-            if !kind.is_dir() {
+            if found.kind != Kind::Dir {
                 return Ok(vec!["not a directory".into()]);
             }
         }
         PathKind::Symlink { target } => {
-            if !kind.is_symlink() {
+            if found.kind != Kind::Symlink {
                 return Ok(vec!["not a symlink".into()]);
             }
-            let got = fs::read_link(path).map_err(AgentError::io("cannot read", path))?;
-            if got != Path::new(target) {
-                found.push(format!(
+            let got = parent.link_target().map_err(io)?;
+            if got != target.as_bytes() {
+                differences.push(format!(
                     "points at `{}`, expected `{target}`",
-                    got.display()
+                    String::from_utf8_lossy(&got)
                 ));
             }
-            return Ok(found);
+            return Ok(differences);
         }
     }
     let (uid, gid) = (user_id(&spec.owner)?, group_id(&spec.group)?);
-    if meta.uid() != uid || meta.gid() != gid {
-        found.push(format!(
+    if found.uid != uid || found.gid != gid {
+        differences.push(format!(
             "owner is {}:{}, expected {}:{}",
-            meta.uid(),
-            meta.gid(),
-            spec.owner,
-            spec.group
+            found.uid, found.gid, spec.owner, spec.group
         ));
     }
-    if meta.mode() & 0o7777 != spec.mode {
-        found.push(format!(
+    if found.mode != spec.mode {
+        differences.push(format!(
             "mode is {:#o}, expected {:#o}",
-            meta.mode() & 0o7777,
-            spec.mode
+            found.mode, spec.mode
         ));
     }
-    Ok(found)
+    Ok(differences)
 }
 
 /// Puts one managed path in place unless it matches already; returns whether it changed.
@@ -1023,69 +1013,37 @@ fn place(system: &Sys, path: &str, spec: &PathSpec) -> Result<bool, AgentError> 
     if differences(target, spec)?.is_empty() {
         return Ok(false);
     }
-    let parent = target.parent().unwrap_or(Path::new("/"));
-    fs::create_dir_all(parent).map_err(AgentError::io("cannot create", parent))?;
-    let name = target
-        .file_name()
-        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let beside = parent.join(format!(".{name}.forjar-new"));
-    let _ = fs::remove_file(&beside);
+    let io = |e| AgentError::io("cannot put in place", target)(e);
+    let parent = Parent::open(target, true)
+        .map_err(io)?
+        .expect("missing directories are made");
     match &spec.kind {
         PathKind::Directory => {
-            match fs::symlink_metadata(target) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    fs::remove_file(target).map_err(AgentError::io("cannot replace", target))?;
-                    fs::create_dir(target).map_err(AgentError::io("cannot create", target))?;
-                }
-                Err(_) => {
-                    fs::create_dir(target).map_err(AgentError::io("cannot create", target))?
-                }
-            }
-            set_owner_mode(target, spec)?;
+            let (uid, gid) = (user_id(&spec.owner)?, group_id(&spec.group)?);
+            parent.put_directory(uid, gid, spec.mode).map_err(io)?;
         }
         PathKind::File { source, .. } => {
+            let (uid, gid) = (user_id(&spec.owner)?, group_id(&spec.group)?);
             let from = source_path(system, source);
             let mut input = fs::File::open(&from).map_err(AgentError::io("cannot open", &from))?;
-            let mut output = fs::File::options()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(nix::libc::O_NOFOLLOW)
-                .open(&beside)
-                .map_err(AgentError::io("cannot create", &beside))?;
-            io::copy(&mut input, &mut output)
-                .and_then(|_| output.sync_all())
-                .map_err(AgentError::io("cannot write", &beside))?;
-            set_owner_mode(&beside, spec)?;
-            fs::rename(&beside, target).map_err(AgentError::io("cannot replace", target))?;
+            parent
+                .put_file(&mut input, uid, gid, spec.mode)
+                .map_err(io)?;
         }
-        PathKind::Symlink { target: to } => {
-            symlink(to, &beside).map_err(AgentError::io("cannot create", &beside))?;
-            fs::rename(&beside, target).map_err(AgentError::io("cannot replace", target))?;
-        }
+        PathKind::Symlink { target: to } => parent.put_symlink(to).map_err(io)?,
     }
     Ok(true)
 }
 
-fn set_owner_mode(path: &Path, spec: &PathSpec) -> Result<(), AgentError> {
-    let (uid, gid) = (user_id(&spec.owner)?, group_id(&spec.group)?);
-    std::os::unix::fs::lchown(path, Some(uid), Some(gid))
-        .map_err(AgentError::io("cannot change the owner of", path))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(spec.mode))
-        .map_err(AgentError::io("cannot change the mode of", path))
-}
-
+/// Removes a path no longer managed; a directory only if it is empty.
 fn remove(path: &Path) -> Result<(), AgentError> {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => match fs::remove_dir(path) {
-            // A directory that holds what forjar does not manage stays.
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENOTEMPTY) => Ok(()),
-            other => other.map_err(AgentError::io("cannot remove", path)),
-        },
-        Ok(_) => fs::remove_file(path).map_err(AgentError::io("cannot remove", path)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(AgentError::io("cannot inspect", path)(e)),
+    let io = |e| AgentError::io("cannot remove", path)(e);
+    match Parent::open(path, false) {
+        Ok(Some(parent)) => parent.remove().map_err(io),
+        // Behind a link the agent does not follow, nothing can be forjar's.
+        Err(e) if hostpath::is_refusal(&e) => Ok(()),
+        Ok(None) => Ok(()),
+        Err(e) => Err(io(e)),
     }
 }
 

@@ -17,9 +17,9 @@ use super::manifest::{self, Changes, Manifest, PathKind, PathSpec, UnitSpec};
 use super::model::{Content, Entry, Machine};
 use super::ssh::{Input, Reply, SshOptions, Transport};
 use crate::derivation::OutputRef;
-use crate::hash::{self, EntryName, TreeHasher, file_digest};
+use crate::hash::{EntryName, TreeHasher, file_digest, file_digest_from};
 use crate::name::Name;
-use crate::store::Store;
+use crate::store::{Store, human_bytes};
 
 /// A machine's system: its entry, manifest and closure.
 #[derive(Debug, Clone)]
@@ -46,11 +46,7 @@ pub fn agent_entry(store: &Store, import: bool) -> Result<EntryName, MachineErro
     let digest = TreeHasher::with_cache(store.digest_cache())
         .digest(&exe)
         .map_err(|e| MachineError::Program(e.to_string()))?;
-    Ok(EntryName::new(
-        &hash::source_key(&name, &digest),
-        &name,
-        None,
-    ))
+    Ok(EntryName::of_source(&name, &digest))
 }
 
 /// Makes the system entry of `machine`: in `store` with `import`, else only named, with its
@@ -85,8 +81,12 @@ pub fn assemble(
         let spec = match entry {
             Entry::File(file) => {
                 let executable = file.mode.bits() & 0o100 != 0;
-                let (source, bytes) = match &file.content {
-                    Content::Bytes(bytes) => (write_inline(bytes, executable)?, bytes.clone()),
+                let (source, digest, size) = match &file.content {
+                    Content::Bytes(bytes) => (
+                        write_inline(bytes, executable)?,
+                        file_digest(bytes, executable),
+                        bytes.len() as u64,
+                    ),
                     Content::Output {
                         output: out,
                         path: inner,
@@ -101,14 +101,18 @@ pub fn assemble(
                         if let Some(inner) = inner {
                             source = format!("{source}/{inner}");
                         }
-                        let bytes = fs::read(store.dir().join(&source)).map_err(|e| {
+                        // Streamed: an output file may be larger than memory should hold.
+                        let cannot = |e: std::io::Error| {
                             bad(format!(
                                 "file `{}` takes `{source}` from the store, which cannot be read \
                                  as a file: {e}",
                                 path.as_str()
                             ))
-                        })?;
-                        (source, bytes)
+                        };
+                        let opened = fs::File::open(store.dir().join(&source)).map_err(cannot)?;
+                        let size = opened.metadata().map_err(cannot)?.len();
+                        let digest = file_digest_from(opened, executable).map_err(cannot)?;
+                        (source, digest, size)
                     }
                     Content::Invalid(why) => {
                         return Err(bad(format!("file `{}`: {why}", path.as_str())));
@@ -117,8 +121,8 @@ pub fn assemble(
                 PathSpec {
                     kind: PathKind::File {
                         source,
-                        digest: file_digest(&bytes, executable),
-                        size: bytes.len() as u64,
+                        digest,
+                        size,
                     },
                     owner: file.owner.clone(),
                     group: file.group.clone(),
@@ -216,7 +220,7 @@ pub fn assemble(
         let digest = TreeHasher::new()
             .digest(dir.path())
             .map_err(|e| bad(e.to_string()))?;
-        let entry = EntryName::new(&hash::source_key(&name, &digest), &name, None);
+        let entry = EntryName::of_source(&name, &digest);
         let mut closure: Vec<(EntryName, u64)> = Vec::new();
         for reference in &references {
             let part = match store.contains(reference) {
@@ -811,20 +815,4 @@ pub fn mirror(store: &Store, machine: &str, generations: &[GenerationRecord]) ->
     let tmp = dir.join("generations.json.tmp");
     fs::write(&tmp, serde_json::to_string_pretty(generations)?)?;
     fs::rename(&tmp, dir.join("generations.json"))
-}
-
-/// `1.2 MiB`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
 }

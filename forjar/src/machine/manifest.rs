@@ -155,6 +155,21 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// A manifest with nothing in it for `like`'s machine: what a host had before its first
+    /// activation.
+    pub fn empty_like(like: &Manifest) -> Manifest {
+        Manifest {
+            format: FORMAT.into(),
+            machine: like.machine.clone(),
+            agent: like.agent.clone(),
+            groups: BTreeMap::new(),
+            users: BTreeMap::new(),
+            paths: BTreeMap::new(),
+            units: BTreeMap::new(),
+            hooks: Vec::new(),
+        }
+    }
+
     /// The manifest's JSON text.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a manifest serialises")
@@ -233,11 +248,16 @@ pub struct Changes {
 impl Changes {
     /// The changes from `old` (none: a host never activated) to `new`.
     pub fn between(old: Option<&Manifest>, new: &Manifest) -> Changes {
-        let empty = BTreeMap::new();
-        let (old_paths, old_units, old_users, old_groups) = match old {
-            Some(m) => (&m.paths, &m.units, &m.users, &m.groups),
-            None => (&empty, &BTreeMap::new(), &BTreeMap::new(), &BTreeMap::new()),
+        let blank;
+        let old = match old {
+            Some(old) => old,
+            None => {
+                blank = Manifest::empty_like(new);
+                &blank
+            }
         };
+        let (old_paths, old_units, old_users, old_groups) =
+            (&old.paths, &old.units, &old.users, &old.groups);
         let mut changes = Changes::default();
         for (path, spec) in &new.paths {
             match old_paths.get(path) {

@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod archive;
 pub mod deploy;
+mod hostpath;
 pub mod manifest;
 mod model;
 pub mod ssh;

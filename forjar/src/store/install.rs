@@ -351,58 +351,9 @@ impl Store {
         name: &Name,
         digest: TreeDigest,
     ) -> Result<ImportOutcome, StoreError> {
-        let key = hash::source_key(name, &digest);
-        let entry = EntryName::new(&key, name, None);
-        if self.contains(&entry) {
-            return Ok(ImportOutcome {
-                entry,
-                digest,
-                imported: false,
-            });
-        }
-        let lock = KeyLock::acquire(self, entry.hash())?;
-        if self.contains(&entry) {
-            return Ok(ImportOutcome {
-                entry,
-                digest,
-                imported: false,
-            });
-        }
-        let started = SystemTime::now();
-        let staging = Staging::new(self, &lock, entry.clone())?;
-        super::tree::copy(path, &staging.content_path())?;
-        let draft = Draft {
-            name: name.clone(),
-            output: "out".into(),
-            kind: EntryKind::Source,
-            key,
-            derivation: None,
-            references: vec![],
-            inputs: BTreeMap::new(),
-            system: None,
-            sandbox: None,
-            started,
-            log_digest: None,
-            location: None,
-            source_path: Some(path.to_path_buf()),
-            expected: Some(digest),
-        };
-        match staging.commit(draft)? {
-            Committed::Installed(_) => Ok(ImportOutcome {
-                entry,
-                digest,
-                imported: true,
-            }),
-            Committed::Mismatch(m) => Err(StoreError::SourceChanged {
-                path: path.to_path_buf(),
-                expected: m.expected,
-                got: m.got,
-            }),
-        }
+        self.import_tree(path, name, digest, Vec::new(), Some(path.to_path_buf()))
     }
-}
 
-impl Store {
     /// Imports a tree forjar made itself (a machine's system), keyed by its name and content
     /// like a source, recording `references`, the entries its content names, so that the
     /// entry's closure holds them.
@@ -413,8 +364,20 @@ impl Store {
         references: Vec<EntryName>,
     ) -> Result<ImportOutcome, StoreError> {
         let digest = TreeHasher::new().digest(path)?;
-        let key = hash::source_key(name, &digest);
-        let entry = EntryName::new(&key, name, None);
+        self.import_tree(path, name, digest, references, None)
+    }
+
+    /// Copies the tree at `path`, which hashed to `digest`, into the store as the entry its name
+    /// and digest make, unless it is there; every entry of `references` must be there.
+    fn import_tree(
+        &self,
+        path: &Path,
+        name: &Name,
+        digest: TreeDigest,
+        references: Vec<EntryName>,
+        source_path: Option<PathBuf>,
+    ) -> Result<ImportOutcome, StoreError> {
+        let entry = EntryName::of_source(name, &digest);
         let outcome = |imported| ImportOutcome {
             entry: entry.clone(),
             digest,
@@ -437,7 +400,7 @@ impl Store {
             name: name.clone(),
             output: "out".into(),
             kind: EntryKind::Source,
-            key,
+            key: hash::source_key(name, &digest),
             derivation: None,
             references,
             inputs: BTreeMap::new(),
@@ -446,7 +409,7 @@ impl Store {
             started,
             log_digest: None,
             location: None,
-            source_path: None,
+            source_path,
             expected: Some(digest),
         };
         match staging.commit(draft)? {

@@ -38,6 +38,22 @@ pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use profile::{Generation, Profile, RootChanges};
 pub(crate) use tree::ScratchDir;
 pub use tree::{remove_tree, tree_size};
+
+/// Bytes in a form people read: `512 B`, `1.2 MiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
 pub use verify::{Problem, VerifyReport};
 
 use std::os::unix::fs::PermissionsExt;
