@@ -77,7 +77,7 @@ fn sent_bytes(output: &Output, host: &str) -> u64 {
     let text = stdout(output);
     let line = text
         .lines()
-        .find(|l| l.starts_with(&format!("{host}: ")))
+        .find(|l| l.starts_with(&format!("{host} ")))
         .unwrap_or_else(|| panic!("no summary line for {host}:\n{text}"));
     line.rsplit_once(" bytes)")
         .and_then(|(head, _)| head.rsplit_once('('))
@@ -87,7 +87,7 @@ fn sent_bytes(output: &Output, host: &str) -> u64 {
 fn summary_line(output: &Output, host: &str) -> String {
     stdout(output)
         .lines()
-        .find(|l| l.starts_with(&format!("{host}: ")))
+        .find(|l| l.starts_with(&format!("{host} ")))
         .unwrap_or_else(|| {
             panic!(
                 "no summary line for {host}:\n{}\n{}",
@@ -631,4 +631,165 @@ fn a_link_a_user_placed_on_the_way_to_a_managed_path_is_not_followed() {
         "nothing was written through the link"
     );
     assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+}
+
+#[test]
+fn a_change_that_cuts_the_controller_off_is_undone_by_the_host_itself() {
+    let Some(hosts) = TestHosts::up(1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
+
+    // sshd moves to port 2222: the activation and its health check pass, but the controller
+    // cannot reach the host over a new connection to confirm, so the host goes back.
+    let env = [("FLEET_SSH_PORT", "2222"), ("FLEET_GREETING", "moved")];
+    let cut = fleet(&store, &hosts, &env, &["apply", "--confirm-timeout", "10"]);
+    assert_eq!(
+        cut.status.code(),
+        Some(4),
+        "exit 4 says rolled back\n{}\n{}",
+        stdout(&cut),
+        stderr(&cut)
+    );
+    assert!(
+        stderr(&cut).contains("restarting ssh.service"),
+        "{}",
+        stderr(&cut)
+    );
+    let line = summary_line(&cut, hosts.name(0));
+    assert!(line.contains("rolled back to generation 1"), "{line}");
+    assert!(
+        line.contains("did not confirm within 10 s") && line.contains("new connection failed"),
+        "{line}"
+    );
+    // sshd is back on port 22 alone (this very command reaches it there), without the drop-in.
+    let listening = hosts.ssh(
+        0,
+        "test ! -e /etc/ssh/sshd_config.d/forjar-port.conf && \
+         awk '$4 == \"0A\" { print $2 }' /proc/net/tcp /proc/net/tcp6",
+    );
+    assert_ok(&listening);
+    assert!(
+        !stdout(&listening).contains(":08AE"),
+        "nothing listens on 2222: {}",
+        stdout(&listening)
+    );
+    assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+    let generations = fleet(&store, &hosts, &[], &["generations", "--on", hosts.name(0)]);
+    assert!(
+        stdout(&generations).contains("rolled-back"),
+        "{}",
+        stdout(&generations)
+    );
+}
+
+#[test]
+fn a_failing_health_check_rolls_the_host_back() {
+    let Some(hosts) = TestHosts::up(1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
+    let env = [
+        ("FLEET_GREETING", "unchecked"),
+        ("FLEET_UNHEALTHY", hosts.name(0)),
+    ];
+    let failed = fleet(&store, &hosts, &env, &["apply"]);
+    assert_eq!(failed.status.code(), Some(4), "{}", stdout(&failed));
+    let line = summary_line(&failed, hosts.name(0));
+    assert!(line.contains("rolled back to generation 1"), "{line}");
+    assert!(
+        line.contains("hello.service: health check GET http://127.0.0.1:8080/ answers 200")
+            && line.contains("after 7 attempts"),
+        "the failure names the unit, the check and what it saw: {line}"
+    );
+    assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+}
+
+#[test]
+fn rolling_waves_stop_when_the_failure_budget_is_spent() {
+    let Some(hosts) = TestHosts::up(4) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
+    let json = |output: &Output| -> serde_json::Value {
+        serde_json::from_str(&stdout(output))
+            .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(output), stderr(output)))
+    };
+    let result = |value: &serde_json::Value, i: usize| -> String {
+        let host = &value["hosts"][i];
+        assert_eq!(host["machine"], hosts.name(i));
+        host["result"].as_str().unwrap().to_string()
+    };
+
+    // One host a wave; one failure allowed. Hosts 1 and 2 fail their check: after the second
+    // failure no wave starts, host 3 is not touched, and host 0, which took the change, is
+    // taken back.
+    let unhealthy = format!("{},{}", hosts.name(1), hosts.name(2));
+    let env = [
+        ("FLEET_GREETING", "second"),
+        ("FLEET_UNHEALTHY", unhealthy.as_str()),
+    ];
+    let args = [
+        "apply",
+        "--serial",
+        "1",
+        "--max-fail",
+        "1",
+        "--rollback-all",
+        "--json",
+    ];
+    let rollout = fleet(&store, &hosts, &env, &args);
+    assert_eq!(rollout.status.code(), Some(1), "{}", stderr(&rollout));
+    let value = json(&rollout);
+    let results: Vec<String> = (0..4).map(|i| result(&value, i)).collect();
+    assert_eq!(
+        results,
+        ["rolled-back", "rolled-back", "rolled-back", "skipped"],
+        "{value:#}"
+    );
+    assert_eq!(value["stopped_before_wave"], 4, "{value:#}");
+    assert!(
+        value["hosts"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("--rollback-all"),
+        "{value:#}"
+    );
+    for i in 0..4 {
+        assert_eq!(hosts.http_get(i, 8080), "hello from forjar", "host {i}");
+    }
+    let untouched = fleet(&store, &hosts, &[], &["generations", "--on", hosts.name(3)]);
+    assert!(
+        !stdout(&untouched).contains("   2  "),
+        "{}",
+        stdout(&untouched)
+    );
+
+    // A canary that fails stops the rollout before any other host; the table says so.
+    let env = [
+        ("FLEET_GREETING", "third"),
+        ("FLEET_UNHEALTHY", hosts.name(0)),
+    ];
+    let canary = fleet(
+        &store,
+        &hosts,
+        &env,
+        &["apply", "--canary", "--serial", "50%"],
+    );
+    assert_eq!(canary.status.code(), Some(1), "{}", stdout(&canary));
+    assert!(summary_line(&canary, hosts.name(0)).contains("rolled back"));
+    for i in 1..4 {
+        assert!(summary_line(&canary, hosts.name(i)).contains("skipped, not contacted"));
+    }
+    assert!(
+        stdout(&canary).contains("stopped before wave 2 of 3"),
+        "{}",
+        stdout(&canary)
+    );
 }

@@ -11,8 +11,15 @@
 //! `FLEET_GREETING` changes what the service answers (a new generation, the service
 //! restarted); `FLEET_PORT` the port it listens on; `FLEET_EXTRA_FILES=N` adds N small files
 //! under `/etc/hello/extra/` (for `bench/machines`, which gives Ansible the same).
+//!
+//! After every activation the host checks that the service answers its greeting; a host that
+//! fails the check, or that the controller cannot reach again over a new SSH connection, goes
+//! back to its previous generation by itself. Two knobs show it (the tests use them):
+//! `FLEET_UNHEALTHY=host,...` makes the check on those hosts expect an answer the service never
+//! gives, and `FLEET_SSH_PORT=N` moves the hosts' sshd to port N, which cuts the controller
+//! off.
 
-use forjar::machine::{File, Machine, Restart, Unit, User};
+use forjar::machine::{Check, File, Machine, Restart, Unit, User};
 use forjar::prelude::*;
 use forjar::{mode, path};
 use serde::Serialize;
@@ -26,7 +33,7 @@ struct Config {
 }
 
 /// The server: Python's standard library only, so that any Debian host with python3 runs it.
-const SERVER: &str = r#"import http.server, tomllib
+const SERVER: &str = r#"import http.server, socketserver, tomllib
 with open("/etc/hello/config.toml", "rb") as f:
     config = tomllib.load(f)
 body = (config["greeting"] + "\n").encode()
@@ -38,7 +45,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *args):
         pass
-http.server.HTTPServer((config["address"], config["port"]), Handler).serve_forever()
+class Server(http.server.HTTPServer):
+    def server_bind(self):
+        # Listen without HTTPServer's reverse lookup of the address, which waits for DNS.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+Server((config["address"], config["port"]), Handler).serve_forever()
 "#;
 
 fn main() -> forjar::ExitCode {
@@ -61,6 +73,8 @@ fn main() -> forjar::ExitCode {
                 .unwrap_or(8080),
         };
         let hosts = std::env::var("FLEET_HOSTS").unwrap_or_else(|_| "demo-1,demo-2,demo-3".into());
+        let unhealthy = std::env::var("FLEET_UNHEALTHY").unwrap_or_default();
+        let ssh_port = std::env::var("FLEET_SSH_PORT").ok();
         for host in hosts.split(',').filter(|h| !h.is_empty()) {
             // `local` is the machine the program runs on, changed without SSH.
             let mut machine = match host {
@@ -69,6 +83,10 @@ fn main() -> forjar::ExitCode {
             }
             .tag("web");
             let hello = machine.user(User::system("hello"));
+            let expected = match unhealthy.split(',').any(|h| h == host) {
+                true => "an answer this service never gives",
+                false => config.greeting.as_str(),
+            };
             machine
                 .file(
                     path!("/etc/hello/config.toml"),
@@ -89,8 +107,27 @@ fn main() -> forjar::ExitCode {
                         .user(&hello)
                         .restart(Restart::OnFailure)
                         .wanted_by("multi-user.target")
-                        .restart_on(path!("/etc/hello/config.toml")),
+                        .restart_on(path!("/etc/hello/config.toml"))
+                        .check(
+                            Check::http(&format!("http://127.0.0.1:{}/", config.port))
+                                .body_contains(expected)
+                                .retries(6)
+                                .interval(std::time::Duration::from_millis(500)),
+                        ),
                 );
+            if let Some(port) = &ssh_port {
+                // sshd reads its drop-ins at start: restarted when this file changes, and
+                // again when the change is rolled back.
+                machine
+                    .file(
+                        path!("/etc/ssh/sshd_config.d/forjar-port.conf"),
+                        File::text(format!("Port {port}\n")),
+                    )
+                    .unit(
+                        Unit::existing("ssh.service")
+                            .restart_on(path!("/etc/ssh/sshd_config.d/forjar-port.conf")),
+                    );
+            }
             let extra: usize = std::env::var("FLEET_EXTRA_FILES")
                 .ok()
                 .and_then(|n| n.parse().ok())

@@ -42,6 +42,8 @@ pub(super) enum BuildCommand {
     Apply {
         #[command(flatten)]
         run: RunArgs,
+        #[command(flatten)]
+        deploy: super::fleet::DeployArgs,
         /// Show the plan and do nothing.
         #[arg(long)]
         dry_run: bool,
@@ -95,7 +97,8 @@ impl Session {
             BuildCommand::Apply {
                 dry_run: false,
                 run,
-            } => self.apply(&run),
+                deploy,
+            } => self.apply(&run, &deploy),
             BuildCommand::Build { names, run } => self.build(&names, &run),
             BuildCommand::Check { name, rounds } => self.check(&name, rounds),
         }
@@ -147,7 +150,7 @@ impl Session {
         result.map_err(exec_failure)
     }
 
-    fn apply(&self, run: &RunArgs) -> Result<ExitCode, Failure> {
+    fn apply(&self, run: &RunArgs, deploy: &super::fleet::DeployArgs) -> Result<ExitCode, Failure> {
         let report = self.realise(
             &exec::needed(&self.plan),
             &*self.executor(run)?,
@@ -179,8 +182,13 @@ impl Session {
                 self.profile
             );
         }
-        emit(&text)?;
-        self.deploy()
+        if deploy.json {
+            // Standard output is the hosts' JSON.
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
+        } else {
+            emit(&text)?;
+        }
+        self.deploy(deploy)
     }
 
     fn build(&self, names: &[String], run: &RunArgs) -> Result<ExitCode, Failure> {

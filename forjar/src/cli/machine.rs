@@ -11,8 +11,7 @@ use super::program::Session;
 use super::{ExitCode, Failure, emit};
 use crate::derivation::OutputRef;
 use crate::hash::EntryName;
-use crate::machine::agent::Request;
-use crate::machine::deploy::{self, HostPlan, HostReport, Provenance, System};
+use crate::machine::deploy::{self, DeployOptions, HostPlan, Provenance, System};
 use crate::machine::manifest::Changes;
 use crate::machine::ssh::SshOptions;
 use crate::machine::{Machine, MachineError};
@@ -89,7 +88,11 @@ pub(super) fn select<'m>(
 
 /// Runs `each` on every item, at most `limit` at a time, and returns the results in the items'
 /// order: hosts are reached in parallel, with a bound (`--max-hosts`).
-fn bounded<T: Sync, R: Send>(items: &[T], limit: usize, each: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub(super) fn bounded<T: Sync, R: Send>(
+    items: &[T],
+    limit: usize,
+    each: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
@@ -140,7 +143,7 @@ fn glob(pattern: &str, text: &str) -> bool {
 }
 
 impl Session {
-    fn ssh(&self) -> SshOptions {
+    pub(super) fn ssh(&self) -> SshOptions {
         SshOptions {
             config: self.ssh_config.clone(),
             ..SshOptions::default()
@@ -162,7 +165,7 @@ impl Session {
     }
 
     /// The systems of `machines`, made in the store.
-    fn systems(&self, machines: &[&Machine]) -> Result<Vec<System>, Failure> {
+    pub(super) fn systems(&self, machines: &[&Machine]) -> Result<Vec<System>, Failure> {
         let agent = deploy::agent_entry(&self.store, true)?;
         let resolve = self.resolver();
         machines
@@ -228,79 +231,6 @@ impl Session {
             plan
         });
         Ok(plans)
-    }
-
-    /// After `apply` built everything: deploys every selected machine, hosts in parallel.
-    pub(super) fn deploy(&self) -> Result<ExitCode, Failure> {
-        let machines = select(&self.machines, self.on.as_deref())?;
-        if machines.is_empty() {
-            return Ok(ExitCode::Success);
-        }
-        let systems = self.systems(&machines)?;
-        let provenance = Provenance::current();
-        let ssh = self.ssh();
-        let quiet = self.verbosity == super::progress::Verbosity::Quiet;
-        let progress = |host: &str, line: &str| {
-            if !quiet {
-                let _ = writeln!(
-                    io::stderr().lock(),
-                    "{host}: {}",
-                    super::terminal::sanitise(line)
-                );
-            }
-        };
-        let pairs: Vec<(&Machine, &System)> = machines.iter().copied().zip(&systems).collect();
-        let reports: Vec<HostReport> = bounded(&pairs, self.max_hosts, |(m, system)| {
-            deploy::deploy_host(&self.store, m, system, &ssh, &provenance, &progress)
-        });
-        let mut text = String::new();
-        let mut code = ExitCode::Success;
-        for report in &reports {
-            let generation = report
-                .generation
-                .map_or("no generation".to_string(), |n| format!("generation {n}"));
-            let sent = if report.sent_bytes > 0 {
-                format!(
-                    "; sent {} entries, {} ({} bytes)",
-                    report.sent_entries,
-                    human_bytes(report.sent_bytes),
-                    report.sent_bytes
-                )
-            } else {
-                String::new()
-            };
-            let _ = match report.result.as_str() {
-                "activated" => writeln!(
-                    text,
-                    "{}: activated {generation}{}{sent}",
-                    report.machine,
-                    report.changes.as_ref().map(summary).unwrap_or_default()
-                ),
-                "unchanged" => writeln!(text, "{}: unchanged, {generation}{sent}", report.machine),
-                "rolled-back" => {
-                    if code == ExitCode::Success {
-                        code = ExitCode::RolledBack;
-                    }
-                    writeln!(
-                        text,
-                        "{}: rolled back to {generation}: {}",
-                        report.machine,
-                        report.error.as_deref().unwrap_or("activation failed")
-                    )
-                }
-                _ => {
-                    code = ExitCode::Failure;
-                    writeln!(
-                        text,
-                        "{}: failed: {}",
-                        report.machine,
-                        report.error.as_deref().unwrap_or("unknown error")
-                    )
-                }
-            };
-        }
-        emit(&text)?;
-        Ok(code)
     }
 
     /// Runs a machine command.
@@ -436,22 +366,36 @@ impl Session {
         Ok(code)
     }
 
-    /// `rollback --on HOST [--to N]`: activates an earlier generation of each selected host.
+    /// `rollback --on HOST [--to N]`: activates an earlier generation of each selected host,
+    /// confirmed over a new connection as a deploy is.
     pub(super) fn host_rollback(&self, to: Option<u64>) -> Result<ExitCode, Failure> {
         let provenance = Provenance::current();
-        let request = Request {
-            system: None,
-            to,
-            operator: provenance.operator,
-            revision: provenance.revision,
-            plan: "rollback".into(),
+        let machines = select(&self.machines, self.on.as_deref())?;
+        let agent = deploy::agent_entry(&self.store, false)?;
+        let options = DeployOptions {
+            ssh: self.ssh(),
+            confirm: std::time::Duration::from_secs(30),
         };
-        let results = self.connect_each(|host| {
-            let mut id = None;
-            host.activate(&request, &mut id, |line| {
-                let _ = writeln!(io::stderr().lock(), "{}", super::terminal::sanitise(line));
-            })
-        })?;
+        let progress = |host: &str, line: &str| {
+            if self.verbosity != super::progress::Verbosity::Quiet {
+                let _ = writeln!(
+                    io::stderr().lock(),
+                    "{host}: {}",
+                    super::terminal::sanitise(line)
+                );
+            }
+        };
+        let results: Vec<PerHost<_>> = bounded(&machines, self.max_hosts, |m| {
+            let reach = deploy::Reach {
+                machine: m,
+                store: &self.store,
+                agent: &agent,
+                ssh: &options.ssh,
+            };
+            let outcome = deploy::rollback_host(&reach, to, &options, &provenance, &progress)
+                .map_err(|e| e.to_string());
+            (m.name().to_string(), outcome)
+        });
         let mut text = String::new();
         let mut code = ExitCode::Success;
         for (name, result) in results {
@@ -498,7 +442,8 @@ fn plan_code(plans: &[Result<HostPlan, String>]) -> ExitCode {
     }
 }
 
-fn summary(changes: &Changes) -> String {
+/// What activation changed, counted: `3 paths changed, 1 units restarted`.
+pub(super) fn summary(changes: &Changes) -> String {
     let mut parts = Vec::new();
     let mut count = |n: usize, what: &str| {
         if n > 0 {
@@ -514,11 +459,7 @@ fn summary(changes: &Changes) -> String {
     count(changes.units_restarted.len(), "units restarted");
     count(changes.units_reloaded.len(), "units reloaded");
     count(changes.units_stopped.len(), "units stopped");
-    if parts.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", parts.join(", "))
-    }
+    parts.join(", ")
 }
 
 fn render_changes(text: &mut String, changes: &Changes, hooks: bool) {

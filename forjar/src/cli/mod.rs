@@ -6,6 +6,7 @@
 //! (its activation failed), 130 interrupted by Ctrl-C (143 by SIGTERM).
 
 mod build;
+mod fleet;
 mod inspect;
 mod machine;
 mod process;

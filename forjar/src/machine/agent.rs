@@ -399,6 +399,98 @@ pub struct Request {
     pub revision: Option<String>,
     /// The plan's digest.
     pub plan: String,
+    /// How many seconds the activated generation waits for the controller's confirmation,
+    /// sent over a new connection, before the host goes back to the previous one by itself;
+    /// none to keep it unconfirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<u64>,
+}
+
+/// What `follow` prints when the activation waits for the controller's confirmation.
+pub const AWAITING_CONFIRMATION: &str = "awaiting-confirmation";
+
+/// An activation's id is made by `activate`: digits and `-`.
+pub fn check_id(id: &str) -> Result<(), AgentError> {
+    match !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        true => Ok(()),
+        false => Err(AgentError(format!("`{id}` is not an activation id"))),
+    }
+}
+
+fn activation_file(state: &State, id: &str, suffix: &str) -> PathBuf {
+    state.dir.join("activations").join(format!("{id}.{suffix}"))
+}
+
+/// `confirm`: the controller reached the host over a new connection after activation `id`
+/// and its health checks; the generation stays. Fails if the activation no longer waits (its
+/// time ran out and it went back, or it never asked).
+pub fn confirm(state: &State, id: &str) -> Result<(), AgentError> {
+    check_id(id)?;
+    let pending = activation_file(state, id, "pending");
+    // One rename decides between this confirmation and the activator's deadline.
+    match fs::rename(&pending, activation_file(state, id, "confirmed")) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(AgentError(
+            match activation_file(state, id, "expired").exists() {
+                true => format!(
+                    "activation {id} was not confirmed in time and went back to the previous \
+                     generation"
+                ),
+                false => format!("activation {id} does not wait for a confirmation"),
+            },
+        )),
+        Err(e) => Err(AgentError(format!("cannot confirm activation {id}: {e}"))),
+    }
+}
+
+/// Waits up to `seconds` for [`confirm`]; an error when none came.
+fn await_confirmation(state: &State, id: &str, seconds: u64) -> Result<(), AgentError> {
+    let pending = activation_file(state, id, "pending");
+    let confirmed = activation_file(state, id, "confirmed");
+    write_atomic(&pending, seconds.to_string().as_bytes())?;
+    log(&format!(
+        "waiting {seconds} s for the controller to confirm over a new connection"
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if confirmed.exists() {
+            log("confirmed by the controller");
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            match fs::rename(&pending, activation_file(state, id, "expired")) {
+                Ok(()) => {
+                    return Err(AgentError(format!(
+                        "the controller did not confirm within {seconds} s over a new \
+                         connection (the change may have cut it off: SSH, the network or a \
+                         firewall)"
+                    )));
+                }
+                // The confirmation won the race.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(AgentError(format!(
+                        "cannot end the wait for confirmation: {e}"
+                    )));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Runs the manifest's health checks, logging each.
+fn run_checks(manifest: &Manifest) -> Result<(), AgentError> {
+    for check in &manifest.checks {
+        log(&format!("health check: {}", check.describe()));
+        check.run(log).map_err(|e| {
+            AgentError(match &check.unit {
+                Some(unit) => format!("{unit}: {e}"),
+                None => e,
+            })
+        })?;
+    }
+    Ok(())
 }
 
 /// `activate`: starts the activation detached from this session (it survives a dropped
@@ -450,6 +542,7 @@ pub fn activate(store: &Store, state: &State, request: &Request) -> Result<(), A
 
 /// `wait`: follows activation `id` to its outcome, as `activate` does.
 pub fn follow(state: &State, id: &str) -> Result<(), AgentError> {
+    check_id(id)?;
     let log_path = state.dir.join("activations").join(format!("{id}.log"));
     let outcome_path = state.dir.join("activations").join(format!("{id}.json"));
     let mut log = fs::File::open(&log_path).map_err(AgentError::io("cannot open", &log_path))?;
@@ -464,6 +557,12 @@ pub fn follow(state: &State, id: &str) -> Result<(), AgentError> {
             out.write_all(&buffer)
                 .and_then(|()| out.flush())
                 .map_err(|e| AgentError(format!("cannot write: {e}")))?;
+        }
+        if !done && activation_file(state, id, "pending").exists() {
+            writeln!(out, "{AWAITING_CONFIRMATION}")
+                .and_then(|()| out.flush())
+                .map_err(|e| AgentError(format!("cannot write: {e}")))?;
+            return Ok(());
         }
         if done {
             let outcome = fs::read_to_string(&outcome_path)
@@ -717,7 +816,12 @@ fn activate_locked(
         "generation {number}: activating `{}`",
         system.entry
     ));
-    let result = converge(&system, &new, old.as_ref(), false);
+    let result = converge(&system, &new, old.as_ref(), false)
+        .and_then(|()| run_checks(&new))
+        .and_then(|()| match request.confirm {
+            Some(seconds) => await_confirmation(state, id, seconds),
+            None => Ok(()),
+        });
     let outcome = match result {
         Ok(()) => Outcome {
             id: id.to_string(),
@@ -809,7 +913,7 @@ pub fn converge(
     }
     if let Some(old_units) = old_units {
         for (name, unit) in old_units {
-            if unit.enable && new.units.get(name).is_none_or(|u| !u.enable) {
+            if !unit.provided && unit.enable && new.units.get(name).is_none_or(|u| !u.enable) {
                 systemctl(&["disable", name])?;
             }
         }
@@ -832,7 +936,31 @@ pub fn converge(
         systemctl(&["daemon-reload"])?;
     }
     let mut started = Vec::new();
+    // Provided units: restarted or reloaded when their triggers changed, nothing else.
+    for name in changes
+        .units_restarted
+        .iter()
+        .chain(&changes.units_reloaded)
+    {
+        if new.units.get(name).is_some_and(|u| !u.provided) {
+            continue;
+        }
+        match changes.units_reloaded.contains(name) {
+            true => {
+                log(&format!("reloading {name}"));
+                systemctl(&["reload-or-restart", name])?;
+            }
+            false => {
+                log(&format!("restarting {name}"));
+                systemctl(&["restart", name])?;
+            }
+        }
+        started.push(name.clone());
+    }
     for (name, unit) in &new.units {
+        if unit.provided {
+            continue;
+        }
         if unit.enable && !check("systemctl", &["is-enabled", "--quiet", name]) {
             systemctl(&["enable", name])?;
         }

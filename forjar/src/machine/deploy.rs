@@ -7,12 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use super::MachineError;
 use super::agent::{self, Drift, GenerationRecord, Outcome, Probe, Request};
 use super::archive;
+use super::check::Check;
 use super::manifest::{self, Changes, Manifest, PathKind, PathSpec, UnitSpec};
 use super::model::{Content, Entry, Machine};
 use super::ssh::{Input, Reply, SshOptions, Transport};
@@ -147,7 +149,42 @@ pub fn assemble(
         paths.insert(path.as_str().to_string(), spec);
     }
     let mut units = BTreeMap::new();
+    let mut checks = machine.checks.clone();
     for (name, unit) in &machine.units {
+        let mut triggers = Vec::new();
+        for trigger in &unit.triggers {
+            match paths.get(trigger.as_str()) {
+                Some(PathSpec {
+                    kind: PathKind::File { digest, .. },
+                    ..
+                }) => triggers.push(*digest),
+                _ => {
+                    return Err(bad(format!(
+                        "unit `{name}` restarts on `{}`, which is not a file this machine manages",
+                        trigger.as_str()
+                    )));
+                }
+            }
+        }
+        if unit.start || unit.provided {
+            checks.extend(unit.checks.iter().map(|check| Check {
+                unit: Some(name.clone()),
+                ..check.clone()
+            }));
+        }
+        if unit.provided {
+            units.insert(
+                name.clone(),
+                UnitSpec {
+                    enable: false,
+                    start: false,
+                    reload: unit.reload,
+                    stamp: UnitSpec::provided_stamp(&triggers),
+                    provided: true,
+                },
+            );
+            continue;
+        }
         let unit_path = Manifest::unit_path(name);
         if paths.contains_key(&unit_path) {
             return Err(bad(format!(
@@ -158,21 +195,8 @@ pub fn assemble(
         let digest = file_digest(text.as_bytes(), false);
         let mut stamp = blake3::Hasher::new();
         stamp.update(digest.as_bytes());
-        for trigger in &unit.triggers {
-            match paths.get(trigger.as_str()) {
-                Some(PathSpec {
-                    kind: PathKind::File { digest, .. },
-                    ..
-                }) => {
-                    stamp.update(digest.as_bytes());
-                }
-                _ => {
-                    return Err(bad(format!(
-                        "unit `{name}` restarts on `{}`, which is not a file this machine manages",
-                        trigger.as_str()
-                    )));
-                }
-            }
+        for trigger in &triggers {
+            stamp.update(trigger.as_bytes());
         }
         paths.insert(
             unit_path,
@@ -194,6 +218,7 @@ pub fn assemble(
                 start: unit.start,
                 reload: unit.reload,
                 stamp: crate::hash::TreeDigest::from_bytes(*stamp.finalize().as_bytes()),
+                provided: false,
             },
         );
     }
@@ -206,6 +231,7 @@ pub fn assemble(
         paths,
         units,
         hooks: machine.hooks.clone(),
+        checks,
     };
     fs::write(dir.path().join(manifest::FILE), manifest.to_json())
         .map_err(|e| bad(format!("cannot write: {e}")))?;
@@ -347,7 +373,7 @@ fn sh_quote(text: &str) -> String {
 }
 
 /// How long a deploy tries to reconnect to a host whose connection dropped during activation.
-const RECONNECT_FOR: std::time::Duration = std::time::Duration::from_secs(20);
+const RECONNECT_FOR: Duration = Duration::from_secs(20);
 
 /// A host's connection and what it says about itself.
 pub struct Host {
@@ -517,46 +543,63 @@ impl Host {
         Ok(reply.sent)
     }
 
-    /// Activates (`request`), following the activator's log through `log`; a dropped
-    /// connection is survived by the activator, and this waits for it again over a new one.
+    /// Starts activation `request`, following the activator's log through `log` until its
+    /// outcome, or until it waits for confirmation; `id` gets the activation's id as soon as
+    /// it is known (a dropped connection is survived by the activator: [`Host::wait`] follows
+    /// it again over a new one).
     pub fn activate(
         &self,
         request: &Request,
         id: &mut Option<String>,
         mut log: impl FnMut(&str),
-    ) -> Result<Outcome, MachineError> {
+    ) -> Result<Step, MachineError> {
         let json = serde_json::to_string(request).expect("a request serialises");
-        let mut outcome = None;
+        let mut step = None;
         let result = self.agent(&["activate", "--request", &json], Input::Nothing, |line| {
             if let Some(rest) = line.strip_prefix("activation ") {
                 *id = Some(rest.to_string());
-            } else if let Some(rest) = line.strip_prefix("outcome ") {
-                outcome = serde_json::from_str::<Outcome>(rest).ok();
             } else {
+                step = step.take().or_else(|| Step::read(line));
+                if step.is_none() {
+                    log(line);
+                }
+            }
+        });
+        self.step(step, result, "the activation")
+    }
+
+    /// Follows activation `id`, begun over an earlier connection, as [`Host::activate`] does.
+    pub fn wait(&self, id: &str, mut log: impl FnMut(&str)) -> Result<Step, MachineError> {
+        let mut step = None;
+        let result = self.agent(&["wait", "--id", id], Input::Nothing, |line| {
+            step = step.take().or_else(|| Step::read(line));
+            if step.is_none() {
                 log(line);
             }
         });
-        match (outcome, result) {
-            (Some(outcome), _) => Ok(outcome),
+        self.step(step, result, &format!("activation {id}"))
+    }
+
+    fn step(
+        &self,
+        step: Option<Step>,
+        result: Result<Reply, MachineError>,
+        what: &str,
+    ) -> Result<Step, MachineError> {
+        match (step, result) {
+            (Some(step), _) => Ok(step),
             (None, Err(e)) => Err(e),
             (None, Ok(_)) => Err(MachineError::host(
                 self.name(),
-                "the activation ended without an outcome".to_string(),
+                format!("{what} ended without an outcome"),
             )),
         }
     }
 
-    /// Waits for activation `id`, begun over an earlier connection.
-    pub fn wait(&self, id: &str) -> Result<Outcome, MachineError> {
-        let mut outcome = None;
-        self.agent(&["wait", "--id", id], Input::Nothing, |line| {
-            if let Some(rest) = line.strip_prefix("outcome ") {
-                outcome = serde_json::from_str::<Outcome>(rest).ok();
-            }
-        })?;
-        outcome.ok_or_else(|| {
-            MachineError::host(self.name(), format!("activation {id} has no outcome"))
-        })
+    /// Confirms activation `id`, which waits for it.
+    pub fn confirm(&self, id: &str) -> Result<(), MachineError> {
+        self.agent(&["confirm", "--id", id], Input::Nothing, |_| {})
+            .map(drop)
     }
 
     /// The host's generations.
@@ -620,15 +663,179 @@ impl Write for WriteRef<'_> {
     }
 }
 
+/// Where an activation is.
+#[derive(Debug)]
+pub enum Step {
+    /// It ended.
+    Done(Box<Outcome>),
+    /// It activated, passed its health checks, and waits for the controller to confirm over a
+    /// new connection.
+    AwaitingConfirmation,
+}
+
+impl Step {
+    fn read(line: &str) -> Option<Step> {
+        if line == agent::AWAITING_CONFIRMATION {
+            return Some(Step::AwaitingConfirmation);
+        }
+        let outcome = serde_json::from_str(line.strip_prefix("outcome ")?).ok()?;
+        Some(Step::Done(Box::new(outcome)))
+    }
+}
+
+/// How to reach a machine again: a new connection for each try.
+pub struct Reach<'a> {
+    /// The machine.
+    pub machine: &'a Machine,
+    /// The controller's store.
+    pub store: &'a Store,
+    /// The agent this program runs on hosts.
+    pub agent: &'a EntryName,
+    /// SSH options.
+    pub ssh: &'a SshOptions,
+}
+
+impl Reach<'_> {
+    /// A new connection.
+    pub fn connect(&self) -> Result<Host, MachineError> {
+        Host::connect(self.machine, self.store, self.agent, self.ssh)
+    }
+
+    /// Tries `each` over new connections, a second apart, until it succeeds or `within` has
+    /// passed; the last error if it never did.
+    fn retry<T>(
+        &self,
+        within: Duration,
+        mut each: impl FnMut(&Host) -> Result<T, MachineError>,
+    ) -> Result<(Host, T), MachineError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let tried = self.connect().and_then(|host| match each(&host) {
+                Ok(value) => Ok((host, value)),
+                Err(e) => {
+                    host.close();
+                    Err(e)
+                }
+            });
+            match tried {
+                Ok(done) => return Ok(done),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_secs(1)),
+            }
+        }
+    }
+}
+
+/// Runs activation `request` on `host` to its end: follows its log, follows it again over a
+/// new connection if this one drops, and, when it waits for confirmation, confirms over a new
+/// connection — which proves the host can still be reached after the change. If no new
+/// connection can be made in time, the host goes back to its previous generation by itself,
+/// and this waits to hear so. Returns the outcome and the connection last used.
+pub fn activate_to_the_end(
+    host: Host,
+    reach: &Reach<'_>,
+    request: &Request,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Host, Outcome), MachineError> {
+    let name = reach.machine.name();
+    let mut id = None;
+    let (mut host, mut step) = match host.activate(request, &mut id, &mut *log) {
+        Ok(step) => (host, step),
+        Err(e) => {
+            let Some(id) = id.clone() else { return Err(e) };
+            host.close();
+            log(&format!(
+                "lost the connection ({}); reconnecting",
+                e.message()
+            ));
+            reach
+                .retry(RECONNECT_FOR, |h| h.wait(&id, &mut *log))
+                .map_err(|again| {
+                    MachineError::host(
+                        name,
+                        format!(
+                            "lost the connection during activation {id} and could not \
+                             reconnect: {}; the host finishes the activation by itself (old or \
+                             new generation), and the next apply shows which",
+                            again.message()
+                        ),
+                    )
+                })?
+        }
+    };
+    let id = id.unwrap_or_default();
+    let mut unconfirmed = None;
+    while let Step::AwaitingConfirmation = step {
+        let seconds = request.confirm.unwrap_or_default();
+        log(&format!(
+            "activated; confirming over a new connection (the host goes back by itself after {seconds} s)"
+        ));
+        // Leave a margin for the host to see the confirmation before its deadline.
+        let within = Duration::from_secs(seconds).saturating_sub(Duration::from_secs(2));
+        match reach.retry(within, |h| h.confirm(&id)) {
+            Ok((new_host, ())) => {
+                host.close();
+                host = new_host;
+                step = host.wait(&id, &mut *log)?;
+            }
+            Err(e) => {
+                let why = e.message();
+                log(&format!(
+                    "cannot confirm over a new connection ({why}); waiting for the host to go back"
+                ));
+                unconfirmed = Some(why.clone());
+                host.close();
+                let (new_host, next) = reach
+                    .retry(Duration::from_secs(seconds) + RECONNECT_FOR, |h| {
+                        h.wait(&id, &mut *log)
+                    })
+                    .map_err(|again| {
+                        MachineError::host(
+                            name,
+                            format!(
+                                "activation {id} could not be confirmed over a new connection \
+                                 ({why}), and the host has not been reachable since ({}); it goes \
+                                 back to its previous generation by itself {seconds} s after it \
+                                 asked",
+                                again.message()
+                            ),
+                        )
+                    })?;
+                host = new_host;
+                step = next;
+            }
+        }
+    }
+    let Step::Done(mut outcome) = step else {
+        unreachable!("the loop ends only on an outcome")
+    };
+    if let (Some(why), Some(error)) = (unconfirmed, outcome.error.as_mut()) {
+        *error = format!("{error}; the controller's new connection failed: {why}");
+    }
+    Ok((host, *outcome))
+}
+
+/// How hosts are deployed.
+#[derive(Debug, Clone)]
+pub struct DeployOptions {
+    /// How hosts are reached.
+    pub ssh: SshOptions,
+    /// How long an activated host waits for the controller's confirmation over a new
+    /// connection before it goes back by itself.
+    pub confirm: Duration,
+}
+
 /// What a deploy did on one host.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostReport {
     /// The machine.
     pub machine: String,
-    /// `activated`, `unchanged`, `rolled-back` or `failed`.
+    /// `activated`, `unchanged`, `rolled-back`, `failed` or `skipped`.
     pub result: String,
     /// The generation the host is on afterwards, as far as known.
     pub generation: Option<u64>,
+    /// The generation it was on before, as far as known.
+    pub previous: Option<u64>,
     /// Entries sent.
     pub sent_entries: usize,
     /// Bytes sent, the agent's upload included.
@@ -637,6 +844,27 @@ pub struct HostReport {
     pub changes: Option<Changes>,
     /// What went wrong.
     pub error: Option<String>,
+}
+
+impl HostReport {
+    /// A report of `machine` with nothing done yet.
+    pub fn new(machine: &str, result: &str) -> HostReport {
+        HostReport {
+            machine: machine.to_string(),
+            result: result.to_string(),
+            generation: None,
+            previous: None,
+            sent_entries: 0,
+            sent_bytes: 0,
+            changes: None,
+            error: None,
+        }
+    }
+
+    /// Whether the host counts against a failure budget: it failed or went back.
+    pub fn failed(&self) -> bool {
+        matches!(self.result.as_str(), "failed" | "rolled-back")
+    }
 }
 
 /// What a host would change: the closure entries it lacks, the activation's changes, and its
@@ -715,23 +943,18 @@ pub fn deploy_host(
     store: &Store,
     machine: &Machine,
     system: &System,
-    ssh: &SshOptions,
+    options: &DeployOptions,
     provenance: &Provenance,
     progress: &(dyn Fn(&str, &str) + Sync),
 ) -> HostReport {
-    let mut report = HostReport {
-        machine: machine.name.clone(),
-        result: "failed".into(),
-        generation: None,
-        sent_entries: 0,
-        sent_bytes: 0,
-        changes: None,
-        error: None,
-    };
+    let mut report = HostReport::new(machine.name(), "failed");
     let name = machine.name.as_str();
     let result = (|| -> Result<(), MachineError> {
-        let host = Host::connect(machine, store, &system.manifest.agent, ssh)?;
+        progress(name, "connecting");
+        let host = Host::connect(machine, store, &system.manifest.agent, &options.ssh)?;
         let mut plan = plan_host(&host, system)?;
+        report.previous = plan.current.as_ref().map(|g| g.number);
+        report.generation = report.previous;
         if plan.install_agent {
             progress(name, "installing the agent");
             report.sent_bytes += host.install_agent(store)?;
@@ -757,40 +980,17 @@ pub fn deploy_host(
             operator: provenance.operator.clone(),
             revision: provenance.revision.clone(),
             plan: plan.digest(),
+            confirm: Some(options.confirm.as_secs().max(1)),
         };
         progress(name, "activating");
-        let mut id = None;
-        let mut host = host;
-        let outcome = match host.activate(&request, &mut id, |line| progress(name, line)) {
-            Ok(outcome) => outcome,
-            // The activator goes on without the connection: wait for it over a new one.
-            Err(e) => {
-                let Some(id) = id else { return Err(e) };
-                progress(name, &format!("lost the connection ({e}); reconnecting"));
-                let deadline = std::time::Instant::now() + RECONNECT_FOR;
-                loop {
-                    match Host::connect(machine, store, &system.manifest.agent, ssh)
-                        .and_then(|h| h.wait(&id).map(|o| (h, o)))
-                    {
-                        Ok((new_host, outcome)) => {
-                            host = new_host;
-                            break outcome;
-                        }
-                        Err(again) if std::time::Instant::now() >= deadline => {
-                            return Err(MachineError::host(
-                                name,
-                                format!(
-                                    "lost the connection during activation {id} and could not \
-                                     reconnect: {again}; the host finishes the activation by \
-                                     itself (old or new generation), and the next apply shows which"
-                                ),
-                            ));
-                        }
-                        Err(_) => std::thread::sleep(std::time::Duration::from_secs(1)),
-                    }
-                }
-            }
+        let reach = Reach {
+            machine,
+            store,
+            agent: &system.manifest.agent,
+            ssh: &options.ssh,
         };
+        let (host, outcome) =
+            activate_to_the_end(host, &reach, &request, &mut |line| progress(name, line))?;
         report.result = outcome.result.clone();
         report.generation = outcome.generation;
         report.changes = outcome.changes.clone();
@@ -806,6 +1006,35 @@ pub fn deploy_host(
         report.error = Some(e.message());
     }
     report
+}
+
+/// Activates generation `to` of `reach`'s host again (its previous one when `to` is none),
+/// confirmed over a new connection as a deploy is.
+pub fn rollback_host(
+    reach: &Reach<'_>,
+    to: Option<u64>,
+    options: &DeployOptions,
+    provenance: &Provenance,
+    progress: &(dyn Fn(&str, &str) + Sync),
+) -> Result<Outcome, MachineError> {
+    let name = reach.machine.name();
+    let request = Request {
+        system: None,
+        to,
+        operator: provenance.operator.clone(),
+        revision: provenance.revision.clone(),
+        plan: "rollback".into(),
+        confirm: Some(options.confirm.as_secs().max(1)),
+    };
+    progress(name, "rolling back");
+    let host = reach.connect()?;
+    let (host, outcome) =
+        activate_to_the_end(host, reach, &request, &mut |line| progress(name, line))?;
+    if let Ok(generations) = host.generations() {
+        let _ = mirror(reach.store, name, &generations);
+    }
+    host.close();
+    Ok(outcome)
 }
 
 /// Keeps a copy of a host's generations on the controller, in `<store>/.machines/<name>/`.

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::check::Check;
 use crate::hash::{EntryName, TreeDigest};
 
 /// The `format` a manifest of this forjar has.
@@ -43,6 +44,9 @@ pub struct Manifest {
     /// Commands run at the end of every activation, in order.
     #[serde(default)]
     pub hooks: Vec<HookSpec>,
+    /// Health checks run after activation, the machine's and its units'.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<Check>,
 }
 
 /// A group.
@@ -127,6 +131,23 @@ pub struct UnitSpec {
     pub reload: bool,
     /// The digest of what restarts it: its unit file and the files it names as triggers.
     pub stamp: TreeDigest,
+    /// Provided by the host's packages ([`crate::machine::Unit::existing`]): no unit file,
+    /// never enabled, started or stopped; restarted when its stamp (its triggers' digests)
+    /// changes, the absent unit counting as [`UnitSpec::provided_stamp`] of no triggers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub provided: bool,
+}
+
+impl UnitSpec {
+    /// The stamp of a provided unit whose triggers have `digests`.
+    pub fn provided_stamp<'a>(digests: impl IntoIterator<Item = &'a TreeDigest>) -> TreeDigest {
+        let mut stamp = blake3::Hasher::new();
+        stamp.update(b"forjar provided unit\0");
+        for digest in digests {
+            stamp.update(digest.as_bytes());
+        }
+        TreeDigest::from_bytes(*stamp.finalize().as_bytes())
+    }
 }
 
 /// A command run at the end of every activation.
@@ -167,6 +188,7 @@ impl Manifest {
             paths: BTreeMap::new(),
             units: BTreeMap::new(),
             hooks: Vec::new(),
+            checks: Vec::new(),
         }
     }
 
@@ -283,7 +305,21 @@ impl Changes {
             .filter(|g| !old_groups.contains_key(*g))
             .cloned()
             .collect();
+        let unchanged = UnitSpec::provided_stamp([]);
         for (name, unit) in &new.units {
+            if unit.provided {
+                let before = old_units
+                    .get(name)
+                    .filter(|o| o.provided)
+                    .map_or(&unchanged, |o| &o.stamp);
+                if *before != unit.stamp {
+                    match unit.reload {
+                        true => changes.units_reloaded.push(name.clone()),
+                        false => changes.units_restarted.push(name.clone()),
+                    }
+                }
+                continue;
+            }
             match old_units.get(name) {
                 _ if !unit.start => {}
                 Some(old) if old.start && old.stamp == unit.stamp => {}
@@ -292,9 +328,17 @@ impl Changes {
                 _ => changes.units_started.push(name.clone()),
             }
         }
+        // A provided unit that leaves the program loses its triggers: restarted, not stopped.
+        for (name, unit) in old_units {
+            if unit.provided && unit.stamp != unchanged && !new.units.contains_key(name) {
+                changes.units_restarted.push(name.clone());
+            }
+        }
         changes.units_stopped = old_units
             .iter()
-            .filter(|(name, unit)| unit.start && new.units.get(*name).is_none_or(|u| !u.start))
+            .filter(|(name, unit)| {
+                !unit.provided && unit.start && new.units.get(*name).is_none_or(|u| !u.start)
+            })
             .map(|(name, _)| name.clone())
             .collect();
         changes.hooks = new.hooks.iter().map(|h| h.name.clone()).collect();

@@ -13,6 +13,7 @@
 
 pub mod agent;
 pub mod archive;
+mod check;
 pub mod deploy;
 mod hostpath;
 pub mod manifest;
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+pub use check::{Check, Probe};
 pub use model::{
     AbsPath, File, Group, GroupRef, Machine, Mode, Restart, ServiceType, Target, Unit, User,
     UserRef,
@@ -114,6 +116,11 @@ enum AgentCommand {
         #[arg(long)]
         id: String,
     },
+    /// Confirms an activation that waits for it.
+    Confirm {
+        #[arg(long)]
+        id: String,
+    },
     /// Prints the generations.
     Generations,
     /// Prints the manifest of a generation.
@@ -183,6 +190,10 @@ fn run_agent(cli: AgentCli) -> Result<i32, agent::AgentError> {
         }
         AgentCommand::Wait { id } => {
             agent::follow(&state, &id)?;
+            Ok(0)
+        }
+        AgentCommand::Confirm { id } => {
+            agent::confirm(&state, &id)?;
             Ok(0)
         }
         AgentCommand::Generations => {

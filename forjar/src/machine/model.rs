@@ -37,6 +37,7 @@ use std::panic::Location;
 
 use serde::Serialize;
 
+use super::check::Check;
 use super::manifest::{GroupSpec, HookSpec, UserSpec, check_path};
 use crate::derivation::OutputRef;
 use crate::name::{InvalidValue, Name};
@@ -454,6 +455,10 @@ pub struct Unit {
     pub(crate) start: bool,
     pub(crate) reload: bool,
     pub(crate) triggers: Vec<AbsPath>,
+    /// Provided by the host's packages: forjar writes no file for it and does not enable,
+    /// start or stop it; it only restarts it when a trigger changes.
+    pub(crate) provided: bool,
+    pub(crate) checks: Vec<Check>,
 }
 
 impl Unit {
@@ -468,7 +473,38 @@ impl Unit {
             start: true,
             reload: false,
             triggers: Vec::new(),
+            provided: false,
+            checks: Vec::new(),
         }
+    }
+
+    /// A unit the host already has (from its packages), named with its suffix
+    /// (`ssh.service`): forjar writes no file for it and never enables, starts or stops it,
+    /// but restarts it when a file named by [`Unit::restart_on`] changes — also when that
+    /// change is rolled back, or the unit leaves the program — and runs its checks.
+    ///
+    /// ```
+    /// use forjar::machine::{Check, File, Machine, Unit};
+    /// use forjar::path;
+    ///
+    /// let mut host = Machine::ssh("web1", "10.0.0.5");
+    /// host.file(path!("/etc/ssh/sshd_config.d/port.conf"), File::text("Port 22\n"))
+    ///     .unit(Unit::existing("ssh.service")
+    ///         .restart_on(path!("/etc/ssh/sshd_config.d/port.conf"))
+    ///         .check(Check::tcp("127.0.0.1", 22)));
+    /// ```
+    pub fn existing(name: &str) -> Unit {
+        let mut unit = Unit::named(name.to_string());
+        unit.provided = true;
+        unit.enable = false;
+        unit
+    }
+
+    /// A health check of this unit, run after every activation that leaves it started;
+    /// a check that fails rolls the activation back.
+    pub fn check(mut self, check: Check) -> Unit {
+        self.checks.push(check);
+        self
     }
 
     /// `NAME.service`: enabled and started unless told otherwise.
@@ -679,6 +715,7 @@ pub struct Machine {
     pub(crate) groups: BTreeMap<String, GroupSpec>,
     pub(crate) units: BTreeMap<String, Unit>,
     pub(crate) hooks: Vec<HookSpec>,
+    pub(crate) checks: Vec<Check>,
     /// Mistakes found while it was described, reported when the program is planned.
     pub(crate) errors: Vec<String>,
     pub(crate) location: &'static Location<'static>,
@@ -700,6 +737,7 @@ impl Machine {
             groups: BTreeMap::new(),
             units: BTreeMap::new(),
             hooks: Vec::new(),
+            checks: Vec::new(),
             errors,
             location: Location::caller(),
         }
@@ -878,7 +916,19 @@ impl Machine {
     #[track_caller]
     pub fn unit(&mut self, unit: Unit) -> &mut Machine {
         let (stem, suffix) = unit.name.rsplit_once('.').unwrap_or((&unit.name, ""));
-        if stem.is_empty()
+        if unit.provided {
+            const KINDS: [&str; 8] = [
+                "service", "socket", "timer", "target", "mount", "path", "slice", "scope",
+            ];
+            if stem.is_empty() || unit.name.contains(['/', '\0']) || !KINDS.contains(&suffix) {
+                self.errors.push(format!(
+                    "unit `{}`: `Unit::existing` takes the unit's full name, such as \
+                     `ssh.service` (one of the suffixes {})",
+                    unit.name,
+                    KINDS.map(|k| format!(".{k}")).join(", ")
+                ));
+            }
+        } else if stem.is_empty()
             || stem.contains('/')
             || [".service", ".timer", ".socket", ".target"]
                 .iter()
@@ -895,7 +945,23 @@ impl Machine {
                 .push(format!("unit `{}` is declared twice", unit.name));
             return self;
         }
+        for check in &unit.checks {
+            if let Some(mistake) = check.mistake() {
+                self.errors.push(format!("unit `{}`: {mistake}", unit.name));
+            }
+        }
         self.units.insert(unit.name.clone(), unit);
+        self
+    }
+
+    /// A health check of the machine, run after every activation; a check that fails rolls the
+    /// activation back.
+    #[track_caller]
+    pub fn check(&mut self, check: Check) -> &mut Machine {
+        if let Some(mistake) = check.mistake() {
+            self.errors.push(mistake);
+        }
+        self.checks.push(check);
         self
     }
 

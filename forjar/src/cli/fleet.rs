@@ -1,0 +1,480 @@
+//! The deploy after `apply` builds: hosts in parallel up to `--max-hosts`, in rolling waves
+//! (`--serial`, `--canary`) under a failure budget (`--max-fail`, `--rollback-all`), one live
+//! line per host on a terminal, and a summary table (or `--json`) at the end.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::io::{self, IsTerminal, Write};
+use std::ops::Range;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::machine::{bounded, select, summary};
+use super::program::Session;
+use super::progress::Verbosity;
+use super::terminal::sanitise;
+use super::{ExitCode, Failure, emit};
+use crate::machine::Machine;
+use crate::machine::deploy::{self, DeployOptions, HostReport, Provenance, Reach, System};
+use crate::store::human_bytes;
+
+/// A number of hosts, or a share of the selected ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Amount {
+    /// This many.
+    Hosts(usize),
+    /// This percentage of the selected hosts, rounded down.
+    Percent(u8),
+}
+
+impl Amount {
+    /// The number of hosts this is, of `total`.
+    fn of(self, total: usize) -> usize {
+        match self {
+            Amount::Hosts(n) => n,
+            Amount::Percent(p) => total * usize::from(p) / 100,
+        }
+    }
+}
+
+impl FromStr for Amount {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Amount, String> {
+        let bad =
+            || format!("`{text}` is neither a number of hosts (`3`) nor a percentage (`25%`)");
+        match text.strip_suffix('%') {
+            Some(p) => match p.parse::<u8>() {
+                Ok(p) if p <= 100 => Ok(Amount::Percent(p)),
+                Ok(_) => Err(format!("`{text}` is more than 100%")),
+                Err(_) => Err(bad()),
+            },
+            None => text.parse().map(Amount::Hosts).map_err(|_| bad()),
+        }
+    }
+}
+
+/// How `apply` deploys the machines it built for.
+#[derive(Debug, clap::Args)]
+pub(super) struct DeployArgs {
+    /// Deploy in waves of N hosts, or P% of the selected hosts; a wave starts when the one
+    /// before it has ended [default: all hosts in one wave].
+    #[arg(long, value_name = "N|P%")]
+    serial: Option<Amount>,
+    /// Deploy one host alone first, as a canary.
+    #[arg(long)]
+    canary: bool,
+    /// How many hosts may fail or go back (N, or P% of the selected) before no new wave
+    /// starts.
+    #[arg(long, value_name = "N|P%", default_value = "0")]
+    max_fail: Amount,
+    /// When more hosts failed than `--max-fail` allows, also take the hosts this apply
+    /// changed back to the generation they were on.
+    #[arg(long)]
+    rollback_all: bool,
+    /// Seconds an activated host waits for the confirmation that the controller reaches it
+    /// over a new connection, before it goes back to its previous generation by itself.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+          value_parser = clap::value_parser!(u16).range(5..))]
+    confirm_timeout: u16,
+    /// Print the hosts' results as JSON on standard output.
+    #[arg(long)]
+    pub(super) json: bool,
+}
+
+/// The waves of a rollout of `total` hosts: a canary of one first if asked, then waves of
+/// `serial` hosts (all at once without it).
+fn waves(total: usize, serial: Option<Amount>, canary: bool) -> Vec<Range<usize>> {
+    let size = serial.map_or(total, |s| s.of(total)).max(1);
+    let mut waves = Vec::new();
+    let mut start = 0;
+    if canary && total > 1 {
+        waves.push(0..1);
+        start = 1;
+    }
+    while start < total {
+        let end = (start + size).min(total);
+        waves.push(start..end);
+        start = end;
+    }
+    waves
+}
+
+/// One line per host: a live spinner line each on a terminal, plain `host: text` lines
+/// otherwise, nothing with `-q`.
+struct HostLines {
+    verbosity: Verbosity,
+    bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
+    plain: Mutex<()>,
+}
+
+impl HostLines {
+    fn new(verbosity: Verbosity, machines: &[&Machine]) -> HostLines {
+        let live = verbosity == Verbosity::Normal && io::stderr().is_terminal();
+        let bars = live.then(|| {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let width = machines.iter().map(|m| m.name().len()).max().unwrap_or(0);
+            let style = ProgressStyle::with_template(&format!(
+                "{{spinner}} {{prefix:<{width}}} {{elapsed:>4}} {{wide_msg}}"
+            ))
+            .expect("a valid template");
+            let bars = machines
+                .iter()
+                .map(|m| {
+                    let bar = multi.add(ProgressBar::new_spinner());
+                    bar.set_style(style.clone());
+                    bar.set_prefix(m.name().to_string());
+                    bar.set_message("waiting");
+                    (m.name().to_string(), bar)
+                })
+                .collect();
+            (multi, bars)
+        });
+        HostLines {
+            verbosity,
+            bars,
+            plain: Mutex::new(()),
+        }
+    }
+
+    fn show(&self, host: &str, text: &str) {
+        let text = sanitise(text);
+        match &self.bars {
+            Some((_, bars)) => {
+                if let Some(bar) = bars.get(host) {
+                    if bar.elapsed() < Duration::from_millis(1) || bar.is_finished() {
+                        bar.reset_elapsed();
+                    }
+                    bar.enable_steady_tick(Duration::from_millis(120));
+                    bar.set_message(text.into_owned());
+                }
+            }
+            None if self.verbosity != Verbosity::Quiet => {
+                let _guard = self.plain.lock();
+                let _ = writeln!(io::stderr().lock(), "{host}: {text}");
+            }
+            None => {}
+        }
+    }
+
+    fn done(&self, report: &HostReport) {
+        match &self.bars {
+            Some((_, bars)) => {
+                if let Some(bar) = bars.get(&report.machine) {
+                    bar.finish_with_message(result_text(report));
+                }
+            }
+            None => self.show(&report.machine, &result_text(report)),
+        }
+    }
+
+    fn line(&self, text: &str) {
+        match &self.bars {
+            Some((multi, _)) => {
+                let _ = multi.println(sanitise(text));
+            }
+            None if self.verbosity != Verbosity::Quiet => {
+                let _ = writeln!(io::stderr().lock(), "{}", sanitise(text));
+            }
+            None => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Some((multi, _)) = &self.bars {
+            let _ = multi.clear();
+        }
+    }
+}
+
+/// A host's result in a few words: what it is on now.
+fn result_text(report: &HostReport) -> String {
+    let on = |n: Option<u64>| n.map_or("no generation".to_string(), |n| format!("generation {n}"));
+    match report.result.as_str() {
+        "activated" => format!("activated {}", on(report.generation)),
+        "unchanged" => format!("unchanged, {}", on(report.generation)),
+        "rolled-back" => format!("rolled back to {}", on(report.generation)),
+        "skipped" => "skipped, not contacted".to_string(),
+        _ => match report.generation {
+            Some(n) => format!("failed, on generation {n}"),
+            None => "failed".to_string(),
+        },
+    }
+}
+
+impl Session {
+    /// After `apply` built everything: deploys the selected machines in waves, hosts of a
+    /// wave in parallel, and prints the summary.
+    pub(super) fn deploy(&self, args: &DeployArgs) -> Result<ExitCode, Failure> {
+        let machines = select(&self.machines, self.on.as_deref())?;
+        if machines.is_empty() {
+            return Ok(ExitCode::Success);
+        }
+        let systems = self.systems(&machines)?;
+        let provenance = Provenance::current();
+        let options = DeployOptions {
+            ssh: self.ssh(),
+            confirm: Duration::from_secs(args.confirm_timeout.into()),
+        };
+        let total = machines.len();
+        let budget = args.max_fail.of(total);
+        let waves = waves(total, args.serial, args.canary);
+        let lines = HostLines::new(self.verbosity, &machines);
+        let progress = |host: &str, line: &str| lines.show(host, line);
+        let mut reports: Vec<HostReport> = machines
+            .iter()
+            .map(|m| HostReport::new(m.name(), "skipped"))
+            .collect();
+        let mut stopped = None;
+        for (number, wave) in waves.iter().enumerate() {
+            let failures = reports.iter().filter(|r| r.failed()).count();
+            if failures > budget {
+                stopped = Some((number, failures));
+                break;
+            }
+            if waves.len() > 1 {
+                lines.line(&format!(
+                    "wave {} of {}: {}",
+                    number + 1,
+                    waves.len(),
+                    machines[wave.clone()]
+                        .iter()
+                        .map(|m| m.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            let pairs: Vec<(&Machine, &System)> = machines[wave.clone()]
+                .iter()
+                .copied()
+                .zip(&systems[wave.clone()])
+                .collect();
+            let done = bounded(&pairs, self.max_hosts, |(m, system)| {
+                let report =
+                    deploy::deploy_host(&self.store, m, system, &options, &provenance, &progress);
+                lines.done(&report);
+                report
+            });
+            for (slot, report) in reports[wave.clone()].iter_mut().zip(done) {
+                *slot = report;
+            }
+        }
+        let failures = reports.iter().filter(|r| r.failed()).count();
+        let spent = failures > budget;
+        if spent && args.rollback_all {
+            self.roll_back_changed(
+                &machines,
+                &systems,
+                &mut reports,
+                &options,
+                &provenance,
+                &lines,
+            );
+        }
+        lines.finish();
+        let mut text = String::new();
+        if args.json {
+            let value = serde_json::json!({
+                "hosts": reports,
+                "waves": waves.iter().map(|w| {
+                    machines[w.clone()].iter().map(|m| m.name()).collect::<Vec<_>>()
+                }).collect::<Vec<_>>(),
+                "max_fail": budget,
+                "failed": failures,
+                "stopped_before_wave": stopped.map(|(n, _)| n + 1),
+            });
+            let _ = writeln!(text, "{value:#}");
+        } else {
+            render_summary(&mut text, &reports);
+            if let Some((number, failures)) = stopped {
+                let _ = writeln!(
+                    text,
+                    "stopped before wave {} of {}: {failures} hosts failed or went back, more than \
+                     --max-fail allows ({budget}); the skipped hosts were not touched",
+                    number + 1,
+                    waves.len()
+                );
+            }
+        }
+        emit(&text)?;
+        Ok(
+            if reports.iter().any(|r| r.result == "failed") || stopped.is_some() {
+                ExitCode::Failure
+            } else if reports.iter().any(|r| r.result == "rolled-back") {
+                ExitCode::RolledBack
+            } else {
+                ExitCode::Success
+            },
+        )
+    }
+
+    /// `--rollback-all`: the hosts this apply activated go back to the generation they were on.
+    fn roll_back_changed(
+        &self,
+        machines: &[&Machine],
+        systems: &[System],
+        reports: &mut [HostReport],
+        options: &DeployOptions,
+        provenance: &Provenance,
+        lines: &HostLines,
+    ) {
+        let changed: Vec<usize> = (0..reports.len())
+            .filter(|&i| reports[i].result == "activated")
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        lines.line(&format!(
+            "more hosts failed than --max-fail allows: taking the {} hosts this apply changed back",
+            changed.len()
+        ));
+        let progress = |host: &str, line: &str| lines.show(host, line);
+        let outcomes = bounded(&changed, self.max_hosts, |&i| {
+            let reach = Reach {
+                machine: machines[i],
+                store: &self.store,
+                agent: &systems[i].manifest.agent,
+                ssh: &options.ssh,
+            };
+            match reports[i].previous {
+                None => Err(
+                    "it had no generation before this apply, so there is nothing to go \
+                             back to; it stays on the new one"
+                        .to_string(),
+                ),
+                previous => deploy::rollback_host(&reach, previous, options, provenance, &progress)
+                    .map_err(|e| e.message()),
+            }
+        });
+        for (&i, outcome) in changed.iter().zip(outcomes) {
+            let report = &mut reports[i];
+            match outcome {
+                Ok(outcome) if outcome.result == "activated" => {
+                    report.result = "rolled-back".into();
+                    report.generation = outcome.generation;
+                    report.error = Some(format!(
+                        "taken back by --rollback-all to the system of generation {}",
+                        report.previous.unwrap_or_default()
+                    ));
+                }
+                Ok(outcome) => {
+                    report.result = "failed".into();
+                    report.generation = outcome.generation;
+                    report.error = Some(format!(
+                        "--rollback-all could not take it back ({}): {}",
+                        outcome.result,
+                        outcome.error.unwrap_or_default()
+                    ));
+                }
+                Err(e) => {
+                    report.result = "failed".into();
+                    report.error = Some(format!("--rollback-all could not take it back: {e}"));
+                }
+            }
+            lines.done(report);
+        }
+    }
+}
+
+/// The per-host table printed at the end of a deploy.
+fn render_summary(text: &mut String, reports: &[HostReport]) {
+    let rows: Vec<[String; 4]> = reports
+        .iter()
+        .map(|r| {
+            let sent = match r.sent_bytes {
+                0 => "-".to_string(),
+                bytes => format!(
+                    "{} entries, {} ({bytes} bytes)",
+                    r.sent_entries,
+                    human_bytes(bytes)
+                ),
+            };
+            let detail = match (&r.error, &r.changes) {
+                (Some(error), _) => error.clone(),
+                (None, Some(changes)) if r.result == "activated" => summary(changes),
+                _ => String::new(),
+            };
+            let was = match (r.result.as_str(), r.previous) {
+                ("activated", Some(p)) => format!(" (was {p})"),
+                _ => String::new(),
+            };
+            [
+                r.machine.clone(),
+                format!("{}{was}", result_text(r)),
+                sent,
+                detail,
+            ]
+        })
+        .collect();
+    let header = ["HOST", "RESULT", "SENT", "DETAIL"];
+    let width = |c: usize| {
+        rows.iter()
+            .map(|r| r[c].chars().count())
+            .chain([header[c].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let (w0, w1, w2) = (width(0), width(1), width(2));
+    let _ = writeln!(
+        text,
+        "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+        header[0], header[1], header[2], header[3]
+    );
+    for row in &rows {
+        let _ = writeln!(
+            text,
+            "{:<w0$}  {:<w1$}  {:<w2$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            sanitise(&row[3]).replace('\n', " | ")
+        );
+    }
+    let count = |result: &str| reports.iter().filter(|r| r.result == result).count();
+    let _ = writeln!(
+        text,
+        "{} hosts: {} activated, {} unchanged, {} rolled back, {} failed, {} skipped",
+        reports.len(),
+        count("activated"),
+        count("unchanged"),
+        count("rolled-back"),
+        count("failed"),
+        count("skipped")
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_host_counts_or_percentages_and_bad_ones_are_named() {
+        assert_eq!("3".parse(), Ok(Amount::Hosts(3)));
+        assert_eq!("25%".parse(), Ok(Amount::Percent(25)));
+        assert_eq!(Amount::Percent(25).of(10), 2);
+        assert!("101%".parse::<Amount>().unwrap_err().contains("`101%`"));
+        assert!("x".parse::<Amount>().unwrap_err().contains("`x`"));
+    }
+
+    #[test]
+    fn waves_start_with_the_canary_and_cover_every_host_once() {
+        assert_eq!(waves(5, None, false), vec![0..5]);
+        assert_eq!(waves(5, None, true), vec![0..1, 1..5]);
+        assert_eq!(
+            waves(5, Some(Amount::Hosts(2)), true),
+            vec![0..1, 1..3, 3..5]
+        );
+        assert_eq!(
+            waves(10, Some(Amount::Percent(30)), false),
+            vec![0..3, 3..6, 6..9, 9..10]
+        );
+        // A share smaller than one host is one host.
+        assert_eq!(
+            waves(3, Some(Amount::Percent(10)), false),
+            vec![0..1, 1..2, 2..3]
+        );
+        assert!(waves(0, Some(Amount::Hosts(2)), true).is_empty());
+    }
+}
