@@ -793,3 +793,108 @@ fn rolling_waves_stop_when_the_failure_budget_is_spent() {
         stdout(&canary)
     );
 }
+
+#[test]
+fn a_secret_reaches_the_host_on_tmpfs_and_nowhere_else() {
+    let Some(hosts) = TestHosts::up(1) else {
+        return;
+    };
+    // The host's store is at the controller's store's path: not under /tmp, which is tmpfs
+    // on the host and would be emptied by the restart below.
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let store = dir.path().join("store");
+    let poison = format!("poison-{}-{}", std::process::id(), hosts.name(0));
+    let env = [("FLEET_TOKEN", poison.as_str())];
+    let mut outputs = vec![fleet(&store, &hosts, &env, &["plan"])];
+    let apply = fleet(&store, &hosts, &env, &["apply"]);
+    assert_ok(&apply);
+    outputs.push(apply);
+
+    // On the host: the value, the service's user only, on tmpfs.
+    let written = hosts.ssh(
+        0,
+        "cat /run/hello/token; echo; stat -c '%U %a' /run/hello/token; stat -f -c %T /run/hello; \
+         systemctl show -p MainPID --value hello",
+    );
+    assert_ok(&written);
+    let lines: Vec<String> = stdout(&written).lines().map(str::to_string).collect();
+    assert_eq!(lines[0], poison);
+    assert_eq!(lines[1], "hello 400");
+    assert_eq!(lines[2], "tmpfs");
+    let pid = lines[3].clone();
+
+    // The same value again: nothing restarts. A new one: the service restarts.
+    outputs.push(fleet(&store, &hosts, &env, &["apply"]));
+    let same = hosts.ssh(0, "systemctl show -p MainPID --value hello");
+    assert_eq!(
+        stdout(&same).trim(),
+        pid,
+        "an unchanged secret restarts nothing"
+    );
+    let rotated = format!("{poison}-rotated");
+    let env2 = [("FLEET_TOKEN", rotated.as_str())];
+    let again = fleet(&store, &hosts, &env2, &["apply"]);
+    assert_ok(&again);
+    assert!(
+        stderr(&again).contains("restarting hello.service: a secret it reads changed"),
+        "{}",
+        stderr(&again)
+    );
+    outputs.push(again);
+    let after = hosts.ssh(
+        0,
+        "cat /run/hello/token; echo; systemctl show -p MainPID --value hello",
+    );
+    let after: Vec<String> = stdout(&after).lines().map(str::to_string).collect();
+    assert_eq!(after[0], rotated);
+    assert_ne!(after[1], pid, "a new value restarted the service");
+    for command in [&["drift"][..], &["generations", "--on", hosts.name(0)]] {
+        let output = fleet(&store, &hosts, &env2, command);
+        assert_ok(&output);
+        outputs.push(output);
+    }
+
+    // Nowhere else: not in what the program printed, the controller's store and machine
+    // records, or the host's store, state, configuration, logs and journal.
+    for output in &outputs {
+        for text in [stdout(output), stderr(output)] {
+            assert!(!text.contains(&poison), "printed: {text}");
+        }
+    }
+    let grep = Command::new("grep")
+        .args(["-rlaF", &poison])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        grep.status.code(),
+        Some(1),
+        "the controller keeps it in: {}",
+        stdout(&grep)
+    );
+    let host_grep = hosts.ssh(
+        0,
+        &format!(
+            "grep -rlaF '{poison}' /var/lib/forjar /etc /opt /var/log /root /tmp /var/tmp; \
+             journalctl --no-pager | grep -cF '{poison}'"
+        ),
+    );
+    assert_eq!(
+        stdout(&host_grep).trim(),
+        "0",
+        "the host keeps it outside /run/hello: {}",
+        stdout(&host_grep)
+    );
+
+    // tmpfs is empty after a restart: drift says so, and the next apply writes it again.
+    hosts.restart(0);
+    let drift = fleet(&store, &hosts, &env2, &["drift"]);
+    assert!(
+        stdout(&drift).contains("/run/hello/token: secret missing"),
+        "{}",
+        stdout(&drift)
+    );
+    assert_ok(&fleet(&store, &hosts, &env2, &["apply"]));
+    let back = hosts.ssh(0, "cat /run/hello/token");
+    assert_eq!(stdout(&back), rotated);
+}

@@ -18,8 +18,12 @@
 //! `FLEET_UNHEALTHY=host,...` makes the check on those hosts expect an answer the service never
 //! gives, and `FLEET_SSH_PORT=N` moves the hosts' sshd to port N, which cuts the controller
 //! off.
+//!
+//! With `FLEET_TOKEN` set, its value is a secret of the service: read when `apply` runs,
+//! written to `/run/hello/token` (tmpfs; the service's user only) before the service starts,
+//! and never put in the store; a new value restarts the service.
 
-use forjar::machine::{Check, File, Machine, Restart, Unit, User};
+use forjar::machine::{Check, File, Machine, Restart, Secret, Unit, User};
 use forjar::prelude::*;
 use forjar::{mode, path};
 use serde::Serialize;
@@ -87,6 +91,16 @@ fn main() -> forjar::ExitCode {
                 true => "an answer this service never gives",
                 false => config.greeting.as_str(),
             };
+            let mut service = Unit::service("hello");
+            if std::env::var_os("FLEET_TOKEN").is_some() {
+                machine.secret(
+                    path!("/run/hello/token"),
+                    Secret::env("FLEET_TOKEN"),
+                    &hello,
+                    mode!(0o400),
+                );
+                service = service.restart_on(path!("/run/hello/token"));
+            }
             machine
                 .file(
                     path!("/etc/hello/config.toml"),
@@ -97,7 +111,7 @@ fn main() -> forjar::ExitCode {
                     File::output(server).mode(mode!(0o755)),
                 )
                 .unit(
-                    Unit::service("hello")
+                    service
                         .description("a greeting over HTTP")
                         .after("network.target")
                         .exec_start(

@@ -23,15 +23,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use std::collections::BTreeSet;
+
 use super::archive;
 use super::hostpath::{self, Parent};
 use super::manifest::{self, Changes, Manifest, PathKind, PathSpec, UNIT_DIR};
+use super::secret;
 use crate::hash::{EntryName, TreeDigest};
 use crate::store::{Committed, KeyLock, Meta, Staging, Store};
 use crate::walk::Kind;
 
 /// The default state directory on a host.
 pub const STATE_DIR: &str = "/var/lib/forjar/machine";
+
+/// The most the secrets of one activation may be, encoded.
+const SECRETS_LIMIT: u64 = 64 << 20;
 
 /// How long a started unit must stay active before activation counts it as started.
 const SETTLE: Duration = Duration::from_millis(1500);
@@ -508,6 +514,19 @@ pub fn activate(store: &Store, state: &State, request: &Request) -> Result<(), A
     let log = fs::File::create(&log_path).map_err(AgentError::io("cannot create", &log_path))?;
     let exe =
         std::env::current_exe().map_err(|e| AgentError(format!("cannot find myself: {e}")))?;
+    // Secret values come on standard input; they go on to the activator through a pipe and
+    // are never written to disk here.
+    let mut secrets = Vec::new();
+    io::stdin()
+        .lock()
+        .take(SECRETS_LIMIT + 1)
+        .read_to_end(&mut secrets)
+        .map_err(|e| AgentError(format!("cannot read the secrets: {e}")))?;
+    if secrets.len() as u64 > SECRETS_LIMIT {
+        return Err(AgentError(format!(
+            "the secrets are more than {SECRETS_LIMIT} bytes"
+        )));
+    }
     let mut command = Command::new(exe);
     command
         .args(["__agent", "--store"])
@@ -516,7 +535,7 @@ pub fn activate(store: &Store, state: &State, request: &Request) -> Result<(), A
         .arg(&state.dir)
         .args(["run-activation", "--id", &id, "--request"])
         .arg(serde_json::to_string(request).expect("a request serialises"))
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(
             log.try_clone()
                 .map_err(AgentError::io("cannot open", &log_path))?,
@@ -527,9 +546,13 @@ pub fn activate(store: &Store, state: &State, request: &Request) -> Result<(), A
     unsafe {
         command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
     }
-    let child = command
+    let mut child = command
         .spawn()
         .map_err(|e| AgentError(format!("cannot start the activator: {e}")))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(&secrets)
+            .map_err(|e| AgentError(format!("cannot hand the activator its secrets: {e}")))?;
+    }
     let pid_path = state.dir.join("activations").join(format!("{id}.pid"));
     write_atomic(&pid_path, child.id().to_string().as_bytes())?;
     {
@@ -626,10 +649,19 @@ pub fn run_activation(store: &Store, state: &State, id: &str, request: &Request)
             nix::sys::signal::SigHandler::SigIgn,
         );
     }
+    let mut bundle = Vec::new();
+    let secrets = io::stdin()
+        .lock()
+        .take(SECRETS_LIMIT + 1)
+        .read_to_end(&mut bundle)
+        .map_err(|e| AgentError(format!("cannot read the secrets: {e}")))
+        .and_then(|_| secret::Values::decode(&bundle).map_err(AgentError));
     let outcome = match state.lock() {
         Ok(_lock) => {
-            let outcome =
-                resume(store, state).and_then(|()| activate_locked(store, state, id, request));
+            let outcome = secrets.and_then(|secrets| {
+                resume(store, state)?;
+                activate_locked(store, state, id, request, &secrets)
+            });
             match outcome {
                 Ok(outcome) => outcome,
                 Err(e) => Outcome {
@@ -706,7 +738,13 @@ fn resume(store: &Store, state: &State) -> Result<(), AgentError> {
         }
         None => (new_system, None),
     };
-    converge(&old_system, &empty_or(old.as_ref(), &new), Some(&new), true)?;
+    converge(
+        &old_system,
+        &empty_or(old.as_ref(), &new),
+        Some(&new),
+        true,
+        None,
+    )?;
     state.switch(journal.from)?;
     mark(state, journal.to, "rolled-back")?;
     fs::remove_file(&path).map_err(AgentError::io("cannot remove", &path))?;
@@ -729,6 +767,7 @@ fn activate_locked(
     state: &State,
     id: &str,
     request: &Request,
+    secrets: &secret::Values,
 ) -> Result<Outcome, AgentError> {
     let previous = state.current()?;
     let (old_system, old) = match previous {
@@ -781,6 +820,12 @@ fn activate_locked(
     {
         let n = previous.expect("a current system has a generation");
         log(&format!("generation {n} is the system already"));
+        // Secrets are written on every apply: tmpfs is empty after a restart, and a value
+        // may have changed.
+        if request.system.is_some() {
+            let changed = place_secrets(&new, secrets)?;
+            restart_for_secrets(&new, &changed, &BTreeSet::new())?;
+        }
         return Ok(Outcome {
             id: id.to_string(),
             result: "unchanged".into(),
@@ -816,24 +861,35 @@ fn activate_locked(
         "generation {number}: activating `{}`",
         system.entry
     ));
-    let result = converge(&system, &new, old.as_ref(), false)
+    // Going back to a generation by number brings no values: its secrets stay as they are.
+    let values = request.system.is_some().then_some(secrets);
+    let result = converge(&system, &new, old.as_ref(), false, values)
         .and_then(|()| run_checks(&new))
         .and_then(|()| match request.confirm {
             Some(seconds) => await_confirmation(state, id, seconds),
             None => Ok(()),
         });
     let outcome = match result {
-        Ok(()) => Outcome {
-            id: id.to_string(),
-            result: "activated".into(),
-            generation: Some(number),
-            error: None,
-            changes: Some(changes),
-        },
+        Ok(()) => {
+            // Secrets the new generation no longer has go once it is confirmed: until then a
+            // rollback may need them.
+            if let Some(old) = &old {
+                for path in old.secrets.keys().filter(|p| !new.secrets.contains_key(*p)) {
+                    remove(Path::new(path))?;
+                }
+            }
+            Outcome {
+                id: id.to_string(),
+                result: "activated".into(),
+                generation: Some(number),
+                error: None,
+                changes: Some(changes),
+            }
+        }
         Err(e) => {
             log(&format!("activation failed: {}; rolling back", e.0));
             let back = old_system.as_ref().unwrap_or(&system);
-            converge(back, &empty_or(old.as_ref(), &new), Some(&new), true).map_err(|r| {
+            converge(back, &empty_or(old.as_ref(), &new), Some(&new), true, None).map_err(|r| {
                 AgentError(format!("{}; and the rollback failed too: {}", e.0, r.0))
             })?;
             state.switch(previous)?;
@@ -861,6 +917,7 @@ pub fn converge(
     new: &Manifest,
     old: Option<&Manifest>,
     force: bool,
+    secrets: Option<&secret::Values>,
 ) -> Result<(), AgentError> {
     let changes = Changes::between(old, new);
     for (name, spec) in &new.groups {
@@ -935,6 +992,11 @@ pub fn converge(
     if units_changed {
         systemctl(&["daemon-reload"])?;
     }
+    // Before any unit starts: the units that read them need them.
+    let secrets_changed = match secrets {
+        Some(values) => place_secrets(new, values)?,
+        None => BTreeSet::new(),
+    };
     let mut started = Vec::new();
     // Provided units: restarted or reloaded when their triggers changed, nothing else.
     for name in changes
@@ -989,21 +1051,9 @@ pub fn converge(
         }
         started.push(name.clone());
     }
-    if !started.is_empty() {
-        std::thread::sleep(SETTLE);
-        for name in &started {
-            if !check("systemctl", &["is-active", "--quiet", name]) {
-                let journal = Command::new("journalctl")
-                    .args(["--no-pager", "-n", "8", "-o", "cat", "-u", name])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                    .unwrap_or_default();
-                return Err(AgentError(format!(
-                    "unit {name} did not stay active after it was started; its last log lines:\n{journal}"
-                )));
-            }
-        }
-    }
+    let done: BTreeSet<String> = started.iter().cloned().collect();
+    started.extend(restart_for_secrets(new, &secrets_changed, &done)?);
+    settle(&started)?;
     for hook in &new.hooks {
         log(&format!("running hook {}", hook.name));
         let status = Command::new("/bin/sh")
@@ -1016,6 +1066,98 @@ pub fn converge(
         }
     }
     Ok(())
+}
+
+/// Waits [`SETTLE`], then fails if a unit of `started` did not stay active.
+fn settle(started: &[String]) -> Result<(), AgentError> {
+    if !started.is_empty() {
+        std::thread::sleep(SETTLE);
+        for name in started {
+            if !check("systemctl", &["is-active", "--quiet", name]) {
+                let journal = Command::new("journalctl")
+                    .args(["--no-pager", "-n", "8", "-o", "cat", "-u", name])
+                    .output()
+                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                    .unwrap_or_default();
+                return Err(AgentError(format!(
+                    "unit {name} did not stay active after it was started; its last log lines:\n{journal}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes the manifest's secrets from `values` (root-only-writable directories are made on
+/// the way), each only where it is on tmpfs; returns the paths whose value, owner or mode
+/// changed.
+fn place_secrets(
+    manifest: &Manifest,
+    values: &secret::Values,
+) -> Result<BTreeSet<String>, AgentError> {
+    let mut changed = BTreeSet::new();
+    for (path, spec) in &manifest.secrets {
+        let value = values.0.get(path).ok_or_else(|| {
+            AgentError(format!(
+                "the controller sent no value for secret {path}; `apply` reads and sends it"
+            ))
+        })?;
+        let target = Path::new(path);
+        let io = |e| AgentError::io("cannot write secret", target)(e);
+        let parent = Parent::open(target, true)
+            .map_err(io)?
+            .expect("missing directories are made");
+        if !parent.in_memory().map_err(io)? {
+            return Err(AgentError(format!(
+                "secret {path} would be written to disk: its directory is not on tmpfs; put \
+                 it under /run"
+            )));
+        }
+        let (uid, gid) = (user_id(&spec.owner)?, group_id(&spec.group)?);
+        let same = parent.read().map_err(io)?.as_ref() == Some(value)
+            && parent
+                .stat()
+                .map_err(io)?
+                .is_some_and(|f| f.uid == uid && f.gid == gid && f.mode == spec.mode);
+        if !same {
+            parent
+                .put_file(&mut value.as_slice(), uid, gid, spec.mode)
+                .map_err(io)?;
+            log(&format!("secret {path} written"));
+            changed.insert(path.clone());
+        }
+    }
+    Ok(changed)
+}
+
+/// Restarts (or reloads) the started units that name a secret of `changed`, except those in
+/// `done`; returns them.
+fn restart_for_secrets(
+    manifest: &Manifest,
+    changed: &BTreeSet<String>,
+    done: &BTreeSet<String>,
+) -> Result<Vec<String>, AgentError> {
+    let mut restarted = Vec::new();
+    for (name, unit) in &manifest.units {
+        if done.contains(name)
+            || !(unit.start || unit.provided)
+            || !unit.secrets.iter().any(|p| changed.contains(p))
+        {
+            continue;
+        }
+        match unit.reload {
+            true => {
+                log(&format!("reloading {name}: a secret it reads changed"));
+                systemctl(&["reload-or-restart", name])?;
+            }
+            false => {
+                log(&format!("restarting {name}: a secret it reads changed"));
+                systemctl(&["restart", name])?;
+            }
+        }
+        restarted.push(name.clone());
+    }
+    Ok(restarted)
 }
 
 fn exists(database: &str, name: &str) -> bool {
@@ -1207,6 +1349,34 @@ pub fn drift(store: &Store, state: &State) -> Result<Vec<Drift>, AgentError> {
             });
         }
     }
+    for (path, spec) in &manifest.secrets {
+        let parent = Parent::open(Path::new(path), false)
+            .map_err(AgentError::io("cannot read", Path::new(path)))?;
+        let live = match &parent {
+            Some(parent) => parent
+                .stat()
+                .map_err(AgentError::io("cannot read", Path::new(path)))?,
+            None => None,
+        };
+        let (uid, gid) = (user_id(&spec.owner)?, group_id(&spec.group)?);
+        let difference = match live {
+            None => "secret missing (tmpfs is empty after a restart); `apply` writes it again"
+                .to_string(),
+            Some(f) if f.kind != Kind::File => "secret is not a regular file".to_string(),
+            Some(f) if (f.uid, f.gid) != (uid, gid) => format!(
+                "secret owned by {}:{}, expected {}:{}",
+                f.uid, f.gid, spec.owner, spec.group
+            ),
+            Some(f) if f.mode != spec.mode => {
+                format!("secret mode is {:#o}, expected {:#o}", f.mode, spec.mode)
+            }
+            Some(_) => continue,
+        };
+        found.push(Drift {
+            subject: path.clone(),
+            difference,
+        });
+    }
     for (name, unit) in &manifest.units {
         if unit.enable && !check("systemctl", &["is-enabled", "--quiet", name]) {
             found.push(Drift {
@@ -1233,7 +1403,7 @@ pub fn repair(store: &Store, state: &State) -> Result<(), AgentError> {
     };
     let system = Sys::of(&state.generation(current)?, store);
     let manifest = read_manifest(&system)?;
-    converge(&system, &manifest, Some(&manifest), true)
+    converge(&system, &manifest, Some(&manifest), true, None)
 }
 
 /// Reads entry names, one a line, from `input`.

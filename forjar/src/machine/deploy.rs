@@ -17,6 +17,7 @@ use super::archive;
 use super::check::Check;
 use super::manifest::{self, Changes, Manifest, PathKind, PathSpec, UnitSpec};
 use super::model::{Content, Entry, Machine};
+use super::secret;
 use super::ssh::{Input, Reply, SshOptions, Transport};
 use crate::derivation::OutputRef;
 use crate::hash::{EntryName, TreeHasher, file_digest, file_digest_from};
@@ -152,15 +153,20 @@ pub fn assemble(
     let mut checks = machine.checks.clone();
     for (name, unit) in &machine.units {
         let mut triggers = Vec::new();
+        let mut secret_triggers = Vec::new();
         for trigger in &unit.triggers {
             match paths.get(trigger.as_str()) {
                 Some(PathSpec {
                     kind: PathKind::File { digest, .. },
                     ..
                 }) => triggers.push(*digest),
+                _ if machine.secrets.contains_key(trigger) => {
+                    secret_triggers.push(trigger.as_str().to_string());
+                }
                 _ => {
                     return Err(bad(format!(
-                        "unit `{name}` restarts on `{}`, which is not a file this machine manages",
+                        "unit `{name}` restarts on `{}`, which is not a file or secret this \
+                         machine manages",
                         trigger.as_str()
                     )));
                 }
@@ -181,6 +187,7 @@ pub fn assemble(
                     reload: unit.reload,
                     stamp: UnitSpec::provided_stamp(&triggers),
                     provided: true,
+                    secrets: secret_triggers,
                 },
             );
             continue;
@@ -219,6 +226,7 @@ pub fn assemble(
                 reload: unit.reload,
                 stamp: crate::hash::TreeDigest::from_bytes(*stamp.finalize().as_bytes()),
                 provided: false,
+                secrets: secret_triggers,
             },
         );
     }
@@ -232,6 +240,11 @@ pub fn assemble(
         units,
         hooks: machine.hooks.clone(),
         checks,
+        secrets: machine
+            .secrets
+            .iter()
+            .map(|(path, (_, spec))| (path.as_str().to_string(), spec.clone()))
+            .collect(),
     };
     fs::write(dir.path().join(manifest::FILE), manifest.to_json())
         .map_err(|e| bad(format!("cannot write: {e}")))?;
@@ -543,19 +556,22 @@ impl Host {
         Ok(reply.sent)
     }
 
-    /// Starts activation `request`, following the activator's log through `log` until its
+    /// Starts activation `request`, with the values of the system's `secrets`, following the activator's log through `log` until its
     /// outcome, or until it waits for confirmation; `id` gets the activation's id as soon as
     /// it is known (a dropped connection is survived by the activator: [`Host::wait`] follows
     /// it again over a new one).
     pub fn activate(
         &self,
         request: &Request,
+        secrets: &secret::Values,
         id: &mut Option<String>,
         mut log: impl FnMut(&str),
     ) -> Result<Step, MachineError> {
         let json = serde_json::to_string(request).expect("a request serialises");
         let mut step = None;
-        let result = self.agent(&["activate", "--request", &json], Input::Nothing, |line| {
+        let bundle = secrets.encode();
+        let input = Input::Bytes(&bundle);
+        let result = self.agent(&["activate", "--request", &json], input, |line| {
             if let Some(rest) = line.strip_prefix("activation ") {
                 *id = Some(rest.to_string());
             } else {
@@ -735,11 +751,12 @@ pub fn activate_to_the_end(
     host: Host,
     reach: &Reach<'_>,
     request: &Request,
+    secrets: &secret::Values,
     log: &mut dyn FnMut(&str),
 ) -> Result<(Host, Outcome), MachineError> {
     let name = reach.machine.name();
     let mut id = None;
-    let (mut host, mut step) = match host.activate(request, &mut id, &mut *log) {
+    let (mut host, mut step) = match host.activate(request, secrets, &mut id, &mut *log) {
         Ok(step) => (host, step),
         Err(e) => {
             let Some(id) = id.clone() else { return Err(e) };
@@ -982,6 +999,13 @@ pub fn deploy_host(
             plan: plan.digest(),
             confirm: Some(options.confirm.as_secs().max(1)),
         };
+        let mut secrets = secret::Values::default();
+        for (path, secret) in machine.secrets() {
+            let value = secret
+                .read()
+                .map_err(|e| MachineError::host(name, format!("secret {}: {e}", path.as_str())))?;
+            secrets.0.insert(path.as_str().to_string(), value);
+        }
         progress(name, "activating");
         let reach = Reach {
             machine,
@@ -989,8 +1013,9 @@ pub fn deploy_host(
             agent: &system.manifest.agent,
             ssh: &options.ssh,
         };
-        let (host, outcome) =
-            activate_to_the_end(host, &reach, &request, &mut |line| progress(name, line))?;
+        let (host, outcome) = activate_to_the_end(host, &reach, &request, &secrets, &mut |line| {
+            progress(name, line)
+        })?;
         report.result = outcome.result.clone();
         report.generation = outcome.generation;
         report.changes = outcome.changes.clone();
@@ -1028,8 +1053,11 @@ pub fn rollback_host(
     };
     progress(name, "rolling back");
     let host = reach.connect()?;
-    let (host, outcome) =
-        activate_to_the_end(host, reach, &request, &mut |line| progress(name, line))?;
+    // A generation that is not the current one gets no secrets: the files on tmpfs stay.
+    let none = secret::Values::default();
+    let (host, outcome) = activate_to_the_end(host, reach, &request, &none, &mut |line| {
+        progress(name, line)
+    })?;
     if let Ok(generations) = host.generations() {
         let _ = mirror(reach.store, name, &generations);
     }

@@ -151,6 +151,34 @@ impl Parent {
         file_digest_from(File::from(fd), st.st_mode & 0o100 != 0)
     }
 
+    /// The regular file at the path, read without following it (`None` if it is missing or
+    /// not a regular file).
+    pub(crate) fn read(&self) -> io::Result<Option<Vec<u8>>> {
+        let fd = match walk::openat(
+            self.dir.as_fd(),
+            &self.name,
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+        ) {
+            Ok(fd) => fd,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP)) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        if Kind::from_mode(walk::fstat(fd.as_fd())?.st_mode) != Kind::File {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        File::from(fd).read_to_end(&mut bytes)?;
+        Ok(Some(bytes))
+    }
+
+    /// Whether the path's directory is on tmpfs, which lives in memory.
+    pub(crate) fn in_memory(&self) -> io::Result<bool> {
+        use nix::sys::statfs::{TMPFS_MAGIC, fstatfs};
+        Ok(fstatfs(self.dir.as_fd())?.filesystem_type() == TMPFS_MAGIC)
+    }
+
     /// The symlink's target.
     pub(crate) fn link_target(&self) -> io::Result<Vec<u8>> {
         walk::read_link_at(self.dir.as_fd(), &self.name)

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::check::Check;
+use super::secret::SecretSpec;
 use crate::hash::{EntryName, TreeDigest};
 
 /// The `format` a manifest of this forjar has.
@@ -47,6 +48,9 @@ pub struct Manifest {
     /// Health checks run after activation, the machine's and its units'.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub checks: Vec<Check>,
+    /// Secret files, by absolute path: where and whose, never their values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretSpec>,
 }
 
 /// A group.
@@ -136,6 +140,9 @@ pub struct UnitSpec {
     /// changes, the absent unit counting as [`UnitSpec::provided_stamp`] of no triggers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub provided: bool,
+    /// Secret files whose new values restart (or reload) it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 impl UnitSpec {
@@ -189,6 +196,7 @@ impl Manifest {
             units: BTreeMap::new(),
             hooks: Vec::new(),
             checks: Vec::new(),
+            secrets: BTreeMap::new(),
         }
     }
 

@@ -18,6 +18,7 @@ pub mod deploy;
 mod hostpath;
 pub mod manifest;
 mod model;
+pub mod secret;
 pub mod ssh;
 
 use std::io::{self, Write};
@@ -30,6 +31,7 @@ pub use model::{
     AbsPath, File, Group, GroupRef, Machine, Mode, Restart, ServiceType, Target, Unit, User,
     UserRef,
 };
+pub use secret::Secret;
 
 /// Why a machine could not be planned or deployed.
 #[derive(Debug, thiserror::Error)]

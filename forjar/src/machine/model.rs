@@ -39,6 +39,7 @@ use serde::Serialize;
 
 use super::check::Check;
 use super::manifest::{GroupSpec, HookSpec, UserSpec, check_path};
+use super::secret::{Secret, SecretSpec};
 use crate::derivation::OutputRef;
 use crate::name::{InvalidValue, Name};
 
@@ -643,8 +644,8 @@ impl Unit {
         self
     }
 
-    /// Restart (or reload) the unit when the managed file at `path` changes, as when its
-    /// configuration does.
+    /// Restart (or reload) the unit when the managed file or secret at `path` changes, as
+    /// when its configuration does.
     pub fn restart_on(mut self, path: AbsPath) -> Unit {
         self.triggers.push(path);
         self
@@ -716,6 +717,7 @@ pub struct Machine {
     pub(crate) units: BTreeMap<String, Unit>,
     pub(crate) hooks: Vec<HookSpec>,
     pub(crate) checks: Vec<Check>,
+    pub(crate) secrets: BTreeMap<AbsPath, (Secret, SecretSpec)>,
     /// Mistakes found while it was described, reported when the program is planned.
     pub(crate) errors: Vec<String>,
     pub(crate) location: &'static Location<'static>,
@@ -738,6 +740,7 @@ impl Machine {
             units: BTreeMap::new(),
             hooks: Vec::new(),
             checks: Vec::new(),
+            secrets: BTreeMap::new(),
             errors,
             location: Location::caller(),
         }
@@ -836,7 +839,7 @@ impl Machine {
 
     #[track_caller]
     fn put(&mut self, path: AbsPath, entry: Entry) {
-        if self.paths.contains_key(&path) {
+        if self.paths.contains_key(&path) || self.secrets.contains_key(&path) {
             self.errors.push(format!(
                 "path `{}` is managed twice (the second at {})",
                 path.0,
@@ -952,6 +955,54 @@ impl Machine {
         }
         self.units.insert(unit.name.clone(), unit);
         self
+    }
+
+    /// A secret file at `path` on tmpfs (under `/run`), owned by `owner` and its group, with
+    /// `mode`: its value is read from `secret` on the controller when `apply` runs, sent to
+    /// the activator, and written before any unit starts — on every apply, so a host that
+    /// restarted (tmpfs is empty then) gets it again. It is never in the store, a manifest, a
+    /// plan or a log. A unit that reads it can [`Unit::restart_on`] its path.
+    #[track_caller]
+    pub fn secret(
+        &mut self,
+        path: AbsPath,
+        secret: Secret,
+        owner: &UserRef,
+        mode: Mode,
+    ) -> &mut Machine {
+        if let Some(mistake) = secret.mistake() {
+            self.errors
+                .push(format!("secret `{}`: {mistake}", path.as_str()));
+        }
+        if !path.as_str().starts_with("/run/") {
+            self.errors.push(format!(
+                "secret `{}`: a secret goes on tmpfs, under `/run/` (e.g. `/run/{}`), so that                  it is never on disk",
+                path.as_str(),
+                path.as_str().trim_start_matches('/')
+            ));
+        }
+        if self.paths.contains_key(&path) || self.secrets.contains_key(&path) {
+            self.errors.push(format!(
+                "path `{}` is managed twice (the second at {}, a secret)",
+                path.as_str(),
+                Location::caller()
+            ));
+            return self;
+        }
+        let spec = SecretSpec {
+            owner: owner.name.clone(),
+            group: owner.group.clone(),
+            mode: mode.bits(),
+        };
+        self.secrets.insert(path, (secret, spec));
+        self
+    }
+
+    /// The secrets, by path.
+    pub(crate) fn secrets(&self) -> impl Iterator<Item = (&AbsPath, &Secret)> {
+        self.secrets
+            .iter()
+            .map(|(path, (secret, _))| (path, secret))
     }
 
     /// A health check of the machine, run after every activation; a check that fails rolls the
