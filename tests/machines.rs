@@ -898,3 +898,45 @@ fn a_secret_reaches_the_host_on_tmpfs_and_nowhere_else() {
     let back = hosts.ssh(0, "cat /run/hello/token");
     assert_eq!(stdout(&back), rotated);
 }
+
+#[test]
+fn a_host_reachable_only_through_another_is_deployed_through_it() {
+    let Some(hosts) = TestHosts::up(2) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // Host 1 on a cable from host 0 only: its own link to the controller is down.
+    let behind = hosts.wire(0, 1);
+    hosts.link(1, false);
+    let fleet_exe = example("fleet");
+    let direct = fleet_command(&fleet_exe, &store, &behind, &hosts.ssh_config())
+        .arg("apply")
+        .output()
+        .unwrap();
+    assert_eq!(direct.status.code(), Some(1), "{}", stdout(&direct));
+
+    let through = |args: &[&str]| {
+        fleet_command(&fleet_exe, &store, &behind, &hosts.ssh_config())
+            .env("FLEET_JUMP", hosts.name(0))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let apply = through(&["apply"]);
+    assert_ok(&apply);
+    let line = summary_line(&apply, &behind);
+    assert!(line.contains("activated generation 1"), "{line}");
+    // Confirmed over a new connection through the jump host, and read back through it.
+    assert!(
+        stderr(&apply).contains("confirmed by the controller"),
+        "{}",
+        stderr(&apply)
+    );
+    let drift = through(&["drift"]);
+    assert_ok(&drift);
+    assert!(stdout(&drift).contains("no drift"), "{}", stdout(&drift));
+    let again = through(&["apply"]);
+    assert!(summary_line(&again, &behind).contains("unchanged, generation 1"));
+    hosts.link(1, true);
+}

@@ -19,6 +19,8 @@
 //! gives, and `FLEET_SSH_PORT=N` moves the hosts' sshd to port N, which cuts the controller
 //! off.
 //!
+//! `FLEET_JUMP=host` reaches every host through that one (`ssh -J`).
+//!
 //! With `FLEET_TOKEN` set, its value is a secret of the service: read when `apply` runs,
 //! written to `/run/hello/token` (tmpfs; the service's user only) before the service starts,
 //! and never put in the store; a new value restarts the service.
@@ -81,9 +83,10 @@ fn main() -> forjar::ExitCode {
         let ssh_port = std::env::var("FLEET_SSH_PORT").ok();
         for host in hosts.split(',').filter(|h| !h.is_empty()) {
             // `local` is the machine the program runs on, changed without SSH.
-            let mut machine = match host {
-                "local" => Machine::local(host),
-                _ => Machine::ssh(host, host),
+            let mut machine = match (host, std::env::var("FLEET_JUMP")) {
+                ("local", _) => Machine::local(host),
+                (_, Ok(jump)) => Machine::ssh(host, host).jump(&jump),
+                (_, Err(_)) => Machine::ssh(host, host),
             }
             .tag("web");
             let hello = machine.user(User::system("hello"));

@@ -508,6 +508,22 @@ impl TestHosts {
         assert_ok(&output);
     }
 
+    /// A cable from host `i` to host `j`, outside the controller's network; returns the ssh
+    /// host name that reaches `j` over it (through `i`, with `ssh -J`).
+    pub fn wire(&self, i: usize, j: usize) -> String {
+        let output = Command::new(root().join("hosts/testhosts"))
+            .args([
+                "wire",
+                &self.run,
+                &(i + 1).to_string(),
+                &(j + 1).to_string(),
+            ])
+            .output()
+            .expect("hosts/testhosts runs");
+        assert_ok(&output);
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
     /// Reboots host `i`, keeping its disk.
     pub fn restart(&self, i: usize) {
         let output = Command::new(root().join("hosts/testhosts"))
