@@ -593,11 +593,8 @@ fn the_local_machine_is_changed_without_ssh() {
         ),
     );
     assert_ok(&local);
-    assert!(
-        stdout(&local).contains("local: activated generation 2"),
-        "{}",
-        stdout(&local)
-    );
+    let line = summary_line(&local, "local");
+    assert!(line.contains("activated generation 2"), "{line}");
     assert_eq!(hosts.http_get(0, 8080), "local");
 }
 
@@ -939,4 +936,89 @@ fn a_host_reachable_only_through_another_is_deployed_through_it() {
     let again = through(&["apply"]);
     assert!(summary_line(&again, &behind).contains("unchanged, generation 1"));
     hosts.link(1, true);
+}
+
+#[test]
+fn twenty_hosts_with_three_links_dropped_during_a_rolling_deploy() {
+    let Some(hosts) = TestHosts::up(20) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
+
+    // Waves of 5, three failures allowed. Three hosts of the second wave lose their link
+    // while they wait for the controller's confirmation: they go back by themselves, the
+    // controller reports them failed (it cannot reach them), and the rollout goes on.
+    let dropped: Vec<usize> = vec![5, 7, 9];
+    let names: Vec<&str> = (0..20).map(|i| hosts.name(i)).collect();
+    let mut command = fleet_command(
+        &example("fleet"),
+        &store,
+        &names.join(","),
+        &hosts.ssh_config(),
+    );
+    command.env("FLEET_GREETING", "second").args([
+        "apply",
+        "--serial",
+        "5",
+        "--max-fail",
+        "3",
+        "--confirm-timeout",
+        "8",
+    ]);
+    let mut apply = forjar_suite::Watched::spawn(command);
+    let mut down = Vec::new();
+    apply.watch(|line| {
+        for &i in &dropped {
+            if !down.contains(&i) && line.starts_with(&format!("{}: waiting ", hosts.name(i))) {
+                hosts.link(i, false);
+                down.push(i);
+            }
+        }
+        down.len() == dropped.len()
+    });
+    let (status, log, out) = apply.finish_with_stdout();
+    assert_eq!(status.code(), Some(1), "{out}\n{log}");
+    for &i in &dropped {
+        hosts.link(i, true);
+    }
+    let line = |i: usize| {
+        out.lines()
+            .find(|l| l.starts_with(&format!("{} ", hosts.name(i))))
+            .unwrap_or_else(|| panic!("no line for host {i}:\n{out}"))
+            .to_string()
+    };
+    for i in 0..20 {
+        let line = line(i);
+        if dropped.contains(&i) {
+            assert!(
+                line.contains(" failed ")
+                    && line.contains("goes back to its previous generation by itself"),
+                "{line}"
+            );
+        } else {
+            assert!(line.contains("activated generation 2 (was 1)"), "{line}");
+        }
+    }
+    assert!(
+        out.contains("20 hosts: 17 activated, 0 unchanged, 0 rolled back, 3 failed, 0 skipped"),
+        "{out}"
+    );
+    // The three went back by themselves, and answer with the first greeting.
+    for &i in &dropped {
+        assert_eq!(hosts.http_get(i, 8080), "hello from forjar", "host {i}");
+    }
+    let generations = fleet(
+        &store,
+        &hosts,
+        &[],
+        &["generations", "--on", hosts.name(dropped[0])],
+    );
+    assert!(
+        stdout(&generations).contains("rolled-back"),
+        "{}",
+        stdout(&generations)
+    );
+    assert_eq!(hosts.http_get(0, 8080), "second");
 }

@@ -364,6 +364,7 @@ impl PrivateStack {
 pub struct Watched {
     child: std::process::Child,
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+    stdout: std::thread::JoinHandle<String>,
     /// What it has printed so far.
     pub log: String,
 }
@@ -374,13 +375,20 @@ impl Watched {
         use std::io::BufRead;
         use std::process::Stdio;
         let mut child = command
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("the program starts");
         let stderr = child.stderr.take().expect("standard error is piped");
+        let mut out = child.stdout.take().expect("standard output is piped");
+        let stdout = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut out, &mut text);
+            text
+        });
         Watched {
             child,
+            stdout,
             lines: std::io::BufReader::new(stderr).lines(),
             log: String::new(),
         }
@@ -407,11 +415,33 @@ impl Watched {
         }
     }
 
-    /// Reads to the end and waits; returns the exit status and everything printed.
-    pub fn finish(mut self) -> (std::process::ExitStatus, String) {
+    /// Reads to the end and waits; returns the exit status and everything printed on
+    /// standard error.
+    pub fn finish(self) -> (std::process::ExitStatus, String) {
+        let (status, log, _) = self.finish_with_stdout();
+        (status, log)
+    }
+
+    /// Reads to the end and waits; returns the exit status, standard error and standard
+    /// output.
+    pub fn finish_with_stdout(mut self) -> (std::process::ExitStatus, String, String) {
         self.read(None);
         let status = self.child.wait().expect("the program is waited for");
-        (status, self.log)
+        let stdout = self.stdout.join().expect("standard output is read");
+        (status, self.log, stdout)
+    }
+
+    /// Reads lines as they come, giving each to `each`, until it returns true or the output
+    /// ends.
+    pub fn watch(&mut self, mut each: impl FnMut(&str) -> bool) {
+        for line in self.lines.by_ref() {
+            let line = line.expect("standard error is readable");
+            self.log.push_str(&line);
+            self.log.push('\n');
+            if each(&line) {
+                return;
+            }
+        }
     }
 }
 

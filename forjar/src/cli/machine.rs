@@ -511,6 +511,15 @@ fn render_host_plan(text: &mut String, plan: &HostPlan) {
         }
         Some(changes) => render_changes(text, changes, true),
     }
+    for (path, source) in &plan.secrets {
+        let _ = writeln!(
+            text,
+            "  write secret {path} (from {source}, read at apply; on every apply)"
+        );
+    }
+    for check in &plan.checks {
+        let _ = writeln!(text, "  check {check}");
+    }
     for d in &plan.drift {
         let _ = writeln!(text, "  drift: {}: {}", d.subject, d.difference);
     }

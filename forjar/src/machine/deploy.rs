@@ -35,6 +35,8 @@ pub struct System {
     pub manifest: Manifest,
     /// The closure, references before what refers to them, with each entry's size.
     pub closure: Vec<(EntryName, u64)>,
+    /// Each secret's path and where its value is read (never the value).
+    pub secrets: Vec<(String, String)>,
 }
 
 /// The entry of the running program, which is the agent on every host: imported into the store
@@ -282,6 +284,10 @@ pub fn assemble(
         entry,
         manifest,
         closure,
+        secrets: machine
+            .secrets()
+            .map(|(path, secret)| (path.as_str().to_string(), secret.source()))
+            .collect(),
     })
 }
 
@@ -902,6 +908,10 @@ pub struct HostPlan {
     pub changes: Option<Changes>,
     /// How the host differs from its current generation now.
     pub drift: Vec<Drift>,
+    /// The health checks activation runs.
+    pub checks: Vec<String>,
+    /// The secrets written at activation: each path and where its value is read.
+    pub secrets: Vec<(String, String)>,
 }
 
 impl HostPlan {
@@ -951,6 +961,8 @@ pub fn plan_host(host: &Host, system: &System) -> Result<HostPlan, MachineError>
         install_agent,
         changes,
         drift,
+        checks: system.manifest.checks.iter().map(Check::describe).collect(),
+        secrets: system.secrets.clone(),
     })
 }
 
@@ -1007,6 +1019,8 @@ pub fn deploy_host(
             secrets.0.insert(path.as_str().to_string(), value);
         }
         progress(name, "activating");
+        // From here on, which generation the host ends on is known only from its outcome.
+        report.generation = None;
         let reach = Reach {
             machine,
             store,
