@@ -748,6 +748,28 @@ impl Reach<'_> {
     }
 }
 
+/// Passes an activation's log lines on once each: following it again over a new connection
+/// starts from the log's beginning.
+struct Relay<'a> {
+    seen: usize,
+    log: &'a mut dyn FnMut(&str),
+}
+
+impl Relay<'_> {
+    /// A sink for one follow of the log, which skips the lines already passed on.
+    fn again(&mut self) -> impl FnMut(&str) + '_ {
+        let mut skip = self.seen;
+        move |line| {
+            if skip > 0 {
+                skip -= 1;
+            } else {
+                self.seen += 1;
+                (self.log)(line);
+            }
+        }
+    }
+}
+
 /// Runs activation `request` on `host` to its end: follows its log, follows it again over a
 /// new connection if this one drops, and, when it waits for confirmation, confirms over a new
 /// connection — which proves the host can still be reached after the change. If no new
@@ -762,17 +784,18 @@ pub fn activate_to_the_end(
 ) -> Result<(Host, Outcome), MachineError> {
     let name = reach.machine.name();
     let mut id = None;
-    let (mut host, mut step) = match host.activate(request, secrets, &mut id, &mut *log) {
+    let mut relay = Relay { seen: 0, log };
+    let (mut host, mut step) = match host.activate(request, secrets, &mut id, relay.again()) {
         Ok(step) => (host, step),
         Err(e) => {
             let Some(id) = id.clone() else { return Err(e) };
             host.close();
-            log(&format!(
+            (relay.log)(&format!(
                 "lost the connection ({}); reconnecting",
                 e.message()
             ));
             reach
-                .retry(RECONNECT_FOR, |h| h.wait(&id, &mut *log))
+                .retry(RECONNECT_FOR, |h| h.wait(&id, relay.again()))
                 .map_err(|again| {
                     MachineError::host(
                         name,
@@ -790,7 +813,7 @@ pub fn activate_to_the_end(
     let mut unconfirmed = None;
     while let Step::AwaitingConfirmation = step {
         let seconds = request.confirm.unwrap_or_default();
-        log(&format!(
+        (relay.log)(&format!(
             "activated; confirming over a new connection (the host goes back by itself after {seconds} s)"
         ));
         // Leave a margin for the host to see the confirmation before its deadline.
@@ -799,18 +822,18 @@ pub fn activate_to_the_end(
             Ok((new_host, ())) => {
                 host.close();
                 host = new_host;
-                step = host.wait(&id, &mut *log)?;
+                step = host.wait(&id, relay.again())?;
             }
             Err(e) => {
                 let why = e.message();
-                log(&format!(
+                (relay.log)(&format!(
                     "cannot confirm over a new connection ({why}); waiting for the host to go back"
                 ));
                 unconfirmed = Some(why.clone());
                 host.close();
                 let (new_host, next) = reach
                     .retry(Duration::from_secs(seconds) + RECONNECT_FOR, |h| {
-                        h.wait(&id, &mut *log)
+                        h.wait(&id, relay.again())
                     })
                     .map_err(|again| {
                         MachineError::host(
