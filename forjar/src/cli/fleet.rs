@@ -210,6 +210,9 @@ impl Session {
     pub(super) fn deploy(&self, args: &DeployArgs) -> Result<ExitCode, Failure> {
         let machines = select(&self.machines, self.on.as_deref())?;
         if machines.is_empty() {
+            if args.json {
+                emit("{\n  \"hosts\": []\n}\n")?;
+            }
             return Ok(ExitCode::Success);
         }
         let systems = self.systems(&machines)?;
@@ -217,6 +220,7 @@ impl Session {
         let options = DeployOptions {
             ssh: self.ssh(),
             confirm: Duration::from_secs(args.confirm_timeout.into()),
+            agent: deploy::AgentUpload::default(),
         };
         let total = machines.len();
         let budget = args.max_fail.of(total);

@@ -375,6 +375,7 @@ impl Session {
         let options = DeployOptions {
             ssh: self.ssh(),
             confirm: std::time::Duration::from_secs(30),
+            agent: deploy::AgentUpload::default(),
         };
         let progress = |host: &str, line: &str| {
             if self.verbosity != super::progress::Verbosity::Quiet {

@@ -491,7 +491,12 @@ fn run_checks(manifest: &Manifest) -> Result<(), AgentError> {
         log(&format!("health check: {}", check.describe()));
         check.run(log).map_err(|e| {
             AgentError(match &check.unit {
-                Some(unit) => format!("{unit}: {e}"),
+                Some(unit) => match inactive(unit) {
+                    Some(journal) => format!(
+                        "{unit}: {e}; the unit is not active, its last log lines:\n{journal}"
+                    ),
+                    None => format!("{unit}: {e}"),
+                },
                 None => e,
             })
         })?;
@@ -1053,6 +1058,9 @@ pub fn converge(
     }
     let done: BTreeSet<String> = started.iter().cloned().collect();
     started.extend(restart_for_secrets(new, &secrets_changed, &done)?);
+    // A unit with health checks is judged by them, which run next (not on the way back or in
+    // a repair, which run none).
+    started.retain(|name| force || !new.checks.iter().any(|c| c.unit.as_ref() == Some(name)));
     settle(&started)?;
     for hook in &new.hooks {
         log(&format!("running hook {}", hook.name));
@@ -1073,12 +1081,7 @@ fn settle(started: &[String]) -> Result<(), AgentError> {
     if !started.is_empty() {
         std::thread::sleep(SETTLE);
         for name in started {
-            if !check("systemctl", &["is-active", "--quiet", name]) {
-                let journal = Command::new("journalctl")
-                    .args(["--no-pager", "-n", "8", "-o", "cat", "-u", name])
-                    .output()
-                    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                    .unwrap_or_default();
+            if let Some(journal) = inactive(name) {
                 return Err(AgentError(format!(
                     "unit {name} did not stay active after it was started; its last log lines:\n{journal}"
                 )));
@@ -1086,6 +1089,20 @@ fn settle(started: &[String]) -> Result<(), AgentError> {
         }
     }
     Ok(())
+}
+
+/// `None` if unit `name` is active, else its last log lines.
+fn inactive(name: &str) -> Option<String> {
+    if check("systemctl", &["is-active", "--quiet", name]) {
+        return None;
+    }
+    Some(
+        Command::new("journalctl")
+            .args(["--no-pager", "-n", "8", "-o", "cat", "-u", name])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default(),
+    )
 }
 
 /// Writes the manifest's secrets from `values` (root-only-writable directories are made on

@@ -506,9 +506,15 @@ impl Host {
         Ok((Some(probe), own))
     }
 
-    /// Uploads the agent binary and installs it in the host's store, verified by its digest;
-    /// returns the bytes sent.
-    pub fn install_agent(&self, store: &Store) -> Result<u64, MachineError> {
+    /// Uploads the agent binary, gzip-compressed (`upload`), and installs it in the host's
+    /// store, verified by its digest; a host without `gzip` gets it as it is. Returns the bytes
+    /// sent.
+    pub fn install_agent(
+        &self,
+        store: &Store,
+        upload: &AgentUpload,
+        on_sent: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, MachineError> {
         let meta =
             fs::read_to_string(store.entry_path(&self.agent).join("meta.yaml")).map_err(|e| {
                 MachineError::host(
@@ -516,54 +522,82 @@ impl Host {
                     format!("cannot read the agent's meta.yaml: {e}"),
                 )
             })?;
-        let script = "set -e; umask 077; mkdir -p \"$1\"; f=$(mktemp \"$1/agent.XXXXXX\"); \
-                      trap 'rm -f \"$f\"' EXIT; cat > \"$f\"; chmod 700 \"$f\"; \
-                      \"$f\" __agent --store \"$2\" --state \"$1\" adopt --entry \"$3\" --meta \"$4\" --file \"$f\"";
-        let argv = vec![
-            "sh".to_string(),
-            "-c".into(),
-            script.into(),
-            "sh".into(),
-            agent::STATE_DIR.into(),
-            self.store_dir.display().to_string(),
-            self.agent.to_string(),
-            meta,
-        ];
-        let binary = store.content_path(&self.agent);
-        let reply = self.transport.run(
-            &argv,
-            Input::Stream(Box::new(move |out| {
-                io::copy(&mut fs::File::open(&binary)?, out).map(drop)
-            })),
-            |_| {},
-        )?;
-        if !reply.status.success() {
-            return Err(MachineError::host(
-                self.name(),
-                format!(
-                    "cannot install the agent ({}): {}",
-                    reply.status,
-                    reply.stderr.trim()
-                ),
-            ));
+        let compressed = upload
+            .compressed(store, &self.agent)
+            .map_err(|e| MachineError::host(self.name(), e))?;
+        let mut sent = 0;
+        for (file, unpack) in [
+            (compressed, "gzip -dc"),
+            (store.content_path(&self.agent), "cat"),
+        ] {
+            let script = format!(
+                "set -e; umask 077; mkdir -p \"$1\"; f=$(mktemp \"$1/agent.XXXXXX\"); \
+                 trap 'rm -f \"$f\"' EXIT; \
+                 command -v {program} >/dev/null || {{ cat >/dev/null; exit {NO_GZIP}; }}; \
+                 {unpack} > \"$f\"; chmod 700 \"$f\"; \
+                 \"$f\" __agent --store \"$2\" --state \"$1\" adopt --entry \"$3\" --meta \"$4\" --file \"$f\"",
+                program = unpack.split(' ').next().unwrap_or(unpack),
+            );
+            let argv = vec![
+                "sh".to_string(),
+                "-c".into(),
+                script,
+                "sh".into(),
+                agent::STATE_DIR.into(),
+                self.store_dir.display().to_string(),
+                self.agent.to_string(),
+                meta.clone(),
+            ];
+            let reply = self.transport.run(
+                &argv,
+                Input::Stream(Box::new(move |out| {
+                    io::copy(
+                        &mut fs::File::open(&file)?,
+                        &mut Reporting::new(out, on_sent),
+                    )
+                    .map(drop)
+                })),
+                |_| {},
+            )?;
+            sent += reply.sent;
+            if reply.status.code() == Some(NO_GZIP) && unpack != "cat" {
+                continue;
+            }
+            if !reply.status.success() {
+                return Err(MachineError::host(
+                    self.name(),
+                    format!(
+                        "cannot install the agent ({}): {}",
+                        reply.status,
+                        reply.stderr.trim()
+                    ),
+                ));
+            }
+            break;
         }
-        Ok(reply.sent)
+        Ok(sent)
     }
 
-    /// Sends `entries` (references first); returns the bytes sent.
-    pub fn send(&self, store: &Store, entries: &[EntryName]) -> Result<u64, MachineError> {
+    /// Sends `entries` (references first), telling `on_sent` the bytes sent so far now and
+    /// then; returns the bytes sent.
+    pub fn send(
+        &self,
+        store: &Store,
+        entries: &[EntryName],
+        on_sent: &(dyn Fn(u64) + Sync),
+    ) -> Result<u64, MachineError> {
         let reply = self.agent(
             &["receive"],
             Input::Stream(Box::new(move |out| {
-                archive::write_entries(store, entries, &mut WriteRef(out))
+                archive::write_entries(store, entries, &mut Reporting::new(out, on_sent))
             })),
             |_| {},
         )?;
         Ok(reply.sent)
     }
 
-    /// Starts activation `request`, with the values of the system's `secrets`, following the activator's log through `log` until its
-    /// outcome, or until it waits for confirmation; `id` gets the activation's id as soon as
+    /// Starts activation `request` with the values of the system's `secrets`, following the
+    /// activator's log through `log` until its outcome, or until it waits for confirmation; `id` gets the activation's id as soon as
     /// it is known (a dropped connection is survived by the activator: [`Host::wait`] follows
     /// it again over a new one).
     pub fn activate(
@@ -673,15 +707,88 @@ impl Host {
     }
 }
 
-/// `&mut dyn Write` as a sized writer.
-struct WriteRef<'a>(&'a mut dyn Write);
+/// What the agent upload's script exits with on a host without `gzip`.
+const NO_GZIP: i32 = 97;
 
-impl Write for WriteRef<'_> {
+/// The agent binary as it is uploaded: gzip-compressed once per agent (a program's binary
+/// compresses to about a third), kept in `<store>/.machines/agents/` for later applies.
+#[derive(Debug, Default)]
+pub struct AgentUpload {
+    made: std::sync::OnceLock<Result<std::path::PathBuf, String>>,
+}
+
+impl AgentUpload {
+    /// The compressed agent `agent` of `store`, made the first time it is asked for.
+    fn compressed(&self, store: &Store, agent: &EntryName) -> Result<std::path::PathBuf, String> {
+        self.made
+            .get_or_init(|| {
+                let dir = store.dir().join(".machines").join("agents");
+                let path = dir.join(format!("{agent}.gz"));
+                if path.exists() {
+                    return Ok(path);
+                }
+                let made = (|| -> io::Result<()> {
+                    fs::create_dir_all(&dir)?;
+                    let tmp = tempfile::NamedTempFile::new_in(&dir)?;
+                    let mut encoder = flate2::write::GzEncoder::new(
+                        io::BufWriter::new(tmp),
+                        flate2::Compression::fast(),
+                    );
+                    io::copy(
+                        &mut fs::File::open(store.content_path(agent))?,
+                        &mut encoder,
+                    )?;
+                    let tmp = encoder.finish()?.into_inner().map_err(|e| e.into_error())?;
+                    tmp.persist(&path)?;
+                    // Only the newest agent is kept: the others belong to older programs.
+                    for old in fs::read_dir(&dir)?.flatten() {
+                        if old.path() != path {
+                            let _ = fs::remove_file(old.path());
+                        }
+                    }
+                    Ok(())
+                })();
+                made.map(|()| path)
+                    .map_err(|e| format!("cannot compress the agent into `{}`: {e}", dir.display()))
+            })
+            .clone()
+    }
+}
+
+/// A writer of a command's input that tells `report` how many bytes went through, every
+/// [`Reporting::EVERY`] bytes.
+struct Reporting<'a> {
+    inner: &'a mut dyn Write,
+    sent: u64,
+    next: u64,
+    report: &'a (dyn Fn(u64) + Sync),
+}
+
+impl<'a> Reporting<'a> {
+    const EVERY: u64 = 4 << 20;
+
+    fn new(inner: &'a mut dyn Write, report: &'a (dyn Fn(u64) + Sync)) -> Reporting<'a> {
+        Reporting {
+            inner,
+            sent: 0,
+            next: Self::EVERY,
+            report,
+        }
+    }
+}
+
+impl Write for Reporting<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
+        let n = self.inner.write(buf)?;
+        self.sent += n as u64;
+        if self.sent >= self.next {
+            (self.report)(self.sent);
+            self.next = self.sent + Self::EVERY;
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        self.inner.flush()
     }
 }
 
@@ -862,13 +969,15 @@ pub fn activate_to_the_end(
 }
 
 /// How hosts are deployed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Default)]
 pub struct DeployOptions {
     /// How hosts are reached.
     pub ssh: SshOptions,
     /// How long an activated host waits for the controller's confirmation over a new
     /// connection before it goes back by itself.
     pub confirm: Duration,
+    /// The agent's upload, shared by the hosts of one deploy.
+    pub agent: AgentUpload,
 }
 
 /// What a deploy did on one host.
@@ -1008,22 +1117,38 @@ pub fn deploy_host(
         report.previous = plan.current.as_ref().map(|g| g.number);
         report.generation = report.previous;
         if plan.install_agent {
-            progress(name, "installing the agent");
-            report.sent_bytes += host.install_agent(store)?;
+            let size =
+                fs::metadata(store.content_path(&system.manifest.agent)).map_or(0, |m| m.len());
+            let shown = |sent: u64| {
+                progress(
+                    name,
+                    &format!(
+                        "installing the agent ({}, sent compressed): {} sent",
+                        human_bytes(size),
+                        human_bytes(sent)
+                    ),
+                )
+            };
+            shown(0);
+            report.sent_bytes += host.install_agent(store, &options.agent, &shown)?;
             plan = plan_host(&host, system)?;
         }
         if !plan.send.is_empty() {
             let bytes: u64 = plan.send.iter().map(|(_, s)| s).sum();
-            progress(
-                name,
-                &format!(
-                    "copying {} entries ({})",
-                    plan.send.len(),
-                    human_bytes(bytes)
-                ),
-            );
+            let count = plan.send.len();
+            let shown = |sent: u64| {
+                progress(
+                    name,
+                    &format!(
+                        "copying {count} entries: {} of {}",
+                        human_bytes(sent),
+                        human_bytes(bytes)
+                    ),
+                )
+            };
+            shown(0);
             let entries: Vec<EntryName> = plan.send.iter().map(|(e, _)| e.clone()).collect();
-            report.sent_bytes += host.send(store, &entries)?;
+            report.sent_bytes += host.send(store, &entries, &shown)?;
             report.sent_entries = entries.len();
         }
         let request = Request {
