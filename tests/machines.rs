@@ -1022,3 +1022,21 @@ fn twenty_hosts_with_three_links_dropped_during_a_rolling_deploy() {
     );
     assert_eq!(hosts.http_get(0, 8080), "second");
 }
+
+#[test]
+fn a_host_without_gzip_gets_the_agent_as_it_is() {
+    let Some(hosts) = TestHosts::up(1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert_ok(&hosts.ssh(0, "mv /usr/bin/gzip /usr/bin/gzip.away"));
+    let apply = fleet(&store, &hosts, &[], &["apply"]);
+    assert_ok(&apply);
+    let line = summary_line(&apply, hosts.name(0));
+    assert!(line.contains("activated generation 1"), "{line}");
+    // The compressed upload was read and dropped, then the binary went as it is.
+    let agent = std::fs::metadata(example("fleet")).unwrap().len();
+    assert!(sent_bytes(&apply, hosts.name(0)) > agent, "{line}");
+    assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+}

@@ -159,6 +159,13 @@ impl HostLines {
         }
     }
 
+    /// An update only a live line shows (bytes sent so far).
+    fn live(&self, host: &str, text: &str) {
+        if self.bars.is_some() {
+            self.show(host, text);
+        }
+    }
+
     fn done(&self, report: &HostReport) {
         match &self.bars {
             Some((_, bars)) => {
@@ -256,8 +263,15 @@ impl Session {
                 .zip(&systems[wave.clone()])
                 .collect();
             let done = bounded(&pairs, self.max_hosts, |(m, system)| {
-                let report =
-                    deploy::deploy_host(&self.store, m, system, &options, &provenance, &progress);
+                let report = deploy::deploy_host(
+                    &self.store,
+                    m,
+                    system,
+                    &options,
+                    &provenance,
+                    &progress,
+                    &|host, line| lines.live(host, line),
+                );
                 lines.done(&report);
                 report
             });

@@ -1099,7 +1099,7 @@ pub fn plan_host(host: &Host, system: &System) -> Result<HostPlan, MachineError>
 }
 
 /// Deploys `system` to `machine`: connect, plan, send what is missing, activate, report.
-/// `progress` gets each step.
+/// `progress` gets each step, `live` the bytes sent so far (for a display that updates).
 pub fn deploy_host(
     store: &Store,
     machine: &Machine,
@@ -1107,6 +1107,7 @@ pub fn deploy_host(
     options: &DeployOptions,
     provenance: &Provenance,
     progress: &(dyn Fn(&str, &str) + Sync),
+    live: &(dyn Fn(&str, &str) + Sync),
 ) -> HostReport {
     let mut report = HostReport::new(machine.name(), "failed");
     let name = machine.name.as_str();
@@ -1119,34 +1120,21 @@ pub fn deploy_host(
         if plan.install_agent {
             let size =
                 fs::metadata(store.content_path(&system.manifest.agent)).map_or(0, |m| m.len());
-            let shown = |sent: u64| {
-                progress(
-                    name,
-                    &format!(
-                        "installing the agent ({}, sent compressed): {} sent",
-                        human_bytes(size),
-                        human_bytes(sent)
-                    ),
-                )
-            };
-            shown(0);
+            let what = format!(
+                "installing the agent ({}, sent compressed)",
+                human_bytes(size)
+            );
+            progress(name, &what);
+            let shown = |sent: u64| live(name, &format!("{what}: {} sent", human_bytes(sent)));
             report.sent_bytes += host.install_agent(store, &options.agent, &shown)?;
             plan = plan_host(&host, system)?;
         }
         if !plan.send.is_empty() {
             let bytes: u64 = plan.send.iter().map(|(_, s)| s).sum();
             let count = plan.send.len();
-            let shown = |sent: u64| {
-                progress(
-                    name,
-                    &format!(
-                        "copying {count} entries: {} of {}",
-                        human_bytes(sent),
-                        human_bytes(bytes)
-                    ),
-                )
-            };
-            shown(0);
+            let what = format!("copying {count} entries ({})", human_bytes(bytes));
+            progress(name, &what);
+            let shown = |sent: u64| live(name, &format!("{what}: {} sent", human_bytes(sent)));
             let entries: Vec<EntryName> = plan.send.iter().map(|(e, _)| e.clone()).collect();
             report.sent_bytes += host.send(store, &entries, &shown)?;
             report.sent_entries = entries.len();
