@@ -1012,16 +1012,7 @@ pub fn converge(
         if new.units.get(name).is_some_and(|u| !u.provided) {
             continue;
         }
-        match changes.units_reloaded.contains(name) {
-            true => {
-                log(&format!("reloading {name}"));
-                systemctl(&["reload-or-restart", name])?;
-            }
-            false => {
-                log(&format!("restarting {name}"));
-                systemctl(&["restart", name])?;
-            }
-        }
+        bounce(name, changes.units_reloaded.contains(name), "")?;
         started.push(name.clone());
     }
     for (name, unit) in &new.units {
@@ -1162,19 +1153,24 @@ fn restart_for_secrets(
         {
             continue;
         }
-        match unit.reload {
-            true => {
-                log(&format!("reloading {name}: a secret it reads changed"));
-                systemctl(&["reload-or-restart", name])?;
-            }
-            false => {
-                log(&format!("restarting {name}: a secret it reads changed"));
-                systemctl(&["restart", name])?;
-            }
-        }
+        bounce(name, unit.reload, ": a secret it reads changed")?;
         restarted.push(name.clone());
     }
     Ok(restarted)
+}
+
+/// Reloads unit `name` (if it can be, else restarts it) or restarts it, logging why.
+fn bounce(name: &str, reload: bool, why: &str) -> Result<(), AgentError> {
+    match reload {
+        true => {
+            log(&format!("reloading {name}{why}"));
+            systemctl(&["reload-or-restart", name])
+        }
+        false => {
+            log(&format!("restarting {name}{why}"));
+            systemctl(&["restart", name])
+        }
+    }
 }
 
 fn exists(database: &str, name: &str) -> bool {

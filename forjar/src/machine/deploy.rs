@@ -440,17 +440,21 @@ impl Host {
             ));
         }
         if !reply.status.success() {
-            return Err(MachineError::host(
-                self.name(),
-                format!(
-                    "the agent's `{}` failed ({}): {}",
-                    command.first().copied().unwrap_or_default(),
-                    reply.status,
-                    reply.stderr.trim()
-                ),
-            ));
+            let what = format!(
+                "the agent's `{}`",
+                command.first().copied().unwrap_or_default()
+            );
+            return Err(self.failed(&what, &reply));
         }
         Ok(reply)
+    }
+
+    /// `what` failed on the host, as `reply` tells.
+    fn failed(&self, what: &str, reply: &Reply) -> MachineError {
+        MachineError::host(
+            self.name(),
+            format!("{what} failed ({}): {}", reply.status, reply.stderr.trim()),
+        )
     }
 
     /// `sh -c` running this program's agent, else the agent of the host's current generation
@@ -487,14 +491,7 @@ impl Host {
             return Ok((None, false));
         }
         if !reply.status.success() {
-            return Err(MachineError::host(
-                self.name(),
-                format!(
-                    "the agent's probe failed ({}): {}",
-                    reply.status,
-                    reply.stderr.trim()
-                ),
-            ));
+            return Err(self.failed("the agent's probe", &reply));
         }
         let own = !reply.stderr.contains(AGENT_OTHER);
         let probe = serde_json::from_slice(&reply.stdout).map_err(|e| {
@@ -564,14 +561,7 @@ impl Host {
                 continue;
             }
             if !reply.status.success() {
-                return Err(MachineError::host(
-                    self.name(),
-                    format!(
-                        "cannot install the agent ({}): {}",
-                        reply.status,
-                        reply.stderr.trim()
-                    ),
-                ));
+                return Err(self.failed("installing the agent", &reply));
             }
             break;
         }
