@@ -1122,7 +1122,7 @@ fn place_secrets(
             )));
         }
         let (uid, gid) = (user_id(&spec.owner)?, group_id(&spec.group)?);
-        let same = parent.read().map_err(io)?.as_ref() == Some(value)
+        let same = parent.holds(value).map_err(io)?
             && parent
                 .stat()
                 .map_err(io)?

@@ -354,6 +354,8 @@ fn http_get(host: &str, port: u16, path: &str, timeout: Duration) -> Result<(u16
 
 /// Runs `script` with `/bin/sh -euc`, killed after `timeout`; its output goes to the log.
 fn run_script(script: &str, timeout: Duration) -> Result<(), String> {
+    /// How much of the end of its standard error is kept for the message.
+    const KEPT: usize = 4096;
     let mut child = Command::new("/bin/sh")
         .args(["-euc", script])
         .stdin(Stdio::null())
@@ -361,19 +363,37 @@ fn run_script(script: &str, timeout: Duration) -> Result<(), String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run /bin/sh: {e}"))?;
+    // Drained as it comes, so that a chatty command never blocks on a full pipe; only its end
+    // is kept, and a process it left behind holding the pipe is not waited for.
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    if let Some(mut pipe) = child.stderr.take() {
+        let kept = std::sync::Arc::clone(&kept);
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 4096];
+            while let Ok(n @ 1..) = pipe.read(&mut buffer) {
+                let mut kept = kept
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                kept.extend_from_slice(&buffer[..n]);
+                let excess = kept.len().saturating_sub(KEPT);
+                kept.drain(..excess);
+            }
+        });
+    }
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
             Ok(Some(status)) if status.success() => return Ok(()),
             Ok(Some(status)) => {
-                let mut stderr = String::new();
-                if let Some(mut pipe) = child.stderr.take() {
-                    let _ = pipe.read_to_string(&mut stderr);
-                }
-                let stderr = stderr.trim();
+                // A moment for the drain to see the last of what the command wrote.
+                std::thread::sleep(Duration::from_millis(20));
+                let stderr = kept
+                    .lock()
+                    .map(|k| String::from_utf8_lossy(&k).trim().to_string())
+                    .unwrap_or_default();
                 return Err(match stderr.is_empty() {
                     true => format!("it {status}"),
-                    false => format!("it {status}: {}", tail(stderr)),
+                    false => format!("it {status}: {}", tail(&stderr)),
                 });
             }
             Ok(None) if Instant::now() >= deadline => {
@@ -440,6 +460,15 @@ mod tests {
             "{error}"
         );
         assert!(Check::command("true").run(|_| {}).is_ok());
+        // More than a pipe holds on standard error: it still ends, and its last words show.
+        let chatty = Check::command("yes noise | head -c 1000000 >&2; echo last >&2; exit 1")
+            .retries(0)
+            .run(|_| {})
+            .unwrap_err();
+        assert!(
+            chatty.contains("last") && !chatty.contains("killed"),
+            "{chatty}"
+        );
         let slow = Check::command("sleep 5")
             .timeout(Duration::from_millis(50))
             .retries(0);

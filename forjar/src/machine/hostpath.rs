@@ -151,9 +151,9 @@ impl Parent {
         file_digest_from(File::from(fd), st.st_mode & 0o100 != 0)
     }
 
-    /// The regular file at the path, read without following it (`None` if it is missing or
-    /// not a regular file).
-    pub(crate) fn read(&self) -> io::Result<Option<Vec<u8>>> {
+    /// Whether the path is a regular file holding exactly `bytes`, read without following it
+    /// and no further than one byte past their length (whatever else is there is not read).
+    pub(crate) fn holds(&self, bytes: &[u8]) -> io::Result<bool> {
         let fd = match walk::openat(
             self.dir.as_fd(),
             &self.name,
@@ -161,16 +161,18 @@ impl Parent {
         ) {
             Ok(fd) => fd,
             Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ELOOP)) => {
-                return Ok(None);
+                return Ok(false);
             }
             Err(e) => return Err(e),
         };
         if Kind::from_mode(walk::fstat(fd.as_fd())?.st_mode) != Kind::File {
-            return Ok(None);
+            return Ok(false);
         }
-        let mut bytes = Vec::new();
-        File::from(fd).read_to_end(&mut bytes)?;
-        Ok(Some(bytes))
+        let mut found = Vec::with_capacity(bytes.len() + 1);
+        File::from(fd)
+            .take(bytes.len() as u64 + 1)
+            .read_to_end(&mut found)?;
+        Ok(found == bytes)
     }
 
     /// Whether the path's directory is on tmpfs, which lives in memory.
