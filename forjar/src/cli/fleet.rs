@@ -3,11 +3,11 @@
 //! line per host on a terminal, and a summary table (or `--json`) at the end.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::ops::Range;
 use std::str::FromStr;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -18,8 +18,13 @@ use super::progress::Verbosity;
 use super::terminal::sanitise;
 use super::{ExitCode, Failure, emit};
 use crate::machine::Machine;
-use crate::machine::deploy::{self, DeployOptions, HostReport, Provenance, Reach, System};
+use crate::machine::deploy::{self, DeployOptions, HostReport, Reach, System};
+use crate::machine::secret;
 use crate::store::human_bytes;
+
+/// How long an activated host waits for the controller's confirmation, unless told otherwise
+/// (deploy-rs's default).
+pub(super) const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A number of hosts, or a share of the selected ones.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +81,7 @@ pub(super) struct DeployArgs {
     rollback_all: bool,
     /// Seconds an activated host waits for the confirmation that the controller reaches it
     /// over a new connection, before it goes back to its previous generation by itself.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30,
+    #[arg(long, value_name = "SECONDS", default_value_t = CONFIRM_TIMEOUT.as_secs() as u16,
           value_parser = clap::value_parser!(u16).range(5..))]
     confirm_timeout: u16,
     /// Print the hosts' results as JSON on standard output.
@@ -104,14 +109,16 @@ fn waves(total: usize, serial: Option<Amount>, canary: bool) -> Vec<Range<usize>
 
 /// One line per host: a live spinner line each on a terminal, plain `host: text` lines
 /// otherwise, nothing with `-q`.
-struct HostLines {
+pub(super) struct HostLines {
     verbosity: Verbosity,
     bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
-    plain: Mutex<()>,
 }
 
+/// A host's line before its first step.
+const WAITING: &str = "waiting";
+
 impl HostLines {
-    fn new(verbosity: Verbosity, machines: &[&Machine]) -> HostLines {
+    pub(super) fn new(verbosity: Verbosity, machines: &[&Machine]) -> HostLines {
         let live = verbosity == Verbosity::Normal && io::stderr().is_terminal();
         let bars = live.then(|| {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
@@ -126,33 +133,30 @@ impl HostLines {
                     let bar = multi.add(ProgressBar::new_spinner());
                     bar.set_style(style.clone());
                     bar.set_prefix(m.name().to_string());
-                    bar.set_message("waiting");
+                    bar.set_message(WAITING);
                     (m.name().to_string(), bar)
                 })
                 .collect();
             (multi, bars)
         });
-        HostLines {
-            verbosity,
-            bars,
-            plain: Mutex::new(()),
-        }
+        HostLines { verbosity, bars }
     }
 
-    fn show(&self, host: &str, text: &str) {
+    pub(super) fn show(&self, host: &str, text: &str) {
         let text = sanitise(text);
         match &self.bars {
             Some((_, bars)) => {
                 if let Some(bar) = bars.get(host) {
-                    if bar.elapsed() < Duration::from_millis(1) || bar.is_finished() {
+                    // The clock and the spinner start with the host's first step (a host of a
+                    // later wave waits), and again for a host taken back after it finished.
+                    if bar.message() == WAITING || bar.is_finished() {
                         bar.reset_elapsed();
+                        bar.enable_steady_tick(Duration::from_millis(120));
                     }
-                    bar.enable_steady_tick(Duration::from_millis(120));
                     bar.set_message(text.into_owned());
                 }
             }
             None if self.verbosity != Verbosity::Quiet => {
-                let _guard = self.plain.lock();
                 let _ = writeln!(io::stderr().lock(), "{host}: {text}");
             }
             None => {}
@@ -189,11 +193,42 @@ impl HostLines {
         }
     }
 
-    fn finish(&self) {
+    pub(super) fn finish(&self) {
         if let Some((multi, _)) = &self.bars {
             let _ = multi.clear();
         }
     }
+}
+
+/// Every selected machine's secret values, each source read once, and before any host is
+/// touched: a value that cannot be read stops the apply, not a wave halfway.
+fn read_secrets(machines: &[&Machine]) -> Result<Vec<secret::Values>, Failure> {
+    let mut read: HashMap<String, Vec<u8>> = HashMap::new();
+    machines
+        .iter()
+        .map(|m| {
+            let mut values = secret::Values::default();
+            for (path, secret) in m.secrets() {
+                let value = match read.entry(secret.source()) {
+                    Entry::Occupied(known) => known.get().clone(),
+                    Entry::Vacant(new) => new
+                        .insert(secret.read().map_err(|why| {
+                            Failure::new(
+                                ExitCode::Failure,
+                                format!(
+                                    "machine `{}`: secret {}: {why}; no host was changed",
+                                    m.name(),
+                                    path.as_str()
+                                ),
+                            )
+                        })?)
+                        .clone(),
+                };
+                values.0.insert(path.as_str().to_string(), value);
+            }
+            Ok(values)
+        })
+        .collect()
 }
 
 /// A host's result in a few words: what it is on now.
@@ -223,12 +258,9 @@ impl Session {
             return Ok(ExitCode::Success);
         }
         let systems = self.systems(&machines)?;
-        let provenance = Provenance::current();
-        let options = DeployOptions {
-            ssh: self.ssh(),
-            confirm: Duration::from_secs(args.confirm_timeout.into()),
-            agent: deploy::AgentUpload::default(),
-        };
+        let secrets = read_secrets(&machines)?;
+        let options =
+            DeployOptions::new(self.ssh(), Duration::from_secs(args.confirm_timeout.into()));
         let total = machines.len();
         let budget = args.max_fail.of(total);
         let waves = waves(total, args.serial, args.canary);
@@ -257,18 +289,14 @@ impl Session {
                         .join(", ")
                 ));
             }
-            let pairs: Vec<(&Machine, &System)> = machines[wave.clone()]
-                .iter()
-                .copied()
-                .zip(&systems[wave.clone()])
-                .collect();
-            let done = bounded(&pairs, self.max_hosts, |(m, system)| {
+            let hosts: Vec<usize> = wave.clone().collect();
+            let done = bounded(&hosts, self.max_hosts, |&i| {
                 let report = deploy::deploy_host(
                     &self.store,
-                    m,
-                    system,
+                    machines[i],
+                    &systems[i],
+                    &secrets[i],
                     &options,
-                    &provenance,
                     &progress,
                     &|host, line| lines.live(host, line),
                 );
@@ -282,14 +310,7 @@ impl Session {
         let failures = reports.iter().filter(|r| r.failed()).count();
         let spent = failures > budget;
         if spent && args.rollback_all {
-            self.roll_back_changed(
-                &machines,
-                &systems,
-                &mut reports,
-                &options,
-                &provenance,
-                &lines,
-            );
+            self.roll_back_changed(&machines, &systems, &mut reports, &options, &lines);
         }
         lines.finish();
         let mut text = String::new();
@@ -335,7 +356,6 @@ impl Session {
         systems: &[System],
         reports: &mut [HostReport],
         options: &DeployOptions,
-        provenance: &Provenance,
         lines: &HostLines,
     ) {
         let changed: Vec<usize> = (0..reports.len())
@@ -362,7 +382,7 @@ impl Session {
                              back to; it stays on the new one"
                         .to_string(),
                 ),
-                previous => deploy::rollback_host(&reach, previous, options, provenance, &progress)
+                previous => deploy::rollback_host(&reach, previous, options, &progress)
                     .map_err(|e| e.message()),
             }
         });

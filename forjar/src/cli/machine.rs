@@ -3,15 +3,15 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::io::{self, Write};
 
 use clap::Subcommand;
 
+use super::fleet::{CONFIRM_TIMEOUT, HostLines};
 use super::program::Session;
 use super::{ExitCode, Failure, emit};
 use crate::derivation::OutputRef;
 use crate::hash::EntryName;
-use crate::machine::deploy::{self, DeployOptions, HostPlan, Provenance, System};
+use crate::machine::deploy::{self, DeployOptions, HostPlan, System};
 use crate::machine::manifest::Changes;
 use crate::machine::ssh::SshOptions;
 use crate::machine::{Machine, MachineError};
@@ -299,40 +299,31 @@ impl Session {
     /// `generations --on HOST`.
     pub(super) fn host_generations(&self) -> Result<ExitCode, Failure> {
         let results = self.connect_each(|host| host.generations())?;
-        let mut text = String::new();
-        let mut code = ExitCode::Success;
-        for (name, result) in results {
-            match result {
-                Ok(generations) => {
-                    let _ = writeln!(text, "{name}:");
-                    if generations.is_empty() {
-                        let _ = writeln!(text, "  no generations yet; `apply` makes one");
-                    }
-                    for g in &generations {
-                        let time = humantime::format_rfc3339_seconds(
-                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(g.created),
-                        );
-                        let _ = writeln!(
-                            text,
-                            "  {:>4}  {time}  {:<11}  {}  by {}{}",
-                            g.number,
-                            g.status,
-                            g.system,
-                            g.operator,
-                            g.revision
-                                .as_deref()
-                                .map(|r| format!(" at {r}"))
-                                .unwrap_or_default()
-                        );
-                    }
-                    let _ = deploy::mirror(&self.store, &name, &generations);
-                }
-                Err(e) => {
-                    code = ExitCode::Failure;
-                    let _ = writeln!(text, "{e}");
-                }
+        let (text, code) = render_each(results, |text, name, generations| {
+            let _ = writeln!(text, "{name}:");
+            if generations.is_empty() {
+                let _ = writeln!(text, "  no generations yet; `apply` makes one");
             }
-        }
+            for g in &generations {
+                let time = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(g.created),
+                );
+                let _ = writeln!(
+                    text,
+                    "  {:>4}  {time}  {:<11}  {}  by {}{}",
+                    g.number,
+                    g.status,
+                    g.system,
+                    g.operator,
+                    g.revision
+                        .as_deref()
+                        .map(|r| format!(" at {r}"))
+                        .unwrap_or_default()
+                );
+            }
+            let _ = deploy::mirror(&self.store, name, &generations);
+            true
+        });
         emit(&text)?;
         Ok(code)
     }
@@ -345,23 +336,14 @@ impl Session {
                 &host.manifest(b)?,
             ))
         })?;
-        let mut text = String::new();
-        let mut code = ExitCode::Success;
-        for (name, result) in results {
-            match result {
-                Ok(changes) => {
-                    let _ = writeln!(text, "{name}: generation {a} -> {b}:");
-                    if changes.is_empty() {
-                        let _ = writeln!(text, "  no paths, users, groups or units differ");
-                    }
-                    render_changes(&mut text, &changes, false);
-                }
-                Err(e) => {
-                    code = ExitCode::Failure;
-                    let _ = writeln!(text, "{e}");
-                }
+        let (text, code) = render_each(results, |text, name, changes| {
+            let _ = writeln!(text, "{name}: generation {a} -> {b}:");
+            if changes.is_empty() {
+                let _ = writeln!(text, "  no paths, users, groups or units differ");
             }
-        }
+            render_changes(text, &changes, false);
+            true
+        });
         emit(&text)?;
         Ok(code)
     }
@@ -369,23 +351,11 @@ impl Session {
     /// `rollback --on HOST [--to N]`: activates an earlier generation of each selected host,
     /// confirmed over a new connection as a deploy is.
     pub(super) fn host_rollback(&self, to: Option<u64>) -> Result<ExitCode, Failure> {
-        let provenance = Provenance::current();
         let machines = select(&self.machines, self.on.as_deref())?;
         let agent = deploy::agent_entry(&self.store, false)?;
-        let options = DeployOptions {
-            ssh: self.ssh(),
-            confirm: std::time::Duration::from_secs(30),
-            agent: deploy::AgentUpload::default(),
-        };
-        let progress = |host: &str, line: &str| {
-            if self.verbosity != super::progress::Verbosity::Quiet {
-                let _ = writeln!(
-                    io::stderr().lock(),
-                    "{host}: {}",
-                    super::terminal::sanitise(line)
-                );
-            }
-        };
+        let options = DeployOptions::new(self.ssh(), CONFIRM_TIMEOUT);
+        let lines = HostLines::new(self.verbosity, &machines);
+        let progress = |host: &str, line: &str| lines.show(host, line);
         let results: Vec<PerHost<_>> = bounded(&machines, self.max_hosts, |m| {
             let reach = deploy::Reach {
                 machine: m,
@@ -393,39 +363,54 @@ impl Session {
                 agent: &agent,
                 ssh: &options.ssh,
             };
-            let outcome = deploy::rollback_host(&reach, to, &options, &provenance, &progress)
-                .map_err(|e| e.to_string());
+            let outcome =
+                deploy::rollback_host(&reach, to, &options, &progress).map_err(|e| e.to_string());
             (m.name().to_string(), outcome)
         });
-        let mut text = String::new();
-        let mut code = ExitCode::Success;
-        for (name, result) in results {
-            match result {
-                Ok(outcome) if outcome.result == "activated" || outcome.result == "unchanged" => {
-                    let _ = writeln!(
-                        text,
-                        "{name}: now on generation {}",
-                        outcome.generation.unwrap_or_default()
-                    );
-                }
-                Ok(outcome) => {
-                    code = ExitCode::Failure;
-                    let _ = writeln!(
-                        text,
-                        "{name}: {}: {}",
-                        outcome.result,
-                        outcome.error.unwrap_or_default()
-                    );
-                }
-                Err(e) => {
-                    code = ExitCode::Failure;
-                    let _ = writeln!(text, "{e}");
-                }
-            }
-        }
+        lines.finish();
+        let (text, code) = render_each(results, |text, name, outcome| {
+            let ok = outcome.result == "activated" || outcome.result == "unchanged";
+            let _ = match ok {
+                true => writeln!(
+                    text,
+                    "{name}: now on generation {}",
+                    outcome.generation.unwrap_or_default()
+                ),
+                false => writeln!(
+                    text,
+                    "{name}: {}: {}",
+                    outcome.result,
+                    outcome.error.unwrap_or_default()
+                ),
+            };
+            ok
+        });
         emit(&text)?;
         Ok(code)
     }
+}
+
+/// Renders each host's result with `each`, which says whether it went well; a host the
+/// command failed on gets its error. The exit code is a failure if any host did not go well.
+fn render_each<T>(
+    results: Vec<PerHost<T>>,
+    mut each: impl FnMut(&mut String, &str, T) -> bool,
+) -> (String, ExitCode) {
+    let mut text = String::new();
+    let mut code = ExitCode::Success;
+    for (name, result) in results {
+        let ok = match result {
+            Ok(value) => each(&mut text, &name, value),
+            Err(e) => {
+                let _ = writeln!(text, "{e}");
+                false
+            }
+        };
+        if !ok {
+            code = ExitCode::Failure;
+        }
+    }
+    (text, code)
 }
 
 /// What a host's plan says when its files need outputs that are not built yet: not a failure.

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -547,13 +547,10 @@ impl Host {
             ];
             let reply = self.transport.run(
                 &argv,
-                Input::Stream(Box::new(move |out| {
-                    io::copy(
-                        &mut fs::File::open(&file)?,
-                        &mut Reporting::new(out, on_sent),
-                    )
-                    .map(drop)
-                })),
+                Input::Stream(
+                    Box::new(move |out| io::copy(&mut fs::File::open(&file)?, out).map(drop)),
+                    on_sent,
+                ),
                 |_| {},
             )?;
             sent += reply.sent;
@@ -578,9 +575,10 @@ impl Host {
     ) -> Result<u64, MachineError> {
         let reply = self.agent(
             &["receive"],
-            Input::Stream(Box::new(move |out| {
-                archive::write_entries(store, entries, &mut Reporting::new(out, on_sent))
-            })),
+            Input::Stream(
+                Box::new(move |mut out| archive::write_entries(store, entries, &mut out)),
+                on_sent,
+            ),
             |_| {},
         )?;
         Ok(reply.sent)
@@ -742,43 +740,6 @@ impl AgentUpload {
                     .map_err(|e| format!("cannot compress the agent into `{}`: {e}", dir.display()))
             })
             .clone()
-    }
-}
-
-/// A writer of a command's input that tells `report` how many bytes went through, every
-/// [`Reporting::EVERY`] bytes.
-struct Reporting<'a> {
-    inner: &'a mut dyn Write,
-    sent: u64,
-    next: u64,
-    report: &'a (dyn Fn(u64) + Sync),
-}
-
-impl<'a> Reporting<'a> {
-    const EVERY: u64 = 4 << 20;
-
-    fn new(inner: &'a mut dyn Write, report: &'a (dyn Fn(u64) + Sync)) -> Reporting<'a> {
-        Reporting {
-            inner,
-            sent: 0,
-            next: Self::EVERY,
-            report,
-        }
-    }
-}
-
-impl Write for Reporting<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sent += n as u64;
-        if self.sent >= self.next {
-            (self.report)(self.sent);
-            self.next = self.sent + Self::EVERY;
-        }
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -958,16 +919,42 @@ pub fn activate_to_the_end(
     Ok((host, *outcome))
 }
 
-/// How hosts are deployed.
-#[derive(Debug, Default)]
+/// How hosts are deployed: what every host of one deploy shares.
+#[derive(Debug)]
 pub struct DeployOptions {
     /// How hosts are reached.
     pub ssh: SshOptions,
     /// How long an activated host waits for the controller's confirmation over a new
     /// connection before it goes back by itself.
     pub confirm: Duration,
-    /// The agent's upload, shared by the hosts of one deploy.
+    /// Who deploys, recorded in each generation.
+    pub provenance: Provenance,
+    /// The agent's upload.
     pub agent: AgentUpload,
+}
+
+impl DeployOptions {
+    /// Options for reaching hosts with `ssh`, confirming within `confirm`.
+    pub fn new(ssh: SshOptions, confirm: Duration) -> DeployOptions {
+        DeployOptions {
+            ssh,
+            confirm,
+            provenance: Provenance::current(),
+            agent: AgentUpload::default(),
+        }
+    }
+
+    /// The request to activate `system` (none: go back to generation `to`) after `plan`.
+    fn request(&self, system: Option<EntryName>, to: Option<u64>, plan: String) -> Request {
+        Request {
+            system,
+            to,
+            operator: self.provenance.operator.clone(),
+            revision: self.provenance.revision.clone(),
+            plan,
+            confirm: Some(self.confirm.as_secs().max(1)),
+        }
+    }
 }
 
 /// What a deploy did on one host.
@@ -1094,8 +1081,8 @@ pub fn deploy_host(
     store: &Store,
     machine: &Machine,
     system: &System,
+    secrets: &secret::Values,
     options: &DeployOptions,
-    provenance: &Provenance,
     progress: &(dyn Fn(&str, &str) + Sync),
     live: &(dyn Fn(&str, &str) + Sync),
 ) -> HostReport {
@@ -1103,7 +1090,13 @@ pub fn deploy_host(
     let name = machine.name.as_str();
     let result = (|| -> Result<(), MachineError> {
         progress(name, "connecting");
-        let host = Host::connect(machine, store, &system.manifest.agent, &options.ssh)?;
+        let reach = Reach {
+            machine,
+            store,
+            agent: &system.manifest.agent,
+            ssh: &options.ssh,
+        };
+        let host = reach.connect()?;
         let mut plan = plan_host(&host, system)?;
         report.previous = plan.current.as_ref().map(|g| g.number);
         report.generation = report.previous;
@@ -1129,31 +1122,11 @@ pub fn deploy_host(
             report.sent_bytes += host.send(store, &entries, &shown)?;
             report.sent_entries = entries.len();
         }
-        let request = Request {
-            system: Some(system.entry.clone()),
-            to: None,
-            operator: provenance.operator.clone(),
-            revision: provenance.revision.clone(),
-            plan: plan.digest(),
-            confirm: Some(options.confirm.as_secs().max(1)),
-        };
-        let mut secrets = secret::Values::default();
-        for (path, secret) in machine.secrets() {
-            let value = secret
-                .read()
-                .map_err(|e| MachineError::host(name, format!("secret {}: {e}", path.as_str())))?;
-            secrets.0.insert(path.as_str().to_string(), value);
-        }
+        let request = options.request(Some(system.entry.clone()), None, plan.digest());
         progress(name, "activating");
         // From here on, which generation the host ends on is known only from its outcome.
         report.generation = None;
-        let reach = Reach {
-            machine,
-            store,
-            agent: &system.manifest.agent,
-            ssh: &options.ssh,
-        };
-        let (host, outcome) = activate_to_the_end(host, &reach, &request, &secrets, &mut |line| {
+        let (host, outcome) = activate_to_the_end(host, &reach, &request, secrets, &mut |line| {
             progress(name, line)
         })?;
         report.result = outcome.result.clone();
@@ -1179,18 +1152,10 @@ pub fn rollback_host(
     reach: &Reach<'_>,
     to: Option<u64>,
     options: &DeployOptions,
-    provenance: &Provenance,
     progress: &(dyn Fn(&str, &str) + Sync),
 ) -> Result<Outcome, MachineError> {
     let name = reach.machine.name();
-    let request = Request {
-        system: None,
-        to,
-        operator: provenance.operator.clone(),
-        revision: provenance.revision.clone(),
-        plan: "rollback".into(),
-        confirm: Some(options.confirm.as_secs().max(1)),
-    };
+    let request = options.request(None, to, "rollback".into());
     progress(name, "rolling back");
     let host = reach.connect()?;
     // A generation that is not the current one gets no secrets: the files on tmpfs stay.

@@ -36,8 +36,8 @@ pub enum Input<'a> {
     Nothing,
     /// These bytes.
     Bytes(&'a [u8]),
-    /// What this writer writes; returns the bytes written.
-    Stream(Box<WriteWith<'a>>),
+    /// What this writer writes, telling the callback now and then how many bytes have gone.
+    Stream(Box<WriteWith<'a>>, &'a (dyn Fn(u64) + Sync)),
 }
 
 /// A writer of a command's standard input.
@@ -70,16 +70,29 @@ enum Link {
     },
 }
 
-/// Counts what passes through a writer.
-struct Counting<W> {
+/// Counts what passes through a writer, and tells `report` the count every
+/// [`Counting::EVERY`] bytes.
+struct Counting<'a, W> {
     inner: W,
     count: u64,
+    next: u64,
+    report: Option<&'a (dyn Fn(u64) + Sync)>,
 }
 
-impl<W: Write> Write for Counting<W> {
+impl<W> Counting<'_, W> {
+    const EVERY: u64 = 4 << 20;
+}
+
+impl<W: Write> Write for Counting<'_, W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.count += n as u64;
+        if let Some(report) = self.report
+            && self.count >= self.next
+        {
+            report(self.count);
+            self.next = self.count + Self::EVERY;
+        }
         Ok(n)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -197,11 +210,16 @@ impl Transport {
                 let mut counting = Counting {
                     inner: io::BufWriter::with_capacity(1 << 20, stdin_write),
                     count: 0,
+                    next: Counting::<()>::EVERY,
+                    report: None,
                 };
                 let result = match input {
                     Input::Nothing => Ok(()),
                     Input::Bytes(bytes) => counting.write_all(bytes),
-                    Input::Stream(write) => write(&mut counting),
+                    Input::Stream(write, report) => {
+                        counting.report = Some(report);
+                        write(&mut counting)
+                    }
                 }
                 .and_then(|()| counting.flush());
                 (counting.count, result)
