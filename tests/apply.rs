@@ -599,3 +599,163 @@ fn after_gc_an_apply_whose_roots_are_in_the_store_builds_nothing() {
         stderr(&one)
     );
 }
+
+#[test]
+fn a_rebuild_that_changes_no_output_rebuilds_nothing_after_it() {
+    if !sandbox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("early-cutoff");
+    let first = run_dag(&store, &[("DAG_SALT", salt.as_str())], &["apply"]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+    let built = |output: &Output| {
+        reported(output, "built")
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+    };
+
+    // A comment in n0-0's script: a new key, the same output. n1-0 and n1-3 take n0-0, and
+    // n2-0, n2-2, n2-3 and top take those: their keys wait on what n0-0's build makes.
+    let comment = [("DAG_SALT", salt.as_str()), ("DAG_COMMENT", "n0-0")];
+    let plan = run_dag(&store, &comment, &["plan"]);
+    let text = stdout(&plan);
+    assert!(
+        text.contains(
+            "Plan: 7 to build (6 only if what is built before them changes), 6 cached, 0 sources to import"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| {
+            l.split_whitespace().take(2).eq(["build*", "n1-0"]) && l.ends_with("(after `n0-0`)")
+        }),
+        "{text}"
+    );
+    let again = run_dag(&store, &comment, &["apply"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(built(&again), set(&["n0-0"]), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains(
+            "Built 1, imported 0, 11 cached (6 of them after a rebuild that changed nothing: `"
+        ),
+        "{}",
+        stdout(&again)
+    );
+    // The rebuild is realised to the entries it matched, so the next plan finds everything.
+    let plan = run_dag(&store, &comment, &["plan"]);
+    assert!(
+        stdout(&plan).contains("Plan: 0 to build, 13 cached"),
+        "{}",
+        stdout(&plan)
+    );
+    // A changed output rebuilds what takes it; their outputs, unchanged, stop it there.
+    let extra = [("DAG_SALT", salt.as_str()), ("DAG_EXTRA", "n0-0")];
+    let changed = run_dag(&store, &extra, &["apply"]);
+    assert!(changed.status.success(), "{}", stderr(&changed));
+    assert_eq!(
+        built(&changed),
+        set(&["n0-0", "n1-0", "n1-3"]),
+        "{}",
+        stderr(&changed)
+    );
+    // After gc, which keeps only the root's entry, each derivation is found from its key.
+    assert!(run_dag(&store, &[], &["gc"]).status.success());
+    for env in [&comment[..], &extra[..]] {
+        let after_gc = run_dag(&store, env, &["apply"]);
+        assert!(after_gc.status.success(), "{}", stderr(&after_gc));
+        assert!(built(&after_gc).is_empty(), "{}", stderr(&after_gc));
+    }
+    assert!(run_dag(&store, &[], &["verify"]).status.success());
+}
+
+#[test]
+fn plan_explain_says_what_changed_since_the_last_build_of_each_name() {
+    if !sandbox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("explain");
+    let env = [("DAG_SALT", salt.as_str())];
+    let why = |output: &Output, name: &str| -> Vec<String> {
+        let text = stdout(output);
+        let mut lines = text
+            .lines()
+            .skip_while(|l| l.split_whitespace().nth(1) != Some(name));
+        lines.next();
+        lines
+            .take_while(|l| l.trim_start().starts_with("because "))
+            .map(|l| l.trim_start().trim_start_matches("because ").to_string())
+            .collect()
+    };
+    let fresh = run_dag(&store, &env, &["plan", "--explain"]);
+    assert_eq!(
+        why(&fresh, "n0-0"),
+        ["never built in this store"],
+        "{}",
+        stdout(&fresh)
+    );
+    assert!(run_dag(&store, &env, &["apply"]).status.success());
+
+    // A script line added: that line, for the derivation; what takes it waits on it.
+    let comment = [("DAG_SALT", salt.as_str()), ("DAG_COMMENT", "n0-0")];
+    let plan = run_dag(&store, &comment, &["plan", "--explain"]);
+    let reasons = why(&plan, "n0-0");
+    assert!(
+        reasons.len() == 1
+            && reasons[0].starts_with("args[")
+            && reasons[0].ends_with(": (none) -> `# the output does not change`"),
+        "{}",
+        stdout(&plan)
+    );
+    assert_eq!(
+        why(&plan, "n1-0")[0],
+        "takes `n0-0`, built first; built only if what it makes differs from the store's",
+        "{}",
+        stdout(&plan)
+    );
+
+    // An env value, and a part of the host fingerprint (the last build's record says another
+    // hash of the package database).
+    let record_path = store.join(".builds/n0-0.json");
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&fs::read(&record_path).unwrap()).unwrap();
+    record["host"]["/var/lib/dpkg/status"] = "0".repeat(64).into();
+    record["request"]["host"] = "0".repeat(64).into();
+    fs::write(&record_path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let other = format!("{salt}-other");
+    let resalted = [("DAG_SALT", other.as_str())];
+    let plan = run_dag(&store, &resalted, &["plan", "--explain"]);
+    assert_eq!(
+        why(&plan, "n0-0"),
+        [
+            format!("env SALT: `{salt}` -> `{other}`"),
+            "host fingerprint: /var/lib/dpkg/status changed".to_string()
+        ],
+        "{}",
+        stdout(&plan)
+    );
+    let json = run_dag(&store, &resalted, &["plan", "--json", "--explain"]);
+    let value: serde_json::Value = serde_json::from_str(&stdout(&json)).unwrap();
+    let node = value["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "n0-0")
+        .unwrap();
+    assert_eq!(node["why"][0]["reason"], "changed", "{node}");
+    assert_eq!(node["why"][0]["field"], "env SALT", "{node}");
+    assert_eq!(node["why"][1]["reason"], "host", "{node}");
+
+    // `apply -v` says the same before it builds.
+    let verbose = run_dag(&store, &resalted, &["apply", "-v"]);
+    assert!(verbose.status.success(), "{}", stderr(&verbose));
+    assert!(
+        stderr(&verbose).contains(&format!("why n0-0: env SALT: `{salt}` -> `{other}`\n")),
+        "{}",
+        stderr(&verbose)
+    );
+}

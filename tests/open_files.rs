@@ -40,7 +40,7 @@ fn a_build_with_1500_inputs_runs_under_a_limit_of_1024_open_files() {
         g.root("wide", wide);
     });
     report.unwrap();
-    let entry = &plan.roots()[0].entry;
+    let entry = &plan.root_entry(&plan.roots()[0]).unwrap();
     assert_eq!(
         std::fs::read_to_string(store.content_path(entry)).unwrap(),
         format!("{salt} 0\n{salt} 1499\n")

@@ -1,6 +1,6 @@
 //! The planner: topological order, statuses, parallel levels, cycles, why-depends.
 
-use forjar::plan::{NodeKind, Plan, Status};
+use forjar::plan::{Plan, Status};
 use forjar::prelude::*;
 use forjar_suite::{install_file, temp_store};
 
@@ -83,9 +83,7 @@ fn statuses_follow_the_store() {
         .import_source(source.host_path(), source.name())
         .unwrap();
     let a_node = plan.node(plan.node_of(&a).unwrap());
-    let NodeKind::Derivation { outputs, .. } = &a_node.kind else {
-        panic!("a is a derivation")
-    };
+    let outputs = a_node.derivation().unwrap().outputs().unwrap();
     let out = &outputs.values().next().unwrap();
     install_file(&store, "a", out.key, b"built", vec![]);
 
@@ -331,7 +329,7 @@ fn a_host_tools_derivation_is_marked_impure() {
     let plan = Plan::new(&g, &store).unwrap();
     assert!(!plan.node(plan.node_of(&pure).unwrap()).impure);
     assert!(plan.node(plan.node_of(&impure).unwrap()).impure);
-    let text = forjar::cli::render_plan(&plan);
+    let text = forjar::cli::render_plan(&plan, None);
     assert!(text.contains("build*  impure"), "{text}");
     assert!(
         text.ends_with("Plan: 2 to build, 0 cached, 0 sources to import\n"),

@@ -191,7 +191,7 @@ fn inputs_are_bound_read_only_and_outputs_land_at_their_store_paths() {
         g.root("b", b);
     });
     report.unwrap();
-    let b = &plan.roots()[0].entry;
+    let b = &plan.root_entry(&plan.roots()[0]).unwrap();
     let text = content_text(&store, b);
     let a = plan.find("a")[0];
     let a_entry = &plan.entry_names(a)[0];
@@ -788,7 +788,10 @@ fn what_an_input_refers_to_is_in_the_sandbox_too() {
         g.root("reader", reader);
     });
     report.unwrap();
-    assert_eq!(content_text(&store, &plan.roots()[0].entry), "payload\n");
+    assert_eq!(
+        content_text(&store, &plan.root_entry(&plan.roots()[0]).unwrap()),
+        "payload\n"
+    );
 }
 
 // ---------------------------------------------------------------- fixed outputs
@@ -923,7 +926,7 @@ fn after_gc_a_root_in_the_store_needs_neither_its_fetch_nor_its_server() {
     assert!(again.built.is_empty(), "{again:?}");
     assert_eq!(again.to_string(), "Nothing to do: all 1 cached");
     assert_eq!(
-        content_text(&store, &plan.roots()[0].entry),
+        content_text(&store, &plan.root_entry(&plan.roots()[0]).unwrap()),
         "app: configured source of the app\n"
     );
 }

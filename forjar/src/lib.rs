@@ -28,6 +28,7 @@
 pub mod cli;
 pub mod derivation;
 pub mod exec;
+pub mod explain;
 pub mod hash;
 pub mod machine;
 pub mod name;

@@ -3,7 +3,7 @@
 //! Planning hashes every source (through the store's digest cache), computes every closure key
 //! in topological order, and asks the store which outputs exist. It builds and imports nothing.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -26,7 +26,7 @@ use crate::name::{Name, OutputName};
 use crate::request::{
     BuildRequest, CleanRelPath, InputName, RequestError, RequestParts, ResolvedInput, SandboxLevel,
 };
-use crate::store::{EntryName, Store};
+use crate::store::{EntryName, Store, StoreError};
 
 /// Why a program's graph cannot be planned.
 #[derive(Debug, thiserror::Error)]
@@ -72,6 +72,9 @@ pub enum PlanError {
         /// The error.
         error: HashError,
     },
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     /// A request could not be formed.
     #[error("derivation `{name}` ({location}): {error}")]
     Request {
@@ -132,31 +135,231 @@ impl Status {
 }
 
 /// One output of a planned derivation.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedOutput {
-    /// The output's key.
+    /// The output's key: the key that names its entry.
     pub key: Key,
     /// Its store entry.
     pub entry: EntryName,
 }
 
+/// A derivation's build once every input is in the store: its request, which names the entries
+/// its inputs are realised to, the request's key, and the outputs that key names (where the build
+/// puts them).
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The normalised request.
+    pub request: BuildRequest,
+    /// Its key.
+    pub key: Key,
+    /// The outputs as the key names them.
+    pub outputs: BTreeMap<OutputName, PlannedOutput>,
+}
+
+impl Resolved {
+    fn new(request: BuildRequest) -> Self {
+        let key = request.key();
+        let outputs = outputs_of(&key, &request.name, &request.outputs);
+        Resolved {
+            request,
+            key,
+            outputs,
+        }
+    }
+}
+
+/// The outputs `key` names for derivation `name`.
+fn outputs_of(
+    key: &Key,
+    name: &Name,
+    outputs: &std::collections::BTreeSet<OutputName>,
+) -> BTreeMap<OutputName, PlannedOutput> {
+    outputs
+        .iter()
+        .map(|o| {
+            let key = hash::output_key(key, o);
+            let entry = EntryName::new(&key, name, Some(o));
+            (o.clone(), PlannedOutput { key, entry })
+        })
+        .collect()
+}
+
+/// Where the outputs of the build keyed `key` are in `store` when every one is there: as a
+/// realisation of the key records them (a rebuild that made what an earlier build had made is
+/// realised to that build's entries), else where the key names them. `realised` holds the
+/// store hashes of the keys with a realisation, read once per plan; `None` looks for each.
+pub(crate) fn lookup(
+    store: &Store,
+    key: &Key,
+    named: &BTreeMap<OutputName, PlannedOutput>,
+    realised: Option<&HashSet<String>>,
+) -> Option<BTreeMap<OutputName, PlannedOutput>> {
+    // A record that cannot be read is no record.
+    if realised.is_none_or(|r| r.contains(&key.store_hash()))
+        && let Ok(Some(recorded)) = store.realisation(key)
+        && recorded.keys().eq(named.keys())
+        && recorded.values().all(|o| store.contains(&o.entry))
+    {
+        return Some(
+            recorded
+                .into_iter()
+                .map(|(name, o)| {
+                    let planned = PlannedOutput {
+                        key: o.key,
+                        entry: o.entry,
+                    };
+                    (name, planned)
+                })
+                .collect(),
+        );
+    }
+    named
+        .values()
+        .all(|o| store.contains(&o.entry))
+        .then(|| named.clone())
+}
+
+/// A planned derivation.
+///
+/// Its key is known when planned: the key of its request with each input from a derivation
+/// named by that derivation's key (input-addressed, as Nix's derivation hashes). A build's
+/// outputs are realised under that key, so a valid output needs nothing else: its inputs may be
+/// gone.
+///
+/// Its request is resolved once the derivations it takes are in the store: each such input then
+/// names the entry it is realised to. Those are the entries their keys name unless a rebuild
+/// made exactly what an earlier build had made, in which case they are the earlier build's
+/// entries; then the resolved request is the one built before, and is found in the store
+/// (early cutoff).
+#[derive(Debug, Clone)]
+pub struct Planned {
+    /// The request's parts, with the inputs from sources resolved and those from derivations
+    /// still to come.
+    template: RequestParts,
+    /// The inputs from derivations: input name, producing node, output name.
+    from: Vec<(InputName, NodeIndex, OutputName)>,
+    /// The input-addressed key.
+    key: Key,
+    /// The outputs as `key` names them.
+    named: BTreeMap<OutputName, PlannedOutput>,
+    resolved: OnceLock<Resolved>,
+    /// The outputs as realised in the store, once they are there.
+    realised: OnceLock<BTreeMap<OutputName, PlannedOutput>>,
+    /// Its limits (not in the key).
+    pub limits: Limits,
+}
+
+impl Planned {
+    /// The input-addressed key (see the type).
+    pub fn key(&self) -> Key {
+        self.key
+    }
+
+    /// The outputs as the input-addressed key names them.
+    pub fn named(&self) -> &BTreeMap<OutputName, PlannedOutput> {
+        &self.named
+    }
+
+    /// The request, its key and outputs, once the inputs are in the store.
+    pub fn resolved(&self) -> Option<&Resolved> {
+        self.resolved.get()
+    }
+
+    /// The outputs: where they are realised once in the store, else where the build will put
+    /// them; `None` while that waits on the builds of inputs.
+    pub fn outputs(&self) -> Option<&BTreeMap<OutputName, PlannedOutput>> {
+        self.realised
+            .get()
+            .or_else(|| self.resolved().map(|r| &r.outputs))
+    }
+
+    /// The outputs as realised in the store, once they are there.
+    pub fn realised(&self) -> Option<&BTreeMap<OutputName, PlannedOutput>> {
+        self.realised.get()
+    }
+
+    /// The request's parts as far as they are known at planning: the inputs from derivations
+    /// are missing.
+    pub fn template(&self) -> &RequestParts {
+        &self.template
+    }
+
+    /// The inputs from derivations: input name, producing node, output name.
+    pub fn derivation_inputs(&self) -> &[(InputName, NodeIndex, OutputName)] {
+        &self.from
+    }
+
+    /// Where the outputs are in `store`, when every one is there: under the input-addressed
+    /// key, else, once resolved, under the resolved request's key (what an earlier build of the
+    /// same request made). Records what it finds as the realisation, and under `record` also
+    /// in the store, so that the next plan finds it from the key alone.
+    /// `realised` is as [`lookup`]'s.
+    pub(crate) fn find(
+        &self,
+        store: &Store,
+        record: bool,
+        realised: Option<&HashSet<String>>,
+    ) -> Result<Option<&BTreeMap<OutputName, PlannedOutput>>, StoreError> {
+        if let Some(realised) = self.realised.get() {
+            return Ok(Some(realised));
+        }
+        let found = match lookup(store, &self.key, &self.named, realised) {
+            Some(found) => Some(found),
+            None => match self.resolved() {
+                Some(resolved) if resolved.key != self.key => {
+                    let found = lookup(store, &resolved.key, &resolved.outputs, realised);
+                    if let (Some(found), true) = (&found, record) {
+                        let outputs = found
+                            .iter()
+                            .map(|(name, o)| {
+                                Ok((name.clone(), store.realised_output(&o.entry, o.key)?))
+                            })
+                            .collect::<Result<_, StoreError>>()?;
+                        store.record_realisation(&self.key, &outputs)?;
+                    }
+                    found
+                }
+                _ => None,
+            },
+        };
+        Ok(found.map(|found| self.realised.get_or_init(|| found)))
+    }
+
+    /// Resolves the request once every producer's outputs are realised (`producer`); `Ok(None)`
+    /// while one is not.
+    fn resolve_with<'a>(
+        &'a self,
+        producer: impl Fn(NodeIndex) -> Option<&'a BTreeMap<OutputName, PlannedOutput>>,
+    ) -> Result<Option<&'a Resolved>, RequestError> {
+        if let Some(resolved) = self.resolved.get() {
+            return Ok(Some(resolved));
+        }
+        let mut parts = self.template.clone();
+        for (input, node, output) in &self.from {
+            let Some(outputs) = producer(*node) else {
+                return Ok(None);
+            };
+            let planned = outputs
+                .get(output)
+                .expect("outputs were checked when the edges were made");
+            parts.inputs.insert(
+                input.clone(),
+                ResolvedInput::Output {
+                    entry: planned.entry.clone(),
+                    key: planned.key,
+                },
+            );
+        }
+        let resolved = Resolved::new(BuildRequest::new(parts)?);
+        Ok(Some(self.resolved.get_or_init(|| resolved)))
+    }
+}
+
 /// What a node is.
-#[derive(Debug, Clone, Serialize)]
-#[serde(tag = "kind", rename_all = "kebab-case")]
+#[derive(Debug, Clone)]
 pub enum NodeKind {
     /// A derivation.
-    Derivation {
-        /// The normalised request.
-        #[serde(skip)]
-        request: Box<BuildRequest>,
-        /// The closure key.
-        key: Key,
-        /// Its outputs.
-        outputs: BTreeMap<OutputName, PlannedOutput>,
-        /// Its limits (not in the key).
-        #[serde(skip)]
-        limits: Limits,
-    },
+    Derivation(Box<Planned>),
     /// A source.
     Source {
         /// The host path.
@@ -169,16 +372,15 @@ pub enum NodeKind {
 }
 
 /// A node of the plan.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct Node {
     /// The derivation or source name.
     pub name: Name,
     /// Where it was defined (derivations).
     pub location: Option<String>,
     /// What it is.
-    #[serde(flatten)]
     pub kind: NodeKind,
-    /// What it needs.
+    /// What it needs, as planned.
     pub status: Status,
     /// Whether it sees the host (`host-tools`).
     pub impure: bool,
@@ -186,16 +388,30 @@ pub struct Node {
     pub level: usize,
 }
 
+impl Node {
+    /// The planned derivation; `None` for a source.
+    pub fn derivation(&self) -> Option<&Planned> {
+        match &self.kind {
+            NodeKind::Derivation(planned) => Some(planned),
+            NodeKind::Source { .. } => None,
+        }
+    }
+
+    /// Whether it is a derivation to build whose key waits on the outputs of another build.
+    pub fn waits_on_a_build(&self) -> bool {
+        self.derivation().is_some_and(|d| d.resolved().is_none())
+    }
+}
+
 /// A planned root.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone)]
 pub struct PlannedRoot {
     /// The root's name.
     pub name: String,
     /// The node that produces it.
-    #[serde(skip)]
     pub node: NodeIndex,
-    /// The entry it points at.
-    pub entry: EntryName,
+    /// The output it points at.
+    pub output: OutputName,
 }
 
 /// The DAG of a program, keyed and checked against the store.
@@ -215,6 +431,9 @@ pub struct Plan {
 pub struct Summary {
     /// Derivations to build.
     pub build: usize,
+    /// Of those, the ones whose key waits on another build: they build only if what that
+    /// build makes differs from what the store has (early cutoff).
+    pub waiting: usize,
     /// Derivations whose outputs are all in the store.
     pub cached: usize,
     /// Sources to import.
@@ -230,8 +449,8 @@ pub struct Summary {
 pub(crate) fn needed_from(
     dag: &DiGraph<Node, InputName>,
     targets: impl IntoIterator<Item = NodeIndex>,
-) -> std::collections::HashSet<NodeIndex> {
-    let mut needed = std::collections::HashSet::new();
+) -> HashSet<NodeIndex> {
+    let mut needed = HashSet::new();
     let mut queue: Vec<NodeIndex> = targets.into_iter().collect();
     while let Some(node) = queue.pop() {
         if needed.insert(node) && dag[node].status != Status::Cached {
@@ -260,25 +479,12 @@ impl Plan {
             warnings.push(format!("the source digest cache was not saved ({e}); the next plan will read every source again"));
         }
         let levels = planner.keys(&order, store)?;
-        let roots = planner.roots(store)?;
+        let roots = planner.roots()?;
         let Planner { dag, drv_nodes, .. } = planner;
         let mut dag = dag.map_owned(
             |_, n| n.expect("every node was keyed in topological order"),
             |_, e| e,
         );
-        let cached: Vec<NodeIndex> = order
-            .par_iter()
-            .copied()
-            .filter(|&i| match &dag[i].kind {
-                NodeKind::Derivation { outputs, .. } => {
-                    outputs.values().all(|o| store.contains(&o.entry))
-                }
-                NodeKind::Source { .. } => false,
-            })
-            .collect();
-        for node in cached {
-            dag[node].status = Status::Cached;
-        }
         // Without roots every node is wanted; with them, what they need.
         if !roots.is_empty() {
             let needed = needed_from(&dag, roots.iter().map(|r| r.node));
@@ -311,21 +517,44 @@ impl Plan {
     }
 
     /// The closure key of a derivation of the planned graph.
+    /// (input-addressed: see [`Planned`]).
     pub fn key<T: IntoDerivation>(&self, drv: &Drv<T>) -> Option<Key> {
-        match &self.dag[self.node_of(drv)?].kind {
-            NodeKind::Derivation { key, .. } => Some(*key),
-            NodeKind::Source { .. } => None,
+        Some(self.dag[self.node_of(drv)?].derivation()?.key())
+    }
+
+    /// The store entries a node produces (none for a derivation whose key waits on a build).
+    pub fn entry_names(&self, index: NodeIndex) -> Vec<String> {
+        match &self.dag[index].kind {
+            NodeKind::Derivation(planned) => planned
+                .outputs()
+                .into_iter()
+                .flat_map(|outputs| outputs.values().map(|o| o.entry.to_string()))
+                .collect(),
+            NodeKind::Source { entry, .. } => vec![entry.to_string()],
         }
     }
 
-    /// The store entries a node produces.
-    pub fn entry_names(&self, index: NodeIndex) -> Vec<String> {
-        match &self.dag[index].kind {
-            NodeKind::Derivation { outputs, .. } => {
-                outputs.values().map(|o| o.entry.to_string()).collect()
-            }
-            NodeKind::Source { entry, .. } => vec![entry.to_string()],
-        }
+    /// The entry a root points at: where its output is realised, or where it will be built;
+    /// `None` while the producing derivation's key waits on a build.
+    pub fn root_entry(&self, root: &PlannedRoot) -> Option<EntryName> {
+        let outputs = self.dag[root.node].derivation()?.outputs()?;
+        outputs.get(&root.output).map(|o| o.entry.clone())
+    }
+
+    /// Resolves the request of derivation `index` once the outputs of every derivation it
+    /// takes are realised; `Ok(None)` while one is not.
+    pub fn resolve(&self, index: NodeIndex) -> Result<Option<&Resolved>, PlanError> {
+        let node = &self.dag[index];
+        let Some(planned) = node.derivation() else {
+            return Ok(None);
+        };
+        planned
+            .resolve_with(|dep| self.dag[dep].derivation()?.realised())
+            .map_err(|error| PlanError::Request {
+                name: node.name.to_string(),
+                location: node.location.clone().unwrap_or_default(),
+                error,
+            })
     }
 
     /// A node by index.
@@ -363,7 +592,10 @@ impl Plan {
         for node in self.dag.node_weights() {
             match (&node.kind, node.status) {
                 (_, Status::Unneeded) => s.unneeded += 1,
-                (NodeKind::Derivation { .. }, Status::Build) => s.build += 1,
+                (NodeKind::Derivation(planned), Status::Build) => {
+                    s.build += 1;
+                    s.waiting += usize::from(planned.resolved().is_none());
+                }
                 (NodeKind::Derivation { .. }, _) => s.cached += 1,
                 (NodeKind::Source { .. }, Status::Import) => s.import += 1,
                 (NodeKind::Source { .. }, _) => s.sources_cached += 1,
@@ -455,22 +687,50 @@ impl Plan {
     /// The plan as JSON: nodes (in topological order) and edges.
     pub fn to_json(&self) -> serde_json::Value {
         #[derive(Serialize)]
-        struct JsonNode<'a> {
-            id: usize,
-            #[serde(flatten)]
-            node: &'a Node,
-        }
-        #[derive(Serialize)]
         struct JsonEdge<'a> {
             from: usize,
             to: usize,
             input: &'a InputName,
         }
-        let nodes: Vec<JsonNode> = self
+        let nodes: Vec<serde_json::Value> = self
             .nodes()
-            .map(|(i, node)| JsonNode {
-                id: i.index(),
-                node,
+            .map(|(i, node)| {
+                let mut value = serde_json::json!({
+                    "id": i.index(),
+                    "name": node.name,
+                    "location": node.location,
+                    "status": node.status,
+                    "impure": node.impure,
+                    "level": node.level,
+                });
+                match &node.kind {
+                    NodeKind::Derivation(planned) => {
+                        value["kind"] = "derivation".into();
+                        value["key"] = serde_json::json!(planned.key());
+                        value["outputs"] = serde_json::json!(planned.outputs());
+                        if planned.resolved().is_none() {
+                            // The key names what the inputs' builds are realised to.
+                            value["waits_on"] = serde_json::json!(
+                                planned
+                                    .derivation_inputs()
+                                    .iter()
+                                    .map(|(_, dep, _)| &self.dag[*dep].name)
+                                    .collect::<std::collections::BTreeSet<_>>()
+                            );
+                        }
+                    }
+                    NodeKind::Source {
+                        path,
+                        digest,
+                        entry,
+                    } => {
+                        value["kind"] = "source".into();
+                        value["path"] = serde_json::json!(path);
+                        value["digest"] = serde_json::json!(digest);
+                        value["entry"] = serde_json::json!(entry);
+                    }
+                }
+                value
             })
             .collect();
         let edges: Vec<JsonEdge> = self
@@ -485,7 +745,11 @@ impl Plan {
         serde_json::json!({
             "nodes": nodes,
             "edges": edges,
-            "roots": self.roots,
+            "roots": self.roots.iter().map(|r| serde_json::json!({
+                "name": r.name,
+                "output": r.output,
+                "entry": self.root_entry(r),
+            })).collect::<Vec<_>>(),
             "summary": self.summary(),
         })
     }
@@ -517,6 +781,8 @@ struct Wave<'p, 'g> {
     waiting: &'p [AtomicUsize],
     /// Per node, how keying it went.
     keyed: &'p [OnceLock<Result<Node, PlanError>>],
+    /// The store hashes of the keys with a realisation.
+    realised: &'p HashSet<String>,
 }
 
 impl<'p> Wave<'p, '_> {
@@ -530,7 +796,7 @@ impl<'p> Wave<'p, '_> {
                 _ => unreachable!("a node starts once its inputs are keyed"),
             },
         };
-        let result = self.planner.key(node, self.store, planned);
+        let result = self.planner.key(node, self.store, self.realised, planned);
         let ok = result.is_ok();
         let _ = self.keyed[node.index()].set(result);
         if !ok {
@@ -738,12 +1004,14 @@ impl<'g> Planner<'g> {
             .collect();
         let keyed: Vec<OnceLock<Result<Node, PlanError>>> =
             (0..count).map(|_| OnceLock::new()).collect();
+        let realised = store.realised_hashes()?;
         let this = &*self;
         let wave = Wave {
             planner: this,
             store,
             waiting: &waiting,
             keyed: &keyed,
+            realised: &realised,
         };
         rayon::scope(|scope| {
             for &node in order {
@@ -772,6 +1040,7 @@ impl<'g> Planner<'g> {
         &'a self,
         node: NodeIndex,
         store: &Store,
+        realised: &HashSet<String>,
         planned: impl Fn(NodeIndex) -> &'a Node,
     ) -> Result<Node, PlanError> {
         let Origin::Derivation(drv) = self.origins[node.index()] else {
@@ -783,33 +1052,30 @@ impl<'g> Planner<'g> {
             error,
         };
         let mut inputs = BTreeMap::new();
+        let mut from = Vec::new();
         for edge in self.dag.edges_directed(node, Direction::Incoming) {
-            let input = &drv.inputs[edge.weight()];
-            let dep = planned(edge.source());
-            let resolved = match (&dep.kind, input) {
-                (NodeKind::Source { entry, digest, .. }, _) => ResolvedInput::Source {
-                    entry: entry.clone(),
-                    digest: *digest,
-                },
-                (NodeKind::Derivation { outputs, .. }, Input::Output(o)) => {
-                    let planned = outputs
-                        .iter()
-                        .find(|(name, _)| name.as_str() == o.output)
-                        .map(|(_, p)| p)
-                        .expect("outputs were checked when the edges were made");
-                    ResolvedInput::Output {
-                        entry: planned.entry.clone(),
-                        key: planned.key,
-                    }
+            match (&planned(edge.source()).kind, &drv.inputs[edge.weight()]) {
+                (NodeKind::Source { entry, digest, .. }, _) => {
+                    inputs.insert(
+                        edge.weight().clone(),
+                        ResolvedInput::Source {
+                            entry: entry.clone(),
+                            digest: *digest,
+                        },
+                    );
                 }
-                (NodeKind::Derivation { .. }, Input::Source(_)) => {
+                (NodeKind::Derivation(_), Input::Output(o)) => {
+                    let output = OutputName::new(&o.output)
+                        .expect("outputs were checked when the edges were made");
+                    from.push((edge.weight().clone(), edge.source(), output));
+                }
+                (NodeKind::Derivation(_), Input::Source(_)) => {
                     unreachable!("a source input has a source node")
                 }
-            };
-            inputs.insert(edge.weight().clone(), resolved);
+            }
         }
         let host = (drv.sandbox == SandboxLevel::HostTools).then(HostFingerprint::current);
-        let request = BuildRequest::new(RequestParts {
+        let template = RequestParts {
             name: drv.name.clone(),
             system: drv.system.clone(),
             args: drv.args.clone(),
@@ -825,41 +1091,61 @@ impl<'g> Planner<'g> {
             fixed_output: drv.fixed_output,
             store_dir: store.store_dir().clone(),
             host,
-        })
-        .map_err(request_error)?;
-        let key = request.key();
-        let outputs: BTreeMap<OutputName, PlannedOutput> = drv
-            .outputs
-            .iter()
-            .map(|o| {
-                let key = hash::output_key(&key, o);
-                (
-                    o.clone(),
-                    PlannedOutput {
-                        key,
-                        entry: EntryName::new(&key, &drv.name, Some(o)),
-                    },
-                )
-            })
-            .collect();
-        // The store is asked in one parallel pass once every node is keyed.
-        let status = Status::Build;
+        };
+        // The input-addressed request: each input from a derivation named by its key.
+        let mut addressed = template.clone();
+        let mut realised_as_named = true;
+        for (input, dep, output) in &from {
+            let producer = planned(*dep)
+                .derivation()
+                .expect("an output input has a derivation node");
+            let named = &producer.named[output];
+            realised_as_named &= producer
+                .realised()
+                .is_some_and(|r| r.get(output) == Some(named));
+            addressed.inputs.insert(
+                input.clone(),
+                ResolvedInput::Output {
+                    entry: named.entry.clone(),
+                    key: named.key,
+                },
+            );
+        }
+        let addressed = Resolved::new(BuildRequest::new(addressed).map_err(request_error)?);
+        let planned_drv = Planned {
+            template,
+            from,
+            key: addressed.key,
+            named: addressed.outputs.clone(),
+            resolved: OnceLock::new(),
+            realised: OnceLock::new(),
+            limits: drv.limits.clone(),
+        };
+        // Resolved now when every derivation it takes is in the store (and, as usual, where
+        // its key names it: then the resolved request is the addressed one); otherwise once the
+        // builds it waits on are done.
+        if realised_as_named {
+            let _ = planned_drv.resolved.set(addressed);
+        } else {
+            planned_drv
+                .resolve_with(|dep| planned(dep).derivation()?.realised())
+                .map_err(request_error)?;
+        }
+        let status = match planned_drv.find(store, false, Some(realised))? {
+            Some(_) => Status::Cached,
+            None => Status::Build,
+        };
         Ok(Node {
             name: drv.name.clone(),
             location: Some(drv.location()),
-            kind: NodeKind::Derivation {
-                request: Box::new(request),
-                key,
-                outputs,
-                limits: drv.limits.clone(),
-            },
+            kind: NodeKind::Derivation(Box::new(planned_drv)),
             status,
             impure: drv.sandbox == SandboxLevel::HostTools,
             level: 0,
         })
     }
 
-    fn roots(&self, _store: &Store) -> Result<Vec<PlannedRoot>, PlanError> {
+    fn roots(&self) -> Result<Vec<PlannedRoot>, PlanError> {
         let mut roots: Vec<PlannedRoot> = Vec::new();
         for (name, output) in &self.graph.roots {
             if Name::new(name.as_str()).is_err() {
@@ -874,24 +1160,21 @@ impl<'g> Planner<'g> {
                 Err(error) => return Err(PlanError::Handle { consumer, error }),
             };
             let node = self.drv_nodes[&index];
-            let Some(Node {
-                kind: NodeKind::Derivation { outputs, .. },
-                name: producer,
-                ..
-            }) = &self.dag[node]
-            else {
-                unreachable!("derivation nodes are keyed")
-            };
-            let Some((_, planned)) = outputs.iter().find(|(o, _)| o.as_str() == output.output)
+            let producer = self.derivation(index);
+            let Some(declared) = producer
+                .outputs
+                .iter()
+                .find(|o| o.as_str() == output.output)
             else {
                 return Err(PlanError::UnknownOutput(Box::new(UnknownOutput {
                     consumer,
                     location: String::from("root"),
                     input: name.clone(),
                     output: output.output.clone(),
-                    producer: producer.to_string(),
-                    declared: outputs
-                        .keys()
+                    producer: producer.name.to_string(),
+                    declared: producer
+                        .outputs
+                        .iter()
                         .map(|o| format!("`{o}`"))
                         .collect::<Vec<_>>()
                         .join(", "),
@@ -900,7 +1183,7 @@ impl<'g> Planner<'g> {
             roots.push(PlannedRoot {
                 name: name.clone(),
                 node,
-                entry: planned.entry.clone(),
+                output: declared.clone(),
             });
         }
         Ok(roots)

@@ -6,6 +6,9 @@
 //! - The derivations named in `DAG_FAIL` (comma-separated) exit 1 after printing a line.
 //! - The derivations named in `DAG_NOISE` also write 8 random bytes to `noise`.
 //! - `DAG_SALT` changes every key.
+//! - The derivations named in `DAG_COMMENT` have a comment added to their script: a new key,
+//!   the same output.
+//! - The derivations named in `DAG_EXTRA` also write a file `extra`: a new key and output.
 
 use forjar::prelude::*;
 
@@ -28,18 +31,27 @@ fn main() -> forjar::ExitCode {
     let salt = var("DAG_SALT", "");
     let fail = var("DAG_FAIL", "");
     let noise = var("DAG_NOISE", "");
+    let comment = var("DAG_COMMENT", "");
+    let extra = var("DAG_EXTRA", "");
+    let named = |list: &str, name: &str| list.split(',').any(|f| f == name);
     forjar::main(|g| {
         let mut previous: Vec<Drv> = Vec::new();
         for layer in 0..layers {
             let mut current = Vec::new();
             for i in 0..width {
                 let name = format!("n{layer}-{i}");
-                let failing = fail.split(',').any(|f| f == name);
+                let failing = named(&fail, &name);
                 let mut script = format!(
                     "echo \"making $NAME\"\nsleep {sleep}\nmkdir -p $out\nfor i in $(seq 1 {files}); do echo \"$NAME $i $SALT\" > $out/f$i; done\n"
                 );
-                if noise.split(',').any(|f| f == name) {
+                if named(&noise, &name) {
                     script.push_str("head -c 8 /dev/urandom > $out/noise\n");
+                }
+                if named(&comment, &name) {
+                    script.push_str("# the output does not change\n");
+                }
+                if named(&extra, &name) {
+                    script.push_str("echo extra > $out/extra\n");
                 }
                 if failing {
                     script.push_str("echo \"$NAME gives up\" >&2\nexit 1\n");

@@ -185,7 +185,10 @@ pub fn build_root(store: &Store, builder: forjar::DerivationBuilder) -> Result<E
         g.root("it", d);
     });
     report
-        .map(|_| plan.roots()[0].entry.clone())
+        .map(|_| {
+            plan.root_entry(&plan.roots()[0])
+                .expect("an applied root is realised")
+        })
         .map_err(|e| e.to_string())
 }
 

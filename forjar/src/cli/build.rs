@@ -10,7 +10,7 @@ use petgraph::graph::NodeIndex;
 use super::inspect::render_plan;
 use super::process::{INTERRUPT_SIGNAL, INTERRUPTED, handle_interrupts};
 use super::program::Session;
-use super::progress::Progress;
+use super::progress::{Progress, Verbosity};
 use super::{ExitCode, Failure, emit};
 use crate::exec::{self, ExecError, Executor, Local};
 use crate::plan::{NodeKind, Status};
@@ -90,7 +90,7 @@ impl Session {
     pub(super) fn run_build(&self, command: BuildCommand) -> Result<ExitCode, Failure> {
         match command {
             BuildCommand::Apply { dry_run: true, .. } => {
-                emit(&render_plan(&self.plan))?;
+                emit(&render_plan(&self.plan, None))?;
                 emit("dry run: nothing was built, imported or registered\n")?;
                 Ok(ExitCode::Success)
             }
@@ -137,6 +137,17 @@ impl Session {
             .iter()
             .filter(|&&n| self.plan.node(n).status != Status::Cached)
             .count();
+        if self.verbosity == Verbosity::Verbose {
+            // Why each build runs, as `plan --explain` says it.
+            let reasons = crate::explain::explain(&self.plan, &self.store);
+            let mut text = String::new();
+            for node in nodes {
+                for reason in reasons.get(node).into_iter().flatten() {
+                    let _ = writeln!(text, "why {}: {reason}", self.plan.node(*node).name);
+                }
+            }
+            eprint!("{text}");
+        }
         let progress = Progress::new(self.verbosity, to_do);
         let result = exec::realise_all(
             &self.plan,
@@ -156,7 +167,8 @@ impl Session {
             &*self.executor(run)?,
             &self.options(run),
         )?;
-        let roots: BTreeMap<String, EntryName> = exec::register_roots(&self.plan, &self.store)?
+        let roots: BTreeMap<String, EntryName> = exec::register_roots(&self.plan, &self.store)
+            .map_err(exec_failure)?
             .into_iter()
             .collect();
         let mut text = String::new();

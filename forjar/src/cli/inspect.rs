@@ -2,13 +2,17 @@
 //! `why-depends`, `show` and `log`.
 
 use std::fmt::Write as _;
-use std::io;
 
 use clap::Subcommand;
 
 use super::program::Session;
 use super::{ExitCode, Failure, emit, store};
-use crate::plan::{NodeKind, Plan};
+use std::collections::BTreeMap;
+
+use petgraph::graph::NodeIndex;
+
+use crate::explain::Reason;
+use crate::plan::{NodeKind, Plan, Planned};
 use crate::store::EntryName;
 
 /// The commands that read the plan and the store, and change nothing.
@@ -20,6 +24,10 @@ pub(super) enum InspectCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Say why each node is built: what changed since the last build of its name in the
+        /// store (a field of its request, an input, the host), or that it never was built.
+        #[arg(long)]
+        explain: bool,
     },
     /// Print the dependency graph.
     #[command(display_order = 4)]
@@ -58,18 +66,31 @@ impl Session {
     pub(super) fn inspect(&self, command: InspectCommand) -> Result<ExitCode, Failure> {
         let plan = &self.plan;
         match command {
-            InspectCommand::Plan { json: true } if !self.machines.is_empty() => {
-                let mut value = plan.to_json();
+            InspectCommand::Plan {
+                json: true,
+                explain,
+            } if !self.machines.is_empty() => {
+                let mut value = self.plan_json(explain);
                 let (code, hosts) = self.host_plans_json()?;
                 value["hosts"] = hosts;
                 emit(&format!("{value:#}\n"))?;
                 return Ok(code);
             }
-            InspectCommand::Plan { json: true } | InspectCommand::Graph { json: true, .. } => {
+            InspectCommand::Plan {
+                json: true,
+                explain,
+            } => {
+                emit(&format!("{:#}\n", self.plan_json(explain)))?;
+            }
+            InspectCommand::Graph { json: true, .. } => {
                 emit(&format!("{:#}\n", plan.to_json()))?;
             }
-            InspectCommand::Plan { json: false } => {
-                emit(&render_plan(plan))?;
+            InspectCommand::Plan {
+                json: false,
+                explain,
+            } => {
+                let reasons = explain.then(|| crate::explain::explain(plan, &self.store));
+                emit(&render_plan(plan, reasons.as_ref()))?;
                 return self.plan_hosts();
             }
             InspectCommand::Graph { .. } => emit(&plan.to_dot())?,
@@ -78,6 +99,23 @@ impl Session {
             InspectCommand::Log { name } => return self.log(&name),
         }
         Ok(ExitCode::Success)
+    }
+
+    /// The plan as JSON; with `explain`, each node built or imported says why (`why`).
+    fn plan_json(&self, explain: bool) -> serde_json::Value {
+        let mut value = self.plan.to_json();
+        if explain {
+            let reasons = crate::explain::explain(&self.plan, &self.store);
+            if let Some(nodes) = value["nodes"].as_array_mut() {
+                for node in nodes {
+                    let index = node["id"].as_u64().map(|i| NodeIndex::new(i as usize));
+                    if let Some(why) = index.and_then(|i| reasons.get(&i)) {
+                        node["why"] = serde_json::json!(why);
+                    }
+                }
+            }
+        }
+        value
     }
 
     /// Prints a shortest chain of inputs from `a` to `b`.
@@ -121,18 +159,36 @@ impl Session {
             yaml.lines().map(|l| format!("  {l}\n")).collect::<String>()
         };
         let entries: Vec<(String, EntryName)> = match &node.kind {
-            NodeKind::Derivation {
-                request,
-                key,
-                outputs,
-                ..
-            } => {
-                let _ = writeln!(text, "key: {key}");
-                let _ = writeln!(text, "request:");
-                text.push_str(&indent(
-                    serde_yaml_ng::to_string(request).unwrap_or_else(|e| format!("({e})")),
-                ));
-                outputs
+            NodeKind::Derivation(planned) => {
+                let _ = writeln!(text, "key: {}", planned.key());
+                match planned.resolved() {
+                    Some(resolved) => {
+                        if resolved.key != planned.key() {
+                            // Its inputs are realised to an earlier build's entries.
+                            let _ = writeln!(text, "resolved key: {}", resolved.key);
+                        }
+                        let _ = writeln!(text, "request:");
+                        text.push_str(&indent(
+                            serde_yaml_ng::to_string(&resolved.request)
+                                .unwrap_or_else(|e| format!("({e})")),
+                        ));
+                    }
+                    None => {
+                        let _ = writeln!(
+                            text,
+                            "request (the inputs from {} once built):",
+                            waits_on(&self.plan, planned)
+                        );
+                        text.push_str(&indent(
+                            serde_yaml_ng::to_string(planned.template())
+                                .unwrap_or_else(|e| format!("({e})")),
+                        ));
+                    }
+                }
+                planned
+                    .find(&self.store, false, None)?
+                    .or(planned.outputs())
+                    .unwrap_or(planned.named())
                     .iter()
                     .map(|(o, p)| (o.to_string(), p.entry.clone()))
                     .collect()
@@ -170,47 +226,61 @@ impl Session {
             return Ok(ExitCode::Success);
         };
         let node = self.plan.node(index);
-        let NodeKind::Derivation { key, .. } = &node.kind else {
+        let Some(planned) = node.derivation() else {
             return Err(Failure::new(
                 ExitCode::Failure,
                 format!("`{name}` is a source; sources are imported, not built, and have no log"),
             ));
         };
-        let path = self.store.log_path(&key.store_hash());
-        match std::fs::read(&path) {
-            Ok(log) => emit(&String::from_utf8_lossy(&log))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(Failure::new(
-                    ExitCode::Failure,
-                    format!(
-                        "`{name}` has no build log in this store: it has not been built here (status: {}); `build {name}` builds it",
-                        node.status.as_str()
-                    ),
-                ));
-            }
-            Err(e) => {
-                return Err(Failure::new(
-                    ExitCode::Failure,
-                    format!("cannot read `{}`: {e}", path.display()),
-                ));
-            }
-        }
+        let Some(entry) = planned
+            .find(&self.store, false, None)?
+            .and_then(|outputs| outputs.values().next())
+        else {
+            return Err(Failure::new(
+                ExitCode::Failure,
+                format!(
+                    "`{name}` has no build log in this store: it has not been built here (status: {}); `build {name}` builds it",
+                    node.status.as_str()
+                ),
+            ));
+        };
+        emit(&String::from_utf8_lossy(&self.store.log(&entry.entry)?))?;
         Ok(ExitCode::Success)
     }
 }
 
-/// The plan as people read it: one line per node, dependencies first, then a summary.
-pub fn render_plan(plan: &Plan) -> String {
-    let rows: Vec<[String; 4]> = plan
+/// The derivations a planned one takes whose builds it waits on: "`a`, `b`".
+fn waits_on(plan: &Plan, planned: &Planned) -> String {
+    let names: std::collections::BTreeSet<&str> = planned
+        .derivation_inputs()
+        .iter()
+        .map(|(_, dep, _)| plan.node(*dep))
+        .filter(|dep| dep.status != crate::plan::Status::Cached)
+        .map(|dep| dep.name.as_str())
+        .collect();
+    names
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The plan as people read it: one line per node, dependencies first, then a summary; with
+/// `reasons`, each node built or imported is followed by why.
+pub fn render_plan(plan: &Plan, reasons: Option<&BTreeMap<NodeIndex, Vec<Reason>>>) -> String {
+    let rows: Vec<(NodeIndex, [String; 4])> = plan
         .nodes()
-        .map(|(_, node)| {
+        .map(|(index, node)| {
             let (entry, origin) = match &node.kind {
-                NodeKind::Derivation { outputs, .. } => (
-                    outputs
-                        .values()
-                        .map(|o| o.entry.to_string())
-                        .collect::<Vec<_>>()
-                        .join(" "),
+                NodeKind::Derivation(planned) => (
+                    match planned.outputs() {
+                        Some(outputs) => outputs
+                            .values()
+                            .map(|o| o.entry.to_string())
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                        None => format!("(after {})", waits_on(plan, planned)),
+                    },
                     node.location.clone().unwrap_or_default(),
                 ),
                 NodeKind::Source { entry, path, .. } => {
@@ -222,14 +292,22 @@ pub fn render_plan(plan: &Plan) -> String {
             } else {
                 node.status.as_str().to_string()
             };
-            [status, node.name.to_string(), origin, entry]
+            (index, [status, node.name.to_string(), origin, entry])
         })
         .collect();
-    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r.1[i].chars().count())
+            .max()
+            .unwrap_or(0)
+    };
     let (w0, w1, w2) = (width(0), width(1), width(2));
     let mut text = String::with_capacity(rows.len() * (w0 + w1 + w2 + 48));
-    for [status, name, origin, entry] in &rows {
+    for (index, [status, name, origin, entry]) in &rows {
         let _ = writeln!(text, "{status:<w0$}  {name:<w1$}  {origin:<w2$}  {entry}");
+        for reason in reasons.and_then(|r| r.get(index)).into_iter().flatten() {
+            let _ = writeln!(text, "{:w0$}    because {reason}", "");
+        }
     }
     if plan.nodes().any(|(_, n)| n.impure) {
         text.push_str(
@@ -239,9 +317,17 @@ pub fn render_plan(plan: &Plan) -> String {
     let s = plan.summary();
     let plural =
         |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    text.push_str(&format!("Plan: {} to build", s.build));
+    if s.waiting > 0 {
+        // Early cutoff: their keys name what the builds before them make.
+        text.push_str(&format!(
+            " ({} only if what is built before {} changes)",
+            s.waiting,
+            if s.waiting == 1 { "it" } else { "them" },
+        ));
+    }
     text.push_str(&format!(
-        "Plan: {} to build, {} cached, {} to import",
-        s.build,
+        ", {} cached, {} to import",
         s.cached,
         plural(s.import, "source", "sources")
     ));

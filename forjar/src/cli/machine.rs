@@ -152,15 +152,15 @@ impl Session {
 
     /// The entry each machine file's derivation output was planned to.
     fn resolver(&self) -> impl Fn(&OutputRef) -> Option<EntryName> + '_ {
-        let by_root: HashMap<&str, &EntryName> = self
+        let by_root: HashMap<&str, EntryName> = self
             .plan
             .roots()
             .iter()
-            .map(|r| (r.name.as_str(), &r.entry))
+            .filter_map(|r| Some((r.name.as_str(), self.plan.root_entry(r)?)))
             .collect();
         move |output: &OutputRef| {
             let root = self.machine_roots.get(output)?;
-            by_root.get(root.as_str()).map(|e| (*e).clone())
+            by_root.get(root.as_str()).cloned()
         }
     }
 

@@ -61,7 +61,13 @@ pub fn check(
     observer: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<Vec<CheckedOutput>, ExecError> {
     let node = plan.node(index);
-    let job = BuildJob::of(node).expect("only derivations are rebuilt");
+    let not_realised = || ExecError::NotRealised {
+        name: node.name.to_string(),
+    };
+    let job = BuildJob::of(node).ok_or_else(not_realised)?;
+    // The store's copy is where the outputs are realised: an earlier build's entries when the
+    // last build of this key changed nothing.
+    let realised = job.realised(store).ok_or_else(not_realised)?;
     let hash = job.key.store_hash();
     let lock = KeyLock::acquire(store, &hash)?;
     let events = super::node_events(node, observer);
@@ -75,7 +81,7 @@ pub fn check(
     let mut prepared = local.prepare(&job, &cx, log_path)?;
     let built = prepared.run()?;
     let mut checked = Vec::new();
-    for ((output, planned), staging) in job.outputs.iter().zip(&built.stagings) {
+    for ((output, planned), staging) in realised.iter().zip(&built.stagings) {
         let content = staging.content_path();
         let expected = store.meta(&planned.entry)?.digest;
         let digest = |path: &std::path::Path| {

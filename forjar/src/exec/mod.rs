@@ -31,7 +31,9 @@ use crate::hash::{Key, TreeDigest};
 use crate::name::{Limits, Name, OutputName};
 use crate::plan::{Node, NodeKind, Plan, PlannedOutput};
 use crate::request::BuildRequest;
+use crate::request::RequestParts;
 use crate::sandbox::SandboxError;
+use crate::store::{BuildRecord, Realised};
 use crate::store::{EntryName, KeyLock, Store, StoreError};
 
 /// Why realising a plan stopped.
@@ -79,6 +81,23 @@ pub enum ExecError {
         /// The entry.
         entry: EntryName,
     },
+    /// A build ended well, but its outputs are not in the store.
+    #[error("the build of `{name}` ended, but its outputs are not in the store: {}", .entries.iter().map(|e| e.to_string()).collect::<Vec<_>>().join(", "))]
+    MissingOutput {
+        /// The derivation.
+        name: String,
+        /// The entries it should have made.
+        entries: Vec<EntryName>,
+    },
+    /// A root's derivation was not realised by the apply.
+    #[error("the root's derivation `{name}` was not built; apply it first")]
+    NotRealised {
+        /// The derivation.
+        name: String,
+    },
+    /// A request could not be formed once its inputs were built.
+    #[error(transparent)]
+    Plan(Box<crate::plan::PlanError>),
     /// Remote execution failed (not the build itself: the remote or its worker).
     #[error("cannot build `{name}` ({location}) remotely: {error}")]
     Remote {
@@ -212,6 +231,9 @@ pub struct Report {
     pub executed: Vec<String>,
     /// Nodes that were in the store already.
     pub cached: usize,
+    /// Derivations among the cached whose key waited on builds that made what the store had:
+    /// not rebuilt (early cutoff).
+    pub cut_off: Vec<String>,
     /// The roots registered, with their entries.
     pub roots: Vec<(String, EntryName)>,
 }
@@ -274,23 +296,18 @@ pub struct BuildJob<'a> {
 }
 
 impl<'a> BuildJob<'a> {
-    /// The job of a plan's derivation node; `None` for a source.
+    /// The job of a plan's derivation node; `None` for a source, or for a derivation whose
+    /// request waits on a build (see [`Plan::resolve`]).
     pub fn of(node: &'a Node) -> Option<Self> {
-        match &node.kind {
-            NodeKind::Derivation {
-                request,
-                key,
-                outputs,
-                limits,
-            } => Some(BuildJob {
-                request,
-                key,
-                outputs,
-                limits,
-                location: node.location.as_deref(),
-            }),
-            NodeKind::Source { .. } => None,
-        }
+        let planned = node.derivation()?;
+        let resolved = planned.resolved()?;
+        Some(BuildJob {
+            request: &resolved.request,
+            key: &resolved.key,
+            outputs: &resolved.outputs,
+            limits: &planned.limits,
+            location: node.location.as_deref(),
+        })
     }
 
     /// The derivation's name.
@@ -311,9 +328,15 @@ impl<'a> BuildJob<'a> {
             .collect()
     }
 
-    /// Whether every output is in `store`.
+    /// Whether every output is in `store`, where a realisation records it or where the key
+    /// names it.
     pub fn present(&self, store: &Store) -> bool {
-        self.outputs.values().all(|o| store.contains(&o.entry))
+        self.realised(store).is_some()
+    }
+
+    /// Where the outputs are in `store`, when every one is there.
+    pub fn realised(&self, store: &Store) -> Option<BTreeMap<OutputName, PlannedOutput>> {
+        crate::plan::lookup(store, self.key, self.outputs, None)
     }
 
     /// The error of a build that was stopped by the apply.
@@ -384,7 +407,56 @@ pub fn run_job(
         stop,
         events,
     };
-    executor.execute(job, &cx)
+    let done = executor.execute(job, &cx)?;
+    if done != Done::Cached {
+        // Under the key's lock, so that whoever waits on it finds the realisation.
+        record_build(store, job)?;
+    }
+    Ok(done)
+}
+
+/// Records what the build of `job` made: the store's last build of its derivation name, and,
+/// when every output is bit-identical to that last build's and those entries are still in the
+/// store, a realisation of `job`'s key to them. What depends on the derivation then names the
+/// same entries as before and keeps its key: early cutoff.
+fn record_build(store: &Store, job: &BuildJob<'_>) -> Result<(), StoreError> {
+    let mut built = Realised::new();
+    for (name, output) in job.outputs {
+        built.insert(
+            name.clone(),
+            store.realised_output(&output.entry, output.key)?,
+        );
+    }
+    // A record that cannot be read is replaced; it only ever saves work.
+    let last = store.last_build(job.name()).ok().flatten();
+    let unchanged = last.filter(|last| {
+        last.key != *job.key
+            && last.outputs.len() == built.len()
+            && last.outputs.iter().all(|(name, was)| {
+                built.get(name).is_some_and(|now| now.digest == was.digest)
+                    && was.entry != built[name].entry
+                    && store.contains(&was.entry)
+            })
+    });
+    let outputs = match unchanged {
+        Some(last) => {
+            store.record_realisation(job.key, &last.outputs)?;
+            last.outputs
+        }
+        None => {
+            store.forget_realisation(job.key)?;
+            built
+        }
+    };
+    store.record_build(&BuildRecord {
+        key: *job.key,
+        request: RequestParts::clone(job.request),
+        host: job
+            .request
+            .host
+            .map(|_| crate::hash::HostFingerprint::current_parts()),
+        outputs,
+    })
 }
 
 /// Realises one node whose dependencies are in the store: imports a source, runs a
@@ -414,9 +486,20 @@ pub fn realise(
                 Done::Cached
             })
         }
-        NodeKind::Derivation { .. } => {
-            let job = BuildJob::of(node).expect("a derivation node has a job");
-            run_job(executor, &job, store, stop, &node_events(node, observer))
+        NodeKind::Derivation(planned) => {
+            let Some(job) = BuildJob::of(node) else {
+                unreachable!("the scheduler resolves a derivation before it realises it")
+            };
+            let done = run_job(executor, &job, store, stop, &node_events(node, observer))?;
+            // Recorded under the derivation's own key too, so that the next plan finds the
+            // outputs from the key alone.
+            planned
+                .find(store, true, None)?
+                .ok_or_else(|| ExecError::MissingOutput {
+                    name: node.name.to_string(),
+                    entries: job.entries().into_iter().map(|(e, _)| e).collect(),
+                })?;
+            Ok(done)
         }
     }
 }
@@ -466,12 +549,17 @@ pub fn apply(
 }
 
 /// Makes each of the plan's roots a GC root of the store, and returns them with their entries.
-pub fn register_roots(plan: &Plan, store: &Store) -> Result<Vec<(String, EntryName)>, StoreError> {
+pub fn register_roots(plan: &Plan, store: &Store) -> Result<Vec<(String, EntryName)>, ExecError> {
     plan.roots()
         .iter()
         .map(|root| {
-            store.add_root(&root.name, &root.entry)?;
-            Ok((root.name.clone(), root.entry.clone()))
+            let entry = plan
+                .root_entry(root)
+                .ok_or_else(|| ExecError::NotRealised {
+                    name: plan.node(root.node).name.to_string(),
+                })?;
+            store.add_root(&root.name, &entry)?;
+            Ok((root.name.clone(), entry))
         })
         .collect()
 }
@@ -503,6 +591,15 @@ impl fmt::Display for Report {
         if !self.downloaded.is_empty() {
             write!(f, "downloaded {}, ", self.downloaded.len())?;
         }
-        write!(f, "{} cached", self.cached)
+        write!(f, "{} cached", self.cached)?;
+        if !self.cut_off.is_empty() {
+            write!(
+                f,
+                " ({} of them after a rebuild that changed nothing: `{}`)",
+                self.cut_off.len(),
+                self.cut_off.join("`, `")
+            )?;
+        }
+        Ok(())
     }
 }

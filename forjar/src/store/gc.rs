@@ -229,6 +229,9 @@ impl Store {
             report.bytes += size;
             report.dead.push((entry, size));
         }
+        if !dry_run {
+            self.sweep_realisations()?;
+        }
         Ok(report)
     }
 }

@@ -11,6 +11,8 @@
 //! <store>/.cache/                  the source digest cache
 //! <store>/.digests/<h>-<name>      each entry's tree digest, kept apart from the entry
 //! <store>/.failed/                 build directories kept by `--keep-failed`
+//! <store>/.realisations/<h>         where a build's outputs are, when not where its key says
+//! <store>/.builds/<name>.json       the last build of each derivation name
 //! ```
 //!
 //! An entry is valid exactly when its directory exists: it is staged in `.tmp/`, synced, and
@@ -23,6 +25,7 @@ mod gc;
 mod install;
 mod meta;
 mod profile;
+mod realisation;
 mod tree;
 mod verify;
 
@@ -36,6 +39,7 @@ pub use gc::{GcReport, Root, RootTarget};
 pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use profile::{Generation, Profile, RootChanges};
+pub use realisation::{BuildRecord, Realised, RealisedOutput};
 pub(crate) use tree::ScratchDir;
 pub use tree::{remove_tree, tree_size};
 
@@ -64,8 +68,16 @@ use crate::name::StoreDir;
 /// The marker file of a store, and the format it holds.
 const MARKER: &str = ".forjar-store";
 const FORMAT: &str = "forjar store v1\n";
-const DIRS: [&str; 7] = [
-    ".tmp", ".locks", ".logs", ".roots", ".cache", ".digests", ".failed",
+const DIRS: [&str; 9] = [
+    ".tmp",
+    ".locks",
+    ".logs",
+    ".roots",
+    ".cache",
+    ".digests",
+    ".failed",
+    ".realisations",
+    ".builds",
 ];
 /// The directories no one but the store's owner may enter: what builds are writing, what failed
 /// builds left.

@@ -1,0 +1,171 @@
+//! What each build produced: realisations (for early cutoff) and the last build of each
+//! derivation name (for `plan --explain`).
+//!
+//! ```text
+//! <store>/.realisations/<h>      the outputs of the build whose key has store hash <h>, when
+//!                                they are not the entries its key names
+//! <store>/.builds/<name>.json    the last build of each derivation name: its request, the
+//!                                host's parts, its outputs
+//! ```
+//!
+//! A rebuild whose outputs are bit-identical to those of the last build of the same derivation
+//! is realised to that build's entries, and the entries its own key names are left for `gc`:
+//! what depends on it sees the same store paths as before, so its key does not change and it is
+//! not rebuilt (early cutoff).
+
+use std::collections::{BTreeMap, HashSet};
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError};
+use crate::hash::{EntryName, Key, TreeDigest};
+use crate::name::{Name, OutputName};
+use crate::request::RequestParts;
+
+/// One output as realised: the entry that holds it, that entry's key, its content's digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RealisedOutput {
+    /// The store entry.
+    pub entry: EntryName,
+    /// The key that names the entry.
+    pub key: Key,
+    /// The tree digest of its content.
+    pub digest: TreeDigest,
+}
+
+/// A build's outputs, by output name.
+pub type Realised = BTreeMap<OutputName, RealisedOutput>;
+
+/// The last build of a derivation name in a store: what `plan --explain` compares with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildRecord {
+    /// The build's key.
+    pub key: Key,
+    /// Its normalised request.
+    pub request: RequestParts,
+    /// The parts of the host fingerprint it was built with (`host-tools` builds only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<BTreeMap<String, String>>,
+    /// Its outputs as realised.
+    pub outputs: Realised,
+}
+
+impl Store {
+    fn realisation_path(&self, key: &Key) -> PathBuf {
+        self.dir().join(".realisations").join(key.store_hash())
+    }
+
+    fn build_record_path(&self, name: &Name) -> PathBuf {
+        self.dir().join(".builds").join(format!("{name}.json"))
+    }
+
+    /// The outputs recorded for `key` when they are not the entries it names, if any.
+    pub fn realisation(&self, key: &Key) -> Result<Option<Realised>, StoreError> {
+        read_json(&self.realisation_path(key))
+    }
+
+    /// The store hashes of every key with a realisation, read in one pass over the directory.
+    pub fn realised_hashes(&self) -> Result<HashSet<String>, StoreError> {
+        let dir = self.dir().join(".realisations");
+        let listing = fs::read_dir(&dir).map_err(StoreError::io("cannot read", &dir))?;
+        Ok(listing
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .collect())
+    }
+
+    /// Records that the build of `key` is realised to `outputs`.
+    pub(crate) fn record_realisation(
+        &self,
+        key: &Key,
+        outputs: &Realised,
+    ) -> Result<(), StoreError> {
+        write_json(&self.realisation_path(key), outputs)
+    }
+
+    /// Forgets the realisation of `key`.
+    pub(crate) fn forget_realisation(&self, key: &Key) -> Result<(), StoreError> {
+        let path = self.realisation_path(key);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                Err(StoreError::io("cannot remove", &path)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes every realisation some of whose entries are gone (after `gc` or `store
+    /// delete`); returns how many.
+    pub(crate) fn sweep_realisations(&self) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for hash in self.realised_hashes()? {
+            let path = self.dir().join(".realisations").join(&hash);
+            let stale = match read_json::<Realised>(&path) {
+                Ok(Some(outputs)) => outputs.values().any(|o| !self.contains(&o.entry)),
+                Ok(None) => false,
+                Err(_) => true,
+            };
+            if stale {
+                fs::remove_file(&path).map_err(StoreError::io("cannot remove", &path))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// `entry`, which `key` names, with its content's digest as the store recorded it.
+    pub(crate) fn realised_output(
+        &self,
+        entry: &EntryName,
+        key: Key,
+    ) -> Result<RealisedOutput, StoreError> {
+        let digest = match self.recorded_digest(entry)? {
+            Some(digest) => digest,
+            None => self.meta(entry)?.digest,
+        };
+        Ok(RealisedOutput {
+            entry: entry.clone(),
+            key,
+            digest,
+        })
+    }
+
+    /// The last build of the derivation `name` in this store.
+    pub fn last_build(&self, name: &Name) -> Result<Option<BuildRecord>, StoreError> {
+        read_json(&self.build_record_path(name))
+    }
+
+    /// Records `record` as the last build of its derivation's name.
+    pub(crate) fn record_build(&self, record: &BuildRecord) -> Result<(), StoreError> {
+        write_json(&self.build_record_path(&record.request.name), record)
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StoreError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Damaged {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::io("cannot read", path)(e)),
+    }
+}
+
+/// Writes `value` to `path` in one rename, so that a reader sees the old record or the new.
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), StoreError> {
+    let bytes = serde_json::to_vec_pretty(value).expect("records serialise");
+    let dir = path.parent().expect("records live in a directory");
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(StoreError::io("cannot write in", dir))?;
+    io::Write::write_all(&mut tmp, &bytes).map_err(StoreError::io("cannot write", tmp.path()))?;
+    tmp.persist(path)
+        .map_err(|e| StoreError::io("cannot write", path)(e.error))?;
+    Ok(())
+}
