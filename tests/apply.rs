@@ -359,6 +359,20 @@ fn check_rebuilds_and_names_the_files_that_differ() {
         stderr(&out)
     );
     assert!(run_dag(&store, &[], &["verify"]).status.success());
+    // Kept when asked: the rebuild that differs, for a look.
+    let out = run_dag(&store, &env, &["check", "n0-1", "--keep-failed"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let kept = stdout(&out)
+        .lines()
+        .find_map(|l| l.strip_prefix("  the rebuild is kept at "))
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("no kept rebuild in:\n{}", stdout(&out)));
+    assert!(
+        kept.starts_with(store.join(".failed")),
+        "{}",
+        kept.display()
+    );
+    assert_eq!(fs::read(kept.join("noise")).unwrap().len(), 8);
 
     // A copy edited in place after it was installed does not pass for a reproduction.
     let built = run_dag(&store, &env, &["build", "n0-0"]);
@@ -757,5 +771,86 @@ fn plan_explain_says_what_changed_since_the_last_build_of_each_name() {
         stderr(&verbose).contains(&format!("why n0-0: env SALT: `{salt}` -> `{other}`\n")),
         "{}",
         stderr(&verbose)
+    );
+}
+
+#[test]
+fn gc_keeps_build_inputs_when_asked_delete_refuses_what_is_needed_and_verify_repairs() {
+    if !sandbox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let salt = fresh_salt("integrity");
+    let env = [("DAG_SALT", salt.as_str())];
+    assert!(run_dag(&store, &env, &["apply"]).status.success());
+    let all = entries(&store);
+    assert_eq!(all.len(), 13, "{all:?}");
+    let entry = |name: &str| {
+        all.iter()
+            .find(|e| e.ends_with(&format!("-{name}")))
+            .unwrap()
+            .clone()
+    };
+
+    // `top` refers to none of its inputs; kept as what it was built from, they stay.
+    let kept = run_dag(&store, &[], &["gc", "--keep-build-inputs"]);
+    assert!(kept.status.success(), "{}", stderr(&kept));
+    assert_eq!(entries(&store), all);
+    assert!(
+        run_dag(&store, &[], &["set", "keep-build-inputs", "true"])
+            .status
+            .success()
+    );
+    assert!(run_dag(&store, &[], &["gc"]).status.success());
+    assert_eq!(entries(&store), all, "the store's setting keeps them too");
+
+    // What a root needs is not deleted, and says who needs it; the rest is.
+    let refused = run_dag(&store, &[], &["delete", &entry("top")]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains(&format!("root `dag` needs `{}`", entry("top")))
+            || stderr(&refused).contains(&format!(
+                "a generation of a profile needs `{}`",
+                entry("top")
+            )),
+        "{}",
+        stderr(&refused)
+    );
+    assert!(entries(&store).contains(&entry("top")));
+    let deleted = run_dag(&store, &[], &["delete", &entry("n0-0")]);
+    assert!(deleted.status.success(), "{}", stderr(&deleted));
+    assert!(!entries(&store).contains(&entry("n0-0")));
+
+    // Content edited in place: verify names it; verify --repair builds it again.
+    let content = store.join(entry("n1-0")).join("content");
+    fs::set_permissions(&content, fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(content.join("f1"), "edited\n").unwrap();
+    let verify = run_dag(&store, &env, &["verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        stdout(&verify).contains(&format!(
+            "{}: content does not match its digest",
+            entry("n1-0")
+        )),
+        "{}",
+        stdout(&verify)
+    );
+    let repair = run_dag(&store, &env, &["verify", "--repair"]);
+    assert!(
+        repair.status.success(),
+        "{}\n{}",
+        stdout(&repair),
+        stderr(&repair)
+    );
+    assert_eq!(reported(&repair, "built").len(), 2, "{}", stderr(&repair));
+    assert!(
+        stdout(&repair).ends_with("verified 13 entries: all match\n"),
+        "{}",
+        stdout(&repair)
+    );
+    assert_eq!(
+        fs::read_to_string(content.join("f1")).unwrap(),
+        format!("n1-0 1 {salt}\n")
     );
 }

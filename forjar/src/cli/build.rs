@@ -66,6 +66,9 @@ pub(super) enum BuildCommand {
         /// How many times to rebuild.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
         rounds: u16,
+        /// Keep a rebuild that differs from the store's copy, in `<store>/.failed/`.
+        #[arg(long)]
+        keep_failed: bool,
     },
 }
 
@@ -100,7 +103,11 @@ impl Session {
                 deploy,
             } => self.apply(&run, &deploy),
             BuildCommand::Build { names, run } => self.build(&names, &run),
-            BuildCommand::Check { name, rounds } => self.check(&name, rounds),
+            BuildCommand::Check {
+                name,
+                rounds,
+                keep_failed,
+            } => self.check(&name, rounds, keep_failed),
         }
     }
 
@@ -229,7 +236,61 @@ impl Session {
         Ok(ExitCode::Success)
     }
 
-    fn check(&self, name: &str, rounds: u16) -> Result<ExitCode, Failure> {
+    /// The second half of `verify --repair`: builds again each of `wanted` (entries deleted as
+    /// damaged, or missing) that a derivation or source of the program makes, then verifies.
+    pub(super) fn repair(
+        &self,
+        before: &crate::store::VerifyReport,
+        wanted: &[EntryName],
+    ) -> Result<ExitCode, Failure> {
+        let mut text = super::store::verify_text(before);
+        let mut targets = Vec::new();
+        for entry in wanted {
+            // By entry where the plan names it; else by the derivation's name, whose key may
+            // have changed since.
+            let mut found = self.plan.find(entry.as_str());
+            if found.is_empty() {
+                let name = entry.name();
+                found = self.plan.find(name);
+                if found.is_empty()
+                    && let Some((base, _output)) = name.rsplit_once('-')
+                {
+                    found = self.plan.find(base);
+                }
+            }
+            match found.first() {
+                Some(&node) => targets.push(node),
+                None => {
+                    let _ = writeln!(
+                        text,
+                        "cannot rebuild {entry}: no derivation or source of this program makes it"
+                    );
+                }
+            }
+        }
+        if !targets.is_empty() {
+            let options = exec::Options {
+                interrupt: Some(&INTERRUPTED),
+                ..exec::Options::default()
+            };
+            let report = self.realise(
+                &exec::needed_for(&self.plan, targets.iter().copied()),
+                &Local::default(),
+                &options,
+            )?;
+            let _ = writeln!(text, "repair: {report}");
+        }
+        let after = self.store.verify()?;
+        text.push_str(&super::store::verify_text(&after));
+        emit(&text)?;
+        Ok(if after.is_ok() {
+            ExitCode::Success
+        } else {
+            ExitCode::Failure
+        })
+    }
+
+    fn check(&self, name: &str, rounds: u16, keep_failed: bool) -> Result<ExitCode, Failure> {
         let index = self.find_node(name)?;
         if !matches!(self.plan.node(index).kind, NodeKind::Derivation { .. }) {
             return Err(Failure::new(
@@ -251,9 +312,16 @@ impl Session {
                 return Err(exec_failure(ExecError::Interrupted(vec![name.to_string()])));
             }
             let started = std::time::Instant::now();
-            let checked = exec::check(&self.plan, &self.store, index, &local, &INTERRUPTED, &|e| {
-                progress.observe(e)
-            })
+            let keep = (keep_failed, round);
+            let checked = exec::check(
+                &self.plan,
+                &self.store,
+                index,
+                &local,
+                keep,
+                &INTERRUPTED,
+                &|e| progress.observe(e),
+            )
             .map_err(|e| match e {
                 ExecError::Cancelled(name) => exec_failure(ExecError::Interrupted(vec![name])),
                 e => exec_failure(e),
@@ -288,6 +356,9 @@ impl Session {
                     );
                     for difference in &output.differences {
                         let _ = writeln!(text, "  {difference}");
+                    }
+                    if let Some(kept) = &output.kept {
+                        let _ = writeln!(text, "  the rebuild is kept at {}", kept.display());
                     }
                 }
             }

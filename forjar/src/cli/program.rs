@@ -115,6 +115,10 @@ pub(super) fn run(
         max_hosts: usize::from(cli.max_hosts),
     };
     match cli.command {
+        ProgramCommand::Store(store::StoreCommand::Verify { repair: true }) => {
+            let (report, wanted) = store::delete_damaged(&store_dir)?;
+            Session::open(define, &store_dir, profile, verbosity, hosts)?.repair(&report, &wanted)
+        }
         ProgramCommand::Store(command) => store::run(&store_dir, command),
         ProgramCommand::Hash(command) => store::hash(command),
         ProgramCommand::Profile(command) if hosts.on.is_some() => {

@@ -16,13 +16,41 @@ pub enum StoreCommand {
     Ls,
     /// List the GC roots and what they keep alive.
     Roots,
-    /// Rehash every entry; exit 1 naming each entry whose content no longer matches.
-    Verify,
+    /// Rehash every entry and check that every entry it refers to is there; exit 1 naming
+    /// each problem.
+    Verify {
+        /// Delete each damaged entry and build again what the program can build (a program's
+        /// command, not the `forjar` tool's).
+        #[arg(long)]
+        repair: bool,
+    },
     /// Delete every entry not reachable from a root.
     Gc {
         /// Only list what would be deleted and the bytes that would be freed.
         #[arg(long)]
         dry_run: bool,
+        /// Keep what live entries were built from, and what that was built from [default: the
+        /// store's `keep-build-inputs` setting].
+        #[arg(long)]
+        keep_build_inputs: bool,
+    },
+    /// Delete entries; refused when a root, a generation or another entry still needs one.
+    Delete {
+        /// Entry names, paths in the store, hash prefixes or names.
+        #[arg(required = true)]
+        entries: Vec<String>,
+        /// Delete them although something needs them (which is then broken until rebuilt).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Change a setting of the store.
+    Set {
+        /// The setting.
+        #[arg(value_enum)]
+        setting: Setting,
+        /// Its value.
+        #[arg(action = clap::ArgAction::Set)]
+        value: bool,
     },
     /// Upload entries and everything they refer to into a remote cache, as `apply --remote`
     /// uploads what it builds [default: every entry of the store].
@@ -38,6 +66,13 @@ pub enum StoreCommand {
         )]
         remote: String,
     },
+}
+
+/// A setting of the store.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Setting {
+    /// `gc` keeps what live entries were built from (as Nix's `keep-outputs`).
+    KeepBuildInputs,
 }
 
 /// Commands on one entry.
@@ -97,6 +132,60 @@ pub fn hash(command: HashCommand) -> Result<ExitCode, Failure> {
     Ok(ExitCode::Success)
 }
 
+/// Says that a command waits for the store to itself.
+fn waiting() {
+    eprintln!("waiting for the other forjar processes that use the store to finish...");
+}
+
+/// What `verify` prints.
+pub(super) fn verify_text(report: &crate::store::VerifyReport) -> String {
+    let mut text = String::new();
+    for problem in &report.problems {
+        let _ = writeln!(text, "{problem}");
+    }
+    let _ = writeln!(
+        text,
+        "verified {} entries: {}",
+        report.checked,
+        if report.is_ok() {
+            "all match".to_string()
+        } else {
+            format!("{} problems", report.problems.len())
+        }
+    );
+    text
+}
+
+/// The first half of `verify --repair`: verifies the store at `dir` and deletes every damaged
+/// entry. Returns the report, and the entries to build again: those deleted, and those other
+/// entries refer to that are missing.
+pub(super) fn delete_damaged(
+    dir: &Path,
+) -> Result<(crate::store::VerifyReport, Vec<EntryName>), Failure> {
+    use crate::store::Problem;
+    let store = Store::open(dir)?;
+    let report = store.verify()?;
+    let mut damaged = Vec::new();
+    let mut wanted = std::collections::BTreeSet::new();
+    for problem in &report.problems {
+        match problem {
+            Problem::Mismatch { entry, .. }
+            | Problem::Unrecorded { entry, .. }
+            | Problem::Meta { entry, .. }
+            | Problem::Content { entry, .. }
+            | Problem::Misnamed { entry, .. } => {
+                damaged.push(entry.clone());
+                wanted.insert(entry.clone());
+            }
+            Problem::MissingReferences { missing, .. } => wanted.extend(missing.iter().cloned()),
+            Problem::Stray { .. } => {}
+        }
+    }
+    // What refers to a damaged entry is whole again once it is rebuilt at the same path.
+    store.delete(&damaged, true, waiting)?;
+    Ok((report, wanted.into_iter().collect()))
+}
+
 /// Runs a store command on the store at `dir`.
 pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
     let store = Store::open(dir)?;
@@ -132,31 +221,45 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
             }
             emit(&text)?;
         }
-        StoreCommand::Verify => {
+        StoreCommand::Verify { repair: true } => {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                "`verify --repair` builds again what is damaged, which needs the program that \
+                 describes it: run `<program> verify --repair`",
+            ));
+        }
+        StoreCommand::Verify { repair: false } => {
             let report = store.verify()?;
-            let mut text = String::new();
-            for problem in &report.problems {
-                let _ = writeln!(text, "{problem}");
-            }
-            let _ = writeln!(
-                text,
-                "verified {} entries: {}",
-                report.checked,
-                if report.is_ok() {
-                    "all match".to_string()
-                } else {
-                    format!("{} problems", report.problems.len())
-                }
-            );
-            emit(&text)?;
+            emit(&verify_text(&report))?;
             if !report.is_ok() {
                 return Ok(ExitCode::Failure);
             }
         }
-        StoreCommand::Gc { dry_run } => {
-            let report = store.gc(dry_run, || {
-                eprintln!("waiting for the other forjar processes that use the store to finish...")
-            })?;
+        StoreCommand::Delete { entries, force } => {
+            let named = entries
+                .iter()
+                .map(|e| store.resolve(e))
+                .collect::<Result<Vec<_>, _>>()?;
+            store.delete(&named, force, waiting)?;
+            let mut text = String::new();
+            for entry in &named {
+                let _ = writeln!(text, "deleted {entry}");
+            }
+            emit(&text)?;
+        }
+        StoreCommand::Set { setting, value } => {
+            let mut settings = store.settings()?;
+            match setting {
+                Setting::KeepBuildInputs => settings.keep_build_inputs = value,
+            }
+            store.set_settings(&settings)?;
+        }
+        StoreCommand::Gc {
+            dry_run,
+            keep_build_inputs,
+        } => {
+            let keep = keep_build_inputs || store.settings()?.keep_build_inputs;
+            let report = store.gc_keeping(dry_run, keep, waiting)?;
             let mut text = String::new();
             let verb = if dry_run { "would delete" } else { "deleted" };
             for (entry, size) in &report.dead {

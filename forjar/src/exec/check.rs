@@ -34,6 +34,8 @@ pub struct CheckedOutput {
     /// What differs between the store's copy and the rebuild, one line per path (empty when
     /// their digests match).
     pub differences: Vec<String>,
+    /// Where the rebuild is kept, when it differs and keeping was asked for.
+    pub kept: Option<std::path::PathBuf>,
 }
 
 impl CheckedOutput {
@@ -51,12 +53,14 @@ impl CheckedOutput {
 
 /// Rebuilds the derivation at `index`, whose outputs and inputs must be in the store, in the
 /// sandbox, and compares each output with the store's. The rebuild's log goes beside the
-/// original's (`<hash>.check.log`), which `meta.yaml` hashes.
+/// original's (`<hash>.check.log`), which `meta.yaml` hashes. With `keep`, an output that
+/// differs is kept in `<store>/.failed/<hash>-check-<round>/<output>`.
 pub fn check(
     plan: &Plan,
     store: &Store,
     index: NodeIndex,
     local: &Local,
+    (keep, round): (bool, u16),
     stop: &AtomicBool,
     observer: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<Vec<CheckedOutput>, ExecError> {
@@ -101,6 +105,18 @@ pub fn check(
             differences(&stored_path, &content)
                 .map_err(StoreError::io("cannot compare", &content))?
         };
+        let kept = if keep && got != stored {
+            let dir = store
+                .dir()
+                .join(".failed")
+                .join(format!("{hash}-check-{round}"));
+            fs::create_dir_all(&dir).map_err(StoreError::io("cannot create", &dir))?;
+            let to = dir.join(output.as_str());
+            fs::rename(&content, &to).map_err(StoreError::io("cannot keep the rebuild in", &to))?;
+            Some(to)
+        } else {
+            None
+        };
         checked.push(CheckedOutput {
             output: output.clone(),
             entry: planned.entry.clone(),
@@ -108,6 +124,7 @@ pub fn check(
             stored,
             got,
             differences,
+            kept,
         });
     }
     Ok(checked)

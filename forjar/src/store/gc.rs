@@ -149,7 +149,11 @@ impl Store {
     /// The entries reachable from the roots through `references`. A live entry whose
     /// `meta.yaml` cannot be read stops the walk with an error: its references are unknown, and
     /// guessing could delete what it needs.
-    pub fn live(&self) -> Result<BTreeSet<EntryName>, StoreError> {
+    ///
+    /// With `keep_build_inputs`, the inputs each live entry was built from are live too, and
+    /// theirs (Nix's `keep-outputs`): what the live entries were built with stays, so that
+    /// building them again, or what is next to them, fetches and builds nothing again.
+    pub fn live(&self, keep_build_inputs: bool) -> Result<BTreeSet<EntryName>, StoreError> {
         let mut live = BTreeSet::new();
         let mut queue: VecDeque<EntryName> = self
             .roots()?
@@ -164,19 +168,45 @@ impl Store {
             if !self.contains(&entry) || !live.insert(entry.clone()) {
                 continue;
             }
-            queue.extend(self.meta(&entry)?.references);
+            let meta = self.meta(&entry)?;
+            if keep_build_inputs {
+                queue.extend(meta.inputs.into_values());
+            }
+            queue.extend(meta.references);
         }
         Ok(live)
     }
 
     /// Deletes every entry not reachable from a root, and removes indirect roots whose link is
-    /// gone. Deleting needs the store to itself: if another handle has it open (another forjar
-    /// process, or another `Store` in this one), `on_wait` is called and the collection waits.
-    /// A dry run only reads, and neither waits nor deletes.
+    /// gone; keeps the build inputs of live entries when the store's settings say so (see
+    /// [`Store::live`]). Deleting needs the store to itself: if another handle has it open
+    /// (another forjar process, or another `Store` in this one), `on_wait` is called and the
+    /// collection waits. A dry run only reads, and neither waits nor deletes.
     pub fn gc(&self, dry_run: bool, on_wait: impl FnOnce()) -> Result<GcReport, StoreError> {
+        let keep = self.settings()?.keep_build_inputs;
+        self.gc_keeping(dry_run, keep, on_wait)
+    }
+
+    /// [`Store::gc`], keeping build inputs or not as `keep_build_inputs` says.
+    pub fn gc_keeping(
+        &self,
+        dry_run: bool,
+        keep_build_inputs: bool,
+        on_wait: impl FnOnce(),
+    ) -> Result<GcReport, StoreError> {
         if dry_run {
-            return self.collect(true);
+            return self.collect(true, keep_build_inputs);
         }
+        self.exclusively(on_wait, || self.collect(false, keep_build_inputs))
+    }
+
+    /// Runs `f` with the store to this handle alone: waits (after `on_wait`) while other
+    /// handles have it open.
+    fn exclusively<T>(
+        &self,
+        on_wait: impl FnOnce(),
+        f: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let lock_path = self.dir().join(".locks/store.lock");
         match self.lock.try_lock() {
             Ok(()) => {}
@@ -190,15 +220,76 @@ impl Store {
                 return Err(StoreError::io("cannot lock", &lock_path)(e));
             }
         }
-        let report = self.collect(false);
+        let result = f();
         self.lock
             .lock_shared()
             .map_err(StoreError::io("cannot lock", &lock_path))?;
-        report
+        result
     }
 
-    fn collect(&self, dry_run: bool) -> Result<GcReport, StoreError> {
-        let live = self.live()?;
+    /// Deletes `entries`, refusing (and deleting none) when a root or another entry still needs
+    /// one of them, unless `force`. Needs the store to itself, as [`Store::gc`] does.
+    pub fn delete(
+        &self,
+        entries: &[EntryName],
+        force: bool,
+        on_wait: impl FnOnce(),
+    ) -> Result<(), StoreError> {
+        self.exclusively(on_wait, || {
+            if !force {
+                let doomed: BTreeSet<&EntryName> = entries.iter().collect();
+                let mut needed: Vec<(EntryName, String)> = Vec::new();
+                for root in self.roots()? {
+                    if let RootTarget::Entry(entry) = root.target
+                        && doomed.contains(&entry)
+                    {
+                        needed.push((entry, format!("root `{}`", root.name)));
+                    }
+                }
+                for entry in self.generation_roots()? {
+                    if doomed.contains(&entry) {
+                        needed.push((entry, "a generation of a profile".to_string()));
+                    }
+                }
+                for entry in self.entries()? {
+                    if doomed.contains(&entry) {
+                        continue;
+                    }
+                    // An entry whose meta cannot be read is `verify`'s to report, not a user.
+                    let Ok(meta) = self.meta(&entry) else {
+                        continue;
+                    };
+                    for reference in meta.references {
+                        if doomed.contains(&reference) {
+                            needed.push((reference, format!("entry `{entry}`")));
+                        }
+                    }
+                }
+                if !needed.is_empty() {
+                    return Err(StoreError::InUse(needed));
+                }
+            }
+            for entry in entries {
+                self.remove_entry(entry)?;
+            }
+            self.sweep_realisations()?;
+            Ok(())
+        })
+    }
+
+    /// Removes `entry` in one step (renamed out of place, then deleted).
+    fn remove_entry(&self, entry: &EntryName) -> Result<(), StoreError> {
+        let path = self.entry_path(entry);
+        // Renamed out of place first, so the entry vanishes in one step; a crash during the
+        // removal leaves only staging garbage, swept on the next open.
+        let doomed = self.dir().join(".tmp").join(format!("{}.gc", entry.hash()));
+        fs::rename(&path, &doomed).map_err(StoreError::io("cannot remove", &path))?;
+        remove_tree(&doomed)?;
+        self.forget_digest(entry)
+    }
+
+    fn collect(&self, dry_run: bool, keep_build_inputs: bool) -> Result<GcReport, StoreError> {
+        let live = self.live(keep_build_inputs)?;
         let mut report = GcReport {
             live: live.len(),
             dry_run,
@@ -219,12 +310,7 @@ impl Store {
             let path = self.entry_path(&entry);
             let size = tree_size(&path).map_err(StoreError::io("cannot read", &path))?;
             if !dry_run {
-                // Renamed out of place first, so the entry vanishes in one step; a crash during
-                // the removal leaves only staging garbage, swept on the next open.
-                let doomed = self.dir().join(".tmp").join(format!("{}.gc", entry.hash()));
-                fs::rename(&path, &doomed).map_err(StoreError::io("cannot remove", &path))?;
-                remove_tree(&doomed)?;
-                self.forget_digest(&entry)?;
+                self.remove_entry(&entry)?;
             }
             report.bytes += size;
             report.dead.push((entry, size));

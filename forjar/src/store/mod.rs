@@ -13,6 +13,7 @@
 //! <store>/.failed/                 build directories kept by `--keep-failed`
 //! <store>/.realisations/<h>         where a build's outputs are, when not where its key says
 //! <store>/.builds/<name>.json       the last build of each derivation name
+//! <store>/.settings.yaml            the store's settings (`keep-build-inputs`)
 //! ```
 //!
 //! An entry is valid exactly when its directory exists: it is staged in `.tmp/`, synced, and
@@ -26,6 +27,7 @@ mod install;
 mod meta;
 mod profile;
 mod realisation;
+mod settings;
 mod tree;
 mod verify;
 
@@ -40,6 +42,7 @@ pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use profile::{Generation, Profile, RootChanges};
 pub use realisation::{BuildRecord, Realised, RealisedOutput};
+pub use settings::Settings;
 pub(crate) use tree::ScratchDir;
 pub use tree::{remove_tree, tree_size};
 
@@ -176,6 +179,12 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Entries to delete that a root or another entry still needs.
+    #[error(
+        "not deleted: {}; delete what needs them first, or pass --force to leave it broken",
+        .0.iter().map(|(entry, by)| format!("{by} needs `{entry}`")).collect::<Vec<_>>().join(", ")
+    )]
+    InUse(Vec<(EntryName, String)>),
 }
 
 impl StoreError {
