@@ -117,7 +117,7 @@ pub fn explain(plan: &Plan, store: &Store) -> BTreeMap<NodeIndex, Vec<Reason>> {
                         Some(resolved) => (&*resolved.request, Some(resolved.key), BTreeSet::new()),
                         // The inputs from derivations built first are not known yet.
                         None => (
-                            planned.template(),
+                            planned.request(),
                             None,
                             planned
                                 .derivation_inputs()

@@ -193,14 +193,14 @@ pub(crate) fn lookup(
     key: &Key,
     named: &BTreeMap<OutputName, PlannedOutput>,
     realised: Option<&HashSet<String>>,
-) -> Option<BTreeMap<OutputName, PlannedOutput>> {
+) -> Option<Found> {
     // A record that cannot be read is no record.
     if realised.is_none_or(|r| r.contains(&key.store_hash()))
         && let Ok(Some(recorded)) = store.realisation(key)
         && recorded.keys().eq(named.keys())
         && recorded.values().all(|o| store.contains(&o.entry))
     {
-        return Some(
+        return Some(Found::Elsewhere(
             recorded
                 .into_iter()
                 .map(|(name, o)| {
@@ -211,12 +211,34 @@ pub(crate) fn lookup(
                     (name, planned)
                 })
                 .collect(),
-        );
+        ));
     }
     named
         .values()
         .all(|o| store.contains(&o.entry))
-        .then(|| named.clone())
+        .then_some(Found::Named)
+}
+
+/// Where [`lookup`] found outputs.
+#[derive(Debug, Clone)]
+pub(crate) enum Found {
+    /// Where the key names them.
+    Named,
+    /// As a realisation records them.
+    Elsewhere(BTreeMap<OutputName, PlannedOutput>),
+}
+
+impl Found {
+    /// The outputs, given those the key names.
+    pub(crate) fn outputs<'a>(
+        &'a self,
+        named: &'a BTreeMap<OutputName, PlannedOutput>,
+    ) -> &'a BTreeMap<OutputName, PlannedOutput> {
+        match self {
+            Found::Named => named,
+            Found::Elsewhere(outputs) => outputs,
+        }
+    }
 }
 
 /// A planned derivation.
@@ -234,17 +256,19 @@ pub(crate) fn lookup(
 #[derive(Debug, Clone)]
 pub struct Planned {
     /// The request's parts, with the inputs from sources resolved and those from derivations
-    /// still to come.
-    template: RequestParts,
+    /// still to come; `None` once resolved at planning (a plan of many cached derivations
+    /// keeps one request each).
+    template: Option<RequestParts>,
     /// The inputs from derivations: input name, producing node, output name.
     from: Vec<(InputName, NodeIndex, OutputName)>,
     /// The input-addressed key.
     key: Key,
-    /// The outputs as `key` names them.
-    named: BTreeMap<OutputName, PlannedOutput>,
+    /// The outputs as `key` names them; `None` when they are the resolved request's (its key is
+    /// `key`, as it is unless an input was realised to an earlier build's entries).
+    named: Option<BTreeMap<OutputName, PlannedOutput>>,
     resolved: OnceLock<Resolved>,
-    /// The outputs as realised in the store, once they are there.
-    realised: OnceLock<BTreeMap<OutputName, PlannedOutput>>,
+    /// Where the outputs are in the store, once they are there.
+    realised: OnceLock<Found>,
     /// Its limits (not in the key).
     pub limits: Limits,
 }
@@ -257,7 +281,15 @@ impl Planned {
 
     /// The outputs as the input-addressed key names them.
     pub fn named(&self) -> &BTreeMap<OutputName, PlannedOutput> {
-        &self.named
+        match &self.named {
+            Some(named) => named,
+            None => {
+                &self
+                    .resolved()
+                    .expect("outputs are only left to the resolved request once it is set")
+                    .outputs
+            }
+        }
     }
 
     /// The request, its key and outputs, once the inputs are in the store.
@@ -268,20 +300,25 @@ impl Planned {
     /// The outputs: where they are realised once in the store, else where the build will put
     /// them; `None` while that waits on the builds of inputs.
     pub fn outputs(&self) -> Option<&BTreeMap<OutputName, PlannedOutput>> {
-        self.realised
-            .get()
+        self.realised()
             .or_else(|| self.resolved().map(|r| &r.outputs))
     }
 
     /// The outputs as realised in the store, once they are there.
     pub fn realised(&self) -> Option<&BTreeMap<OutputName, PlannedOutput>> {
-        self.realised.get()
+        self.realised.get().map(|found| found.outputs(self.named()))
     }
 
-    /// The request's parts as far as they are known at planning: the inputs from derivations
-    /// are missing.
-    pub fn template(&self) -> &RequestParts {
-        &self.template
+    /// The request as far as it is known: once resolved, the resolved request; before, its
+    /// parts without the inputs from derivations.
+    pub fn request(&self) -> &RequestParts {
+        match (self.resolved(), &self.template) {
+            (Some(resolved), _) => &resolved.request,
+            (None, Some(template)) => template,
+            (None, None) => {
+                unreachable!("the template is dropped only once the request is resolved")
+            }
+        }
     }
 
     /// The inputs from derivations: input name, producing node, output name.
@@ -292,24 +329,26 @@ impl Planned {
     /// Where the outputs are in `store`, when every one is there: under the input-addressed
     /// key, else, once resolved, under the resolved request's key (what an earlier build of the
     /// same request made). Records what it finds as the realisation, and under `record` also
-    /// in the store, so that the next plan finds it from the key alone.
-    /// `realised` is as [`lookup`]'s.
+    /// in the store, so that the next plan finds it from the key alone. `realised` is as
+    /// [`lookup`]'s.
     pub(crate) fn find(
         &self,
         store: &Store,
         record: bool,
         realised: Option<&HashSet<String>>,
     ) -> Result<Option<&BTreeMap<OutputName, PlannedOutput>>, StoreError> {
-        if let Some(realised) = self.realised.get() {
-            return Ok(Some(realised));
+        if let Some(found) = self.realised() {
+            return Ok(Some(found));
         }
-        let found = match lookup(store, &self.key, &self.named, realised) {
+        let found = match lookup(store, &self.key, self.named(), realised) {
             Some(found) => Some(found),
             None => match self.resolved() {
                 Some(resolved) if resolved.key != self.key => {
-                    let found = lookup(store, &resolved.key, &resolved.outputs, realised);
+                    let found = lookup(store, &resolved.key, &resolved.outputs, realised)
+                        .map(|f| Found::Elsewhere(f.outputs(&resolved.outputs).clone()));
                     if let (Some(found), true) = (&found, record) {
                         let outputs = found
+                            .outputs(&resolved.outputs)
                             .iter()
                             .map(|(name, o)| {
                                 Ok((name.clone(), store.realised_output(&o.entry, o.key)?))
@@ -322,7 +361,7 @@ impl Planned {
                 _ => None,
             },
         };
-        Ok(found.map(|found| self.realised.get_or_init(|| found)))
+        Ok(found.map(|found| self.realised.get_or_init(|| found).outputs(self.named())))
     }
 
     /// Resolves the request once every producer's outputs are realised (`producer`); `Ok(None)`
@@ -334,7 +373,10 @@ impl Planned {
         if let Some(resolved) = self.resolved.get() {
             return Ok(Some(resolved));
         }
-        let mut parts = self.template.clone();
+        let Some(template) = &self.template else {
+            unreachable!("the template is dropped only once the request is resolved")
+        };
+        let mut parts = template.clone();
         for (input, node, output) in &self.from {
             let Some(outputs) = producer(*node) else {
                 return Ok(None);
@@ -1092,19 +1134,31 @@ impl<'g> Planner<'g> {
             store_dir: store.store_dir().clone(),
             host,
         };
-        // The input-addressed request: each input from a derivation named by its key.
-        let mut addressed = template.clone();
-        let mut realised_as_named = true;
-        for (input, dep, output) in &from {
+        // The input-addressed request: each input from a derivation named by its key. When
+        // every such input is realised where its key names it (as it is unless a rebuild was
+        // cut off), it is the resolved request as well.
+        let named_input = |(_, dep, output): &(InputName, NodeIndex, OutputName)| {
             let producer = planned(*dep)
                 .derivation()
                 .expect("an output input has a derivation node");
-            let named = &producer.named[output];
-            realised_as_named &= producer
+            let named = &producer.named()[output];
+            (producer, named)
+        };
+        let realised_as_named = from.iter().all(|input| {
+            let (producer, named) = named_input(input);
+            producer
                 .realised()
-                .is_some_and(|r| r.get(output) == Some(named));
+                .is_some_and(|r| r.get(&input.2) == Some(named))
+        });
+        let (mut addressed, template) = if realised_as_named {
+            (template, None)
+        } else {
+            (template.clone(), Some(template))
+        };
+        for input in &from {
+            let (_, named) = named_input(input);
             addressed.inputs.insert(
-                input.clone(),
+                input.0.clone(),
                 ResolvedInput::Output {
                     entry: named.entry.clone(),
                     key: named.key,
@@ -1112,21 +1166,21 @@ impl<'g> Planner<'g> {
             );
         }
         let addressed = Resolved::new(BuildRequest::new(addressed).map_err(request_error)?);
-        let planned_drv = Planned {
+        let mut planned_drv = Planned {
             template,
             from,
             key: addressed.key,
-            named: addressed.outputs.clone(),
+            named: None,
             resolved: OnceLock::new(),
             realised: OnceLock::new(),
             limits: drv.limits.clone(),
         };
-        // Resolved now when every derivation it takes is in the store (and, as usual, where
-        // its key names it: then the resolved request is the addressed one); otherwise once the
-        // builds it waits on are done.
+        // Resolved now when every derivation it takes is in the store where its key names it;
+        // otherwise once the builds it waits on are done.
         if realised_as_named {
             let _ = planned_drv.resolved.set(addressed);
         } else {
+            planned_drv.named = Some(addressed.outputs);
             planned_drv
                 .resolve_with(|dep| planned(dep).derivation()?.realised())
                 .map_err(request_error)?;

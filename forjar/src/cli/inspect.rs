@@ -180,7 +180,7 @@ impl Session {
                             waits_on(&self.plan, planned)
                         );
                         text.push_str(&indent(
-                            serde_yaml_ng::to_string(planned.template())
+                            serde_yaml_ng::to_string(planned.request())
                                 .unwrap_or_else(|e| format!("({e})")),
                         ));
                     }

@@ -337,6 +337,7 @@ impl<'a> BuildJob<'a> {
     /// Where the outputs are in `store`, when every one is there.
     pub fn realised(&self, store: &Store) -> Option<BTreeMap<OutputName, PlannedOutput>> {
         crate::plan::lookup(store, self.key, self.outputs, None)
+            .map(|found| found.outputs(self.outputs).clone())
     }
 
     /// The error of a build that was stopped by the apply.

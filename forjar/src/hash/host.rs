@@ -59,18 +59,16 @@ impl HostFingerprint {
     }
 
     fn of_parts(parts: &BTreeMap<String, String>) -> Self {
-        let mut e = Encoder::new(HOST_CONTEXT);
-        e.field("arch").bytes(parts["arch"].as_bytes());
-        for file in HOST_FILES {
-            let hash = blake3::Hash::from_hex(&parts[*file]).expect("parts hold BLAKE3 hex");
-            e.field(file).bytes(hash.as_bytes());
-        }
-        HostFingerprint(e.finish())
+        Self::encode(parts, HOST_FILES)
     }
 
     #[cfg(test)]
     fn of_files(files: &[&str]) -> Self {
-        let parts = Self::parts_of(files);
+        Self::encode(&Self::parts_of(files), files)
+    }
+
+    /// The fingerprint of `parts`, which hold the architecture and each of `files`.
+    fn encode(parts: &BTreeMap<String, String>, files: &[&str]) -> Self {
         let mut e = Encoder::new(HOST_CONTEXT);
         e.field("arch").bytes(parts["arch"].as_bytes());
         for file in files {

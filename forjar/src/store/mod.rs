@@ -46,6 +46,16 @@ pub use settings::Settings;
 pub(crate) use tree::ScratchDir;
 pub use tree::{remove_tree, tree_size};
 
+/// Removes the file at `path` unless it is already gone.
+pub(crate) fn remove_if_there(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(StoreError::io("cannot remove", path)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Bytes in a form people read: `512 B`, `1.2 MiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -415,13 +425,7 @@ impl Store {
 
     /// Removes `entry`'s digest record (the entry is gone).
     pub(crate) fn forget_digest(&self, entry: &EntryName) -> Result<(), StoreError> {
-        let path = self.digest_record(entry);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(StoreError::io("cannot remove", &path)(e))
-            }
-            _ => Ok(()),
-        }
+        remove_if_there(&self.digest_record(entry))
     }
 
     /// The build log of the derivation whose key has store hash `hash`.

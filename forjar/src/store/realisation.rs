@@ -89,13 +89,7 @@ impl Store {
 
     /// Forgets the realisation of `key`.
     pub(crate) fn forget_realisation(&self, key: &Key) -> Result<(), StoreError> {
-        let path = self.realisation_path(key);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                Err(StoreError::io("cannot remove", &path)(e))
-            }
-            _ => Ok(()),
-        }
+        super::remove_if_there(&self.realisation_path(key))
     }
 
     /// Removes every realisation some of whose entries are gone (after `gc` or `store
