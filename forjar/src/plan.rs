@@ -219,6 +219,15 @@ pub(crate) fn lookup(
         .then_some(Found::Named)
 }
 
+/// Whether a build of `key` could be realised to the last build of `name` (see
+/// `exec::record_build`): there is one, of another key, and its outputs are in the store.
+fn may_be_cut_off(store: &Store, name: &Name, key: &Key) -> bool {
+    // A record that cannot be read is not compared with.
+    store.last_build(name).ok().flatten().is_some_and(|last| {
+        last.key != *key && last.outputs.values().all(|o| store.contains(&o.entry))
+    })
+}
+
 /// Where [`lookup`] found outputs.
 #[derive(Debug, Clone)]
 pub(crate) enum Found {
@@ -269,6 +278,10 @@ pub struct Planned {
     resolved: OnceLock<Resolved>,
     /// Where the outputs are in the store, once they are there.
     realised: OnceLock<Found>,
+    /// Whether the outputs are, or will be, where the key names them: in the store so, or to be
+    /// built by the request the key names with no earlier build of the name they could be
+    /// realised to instead. What takes it is then resolved at planning.
+    lands_where_named: bool,
     /// Its limits (not in the key).
     pub limits: Limits,
 }
@@ -1144,11 +1157,10 @@ impl<'g> Planner<'g> {
             let named = &producer.named()[output];
             (producer, named)
         };
-        let realised_as_named = from.iter().all(|input| {
-            let (producer, named) = named_input(input);
-            producer
-                .realised()
-                .is_some_and(|r| r.get(&input.2) == Some(named))
+        let realised_as_named = from.iter().all(|(_, dep, _)| {
+            planned(*dep)
+                .derivation()
+                .is_some_and(|p| p.lands_where_named)
         });
         let (mut addressed, template) = if realised_as_named {
             (template, None)
@@ -1173,9 +1185,10 @@ impl<'g> Planner<'g> {
             named: None,
             resolved: OnceLock::new(),
             realised: OnceLock::new(),
+            lands_where_named: false,
             limits: drv.limits.clone(),
         };
-        // Resolved now when every derivation it takes is in the store where its key names it;
+        // Resolved now when every derivation it takes is, or will be, where its key names it;
         // otherwise once the builds it waits on are done.
         if realised_as_named {
             let _ = planned_drv.resolved.set(addressed);
@@ -1188,6 +1201,14 @@ impl<'g> Planner<'g> {
         let status = match planned_drv.find(store, false, Some(realised))? {
             Some(_) => Status::Cached,
             None => Status::Build,
+        };
+        planned_drv.lands_where_named = match (planned_drv.realised.get(), planned_drv.resolved()) {
+            (Some(found), _) => matches!(found, Found::Named),
+            // A build is realised to the last build of its name when it makes what that made.
+            (None, Some(resolved)) => {
+                resolved.key == planned_drv.key && !may_be_cut_off(store, &drv.name, &resolved.key)
+            }
+            (None, None) => false,
         };
         Ok(Node {
             name: drv.name.clone(),
