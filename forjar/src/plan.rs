@@ -195,7 +195,11 @@ pub(crate) fn lookup(
     realised: Option<&HashSet<String>>,
 ) -> Option<Found> {
     // A record that cannot be read is no record.
-    if realised.is_none_or(|r| r.contains(&key.store_hash()))
+    let recorded = match realised {
+        None => true,
+        Some(hashes) => !hashes.is_empty() && hashes.contains(&key.store_hash()),
+    };
+    if recorded
         && let Ok(Some(recorded)) = store.realisation(key)
         && recorded.keys().eq(named.keys())
         && recorded.values().all(|o| store.contains(&o.entry))
@@ -1106,29 +1110,44 @@ impl<'g> Planner<'g> {
             location: drv.location(),
             error,
         };
+        // The inputs from sources are known; those from derivations are named by their
+        // producers' keys, and are also where they are realised when every producer lands
+        // where its key names it (as it does unless a rebuild may be cut off).
         let mut inputs = BTreeMap::new();
-        let mut from = Vec::new();
+        let mut realised_as_named = true;
+        let mut named_inputs = Vec::new();
         for edge in self.dag.edges_directed(node, Direction::Incoming) {
             match (&planned(edge.source()).kind, &drv.inputs[edge.weight()]) {
                 (NodeKind::Source { entry, digest, .. }, _) => {
-                    inputs.insert(
-                        edge.weight().clone(),
-                        ResolvedInput::Source {
-                            entry: entry.clone(),
-                            digest: *digest,
-                        },
-                    );
+                    let resolved = ResolvedInput::Source {
+                        entry: entry.clone(),
+                        digest: *digest,
+                    };
+                    inputs.insert(edge.weight().clone(), resolved);
                 }
-                (NodeKind::Derivation(_), Input::Output(o)) => {
-                    let output = OutputName::new(&o.output)
+                (NodeKind::Derivation(producer), Input::Output(o)) => {
+                    realised_as_named &= producer.lands_where_named;
+                    let (output, named) = producer
+                        .named()
+                        .iter()
+                        .find(|(name, _)| name.as_str() == o.output)
                         .expect("outputs were checked when the edges were made");
-                    from.push((edge.weight().clone(), edge.source(), output));
+                    named_inputs.push((edge.weight(), edge.source(), output, named));
                 }
                 (NodeKind::Derivation(_), Input::Source(_)) => {
                     unreachable!("a source input has a source node")
                 }
             }
         }
+        // Kept only for a request resolved after planning.
+        let from: Vec<(InputName, NodeIndex, OutputName)> = if realised_as_named {
+            Vec::new()
+        } else {
+            named_inputs
+                .iter()
+                .map(|(input, dep, output, _)| ((*input).clone(), *dep, (*output).clone()))
+                .collect()
+        };
         let host = (drv.sandbox == SandboxLevel::HostTools).then(HostFingerprint::current);
         let template = RequestParts {
             name: drv.name.clone(),
@@ -1147,30 +1166,14 @@ impl<'g> Planner<'g> {
             store_dir: store.store_dir().clone(),
             host,
         };
-        // The input-addressed request: each input from a derivation named by its key. When
-        // every such input is realised where its key names it (as it is unless a rebuild was
-        // cut off), it is the resolved request as well.
-        let named_input = |(_, dep, output): &(InputName, NodeIndex, OutputName)| {
-            let producer = planned(*dep)
-                .derivation()
-                .expect("an output input has a derivation node");
-            let named = &producer.named()[output];
-            (producer, named)
-        };
-        let realised_as_named = from.iter().all(|(_, dep, _)| {
-            planned(*dep)
-                .derivation()
-                .is_some_and(|p| p.lands_where_named)
-        });
         let (mut addressed, template) = if realised_as_named {
             (template, None)
         } else {
             (template.clone(), Some(template))
         };
-        for input in &from {
-            let (_, named) = named_input(input);
+        for (input, _, _, named) in named_inputs {
             addressed.inputs.insert(
-                input.0.clone(),
+                input.clone(),
                 ResolvedInput::Output {
                     entry: named.entry.clone(),
                     key: named.key,
