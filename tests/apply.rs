@@ -853,4 +853,27 @@ fn gc_keeps_build_inputs_when_asked_delete_refuses_what_is_needed_and_verify_rep
         fs::read_to_string(content.join("f1")).unwrap(),
         format!("n1-0 1 {salt}\n")
     );
+
+    // Deleted by force although roots need it: verify names it, and repair builds it again.
+    let forced = run_dag(&store, &[], &["delete", "--force", &entry("top")]);
+    assert!(forced.status.success(), "{}", stderr(&forced));
+    let verify = run_dag(&store, &env, &["verify"]);
+    assert_eq!(verify.status.code(), Some(1));
+    assert!(
+        stdout(&verify).contains(&format!(
+            "{}: a generation of a profile needs it, and the store no longer has it",
+            entry("top")
+        )),
+        "{}",
+        stdout(&verify)
+    );
+    let repair = run_dag(&store, &env, &["verify", "--repair"]);
+    assert!(
+        repair.status.success(),
+        "{}\n{}",
+        stdout(&repair),
+        stderr(&repair)
+    );
+    assert_eq!(reported(&repair, "built"), ["top"], "{}", stderr(&repair));
+    assert!(entries(&store).contains(&entry("top")));
 }

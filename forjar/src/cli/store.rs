@@ -178,6 +178,9 @@ pub(super) fn delete_damaged(
                 wanted.insert(entry.clone());
             }
             Problem::MissingReferences { missing, .. } => wanted.extend(missing.iter().cloned()),
+            Problem::MissingRoot { entry, .. } => {
+                wanted.insert(entry.clone());
+            }
             Problem::Stray { .. } => {}
         }
     }

@@ -58,6 +58,14 @@ pub enum Problem {
         /// The entries it refers to that are gone.
         missing: Vec<EntryName>,
     },
+    /// A root or a generation needs an entry the store no longer has (deleted with
+    /// `delete --force`, say): rolling back to it, or keeping it, fails.
+    MissingRoot {
+        /// Who needs it: `root NAME`, or `a generation of a profile`.
+        by: String,
+        /// The entry.
+        entry: EntryName,
+    },
     /// Something in the store directory that is not an entry.
     Stray {
         /// Its name.
@@ -94,6 +102,11 @@ impl fmt::Display for Problem {
                     .map(|m| format!("`{m}`"))
                     .collect::<Vec<_>>()
                     .join(", ")
+            ),
+            Problem::MissingRoot { by, entry } => write!(
+                f,
+                "{entry}: {by} needs it, and the store no longer has it; build it again \
+                 (`verify --repair` in the program that makes it)"
             ),
             Problem::Stray { name } => write!(
                 f,
@@ -132,11 +145,43 @@ impl Store {
             }
         }
         problems.par_extend(entries.par_iter().flat_map_iter(|entry| self.check(entry)));
+        problems.extend(self.missing_roots()?);
         problems.sort_by_key(ToString::to_string);
         Ok(VerifyReport {
             checked: entries.len(),
             problems,
         })
+    }
+
+    /// The entries direct roots and generations need that are gone. An indirect root whose
+    /// outside link is gone is not a problem: `gc` removes it.
+    fn missing_roots(&self) -> Result<Vec<Problem>, StoreError> {
+        let mut problems = Vec::new();
+        for root in self.roots()? {
+            if root.indirect || root.target != super::RootTarget::Dangling {
+                continue;
+            }
+            let entry = root
+                .link
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| EntryName::parse(n).ok());
+            if let Some(entry) = entry {
+                problems.push(Problem::MissingRoot {
+                    by: format!("root `{}`", root.name),
+                    entry,
+                });
+            }
+        }
+        for entry in self.generation_roots()? {
+            if !self.contains(&entry) {
+                problems.push(Problem::MissingRoot {
+                    by: "a generation of a profile".to_string(),
+                    entry,
+                });
+            }
+        }
+        Ok(problems)
     }
 
     /// What is wrong with `entry`: its content, and its references.
