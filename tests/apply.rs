@@ -822,58 +822,37 @@ fn gc_keeps_build_inputs_when_asked_delete_refuses_what_is_needed_and_verify_rep
     assert!(deleted.status.success(), "{}", stderr(&deleted));
     assert!(!entries(&store).contains(&entry("n0-0")));
 
-    // Content edited in place: verify names it; verify --repair builds it again.
+    // `verify` names the problem, exit 1; `verify --repair` builds what it takes and leaves a
+    // whole store. Returns what the repair built.
+    let verify_and_repair = |problem: &str| -> Vec<String> {
+        let verify = run_dag(&store, &env, &["verify"]);
+        assert_eq!(verify.status.code(), Some(1));
+        assert!(stdout(&verify).contains(problem), "{}", stdout(&verify));
+        let repair = run_dag(&store, &env, &["verify", "--repair"]);
+        let (out, err) = (stdout(&repair), stderr(&repair));
+        assert!(repair.status.success(), "{out}\n{err}");
+        assert!(out.ends_with("verified 13 entries: all match\n"), "{out}");
+        reported(&repair, "built")
+    };
+
+    // Content edited in place (n1-0's input n0-0 is gone too).
     let content = store.join(entry("n1-0")).join("content");
     fs::set_permissions(&content, fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(content.join("f1"), "edited\n").unwrap();
-    let verify = run_dag(&store, &env, &["verify"]);
-    assert_eq!(verify.status.code(), Some(1));
-    assert!(
-        stdout(&verify).contains(&format!(
-            "{}: content does not match its digest",
-            entry("n1-0")
-        )),
-        "{}",
-        stdout(&verify)
-    );
-    let repair = run_dag(&store, &env, &["verify", "--repair"]);
-    assert!(
-        repair.status.success(),
-        "{}\n{}",
-        stdout(&repair),
-        stderr(&repair)
-    );
-    assert_eq!(reported(&repair, "built").len(), 2, "{}", stderr(&repair));
-    assert!(
-        stdout(&repair).ends_with("verified 13 entries: all match\n"),
-        "{}",
-        stdout(&repair)
-    );
+    let problem = format!("{}: content does not match its digest", entry("n1-0"));
+    assert_eq!(verify_and_repair(&problem).len(), 2);
     assert_eq!(
         fs::read_to_string(content.join("f1")).unwrap(),
         format!("n1-0 1 {salt}\n")
     );
 
-    // Deleted by force although roots need it: verify names it, and repair builds it again.
+    // Deleted by force although a generation needs it.
     let forced = run_dag(&store, &[], &["delete", "--force", &entry("top")]);
     assert!(forced.status.success(), "{}", stderr(&forced));
-    let verify = run_dag(&store, &env, &["verify"]);
-    assert_eq!(verify.status.code(), Some(1));
-    assert!(
-        stdout(&verify).contains(&format!(
-            "{}: a generation of a profile needs it, and the store no longer has it",
-            entry("top")
-        )),
-        "{}",
-        stdout(&verify)
+    let problem = format!(
+        "{}: a generation of a profile needs it, and the store no longer has it",
+        entry("top")
     );
-    let repair = run_dag(&store, &env, &["verify", "--repair"]);
-    assert!(
-        repair.status.success(),
-        "{}\n{}",
-        stdout(&repair),
-        stderr(&repair)
-    );
-    assert_eq!(reported(&repair, "built"), ["top"], "{}", stderr(&repair));
+    assert_eq!(verify_and_repair(&problem), ["top"]);
     assert!(entries(&store).contains(&entry("top")));
 }
