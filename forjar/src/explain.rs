@@ -106,13 +106,6 @@ pub fn explain(plan: &Plan, store: &Store) -> BTreeMap<NodeIndex, Vec<Reason>> {
                 NodeKind::Derivation(planned) => {
                     // A record that cannot be read is as none: the explanation is all it serves.
                     let last = store.last_build(&node.name).ok().flatten();
-                    let waits: BTreeSet<String> = planned
-                        .derivation_inputs()
-                        .iter()
-                        .map(|(_, dep, _)| plan.node(*dep))
-                        .filter(|dep| dep.status != Status::Cached)
-                        .map(|dep| dep.name.to_string())
-                        .collect();
                     let (request, key, unknown) = match planned.resolved() {
                         Some(resolved) => (&*resolved.request, Some(resolved.key), BTreeSet::new()),
                         // The inputs from derivations built first are not known yet.
@@ -135,7 +128,11 @@ pub fn explain(plan: &Plan, store: &Store) -> BTreeMap<NodeIndex, Vec<Reason>> {
                         reasons.insert(
                             0,
                             Reason::WaitsOn {
-                                derivations: waits.into_iter().collect(),
+                                derivations: plan
+                                    .waits_on(planned)
+                                    .into_iter()
+                                    .map(|n| n.to_string())
+                                    .collect(),
                             },
                         );
                     } else if reasons.is_empty() {

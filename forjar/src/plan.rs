@@ -227,9 +227,13 @@ pub(crate) fn lookup(
 /// `exec::record_build`): there is one, of another key, and its outputs are in the store.
 fn may_be_cut_off(store: &Store, name: &Name, key: &Key) -> bool {
     // A record that cannot be read is not compared with.
-    store.last_build(name).ok().flatten().is_some_and(|last| {
-        last.key != *key && last.outputs.values().all(|o| store.contains(&o.entry))
-    })
+    store
+        .last_outputs(name)
+        .ok()
+        .flatten()
+        .is_some_and(|(last, outputs)| {
+            last != *key && outputs.values().all(|o| store.contains(&o.entry))
+        })
 }
 
 /// Where [`lookup`] found outputs.
@@ -600,6 +604,18 @@ impl Plan {
         outputs.get(&root.output).map(|o| o.entry.clone())
     }
 
+    /// The derivations whose builds the request of derivation `planned` waits on (those it
+    /// takes that are not in the store), by name.
+    pub fn waits_on(&self, planned: &Planned) -> std::collections::BTreeSet<&Name> {
+        planned
+            .derivation_inputs()
+            .iter()
+            .map(|(_, dep, _)| &self.dag[*dep])
+            .filter(|dep| dep.status != Status::Cached)
+            .map(|dep| &dep.name)
+            .collect()
+    }
+
     /// Resolves the request of derivation `index` once the outputs of every derivation it
     /// takes are realised; `Ok(None)` while one is not.
     pub fn resolve(&self, index: NodeIndex) -> Result<Option<&Resolved>, PlanError> {
@@ -769,13 +785,7 @@ impl Plan {
                         value["outputs"] = serde_json::json!(planned.outputs());
                         if planned.resolved().is_none() {
                             // The key names what the inputs' builds are realised to.
-                            value["waits_on"] = serde_json::json!(
-                                planned
-                                    .derivation_inputs()
-                                    .iter()
-                                    .map(|(_, dep, _)| &self.dag[*dep].name)
-                                    .collect::<std::collections::BTreeSet<_>>()
-                            );
+                            value["waits_on"] = serde_json::json!(self.waits_on(planned));
                         }
                     }
                     NodeKind::Source {

@@ -251,14 +251,7 @@ impl Session {
 
 /// The derivations a planned one takes whose builds it waits on: "`a`, `b`".
 fn waits_on(plan: &Plan, planned: &Planned) -> String {
-    let names: std::collections::BTreeSet<&str> = planned
-        .derivation_inputs()
-        .iter()
-        .map(|(_, dep, _)| plan.node(*dep))
-        .filter(|dep| dep.status != crate::plan::Status::Cached)
-        .map(|dep| dep.name.as_str())
-        .collect();
-    names
+    plan.waits_on(planned)
         .iter()
         .map(|n| format!("`{n}`"))
         .collect::<Vec<_>>()

@@ -429,20 +429,20 @@ fn record_build(store: &Store, job: &BuildJob<'_>) -> Result<(), StoreError> {
         );
     }
     // A record that cannot be read is replaced; it only ever saves work.
-    let last = store.last_build(job.name()).ok().flatten();
-    let unchanged = last.filter(|last| {
-        last.key != *job.key
-            && last.outputs.len() == built.len()
-            && last.outputs.iter().all(|(name, was)| {
-                built.get(name).is_some_and(|now| now.digest == was.digest)
-                    && was.entry != built[name].entry
-                    && store.contains(&was.entry)
+    let last = store.last_outputs(job.name()).ok().flatten();
+    let unchanged = last.filter(|(key, outputs)| {
+        key != job.key
+            && outputs.len() == built.len()
+            && outputs.iter().all(|(name, was)| {
+                built.get(name).is_some_and(|now| {
+                    now.digest == was.digest && now.entry != was.entry && store.contains(&was.entry)
+                })
             })
     });
     let outputs = match unchanged {
-        Some(last) => {
-            store.record_realisation(job.key, &last.outputs)?;
-            last.outputs
+        Some((_, outputs)) => {
+            store.record_realisation(job.key, &outputs)?;
+            outputs
         }
         None => {
             store.forget_realisation(job.key)?;

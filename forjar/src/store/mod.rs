@@ -46,6 +46,19 @@ pub use settings::Settings;
 pub(crate) use tree::ScratchDir;
 pub use tree::{remove_tree, tree_size};
 
+/// Writes `bytes` to the file at `path` (in one of the store's own directories) beside it,
+/// then renames it over: a reader sees the old file or the new, and a crash leaves a
+/// temporary file, never half a record.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().expect("a store file lives in a directory");
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(StoreError::io("cannot write in", dir))?;
+    io::Write::write_all(&mut tmp, bytes).map_err(StoreError::io("cannot write", tmp.path()))?;
+    tmp.persist(path)
+        .map_err(|e| StoreError::io("cannot write", path)(e.error))?;
+    Ok(())
+}
+
 /// Removes the file at `path` unless it is already gone.
 pub(crate) fn remove_if_there(path: &Path) -> Result<(), StoreError> {
     match fs::remove_file(path) {

@@ -133,6 +133,17 @@ impl Store {
         read_json(&self.build_record_path(name))
     }
 
+    /// The key and outputs of the last build of `name`, read past its request: what the cutoff
+    /// compares with, on every build and for every node to build at planning.
+    pub fn last_outputs(&self, name: &Name) -> Result<Option<(Key, Realised)>, StoreError> {
+        #[derive(Deserialize)]
+        struct Last {
+            key: Key,
+            outputs: Realised,
+        }
+        Ok(read_json::<Last>(&self.build_record_path(name))?.map(|l| (l.key, l.outputs)))
+    }
+
     /// Records `record` as the last build of its derivation's name.
     pub(crate) fn record_build(&self, record: &BuildRecord) -> Result<(), StoreError> {
         write_json(&self.build_record_path(&record.request.name), record)
@@ -155,11 +166,5 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, Sto
 /// Writes `value` to `path` in one rename, so that a reader sees the old record or the new.
 fn write_json(path: &Path, value: &impl Serialize) -> Result<(), StoreError> {
     let bytes = serde_json::to_vec_pretty(value).expect("records serialise");
-    let dir = path.parent().expect("records live in a directory");
-    let mut tmp =
-        tempfile::NamedTempFile::new_in(dir).map_err(StoreError::io("cannot write in", dir))?;
-    io::Write::write_all(&mut tmp, &bytes).map_err(StoreError::io("cannot write", tmp.path()))?;
-    tmp.persist(path)
-        .map_err(|e| StoreError::io("cannot write", path)(e.error))?;
-    Ok(())
+    super::write_atomically(path, &bytes)
 }

@@ -40,10 +40,6 @@ impl Store {
     pub fn set_settings(&self, settings: &Settings) -> Result<(), StoreError> {
         let path = self.settings_path();
         let text = serde_yaml_ng::to_string(settings).expect("settings serialise");
-        let tmp = self
-            .dir()
-            .join(format!(".settings.{}.tmp", std::process::id()));
-        fs::write(&tmp, text).map_err(StoreError::io("cannot write", &tmp))?;
-        fs::rename(&tmp, &path).map_err(StoreError::io("cannot write", &path))
+        super::write_atomically(&path, text.as_bytes())
     }
 }
