@@ -24,14 +24,17 @@ fn plan_lists_every_node_with_a_summary_and_writes_no_entry() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("import  hello-src "), "{text}");
-    assert!(lines[1].starts_with("build   message "), "{text}");
-    assert!(lines[2].starts_with("build*  hello "), "{text}");
-    assert!(lines[2].contains("examples/hello/main.rs:"), "{text}");
-    assert!(lines[3].starts_with("build*  hello-bundle "), "{text}");
+    assert!(lines[0].starts_with("import  cc "), "{text}");
+    assert!(lines[0].contains(" packages of /"), "{text}");
+    assert!(lines[1].starts_with("import  hello-src "), "{text}");
+    assert!(lines[2].starts_with("build   message "), "{text}");
+    assert!(lines[3].starts_with("build   hello "), "{text}");
+    assert!(lines[3].contains("examples/hello/main.rs:"), "{text}");
+    assert!(lines[4].starts_with("build   hello-bundle "), "{text}");
+    assert!(!text.contains("impure"), "every build is hermetic: {text}");
     assert_eq!(
         lines.last(),
-        Some(&"Plan: 3 to build, 0 cached, 1 source to import")
+        Some(&"Plan: 3 to build, 0 cached, 1 source and 1 toolchain to import")
     );
 
     let again = run_example("hello", &store, &["plan"]);
@@ -66,7 +69,7 @@ fn apply_builds_the_example_and_a_second_apply_builds_nothing() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(
-        text.ends_with("Built 3, imported 1, 0 cached\nRecorded generation 1 of profile `hello`\n"),
+        text.ends_with("Built 3, imported 2, 0 cached\nRecorded generation 1 of profile `hello`\n"),
         "{text}"
     );
     let bundle = text
@@ -110,6 +113,16 @@ fn plan_json_graph_and_why_depends() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["summary"]["build"], 3);
     assert_eq!(json["summary"]["import"], 1);
+    assert_eq!(json["summary"]["toolchains"], 1);
+    let toolchain = &json["nodes"][0];
+    assert_eq!(toolchain["kind"], "toolchain", "{toolchain}");
+    let packages = toolchain["packages"].as_array().unwrap();
+    assert!(
+        packages
+            .iter()
+            .any(|p| p.as_str().unwrap().starts_with("gcc ")),
+        "{toolchain}"
+    );
     assert_eq!(json["roots"][0]["name"], "hello");
 
     let out = run_example("hello", &store, &["graph", "--dot"]);

@@ -864,6 +864,61 @@ fn a_fixed_output_with_the_wrong_digest_is_a_hash_mismatch() {
     );
 }
 
+/// The tree of `nix-hash`'s test in forjar's NAR digest: a file, a script and a link.
+const NAR_TREE: &str = "mkdir -p $out/sub; printf '#!/bin/sh\\n' > $out/sub/run; \
+    chmod 755 $out/sub/run; ln -s sub/run $out/a-link; printf data > $out/b";
+
+#[test]
+fn sha256_fixed_outputs_are_checked_flat_and_recursive_and_shown_as_written() {
+    if !sandbox() {
+        return;
+    }
+    // `hello\n`, flat; the tree above, as `nix-hash --type sha256` digests it.
+    let flat = "sha256-WJG1tSLV3whtD/CxEPvZ0hu0/HFjrzTQgoai6Eb2vgM=";
+    let nar = "sha256-PcymmZzuqoQs/iCQcgk/QCE/8YzqrXjfQT36OzfnJmQ=";
+    let (_dir, store) = temp_store();
+    let entry = build_root(
+        &store,
+        tools("hello", "echo hello > $out").fixed_output(flat),
+    )
+    .unwrap();
+    assert_eq!(content_text(&store, &entry), "hello\n");
+    assert_eq!(
+        store.meta(&entry).unwrap().kind,
+        forjar::store::EntryKind::Fixed
+    );
+    build_root(
+        &store,
+        tools("tree", NAR_TREE)
+            .fixed_output(nar)
+            .fixed_output_mode(forjar::HashMode::Recursive),
+    )
+    .unwrap();
+
+    // A mismatch names both digests in the form the derivation wrote.
+    let err = must_fail(
+        "sri",
+        tools("hello", "echo hallo > $out").fixed_output(flat),
+    );
+    assert!(
+        err.contains(&format!("\n  specified: {flat}\n  got:       sha256-")),
+        "{err}"
+    );
+    let hex = "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03";
+    let err = must_fail("hex", tools("hello", "echo hallo > $out").fixed_output(hex));
+    assert!(
+        err.contains(&format!("\n  specified: {hex}\n  got:       sha256:")),
+        "{err}"
+    );
+    // A flat digest is of one file; the same tree under it is refused, saying why.
+    let err = must_fail("flat-tree", tools("tree", NAR_TREE).fixed_output(nar));
+    assert!(
+        err.contains("not what a flat SHA-256 digest covers"),
+        "{err}"
+    );
+    assert!(err.contains("takes the `recursive` mode"), "{err}");
+}
+
 #[test]
 fn a_fixed_output_may_not_refer_to_store_entries() {
     if !sandbox() {
@@ -1097,6 +1152,7 @@ fn hand_made(
         fixed_output: None,
         store_dir: forjar::name::StoreDir::from_path(store_dir).unwrap(),
         host: Some(HostFingerprint::current()),
+        toolchain: None,
     })
     .unwrap()
 }
@@ -1118,6 +1174,7 @@ fn run_hand_made(
         request,
         inputs: Vec::new(),
         referenced: Vec::new(),
+        toolchain: None,
         outputs: vec![(
             OutputName::new("out").unwrap(),
             staging,

@@ -1,6 +1,8 @@
 //! A multi-stage pipeline: source -> compiled program and documentation -> a reproducible
 //! release tarball (sorted names, fixed times and owners, no gzip timestamp), which
-//! `check greet-tarball --rounds 2` rebuilds and compares bit for bit.
+//! `check greet-tarball --rounds 2` rebuilds and compares bit for bit. Every build is
+//! hermetic: the compiler and the archivers come from two toolchains, each pinned in
+//! `forjar.lock`, so that a new version of `tar` rebuilds the tarball and not the program.
 //!
 //! ```text
 //! cargo run --example pipeline -- apply
@@ -9,10 +11,9 @@
 
 use forjar::prelude::*;
 
-/// Compiles the program with the host's C compiler (`host-tools`: impure, keyed by a
-/// fingerprint of the host's toolchain).
+/// Compiles the program with the `cc` toolchain's compiler.
 #[derive(Derivation)]
-#[forjar(name = "greet", sandbox = "host-tools")]
+#[forjar(name = "greet")]
 #[forjar(script = r#"
     mkdir -p $out/bin
     cc -O2 -o $out/bin/greet $src/greet.c
@@ -20,6 +21,8 @@ use forjar::prelude::*;
 struct Compile {
     #[forjar(input)]
     src: Source,
+    #[forjar(toolchain)]
+    cc: Toolchain,
 }
 
 /// The documentation, with the version stamped in. Hermetic: shell builtins only.
@@ -40,7 +43,7 @@ struct Docs {
 
 /// The release tarball: the same bytes on every build.
 #[derive(Derivation)]
-#[forjar(name = "greet-tarball", sandbox = "host-tools")]
+#[forjar(name = "greet-tarball")]
 #[forjar(script = r#"
     pkg=greet-$version
     mkdir -p $pkg/bin $pkg/share/doc/greet $out
@@ -57,6 +60,8 @@ struct Tarball {
     doc: Drv<Docs>,
     #[forjar(env)]
     version: String,
+    #[forjar(toolchain)]
+    archive: Toolchain,
 }
 
 fn main() -> forjar::ExitCode {
@@ -66,8 +71,13 @@ fn main() -> forjar::ExitCode {
             "/examples/pipeline/src"
         ))?
         .named("greet-src")?;
+        let cc = Toolchain::from_host("cc", ["gcc", "libc6-dev", "coreutils"])?;
+        let archive = Toolchain::from_host("greet-archive", ["tar", "gzip", "coreutils"])?;
         let version = "1.0.0".to_string();
-        let program = g.add(Compile { src: src.clone() });
+        let program = g.add(Compile {
+            src: src.clone(),
+            cc,
+        });
         let doc = g.add(Docs {
             src,
             version: version.clone(),
@@ -76,6 +86,7 @@ fn main() -> forjar::ExitCode {
             program,
             doc,
             version,
+            archive,
         });
         g.root("greet-release", tarball);
         Ok(())

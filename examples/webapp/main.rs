@@ -73,7 +73,7 @@ impl fmt::Display for ServiceUnit {
 /// The profile: `etc/webapp/config.toml` and `lib/systemd/system/webapp.service`. The unit
 /// file comes in as text through `unit`; the configuration is rendered from its type.
 #[derive(Derivation)]
-#[forjar(name = "webapp-profile", sandbox = "host-tools")]
+#[forjar(name = "webapp-profile")]
 #[forjar(script = r#"
     mkdir -p $out/etc/webapp $out/lib/systemd/system
     cp config.toml $out/etc/webapp/config.toml
@@ -85,6 +85,9 @@ struct Profile {
     config: AppConfig,
     #[forjar(env)]
     unit: String,
+    /// `mkdir`, `cp` and `chmod`.
+    #[forjar(toolchain)]
+    tools: Toolchain,
 }
 
 fn main() -> forjar::ExitCode {
@@ -117,6 +120,7 @@ fn main() -> forjar::ExitCode {
         let profile = g.add(Profile {
             config,
             unit: unit.to_string(),
+            tools: Toolchain::from_host("coreutils", ["coreutils"])?,
         });
         g.root("webapp", profile);
         Ok(())

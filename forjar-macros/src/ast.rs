@@ -41,6 +41,7 @@ pub enum Role {
     /// A parameter of a derivation fn: an input or an env var, as its type decides.
     Param(Named),
     File(LitStr),
+    Toolchain,
     Name,
     Skip,
     /// No attribute on a struct field; an error, reported by `check`.
@@ -244,6 +245,7 @@ pub fn role(cx: &Ctxt, kind: attr::FieldKind, ident: Option<&Ident>) -> Role {
         }
         Ok(Some((Kind::Env(rename), span))) => own(rename, span).map_or(Role::Invalid, Role::Env),
         Ok(Some((Kind::File(path), _))) => Role::File(path),
+        Ok(Some((Kind::Toolchain, _))) => Role::Toolchain,
         Ok(Some((Kind::Name, _))) => Role::Name,
         Ok(Some((Kind::Skip, _))) => Role::Skip,
     }

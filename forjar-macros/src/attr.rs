@@ -63,6 +63,8 @@ pub struct Container {
     pub system: Attr<LitStr>,
     pub sandbox: Attr<Level>,
     pub fixed_output: Attr<LitStr>,
+    /// `true` for `recursive`.
+    pub fixed_output_mode: Attr<bool>,
     pub network: Attr<bool>,
     pub provide_bin_sh: Attr<bool>,
     pub ro_paths: Attr<Vec<LitStr>>,
@@ -85,6 +87,7 @@ impl Container {
             system: Attr::none(SYSTEM),
             sandbox: Attr::none(SANDBOX),
             fixed_output: Attr::none(FIXED_OUTPUT),
+            fixed_output_mode: Attr::none(FIXED_OUTPUT_MODE),
             network: Attr::none(NETWORK),
             provide_bin_sh: Attr::none(PROVIDE_BIN_SH),
             ro_paths: Attr::none(RO_PATHS),
@@ -208,12 +211,40 @@ impl Container {
                     cx,
                     &meta,
                     FIXED_OUTPUT,
-                    "fixed_output = \"blake3:<64 hex digits>\"",
+                    "fixed_output = \"sha256-<base64>\"",
                 )? {
-                    if let Err(reason) = rules::digest(&lit.value()) {
+                    if let Err(reason) = rules::fixed_digest(&lit.value()) {
                         cx.error_spanned_by(&lit, invalid("fixed-output digest", &lit, &reason));
                     }
                     self.fixed_output.set(cx, &path, lit.to_token_stream(), lit);
+                }
+            }
+            FIXED_OUTPUT_MODE => {
+                if let Some(lit) = lit_str(
+                    cx,
+                    &meta,
+                    FIXED_OUTPUT_MODE,
+                    "fixed_output_mode = \"recursive\"",
+                )? {
+                    let recursive = match lit.value().as_str() {
+                        "flat" => Some(false),
+                        "recursive" => Some(true),
+                        other => {
+                            cx.error_spanned_by(
+                                &lit,
+                                format!(
+                                    "unknown fixed-output mode `{}`: the modes are `flat` (the output is one file) and `recursive` (its NAR serialisation, as Nix's `outputHashMode`){}",
+                                    other.escape_debug(),
+                                    did_you_mean(other, ["flat", "recursive"].into_iter())
+                                ),
+                            );
+                            None
+                        }
+                    };
+                    if let Some(recursive) = recursive {
+                        self.fixed_output_mode
+                            .set(cx, &path, lit.to_token_stream(), recursive);
+                    }
                 }
             }
             NETWORK => {
@@ -302,6 +333,8 @@ pub enum Kind {
     Env(Option<LitStr>),
     /// A file in the build directory rendered from the value.
     File(LitStr),
+    /// The tools the build runs.
+    Toolchain,
     /// The derivation's name.
     Name,
     /// Not part of the derivation.
@@ -314,6 +347,7 @@ impl Kind {
             Kind::Input(_) => INPUT,
             Kind::Env(_) => ENV,
             Kind::File(_) => FILE,
+            Kind::Toolchain => TOOLCHAIN,
             Kind::Name => NAME,
             Kind::Skip => SKIP,
         }
@@ -369,6 +403,7 @@ pub fn field_kind(
                     Some(lit) => Kind::File(lit),
                     None => return Ok(()),
                 },
+                TOOLCHAIN => Kind::Toolchain,
                 NAME => Kind::Name,
                 SKIP => Kind::Skip,
                 _ => unreachable!("every field symbol has an arm"),

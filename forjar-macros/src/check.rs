@@ -7,6 +7,7 @@ use quote::ToTokens;
 use syn::spanned::Spanned;
 
 use crate::ast::{Derivation, Role};
+use crate::attr::Level;
 use crate::ctxt::Ctxt;
 use crate::rules;
 use crate::script;
@@ -25,6 +26,7 @@ pub fn check(cx: &Ctxt, drv: &Derivation) {
     variables_are_valid_and_unique(cx, drv);
     files_are_valid_and_unique(cx, drv);
     one_name(cx, drv);
+    one_hermetic_toolchain(cx, drv);
     network_needs_fixed_output(cx, drv);
     fixed_output_has_one_output(cx, drv);
     if let Some(script) = drv.attrs.script.get() {
@@ -211,18 +213,55 @@ fn one_name(cx: &Ctxt, drv: &Derivation) {
     }
 }
 
+// A build has one toolchain, and only a hermetic build has one: `host-tools` sees the host's.
+fn one_hermetic_toolchain(cx: &Ctxt, drv: &Derivation) {
+    let fields: Vec<_> = drv
+        .vars
+        .iter()
+        .filter(|v| matches!(v.role, Role::Toolchain))
+        .collect();
+    if let Some(second) = fields.get(1) {
+        cx.error_spanned_by(
+            second.original,
+            "a build has one toolchain; put every package it needs in one `Toolchain`",
+        );
+    }
+    if let (Some(Level::HostTools), Some(field)) = (drv.attrs.sandbox.get(), fields.first()) {
+        cx.error_spanned_by(
+            field.original,
+            "a derivation with a toolchain is hermetic: `sandbox = \"host-tools\"` sees the host's own tools instead; drop one of them",
+        );
+    }
+}
+
 // Only a fixed-output derivation, whose result is verified by digest, may use the network.
 fn network_needs_fixed_output(cx: &Ctxt, drv: &Derivation) {
     if drv.attrs.network.get() == Some(&true) && drv.attrs.fixed_output.get().is_none() {
         cx.error_spanned_by(
             drv.attrs.network.tokens(),
-            "`network` needs `fixed_output = \"blake3:...\"`: only a derivation whose output is known in advance may use the network, so that what it downloads is verified",
+            "`network` needs `fixed_output = \"sha256-...\"` (or `\"blake3:...\"`): only a derivation whose output is known in advance may use the network, so that what it downloads is verified",
         );
     }
 }
 
 // A fixed-output derivation has the one output `out`, which its digest describes.
 fn fixed_output_has_one_output(cx: &Ctxt, drv: &Derivation) {
+    if drv.attrs.fixed_output.get().is_none() && drv.attrs.fixed_output_mode.get().is_some() {
+        cx.error_spanned_by(
+            drv.attrs.fixed_output_mode.tokens(),
+            "`fixed_output_mode` says what a fixed-output digest covers; give the digest too: `fixed_output = \"sha256-...\"`",
+        );
+    }
+    if let (Some(digest), Some(_)) = (
+        drv.attrs.fixed_output.get(),
+        drv.attrs.fixed_output_mode.get(),
+    ) && digest.value().starts_with("blake3:")
+    {
+        cx.error_spanned_by(
+            drv.attrs.fixed_output_mode.tokens(),
+            "a BLAKE3 tree digest covers a file or a whole tree alike; `fixed_output_mode` goes with a `sha256` digest only",
+        );
+    }
     if drv.attrs.fixed_output.get().is_none() {
         return;
     }

@@ -40,6 +40,7 @@ pub fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
                 Role::Env(_) => quote!(::forjar::__private::IntoEnv),
                 Role::File(_) => quote!(::forjar::__private::Serialize),
                 Role::Name => quote!(::core::convert::Into<::std::string::String>),
+                Role::Toolchain => quote!(::forjar::__private::IntoToolchain),
                 _ => continue,
             };
             where_clause.predicates.push(syn::parse_quote!(#ty: #bound));
@@ -214,6 +215,16 @@ pub fn builder(drv: &Derivation, location: &Ident) -> TokenStream {
         "fixed_output",
         attrs.fixed_output.get().map(|lit| some(quote!(#lit))),
     );
+    field(
+        "fixed_output_mode",
+        attrs
+            .fixed_output_mode
+            .get()
+            .map(|recursive| match recursive {
+                true => some(quote!(__forjar::HashMode::Recursive)),
+                false => some(quote!(__forjar::HashMode::Flat)),
+            }),
+    );
     field("network", attrs.network.get().map(|on| quote!(#on)));
     field(
         "provide_bin_sh",
@@ -256,6 +267,8 @@ pub fn builder(drv: &Derivation, location: &Ident) -> TokenStream {
             }
             Role::File(path) => quote_spanned!(ty.span()=> __forjar::Part::File(
                 #path, __forjar::render::<#ty>(#path, &#access))),
+            Role::Toolchain => quote_spanned!(ty.span()=> __forjar::Part::Toolchain(
+                <#ty as __forjar::IntoToolchain>::into_toolchain(#access))),
             Role::Name | Role::Skip | Role::Missing | Role::Invalid => return None,
         })
     });

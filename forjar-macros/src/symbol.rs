@@ -16,6 +16,7 @@ pub const OUTPUTS: Symbol = Symbol("outputs");
 pub const SYSTEM: Symbol = Symbol("system");
 pub const SANDBOX: Symbol = Symbol("sandbox");
 pub const FIXED_OUTPUT: Symbol = Symbol("fixed_output");
+pub const FIXED_OUTPUT_MODE: Symbol = Symbol("fixed_output_mode");
 pub const NETWORK: Symbol = Symbol("network");
 pub const PROVIDE_BIN_SH: Symbol = Symbol("provide_bin_sh");
 pub const RO_PATHS: Symbol = Symbol("ro_paths");
@@ -34,6 +35,7 @@ pub const CONTAINER: &[Symbol] = &[
     SYSTEM,
     SANDBOX,
     FIXED_OUTPUT,
+    FIXED_OUTPUT_MODE,
     NETWORK,
     PROVIDE_BIN_SH,
     RO_PATHS,
@@ -50,9 +52,10 @@ pub const INPUT: Symbol = Symbol("input");
 pub const ENV: Symbol = Symbol("env");
 pub const FILE: Symbol = Symbol("file");
 pub const SKIP: Symbol = Symbol("skip");
+pub const TOOLCHAIN: Symbol = Symbol("toolchain");
 
 /// Every field attribute (`name` included).
-pub const FIELD: &[Symbol] = &[INPUT, ENV, FILE, NAME, SKIP];
+pub const FIELD: &[Symbol] = &[INPUT, ENV, FILE, TOOLCHAIN, NAME, SKIP];
 
 /// Every attribute of a derivation fn's parameters.
 pub const PARAM: &[Symbol] = &[INPUT, ENV, FILE];

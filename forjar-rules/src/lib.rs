@@ -161,6 +161,163 @@ pub fn abs_path(path: &str) -> Result<(), String> {
     clean_rel_path(rest)
 }
 
+/// The algorithm of a fixed-output digest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// forjar's BLAKE3 tree digest (`blake3:<hex>`), which covers a whole tree.
+    Blake3Tree,
+    /// SHA-256, of one file's bytes (flat) or of the tree's NAR serialisation (recursive), as
+    /// in Nix.
+    Sha256,
+}
+
+/// How a digest was written, so that what it is compared with is shown the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DigestForm {
+    /// `blake3:<hex>` or `sha256:<hex>`.
+    Hex,
+    /// Subresource Integrity, Nix's form: `sha256-<base64>`.
+    Sri,
+    /// Nix's own base-32, as `nix-prefetch-url` prints it: `sha256:<52 characters>`.
+    Nix32,
+}
+
+/// A fixed-output digest as written by people: forjar's `blake3:<64 hex digits>`, or SHA-256
+/// as `sha256:<64 hex digits>` or in Nix's SRI form `sha256-<44 base64 characters>`.
+pub fn fixed_digest(text: &str) -> Result<(Algorithm, DigestForm, [u8; 32]), String> {
+    const FORMS: &str = "a fixed-output digest is `blake3:<64 hex digits>` (`forjar hash path` prints it), or SHA-256 as `sha256-<base64>` (Nix's SRI form, `prefetch` prints it), `sha256:<64 hex digits>` or `sha256:<52 base-32 characters>`";
+    if text.starts_with("blake3:") {
+        return digest(text).map(|d| (Algorithm::Blake3Tree, DigestForm::Hex, d));
+    }
+    if let Some(nix32) = text.strip_prefix("sha256:").filter(|t| t.len() == 52) {
+        return nix32_decode(nix32)
+            .map(|d| (Algorithm::Sha256, DigestForm::Nix32, d))
+            .ok_or_else(|| format!("`{nix32}` is not Nix's base-32 (`{NIX32}`); {FORMS}"));
+    }
+    if let Some(hex) = text.strip_prefix("sha256:") {
+        return digest(&format!("blake3:{hex}"))
+            .map(|d| (Algorithm::Sha256, DigestForm::Hex, d))
+            .map_err(|e| e.replace("BLAKE3", "SHA-256"));
+    }
+    if let Some(b64) = text.strip_prefix("sha256-") {
+        let bytes = base64_decode(b64).ok_or_else(|| {
+            format!("`{b64}` is not base64 (`A-Z a-z 0-9 + /`, `=` padding); {FORMS}")
+        })?;
+        let digest: [u8; 32] = bytes.try_into().map_err(|bytes: Vec<u8>| {
+            format!(
+                "a SHA-256 digest is 32 bytes (44 base64 characters), this one is {}",
+                bytes.len()
+            )
+        })?;
+        return Ok((Algorithm::Sha256, DigestForm::Sri, digest));
+    }
+    Err(FORMS.into())
+}
+
+/// `digest` written as `algorithm` and `form` give: `blake3:<hex>`, `sha256:<hex>` or
+/// `sha256-<base64>`.
+pub fn format_digest(algorithm: Algorithm, form: DigestForm, digest: &[u8; 32]) -> String {
+    let name = match algorithm {
+        Algorithm::Blake3Tree => "blake3",
+        Algorithm::Sha256 => "sha256",
+    };
+    match form {
+        DigestForm::Sri => format!("{name}-{}", base64_encode(digest)),
+        DigestForm::Nix32 => format!("{name}:{}", nix32_encode(digest)),
+        DigestForm::Hex => {
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{name}:{hex}")
+        }
+    }
+}
+
+/// Nix's base-32 alphabet (no `e`, `o`, `u`, `t`).
+const NIX32: &str = "0123456789abcdfghijklmnpqrsvwxyz";
+
+/// Nix's base-32 of 32 bytes: 52 characters, the last byte's bits first.
+pub fn nix32_encode(bytes: &[u8; 32]) -> String {
+    let len = 52;
+    (0..len)
+        .rev()
+        .map(|n| {
+            let (i, j) = (n * 5 / 8, n * 5 % 8);
+            let low = u16::from(bytes[i]) >> j;
+            let high = match bytes.get(i + 1) {
+                Some(&next) => u16::from(next) << (8 - j),
+                None => 0,
+            };
+            char::from(NIX32.as_bytes()[usize::from((low | high) & 0x1f)])
+        })
+        .collect()
+}
+
+/// The 32 bytes of Nix's base-32 `text`; `None` if it is not.
+pub fn nix32_decode(text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if text.len() != 52 {
+        return None;
+    }
+    for (k, c) in text.bytes().enumerate() {
+        let digit = NIX32.bytes().position(|d| d == c)? as u16;
+        let n = 51 - k;
+        let (i, j) = (n * 5 / 8, n * 5 % 8);
+        let wide = digit << j;
+        out[i] |= wide as u8;
+        let carry = (wide >> 8) as u8;
+        if i + 1 < 32 {
+            out[i + 1] |= carry;
+        } else if carry != 0 {
+            return None;
+        }
+    }
+    Some(out)
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with `=` padding (RFC 4648 §4).
+pub fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(BASE64[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The bytes of standard, padded base64; `None` if it is not.
+pub fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let bytes = text.as_bytes();
+    if !bytes.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
+    for (index, chunk) in bytes.chunks(4).enumerate() {
+        let last = index + 1 == bytes.len() / 4;
+        let pad = chunk.iter().rev().take_while(|&&b| b == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for &b in &chunk[..4 - pad] {
+            let v = BASE64.iter().position(|&c| c == b)? as u32;
+            n = (n << 6) | v;
+        }
+        n <<= 6 * pad as u32;
+        let decoded = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+        out.extend_from_slice(&decoded[..3 - pad]);
+    }
+    Some(out)
+}
+
 /// A tree digest as written by people: `blake3:` and 64 lowercase hex digits.
 pub fn digest(digest: &str) -> Result<[u8; 32], String> {
     let Some(hex) = digest.strip_prefix("blake3:") else {
@@ -364,6 +521,69 @@ mod tests {
                 .contains("unknown duration unit `sec`")
         );
         assert!(duration("0s").unwrap_err().contains("zero"));
+    }
+
+    #[test]
+    fn fixed_digests_are_blake3_sha256_hex_or_sri_and_print_as_written() {
+        let sri = "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=";
+        let (algorithm, form, bytes) = fixed_digest(sri).unwrap();
+        assert_eq!((algorithm, form), (Algorithm::Sha256, DigestForm::Sri));
+        // SHA-256 of nothing.
+        let hex = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(
+            format_digest(algorithm, DigestForm::Hex, &bytes),
+            format!("sha256:{hex}")
+        );
+        assert_eq!(format_digest(algorithm, form, &bytes), sri);
+        assert_eq!(
+            fixed_digest(&format!("sha256:{hex}")).unwrap(),
+            (Algorithm::Sha256, DigestForm::Hex, bytes)
+        );
+        assert!(
+            fixed_digest("sha256-abc")
+                .unwrap_err()
+                .contains("not base64")
+        );
+        assert!(
+            fixed_digest("sha256-AAAA")
+                .unwrap_err()
+                .contains("this one is 3")
+        );
+        assert!(
+            fixed_digest("sha256:abc")
+                .unwrap_err()
+                .contains("SHA-256 digest has 64")
+        );
+        assert!(
+            fixed_digest("md5:abc")
+                .unwrap_err()
+                .contains("Nix's SRI form")
+        );
+        for text in ["", "f", "fo", "foo", "foob", "fooba", "foobar"] {
+            let encoded = base64_encode(text.as_bytes());
+            assert_eq!(
+                base64_decode(&encoded).unwrap(),
+                text.as_bytes(),
+                "{encoded}"
+            );
+        }
+        assert_eq!(base64_encode(b"foobar"), "Zm9vYmFy");
+        assert_eq!(base64_encode(b"fooba"), "Zm9vYmE=");
+        assert_eq!(base64_decode("Zm9=v"), None);
+        // `nix-hash --type sha256 --base32 --flat` of `hello\n`.
+        let nix32 = "00xyyr3fi8l6hb839bv3f7yb86yjv7xi1cgh1xnhipym4asvb4aq";
+        let (_, form, hello) = fixed_digest(&format!("sha256:{nix32}")).unwrap();
+        assert_eq!(form, DigestForm::Nix32);
+        assert_eq!(
+            format_digest(Algorithm::Sha256, DigestForm::Hex, &hello),
+            "sha256:5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
+        );
+        assert_eq!(nix32_encode(&hello), nix32);
+        assert!(
+            fixed_digest(&format!("sha256:{}", "e".repeat(52)))
+                .unwrap_err()
+                .contains("base-32")
+        );
     }
 
     #[test]

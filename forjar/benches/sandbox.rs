@@ -72,12 +72,14 @@ fn main() {
         fixed_output: None,
         store_dir: forjar::name::StoreDir::from_path(&dir.path().join("store")).unwrap(),
         host: Some(forjar::hash::HostFingerprint::current()),
+        toolchain: None,
     })
     .unwrap();
     let spec = BuildSpec {
         request: &request,
         inputs: vec![],
         referenced: vec![],
+        toolchain: None,
         outputs: vec![],
         build_dir: build_dir.clone(),
         limits: Limits::default(),

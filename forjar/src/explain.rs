@@ -51,6 +51,13 @@ pub enum Reason {
         /// The entry now, if it has it.
         now: Option<String>,
     },
+    /// The toolchain differs: other packages, or other versions of them.
+    Toolchain {
+        /// Its store entry at the last build, if it had one.
+        was: Option<String>,
+        /// Its store entry now, if it has one.
+        now: Option<String>,
+    },
     /// A part of the host fingerprint (a `host-tools` build) differs.
     Host {
         /// The part: `arch`, or the file it hashes.
@@ -88,6 +95,12 @@ impl fmt::Display for Reason {
                 or_none(was),
                 or_none(now)
             ),
+            Reason::Toolchain { was, now } => write!(
+                f,
+                "toolchain changed: {} -> {} (`lock` printed which packages)",
+                or_none(was),
+                or_none(now)
+            ),
             Reason::Host { part } => write!(f, "host fingerprint: {part} changed"),
             Reason::KeyChanged => {
                 f.write_str("the request is unchanged but its key differs (another forjar version)")
@@ -102,7 +115,7 @@ pub fn explain(plan: &Plan, store: &Store) -> BTreeMap<NodeIndex, Vec<Reason>> {
         .filter(|(_, node)| matches!(node.status, Status::Build | Status::Import))
         .map(|(index, node)| {
             let reasons = match &node.kind {
-                NodeKind::Source { .. } => vec![Reason::NewContent],
+                NodeKind::Source { .. } | NodeKind::Toolchain { .. } => vec![Reason::NewContent],
                 NodeKind::Derivation(planned) => {
                     // A record that cannot be read is as none: the explanation is all it serves.
                     let last = store.last_build(&node.name).ok().flatten();
@@ -163,6 +176,17 @@ fn compare(last: &BuildRecord, now: &RequestParts, unknown: &BTreeSet<String>) -
         }
         match field.as_str() {
             "inputs" => inputs(a, b, unknown, &mut reasons),
+            "toolchain" => {
+                let entry = |v: Option<&Value>| {
+                    v.and_then(|v| v.get("entry"))
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                };
+                reasons.push(Reason::Toolchain {
+                    was: entry(a),
+                    now: entry(b),
+                });
+            }
             "host" => match &last.host {
                 Some(parts) => {
                     let current = HostFingerprint::current_parts();

@@ -38,18 +38,21 @@ pub mod remote;
 pub mod request;
 pub mod sandbox;
 pub mod store;
+pub mod toolchain;
 mod walk;
 
 pub use cli::{ExitCode, Program, main};
 pub use derivation::{Derivation, DerivationBuilder, Drv, Graph, Input, OutputRef, Source};
 pub use forjar_macros::{Derivation, derivation};
 pub use name::Limits;
-pub use request::SandboxLevel;
+pub use request::{HashMode, SandboxLevel};
+pub use toolchain::Toolchain;
 
 /// Everything a program needs, to `use forjar::prelude::*`.
 pub mod prelude {
     pub use crate::derivation::{Derivation, Drv, Graph, Input, OutputRef, Source};
-    pub use crate::request::SandboxLevel;
+    pub use crate::request::{HashMode, SandboxLevel};
+    pub use crate::toolchain::Toolchain;
     pub use forjar_macros::Derivation;
 }
 
@@ -67,9 +70,9 @@ mod book {
 pub mod __private {
     pub use crate::derivation::{
         DefaultOutputs, Derivation, DerivationError, Drv, DrvId, Graph, IntoDerivation, IntoEnv,
-        IntoInput, OutputRef, Param, Part, Spec,
+        IntoInput, IntoToolchain, OutputRef, Param, Part, Spec,
     };
-    pub use crate::request::{RequestError, SandboxLevel};
+    pub use crate::request::{HashMode, RequestError, SandboxLevel};
     pub use core::option::Option::{None, Some};
     pub use core::panic::Location;
     pub use core::result::Result;
@@ -126,6 +129,9 @@ pub enum Error {
     /// A value is invalid.
     #[error(transparent)]
     Invalid(#[from] name::InvalidValue),
+    /// A toolchain could not be resolved or locked.
+    #[error(transparent)]
+    Toolchain(#[from] toolchain::ToolchainError),
 }
 
 impl From<derivation::DerivationError> for Error {

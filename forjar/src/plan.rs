@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -25,12 +25,17 @@ use crate::name::Limits;
 use crate::name::{Name, OutputName};
 use crate::request::{
     BuildRequest, CleanRelPath, InputName, RequestError, RequestParts, ResolvedInput, SandboxLevel,
+    ToolchainInput,
 };
 use crate::store::{EntryName, Store, StoreError};
+use crate::toolchain::{Database, Lock, PlannedToolchain, Toolchain, ToolchainError};
 
 /// Why a program's graph cannot be planned.
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
+    /// A toolchain is not locked, or its lock is out of date.
+    #[error(transparent)]
+    Toolchain(#[from] ToolchainError),
     /// The derivations depend on each other in a circle.
     #[error("derivation cycle: {}", .0.join(" -> "))]
     Cycle(Vec<String>),
@@ -432,6 +437,13 @@ pub enum NodeKind {
         /// Its store entry.
         entry: EntryName,
     },
+    /// A toolchain, as locked.
+    Toolchain {
+        /// The toolchain and its lock entry.
+        planned: Box<PlannedToolchain>,
+        /// Its store entry.
+        entry: EntryName,
+    },
 }
 
 /// A node of the plan.
@@ -456,7 +468,7 @@ impl Node {
     pub fn derivation(&self) -> Option<&Planned> {
         match &self.kind {
             NodeKind::Derivation(planned) => Some(planned),
-            NodeKind::Source { .. } => None,
+            NodeKind::Source { .. } | NodeKind::Toolchain { .. } => None,
         }
     }
 
@@ -501,7 +513,9 @@ pub struct Summary {
     pub cached: usize,
     /// Sources to import.
     pub import: usize,
-    /// Sources already in the store.
+    /// Toolchains to import.
+    pub toolchains: usize,
+    /// Sources and toolchains already in the store.
     pub sources_cached: usize,
     /// Derivations and sources not in the store that nothing to be built needs.
     pub unneeded: usize,
@@ -524,20 +538,32 @@ pub(crate) fn needed_from(
 }
 
 impl Plan {
-    /// Plans `graph` against `store`.
+    /// Plans `graph` against `store`, with the toolchains it uses as the lock file at its
+    /// default place ([`Lock::default_path`]) pins them.
     pub fn new(graph: &Graph, store: &Store) -> Result<Plan, PlanError> {
+        let lock = match !graph.toolchains().is_empty() {
+            true => Lock::read(&Lock::default_path())?,
+            false => Lock::empty(Lock::default_path()),
+        };
+        Self::with_lock(graph, store, &lock)
+    }
+
+    /// Plans `graph` against `store`, with the toolchains it uses as `lock` pins them.
+    pub fn with_lock(graph: &Graph, store: &Store, lock: &Lock) -> Result<Plan, PlanError> {
         let mut planner = Planner {
             graph,
             dag: DiGraph::new(),
             origins: Vec::new(),
             drv_nodes: HashMap::new(),
             source_nodes: HashMap::new(),
+            toolchain_nodes: HashMap::new(),
         };
         planner.nodes()?;
         planner.edges()?;
         let order = toposort(&planner.dag, None).map_err(|_| planner.cycle())?;
         let mut warnings = Vec::new();
         planner.hash_sources(store)?;
+        planner.toolchains(store, lock)?;
         if let Err(e) = store.save_digest_cache() {
             warnings.push(format!("the source digest cache was not saved ({e}); the next plan will read every source again"));
         }
@@ -593,7 +619,9 @@ impl Plan {
                 .into_iter()
                 .flat_map(|outputs| outputs.values().map(|o| o.entry.to_string()))
                 .collect(),
-            NodeKind::Source { entry, .. } => vec![entry.to_string()],
+            NodeKind::Source { entry, .. } | NodeKind::Toolchain { entry, .. } => {
+                vec![entry.to_string()]
+            }
         }
     }
 
@@ -673,7 +701,10 @@ impl Plan {
                 }
                 (NodeKind::Derivation { .. }, _) => s.cached += 1,
                 (NodeKind::Source { .. }, Status::Import) => s.import += 1,
-                (NodeKind::Source { .. }, _) => s.sources_cached += 1,
+                (NodeKind::Toolchain { .. }, Status::Import) => s.toolchains += 1,
+                (NodeKind::Source { .. } | NodeKind::Toolchain { .. }, _) => {
+                    s.sources_cached += 1;
+                }
             }
         }
         s
@@ -731,6 +762,7 @@ impl Plan {
         for (i, node) in self.nodes() {
             let shape = match node.kind {
                 NodeKind::Source { .. } => ", shape=note",
+                NodeKind::Toolchain { .. } => ", shape=component",
                 NodeKind::Derivation { .. } => "",
             };
             let style = match node.status {
@@ -798,6 +830,19 @@ impl Plan {
                         value["digest"] = serde_json::json!(digest);
                         value["entry"] = serde_json::json!(entry);
                     }
+                    NodeKind::Toolchain { planned, entry } => {
+                        value["kind"] = "toolchain".into();
+                        value["digest"] = serde_json::json!(planned.digest());
+                        value["entry"] = serde_json::json!(entry);
+                        value["packages"] = serde_json::json!(
+                            planned
+                                .locked
+                                .packages
+                                .iter()
+                                .map(|p| format!("{} {}", p.name, p.version))
+                                .collect::<Vec<_>>()
+                        );
+                    }
                 }
                 value
             })
@@ -824,6 +869,11 @@ impl Plan {
     }
 }
 
+/// The weight of the edge from a toolchain to a derivation that uses it.
+fn toolchain_edge() -> InputName {
+    InputName::new("toolchain").expect("`toolchain` is an identifier")
+}
+
 /// Planning state: nodes are filled in (`Some`) once keyed.
 struct Planner<'g> {
     graph: &'g Graph,
@@ -832,6 +882,7 @@ struct Planner<'g> {
     origins: Vec<Origin<'g>>,
     drv_nodes: HashMap<usize, NodeIndex>,
     source_nodes: HashMap<&'g Source, NodeIndex>,
+    toolchain_nodes: HashMap<&'g Toolchain, NodeIndex>,
 }
 
 /// What a node is made from.
@@ -839,6 +890,7 @@ struct Planner<'g> {
 enum Origin<'g> {
     Derivation(&'g Derivation),
     Source(&'g Source),
+    Toolchain(&'g Toolchain),
 }
 
 /// Keying in dependency order on the thread pool ([`Planner::keys`]).
@@ -952,6 +1004,17 @@ impl<'g> Planner<'g> {
                 };
                 self.dag.add_edge(from, consumer, input_name.clone());
             }
+            if let Some(toolchain) = &drv.toolchain {
+                let from = match self.toolchain_nodes.get(toolchain) {
+                    Some(&node) => node,
+                    None => {
+                        let node = self.add(Origin::Toolchain(toolchain));
+                        self.toolchain_nodes.insert(toolchain, node);
+                        node
+                    }
+                };
+                self.dag.add_edge(from, consumer, toolchain_edge());
+            }
         }
         Ok(())
     }
@@ -970,6 +1033,7 @@ impl<'g> Planner<'g> {
         match self.origins[node.index()] {
             Origin::Derivation(d) => d.name.to_string(),
             Origin::Source(s) => s.name().to_string(),
+            Origin::Toolchain(t) => t.name().to_string(),
         }
     }
 
@@ -1032,6 +1096,44 @@ impl<'g> Planner<'g> {
                 kind: NodeKind::Source {
                     path: source.host_path().to_path_buf(),
                     digest,
+                    entry,
+                },
+                status,
+                impure: false,
+                level: 0,
+            });
+        }
+        Ok(())
+    }
+
+    /// Plans each toolchain as `lock` pins it, checked against the system it comes from.
+    fn toolchains(&mut self, store: &Store, lock: &Lock) -> Result<(), PlanError> {
+        let mut databases: HashMap<&Path, Database> = HashMap::new();
+        let toolchains: Vec<(&Toolchain, NodeIndex)> =
+            self.toolchain_nodes.iter().map(|(&t, &n)| (t, n)).collect();
+        for (toolchain, node) in toolchains {
+            let db = match databases.entry(toolchain.root()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(Database::read(toolchain.root())?)
+                }
+            };
+            let locked = lock.check(toolchain, db)?.clone();
+            let entry = EntryName::of_source(toolchain.name(), &locked.digest);
+            let status = if store.contains(&entry) {
+                Status::Cached
+            } else {
+                Status::Import
+            };
+            self.dag[node] = Some(Node {
+                name: toolchain.name().clone(),
+                location: None,
+                kind: NodeKind::Toolchain {
+                    planned: Box::new(PlannedToolchain {
+                        toolchain: toolchain.clone(),
+                        locked,
+                        lock: lock.path().to_path_buf(),
+                    }),
                     entry,
                 },
                 status,
@@ -1126,7 +1228,15 @@ impl<'g> Planner<'g> {
         let mut inputs = BTreeMap::new();
         let mut realised_as_named = true;
         let mut named_inputs = Vec::new();
+        let mut toolchain = None;
         for edge in self.dag.edges_directed(node, Direction::Incoming) {
+            if let NodeKind::Toolchain { planned, entry } = &planned(edge.source()).kind {
+                toolchain = Some(ToolchainInput {
+                    entry: entry.clone(),
+                    digest: planned.digest(),
+                });
+                continue;
+            }
             match (&planned(edge.source()).kind, &drv.inputs[edge.weight()]) {
                 (NodeKind::Source { entry, digest, .. }, _) => {
                     let resolved = ResolvedInput::Source {
@@ -1147,6 +1257,7 @@ impl<'g> Planner<'g> {
                 (NodeKind::Derivation(_), Input::Source(_)) => {
                     unreachable!("a source input has a source node")
                 }
+                (NodeKind::Toolchain { .. }, _) => unreachable!("toolchain edges are taken above"),
             }
         }
         // Kept only for a request resolved after planning.
@@ -1175,6 +1286,7 @@ impl<'g> Planner<'g> {
             fixed_output: drv.fixed_output,
             store_dir: store.store_dir().clone(),
             host,
+            toolchain,
         };
         let (mut addressed, template) = if realised_as_named {
             (template, None)

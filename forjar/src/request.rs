@@ -327,6 +327,144 @@ pub struct Constraints {
     pub min_memory: Option<u64>,
 }
 
+/// How a SHA-256 fixed-output digest covers the output, as Nix's `outputHashMode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum HashMode {
+    /// The bytes of the one regular file the output is (`fetchurl`).
+    #[default]
+    Flat,
+    /// The output's NAR serialisation: a file, a symlink or a whole tree (`fetchzip`).
+    Recursive,
+}
+
+impl std::str::FromStr for HashMode {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        match s {
+            "flat" => Ok(HashMode::Flat),
+            "recursive" => Ok(HashMode::Recursive),
+            _ => Err(InvalidValue::new(
+                "fixed-output mode",
+                s,
+                "the modes are `flat` (the output is one file) and `recursive` (its NAR \
+                 serialisation, as Nix's `outputHashMode`)",
+            )),
+        }
+    }
+}
+
+/// What a fixed-output derivation's output must hash to: forjar's tree digest, or SHA-256 flat
+/// or recursive as in Nix; shown in the form it was written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FixedOutput {
+    algorithm: rules::Algorithm,
+    mode: HashMode,
+    form: rules::DigestForm,
+    digest: [u8; 32],
+}
+
+impl FixedOutput {
+    /// The digest `text` (`blake3:<hex>`, `sha256:<hex>` or `sha256-<base64>`) under `mode`,
+    /// which only a SHA-256 digest takes: a BLAKE3 tree digest covers any output.
+    pub fn new(text: &str, mode: Option<HashMode>) -> Result<FixedOutput, InvalidValue> {
+        let (algorithm, form, digest) = rules::fixed_digest(text)
+            .map_err(|reason| InvalidValue::new("fixed-output digest", text, reason))?;
+        if algorithm == rules::Algorithm::Blake3Tree && mode.is_some() {
+            return Err(InvalidValue::new(
+                "fixed-output digest",
+                text,
+                "a BLAKE3 tree digest covers a file or a whole tree alike; a mode goes with a \
+                 `sha256` digest only",
+            ));
+        }
+        Ok(FixedOutput {
+            algorithm,
+            mode: mode.unwrap_or_default(),
+            form,
+            digest,
+        })
+    }
+
+    /// A BLAKE3 tree digest.
+    pub fn tree(digest: TreeDigest) -> FixedOutput {
+        FixedOutput {
+            algorithm: rules::Algorithm::Blake3Tree,
+            mode: HashMode::Recursive,
+            form: rules::DigestForm::Hex,
+            digest: *digest.as_bytes(),
+        }
+    }
+
+    /// The tree digest, if that is what it is.
+    pub fn as_tree(&self) -> Option<TreeDigest> {
+        (self.algorithm == rules::Algorithm::Blake3Tree)
+            .then(|| TreeDigest::from_bytes(self.digest))
+    }
+
+    /// The SHA-256 digest and its mode, if that is what it is.
+    pub fn as_sha256(&self) -> Option<(HashMode, [u8; 32])> {
+        (self.algorithm == rules::Algorithm::Sha256).then_some((self.mode, self.digest))
+    }
+
+    /// `digest`, of the same algorithm, written as this one is.
+    pub fn show(&self, digest: &[u8; 32]) -> String {
+        rules::format_digest(self.algorithm, self.form, digest)
+    }
+
+    /// The bytes the key is made of: the digest alone for a tree digest (as keys have always
+    /// been), else the algorithm and mode too.
+    fn key_bytes(&self) -> Vec<u8> {
+        match self.as_sha256() {
+            None => self.digest.to_vec(),
+            Some((mode, digest)) => {
+                let mut bytes = match mode {
+                    HashMode::Flat => b"sha256:flat:".to_vec(),
+                    HashMode::Recursive => b"sha256:recursive:".to_vec(),
+                };
+                bytes.extend_from_slice(&digest);
+                bytes
+            }
+        }
+    }
+}
+
+impl fmt::Display for FixedOutput {
+    /// As written, with `r:` before a recursive SHA-256 digest (Nix's notation).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self
+            .as_sha256()
+            .is_some_and(|(mode, _)| mode == HashMode::Recursive)
+        {
+            f.write_str("r:")?;
+        }
+        f.write_str(&self.show(&self.digest))
+    }
+}
+
+impl std::str::FromStr for FixedOutput {
+    type Err = InvalidValue;
+    fn from_str(s: &str) -> Result<Self, InvalidValue> {
+        match s.strip_prefix("r:") {
+            Some(rest) => FixedOutput::new(rest, Some(HashMode::Recursive)),
+            None if s.starts_with("sha256") => FixedOutput::new(s, Some(HashMode::Flat)),
+            None => FixedOutput::new(s, None),
+        }
+    }
+}
+
+impl Serialize for FixedOutput {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for FixedOutput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// One resolved input of a request: what sits at its store path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
@@ -345,6 +483,16 @@ pub enum ResolvedInput {
         /// The tree digest of the source's content.
         digest: TreeDigest,
     },
+}
+
+/// The toolchain of a request: a store entry whose `usr` is the build's `/usr`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolchainInput {
+    /// The store entry.
+    pub entry: EntryName,
+    /// The tree digest of its content.
+    pub digest: TreeDigest,
 }
 
 impl ResolvedInput {
@@ -386,11 +534,24 @@ pub struct RequestParts {
     /// How much of the host the build sees.
     pub sandbox: SandboxLevel,
     /// The declared digest of a fixed-output derivation's output.
-    pub fixed_output: Option<TreeDigest>,
+    pub fixed_output: Option<FixedOutput>,
     /// The store directory the outputs are built for (it appears in their paths).
     pub store_dir: StoreDir,
     /// The host fingerprint (set exactly for the `host-tools` level).
     pub host: Option<HostFingerprint>,
+    /// The toolchain the build sees as its `/usr` (hermetic builds only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub toolchain: Option<ToolchainInput>,
+}
+
+impl RequestParts {
+    /// The store entries the build is given: its inputs' and its toolchain's.
+    pub fn input_entries(&self) -> impl Iterator<Item = &EntryName> {
+        self.inputs
+            .values()
+            .map(ResolvedInput::entry)
+            .chain(self.toolchain.as_ref().map(|t| &t.entry))
+    }
 }
 
 /// A validated build request: the single input of key computation and of the sandbox. Its
@@ -549,6 +710,14 @@ impl BuildRequest {
     /// The rules that do not concern names, and the request.
     fn assemble(parts: RequestParts) -> Result<Self, RequestError> {
         check_build_paths(&parts)?;
+        if parts.toolchain.is_some() && parts.sandbox == SandboxLevel::HostTools {
+            return Err(InvalidValue::new(
+                "toolchain",
+                parts.name.as_str(),
+                "a toolchain is for hermetic builds; `host-tools` sees the host's own tools",
+            )
+            .into());
+        }
         if (parts.sandbox == SandboxLevel::HostTools) != parts.host.is_some() {
             return Err(InvalidValue::new(
                 "host fingerprint",
@@ -566,10 +735,10 @@ impl BuildRequest {
     /// its output is known in advance, so a change to how it is fetched changes nothing downstream.
     pub fn key(&self) -> Key {
         let mut e = Encoder::new(DERIVATION_CONTEXT);
-        if let Some(digest) = &self.fixed_output {
+        if let Some(fixed) = &self.fixed_output {
             e.field("fixed")
                 .bytes(self.name.as_str().as_bytes())
-                .bytes(digest.as_bytes());
+                .bytes(&fixed.key_bytes());
             e.field("store").bytes(self.store_dir.as_str().as_bytes());
             return Key::from_bytes(e.finish());
         }
@@ -626,6 +795,12 @@ impl BuildRequest {
         e.field("sandbox").bytes(self.sandbox.as_str().as_bytes());
         e.field("host")
             .option(self.host.as_ref().map(|h| &h.as_bytes()[..]));
+        // Only when there is one, so that the keys of builds without a toolchain are as they were.
+        if let Some(toolchain) = &self.toolchain {
+            e.field("toolchain")
+                .bytes(toolchain.digest.as_bytes())
+                .bytes(toolchain.entry.as_str().as_bytes());
+        }
         e.field("store").bytes(self.store_dir.as_str().as_bytes());
         Key::from_bytes(e.finish())
     }
@@ -726,6 +901,7 @@ mod tests {
             fixed_output: None,
             store_dir: StoreDir::new("/var/forjar/store").unwrap(),
             host: None,
+            toolchain: None,
         }
     }
 

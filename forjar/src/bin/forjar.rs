@@ -30,6 +30,12 @@ enum Command {
     /// Hash content.
     #[command(subcommand)]
     Hash(HashCommand),
+    /// Download a URL (or read a path) and print the digests a fixed-output derivation of it
+    /// declares: SHA-256 flat and recursive in Nix's SRI form, and forjar's tree digest.
+    Prefetch {
+        /// An `http://` or `https://` URL, or a path.
+        target: String,
+    },
     /// Inspect and maintain the store.
     #[command(subcommand)]
     Store(StoreCommands),
@@ -62,6 +68,7 @@ fn main() -> std::process::ExitCode {
     };
     let result: Result<ExitCode, Failure> = match cli.command {
         Command::Hash(command) => store::hash(command),
+        Command::Prefetch { target } => store::prefetch(&target),
         #[cfg(feature = "remote")]
         Command::Worker(args) => worker::run(&cli.store.unwrap_or_else(Store::default_dir), args),
         Command::Store(command) => {

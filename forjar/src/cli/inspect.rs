@@ -202,6 +202,19 @@ impl Session {
                 let _ = writeln!(text, "digest: {digest}");
                 vec![("out".to_string(), entry.clone())]
             }
+            NodeKind::Toolchain { planned, entry } => {
+                let _ = writeln!(text, "lock: {}", planned.lock.display());
+                let _ = writeln!(text, "digest: {}", planned.digest());
+                let _ = writeln!(text, "packages:");
+                for package in &planned.locked.packages {
+                    let _ = writeln!(
+                        text,
+                        "  {} {} {}",
+                        package.name, package.version, package.architecture
+                    );
+                }
+                vec![("out".to_string(), entry.clone())]
+            }
         };
         for (output, entry) in entries {
             let _ = writeln!(
@@ -279,6 +292,14 @@ pub fn render_plan(plan: &Plan, reasons: Option<&BTreeMap<NodeIndex, Vec<Reason>
                 NodeKind::Source { entry, path, .. } => {
                     (entry.to_string(), path.display().to_string())
                 }
+                NodeKind::Toolchain { planned, entry } => (
+                    entry.to_string(),
+                    format!(
+                        "{} packages of {}",
+                        planned.locked.packages.len(),
+                        planned.toolchain.root().display()
+                    ),
+                ),
             };
             let status = if node.impure {
                 format!("{}*", node.status.as_str())
@@ -319,11 +340,12 @@ pub fn render_plan(plan: &Plan, reasons: Option<&BTreeMap<NodeIndex, Vec<Reason>
             if s.waiting == 1 { "it" } else { "them" },
         ));
     }
-    text.push_str(&format!(
-        ", {} cached, {} to import",
-        s.cached,
-        plural(s.import, "source", "sources")
-    ));
+    let mut import = plural(s.import, "source", "sources");
+    if s.toolchains > 0 {
+        import.push_str(" and ");
+        import.push_str(&plural(s.toolchains, "toolchain", "toolchains"));
+    }
+    text.push_str(&format!(", {} cached, {import} to import", s.cached));
     if s.unneeded > 0 {
         // Build-time inputs of what is in the store, after a `gc`: nothing will make them.
         text.push_str(&format!(", {} not needed", s.unneeded));

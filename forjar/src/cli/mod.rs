@@ -162,6 +162,10 @@ struct ProgramCli {
     #[arg(long, global = true, value_name = "N", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..))]
     max_hosts: u16,
+    /// The lock file pinning the program's toolchains [default: forjar.lock beside the
+    /// program's Cargo.toml when cargo runs it, else in the working directory].
+    #[arg(long, global = true, value_name = "FILE", env = "FORJAR_LOCK")]
+    lock: Option<PathBuf>,
     #[command(subcommand)]
     command: ProgramCommand,
 }
@@ -182,6 +186,16 @@ enum ProgramCommand {
     /// Hash content.
     #[command(subcommand)]
     Hash(store::HashCommand),
+    /// Resolve the program's toolchains against the packages installed now, import them, and
+    /// pin them in the lock file.
+    #[command(display_order = 9)]
+    Lock,
+    /// Download a URL (or read a path) and print the digests a fixed-output derivation of it
+    /// declares: SHA-256 flat and recursive in Nix's SRI form, and forjar's tree digest.
+    Prefetch {
+        /// An `http://` or `https://` URL, or a path.
+        target: String,
+    },
 }
 
 /// Runs a user program: `define` adds its derivations to the graph, and the command line says

@@ -1,6 +1,7 @@
 //! A user program's command line: the session its planned commands work on, and the dispatch
 //! of every command.
 
+use std::fmt::Write as _;
 use std::io::{self, Write};
 use std::mem::ManuallyDrop;
 use std::path::Path;
@@ -12,6 +13,7 @@ use super::{ExitCode, Failure, Program, ProgramCli, ProgramCommand, profile, sto
 use crate::machine::Machine;
 use crate::plan::Plan;
 use crate::store::Store;
+use crate::toolchain::Lock;
 
 /// The state every program command works on.
 pub(super) struct Session {
@@ -30,6 +32,7 @@ impl Session {
     /// Runs `define`, and plans its graph against the store at `store_dir`.
     fn open(
         define: impl FnOnce(&mut Program) -> crate::Result<()>,
+        lock: &Path,
         store_dir: &Path,
         profile: String,
         verbosity: Verbosity,
@@ -43,8 +46,9 @@ impl Session {
             return Err(Failure::new(ExitCode::InvalidProgram, errors));
         }
         let store = Store::open(store_dir)?;
-        let plan =
-            Plan::new(&program, &store).map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
+        let lock = Lock::read(lock).map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
+        let plan = Plan::with_lock(&program, &store, &lock)
+            .map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
         for warning in &plan.warnings {
             let _ = writeln!(io::stderr().lock(), "warning: {warning}");
         }
@@ -103,6 +107,7 @@ pub(super) fn run(
     define: impl FnOnce(&mut Program) -> crate::Result<()>,
 ) -> Result<ExitCode, Failure> {
     let store_dir = cli.store.unwrap_or_else(Store::default_dir);
+    let lock = cli.lock.unwrap_or_else(Lock::default_path);
     let profile = cli.profile.unwrap_or_else(default_profile);
     let verbosity = match (cli.quiet, cli.verbose) {
         (true, _) => Verbosity::Quiet,
@@ -117,12 +122,15 @@ pub(super) fn run(
     match cli.command {
         ProgramCommand::Store(store::StoreCommand::Verify { repair: true }) => {
             let (report, wanted) = store::delete_damaged(&store_dir)?;
-            Session::open(define, &store_dir, profile, verbosity, hosts)?.repair(&report, &wanted)
+            Session::open(define, &lock, &store_dir, profile, verbosity, hosts)?
+                .repair(&report, &wanted)
         }
         ProgramCommand::Store(command) => store::run(&store_dir, command),
+        ProgramCommand::Lock => lock_toolchains(define, &lock, &store_dir),
+        ProgramCommand::Prefetch { target } => store::prefetch(&target),
         ProgramCommand::Hash(command) => store::hash(command),
         ProgramCommand::Profile(command) if hosts.on.is_some() => {
-            let session = Session::open(define, &store_dir, profile, verbosity, hosts)?;
+            let session = Session::open(define, &lock, &store_dir, profile, verbosity, hosts)?;
             match command {
                 profile::ProfileCommand::Generations => session.host_generations(),
                 profile::ProfileCommand::Rollback { to } => session.host_rollback(to),
@@ -138,15 +146,67 @@ pub(super) fn run(
             profile::run(&Store::open(&store_dir)?, &profile, command)
         }
         ProgramCommand::Build(command) => {
-            Session::open(define, &store_dir, profile, verbosity, hosts)?.run_build(command)
+            Session::open(define, &lock, &store_dir, profile, verbosity, hosts)?.run_build(command)
         }
         ProgramCommand::Inspect(command) => {
-            Session::open(define, &store_dir, profile, verbosity, hosts)?.inspect(command)
+            Session::open(define, &lock, &store_dir, profile, verbosity, hosts)?.inspect(command)
         }
         ProgramCommand::Machine(command) => {
-            Session::open(define, &store_dir, profile, verbosity, hosts)?.machine(command)
+            Session::open(define, &lock, &store_dir, profile, verbosity, hosts)?.machine(command)
         }
     }
+}
+
+/// `lock`: imports each toolchain the program uses as the host has it now, and records what it
+/// resolved to in the lock file, saying what changed.
+fn lock_toolchains(
+    define: impl FnOnce(&mut Program) -> crate::Result<()>,
+    path: &Path,
+    store_dir: &Path,
+) -> Result<ExitCode, Failure> {
+    let mut program = Program::new();
+    define(&mut program).map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
+    let toolchains = program.toolchains();
+    let store = Store::open(store_dir)?;
+    let mut lock = Lock::read(path).map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
+    let mut out = String::new();
+    for toolchain in &toolchains {
+        let (locked, outcome) = crate::toolchain::import(&store, toolchain, None)
+            .map_err(|e| Failure::new(ExitCode::Failure, e))?;
+        let size = crate::store::tree_size(&store.content_path(&outcome.entry)).unwrap_or(0);
+        let old = lock.toolchains().get(&locked.name);
+        let changes = crate::toolchain::changes(old, &locked);
+        let verb = match (old, changes.is_empty()) {
+            (None, _) => "locked",
+            (Some(_), true) => "unchanged",
+            (Some(_), false) => "updated",
+        };
+        let _ = writeln!(
+            out,
+            "{verb} {}: {} packages, {:.1} MiB, {}",
+            locked.name,
+            locked.packages.len(),
+            size as f64 / f64::from(1 << 20),
+            outcome.entry
+        );
+        if old.is_some() {
+            for change in changes {
+                let _ = writeln!(out, "  {change}");
+            }
+        }
+        lock.insert(locked);
+    }
+    lock.write()
+        .map_err(|e| Failure::new(ExitCode::Failure, e))?;
+    let count = lock.toolchains().len();
+    let _ = writeln!(
+        out,
+        "Wrote {} ({count} toolchain{})",
+        lock.path().display(),
+        if count == 1 { "" } else { "s" }
+    );
+    super::emit(&out)?;
+    Ok(ExitCode::Success)
 }
 
 /// The profile a program applies into when none is named: its file name.

@@ -44,7 +44,7 @@ fn id(node: &Node) -> usize {
 fn verb(node: &Node) -> &'static str {
     match node.kind {
         NodeKind::Derivation { .. } => "building",
-        NodeKind::Source { .. } => "importing",
+        NodeKind::Source { .. } | NodeKind::Toolchain { .. } => "importing",
     }
 }
 
@@ -131,7 +131,7 @@ impl Progress {
                         (Done::Downloaded, _) => "downloaded",
                         (Done::Executed, _) => "built remotely",
                         (_, NodeKind::Derivation { .. }) => "built",
-                        (_, NodeKind::Source { .. }) => "imported",
+                        (_, NodeKind::Source { .. } | NodeKind::Toolchain { .. }) => "imported",
                     };
                     self.line(&format!(
                         "{verb} {} in {:.1}s",

@@ -1,6 +1,7 @@
 //! The store commands, shared by the `forjar` tool and every user program.
 
 use std::fmt::Write as _;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -130,6 +131,58 @@ pub fn hash(command: HashCommand) -> Result<ExitCode, Failure> {
     let digest = tree_digest(&path).map_err(|e| Failure::new(ExitCode::Failure, e))?;
     emit(&format!("{digest}\n"))?;
     Ok(ExitCode::Success)
+}
+
+/// `prefetch URL|PATH`: downloads the URL (or reads the path) and prints the digests a
+/// fixed-output derivation of it declares, as attributes to paste: the file's SHA-256 (Nix's
+/// `fetchurl`), its NAR SHA-256 (`fixed_output_mode = "recursive"`), and forjar's tree digest.
+pub fn prefetch(target: &str) -> Result<ExitCode, Failure> {
+    let failed = |e: String| Failure::new(ExitCode::Failure, e);
+    let downloaded;
+    let path = if target.starts_with("http://") || target.starts_with("https://") {
+        downloaded = download(target).map_err(failed)?;
+        downloaded.path().join("download")
+    } else {
+        PathBuf::from(target)
+    };
+    let sri = |digest: [u8; 32]| {
+        forjar_rules::format_digest(
+            forjar_rules::Algorithm::Sha256,
+            forjar_rules::DigestForm::Sri,
+            &digest,
+        )
+    };
+    let mut text = String::new();
+    let meta = fs::symlink_metadata(&path)
+        .map_err(|e| failed(format!("cannot read `{}`: {e}", path.display())))?;
+    if meta.is_file() {
+        let flat = crate::hash::file_sha256(&path).map_err(|e| failed(e.to_string()))?;
+        let _ = writeln!(text, "fixed_output = \"{}\"", sri(flat));
+    }
+    let nar = crate::hash::nar_sha256(&path).map_err(|e| failed(e.to_string()))?;
+    let _ = writeln!(
+        text,
+        "fixed_output = \"{}\", fixed_output_mode = \"recursive\"",
+        sri(nar)
+    );
+    let tree = tree_digest(&path).map_err(|e| failed(e.to_string()))?;
+    let _ = writeln!(text, "fixed_output = \"{tree}\"");
+    emit(&text)?;
+    Ok(ExitCode::Success)
+}
+
+/// Downloads `url` into a new temporary directory, as `download`.
+fn download(url: &str) -> Result<tempfile::TempDir, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
+    let response = ureq::get(url)
+        .call()
+        .map_err(|e| format!("cannot download `{url}`: {e}"))?;
+    let mut body = response.into_body().into_reader();
+    let path = dir.path().join("download");
+    let mut file =
+        fs::File::create(&path).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+    std::io::copy(&mut body, &mut file).map_err(|e| format!("cannot download `{url}`: {e}"))?;
+    Ok(dir)
 }
 
 /// Says that a command waits for the store to itself.

@@ -138,6 +138,19 @@ impl Graph {
         }
     }
 
+    /// The toolchains the derivations use, each once.
+    pub fn toolchains(&self) -> Vec<crate::toolchain::Toolchain> {
+        let set: std::collections::BTreeSet<&crate::toolchain::Toolchain> = self
+            .slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::Defined(drv) => drv.toolchain.as_ref(),
+                _ => None,
+            })
+            .collect();
+        set.into_iter().cloned().collect()
+    }
+
     /// The number of derivations (declared or defined).
     pub fn len(&self) -> usize {
         self.slots.len()

@@ -35,15 +35,16 @@ use std::time::Duration;
 pub use graph::{Graph, GraphError};
 pub use input::{Drv, DrvId, Input, OutputRef, Source, SourceError};
 pub use typed::{
-    DefaultOutputs, IntoDerivation, IntoEnv, IntoInput, Param, Part, Spec, render_file,
+    DefaultOutputs, IntoDerivation, IntoEnv, IntoInput, IntoToolchain, Param, Part, Spec,
+    render_file,
 };
 
-use crate::hash::TreeDigest;
-use crate::name::{InvalidValue, Limits, Name, OutputName, rules};
+use crate::name::{InvalidValue, Limits, Name, OutputName};
 use crate::request::{
-    AbsPath, Arg, CleanRelPath, Constraints, EnvKey, EnvValue, InputName, RequestError,
-    SandboxLevel, System, check_names,
+    AbsPath, Arg, CleanRelPath, Constraints, EnvKey, EnvValue, FixedOutput, HashMode, InputName,
+    RequestError, SandboxLevel, System, check_names,
 };
+use crate::toolchain::Toolchain;
 
 /// A derivation that failed validation, with where it was defined.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -70,7 +71,8 @@ pub struct Derivation {
     pub(crate) files: BTreeMap<CleanRelPath, Vec<u8>>,
     pub(crate) constraints: Constraints,
     pub(crate) sandbox: SandboxLevel,
-    pub(crate) fixed_output: Option<TreeDigest>,
+    pub(crate) fixed_output: Option<FixedOutput>,
+    pub(crate) toolchain: Option<Toolchain>,
     pub(crate) limits: Limits,
     pub(crate) location: &'static Location<'static>,
 }
@@ -98,6 +100,10 @@ impl Derivation {
     /// The sandbox level.
     pub fn sandbox(&self) -> SandboxLevel {
         self.sandbox
+    }
+    /// The toolchain, if it has one.
+    pub fn toolchain(&self) -> Option<&Toolchain> {
+        self.toolchain.as_ref()
     }
     /// The resource limits.
     pub fn limits(&self) -> &Limits {
@@ -130,6 +136,8 @@ pub struct DerivationBuilder {
     min_memory: Option<u64>,
     sandbox: SandboxLevel,
     fixed_output: Option<String>,
+    fixed_output_mode: Option<HashMode>,
+    toolchain: Option<Toolchain>,
     limits: Limits,
     /// The first error of a part that is checked as it is given (`render`).
     deferred: Option<RequestError>,
@@ -154,6 +162,8 @@ impl DerivationBuilder {
             min_memory: None,
             sandbox: SandboxLevel::default(),
             fixed_output: None,
+            fixed_output_mode: None,
+            toolchain: None,
             limits: Limits::default(),
             deferred: None,
         }
@@ -270,9 +280,27 @@ impl DerivationBuilder {
         self
     }
 
-    /// Makes this a fixed-output derivation whose output must have `digest` (`blake3:<hex>`).
+    /// The tools the build runs: the toolchain's packages are its `/usr` (and `/bin`, `/lib`,
+    /// ...), its `/bin/sh` among them, and `PATH` is `/usr/bin:/bin` unless the derivation sets
+    /// it. Only for the `hermetic` level: `host-tools` sees the host's own.
+    pub fn toolchain(mut self, toolchain: &Toolchain) -> Self {
+        self.toolchain = Some(toolchain.clone());
+        self
+    }
+
+    /// Makes this a fixed-output derivation whose output must have `digest`: forjar's tree
+    /// digest `blake3:<hex>` (`forjar hash path` prints it), or SHA-256 as `sha256:<hex>` or
+    /// Nix's SRI `sha256-<base64>` (`prefetch` prints both), of the one file the output is
+    /// unless [`fixed_output_mode`](Self::fixed_output_mode) says `Recursive`.
     pub fn fixed_output(mut self, digest: impl Into<String>) -> Self {
         self.fixed_output = Some(digest.into());
+        self
+    }
+
+    /// What a SHA-256 fixed-output digest covers: the one file the output is (`Flat`, the
+    /// default) or the output's NAR serialisation (`Recursive`), as Nix's `outputHashMode`.
+    pub fn fixed_output_mode(mut self, mode: HashMode) -> Self {
+        self.fixed_output_mode = Some(mode);
         self
     }
 
@@ -415,14 +443,19 @@ impl DerivationBuilder {
                 });
             }
         }
-        let fixed_output = self
-            .fixed_output
-            .map(|d| {
-                rules::digest(&d)
-                    .map(TreeDigest::from_bytes)
-                    .map_err(|reason| InvalidValue::new("fixed-output digest", &d, reason))
-            })
-            .transpose()?;
+        let fixed_output = match (self.fixed_output, self.fixed_output_mode) {
+            (Some(digest), mode) => Some(FixedOutput::new(&digest, mode)?),
+            (None, Some(_)) => {
+                return Err(InvalidValue::new(
+                    "fixed-output mode",
+                    "given",
+                    "a mode says what a fixed-output digest covers; give the digest too \
+                     (`fixed_output`)",
+                )
+                .into());
+            }
+            (None, None) => None,
+        };
         check_names(
             &name,
             args.is_empty(),
@@ -432,6 +465,15 @@ impl DerivationBuilder {
             self.network,
             fixed_output.is_some(),
         )?;
+        if self.toolchain.is_some() && self.sandbox == SandboxLevel::HostTools {
+            return Err(InvalidValue::new(
+                "sandbox level",
+                SandboxLevel::HostTools.as_str(),
+                "a derivation with a toolchain is hermetic (`host-tools` sees the host's own \
+                 tools); leave the level at `hermetic`, or drop the toolchain",
+            )
+            .into());
+        }
         Ok(Derivation {
             name,
             system,
@@ -448,6 +490,7 @@ impl DerivationBuilder {
             },
             sandbox: self.sandbox,
             fixed_output,
+            toolchain: self.toolchain,
             limits: self.limits,
             location: self.location,
         })

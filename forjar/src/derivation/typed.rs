@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use super::{Derivation, DerivationBuilder, DerivationError, Drv, DrvId, Input, OutputRef, Source};
 use crate::name::rules::FILE_FORMATS;
 use crate::request::RequestError;
+use crate::toolchain::Toolchain;
 
 /// A value that becomes a derivation when it is added to a [`Graph`](super::Graph), with the
 /// outputs it declares, known when the program is compiled.
@@ -183,7 +184,7 @@ impl<T: IntoEnv> IntoEnv for Option<T> {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot be a parameter of a derivation fn",
     label = "neither an input nor an env value",
-    note = "inputs are `Source`, `Drv<T>` and `OutputRef`; env values are strings, paths, bytes, numbers, `bool` and `char`; either may be in an `Option`; structured data goes in a file: `#[forjar(file = \"name.json\")]`"
+    note = "inputs are `Source`, `Drv<T>` and `OutputRef`; env values are strings, paths, bytes, numbers, `bool` and `char`; either may be in an `Option`; a `Toolchain` gives the build its tools; structured data goes in a file: `#[forjar(file = \"name.json\")]`"
 )]
 pub trait Param {
     /// The parameter as a part of the derivation, under `name`.
@@ -199,6 +200,49 @@ pub enum Part {
     Env(&'static str, Option<Vec<u8>>),
     /// A file rendered into the build directory.
     File(&'static str, Result<Vec<u8>, RequestError>),
+    /// The toolchain (left out when `None`).
+    Toolchain(Option<Toolchain>),
+}
+
+/// What a `#[forjar(toolchain)]` field holds: a [`Toolchain`], or an `Option` of one.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the toolchain of a build",
+    label = "not a `Toolchain`",
+    note = "a toolchain field holds a `forjar::Toolchain` (or a reference to one, or an `Option` of one): `Toolchain::from_host(\"cc\", [\"gcc\"])?`"
+)]
+pub trait IntoToolchain {
+    /// The toolchain, or `None` for none.
+    fn into_toolchain(self) -> Option<Toolchain>;
+}
+
+impl IntoToolchain for Toolchain {
+    fn into_toolchain(self) -> Option<Toolchain> {
+        Some(self)
+    }
+}
+
+impl IntoToolchain for &Toolchain {
+    fn into_toolchain(self) -> Option<Toolchain> {
+        Some(self.clone())
+    }
+}
+
+impl<T: IntoToolchain> IntoToolchain for Option<T> {
+    fn into_toolchain(self) -> Option<Toolchain> {
+        self.and_then(IntoToolchain::into_toolchain)
+    }
+}
+
+impl Param for Toolchain {
+    fn into_part(self, _name: &'static str) -> Part {
+        Part::Toolchain(Some(self))
+    }
+}
+
+impl Param for &Toolchain {
+    fn into_part(self, _name: &'static str) -> Part {
+        Part::Toolchain(Some(self.clone()))
+    }
 }
 
 impl<T: Param> Param for Option<T> {
@@ -231,6 +275,8 @@ pub struct Spec {
     pub sandbox: crate::request::SandboxLevel,
     /// The fixed-output digest.
     pub fixed_output: Option<&'static str>,
+    /// What a SHA-256 fixed-output digest covers.
+    pub fixed_output_mode: Option<crate::request::HashMode>,
     /// Network access.
     pub network: bool,
     /// A `/bin/sh` in the sandbox.
@@ -257,6 +303,7 @@ impl Spec {
         system: None,
         sandbox: crate::request::SandboxLevel::Hermetic,
         fixed_output: None,
+        fixed_output_mode: None,
         network: false,
         provide_bin_sh: false,
         ro_paths: &[],
@@ -303,6 +350,9 @@ impl Spec {
         if let Some(digest) = self.fixed_output {
             b = b.fixed_output(digest);
         }
+        if let Some(mode) = self.fixed_output_mode {
+            b = b.fixed_output_mode(mode);
+        }
         for path in self.ro_paths {
             b = b.ro_path(*path);
         }
@@ -324,6 +374,8 @@ impl Spec {
                 Part::Env(name, Some(value)) => b.env(name, value),
                 Part::Input(_, None) | Part::Env(_, None) => b,
                 Part::File(path, contents) => b.rendered(path, contents),
+                Part::Toolchain(Some(toolchain)) => b.toolchain(&toolchain),
+                Part::Toolchain(None) => b,
             };
         }
         b.build()

@@ -15,8 +15,8 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::{BuildFailure, BuildJob, Context, Done, ExecError, Executor, JobEvent, refscan};
-use crate::hash::TreeHasher;
-use crate::request::InputName;
+use crate::hash::{self, HashError, TreeHasher};
+use crate::request::{FixedOutput, HashMode, InputName};
 use crate::sandbox::{self, BuildSpec, Outcome};
 use crate::store::{Committed, Draft, EntryKind, EntryName, ScratchDir, Staging, StoreError};
 
@@ -61,6 +61,8 @@ pub(super) struct Prepared<'a> {
     inputs: Vec<(InputName, PathBuf, PathBuf)>,
     /// The rest of the closure: content here, path in the sandbox; taken by `run`.
     referenced: Vec<(PathBuf, PathBuf)>,
+    /// The toolchain's content here; taken by `run`.
+    toolchain: Option<PathBuf>,
     /// One per output, in the order of `job.outputs`; taken by `run`.
     stagings: Vec<Staging<'a>>,
     build_dir: ScratchDir,
@@ -109,10 +111,20 @@ impl Local {
                 planned_content(entry),
             ));
         }
+        let toolchain = match &request.toolchain {
+            Some(toolchain) if !store.contains(&toolchain.entry) => {
+                return Err(ExecError::MissingInput {
+                    name: job.name().to_string(),
+                    input: "toolchain".to_string(),
+                    entry: toolchain.entry.clone(),
+                });
+            }
+            Some(toolchain) => Some(store.content_path(&toolchain.entry)),
+            None => None,
+        };
         // What the inputs refer to is bound too (without a variable), so that what they need at
         // run time is there; it is also what the outputs may refer to.
-        let direct: BTreeSet<EntryName> =
-            request.inputs.values().map(|i| i.entry().clone()).collect();
+        let direct: BTreeSet<EntryName> = request.input_entries().cloned().collect();
         let input_closure = store.closure(direct.iter().cloned())?;
         let referenced = input_closure
             .difference(&direct)
@@ -136,6 +148,7 @@ impl Local {
             input_closure,
             inputs,
             referenced,
+            toolchain,
             stagings,
             build_dir,
             log_path,
@@ -188,6 +201,7 @@ impl<'a> Prepared<'a> {
             request: job.request,
             inputs: std::mem::take(&mut self.inputs),
             referenced: std::mem::take(&mut self.referenced),
+            toolchain: self.toolchain.take(),
             outputs: job
                 .outputs
                 .iter()
@@ -307,13 +321,44 @@ impl<'a> Prepared<'a> {
             .chain(own.iter().cloned())
             .collect();
         let log_digest = TreeHasher::new().digest(&self.log_path).ok();
+        // The toolchain under a name no input can have.
         let input_entries: BTreeMap<String, EntryName> = request
             .inputs
             .iter()
             .map(|(n, i)| (n.to_string(), i.entry().clone()))
+            .chain(
+                request
+                    .toolchain
+                    .as_ref()
+                    .map(|t| (".toolchain".to_string(), t.entry.clone())),
+            )
             .collect();
         let mut drafts = Vec::new();
         for ((output, planned), staging) in job.outputs.iter().zip(built.stagings) {
+            // A SHA-256 digest is checked here; a tree digest as the entry is committed.
+            if let Some((mode, specified)) = fixed.and_then(|f| f.as_sha256()) {
+                let content = staging.content_path();
+                let got = match mode {
+                    HashMode::Flat => hash::file_sha256(&content),
+                    HashMode::Recursive => hash::nar_sha256(&content),
+                }
+                .map_err(|e| match e {
+                    HashError::Io { source, .. } if mode == HashMode::Flat => self.fail(
+                        format!("its output is not what a flat SHA-256 digest covers: {source}"),
+                        built.log_tail.clone(),
+                    ),
+                    other => self.stopped_or(StoreError::Hash(other)),
+                })?;
+                if got != specified {
+                    let fixed = fixed.expect("a SHA-256 digest is a fixed output");
+                    return Err(ExecError::HashMismatch {
+                        name: job.name().to_string(),
+                        location: job.location().to_string(),
+                        specified: fixed.show(&specified),
+                        got: fixed.show(&got),
+                    });
+                }
+            }
             let content = staging.content_path();
             let references: Vec<EntryName> = refscan::scan(&content, &candidates, cx.stop)
                 .map_err(|e| self.stopped_or(StoreError::io("cannot scan", &content)(e)))?
@@ -352,7 +397,7 @@ impl<'a> Prepared<'a> {
                     log_digest,
                     location: job.location.map(str::to_string),
                     source_path: None,
-                    expected: fixed.copied(),
+                    expected: fixed.and_then(FixedOutput::as_tree),
                 },
             ));
         }
@@ -366,8 +411,8 @@ impl<'a> Prepared<'a> {
                     return Err(ExecError::HashMismatch {
                         name: job.name().to_string(),
                         location: job.location().to_string(),
-                        specified: m.expected,
-                        got: m.got,
+                        specified: m.expected.to_string(),
+                        got: m.got.to_string(),
                     });
                 }
             }

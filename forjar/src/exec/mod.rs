@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use petgraph::graph::NodeIndex;
 
-use crate::hash::{Key, TreeDigest};
+use crate::hash::Key;
 use crate::name::{Limits, Name, OutputName};
 use crate::plan::{Node, NodeKind, Plan, PlannedOutput};
 use crate::request::BuildRequest;
@@ -61,14 +61,17 @@ pub enum ExecError {
         name: String,
         /// Where it was defined.
         location: String,
-        /// The declared digest.
-        specified: TreeDigest,
-        /// What the output hashes to.
-        got: TreeDigest,
+        /// The declared digest, as it was written.
+        specified: String,
+        /// What the output hashes to, written the same way.
+        got: String,
     },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A toolchain could not be imported.
+    #[error(transparent)]
+    Toolchain(#[from] crate::toolchain::ToolchainError),
     /// An input is not in the store although the plan put it before.
     #[error(
         "input `{input}` of `{name}` is not in the store ({entry}); was it collected while planning?"
@@ -481,6 +484,18 @@ pub fn realise(
                 return Ok(Done::Cached);
             }
             let outcome = store.import_source_as(path, &node.name, *digest)?;
+            Ok(if outcome.imported {
+                Done::Made
+            } else {
+                Done::Cached
+            })
+        }
+        NodeKind::Toolchain { planned, entry } => {
+            if store.contains(entry) {
+                return Ok(Done::Cached);
+            }
+            let expected = (&planned.locked, planned.lock.as_path());
+            let (_, outcome) = crate::toolchain::import(store, &planned.toolchain, Some(expected))?;
             Ok(if outcome.imported {
                 Done::Made
             } else {

@@ -106,7 +106,9 @@ impl<'a> Scheduler<'a> {
     /// where.
     fn present(&self, node: NodeIndex) -> Result<bool, ExecError> {
         Ok(match &self.plan.node(node).kind {
-            NodeKind::Source { entry, .. } => self.store.contains(entry),
+            NodeKind::Source { entry, .. } | NodeKind::Toolchain { entry, .. } => {
+                self.store.contains(entry)
+            }
             NodeKind::Derivation(planned) => planned.find(self.store, true, None)?.is_some(),
         })
     }
@@ -237,7 +239,7 @@ impl<'a> Scheduler<'a> {
                     (Done::Made, NodeKind::Derivation { .. }) => {
                         self.report.built.push(plan_node.name.to_string())
                     }
-                    (Done::Made, NodeKind::Source { .. }) => {
+                    (Done::Made, NodeKind::Source { .. } | NodeKind::Toolchain { .. }) => {
                         self.report.imported.push(plan_node.name.to_string())
                     }
                     (Done::Downloaded, _) => {

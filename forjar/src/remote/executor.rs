@@ -59,7 +59,7 @@ impl<E: Executor> Executor for Hybrid<E> {
         if self.cache.is_down() {
             return self.local.execute(job, cx);
         }
-        let direct = job.request.inputs.values().map(|i| i.entry().clone());
+        let direct = job.request.input_entries().cloned();
         let closure = cx.store.closure(direct)?;
         match build_remotely(job, cx, &self.cache, &closure) {
             Ok(done) => done,

@@ -212,6 +212,7 @@ mod tests {
             fixed_output: None,
             store_dir: StoreDir::new("/var/lib/forjar/store").unwrap(),
             host: None,
+            toolchain: None,
         })
         .unwrap()
     }

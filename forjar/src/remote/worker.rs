@@ -446,7 +446,7 @@ fn build(
             install_input(remote, store, &entry, directory.digest.as_ref())?;
         }
     }
-    let direct: Vec<EntryName> = request.inputs.values().map(|i| i.entry().clone()).collect();
+    let direct: Vec<EntryName> = request.input_entries().cloned().collect();
     // Every entry the inputs refer to must have come too.
     store.closure(direct).map_err(|e| {
         Refusal::new(
@@ -638,6 +638,7 @@ fn run_command(
         fixed_output: None,
         store_dir: store.store_dir().clone(),
         host: Some(HostFingerprint::current()),
+        toolchain: None,
     })
     .map_err(|e| invalid(e.to_string()))?;
     let limits = Limits {
@@ -652,6 +653,7 @@ fn run_command(
         request: &request,
         inputs: Vec::new(),
         referenced: Vec::new(),
+        toolchain: None,
         outputs: Vec::new(),
         build_dir: exec_root.clone(),
         limits,

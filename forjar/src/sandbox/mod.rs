@@ -59,6 +59,8 @@ pub const ROOT_BUILD_UID: u32 = 30001;
 
 /// The `PATH` of a `host-tools` build (a hermetic one has only what its inputs provide).
 const HOST_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+/// The `PATH` of a hermetic build with a toolchain.
+const TOOLCHAIN_PATH: &str = "/usr/bin:/bin";
 /// What a fixed-output build with network access needs to resolve names and check certificates.
 const NETWORK_FILES: &[&str] = &[
     "/etc/resolv.conf",
@@ -196,6 +198,9 @@ pub struct BuildSpec<'a> {
     /// Entries the inputs refer to, bound read-only with no variable: each one's content on the
     /// host, and its path in the sandbox.
     pub referenced: Vec<(PathBuf, PathBuf)>,
+    /// The content of the toolchain's entry on the host: its top-level directories (`usr`)
+    /// are bound read-only at the sandbox's root, its links (`bin -> usr/bin`) made there.
+    pub toolchain: Option<PathBuf>,
     /// Each output: its name, its staging directory on the host (empty; the builder creates
     /// `content` in it), and the entry path it is bound at in the sandbox.
     pub outputs: Vec<(OutputName, PathBuf, PathBuf)>,
@@ -396,6 +401,19 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
         for path in HOST_TOOLS {
             placements.extend(host_placement(Path::new(path), Path::new(path), false)?);
         }
+    } else if let Some(toolchain) = &spec.toolchain {
+        let listing = fs::read_dir(toolchain).map_err(|source| SandboxError::Host {
+            path: toolchain.clone(),
+            source,
+        })?;
+        for item in listing {
+            let item = item.map_err(|source| SandboxError::Host {
+                path: toolchain.clone(),
+                source,
+            })?;
+            let target = Path::new("/").join(item.file_name());
+            placements.extend(host_placement(&item.path(), &target, false)?);
+        }
     } else if request.constraints.provide_bin_sh {
         let files = elf::closure(Path::new("/bin/sh")).map_err(|e| SandboxError::Host {
             path: PathBuf::from("/bin/sh"),
@@ -446,6 +464,8 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
     if !request.env.keys().any(|k| k.as_str() == "PATH") {
         let path = if host_tools {
             HOST_PATH
+        } else if spec.toolchain.is_some() {
+            TOOLCHAIN_PATH
         } else {
             "/path-not-set"
         };

@@ -367,6 +367,17 @@ impl Store {
         self.import_tree(path, name, digest, references, None)
     }
 
+    /// Imports a toolchain's tree, assembled at `path` and hashed to `digest`, keyed by its
+    /// name and content like a source.
+    pub(crate) fn import_toolchain(
+        &self,
+        path: &Path,
+        name: &Name,
+        digest: TreeDigest,
+    ) -> Result<ImportOutcome, StoreError> {
+        self.import_tree(path, name, digest, Vec::new(), None)
+    }
+
     /// Copies the tree at `path`, which hashed to `digest`, into the store as the entry its name
     /// and digest make, unless it is there; every entry of `references` must be there.
     fn import_tree(
