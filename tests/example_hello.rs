@@ -25,7 +25,7 @@ fn plan_lists_every_node_with_a_summary_and_writes_no_entry() {
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines[0].starts_with("import  cc "), "{text}");
-    assert!(lines[0].contains(" packages of /"), "{text}");
+    assert!(lines[0].contains(" host packages "), "{text}");
     assert!(lines[1].starts_with("import  hello-src "), "{text}");
     assert!(lines[2].starts_with("build   message "), "{text}");
     assert!(lines[3].starts_with("build   hello "), "{text}");

@@ -63,6 +63,8 @@ mod book {
     mod writing_derivations {}
     #[doc = include_str!("../../book/src/guide/builder-api.md")]
     mod builder_api {}
+    #[doc = include_str!("../../book/src/reference/toolchains.md")]
+    mod toolchains {}
 }
 
 /// What the macros' expansions call; not a public API.

@@ -1231,10 +1231,10 @@ impl<'g> Planner<'g> {
         let mut toolchain = None;
         for edge in self.dag.edges_directed(node, Direction::Incoming) {
             if let NodeKind::Toolchain { planned, entry } = &planned(edge.source()).kind {
-                toolchain = Some(ToolchainInput {
+                toolchain = Some(Box::new(ToolchainInput {
                     entry: entry.clone(),
                     digest: planned.digest(),
-                });
+                }));
                 continue;
             }
             match (&planned(edge.source()).kind, &drv.inputs[edge.weight()]) {

@@ -540,8 +540,9 @@ pub struct RequestParts {
     /// The host fingerprint (set exactly for the `host-tools` level).
     pub host: Option<HostFingerprint>,
     /// The toolchain the build sees as its `/usr` (hermetic builds only).
+    /// Boxed: most requests have none, and a plan holds a request per derivation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub toolchain: Option<ToolchainInput>,
+    pub toolchain: Option<Box<ToolchainInput>>,
 }
 
 impl RequestParts {

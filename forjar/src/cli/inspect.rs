@@ -294,11 +294,16 @@ pub fn render_plan(plan: &Plan, reasons: Option<&BTreeMap<NodeIndex, Vec<Reason>
                 }
                 NodeKind::Toolchain { planned, entry } => (
                     entry.to_string(),
-                    format!(
-                        "{} packages of {}",
-                        planned.locked.packages.len(),
-                        planned.toolchain.root().display()
-                    ),
+                    match planned.toolchain.root() {
+                        root if root == std::path::Path::new("/") => {
+                            format!("{} host packages", planned.locked.packages.len())
+                        }
+                        root => format!(
+                            "{} packages of {}",
+                            planned.locked.packages.len(),
+                            root.display()
+                        ),
+                    },
                 ),
             };
             let status = if node.impure {

@@ -46,7 +46,11 @@ impl Session {
             return Err(Failure::new(ExitCode::InvalidProgram, errors));
         }
         let store = Store::open(store_dir)?;
-        let lock = Lock::read(lock).map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
+        // Read only by a program that has toolchains to pin.
+        let lock = match program.toolchains().is_empty() {
+            true => Lock::empty(lock.to_path_buf()),
+            false => Lock::read(lock).map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?,
+        };
         let plan = Plan::with_lock(&program, &store, &lock)
             .map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
         for warning in &plan.warnings {

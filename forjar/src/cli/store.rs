@@ -172,6 +172,17 @@ pub fn prefetch(target: &str) -> Result<ExitCode, Failure> {
 }
 
 /// Downloads `url` into a new temporary directory, as `download`.
+#[cfg(not(feature = "fetch"))]
+fn download(url: &str) -> Result<tempfile::TempDir, String> {
+    Err(format!(
+        "cannot download `{url}`: this program was built without forjar's `fetch` feature \
+         (`forjar = {{ version = \"...\", features = [\"fetch\"] }}`); download it and run \
+         `prefetch FILE`"
+    ))
+}
+
+/// Downloads `url` into a new temporary directory, as `download`.
+#[cfg(feature = "fetch")]
 fn download(url: &str) -> Result<tempfile::TempDir, String> {
     let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
     let response = ureq::get(url)

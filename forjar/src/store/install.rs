@@ -120,6 +120,29 @@ pub struct Draft {
     pub expected: Option<TreeDigest>,
 }
 
+impl Draft {
+    /// The draft of an entry imported by content (a source, a toolchain), which must hash to
+    /// `digest`.
+    pub(crate) fn imported(name: &Name, digest: TreeDigest, started: SystemTime) -> Draft {
+        Draft {
+            name: name.clone(),
+            output: "out".into(),
+            kind: EntryKind::Source,
+            key: hash::source_key(name, &digest),
+            derivation: None,
+            references: Vec::new(),
+            inputs: BTreeMap::new(),
+            system: None,
+            sandbox: None,
+            started,
+            log_digest: None,
+            location: None,
+            source_path: None,
+            expected: Some(digest),
+        }
+    }
+}
+
 /// The reason a committed content did not have the digest it was expected to have.
 #[derive(Debug, thiserror::Error)]
 #[error("the content of `{entry}` hashes to {got}, but {expected} was expected")]
@@ -408,20 +431,9 @@ impl Store {
         let staging = Staging::new(self, &lock, entry.clone())?;
         super::tree::copy(path, &staging.content_path())?;
         let draft = Draft {
-            name: name.clone(),
-            output: "out".into(),
-            kind: EntryKind::Source,
-            key: hash::source_key(name, &digest),
-            derivation: None,
             references,
-            inputs: BTreeMap::new(),
-            system: None,
-            sandbox: None,
-            started,
-            log_digest: None,
-            location: None,
             source_path,
-            expected: Some(digest),
+            ..Draft::imported(name, digest, started)
         };
         match staging.commit(draft)? {
             Committed::Installed(_) => Ok(outcome(true)),

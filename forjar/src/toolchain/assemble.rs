@@ -6,7 +6,6 @@
 //! Either way the store then canonicalises and hashes it with its walk (iterative,
 //! descriptor-relative, following no symlink) and checks it against the locked digest.
 
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, symlink};
@@ -18,10 +17,8 @@ use nix::libc;
 use super::dpkg::{Database, Installed};
 use super::lock::{LockedPackage, LockedToolchain};
 use super::{Toolchain, ToolchainError, lock_command};
-use crate::hash::{self, EntryName, Key, TreeDigest, TreeHasher};
-use crate::store::{
-    Committed, Draft, EntryKind, ImportOutcome, KeyLock, Staging, Store, remove_tree,
-};
+use crate::hash::{EntryName, Key, TreeDigest, TreeHasher};
+use crate::store::{Committed, Draft, ImportOutcome, KeyLock, Staging, Store, remove_tree};
 
 /// The top-level directories of a Debian system that are links into `/usr` on a merged-`/usr`
 /// system (every Debian since 12); what a package lists under them is put under `usr/`.
@@ -89,23 +86,7 @@ pub(crate) fn import(
         let started = SystemTime::now();
         let staging = Staging::new(store, &key_lock, entry.clone())?;
         let listed = assemble_in(&staging.content_path(), &db, toolchain, packages.values())?;
-        let draft = Draft {
-            name: toolchain.name().clone(),
-            output: "out".into(),
-            kind: EntryKind::Source,
-            key: hash::source_key(toolchain.name(), &digest),
-            derivation: None,
-            references: Vec::new(),
-            inputs: BTreeMap::new(),
-            system: None,
-            sandbox: None,
-            started,
-            log_digest: None,
-            location: None,
-            source_path: None,
-            expected: Some(digest),
-        };
-        return match staging.commit(draft)? {
+        return match staging.commit(Draft::imported(toolchain.name(), digest, started))? {
             Committed::Installed(_) => Ok((locked(digest, listed), outcome(true))),
             Committed::Mismatch(m) => {
                 Err(changed(toolchain, expected, &locked(m.got, listed), lock))

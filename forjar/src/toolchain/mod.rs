@@ -19,8 +19,7 @@
 //! let cc = Toolchain::from_host("cc", ["gcc", "libc6-dev", "coreutils"])?;
 //! let hello = Derivation::builder("hello")
 //!     .toolchain(&cc)
-//!     .script("mkdir -p $out/bin && cc -o $out/bin/hello $src/hello.c")
-//!     .input("src", Source::dir("examples/hello/src")?)
+//!     .script("mkdir -p $out/bin && printf 'int main(void) { return 0; }' | cc -x c -o $out/bin/hello -")
 //!     .build()?;
 //! # let _ = hello;
 //! # Ok::<(), forjar::Error>(())
