@@ -130,8 +130,12 @@ fn ok(out: Output) -> String {
 
 /// Each derivation's key, from `plan --json`.
 fn keys(dir: &Path, tool: &str) -> BTreeMap<String, String> {
-    let json: serde_json::Value =
-        serde_json::from_str(&ok(tools(dir, tool, &["plan", "--json"]))).unwrap();
+    keys_in(tools(dir, tool, &["plan", "--json"]))
+}
+
+/// Each derivation's key, from the output of `plan --json`.
+fn keys_in(plan: Output) -> BTreeMap<String, String> {
+    let json: serde_json::Value = serde_json::from_str(&ok(plan)).unwrap();
     json["nodes"]
         .as_array()
         .unwrap()
@@ -262,4 +266,121 @@ fn root_path(applied: &str, name: &str) -> PathBuf {
         .find_map(|l| l.strip_prefix(&format!("{name} -> ")))
         .map(PathBuf::from)
         .unwrap_or_else(|| panic!("no root `{name}` in: {applied}"))
+}
+
+/// The versions of `package` apt's lists offer, newest first (`apt-cache madison`).
+fn archive_versions(package: &str) -> Vec<String> {
+    let out = Command::new("apt-cache")
+        .args(["madison", package])
+        .output()
+        .expect("apt-cache runs");
+    let mut versions: Vec<String> = stdout(&out)
+        .lines()
+        .filter_map(|l| l.split('|').nth(1).map(|v| v.trim().to_string()))
+        .collect();
+    versions.dedup();
+    versions
+}
+
+/// The `tools` program with its archive toolchain pinned to `pinned` (`tzdata=VERSION`).
+fn archive_tools(dir: &Path, store: &str, pinned: &str, args: &[&str]) -> Output {
+    Command::new(example("tools"))
+        .arg("--store")
+        .arg(dir.join(store))
+        .arg("--lock")
+        .arg(dir.join("forjar.lock"))
+        .args(args)
+        .env("FORJAR_TEST_ARCHIVE", pinned)
+        .output()
+        .expect("the program runs")
+}
+
+#[test]
+fn an_archive_toolchain_is_fetched_by_the_lock_and_a_new_pin_moves_only_its_builds() {
+    if !sandbox() {
+        return;
+    }
+    let versions = archive_versions("tzdata");
+    if versions.len() < 2 {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "apt's lists offer one version of tzdata ({versions:?}); CI needs two (bookworm and its updates)"
+        );
+        eprintln!("skipping: apt's lists offer one version of tzdata");
+        return;
+    }
+    let (old, new) = (&versions[versions.len() - 1], &versions[0]);
+    let (old_pin, new_pin) = (format!("tzdata={old}"), format!("tzdata={new}"));
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let year = |version: &str| version.split('-').next().unwrap().to_string();
+
+    let locked = ok(archive_tools(dir, "store", &old_pin, &["lock"]));
+    assert!(locked.contains("locked archive: "), "{locked}");
+    let lock = fs::read_to_string(dir.join("forjar.lock")).unwrap();
+    assert!(lock.contains("source = \"archive\""), "{lock}");
+    assert!(
+        lock.contains(&format!("name = \"tzdata\"\nversion = \"{old}\"")),
+        "{lock}"
+    );
+    assert!(lock.contains("url = \"http"), "{lock}");
+    let applied = ok(archive_tools(dir, "store", &old_pin, &["apply"]));
+    assert_eq!(
+        fs::read_to_string(root_path(&applied, "from-archive")).unwrap(),
+        format!("# version {}\n", year(old))
+    );
+
+    // A fresh store fetches the same files by the lock's URLs and digests, and builds the same.
+    let again = ok(archive_tools(dir, "second-store", &old_pin, &["apply"]));
+    assert!(again.contains("Built 2, imported 2, 0 cached"), "{again}");
+
+    // A .deb that is not what the lock names is refused before it is unpacked.
+    let digest_line = lock
+        .lines()
+        .skip_while(|l| *l != "name = \"tzdata\"")
+        .find(|l| l.starts_with("digest = \"sha256:"))
+        .unwrap()
+        .to_string();
+    let tampered = lock.replace(
+        &digest_line,
+        &format!("digest = \"sha256:{}\"", "0".repeat(64)),
+    );
+    fs::write(dir.join("forjar.lock"), tampered).unwrap();
+    let out = archive_tools(dir, "third-store", &old_pin, &["apply"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("refused a download that is not what the archive's index names"),
+        "{}",
+        stderr(&out)
+    );
+    fs::write(dir.join("forjar.lock"), &lock).unwrap();
+
+    // Another pin: the lock is out of date until `lock`; then only the build that uses the
+    // archive toolchain has a new key.
+    let before = archive_keys(dir, &old_pin);
+    let out = archive_tools(dir, "store", &new_pin, &["plan"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is out of date for toolchain `archive`: the program asks for"),
+        "{}",
+        stderr(&out)
+    );
+    let relocked = ok(archive_tools(dir, "store", &new_pin, &["lock"]));
+    assert!(
+        relocked.contains(&format!("~ tzdata {old} -> {new}")),
+        "{relocked}"
+    );
+    assert!(relocked.contains("unchanged plain: "), "{relocked}");
+    let after = archive_keys(dir, &new_pin);
+    assert_eq!(changed(&before, &after), ["from-archive"]);
+    let applied = ok(archive_tools(dir, "store", &new_pin, &["apply"]));
+    assert_eq!(
+        fs::read_to_string(root_path(&applied, "from-archive")).unwrap(),
+        format!("# version {}\n", year(new))
+    );
+}
+
+fn archive_keys(dir: &Path, pinned: &str) -> BTreeMap<String, String> {
+    keys_in(archive_tools(dir, "store", pinned, &["plan", "--json"]))
 }

@@ -28,7 +28,7 @@ use crate::request::{
     ToolchainInput,
 };
 use crate::store::{EntryName, Store, StoreError};
-use crate::toolchain::{Database, Lock, PlannedToolchain, Toolchain, ToolchainError};
+use crate::toolchain::{self, Database, Lock, PlannedToolchain, Toolchain, ToolchainError};
 
 /// Why a program's graph cannot be planned.
 #[derive(Debug, thiserror::Error)]
@@ -1112,10 +1112,15 @@ impl<'g> Planner<'g> {
         let toolchains: Vec<(&Toolchain, NodeIndex)> =
             self.toolchain_nodes.iter().map(|(&t, &n)| (t, n)).collect();
         for (toolchain, node) in toolchains {
-            let db = match databases.entry(toolchain.root()) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(e) => {
-                    e.insert(Database::read(toolchain.root())?)
+            // Installed packages are checked against what is installed now; archive ones are
+            // pinned by the lock alone.
+            let db = match (toolchain.origin(), databases.entry(toolchain.root())) {
+                (toolchain::Origin::Archive, _) => None,
+                (toolchain::Origin::Installed, std::collections::hash_map::Entry::Occupied(e)) => {
+                    Some(&*e.into_mut())
+                }
+                (toolchain::Origin::Installed, std::collections::hash_map::Entry::Vacant(e)) => {
+                    Some(&*e.insert(Database::read(toolchain.root())?))
                 }
             };
             let locked = lock.check(toolchain, db)?.clone();

@@ -11,6 +11,26 @@ use forjar::prelude::*;
 
 fn main() -> forjar::ExitCode {
     forjar::main(|g| {
+        // `FORJAR_TEST_ARCHIVE=tzdata=VERSION`: that package from the Debian archive instead.
+        if let Ok(pinned) = std::env::var("FORJAR_TEST_ARCHIVE") {
+            let archive = Toolchain::from_archive("archive", [pinned.as_str()])?;
+            let plain = Toolchain::from_host("plain", ["coreutils"])?;
+            let version = g.add(
+                Derivation::builder("from-archive")
+                    .toolchain(&archive)
+                    .script("IFS= read -r line < /usr/share/zoneinfo/tzdata.zi; printf '%s\\n' \"$line\" > $out")
+                    .build()?,
+            );
+            let plain = g.add(
+                Derivation::builder("plain")
+                    .toolchain(&plain)
+                    .script("echo plain | tr a-z A-Z > $out")
+                    .build()?,
+            );
+            g.root("from-archive", version);
+            g.root("plain", plain);
+            return Ok(());
+        }
         let package = std::env::var("FORJAR_TEST_TOOL").unwrap_or_else(|_| "make".into());
         let tool = Toolchain::from_host("tool", ["coreutils", package.as_str()])?;
         let plain = Toolchain::from_host("plain", ["coreutils"])?;

@@ -295,6 +295,9 @@ pub fn render_plan(plan: &Plan, reasons: Option<&BTreeMap<NodeIndex, Vec<Reason>
                 NodeKind::Toolchain { planned, entry } => (
                     entry.to_string(),
                     match planned.toolchain.root() {
+                        _ if planned.toolchain.origin() == crate::toolchain::Origin::Archive => {
+                            format!("{} archive packages", planned.locked.packages.len())
+                        }
                         root if root == std::path::Path::new("/") => {
                             format!("{} host packages", planned.locked.packages.len())
                         }

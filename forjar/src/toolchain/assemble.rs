@@ -16,7 +16,7 @@ use nix::libc;
 
 use super::dpkg::{Database, Installed};
 use super::lock::{LockedPackage, LockedToolchain};
-use super::{Toolchain, ToolchainError, lock_command};
+use super::{Origin, Toolchain, ToolchainError, archive, lock_command};
 use crate::hash::{EntryName, Key, TreeDigest, TreeHasher};
 use crate::store::{Committed, Draft, ImportOutcome, KeyLock, Staging, Store, remove_tree};
 
@@ -58,11 +58,9 @@ pub(crate) fn import(
     toolchain: &Toolchain,
     expected: Option<(&LockedToolchain, &Path)>,
 ) -> Result<(LockedToolchain, ImportOutcome), ToolchainError> {
-    let db = Database::read(toolchain.root())?;
-    let packages = db.closure(toolchain.packages())?;
     let locked = |digest: TreeDigest, packages: Vec<LockedPackage>| LockedToolchain {
         name: toolchain.name().to_string(),
-        source: "host".into(),
+        source: toolchain.origin().as_str().into(),
         root: toolchain.root().to_path_buf(),
         asked: toolchain.packages().iter().cloned().collect(),
         digest,
@@ -85,7 +83,7 @@ pub(crate) fn import(
         }
         let started = SystemTime::now();
         let staging = Staging::new(store, &key_lock, entry.clone())?;
-        let listed = assemble_in(&staging.content_path(), &db, toolchain, packages.values())?;
+        let listed = fill(&staging.content_path(), toolchain, Some(&expected.packages))?;
         return match staging.commit(Draft::imported(toolchain.name(), digest, started))? {
             Committed::Installed(_) => Ok((locked(digest, listed), outcome(true))),
             Committed::Mismatch(m) => {
@@ -105,7 +103,7 @@ pub(crate) fn import(
     if fs::symlink_metadata(&dir).is_ok() {
         remove_tree(&dir)?;
     }
-    let result = assemble_in(&dir, &db, toolchain, packages.values());
+    let result = fill(&dir, toolchain, None);
     let outcome = result.and_then(|listed| {
         let digest = TreeHasher::new().digest(&dir)?;
         let outcome = store.import_toolchain(&dir, toolchain.name(), digest)?;
@@ -113,6 +111,86 @@ pub(crate) fn import(
     });
     let _ = remove_tree(&dir);
     outcome
+}
+
+/// Writes the toolchain's tree into `dir`: the packages installed now, or those of the archive,
+/// as the lock has them (`locked`) or as apt resolves them now. Returns the packages.
+fn fill(
+    dir: &Path,
+    toolchain: &Toolchain,
+    locked: Option<&[LockedPackage]>,
+) -> Result<Vec<LockedPackage>, ToolchainError> {
+    match toolchain.origin() {
+        Origin::Installed => {
+            let db = Database::read(toolchain.root())?;
+            let names = toolchain.package_names().map(str::to_string).collect();
+            let packages = db.closure(&names)?;
+            assemble_in(dir, &db, toolchain, packages.values())
+        }
+        Origin::Archive => {
+            let packages = match locked {
+                Some(locked) => locked.to_vec(),
+                None => archive::resolve(toolchain)?,
+            };
+            assemble_archive(dir, &packages)?;
+            Ok(packages)
+        }
+    }
+}
+
+/// What the maintainer scripts of a package from the archive would have set up, which an
+/// unpacked package lacks: the alternatives every Debian system has, each to the first
+/// candidate the toolchain holds.
+const ALTERNATIVES: [(&str, &[&str]); 3] = [
+    ("usr/bin/cc", &["gcc", "clang"]),
+    ("usr/bin/c++", &["g++", "clang++"]),
+    ("usr/bin/awk", &["mawk", "gawk", "original-awk"]),
+];
+
+/// Fetches and unpacks each package into `dir` (in `<dir>.unpack`, a directory beside it under
+/// the same store lock, removed after), placed as a host package's files are.
+fn assemble_archive(dir: &Path, packages: &[LockedPackage]) -> Result<(), ToolchainError> {
+    fs::create_dir(dir).map_err(io_error("cannot create", dir))?;
+    let mut work = dir.as_os_str().to_os_string();
+    work.push(".unpack");
+    let work = PathBuf::from(work);
+    fs::create_dir(&work).map_err(io_error("cannot create", &work))?;
+    let result = packages.iter().try_for_each(|package| {
+        let root = archive::unpack(package, &work)?;
+        for path in archive::listing(&root)? {
+            if let Some(relative) = placed(&path) {
+                place(
+                    &root.join(path.trim_start_matches('/')),
+                    &dir.join(relative),
+                    &root,
+                )?;
+            }
+        }
+        remove_tree(&root).map_err(ToolchainError::from)
+    });
+    let _ = remove_tree(&work);
+    result?;
+    for (link, candidates) in ALTERNATIVES {
+        let link = dir.join(link);
+        let chosen = candidates
+            .iter()
+            .find(|c| fs::symlink_metadata(dir.join("usr/bin").join(c)).is_ok());
+        if let (Some(chosen), Err(_)) = (chosen, fs::symlink_metadata(&link)) {
+            symlink(chosen, &link).map_err(io_error("cannot create", &link))?;
+        }
+    }
+    merged_links(dir)
+}
+
+/// `bin -> usr/bin` and the like, for each merged directory the tree has.
+fn merged_links(dir: &Path) -> Result<(), ToolchainError> {
+    for top in MERGED {
+        if dir.join("usr").join(top).is_dir() {
+            let link = dir.join(top);
+            symlink(format!("usr/{top}"), &link).map_err(io_error("cannot create", &link))?;
+        }
+    }
+    Ok(())
 }
 
 fn changed(
@@ -173,6 +251,7 @@ fn assemble_in<'a>(
             version: package.version.clone(),
             architecture: package.architecture.clone(),
             digest: TreeDigest::from_bytes(*hasher.finalize().as_bytes()).to_string(),
+            url: None,
         });
     }
     for (link, target) in db.alternatives()? {
@@ -185,12 +264,7 @@ fn assemble_in<'a>(
             symlink(&target, &dest).map_err(io_error("cannot create", &dest))?;
         }
     }
-    for top in MERGED {
-        if dir.join("usr").join(top).is_dir() {
-            let link = dir.join(top);
-            symlink(format!("usr/{top}"), &link).map_err(io_error("cannot create", &link))?;
-        }
-    }
+    merged_links(dir)?;
     Ok(locked)
 }
 

@@ -89,14 +89,29 @@ impl Database {
             path: path.clone(),
             source,
         })?;
+        Ok(Self::parse(root, &text, true))
+    }
+
+    /// What apt offers, from its records (`apt-cache dumpavail`, then `apt-cache show` of the
+    /// pinned versions, which replace the candidates): this architecture's packages and `all`.
+    pub(crate) fn available(records: &str) -> Database {
+        Self::parse(Path::new("/"), records, false)
+    }
+
+    fn parse(root: &Path, text: &str, installed_only: bool) -> Database {
         let mut packages: HashMap<String, Vec<Installed>> = HashMap::new();
         let mut provides: HashMap<String, Vec<String>> = HashMap::new();
-        for fields in stanzas(&text) {
-            let installed = fields
-                .get("Status")
-                .is_some_and(|s| s.split_whitespace().nth(2) == Some("installed"));
+        for fields in stanzas(text) {
+            let keep = match installed_only {
+                true => fields
+                    .get("Status")
+                    .is_some_and(|s| s.split_whitespace().nth(2) == Some("installed")),
+                false => fields
+                    .get("Architecture")
+                    .is_some_and(|a| a == native_architecture() || a == "all"),
+            };
             let (Some(name), Some(version), true) =
-                (fields.get("Package"), fields.get("Version"), installed)
+                (fields.get("Package"), fields.get("Version"), keep)
             else {
                 continue;
             };
@@ -117,18 +132,24 @@ impl Database {
                     }
                 }
             }
-            packages.entry(name.clone()).or_default().push(Installed {
+            let package = Installed {
                 name: name.clone(),
                 architecture: fields.get("Architecture").cloned().unwrap_or_default(),
                 version: version.clone(),
                 depends,
-            });
+            };
+            let instances = packages.entry(name.clone()).or_default();
+            if !installed_only {
+                // One version per package: the later record (a pinned one) wins.
+                instances.clear();
+            }
+            instances.push(package);
         }
-        Ok(Database {
+        Database {
             root: root.to_path_buf(),
             packages,
             provides,
-        })
+        }
     }
 
     /// The installed package `name`: its native-architecture (or `all`) instance if there are

@@ -32,8 +32,12 @@ pub struct LockedPackage {
     pub version: String,
     /// The architecture (`amd64`, `all`, ...).
     pub architecture: String,
-    /// The BLAKE3 digest of the package's files as the toolchain holds them.
+    /// For a host package, the BLAKE3 digest of its files as the toolchain holds them; for an
+    /// archive package, `sha256:<hex>` of its `.deb`, as the archive's index gives it.
     pub digest: String,
+    /// Where an archive package is fetched from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// A toolchain as it was locked.
@@ -42,7 +46,8 @@ pub struct LockedPackage {
 pub struct LockedToolchain {
     /// The toolchain's name.
     pub name: String,
-    /// Where its packages come from: `host`, the system at `root`.
+    /// Where its packages come from: `host`, the system at `root`; or `archive`, the Debian
+    /// archive, each package by its `url`.
     pub source: String,
     /// The root of the system the packages were read from.
     pub root: PathBuf,
@@ -136,7 +141,7 @@ impl Lock {
     pub(crate) fn check(
         &self,
         toolchain: &Toolchain,
-        db: &Database,
+        db: Option<&Database>,
     ) -> Result<&LockedToolchain, ToolchainError> {
         let name = toolchain.name().as_str();
         let Some(locked) = self.toolchains.get(name) else {
@@ -160,6 +165,17 @@ impl Lock {
                 list(locked.asked.iter())
             )));
         }
+        if locked.source != toolchain.origin().as_str() {
+            return Err(stale(format!(
+                "the program takes its packages from the {}, the lock from the {}",
+                toolchain.origin().as_str(),
+                locked.source
+            )));
+        }
+        // An archive toolchain is pinned by the lock alone; the host's packages do not matter.
+        let Some(db) = db else {
+            return Ok(locked);
+        };
         if locked.root != toolchain.root() {
             return Err(stale(format!(
                 "the program reads packages from `{}`, the lock from `{}`",

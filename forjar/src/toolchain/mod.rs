@@ -2,8 +2,8 @@
 //! reference, "Toolchains").
 //!
 //! A [`Toolchain`] names Debian packages. Their files — the files dpkg lists for each package
-//! and everything it depends on, as the host has them installed — are imported into one store
-//! entry laid out as a merged-`/usr` root file system, keyed by its content. A build given the
+//! and everything it depends on, as the host has them installed, or as the Debian archive has
+//! them ([`Toolchain::from_archive`]) — are imported into one store entry laid out as a merged-`/usr` root file system, keyed by its content. A build given the
 //! toolchain sees that entry's `/usr` (and `/bin`, `/lib`, ... as links into it), and nothing
 //! else of the host: `/usr/bin/cc` works, and the build's key depends on exactly the files of
 //! the packages it names, not on whatever else the host has installed.
@@ -25,6 +25,7 @@
 //! # Ok::<(), forjar::Error>(())
 //! ```
 
+mod archive;
 mod assemble;
 mod dpkg;
 mod lock;
@@ -48,8 +49,29 @@ pub const SHELL_PACKAGE: &str = "dash";
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Toolchain {
     name: Name,
+    /// `name`, or `name=version` for a pinned archive package.
     packages: BTreeSet<String>,
     root: PathBuf,
+    origin: Origin,
+}
+
+/// Where a toolchain's packages come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    /// As installed in a Debian system: the host's, or one at another root.
+    Installed,
+    /// Fetched from the Debian archive the machine's apt is configured with.
+    Archive,
+}
+
+impl Origin {
+    /// As the lock file writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Installed => "host",
+            Origin::Archive => "archive",
+        }
+    }
 }
 
 impl Toolchain {
@@ -61,24 +83,85 @@ impl Toolchain {
         I: IntoIterator<Item = P>,
         P: AsRef<str>,
     {
+        Self::new(name, packages, Origin::Installed)
+    }
+
+    /// `packages` from the Debian archive the machine's apt is configured with (its sources
+    /// and package lists, `apt-get update`), with what they depend on and `dash`: each at the
+    /// version apt would install, or at the one pinned as `name=version` (`make=4.3-4.1`).
+    /// `lock` resolves them and fetches each `.deb`, checked against the SHA-256 apt's index
+    /// gives; the lock then pins the URLs and digests, so another machine fetches the same
+    /// files, whatever it has installed. Downloading needs forjar's `fetch` feature.
+    pub fn from_archive<I, P>(name: &str, packages: I) -> Result<Toolchain, InvalidValue>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
+        Self::new(name, packages, Origin::Archive)
+    }
+
+    fn new<I, P>(name: &str, packages: I, origin: Origin) -> Result<Toolchain, InvalidValue>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<str>,
+    {
         let name = Name::new(name)?;
         let mut set = BTreeSet::from([SHELL_PACKAGE.to_string()]);
         for package in packages {
             let package = package.as_ref();
-            check_package_name(package)?;
+            match (package.split_once('='), origin) {
+                (Some((name, version)), Origin::Archive) => {
+                    check_package_name(name)?;
+                    check_version(version)?;
+                }
+                (Some(_), Origin::Installed) => {
+                    return Err(InvalidValue::new(
+                        "Debian package name",
+                        package,
+                        "a toolchain of installed packages takes the version installed; pin \
+                         versions with `Toolchain::from_archive`",
+                    ));
+                }
+                (None, _) => check_package_name(package)?,
+            }
             set.insert(package.to_string());
         }
         Ok(Toolchain {
             name,
             packages: set,
             root: PathBuf::from("/"),
+            origin,
         })
+    }
+
+    /// Where the packages come from.
+    pub fn origin(&self) -> Origin {
+        self.origin
+    }
+
+    /// The package names, without pinned versions.
+    pub(crate) fn package_names(&self) -> impl Iterator<Item = &str> {
+        self.packages
+            .iter()
+            .map(|p| p.split_once('=').map_or(p.as_str(), |(name, _)| name))
+    }
+
+    /// The pinned versions, by package name.
+    pub(crate) fn pins(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.packages.iter().filter_map(|p| p.split_once('='))
     }
 
     /// The same packages, as installed in the Debian system whose root is `root` (a chroot or
     /// sysroot) rather than the host's `/`.
     pub fn with_root(self, root: impl AsRef<Path>) -> Result<Toolchain, InvalidValue> {
         let root = root.as_ref();
+        if self.origin == Origin::Archive {
+            return Err(InvalidValue::new(
+                "toolchain root",
+                root.to_string_lossy().as_bytes(),
+                "a toolchain from the archive has no root; `with_root` goes with `from_host`",
+            ));
+        }
         if !root.is_absolute() {
             return Err(InvalidValue::new(
                 "toolchain root",
@@ -123,6 +206,25 @@ fn check_package_name(name: &str) -> Result<(), InvalidValue> {
             name,
             "package names are at least two of `a-z 0-9 + - .`, starting with a letter or digit \
              (`dpkg -l` lists them)",
+        ))
+    }
+}
+
+/// Debian policy §5.6.12: `[epoch:]upstream[-revision]` of `A-Z a-z 0-9 . + ~ - :`, starting
+/// with a digit.
+fn check_version(version: &str) -> Result<(), InvalidValue> {
+    let valid = version.starts_with(|c: char| c.is_ascii_digit())
+        && version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ".+~-:".contains(c));
+    if valid {
+        Ok(())
+    } else {
+        Err(InvalidValue::new(
+            "Debian package version",
+            version,
+            "a version starts with a digit and holds `A-Z a-z 0-9 . + ~ - :` (`apt-cache madison \
+             PACKAGE` lists those the archive has)",
         ))
     }
 }
