@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use forjar_suite::{dag, fresh_salt, reported, run_dag, sandbox, stderr, stdout};
+use forjar_suite::{OnTerminal, dag, fresh_salt, reported, run_dag, sandbox, stderr, stdout};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -210,6 +210,37 @@ fn two_applies_at_once_build_each_derivation_once_and_both_succeed() {
     assert!(run_dag(&store, &[], &["verify"]).status.success());
 }
 
+#[test]
+fn an_apply_waiting_on_another_says_which_process_holds_what() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = store_dir();
+    let env = [("DAG_SLEEP", "2"), ("DAG_LAYERS", "1")];
+    let mut first = dag(&store, &env, &["apply", "-j", "4"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(first.stderr.take().unwrap());
+    let mut seen = String::new();
+    while seen.matches("building ").count() < 4 {
+        let mut line = String::new();
+        assert_ne!(err.read_line(&mut line).unwrap(), 0, "{seen}");
+        seen.push_str(&line);
+    }
+    let second = run_dag(&store, &env, &["apply", "-j", "4"]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let waiting = format!("waiting for process {} (building `n0-", first.id());
+    assert!(stderr(&second).contains(&waiting), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("to finish, which holds `n0-"),
+        "{}",
+        stderr(&second)
+    );
+    assert!(first.wait().unwrap().success());
+}
+
 /// The time one apply of `env` takes on a fresh store.
 fn full_run(env: &[(&str, &str)]) -> (Duration, String) {
     let (_dir, store) = store_dir();
@@ -319,6 +350,66 @@ fn ctrl_c_stops_the_builds_removes_their_staging_and_exits_130() {
         "the 30 s builds were not stopped"
     );
     assert!(rest.contains("error: interrupted; stopped `n0-"), "{rest}");
+    assert!(
+        fs::read_dir(store.join(".tmp")).unwrap().next().is_none(),
+        "staging is removed"
+    );
+    assert!(entries(&store).is_empty(), "{:?}", entries(&store));
+}
+
+#[test]
+fn ctrl_c_typed_on_a_terminal_stops_the_builds_clears_the_display_and_exits_130() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = store_dir();
+    let mut command = dag(
+        &store,
+        &[("DAG_SLEEP", "30"), ("DAG_LAYERS", "1")],
+        &["apply", "-j", "2"],
+    );
+    command.env_remove("NO_COLOR");
+    let terminal = OnTerminal::spawn(command);
+    // Both builds are under way once both have a build directory.
+    let started = Instant::now();
+    let builds = || {
+        fs::read_dir(store.join(".tmp"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with("-build"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    while builds() < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{}",
+            terminal.shown()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let sent = Instant::now();
+    // The terminal sends SIGINT to its foreground process group: forjar's, which the builds
+    // are not in.
+    terminal.type_keys(b"\x03");
+    let (shown, status) = terminal.finish();
+    assert_eq!(status.code(), Some(130), "{shown}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(20),
+        "the 30 s builds were not stopped: {shown}"
+    );
+    let stopped = shown
+        .rfind("error: interrupted; stopped `n0-")
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(
+        !shown.contains("failed"),
+        "a stopped build is not a failed one: {shown}"
+    );
+    // Nothing is drawn after the error: the progress display was cleared before it.
+    let after = &shown[stopped..];
+    assert_eq!(after.lines().count(), 1, "{after:?}");
     assert!(
         fs::read_dir(store.join(".tmp")).unwrap().next().is_none(),
         "staging is removed"
@@ -451,9 +542,17 @@ fn build_show_and_log_work_by_derivation_name() {
         "{}",
         stderr(&log)
     );
-    let unknown = run_dag(&store, &env, &["show", "nothing"]);
-    assert_eq!(unknown.status.code(), Some(1));
-    assert!(stderr(&unknown).contains("no store entry matches `nothing`"));
+    // A name that names nothing is a usage error, as the book's exit codes say.
+    for command in ["show", "log"] {
+        let unknown = run_dag(&store, &env, &[command, "nothing"]);
+        assert_eq!(unknown.status.code(), Some(2), "{command}");
+        assert!(stderr(&unknown).contains("no store entry matches `nothing`"));
+    }
+    let version = run_dag(&store, &env, &["--version"]);
+    assert_eq!(
+        stdout(&version),
+        format!("dag (forjar {})\n", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -497,6 +596,38 @@ fn generations_record_diff_and_roll_back_without_building() {
     );
     let diff = stdout(&run_dag(&store, &[], &["diff", "1", "2"]));
     assert!(diff.starts_with("~ top  "), "{diff}");
+
+    // The same as JSON, for scripts: generations, roots and entries.
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run_dag(&store, &[], args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let generations = json(&["generations", "--json"]);
+    assert_eq!(generations.as_array().unwrap().len(), 2, "{generations}");
+    assert_eq!(generations[1]["number"], 2);
+    assert_eq!(generations[1]["current"], true);
+    assert_eq!(generations[0]["current"], false);
+    let top = generations[1]["roots"]["top"].as_str().unwrap().to_string();
+    assert!(top.ends_with("-top"), "{generations}");
+    let roots = json(&["roots", "--json"]);
+    assert!(
+        roots
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["entry"] == top.as_str() && r["indirect"] == false),
+        "{roots}"
+    );
+    let entries = json(&["ls", "--json"]);
+    let listed = entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["entry"] == top.as_str())
+        .unwrap_or_else(|| panic!("{entries}"));
+    assert_eq!(listed["kind"], "build");
+    assert!(listed["size"].as_u64().unwrap() > 0, "{listed}");
 
     // Collecting garbage keeps every generation, so rolling back builds nothing.
     assert!(run_dag(&store, &[], &["gc"]).status.success());

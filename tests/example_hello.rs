@@ -155,3 +155,36 @@ fn a_bad_command_line_exits_2() {
     let out = run_example("hello", dir.path(), &["plna"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn completions_are_a_script_bash_loads_and_version_names_the_program() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_example("hello", dir.path(), &["completions", "bash"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let script = stdout(&out);
+    assert!(
+        script.contains("_hello()") && script.contains("apply"),
+        "{script}"
+    );
+    let loaded = std::process::Command::new("bash")
+        .arg("-c")
+        .arg("source /dev/stdin && complete -p hello")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut bash| {
+            use std::io::Write;
+            bash.stdin.take().unwrap().write_all(script.as_bytes())?;
+            bash.wait_with_output()
+        })
+        .unwrap();
+    assert!(stdout(&loaded).contains("_hello"), "{}", stderr(&loaded));
+    let bad = run_example("hello", dir.path(), &["completions", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("[possible values: bash, elvish, fish, powershell, zsh]"));
+    let version = run_example("hello", dir.path(), &["--version"]);
+    assert_eq!(
+        stdout(&version),
+        format!("hello (forjar {})\n", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -9,7 +9,6 @@
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read};
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -20,7 +19,8 @@ use forjar::DerivationBuilder;
 use forjar::prelude::*;
 use forjar::store::Store;
 use forjar_suite::{
-    Watched, build_root, content_text, digest_of, example, fresh_salt, sandbox, stderr, temp_store,
+    OnTerminal, Watched, build_root, content_text, digest_of, example, fresh_salt, sandbox, stderr,
+    temp_store,
 };
 
 /// A derivation running `script` with the host's tools and the accomplice program as `$tool`.
@@ -100,59 +100,14 @@ impl Drop for Accomplice {
 /// own (its controlling terminal, as a user's shell gives it). Returns what the terminal
 /// showed and the program's exit status.
 fn apply_on_a_terminal(store: &Path, script: &str) -> (String, bool) {
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave = pty.slave;
-    let mut child = Command::new(example("hostile"));
-    child
+    let mut command = Command::new(example("hostile"));
+    command
         .arg("--store")
         .arg(store)
         .arg("apply")
-        .env("HOSTILE_SCRIPT", script)
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave.try_clone().unwrap()));
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        child.pre_exec(|| {
-            nix::unistd::setsid()?;
-            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut process = child.spawn().unwrap();
-    drop((child, slave));
-    let master: OwnedFd = pty.master;
-    // The terminal's output is drained while the program runs, so that it never blocks, and
-    // until nothing more comes once it has ended.
-    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let done = ended.clone();
-    let reader = std::thread::spawn(move || {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        use std::os::fd::AsFd;
-        let mut shown = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
-            let ready = poll(&mut fds, PollTimeout::from(200u16)).unwrap_or(0);
-            if ready == 0 {
-                if done.load(std::sync::atomic::Ordering::SeqCst) {
-                    break;
-                }
-                continue;
-            }
-            // EIO once every holder of the terminal's other side has closed it.
-            match nix::unistd::read(&master, &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => shown.extend_from_slice(&buf[..n]),
-            }
-        }
-        String::from_utf8_lossy(&shown).into_owned()
-    });
-    let status = process.wait().unwrap();
-    ended.store(true, std::sync::atomic::Ordering::SeqCst);
-    (reader.join().unwrap(), status.success())
+        .env("HOSTILE_SCRIPT", script);
+    let (shown, status) = OnTerminal::spawn(command).finish();
+    (shown, status.success())
 }
 
 #[test]

@@ -617,3 +617,95 @@ impl Drop for TestHosts {
             .output();
     }
 }
+
+/// A program run on a new pseudo-terminal of its own: its controlling terminal, with the
+/// program in the foreground, as a user's shell runs it. What the terminal shows is read as it
+/// comes, so that the program never blocks on it; keys are typed at it as a user types them.
+pub struct OnTerminal {
+    process: std::process::Child,
+    master: std::sync::Arc<std::os::fd::OwnedFd>,
+    shown: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    ended: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl OnTerminal {
+    /// Starts `command` on a new terminal.
+    pub fn spawn(mut command: Command) -> OnTerminal {
+        use std::os::unix::process::CommandExt;
+        use std::process::Stdio;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+
+        let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+        let slave = pty.slave;
+        command
+            .stdin(Stdio::from(slave.try_clone().unwrap()))
+            .stdout(Stdio::from(slave.try_clone().unwrap()))
+            .stderr(Stdio::from(slave.try_clone().unwrap()));
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::unistd::setsid()?;
+                if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let process = command.spawn().expect("the program starts");
+        drop((command, slave));
+        let master = Arc::new(pty.master);
+        let shown = Arc::new(Mutex::new(Vec::new()));
+        let ended = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (master, shown, ended) = (master.clone(), shown.clone(), ended.clone());
+            std::thread::spawn(move || {
+                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+                use std::os::fd::AsFd;
+                let mut buf = [0u8; 4096];
+                loop {
+                    let mut fds = [PollFd::new(master.as_fd(), PollFlags::POLLIN)];
+                    if poll(&mut fds, PollTimeout::from(200u16)).unwrap_or(0) == 0 {
+                        if ended.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        continue;
+                    }
+                    // EIO once every holder of the terminal's other side has closed it.
+                    match nix::unistd::read(&*master, &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => shown.lock().unwrap().extend_from_slice(&buf[..n]),
+                    }
+                }
+            })
+        };
+        OnTerminal {
+            process,
+            master,
+            shown,
+            ended,
+            reader,
+        }
+    }
+
+    /// What the terminal has shown so far.
+    pub fn shown(&self) -> String {
+        String::from_utf8_lossy(&self.shown.lock().unwrap()).into_owned()
+    }
+
+    /// Types `keys` at the terminal (`b"\x03"` is Ctrl-C).
+    pub fn type_keys(&self, keys: &[u8]) {
+        nix::unistd::write(&*self.master, keys).expect("the terminal takes keys");
+    }
+
+    /// Waits for the program to end; returns what the terminal showed and how it ended.
+    pub fn finish(mut self) -> (String, std::process::ExitStatus) {
+        let status = self.process.wait().unwrap();
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        let shown = self.shown.clone();
+        self.reader.join().unwrap();
+        let shown = String::from_utf8_lossy(&shown.lock().unwrap()).into_owned();
+        (shown, status)
+    }
+}

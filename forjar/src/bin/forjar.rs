@@ -36,6 +36,11 @@ enum Command {
         /// An `http://` or `https://` URL, or a path.
         target: String,
     },
+    /// Print a completion script for SHELL: `source <(forjar completions bash)`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
     /// Inspect and maintain the store.
     #[command(subcommand)]
     Store(StoreCommands),
@@ -69,6 +74,9 @@ fn main() -> std::process::ExitCode {
     let result: Result<ExitCode, Failure> = match cli.command {
         Command::Hash(command) => store::hash(command),
         Command::Prefetch { target } => store::prefetch(&target),
+        Command::Completions { shell } => {
+            forjar::cli::completions(<Cli as clap::CommandFactory>::command(), "forjar", shell)
+        }
         #[cfg(feature = "remote")]
         Command::Worker(args) => worker::run(&cli.store.unwrap_or_else(Store::default_dir), args),
         Command::Store(command) => {

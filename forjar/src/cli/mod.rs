@@ -82,8 +82,15 @@ impl Failure {
 }
 
 impl From<crate::store::StoreError> for Failure {
+    /// A name on the command line that names no entry, or several, is a usage error (2), as a
+    /// node name that names nothing is; every other store error is a failure (1).
     fn from(e: crate::store::StoreError) -> Self {
-        Failure::new(ExitCode::Failure, e)
+        use crate::store::StoreError;
+        let code = match e {
+            StoreError::NoSuchEntry(_) | StoreError::Ambiguous { .. } => ExitCode::Usage,
+            _ => ExitCode::Failure,
+        };
+        Failure::new(code, e)
     }
 }
 
@@ -136,7 +143,10 @@ pub fn report(result: Result<ExitCode, Failure>) -> ExitCode {
 
 /// The command line of a user program.
 #[derive(Debug, Parser)]
-#[command(about = "Plan, build and inspect this program's derivations")]
+#[command(
+    about = "Plan, build and inspect this program's derivations",
+    version = concat!("(forjar ", env!("CARGO_PKG_VERSION"), ")")
+)]
 struct ProgramCli {
     /// The store directory [default: $FORJAR_STORE, /var/lib/forjar/store for root, else
     /// ~/.local/share/forjar/store].
@@ -196,6 +206,32 @@ enum ProgramCommand {
         /// An `http://` or `https://` URL, or a path.
         target: String,
     },
+    /// Print a completion script for SHELL: `source <(hello completions bash)`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes the completion script of `command`, named `name`, for `shell` to standard output.
+pub fn completions(
+    mut command: clap::Command,
+    name: &str,
+    shell: clap_complete::Shell,
+) -> Result<ExitCode, Failure> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, name, &mut script);
+    emit(&String::from_utf8_lossy(&script))?;
+    Ok(ExitCode::Success)
+}
+
+/// The program's name: its file's.
+fn program_name() -> String {
+    std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "program".into())
 }
 
 /// Runs a user program: `define` adds its derivations to the graph, and the command line says
@@ -223,7 +259,12 @@ pub fn main(define: impl FnOnce(&mut Program) -> crate::Result<()>) -> ExitCode 
     }
     process::grow_heap_in_large_steps();
     process::raise_open_file_limit();
-    match ProgramCli::try_parse() {
+    // Named after the program's file, as `--version` and `--help` show it.
+    let parsed = <ProgramCli as clap::CommandFactory>::command()
+        .display_name(program_name())
+        .try_get_matches()
+        .and_then(|matches| <ProgramCli as clap::FromArgMatches>::from_arg_matches(&matches));
+    match parsed {
         Ok(cli) => report(program::run(cli, define)),
         Err(e) => {
             let _ = e.print();

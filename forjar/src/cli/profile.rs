@@ -15,7 +15,12 @@ use crate::store::{EntryName, RootChanges, Store};
 #[derive(Debug, Subcommand)]
 pub(super) enum ProfileCommand {
     /// List the profile's generations with their time and what changed.
-    Generations,
+    Generations {
+        /// As JSON: a list of `{number, created, current, roots}` (`roots` maps each root's
+        /// name to its entry).
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what changed between two generations: entries added, removed and changed.
     Diff {
         /// The earlier generation.
@@ -51,7 +56,7 @@ pub(super) fn run(
     command: ProfileCommand,
 ) -> Result<ExitCode, Failure> {
     match command {
-        ProfileCommand::Generations => generations(store, profile),
+        ProfileCommand::Generations { json } => generations(store, profile, json),
         ProfileCommand::Diff { a, b } => diff(store, profile, a, b),
         ProfileCommand::DeleteGenerations {
             numbers,
@@ -62,10 +67,25 @@ pub(super) fn run(
     }
 }
 
-fn generations(store: &Store, profile: &str) -> Result<ExitCode, Failure> {
+fn generations(store: &Store, profile: &str, json: bool) -> Result<ExitCode, Failure> {
     let profile = store.profile(profile)?;
     let current = profile.current()?;
     let generations = profile.generations()?;
+    if json {
+        let listed: Vec<serde_json::Value> = generations
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "number": g.number,
+                    "created": humantime::format_rfc3339_seconds(g.created()).to_string(),
+                    "current": current == Some(g.number),
+                    "roots": g.roots,
+                })
+            })
+            .collect();
+        emit(&super::store::as_json_or(true, &listed, String::new()))?;
+        return Ok(ExitCode::Success);
+    }
     if generations.is_empty() {
         emit(&format!(
             "profile `{}` has no generations yet; `apply` records one\n",

@@ -132,11 +132,21 @@ pub(super) fn run(
         ProgramCommand::Store(command) => store::run(&store_dir, command),
         ProgramCommand::Lock => lock_toolchains(define, &lock, &store_dir),
         ProgramCommand::Prefetch { target } => store::prefetch(&target),
+        ProgramCommand::Completions { shell } => super::completions(
+            <ProgramCli as clap::CommandFactory>::command(),
+            &super::program_name(),
+            shell,
+        ),
         ProgramCommand::Hash(command) => store::hash(command),
         ProgramCommand::Profile(command) if hosts.on.is_some() => {
             let session = Session::open(define, &lock, &store_dir, profile, verbosity, hosts)?;
             match command {
-                profile::ProfileCommand::Generations => session.host_generations(),
+                profile::ProfileCommand::Generations { json: true } => Err(Failure::new(
+                    ExitCode::Usage,
+                    "`generations --json` lists the program's local profile; a host's \
+                     generations (`--on`) are listed as text",
+                )),
+                profile::ProfileCommand::Generations { json: false } => session.host_generations(),
                 profile::ProfileCommand::Rollback { to } => session.host_rollback(to),
                 profile::ProfileCommand::Diff { a, b } => session.host_diff(a, b),
                 profile::ProfileCommand::DeleteGenerations { .. } => Err(Failure::new(

@@ -147,6 +147,12 @@ impl Progress {
             Event::Remote(node, error) => {
                 self.line(&format!("warning: remote, for {}: {error}", node.name));
             }
+            Event::Waiting(node, holder) => {
+                self.line(&format!(
+                    "waiting for {holder} to finish, which holds `{}`",
+                    node.name
+                ));
+            }
             Event::Skipped(node, failed) => {
                 if let Some(bars) = &self.bars {
                     bars.total.inc(1);

@@ -14,9 +14,18 @@ use crate::store::{EntryName, RootTarget, Store, human_bytes};
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
     /// List the entries with their kind and size.
-    Ls,
+    Ls {
+        /// As JSON: a list of `{entry, kind, size}` (`kind` is `damaged`, with `error`, for an
+        /// entry whose metadata cannot be read).
+        #[arg(long)]
+        json: bool,
+    },
     /// List the GC roots and what they keep alive.
-    Roots,
+    Roots {
+        /// As JSON: a list of `{name, entry, link, indirect}` (`entry` null when dangling).
+        #[arg(long)]
+        json: bool,
+    },
     /// Rehash every entry and check that every entry it refers to is there; exit 1 naming
     /// each problem.
     Verify {
@@ -196,6 +205,18 @@ fn download(url: &str) -> Result<tempfile::TempDir, String> {
     Ok(dir)
 }
 
+/// `value` as pretty JSON and a newline when `json`, else `text`.
+pub(super) fn as_json_or(json: bool, value: &impl serde::Serialize, text: String) -> String {
+    match json {
+        true => {
+            let mut out = serde_json::to_string_pretty(value).expect("JSON values serialise");
+            out.push('\n');
+            out
+        }
+        false => text,
+    }
+}
+
 /// Says that a command waits for the store to itself.
 fn waiting() {
     eprintln!("waiting for the other forjar processes that use the store to finish...");
@@ -257,36 +278,49 @@ pub(super) fn delete_damaged(
 pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
     let store = Store::open(dir)?;
     match command {
-        StoreCommand::Ls => {
+        StoreCommand::Ls { json } => {
             let mut text = String::new();
+            let mut listed = Vec::new();
             for entry in store.entries()? {
                 match store.meta(&entry) {
                     Ok(meta) => {
                         let kind = format!("{:?}", meta.kind).to_lowercase();
                         let _ = writeln!(text, "{entry}  {kind}  {}", human_bytes(meta.size));
+                        listed.push(serde_json::json!({
+                            "entry": entry, "kind": kind, "size": meta.size,
+                        }));
                     }
                     Err(e) => {
                         let _ = writeln!(text, "{entry}  damaged ({e})");
+                        listed.push(serde_json::json!({
+                            "entry": entry, "kind": "damaged", "error": e.to_string(),
+                        }));
                     }
                 }
             }
-            emit(&text)?;
+            emit(&as_json_or(json, &listed, text))?;
         }
-        StoreCommand::Roots => {
+        StoreCommand::Roots { json } => {
             let mut text = String::new();
+            let mut listed = Vec::new();
             for root in store.roots()? {
-                let target = match &root.target {
-                    RootTarget::Entry(entry) => entry.to_string(),
-                    RootTarget::Dangling => "(dangling)".to_string(),
+                let entry = match &root.target {
+                    RootTarget::Entry(entry) => Some(entry.to_string()),
+                    RootTarget::Dangling => None,
                 };
                 let via = if root.indirect {
                     format!("  via {}", root.link.display())
                 } else {
                     String::new()
                 };
+                let target = entry.clone().unwrap_or_else(|| "(dangling)".into());
                 let _ = writeln!(text, "{}  {target}{via}", root.name);
+                listed.push(serde_json::json!({
+                    "name": root.name, "entry": entry, "link": root.link,
+                    "indirect": root.indirect,
+                }));
             }
-            emit(&text)?;
+            emit(&as_json_or(json, &listed, text))?;
         }
         StoreCommand::Verify { repair: true } => {
             return Err(Failure::new(

@@ -259,6 +259,9 @@ pub enum Event<'a> {
     /// the node's outputs. The apply goes on: a failed download is a miss and a failed remote
     /// build is built here, a failed upload loses nothing local.
     Remote(&'a Node, &'a dyn std::error::Error),
+    /// Another process holds the node's key, as it says (`process 1234 (building `hello`)`);
+    /// the node waits for it.
+    Waiting(&'a Node, &'a str),
 }
 
 /// How to apply: the scheduler's settings. How each build is run is its executor's.
@@ -356,6 +359,9 @@ pub enum JobEvent<'a> {
     Log(&'a str),
     /// The remote failed and the job goes on without it (see [`Event::Remote`]).
     Remote(&'a dyn std::error::Error),
+    /// Another process holds the job's key (`process 1234 (building `hello`)`); the job
+    /// waits for it to finish.
+    Waiting(&'a str),
 }
 
 /// What an executor works with besides its job.
@@ -401,7 +407,12 @@ pub fn run_job(
     if job.present(store) {
         return Ok(Done::Cached);
     }
-    let lock = KeyLock::acquire(store, &job.key.store_hash())?;
+    let lock = KeyLock::acquire_for(
+        store,
+        &job.key.store_hash(),
+        &format!("building `{}`", job.name()),
+        &|holder| events(JobEvent::Waiting(holder)),
+    )?;
     if job.present(store) {
         return Ok(Done::Cached);
     }
@@ -528,6 +539,7 @@ fn node_events<'a>(
     move |event| match event {
         JobEvent::Log(line) => observer(Event::Log(node, line)),
         JobEvent::Remote(error) => observer(Event::Remote(node, error)),
+        JobEvent::Waiting(holder) => observer(Event::Waiting(node, holder)),
     }
 }
 

@@ -42,9 +42,41 @@ impl KeyLock {
     /// (A process killed while building may hold the lock a moment longer through its build's
     /// supervisor, and so escape the sweep when the store is opened.)
     pub fn acquire(store: &Store, hash: &str) -> Result<KeyLock, StoreError> {
+        Self::acquire_for(store, hash, "working on it", &|_| {})
+    }
+
+    /// [`acquire`](Self::acquire), saying what for (`building `hello``): the holder writes it
+    /// into the lock file, and one that has to wait is told the holder's (`waiting`).
+    pub fn acquire_for(
+        store: &Store,
+        hash: &str,
+        what: &str,
+        waiting: &dyn Fn(&str),
+    ) -> Result<KeyLock, StoreError> {
         let file = Self::open(store, hash)?;
-        file.lock()
-            .map_err(StoreError::io("cannot lock", &store.dir().join(".locks")))?;
+        let path = store.dir().join(".locks").join(format!("{hash}.lock"));
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                waiting(if holder.is_empty() {
+                    "another forjar process"
+                } else {
+                    holder
+                });
+                file.lock().map_err(StoreError::io("cannot lock", &path))?;
+            }
+            Err(TryLockError::Error(e)) => return Err(StoreError::io("cannot lock", &path)(e)),
+        }
+        // Best effort: it only informs whoever waits next.
+        let _ = file.set_len(0).and_then(|()| {
+            std::os::unix::fs::FileExt::write_all_at(
+                &file,
+                format!("process {} ({what})", std::process::id()).as_bytes(),
+                0,
+            )
+        });
         let tmp = store.dir().join(".tmp");
         let prefix = format!("{hash}.");
         for item in fs::read_dir(&tmp).map_err(StoreError::io("cannot read", &tmp))? {
