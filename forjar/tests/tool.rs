@@ -232,7 +232,8 @@ fn an_unknown_entry_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = store_with_source(dir.path());
     let out = forjar(store.dir(), &["store", "show", "nope"]);
-    assert_eq!(out.status.code(), Some(1));
+    // A name that names nothing is a usage error.
+    assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr(&out),
         "error: no store entry matches `nope`; `forjar store ls` lists the entries\n"
