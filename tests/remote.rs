@@ -156,7 +156,8 @@ fn push_uploads_what_was_built_without_a_remote() {
     verified(&store);
 
     let nothing = run_dag(&store, &env, &["push", "no-such-entry", "--remote", remote]);
-    assert_eq!(nothing.status.code(), Some(1));
+    // A name that names no entry is a usage error.
+    assert_eq!(nothing.status.code(), Some(2));
     assert!(
         stderr(&nothing).contains("no-such-entry"),
         "{}",
