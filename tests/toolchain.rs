@@ -12,6 +12,10 @@ use std::process::{Command, Output};
 
 use forjar_suite::{example, sandbox, stderr, stdout};
 
+/// Held by each test while it runs: one installs packages while the other asks apt what the
+/// archive has, and apt's cache is rebuilt under a reader when packages change.
+static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Whether this test can change the host's packages; under CI it must.
 fn can_install_packages() -> bool {
     if nix::unistd::geteuid().is_root() {
@@ -163,6 +167,9 @@ fn keys_depend_on_the_packages_a_build_uses_and_on_nothing_else_installed() {
     if !can_install_packages() || !sandbox() {
         return;
     }
+    let _apt = APT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let run = std::process::id();
     let tool = format!("forjar-test-{run}-tool");
     let unrelated = format!("forjar-test-{run}-unrelated");
@@ -300,6 +307,9 @@ fn an_archive_toolchain_is_fetched_by_the_lock_and_a_new_pin_moves_only_its_buil
     if !sandbox() {
         return;
     }
+    let _apt = APT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let versions = archive_versions("tzdata");
     if versions.len() < 2 {
         assert_ne!(

@@ -35,10 +35,21 @@ fn run(command: &mut Command, what: &'static str) -> Result<String, ToolchainErr
 
 /// What apt offers: each package's candidate version, and the versions `toolchain` pins.
 fn available(toolchain: &Toolchain) -> Result<Database, ToolchainError> {
-    let mut text = run(
-        Command::new("apt-cache").arg("dumpavail"),
-        "cannot list the archive's packages with",
-    )?;
+    // apt rebuilds its cache when another process installs or removes packages, and a reader
+    // meanwhile can fail to parse a record: such a failure is tried again, twice.
+    let mut attempts = 0;
+    let mut text = loop {
+        match run(
+            Command::new("apt-cache").arg("dumpavail"),
+            "cannot list the archive's packages with",
+        ) {
+            Err(_) if attempts < 2 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            done => break done?,
+        }
+    };
     for (name, version) in toolchain.pins() {
         text.push_str("\n\n");
         text.push_str(&run(
