@@ -123,6 +123,48 @@ fn the_webapp_profile_holds_its_typed_config_and_systemd_unit() {
 
     let again = run_example("webapp", &store, &["apply"]);
     assert!(stdout(&again).contains("Nothing to do: all 1 cached"));
+
+    // The program's own option, before or after the command, chooses another configuration:
+    // another key, and the same profile's next generation.
+    let prod = run_example("webapp", &store, &["apply", "--env", "prod"]);
+    assert!(prod.status.success(), "{}", stderr(&prod));
+    assert!(
+        stdout(&prod).contains("Recorded generation 2"),
+        "{}",
+        stdout(&prod)
+    );
+    let path = stdout(&prod)
+        .lines()
+        .find_map(|l| l.strip_prefix("webapp -> ").map(std::path::PathBuf::from))
+        .unwrap();
+    let config: toml::Table = fs::read_to_string(path.join("etc/webapp/config.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(config["listen"].as_str(), Some("127.0.0.1:80"));
+    assert_eq!(config["workers"].as_integer(), Some(16));
+    assert_eq!(config["log_level"].as_str(), Some("warn"));
+    let before = run_example("webapp", &store, &["--env", "prod", "apply"]);
+    assert!(
+        stdout(&before).contains("Nothing to do"),
+        "{}",
+        stdout(&before)
+    );
+    let bad = run_example("webapp", &store, &["--env", "staging", "plan"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("invalid value 'staging' for '--env <ENV>'"),
+        "{}",
+        stderr(&bad)
+    );
+    let help = run_example("webapp", &store, &["--help"]);
+    assert!(stdout(&help).contains("--env <ENV>"), "{}", stdout(&help));
+    let completions = run_example("webapp", &store, &["completions", "bash"]);
+    assert!(
+        stdout(&completions).contains("--env"),
+        "{}",
+        stderr(&completions)
+    );
 }
 
 fn is_read_only_file(path: &Path) -> bool {

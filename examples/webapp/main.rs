@@ -2,8 +2,11 @@
 //! their types when the program runs, rendered as TOML, and installed with a systemd unit into
 //! one profile output laid out like the root file system.
 //!
+//! The program takes an option of its own, `--env dev|prod`, which chooses the settings.
+//!
 //! ```text
 //! cargo run --example webapp -- apply
+//! cargo run --example webapp -- --env prod apply
 //! ```
 
 use std::fmt;
@@ -90,12 +93,28 @@ struct Profile {
     tools: Toolchain,
 }
 
+/// Where the service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Environment {
+    Dev,
+    Prod,
+}
+
+/// The program's own options, beside forjar's.
+#[derive(Debug, clap::Args)]
+struct Options {
+    /// The environment to configure.
+    #[arg(long, global = true, value_enum, default_value = "dev")]
+    env: Environment,
+}
+
 fn main() -> forjar::ExitCode {
-    forjar::main(|g| {
+    forjar::main_with(|g, options: Options| {
+        let prod = options.env == Environment::Prod;
         let config = AppConfig {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            workers: NonZeroU16::new(4).expect("4 is not zero"),
-            log_level: LogLevel::Info,
+            listen: SocketAddr::from(([127, 0, 0, 1], if prod { 80 } else { 8080 })),
+            workers: NonZeroU16::new(if prod { 16 } else { 4 }).expect("not zero"),
+            log_level: if prod { LogLevel::Warn } else { LogLevel::Info },
             request_timeout: 30,
             upstreams: vec![
                 Upstream {

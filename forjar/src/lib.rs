@@ -41,7 +41,7 @@ pub mod store;
 pub mod toolchain;
 mod walk;
 
-pub use cli::{ExitCode, Program, main};
+pub use cli::{ExitCode, Program, main, main_with};
 pub use derivation::{Derivation, DerivationBuilder, Drv, Graph, Input, OutputRef, Source};
 pub use forjar_macros::{Derivation, derivation};
 pub use name::Limits;

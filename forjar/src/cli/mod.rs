@@ -248,6 +248,44 @@ fn program_name() -> String {
 /// }
 /// ```
 pub fn main(define: impl FnOnce(&mut Program) -> crate::Result<()>) -> ExitCode {
+    main_with(|program, NoOptions {}| define(program))
+}
+
+/// No options of the program's own.
+#[derive(Debug, clap::Args)]
+#[doc(hidden)]
+pub struct NoOptions {}
+
+/// [`main`] for a program with command-line options of its own: `O` is a `clap::Args` struct
+/// whose arguments join forjar's (mark them `global = true` to take them after the command as
+/// well), and `define` gets them as they were given.
+///
+/// ```no_run
+/// use forjar::prelude::*;
+///
+/// #[derive(clap::Args)]
+/// struct Options {
+///     /// Which environment to configure.
+///     #[arg(long, global = true, default_value = "dev")]
+///     env: String,
+/// }
+///
+/// fn main() -> forjar::ExitCode {
+///     forjar::main_with(|g, options: Options| {
+///         let config = g.add(
+///             Derivation::builder("config")
+///                 .env("ENVIRONMENT", options.env)
+///                 .script("printf '%s\\n' \"$ENVIRONMENT\" > $out")
+///                 .build()?,
+///         );
+///         g.root("config", config);
+///         Ok(())
+///     })
+/// }
+/// ```
+pub fn main_with<O: clap::Args>(
+    define: impl FnOnce(&mut Program, O) -> crate::Result<()>,
+) -> ExitCode {
     // On a host, the program is the agent of the system it is part of.
     let mut args = std::env::args_os().skip(1);
     if args.next().as_deref() == Some(std::ffi::OsStr::new("__agent")) {
@@ -259,13 +297,26 @@ pub fn main(define: impl FnOnce(&mut Program) -> crate::Result<()>) -> ExitCode 
     }
     process::grow_heap_in_large_steps();
     process::raise_open_file_limit();
-    // Named after the program's file, as `--version` and `--help` show it.
-    let parsed = <ProgramCli as clap::CommandFactory>::command()
-        .display_name(program_name())
-        .try_get_matches()
-        .and_then(|matches| <ProgramCli as clap::FromArgMatches>::from_arg_matches(&matches));
+    // Named after the program's file, as `--version` and `--help` show it; with the program's
+    // own options.
+    let command = O::augment_args(
+        <ProgramCli as clap::CommandFactory>::command().display_name(program_name()),
+    );
+    let parsed = command.clone().try_get_matches().and_then(|matches| {
+        Ok((
+            <ProgramCli as clap::FromArgMatches>::from_arg_matches(&matches)?,
+            O::from_arg_matches(&matches)?,
+        ))
+    });
     match parsed {
-        Ok(cli) => report(program::run(cli, define)),
+        Ok((
+            ProgramCli {
+                command: ProgramCommand::Completions { shell },
+                ..
+            },
+            _,
+        )) => report(completions(command, &program_name(), shell)),
+        Ok((cli, options)) => report(program::run(cli, |program| define(program, options))),
         Err(e) => {
             let _ = e.print();
             if e.use_stderr() {

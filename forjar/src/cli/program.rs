@@ -133,7 +133,7 @@ pub(super) fn run(
         ProgramCommand::Lock => lock_toolchains(define, &lock, &store_dir),
         ProgramCommand::Prefetch { target } => store::prefetch(&target),
         ProgramCommand::Completions { shell } => super::completions(
-            <ProgramCli as clap::CommandFactory>::command(),
+            <super::ProgramCli as clap::CommandFactory>::command(),
             &super::program_name(),
             shell,
         ),
