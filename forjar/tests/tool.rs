@@ -239,3 +239,29 @@ fn an_unknown_entry_is_named() {
         "error: no store entry matches `nope`; `forjar store ls` lists the entries\n"
     );
 }
+
+#[test]
+fn a_command_that_only_reads_a_store_never_creates_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("stroe");
+    for args in [
+        &["store", "ls"][..],
+        &["store", "roots"],
+        &["store", "verify"],
+        &["store", "gc"],
+        &["store", "show", "anything"],
+    ] {
+        let out = forjar(&typo, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "error: `{}` is not a forjar store: it does not exist; check `--store` and \
+                 `$FORJAR_STORE` (`apply` makes a store)\n",
+                typo.display()
+            ),
+            "{args:?}"
+        );
+        assert!(!typo.exists(), "{args:?} created the store");
+    }
+}

@@ -83,7 +83,7 @@ fn main() -> std::process::ExitCode {
             let dir = cli.store.unwrap_or_else(Store::default_dir);
             match command {
                 StoreCommands::Store(command) => store::run(&dir, command),
-                StoreCommands::Entry(command) => Store::open(&dir)
+                StoreCommands::Entry(command) => Store::open_existing(&dir)
                     .map_err(Failure::from)
                     .and_then(|store| store::entry(&store, command)),
             }

@@ -157,7 +157,7 @@ pub(super) fn run(
             }
         }
         ProgramCommand::Profile(command) => {
-            profile::run(&Store::open(&store_dir)?, &profile, command)
+            profile::run(&Store::open_existing(&store_dir)?, &profile, command)
         }
         ProgramCommand::Build(command) => {
             Session::open(define, &lock, &store_dir, profile, verbosity, hosts)?.run_build(command)

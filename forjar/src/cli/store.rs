@@ -248,7 +248,7 @@ pub(super) fn delete_damaged(
     dir: &Path,
 ) -> Result<(crate::store::VerifyReport, Vec<EntryName>), Failure> {
     use crate::store::Problem;
-    let store = Store::open(dir)?;
+    let store = Store::open_existing(dir)?;
     let report = store.verify()?;
     let mut damaged = Vec::new();
     let mut wanted = std::collections::BTreeSet::new();
@@ -276,7 +276,7 @@ pub(super) fn delete_damaged(
 
 /// Runs a store command on the store at `dir`.
 pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
-    let store = Store::open(dir)?;
+    let store = Store::open_existing(dir)?;
     match command {
         StoreCommand::Ls { json } => {
             let mut text = String::new();

@@ -266,7 +266,23 @@ impl Store {
         data.join("forjar/store")
     }
 
-    /// Opens the store at `dir`, creating it if `dir` does not exist or is empty, and sweeps
+    /// Opens the store at `dir`, which must exist: a command that only reads or maintains a
+    /// store never creates one (a mistyped `--store` is an error naming the path).
+    pub fn open_existing(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let dir = dir.as_ref();
+        match fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::NotAStore {
+                dir: dir.to_path_buf(),
+                reason: "it does not exist; check `--store` and `$FORJAR_STORE` (`apply` makes \
+                         a store)"
+                    .into(),
+            }),
+            _ => Self::open(dir),
+        }
+    }
+
+    /// Opens the store at `dir`, creating it if `dir` does not exist or is empty (what builds
+    /// into a store does; [`Store::open_existing`] is for what only reads one), and sweeps
     /// staging left behind by crashed processes.
     pub fn open(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
         let dir = dir.as_ref();
