@@ -188,3 +188,48 @@ fn completions_are_a_script_bash_loads_and_version_names_the_program() {
         format!("hello (forjar {})\n", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn prefetch_prints_the_digests_of_a_download_as_nix_and_forjar_write_them() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut socket, _) = listener.accept().unwrap();
+        let mut request = [0u8; 1024];
+        let _ = socket.read(&mut request);
+        socket
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\nConnection: close\r\n\r\nhello\n")
+            .unwrap();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://127.0.0.1:{port}/hello");
+    let out = run_example("hello", dir.path(), &["prefetch", &url]);
+    server.join().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // `nix-hash --type sha256 [--flat]` (Nix 2.8) of a file holding `hello\n`, in SRI form.
+    let flat = "fixed_output = \"sha256-WJG1tSLV3whtD/CxEPvZ0hu0/HFjrzTQgoai6Eb2vgM=\"\n";
+    let nar = "fixed_output = \"sha256-HDfQGvQL4ugGkd48w99EN3ppmvuxfGjwgJZLL9Bx/BM=\", \
+               fixed_output_mode = \"recursive\"\n";
+    let text = stdout(&out);
+    assert!(
+        text.starts_with(&format!("{flat}{nar}fixed_output = \"blake3:")),
+        "{text}"
+    );
+    // A path gives the same digests.
+    let file = dir.path().join("hello");
+    fs::write(&file, "hello\n").unwrap();
+    let local = run_example("hello", dir.path(), &["prefetch", file.to_str().unwrap()]);
+    assert_eq!(stdout(&local), text);
+    let missing = run_example(
+        "hello",
+        dir.path(),
+        &["prefetch", &format!("http://127.0.0.1:{port}/gone")],
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("cannot download"),
+        "{}",
+        stderr(&missing)
+    );
+}

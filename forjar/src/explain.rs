@@ -176,17 +176,10 @@ fn compare(last: &BuildRecord, now: &RequestParts, unknown: &BTreeSet<String>) -
         }
         match field.as_str() {
             "inputs" => inputs(a, b, unknown, &mut reasons),
-            "toolchain" => {
-                let entry = |v: Option<&Value>| {
-                    v.and_then(|v| v.get("entry"))
-                        .and_then(Value::as_str)
-                        .map(str::to_string)
-                };
-                reasons.push(Reason::Toolchain {
-                    was: entry(a),
-                    now: entry(b),
-                });
-            }
+            "toolchain" => reasons.push(Reason::Toolchain {
+                was: entry_of(a),
+                now: entry_of(b),
+            }),
             "host" => match &last.host {
                 Some(parts) => {
                     let current = HostFingerprint::current_parts();
@@ -204,6 +197,14 @@ fn compare(last: &BuildRecord, now: &RequestParts, unknown: &BTreeSet<String>) -
     reasons
 }
 
+/// The store entry a resolved input or toolchain names, in its serde form.
+fn entry_of(value: Option<&Value>) -> Option<String> {
+    value
+        .and_then(|v| v.get("entry"))
+        .and_then(Value::as_str)
+        .map(str::to_string)
+}
+
 /// The inputs that differ: added, removed, or naming another entry.
 fn inputs(
     was: Option<&Value>,
@@ -215,11 +216,6 @@ fn inputs(
     let object = |v: Option<&Value>| v.and_then(Value::as_object).unwrap_or(&empty).clone();
     let (was, now) = (object(was), object(now));
     let names: BTreeSet<&String> = was.keys().chain(now.keys()).collect();
-    let entry = |v: Option<&Value>| {
-        v.and_then(|v| v.get("entry"))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
     for name in names {
         let (a, b) = (was.get(name), now.get(name));
         // An input from a derivation built first is not known yet: `WaitsOn` says so.
@@ -228,8 +224,8 @@ fn inputs(
         }
         reasons.push(Reason::Input {
             name: name.clone(),
-            was: entry(a),
-            now: entry(b),
+            was: entry_of(a),
+            now: entry_of(b),
         });
     }
 }

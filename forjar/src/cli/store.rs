@@ -147,12 +147,14 @@ pub fn hash(command: HashCommand) -> Result<ExitCode, Failure> {
 /// `fetchurl`), its NAR SHA-256 (`fixed_output_mode = "recursive"`), and forjar's tree digest.
 pub fn prefetch(target: &str) -> Result<ExitCode, Failure> {
     let failed = |e: String| Failure::new(ExitCode::Failure, e);
-    let downloaded;
-    let path = if target.starts_with("http://") || target.starts_with("https://") {
-        downloaded = download(target).map_err(failed)?;
-        downloaded.path().join("download")
+    let downloaded = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
+    // A download's flat digest is taken as it is written.
+    let (path, flat) = if target.starts_with("http://") || target.starts_with("https://") {
+        let path = downloaded.path().join("download");
+        let flat = crate::toolchain::download(target, &path).map_err(|e| failed(e.to_string()))?;
+        (path, Some(flat))
     } else {
-        PathBuf::from(target)
+        (PathBuf::from(target), None)
     };
     let sri = |digest: [u8; 32]| {
         forjar_rules::format_digest(
@@ -165,7 +167,10 @@ pub fn prefetch(target: &str) -> Result<ExitCode, Failure> {
     let meta = fs::symlink_metadata(&path)
         .map_err(|e| failed(format!("cannot read `{}`: {e}", path.display())))?;
     if meta.is_file() {
-        let flat = crate::hash::file_sha256(&path).map_err(|e| failed(e.to_string()))?;
+        let flat = match flat {
+            Some(flat) => flat,
+            None => crate::hash::file_sha256(&path).map_err(|e| failed(e.to_string()))?,
+        };
         let _ = writeln!(text, "fixed_output = \"{}\"", sri(flat));
     }
     let nar = crate::hash::nar_sha256(&path).map_err(|e| failed(e.to_string()))?;
@@ -178,31 +183,6 @@ pub fn prefetch(target: &str) -> Result<ExitCode, Failure> {
     let _ = writeln!(text, "fixed_output = \"{tree}\"");
     emit(&text)?;
     Ok(ExitCode::Success)
-}
-
-/// Downloads `url` into a new temporary directory, as `download`.
-#[cfg(not(feature = "fetch"))]
-fn download(url: &str) -> Result<tempfile::TempDir, String> {
-    Err(format!(
-        "cannot download `{url}`: this program was built without forjar's `fetch` feature \
-         (`forjar = {{ version = \"...\", features = [\"fetch\"] }}`); download it and run \
-         `prefetch FILE`"
-    ))
-}
-
-/// Downloads `url` into a new temporary directory, as `download`.
-#[cfg(feature = "fetch")]
-fn download(url: &str) -> Result<tempfile::TempDir, String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temporary directory: {e}"))?;
-    let response = ureq::get(url)
-        .call()
-        .map_err(|e| format!("cannot download `{url}`: {e}"))?;
-    let mut body = response.into_body().into_reader();
-    let path = dir.path().join("download");
-    let mut file =
-        fs::File::create(&path).map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
-    std::io::copy(&mut body, &mut file).map_err(|e| format!("cannot download `{url}`: {e}"))?;
-    Ok(dir)
 }
 
 /// `value` as pretty JSON and a newline when `json`, else `text`.

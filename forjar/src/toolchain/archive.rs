@@ -122,7 +122,7 @@ pub(crate) fn resolve(toolchain: &Toolchain) -> Result<Vec<LockedPackage>, Toolc
 pub(crate) fn unpack(package: &LockedPackage, dir: &Path) -> Result<PathBuf, ToolchainError> {
     let url = package.url.as_deref().unwrap_or_default();
     let deb = dir.join(format!("{}.deb", package.name));
-    let got = download(url, &deb)?;
+    let got = crate::hash::hex(&download(url, &deb)?);
     let expected = package.digest.strip_prefix("sha256:").unwrap_or_default();
     if got != expected {
         return Err(ToolchainError::Io {
@@ -145,9 +145,9 @@ pub(crate) fn unpack(package: &LockedPackage, dir: &Path) -> Result<PathBuf, Too
     Ok(root)
 }
 
-/// Downloads `url` to `path`; returns its SHA-256 in hex.
+/// Downloads `url` to `path` (a new file); returns its SHA-256, taken as it is written.
 #[cfg(feature = "fetch")]
-fn download(url: &str, path: &Path) -> Result<String, ToolchainError> {
+pub(crate) fn download(url: &str, path: &Path) -> Result<[u8; 32], ToolchainError> {
     use sha2::{Digest, Sha256};
     use std::io::{Read, Write};
 
@@ -160,7 +160,7 @@ fn download(url: &str, path: &Path) -> Result<String, ToolchainError> {
         .call()
         .map_err(|e| failed(io::Error::other(e)))?;
     let mut body = response.into_body().into_reader();
-    let mut file = fs::File::create(path).map_err(failed)?;
+    let mut file = fs::File::create_new(path).map_err(failed)?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -171,18 +171,19 @@ fn download(url: &str, path: &Path) -> Result<String, ToolchainError> {
         hasher.update(&buf[..n]);
         file.write_all(&buf[..n]).map_err(failed)?;
     }
-    let digest: [u8; 32] = hasher.finalize().into();
-    Ok(crate::hash::hex(&digest))
+    Ok(hasher.finalize().into())
 }
 
+/// Without the `fetch` feature: an error saying how to get it.
 #[cfg(not(feature = "fetch"))]
-fn download(url: &str, _: &Path) -> Result<String, ToolchainError> {
+pub(crate) fn download(url: &str, _: &Path) -> Result<[u8; 32], ToolchainError> {
     Err(ToolchainError::Io {
         what: "cannot download",
         path: PathBuf::from(url),
         source: io::Error::other(
-            "this program was built without forjar's `fetch` feature, which a toolchain from \
-             the archive needs",
+            "this program was built without forjar's `fetch` feature (`forjar = { version = \
+             \"...\", features = [\"fetch\"] }`); `prefetch FILE` digests a file downloaded \
+             otherwise",
         ),
     })
 }

@@ -161,7 +161,8 @@ fn assemble_archive(dir: &Path, packages: &[LockedPackage]) -> Result<(), Toolch
             if let Some(relative) = placed(&path) {
                 place(
                     &root.join(path.trim_start_matches('/')),
-                    &dir.join(relative),
+                    dir,
+                    &relative,
                     &root,
                 )?;
             }
@@ -185,7 +186,7 @@ fn assemble_archive(dir: &Path, packages: &[LockedPackage]) -> Result<(), Toolch
 /// `bin -> usr/bin` and the like, for each merged directory the tree has.
 fn merged_links(dir: &Path) -> Result<(), ToolchainError> {
     for top in MERGED {
-        if dir.join("usr").join(top).is_dir() {
+        if fs::symlink_metadata(dir.join("usr").join(top)).is_ok_and(|m| m.is_dir()) {
             let link = dir.join(top);
             symlink(format!("usr/{top}"), &link).map_err(io_error("cannot create", &link))?;
         }
@@ -239,8 +240,7 @@ fn assemble_in<'a>(
                 continue;
             };
             let host = root.join(path.trim_start_matches('/'));
-            let dest = dir.join(&relative);
-            if let Some(entry) = place(&host, &dest, root)? {
+            if let Some(entry) = place(&host, dir, &relative, root)? {
                 hasher.update(relative.as_os_str().as_encoded_bytes());
                 hasher.update(&[0]);
                 hasher.update(&entry);
@@ -259,8 +259,10 @@ fn assemble_in<'a>(
             continue;
         };
         let dest = dir.join(&link);
-        if fs::symlink_metadata(dir.join(&to)).is_ok() && fs::symlink_metadata(&dest).is_err() {
-            parent_of(&dest)?;
+        if fs::symlink_metadata(dir.join(&to)).is_ok()
+            && fs::symlink_metadata(&dest).is_err()
+            && make_parent(dir, &link)?
+        {
             symlink(&target, &dest).map_err(io_error("cannot create", &dest))?;
         }
     }
@@ -268,29 +270,54 @@ fn assemble_in<'a>(
     Ok(locked)
 }
 
-fn parent_of(dest: &Path) -> Result<(), ToolchainError> {
-    let parent = dest.parent().expect("a placed path has a parent");
-    fs::create_dir_all(parent).map_err(io_error("cannot create", parent))
+/// Makes `relative` a directory in the tree at `dir`, one component at a time and following no
+/// symlink: `false` (and nothing made) when a component is a symlink or a file, as when a
+/// package reaches a directory through a link another package made (`default-java ->
+/// java-17`): what is behind the link is placed by its own path, and nothing is written where
+/// the link points, which may be outside the tree.
+fn make_dirs(dir: &Path, relative: &Path) -> Result<bool, ToolchainError> {
+    let mut at = dir.to_path_buf();
+    for component in relative.components() {
+        at.push(component);
+        match fs::symlink_metadata(&at) {
+            Ok(meta) if meta.is_dir() => {}
+            Ok(_) => return Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir(&at).map_err(io_error("cannot create", &at))?;
+            }
+            Err(source) => return Err(io_error("cannot read", &at)(source)),
+        }
+    }
+    Ok(true)
+}
+
+/// Makes the parent of `relative` in the tree at `dir` ([`make_dirs`]).
+fn make_parent(dir: &Path, relative: &Path) -> Result<bool, ToolchainError> {
+    make_dirs(dir, relative.parent().unwrap_or(Path::new("")))
 }
 
 /// Puts the host's file `host` at `dest`, unless something is there already (another
 /// package's copy of the same path) or the host has no such file (dpkg was told to leave it
 /// out). Returns what the package digest covers of it: its kind, mode and content digest, or
 /// its link target.
-fn place(host: &Path, dest: &Path, root: &Path) -> Result<Option<Vec<u8>>, ToolchainError> {
+fn place(
+    host: &Path,
+    dir: &Path,
+    relative: &Path,
+    root: &Path,
+) -> Result<Option<Vec<u8>>, ToolchainError> {
     let meta = match fs::symlink_metadata(host) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(io_error("cannot read", host)(source)),
     };
     if meta.is_dir() {
-        fs::create_dir_all(dest).map_err(io_error("cannot create", dest))?;
-        return Ok(Some(b"d".to_vec()));
+        return Ok(make_dirs(dir, relative)?.then(|| b"d".to_vec()));
     }
-    if fs::symlink_metadata(dest).is_ok() {
+    let dest = &dir.join(relative);
+    if fs::symlink_metadata(dest).is_ok() || !make_parent(dir, relative)? {
         return Ok(None);
     }
-    parent_of(dest)?;
     if meta.file_type().is_symlink() {
         let mut target = fs::read_link(host).map_err(io_error("cannot read", host))?;
         // A link to an alternative is to what the system chose for it.
@@ -335,6 +362,18 @@ fn place(host: &Path, dest: &Path, root: &Path) -> Result<Option<Vec<u8>>, Toolc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_is_written_through_a_link_in_the_tree() {
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        symlink(outside.path(), dir.path().join("link")).unwrap();
+        assert!(!make_dirs(dir.path(), Path::new("link/sub")).unwrap());
+        assert!(!make_parent(dir.path(), Path::new("link/file")).unwrap());
+        assert!(make_dirs(dir.path(), Path::new("usr/bin")).unwrap());
+        assert!(dir.path().join("usr/bin").is_dir());
+        assert_eq!(fs::read_dir(outside.path()).unwrap().count(), 0);
+    }
 
     #[test]
     fn listed_paths_are_placed_under_usr_and_documentation_is_left_out() {

@@ -34,6 +34,7 @@ use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub(crate) use archive::download;
 pub(crate) use assemble::import;
 pub(crate) use dpkg::Database;
 pub use lock::{LOCK_FILE, Lock, LockedPackage, LockedToolchain, changes};
