@@ -707,6 +707,108 @@ fn generations_record_diff_and_roll_back_without_building() {
 }
 
 #[test]
+fn profiles_keep_their_own_roots_and_out_links_are_roots_while_they_exist() {
+    if !sandbox() {
+        return;
+    }
+    let (dir, store) = store_dir();
+    let v1 = [("DAG_LAYERS", "1"), ("DAG_SALT", "staging")];
+    let v2 = [("DAG_LAYERS", "1"), ("DAG_SALT", "production")];
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run_dag(&store, &[], args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let root_entry = |roots: &serde_json::Value, name: &str| -> String {
+        roots
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .and_then(|r| r["entry"].as_str())
+            .unwrap_or_else(|| panic!("no root `{name}`: {roots}"))
+            .to_string()
+    };
+
+    // Two profiles in one store: applying one moves none of the other's roots.
+    let staging = run_dag(&store, &v1, &["--profile", "staging", "apply"]);
+    assert!(staging.status.success(), "{}", stderr(&staging));
+    let before = root_entry(&json(&["roots", "--json"]), "staging/top");
+    let production = run_dag(&store, &v2, &["--profile", "production", "apply"]);
+    assert!(production.status.success(), "{}", stderr(&production));
+    let roots = json(&["roots", "--json"]);
+    assert_eq!(root_entry(&roots, "staging/top"), before, "{roots}");
+    assert_ne!(root_entry(&roots, "production/top"), before, "{roots}");
+    let link = store.join(".profiles/staging/roots/top");
+    assert!(fs::read_link(&link).unwrap().ends_with(&before));
+    let back = run_dag(&store, &[], &["--profile", "production", "rollback"]);
+    assert_eq!(back.status.code(), Some(1), "production has one generation");
+    assert!(
+        stderr(&back).contains("generation 1 is the oldest of profile `production`"),
+        "{}",
+        stderr(&back)
+    );
+
+    // The profile is named after the program, not after the file it was copied to.
+    let copy = dir.path().join("copied-program");
+    fs::copy(forjar_suite::example("dag"), &copy).unwrap();
+    let copied = std::process::Command::new(&copy)
+        .args(["--store".as_ref(), store.as_os_str(), "apply".as_ref()])
+        .envs(v1)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        stdout(&copied).ends_with("Recorded generation 1 of profile `dag`\n"),
+        "{}",
+        stdout(&copied)
+    );
+
+    // `build` links `result` (and `result-<name>` for each further output) in the working
+    // directory; each link keeps its entry through `gc` for as long as it exists.
+    let built = run_dag(&store, &v1, &["build", "n0-0", "n0-1"]);
+    assert!(built.status.success(), "{}", stderr(&built));
+    let result = dir.path().join("result");
+    let target = fs::read_link(&result).unwrap();
+    assert!(target.ends_with("content"), "{}", target.display());
+    assert_eq!(fs::read_to_string(target.join("f1")).unwrap(), "n0-0 1 staging\n");
+    assert!(
+        stdout(&built).contains(&format!("result -> {}", target.display())),
+        "{}",
+        stdout(&built)
+    );
+    let second = fs::read_link(dir.path().join("result-n0-1")).unwrap();
+    assert!(run_dag(&store, &[], &["gc"]).status.success());
+    assert!(target.is_dir() && second.is_dir(), "the links keep them");
+    fs::remove_file(&result).unwrap();
+    assert!(run_dag(&store, &[], &["gc"]).status.success());
+    assert!(!target.exists(), "without its link it is garbage");
+    assert!(second.is_dir());
+
+    // `apply --out-link`, `build --no-out-link`, and a path that is not a link is left alone.
+    let linked = run_dag(&store, &v2, &["apply", "--out-link", "prod"]);
+    assert!(linked.status.success(), "{}", stderr(&linked));
+    let prod = fs::read_link(dir.path().join("prod")).unwrap();
+    assert!(
+        prod.starts_with(store.join(root_entry(&roots, "production/top"))),
+        "{}",
+        prod.display()
+    );
+    let unlinked = run_dag(&store, &v1, &["build", "--no-out-link", "n0-2"]);
+    assert!(unlinked.status.success(), "{}", stderr(&unlinked));
+    assert!(!stdout(&unlinked).contains("result"), "{}", stdout(&unlinked));
+    fs::write(dir.path().join("taken"), "mine").unwrap();
+    let refused = run_dag(&store, &v1, &["build", "-o", "taken", "n0-2"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("`taken` exists and is not a symlink"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(fs::read_to_string(dir.path().join("taken")).unwrap(), "mine");
+}
+
+#[test]
 fn after_gc_an_apply_whose_roots_are_in_the_store_builds_nothing() {
     if !sandbox() {
         return;

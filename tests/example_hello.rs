@@ -37,6 +37,31 @@ fn plan_lists_every_node_with_a_summary_and_writes_no_entry() {
         Some(&"Plan: 3 to build, 0 cached, 1 source and 1 toolchain to import")
     );
 
+    // Against a store that does not exist, the read-only commands say so and create nothing.
+    assert!(
+        stderr(&out).contains(&format!(
+            "note: there is no store at `{}` yet; planned against an empty one",
+            store.display()
+        )),
+        "{}",
+        stderr(&out)
+    );
+    for args in [
+        &["apply", "--dry-run"][..],
+        &["show", "hello"],
+        &["graph"],
+        &["plan", "--explain"],
+        &["why-depends", "hello-bundle", "message"],
+    ] {
+        let out = run_example("hello", &store, args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+    }
+    let log = run_example("hello", &store, &["log", "hello"]);
+    assert_eq!(log.status.code(), Some(1), "{}", stderr(&log));
+    assert!(!store.exists(), "a read-only command made the store");
+
+    // Against the store once made, the plan is the same: keys are those the store will have.
+    drop(forjar::store::Store::open(&store).unwrap());
     let again = run_example("hello", &store, &["plan"]);
     assert_eq!(
         stdout(&again),
@@ -101,7 +126,11 @@ fn apply_builds_the_example_and_a_second_apply_builds_nothing() {
     let verify = run_example("hello", &store, &["verify"]);
     assert!(verify.status.success(), "{}", stdout(&verify));
     let roots = run_example("hello", &store, &["roots"]);
-    assert!(stdout(&roots).starts_with("hello  "), "{}", stdout(&roots));
+    assert!(
+        stdout(&roots).starts_with("hello/hello  "),
+        "{}",
+        stdout(&roots)
+    );
 }
 
 #[test]

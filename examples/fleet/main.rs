@@ -60,7 +60,7 @@ Server((config["address"], config["port"]), Handler).serve_forever()
 "#;
 
 fn main() -> forjar::ExitCode {
-    forjar::main(|p| {
+    forjar::main!(|p| {
         // The server's code is a derivation output, built in the sandbox and deployed by
         // content like everything else.
         let server = p.add(

@@ -51,7 +51,7 @@ struct Bundle {
 }
 
 fn main() -> forjar::ExitCode {
-    forjar::main(|g| {
+    forjar::main!(|g| {
         let src = Source::dir(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello/src"))?
             .named("hello-src")?;
         // The host's C compiler and coreutils, with what they depend on.

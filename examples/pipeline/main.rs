@@ -65,7 +65,7 @@ struct Tarball {
 }
 
 fn main() -> forjar::ExitCode {
-    forjar::main(|g| {
+    forjar::main!(|g| {
         let src = Source::dir(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/examples/pipeline/src"

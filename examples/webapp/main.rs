@@ -109,7 +109,7 @@ struct Options {
 }
 
 fn main() -> forjar::ExitCode {
-    forjar::main_with(|g, options: Options| {
+    forjar::main_with!(|g, options: Options| {
         let prod = options.env == Environment::Prod;
         let config = AppConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], if prod { 80 } else { 8080 })),

@@ -9,7 +9,7 @@
 //! use forjar::prelude::*;
 //!
 //! fn main() -> forjar::ExitCode {
-//!     forjar::main(|g| {
+//!     forjar::main!(|g| {
 //!         let src = Source::dir("examples/hello")?;
 //!         let hello = g.add(
 //!             Derivation::builder("hello")
@@ -41,7 +41,7 @@ pub mod store;
 pub mod toolchain;
 mod walk;
 
-pub use cli::{ExitCode, Program, main, main_with};
+pub use cli::{ExitCode, Program};
 pub use derivation::{Derivation, DerivationBuilder, Drv, Graph, Input, OutputRef, Source};
 pub use forjar_macros::{Derivation, derivation};
 pub use name::Limits;

@@ -34,7 +34,7 @@ fn main() -> forjar::ExitCode {
     let comment = var("DAG_COMMENT", "");
     let extra = var("DAG_EXTRA", "");
     let named = |list: &str, name: &str| list.split(',').any(|f| f == name);
-    forjar::main(|g| {
+    forjar::main!(|g| {
         let mut previous: Vec<Drv> = Vec::new();
         for layer in 0..layers {
             let mut current = Vec::new();

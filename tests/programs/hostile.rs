@@ -6,7 +6,7 @@ use forjar::prelude::*;
 
 fn main() -> forjar::ExitCode {
     let script = std::env::var("HOSTILE_SCRIPT").unwrap_or_default();
-    forjar::main(|g| {
+    forjar::main!(|g| {
         let it = g.add(
             Derivation::builder("it")
                 .sandbox(SandboxLevel::HostTools)

@@ -10,7 +10,7 @@
 use forjar::prelude::*;
 
 fn main() -> forjar::ExitCode {
-    forjar::main(|g| {
+    forjar::main!(|g| {
         // `FORJAR_TEST_ARCHIVE=tzdata=VERSION`: that package from the Debian archive instead.
         if let Ok(pinned) = std::env::var("FORJAR_TEST_ARCHIVE") {
             let archive = Toolchain::from_archive("archive", [pinned.as_str()])?;

@@ -19,21 +19,36 @@ pub fn example(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Runs an example program with `args` against `store`.
+/// Runs an example program with `args` against `store`, in the store's parent directory (where
+/// `build` makes its `result` link).
 pub fn run_example(name: &str, store: &Path, args: &[&str]) -> Output {
     Command::new(example(name))
         .arg("--store")
         .arg(store)
         .args(args)
+        .current_dir(beside(store))
+        .env("FORJAR_LOCK", root().join("forjar.lock"))
         .output()
         .expect("the example runs")
+}
+
+/// The directory `store` is in, where a test's programs run.
+fn beside(store: &Path) -> &Path {
+    store
+        .parent()
+        .filter(|p| p.is_dir())
+        .unwrap_or(Path::new("/tmp"))
 }
 
 /// The `dag` test program (tests/programs/dag.rs) against `store`, with `env` shaping the DAG.
 /// A remote cache set in the caller's environment is not used.
 pub fn dag(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
     let mut command = Command::new(example("dag"));
-    command.arg("--store").arg(store).args(args);
+    command
+        .arg("--store")
+        .arg(store)
+        .args(args)
+        .current_dir(beside(store));
     command.env_remove("FORJAR_REMOTE");
     for (key, value) in env {
         command.env(key, value);

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
 use clap::Subcommand;
@@ -47,9 +48,13 @@ pub(super) enum BuildCommand {
         /// Show the plan and do nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Also link PATH to the first root's output (`PATH-<root>` to each other's), each link
+        /// a GC root for as long as it exists.
+        #[arg(short = 'o', long, value_name = "PATH")]
+        out_link: Option<PathBuf>,
     },
-    /// Build the named derivations and what they need, and print their outputs; registers no
-    /// root.
+    /// Build the named derivations and what they need, print their outputs, and link `result`
+    /// to them (a GC root while the link exists).
     #[command(display_order = 3)]
     Build {
         /// Derivation names (or store entry names).
@@ -57,6 +62,12 @@ pub(super) enum BuildCommand {
         names: Vec<String>,
         #[command(flatten)]
         run: RunArgs,
+        /// Link PATH to the first output instead of `result` (`PATH-<name>` to each other).
+        #[arg(short = 'o', long, value_name = "PATH", default_value = "result")]
+        out_link: PathBuf,
+        /// Make no link: the outputs may be collected by the next `gc`.
+        #[arg(long)]
+        no_out_link: bool,
     },
     /// Rebuild a derivation and compare the result with the store's, naming differing files.
     #[command(display_order = 8)]
@@ -70,6 +81,13 @@ pub(super) enum BuildCommand {
         #[arg(long)]
         keep_failed: bool,
     },
+}
+
+impl BuildCommand {
+    /// Whether the command only shows the plan (`apply --dry-run`), and so never makes a store.
+    pub(super) fn only_plans(&self) -> bool {
+        matches!(self, BuildCommand::Apply { dry_run: true, .. })
+    }
 }
 
 /// What an interrupted or failed run exits with.
@@ -93,6 +111,7 @@ impl Session {
     pub(super) fn run_build(&self, command: BuildCommand) -> Result<ExitCode, Failure> {
         match command {
             BuildCommand::Apply { dry_run: true, .. } => {
+                self.note_absent_store();
                 emit(&render_plan(&self.plan, None))?;
                 emit("dry run: nothing was built, imported or registered\n")?;
                 Ok(ExitCode::Success)
@@ -101,8 +120,14 @@ impl Session {
                 dry_run: false,
                 run,
                 deploy,
-            } => self.apply(&run, &deploy),
-            BuildCommand::Build { names, run } => self.build(&names, &run),
+                out_link,
+            } => self.apply(&run, &deploy, out_link.as_deref()),
+            BuildCommand::Build {
+                names,
+                run,
+                out_link,
+                no_out_link,
+            } => self.build(&names, &run, (!no_out_link).then_some(&*out_link)),
             BuildCommand::Check {
                 name,
                 rounds,
@@ -168,13 +193,18 @@ impl Session {
         result.map_err(exec_failure)
     }
 
-    fn apply(&self, run: &RunArgs, deploy: &super::fleet::DeployArgs) -> Result<ExitCode, Failure> {
+    fn apply(
+        &self,
+        run: &RunArgs,
+        deploy: &super::fleet::DeployArgs,
+        out_link: Option<&Path>,
+    ) -> Result<ExitCode, Failure> {
         let report = self.realise(
             &exec::needed(&self.plan),
             &*self.executor(run)?,
             &self.options(run),
         )?;
-        let roots: BTreeMap<String, EntryName> = exec::register_roots(&self.plan, &self.store)
+        let roots: BTreeMap<String, EntryName> = exec::root_entries(&self.plan)
             .map_err(exec_failure)?
             .into_iter()
             .collect();
@@ -188,7 +218,7 @@ impl Session {
         }
         let _ = writeln!(text, "{report}");
         if !roots.is_empty() {
-            let (generation, new) = self.store.profile(&self.profile)?.record(roots)?;
+            let (generation, new) = self.store.profile(&self.profile)?.record(roots.clone())?;
             let _ = writeln!(
                 text,
                 "{} {} of profile `{}`",
@@ -201,6 +231,10 @@ impl Session {
                 self.profile
             );
         }
+        if let Some(path) = out_link {
+            let links: Vec<(String, EntryName)> = roots.into_iter().collect();
+            text.push_str(&self.out_links(path, &links)?);
+        }
         if deploy.json {
             // Standard output is the hosts' JSON.
             let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), text.as_bytes());
@@ -210,7 +244,12 @@ impl Session {
         self.deploy(deploy)
     }
 
-    fn build(&self, names: &[String], run: &RunArgs) -> Result<ExitCode, Failure> {
+    fn build(
+        &self,
+        names: &[String],
+        run: &RunArgs,
+        out_link: Option<&Path>,
+    ) -> Result<ExitCode, Failure> {
         let targets = names
             .iter()
             .map(|n| self.find_node(n))
@@ -221,6 +260,7 @@ impl Session {
             &self.options(run),
         )?;
         let mut text = String::new();
+        let mut links = Vec::new();
         for &target in &targets {
             for entry in self.plan.entry_names(target) {
                 let _ = writeln!(
@@ -229,11 +269,66 @@ impl Session {
                     self.plan.node(target).name,
                     self.store.dir().join(&entry).join("content").display()
                 );
+                if let Ok(entry) = EntryName::parse(&entry) {
+                    links.push((entry.name().to_string(), entry));
+                }
             }
         }
         let _ = writeln!(text, "{report}");
+        if let Some(path) = out_link {
+            text.push_str(&self.out_links(path, &links)?);
+        }
         emit(&text)?;
         Ok(ExitCode::Success)
+    }
+
+    /// Links `path` to the first of `entries` and `path-<name>` to each other one, as Nix's
+    /// `result`, `result-2`, …: each made beside its final name and renamed over, and registered
+    /// as an indirect GC root. Only a symlink is ever replaced. Returns a line per link.
+    fn out_links(&self, path: &Path, entries: &[(String, EntryName)]) -> Result<String, Failure> {
+        let mut text = String::new();
+        for (i, (name, entry)) in entries.iter().enumerate() {
+            let link = match i {
+                0 => path.to_path_buf(),
+                _ => {
+                    let mut with_name = path.as_os_str().to_owned();
+                    with_name.push(format!("-{name}"));
+                    PathBuf::from(with_name)
+                }
+            };
+            match std::fs::symlink_metadata(&link) {
+                Ok(meta) if !meta.file_type().is_symlink() => {
+                    return Err(Failure::new(
+                        ExitCode::Failure,
+                        format!(
+                            "`{}` exists and is not a symlink; remove it, or name another path \
+                             with `--out-link`",
+                            link.display()
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            let content = self.store.content_path(entry);
+            let file_name = link.file_name().unwrap_or(link.as_os_str());
+            let mut tmp_name = std::ffi::OsString::from(".");
+            tmp_name.push(file_name);
+            tmp_name.push(format!(".{}.tmp", std::process::id()));
+            let tmp = link.with_file_name(tmp_name);
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&content, &tmp)
+                .and_then(|()| std::fs::rename(&tmp, &link))
+                .map_err(|e| {
+                    let _ = std::fs::remove_file(&tmp);
+                    Failure::new(
+                        ExitCode::Failure,
+                        format!("cannot link `{}`: {e}", link.display()),
+                    )
+                })?;
+            self.store.add_indirect_root(&link)?;
+            let _ = writeln!(text, "{} -> {}", link.display(), content.display());
+        }
+        Ok(text)
     }
 
     /// The second half of `verify --repair`: builds again each of `wanted` (entries deleted as

@@ -65,6 +65,9 @@ impl Session {
     /// Runs an inspecting command.
     pub(super) fn inspect(&self, command: InspectCommand) -> Result<ExitCode, Failure> {
         let plan = &self.plan;
+        if matches!(command, InspectCommand::Plan { .. }) {
+            self.note_absent_store();
+        }
         match command {
             InspectCommand::Plan {
                 json: true,

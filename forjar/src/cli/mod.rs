@@ -152,7 +152,8 @@ struct ProgramCli {
     /// ~/.local/share/forjar/store].
     #[arg(long, global = true, value_name = "DIR")]
     store: Option<PathBuf>,
-    /// The profile whose generations `apply` records [default: the program's file name].
+    /// The profile whose generations `apply` records [default: the program's binary target,
+    /// e.g. its package's name].
     #[arg(long, global = true, value_name = "NAME")]
     profile: Option<String>,
     /// Print only errors and results.
@@ -235,28 +236,27 @@ fn program_name() -> String {
 }
 
 /// Runs a user program: `define` adds its derivations to the graph, and the command line says
-/// what to do with them. Returns the command's [`ExitCode`] for `main` to end with, having
-/// printed any error.
+/// what to do with them. Evaluates to the command's [`ExitCode`] for `main` to end with, having
+/// printed any error. The program's profile is named after its binary target (the package's
+/// name for `src/main.rs`) unless `--profile` names another.
 ///
 /// ```no_run
 /// fn main() -> forjar::ExitCode {
-///     forjar::main(|g| {
+///     forjar::main!(|g| {
 ///         let greeting = g.add(forjar::Derivation::builder("greeting").script("echo hi > $out").build()?);
 ///         g.root("greeting", greeting);
 ///         Ok(())
 ///     })
 /// }
 /// ```
-pub fn main(define: impl FnOnce(&mut Program) -> crate::Result<()>) -> ExitCode {
-    main_with(|program, NoOptions {}| define(program))
+#[macro_export]
+macro_rules! main {
+    ($define:expr $(,)?) => {
+        $crate::cli::__main($crate::__target_name!(), $define)
+    };
 }
 
-/// No options of the program's own.
-#[derive(Debug, clap::Args)]
-#[doc(hidden)]
-pub struct NoOptions {}
-
-/// [`main`] for a program with command-line options of its own: `O` is a `clap::Args` struct
+/// [`main!`] for a program with command-line options of its own: `O` is a `clap::Args` struct
 /// whose arguments join forjar's (mark them `global = true` to take them after the command as
 /// well), and `define` gets them as they were given.
 ///
@@ -271,7 +271,7 @@ pub struct NoOptions {}
 /// }
 ///
 /// fn main() -> forjar::ExitCode {
-///     forjar::main_with(|g, options: Options| {
+///     forjar::main_with!(|g, options: Options| {
 ///         let config = g.add(
 ///             Derivation::builder("config")
 ///                 .env("ENVIRONMENT", options.env)
@@ -283,7 +283,41 @@ pub struct NoOptions {}
 ///     })
 /// }
 /// ```
-pub fn main_with<O: clap::Args>(
+#[macro_export]
+macro_rules! main_with {
+    ($define:expr $(,)?) => {
+        $crate::cli::__main_with($crate::__target_name!(), $define)
+    };
+}
+
+/// The name of the binary target being compiled (an example's name for an example), else the
+/// package's: what a program's profile is named after.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __target_name {
+    () => {
+        match ::core::option_env!("CARGO_BIN_NAME") {
+            ::core::option::Option::Some(name) => name,
+            ::core::option::Option::None => ::core::env!("CARGO_PKG_NAME"),
+        }
+    };
+}
+
+/// What [`main!`] expands to.
+#[doc(hidden)]
+pub fn __main(target: &str, define: impl FnOnce(&mut Program) -> crate::Result<()>) -> ExitCode {
+    __main_with(target, |program, NoOptions {}| define(program))
+}
+
+/// No options of the program's own.
+#[derive(Debug, clap::Args)]
+#[doc(hidden)]
+pub struct NoOptions {}
+
+/// What [`main_with!`] expands to.
+#[doc(hidden)]
+pub fn __main_with<O: clap::Args>(
+    target: &str,
     define: impl FnOnce(&mut Program, O) -> crate::Result<()>,
 ) -> ExitCode {
     // On a host, the program is the agent of the system it is part of.
@@ -316,7 +350,9 @@ pub fn main_with<O: clap::Args>(
             },
             _,
         )) => report(completions(command, &program_name(), shell)),
-        Ok((cli, options)) => report(program::run(cli, |program| define(program, options))),
+        Ok((cli, options)) => report(program::run(cli, target, |program| {
+            define(program, options)
+        })),
         Err(e) => {
             let _ = e.print();
             if e.use_stderr() {

@@ -29,11 +29,12 @@ pub(super) struct Session {
 }
 
 impl Session {
-    /// Runs `define`, and plans its graph against the store at `store_dir`.
+    /// Runs `define`, and plans its graph against the store at `store_dir`; with `to_read`, a
+    /// store that does not exist is planned against as an empty one and not created.
     fn open(
         define: impl FnOnce(&mut Program) -> crate::Result<()>,
         lock: &Path,
-        store_dir: &Path,
+        (store_dir, to_read): (&Path, bool),
         profile: String,
         verbosity: Verbosity,
         hosts: Hosts,
@@ -45,7 +46,10 @@ impl Session {
         if let Some(errors) = program.machine_errors() {
             return Err(Failure::new(ExitCode::InvalidProgram, errors));
         }
-        let store = Store::open(store_dir)?;
+        let store = match to_read {
+            true => Store::open_to_read(store_dir)?,
+            false => Store::open(store_dir)?,
+        };
         // Read only by a program that has toolchains to pin.
         let lock = match program.toolchains().is_empty() {
             true => Lock::empty(lock.to_path_buf()),
@@ -67,6 +71,18 @@ impl Session {
             ssh_config: hosts.ssh_config,
             max_hosts: hosts.max_hosts,
         }))
+    }
+
+    /// Says, before a plan is shown, that the store it was made against does not exist yet.
+    pub(super) fn note_absent_store(&self) {
+        if !self.store.exists() && self.verbosity != Verbosity::Quiet {
+            let _ = writeln!(
+                io::stderr().lock(),
+                "note: there is no store at `{}` yet; planned against an empty one (`apply` \
+                 makes it)",
+                self.store.dir().display()
+            );
+        }
     }
 
     /// Exactly one node named `name`.
@@ -108,11 +124,15 @@ pub(super) struct Hosts {
 /// Runs the command `cli` names on the program `define` describes.
 pub(super) fn run(
     cli: ProgramCli,
+    target: &str,
     define: impl FnOnce(&mut Program) -> crate::Result<()>,
 ) -> Result<ExitCode, Failure> {
     let store_dir = cli.store.unwrap_or_else(Store::default_dir);
     let lock = cli.lock.unwrap_or_else(Lock::default_path);
-    let profile = cli.profile.unwrap_or_else(default_profile);
+    let profile = match cli.profile {
+        Some(profile) => profile,
+        None => default_profile(target)?,
+    };
     let verbosity = match (cli.quiet, cli.verbose) {
         (true, _) => Verbosity::Quiet,
         (_, true) => Verbosity::Verbose,
@@ -126,7 +146,7 @@ pub(super) fn run(
     match cli.command {
         ProgramCommand::Store(store::StoreCommand::Verify { repair: true }) => {
             let (report, wanted) = store::delete_damaged(&store_dir)?;
-            Session::open(define, &lock, &store_dir, profile, verbosity, hosts)?
+            Session::open(define, &lock, (&store_dir, false), profile, verbosity, hosts)?
                 .repair(&report, &wanted)
         }
         ProgramCommand::Store(command) => store::run(&store_dir, command),
@@ -139,7 +159,8 @@ pub(super) fn run(
         ),
         ProgramCommand::Hash(command) => store::hash(command),
         ProgramCommand::Profile(command) if hosts.on.is_some() => {
-            let session = Session::open(define, &lock, &store_dir, profile, verbosity, hosts)?;
+            let session =
+                Session::open(define, &lock, (&store_dir, false), profile, verbosity, hosts)?;
             match command {
                 profile::ProfileCommand::Generations { json: true } => Err(Failure::new(
                     ExitCode::Usage,
@@ -160,13 +181,17 @@ pub(super) fn run(
             profile::run(&Store::open_existing(&store_dir)?, &profile, command)
         }
         ProgramCommand::Build(command) => {
-            Session::open(define, &lock, &store_dir, profile, verbosity, hosts)?.run_build(command)
+            let to_read = command.only_plans();
+            Session::open(define, &lock, (&store_dir, to_read), profile, verbosity, hosts)?
+                .run_build(command)
         }
         ProgramCommand::Inspect(command) => {
-            Session::open(define, &lock, &store_dir, profile, verbosity, hosts)?.inspect(command)
+            Session::open(define, &lock, (&store_dir, true), profile, verbosity, hosts)?
+                .inspect(command)
         }
         ProgramCommand::Machine(command) => {
-            Session::open(define, &lock, &store_dir, profile, verbosity, hosts)?.machine(command)
+            Session::open(define, &lock, (&store_dir, false), profile, verbosity, hosts)?
+                .machine(command)
         }
     }
 }
@@ -223,14 +248,14 @@ fn lock_toolchains(
     Ok(ExitCode::Success)
 }
 
-/// The profile a program applies into when none is named: its file name.
-fn default_profile() -> String {
-    std::env::args_os()
-        .next()
-        .as_deref()
-        .and_then(|a| Path::new(a).file_name())
-        .and_then(|n| n.to_str())
-        .filter(|n| crate::name::Name::new(*n).is_ok())
-        .unwrap_or("default")
-        .to_string()
+/// The profile a program applies into when none is named: its binary target's name, which
+/// stays the same however the binary is named or wherever it is copied.
+fn default_profile(target: &str) -> Result<String, Failure> {
+    match crate::name::Name::new(target) {
+        Ok(_) => Ok(target.to_string()),
+        Err(e) => Err(Failure::new(
+            ExitCode::Usage,
+            format!("the program's name cannot name its profile ({e}); name one with `--profile`"),
+        )),
+    }
 }

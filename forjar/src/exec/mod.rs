@@ -578,6 +578,15 @@ pub fn apply(
 
 /// Makes each of the plan's roots a GC root of the store, and returns them with their entries.
 pub fn register_roots(plan: &Plan, store: &Store) -> Result<Vec<(String, EntryName)>, ExecError> {
+    let roots = root_entries(plan)?;
+    for (name, entry) in &roots {
+        store.add_root(name, entry)?;
+    }
+    Ok(roots)
+}
+
+/// Each of the plan's roots with the entry it names, once realised.
+pub fn root_entries(plan: &Plan) -> Result<Vec<(String, EntryName)>, ExecError> {
     plan.roots()
         .iter()
         .map(|root| {
@@ -586,7 +595,6 @@ pub fn register_roots(plan: &Plan, store: &Store) -> Result<Vec<(String, EntryNa
                 .ok_or_else(|| ExecError::NotRealised {
                     name: plan.node(root.node).name.to_string(),
                 })?;
-            store.add_root(&root.name, &entry)?;
             Ok((root.name.clone(), entry))
         })
         .collect()

@@ -1,9 +1,11 @@
 //! GC roots and garbage collection.
 //!
 //! A root is a symlink in `.roots/`. A *direct* root points at an entry directory. An *indirect*
-//! root points at a link outside the store (such as the `result` link `apply` makes); the entry
-//! that link points at is live for as long as the link is there, and an indirect root whose link
-//! is gone is removed by the next collection. Every generation of every profile is a root too.
+//! root points at a link outside the store (such as the `result` link `build` and `apply
+//! --out-link` make); the entry that link points at is live for as long as the link is there,
+//! and an indirect root whose link is gone is removed by the next collection. Each profile's
+//! current roots are links in `.profiles/<profile>/roots/`, listed as `<profile>/<root>`; every
+//! generation of every profile is a root too.
 //! Everything reachable from a root through the `references` of `meta.yaml` is live; everything
 //! else is garbage.
 
@@ -30,7 +32,7 @@ pub enum RootTarget {
 /// One GC root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Root {
-    /// Its name in `.roots/`.
+    /// Its name in `.roots/`, or `<profile>/<root>` for a profile's root.
     pub name: String,
     /// Where its symlink points.
     pub link: PathBuf,
@@ -53,6 +55,19 @@ pub struct GcReport {
     pub dangling_roots: Vec<String>,
     /// Whether this was a dry run (nothing deleted).
     pub dry_run: bool,
+}
+
+/// Points the symlink `dir/name` at `target`: made beside its final name and renamed over, so
+/// the link is never missing while it is replaced.
+pub(super) fn replace_link(dir: &Path, name: &str, target: &Path) -> Result<(), StoreError> {
+    let path = dir.join(name);
+    // Unique per process and per call: two stores in one process may register the same root.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.{}-{seq}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    symlink(target, &tmp).map_err(StoreError::io("cannot create", &tmp))?;
+    fs::rename(&tmp, &path).map_err(StoreError::io("cannot create", &path))
 }
 
 impl Store {
@@ -100,28 +115,31 @@ impl Store {
     /// Creates the root symlink beside its final name and renames it over, so a root is never
     /// missing while it is replaced.
     fn put_root(&self, name: &str, target: &Path) -> Result<(), StoreError> {
-        let path = self.roots_dir().join(name);
-        // Unique per process and per call: two stores in one process may register the same root.
-        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = self
-            .roots_dir()
-            .join(format!(".{name}.{}-{seq}", std::process::id()));
-        let _ = fs::remove_file(&tmp);
-        symlink(target, &tmp).map_err(StoreError::io("cannot create", &tmp))?;
-        fs::rename(&tmp, &path).map_err(StoreError::io("cannot create", &path))
+        replace_link(&self.roots_dir(), name, target)
     }
 
-    /// Every root, sorted by name.
+    /// Every root, sorted by name: those of `.roots/`, then each profile's.
     pub fn roots(&self) -> Result<Vec<Root>, StoreError> {
-        let dir = self.roots_dir();
+        let mut roots = self.roots_in(&self.roots_dir(), "")?;
+        for profile in self.profile_names()? {
+            let dir = self.profiles_dir().join(&profile).join("roots");
+            if dir.is_dir() {
+                roots.extend(self.roots_in(&dir, &format!("{profile}/"))?);
+            }
+        }
+        Ok(roots)
+    }
+
+    /// The root links in `dir`, named with `prefix`, sorted by name.
+    fn roots_in(&self, dir: &Path, prefix: &str) -> Result<Vec<Root>, StoreError> {
         let mut roots = Vec::new();
-        for item in fs::read_dir(&dir).map_err(StoreError::io("cannot read", &dir))? {
-            let item = item.map_err(StoreError::io("cannot read", &dir))?;
+        for item in fs::read_dir(dir).map_err(StoreError::io("cannot read", dir))? {
+            let item = item.map_err(StoreError::io("cannot read", dir))?;
             let name = item.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue;
             }
+            let name = format!("{prefix}{name}");
             let Ok(link) = fs::read_link(item.path()) else {
                 continue;
             };
@@ -208,12 +226,15 @@ impl Store {
         f: impl FnOnce() -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let lock_path = self.dir().join(".locks/store.lock");
-        match self.lock.try_lock() {
+        let Some(lock) = &self.lock else {
+            // A store that does not exist holds nothing to delete.
+            return f();
+        };
+        match lock.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 on_wait();
-                self.lock
-                    .lock()
+                lock.lock()
                     .map_err(StoreError::io("cannot lock", &lock_path))?;
             }
             Err(TryLockError::Error(e)) => {
@@ -221,8 +242,7 @@ impl Store {
             }
         }
         let result = f();
-        self.lock
-            .lock_shared()
+        lock.lock_shared()
             .map_err(StoreError::io("cannot lock", &lock_path))?;
         result
     }

@@ -8,6 +8,7 @@
 //! <store>/.locks/<h>.lock          one build of one key at a time, across processes
 //! <store>/.logs/<h>.log            build logs
 //! <store>/.roots/                  GC roots (symlinks)
+//! <store>/.profiles/<p>/           a profile: `<n>.yaml` generations, `current`, `roots/<root>`
 //! <store>/.cache/                  the source digest cache
 //! <store>/.digests/<h>-<name>      each entry's tree digest, kept apart from the entry
 //! <store>/.failed/                 build directories kept by `--keep-failed`
@@ -235,8 +236,9 @@ fn advice(error: &io::Error) -> String {
 pub struct Store {
     /// The store directory, canonical, as builds are keyed by it.
     dir: StoreDir,
-    /// Shared for the life of the handle; exclusive while collecting garbage.
-    lock: File,
+    /// Shared for the life of the handle; exclusive while collecting garbage. `None` for a
+    /// store that does not exist yet ([`Store::open_to_read`]).
+    lock: Option<File>,
     cache: OnceLock<DigestCache>,
 }
 
@@ -279,6 +281,50 @@ impl Store {
             }),
             _ => Self::open(dir),
         }
+    }
+
+    /// Opens the store at `dir` for what only reads it: a store that does not exist yet is taken
+    /// as an empty one there, and nothing is created (a plan against it builds everything; its
+    /// keys are those the store will have). An existing store is opened as [`Store::open`] does.
+    pub fn open_to_read(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let dir = dir.as_ref();
+        match fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            _ => return Self::open(dir),
+        }
+        // The path it will have: the nearest existing ancestor resolved, the rest as written.
+        let absolute = std::path::absolute(dir)
+            .map_err(StoreError::io("cannot open the store directory", dir))?;
+        let mut existing = absolute.as_path();
+        let mut rest = Vec::new();
+        let resolved = loop {
+            match fs::canonicalize(existing) {
+                Ok(resolved) => break resolved,
+                Err(_) => match (existing.parent(), existing.file_name()) {
+                    (Some(parent), Some(name)) => {
+                        rest.push(name.to_os_string());
+                        existing = parent;
+                    }
+                    _ => break PathBuf::from("/"),
+                },
+            }
+        };
+        let path = rest.iter().rev().fold(resolved, |path, name| path.join(name));
+        let store_dir = StoreDir::from_path(&path).map_err(|e| StoreError::NotAStore {
+            dir: path.clone(),
+            reason: format!("its path {}", e.reason),
+        })?;
+        Ok(Store {
+            dir: store_dir,
+            lock: None,
+            cache: OnceLock::new(),
+        })
+    }
+
+    /// Whether the store's directory exists: false for a store [`Store::open_to_read`] took as
+    /// empty.
+    pub fn exists(&self) -> bool {
+        self.lock.is_some()
     }
 
     /// Opens the store at `dir`, creating it if `dir` does not exist or is empty (what builds
@@ -370,7 +416,7 @@ impl Store {
             .map_err(StoreError::io("cannot lock", &lock_path))?;
         let store = Store {
             dir: store_dir,
-            lock,
+            lock: Some(lock),
             cache: OnceLock::new(),
         };
         store.sweep_staging()?;
@@ -504,6 +550,9 @@ impl Store {
 
     /// The names in the store directory other than its own dot-files.
     fn listing(&self) -> Result<Vec<String>, StoreError> {
+        if !self.exists() {
+            return Ok(Vec::new());
+        }
         let read = fs::read_dir(self.dir()).map_err(StoreError::io(
             "cannot read the store directory",
             self.dir(),
@@ -580,7 +629,7 @@ impl Store {
     /// Writes the source digest cache back, if it was used and changed. A failure only costs
     /// speed on the next run, so it is reported and not fatal to the caller.
     pub fn save_digest_cache(&self) -> Result<(), StoreError> {
-        match self.cache.get() {
+        match self.cache.get().filter(|_| self.exists()) {
             Some(cache) => cache
                 .save(&self.cache_file())
                 .map_err(StoreError::io("cannot write", &self.cache_file())),

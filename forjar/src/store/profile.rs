@@ -1,9 +1,11 @@
 //! Profiles and their generations.
 //!
-//! Each program applies into a *profile* (by default named after the program). Every apply
-//! that changes what the profile's roots point at records a numbered *generation*: the set of
-//! roots it produced, in `.profiles/<profile>/<n>.yaml`. `current` names the generation the
-//! roots point at now. Every generation is a GC root, so rolling back never needs a rebuild.
+//! Each program applies into a *profile* (by default named after the program's binary target).
+//! Every apply that changes what the profile's roots point at records a numbered *generation*:
+//! the set of roots it produced, in `.profiles/<profile>/<n>.yaml`. `current` names the
+//! generation the roots point at now, and `roots/<root>` links to each of its entries. Every
+//! generation is a GC root, so rolling back never needs a rebuild; profiles share nothing but
+//! the entries themselves.
 //!
 //! Generation files and `current` are written beside their final name and renamed over, under
 //! the profile's lock, so a crash leaves either the old or the new state.
@@ -103,24 +105,33 @@ impl Store {
         })
     }
 
-    /// Every entry some generation of some profile points at.
-    pub(super) fn generation_roots(&self) -> Result<BTreeSet<EntryName>, StoreError> {
+    /// The names of the profiles that have a directory.
+    pub(super) fn profile_names(&self) -> Result<Vec<String>, StoreError> {
         let dir = self.profiles_dir();
-        let mut entries = BTreeSet::new();
         let listing = match fs::read_dir(&dir) {
             Ok(listing) => listing,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(entries),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(StoreError::io("cannot read", &dir)(e)),
         };
+        let mut names = Vec::new();
         for item in listing {
             let item = item.map_err(StoreError::io("cannot read", &dir))?;
             let name = item.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
+            if !name.starts_with('.') && item.path().is_dir() {
+                names.push(name);
             }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Every entry some generation of some profile points at.
+    pub(super) fn generation_roots(&self) -> Result<BTreeSet<EntryName>, StoreError> {
+        let mut entries = BTreeSet::new();
+        for name in self.profile_names()? {
             let profile = Profile {
                 store: self,
-                dir: item.path(),
+                dir: self.profiles_dir().join(&name),
                 name,
             };
             for generation in profile.generations()? {
@@ -238,6 +249,7 @@ impl Profile<'_> {
         if let Some(number) = current {
             let generation = self.read(number)?;
             if generation.roots == roots {
+                self.point_roots(&roots)?;
                 return Ok((generation, false));
             }
         }
@@ -254,12 +266,41 @@ impl Profile<'_> {
             reason: e.to_string(),
         })?;
         self.replace(&format!("{number}.yaml"), yaml.as_bytes())?;
+        self.point_roots(&generation.roots)?;
         self.replace("current", format!("{number}\n").as_bytes())?;
         Ok((generation, true))
     }
 
-    /// Makes generation `number` current again: its roots point where they did then, and the
-    /// roots of the current generation that it lacks are removed. Builds nothing; every entry
+    /// The directory of the profile's root links: one per root of the current generation, named
+    /// as the root, pointing at its entry; the stable path to what the profile has now.
+    pub fn roots_dir(&self) -> PathBuf {
+        self.dir.join("roots")
+    }
+
+    /// Points the profile's root links at `roots`, and removes the links of roots it lacks. The
+    /// links are GC roots as the generation is; other profiles' roots are not touched.
+    fn point_roots(&self, roots: &BTreeMap<String, EntryName>) -> Result<(), StoreError> {
+        let dir = self.roots_dir();
+        fs::create_dir_all(&dir).map_err(StoreError::io("cannot create", &dir))?;
+        for (name, entry) in roots {
+            if Name::new(name.as_str()).is_err() {
+                return Err(StoreError::BadRootName(name.clone()));
+            }
+            super::gc::replace_link(&dir, name, &self.store.entry_path(entry))?;
+        }
+        for item in fs::read_dir(&dir).map_err(StoreError::io("cannot read", &dir))? {
+            let item = item.map_err(StoreError::io("cannot read", &dir))?;
+            let name = item.file_name().to_string_lossy().into_owned();
+            if !name.starts_with('.') && !roots.contains_key(&name) {
+                let path = item.path();
+                fs::remove_file(&path).map_err(StoreError::io("cannot remove", &path))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes generation `number` current again: the profile's roots point where they did then,
+    /// and those of the current generation that it lacks are removed. Builds nothing; every entry
     /// it names must be in the store (generations are GC roots, so they are).
     pub fn switch(&self, number: u64) -> Result<Generation, StoreError> {
         let _lock = self.lock()?;
@@ -269,16 +310,7 @@ impl Profile<'_> {
                 return Err(StoreError::NoSuchEntry(entry.to_string()));
             }
         }
-        let before = match self.current()? {
-            Some(current) => self.read(current)?.roots,
-            None => BTreeMap::new(),
-        };
-        for (name, entry) in &target.roots {
-            self.store.add_root(name, entry)?;
-        }
-        for name in before.keys().filter(|n| !target.roots.contains_key(*n)) {
-            self.store.remove_root(name)?;
-        }
+        self.point_roots(&target.roots)?;
         self.replace("current", format!("{number}\n").as_bytes())?;
         Ok(target)
     }

@@ -70,6 +70,9 @@ impl Store {
     /// The store hashes of every key with a realisation, read in one pass over the directory.
     pub fn realised_hashes(&self) -> Result<HashSet<String>, StoreError> {
         let dir = self.dir().join(".realisations");
+        if !self.exists() {
+            return Ok(HashSet::new());
+        }
         let listing = fs::read_dir(&dir).map_err(StoreError::io("cannot read", &dir))?;
         Ok(listing
             .flatten()
