@@ -179,6 +179,49 @@ fn plan_json_graph_and_why_depends() {
 }
 
 #[test]
+fn colour_follows_no_color_clicolor_force_and_the_color_option() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let run = |env: &[(&str, &str)], args: &[&str]| {
+        let mut command = std::process::Command::new(forjar_suite::example("hello"));
+        command
+            .arg("--store")
+            .arg(&store)
+            .args(args)
+            .env("FORJAR_LOCK", forjar_suite::root().join("forjar.lock"))
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE");
+        command.envs(env.iter().copied()).output().unwrap()
+    };
+    // A pipe gets no colour unless it is forced.
+    let plain = run(&[], &["plan"]);
+    assert!(!stdout(&plain).contains('\x1b'), "{}", stdout(&plain));
+    let forced = run(&[("CLICOLOR_FORCE", "1")], &["plan"]);
+    let text = stdout(&forced);
+    assert!(text.contains("\x1b[33mbuild\x1b[0m   hello "), "{text:?}");
+    assert!(text.contains("\x1b[36mimport\x1b[0m  cc "), "{text:?}");
+    assert!(
+        text.contains("examples/hello/main.rs:"),
+        "names and paths are not painted: {text:?}"
+    );
+    for (env, args) in [
+        (&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")][..], &["plan"][..]),
+        (&[("CLICOLOR_FORCE", "1")], &["--color", "never", "plan"]),
+    ] {
+        let out = run(env, args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!stdout(&out).contains('\x1b'), "{env:?} {args:?}: {}", stdout(&out));
+    }
+    let error = run(&[], &["--color=always", "log", "nosuch"]);
+    assert_eq!(error.status.code(), Some(2));
+    assert!(
+        stderr(&error).starts_with("\x1b[1m\x1b[31merror:\x1b[0m no "),
+        "{:?}",
+        stderr(&error)
+    );
+}
+
+#[test]
 fn a_bad_command_line_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_example("hello", dir.path(), &["plna"]);

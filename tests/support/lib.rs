@@ -28,6 +28,7 @@ pub fn run_example(name: &str, store: &Path, args: &[&str]) -> Output {
         .args(args)
         .current_dir(beside(store))
         .env("FORJAR_LOCK", root().join("forjar.lock"))
+        .env_remove("CLICOLOR_FORCE")
         .output()
         .expect("the example runs")
 }
@@ -49,7 +50,7 @@ pub fn dag(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
         .arg(store)
         .args(args)
         .current_dir(beside(store));
-    command.env_remove("FORJAR_REMOTE");
+    command.env_remove("FORJAR_REMOTE").env_remove("CLICOLOR_FORCE");
     for (key, value) in env {
         command.env(key, value);
     }

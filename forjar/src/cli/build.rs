@@ -112,7 +112,7 @@ impl Session {
         match command {
             BuildCommand::Apply { dry_run: true, .. } => {
                 self.note_absent_store();
-                emit(&render_plan(&self.plan, None))?;
+                super::emit_changes(&render_plan(&self.plan, None))?;
                 emit("dry run: nothing was built, imported or registered\n")?;
                 Ok(ExitCode::Success)
             }

@@ -93,7 +93,7 @@ impl Session {
                 explain,
             } => {
                 let reasons = explain.then(|| crate::explain::explain(plan, &self.store));
-                emit(&render_plan(plan, reasons.as_ref()))?;
+                super::emit_changes(&render_plan(plan, reasons.as_ref()))?;
                 return self.plan_hosts();
             }
             InspectCommand::Graph { .. } => emit(&plan.to_dot())?,

@@ -189,7 +189,7 @@ impl Session {
                 }
             }
         }
-        emit(&text)?;
+        super::emit_changes(&text)?;
         Ok(plan_code(&plans))
     }
 
@@ -344,7 +344,7 @@ impl Session {
             render_changes(text, &changes, false);
             true
         });
-        emit(&text)?;
+        super::emit_changes(&text)?;
         Ok(code)
     }
 

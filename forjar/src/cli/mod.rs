@@ -115,11 +115,25 @@ impl From<io::Error> for Failure {
 /// On a terminal, control characters are shown as escapes ([`terminal::sanitise`]); a pipe or
 /// a file gets the text as it is.
 pub(crate) fn emit(text: &str) -> Result<(), Failure> {
+    write_out(text, false)
+}
+
+/// [`emit`] for a plan or a list of changes, coloured as [`terminal::paint_changes`] says when
+/// standard output takes colour.
+pub(crate) fn emit_changes(text: &str) -> Result<(), Failure> {
+    write_out(text, true)
+}
+
+fn write_out(text: &str, changes: bool) -> Result<(), Failure> {
     let mut out = io::stdout().lock();
-    let text = match out.is_terminal() {
+    let is_terminal = out.is_terminal();
+    let mut text = match is_terminal {
         true => terminal::sanitise(text),
         false => std::borrow::Cow::Borrowed(text),
     };
+    if changes && terminal::colour(is_terminal) {
+        text = std::borrow::Cow::Owned(terminal::paint_changes(&text));
+    }
     match out.write_all(text.as_bytes()) {
         Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(()),
@@ -133,8 +147,8 @@ pub fn report(result: Result<ExitCode, Failure>) -> ExitCode {
         Err(failure) => {
             let _ = writeln!(
                 io::stderr().lock(),
-                "error: {}",
-                terminal::sanitise(&failure.message)
+                "{}",
+                terminal::message("error", &failure.message)
             );
             failure.code
         }
@@ -177,6 +191,10 @@ struct ProgramCli {
     /// program's Cargo.toml when cargo runs it, else in the working directory].
     #[arg(long, global = true, value_name = "FILE", env = "FORJAR_LOCK")]
     lock: Option<PathBuf>,
+    /// When to colour: auto (on a terminal, unless NO_COLOR is set; CLICOLOR_FORCE forces
+    /// it), always or never.
+    #[arg(long, global = true, value_name = "WHEN", default_value = "auto")]
+    color: clap::ColorChoice,
     #[command(subcommand)]
     command: ProgramCommand,
 }
@@ -224,6 +242,24 @@ pub fn completions(
     clap_complete::generate(shell, &mut command, name, &mut script);
     emit(&String::from_utf8_lossy(&script))?;
     Ok(ExitCode::Success)
+}
+
+/// The colour `--color` asks for, read before the command line is parsed so that `--help` and
+/// usage errors follow it too.
+fn colour_asked() -> clap::ColorChoice {
+    let args: Vec<String> = std::env::args().collect();
+    let asked = args.iter().enumerate().find_map(|(i, arg)| match arg.strip_prefix("--color") {
+        Some(rest) if rest.starts_with('=') => Some(rest[1..].to_string()),
+        Some("") => args.get(i + 1).cloned(),
+        _ => None,
+    });
+    let choice = match asked.as_deref() {
+        Some("always") => clap::ColorChoice::Always,
+        Some("never") => clap::ColorChoice::Never,
+        _ => clap::ColorChoice::Auto,
+    };
+    terminal::set_colour_choice(choice);
+    terminal::clap_choice()
 }
 
 /// The program's name: its file's.
@@ -335,7 +371,8 @@ pub fn __main_with<O: clap::Args>(
     // own options.
     let command = O::augment_args(
         <ProgramCli as clap::CommandFactory>::command().display_name(program_name()),
-    );
+    )
+    .color(colour_asked());
     let parsed = command.clone().try_get_matches().and_then(|matches| {
         Ok((
             <ProgramCli as clap::FromArgMatches>::from_arg_matches(&matches)?,

@@ -160,7 +160,7 @@ fn diff(store: &Store, profile: &str, a: u64, b: u64) -> Result<ExitCode, Failur
     if text.is_empty() {
         text = format!("generations {a} and {b} hold the same entries\n");
     }
-    emit(&text)?;
+    super::emit_changes(&text)?;
     Ok(ExitCode::Success)
 }
 

@@ -58,7 +58,11 @@ impl Session {
         let plan = Plan::with_lock(&program, &store, &lock)
             .map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
         for warning in &plan.warnings {
-            let _ = writeln!(io::stderr().lock(), "warning: {warning}");
+            let _ = writeln!(
+                io::stderr().lock(),
+                "{}",
+                super::terminal::message("warning", warning)
+            );
         }
         Ok(ManuallyDrop::new(Session {
             store,
@@ -78,9 +82,15 @@ impl Session {
         if !self.store.exists() && self.verbosity != Verbosity::Quiet {
             let _ = writeln!(
                 io::stderr().lock(),
-                "note: there is no store at `{}` yet; planned against an empty one (`apply` \
-                 makes it)",
-                self.store.dir().display()
+                "{}",
+                super::terminal::message(
+                    "note",
+                    &format!(
+                        "there is no store at `{}` yet; planned against an empty one (`apply` \
+                         makes it)",
+                        self.store.dir().display()
+                    )
+                )
             );
         }
     }
@@ -127,6 +137,7 @@ pub(super) fn run(
     target: &str,
     define: impl FnOnce(&mut Program) -> crate::Result<()>,
 ) -> Result<ExitCode, Failure> {
+    super::terminal::set_colour_choice(cli.color);
     let store_dir = cli.store.unwrap_or_else(Store::default_dir);
     let lock = cli.lock.unwrap_or_else(Lock::default_path);
     let profile = match cli.profile {
@@ -244,7 +255,7 @@ fn lock_toolchains(
         lock.path().display(),
         if count == 1 { "" } else { "s" }
     );
-    super::emit(&out)?;
+    super::emit_changes(&out)?;
     Ok(ExitCode::Success)
 }
 
