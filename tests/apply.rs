@@ -631,6 +631,29 @@ fn generations_record_diff_and_roll_back_without_building() {
         .unwrap_or_else(|| panic!("{entries}"));
     assert_eq!(listed["kind"], "build");
     assert!(listed["size"].as_u64().unwrap() > 0, "{listed}");
+    let diff = json(&["diff", "1", "2", "--json"]);
+    assert_eq!(diff["changed"][0]["name"], "top", "{diff}");
+    assert_eq!(diff["changed"][0]["to"]["entries"][0], top.as_str(), "{diff}");
+    assert_eq!(diff["added"], serde_json::json!([]), "{diff}");
+    let json_of = |out: Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let show = json_of(run_dag(&store, &v2, &["show", "top", "--json"]));
+    assert_eq!(show["status"], "cached", "{show}");
+    assert_eq!(show["kind"], "derivation", "{show}");
+    assert_eq!(show["outputs"]["out"]["entry"], top.as_str(), "{show}");
+    assert_eq!(show["outputs"]["out"]["meta"]["name"], "top", "{show}");
+    assert!(show["request"]["args"].is_array(), "{show}");
+    let log = json_of(run_dag(&store, &v2, &["log", "top", "--json"]));
+    assert_eq!(log["entry"], top.as_str(), "{log}");
+    assert!(
+        Path::new(log["log"].as_str().unwrap()).is_file(),
+        "{log}"
+    );
+    assert!(log["duration_ms"].is_u64(), "{log}");
+    let entry = json(&["show", top.as_str(), "--json"]);
+    assert_eq!(entry["meta"]["key"], show["outputs"]["out"]["meta"]["key"]);
 
     // Collecting garbage keeps every generation, so rolling back builds nothing.
     assert!(run_dag(&store, &[], &["gc"]).status.success());

@@ -52,12 +52,20 @@ pub(super) enum InspectCommand {
     Show {
         /// A derivation or source name, or a store entry.
         name: String,
+        /// As JSON: `{name, location, status, kind, key, request, outputs: {NAME: {path,
+        /// meta}}}` (`meta` null for an output not in the store).
+        #[arg(long)]
+        json: bool,
     },
     /// Print a derivation's build log.
     #[command(display_order = 7)]
     Log {
         /// A derivation name, or a store entry.
         name: String,
+        /// Print the log's metadata as JSON instead: `{name, entry, log, bytes, log_digest,
+        /// started, finished, duration_ms}`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -98,8 +106,8 @@ impl Session {
             }
             InspectCommand::Graph { .. } => emit(&plan.to_dot())?,
             InspectCommand::WhyDepends { a, b } => return self.why_depends(&a, &b),
-            InspectCommand::Show { name } => return self.show(&name),
-            InspectCommand::Log { name } => return self.log(&name),
+            InspectCommand::Show { name, json } => return self.show(&name, json),
+            InspectCommand::Log { name, json } => return self.log(&name, json),
         }
         Ok(ExitCode::Success)
     }
@@ -146,13 +154,21 @@ impl Session {
         Ok(ExitCode::Success)
     }
 
-    fn show(&self, name: &str) -> Result<ExitCode, Failure> {
+    fn show(&self, name: &str, json: bool) -> Result<ExitCode, Failure> {
         let Some(index) = self.find(name)? else {
             let entry = self.store.resolve(name)?;
-            emit(&store::show_entry(&self.store, &entry)?)?;
+            emit(&match json {
+                true => format!("{:#}\n", store::entry_json(&self.store, &entry)?),
+                false => store::show_entry(&self.store, &entry)?,
+            })?;
             return Ok(ExitCode::Success);
         };
         let node = self.plan.node(index);
+        let mut value = serde_json::json!({
+            "name": node.name.as_str(),
+            "location": node.location,
+            "status": node.status.as_str(),
+        });
         let mut text = format!("name: {}\n", node.name);
         if let Some(location) = &node.location {
             let _ = writeln!(text, "location: {location}");
@@ -164,12 +180,17 @@ impl Session {
         let entries: Vec<(String, EntryName)> = match &node.kind {
             NodeKind::Derivation(planned) => {
                 let _ = writeln!(text, "key: {}", planned.key());
+                value["kind"] = "derivation".into();
+                value["key"] = planned.key().to_string().into();
                 match planned.resolved() {
                     Some(resolved) => {
                         if resolved.key != planned.key() {
                             // Its inputs are realised to an earlier build's entries.
                             let _ = writeln!(text, "resolved key: {}", resolved.key);
+                            value["resolved_key"] = resolved.key.to_string().into();
                         }
+                        value["request"] = serde_json::to_value(&resolved.request)
+                            .unwrap_or(serde_json::Value::Null);
                         let _ = writeln!(text, "request:");
                         text.push_str(&indent(
                             serde_yaml_ng::to_string(&resolved.request)
@@ -182,6 +203,15 @@ impl Session {
                             "request (the inputs from {} once built):",
                             waits_on(&self.plan, planned)
                         );
+                        value["request"] = serde_json::to_value(planned.request())
+                            .unwrap_or(serde_json::Value::Null);
+                        value["waits_on"] = self
+                            .plan
+                            .waits_on(planned)
+                            .iter()
+                            .map(|n| n.as_str())
+                            .collect::<Vec<_>>()
+                            .into();
                         text.push_str(&indent(
                             serde_yaml_ng::to_string(planned.request())
                                 .unwrap_or_else(|e| format!("({e})")),
@@ -203,12 +233,20 @@ impl Session {
             } => {
                 let _ = writeln!(text, "path: {}", path.display());
                 let _ = writeln!(text, "digest: {digest}");
+                value["kind"] = "source".into();
+                value["path"] = serde_json::json!(path);
+                value["digest"] = digest.to_string().into();
                 vec![("out".to_string(), entry.clone())]
             }
             NodeKind::Toolchain { planned, entry } => {
                 let _ = writeln!(text, "lock: {}", planned.lock.display());
                 let _ = writeln!(text, "digest: {}", planned.digest());
                 let _ = writeln!(text, "packages:");
+                value["kind"] = "toolchain".into();
+                value["lock"] = serde_json::json!(planned.lock);
+                value["digest"] = planned.digest().to_string().into();
+                value["packages"] = serde_json::to_value(&planned.locked.packages)
+                    .unwrap_or(serde_json::Value::Null);
                 for package in &planned.locked.packages {
                     let _ = writeln!(
                         text,
@@ -219,27 +257,35 @@ impl Session {
                 vec![("out".to_string(), entry.clone())]
             }
         };
+        let mut outputs = serde_json::Map::new();
         for (output, entry) in entries {
-            let _ = writeln!(
-                text,
-                "output {output}: {}",
-                self.store.entry_path(&entry).display()
-            );
-            if self.store.contains(&entry) {
-                text.push_str(&indent(self.store.meta(&entry)?.to_yaml()));
-            } else {
-                text.push_str("  (not in the store)\n");
+            let path = self.store.entry_path(&entry);
+            let _ = writeln!(text, "output {output}: {}", path.display());
+            let meta = match self.store.contains(&entry) {
+                true => Some(self.store.meta(&entry)?),
+                false => None,
+            };
+            match &meta {
+                Some(meta) => text.push_str(&indent(meta.to_yaml())),
+                None => text.push_str("  (not in the store)\n"),
             }
+            outputs.insert(
+                output,
+                serde_json::json!({ "entry": entry, "path": path, "meta": meta }),
+            );
         }
-        emit(&text)?;
+        value["outputs"] = outputs.into();
+        match json {
+            true => emit(&format!("{value:#}\n"))?,
+            false => emit(&text)?,
+        }
         Ok(ExitCode::Success)
     }
 
-    fn log(&self, name: &str) -> Result<ExitCode, Failure> {
+    fn log(&self, name: &str, json: bool) -> Result<ExitCode, Failure> {
         let Some(index) = self.find(name)? else {
             let entry = self.store.resolve(name)?;
-            emit(&String::from_utf8_lossy(&self.store.log(&entry)?))?;
-            return Ok(ExitCode::Success);
+            return store::print_log(&self.store, &entry, json);
         };
         let node = self.plan.node(index);
         let Some(planned) = node.derivation() else {
@@ -260,8 +306,7 @@ impl Session {
                 ),
             ));
         };
-        emit(&String::from_utf8_lossy(&self.store.log(&entry.entry)?))?;
-        Ok(ExitCode::Success)
+        store::print_log(&self.store, &entry.entry, json)
     }
 }
 

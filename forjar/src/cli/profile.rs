@@ -27,6 +27,10 @@ pub(super) enum ProfileCommand {
         a: u64,
         /// The later generation.
         b: u64,
+        /// As JSON: `{from, to, added, removed, changed}`, each a list of `{name, entries,
+        /// size}` (`changed`: `{name, from: {entries, size}, to: {entries, size}}`).
+        #[arg(long)]
+        json: bool,
     },
     /// Delete generations, so that `gc` can free what only they kept. The current one stays.
     #[command(group = clap::ArgGroup::new("which").required(true).multiple(true))]
@@ -57,7 +61,7 @@ pub(super) fn run(
 ) -> Result<ExitCode, Failure> {
     match command {
         ProfileCommand::Generations { json } => generations(store, profile, json),
-        ProfileCommand::Diff { a, b } => diff(store, profile, a, b),
+        ProfileCommand::Diff { a, b, json } => diff(store, profile, a, b, json),
         ProfileCommand::DeleteGenerations {
             numbers,
             older_than,
@@ -122,7 +126,7 @@ fn generations(store: &Store, profile: &str, json: bool) -> Result<ExitCode, Fai
     Ok(ExitCode::Success)
 }
 
-fn diff(store: &Store, profile: &str, a: u64, b: u64) -> Result<ExitCode, Failure> {
+fn diff(store: &Store, profile: &str, a: u64, b: u64, json: bool) -> Result<ExitCode, Failure> {
     let profile = store.profile(profile)?;
     let (from, to) = (profile.read(a)?, profile.read(b)?);
     let contents = |roots: &BTreeMap<String, EntryName>| -> Result<BTreeMap<String, (BTreeSet<EntryName>, u64)>, Failure> {
@@ -137,25 +141,45 @@ fn diff(store: &Store, profile: &str, a: u64, b: u64) -> Result<ExitCode, Failur
     };
     let (left, right) = (contents(&from.roots)?, contents(&to.roots)?);
     let mut text = String::new();
+    let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
+    let side = |(entries, size): &(BTreeSet<EntryName>, u64)| {
+        serde_json::json!({ "entries": entries, "size": size })
+    };
     let names: BTreeSet<&String> = left.keys().chain(right.keys()).collect();
     for name in names {
         match (left.get(name), right.get(name)) {
-            (None, Some((_, size))) => {
-                let _ = writeln!(text, "+ {name}  {}", human_bytes(*size));
+            (None, Some(new)) => {
+                let _ = writeln!(text, "+ {name}  {}", human_bytes(new.1));
+                let mut item = side(new);
+                item["name"] = name.as_str().into();
+                added.push(item);
             }
-            (Some((_, size)), None) => {
-                let _ = writeln!(text, "- {name}  {}", human_bytes(*size));
+            (Some(old), None) => {
+                let _ = writeln!(text, "- {name}  {}", human_bytes(old.1));
+                let mut item = side(old);
+                item["name"] = name.as_str().into();
+                removed.push(item);
             }
-            (Some((old, old_size)), Some((new, new_size))) if old != new => {
+            (Some(old), Some(new)) if old.0 != new.0 => {
                 let _ = writeln!(
                     text,
                     "~ {name}  {} -> {}",
-                    human_bytes(*old_size),
-                    human_bytes(*new_size)
+                    human_bytes(old.1),
+                    human_bytes(new.1)
                 );
+                changed.push(serde_json::json!({
+                    "name": name, "from": side(old), "to": side(new),
+                }));
             }
             _ => {}
         }
+    }
+    if json {
+        let value = serde_json::json!({
+            "from": a, "to": b, "added": added, "removed": removed, "changed": changed,
+        });
+        emit(&format!("{value:#}\n"))?;
+        return Ok(ExitCode::Success);
     }
     if text.is_empty() {
         text = format!("generations {a} and {b} hold the same entries\n");

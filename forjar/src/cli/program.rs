@@ -180,7 +180,12 @@ pub(super) fn run(
                 )),
                 profile::ProfileCommand::Generations { json: false } => session.host_generations(),
                 profile::ProfileCommand::Rollback { to } => session.host_rollback(to),
-                profile::ProfileCommand::Diff { a, b } => session.host_diff(a, b),
+                profile::ProfileCommand::Diff { a, b, json: false } => session.host_diff(a, b),
+                profile::ProfileCommand::Diff { json: true, .. } => Err(Failure::new(
+                    ExitCode::Usage,
+                    "`diff --json` compares the program's local generations; a host's (`--on`) \
+                     are compared as text",
+                )),
                 profile::ProfileCommand::DeleteGenerations { .. } => Err(Failure::new(
                     ExitCode::Usage,
                     "`--on` goes with `generations`, `diff` and `rollback`; \

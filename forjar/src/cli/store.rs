@@ -92,26 +92,69 @@ pub enum EntryCommand {
     Show {
         /// An entry name, a path in the store, a prefix of a hash, or a name.
         entry: String,
+        /// As JSON: `{entry, path, meta}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Print an entry's build log.
     Log {
         /// An entry name, a path in the store, a prefix of a hash, or a name.
         entry: String,
+        /// Print the log's metadata as JSON instead: `{name, entry, log, bytes, log_digest,
+        /// started, finished, duration_ms}`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 /// Runs an entry command on the store at `dir`.
 pub fn entry(store: &Store, command: EntryCommand) -> Result<ExitCode, Failure> {
     match command {
-        EntryCommand::Show { entry } => {
+        EntryCommand::Show { entry, json } => {
             let entry = store.resolve(&entry)?;
-            emit(&show_entry(store, &entry)?)?;
+            emit(&match json {
+                true => format!("{:#}\n", entry_json(store, &entry)?),
+                false => show_entry(store, &entry)?,
+            })?;
         }
-        EntryCommand::Log { entry } => {
+        EntryCommand::Log { entry, json } => {
             let entry = store.resolve(&entry)?;
-            emit(&String::from_utf8_lossy(&store.log(&entry)?))?;
+            return print_log(store, &entry, json);
         }
     }
+    Ok(ExitCode::Success)
+}
+
+/// An entry as JSON: `{entry, path, meta}`.
+pub(super) fn entry_json(store: &Store, entry: &EntryName) -> Result<serde_json::Value, Failure> {
+    Ok(serde_json::json!({
+        "entry": entry,
+        "path": store.entry_path(entry),
+        "meta": store.meta(entry)?,
+    }))
+}
+
+/// Prints the build log of `entry`, or with `json` what is known of it.
+pub(super) fn print_log(store: &Store, entry: &EntryName, json: bool) -> Result<ExitCode, Failure> {
+    let log = store.log(entry)?;
+    if !json {
+        emit(&String::from_utf8_lossy(&log))?;
+        return Ok(ExitCode::Success);
+    }
+    let meta = store.meta(entry)?;
+    let path = meta.derivation.as_ref().map(|d| store.log_path(&d.store_hash()));
+    let value = serde_json::json!({
+        "name": meta.name,
+        "entry": entry,
+        "log": path,
+        "bytes": log.len(),
+        "lines": log.iter().filter(|&&b| b == b'\n').count(),
+        "log_digest": meta.log_digest,
+        "started": meta.started,
+        "finished": meta.finished,
+        "duration_ms": meta.duration_ms,
+    });
+    emit(&format!("{value:#}\n"))?;
     Ok(ExitCode::Success)
 }
 
