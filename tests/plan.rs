@@ -387,3 +387,93 @@ fn keys_do_not_depend_on_definition_order_or_on_which_thread_keys_a_node() {
     assert_eq!(levels.len(), 30);
     assert!(levels.iter().all(|level| level.len() == 100));
 }
+
+#[test]
+fn ignore_rules_leave_files_out_of_a_sources_key_and_entry() {
+    let (_dir, store) = temp_store();
+    let src = tempfile::tempdir().unwrap();
+    let write = |path: &str, text: &str| {
+        let path = src.path().join(path);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    write("fix.patch", "--- a\n+++ b\n");
+    write("README.md", "about the patches\n");
+    write(".gitignore", "*.orig\nscratch/\n");
+    write("scratch/notes", "wip\n");
+    write("sub/.gitignore", "!keep.orig\n");
+    write("sub/keep.orig", "kept\n");
+    write(".git/HEAD", "ref: refs/heads/main\n");
+    let source = |patterns: &[&str]| {
+        Source::dir(src.path())
+            .unwrap()
+            .named("patches")
+            .unwrap()
+            .ignore(patterns.iter().copied())
+            .unwrap()
+            .gitignore()
+    };
+    let plan_of = |source: Source| {
+        let mut g = Graph::new();
+        let d = g.add(drv("patched").input("src", source).build().unwrap());
+        g.root("patched", d);
+        let plan = Plan::new(&g, &store).unwrap();
+        let node = plan.find("patches")[0];
+        let entry = plan.entry_names(node)[0].clone();
+        (plan, node, entry, forjar_suite::entry_of(&Plan::new(&g, &store).unwrap(), "patched"))
+    };
+    let (plan, node, entry, key) = plan_of(source(&["*.md"]));
+
+    // What the rules leave out can change without moving a key.
+    write("NOTES.md", "more notes\n");
+    write("fix.patch.orig", "backup\n");
+    write("scratch/more", "wip\n");
+    write(".git/index", "binary\n");
+    let (_, _, same_entry, same_key) = plan_of(source(&["*.md"]));
+    assert_eq!((&same_entry, &same_key), (&entry, &key));
+
+    // The import holds exactly what the rules keep.
+    let report = forjar::exec::realise_all(
+        &plan,
+        &store,
+        &[node],
+        &forjar::exec::Local::default(),
+        &forjar::exec::Options::default(),
+        &|_| {},
+    );
+    assert!(report.is_ok(), "{report:?}");
+    let content = store.dir().join(&entry).join("content");
+    let mut held: Vec<String> = Vec::new();
+    let mut stack = vec![content.clone()];
+    while let Some(dir) = stack.pop() {
+        for item in std::fs::read_dir(&dir).unwrap() {
+            let path = item.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                held.push(path.strip_prefix(&content).unwrap().display().to_string());
+            }
+        }
+    }
+    held.sort();
+    assert_eq!(
+        held,
+        [".gitignore", "fix.patch", "sub/.gitignore", "sub/keep.orig"]
+    );
+    assert!(store.verify().unwrap().problems.is_empty());
+
+    // What they keep moves it; so does a rule that keeps more.
+    write("sub/keep.orig", "changed\n");
+    let (_, _, moved, moved_key) = plan_of(source(&["*.md"]));
+    assert_ne!(moved, entry);
+    assert_ne!(moved_key, key);
+    let (_, _, fewer_rules, _) = plan_of(source(&[]));
+    assert_ne!(fewer_rules, moved, "README.md is in again");
+
+    // A pattern that is not gitignore syntax is an error naming it.
+    let bad = Source::dir(src.path()).unwrap().ignore(["{a,b"]).unwrap_err();
+    assert!(
+        bad.to_string().contains("ignore pattern `{a,b` is not valid"),
+        "{bad}"
+    );
+}

@@ -436,6 +436,8 @@ pub enum NodeKind {
         digest: TreeDigest,
         /// Its store entry.
         entry: EntryName,
+        /// What it leaves out of the tree at `path`.
+        ignore: crate::derivation::ignore::IgnoreRules,
     },
     /// A toolchain, as locked.
     Toolchain {
@@ -824,11 +826,16 @@ impl Plan {
                         path,
                         digest,
                         entry,
+                        ignore,
                     } => {
                         value["kind"] = "source".into();
                         value["path"] = serde_json::json!(path);
                         value["digest"] = serde_json::json!(digest);
                         value["entry"] = serde_json::json!(entry);
+                        if !ignore.is_empty() {
+                            value["ignore"] = serde_json::json!(ignore.patterns);
+                            value["gitignore"] = ignore.gitignore.into();
+                        }
                     }
                     NodeKind::Toolchain { planned, entry } => {
                         value["kind"] = "toolchain".into();
@@ -1073,9 +1080,16 @@ impl<'g> Planner<'g> {
         let hashed = sources
             .par_iter()
             .map(|(source, node)| {
-                TreeHasher::with_cache(cache)
-                    .digest(source.host_path())
-                    .map(|digest| (source, *node, digest))
+                crate::derivation::ignore::with_rules(
+                    source.ignore_rules(),
+                    source.host_path(),
+                    |keep| {
+                        TreeHasher::with_cache(cache)
+                            .keeping(keep)
+                            .digest(source.host_path())
+                    },
+                )
+                .map(|digest| (source, *node, digest))
                     .map_err(|error| PlanError::Source {
                         path: source.host_path().to_path_buf(),
                         error,
@@ -1097,6 +1111,7 @@ impl<'g> Planner<'g> {
                     path: source.host_path().to_path_buf(),
                     digest,
                     entry,
+                    ignore: source.ignore_rules().clone(),
                 },
                 status,
                 impure: false,

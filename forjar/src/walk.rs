@@ -220,10 +220,31 @@ pub(crate) trait Visitor {
 
 /// How to walk.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct Options {
+pub(crate) struct Options<'a> {
     /// Give a directory its owner's read, write and search bits when it lacks them (what
     /// removing a read-only tree needs when not root).
     pub force: bool,
+    /// Which entries below the root the walk sees; a directory left out is not entered.
+    pub keep: Option<Keep<'a>>,
+}
+
+/// A choice of the entries below a tree's root, by path and kind: a source's ignore rules.
+#[derive(Clone, Copy)]
+pub(crate) struct Keep<'a>(pub &'a (dyn Fn(&Path, Kind) -> bool + Sync));
+
+impl std::fmt::Debug for Keep<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Keep")
+    }
+}
+
+impl Keep<'_> {
+    /// Leaves out of `entries`, listed in the directory `dir_path`, what is not kept.
+    pub(crate) fn retain(&self, dir_path: &Path, entries: &mut Vec<(CString, Kind)>) {
+        entries.retain(|(name, kind)| {
+            (self.0)(&dir_path.join(OsStr::from_bytes(name.to_bytes())), *kind)
+        });
+    }
 }
 
 /// One directory on the walk's stack.
@@ -244,7 +265,7 @@ struct Frame<O> {
 pub(crate) fn walk<V: Visitor>(
     path: &Path,
     visitor: &mut V,
-    options: Options,
+    options: Options<'_>,
 ) -> Result<V::Out, V::Error> {
     let (dir_path, name) = split(path)?;
     // A missing directory on the way is reported as the path asked for being missing.
@@ -258,7 +279,7 @@ pub(crate) fn walk_at<V: Visitor>(
     name: &CStr,
     dir_path: &Path,
     visitor: &mut V,
-    options: Options,
+    options: Options<'_>,
 ) -> Result<V::Out, V::Error> {
     let root = At {
         parent,
@@ -335,7 +356,7 @@ fn open_frame<V: Visitor>(
     name: &CStr,
     dir_path: &Path,
     index: usize,
-    options: Options,
+    options: Options<'_>,
     visitor: &mut V,
 ) -> Result<Frame<V::Out>, V::Error> {
     let at = At {
@@ -364,7 +385,10 @@ fn open_frame<V: Visitor>(
     }
     visitor.enter(&at, fd.as_fd())?;
     let path = at.path();
-    let entries = list_sorted(fd.as_fd()).map_err(|e| WalkError::new(path.clone(), e))?;
+    let mut entries = list_sorted(fd.as_fd()).map_err(|e| WalkError::new(path.clone(), e))?;
+    if let Some(keep) = options.keep {
+        keep.retain(&path, &mut entries);
+    }
     let results = visitor.leaves(fd.as_fd(), &path, &entries)?;
     Ok(Frame {
         fd: Some(fd),

@@ -230,9 +230,18 @@ impl Session {
                 path,
                 digest,
                 entry,
+                ignore,
             } => {
                 let _ = writeln!(text, "path: {}", path.display());
+                if !ignore.patterns.is_empty() {
+                    let _ = writeln!(text, "ignore: {}", ignore.patterns.join(" "));
+                }
+                if ignore.gitignore {
+                    let _ = writeln!(text, "gitignore: true");
+                }
                 let _ = writeln!(text, "digest: {digest}");
+                value["ignore"] = serde_json::json!(ignore.patterns);
+                value["gitignore"] = ignore.gitignore.into();
                 value["kind"] = "source".into();
                 value["path"] = serde_json::json!(path);
                 value["digest"] = digest.to_string().into();

@@ -168,13 +168,25 @@ pub enum SourceError {
     /// The name given to a source is not a valid name.
     #[error(transparent)]
     Name(#[from] InvalidValue),
+    /// An ignore pattern is not valid gitignore syntax.
+    #[error("source `{}`: ignore pattern `{pattern}` is not valid: {reason}", .path.display())]
+    Ignore {
+        /// The source's path.
+        path: PathBuf,
+        /// The pattern.
+        pattern: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
-/// A host file or directory, imported into the store by content.
+/// A host file or directory, imported into the store by content: what it holds, less what its
+/// ignore rules leave out.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Source {
     path: PathBuf,
     name: Name,
+    ignore: super::ignore::IgnoreRules,
 }
 
 impl Source {
@@ -241,7 +253,50 @@ impl Source {
         Ok(Source {
             name: Name::sanitized(&base),
             path: resolved,
+            ignore: super::ignore::IgnoreRules::default(),
         })
+    }
+
+    /// Leaves out of a directory what matches `patterns`, in gitignore syntax relative to its
+    /// root: `*.md` at any depth, `/README.md` at the root only, `target/` directories only,
+    /// `!NOTES.md` to keep what an earlier pattern left out. What is left out is neither hashed
+    /// nor imported: changing it rebuilds nothing. An invalid pattern is an error naming it.
+    ///
+    /// ```no_run
+    /// # fn main() -> forjar::Result<()> {
+    /// let patches = forjar::Source::dir("patches")?.ignore(["*.md", "/drafts/"])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn ignore<I, S>(mut self, patterns: I) -> Result<Source, SourceError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.ignore
+            .patterns
+            .extend(patterns.into_iter().map(Into::into));
+        match self.ignore.matcher(&self.path) {
+            Ok(_) => Ok(self),
+            Err((pattern, reason)) => Err(SourceError::Ignore {
+                path: self.path,
+                pattern,
+                reason,
+            }),
+        }
+    }
+
+    /// Also leaves out what the `.gitignore` files inside the directory ignore (each applying
+    /// to its own directory and below, the nearest deciding, as git reads them), and the `.git`
+    /// directory. Files outside the source (a `.gitignore` above it, git's global excludes) do
+    /// not count, so the source is the same on every machine.
+    pub fn gitignore(mut self) -> Source {
+        self.ignore.gitignore = true;
+        self
+    }
+
+    /// Its ignore rules.
+    pub(crate) fn ignore_rules(&self) -> &super::ignore::IgnoreRules {
+        &self.ignore
     }
 
     /// The same source under another store name (by default, its file name).

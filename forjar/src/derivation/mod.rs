@@ -24,6 +24,7 @@
 //! ```
 
 pub(crate) mod graph;
+pub(crate) mod ignore;
 mod input;
 mod typed;
 
@@ -33,6 +34,7 @@ use std::panic::Location;
 use std::time::Duration;
 
 pub use graph::{Graph, GraphError};
+pub use ignore::IgnoreRules;
 pub use input::{Drv, DrvId, Input, OutputRef, Source, SourceError};
 pub use typed::{
     DefaultOutputs, IntoDerivation, IntoEnv, IntoInput, IntoToolchain, Param, Part, Spec,

@@ -490,11 +490,14 @@ pub fn realise(
             path,
             digest,
             entry,
+            ignore,
         } => {
             if store.contains(entry) {
                 return Ok(Done::Cached);
             }
-            let outcome = store.import_source_as(path, &node.name, *digest)?;
+            let outcome = crate::derivation::ignore::with_rules(ignore, path, |keep| {
+                store.import_source_keeping(path, &node.name, *digest, keep)
+            })?;
             Ok(if outcome.imported {
                 Done::Made
             } else {

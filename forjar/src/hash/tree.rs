@@ -130,6 +130,7 @@ pub struct HashStats {
 pub struct TreeHasher<'c> {
     cache: Option<&'c DigestCache>,
     stop: Option<&'c AtomicBool>,
+    keep: Option<walk::Keep<'c>>,
     files_read: AtomicU64,
     bytes_read: AtomicU64,
     cache_hits: AtomicU64,
@@ -179,6 +180,12 @@ impl<'c> TreeHasher<'c> {
         self
     }
 
+    /// Makes the hasher see only what `keep` keeps below the root (a source's ignore rules).
+    pub(crate) fn keeping(mut self, keep: Option<walk::Keep<'c>>) -> Self {
+        self.keep = keep;
+        self
+    }
+
     /// What this hasher has read so far.
     pub fn stats(&self) -> HashStats {
         HashStats {
@@ -211,7 +218,10 @@ impl<'c> TreeHasher<'c> {
                 at.name,
                 at.dir_path(),
                 &mut Digests(self),
-                walk::Options::default(),
+                walk::Options {
+                    keep: self.keep,
+                    ..walk::Options::default()
+                },
             );
         }
         let path = at.path();
@@ -224,7 +234,10 @@ impl<'c> TreeHasher<'c> {
                 _ => HashError::io(&path, e),
             }
         })?;
-        let entries = walk::list_sorted(fd.as_fd()).map_err(|e| HashError::io(&path, e))?;
+        let mut entries = walk::list_sorted(fd.as_fd()).map_err(|e| HashError::io(&path, e))?;
+        if let Some(keep) = self.keep {
+            keep.retain(&path, &mut entries);
+        }
         let one = |(name, kind): &(CString, Kind)| {
             let child = At::new(fd.as_fd(), name, &path);
             match kind {

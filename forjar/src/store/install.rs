@@ -406,7 +406,19 @@ impl Store {
         name: &Name,
         digest: TreeDigest,
     ) -> Result<ImportOutcome, StoreError> {
-        self.import_tree(path, name, digest, Vec::new(), Some(path.to_path_buf()))
+        self.import_source_keeping(path, name, digest, None)
+    }
+
+    /// [`Store::import_source_as`] of what `keep` keeps of the tree (a source's ignore rules):
+    /// the copy, hashed whole, must be `digest`.
+    pub(crate) fn import_source_keeping(
+        &self,
+        path: &Path,
+        name: &Name,
+        digest: TreeDigest,
+        keep: Option<crate::walk::Keep<'_>>,
+    ) -> Result<ImportOutcome, StoreError> {
+        self.import_tree_keeping(path, name, digest, Vec::new(), Some(path.to_path_buf()), keep)
     }
 
     /// Imports a tree forjar made itself (a machine's system), keyed by its name and content
@@ -443,6 +455,18 @@ impl Store {
         references: Vec<EntryName>,
         source_path: Option<PathBuf>,
     ) -> Result<ImportOutcome, StoreError> {
+        self.import_tree_keeping(path, name, digest, references, source_path, None)
+    }
+
+    fn import_tree_keeping(
+        &self,
+        path: &Path,
+        name: &Name,
+        digest: TreeDigest,
+        references: Vec<EntryName>,
+        source_path: Option<PathBuf>,
+        keep: Option<crate::walk::Keep<'_>>,
+    ) -> Result<ImportOutcome, StoreError> {
         let entry = EntryName::of_source(name, &digest);
         let outcome = |imported| ImportOutcome {
             entry: entry.clone(),
@@ -461,7 +485,7 @@ impl Store {
         }
         let started = SystemTime::now();
         let staging = Staging::new(self, &lock, entry.clone())?;
-        super::tree::copy(path, &staging.content_path())?;
+        super::tree::copy_keeping(path, &staging.content_path(), keep)?;
         let draft = Draft {
             references,
             source_path,

@@ -145,7 +145,10 @@ pub(crate) fn canonicalise(path: &Path, owner: Option<(u32, u32)>) -> Result<u64
     walk::walk(
         path,
         &mut Canonicalise { owner },
-        walk::Options { force: true },
+        walk::Options {
+            force: true,
+            ..walk::Options::default()
+        },
     )
 }
 
@@ -235,6 +238,15 @@ fn changed_or_special(at: &At<'_>, kind: Kind) -> StoreError {
 /// Nothing of the copy shares an inode with the original. Modes and times are left for
 /// [`canonicalise`].
 pub(crate) fn copy(from: &Path, to: &Path) -> Result<(), StoreError> {
+    copy_keeping(from, to, None)
+}
+
+/// [`copy`] of what `keep` keeps below `from`.
+pub(crate) fn copy_keeping(
+    from: &Path,
+    to: &Path,
+    keep: Option<crate::walk::Keep<'_>>,
+) -> Result<(), StoreError> {
     let name = to.file_name().ok_or_else(|| StoreError::Io {
         what: "cannot create",
         path: to.to_path_buf(),
@@ -247,7 +259,14 @@ pub(crate) fn copy(from: &Path, to: &Path) -> Result<(), StoreError> {
         root: walk::cstring(std::os::unix::ffi::OsStrExt::as_bytes(name)),
         depth: 0,
     };
-    walk::walk(from, &mut copy, walk::Options::default())
+    walk::walk(
+        from,
+        &mut copy,
+        walk::Options {
+            keep,
+            ..walk::Options::default()
+        },
+    )
 }
 
 struct Copy {
@@ -348,7 +367,10 @@ impl Drop for ScratchDir {
 pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
     // What vanished meanwhile was removed by someone else (a sweep racing a drop): either way,
     // it is gone.
-    match walk::walk(path, &mut Remove, walk::Options { force: true }) {
+    match walk::walk(path, &mut Remove, walk::Options {
+            force: true,
+            ..walk::Options::default()
+        }) {
         Err(StoreError::Hash(HashError::NotFound { .. })) => Ok(()),
         other => other,
     }
