@@ -30,14 +30,14 @@ fn sources() -> Sources {
 
 fn base() -> DerivationBuilder {
     Derivation::builder("app")
-        .script("cp -r $one $out")
+        .script("cp -r ${one:-${two:-}} $out")
         .env("LANG", "C")
 }
 
 /// `base()` written as an explicit argv, without asking for `/bin/sh`.
 fn argv() -> DerivationBuilder {
     Derivation::builder("app")
-        .builder(["/bin/sh", "-euc", "cp -r $one $out"])
+        .builder(["/bin/sh", "-euc", "cp -r ${one:-${two:-}} $out"])
         .env("LANG", "C")
 }
 
@@ -54,7 +54,7 @@ fn every_field_that_can_change_an_output_changes_the_key() {
         (
             "name",
             Derivation::builder("app2")
-                .script("cp -r $one $out")
+                .script("cp -r ${one:-${two:-}} $out")
                 .env("LANG", "C")
                 .input("one", &s.a),
         ),
@@ -69,14 +69,14 @@ fn every_field_that_can_change_an_output_changes_the_key() {
         (
             "env value",
             Derivation::builder("app")
-                .script("cp -r $one $out")
+                .script("cp -r ${one:-${two:-}} $out")
                 .env("LANG", "C.UTF-8")
                 .input("one", &s.a),
         ),
         (
             "env key",
             Derivation::builder("app")
-                .script("cp -r $one $out")
+                .script("cp -r ${one:-${two:-}} $out")
                 .env("LC_ALL", "C")
                 .input("one", &s.a),
         ),
@@ -128,7 +128,7 @@ fn every_field_that_can_change_an_output_changes_the_key() {
     let script = key(
         &store,
         Derivation::builder("app")
-            .script("cp -r $one $out")
+            .script("cp -r ${one:-${two:-}} $out")
             .env("LANG", "C")
             .input("one", &s.a),
     );

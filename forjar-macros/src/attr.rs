@@ -10,7 +10,7 @@ use syn::{Expr, ExprLit, Lit, LitBool, LitStr, Token};
 
 use crate::ctxt::Ctxt;
 use crate::rules;
-use crate::suggest::did_you_mean;
+use crate::rules::suggest::did_you_mean;
 use crate::symbol::{self, *};
 
 /// One attribute's value, with the tokens it came from, so that errors about it point there.

@@ -10,14 +10,7 @@ use crate::ast::{Derivation, Role};
 use crate::attr::Level;
 use crate::ctxt::Ctxt;
 use crate::rules;
-use crate::script;
-use crate::suggest::did_you_mean;
-
-/// Variables every build has without declaring them: those the sandbox sets, and those the
-/// shell sets itself.
-const BUILTIN_VARIABLES: &[&str] = &[
-    "PATH", "IFS", "PS1", "PS2", "PS4", "OPTIND", "OPTARG", "PPID", "LINENO", "OLDPWD", "REPLY",
-];
+use crate::rules::script;
 
 pub fn check(cx: &Ctxt, drv: &Derivation) {
     script_or_builder(cx, drv);
@@ -300,34 +293,8 @@ fn script_names_only_declared_variables(cx: &Ctxt, drv: &Derivation, scan: &scri
     for (name, _) in drv.outputs() {
         declared.push((name, "output"));
     }
-    let mut reported = Vec::new();
-    for (name, line) in &scan.uses {
-        let known = declared.iter().any(|(d, _)| d == name)
-            || scan.assigned.contains(name)
-            || rules::RESERVED_ENV.contains(&name.as_str())
-            || BUILTIN_VARIABLES.contains(&name.as_str());
-        if known || reported.contains(name) {
-            continue;
-        }
-        reported.push(name.clone());
-        let list = declared
-            .iter()
-            .map(|(d, kind)| format!("`{d}` ({kind})"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let hint = did_you_mean(
-            name,
-            declared
-                .iter()
-                .map(|(d, _)| d.as_str())
-                .chain(rules::RESERVED_ENV.iter().copied()),
-        );
-        cx.error_at(
-            script_span(drv),
-            format!(
-                "script line {line} uses `${name}`, which is not an input, env or output{hint}; declared: {list}"
-            ),
-        );
+    for message in script::undeclared(scan, &declared) {
+        cx.error_at(script_span(drv), message);
     }
 }
 
@@ -337,12 +304,7 @@ fn script_is_deterministic(cx: &Ctxt, drv: &Derivation, scan: &script::Scan) {
     if drv.attrs.allow_impure.get() == Some(&true) {
         return;
     }
-    for (what, line) in &scan.impure {
-        cx.error_at(
-            script_span(drv),
-            format!(
-                "script line {line} uses {what}, which differs on every run; make it deterministic, or add `#[forjar(allow_impure)]`"
-            ),
-        );
+    for message in script::impure(scan, "add `#[forjar(allow_impure)]`") {
+        cx.error_at(script_span(drv), message);
     }
 }

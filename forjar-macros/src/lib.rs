@@ -11,8 +11,6 @@ mod check;
 mod ctxt;
 mod expand;
 mod function;
-mod script;
-mod suggest;
 mod symbol;
 
 use forjar_rules as rules;

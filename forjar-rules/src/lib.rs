@@ -8,6 +8,9 @@
 
 use std::time::Duration;
 
+pub mod script;
+pub mod suggest;
+
 /// Environment variables the sandbox sets in every build; a request may not set them.
 pub const RESERVED_ENV: &[&str] = &[
     "HOME",

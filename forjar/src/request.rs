@@ -41,6 +41,9 @@ pub enum RequestError {
         /// The second kind.
         second: &'static str,
     },
+    /// The script expands a variable nothing sets, or does what differs on every run.
+    #[error("{}", .0.join("\n"))]
+    Script(Vec<String>),
     /// Network access was asked for on a derivation whose output is not fixed in advance.
     #[error(
         "derivation `{0}` asks for network access but declares no fixed-output digest; only a \

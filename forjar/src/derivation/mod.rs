@@ -141,6 +141,7 @@ pub struct DerivationBuilder {
     fixed_output_mode: Option<HashMode>,
     toolchain: Option<Toolchain>,
     limits: Limits,
+    allow_impure: bool,
     /// The first error of a part that is checked as it is given (`render`).
     deferred: Option<RequestError>,
 }
@@ -167,11 +168,18 @@ impl DerivationBuilder {
             fixed_output_mode: None,
             toolchain: None,
             limits: Limits::default(),
+            allow_impure: false,
             deferred: None,
         }
     }
 
-    /// A shell script run as `/bin/sh -euc <script>`; implies `provide_bin_sh`.
+    /// A shell script run as `/bin/sh -euc <script>`; implies `provide_bin_sh`. [`build`]
+    /// checks it as `#[derive(Derivation)]` does at compile time: every `$name` it expands must
+    /// be an input, env var or output (or set by the script, the sandbox or the shell), and it
+    /// may not read randomness or the clock unless [`allow_impure`] says so.
+    ///
+    /// [`build`]: DerivationBuilder::build
+    /// [`allow_impure`]: DerivationBuilder::allow_impure
     pub fn script(mut self, script: impl Into<String>) -> Self {
         self.script = Some(script.into());
         self
@@ -342,6 +350,13 @@ impl DerivationBuilder {
         self
     }
 
+    /// Lets the script do what differs on every run (`$RANDOM`, `date`, `/dev/urandom`):
+    /// its output is then not reproducible, and `check` will say so.
+    pub fn allow_impure(mut self) -> Self {
+        self.allow_impure = true;
+        self
+    }
+
     /// Validates everything and makes the derivation. The error names the derivation, where it
     /// was defined, the field and the value.
     pub fn build(self) -> Result<Derivation, DerivationError> {
@@ -374,6 +389,13 @@ impl DerivationBuilder {
                 .into());
             }
             (Some(script), None) => {
+                check_script(
+                    &script,
+                    &self.env,
+                    &self.inputs,
+                    &self.outputs,
+                    self.allow_impure,
+                )?;
                 provide_bin_sh = true;
                 SCRIPT_SHELL
                     .iter()
@@ -499,6 +521,34 @@ impl DerivationBuilder {
     }
 }
 
+/// The macros' script checks, on a builder's script: its undeclared variables and, unless
+/// allowed, what differs on every run. Every problem is named, each on a line of its own.
+fn check_script(
+    script: &str,
+    env: &[(String, Vec<u8>)],
+    inputs: &[(String, Input)],
+    outputs: &[String],
+    allow_impure: bool,
+) -> Result<(), RequestError> {
+    use crate::name::rules::script;
+    let scan = script::scan(script);
+    let mut declared: Vec<(String, &str)> = Vec::new();
+    declared.extend(inputs.iter().map(|(n, _)| (n.clone(), "input")));
+    declared.extend(env.iter().map(|(n, _)| (n.clone(), "env")));
+    match outputs.is_empty() {
+        true => declared.push(("out".to_string(), "output")),
+        false => declared.extend(outputs.iter().map(|n| (n.clone(), "output"))),
+    }
+    let mut problems = script::undeclared(&scan, &declared);
+    if !allow_impure {
+        problems.extend(script::impure(&scan, "call `.allow_impure()`"));
+    }
+    match problems.is_empty() {
+        true => Ok(()),
+        false => Err(RequestError::Script(problems)),
+    }
+}
+
 impl fmt::Display for Derivation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.name, self.location())
@@ -508,6 +558,39 @@ impl fmt::Display for Derivation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_builders_script_is_checked_as_the_derive_checks_it() {
+        let error = Derivation::builder("greet")
+            .env("greeting", "hi")
+            .script("echo \"$greetng\" > $out\necho $RANDOM >> $out")
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error.lines().collect::<Vec<_>>(),
+            [
+                "derivation `greet` (defined at forjar/src/derivation/mod.rs:LINE): script line 1 \
+                 uses `$greetng`, which is not an input, env or output (did you mean \
+                 `greeting`?); declared: `greeting` (env), `out` (output)"
+                    .replace("LINE", &(line!() - 12).to_string())
+                    .as_str(),
+                "script line 2 uses `$RANDOM`, which differs on every run; make it \
+                 deterministic, or call `.allow_impure()`",
+            ]
+        );
+        let allowed = Derivation::builder("greet")
+            .env("greeting", "hi")
+            .script("echo \"$greeting\" $RANDOM > $out")
+            .allow_impure()
+            .build();
+        assert!(allowed.is_ok(), "{allowed:?}");
+        // An argv is the program's own business.
+        let argv = Derivation::builder("greet")
+            .builder(["/bin/sh", "-euc", "echo $nothing > $out"])
+            .build();
+        assert!(argv.is_ok(), "{argv:?}");
+    }
 
     #[test]
     fn a_script_runs_under_sh_and_asks_for_it() {

@@ -9,6 +9,61 @@
 
 use std::collections::BTreeSet;
 
+use crate::suggest::did_you_mean;
+
+/// Variables every build has without declaring them: those the sandbox sets, and those the
+/// shell sets itself.
+pub const BUILTIN_VARIABLES: &[&str] = &[
+    "PATH", "IFS", "PS1", "PS2", "PS4", "OPTIND", "OPTARG", "PPID", "LINENO", "OLDPWD", "REPLY",
+];
+
+/// A message for each `$name` the script expands that is not `declared` (name and kind:
+/// `input`, `env`, `output`, `parameter`), assigned by the script, or set by the sandbox or the
+/// shell; under `sh -u` each would stop the build. One message per name, at its first use.
+pub fn undeclared(scan: &Scan, declared: &[(String, &str)]) -> Vec<String> {
+    let mut reported: Vec<&str> = Vec::new();
+    let mut messages = Vec::new();
+    for (name, line) in &scan.uses {
+        let known = declared.iter().any(|(d, _)| d == name)
+            || scan.assigned.contains(name)
+            || crate::RESERVED_ENV.contains(&name.as_str())
+            || BUILTIN_VARIABLES.contains(&name.as_str());
+        if known || reported.contains(&name.as_str()) {
+            continue;
+        }
+        reported.push(name);
+        let list = declared
+            .iter()
+            .map(|(d, kind)| format!("`{d}` ({kind})"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let hint = did_you_mean(
+            name,
+            declared
+                .iter()
+                .map(|(d, _)| d.as_str())
+                .chain(crate::RESERVED_ENV.iter().copied()),
+        );
+        messages.push(format!(
+            "script line {line} uses `${name}`, which is not an input, env or output{hint}; declared: {list}"
+        ));
+    }
+    messages
+}
+
+/// A message for each construct of the script whose result differs on every run; `allow`
+/// says how to allow them (`add `#[forjar(allow_impure)]``).
+pub fn impure(scan: &Scan, allow: &str) -> Vec<String> {
+    scan.impure
+        .iter()
+        .map(|(what, line)| {
+            format!(
+                "script line {line} uses {what}, which differs on every run; make it deterministic, or {allow}"
+            )
+        })
+        .collect()
+}
+
 /// What a script expands, assigns, and does that is not deterministic.
 #[derive(Debug, Default)]
 pub struct Scan {
@@ -50,6 +105,7 @@ const SETTERS: &[&str] = &[
 /// Stands in a word for an expansion, so `"$x"` is not an empty word.
 const EXPANSION: char = '\u{1}';
 
+/// Reads `script` as `/bin/sh` will.
 pub fn scan(script: &str) -> Scan {
     let mut scanner = Scanner {
         chars: script.chars().collect(),
