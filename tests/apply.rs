@@ -403,8 +403,9 @@ fn ctrl_c_typed_on_a_terminal_stops_the_builds_clears_the_display_and_exits_130(
         sent.elapsed() < Duration::from_secs(20),
         "the 30 s builds were not stopped: {shown}"
     );
+    // On a terminal the prefix is in colour (bold red).
     let stopped = shown
-        .rfind("error: interrupted; stopped `n0-")
+        .rfind("\x1b[1m\x1b[31merror:\x1b[0m interrupted; stopped `n0-")
         .unwrap_or_else(|| panic!("{shown}"));
     assert!(
         !shown.contains("failed"),

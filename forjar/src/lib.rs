@@ -10,7 +10,8 @@
 //!
 //! fn main() -> forjar::ExitCode {
 //!     forjar::main!(|g| {
-//!         let src = Source::dir("examples/hello")?;
+//!         // `src/hello.c` beside the program's Cargo.toml, wherever it is run from.
+//!         let src = Source::dir(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))?;
 //!         let hello = g.add(
 //!             Derivation::builder("hello")
 //!                 .sandbox(SandboxLevel::HostTools)
@@ -59,6 +60,8 @@ pub mod prelude {
 /// The book's guide chapters, whose examples are compiled (and run) as doc tests.
 #[cfg(doctest)]
 mod book {
+    #[doc = include_str!("../../book/src/guide/your-own-program.md")]
+    mod your_own_program {}
     #[doc = include_str!("../../book/src/guide/writing-derivations.md")]
     mod writing_derivations {}
     #[doc = include_str!("../../book/src/guide/builder-api.md")]
