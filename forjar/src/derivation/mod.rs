@@ -142,6 +142,8 @@ pub struct DerivationBuilder {
     toolchain: Option<Toolchain>,
     limits: Limits,
     allow_impure: bool,
+    /// The script was checked when the program was compiled (`#[derive(Derivation)]`).
+    script_checked: bool,
     /// The first error of a part that is checked as it is given (`render`).
     deferred: Option<RequestError>,
 }
@@ -169,6 +171,7 @@ impl DerivationBuilder {
             toolchain: None,
             limits: Limits::default(),
             allow_impure: false,
+            script_checked: false,
             deferred: None,
         }
     }
@@ -389,13 +392,15 @@ impl DerivationBuilder {
                 .into());
             }
             (Some(script), None) => {
-                check_script(
-                    &script,
-                    &self.env,
-                    &self.inputs,
-                    &self.outputs,
-                    self.allow_impure,
-                )?;
+                if !self.script_checked {
+                    check_script(
+                        &script,
+                        &self.env,
+                        &self.inputs,
+                        &self.outputs,
+                        self.allow_impure,
+                    )?;
+                }
                 provide_bin_sh = true;
                 SCRIPT_SHELL
                     .iter()

@@ -337,6 +337,8 @@ impl Spec {
             .provide_bin_sh(self.provide_bin_sh);
         if let Some(script) = self.script {
             b = b.script(script);
+            // The macro checked it against the declaration, on the user's tokens.
+            b.script_checked = true;
         }
         if let Some(argv) = self.builder {
             b = b.builder(argv.iter().copied());
