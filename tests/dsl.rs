@@ -194,3 +194,127 @@ fn a_derivation_fn_adds_its_derivation_where_it_is_called() {
     let again = shout(&mut g, "hey", Some(2));
     assert_ne!(loud, again);
 }
+
+#[derive(Derivation)]
+#[forjar(script = r#"printf '%s\n' "$text" > $out"#)]
+struct Part {
+    #[forjar(name)]
+    name: String,
+    #[forjar(env)]
+    text: String,
+}
+
+/// Takes a variable number of inputs: `$parts` and `$extras` list their paths in order.
+#[derive(Derivation)]
+#[forjar(script = r#"
+: > $out
+for p in $parts; do read -r line < "$p"; printf 'part %s\n' "$line" >> $out; done
+for e in $extras; do read -r line < "$e"; printf 'extra %s\n' "$line" >> $out; done
+if [ -n "${patch:-}" ]; then read -r line < "$patch"; printf 'patch %s\n' "$line" >> $out; fi
+"#)]
+struct Assembly {
+    #[forjar(input)]
+    parts: Vec<Drv<Part>>,
+    #[forjar(input)]
+    extras: std::collections::BTreeMap<String, Drv<Part>>,
+    #[forjar(input)]
+    patch: Option<Drv<Part>>,
+}
+
+#[test]
+fn a_list_or_map_of_inputs_is_one_variable_and_each_member_an_input() {
+    let graph = |order: [&str; 3], patch: bool| {
+        let mut g = Graph::new();
+        let mut part = |name: &str| {
+            g.add(Part {
+                name: name.into(),
+                text: format!("{name} text"),
+            })
+        };
+        let parts: Vec<Drv<Part>> = order.iter().map(|n| part(n)).collect();
+        let extras = [("docs", part("docs")), ("icons", part("icons"))]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+        let patch = patch.then(|| part("fix"));
+        let assembly = g.add(Assembly {
+            parts,
+            extras,
+            patch,
+        });
+        g.root("assembly", assembly);
+        (g, assembly)
+    };
+    let (g, assembly) = graph(["a", "b", "c"], true);
+    let drv = g.get(&assembly).unwrap();
+    let inputs: Vec<String> = drv.inputs().keys().map(|k| k.to_string()).collect();
+    assert_eq!(
+        inputs,
+        ["extras_docs", "extras_icons", "parts_0", "parts_1", "parts_2", "patch"]
+    );
+    // The order of a list is in the key; an absent `Option` is left out.
+    let reordered = graph(["c", "b", "a"], true);
+    assert_ne!(key(&g, &assembly), key(&reordered.0, &reordered.1));
+    let unpatched = graph(["a", "b", "c"], false);
+    assert_ne!(key(&g, &assembly), key(&unpatched.0, &unpatched.1));
+    let same = graph(["a", "b", "c"], true);
+    assert_eq!(key(&g, &assembly), key(&same.0, &same.1));
+
+    // The builder's form makes the same derivation.
+    let mut b = Graph::new();
+    let part = |g: &mut Graph, name: &str| {
+        g.add(
+            Derivation::builder(name)
+                .env("text", format!("{name} text"))
+                .script(r#"printf '%s\n' "$text" > $out"#)
+                .build()
+                .unwrap(),
+        )
+    };
+    let parts: Vec<Drv> = ["a", "b", "c"].iter().map(|n| part(&mut b, n)).collect();
+    let extras = [("docs", part(&mut b, "docs")), ("icons", part(&mut b, "icons"))];
+    let fix = part(&mut b, "fix");
+    let script = r#"
+: > $out
+for p in $parts; do read -r line < "$p"; printf 'part %s\n' "$line" >> $out; done
+for e in $extras; do read -r line < "$e"; printf 'extra %s\n' "$line" >> $out; done
+if [ -n "${patch:-}" ]; then read -r line < "$patch"; printf 'patch %s\n' "$line" >> $out; fi
+"#;
+    let built = b.add(
+        Derivation::builder("assembly")
+            .inputs("parts", &parts)
+            .inputs_named("extras", extras)
+            .input("patch", fix)
+            .script(script)
+            .build()
+            .unwrap(),
+    );
+    assert_eq!(key(&g, &assembly), key(&b, &built));
+
+    // A list may not share its name, and its members are checked as inputs are.
+    let clash = Derivation::builder("x")
+        .inputs("parts", &parts)
+        .env("parts", "1")
+        .script("echo $parts > $out")
+        .build()
+        .unwrap_err();
+    assert!(
+        clash.to_string().contains("`parts` is both a list of inputs and an env var"),
+        "{clash}"
+    );
+
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let (plan, report) = apply(&store, |g| {
+        let (graph, _) = graph(["c", "a", "b"], true);
+        *g = graph;
+    });
+    report.expect("the build succeeds");
+    let text = fs::read_to_string(store.content_path(&entry_of(&plan, "assembly"))).unwrap();
+    assert_eq!(
+        text,
+        "part c text\npart a text\npart b text\nextra docs text\nextra icons text\npatch fix text\n"
+    );
+}

@@ -1154,6 +1154,7 @@ fn hand_made(
         store_dir: forjar::name::StoreDir::from_path(store_dir).unwrap(),
         host: Some(HostFingerprint::current()),
         toolchain: None,
+        input_lists: Default::default(),
     })
     .unwrap()
 }

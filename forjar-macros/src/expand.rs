@@ -36,7 +36,7 @@ pub fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
         for var in &drv.vars {
             let ty = var.ty;
             let bound = match var.role {
-                Role::Input(_) => quote!(::forjar::__private::IntoInput),
+                Role::Input(_) => quote!(::forjar::__private::InputField),
                 Role::Env(_) => quote!(::forjar::__private::IntoEnv),
                 Role::File(_) => quote!(::forjar::__private::Serialize),
                 Role::Name => quote!(::core::convert::Into<::std::string::String>),
@@ -253,8 +253,8 @@ pub fn builder(drv: &Derivation, location: &Ident) -> TokenStream {
         Some(match &var.role {
             Role::Input(named) => {
                 let n = &named.name;
-                quote_spanned!(ty.span()=> __forjar::Part::Input(
-                    #n, <#ty as __forjar::IntoInput>::into_input(#access)))
+                quote_spanned!(ty.span()=>
+                    <#ty as __forjar::InputField>::into_input_part(#access, #n))
             }
             Role::Env(named) => {
                 let n = &named.name;

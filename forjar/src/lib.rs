@@ -75,7 +75,7 @@ mod book {
 pub mod __private {
     pub use crate::derivation::{
         DefaultOutputs, Derivation, DerivationError, Drv, DrvId, Graph, IntoDerivation, IntoEnv,
-        IntoInput, IntoToolchain, OutputRef, Param, Part, Spec,
+        InputField, IntoInput, IntoToolchain, OutputRef, Param, Part, Spec,
     };
     pub use crate::request::{HashMode, RequestError, SandboxLevel};
     pub use core::option::Option::{None, Some};

@@ -1307,6 +1307,7 @@ impl<'g> Planner<'g> {
             store_dir: store.store_dir().clone(),
             host,
             toolchain,
+            input_lists: drv.input_lists.clone(),
         };
         let (mut addressed, template) = if realised_as_named {
             (template, None)

@@ -546,6 +546,10 @@ pub struct RequestParts {
     /// Boxed: most requests have none, and a plan holds a request per derivation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub toolchain: Option<Box<ToolchainInput>>,
+    /// Inputs given as one list (a `Vec` or a map of them): the variable that holds their
+    /// paths, space-separated, in this order.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub input_lists: BTreeMap<InputName, Vec<InputName>>,
 }
 
 impl RequestParts {
@@ -579,6 +583,40 @@ impl<'de> Deserialize<'de> for BuildRequest {
 }
 
 /// The cross-field rules shared by a derivation and the request made of it.
+/// Each list of inputs has a name of its own (no input, env var or output has it) and lists
+/// only inputs of the request.
+pub(crate) fn check_input_lists(
+    lists: &BTreeMap<InputName, Vec<InputName>>,
+    is_input: impl Fn(&InputName) -> bool,
+    is_env: impl Fn(&str) -> bool,
+    is_output: impl Fn(&str) -> bool,
+) -> Result<(), RequestError> {
+    for (list, members) in lists {
+        let other = match () {
+            _ if is_input(list) => Some("an input"),
+            _ if is_env(list.as_str()) => Some("an env var"),
+            _ if is_output(list.as_str()) => Some("an output"),
+            _ => None,
+        };
+        if let Some(other) = other {
+            return Err(RequestError::NameClash {
+                name: list.to_string(),
+                first: "a list of inputs",
+                second: other,
+            });
+        }
+        if let Some(missing) = members.iter().find(|m| !is_input(m)) {
+            return Err(InvalidValue::new(
+                "list of inputs",
+                list.as_str(),
+                &format!("it lists `{missing}`, which is not an input"),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn check_names<'a>(
     name: &Name,
     args_empty: bool,
@@ -689,6 +727,12 @@ impl BuildRequest {
             parts.env.keys(),
             parts.constraints.network,
             parts.fixed_output.is_some(),
+        )?;
+        check_input_lists(
+            &parts.input_lists,
+            |n| parts.inputs.contains_key(n),
+            |n| parts.env.keys().any(|k| k.as_str() == n),
+            |n| parts.outputs.iter().any(|o| o.as_str() == n),
         )?;
         Self::assemble(parts)
     }
@@ -805,6 +849,16 @@ impl BuildRequest {
                 .bytes(toolchain.digest.as_bytes())
                 .bytes(toolchain.entry.as_str().as_bytes());
         }
+        // Likewise only when there are any.
+        if !self.input_lists.is_empty() {
+            e.field("input_lists").count(self.input_lists.len());
+            for (list, members) in &self.input_lists {
+                e.bytes(list.as_str().as_bytes()).count(members.len());
+                for member in members {
+                    e.bytes(member.as_str().as_bytes());
+                }
+            }
+        }
         e.field("store").bytes(self.store_dir.as_str().as_bytes());
         Key::from_bytes(e.finish())
     }
@@ -906,6 +960,7 @@ mod tests {
             store_dir: StoreDir::new("/var/forjar/store").unwrap(),
             host: None,
             toolchain: None,
+            input_lists: Default::default(),
         }
     }
 

@@ -37,7 +37,8 @@ pub use graph::{Graph, GraphError};
 pub use ignore::IgnoreRules;
 pub use input::{Drv, DrvId, Input, OutputRef, Source, SourceError};
 pub use typed::{
-    DefaultOutputs, IntoDerivation, IntoEnv, IntoInput, IntoToolchain, Param, Part, Spec,
+    DefaultOutputs, InputField, IntoDerivation, IntoEnv, IntoInput, IntoToolchain, Param, Part,
+    Spec,
     render_file,
 };
 
@@ -69,6 +70,8 @@ pub struct Derivation {
     pub(crate) args: Vec<Arg>,
     pub(crate) env: BTreeMap<EnvKey, EnvValue>,
     pub(crate) inputs: BTreeMap<InputName, Input>,
+    /// Inputs given as one list, by the list's name: its members, in order.
+    pub(crate) input_lists: BTreeMap<InputName, Vec<InputName>>,
     pub(crate) outputs: BTreeSet<OutputName>,
     pub(crate) files: BTreeMap<CleanRelPath, Vec<u8>>,
     pub(crate) constraints: Constraints,
@@ -130,6 +133,7 @@ pub struct DerivationBuilder {
     argv: Option<Vec<Vec<u8>>>,
     env: Vec<(String, Vec<u8>)>,
     inputs: Vec<(String, Input)>,
+    input_lists: Vec<(String, Vec<String>)>,
     outputs: Vec<String>,
     files: Vec<(String, Vec<u8>)>,
     network: bool,
@@ -159,6 +163,7 @@ impl DerivationBuilder {
             argv: None,
             env: Vec::new(),
             inputs: Vec::new(),
+            input_lists: Vec::new(),
             outputs: Vec::new(),
             files: Vec::new(),
             network: false,
@@ -213,6 +218,56 @@ impl DerivationBuilder {
     /// A named input; its store path is in the build's environment under that name.
     pub fn input(mut self, name: impl Into<String>, input: impl Into<Input>) -> Self {
         self.inputs.push((name.into(), input.into()));
+        self
+    }
+
+    /// Inputs taken as one list, as Nix's `buildInputs`: `$name` holds their store paths,
+    /// space-separated, in the order given, and each is also the input `name_0`, `name_1`, ….
+    /// An empty list is an empty `$name`.
+    ///
+    /// ```no_run
+    /// # use forjar::prelude::*;
+    /// # fn f(g: &mut Graph, plugins: Vec<Drv>) -> forjar::Result<()> {
+    /// let app = Derivation::builder("app")
+    ///     .inputs("plugins", &plugins)
+    ///     .script("mkdir $out; for p in $plugins; do cp -r $p/. $out/; done")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn inputs<I, T>(self, name: impl Into<String>, inputs: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<Input>,
+    {
+        let name = name.into();
+        let members = inputs
+            .into_iter()
+            .enumerate()
+            .map(|(i, input)| (format!("{name}_{i}"), input.into()))
+            .collect();
+        self.input_list(name, members)
+    }
+
+    /// Named inputs taken as one list (a map's): `$name` holds their store paths in the order
+    /// given, and each is also the input `name_<key>`.
+    pub fn inputs_named<I, K, T>(self, name: impl Into<String>, inputs: I) -> Self
+    where
+        I: IntoIterator<Item = (K, T)>,
+        K: fmt::Display,
+        T: Into<Input>,
+    {
+        let name = name.into();
+        let members = inputs
+            .into_iter()
+            .map(|(key, input)| (format!("{name}_{key}"), input.into()))
+            .collect();
+        self.input_list(name, members)
+    }
+
+    pub(crate) fn input_list(mut self, name: String, members: Vec<(String, Input)>) -> Self {
+        let names = members.iter().map(|(n, _)| n.clone()).collect();
+        self.inputs.extend(members);
+        self.input_lists.push((name, names));
         self
     }
 
@@ -397,6 +452,7 @@ impl DerivationBuilder {
                         &script,
                         &self.env,
                         &self.inputs,
+                        &self.input_lists,
                         &self.outputs,
                         self.allow_impure,
                     )?;
@@ -435,6 +491,20 @@ impl DerivationBuilder {
                 return Err(RequestError::Duplicate {
                     field: "input",
                     value: input_name.to_string(),
+                });
+            }
+        }
+        let mut input_lists = BTreeMap::new();
+        for (list, members) in self.input_lists {
+            let list = InputName::new(list)?;
+            let members = members
+                .into_iter()
+                .map(InputName::new)
+                .collect::<Result<Vec<_>, _>>()?;
+            if input_lists.insert(list.clone(), members).is_some() {
+                return Err(RequestError::Duplicate {
+                    field: "list of inputs",
+                    value: list.to_string(),
                 });
             }
         }
@@ -494,6 +564,12 @@ impl DerivationBuilder {
             self.network,
             fixed_output.is_some(),
         )?;
+        crate::request::check_input_lists(
+            &input_lists,
+            |n| inputs.contains_key(n),
+            |n| env.keys().any(|k: &EnvKey| k.as_str() == n),
+            |n| outputs.iter().any(|o: &OutputName| o.as_str() == n),
+        )?;
         if self.toolchain.is_some() && self.sandbox == SandboxLevel::HostTools {
             return Err(InvalidValue::new(
                 "sandbox level",
@@ -509,6 +585,7 @@ impl DerivationBuilder {
             args,
             env,
             inputs,
+            input_lists,
             outputs,
             files,
             constraints: Constraints {
@@ -532,6 +609,7 @@ fn check_script(
     script: &str,
     env: &[(String, Vec<u8>)],
     inputs: &[(String, Input)],
+    input_lists: &[(String, Vec<String>)],
     outputs: &[String],
     allow_impure: bool,
 ) -> Result<(), RequestError> {
@@ -539,6 +617,7 @@ fn check_script(
     let scan = script::scan(script);
     let mut declared: Vec<(String, &str)> = Vec::new();
     declared.extend(inputs.iter().map(|(n, _)| (n.clone(), "input")));
+    declared.extend(input_lists.iter().map(|(n, _)| (n.clone(), "inputs")));
     declared.extend(env.iter().map(|(n, _)| (n.clone(), "env")));
     match outputs.is_empty() {
         true => declared.push(("out".to_string(), "output")),

@@ -73,12 +73,30 @@ pub trait IntoInput {
     fn into_input(self) -> Option<Input>;
 }
 
-/// `IntoInput` (through `Input`'s `From`) and `Param` for each input type.
+/// The type of a `#[forjar(input)]` field: one input (or an `Option` of one), or a list of them
+/// (a `Vec`, an array, or a map by name), which the script sees as one variable.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an input of a derivation",
+    label = "not an input",
+    note = "an input is a `Source`, a `Drv<T>`, an `OutputRef`, an `Option` of one, or a `Vec`, array or map of them; a value the script reads is `#[forjar(env)]`"
+)]
+pub trait InputField {
+    /// The field as a part of the derivation, under `name`.
+    fn into_input_part(self, name: &'static str) -> Part;
+}
+
+/// `IntoInput` (through `Input`'s `From`), `InputField` and `Param` for each input type.
 macro_rules! input_types {
     ($(impl$(<$g:ident>)? for $ty:ty;)+) => {$(
         impl$(<$g: IntoDerivation>)? IntoInput for $ty {
             fn into_input(self) -> Option<Input> {
                 Some(Input::from(self))
+            }
+        }
+
+        impl$(<$g: IntoDerivation>)? InputField for $ty {
+            fn into_input_part(self, name: &'static str) -> Part {
+                Part::Input(name, self.into_input())
             }
         }
 
@@ -88,6 +106,63 @@ macro_rules! input_types {
             }
         }
     )+};
+}
+
+/// A list of inputs, each `name_<i>` (`name_<key>` in a map), their paths in `$name`.
+fn listed<T: IntoInput>(
+    name: &'static str,
+    members: impl IntoIterator<Item = (String, T)>,
+) -> Part {
+    Part::Inputs(
+        name,
+        members
+            .into_iter()
+            .filter_map(|(suffix, member)| Some((suffix, member.into_input()?)))
+            .collect(),
+    )
+}
+
+/// `InputField` and `Param` for the list types.
+macro_rules! input_lists {
+    ($(impl<$($g:ident $(: $bound:path)?),*> for $ty:ty => |$value:ident| $members:expr;)+) => {$(
+        impl<$($g $(: $bound)?),*> InputField for $ty {
+            fn into_input_part(self, name: &'static str) -> Part {
+                let $value = self;
+                listed(name, $members)
+            }
+        }
+
+        impl<$($g $(: $bound)?),*> Param for $ty {
+            fn into_part(self, name: &'static str) -> Part {
+                let $value = self;
+                listed(name, $members)
+            }
+        }
+    )+};
+}
+
+input_lists! {
+    impl<T: IntoInput> for Vec<T> =>
+        |value| value.into_iter().enumerate().map(|(i, m)| (i.to_string(), m));
+    impl<K: std::fmt::Display, T: IntoInput> for std::collections::BTreeMap<K, T> =>
+        |value| value.into_iter().map(|(k, m)| (k.to_string(), m));
+}
+
+impl<T: IntoInput, const N: usize> InputField for [T; N] {
+    fn into_input_part(self, name: &'static str) -> Part {
+        listed(name, self.into_iter().enumerate().map(|(i, m)| (i.to_string(), m)))
+    }
+}
+
+/// A `HashMap`'s members in the order of their keys, so that the key does not depend on the
+/// map's iteration order.
+impl<K: std::fmt::Display, T: IntoInput, S> InputField for std::collections::HashMap<K, T, S> {
+    fn into_input_part(self, name: &'static str) -> Part {
+        let mut members: Vec<(String, T)> =
+            self.into_iter().map(|(k, m)| (k.to_string(), m)).collect();
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        listed(name, members)
+    }
 }
 
 input_types! {
@@ -103,6 +178,12 @@ input_types! {
 impl<T: IntoInput> IntoInput for Option<T> {
     fn into_input(self) -> Option<Input> {
         self.and_then(IntoInput::into_input)
+    }
+}
+
+impl<T: IntoInput> InputField for Option<T> {
+    fn into_input_part(self, name: &'static str) -> Part {
+        Part::Input(name, self.into_input())
     }
 }
 
@@ -196,6 +277,8 @@ pub trait Param {
 pub enum Part {
     /// An input (left out when `None`).
     Input(&'static str, Option<Input>),
+    /// A list of inputs, each with the suffix of its input's name (`0`, or a map's key).
+    Inputs(&'static str, Vec<(String, Input)>),
     /// An env var (left out when `None`).
     Env(&'static str, Option<Vec<u8>>),
     /// A file rendered into the build directory.
@@ -375,6 +458,13 @@ impl Spec {
                 Part::Input(name, Some(input)) => b.input(name, input),
                 Part::Env(name, Some(value)) => b.env(name, value),
                 Part::Input(_, None) | Part::Env(_, None) => b,
+                Part::Inputs(name, members) => b.input_list(
+                    name.to_string(),
+                    members
+                        .into_iter()
+                        .map(|(suffix, input)| (format!("{name}_{suffix}"), input))
+                        .collect(),
+                ),
                 Part::File(path, contents) => b.rendered(path, contents),
                 Part::Toolchain(Some(toolchain)) => b.toolchain(&toolchain),
                 Part::Toolchain(None) => b,

@@ -213,6 +213,7 @@ mod tests {
             store_dir: StoreDir::new("/var/lib/forjar/store").unwrap(),
             host: None,
             toolchain: None,
+            input_lists: Default::default(),
         })
         .unwrap()
     }

@@ -639,6 +639,7 @@ fn run_command(
         store_dir: store.store_dir().clone(),
         host: Some(HostFingerprint::current()),
         toolchain: None,
+        input_lists: Default::default(),
     })
     .map_err(|e| invalid(e.to_string()))?;
     let limits = Limits {

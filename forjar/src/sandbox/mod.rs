@@ -493,6 +493,22 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
             target.as_os_str().as_bytes().to_vec(),
         ));
     }
+    if !request.input_lists.is_empty() {
+        let paths: std::collections::HashMap<&InputName, &Path> = spec
+            .inputs
+            .iter()
+            .map(|(name, _, target)| (name, target.as_path()))
+            .collect();
+        for (list, members) in &request.input_lists {
+            let value = members
+                .iter()
+                .filter_map(|m| paths.get(m))
+                .map(|p| p.as_os_str().as_bytes())
+                .collect::<Vec<_>>()
+                .join(&b' ');
+            env.push((list.as_str().as_bytes().to_vec(), value));
+        }
+    }
     for (name, _, target) in &spec.outputs {
         env.push((
             name.as_str().as_bytes().to_vec(),
