@@ -421,6 +421,95 @@ fn ctrl_c_typed_on_a_terminal_stops_the_builds_clears_the_display_and_exits_130(
     assert!(entries(&store).is_empty(), "{:?}", entries(&store));
 }
 
+/// Waits until the terminal has shown `text` `times` times in all.
+fn wait_for(terminal: &OnTerminal, text: &str, times: usize) {
+    let started = Instant::now();
+    while terminal.shown().matches(text).count() < times {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "waiting for {text:?}: {}",
+            terminal.shown()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn enter_opens_a_shell_in_the_sandbox_of_a_derivation_as_its_build_sees_it() {
+    if !sandbox() {
+        return;
+    }
+    let (dir, store) = store_dir();
+    let env = [("DAG_LAYERS", "2"), ("DAG_SALT", "enter")];
+    let prompt = "[forjar enter n1-0] $ ";
+    let terminal = OnTerminal::spawn(dag(&store, &env, &["enter", "n1-0"]));
+    wait_for(&terminal, prompt, 1);
+    terminal.type_keys(b"echo \"in=$dep0 name=$NAME cwd=$PWD user=$(id -u)\"; cat $dep0/f1\n");
+    wait_for(&terminal, prompt, 2);
+    // Ctrl-C reaches the shell's command, not forjar, and the shell goes on.
+    terminal.type_keys(b"sleep 30\n");
+    std::thread::sleep(Duration::from_millis(500));
+    let typed = Instant::now();
+    terminal.type_keys(b"\x03");
+    wait_for(&terminal, prompt, 3);
+    assert!(typed.elapsed() < Duration::from_secs(20), "{}", terminal.shown());
+    terminal.type_keys(b"echo still here; touch /build/left-here; exit 0\n");
+    let (shown, status) = terminal.finish();
+    assert_eq!(status.code(), Some(0), "{shown}");
+    let input = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("in="))
+        .unwrap_or_else(|| panic!("{shown}"));
+    let canonical = fs::canonicalize(&store).unwrap();
+    assert!(
+        input.starts_with(&format!("{}/", canonical.display()))
+            && input.contains("-n0-0/content name=n1-0 cwd=/build user=1000"),
+        "{input}"
+    );
+    assert!(shown.contains("n0-0 1 enter"), "the input's content: {shown}");
+    assert!(shown.contains("still here"), "{shown}");
+    assert!(
+        shown.contains("entering the sandbox of `n1-0` (tests/programs/dag.rs:"),
+        "{shown}"
+    );
+    // Its inputs were built; it was not, and nothing of the shell's is left.
+    let made = entries(&store);
+    assert!(made.iter().any(|e| e.ends_with("-n0-0")), "{made:?}");
+    assert!(!made.iter().any(|e| e.ends_with("-n1-0")), "{made:?}");
+    assert!(
+        fs::read_dir(store.join(".tmp")).unwrap().next().is_none(),
+        "the build directory and staging are removed"
+    );
+
+    // A failed build kept by `--keep-failed` is entered in its own directory.
+    let failing = [("DAG_LAYERS", "2"), ("DAG_SALT", "enter"), ("DAG_FAIL", "n1-0")];
+    let failed = run_dag(&store, &failing, &["apply", "--keep-failed"]);
+    assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
+    let kept = stderr(&failed)
+        .lines()
+        .find_map(|l| l.strip_prefix("the build directory is kept at "))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("{}", stderr(&failed)));
+    let terminal = OnTerminal::spawn(dag(&store, &failing, &["enter", "n1-0"]));
+    wait_for(&terminal, prompt, 1);
+    terminal.type_keys(b"echo looked > /build/note; exit 4\n");
+    let (shown, status) = terminal.finish();
+    assert_eq!(status.code(), Some(1), "a shell that fails: {shown}");
+    assert!(
+        shown.contains(&format!(
+            "its /build is the build directory kept at {}",
+            kept.display()
+        )),
+        "{shown}"
+    );
+    assert_eq!(fs::read_to_string(kept.join("note")).unwrap(), "looked\n");
+
+    // Only a derivation has a sandbox.
+    let source = run_dag(&store, &env, &["enter", "nothing"]);
+    assert_eq!(source.status.code(), Some(2), "{}", stderr(&source));
+    drop(dir);
+}
+
 #[test]
 fn check_rebuilds_and_names_the_files_that_differ() {
     if !sandbox() {

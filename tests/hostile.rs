@@ -411,6 +411,26 @@ fn io_uring_and_openat2_are_refused() {
     );
 }
 
+#[test]
+fn a_build_cannot_push_input_into_a_terminal() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let salt = fresh_salt("inject");
+    // Standard input is /dev/null in a build (ENOTTY without the filter) and the user's
+    // terminal in `enter`; the filter refuses the request whatever the descriptor.
+    let entry = build_root(
+        &store,
+        hostile("inject", &format!(": {salt}\n$tool inject > $out")),
+    )
+    .unwrap();
+    assert_eq!(
+        content_text(&store, &entry),
+        "inject: Operation not permitted (os error 1)\n"
+    );
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn setuid_and_setgid_files_cannot_be_created() {

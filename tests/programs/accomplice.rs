@@ -11,6 +11,8 @@
 //!   its standard input (the store installed the output), then writes `EVIL` through the
 //!   descriptor; prints `wrote` if it could.
 //! - `deep DIR DEPTH`: makes `DEPTH` nested directories `d` in `DIR`, step by step.
+//! - `inject`: (in the build) pushes a byte into the input of the terminal on its standard
+//!   input with `TIOCSTI`; prints `injected`, or the error.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -32,6 +34,7 @@ fn main() {
         "swap" => swap(arg(1), arg(2), arg(3).parse().expect("seconds")),
         "hold" => hold(arg(1)),
         "deep" => deep(arg(1), arg(2).parse().expect("a depth")),
+        "inject" => inject(),
         other => panic!("unknown command {other:?}"),
     }
 }
@@ -150,5 +153,15 @@ fn deep(dir: &str, depth: usize) {
             Mode::empty(),
         )
         .expect("the new directory opens");
+    }
+}
+
+fn inject() {
+    let byte = b'x';
+    // SAFETY: TIOCSTI reads one byte from the pointer, which points at `byte`.
+    let rc = unsafe { nix::libc::ioctl(0, nix::libc::TIOCSTI, &byte as *const u8) };
+    match rc {
+        0 => println!("injected"),
+        _ => println!("inject: {}", std::io::Error::last_os_error()),
     }
 }

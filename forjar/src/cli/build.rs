@@ -69,6 +69,16 @@ pub(super) enum BuildCommand {
         #[arg(long)]
         no_out_link: bool,
     },
+    /// Open a shell in a derivation's sandbox, as its build sees it: inputs (built first if
+    /// missing), toolchain, environment, files and working directory; in the build directory
+    /// `--keep-failed` kept, if there is one. Nothing is installed.
+    #[command(display_order = 8)]
+    Enter {
+        /// A derivation name.
+        name: String,
+        #[command(flatten)]
+        run: RunArgs,
+    },
     /// Rebuild a derivation and compare the result with the store's, naming differing files.
     #[command(display_order = 8)]
     Check {
@@ -133,6 +143,7 @@ impl Session {
                 rounds,
                 keep_failed,
             } => self.check(&name, rounds, keep_failed),
+            BuildCommand::Enter { name, run } => self.enter(&name, &run),
         }
     }
 
@@ -280,6 +291,69 @@ impl Session {
         }
         emit(&text)?;
         Ok(ExitCode::Success)
+    }
+
+    /// `enter NAME`: builds what the derivation takes, then runs a shell in its sandbox.
+    fn enter(&self, name: &str, run: &RunArgs) -> Result<ExitCode, Failure> {
+        let index = self.find_node(name)?;
+        let node = self.plan.node(index);
+        if node.derivation().is_none() {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                format!(
+                    "`{name}` is imported, not built: only a derivation has a sandbox to enter"
+                ),
+            ));
+        }
+        let needs = exec::enter_needs(&self.plan, index);
+        self.realise(&needs, &*self.executor(run)?, &self.options(run))?;
+        let local = Local {
+            keep_failed: run.keep_failed,
+            ..Local::default()
+        };
+        let resolved = self
+            .plan
+            .resolve(index)
+            .map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
+        let builder: Vec<String> = resolved
+            .map(|r| {
+                r.request
+                    .args
+                    .iter()
+                    .map(|a| String::from_utf8_lossy(a.as_bytes()).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let kept = resolved.map(|r| {
+            self.store
+                .dir()
+                .join(".failed")
+                .join(format!("{}-{name}", r.key.store_hash()))
+        });
+        let mut intro = format!(
+            "entering the sandbox of `{name}` ({}): its build runs",
+            node.location.as_deref().unwrap_or("")
+        );
+        for arg in &builder {
+            match arg.contains(char::is_whitespace) || arg.is_empty() {
+                true => intro.push_str(&format!("\n  {}", arg.replace('\n', "\n  "))),
+                false => intro.push_str(&format!(" {arg}")),
+            }
+        }
+        if let Some(kept) = kept.filter(|k| k.is_dir()) {
+            intro.push_str(&format!(
+                "\nits /build is the build directory kept at {}",
+                kept.display()
+            ));
+        }
+        intro.push_str("\n`exit` leaves; nothing is installed\n");
+        eprint!("{}", super::terminal::sanitise(&intro));
+        let entered =
+            exec::enter(&self.plan, &self.store, index, &local).map_err(exec_failure)?;
+        Ok(match entered.outcome.success() {
+            true => ExitCode::Success,
+            false => ExitCode::Failure,
+        })
     }
 
     /// Links `path` to the first of `entries` and `path-<name>` to each other one, as Nix's

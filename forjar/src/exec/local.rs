@@ -308,6 +308,50 @@ impl<'a> Prepared<'a> {
         })
     }
 
+    /// Runs `request` (the job's, with a shell for its builder) in the job's sandbox on the
+    /// user's terminal, in `build_dir` if given (a kept failed build's) or a fresh one; nothing
+    /// it leaves is installed. Returns how the shell ended.
+    pub(super) fn enter(
+        &mut self,
+        request: &crate::request::BuildRequest,
+        build_dir: Option<PathBuf>,
+    ) -> Result<Outcome, ExecError> {
+        let job = self.job;
+        let spec = BuildSpec {
+            request,
+            inputs: std::mem::take(&mut self.inputs),
+            referenced: std::mem::take(&mut self.referenced),
+            toolchain: self.toolchain.take(),
+            outputs: job
+                .outputs
+                .iter()
+                .zip(&self.stagings)
+                .map(|((output, planned), staging)| {
+                    (
+                        output.clone(),
+                        staging.dir().to_path_buf(),
+                        request.store_dir.as_path().join(planned.entry.as_str()),
+                    )
+                })
+                .collect(),
+            build_dir: build_dir.unwrap_or_else(|| self.build_dir.0.clone()),
+            // No time limits: the shell waits on its user.
+            limits: crate::name::Limits {
+                timeout: None,
+                max_silent: None,
+                ..job.limits.clone()
+            },
+            cores: job.limits.cpus.unwrap_or(self.local.cores),
+            cancel: None,
+            hold: Some(self.cx.lock.as_fd()),
+        };
+        sandbox::enter(&spec).map_err(|error| ExecError::Sandbox {
+            name: job.name().to_string(),
+            location: job.location().to_string(),
+            error,
+        })
+    }
+
     /// Scans what `built` refers to, and installs each output into the store.
     fn install(self, built: Built<'a>, started: SystemTime) -> Result<(), ExecError> {
         let (job, cx) = (self.job, self.cx);

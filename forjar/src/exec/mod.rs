@@ -12,11 +12,13 @@
 //! it, as buck2's caching and hybrid executors are around its local one.
 
 mod check;
+mod enter;
 mod local;
 mod refscan;
 mod scheduler;
 
 pub use check::{CheckedOutput, check};
+pub use enter::{Entered, SHELL, enter, enter_needs};
 pub use local::Local;
 
 use std::collections::BTreeMap;

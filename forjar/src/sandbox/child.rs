@@ -118,12 +118,21 @@ pub(super) fn supervisor(
         if nix::unistd::getppid().as_raw() != p.parent_pid {
             return Err(Failed(SETUP_FAILED, "the parent exited".into()));
         }
-        // A session of its own, without a controlling terminal: nothing of the build can open
-        // the user's terminal (`/dev/tty` fails with ENXIO), and a Ctrl-C on it reaches forjar
-        // alone, which stops the build.
-        ctx(nix::unistd::setsid(), || {
-            "cannot start a new session".into()
-        })?;
+        if p.interactive {
+            // `enter`: forjar's session, and a process group of its own, which forjar gives
+            // the terminal, so that what is typed there reaches the shell.
+            ctx(
+                nix::unistd::setpgid(nix::unistd::Pid::from_raw(0), nix::unistd::Pid::from_raw(0)),
+                || "cannot make a process group".into(),
+            )?;
+        } else {
+            // A session of its own, without a controlling terminal: nothing of the build can
+            // open the user's terminal (`/dev/tty` fails with ENXIO), and a Ctrl-C on it
+            // reaches forjar alone, which stops the build.
+            ctx(nix::unistd::setsid(), || {
+                "cannot start a new session".into()
+            })?;
+        }
         for tasks in &p.cgroup_tasks {
             ctx(nix::unistd::write(tasks, b"0"), || {
                 "cannot join the build's cgroup".into()
@@ -732,13 +741,21 @@ fn setup(p: &Prepared, feed: &mut Feed) -> Result<Never, Failed> {
         )?;
     }
 
-    // Standard streams: nothing in, the log out.
+    // Standard streams: nothing in, the log out (`enter`: the user's terminal, as they are).
     let null = ctx(fs::File::open("/dev/null"), || {
         "cannot open /dev/null".into()
     })?;
     // SAFETY: dup2 onto the standard descriptors of this process, which owns them.
     unsafe {
-        if libc::dup2(null.as_raw_fd(), 0) < 0
+        if p.interactive {
+            // Kept as forjar has them; the shell gets a process group of its own inside the
+            // build's pid namespace, and the terminal, so that job control works there and
+            // what it restores at exit is its own.
+            libc::setpgid(0, 0);
+            let before = libc::signal(libc::SIGTTOU, libc::SIG_IGN);
+            libc::tcsetpgrp(0, libc::getpgrp());
+            libc::signal(libc::SIGTTOU, before);
+        } else if libc::dup2(null.as_raw_fd(), 0) < 0
             || libc::dup2(p.log_write, 1) < 0
             || libc::dup2(
                 if p.stderr_write >= 0 {

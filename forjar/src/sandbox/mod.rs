@@ -187,6 +187,9 @@ pub(crate) struct Prepared {
     err_write: RawFd,
     /// Written `0` by the supervisor to join the build's cgroup ([`Cgroup::self_join`]).
     cgroup_tasks: Vec<File>,
+    /// [`enter`]: the builder keeps forjar's standard streams (the user's terminal) and runs in
+    /// forjar's session, in a process group of its own that is given the terminal.
+    interactive: bool,
 }
 
 /// A build to run: the request and where its inputs and outputs are on the host.
@@ -556,6 +559,7 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
         stderr_write: -1,
         hold: spec.hold.map_or(-1, |fd| fd.as_raw_fd()),
         err_write: -1,
+        interactive: false,
         cgroup_tasks: match cgroup {
             Some(cgroup) => cgroup
                 .self_join()
@@ -680,6 +684,42 @@ impl Tail {
     }
 }
 
+/// The terminal on standard input given to another process group while a value lives, and
+/// taken back for forjar's own when it is dropped.
+struct Foreground {
+    own: nix::unistd::Pid,
+    given: bool,
+}
+
+impl Foreground {
+    fn give(group: nix::unistd::Pid) -> Foreground {
+        let own = nix::unistd::getpgrp();
+        // The child may have made its group already; either way it is `group`.
+        let _ = nix::unistd::setpgid(group, group);
+        let given = nix::unistd::isatty(std::io::stdin()).unwrap_or(false)
+            && nix::unistd::tcsetpgrp(std::io::stdin(), group).is_ok();
+        Foreground { own, given }
+    }
+}
+
+impl Drop for Foreground {
+    fn drop(&mut self) {
+        if !self.given {
+            return;
+        }
+        // Taking the terminal back from the background sends SIGTTOU unless it is ignored.
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: setting a signal's disposition to SIG_IGN and back; no handler runs.
+        unsafe {
+            let before = signal(Signal::SIGTTOU, SigHandler::SigIgn);
+            let _ = nix::unistd::tcsetpgrp(std::io::stdin(), self.own);
+            if let Ok(before) = before {
+                let _ = signal(Signal::SIGTTOU, before);
+            }
+        }
+    }
+}
+
 /// Runs one build in a new sandbox, streaming its log (stdout and stderr, interleaved as
 /// written) into `log`. `output_size` reports the bytes the outputs hold so far (checked every
 /// quarter second when there is an output cap).
@@ -688,7 +728,16 @@ pub fn run(
     log: &mut dyn Write,
     output_size: &dyn Fn() -> u64,
 ) -> Result<Finished, SandboxError> {
-    run_streams(spec, log, None, output_size)
+    run_streams(spec, log, None, output_size, false)
+}
+
+/// Runs the builder of `spec` (a shell, for `enter`) on forjar's standard streams, in a
+/// process group of its own that the terminal on standard input is given while it runs, so
+/// that the keys typed there (Ctrl-C, Ctrl-Z) reach it and not forjar. Everything else is as
+/// for a build: the namespaces, the mounts, the build user, the filter. Returns how it ended.
+pub fn enter(spec: &BuildSpec) -> Result<Outcome, SandboxError> {
+    let finished = run_streams(spec, &mut std::io::sink(), None, &|| 0, true)?;
+    Ok(finished.outcome)
 }
 
 /// Like [`run`], with the builder's stderr kept apart, in `stderr` (as a REAPI action's result
@@ -699,7 +748,7 @@ pub fn run_split(
     stderr: &mut dyn Write,
     output_size: &dyn Fn() -> u64,
 ) -> Result<Finished, SandboxError> {
-    run_streams(spec, stdout, Some(stderr), output_size)
+    run_streams(spec, stdout, Some(stderr), output_size, false)
 }
 
 fn run_streams(
@@ -707,12 +756,14 @@ fn run_streams(
     log: &mut dyn Write,
     stderr: Option<&mut dyn Write>,
     output_size: &dyn Fn() -> u64,
+    interactive: bool,
 ) -> Result<Finished, SandboxError> {
     let (uid, gid) = host_ids();
     hand_over(spec, uid, gid)?;
     let cgroup =
         Cgroup::create(&spec.limits).map_err(io_err("cannot create the build's cgroup"))?;
     let mut prepared = prepare(spec, cgroup.as_ref())?;
+    prepared.interactive = interactive;
 
     let (sync_read, sync_write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
     let (ready_read, ready_write) =
@@ -739,6 +790,8 @@ fn run_streams(
         ForkResult::Child => child::supervisor(&prepared, sync_write, ready_read, status_write),
         ForkResult::Parent { child } => child,
     };
+    // Set here as well as in the supervisor, so that it holds whichever runs first.
+    let terminal = interactive.then(|| Foreground::give(supervisor));
     drop((sync_write, ready_read, status_write, log_write, err_write));
     drop(prepared);
     let stderr = stderr_pipe.map(|(read, write, sink)| {
@@ -760,6 +813,8 @@ fn run_streams(
         output_size,
         started,
     );
+    // The terminal is forjar's again once the build's processes are gone.
+    drop(terminal);
     let mut failure = Vec::new();
     let _ = File::from(err_read).read_to_end(&mut failure);
     let mut status = [0u8; 2];

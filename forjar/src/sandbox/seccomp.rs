@@ -8,7 +8,9 @@
 //! kernel keyrings (`add_key`, `request_key`, `keyctl`) are refused, so a build can neither read
 //! nor plant keys. `io_uring` would perform all of the above out of the filter's sight, and
 //! `openat2` passes its mode in a structure the filter cannot read: both fail with `ENOSYS`, as
-//! on a kernel without them, and libc falls back to `openat`. The filter also covers the 32-bit
+//! on a kernel without them, and libc falls back to `openat`. `ioctl` with `TIOCSTI` (push
+//! bytes into a terminal's input, where the user's shell would read them after the build or an
+//! `enter` shell ends) or `TIOCLINUX` fails with `EPERM`. The filter also covers the 32-bit
 //! x86 ABI on x86_64 hosts, and refuses every x32 call, so that neither is a way around it.
 
 use nix::libc;
@@ -29,6 +31,10 @@ const fn offset_arg(i: u32) -> u32 {
     16 + 8 * i
 }
 
+/// The terminal ioctls refused: `TIOCSTI` and `TIOCLINUX`.
+const TIOCSTI: u32 = 0x5412;
+const TIOCLINUX: u32 = 0x541C;
+
 /// `O_CREAT | __O_TMPFILE`, the same on every architecture here.
 const CREATES: u32 = 0o100 | 0o20_000_000;
 
@@ -40,6 +46,8 @@ enum Rule {
     /// Refuse with `EPERM` when the flags in argument `flags` create a file and the mode in
     /// argument `mode` has the setuid or setgid bit.
     CreateMode { nr: u32, flags: u32, mode: u32 },
+    /// Refuse with `EPERM` the terminal ioctls that inject input (`TIOCSTI`, `TIOCLINUX`).
+    TerminalInput { nr: u32 },
     /// Refuse with `ENOTSUP`.
     NotSupported { nr: u32 },
     /// Refuse with `ENOSYS`.
@@ -78,6 +86,7 @@ fn abis() -> Vec<(u32, Vec<Rule>)> {
             ModeBits { nr: 85, arg: 1 },
             ModeBits { nr: 133, arg: 1 },
             ModeBits { nr: 259, arg: 2 },
+            TerminalInput { nr: 16 },
         ],
         xattr([188, 189, 190, 463]).to_vec(),
         missing([248, 249, 250]).to_vec(),
@@ -102,6 +111,7 @@ fn abis() -> Vec<(u32, Vec<Rule>)> {
             ModeBits { nr: 8, arg: 1 },
             ModeBits { nr: 14, arg: 1 },
             ModeBits { nr: 297, arg: 2 },
+            TerminalInput { nr: 54 },
         ],
         xattr([226, 227, 228, 463]).to_vec(),
         missing([286, 287, 288]).to_vec(),
@@ -118,6 +128,7 @@ fn abis() -> Vec<(u32, Vec<Rule>)> {
                 mode: 3,
             },
             ModeBits { nr: 33, arg: 2 },
+            TerminalInput { nr: 29 },
         ],
         xattr([5, 6, 7, 463]).to_vec(),
         missing([217, 218, 219]).to_vec(),
@@ -191,6 +202,14 @@ fn section(rules: &[Rule], x86_64: bool) -> Vec<libc::sock_filter> {
                 program.push(jump(JSET_K, S_ISUID | S_ISGID, 0, 1));
                 program.push(ret_errno(libc::EPERM));
                 program.push(allow());
+            }
+            Rule::TerminalInput { nr } => {
+                program.push(jump(JEQ_K, nr, 0, 5));
+                program.push(stmt(LD_W_ABS, offset_arg(1)));
+                program.push(jump(JEQ_K, TIOCSTI, 2, 0));
+                program.push(jump(JEQ_K, TIOCLINUX, 1, 0));
+                program.push(allow());
+                program.push(ret_errno(libc::EPERM));
             }
             Rule::NotSupported { nr } => {
                 program.push(jump(JEQ_K, nr, 0, 1));
