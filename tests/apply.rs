@@ -452,7 +452,11 @@ fn enter_opens_a_shell_in_the_sandbox_of_a_derivation_as_its_build_sees_it() {
     let typed = Instant::now();
     terminal.type_keys(b"\x03");
     wait_for(&terminal, prompt, 3);
-    assert!(typed.elapsed() < Duration::from_secs(20), "{}", terminal.shown());
+    assert!(
+        typed.elapsed() < Duration::from_secs(20),
+        "{}",
+        terminal.shown()
+    );
     terminal.type_keys(b"echo still here; touch /build/left-here; exit 0\n");
     let (shown, status) = terminal.finish();
     assert_eq!(status.code(), Some(0), "{shown}");
@@ -466,7 +470,10 @@ fn enter_opens_a_shell_in_the_sandbox_of_a_derivation_as_its_build_sees_it() {
             && input.contains("-n0-0/content name=n1-0 cwd=/build user=1000"),
         "{input}"
     );
-    assert!(shown.contains("n0-0 1 enter"), "the input's content: {shown}");
+    assert!(
+        shown.contains("n0-0 1 enter"),
+        "the input's content: {shown}"
+    );
     assert!(shown.contains("still here"), "{shown}");
     assert!(
         shown.contains("entering the sandbox of `n1-0` (tests/programs/dag.rs:"),
@@ -482,7 +489,11 @@ fn enter_opens_a_shell_in_the_sandbox_of_a_derivation_as_its_build_sees_it() {
     );
 
     // A failed build kept by `--keep-failed` is entered in its own directory.
-    let failing = [("DAG_LAYERS", "2"), ("DAG_SALT", "enter"), ("DAG_FAIL", "n1-0")];
+    let failing = [
+        ("DAG_LAYERS", "2"),
+        ("DAG_SALT", "enter"),
+        ("DAG_FAIL", "n1-0"),
+    ];
     let failed = run_dag(&store, &failing, &["apply", "--keep-failed"]);
     assert_eq!(failed.status.code(), Some(1), "{}", stderr(&failed));
     let kept = stderr(&failed)
@@ -723,7 +734,11 @@ fn generations_record_diff_and_roll_back_without_building() {
     assert!(listed["size"].as_u64().unwrap() > 0, "{listed}");
     let diff = json(&["diff", "1", "2", "--json"]);
     assert_eq!(diff["changed"][0]["name"], "top", "{diff}");
-    assert_eq!(diff["changed"][0]["to"]["entries"][0], top.as_str(), "{diff}");
+    assert_eq!(
+        diff["changed"][0]["to"]["entries"][0],
+        top.as_str(),
+        "{diff}"
+    );
     assert_eq!(diff["added"], serde_json::json!([]), "{diff}");
     let json_of = |out: Output| -> serde_json::Value {
         assert!(out.status.success(), "{}", stderr(&out));
@@ -737,10 +752,7 @@ fn generations_record_diff_and_roll_back_without_building() {
     assert!(show["request"]["args"].is_array(), "{show}");
     let log = json_of(run_dag(&store, &v2, &["log", "top", "--json"]));
     assert_eq!(log["entry"], top.as_str(), "{log}");
-    assert!(
-        Path::new(log["log"].as_str().unwrap()).is_file(),
-        "{log}"
-    );
+    assert!(Path::new(log["log"].as_str().unwrap()).is_file(), "{log}");
     assert!(log["duration_ms"].is_u64(), "{log}");
     let entry = json(&["show", top.as_str(), "--json"]);
     assert_eq!(entry["meta"]["key"], show["outputs"]["out"]["meta"]["key"]);
@@ -884,7 +896,10 @@ fn profiles_keep_their_own_roots_and_out_links_are_roots_while_they_exist() {
     let result = dir.path().join("result");
     let target = fs::read_link(&result).unwrap();
     assert!(target.ends_with("content"), "{}", target.display());
-    assert_eq!(fs::read_to_string(target.join("f1")).unwrap(), "n0-0 1 staging\n");
+    assert_eq!(
+        fs::read_to_string(target.join("f1")).unwrap(),
+        "n0-0 1 staging\n"
+    );
     assert!(
         stdout(&built).contains(&format!("result -> {}", target.display())),
         "{}",
@@ -909,7 +924,11 @@ fn profiles_keep_their_own_roots_and_out_links_are_roots_while_they_exist() {
     );
     let unlinked = run_dag(&store, &v1, &["build", "--no-out-link", "n0-2"]);
     assert!(unlinked.status.success(), "{}", stderr(&unlinked));
-    assert!(!stdout(&unlinked).contains("result"), "{}", stdout(&unlinked));
+    assert!(
+        !stdout(&unlinked).contains("result"),
+        "{}",
+        stdout(&unlinked)
+    );
     fs::write(dir.path().join("taken"), "mine").unwrap();
     let refused = run_dag(&store, &v1, &["build", "-o", "taken", "n0-2"]);
     assert_eq!(refused.status.code(), Some(1));
@@ -918,7 +937,10 @@ fn profiles_keep_their_own_roots_and_out_links_are_roots_while_they_exist() {
         "{}",
         stderr(&refused)
     );
-    assert_eq!(fs::read_to_string(dir.path().join("taken")).unwrap(), "mine");
+    assert_eq!(
+        fs::read_to_string(dir.path().join("taken")).unwrap(),
+        "mine"
+    );
 }
 
 #[test]

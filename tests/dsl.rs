@@ -250,7 +250,14 @@ fn a_list_or_map_of_inputs_is_one_variable_and_each_member_an_input() {
     let inputs: Vec<String> = drv.inputs().keys().map(|k| k.to_string()).collect();
     assert_eq!(
         inputs,
-        ["extras_docs", "extras_icons", "parts_0", "parts_1", "parts_2", "patch"]
+        [
+            "extras_docs",
+            "extras_icons",
+            "parts_0",
+            "parts_1",
+            "parts_2",
+            "patch"
+        ]
     );
     // The order of a list is in the key; an absent `Option` is left out.
     let reordered = graph(["c", "b", "a"], true);
@@ -272,7 +279,10 @@ fn a_list_or_map_of_inputs_is_one_variable_and_each_member_an_input() {
         )
     };
     let parts: Vec<Drv> = ["a", "b", "c"].iter().map(|n| part(&mut b, n)).collect();
-    let extras = [("docs", part(&mut b, "docs")), ("icons", part(&mut b, "icons"))];
+    let extras = [
+        ("docs", part(&mut b, "docs")),
+        ("icons", part(&mut b, "icons")),
+    ];
     let fix = part(&mut b, "fix");
     let script = r#"
 : > $out
@@ -299,7 +309,9 @@ if [ -n "${patch:-}" ]; then read -r line < "$patch"; printf 'patch %s\n' "$line
         .build()
         .unwrap_err();
     assert!(
-        clash.to_string().contains("`parts` is both a list of inputs and an env var"),
+        clash
+            .to_string()
+            .contains("`parts` is both a list of inputs and an env var"),
         "{clash}"
     );
 

@@ -205,12 +205,19 @@ fn colour_follows_no_color_clicolor_force_and_the_color_option() {
         "names and paths are not painted: {text:?}"
     );
     for (env, args) in [
-        (&[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")][..], &["plan"][..]),
+        (
+            &[("CLICOLOR_FORCE", "1"), ("NO_COLOR", "1")][..],
+            &["plan"][..],
+        ),
         (&[("CLICOLOR_FORCE", "1")], &["--color", "never", "plan"]),
     ] {
         let out = run(env, args);
         assert!(out.status.success(), "{}", stderr(&out));
-        assert!(!stdout(&out).contains('\x1b'), "{env:?} {args:?}: {}", stdout(&out));
+        assert!(
+            !stdout(&out).contains('\x1b'),
+            "{env:?} {args:?}: {}",
+            stdout(&out)
+        );
     }
     let error = run(&[], &["--color=always", "log", "nosuch"]);
     assert_eq!(error.status.code(), Some(2));
@@ -293,6 +300,21 @@ fn prefetch_prints_the_digests_of_a_download_as_nix_and_forjar_write_them() {
     fs::write(&file, "hello\n").unwrap();
     let local = run_example("hello", dir.path(), &["prefetch", file.to_str().unwrap()]);
     assert_eq!(stdout(&local), text);
+    let json = run_example(
+        "hello",
+        dir.path(),
+        &["prefetch", "--json", file.to_str().unwrap()],
+    );
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(
+        json["sha256"],
+        "sha256-WJG1tSLV3whtD/CxEPvZ0hu0/HFjrzTQgoai6Eb2vgM="
+    );
+    assert_eq!(
+        json["sha256_recursive"],
+        "sha256-HDfQGvQL4ugGkd48w99EN3ppmvuxfGjwgJZLL9Bx/BM="
+    );
+    assert!(text.contains(json["blake3"].as_str().unwrap()), "{json}");
     let missing = run_example(
         "hello",
         dir.path(),

@@ -420,7 +420,12 @@ fn ignore_rules_leave_files_out_of_a_sources_key_and_entry() {
         let plan = Plan::new(&g, &store).unwrap();
         let node = plan.find("patches")[0];
         let entry = plan.entry_names(node)[0].clone();
-        (plan, node, entry, forjar_suite::entry_of(&Plan::new(&g, &store).unwrap(), "patched"))
+        (
+            plan,
+            node,
+            entry,
+            forjar_suite::entry_of(&Plan::new(&g, &store).unwrap(), "patched"),
+        )
     };
     let (plan, node, entry, key) = plan_of(source(&["*.md"]));
 
@@ -471,9 +476,13 @@ fn ignore_rules_leave_files_out_of_a_sources_key_and_entry() {
     assert_ne!(fewer_rules, moved, "README.md is in again");
 
     // A pattern that is not gitignore syntax is an error naming it.
-    let bad = Source::dir(src.path()).unwrap().ignore(["{a,b"]).unwrap_err();
+    let bad = Source::dir(src.path())
+        .unwrap()
+        .ignore(["{a,b"])
+        .unwrap_err();
     assert!(
-        bad.to_string().contains("ignore pattern `{a,b` is not valid"),
+        bad.to_string()
+            .contains("ignore pattern `{a,b` is not valid"),
         "{bad}"
     );
 }

@@ -1116,6 +1116,49 @@ fn a_builder_that_is_not_in_the_sandbox_is_named() {
     assert!(!err.contains("the kernel gives no sandbox"), "{err}");
 }
 
+#[test]
+fn read_only_paths_that_meet_the_sandboxs_own_are_refused_before_it_runs() {
+    if !sandbox() {
+        return;
+    }
+    let ro = |path: &str| {
+        Derivation::builder("ro")
+            .ro_path(path)
+            .script("echo > $out")
+    };
+    for (path, needle) in [
+        (
+            "/etc",
+            "`/etc`: it would cover `/etc/passwd`, which the sandbox makes for every build",
+        ),
+        ("/proc/self", "`/proc/self`: it is inside `/proc`"),
+        ("/dev/shm", "`/dev/shm`: it is inside `/dev`"),
+        ("/tmp", "`/tmp`: the sandbox makes it for every build"),
+    ] {
+        let err = must_fail(path, ro(path));
+        assert!(err.contains(needle), "{path}: {err}");
+        assert!(!err.contains("the kernel gives no sandbox"), "{err}");
+    }
+    // On a merged-/usr host `/lib` is a symlink, under which the sandbox binds `/bin/sh`'s
+    // libraries.
+    if fs::symlink_metadata("/lib").is_ok_and(|m| m.file_type().is_symlink()) {
+        let err = must_fail("/lib", ro("/lib"));
+        assert!(
+            err.contains(
+                "`/lib`: it is a symlink on this host (to `usr/lib`), and the sandbox binds `/lib/"
+            ),
+            "{err}"
+        );
+    }
+    // What fits is given.
+    let (_dir, store) = temp_store();
+    let entry = build_root(
+        &store,
+        ro("/etc/ssl").script("[ -d /etc/ssl ] && echo > $out"),
+    );
+    assert!(entry.is_ok(), "{entry:?}");
+}
+
 /// A request made by hand: `script` run by `/bin/sh` with the host's tools, in `working_dir`,
 /// with `scratch` paths and the file `src/data`, for the store directory `store_dir`.
 fn hand_made(

@@ -226,6 +226,15 @@ fn keys_depend_on_the_packages_a_build_uses_and_on_nothing_else_installed() {
     let relocked = ok(tools(dir, &tool, &["lock"]));
     assert!(relocked.contains("unchanged tool: "), "{relocked}");
     assert!(relocked.contains("unchanged plain: "), "{relocked}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(tools(dir, &tool, &["lock", "--json"]))).unwrap();
+    let results: Vec<&str> = json["toolchains"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["result"].as_str().unwrap())
+        .collect();
+    assert_eq!(results, ["unchanged", "unchanged"], "{json}");
     packages.remove(&unrelated);
     assert_eq!(
         keys(dir, &tool),

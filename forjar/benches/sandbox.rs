@@ -73,6 +73,7 @@ fn main() {
         store_dir: forjar::name::StoreDir::from_path(&dir.path().join("store")).unwrap(),
         host: Some(forjar::hash::HostFingerprint::current()),
         toolchain: None,
+        input_lists: Default::default(),
     })
     .unwrap();
     let spec = BuildSpec {

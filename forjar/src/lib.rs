@@ -74,8 +74,8 @@ mod book {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::derivation::{
-        DefaultOutputs, Derivation, DerivationError, Drv, DrvId, Graph, IntoDerivation, IntoEnv,
-        InputField, IntoInput, IntoToolchain, OutputRef, Param, Part, Spec,
+        DefaultOutputs, Derivation, DerivationError, Drv, DrvId, Graph, InputField, IntoDerivation,
+        IntoEnv, IntoInput, IntoToolchain, OutputRef, Param, Part, Spec,
     };
     pub use crate::request::{HashMode, RequestError, SandboxLevel};
     pub use core::option::Option::{None, Some};

@@ -1090,10 +1090,10 @@ impl<'g> Planner<'g> {
                     },
                 )
                 .map(|digest| (source, *node, digest))
-                    .map_err(|error| PlanError::Source {
-                        path: source.host_path().to_path_buf(),
-                        error,
-                    })
+                .map_err(|error| PlanError::Source {
+                    path: source.host_path().to_path_buf(),
+                    error,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         for (source, node, digest) in hashed {

@@ -609,7 +609,7 @@ pub(crate) fn check_input_lists(
             return Err(InvalidValue::new(
                 "list of inputs",
                 list.as_str(),
-                &format!("it lists `{missing}`, which is not an input"),
+                format!("it lists `{missing}`, which is not an input"),
             )
             .into());
         }

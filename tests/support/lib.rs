@@ -50,7 +50,9 @@ pub fn dag(store: &Path, env: &[(&str, &str)], args: &[&str]) -> Command {
         .arg(store)
         .args(args)
         .current_dir(beside(store));
-    command.env_remove("FORJAR_REMOTE").env_remove("CLICOLOR_FORCE");
+    command
+        .env_remove("FORJAR_REMOTE")
+        .env_remove("CLICOLOR_FORCE");
     for (key, value) in env {
         command.env(key, value);
     }

@@ -35,6 +35,10 @@ enum Command {
     Prefetch {
         /// An `http://` or `https://` URL, or a path.
         target: String,
+        /// As JSON: `{target, sha256, sha256_recursive, blake3}` (`sha256` null for a
+        /// directory).
+        #[arg(long)]
+        json: bool,
     },
     /// Print a completion script for SHELL: `source <(forjar completions bash)`.
     Completions {
@@ -73,7 +77,7 @@ fn main() -> std::process::ExitCode {
     };
     let result: Result<ExitCode, Failure> = match cli.command {
         Command::Hash(command) => store::hash(command),
-        Command::Prefetch { target } => store::prefetch(&target),
+        Command::Prefetch { target, json } => store::prefetch(&target, json),
         Command::Completions { shell } => {
             forjar::cli::completions(<Cli as clap::CommandFactory>::command(), "forjar", shell)
         }

@@ -348,8 +348,7 @@ impl Session {
         }
         intro.push_str("\n`exit` leaves; nothing is installed\n");
         eprint!("{}", super::terminal::sanitise(&intro));
-        let entered =
-            exec::enter(&self.plan, &self.store, index, &local).map_err(exec_failure)?;
+        let entered = exec::enter(&self.plan, &self.store, index, &local).map_err(exec_failure)?;
         Ok(match entered.outcome.success() {
             true => ExitCode::Success,
             false => ExitCode::Failure,

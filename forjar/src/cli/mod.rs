@@ -218,12 +218,21 @@ enum ProgramCommand {
     /// Resolve the program's toolchains against the packages installed now, import them, and
     /// pin them in the lock file.
     #[command(display_order = 9)]
-    Lock,
+    Lock {
+        /// As JSON: a list of `{name, result, packages, bytes, entry, changes}` and the lock's
+        /// `path`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Download a URL (or read a path) and print the digests a fixed-output derivation of it
     /// declares: SHA-256 flat and recursive in Nix's SRI form, and forjar's tree digest.
     Prefetch {
         /// An `http://` or `https://` URL, or a path.
         target: String,
+        /// As JSON: `{target, sha256, sha256_recursive, blake3}` (`sha256` null for a
+        /// directory).
+        #[arg(long)]
+        json: bool,
     },
     /// Print a completion script for SHELL: `source <(hello completions bash)`.
     Completions {
@@ -248,11 +257,14 @@ pub fn completions(
 /// usage errors follow it too.
 fn colour_asked() -> clap::ColorChoice {
     let args: Vec<String> = std::env::args().collect();
-    let asked = args.iter().enumerate().find_map(|(i, arg)| match arg.strip_prefix("--color") {
-        Some(rest) if rest.starts_with('=') => Some(rest[1..].to_string()),
-        Some("") => args.get(i + 1).cloned(),
-        _ => None,
-    });
+    let asked = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, arg)| match arg.strip_prefix("--color") {
+            Some(rest) if rest.starts_with('=') => Some(rest[1..].to_string()),
+            Some("") => args.get(i + 1).cloned(),
+            _ => None,
+        });
     let choice = match asked.as_deref() {
         Some("always") => clap::ColorChoice::Always,
         Some("never") => clap::ColorChoice::Never,

@@ -142,9 +142,7 @@ fn diff(store: &Store, profile: &str, a: u64, b: u64, json: bool) -> Result<Exit
     let (left, right) = (contents(&from.roots)?, contents(&to.roots)?);
     let mut text = String::new();
     let (mut added, mut removed, mut changed) = (Vec::new(), Vec::new(), Vec::new());
-    let side = |(entries, size): &(BTreeSet<EntryName>, u64)| {
-        serde_json::json!({ "entries": entries, "size": size })
-    };
+    let side = |(entries, size): &(BTreeSet<EntryName>, u64)| serde_json::json!({ "entries": entries, "size": size });
     let names: BTreeSet<&String> = left.keys().chain(right.keys()).collect();
     for name in names {
         match (left.get(name), right.get(name)) {

@@ -157,12 +157,19 @@ pub(super) fn run(
     match cli.command {
         ProgramCommand::Store(store::StoreCommand::Verify { repair: true }) => {
             let (report, wanted) = store::delete_damaged(&store_dir)?;
-            Session::open(define, &lock, (&store_dir, false), profile, verbosity, hosts)?
-                .repair(&report, &wanted)
+            Session::open(
+                define,
+                &lock,
+                (&store_dir, false),
+                profile,
+                verbosity,
+                hosts,
+            )?
+            .repair(&report, &wanted)
         }
         ProgramCommand::Store(command) => store::run(&store_dir, command),
-        ProgramCommand::Lock => lock_toolchains(define, &lock, &store_dir),
-        ProgramCommand::Prefetch { target } => store::prefetch(&target),
+        ProgramCommand::Lock { json } => lock_toolchains(define, &lock, &store_dir, json),
+        ProgramCommand::Prefetch { target, json } => store::prefetch(&target, json),
         ProgramCommand::Completions { shell } => super::completions(
             <super::ProgramCli as clap::CommandFactory>::command(),
             &super::program_name(),
@@ -170,8 +177,14 @@ pub(super) fn run(
         ),
         ProgramCommand::Hash(command) => store::hash(command),
         ProgramCommand::Profile(command) if hosts.on.is_some() => {
-            let session =
-                Session::open(define, &lock, (&store_dir, false), profile, verbosity, hosts)?;
+            let session = Session::open(
+                define,
+                &lock,
+                (&store_dir, false),
+                profile,
+                verbosity,
+                hosts,
+            )?;
             match command {
                 profile::ProfileCommand::Generations { json: true } => Err(Failure::new(
                     ExitCode::Usage,
@@ -198,17 +211,29 @@ pub(super) fn run(
         }
         ProgramCommand::Build(command) => {
             let to_read = command.only_plans();
-            Session::open(define, &lock, (&store_dir, to_read), profile, verbosity, hosts)?
-                .run_build(command)
+            Session::open(
+                define,
+                &lock,
+                (&store_dir, to_read),
+                profile,
+                verbosity,
+                hosts,
+            )?
+            .run_build(command)
         }
         ProgramCommand::Inspect(command) => {
             Session::open(define, &lock, (&store_dir, true), profile, verbosity, hosts)?
                 .inspect(command)
         }
-        ProgramCommand::Machine(command) => {
-            Session::open(define, &lock, (&store_dir, false), profile, verbosity, hosts)?
-                .machine(command)
-        }
+        ProgramCommand::Machine(command) => Session::open(
+            define,
+            &lock,
+            (&store_dir, false),
+            profile,
+            verbosity,
+            hosts,
+        )?
+        .machine(command),
     }
 }
 
@@ -218,6 +243,7 @@ fn lock_toolchains(
     define: impl FnOnce(&mut Program) -> crate::Result<()>,
     path: &Path,
     store_dir: &Path,
+    json: bool,
 ) -> Result<ExitCode, Failure> {
     let mut program = Program::new();
     define(&mut program).map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
@@ -225,6 +251,7 @@ fn lock_toolchains(
     let store = Store::open(store_dir)?;
     let mut lock = Lock::read(path).map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
     let mut out = String::new();
+    let mut listed = Vec::new();
     for toolchain in &toolchains {
         let (locked, outcome) = crate::toolchain::import(&store, toolchain, None)
             .map_err(|e| Failure::new(ExitCode::Failure, e))?;
@@ -245,10 +272,18 @@ fn lock_toolchains(
             outcome.entry
         );
         if old.is_some() {
-            for change in changes {
+            for change in &changes {
                 let _ = writeln!(out, "  {change}");
             }
         }
+        listed.push(serde_json::json!({
+            "name": locked.name,
+            "result": verb,
+            "packages": locked.packages.len(),
+            "bytes": size,
+            "entry": outcome.entry,
+            "changes": changes.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }));
         lock.insert(locked);
     }
     lock.write()
@@ -260,7 +295,12 @@ fn lock_toolchains(
         lock.path().display(),
         if count == 1 { "" } else { "s" }
     );
-    super::emit_changes(&out)?;
+    if json {
+        let value = serde_json::json!({ "path": lock.path(), "toolchains": listed });
+        super::emit(&format!("{value:#}\n"))?;
+    } else {
+        super::emit_changes(&out)?;
+    }
     Ok(ExitCode::Success)
 }
 

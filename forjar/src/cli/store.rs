@@ -142,7 +142,10 @@ pub(super) fn print_log(store: &Store, entry: &EntryName, json: bool) -> Result<
         return Ok(ExitCode::Success);
     }
     let meta = store.meta(entry)?;
-    let path = meta.derivation.as_ref().map(|d| store.log_path(&d.store_hash()));
+    let path = meta
+        .derivation
+        .as_ref()
+        .map(|d| store.log_path(&d.store_hash()));
     let value = serde_json::json!({
         "name": meta.name,
         "entry": entry,
@@ -188,7 +191,7 @@ pub fn hash(command: HashCommand) -> Result<ExitCode, Failure> {
 /// `prefetch URL|PATH`: downloads the URL (or reads the path) and prints the digests a
 /// fixed-output derivation of it declares, as attributes to paste: the file's SHA-256 (Nix's
 /// `fetchurl`), its NAR SHA-256 (`fixed_output_mode = "recursive"`), and forjar's tree digest.
-pub fn prefetch(target: &str) -> Result<ExitCode, Failure> {
+pub fn prefetch(target: &str, json: bool) -> Result<ExitCode, Failure> {
     let failed = |e: String| Failure::new(ExitCode::Failure, e);
     let downloaded = tempfile::tempdir().map_err(|e| failed(e.to_string()))?;
     // A download's flat digest is taken as it is written.
@@ -209,12 +212,14 @@ pub fn prefetch(target: &str) -> Result<ExitCode, Failure> {
     let mut text = String::new();
     let meta = fs::symlink_metadata(&path)
         .map_err(|e| failed(format!("cannot read `{}`: {e}", path.display())))?;
+    let mut flat_sri = None;
     if meta.is_file() {
         let flat = match flat {
             Some(flat) => flat,
             None => crate::hash::file_sha256(&path).map_err(|e| failed(e.to_string()))?,
         };
         let _ = writeln!(text, "fixed_output = \"{}\"", sri(flat));
+        flat_sri = Some(sri(flat));
     }
     let nar = crate::hash::nar_sha256(&path).map_err(|e| failed(e.to_string()))?;
     let _ = writeln!(
@@ -224,7 +229,13 @@ pub fn prefetch(target: &str) -> Result<ExitCode, Failure> {
     );
     let tree = tree_digest(&path).map_err(|e| failed(e.to_string()))?;
     let _ = writeln!(text, "fixed_output = \"{tree}\"");
-    emit(&text)?;
+    let value = serde_json::json!({
+        "target": target,
+        "sha256": flat_sri,
+        "sha256_recursive": sri(nar),
+        "blake3": tree.to_string(),
+    });
+    emit(&as_json_or(json, &value, text))?;
     Ok(ExitCode::Success)
 }
 

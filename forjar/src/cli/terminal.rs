@@ -79,7 +79,10 @@ pub(crate) fn prefix_style(prefix: &str) -> Style {
 pub(crate) fn message(prefix: &str, text: &str) -> String {
     let text = sanitise(text);
     match colour_stderr() {
-        true => format!("{} {text}", paint(prefix_style(prefix), &format!("{prefix}:"))),
+        true => format!(
+            "{} {text}",
+            paint(prefix_style(prefix), &format!("{prefix}:"))
+        ),
         false => format!("{prefix}: {text}"),
     }
 }

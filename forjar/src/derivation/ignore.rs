@@ -155,7 +155,10 @@ mod tests {
         assert!(!keeps("sub/deep/x.md", Kind::File));
         assert!(keeps("NOTES.md", Kind::File));
         assert!(!keeps("a.log", Kind::File));
-        assert!(keeps("sub/keep.log", Kind::File), "the nearer .gitignore wins");
+        assert!(
+            keeps("sub/keep.log", Kind::File),
+            "the nearer .gitignore wins"
+        );
         assert!(!keeps("sub/other.log", Kind::File));
         assert!(!keeps("build", Kind::Dir));
         assert!(keeps("build", Kind::File), "`build/` is for directories");

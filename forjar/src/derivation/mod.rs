@@ -38,8 +38,7 @@ pub use ignore::IgnoreRules;
 pub use input::{Drv, DrvId, Input, OutputRef, Source, SourceError};
 pub use typed::{
     DefaultOutputs, InputField, IntoDerivation, IntoEnv, IntoInput, IntoToolchain, Param, Part,
-    Spec,
-    render_file,
+    Spec, render_file,
 };
 
 use crate::name::{InvalidValue, Limits, Name, OutputName};

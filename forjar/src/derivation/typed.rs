@@ -150,7 +150,12 @@ input_lists! {
 
 impl<T: IntoInput, const N: usize> InputField for [T; N] {
     fn into_input_part(self, name: &'static str) -> Part {
-        listed(name, self.into_iter().enumerate().map(|(i, m)| (i.to_string(), m)))
+        listed(
+            name,
+            self.into_iter()
+                .enumerate()
+                .map(|(i, m)| (i.to_string(), m)),
+        )
     }
 }
 

@@ -24,7 +24,10 @@ use nix::unistd::{
     ForkResult, Gid, Uid, chdir, fork, pivot_root, sethostname, setresgid, setresuid,
 };
 
-use super::{BUILD_GID, BUILD_UID, EXEC_FAILED, LIMIT_HIT, PlacementKind, Prepared, SETUP_FAILED};
+use super::{
+    BUILD_GID, BUILD_UID, EXEC_FAILED, LIMIT_HIT, PLACE_FAILED, PlacementKind, Prepared,
+    SETUP_FAILED,
+};
 
 /// Where the new root is assembled before `pivot_root`. Any directory every uid can search
 /// would do; `/tmp` always is one, and the tmpfs mounted on it is visible only in the build's
@@ -588,6 +591,14 @@ fn setup(p: &Prepared, feed: &mut Feed) -> Result<Never, Failed> {
         tmpfs(&at(scratch), 0o1777, MsFlags::empty())?;
     }
 
+    // From here on the kernel has given a sandbox: what fails is a path of this build's.
+    place(p, feed, root).map_err(|Failed(_, message)| Failed(PLACE_FAILED, message))?;
+    mounts(p, feed, root)
+}
+
+/// The binds and symlinks of the build's inputs, toolchain and read-only paths.
+fn place(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<(), Failed> {
+    let at = |path: &Path| -> PathBuf { root.join(path.strip_prefix("/").unwrap_or(path)) };
     for placement in &p.placements {
         let target = at(&placement.target);
         match &placement.kind {
@@ -612,6 +623,12 @@ fn setup(p: &Prepared, feed: &mut Feed) -> Result<Never, Failed> {
         }
     }
 
+    Ok(())
+}
+
+/// The store directory, `/build`, `/dev`, `/proc`, `/etc`, and the switch to the new root.
+fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
+    let at = |path: &Path| -> PathBuf { root.join(path.strip_prefix("/").unwrap_or(path)) };
     // The store directory itself is read-only (only the outputs bound in it are writable), even
     // where its path runs through a writable part of the sandbox such as /tmp.
     let store = at(&p.store_dir);

@@ -76,6 +76,9 @@ const SETUP_FAILED: u8 = b'S';
 /// The first byte a child writes to the error pipe: the sandbox was set up, but `exec` of the
 /// builder failed.
 const EXEC_FAILED: u8 = b'X';
+/// A failure kind: a bind or symlink of the build's own paths could not be made in the
+/// sandbox, which the kernel did give.
+const PLACE_FAILED: u8 = b'P';
 /// The first byte a child writes to the error pipe: a limit of the process stopped the setup.
 const LIMIT_HIT: u8 = b'L';
 /// Lines of the log kept for error messages.
@@ -95,6 +98,9 @@ pub enum SandboxError {
          Ubuntu, `kernel.unprivileged_userns_clone` and `kernel.apparmor_restrict_unprivileged_userns`"
     )]
     Unavailable(String),
+    /// One of the build's paths could not be placed in its sandbox.
+    #[error("cannot set the build's sandbox up: {0}")]
+    Setup(String),
     /// A host path the build needs could not be opened.
     #[error("cannot give the build `{}`: {source}", .path.display())]
     Host {
@@ -149,6 +155,16 @@ fn nix_err(what: &'static str) -> impl FnOnce(nix::errno::Errno) -> SandboxError
 pub(crate) struct Placement {
     target: PathBuf,
     kind: PlacementKind,
+}
+
+impl Placement {
+    /// Where it comes from, for messages.
+    fn what(&self) -> String {
+        match &self.kind {
+            PlacementKind::Bind { host, .. } => format!("from `{}`", host.display()),
+            PlacementKind::Symlink { to } => format!("a symlink to `{}`", to.display()),
+        }
+    }
 }
 
 pub(crate) enum PlacementKind {
@@ -438,6 +454,7 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
             placements.extend(host_placement(Path::new(path), Path::new(path), false)?);
         }
     }
+    let given = placements.len();
     for path in &request.constraints.ro_paths {
         let placement =
             host_placement(path.as_path(), path.as_path(), false)?.ok_or_else(|| {
@@ -451,6 +468,7 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
             })?;
         placements.push(placement);
     }
+    check_ro_paths(request, &placements[..given], &placements[given..])?;
     // Parents before children, so a path bound inside another lands on top of it.
     placements.sort_by(|a, b| a.target.cmp(&b.target));
 
@@ -684,6 +702,79 @@ impl Tail {
     }
 }
 
+/// Each read-only path the request asks for fits among what the sandbox makes and binds itself
+/// (`made`, and `others`, the other read-only paths): it does not cover a path the sandbox
+/// writes or binds, is not inside `/proc`, `/dev` or `/build`, which the sandbox makes after
+/// the binds, and, when it is a symlink on this host, holds nothing else. A path that does not
+/// fit is named with what it meets and what to do, before anything runs.
+fn check_ro_paths(
+    request: &BuildRequest,
+    made: &[Placement],
+    ro: &[Placement],
+) -> Result<(), SandboxError> {
+    let refuse = |path: &Path, why: String| SandboxError::Host {
+        path: path.to_path_buf(),
+        source: io::Error::other(why),
+    };
+    let store = request.store_dir.as_path();
+    let written: Vec<&Path> = ["/etc/passwd", "/etc/group", "/etc/hosts", "/tmp"]
+        .iter()
+        .map(Path::new)
+        .chain([store])
+        .chain(request.scratch_paths.iter().map(|p| p.as_path()))
+        .collect();
+    for (placement, path) in ro.iter().zip(&request.constraints.ro_paths) {
+        let path = path.as_path();
+        if let Some(inside) = ["/proc", "/dev", "/build"]
+            .iter()
+            .find(|made| path.starts_with(made))
+        {
+            return Err(refuse(
+                path,
+                format!("it is inside `{inside}`, which the sandbox makes for every build"),
+            ));
+        }
+        if let Some(covered) = written.iter().find(|w| w.starts_with(path)) {
+            let what = match *covered == path {
+                true => "the sandbox makes it for every build".to_string(),
+                false => format!(
+                    "it would cover `{}`, which the sandbox makes for every build; name the \
+                     paths under it that the build reads instead",
+                    covered.display()
+                ),
+            };
+            return Err(refuse(path, what));
+        }
+        if let Some(bound) = made.iter().find(|m| m.target == path) {
+            return Err(refuse(
+                path,
+                format!(
+                    "the sandbox binds `{}` already ({}); the build sees it without asking",
+                    bound.target.display(),
+                    bound.what()
+                ),
+            ));
+        }
+        if let PlacementKind::Symlink { to } = &placement.kind
+            && let Some(under) = made
+                .iter()
+                .chain(ro)
+                .find(|m| m.target != path && m.target.starts_with(path))
+        {
+            return Err(refuse(
+                path,
+                format!(
+                    "it is a symlink on this host (to `{}`), and the sandbox binds `{}` under \
+                     it; name the directory it points to instead",
+                    to.display(),
+                    under.target.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The terminal on standard input given to another process group while a value lives, and
 /// taken back for forjar's own when it is dropped.
 struct Foreground {
@@ -831,6 +922,8 @@ fn run_streams(
             SandboxError::open_files()
         } else if kind == EXEC_FAILED {
             SandboxError::Builder(message)
+        } else if kind == PLACE_FAILED {
+            SandboxError::Setup(message)
         } else {
             SandboxError::Unavailable(message)
         });

@@ -418,7 +418,14 @@ impl Store {
         digest: TreeDigest,
         keep: Option<crate::walk::Keep<'_>>,
     ) -> Result<ImportOutcome, StoreError> {
-        self.import_tree_keeping(path, name, digest, Vec::new(), Some(path.to_path_buf()), keep)
+        self.import_tree_keeping(
+            path,
+            name,
+            digest,
+            Vec::new(),
+            Some(path.to_path_buf()),
+            keep,
+        )
     }
 
     /// Imports a tree forjar made itself (a machine's system), keyed by its name and content

@@ -309,7 +309,10 @@ impl Store {
                 },
             }
         };
-        let path = rest.iter().rev().fold(resolved, |path, name| path.join(name));
+        let path = rest
+            .iter()
+            .rev()
+            .fold(resolved, |path, name| path.join(name));
         let store_dir = StoreDir::from_path(&path).map_err(|e| StoreError::NotAStore {
             dir: path.clone(),
             reason: format!("its path {}", e.reason),

@@ -367,10 +367,14 @@ impl Drop for ScratchDir {
 pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
     // What vanished meanwhile was removed by someone else (a sweep racing a drop): either way,
     // it is gone.
-    match walk::walk(path, &mut Remove, walk::Options {
+    match walk::walk(
+        path,
+        &mut Remove,
+        walk::Options {
             force: true,
             ..walk::Options::default()
-        }) {
+        },
+    ) {
         Err(StoreError::Hash(HashError::NotFound { .. })) => Ok(()),
         other => other,
     }
