@@ -33,12 +33,17 @@ impl Session {
     /// store that does not exist is planned against as an empty one and not created.
     fn open(
         define: impl FnOnce(&mut Program) -> crate::Result<()>,
-        lock: &Path,
-        (store_dir, to_read): (&Path, bool),
-        profile: String,
-        verbosity: Verbosity,
-        hosts: Hosts,
+        settings: Settings,
+        to_read: bool,
     ) -> Result<ManuallyDrop<Session>, Failure> {
+        let Settings {
+            store_dir,
+            lock,
+            profile,
+            verbosity,
+            hosts,
+        } = settings;
+        let (store_dir, lock) = (store_dir.as_path(), lock.as_path());
         // The graph and the session are left to the process's exit, not freed one allocation at a
         // time: in a no-op plan of 10,000 derivations the frees took a quarter of the CPU time.
         let mut program = ManuallyDrop::new(Program::new());
@@ -124,6 +129,15 @@ impl Session {
     }
 }
 
+/// What the command line says of where and how a command works, besides the command.
+struct Settings {
+    store_dir: std::path::PathBuf,
+    lock: std::path::PathBuf,
+    profile: String,
+    verbosity: Verbosity,
+    hosts: Hosts,
+}
+
 /// Which machines the command is for, and how they are reached.
 pub(super) struct Hosts {
     on: Option<String>,
@@ -149,23 +163,22 @@ pub(super) fn run(
         (_, true) => Verbosity::Verbose,
         _ => Verbosity::Normal,
     };
-    let hosts = Hosts {
-        on: cli.on,
-        ssh_config: cli.ssh_config,
-        max_hosts: usize::from(cli.max_hosts),
+    let settings = Settings {
+        store_dir,
+        lock,
+        profile,
+        verbosity,
+        hosts: Hosts {
+            on: cli.on,
+            ssh_config: cli.ssh_config,
+            max_hosts: usize::from(cli.max_hosts),
+        },
     };
+    let (store_dir, lock) = (settings.store_dir.clone(), settings.lock.clone());
     match cli.command {
         ProgramCommand::Store(store::StoreCommand::Verify { repair: true }) => {
             let (report, wanted) = store::delete_damaged(&store_dir)?;
-            Session::open(
-                define,
-                &lock,
-                (&store_dir, false),
-                profile,
-                verbosity,
-                hosts,
-            )?
-            .repair(&report, &wanted)
+            Session::open(define, settings, false)?.repair(&report, &wanted)
         }
         ProgramCommand::Store(command) => store::run(&store_dir, command),
         ProgramCommand::Lock { json } => lock_toolchains(define, &lock, &store_dir, json),
@@ -176,15 +189,8 @@ pub(super) fn run(
             shell,
         ),
         ProgramCommand::Hash(command) => store::hash(command),
-        ProgramCommand::Profile(command) if hosts.on.is_some() => {
-            let session = Session::open(
-                define,
-                &lock,
-                (&store_dir, false),
-                profile,
-                verbosity,
-                hosts,
-            )?;
+        ProgramCommand::Profile(command) if settings.hosts.on.is_some() => {
+            let session = Session::open(define, settings, false)?;
             match command {
                 profile::ProfileCommand::Generations { json: true } => Err(Failure::new(
                     ExitCode::Usage,
@@ -206,34 +212,19 @@ pub(super) fn run(
                 )),
             }
         }
-        ProgramCommand::Profile(command) => {
-            profile::run(&Store::open_existing(&store_dir)?, &profile, command)
-        }
+        ProgramCommand::Profile(command) => profile::run(
+            &Store::open_existing(&store_dir)?,
+            &settings.profile,
+            command,
+        ),
         ProgramCommand::Build(command) => {
             let to_read = command.only_plans();
-            Session::open(
-                define,
-                &lock,
-                (&store_dir, to_read),
-                profile,
-                verbosity,
-                hosts,
-            )?
-            .run_build(command)
+            Session::open(define, settings, to_read)?.run_build(command)
         }
-        ProgramCommand::Inspect(command) => {
-            Session::open(define, &lock, (&store_dir, true), profile, verbosity, hosts)?
-                .inspect(command)
+        ProgramCommand::Inspect(command) => Session::open(define, settings, true)?.inspect(command),
+        ProgramCommand::Machine(command) => {
+            Session::open(define, settings, false)?.machine(command)
         }
-        ProgramCommand::Machine(command) => Session::open(
-            define,
-            &lock,
-            (&store_dir, false),
-            profile,
-            verbosity,
-            hosts,
-        )?
-        .machine(command),
     }
 }
 

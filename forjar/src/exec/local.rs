@@ -197,29 +197,14 @@ impl<'a> Prepared<'a> {
             events: cx.events,
         };
         let stagings = std::mem::take(&mut self.stagings);
-        let spec = BuildSpec {
-            request: job.request,
-            inputs: std::mem::take(&mut self.inputs),
-            referenced: std::mem::take(&mut self.referenced),
-            toolchain: self.toolchain.take(),
-            outputs: job
-                .outputs
-                .iter()
-                .zip(&stagings)
-                .map(|((output, planned), staging)| {
-                    (
-                        output.clone(),
-                        staging.dir().to_path_buf(),
-                        job.request.store_dir.as_path().join(planned.entry.as_str()),
-                    )
-                })
-                .collect(),
-            build_dir: self.build_dir.0.clone(),
-            limits: limits.clone(),
-            cores: limits.cpus.unwrap_or(self.local.cores),
-            cancel: Some(cx.stop),
-            hold: Some(cx.lock.as_fd()),
-        };
+        let build_dir = self.build_dir.0.clone();
+        let spec = self.spec(
+            job.request,
+            &stagings,
+            build_dir,
+            limits.clone(),
+            Some(cx.stop),
+        );
         let content_paths: Vec<PathBuf> = stagings.iter().map(Staging::content_path).collect();
         let output_size = || content_paths.iter().map(|p| staged_size(p)).sum();
         let finished =
@@ -308,6 +293,45 @@ impl<'a> Prepared<'a> {
         })
     }
 
+    /// The sandbox's view of this build, running `request` with its outputs in `stagings`; takes
+    /// the inputs, which one run uses.
+    fn spec<'s>(
+        &mut self,
+        request: &'s crate::request::BuildRequest,
+        stagings: &[Staging<'_>],
+        build_dir: PathBuf,
+        limits: crate::name::Limits,
+        cancel: Option<&'s std::sync::atomic::AtomicBool>,
+    ) -> BuildSpec<'s>
+    where
+        'a: 's,
+    {
+        BuildSpec {
+            request,
+            inputs: std::mem::take(&mut self.inputs),
+            referenced: std::mem::take(&mut self.referenced),
+            toolchain: self.toolchain.take(),
+            outputs: self
+                .job
+                .outputs
+                .iter()
+                .zip(stagings)
+                .map(|((output, planned), staging)| {
+                    (
+                        output.clone(),
+                        staging.dir().to_path_buf(),
+                        request.store_dir.as_path().join(planned.entry.as_str()),
+                    )
+                })
+                .collect(),
+            build_dir,
+            cores: limits.cpus.unwrap_or(self.local.cores),
+            limits,
+            cancel,
+            hold: Some(self.cx.lock.as_fd()),
+        }
+    }
+
     /// Runs `request` (the job's, with a shell for its builder) in the job's sandbox on the
     /// user's terminal, in `build_dir` if given (a kept failed build's) or a fresh one; nothing
     /// it leaves is installed. Returns how the shell ended.
@@ -317,34 +341,15 @@ impl<'a> Prepared<'a> {
         build_dir: Option<PathBuf>,
     ) -> Result<Outcome, ExecError> {
         let job = self.job;
-        let spec = BuildSpec {
-            request,
-            inputs: std::mem::take(&mut self.inputs),
-            referenced: std::mem::take(&mut self.referenced),
-            toolchain: self.toolchain.take(),
-            outputs: job
-                .outputs
-                .iter()
-                .zip(&self.stagings)
-                .map(|((output, planned), staging)| {
-                    (
-                        output.clone(),
-                        staging.dir().to_path_buf(),
-                        request.store_dir.as_path().join(planned.entry.as_str()),
-                    )
-                })
-                .collect(),
-            build_dir: build_dir.unwrap_or_else(|| self.build_dir.0.clone()),
-            // No time limits: the shell waits on its user.
-            limits: crate::name::Limits {
-                timeout: None,
-                max_silent: None,
-                ..job.limits.clone()
-            },
-            cores: job.limits.cpus.unwrap_or(self.local.cores),
-            cancel: None,
-            hold: Some(self.cx.lock.as_fd()),
+        let build_dir = build_dir.unwrap_or_else(|| self.build_dir.0.clone());
+        // No time limits: the shell waits on its user.
+        let limits = crate::name::Limits {
+            timeout: None,
+            max_silent: None,
+            ..job.limits.clone()
         };
+        let stagings = std::mem::take(&mut self.stagings);
+        let spec = self.spec(request, &stagings, build_dir, limits, None);
         sandbox::enter(&spec).map_err(|error| ExecError::Sandbox {
             name: job.name().to_string(),
             location: job.location().to_string(),

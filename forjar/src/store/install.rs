@@ -418,7 +418,7 @@ impl Store {
         digest: TreeDigest,
         keep: Option<crate::walk::Keep<'_>>,
     ) -> Result<ImportOutcome, StoreError> {
-        self.import_tree_keeping(
+        self.import_tree(
             path,
             name,
             digest,
@@ -438,7 +438,7 @@ impl Store {
         references: Vec<EntryName>,
     ) -> Result<ImportOutcome, StoreError> {
         let digest = TreeHasher::new().digest(path)?;
-        self.import_tree(path, name, digest, references, None)
+        self.import_tree(path, name, digest, references, None, None)
     }
 
     /// Imports a toolchain's tree, assembled at `path` and hashed to `digest`, keyed by its
@@ -449,23 +449,13 @@ impl Store {
         name: &Name,
         digest: TreeDigest,
     ) -> Result<ImportOutcome, StoreError> {
-        self.import_tree(path, name, digest, Vec::new(), None)
+        self.import_tree(path, name, digest, Vec::new(), None, None)
     }
 
-    /// Copies the tree at `path`, which hashed to `digest`, into the store as the entry its name
-    /// and digest make, unless it is there; every entry of `references` must be there.
+    /// Copies what `keep` keeps of the tree at `path` (all of it for `None`), which hashed to
+    /// `digest`, into the store as the entry its name and digest make, unless it is there;
+    /// every entry of `references` must be there.
     fn import_tree(
-        &self,
-        path: &Path,
-        name: &Name,
-        digest: TreeDigest,
-        references: Vec<EntryName>,
-        source_path: Option<PathBuf>,
-    ) -> Result<ImportOutcome, StoreError> {
-        self.import_tree_keeping(path, name, digest, references, source_path, None)
-    }
-
-    fn import_tree_keeping(
         &self,
         path: &Path,
         name: &Name,
