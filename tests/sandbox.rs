@@ -1117,6 +1117,33 @@ fn a_builder_that_is_not_in_the_sandbox_is_named() {
 }
 
 #[test]
+fn source_date_epoch_is_set_so_a_stamped_output_is_the_same_every_time() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    // The advice of the `date` check, followed; the derivation's own value wins.
+    let stamped = build_root(
+        &store,
+        tools(
+            "stamped",
+            "date -u -d @$SOURCE_DATE_EPOCH +%FT%TZ > $out; echo $SOURCE_DATE_EPOCH >> $out",
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        content_text(&store, &stamped),
+        "1980-01-01T00:00:00Z\n315532800\n"
+    );
+    let own = build_root(
+        &store,
+        tools("own", "echo $SOURCE_DATE_EPOCH > $out").env("SOURCE_DATE_EPOCH", "1700000000"),
+    )
+    .unwrap();
+    assert_eq!(content_text(&store, &own), "1700000000\n");
+}
+
+#[test]
 fn read_only_paths_that_meet_the_sandboxs_own_are_refused_before_it_runs() {
     if !sandbox() {
         return;

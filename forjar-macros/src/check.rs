@@ -24,6 +24,11 @@ pub fn check(cx: &Ctxt, drv: &Derivation) {
     fixed_output_has_one_output(cx, drv);
     if let Some(script) = drv.attrs.script.get() {
         let scan = script::scan(&script.value());
+        // A script `/bin/sh` would read otherwise is reported alone: what it expands is then
+        // not what it seems.
+        if !script_is_well_formed(cx, drv, &scan) {
+            return;
+        }
         script_names_only_declared_variables(cx, drv, &scan);
         script_is_deterministic(cx, drv, &scan);
     }
@@ -296,6 +301,16 @@ fn script_names_only_declared_variables(cx: &Ctxt, drv: &Derivation, scan: &scri
     for message in script::undeclared(scan, &declared) {
         cx.error_at(script_span(drv), message);
     }
+}
+
+// The script is read by `/bin/sh` as it is written: every here-document closed, no positional
+// parameter a build never has.
+fn script_is_well_formed(cx: &Ctxt, drv: &Derivation, scan: &script::Scan) -> bool {
+    let errors = script::syntax(scan);
+    for message in &errors {
+        cx.error_at(script_span(drv), message);
+    }
+    errors.is_empty()
 }
 
 // A script's output depends only on its inputs: no randomness, process ids or clock, unless

@@ -14,7 +14,18 @@ use crate::suggest::did_you_mean;
 /// Variables every build has without declaring them: those the sandbox sets, and those the
 /// shell sets itself.
 pub const BUILTIN_VARIABLES: &[&str] = &[
-    "PATH", "IFS", "PS1", "PS2", "PS4", "OPTIND", "OPTARG", "PPID", "LINENO", "OLDPWD", "REPLY",
+    "PATH",
+    "IFS",
+    "PS1",
+    "PS2",
+    "PS4",
+    "OPTIND",
+    "OPTARG",
+    "PPID",
+    "LINENO",
+    "OLDPWD",
+    "REPLY",
+    "SOURCE_DATE_EPOCH",
 ];
 
 /// A message for each `$name` the script expands that is not `declared` (name and kind:
@@ -73,6 +84,8 @@ pub struct Scan {
     pub assigned: BTreeSet<String>,
     /// Non-deterministic constructs, each with its line.
     pub impure: Vec<(String, usize)>,
+    /// What `/bin/sh` would refuse, or read other than as written, each with its line.
+    pub errors: Vec<(String, usize)>,
 }
 
 /// Variables whose value differs on every run.
@@ -112,9 +125,39 @@ pub fn scan(script: &str) -> Scan {
         pos: 0,
         line: 1,
         out: Scan::default(),
+        positional: Vec::new(),
+        has_parameters: defines_a_function(script),
     };
     scanner.code(Until::End);
+    if !scanner.has_parameters
+        && let Some(&(digit, line)) = scanner.positional.first()
+    {
+        scanner.out.errors.push((
+            format!(
+                "uses `${digit}`, but a build's script has no positional parameters (`sh -u` \
+                 stops at it); give the value as an env field or an input"
+            ),
+            line,
+        ));
+    }
     scanner.out
+}
+
+/// Whether `script` defines a shell function (`name() ...`), whose body has parameters.
+fn defines_a_function(script: &str) -> bool {
+    script.match_indices("()").any(|(at, _)| {
+        let before = script[..at].trim_end_matches([' ', '\t']);
+        before.chars().next_back().is_some_and(is_ident)
+    })
+}
+
+/// A message for each part of the script `/bin/sh` would refuse or read other than as
+/// written, from [`scan`].
+pub fn syntax(scan: &Scan) -> Vec<String> {
+    scan.errors
+        .iter()
+        .map(|(what, line)| format!("script line {line} {what}"))
+        .collect()
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -129,6 +172,11 @@ struct Scanner {
     pos: usize,
     line: usize,
     out: Scan,
+    /// Each `$1`.. expanded, with its line: unset in a script unless it defines a function
+    /// or sets them (`set -- a b`).
+    positional: Vec<(char, usize)>,
+    /// The script defines a function or runs `set`, so positional parameters may be set.
+    has_parameters: bool,
 }
 
 /// The command being read in one code context.
@@ -147,6 +195,8 @@ struct Command {
 }
 
 struct Heredoc {
+    /// The line of its `<<`.
+    line: usize,
     delimiter: String,
     quoted: bool,
     strip_tabs: bool,
@@ -361,6 +411,10 @@ impl Scanner {
                 self.impure("`$$` (the process id)".into(), line);
                 self.pos += 2;
             }
+            Some(c) if c.is_ascii_digit() && c != '0' => {
+                self.positional.push((c, self.line));
+                self.pos += 2;
+            }
             Some(c) if c.is_ascii_digit() || "@*#?-!".contains(c) => self.pos += 2,
             _ => self.pos += 1,
         }
@@ -382,8 +436,18 @@ impl Scanner {
         }
         let name = match self.peek(0) {
             Some(c) if is_ident_start(c) => Some(self.identifier()),
-            Some(_) => {
-                self.pos += 1; // a digit or special parameter
+            Some(c) => {
+                // A digit or special parameter; `${1:-x}` handles the unset case itself.
+                if c.is_ascii_digit()
+                    && c != '0'
+                    && !matches!(
+                        (self.peek(1), self.peek(2)),
+                        (Some('-' | '+' | '?' | '='), _) | (Some(':'), Some('-' | '+' | '?' | '='))
+                    )
+                {
+                    self.positional.push((c, self.line));
+                }
+                self.pos += 1;
                 None
             }
             None => return,
@@ -455,6 +519,19 @@ impl Scanner {
                     self.line += 1;
                     self.pos += 1;
                 }
+                // A bare name is expanded too: `$((RANDOM % 6))`.
+                c if is_ident_start(c) => {
+                    let name = self.identifier();
+                    if IMPURE_VARS.contains(&name.as_str()) {
+                        let line = self.line;
+                        self.impure(format!("`{name}`"), line);
+                    }
+                }
+                c if c.is_ascii_digit() => {
+                    while self.peek(0).is_some_and(is_ident) {
+                        self.pos += 1;
+                    }
+                }
                 _ => self.pos += 1,
             }
         }
@@ -483,6 +560,7 @@ impl Scanner {
             self.pos += 1;
         }
         Heredoc {
+            line: self.line,
             delimiter,
             quoted,
             strip_tabs,
@@ -492,6 +570,7 @@ impl Scanner {
     /// The lines of a here-document, up to its delimiter; expansions in them are read unless
     /// the delimiter was quoted.
     fn heredoc_body(&mut self, heredoc: &Heredoc) {
+        let mut indented = None;
         while self.pos < self.chars.len() {
             let end = self.chars[self.pos..]
                 .iter()
@@ -506,6 +585,9 @@ impl Scanner {
             if line == heredoc.delimiter {
                 self.pos = end;
                 return;
+            }
+            if indented.is_none() && line.trim() == heredoc.delimiter {
+                indented = Some(self.line);
             }
             if heredoc.quoted {
                 self.pos = end;
@@ -527,6 +609,21 @@ impl Scanner {
                 self.line += 1;
             }
         }
+        let delimiter = &heredoc.delimiter;
+        let hint = match indented {
+            Some(line) => format!(
+                "; line {line} has `{delimiter}` with other text around it, but the delimiter must \
+                 be alone on its line (`<<-` strips leading tabs, not spaces)"
+            ),
+            None => format!("; end it with a line holding `{delimiter}` alone"),
+        };
+        self.out.errors.push((
+            format!(
+                "opens a here-document (`<<{delimiter}`) that is never closed, so the rest of \
+                 the script is its text{hint}"
+            ),
+            heredoc.line,
+        ));
     }
 
     fn finish_word(&mut self, cmd: &mut Command) {
@@ -577,6 +674,14 @@ impl Scanner {
                 );
             } else if IMPURE_COMMANDS.contains(&name.as_str()) {
                 self.impure(format!("`{name}`"), cmd.line);
+            } else if name == "set"
+                && cmd
+                    .args
+                    .iter()
+                    .any(|a| a == "--" || !a.starts_with(['-', '+']))
+            {
+                // `set -- a b` (or `set a b`) sets them; `set -eu` does not.
+                self.has_parameters = true;
             }
         }
         cmd.args.clear();
@@ -658,5 +763,42 @@ mod tests {
         );
         assert!(impure("date -d @0 +%F; date --date=@1; date -r $src; echo date").is_empty());
         assert_eq!(impure("date +%Y | cat"), impure("date"));
+    }
+
+    #[test]
+    fn what_sh_would_read_otherwise_is_an_error_on_its_line() {
+        let errors = |script: &str| syntax(&scan(script));
+        let unclosed = errors("echo start\ncat > $out <<EOF\n  text\n  EOF\necho more\n");
+        assert_eq!(unclosed.len(), 1, "{unclosed:?}");
+        assert!(
+            unclosed[0].starts_with(
+                "script line 2 opens a here-document (`<<EOF`) that is never closed, so the rest \
+                 of the script is its text; line 4 has `EOF` with other text around it"
+            ),
+            "{unclosed:?}"
+        );
+        assert!(errors("cat > $out <<EOF\ntext\nEOF\n").is_empty());
+        assert!(errors("cat > $out <<-EOF\n\ttext\n\tEOF\n").is_empty());
+        assert_eq!(
+            errors("echo $out\ncp $1 $out\n"),
+            [
+                "script line 2 uses `$1`, but a build's script has no positional parameters \
+              (`sh -u` stops at it); give the value as an env field or an input"
+            ]
+        );
+        assert_eq!(errors("echo ${2} > $out").len(), 1);
+        assert!(errors("echo ${1:-none} > $out").is_empty());
+        assert!(errors("f() { echo $1; }\nf x > $out").is_empty());
+        assert!(errors("set -- a b\necho $1 > $out").is_empty());
+        assert_eq!(errors("set -eu\necho $1 > $out").len(), 1);
+        assert!(errors("echo $0 $# $@ > $out").is_empty());
+    }
+
+    #[test]
+    fn names_in_arithmetic_are_read_for_impurity() {
+        let scan = scan("echo $((RANDOM % 6)) $(( SECONDS + 1 )) $((n + 1)) > $out");
+        let impure: Vec<&str> = scan.impure.iter().map(|(w, _)| w.as_str()).collect();
+        assert_eq!(impure, ["`RANDOM`", "`SECONDS`"]);
+        assert!(scan.uses.iter().all(|(n, _)| n == "out"), "{:?}", scan.uses);
     }
 }

@@ -622,6 +622,10 @@ fn check_script(
         true => declared.push(("out".to_string(), "output")),
         false => declared.extend(outputs.iter().map(|n| (n.clone(), "output"))),
     }
+    let syntax = script::syntax(&scan);
+    if !syntax.is_empty() {
+        return Err(RequestError::Script(syntax));
+    }
     let mut problems = script::undeclared(&scan, &declared);
     if !allow_impure {
         problems.extend(script::impure(&scan, "call `.allow_impure()`"));

@@ -76,6 +76,8 @@ const SETUP_FAILED: u8 = b'S';
 /// The first byte a child writes to the error pipe: the sandbox was set up, but `exec` of the
 /// builder failed.
 const EXEC_FAILED: u8 = b'X';
+/// `SOURCE_DATE_EPOCH` in every build that does not set it: 1980-01-01T00:00:00Z.
+pub const SOURCE_DATE_EPOCH: u64 = 315_532_800;
 /// A failure kind: a bind or symlink of the build's own paths could not be made in the
 /// sandbox, which the kernel did give.
 const PLACE_FAILED: u8 = b'P';
@@ -491,6 +493,18 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
             "/path-not-set"
         };
         env.push((b"PATH".to_vec(), path.as_bytes().to_vec()));
+    }
+    // The time tools that stamp their output take (reproducible-builds.org): 1980-01-01, the
+    // earliest a zip file can hold, as Nix's builds have it; a derivation may set its own.
+    if !request
+        .env
+        .keys()
+        .any(|k| k.as_str() == "SOURCE_DATE_EPOCH")
+    {
+        env.push((
+            b"SOURCE_DATE_EPOCH".to_vec(),
+            SOURCE_DATE_EPOCH.to_string().into_bytes(),
+        ));
     }
     for (key, value) in [
         ("HOME", "/homeless-shelter"),
