@@ -6,7 +6,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
 use syn::meta::ParseNestedMeta;
 use syn::spanned::Spanned;
-use syn::{Expr, ExprLit, Lit, LitBool, LitStr, Token};
+use syn::{Expr, ExprLit, Lit, LitStr, Token};
 
 use crate::ctxt::Ctxt;
 use crate::rules;
@@ -138,8 +138,9 @@ impl Container {
             cx.error_spanned_by(
                 &path,
                 format!(
-                    "unknown forjar attribute `{}`{hint}",
-                    path.to_token_stream()
+                    "unknown forjar attribute `{}`{hint}; a derivation takes {}",
+                    path.to_token_stream(),
+                    symbol::list(symbol::CONTAINER)
                 ),
             );
             return skip_value(&meta);
@@ -248,16 +249,19 @@ impl Container {
                 }
             }
             NETWORK => {
-                let (tokens, on) = flag(&meta)?;
-                self.network.set(cx, &path, tokens, on);
+                if let Some((tokens, on)) = flag(cx, &meta)? {
+                    self.network.set(cx, &path, tokens, on);
+                }
             }
             PROVIDE_BIN_SH => {
-                let (tokens, on) = flag(&meta)?;
-                self.provide_bin_sh.set(cx, &path, tokens, on);
+                if let Some((tokens, on)) = flag(cx, &meta)? {
+                    self.provide_bin_sh.set(cx, &path, tokens, on);
+                }
             }
             ALLOW_IMPURE => {
-                let (tokens, on) = flag(&meta)?;
-                self.allow_impure.set(cx, &path, tokens, on);
+                if let Some((tokens, on)) = flag(cx, &meta)? {
+                    self.allow_impure.set(cx, &path, tokens, on);
+                }
             }
             RO_PATHS => {
                 if let Some((tokens, paths)) =
@@ -373,6 +377,11 @@ pub fn field_kind(
             let Some(&symbol) = allowed.iter().find(|s| s.0 == key) else {
                 let hint = if symbol::CONTAINER.iter().any(|s| s.0 == key) {
                     format!("; `{key}` is an attribute of the derivation, not of a {what}")
+                } else if ["rename", "alias", "as"].contains(&key.as_str()) {
+                    // `name` would be a near miss that means something else.
+                    "; a variable is named after its field, or after what `input = \"name\"` \
+                     or `env = \"NAME\"` gives"
+                        .to_string()
                 } else {
                     did_you_mean(&key, allowed.iter().map(|s| s.0))
                 };
@@ -509,13 +518,25 @@ fn str_list(
     Ok(Some((value.to_token_stream(), items)))
 }
 
-/// A flag: `network` alone, or `network = true|false`.
-fn flag(meta: &ParseNestedMeta) -> syn::Result<(TokenStream, bool)> {
-    if meta.input.peek(Token![=]) {
-        let value: LitBool = meta.value()?.parse()?;
-        Ok((value.to_token_stream(), value.value))
-    } else {
-        Ok((meta.path.to_token_stream(), true))
+/// A flag: `network` alone, or `network = true|false`. Anything else after `=` is an error
+/// saying so, and the value is skipped, so the rest of the attribute is still read.
+fn flag(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<(TokenStream, bool)>> {
+    if !meta.input.peek(Token![=]) {
+        return Ok(Some((meta.path.to_token_stream(), true)));
+    }
+    let value: Expr = meta.value()?.parse()?;
+    match &value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Ok(Some((value.to_token_stream(), b.value))),
+        other => {
+            let key = meta.path.to_token_stream();
+            cx.error_spanned_by(
+                other,
+                format!("`{key}` is a flag: write `{key}` alone, or `{key} = true` or `false`"),
+            );
+            Ok(None)
+        }
     }
 }
 

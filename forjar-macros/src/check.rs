@@ -29,7 +29,11 @@ pub fn check(cx: &Ctxt, drv: &Derivation) {
         if !script_is_well_formed(cx, drv, &scan) {
             return;
         }
-        script_names_only_declared_variables(cx, drv, &scan);
+        // With an attribute or field refused, what the derivation declares is not known, and
+        // a variable the script uses would be reported a second time.
+        if !cx.has_errors() {
+            script_names_only_declared_variables(cx, drv, &scan);
+        }
         script_is_deterministic(cx, drv, &scan);
     }
 }

@@ -20,8 +20,10 @@ use crate::symbol::{self, SCRIPT};
 pub fn derivation(args: TokenStream, mut item: ItemFn) -> syn::Result<TokenStream> {
     let cx = Ctxt::new();
     let mut attrs = Container::new();
+    let mut script_in_attribute = false;
     let parsed = syn::meta::parser(|meta| {
         if meta.path == SCRIPT {
+            script_in_attribute = true;
             cx.error_spanned_by(
                 &meta.path,
                 "the body of a derivation fn is its script; remove `script = ...` and write the script as the body",
@@ -38,7 +40,13 @@ pub fn derivation(args: TokenStream, mut item: ItemFn) -> syn::Result<TokenStrea
     signature_is_plain(&cx, &item);
     let handle = handle_type(&cx, &item.sig.output);
     let graph = graph_param(&cx, &item);
-    match body_script(&cx, &item, attrs.builder.get().is_some()) {
+    // An empty body with the script in the attribute is the one mistake reported above.
+    let has_builder = attrs.builder.get().is_some();
+    let body = match script_in_attribute && item.block.stmts.is_empty() {
+        true => Err(()),
+        false => body_script(&cx, &item, has_builder),
+    };
+    match body {
         Ok(Some(script)) => attrs.set_script(script),
         Ok(None) => {}
         Err(()) => attrs.broken = true,
@@ -267,6 +275,21 @@ fn body_script(cx: &Ctxt, item: &ItemFn, has_builder: bool) -> Result<Option<syn
                 None,
             ),
         ] => Ok(Some(script.clone())),
+        [
+            Stmt::Expr(
+                Expr::Lit(ExprLit {
+                    lit: Lit::Str(_), ..
+                }),
+                Some(semi),
+            ),
+        ] => {
+            cx.error_spanned_by(
+                semi,
+                "remove this `;`: the body of a derivation fn is its script, one string literal \
+                 with nothing after it",
+            );
+            Err(())
+        }
         _ => {
             cx.error_spanned_by(
                 &item.block,

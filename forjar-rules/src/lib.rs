@@ -123,7 +123,8 @@ pub fn system(system: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "unknown system; known systems are {}",
+            "unknown system{}; known systems are {}",
+            suggest::did_you_mean(system, KNOWN_SYSTEMS.iter().copied()),
             KNOWN_SYSTEMS.join(", ")
         ))
     }
@@ -393,6 +394,36 @@ pub fn size(text: &str) -> Result<u64, String> {
             units()
         ));
     }
+    if let Some(fraction) = unit.strip_prefix('.') {
+        let places = fraction.bytes().take_while(u8::is_ascii_digit).count();
+        let (decimals, unit) = fraction.split_at(places);
+        let whole = match SIZE_UNITS.iter().find(|(u, _)| *u == unit.trim_start()) {
+            // The same size in the largest unit of the same kind that holds it whole.
+            Some(&(name, factor)) => {
+                let scale = 10u64.checked_pow(places as u32).unwrap_or(u64::MAX);
+                let bytes = format!("{number}{decimals}")
+                    .parse::<u64>()
+                    .ok()
+                    .and_then(|n| n.checked_mul(factor))
+                    .filter(|bytes| bytes % scale == 0)
+                    .map(|bytes| bytes / scale);
+                let binary = name.ends_with("iB") || name.len() == 1;
+                bytes.and_then(|bytes| {
+                    SIZE_UNITS
+                        .iter()
+                        .filter(|(u, _)| *u == "B" || u.ends_with("iB") == binary && u.len() > 1)
+                        .filter(|(_, f)| *f < factor && bytes % f == 0)
+                        .max_by_key(|(_, f)| *f)
+                        .map(|(u, f)| format!(" (`{}{u}`)", bytes / f))
+                })
+            }
+            None => None,
+        };
+        return Err(format!(
+            "a size is a whole number of a unit; write it in a smaller unit{}",
+            whole.unwrap_or_default()
+        ));
+    }
     let Some(&(_, factor)) = SIZE_UNITS.iter().find(|(u, _)| *u == unit.trim_start()) else {
         return Err(format!(
             "unknown size unit `{}`; units are {}",
@@ -400,11 +431,15 @@ pub fn size(text: &str) -> Result<u64, String> {
             units()
         ));
     };
-    number
+    match number
         .parse::<u64>()
         .ok()
         .and_then(|n| n.checked_mul(factor))
-        .ok_or_else(|| "the size does not fit in 64 bits".into())
+    {
+        Some(0) => Err("a size of 0 leaves nothing; give at least one byte".into()),
+        Some(bytes) => Ok(bytes),
+        None => Err("the size does not fit in 64 bits".into()),
+    }
 }
 
 const DURATION_UNITS: &[(&str, u64)] = &[
@@ -502,10 +537,20 @@ mod tests {
                 .contains("unknown size unit `gigs`")
         );
         assert!(size("GiB").unwrap_err().contains("whole number"));
+        assert_eq!(
+            size("1.5GiB").unwrap_err(),
+            "a size is a whole number of a unit; write it in a smaller unit (`1536MiB`)"
+        );
+        assert!(size("2.5GB").unwrap_err().ends_with("(`2500MB`)"));
+        assert!(size("0.3B").unwrap_err().ends_with("smaller unit"));
+        assert_eq!(
+            size("0M").unwrap_err(),
+            "a size of 0 leaves nothing; give at least one byte"
+        );
         assert!(
-            size("1.5GiB")
+            system("x86-64-linux")
                 .unwrap_err()
-                .contains("unknown size unit `.5GiB`")
+                .contains("(did you mean `x86_64-linux`?)")
         );
         assert!(size("99999999999TiB").unwrap_err().contains("64 bits"));
     }

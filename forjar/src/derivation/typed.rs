@@ -19,6 +19,11 @@ use crate::toolchain::Toolchain;
 /// API and the DSL meet in [`Graph::add`](super::Graph::add); and so does the handle type a
 /// `#[forjar::derivation]` fn names, which is never a value. [`Drv<T>`] dereferences to
 /// `T::Accessors`, so a handle has one method per declared output.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a derivation",
+    label = "not a derivation",
+    note = "derive one: `#[derive(Derivation)]` on the struct, with `#[forjar(script = \"...\")]`; or build one with `Derivation::builder(\"name\").script(\"...\").build()?`"
+)]
 pub trait IntoDerivation {
     /// One method per declared output, each returning an [`OutputRef`].
     type Accessors: Copy + From<DrvId>;

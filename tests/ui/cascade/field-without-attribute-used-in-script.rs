@@ -1,0 +1,9 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(script = "echo $greeting > $out")]
+struct Hello {
+    greeting: String,
+}
+
+fn main() {}

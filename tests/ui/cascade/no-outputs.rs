@@ -1,0 +1,7 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(outputs = [], script = "echo hi > $out")]
+struct Nothing;
+
+fn main() {}

@@ -1,0 +1,7 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(memory = "0M", script = "echo > $out")]
+struct Small;
+
+fn main() {}
