@@ -39,7 +39,7 @@ pub fn derive(input: &DeriveInput) -> syn::Result<TokenStream> {
                 Role::Input(_) => quote!(::forjar::__private::InputField),
                 Role::Env(_) => quote!(::forjar::__private::IntoEnv),
                 Role::File(_) => quote!(::forjar::__private::Serialize),
-                Role::Name => quote!(::core::convert::Into<::std::string::String>),
+                Role::Name => quote!(::forjar::__private::IntoName),
                 Role::Toolchain => quote!(::forjar::__private::IntoToolchain),
                 _ => continue,
             };
@@ -75,6 +75,8 @@ pub fn into_derivation(
     };
     let default = outputs.first().map_or("out", |(name, _)| name.as_str());
     quote! {
+        // A deprecated struct's own derive does not warn about it.
+        #[allow(deprecated)]
         const _: () = {
             use ::forjar::__private as __forjar;
             #accessors
@@ -184,7 +186,9 @@ pub fn builder(drv: &Derivation, location: &Ident) -> TokenStream {
     let name = match drv.vars.iter().find(|v| matches!(v.role, Role::Name)) {
         Some(field) => {
             let access = &field.access;
-            quote_spanned!(field.ty.span()=> __forjar::Some(__forjar::name(#access)))
+            let ty = field.ty;
+            quote_spanned!(ty.span()=>
+                __forjar::Some(<#ty as __forjar::IntoName>::into_name(#access)))
         }
         None => quote!(__forjar::None),
     };

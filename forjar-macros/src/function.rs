@@ -3,7 +3,7 @@
 //! defines.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{ToTokens, quote};
+use quote::{ToTokens, quote, quote_spanned};
 use syn::parse::Parser;
 use syn::{
     Expr, ExprLit, FnArg, GenericArgument, Ident, ItemFn, Lit, Pat, PathArguments, ReturnType,
@@ -38,7 +38,7 @@ pub fn derivation(args: TokenStream, mut item: ItemFn) -> syn::Result<TokenStrea
     attrs.broken = cx.has_errors();
 
     signature_is_plain(&cx, &item);
-    let handle = handle_type(&cx, &item.sig.output);
+    let handle = handle_type(&cx, &item.sig);
     let graph = graph_param(&cx, &item);
     // An empty body with the script in the attribute is the one mistake reported above.
     let has_builder = attrs.builder.get().is_some();
@@ -118,9 +118,24 @@ pub fn derivation(args: TokenStream, mut item: ItemFn) -> syn::Result<TokenStrea
         drv.ident
     );
     let ident = &drv.ident;
+    // The handle type and its impls live in a module of the fn's own, re-exported under the
+    // name the return type gives: two fns that name the same handle then meet in one error on
+    // the second one's `use`, at the user's token, and their impls never conflict.
+    let module = quote::format_ident!("__forjar_handle_of_{}", name);
+    let wrap = |inner: TokenStream| {
+        let reexport = quote_spanned!(ident.span()=> #vis use #module::#ident;);
+        quote! {
+            #[doc(hidden)]
+            #[allow(non_snake_case)]
+            mod #module {
+                #inner
+            }
+            #reexport
+        }
+    };
     let handle_type = quote! {
         #[doc = #handle_doc]
-        #vis enum #ident {}
+        pub enum #ident {}
     };
     if cx.has_errors() || handle.is_none() || graph.is_none() {
         let errors = cx
@@ -139,8 +154,10 @@ pub fn derivation(args: TokenStream, mut item: ItemFn) -> syn::Result<TokenStrea
         });
         item.attrs
             .push(syn::parse_quote!(#[allow(unused_variables)]));
-        let handle_type = handle.is_some().then_some(handle_type);
-        return Ok(quote!(#errors #handle_type #fallback #item));
+        let handle = handle
+            .is_some()
+            .then(|| wrap(quote!(#handle_type #fallback)));
+        return Ok(quote!(#errors #handle #item));
     }
     cx.check()?;
 
@@ -162,9 +179,9 @@ pub fn derivation(args: TokenStream, mut item: ItemFn) -> syn::Result<TokenStrea
         __forjar::add::<#ident>(#graph, __forjar_derivation)
     });
     item.attrs.push(syn::parse_quote!(#[track_caller]));
+    let handle = wrap(quote!(#handle_type #handle_impl));
     Ok(quote! {
-        #handle_type
-        #handle_impl
+        #handle
         #item
     })
 }
@@ -194,11 +211,12 @@ fn signature_is_plain(cx: &Ctxt, item: &ItemFn) {
 }
 
 /// `Handle` of `-> Drv<Handle>`.
-fn handle_type(cx: &Ctxt, output: &ReturnType) -> Option<Ident> {
+fn handle_type(cx: &Ctxt, sig: &syn::Signature) -> Option<Ident> {
     let message =
         "a derivation fn returns its handle, `-> Drv<Name>`, and the macro defines the type `Name`";
-    let ReturnType::Type(_, ty) = output else {
-        cx.error_at(Span::call_site(), message);
+    let ReturnType::Type(_, ty) = &sig.output else {
+        // Where the return type belongs: after the parameters.
+        cx.error_at(sig.paren_token.span.close(), message);
         return None;
     };
     let handle = match &**ty {

@@ -101,9 +101,45 @@ pub mod __private {
         graph.push(derivation)
     }
 
-    /// The derivation's name from a `#[forjar(name)]` field.
-    pub fn name(value: impl Into<String>) -> String {
-        value.into()
+    /// The type of a `#[forjar(name)]` field: text.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be the name of a derivation",
+        label = "not text",
+        note = "a `#[forjar(name)]` field is a `String` or `&str` (letters, digits and `+ - . _ ? =`), checked when the derivation is added"
+    )]
+    pub trait IntoName {
+        /// The name.
+        fn into_name(self) -> String;
+    }
+
+    impl IntoName for String {
+        fn into_name(self) -> String {
+            self
+        }
+    }
+
+    impl IntoName for &str {
+        fn into_name(self) -> String {
+            self.to_string()
+        }
+    }
+
+    impl IntoName for &String {
+        fn into_name(self) -> String {
+            self.clone()
+        }
+    }
+
+    impl IntoName for Box<str> {
+        fn into_name(self) -> String {
+            self.into()
+        }
+    }
+
+    impl IntoName for std::borrow::Cow<'_, str> {
+        fn into_name(self) -> String {
+            self.into_owned()
+        }
     }
 }
 
