@@ -192,6 +192,9 @@ struct Command {
     line: usize,
     for_variable: bool,
     heredocs: Vec<Heredoc>,
+    /// The compound commands open here: the word that closes each, the one that opened it,
+    /// and its line.
+    blocks: Vec<(&'static str, &'static str, usize)>,
 }
 
 struct Heredoc {
@@ -251,6 +254,7 @@ impl Scanner {
     }
 
     fn code(&mut self, until: Until) {
+        let opened = self.line;
         let mut cmd = Command {
             at_command: true,
             line: self.line,
@@ -299,9 +303,11 @@ impl Scanner {
                 '\'' => {
                     self.pos += 1;
                     cmd.in_word = true;
+                    let (opened, mut closed) = (self.line, false);
                     while let Some(c) = self.peek(0) {
                         self.pos += 1;
                         if c == '\'' {
+                            closed = true;
                             break;
                         }
                         if c == '\n' {
@@ -309,11 +315,17 @@ impl Scanner {
                         }
                         cmd.word.push(c);
                     }
+                    if !closed {
+                        self.unclosed_quote('\'', opened);
+                    }
                 }
                 '"' => {
                     self.pos += 1;
                     cmd.in_word = true;
-                    self.double_quoted(&mut cmd);
+                    let opened = self.line;
+                    if !self.double_quoted(&mut cmd) {
+                        self.unclosed_quote('"', opened);
+                    }
                 }
                 '\\' => {
                     self.pos += 1;
@@ -348,14 +360,41 @@ impl Scanner {
         for heredoc in std::mem::take(&mut cmd.heredocs) {
             self.heredoc_body(&heredoc);
         }
+        if let Some(&(closer, opener, line)) = cmd.blocks.first() {
+            self.out.errors.push((
+                format!("opens `{opener}` without a `{closer}` to close it"),
+                line,
+            ));
+        }
+        match until {
+            Until::CloseParen => self
+                .out
+                .errors
+                .push(("opens `$(` without a `)` to close it".into(), opened)),
+            Until::Backquote => self.out.errors.push((
+                "opens a backquote (`) without another to close it".into(),
+                opened,
+            )),
+            Until::End => {}
+        }
     }
 
-    fn double_quoted(&mut self, cmd: &mut Command) {
+    fn unclosed_quote(&mut self, quote: char, line: usize) {
+        self.out.errors.push((
+            format!(
+                "opens a `{quote}` quote that is never closed, so the rest of the script is quoted"
+            ),
+            line,
+        ));
+    }
+
+    /// After a `"`: up to the closing one; false when the script ends first.
+    fn double_quoted(&mut self, cmd: &mut Command) -> bool {
         while let Some(c) = self.peek(0) {
             match c {
                 '"' => {
                     self.pos += 1;
-                    return;
+                    return true;
                 }
                 '\\' => {
                     if let Some(next) = self.peek(1) {
@@ -384,6 +423,7 @@ impl Scanner {
                 }
             }
         }
+        false
     }
 
     /// At a `$`: reads the expansion that follows.
@@ -626,6 +666,48 @@ impl Scanner {
         ));
     }
 
+    /// A keyword in command position: opens or closes a compound command.
+    fn block_word(&mut self, cmd: &mut Command, word: &str) {
+        let line = self.line;
+        let opens = match word {
+            "if" => Some(("fi", "if")),
+            "do" => Some(("done", "do")),
+            "{" => Some(("}", "{")),
+            _ => None,
+        };
+        if let Some((closer, opener)) = opens {
+            cmd.blocks.push((closer, opener, line));
+            return;
+        }
+        if !["fi", "done", "}", "esac"].contains(&word) {
+            return;
+        }
+        match cmd.blocks.last() {
+            Some((closer, _, _)) if *closer == word => {
+                cmd.blocks.pop();
+            }
+            Some(&(closer, opener, opened)) => {
+                self.out.errors.push((
+                    format!("has `{word}` where `{closer}` closes the `{opener}` of line {opened}"),
+                    line,
+                ));
+                // What is open after a mismatch is not known: one error for it.
+                cmd.blocks.clear();
+            }
+            None => {
+                let opener = match word {
+                    "fi" => "an `if`",
+                    "done" => "a `do`",
+                    "}" => "a `{`",
+                    _ => "a `case`",
+                };
+                self.out
+                    .errors
+                    .push((format!("has `{word}` without {opener} before it"), line));
+            }
+        }
+    }
+
     fn finish_word(&mut self, cmd: &mut Command) {
         if !cmd.in_word {
             return;
@@ -645,7 +727,11 @@ impl Scanner {
             if let Some(name) = assignment(&word) {
                 self.out.assigned.insert(name.to_string());
             } else if KEYWORDS.contains(&word.as_str()) {
+                self.block_word(cmd, &word);
             } else {
+                if word == "case" {
+                    cmd.blocks.push(("esac", "case", self.line));
+                }
                 cmd.at_command = false;
                 cmd.for_variable = word == "for";
                 cmd.line = self.line;
@@ -800,5 +886,46 @@ mod tests {
         let impure: Vec<&str> = scan.impure.iter().map(|(w, _)| w.as_str()).collect();
         assert_eq!(impure, ["`RANDOM`", "`SECONDS`"]);
         assert!(scan.uses.iter().all(|(n, _)| n == "out"), "{:?}", scan.uses);
+    }
+
+    #[test]
+    fn unclosed_quotes_substitutions_and_compound_commands_are_named() {
+        let errors = |script: &str| syntax(&scan(script));
+        assert_eq!(
+            errors("echo hi\nif [ -n x ]; then\n  echo > $out\n"),
+            ["script line 2 opens `if` without a `fi` to close it"]
+        );
+        assert_eq!(
+            errors("echo 'it is > $out"),
+            [
+                "script line 1 opens a `'` quote that is never closed, so the rest of the script is quoted"
+            ]
+        );
+        assert_eq!(errors("echo \"it is > $out").len(), 1);
+        assert_eq!(
+            errors("echo $(cat $out\n"),
+            ["script line 1 opens `$(` without a `)` to close it"]
+        );
+        assert_eq!(
+            errors("echo > $out\nfi\n"),
+            ["script line 2 has `fi` without an `if` before it"]
+        );
+        assert_eq!(
+            errors("while true; do\n  if x; then y; done\n"),
+            ["script line 2 has `done` where `fi` closes the `if` of line 2"]
+        );
+        for fine in [
+            "for f in a b; do echo $f; done > $out",
+            "case x in a) echo a;; b|c) echo b;; esac > $out",
+            "{ echo a; echo b; } > $out",
+            "while true; do if x; then y; elif z; then w; else v; fi; done",
+            "f() { echo $1; }\nf x > $out",
+            "cat > $out <<EOF\nif this is text, fi\nEOF\n",
+            "echo 'it''s' \"a \\\"quote\\\"\" > $out",
+            "echo fi done esac > $out",
+            "x=$(if true; then echo a; fi); echo $x > $out",
+        ] {
+            assert!(errors(fine).is_empty(), "{fine:?}: {:?}", errors(fine));
+        }
     }
 }

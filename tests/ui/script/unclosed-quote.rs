@@ -1,0 +1,7 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(script = "echo 'it is done > $out")]
+struct Quote;
+
+fn main() {}

@@ -1,0 +1,7 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(script = "echo $(printf hi > $out")]
+struct Sub;
+
+fn main() {}
