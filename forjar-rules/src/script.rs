@@ -716,7 +716,7 @@ impl Scanner {
         cmd.in_word = false;
         if let Some(device) = RANDOM_DEVICES.iter().find(|d| word.contains(*d)) {
             let line = self.line;
-            self.impure(format!("reading `{device}`"), line);
+            self.impure(format!("`{device}`"), line);
         }
         if cmd.for_variable {
             cmd.for_variable = false;
@@ -843,10 +843,7 @@ mod tests {
             impure("x=$(date +%s)"),
             ["`date` without a fixed time (`-d @$SOURCE_DATE_EPOCH`)"]
         );
-        assert_eq!(
-            impure("head -c 8 </dev/urandom"),
-            ["reading `/dev/urandom`"]
-        );
+        assert_eq!(impure("head -c 8 </dev/urandom"), ["`/dev/urandom`"]);
         assert!(impure("date -d @0 +%F; date --date=@1; date -r $src; echo date").is_empty());
         assert_eq!(impure("date +%Y | cat"), impure("date"));
     }

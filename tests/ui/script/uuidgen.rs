@@ -1,0 +1,7 @@
+use forjar::prelude::*;
+
+#[derive(Derivation)]
+#[forjar(script = "uuidgen > $out")]
+struct Id;
+
+fn main() {}
