@@ -254,13 +254,13 @@ fn graph_param(cx: &Ctxt, item: &ItemFn) -> Option<Ident> {
         }
         return None;
     };
-    let is_graph = match &*first.ty {
-        Type::Reference(r) if r.mutability.is_some() => match &*r.elem {
-            Type::Path(p) => p.path.segments.last().is_some_and(|s| s.ident == "Graph"),
-            _ => false,
-        },
-        _ => false,
-    };
+    // By its form, not its spelling (`use forjar::Graph as G` is fine): inputs and env values
+    // are never `&mut`, and the type checker holds the rest to `&mut Graph` (or what derefs to
+    // it, such as `&mut Program`).
+    let is_graph = matches!(
+        &*first.ty,
+        Type::Reference(r) if r.mutability.is_some() && matches!(&*r.elem, Type::Path(_))
+    );
     match (&*first.pat, is_graph) {
         (Pat::Ident(pat), true) => Some(pat.ident.clone()),
         _ => {
