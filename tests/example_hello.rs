@@ -59,6 +59,14 @@ fn plan_lists_every_node_with_a_summary_and_writes_no_entry() {
     let log = run_example("hello", &store, &["log", "hello"]);
     assert_eq!(log.status.code(), Some(1), "{}", stderr(&log));
     assert!(!store.exists(), "a read-only command made the store");
+    // Nor in an empty directory, where `apply` would make one.
+    fs::create_dir(&store).unwrap();
+    let out = run_example("hello", &store, &["plan"]);
+    assert_eq!(stdout(&out), text, "{}", stderr(&out));
+    assert!(
+        fs::read_dir(&store).unwrap().next().is_none(),
+        "plan made a store in an empty directory"
+    );
 
     // Against the store once made, the plan is the same: keys are those the store will have.
     drop(forjar::store::Store::open(&store).unwrap());

@@ -125,12 +125,12 @@ pub fn scan(script: &str) -> Scan {
         pos: 0,
         line: 1,
         out: Scan::default(),
-        positional: Vec::new(),
+        positional: None,
         has_parameters: defines_a_function(script),
     };
     scanner.code(Until::End);
     if !scanner.has_parameters
-        && let Some(&(digit, line)) = scanner.positional.first()
+        && let Some((digit, line)) = scanner.positional
     {
         scanner.out.errors.push((
             format!(
@@ -172,9 +172,9 @@ struct Scanner {
     pos: usize,
     line: usize,
     out: Scan,
-    /// Each `$1`.. expanded, with its line: unset in a script unless it defines a function
-    /// or sets them (`set -- a b`).
-    positional: Vec<(char, usize)>,
+    /// The first `$1`.. expanded, with its line: unset in a script unless it defines a
+    /// function or sets them (`set -- a b`).
+    positional: Option<(char, usize)>,
     /// The script defines a function or runs `set`, so positional parameters may be set.
     has_parameters: bool,
 }
@@ -452,7 +452,7 @@ impl Scanner {
                 self.pos += 2;
             }
             Some(c) if c.is_ascii_digit() && c != '0' => {
-                self.positional.push((c, self.line));
+                self.positional.get_or_insert((c, self.line));
                 self.pos += 2;
             }
             Some(c) if c.is_ascii_digit() || "@*#?-!".contains(c) => self.pos += 2,
@@ -485,7 +485,7 @@ impl Scanner {
                         (Some('-' | '+' | '?' | '='), _) | (Some(':'), Some('-' | '+' | '?' | '='))
                     )
                 {
-                    self.positional.push((c, self.line));
+                    self.positional.get_or_insert((c, self.line));
                 }
                 self.pos += 1;
                 None

@@ -324,11 +324,10 @@ impl Session {
                     .collect()
             })
             .unwrap_or_default();
+        // As `exec::enter` finds it: by the node's name, whatever `name` the user gave.
         let kept = resolved.map(|r| {
             self.store
-                .dir()
-                .join(".failed")
-                .join(format!("{}-{name}", r.key.store_hash()))
+                .kept_path(&r.key.store_hash(), node.name.as_str())
         });
         let mut intro = format!(
             "entering the sandbox of `{name}` ({}): its build runs",
@@ -348,8 +347,8 @@ impl Session {
         }
         intro.push_str("\n`exit` leaves; nothing is installed\n");
         eprint!("{}", super::terminal::sanitise(&intro));
-        let entered = exec::enter(&self.plan, &self.store, index, &local).map_err(exec_failure)?;
-        Ok(match entered.outcome.success() {
+        let outcome = exec::enter(&self.plan, &self.store, index, &local).map_err(exec_failure)?;
+        Ok(match outcome.success() {
             true => ExitCode::Success,
             false => ExitCode::Failure,
         })

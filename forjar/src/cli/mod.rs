@@ -392,14 +392,7 @@ pub fn __main_with<O: clap::Args>(
         ))
     });
     match parsed {
-        Ok((
-            ProgramCli {
-                command: ProgramCommand::Completions { shell },
-                ..
-            },
-            _,
-        )) => report(completions(command, &program_name(), shell)),
-        Ok((cli, options)) => report(program::run(cli, target, |program| {
+        Ok((cli, options)) => report(program::run(cli, target, command, |program| {
             define(program, options)
         })),
         Err(e) => {

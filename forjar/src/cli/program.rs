@@ -145,10 +145,12 @@ pub(super) struct Hosts {
     max_hosts: usize,
 }
 
-/// Runs the command `cli` names on the program `define` describes.
+/// Runs the command `cli` names on the program `define` describes; `command_line` is what it
+/// was parsed with, the program's own options included (for `completions`).
 pub(super) fn run(
     cli: ProgramCli,
     target: &str,
+    command_line: clap::Command,
     define: impl FnOnce(&mut Program) -> crate::Result<()>,
 ) -> Result<ExitCode, Failure> {
     super::terminal::set_colour_choice(cli.color);
@@ -174,20 +176,19 @@ pub(super) fn run(
             max_hosts: usize::from(cli.max_hosts),
         },
     };
-    let (store_dir, lock) = (settings.store_dir.clone(), settings.lock.clone());
     match cli.command {
         ProgramCommand::Store(store::StoreCommand::Verify { repair: true }) => {
-            let (report, wanted) = store::delete_damaged(&store_dir)?;
+            let (report, wanted) = store::delete_damaged(&settings.store_dir)?;
             Session::open(define, settings, false)?.repair(&report, &wanted)
         }
-        ProgramCommand::Store(command) => store::run(&store_dir, command),
-        ProgramCommand::Lock { json } => lock_toolchains(define, &lock, &store_dir, json),
+        ProgramCommand::Store(command) => store::run(&settings.store_dir, command),
+        ProgramCommand::Lock { json } => {
+            lock_toolchains(define, &settings.lock, &settings.store_dir, json)
+        }
         ProgramCommand::Prefetch { target, json } => store::prefetch(&target, json),
-        ProgramCommand::Completions { shell } => super::completions(
-            <super::ProgramCli as clap::CommandFactory>::command(),
-            &super::program_name(),
-            shell,
-        ),
+        ProgramCommand::Completions { shell } => {
+            super::completions(command_line, &super::program_name(), shell)
+        }
         ProgramCommand::Hash(command) => store::hash(command),
         ProgramCommand::Profile(command) if settings.hosts.on.is_some() => {
             let session = Session::open(define, settings, false)?;
@@ -213,7 +214,7 @@ pub(super) fn run(
             }
         }
         ProgramCommand::Profile(command) => profile::run(
-            &Store::open_existing(&store_dir)?,
+            &Store::open_existing(&settings.store_dir)?,
             &settings.profile,
             command,
         ),

@@ -116,18 +116,28 @@ impl SourceFilter {
         true
     }
 
-    /// The `.gitignore` of `dir`, if it has one that is a regular file.
+    /// The `.gitignore` of `dir`, if it has one that is a regular file: opened without following
+    /// a symlink, so a link named `.gitignore` reads nothing from outside the source.
     fn gitignore_of(&self, dir: &Path) -> Option<Arc<Gitignore>> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let mut dirs = self.dirs.lock().unwrap_or_else(|e| e.into_inner());
         dirs.entry(dir.to_path_buf())
             .or_insert_with(|| {
                 let file = dir.join(".gitignore");
-                if !std::fs::symlink_metadata(&file).is_ok_and(|m| m.is_file()) {
-                    return None;
-                }
+                let mut opened = std::fs::File::options()
+                    .read(true)
+                    .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+                    .open(&file)
+                    .ok()
+                    .filter(|f| f.metadata().is_ok_and(|m| m.is_file()))?;
+                let mut text = String::new();
+                opened.read_to_string(&mut text).ok()?;
                 let mut builder = GitignoreBuilder::new(dir);
-                // Lines git cannot read are skipped, as git skips them.
-                let _ = builder.add(&file);
+                for line in text.lines() {
+                    // Lines git cannot read are skipped, as git skips them.
+                    let _ = builder.add_line(Some(file.clone()), line);
+                }
                 builder.build().ok().map(Arc::new)
             })
             .clone()
@@ -172,6 +182,21 @@ mod tests {
         assert!(filter.keeps(&root.join("build"), Kind::Dir));
         assert!(filter.keeps(&root.join(".git"), Kind::Dir));
         assert!(!filter.keeps(&root.join("sub/x.log"), Kind::File));
+    }
+
+    #[test]
+    fn a_gitignore_that_is_a_symlink_is_not_read() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("rules"), "*\n").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path().join("rules"), dir.path().join(".gitignore"))
+            .unwrap();
+        let rules = IgnoreRules {
+            patterns: Vec::new(),
+            gitignore: true,
+        };
+        let filter = rules.filter(dir.path()).unwrap();
+        assert!(filter.keeps(&dir.path().join("main.c"), Kind::File));
     }
 
     #[test]

@@ -106,10 +106,7 @@ pub fn check(
                 .map_err(StoreError::io("cannot compare", &content))?
         };
         let kept = if keep && got != stored {
-            let dir = store
-                .dir()
-                .join(".failed")
-                .join(format!("{hash}-check-{round}"));
+            let dir = store.kept_path(&hash, &format!("check-{round}"));
             fs::create_dir_all(&dir).map_err(StoreError::io("cannot create", &dir))?;
             let to = dir.join(output.as_str());
             fs::rename(&content, &to).map_err(StoreError::io("cannot keep the rebuild in", &to))?;

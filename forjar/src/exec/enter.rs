@@ -11,15 +11,6 @@ use crate::request::{Arg, BuildRequest, EnvKey, EnvValue};
 use crate::sandbox::Outcome;
 use crate::store::{KeyLock, Store};
 
-/// How `enter` went.
-#[derive(Debug)]
-pub struct Entered {
-    /// How the shell ended.
-    pub outcome: Outcome,
-    /// The kept failed build directory the shell started in, if there was one.
-    pub kept: Option<std::path::PathBuf>,
-}
-
 /// The shell `enter` runs, interactive, in place of the builder.
 pub const SHELL: [&str; 2] = ["/bin/sh", "-i"];
 
@@ -47,7 +38,7 @@ pub fn enter(
     store: &Store,
     index: NodeIndex,
     local: &Local,
-) -> Result<Entered, ExecError> {
+) -> Result<Outcome, ExecError> {
     let node = plan.node(index);
     let not_realised = || ExecError::NotRealised {
         name: node.name.to_string(),
@@ -81,7 +72,8 @@ pub fn enter(
     let request = BuildRequest::new(parts).map_err(|e| request_error(node, e))?;
 
     let hash = job.key.store_hash();
-    let lock = KeyLock::acquire(store, &hash)?;
+    // Held while the shell runs: a build of the same key waits, and says for what.
+    let lock = KeyLock::acquire_for(store, &hash, &format!("entering `{}`", node.name), &|_| {})?;
     let stop = AtomicBool::new(false);
     let events = |_: super::JobEvent<'_>| {};
     let cx = Context {
@@ -90,15 +82,10 @@ pub fn enter(
         stop: &stop,
         events: &events,
     };
-    let kept = store
-        .dir()
-        .join(".failed")
-        .join(format!("{hash}-{}", node.name));
-    let kept = kept.is_dir().then_some(kept);
+    let kept = store.kept_path(&hash, node.name.as_str());
     let log_path = store.dir().join(".tmp").join(format!("{hash}.enter.log"));
     let mut prepared = local.prepare(&job, &cx, log_path)?;
-    let outcome = prepared.enter(&request, kept.clone())?;
-    Ok(Entered { outcome, kept })
+    prepared.enter(&request, kept.is_dir().then_some(kept))
 }
 
 fn request_error(node: &crate::plan::Node, error: crate::request::RequestError) -> ExecError {

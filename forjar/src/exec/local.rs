@@ -508,9 +508,8 @@ fn staged_size(path: &Path) -> u64 {
 /// Moves a failed build's directory to `.failed/<hash>-<name>` in the store, out of the way of
 /// the staging sweep, and returns where it went. Best effort: `None` if it cannot be moved.
 fn keep_build_dir(cx: &Context<'_>, dir: &Path, name: &str) -> Option<PathBuf> {
-    let failed = cx.store.dir().join(".failed");
-    fs::create_dir_all(&failed).ok()?;
-    let kept = failed.join(format!("{}-{name}", cx.lock.hash()));
+    let kept = cx.store.kept_path(cx.lock.hash(), name);
+    fs::create_dir_all(kept.parent()?).ok()?;
     crate::store::remove_tree(&kept).ok()?;
     fs::rename(dir, &kept).ok()?;
     Some(kept)

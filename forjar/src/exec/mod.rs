@@ -18,7 +18,7 @@ mod refscan;
 mod scheduler;
 
 pub use check::{CheckedOutput, check};
-pub use enter::{Entered, SHELL, enter, enter_needs};
+pub use enter::{SHELL, enter, enter_needs};
 pub use local::Local;
 
 use std::collections::BTreeMap;

@@ -76,13 +76,13 @@ const SETUP_FAILED: u8 = b'S';
 /// The first byte a child writes to the error pipe: the sandbox was set up, but `exec` of the
 /// builder failed.
 const EXEC_FAILED: u8 = b'X';
-/// `SOURCE_DATE_EPOCH` in every build that does not set it: 1980-01-01T00:00:00Z.
-pub const SOURCE_DATE_EPOCH: u64 = 315_532_800;
-/// A failure kind: a bind or symlink of the build's own paths could not be made in the
-/// sandbox, which the kernel did give.
+/// The first byte a child writes to the error pipe: a bind or symlink of the build's own paths
+/// could not be made in the sandbox, which the kernel did give.
 const PLACE_FAILED: u8 = b'P';
 /// The first byte a child writes to the error pipe: a limit of the process stopped the setup.
 const LIMIT_HIT: u8 = b'L';
+/// `SOURCE_DATE_EPOCH` in every build that does not set it: 1980-01-01T00:00:00Z.
+pub const SOURCE_DATE_EPOCH: u64 = 315_532_800;
 /// Lines of the log kept for error messages.
 const TAIL_LINES: usize = 25;
 /// The largest log kept when a derivation sets none.
@@ -397,7 +397,11 @@ fn cstring(bytes: impl Into<Vec<u8>>) -> CString {
     CString::new(bytes).expect("request values were checked to hold no NUL")
 }
 
-fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, SandboxError> {
+fn prepare(
+    spec: &BuildSpec,
+    cgroup: Option<&Cgroup>,
+    interactive: bool,
+) -> Result<Prepared, SandboxError> {
     let request = spec.request;
     let mut placements = Vec::new();
     for (_, host, target) in &spec.inputs {
@@ -591,7 +595,7 @@ fn prepare(spec: &BuildSpec, cgroup: Option<&Cgroup>) -> Result<Prepared, Sandbo
         stderr_write: -1,
         hold: spec.hold.map_or(-1, |fd| fd.as_raw_fd()),
         err_write: -1,
-        interactive: false,
+        interactive,
         cgroup_tasks: match cgroup {
             Some(cgroup) => cgroup
                 .self_join()
@@ -716,8 +720,8 @@ impl Tail {
     }
 }
 
-/// Each read-only path the request asks for fits among what the sandbox makes and binds itself
-/// (`made`, and `others`, the other read-only paths): it does not cover a path the sandbox
+/// Each read-only path the request asks for (placed as `ro`, in the request's order) fits among
+/// what the sandbox makes and binds itself (`made`): it does not cover a path the sandbox
 /// writes or binds, is not inside `/proc`, `/dev` or `/build`, which the sandbox makes after
 /// the binds, and, when it is a symlink on this host, holds nothing else. A path that does not
 /// fit is named with what it meets and what to do, before anything runs.
@@ -867,8 +871,7 @@ fn run_streams(
     hand_over(spec, uid, gid)?;
     let cgroup =
         Cgroup::create(&spec.limits).map_err(io_err("cannot create the build's cgroup"))?;
-    let mut prepared = prepare(spec, cgroup.as_ref())?;
-    prepared.interactive = interactive;
+    let mut prepared = prepare(spec, cgroup.as_ref(), interactive)?;
 
     let (sync_read, sync_write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
     let (ready_read, ready_write) =

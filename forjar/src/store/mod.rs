@@ -283,14 +283,18 @@ impl Store {
         }
     }
 
-    /// Opens the store at `dir` for what only reads it: a store that does not exist yet is taken
-    /// as an empty one there, and nothing is created (a plan against it builds everything; its
-    /// keys are those the store will have). An existing store is opened as [`Store::open`] does.
+    /// Opens the store at `dir` for what only reads it: a store that does not exist yet (no
+    /// directory, or an empty one [`Store::open`] would make a store in) is taken as an empty
+    /// one there, and nothing is created (a plan against it builds everything; its keys are
+    /// those the store will have). An existing store is opened as [`Store::open`] does.
     pub fn open_to_read(dir: impl AsRef<Path>) -> Result<Store, StoreError> {
         let dir = dir.as_ref();
-        match fs::symlink_metadata(dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            _ => return Self::open(dir),
+        let absent = match fs::symlink_metadata(dir) {
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+            Ok(meta) => meta.is_dir() && fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none()),
+        };
+        if !absent {
+            return Self::open(dir);
         }
         // The path it will have: the nearest existing ancestor resolved, the rest as written.
         let absolute = std::path::absolute(dir)
@@ -504,6 +508,12 @@ impl Store {
     /// Removes `entry`'s digest record (the entry is gone).
     pub(crate) fn forget_digest(&self, entry: &EntryName) -> Result<(), StoreError> {
         remove_if_there(&self.digest_record(entry))
+    }
+
+    /// Where a build of the key with store hash `hash` that failed is kept (`--keep-failed`),
+    /// `what` naming it (the derivation's name, or `check-<round>`).
+    pub fn kept_path(&self, hash: &str, what: &str) -> PathBuf {
+        self.dir().join(".failed").join(format!("{hash}-{what}"))
     }
 
     /// The build log of the derivation whose key has store hash `hash`.
