@@ -602,8 +602,12 @@ impl DerivationBuilder {
     }
 }
 
-/// The macros' script checks, on a builder's script: its undeclared variables and, unless
-/// allowed, what differs on every run. Every problem is named, each on a line of its own.
+/// The macros' script checks, on a builder's script: its syntax, its undeclared variables and,
+/// unless allowed, what differs on every run. Every problem is named, each on a line of its own.
+///
+/// A program that makes many derivations from one template checks the template once: a script
+/// that passed with the same names declared is remembered (by a BLAKE3 digest of all three), so
+/// the check costs a hash, not a scan, per derivation.
 fn check_script(
     script: &str,
     env: &[(String, Vec<u8>)],
@@ -613,25 +617,50 @@ fn check_script(
     allow_impure: bool,
 ) -> Result<(), RequestError> {
     use crate::name::rules::script;
-    let scan = script::scan(script);
-    let mut declared: Vec<(String, &str)> = Vec::new();
-    declared.extend(inputs.iter().map(|(n, _)| (n.clone(), "input")));
-    declared.extend(input_lists.iter().map(|(n, _)| (n.clone(), "inputs")));
-    declared.extend(env.iter().map(|(n, _)| (n.clone(), "env")));
+    let mut declared: Vec<(&str, &str)> = Vec::new();
+    declared.extend(inputs.iter().map(|(n, _)| (n.as_str(), "input")));
+    // A list is an input field to the derive, and named as one.
+    declared.extend(input_lists.iter().map(|(n, _)| (n.as_str(), "input")));
+    declared.extend(env.iter().map(|(n, _)| (n.as_str(), "env")));
     match outputs.is_empty() {
-        true => declared.push(("out".to_string(), "output")),
-        false => declared.extend(outputs.iter().map(|n| (n.clone(), "output"))),
+        true => declared.push(("out", "output")),
+        false => declared.extend(outputs.iter().map(|n| (n.as_str(), "output"))),
     }
+    let mut key = blake3::Hasher::new();
+    key.update(&[u8::from(allow_impure)]);
+    for (name, kind) in &declared {
+        key.update(name.as_bytes())
+            .update(b"\0")
+            .update(kind.as_bytes())
+            .update(b"\0");
+    }
+    key.update(script.as_bytes());
+    let key: [u8; 32] = key.finalize().into();
+    thread_local! {
+        static PASSED: std::cell::RefCell<std::collections::HashSet<[u8; 32]>> =
+            std::cell::RefCell::default();
+    }
+    if PASSED.with_borrow(|passed| passed.contains(&key)) {
+        return Ok(());
+    }
+    let scan = script::scan(script);
     let syntax = script::syntax(&scan);
     if !syntax.is_empty() {
         return Err(RequestError::Script(syntax));
     }
+    let declared: Vec<(String, &str)> = declared
+        .into_iter()
+        .map(|(name, kind)| (name.to_string(), kind))
+        .collect();
     let mut problems = script::undeclared(&scan, &declared);
     if !allow_impure {
         problems.extend(script::impure(&scan, "call `.allow_impure()`"));
     }
     match problems.is_empty() {
-        true => Ok(()),
+        true => {
+            PASSED.with_borrow_mut(|passed| passed.insert(key));
+            Ok(())
+        }
         false => Err(RequestError::Script(problems)),
     }
 }
