@@ -332,7 +332,15 @@ pub fn adopt(store: &Store, entry: &EntryName, meta: &str, file: &Path) -> Resul
         return Ok(());
     }
     let staging = Staging::new(store, &lock, entry.clone())?;
-    fs::copy(file, staging.content_path()).map_err(AgentError::io("cannot copy", file))?;
+    // Moved, not copied: the upload is this agent's own file, and a second copy of a binary of
+    // tens of megabytes is what fills a small host's disk. A state directory on another file
+    // system than the store's gets a copy.
+    match fs::rename(file, staging.content_path()) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::EXDEV) => {
+            fs::copy(file, staging.content_path()).map_err(AgentError::io("cannot copy", file))?;
+        }
+        moved => moved.map_err(AgentError::io("cannot move", file))?,
+    }
     match staging.commit_fetched(meta)? {
         Committed::Installed(_) => Ok(()),
         Committed::Mismatch(m) => Err(AgentError(format!(
