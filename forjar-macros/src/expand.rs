@@ -152,7 +152,7 @@ pub fn accessors(ident: &Ident, outputs: &[(String, Span)]) -> TokenStream {
         let doc = format!("The output `{name}`.");
         Some(quote! {
             #[doc = #doc]
-            pub fn #method(&self) -> __forjar::OutputRef {
+            pub fn #method(&self) -> ::forjar::OutputRef {
                 __forjar::output(self.0, #name)
             }
         })

@@ -1,14 +1,18 @@
-//! What the DSL costs at compile time: `cargo check` of a program with 200 derivations written
-//! with `#[derive(Derivation)]`, against the same 200 written with the builder API, measured in
-//! the same run.
+//! What the DSL costs at compile time: `cargo check` of a program of 1,000 derivations written
+//! with `#[derive(Derivation)]`, against the same program with the derive's expansion written
+//! out by hand (what the macro itself costs), and against the same derivations written with the
+//! builder API, measured in the same run.
 //!
 //! ```text
-//! bench/dsl-check [--runs N] [--opt-macros]
+//! bench/dsl-check [--runs N] [--derivations N] [--opt-macros]
 //! ```
 //!
-//! Both programs are generated under `target/dsl-check/`, depend on this checkout of forjar,
-//! and share one target directory, so forjar and its dependencies are built once and excluded
-//! from the times. Two cases, alternating derive and builder on each run:
+//! The programs are generated under `target/dsl-check/`, depend on this checkout of forjar, and
+//! share one target directory, so forjar and its dependencies are built once and excluded from
+//! the times. The hand-written expansion is checked against the real one first (rustc's
+//! `-Zunpretty=expanded`, through `RUSTC_BOOTSTRAP=1`): the bench stops if the derive's output
+//! has changed and the hand program no longer is its expansion. Two cases, the programs in turn
+//! on each run:
 //!
 //! - clean: `cargo clean -p <program>`, then `cargo check` (the program's whole crate);
 //! - touch: one of the ten modules changed, then `cargo check` (incremental).
@@ -21,9 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const DERIVATIONS: usize = 200;
 const MODULES: usize = 10;
-const PER_MODULE: usize = DERIVATIONS / MODULES;
 
 /// The script of every derivation but the first, which has no `dep`.
 const SCRIPT: &str = r#"
@@ -44,6 +46,8 @@ fn script(i: usize) -> &'static str {
 #[derive(Clone, Copy, PartialEq)]
 enum Style {
     Derive,
+    /// The derive's expansion, written in the source.
+    Hand,
     Builder,
 }
 
@@ -51,16 +55,29 @@ impl Style {
     fn name(self) -> &'static str {
         match self {
             Style::Derive => "derive",
+            Style::Hand => "hand",
             Style::Builder => "builder",
         }
     }
 }
 
-fn main() {
-    let runs = std::env::args()
-        .skip_while(|a| a != "--runs")
+fn option(name: &str, default: usize) -> usize {
+    std::env::args()
+        .skip_while(|a| a != name)
         .nth(1)
-        .map_or(5, |n| n.parse().expect("--runs takes a number"));
+        .map_or(default, |n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("{name} takes a number, not `{n}`"))
+        })
+}
+
+fn main() {
+    let runs = option("--runs", 5).max(1);
+    let derivations = option("--derivations", 1000);
+    assert!(
+        derivations >= MODULES && derivations.is_multiple_of(MODULES),
+        "--derivations takes a multiple of {MODULES}"
+    );
     let opt_macros = std::env::args().any(|a| a == "--opt-macros");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -68,17 +85,20 @@ fn main() {
         .to_path_buf();
     let out = workspace.join("target/dsl-check");
     let target = out.join(if opt_macros { "target-opt" } else { "target" });
-    let styles = [Style::Derive, Style::Builder];
+    let styles = [Style::Derive, Style::Hand, Style::Builder];
+    let mut expansions = Vec::new();
     for style in styles {
-        generate(&workspace, &out, style, opt_macros);
+        expansions = generate(&workspace, &out, style, opt_macros, derivations);
     }
-    // Builds forjar and its dependencies once; checks that both programs compile.
+    // First: `RUSTC_BOOTSTRAP` is part of cargo's fingerprints, so the checks below build
+    // forjar and its dependencies again, once, and check that the programs compile.
+    check_expansion(&out, &target, &expansions);
     for style in styles {
         check(&out, &target, style);
     }
 
-    let mut clean = [Vec::new(), Vec::new()];
-    let mut touch = [Vec::new(), Vec::new()];
+    let mut clean = [Vec::new(), Vec::new(), Vec::new()];
+    let mut touch = [Vec::new(), Vec::new(), Vec::new()];
     for run in 0..runs {
         for (i, &style) in styles.iter().enumerate() {
             let status = cargo(&target)
@@ -103,21 +123,49 @@ fn main() {
         "unoptimised (the default)"
     };
     println!(
-        "cargo check of {DERIVATIONS} derivations in {MODULES} modules, {runs} runs, medians; \
+        "cargo check of {derivations} derivations in {MODULES} modules, {runs} runs, medians; \
          forjar-macros {macros}"
     );
     println!(
-        "{:<8} {:>10} {:>10} {:>8}",
-        "case", "derive", "builder", "ratio"
+        "{:<8} {:>10} {:>10} {:>10} {:>14} {:>16}",
+        "case", "derive", "hand", "builder", "derive / hand", "derive / builder"
     );
     for (case, times) in [("clean", &mut clean), ("touch", &mut touch)] {
-        let derive = median(&mut times[0]);
-        let builder = median(&mut times[1]);
+        let [derive, hand, builder] = times.each_mut().map(|t| median(t));
         println!(
-            "{case:<8} {:>8.0}ms {:>8.0}ms {:>7.2}x",
+            "{case:<8} {:>8.0}ms {:>8.0}ms {:>8.0}ms {:>13.2}x {:>15.2}x",
             ms(derive),
+            ms(hand),
             ms(builder),
+            derive.as_secs_f64() / hand.as_secs_f64(),
             derive.as_secs_f64() / builder.as_secs_f64()
+        );
+    }
+}
+
+/// Stops unless every item of the hand program's expansions is in what rustc prints as the
+/// derive program's expansion (whitespace aside).
+fn check_expansion(out: &Path, target: &Path, expansions: &[String]) {
+    let output = cargo(target)
+        .env("RUSTC_BOOTSTRAP", "1")
+        .args(["rustc", "--quiet", "--profile=check", "--manifest-path"])
+        .arg(manifest(out, Style::Derive))
+        .args(["--", "-Zunpretty=expanded"])
+        .output()
+        .expect("cargo runs");
+    assert!(
+        output.status.success(),
+        "cannot print the derive program's expansion:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let squeeze = |s: &str| s.split_whitespace().collect::<String>();
+    let expanded = squeeze(&String::from_utf8_lossy(&output.stdout));
+    for (i, hand) in expansions.iter().enumerate() {
+        assert!(
+            expanded.contains(&squeeze(hand)),
+            "the hand program's expansion of D{i} is no longer what the derive expands to; \
+             update `hand_one` from `cargo rustc -- -Zunpretty=expanded` of {}:\n{hand}",
+            manifest(out, Style::Derive).display()
         );
     }
 }
@@ -163,7 +211,15 @@ fn check(out: &Path, target: &Path, style: Style) -> Duration {
     elapsed
 }
 
-fn generate(workspace: &Path, out: &Path, style: Style, opt_macros: bool) {
+/// Writes the program of `style`; returns, for the hand program, each derivation's expansion.
+fn generate(
+    workspace: &Path,
+    out: &Path,
+    style: Style,
+    opt_macros: bool,
+    derivations: usize,
+) -> Vec<String> {
+    let per_module = derivations / MODULES;
     let dir = out.join(style.name());
     std::fs::create_dir_all(dir.join("src")).expect("target/ is writable");
     let mut manifest = format!(
@@ -184,55 +240,74 @@ fn generate(workspace: &Path, out: &Path, style: Style, opt_macros: bool) {
     main.push_str(
         "\nfn main() {\n    let mut g = Graph::new();\n    let d0 = m0::add_0(&mut g);\n",
     );
-    for i in 1..DERIVATIONS {
+    for i in 1..derivations {
         writeln!(
             main,
             "    let d{i} = m{}::add_{i}(&mut g, d{});",
-            i / PER_MODULE,
+            i / per_module,
             i - 1
         )
         .unwrap();
     }
-    writeln!(main, "    g.root(\"last\", d{});\n}}", DERIVATIONS - 1).unwrap();
+    writeln!(main, "    g.root(\"last\", d{});\n}}", derivations - 1).unwrap();
     write_if_changed(&dir.join("src/main.rs"), &main);
 
+    let mut expansions = Vec::new();
     for m in 0..MODULES {
         let mut module = String::from("use forjar::prelude::*;\n");
         if style == Style::Builder {
             module.push_str("use std::time::Duration;\n");
         }
-        for i in m * PER_MODULE..(m + 1) * PER_MODULE {
+        for i in m * per_module..(m + 1) * per_module {
             module.push('\n');
             match style {
-                Style::Derive => derive_one(&mut module, i),
+                Style::Derive | Style::Hand => derivation_one(&mut module, style, i, per_module),
                 Style::Builder => builder_one(&mut module, i),
+            }
+            if style == Style::Hand {
+                let expansion = hand_one(i, per_module);
+                module.push_str(&expansion);
+                expansions.push(expansion);
             }
         }
         write_if_changed(&dir.join(format!("src/m{m}.rs")), &module);
     }
+    expansions
 }
 
-/// One derivation with the derive: a struct and the fn that adds it.
-fn derive_one(out: &mut String, i: usize) {
-    let dep_type = |i: usize| format!("crate::m{}::D{i}", i / PER_MODULE);
+fn dep_type(i: usize, per_module: usize) -> String {
+    format!("crate::m{}::D{i}", i / per_module)
+}
+
+/// One derivation as a struct and the fn that adds it: with the derive and its attributes, or
+/// bare (the hand program, whose expansion follows).
+fn derivation_one(out: &mut String, style: Style, i: usize, per_module: usize) {
+    let attribute = |a: &'static str| if style == Style::Derive { a } else { "" };
     writeln!(
         out,
-        "#[derive(Derivation)]\n#[forjar(sandbox = \"hermetic\", timeout = \"10m\")]\n\
-         #[forjar(script = r#\"{}\"#)]\npub struct D{i} {{",
-        script(i)
+        "{}{}pub struct D{i} {{",
+        attribute("#[derive(Derivation)]\n#[forjar(sandbox = \"hermetic\", timeout = \"10m\")]\n"),
+        if style == Style::Derive {
+            format!("#[forjar(script = r#\"{}\"#)]\n", script(i))
+        } else {
+            String::new()
+        }
     )
     .unwrap();
     if i > 0 {
         writeln!(
             out,
-            "    #[forjar(input)]\n    pub dep: Drv<{}>,",
-            dep_type(i - 1)
+            "    {}pub dep: Drv<{}>,",
+            attribute("#[forjar(input)]\n    "),
+            dep_type(i - 1, per_module)
         )
         .unwrap();
     }
     writeln!(
         out,
-        "    #[forjar(env)]\n    pub greeting: String,\n    #[forjar(env)]\n    pub level: u32,\n}}\n"
+        "    {}pub greeting: String,\n    {}pub level: u32,\n}}\n",
+        attribute("#[forjar(env)]\n    "),
+        attribute("#[forjar(env)]\n    "),
     )
     .unwrap();
     if i > 0 {
@@ -240,7 +315,7 @@ fn derive_one(out: &mut String, i: usize) {
             out,
             "pub fn add_{i}(g: &mut Graph, dep: Drv<{}>) -> Drv<D{i}> {{\n    \
              g.add(D{i} {{ dep, greeting: \"hello\".into(), level: {i} }})\n}}",
-            dep_type(i - 1)
+            dep_type(i - 1, per_module)
         )
         .unwrap();
     } else {
@@ -251,6 +326,54 @@ fn derive_one(out: &mut String, i: usize) {
         )
         .unwrap();
     }
+}
+
+/// What `#[derive(Derivation)]` expands to for `D{i}`, as rustc prints it.
+fn hand_one(i: usize, per_module: usize) -> String {
+    let input = if i > 0 {
+        format!(
+            "<Drv<{}> as __forjar::InputField>::into_input_part(self.dep, \"dep\"),\n",
+            dep_type(i - 1, per_module)
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r##"
+#[allow(deprecated)]
+const _: () = {{
+    use ::forjar::__private as __forjar;
+    #[automatically_derived]
+    impl __forjar::IntoDerivation for D{i} {{
+        type Accessors = __forjar::DefaultOutputs;
+        const DEFAULT: &'static str = "out";
+        fn into_derivation(
+            self,
+            __forjar_location: &'static __forjar::Location<'static>
+        ) -> __forjar::Result<__forjar::Derivation, __forjar::DerivationError> {{
+            {{
+                __forjar::Spec {{
+                    name: "d{i}",
+                    script: __forjar::Some(r#"{script}"#),
+                    sandbox: __forjar::SandboxLevel::Hermetic,
+                    timeout_ms: __forjar::Some(600000u64),
+                    ..__forjar::Spec::DEFAULT
+                }}
+                .derive(
+                    __forjar::None,
+                    __forjar_location,
+                    [
+                        {input}__forjar::Part::Env("greeting", <String as __forjar::IntoEnv>::into_env(self.greeting)),
+                        __forjar::Part::Env("level", <u32 as __forjar::IntoEnv>::into_env(self.level))
+                    ]
+                )
+            }}
+        }}
+    }}
+}};
+"##,
+        script = script(i)
+    )
 }
 
 /// The same derivation with the builder API.

@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::dpkg::Database;
+use super::dpkg::{self, Database};
 use super::lock::LockedPackage;
 use super::{Toolchain, ToolchainError};
 
@@ -33,7 +33,8 @@ fn run(command: &mut Command, what: &'static str) -> Result<String, ToolchainErr
     })
 }
 
-/// What apt offers: each package's candidate version, and the versions `toolchain` pins.
+/// What apt offers: each package's candidate version (the newest it can download where the
+/// candidate is only installed), and the versions `toolchain` pins.
 fn available(toolchain: &Toolchain) -> Result<Database, ToolchainError> {
     // apt rebuilds its cache when another process installs or removes packages, and a reader
     // meanwhile can fail to parse a record: such a failure is tried again, twice.
@@ -50,6 +51,16 @@ fn available(toolchain: &Toolchain) -> Result<Database, ToolchainError> {
             done => break done?,
         }
     };
+    // A version only dpkg's status knows (installed, not in apt's lists) cannot be downloaded:
+    // the newest version apt can download stands in for it.
+    let stale = dpkg::without_download(&text);
+    if !stale.is_empty() {
+        let shown = run(
+            Command::new("apt-cache").arg("show").args(&stale),
+            "cannot read the archive's versions with",
+        )?;
+        text.push_str(&dpkg::first_downloadable(&shown));
+    }
     for (name, version) in toolchain.pins() {
         text.push_str("\n\n");
         text.push_str(&run(

@@ -80,6 +80,45 @@ pub(crate) fn native_architecture() -> &'static str {
     }
 }
 
+/// The packages of this architecture (or `all`) whose record in `records` names no file to
+/// download: a version that is installed but no longer in apt's lists (lists older than the
+/// system, or a version the archive has dropped).
+pub(crate) fn without_download(records: &str) -> Vec<String> {
+    stanzas(records)
+        .filter(|f| {
+            !f.contains_key("Filename")
+                && f.get("Architecture")
+                    .is_some_and(|a| a == native_architecture() || a == "all")
+        })
+        .filter_map(|f| f.get("Package").cloned())
+        .collect()
+}
+
+/// Of `records` (`apt-cache show`, which gives a package's versions newest first), the first
+/// record of each package of this architecture (or `all`) that names a file to download.
+pub(crate) fn first_downloadable(records: &str) -> String {
+    let mut seen = BTreeSet::new();
+    let mut out = String::new();
+    for block in records.split("\n\n") {
+        let Some(fields) = stanzas(block).next() else {
+            continue;
+        };
+        let native = fields
+            .get("Architecture")
+            .is_some_and(|a| a == native_architecture() || a == "all");
+        if let (Some(name), true, true) = (
+            fields.get("Package"),
+            native,
+            fields.contains_key("Filename"),
+        ) && seen.insert(name.clone())
+        {
+            out.push_str("\n\n");
+            out.push_str(block.trim_matches('\n'));
+        }
+    }
+    out
+}
+
 impl Database {
     /// Reads `<root>/var/lib/dpkg/status`.
     pub(crate) fn read(root: &Path) -> Result<Database, ToolchainError> {
@@ -286,6 +325,24 @@ mod tests {
                 vec!["python3".to_string()],
             ]
         );
+    }
+
+    #[test]
+    fn an_installed_version_apt_cannot_download_gives_way_to_the_newest_it_can() {
+        let arch = native_architecture();
+        let dumpavail = format!(
+            "Package: a\nVersion: 2\nArchitecture: {arch}\n\n\
+             Package: b\nVersion: 1\nArchitecture: {arch}\nFilename: pool/b_1.deb\n"
+        );
+        assert_eq!(without_download(&dumpavail), ["a"]);
+        let show = format!(
+            "Package: a\nVersion: 2\nArchitecture: {arch}\n\n\
+             Package: a\nVersion: 1.5\nArchitecture: {arch}\nFilename: pool/a_1.5.deb\n\n\
+             Package: a\nVersion: 1\nArchitecture: {arch}\nFilename: pool/a_1.deb\n"
+        );
+        let db = Database::available(&format!("{dumpavail}{}", first_downloadable(&show)));
+        assert_eq!(db.get("a").unwrap().version, "1.5");
+        assert_eq!(db.get("b").unwrap().version, "1");
     }
 
     #[test]
