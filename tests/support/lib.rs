@@ -274,14 +274,48 @@ pub fn stack_dir() -> PathBuf {
 /// once per test process (the script itself serialises starts across processes), and returns
 /// its address. The remote tests need it everywhere, so a stack that cannot start fails the
 /// calling test with the script's message; it is never skipped.
+///
+/// A stack already running in [`stack_dir`] (one a developer keeps warm) is used as it is.
+/// Otherwise this process starts one, on ports free now (unless `FORJAR_STACK_PORT` and
+/// `FORJAR_STACK_PG_PORT` name them), and stops it when it exits: a run stops what it started,
+/// and two checkouts' runs do not meet on one port.
 pub fn remote_stack() -> &'static str {
     use std::sync::OnceLock;
     static ADDRESS: OnceLock<Result<String, String>> = OnceLock::new();
     let started = ADDRESS.get_or_init(|| {
-        let output = Command::new(root().join("remote/stack"))
-            .arg("start")
+        let mut command = Command::new(root().join("remote/stack"));
+        command.arg("start");
+        let ours = !stack_running();
+        if ours {
+            let listeners: Vec<std::net::TcpListener> = (0..2)
+                .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("cannot find a free port: {e}"))?;
+            for (var, listener) in ["FORJAR_STACK_PORT", "FORJAR_STACK_PG_PORT"]
+                .into_iter()
+                .zip(&listeners)
+            {
+                if std::env::var_os(var).is_none() {
+                    let port = listener
+                        .local_addr()
+                        .map_err(|e| format!("cannot find a free port: {e}"))?
+                        .port();
+                    command.env(var, port.to_string());
+                }
+            }
+        }
+        let output = command
             .output()
             .map_err(|e| format!("cannot run remote/stack: {e}"))?;
+        if ours {
+            extern "C" fn stop() {
+                let _ = Command::new(root().join("remote/stack"))
+                    .arg("stop")
+                    .output();
+            }
+            // SAFETY: `stop` is an `extern "C" fn()` that lives as long as the process.
+            unsafe { nix::libc::atexit(stop) };
+        }
         if !output.status.success() {
             return Err(format!("remote/stack start failed:\n{}", stderr(&output)));
         }
@@ -295,6 +329,18 @@ pub fn remote_stack() -> &'static str {
         Ok(address) => address,
         Err(e) => panic!("the remote tests need the remote stack: {e}"),
     }
+}
+
+/// Whether a BuildGrid of the stack in [`stack_dir`] runs (`remote/stack status`).
+fn stack_running() -> bool {
+    Command::new(root().join("remote/stack"))
+        .arg("status")
+        .output()
+        .is_ok_and(|o| {
+            stdout(&o)
+                .lines()
+                .any(|l| l.starts_with("buildgrid: running"))
+        })
 }
 
 /// A salt no earlier run used, so that a shared remote starts cold for the calling test.
