@@ -284,7 +284,8 @@ fn a_remote_killed_during_an_apply_leaves_the_apply_to_finish_here() {
     }
     remote_stack(); // the shared venv is installed once
     let dir = tempfile::tempdir().unwrap();
-    let (stack, address) = PrivateStack::start(&dir.path().join("stack"), 50079, 54379, 0);
+    let [port, pg_port] = forjar_suite::free_ports::<2>();
+    let (stack, address) = PrivateStack::start(&dir.path().join("stack"), port, pg_port, 0);
     let store = dir.path().join("store");
     let salt = fresh_salt("killed");
     let env = [

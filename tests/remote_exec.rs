@@ -430,7 +430,8 @@ fn a_server_killed_during_remote_execution_leaves_the_apply_to_finish_here() {
     }
     remote_stack(); // the shared venv is installed once
     let dir = tempfile::tempdir().unwrap();
-    let (stack, address) = PrivateStack::start(&dir.path().join("stack"), 50078, 54378, 1);
+    let [port, pg_port] = forjar_suite::free_ports::<2>();
+    let (stack, address) = PrivateStack::start(&dir.path().join("stack"), port, pg_port, 1);
     let store = dir.path().join("store");
     let salt = fresh_salt("killed-exec");
     let env = [

@@ -287,19 +287,12 @@ pub fn remote_stack() -> &'static str {
         command.arg("start");
         let ours = !stack_running();
         if ours {
-            let listeners: Vec<std::net::TcpListener> = (0..2)
-                .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-                .collect::<Result<_, _>>()
-                .map_err(|e| format!("cannot find a free port: {e}"))?;
-            for (var, listener) in ["FORJAR_STACK_PORT", "FORJAR_STACK_PG_PORT"]
-                .into_iter()
-                .zip(&listeners)
-            {
+            let [port, pg_port] = free_ports::<2>();
+            for (var, port) in [
+                ("FORJAR_STACK_PORT", port),
+                ("FORJAR_STACK_PG_PORT", pg_port),
+            ] {
                 if std::env::var_os(var).is_none() {
-                    let port = listener
-                        .local_addr()
-                        .map_err(|e| format!("cannot find a free port: {e}"))?
-                        .port();
                     command.env(var, port.to_string());
                 }
             }
@@ -329,6 +322,18 @@ pub fn remote_stack() -> &'static str {
         Ok(address) => address,
         Err(e) => panic!("the remote tests need the remote stack: {e}"),
     }
+}
+
+/// `N` distinct loopback ports free at this moment (each held until all are chosen).
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners = [(); N].map(|()| {
+        std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port can be bound")
+    });
+    listeners.map(|l| {
+        l.local_addr()
+            .expect("a bound socket has an address")
+            .port()
+    })
 }
 
 /// Whether a BuildGrid of the stack in [`stack_dir`] runs (`remote/stack status`).
