@@ -31,11 +31,11 @@ pub const BUILTIN_VARIABLES: &[&str] = &[
 /// A message for each `$name` the script expands that is not `declared` (name and kind:
 /// `input`, `env`, `output`, `parameter`), assigned by the script, or set by the sandbox or the
 /// shell; under `sh -u` each would stop the build. One message per name, at its first use.
-pub fn undeclared(scan: &Scan, declared: &[(String, &str)]) -> Vec<String> {
+pub fn undeclared<N: AsRef<str>>(scan: &Scan, declared: &[(N, &str)]) -> Vec<String> {
     let mut reported: Vec<&str> = Vec::new();
     let mut messages = Vec::new();
     for (name, line) in &scan.uses {
-        let known = declared.iter().any(|(d, _)| d == name)
+        let known = declared.iter().any(|(d, _)| d.as_ref() == name)
             || scan.assigned.contains(name)
             || crate::RESERVED_ENV.contains(&name.as_str())
             || BUILTIN_VARIABLES.contains(&name.as_str());
@@ -45,14 +45,14 @@ pub fn undeclared(scan: &Scan, declared: &[(String, &str)]) -> Vec<String> {
         reported.push(name);
         let list = declared
             .iter()
-            .map(|(d, kind)| format!("`{d}` ({kind})"))
+            .map(|(d, kind)| format!("`{}` ({kind})", d.as_ref()))
             .collect::<Vec<_>>()
             .join(", ");
         let hint = did_you_mean(
             name,
             declared
                 .iter()
-                .map(|(d, _)| d.as_str())
+                .map(|(d, _)| d.as_ref())
                 .chain(crate::RESERVED_ENV.iter().copied()),
         );
         messages.push(format!(

@@ -648,10 +648,6 @@ fn check_script(
     if !syntax.is_empty() {
         return Err(RequestError::Script(syntax));
     }
-    let declared: Vec<(String, &str)> = declared
-        .into_iter()
-        .map(|(name, kind)| (name.to_string(), kind))
-        .collect();
     let mut problems = script::undeclared(&scan, &declared);
     if !allow_impure {
         problems.extend(script::impure(&scan, "call `.allow_impure()`"));

@@ -80,16 +80,19 @@ pub(crate) fn native_architecture() -> &'static str {
     }
 }
 
+/// Whether a deb822 record is of a package this machine can install: its architecture, or `all`.
+fn for_this_machine(fields: &BTreeMap<&str, String>) -> bool {
+    fields
+        .get("Architecture")
+        .is_some_and(|a| a == native_architecture() || a == "all")
+}
+
 /// The packages of this architecture (or `all`) whose record in `records` names no file to
 /// download: a version that is installed but no longer in apt's lists (lists older than the
 /// system, or a version the archive has dropped).
 pub(crate) fn without_download(records: &str) -> Vec<String> {
     stanzas(records)
-        .filter(|f| {
-            !f.contains_key("Filename")
-                && f.get("Architecture")
-                    .is_some_and(|a| a == native_architecture() || a == "all")
-        })
+        .filter(|f| !f.contains_key("Filename") && for_this_machine(f))
         .filter_map(|f| f.get("Package").cloned())
         .collect()
 }
@@ -103,14 +106,10 @@ pub(crate) fn first_downloadable(records: &str) -> String {
         let Some(fields) = stanzas(block).next() else {
             continue;
         };
-        let native = fields
-            .get("Architecture")
-            .is_some_and(|a| a == native_architecture() || a == "all");
-        if let (Some(name), true, true) = (
-            fields.get("Package"),
-            native,
-            fields.contains_key("Filename"),
-        ) && seen.insert(name.clone())
+        if let Some(name) = fields.get("Package")
+            && fields.contains_key("Filename")
+            && for_this_machine(&fields)
+            && seen.insert(name.clone())
         {
             out.push_str("\n\n");
             out.push_str(block.trim_matches('\n'));
@@ -145,9 +144,7 @@ impl Database {
                 true => fields
                     .get("Status")
                     .is_some_and(|s| s.split_whitespace().nth(2) == Some("installed")),
-                false => fields
-                    .get("Architecture")
-                    .is_some_and(|a| a == native_architecture() || a == "all"),
+                false => for_this_machine(&fields),
             };
             let (Some(name), Some(version), true) =
                 (fields.get("Package"), fields.get("Version"), keep)
