@@ -25,6 +25,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[allow(
+    dead_code,
+    reason = "this benchmark measures no Nix peer and no closure"
+)]
+mod peers;
+
 const MODULES: usize = 10;
 
 /// The script of every derivation but the first, which has no `dep`.
@@ -61,9 +67,10 @@ impl Style {
     }
 }
 
-fn option(name: &str, default: usize) -> usize {
-    std::env::args()
-        .skip_while(|a| a != name)
+/// The number after `name` among `args`, or `default`.
+fn option(args: &[String], name: &str, default: usize) -> usize {
+    args.iter()
+        .skip_while(|a| *a != name)
         .nth(1)
         .map_or(default, |n| {
             n.parse()
@@ -72,13 +79,14 @@ fn option(name: &str, default: usize) -> usize {
 }
 
 fn main() {
-    let runs = option("--runs", 5).max(1);
-    let derivations = option("--derivations", 1000);
+    let (runs, args) = peers::args(5);
+    let runs = runs.max(1);
+    let derivations = option(&args, "--derivations", 1000);
     assert!(
         derivations >= MODULES && derivations.is_multiple_of(MODULES),
         "--derivations takes a multiple of {MODULES}"
     );
-    let opt_macros = std::env::args().any(|a| a == "--opt-macros");
+    let opt_macros = args.iter().any(|a| a == "--opt-macros");
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("forjar/ is in the workspace")
@@ -86,10 +94,10 @@ fn main() {
     let out = workspace.join("target/dsl-check");
     let target = out.join(if opt_macros { "target-opt" } else { "target" });
     let styles = [Style::Derive, Style::Hand, Style::Builder];
-    let mut expansions = Vec::new();
-    for style in styles {
-        expansions = generate(&workspace, &out, style, opt_macros, derivations);
-    }
+    let expansions: Vec<String> = styles
+        .into_iter()
+        .flat_map(|style| generate(&workspace, &out, style, opt_macros, derivations))
+        .collect();
     // First: `RUSTC_BOOTSTRAP` is part of cargo's fingerprints, so the checks below build
     // forjar and its dependencies again, once, and check that the programs compile.
     check_expansion(&out, &target, &expansions);
@@ -101,13 +109,13 @@ fn main() {
     let mut touch = [Vec::new(), Vec::new(), Vec::new()];
     for run in 0..runs {
         for (i, &style) in styles.iter().enumerate() {
-            let status = cargo(&target)
-                .args(["clean", "--quiet", "-p", &package(style)])
-                .arg("--manifest-path")
-                .arg(manifest(&out, style))
-                .status()
-                .expect("cargo runs");
-            assert!(status.success(), "cargo clean failed");
+            succeed(
+                cargo(&target)
+                    .args(["clean", "--quiet", "-p", &package(style)])
+                    .arg("--manifest-path")
+                    .arg(manifest(&out, style)),
+                "cargo clean failed",
+            );
             clean[i].push(check(&out, &target, style));
             let module = out.join(style.name()).join("src/m3.rs");
             let mut text = std::fs::read_to_string(&module).expect("the module exists");
@@ -130,8 +138,8 @@ fn main() {
         "{:<8} {:>10} {:>10} {:>10} {:>14} {:>16}",
         "case", "derive", "hand", "builder", "derive / hand", "derive / builder"
     );
-    for (case, times) in [("clean", &mut clean), ("touch", &mut touch)] {
-        let [derive, hand, builder] = times.each_mut().map(|t| median(t));
+    for (case, times) in [("clean", clean), ("touch", touch)] {
+        let [derive, hand, builder] = times.map(peers::median);
         println!(
             "{case:<8} {:>8.0}ms {:>8.0}ms {:>8.0}ms {:>13.2}x {:>15.2}x",
             ms(derive),
@@ -146,20 +154,16 @@ fn main() {
 /// Stops unless every item of the hand program's expansions is in what rustc prints as the
 /// derive program's expansion (whitespace aside).
 fn check_expansion(out: &Path, target: &Path, expansions: &[String]) {
-    let output = cargo(target)
-        .env("RUSTC_BOOTSTRAP", "1")
-        .args(["rustc", "--quiet", "--profile=check", "--manifest-path"])
-        .arg(manifest(out, Style::Derive))
-        .args(["--", "-Zunpretty=expanded"])
-        .output()
-        .expect("cargo runs");
-    assert!(
-        output.status.success(),
-        "cannot print the derive program's expansion:\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = succeed(
+        cargo(target)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .args(["rustc", "--quiet", "--profile=check", "--manifest-path"])
+            .arg(manifest(out, Style::Derive))
+            .args(["--", "-Zunpretty=expanded"]),
+        "cannot print the derive program's expansion",
     );
     let squeeze = |s: &str| s.split_whitespace().collect::<String>();
-    let expanded = squeeze(&String::from_utf8_lossy(&output.stdout));
+    let expanded = squeeze(&String::from_utf8_lossy(&stdout));
     for (i, hand) in expansions.iter().enumerate() {
         assert!(
             expanded.contains(&squeeze(hand)),
@@ -172,11 +176,6 @@ fn check_expansion(out: &Path, target: &Path, expansions: &[String]) {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-fn median(times: &mut [Duration]) -> Duration {
-    times.sort();
-    times[times.len() / 2]
 }
 
 fn package(style: Style) -> String {
@@ -196,19 +195,24 @@ fn cargo(target: &Path) -> Command {
 /// Runs `cargo check` on one program; returns its wall-clock time.
 fn check(out: &Path, target: &Path, style: Style) -> Duration {
     let start = Instant::now();
-    let output = cargo(target)
-        .args(["check", "--quiet", "--manifest-path"])
-        .arg(manifest(out, style))
-        .output()
-        .expect("cargo runs");
-    let elapsed = start.elapsed();
+    succeed(
+        cargo(target)
+            .args(["check", "--quiet", "--manifest-path"])
+            .arg(manifest(out, style)),
+        &format!("the {} program does not compile", style.name()),
+    );
+    start.elapsed()
+}
+
+/// Runs `command` and returns its standard output; panics with `what` and its stderr if it fails.
+fn succeed(command: &mut Command, what: &str) -> Vec<u8> {
+    let output = command.output().expect("cargo runs");
     assert!(
         output.status.success(),
-        "the {} program does not compile:\n{}",
-        style.name(),
+        "{what}:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    elapsed
+    output.stdout
 }
 
 /// Writes the program of `style`; returns, for the hand program, each derivation's expansion.
