@@ -360,6 +360,99 @@ fn ctrl_c_stops_the_builds_removes_their_staging_and_exits_130() {
     assert!(entries(&store).is_empty(), "{:?}", entries(&store));
 }
 
+/// The pids of the processes whose command line holds `needle`, and of those whose parent is
+/// `parent` and whose name is `name`.
+fn processes(needle: &str, parent: u32, name: &str) -> (Vec<u32>, Vec<u32>) {
+    let (mut with, mut children) = (Vec::new(), Vec::new());
+    for entry in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            with.push(pid);
+        }
+        let status = fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+                .unwrap_or_default()
+                .to_string()
+        };
+        if field("PPid:") == parent.to_string() && field("Name:") == name {
+            children.push(pid);
+        }
+    }
+    (with, children)
+}
+
+/// Whether `pid` has ended (gone, or a zombie not yet reaped).
+fn ended(pid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status")).map_or(true, |s| {
+        s.lines()
+            .any(|l| l.starts_with("State:") && l.contains("zombie"))
+    })
+}
+
+#[test]
+fn builds_and_the_process_they_are_forked_from_end_with_a_killed_forjar() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = store_dir();
+    // Each build sleeps for a time no other run uses, so that its processes are its own.
+    let marker = format!("300.{}", std::process::id());
+    let child = dag(
+        &store,
+        &[("DAG_SLEEP", &marker), ("DAG_LAYERS", "1")],
+        &["apply", "-j", "2"],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    // Killed however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Killed(child);
+    let forjar = child.0.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Two builds: each a shell and its `sleep`.
+    let (builds, forked) = loop {
+        let (builds, forked) = processes(&marker, forjar, "forjar-spawner");
+        if builds.len() >= 4 {
+            break (builds, forked);
+        }
+        assert!(Instant::now() < deadline, "the builds did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Forjar's children named after the thread that made the spawner: the spawner, and each
+    // build's supervisor, which the spawner made forjar's child.
+    assert!(forked.len() >= 3, "{forked:?}");
+    kill(Pid::from_raw(forjar as i32), Signal::SIGKILL).unwrap();
+    child.0.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !builds.iter().chain(&forked).all(|&pid| ended(pid)) {
+        assert!(
+            Instant::now() < deadline,
+            "still running 10 s after forjar was killed: {:?}",
+            builds
+                .iter()
+                .chain(&forked)
+                .filter(|&&pid| !ended(pid))
+                .collect::<Vec<_>>()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn ctrl_c_typed_on_a_terminal_stops_the_builds_clears_the_display_and_exits_130() {
     if !sandbox() {

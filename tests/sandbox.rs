@@ -104,7 +104,7 @@ fn a_build_runs_as_1000_100_in_its_own_namespaces() {
           echo "host $(hostname)"
           echo "pid $$"
           echo "setgroups $(cat /proc/self/setgroups)"
-          grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -s '\t ' ' '
+          grep -E '^(NoNewPrivs|Seccomp|SigBlk|SigIgn):' /proc/self/status | tr -s '\t ' ' '
           echo "cwd $PWD home $HOME tmpdir $TMPDIR"
           echo "net $(ls /sys/class/net 2>/dev/null | tr '\n' ' ')$(cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' ' | tr '\n' ' ')"
           echo "root: $(ls / | tr '\n' ' ')"
@@ -121,6 +121,9 @@ fn a_build_runs_as_1000_100_in_its_own_namespaces() {
     assert!(text.contains("setgroups deny\n"), "{text}");
     assert!(text.contains("NoNewPrivs: 1\n"), "{text}");
     assert!(text.contains("Seccomp: 2\n"), "{text}");
+    // Signals as a new process has them: none blocked, none ignored (forjar ignores SIGPIPE).
+    assert!(text.contains("SigBlk: 0000000000000000\n"), "{text}");
+    assert!(text.contains("SigIgn: 0000000000000000\n"), "{text}");
     assert!(
         text.contains("cwd /build home /homeless-shelter tmpdir /build\n"),
         "{text}"

@@ -81,6 +81,9 @@ fn secs(d: Duration) -> String {
 }
 
 fn main() {
+    // As a program's `main!` does: builds are forked from a process made while this one is
+    // small.
+    forjar::sandbox::start_spawner().expect("the build spawner starts");
     let (runs, rest) = peers::args(3);
     let flag = |name: &str, default: usize| {
         rest.iter()

@@ -392,9 +392,17 @@ pub fn __main_with<O: clap::Args>(
         ))
     });
     match parsed {
-        Ok((cli, options)) => report(program::run(cli, target, command, |program| {
-            define(program, options)
-        })),
+        Ok((cli, options)) => {
+            if matches!(cli.command, ProgramCommand::Build(_)) {
+                // Builds are forked from a process made now, before the program defines its
+                // graph: their cost does not grow with it. A failure is the first build's to
+                // report.
+                let _ = crate::sandbox::start_spawner();
+            }
+            report(program::run(cli, target, command, |program| {
+                define(program, options)
+            }))
+        }
         Err(e) => {
             let _ = e.print();
             if e.use_stderr() {

@@ -25,7 +25,7 @@ use nix::unistd::{
 };
 
 use super::{
-    BUILD_GID, BUILD_UID, EXEC_FAILED, LIMIT_HIT, PLACE_FAILED, PlacementKind, Prepared,
+    BUILD_GID, BUILD_UID, DEVICES, EXEC_FAILED, LIMIT_HIT, PLACE_FAILED, PlacementKind, Prepared,
     SETUP_FAILED,
 };
 
@@ -56,7 +56,7 @@ fn ctx<T, E: std::fmt::Display>(
 
 /// Closes every descriptor from 3 up but those in `keep` (-1 entries are ignored); sorts `keep`.
 /// Allocates nothing, as it runs between `fork` and `exec`.
-fn close_all_but(keep: &mut [RawFd]) {
+pub(super) fn close_all_but(keep: &mut [RawFd]) {
     keep.sort_unstable();
     let mut from: RawFd = 3;
     for &fd in keep.iter().filter(|&&fd| fd >= 3) {
@@ -100,6 +100,25 @@ pub(super) fn supervisor(
         // builds that other threads are starting; a copy of another build's log pipe held here
         // would keep that log from ending until this build does. This build's own lock stays
         // (`hold`).
+        if p.streams[0] >= 0 {
+            // `enter`: forjar's standard streams, as the spawner received them, become this
+            // process's. Each is copied above 2 first, so that none is overwritten before use.
+            let mut high = [-1; 3];
+            for (copy, &fd) in high.iter_mut().zip(&p.streams) {
+                // SAFETY: fcntl(F_DUPFD_CLOEXEC) of a descriptor this process holds.
+                *copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+            }
+            for (target, &fd) in high.iter().enumerate() {
+                // SAFETY: dup2 onto this process's own standard descriptors.
+                if fd < 0 || unsafe { libc::dup2(fd, target as RawFd) } < 0 {
+                    return Err((
+                        "cannot take the terminal's streams",
+                        std::io::Error::last_os_error(),
+                    )
+                        .into());
+                }
+            }
+        }
         let own = [
             sync_write.as_raw_fd(),
             sync_read.as_raw_fd(),
@@ -197,6 +216,16 @@ pub(super) fn supervisor(
                 feed(p, &feed_here)?;
                 drop(feed_here);
                 take_build_ids()?;
+                // Changing the effective ids cleared the parent-death signal: it is set again,
+                // and a forjar that died in between ends the build here (the builder dies with
+                // this process).
+                ctx(
+                    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL),
+                    || "cannot set the parent-death signal".into(),
+                )?;
+                if nix::unistd::getppid().as_raw() != p.parent_pid {
+                    return Err(Failed(SETUP_FAILED, "the parent exited".into()));
+                }
                 // Only the builder writes the log and the error pipe from here on.
                 // SAFETY: these are this process's copies of the fds; nothing else uses them.
                 unsafe {
@@ -289,7 +318,7 @@ fn fed_paths(p: &Prepared) -> Vec<PathBuf> {
             PlacementKind::Symlink { .. } => None,
         })
         .chain([p.build_dir.clone()])
-        .chain(p.devices.iter().map(|d| Path::new("/dev").join(d)))
+        .chain(DEVICES.iter().map(|d| Path::new("/dev").join(d)))
         .collect()
 }
 
@@ -665,7 +694,7 @@ fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
     }
 
     // /dev: the harmless devices, a private devpts, shared memory.
-    for name in &p.devices {
+    for name in DEVICES {
         bind(
             feed.next()?,
             &at(&Path::new("/dev").join(name)),
@@ -815,6 +844,34 @@ fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
             std::io::Error::last_os_error(),
         )
             .into());
+    }
+    // Signals as a new process has them: forjar ignores SIGPIPE, as every Rust program does,
+    // and an ignored signal stays ignored across `exec` (`yes | head` would never end).
+    // SAFETY: setting dispositions to the default and clearing the mask; no handler runs.
+    unsafe {
+        // The kernel's `struct sigaction` all zero: SIG_DFL, no flags, an empty mask (the same
+        // bytes whether or not the architecture has `sa_restorer`). Through the system call,
+        // as glibc refuses the signals it uses itself, which are as inheritable as any.
+        let default = [0u64; 4];
+        for signal in 1..=libc::SIGRTMAX() {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    default.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+            }
+        }
+        let none = 0u64;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
     }
     ctx(nix::sys::prctl::set_no_new_privs(), || {
         "cannot set no_new_privs".into()

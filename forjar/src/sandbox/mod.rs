@@ -23,6 +23,9 @@ mod child;
 mod elf;
 mod limits;
 mod seccomp;
+mod spawner;
+
+pub use spawner::start as start_spawner;
 
 use std::collections::VecDeque;
 use std::ffi::CString;
@@ -40,7 +43,7 @@ use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::resource::Resource;
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, fork, pipe2};
+use nix::unistd::{Pid, pipe2};
 
 use crate::name::OutputName;
 use crate::name::rules::HOST_TOOLS;
@@ -192,7 +195,6 @@ pub(crate) struct Prepared {
     scratch: Vec<PathBuf>,
     store_dir: PathBuf,
     files: Vec<(PathBuf, Vec<u8>)>,
-    devices: Vec<&'static str>,
     rlimits: Vec<(Resource, u64)>,
     seccomp: Vec<libc::sock_filter>,
     args: Vec<CString>,
@@ -208,6 +210,9 @@ pub(crate) struct Prepared {
     /// [`enter`]: the builder keeps forjar's standard streams (the user's terminal) and runs in
     /// forjar's session, in a process group of its own that is given the terminal.
     interactive: bool,
+    /// `enter`: forjar's standard streams as the spawner received them, which the supervisor
+    /// makes its own; -1 otherwise.
+    streams: [RawFd; 3],
 }
 
 /// A build to run: the request and where its inputs and outputs are on the host.
@@ -586,7 +591,6 @@ fn prepare(
             .iter()
             .map(|(p, c)| (p.as_path().to_path_buf(), c.clone()))
             .collect(),
-        devices: DEVICES.to_vec(),
         rlimits,
         seccomp: seccomp::program(),
         args: request.args.iter().map(|a| cstring(a.as_bytes())).collect(),
@@ -596,6 +600,7 @@ fn prepare(
         hold: spec.hold.map_or(-1, |fd| fd.as_raw_fd()),
         err_write: -1,
         interactive,
+        streams: [-1; 3],
         cgroup_tasks: match cgroup {
             Some(cgroup) => cgroup
                 .self_join()
@@ -892,12 +897,7 @@ fn run_streams(
     prepared.err_write = err_write.as_raw_fd();
 
     let started = Instant::now();
-    // SAFETY: the child runs only `child::supervisor`, which ends in `_exit` or `exec`, and
-    // takes no lock but the allocator's, which glibc's `fork` leaves usable.
-    let supervisor = match unsafe { fork() }.map_err(nix_err("cannot fork"))? {
-        ForkResult::Child => child::supervisor(&prepared, sync_write, ready_read, status_write),
-        ForkResult::Parent { child } => child,
-    };
+    let supervisor = spawner::spawn(&prepared, &sync_write, &ready_read, &status_write)?;
     // Set here as well as in the supervisor, so that it holds whichever runs first.
     let terminal = interactive.then(|| Foreground::give(supervisor));
     drop((sync_write, ready_read, status_write, log_write, err_write));
