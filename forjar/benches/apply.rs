@@ -3,7 +3,8 @@
 //! ```text
 //! bench/apply                                   # installs nix-bin if missing, runs this
 //! cargo bench -p forjar --bench apply -- [--runs N] [--tree N] [--noop N] [--no-nix-noop]
-//!                                              [--no-nix] [--part tree|noop|makespan]..
+//!                                              [--no-nix] [--sizes N,N,..]
+//!                                              [--part tree|noop|makespan|scaling]..
 //! ```
 //!
 //! 1. A tree-shaped DAG of `--tree` (1000) trivial derivations (node i depends on 2i+1 and
@@ -14,6 +15,9 @@
 //!    the graph, opening the store and planning, in process; and Nix's no-op `nix-build` of
 //!    the same tree once built (left out with `--no-nix-noop`; building it takes minutes).
 //! 3. 40 independent builds of `sleep 0.5` with `-j 4`: the makespan against the ideal 5 s.
+//! 4. The first build of trees of `--sizes` (1000,4000,10000) derivations, each run in a
+//!    process of its own: milliseconds per derivation and that process's peak RSS, against
+//!    the smallest size.
 
 use std::time::{Duration, Instant};
 
@@ -94,7 +98,7 @@ fn main() {
     let tree_size = flag("--tree", 1000);
     let noop_size = flag("--noop", 10_000);
     let nix_noop = !rest.iter().any(|a| a == "--no-nix-noop");
-    // `--part tree|noop|makespan` (repeatable) runs only the parts named.
+    // `--part tree|noop|makespan|scaling` (repeatable) runs only the parts named.
     let parts: Vec<&str> = rest
         .iter()
         .enumerate()
@@ -106,9 +110,30 @@ fn main() {
     if !have("nix-build") {
         eprintln!("nix-build not found: install Debian's nix-bin (bench/apply does)");
     }
+    if let Some(i) = rest.iter().position(|a| a == "--scaling-one") {
+        let nonce = format!("{}-{}", std::process::id(), flag("--nonce", 0));
+        let store = rest
+            .iter()
+            .position(|a| a == "--store")
+            .map(|i| rest[i + 1].as_str())
+            .expect("--scaling-one takes --store");
+        scaling_one(store, rest[i + 1].parse().expect("a size"), &nonce);
+        return;
+    }
+    let sizes: Vec<usize> = rest
+        .iter()
+        .position(|a| a == "--sizes")
+        .and_then(|i| rest.get(i + 1))
+        .map_or("1000,4000,10000", String::as_str)
+        .split(',')
+        .map(|n| n.parse().expect("--sizes takes numbers: 1000,4000,10000"))
+        .collect();
     let dir = tempfile::tempdir().expect("a temporary directory");
     let seed = std::process::id();
-    println!("median of {runs} runs, after one unmeasured run\n");
+    println!(
+        "median of {runs} runs, after one unmeasured run; load average at the start: {}\n",
+        load()
+    );
 
     // 1. First build of the tree.
     if part("tree") {
@@ -120,31 +145,135 @@ fn main() {
     if part("makespan") {
         makespan_part(&dir, runs, seed);
     }
+    if part("scaling") {
+        scaling_part(&dir, runs, &sizes);
+    }
+    println!("\nload average at the end: {}", load());
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, nix: bool) {
-    let forjar_first = measure(runs, |i| {
+    // Interleaved pairs: forjar's run i, then Nix's run i, so that both meet the same load.
+    let build = |i: usize| {
         let store = Store::open(dir.path().join(format!("tree-{i}"))).unwrap();
+        let started = Instant::now();
         let report = apply_tree(&store, tree_size, &format!("{seed}-{i}"), 2);
+        let took = started.elapsed();
         assert_eq!(report.built.len(), tree_size);
-    });
+        took
+    };
+    let nix_build_tree = |i: usize| {
+        let started = Instant::now();
+        nix_build(&nix_tree(tree_size, &format!("{seed}-{i}")), 2);
+        started.elapsed()
+    };
+    build(usize::MAX);
+    if nix {
+        nix_build_tree(usize::MAX);
+    }
+    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let forjar_time = build(i);
+        ours.push(forjar_time);
+        if nix {
+            let nix_time = nix_build_tree(i);
+            theirs.push(nix_time);
+            ratios.push(nix_time.as_secs_f64() / forjar_time.as_secs_f64());
+        }
+    }
+    let forjar_first = peers::median(ours);
     println!("| {tree_size}-derivation tree, first build, -j2 | median | / forjar |");
     println!("|---|---:|---:|");
     println!("| forjar plan + apply | {} | 1.00x |", secs(forjar_first));
     if nix {
-        let nix_first = measure(runs, |i| {
-            nix_build(&nix_tree(tree_size, &format!("{seed}-{i}")), 2)
-        });
+        let nix_first = peers::median(theirs);
         println!(
             "| nix-build -j2 (sandbox on, no substituters) | {} | {:.2}x |",
             secs(nix_first),
             nix_first.as_secs_f64() / forjar_first.as_secs_f64()
         );
+        ratios.sort_by(f64::total_cmp);
         println!(
-            "\nnix-build / forjar = {:.2} (target: at least 5)",
-            nix_first.as_secs_f64() / forjar_first.as_secs_f64()
+            "\nnix-build / forjar per pair: {} (median {:.2}; target: at least 10)",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            ratios[ratios.len() / 2]
         );
     }
+}
+
+/// 4. The first build of trees of each size, each in a process of its own: milliseconds per
+/// derivation, and the peak memory of that process.
+fn scaling_part(dir: &tempfile::TempDir, runs: usize, sizes: &[usize]) {
+    let exe = std::env::current_exe().expect("this benchmark's path");
+    println!(
+        "\n| tree, first build, -j2 | ms per derivation (median of {runs}) | / smallest | peak RSS |"
+    );
+    println!("|---:|---:|---:|---:|");
+    let mut first = None;
+    for &size in sizes {
+        let mut per: Vec<f64> = Vec::new();
+        let mut peak = 0u64;
+        for i in 0..=runs {
+            let out = std::process::Command::new(&exe)
+                .args([
+                    "--scaling-one",
+                    &size.to_string(),
+                    "--nonce",
+                    &i.to_string(),
+                ])
+                // Every store stays until the end: removing one makes the next run's files
+                // slower to create on some file systems (ext4 without a journal skips inodes
+                // freed in the last seconds).
+                .arg("--store")
+                .arg(dir.path().join(format!("scaling-{size}-{i}")))
+                .output()
+                .expect("the benchmark runs itself");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().unwrap());
+            let (ms, rss) = (fields.next().unwrap(), fields.next().unwrap());
+            // The first run is unmeasured.
+            if i > 0 {
+                per.push(ms / size as f64);
+                peak = peak.max(rss as u64);
+            }
+        }
+        per.sort_by(f64::total_cmp);
+        let median = per[per.len() / 2];
+        let base = *first.get_or_insert(median);
+        println!(
+            "| {size} | {median:.2} | {:.2}x | {:.1} MB |",
+            median / base,
+            peak as f64 / 1024.0
+        );
+    }
+}
+
+/// One run of [`scaling_part`], in this process: prints the milliseconds the first build of a
+/// tree of `size` took, and this process's peak RSS in KiB.
+fn scaling_one(store: &str, size: usize, nonce: &str) {
+    let store = Store::open(store).unwrap();
+    let started = Instant::now();
+    let report = apply_tree(&store, size, nonce, 2);
+    let took = started.elapsed();
+    assert_eq!(report.built.len(), size);
+    let usage = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF)
+        .expect("this process's usage");
+    println!("{} {}", took.as_secs_f64() * 1e3, usage.max_rss());
 }
 
 /// 2. No-op plan of a large cached DAG.

@@ -49,6 +49,9 @@ fn row(name: &str, time: Duration, reference: Duration) {
 }
 
 fn main() {
+    // As a program's `main!` does: builds are forked from a process made while this one is
+    // small.
+    sandbox::start_spawner().expect("the build spawner starts");
     let (runs, _) = peers::args(30);
     let dir = tempfile::tempdir().expect("a temporary directory");
     println!("median of {runs} runs, after one unmeasured run\n");

@@ -14,7 +14,8 @@
 //! A process's children get their parent-death signal when the *thread* that made them ends,
 //! and a `CLONE_PARENT` child's parent is the spawner's: the spawner is forked by a thread of
 //! forjar's that lives as long as the process. The spawner ends when forjar closes its end of
-//! the socket or dies; one that died is replaced at the next build.
+//! the socket or dies. One killed from outside is replaced at the next build; a build handed to
+//! it in the moment it died fails ("the build's spawner ended"), as it may have been started.
 
 use std::ffi::CString;
 use std::fs::File;
