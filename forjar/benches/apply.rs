@@ -211,8 +211,8 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
     }
 }
 
-/// 4. The first build of trees of each size, each in a process of its own: milliseconds per
-/// derivation, and the peak memory of that process.
+/// The fourth part: the first build of trees of each size, each in a process of its own:
+/// milliseconds per derivation, and the peak memory of that process.
 fn scaling_part(dir: &tempfile::TempDir, runs: usize, sizes: &[usize]) {
     let exe = std::env::current_exe().expect("this benchmark's path");
     println!(
