@@ -90,6 +90,24 @@ fn host_processes_with(needle: &str) -> usize {
         .count()
 }
 
+#[test]
+fn a_store_inside_a_directory_the_sandbox_makes_is_refused_by_name() {
+    if !sandbox() {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("forjar-store-")
+        .tempdir_in("/dev/shm")
+        .unwrap();
+    let store = Store::open(dir.path().join("store")).unwrap();
+    let error = build_root(&store, tools("inside-dev", "echo x > $out")).unwrap_err();
+    assert!(
+        error.contains("the store is inside `/dev`, which the sandbox makes anew"),
+        "{error}"
+    );
+    assert!(error.contains(&dir.path().display().to_string()), "{error}");
+}
+
 // ---------------------------------------------------------------- what a build sees
 
 #[test]

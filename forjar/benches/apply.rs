@@ -215,50 +215,58 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
 /// milliseconds per derivation, and the peak memory of that process.
 fn scaling_part(dir: &tempfile::TempDir, runs: usize, sizes: &[usize]) {
     let exe = std::env::current_exe().expect("this benchmark's path");
+    let run = |size: usize, round: usize| {
+        let out = std::process::Command::new(&exe)
+            .args([
+                "--scaling-one",
+                &size.to_string(),
+                "--nonce",
+                &round.to_string(),
+            ])
+            // Every store stays until the end: removing one makes the next run's files slower
+            // to create on some file systems (ext4 without a journal skips inodes freed in the
+            // last seconds).
+            .arg("--store")
+            .arg(dir.path().join(format!("scaling-{size}-{round}")))
+            .output()
+            .expect("the benchmark runs itself");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().unwrap());
+        let (ms, rss) = (fields.next().unwrap(), fields.next().unwrap());
+        (ms / size as f64, rss)
+    };
+    // One unmeasured run of the smallest size; then rounds, each of every size in turn, so
+    // that each size meets the same history of the machine.
+    run(sizes[0], usize::MAX);
+    let mut per: Vec<Vec<f64>> = vec![Vec::new(); sizes.len()];
+    let mut peak = vec![0f64; sizes.len()];
+    for round in 0..runs {
+        for (i, &size) in sizes.iter().enumerate() {
+            let (ms, rss) = run(size, round);
+            per[i].push(ms);
+            peak[i] = peak[i].max(rss);
+        }
+    }
     println!(
-        "\n| tree, first build, -j2 | ms per derivation (median of {runs}) | / smallest | peak RSS |"
+        "\n| tree, first build, -j2 | ms per derivation (median of {runs}, in rounds) | / smallest | peak RSS |"
     );
     println!("|---:|---:|---:|---:|");
     let mut first = None;
-    for &size in sizes {
-        let mut per: Vec<f64> = Vec::new();
-        let mut peak = 0u64;
-        for i in 0..=runs {
-            let out = std::process::Command::new(&exe)
-                .args([
-                    "--scaling-one",
-                    &size.to_string(),
-                    "--nonce",
-                    &i.to_string(),
-                ])
-                // Every store stays until the end: removing one makes the next run's files
-                // slower to create on some file systems (ext4 without a journal skips inodes
-                // freed in the last seconds).
-                .arg("--store")
-                .arg(dir.path().join(format!("scaling-{size}-{i}")))
-                .output()
-                .expect("the benchmark runs itself");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let text = String::from_utf8_lossy(&out.stdout);
-            let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().unwrap());
-            let (ms, rss) = (fields.next().unwrap(), fields.next().unwrap());
-            // The first run is unmeasured.
-            if i > 0 {
-                per.push(ms / size as f64);
-                peak = peak.max(rss as u64);
-            }
-        }
-        per.sort_by(f64::total_cmp);
-        let median = per[per.len() / 2];
+    for (i, &size) in sizes.iter().enumerate() {
+        per[i].sort_by(f64::total_cmp);
+        let median = per[i][per[i].len() / 2];
         let base = *first.get_or_insert(median);
+        let each: Vec<String> = per[i].iter().map(|m| format!("{m:.2}")).collect();
         println!(
-            "| {size} | {median:.2} | {:.2}x | {:.1} MB |",
+            "| {size} | {median:.2} ({}) | {:.2}x | {:.1} MB |",
+            each.join(", "),
             median / base,
-            peak as f64 / 1024.0
+            peak[i] / 1024.0
         );
     }
 }
@@ -297,7 +305,7 @@ fn noop_part(dir: &tempfile::TempDir, runs: usize, noop_size: usize, seed: u32, 
     println!("\n| no-op plan, {noop_size} cached derivations | median | |");
     println!("|---|---:|---:|");
     println!(
-        "| forjar: define + open store + plan | {:.1} ms | target: under 100 ms |",
+        "| forjar: define + open store + plan, in process | {:.1} ms | |",
         noop.as_secs_f64() * 1e3
     );
     println!(

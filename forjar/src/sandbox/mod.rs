@@ -408,6 +408,20 @@ fn prepare(
     interactive: bool,
 ) -> Result<Prepared, SandboxError> {
     let request = spec.request;
+    let store = request.store_dir.as_path();
+    if let Some(made) = ["/dev", "/proc", "/build"]
+        .iter()
+        .find(|made| store.starts_with(made))
+    {
+        return Err(SandboxError::Host {
+            path: store.to_path_buf(),
+            source: io::Error::other(format!(
+                "the store is inside `{made}`, which the sandbox makes anew for every build, so \
+                 no build could see its inputs or outputs there; put the store on another path \
+                 (a tmpfs mounted elsewhere will do)"
+            )),
+        });
+    }
     let mut placements = Vec::new();
     for (_, host, target) in &spec.inputs {
         placements.extend(host_placement(host, target, false)?);
