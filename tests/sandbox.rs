@@ -108,7 +108,62 @@ fn a_store_inside_a_directory_the_sandbox_makes_is_refused_by_name() {
     assert!(error.contains(&dir.path().display().to_string()), "{error}");
 }
 
-// ---------------------------------------------------------------- what a build sees
+#[test]
+fn a_build_directory_is_emptied_and_kept_for_the_next_build() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let mut g = Graph::new();
+    let first = g.add(
+        tools(
+            "litter",
+            "mkdir -p a/b && echo x > a/b/f && chmod 000 a && chmod 700 /build \
+             && stat -c %i /build > $out",
+        )
+        .build()
+        .unwrap(),
+    );
+    let second = g.add(
+        tools(
+            "look",
+            "{ ls -A /build; stat -c '%a %u %i' /build; cat $first; } > $out",
+        )
+        .input("first", first)
+        .build()
+        .unwrap(),
+    );
+    g.root("look", second);
+    let plan = Plan::new(&g, &store).unwrap();
+    let options = forjar::exec::Options {
+        jobs: 1,
+        ..Default::default()
+    };
+    let report = forjar::exec::apply(
+        &plan,
+        &store,
+        &forjar::exec::Local::default(),
+        &options,
+        &|_| {},
+    )
+    .unwrap();
+    let text = content_text(&store, &report.roots[0].1);
+    // The second build got the first one's directory (the same inode), emptied and with the
+    // mode and owner a new one has.
+    let (look, first_inode) = text.split_once('\n').unwrap();
+    let fields: Vec<&str> = look.split(' ').collect();
+    assert_eq!(fields[..2], ["755", "1000"], "{text}");
+    assert_eq!(fields[2], first_inode.trim(), "{text}");
+    // Removed once the run's builds are done.
+    assert_eq!(
+        fs::read_dir(store.dir().join(".tmp")).unwrap().count(),
+        0,
+        "{:?}",
+        fs::read_dir(store.dir().join(".tmp"))
+            .unwrap()
+            .collect::<Vec<_>>()
+    );
+}
 
 #[test]
 fn a_build_runs_as_1000_100_in_its_own_namespaces() {

@@ -85,7 +85,10 @@ pub fn enter(
     let kept = store.kept_path(&hash, node.name.as_str());
     let log_path = store.dir().join(".tmp").join(format!("{hash}.enter.log"));
     let mut prepared = local.prepare(&job, &cx, log_path)?;
-    prepared.enter(&request, kept.is_dir().then_some(kept))
+    let outcome = prepared.enter(&request, kept.is_dir().then_some(kept));
+    drop(prepared);
+    store.release_build_dirs();
+    outcome
 }
 
 fn request_error(node: &crate::plan::Node, error: crate::request::RequestError) -> ExecError {

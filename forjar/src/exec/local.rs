@@ -18,7 +18,7 @@ use super::{BuildFailure, BuildJob, Context, Done, ExecError, Executor, JobEvent
 use crate::hash::{self, HashError, TreeHasher};
 use crate::request::{FixedOutput, HashMode, InputName};
 use crate::sandbox::{self, BuildSpec, Outcome};
-use crate::store::{Committed, Draft, EntryKind, EntryName, ScratchDir, Staging, StoreError};
+use crate::store::{BuildDir, Committed, Draft, EntryKind, EntryName, Staging, StoreError};
 
 /// Builds in the sandbox on this machine.
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ pub(super) struct Prepared<'a> {
     toolchain: Option<PathBuf>,
     /// One per output, in the order of `job.outputs`; taken by `run`.
     stagings: Vec<Staging<'a>>,
-    build_dir: ScratchDir,
+    build_dir: BuildDir<'a>,
     log_path: PathBuf,
 }
 
@@ -135,12 +135,7 @@ impl Local {
             .values()
             .map(|o| Staging::new(store, cx.lock, o.entry.clone()))
             .collect::<Result<Vec<_>, _>>()?;
-        let build_dir = ScratchDir(store.dir().join(".tmp").join(format!(
-            "{}.{}-build",
-            job.key.store_hash(),
-            std::process::id()
-        )));
-        fs::create_dir(&build_dir.0).map_err(StoreError::io("cannot create", &build_dir.0))?;
+        let build_dir = store.build_dir(&job.key.store_hash())?;
         Ok(Prepared {
             local: self,
             job,
@@ -170,7 +165,7 @@ impl<'a> Prepared<'a> {
             kept: self
                 .local
                 .keep_failed
-                .then(|| keep_build_dir(self.cx, &self.build_dir.0, name))
+                .then(|| keep_build_dir(self.cx, self.build_dir.path(), name))
                 .flatten(),
         }))
     }
@@ -197,7 +192,7 @@ impl<'a> Prepared<'a> {
             events: cx.events,
         };
         let stagings = std::mem::take(&mut self.stagings);
-        let build_dir = self.build_dir.0.clone();
+        let build_dir = self.build_dir.path().to_path_buf();
         let spec = self.spec(
             job.request,
             &stagings,
@@ -341,7 +336,7 @@ impl<'a> Prepared<'a> {
         build_dir: Option<PathBuf>,
     ) -> Result<Outcome, ExecError> {
         let job = self.job;
-        let build_dir = build_dir.unwrap_or_else(|| self.build_dir.0.clone());
+        let build_dir = build_dir.unwrap_or_else(|| self.build_dir.path().to_path_buf());
         // No time limits: the shell waits on its user.
         let limits = crate::name::Limits {
             timeout: None,

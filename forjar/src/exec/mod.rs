@@ -616,7 +616,11 @@ pub fn realise_all(
     observer: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<Report, ExecError> {
     let stop = AtomicBool::new(false);
-    scheduler::Scheduler::new(plan, store, nodes, executor, options, observer, &stop).run()
+    let report =
+        scheduler::Scheduler::new(plan, store, nodes, executor, options, observer, &stop).run();
+    // The build directories kept for this run's next builds go with it.
+    store.release_build_dirs();
+    report
 }
 
 impl fmt::Display for Report {

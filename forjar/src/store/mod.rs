@@ -23,6 +23,7 @@
 //! Every open `Store` holds a shared lock on `.locks/store.lock`; garbage collection takes it
 //! exclusively, so that it never deletes an entry another process is about to use or build on.
 
+mod builddir;
 mod gc;
 mod install;
 mod meta;
@@ -38,12 +39,14 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 pub use crate::hash::EntryName;
+pub(crate) use builddir::BuildDir;
 pub use gc::{GcReport, Root, RootTarget};
 pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use profile::{Generation, Profile, RootChanges};
 pub use realisation::{BuildRecord, Realised, RealisedOutput};
 pub use settings::Settings;
+#[cfg(feature = "remote")]
 pub(crate) use tree::ScratchDir;
 pub use tree::{remove_tree, tree_size};
 
@@ -240,6 +243,8 @@ pub struct Store {
     /// store that does not exist yet ([`Store::open_to_read`]).
     lock: Option<File>,
     cache: OnceLock<DigestCache>,
+    /// Build directories of finished builds, kept for the next.
+    build_dirs: builddir::Pool,
 }
 
 impl std::fmt::Debug for Store {
@@ -247,6 +252,19 @@ impl std::fmt::Debug for Store {
         f.debug_struct("Store")
             .field("dir", &self.dir())
             .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let dirs = self
+            .build_dirs
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(dirs) = dirs {
+            dirs.remove(self);
+        }
     }
 }
 
@@ -325,6 +343,7 @@ impl Store {
             dir: store_dir,
             lock: None,
             cache: OnceLock::new(),
+            build_dirs: Default::default(),
         })
     }
 
@@ -425,6 +444,7 @@ impl Store {
             dir: store_dir,
             lock: Some(lock),
             cache: OnceLock::new(),
+            build_dirs: Default::default(),
         };
         store.sweep_staging()?;
         Ok(store)

@@ -352,11 +352,13 @@ impl Visitor for Copy {
     }
 }
 
-/// A directory of forjar's own making, removed with everything in it when dropped: a build's
-/// `/build`, a worker's action.
+/// A directory of forjar's own making, removed with everything in it when dropped: a worker's
+/// action.
+#[cfg(feature = "remote")]
 #[derive(Debug)]
 pub(crate) struct ScratchDir(pub(crate) PathBuf);
 
+#[cfg(feature = "remote")]
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = remove_tree(&self.0);
