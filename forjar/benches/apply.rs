@@ -151,6 +151,12 @@ fn main() {
     println!("\nload average at the end: {}", load());
 }
 
+/// Writes back what earlier runs left dirty, so that a run does not pay for its predecessor's
+/// writes (every store `syncfs`es before it publishes an entry, and Nix's database syncs).
+fn settle() {
+    nix::unistd::sync();
+}
+
 /// The 1, 5 and 15 minute load averages.
 fn load() -> String {
     std::fs::read_to_string("/proc/loadavg")
@@ -162,6 +168,7 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
     // Interleaved pairs: forjar's run i, then Nix's run i, so that both meet the same load.
     let build = |i: usize| {
         let store = Store::open(dir.path().join(format!("tree-{i}"))).unwrap();
+        settle();
         let started = Instant::now();
         let report = apply_tree(&store, tree_size, &format!("{seed}-{i}"), 2);
         let took = started.elapsed();
@@ -169,6 +176,7 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
         took
     };
     let nix_build_tree = |i: usize| {
+        settle();
         let started = Instant::now();
         nix_build(&nix_tree(tree_size, &format!("{seed}-{i}")), 2);
         started.elapsed()
@@ -216,6 +224,7 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
 fn scaling_part(dir: &tempfile::TempDir, runs: usize, sizes: &[usize]) {
     let exe = std::env::current_exe().expect("this benchmark's path");
     let run = |size: usize, round: usize| {
+        settle();
         let out = std::process::Command::new(&exe)
             .args([
                 "--scaling-one",

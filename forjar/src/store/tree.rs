@@ -5,7 +5,7 @@ use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use nix::libc;
 
@@ -356,7 +356,7 @@ impl Visitor for Copy {
 /// action.
 #[cfg(feature = "remote")]
 #[derive(Debug)]
-pub(crate) struct ScratchDir(pub(crate) PathBuf);
+pub(crate) struct ScratchDir(pub(crate) std::path::PathBuf);
 
 #[cfg(feature = "remote")]
 impl Drop for ScratchDir {
