@@ -132,7 +132,7 @@ fn main() {
     let seed = std::process::id();
     println!(
         "median of {runs} runs, after one unmeasured run; load average at the start: {}\n",
-        load()
+        peers::load()
     );
 
     // 1. First build of the tree.
@@ -148,20 +148,13 @@ fn main() {
     if part("scaling") {
         scaling_part(&dir, runs, &sizes);
     }
-    println!("\nload average at the end: {}", load());
+    println!("\nload average at the end: {}", peers::load());
 }
 
 /// Writes back what earlier runs left dirty, so that a run does not pay for its predecessor's
 /// writes (every store `syncfs`es before it publishes an entry, and Nix's database syncs).
 fn settle() {
     nix::unistd::sync();
-}
-
-/// The 1, 5 and 15 minute load averages.
-fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_default()
 }
 
 fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, nix: bool) {
@@ -181,40 +174,25 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
         nix_build(&nix_tree(tree_size, &format!("{seed}-{i}")), 2);
         started.elapsed()
     };
-    build(usize::MAX);
-    if nix {
-        nix_build_tree(usize::MAX);
-    }
-    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..runs {
-        let forjar_time = build(i);
-        ours.push(forjar_time);
-        if nix {
-            let nix_time = nix_build_tree(i);
-            theirs.push(nix_time);
-            ratios.push(nix_time.as_secs_f64() / forjar_time.as_secs_f64());
-        }
-    }
-    let forjar_first = peers::median(ours);
+    let timed = peers::pairs(runs, build, nix.then_some(nix_build_tree));
     println!("| {tree_size}-derivation tree, first build, -j2 | median | / forjar |");
     println!("|---|---:|---:|");
-    println!("| forjar plan + apply | {} | 1.00x |", secs(forjar_first));
-    if nix {
-        let nix_first = peers::median(theirs);
+    println!("| forjar plan + apply | {} | 1.00x |", secs(timed.ours));
+    if let Some(nix_first) = timed.theirs {
         println!(
             "| nix-build -j2 (sandbox on, no substituters) | {} | {:.2}x |",
             secs(nix_first),
-            nix_first.as_secs_f64() / forjar_first.as_secs_f64()
+            nix_first.as_secs_f64() / timed.ours.as_secs_f64()
         );
-        ratios.sort_by(f64::total_cmp);
         println!(
             "\nnix-build / forjar per pair: {} (median {:.2}; target: at least 10)",
-            ratios
+            timed
+                .ratios
                 .iter()
                 .map(|r| format!("{r:.2}"))
                 .collect::<Vec<_>>()
                 .join(", "),
-            ratios[ratios.len() / 2]
+            timed.ratio()
         );
     }
 }

@@ -57,9 +57,7 @@ fn main() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     println!(
         "median of {runs} runs, after one unmeasured run; load average at the start: {}\n",
-        std::fs::read_to_string("/proc/loadavg")
-            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default()
+        peers::load()
     );
 
     // 1. Spawning `true`.
@@ -198,40 +196,20 @@ fn main() {
     if !nix {
         eprintln!("nix-build not found: install Debian's nix-bin (bench/sandbox does)");
     }
-    forjar_once(usize::MAX);
-    if nix {
-        nix_once(usize::MAX);
-    }
-    let (mut ours, mut theirs, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for i in 0..runs {
-        let forjar_time = forjar_once(i);
-        ours.push(forjar_time);
-        if nix {
-            let nix_time = nix_once(i);
-            theirs.push(nix_time);
-            ratios.push(nix_time.as_secs_f64() / forjar_time.as_secs_f64());
-        }
-    }
-    let forjar_e2e = peers::median(ours);
+    let timed = peers::pairs(runs, forjar_once, nix.then_some(nix_once));
     println!("\n| trivial derivation, end to end | median | / forjar |");
     println!("|---|---:|---:|");
-    row("forjar plan + apply", forjar_e2e, forjar_e2e);
-    if nix {
+    row("forjar plan + apply", timed.ours, timed.ours);
+    if let Some(nix_time) = timed.theirs {
         row(
             "nix-build (sandbox on, no substituters)",
-            peers::median(theirs),
-            forjar_e2e,
+            nix_time,
+            timed.ours,
         );
-        ratios.sort_by(f64::total_cmp);
         println!(
             "\nnix-build / forjar, median of the pairs' ratios = {:.2} (target: at least 10)",
-            ratios[ratios.len() / 2]
+            timed.ratio()
         );
     }
-    println!(
-        "\nload average at the end: {}",
-        std::fs::read_to_string("/proc/loadavg")
-            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-            .unwrap_or_default()
-    );
+    println!("\nload average at the end: {}", peers::load());
 }

@@ -26,6 +26,64 @@ pub fn measure<T>(runs: usize, mut f: impl FnMut(usize) -> T) -> Duration {
     )
 }
 
+/// Interleaved pairs of runs: ours and, when there is a peer, the peer's.
+#[allow(dead_code, reason = "only the benchmarks that run a peer use it")]
+pub struct Pairs {
+    /// The median of our runs.
+    pub ours: Duration,
+    /// The median of the peer's runs.
+    pub theirs: Option<Duration>,
+    /// Each pair's ratio, peer over ours, sorted.
+    pub ratios: Vec<f64>,
+}
+
+impl Pairs {
+    /// The median of the pairs' ratios.
+    #[allow(dead_code, reason = "only the benchmarks that run a peer use it")]
+    pub fn ratio(&self) -> f64 {
+        self.ratios[self.ratios.len() / 2]
+    }
+}
+
+/// Runs `ours` and then `theirs` (when given) once unmeasured (with `usize::MAX`), then `runs`
+/// times in interleaved pairs, ours first, so that both meet the same load. Each returns the
+/// time of its run.
+#[allow(dead_code, reason = "only the benchmarks that run a peer use it")]
+pub fn pairs(
+    runs: usize,
+    mut ours: impl FnMut(usize) -> Duration,
+    mut theirs: Option<impl FnMut(usize) -> Duration>,
+) -> Pairs {
+    ours(usize::MAX);
+    if let Some(theirs) = theirs.as_mut() {
+        theirs(usize::MAX);
+    }
+    let (mut mine, mut peer, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let a = ours(i);
+        mine.push(a);
+        if let Some(theirs) = theirs.as_mut() {
+            let b = theirs(i);
+            peer.push(b);
+            ratios.push(b.as_secs_f64() / a.as_secs_f64());
+        }
+    }
+    ratios.sort_by(f64::total_cmp);
+    Pairs {
+        ours: median(mine),
+        theirs: (!peer.is_empty()).then(|| median(peer)),
+        ratios,
+    }
+}
+
+/// The 1, 5 and 15 minute load averages.
+#[allow(dead_code, reason = "not every benchmark prints it")]
+pub fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 /// Whether `tool` is on the `PATH`.
 pub fn have(tool: &str) -> bool {
     Command::new("sh")
