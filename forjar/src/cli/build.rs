@@ -94,6 +94,13 @@ pub(super) enum BuildCommand {
 }
 
 impl BuildCommand {
+    /// Whether the command may run builds (`apply --dry-run` only shows the plan).
+    pub(super) fn builds(&self) -> bool {
+        !matches!(self, BuildCommand::Apply { dry_run: true, .. })
+    }
+}
+
+impl BuildCommand {
     /// Whether the command only shows the plan (`apply --dry-run`), and so never makes a store.
     pub(super) fn only_plans(&self) -> bool {
         matches!(self, BuildCommand::Apply { dry_run: true, .. })

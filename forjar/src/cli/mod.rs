@@ -393,7 +393,7 @@ pub fn __main_with<O: clap::Args>(
     });
     match parsed {
         Ok((cli, options)) => {
-            if matches!(cli.command, ProgramCommand::Build(_)) {
+            if matches!(&cli.command, ProgramCommand::Build(command) if command.builds()) {
                 // Builds are forked from a process made now, before the program defines its
                 // graph: their cost does not grow with it. A failure is the first build's to
                 // report.

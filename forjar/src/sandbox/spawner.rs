@@ -239,13 +239,18 @@ impl Request {
 /// Sends a request: its length with its descriptors, then the rest.
 fn send(stream: &UnixStream, body: &[u8], fds: &[RawFd]) -> io::Result<()> {
     let header = (body.len() as u64).to_le_bytes();
-    let sent = sendmsg::<()>(
-        stream.as_raw_fd(),
-        &[IoSlice::new(&header)],
-        &[ControlMessage::ScmRights(fds)],
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )?;
+    let sent = loop {
+        match sendmsg::<()>(
+            stream.as_raw_fd(),
+            &[IoSlice::new(&header)],
+            &[ControlMessage::ScmRights(fds)],
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            sent => break sent?,
+        }
+    };
     let mut writer = stream;
     writer.write_all(&header[sent..])?;
     writer.write_all(body)
@@ -256,12 +261,17 @@ fn receive(stream: &UnixStream) -> io::Result<Option<Request>> {
     let mut header = [0u8; 8];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let mut iov = [IoSliceMut::new(&mut header)];
-    let msg = recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
+    let msg = loop {
+        match recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            msg => break msg?,
+        }
+    };
     let got = msg.bytes;
     let mut fds = Vec::new();
     for cmsg in msg.cmsgs()? {
