@@ -151,17 +151,11 @@ fn main() {
     println!("\nload average at the end: {}", peers::load());
 }
 
-/// Writes back what earlier runs left dirty, so that a run does not pay for its predecessor's
-/// writes (every store `syncfs`es before it publishes an entry, and Nix's database syncs).
-fn settle() {
-    nix::unistd::sync();
-}
-
 fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, nix: bool) {
     // Interleaved pairs: forjar's run i, then Nix's run i, so that both meet the same load.
     let build = |i: usize| {
         let store = Store::open(dir.path().join(format!("tree-{i}"))).unwrap();
-        settle();
+        peers::settle();
         let started = Instant::now();
         let report = apply_tree(&store, tree_size, &format!("{seed}-{i}"), 2);
         let took = started.elapsed();
@@ -169,7 +163,7 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
         took
     };
     let nix_build_tree = |i: usize| {
-        settle();
+        peers::settle();
         let started = Instant::now();
         nix_build(&nix_tree(tree_size, &format!("{seed}-{i}")), 2);
         started.elapsed()
@@ -202,27 +196,22 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
 fn scaling_part(dir: &tempfile::TempDir, runs: usize, sizes: &[usize]) {
     let exe = std::env::current_exe().expect("this benchmark's path");
     let run = |size: usize, round: usize| {
-        settle();
-        let out = std::process::Command::new(&exe)
-            .args([
-                "--scaling-one",
-                &size.to_string(),
-                "--nonce",
-                &round.to_string(),
-            ])
-            // Every store stays until the end: removing one makes the next run's files slower
-            // to create on some file systems (ext4 without a journal skips inodes freed in the
-            // last seconds).
-            .arg("--store")
-            .arg(dir.path().join(format!("scaling-{size}-{round}")))
-            .output()
-            .expect("the benchmark runs itself");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        peers::settle();
+        let out = peers::run_ok(
+            std::process::Command::new(&exe)
+                .args([
+                    "--scaling-one",
+                    &size.to_string(),
+                    "--nonce",
+                    &round.to_string(),
+                ])
+                // Every store stays until the end: removing one makes the next run's files
+                // slower to create on some file systems (ext4 without a journal skips inodes
+                // freed in the last seconds).
+                .arg("--store")
+                .arg(dir.path().join(format!("scaling-{size}-{round}"))),
         );
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let text = String::from_utf8_lossy(&out).into_owned();
         let mut fields = text.split_whitespace().map(|f| f.parse::<f64>().unwrap());
         let (ms, rss) = (fields.next().unwrap(), fields.next().unwrap());
         (ms / size as f64, rss)

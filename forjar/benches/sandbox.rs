@@ -29,16 +29,7 @@ use forjar::sandbox::{self, BuildSpec};
 use forjar::store::Store;
 
 fn run_ok(cmd: &mut Command) {
-    let out = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("the peer runs");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    peers::run_ok(cmd.stdout(Stdio::null()));
 }
 
 fn row(name: &str, time: Duration, reference: Duration) {
@@ -160,7 +151,7 @@ fn main() {
     let seed = std::process::id();
     let forjar_once = |i: usize| {
         // What earlier runs left dirty is written back first, for both.
-        nix::unistd::sync();
+        peers::settle();
         let started = Instant::now();
         let mut g = Graph::new();
         let d = g.add(
@@ -187,7 +178,7 @@ fn main() {
             "derivation {{ name = \"trivial\"; system = builtins.currentSystem; builder = \"/bin/sh\"; \
              args = [\"-c\" \"echo x > $out\"]; nonce = \"{seed}-{i}\"; }}"
         );
-        nix::unistd::sync();
+        peers::settle();
         let started = Instant::now();
         peers::nix_build(&expr, 1);
         started.elapsed()

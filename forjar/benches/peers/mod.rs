@@ -117,21 +117,38 @@ pub fn args(default_runs: usize) -> (usize, Vec<String>) {
 /// host's `/bin/sh` provided as forjar provides it, and panics if it fails.
 #[allow(dead_code, reason = "only the benchmarks that run Nix use it")]
 pub fn nix_build(expr: &str, jobs: usize) {
-    let out = Command::new("nix-build")
-        .args(["--no-out-link", "--quiet", "-j", &jobs.to_string()])
-        .args(["--option", "sandbox", "true"])
-        .args(["--option", "substituters", ""])
-        .args(["--option", "sandbox-paths", &sh_closure()])
-        .args(["-E", expr])
-        .stdout(Stdio::null())
+    run_ok(
+        Command::new("nix-build")
+            .args(["--no-out-link", "--quiet", "-j", &jobs.to_string()])
+            .args(["--option", "sandbox", "true"])
+            .args(["--option", "substituters", ""])
+            .args(["--option", "sandbox-paths", &sh_closure()])
+            .args(["-E", expr])
+            .stdout(Stdio::null()),
+    );
+}
+
+/// Runs `cmd` (its standard output as the caller set it, piped unless set) and panics with its
+/// standard error if it fails; returns what it printed.
+pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd
         .stderr(Stdio::piped())
         .output()
-        .expect("nix-build runs");
+        .expect("the command runs");
     assert!(
         out.status.success(),
-        "nix-build failed: {}",
+        "{cmd:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out.stdout
+}
+
+/// Writes back what earlier runs left dirty, so that a run does not pay for its predecessor's
+/// writes (every forjar store `syncfs`es before it publishes an entry, and Nix's database
+/// syncs).
+#[allow(dead_code, reason = "only the benchmarks that build use it")]
+pub fn settle() {
+    nix::unistd::sync();
 }
 
 /// Nix's `sandbox-paths` giving its builds the host's `/bin/sh` and what it needs, as forjar's

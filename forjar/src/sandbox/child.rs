@@ -261,6 +261,39 @@ pub(super) fn supervisor(
     }
 }
 
+/// Puts every signal at its default disposition and unblocks all: forjar ignores `SIGPIPE`, as
+/// every Rust program does, and an ignored signal stays ignored across `exec` (`yes | head`
+/// would end on a write error, not the signal). The spawner does it once; the supervisors and
+/// builders it makes inherit it.
+pub(super) fn default_signals() {
+    // SAFETY: setting dispositions to the default and clearing the mask; no handler runs.
+    unsafe {
+        // The kernel's `struct sigaction` all zero: SIG_DFL, no flags, an empty mask (the same
+        // bytes whether or not the architecture has `sa_restorer`). Through the system call,
+        // as glibc refuses the signals it uses itself, which are as inheritable as any.
+        let default = [0u64; 4];
+        for signal in 1..=libc::SIGRTMAX() {
+            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    signal,
+                    default.as_ptr(),
+                    std::ptr::null_mut::<u64>(),
+                    8usize,
+                );
+            }
+        }
+        let none = 0u64;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+    }
+}
+
 /// Takes the build user's and group's ids (in the build's user namespace, where the
 /// capabilities stay until `exec`).
 fn take_build_ids() -> Result<(), Failed> {
@@ -844,34 +877,6 @@ fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
             std::io::Error::last_os_error(),
         )
             .into());
-    }
-    // Signals as a new process has them: forjar ignores SIGPIPE, as every Rust program does,
-    // and an ignored signal stays ignored across `exec` (`yes | head` would never end).
-    // SAFETY: setting dispositions to the default and clearing the mask; no handler runs.
-    unsafe {
-        // The kernel's `struct sigaction` all zero: SIG_DFL, no flags, an empty mask (the same
-        // bytes whether or not the architecture has `sa_restorer`). Through the system call,
-        // as glibc refuses the signals it uses itself, which are as inheritable as any.
-        let default = [0u64; 4];
-        for signal in 1..=libc::SIGRTMAX() {
-            if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    signal,
-                    default.as_ptr(),
-                    std::ptr::null_mut::<u64>(),
-                    8usize,
-                );
-            }
-        }
-        let none = 0u64;
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::SIG_SETMASK,
-            &none,
-            std::ptr::null_mut::<u64>(),
-            8usize,
-        );
     }
     ctx(nix::sys::prctl::set_no_new_privs(), || {
         "cannot set no_new_privs".into()

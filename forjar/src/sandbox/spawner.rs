@@ -183,6 +183,7 @@ fn serve(stream: UnixStream, parent: Pid) -> ! {
     // The fork copied every descriptor forjar had, among them other builds' pipes: none is
     // kept, or a log would not end while the spawner lives.
     child::close_all_but(&mut [stream.as_raw_fd()]);
+    child::default_signals();
     while let Ok(Some(request)) = receive(&stream) {
         let reply = request.spawn();
         if (&stream).write_all(&reply.to_le_bytes()).is_err() {

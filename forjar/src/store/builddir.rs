@@ -17,7 +17,6 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use super::{KeyLock, Store, StoreError, remove_tree};
@@ -26,7 +25,8 @@ use super::{KeyLock, Store, StoreError, remove_tree};
 pub(super) struct BuildDirs {
     lock: KeyLock,
     idle: Vec<PathBuf>,
-    made: AtomicUsize,
+    /// Idle names given so far.
+    named: usize,
 }
 
 impl BuildDirs {
@@ -49,12 +49,13 @@ impl BuildDirs {
         Ok(BuildDirs {
             lock,
             idle: Vec::new(),
-            made: AtomicUsize::new(0),
+            named: 0,
         })
     }
 
-    fn idle_name(&self, store: &Store) -> PathBuf {
-        let n = self.made.fetch_add(1, Ordering::Relaxed);
+    fn idle_name(&mut self, store: &Store) -> PathBuf {
+        let n = self.named;
+        self.named += 1;
         store
             .dir()
             .join(".tmp")
@@ -165,12 +166,21 @@ impl Store {
     }
 }
 
-/// Takes `dir` back from the build user (owner forjar, mode 0755) and removes what is in it.
+/// Takes `dir` back from the build user (owner forjar, mode 0755) and removes what is in it:
+/// through one descriptor of the directory opened without following a link, and the
+/// descriptor-relative, no-follow walk of [`remove_tree`] for each thing in it.
 fn empty_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let handle = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(dir)
+        .map_err(StoreError::io("cannot open", dir))?;
     let (uid, gid) = (nix::unistd::geteuid(), nix::unistd::getegid());
-    std::os::unix::fs::lchown(dir, Some(uid.as_raw()), Some(gid.as_raw()))
+    std::os::unix::fs::fchown(&handle, Some(uid.as_raw()), Some(gid.as_raw()))
         .map_err(StoreError::io("cannot take back", dir))?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))
+    handle
+        .set_permissions(fs::Permissions::from_mode(0o755))
         .map_err(StoreError::io("cannot set the mode of", dir))?;
     for item in fs::read_dir(dir).map_err(StoreError::io("cannot read", dir))? {
         let item = item.map_err(StoreError::io("cannot read", dir))?;
