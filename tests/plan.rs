@@ -486,3 +486,46 @@ fn ignore_rules_leave_files_out_of_a_sources_key_and_entry() {
         "{bad}"
     );
 }
+
+#[test]
+fn a_plan_of_many_derivations_finds_exactly_the_entries_the_store_holds() {
+    // 200 derivations: enough lookups for the plan to read the store's directory once instead
+    // of looking for each entry.
+    let (_dir, store) = temp_store();
+    let (g, nodes) = layered(2, 100, false);
+    let plan = Plan::new(&g, &store).unwrap();
+    let missing = nodes[0][42];
+    for &drv in &nodes[0] {
+        let node = plan.node(plan.node_of(&drv).unwrap());
+        let out = node
+            .derivation()
+            .unwrap()
+            .outputs()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap();
+        if drv == missing {
+            // A symlink by the entry's name is not the entry.
+            std::os::unix::fs::symlink("/", store.entry_path(&out.entry)).unwrap();
+        } else {
+            install_file(&store, &node.name.to_string(), out.key, b"built", vec![]);
+        }
+    }
+
+    let again = Plan::new(&g, &store).unwrap();
+    for &drv in &nodes[0] {
+        let expected = if drv == missing {
+            Status::Build
+        } else {
+            Status::Cached
+        };
+        assert_eq!(again.node(again.node_of(&drv).unwrap()).status, expected);
+    }
+    assert!(
+        nodes[1]
+            .iter()
+            .all(|d| again.node(again.node_of(d).unwrap()).status == Status::Build)
+    );
+    assert_eq!((again.summary().cached, again.summary().build), (99, 101));
+}

@@ -13,7 +13,7 @@
 //!    `nix-build` of the same derivation with Nix's sandbox on and substituters off, in
 //!    interleaved pairs.
 
-use std::collections::BTreeSet;
+use forjar::map::SortedSet;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -60,8 +60,8 @@ fn main() {
         system: System::host(),
         args: vec![Arg::new(0, "/usr/bin/true").unwrap()],
         working_dir: CleanRelPath::new("working directory", "build").unwrap(),
-        scratch_paths: BTreeSet::new(),
-        outputs: BTreeSet::from([OutputName::out()]),
+        scratch_paths: SortedSet::new(),
+        outputs: SortedSet::from([OutputName::out()]),
         env: Default::default(),
         inputs: Default::default(),
         files: Default::default(),

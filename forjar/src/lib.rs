@@ -32,6 +32,7 @@ pub mod exec;
 pub mod explain;
 pub mod hash;
 pub mod machine;
+pub mod map;
 pub mod name;
 pub mod plan;
 #[cfg(feature = "remote")]

@@ -3,7 +3,9 @@
 //! Planning hashes every source (through the store's digest cache), computes every closure key
 //! in topological order, and asks the store which outputs exist. It builds and imports nothing.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::map::{SortedMap, SortedSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -27,7 +29,7 @@ use crate::request::{
     BuildRequest, CleanRelPath, InputName, RequestError, RequestParts, ResolvedInput, SandboxLevel,
     ToolchainInput,
 };
-use crate::store::{EntryName, Store, StoreError};
+use crate::store::{EntryName, Listing, Store, StoreError};
 use crate::toolchain::{self, Database, Lock, PlannedToolchain, Toolchain, ToolchainError};
 
 /// Why a program's graph cannot be planned.
@@ -158,7 +160,7 @@ pub struct Resolved {
     /// Its key.
     pub key: Key,
     /// The outputs as the key names them.
-    pub outputs: BTreeMap<OutputName, PlannedOutput>,
+    pub outputs: SortedMap<OutputName, PlannedOutput>,
 }
 
 impl Resolved {
@@ -177,8 +179,8 @@ impl Resolved {
 fn outputs_of(
     key: &Key,
     name: &Name,
-    outputs: &std::collections::BTreeSet<OutputName>,
-) -> BTreeMap<OutputName, PlannedOutput> {
+    outputs: &SortedSet<OutputName>,
+) -> SortedMap<OutputName, PlannedOutput> {
     outputs
         .iter()
         .map(|o| {
@@ -191,23 +193,23 @@ fn outputs_of(
 
 /// Where the outputs of the build keyed `key` are in `store` when every one is there: as a
 /// realisation of the key records them (a rebuild that made what an earlier build had made is
-/// realised to that build's entries), else where the key names them. `realised` holds the
-/// store hashes of the keys with a realisation, read once per plan; `None` looks for each.
+/// realised to that build's entries), else where the key names them. `listing` is the store as
+/// the plan read it once; `None` looks at the store for each.
 pub(crate) fn lookup(
     store: &Store,
     key: &Key,
-    named: &BTreeMap<OutputName, PlannedOutput>,
-    realised: Option<&HashSet<String>>,
+    named: &SortedMap<OutputName, PlannedOutput>,
+    listing: Option<&Listing>,
 ) -> Option<Found> {
-    // A record that cannot be read is no record.
-    let recorded = match realised {
-        None => true,
-        Some(hashes) => !hashes.is_empty() && hashes.contains(&key.store_hash()),
+    let contains = |entry: &EntryName| match listing {
+        Some(listing) => listing.contains(store, entry),
+        None => store.contains(entry),
     };
-    if recorded
+    // A record that cannot be read is no record.
+    if listing.is_none_or(|listing| listing.may_have_realisation(key))
         && let Ok(Some(recorded)) = store.realisation(key)
         && recorded.keys().eq(named.keys())
-        && recorded.values().all(|o| store.contains(&o.entry))
+        && recorded.values().all(|o| contains(&o.entry))
     {
         return Some(Found::Elsewhere(
             recorded
@@ -224,7 +226,7 @@ pub(crate) fn lookup(
     }
     named
         .values()
-        .all(|o| store.contains(&o.entry))
+        .all(|o| contains(&o.entry))
         .then_some(Found::Named)
 }
 
@@ -247,15 +249,15 @@ pub(crate) enum Found {
     /// Where the key names them.
     Named,
     /// As a realisation records them.
-    Elsewhere(BTreeMap<OutputName, PlannedOutput>),
+    Elsewhere(SortedMap<OutputName, PlannedOutput>),
 }
 
 impl Found {
     /// The outputs, given those the key names.
     pub(crate) fn outputs<'a>(
         &'a self,
-        named: &'a BTreeMap<OutputName, PlannedOutput>,
-    ) -> &'a BTreeMap<OutputName, PlannedOutput> {
+        named: &'a SortedMap<OutputName, PlannedOutput>,
+    ) -> &'a SortedMap<OutputName, PlannedOutput> {
         match self {
             Found::Named => named,
             Found::Elsewhere(outputs) => outputs,
@@ -280,14 +282,14 @@ pub struct Planned {
     /// The request's parts, with the inputs from sources resolved and those from derivations
     /// still to come; `None` once resolved at planning (a plan of many cached derivations
     /// keeps one request each).
-    template: Option<RequestParts>,
+    template: Option<Box<RequestParts>>,
     /// The inputs from derivations: input name, producing node, output name.
     from: Vec<(InputName, NodeIndex, OutputName)>,
     /// The input-addressed key.
     key: Key,
     /// The outputs as `key` names them; `None` when they are the resolved request's (its key is
     /// `key`, as it is unless an input was realised to an earlier build's entries).
-    named: Option<BTreeMap<OutputName, PlannedOutput>>,
+    named: Option<SortedMap<OutputName, PlannedOutput>>,
     resolved: OnceLock<Resolved>,
     /// Where the outputs are in the store, once they are there.
     realised: OnceLock<Found>,
@@ -306,7 +308,7 @@ impl Planned {
     }
 
     /// The outputs as the input-addressed key names them.
-    pub fn named(&self) -> &BTreeMap<OutputName, PlannedOutput> {
+    pub fn named(&self) -> &SortedMap<OutputName, PlannedOutput> {
         match &self.named {
             Some(named) => named,
             None => {
@@ -325,13 +327,13 @@ impl Planned {
 
     /// The outputs: where they are realised once in the store, else where the build will put
     /// them; `None` while that waits on the builds of inputs.
-    pub fn outputs(&self) -> Option<&BTreeMap<OutputName, PlannedOutput>> {
+    pub fn outputs(&self) -> Option<&SortedMap<OutputName, PlannedOutput>> {
         self.realised()
             .or_else(|| self.resolved().map(|r| &r.outputs))
     }
 
     /// The outputs as realised in the store, once they are there.
-    pub fn realised(&self) -> Option<&BTreeMap<OutputName, PlannedOutput>> {
+    pub fn realised(&self) -> Option<&SortedMap<OutputName, PlannedOutput>> {
         self.realised.get().map(|found| found.outputs(self.named()))
     }
 
@@ -355,22 +357,22 @@ impl Planned {
     /// Where the outputs are in `store`, when every one is there: under the input-addressed
     /// key, else, once resolved, under the resolved request's key (what an earlier build of the
     /// same request made). Records what it finds as the realisation, and under `record` also
-    /// in the store, so that the next plan finds it from the key alone. `realised` is as
+    /// in the store, so that the next plan finds it from the key alone. `listing` is as
     /// [`lookup`]'s.
     pub(crate) fn find(
         &self,
         store: &Store,
         record: bool,
-        realised: Option<&HashSet<String>>,
-    ) -> Result<Option<&BTreeMap<OutputName, PlannedOutput>>, StoreError> {
+        listing: Option<&Listing>,
+    ) -> Result<Option<&SortedMap<OutputName, PlannedOutput>>, StoreError> {
         if let Some(found) = self.realised() {
             return Ok(Some(found));
         }
-        let found = match lookup(store, &self.key, self.named(), realised) {
+        let found = match lookup(store, &self.key, self.named(), listing) {
             Some(found) => Some(found),
             None => match self.resolved() {
                 Some(resolved) if resolved.key != self.key => {
-                    let found = lookup(store, &resolved.key, &resolved.outputs, realised)
+                    let found = lookup(store, &resolved.key, &resolved.outputs, listing)
                         .map(|f| Found::Elsewhere(f.outputs(&resolved.outputs).clone()));
                     if let (Some(found), true) = (&found, record) {
                         let outputs = found
@@ -394,7 +396,7 @@ impl Planned {
     /// while one is not.
     fn resolve_with<'a>(
         &'a self,
-        producer: impl Fn(NodeIndex) -> Option<&'a BTreeMap<OutputName, PlannedOutput>>,
+        producer: impl Fn(NodeIndex) -> Option<&'a SortedMap<OutputName, PlannedOutput>>,
     ) -> Result<Option<&'a Resolved>, RequestError> {
         if let Some(resolved) = self.resolved.get() {
             return Ok(Some(resolved));
@@ -402,7 +404,7 @@ impl Planned {
         let Some(template) = &self.template else {
             unreachable!("the template is dropped only once the request is resolved")
         };
-        let mut parts = template.clone();
+        let mut parts = RequestParts::clone(template);
         for (input, node, output) in &self.from {
             let Some(outputs) = producer(*node) else {
                 return Ok(None);
@@ -560,16 +562,23 @@ impl Plan {
             source_nodes: HashMap::new(),
             toolchain_nodes: HashMap::new(),
         };
-        planner.nodes()?;
-        planner.edges()?;
-        let order = toposort(&planner.dag, None).map_err(|_| planner.cycle())?;
+        // The store is read while the graph is laid out: neither needs the other.
+        let (order, listing) = rayon::join(
+            || -> Result<Vec<NodeIndex>, PlanError> {
+                planner.nodes()?;
+                planner.edges()?;
+                toposort(&planner.dag, None).map_err(|_| planner.cycle())
+            },
+            || store.read_listing(graph.slots.len()),
+        );
+        let (order, listing) = (order?, listing?);
         let mut warnings = Vec::new();
         planner.hash_sources(store)?;
         planner.toolchains(store, lock)?;
         if let Err(e) = store.save_digest_cache() {
             warnings.push(format!("the source digest cache was not saved ({e}); the next plan will read every source again"));
         }
-        let levels = planner.keys(&order, store)?;
+        let levels = planner.keys(&order, store, &listing)?;
         let roots = planner.roots()?;
         let Planner { dag, drv_nodes, .. } = planner;
         let mut dag = dag.map_owned(
@@ -909,8 +918,8 @@ struct Wave<'p, 'g> {
     waiting: &'p [AtomicUsize],
     /// Per node, how keying it went.
     keyed: &'p [OnceLock<Result<Node, PlanError>>],
-    /// The store hashes of the keys with a realisation.
-    realised: &'p HashSet<String>,
+    /// The store as the plan read it.
+    listing: &'p Listing,
 }
 
 impl<'p> Wave<'p, '_> {
@@ -924,7 +933,7 @@ impl<'p> Wave<'p, '_> {
                 _ => unreachable!("a node starts once its inputs are keyed"),
             },
         };
-        let result = self.planner.key(node, self.store, self.realised, planned);
+        let result = self.planner.key(node, self.store, self.listing, planned);
         let ok = result.is_ok();
         let _ = self.keyed[node.index()].set(result);
         if !ok {
@@ -1168,7 +1177,12 @@ impl<'g> Planner<'g> {
     /// keyed on the thread pool as soon as its last input is: the graph's own parallelism,
     /// whatever its shape. Returns every node's level (one more than its inputs' highest), by
     /// index.
-    fn keys(&mut self, order: &[NodeIndex], store: &Store) -> Result<Vec<usize>, PlanError> {
+    fn keys(
+        &mut self,
+        order: &[NodeIndex],
+        store: &Store,
+        listing: &Listing,
+    ) -> Result<Vec<usize>, PlanError> {
         let count = self.dag.node_count();
         let mut level_of = vec![0usize; count];
         for &node in order {
@@ -1195,14 +1209,13 @@ impl<'g> Planner<'g> {
             .collect();
         let keyed: Vec<OnceLock<Result<Node, PlanError>>> =
             (0..count).map(|_| OnceLock::new()).collect();
-        let realised = store.realised_hashes()?;
         let this = &*self;
         let wave = Wave {
             planner: this,
             store,
             waiting: &waiting,
             keyed: &keyed,
-            realised: &realised,
+            listing,
         };
         rayon::scope(|scope| {
             for &node in order {
@@ -1231,7 +1244,7 @@ impl<'g> Planner<'g> {
         &'a self,
         node: NodeIndex,
         store: &Store,
-        realised: &HashSet<String>,
+        listing: &Listing,
         planned: impl Fn(NodeIndex) -> &'a Node,
     ) -> Result<Node, PlanError> {
         let Origin::Derivation(drv) = self.origins[node.index()] else {
@@ -1245,7 +1258,7 @@ impl<'g> Planner<'g> {
         // The inputs from sources are known; those from derivations are named by their
         // producers' keys, and are also where they are realised when every producer lands
         // where its key names it (as it does unless a rebuild may be cut off).
-        let mut inputs = BTreeMap::new();
+        let mut inputs = SortedMap::with_capacity(drv.inputs.len());
         let mut realised_as_named = true;
         let mut named_inputs = Vec::new();
         let mut toolchain = None;
@@ -1312,7 +1325,7 @@ impl<'g> Planner<'g> {
         let (mut addressed, template) = if realised_as_named {
             (template, None)
         } else {
-            (template.clone(), Some(template))
+            (template.clone(), Some(Box::new(template)))
         };
         for (input, _, _, named) in named_inputs {
             addressed.inputs.insert(
@@ -1344,7 +1357,7 @@ impl<'g> Planner<'g> {
                 .resolve_with(|dep| planned(dep).derivation()?.realised())
                 .map_err(request_error)?;
         }
-        let status = match planned_drv.find(store, false, Some(realised))? {
+        let status = match planned_drv.find(store, false, Some(listing))? {
             Some(_) => Status::Cached,
             None => Status::Build,
         };

@@ -6,6 +6,8 @@
 //! and what is wrong with it.
 
 use std::collections::{BTreeMap, BTreeSet};
+
+use crate::map::{SortedMap, SortedSet};
 use std::fmt;
 use std::path::Path;
 
@@ -522,16 +524,16 @@ pub struct RequestParts {
     /// The working directory, relative to the build top.
     pub working_dir: CleanRelPath,
     /// Extra scratch directories, relative to the build top.
-    pub scratch_paths: BTreeSet<CleanRelPath>,
+    pub scratch_paths: SortedSet<CleanRelPath>,
     /// The outputs the builder must produce.
-    pub outputs: BTreeSet<OutputName>,
+    pub outputs: SortedSet<OutputName>,
     /// The build environment, besides what the sandbox sets.
-    pub env: BTreeMap<EnvKey, EnvValue>,
+    pub env: SortedMap<EnvKey, EnvValue>,
     /// The inputs, resolved to store entries.
-    pub inputs: BTreeMap<InputName, ResolvedInput>,
+    pub inputs: SortedMap<InputName, ResolvedInput>,
     /// Additional files written into the build directory before the build.
     #[serde(with = "bytes::map")]
-    pub files: BTreeMap<CleanRelPath, Vec<u8>>,
+    pub files: SortedMap<CleanRelPath, Vec<u8>>,
     /// What the build needs of the machine.
     pub constraints: Constraints,
     /// How much of the host the build sees.
@@ -548,8 +550,8 @@ pub struct RequestParts {
     pub toolchain: Option<Box<ToolchainInput>>,
     /// Inputs given as one list (a `Vec` or a map of them): the variable that holds their
     /// paths, space-separated, in this order.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub input_lists: BTreeMap<InputName, Vec<InputName>>,
+    #[serde(default, skip_serializing_if = "SortedMap::is_empty")]
+    pub input_lists: SortedMap<InputName, Vec<InputName>>,
 }
 
 impl RequestParts {
@@ -586,7 +588,7 @@ impl<'de> Deserialize<'de> for BuildRequest {
 /// Each list of inputs has a name of its own (no input, env var or output has it) and lists
 /// only inputs of the request.
 pub(crate) fn check_input_lists(
-    lists: &BTreeMap<InputName, Vec<InputName>>,
+    lists: &SortedMap<InputName, Vec<InputName>>,
     is_input: impl Fn(&InputName) -> bool,
     is_env: impl Fn(&str) -> bool,
     is_output: impl Fn(&str) -> bool,
@@ -867,7 +869,6 @@ impl BuildRequest {
 /// The serde form of byte strings (arguments, env values, files): a string when they are UTF-8,
 /// `{"hex": ...}` otherwise, so that nothing is lost on the way.
 mod bytes {
-    use std::collections::BTreeMap;
 
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -900,9 +901,10 @@ mod bytes {
     /// A map of byte strings.
     pub(super) mod map {
         use super::*;
+        use crate::map::SortedMap;
 
         pub(crate) fn serialize<S: Serializer>(
-            files: &BTreeMap<CleanRelPath, Vec<u8>>,
+            files: &SortedMap<CleanRelPath, Vec<u8>>,
             s: S,
         ) -> Result<S::Ok, S::Error> {
             struct Bytes<'a>(&'a [u8]);
@@ -916,14 +918,14 @@ mod bytes {
 
         pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
             d: D,
-        ) -> Result<BTreeMap<CleanRelPath, Vec<u8>>, D::Error> {
+        ) -> Result<SortedMap<CleanRelPath, Vec<u8>>, D::Error> {
             struct Bytes(Vec<u8>);
             impl<'de> Deserialize<'de> for Bytes {
                 fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
                     super::deserialize(d).map(Bytes)
                 }
             }
-            let map = BTreeMap::<CleanRelPath, Bytes>::deserialize(d)?;
+            let map = SortedMap::<CleanRelPath, Bytes>::deserialize(d)?;
             Ok(map
                 .into_iter()
                 .map(|(path, bytes)| (path, bytes.0))
@@ -948,9 +950,9 @@ mod tests {
                 .map(|p| CleanRelPath::new("scratch path", *p).unwrap())
                 .collect(),
             outputs: [OutputName::new("out").unwrap()].into(),
-            env: BTreeMap::new(),
-            inputs: BTreeMap::new(),
-            files: BTreeMap::new(),
+            env: SortedMap::new(),
+            inputs: SortedMap::new(),
+            files: SortedMap::new(),
             constraints: Constraints {
                 ro_paths: [AbsPath::new("ro path", "/opt/tools").unwrap()].into(),
                 ..Default::default()

@@ -28,7 +28,9 @@ pub(crate) mod ignore;
 mod input;
 mod typed;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
+
+use crate::map::{SortedMap, SortedSet};
 use std::fmt;
 use std::panic::Location;
 use std::time::Duration;
@@ -67,12 +69,12 @@ pub struct Derivation {
     pub(crate) name: Name,
     pub(crate) system: System,
     pub(crate) args: Vec<Arg>,
-    pub(crate) env: BTreeMap<EnvKey, EnvValue>,
-    pub(crate) inputs: BTreeMap<InputName, Input>,
+    pub(crate) env: SortedMap<EnvKey, EnvValue>,
+    pub(crate) inputs: SortedMap<InputName, Input>,
     /// Inputs given as one list, by the list's name: its members, in order.
-    pub(crate) input_lists: BTreeMap<InputName, Vec<InputName>>,
-    pub(crate) outputs: BTreeSet<OutputName>,
-    pub(crate) files: BTreeMap<CleanRelPath, Vec<u8>>,
+    pub(crate) input_lists: SortedMap<InputName, Vec<InputName>>,
+    pub(crate) outputs: SortedSet<OutputName>,
+    pub(crate) files: SortedMap<CleanRelPath, Vec<u8>>,
     pub(crate) constraints: Constraints,
     pub(crate) sandbox: SandboxLevel,
     pub(crate) fixed_output: Option<FixedOutput>,
@@ -94,11 +96,11 @@ impl Derivation {
         &self.name
     }
     /// The outputs.
-    pub fn outputs(&self) -> &BTreeSet<OutputName> {
+    pub fn outputs(&self) -> &SortedSet<OutputName> {
         &self.outputs
     }
     /// The inputs.
-    pub fn inputs(&self) -> &BTreeMap<InputName, Input> {
+    pub fn inputs(&self) -> &SortedMap<InputName, Input> {
         &self.inputs
     }
     /// The sandbox level.
@@ -472,7 +474,7 @@ impl DerivationBuilder {
             .map(|(i, a)| Arg::new(i, a))
             .collect::<Result<Vec<_>, _>>()?;
 
-        let mut env = BTreeMap::new();
+        let mut env = SortedMap::with_capacity(self.env.len());
         for (key, value) in self.env {
             let key = EnvKey::new(key)?;
             let value = EnvValue::new(&key, value)?;
@@ -483,7 +485,7 @@ impl DerivationBuilder {
                 });
             }
         }
-        let mut inputs = BTreeMap::new();
+        let mut inputs = SortedMap::with_capacity(self.inputs.len());
         for (input_name, input) in self.inputs {
             let input_name = InputName::new(input_name)?;
             if inputs.insert(input_name.clone(), input).is_some() {
@@ -493,7 +495,7 @@ impl DerivationBuilder {
                 });
             }
         }
-        let mut input_lists = BTreeMap::new();
+        let mut input_lists = SortedMap::with_capacity(self.input_lists.len());
         for (list, members) in self.input_lists {
             let list = InputName::new(list)?;
             let members = members
@@ -507,7 +509,7 @@ impl DerivationBuilder {
                 });
             }
         }
-        let mut outputs = BTreeSet::new();
+        let mut outputs = SortedSet::with_capacity(self.outputs.len().max(1));
         for output in if self.outputs.is_empty() {
             vec!["out".to_string()]
         } else {
@@ -521,7 +523,7 @@ impl DerivationBuilder {
                 });
             }
         }
-        let mut files = BTreeMap::new();
+        let mut files = SortedMap::with_capacity(self.files.len());
         for (path, contents) in self.files {
             let path = CleanRelPath::new("file path", path)?;
             if files.insert(path.clone(), contents).is_some() {
@@ -626,16 +628,16 @@ fn check_script(
         true => declared.push(("out", "output")),
         false => declared.extend(outputs.iter().map(|n| (n.as_str(), "output"))),
     }
-    let mut key = blake3::Hasher::new();
-    key.update(&[u8::from(allow_impure)]);
+    // Hashed in one call: a dozen small updates cost more than the hash of the whole.
+    let mut text = Vec::with_capacity(script.len() + 16 * declared.len() + 1);
+    text.push(u8::from(allow_impure));
     for (name, kind) in &declared {
-        key.update(name.as_bytes())
-            .update(b"\0")
-            .update(kind.as_bytes())
-            .update(b"\0");
+        for part in [name.as_bytes(), b"\0", kind.as_bytes(), b"\0"] {
+            text.extend_from_slice(part);
+        }
     }
-    key.update(script.as_bytes());
-    let key: [u8; 32] = key.finalize().into();
+    text.extend_from_slice(script.as_bytes());
+    let key: [u8; 32] = blake3::hash(&text).into();
     thread_local! {
         static PASSED: std::cell::RefCell<std::collections::HashSet<[u8; 32]>> =
             std::cell::RefCell::default();

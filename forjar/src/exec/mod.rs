@@ -21,7 +21,6 @@ pub use check::{CheckedOutput, check};
 pub use enter::{SHELL, enter, enter_needs};
 pub use local::Local;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -30,6 +29,7 @@ use std::time::Duration;
 use petgraph::graph::NodeIndex;
 
 use crate::hash::Key;
+use crate::map::SortedMap;
 use crate::name::{Limits, Name, OutputName};
 use crate::plan::{Node, NodeKind, Plan, PlannedOutput};
 use crate::request::BuildRequest;
@@ -296,7 +296,7 @@ pub struct BuildJob<'a> {
     /// Its closure key.
     pub key: &'a Key,
     /// Its outputs, with their keys and store entries.
-    pub outputs: &'a BTreeMap<OutputName, PlannedOutput>,
+    pub outputs: &'a SortedMap<OutputName, PlannedOutput>,
     /// Its limits, which are not part of the key.
     pub limits: &'a Limits,
     /// Where the derivation is defined, for messages.
@@ -343,7 +343,7 @@ impl<'a> BuildJob<'a> {
     }
 
     /// Where the outputs are in `store`, when every one is there.
-    pub fn realised(&self, store: &Store) -> Option<BTreeMap<OutputName, PlannedOutput>> {
+    pub fn realised(&self, store: &Store) -> Option<SortedMap<OutputName, PlannedOutput>> {
         crate::plan::lookup(store, self.key, self.outputs, None)
             .map(|found| found.outputs(self.outputs).clone())
     }

@@ -7,12 +7,11 @@
 //! forjar of another key format, or a damaged document), so that it never builds one thing
 //! under another's name.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
 use crate::exec::BuildJob;
 use crate::hash::{self, Key};
+use crate::map::SortedMap;
 use crate::name::{Limits, OutputName};
 use crate::plan::PlannedOutput;
 use crate::request::BuildRequest;
@@ -69,7 +68,7 @@ pub struct Received {
 
 impl Received {
     /// Each output with its key and store entry, as a plan gives them.
-    pub fn outputs(&self) -> BTreeMap<OutputName, PlannedOutput> {
+    pub fn outputs(&self) -> SortedMap<OutputName, PlannedOutput> {
         self.request
             .outputs
             .iter()
@@ -82,7 +81,7 @@ impl Received {
     }
 
     /// The job that builds the request.
-    pub fn job<'a>(&'a self, outputs: &'a BTreeMap<OutputName, PlannedOutput>) -> BuildJob<'a> {
+    pub fn job<'a>(&'a self, outputs: &'a SortedMap<OutputName, PlannedOutput>) -> BuildJob<'a> {
         BuildJob {
             request: &self.request,
             key: &self.key,
@@ -146,7 +145,6 @@ pub fn decode(document: &[u8]) -> Result<Received, WireError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
     use std::time::Duration;
 
     use crate::name::{Name, StoreDir};
@@ -165,7 +163,7 @@ mod tests {
         encode(&BuildJob {
             request,
             key,
-            outputs: &BTreeMap::new(),
+            outputs: &SortedMap::new(),
             limits,
             location,
         })
@@ -173,15 +171,15 @@ mod tests {
 
     fn request() -> BuildRequest {
         let key = EnvKey::new("BYTES").unwrap();
-        let mut env = BTreeMap::new();
+        let mut env = SortedMap::new();
         env.insert(key.clone(), EnvValue::new(&key, vec![0xff, b'a']).unwrap());
-        let mut files = BTreeMap::new();
+        let mut files = SortedMap::new();
         files.insert(
             CleanRelPath::new("file", "etc/x.json").unwrap(),
             b"{}".to_vec(),
         );
         let src: Key = "22".repeat(32).parse().unwrap();
-        let mut inputs = BTreeMap::new();
+        let mut inputs = SortedMap::new();
         inputs.insert(
             InputName::new("dep").unwrap(),
             ResolvedInput::Output {
@@ -197,7 +195,7 @@ mod tests {
                 Arg::new(1, vec![b'-', 0xfe]).unwrap(),
             ],
             working_dir: CleanRelPath::new("working directory", "build").unwrap(),
-            scratch_paths: BTreeSet::new(),
+            scratch_paths: Default::default(),
             outputs: [OutputName::out(), OutputName::new("dev").unwrap()].into(),
             env,
             inputs,

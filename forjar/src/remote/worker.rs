@@ -612,7 +612,7 @@ fn run_command(
         .map(|(i, a)| Arg::new(i, a.as_str()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| invalid(e.to_string()))?;
-    let mut env = std::collections::BTreeMap::new();
+    let mut env = crate::map::SortedMap::new();
     for variable in &command.environment_variables {
         // The sandbox sets these itself (to /build and the like).
         if RESERVED_ENV.contains(&variable.name.as_str()) {

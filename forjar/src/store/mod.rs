@@ -26,6 +26,7 @@
 mod builddir;
 mod gc;
 mod install;
+mod listing;
 mod meta;
 mod profile;
 mod realisation;
@@ -35,6 +36,7 @@ mod verify;
 
 use std::fs::{self, File};
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -42,6 +44,7 @@ pub use crate::hash::EntryName;
 pub(crate) use builddir::BuildDir;
 pub use gc::{GcReport, Root, RootTarget};
 pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
+pub use listing::Listing;
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use profile::{Generation, Profile, RootChanges};
 pub use realisation::{BuildRecord, Realised, RealisedOutput};
@@ -243,6 +246,8 @@ pub struct Store {
     /// store that does not exist yet ([`Store::open_to_read`]).
     lock: Option<File>,
     cache: OnceLock<DigestCache>,
+    /// The store directory, opened at the first look for an entry that finds it there.
+    root: OnceLock<std::os::fd::OwnedFd>,
     /// Build directories of finished builds, kept for the next.
     build_dirs: builddir::Pool,
 }
@@ -343,6 +348,7 @@ impl Store {
             dir: store_dir,
             lock: None,
             cache: OnceLock::new(),
+            root: OnceLock::new(),
             build_dirs: Default::default(),
         })
     }
@@ -444,6 +450,7 @@ impl Store {
             dir: store_dir,
             lock: Some(lock),
             cache: OnceLock::new(),
+            root: OnceLock::new(),
             build_dirs: Default::default(),
         };
         store.sweep_staging()?;
@@ -481,8 +488,26 @@ impl Store {
     }
 
     /// Whether an entry is in the store (an entry is valid exactly when its directory exists).
+    ///
+    /// An entry is a directory: a symlink by its name is none. The name is looked up in the
+    /// store directory's descriptor, so a plan of many entries walks the store's path once.
     pub fn contains(&self, entry: &EntryName) -> bool {
-        self.entry_path(entry).is_dir()
+        let root = match self.root.get() {
+            Some(root) => root,
+            // Opened only once the store exists: a store planned before it was made is looked
+            // at again by the next call.
+            None => match crate::walk::open_dir_path(self.dir()) {
+                Ok(root) => self.root.get_or_init(|| root),
+                Err(_) => return false,
+            },
+        };
+        let name = crate::walk::cstring(entry.as_str().as_bytes());
+        crate::walk::stat_at(root.as_fd(), &name).is_ok_and(|st| {
+            matches!(
+                crate::walk::Kind::from_mode(st.st_mode),
+                crate::walk::Kind::Dir
+            )
+        })
     }
 
     /// The tree digest recorded for `entry` when it was installed, apart from the entry (whose

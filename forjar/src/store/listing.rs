@@ -1,0 +1,132 @@
+//! What a plan reads of the store in one pass over a directory instead of one look per
+//! derivation: the keys with a realisation and, where it is cheaper, the names of the entries.
+//!
+//! A look for an entry is a system call; one read of the store directory answers for every
+//! entry it holds, a few hundred names per call. The read is made only when the store is not
+//! much larger than the plan (a directory's link count is two more than its subdirectories on
+//! the file systems that count them), so that a small plan against a large store still looks at
+//! its own entries only.
+
+use std::collections::HashSet;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+
+use super::{EntryName, Store, StoreError};
+use crate::hash::Key;
+
+/// How many entries, per look the plan would make, the store may hold for one read of its
+/// directory to be made instead: a name read costs a small part of a look.
+const ENTRIES_PER_LOOK: u64 = 4;
+
+/// Below this many looks, the store's directory is not read.
+const MIN_LOOKS: usize = 64;
+
+/// The store as a plan read it.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The store hashes of the keys with a realisation.
+    realised: HashSet<String>,
+    /// The names of the store's entries, when they were read.
+    entries: Option<HashSet<String>>,
+}
+
+impl Listing {
+    /// Whether the build keyed `key` may have a realisation: it has none when its store hash
+    /// is not among those read.
+    pub fn may_have_realisation(&self, key: &Key) -> bool {
+        !self.realised.is_empty() && self.realised.contains(&key.store_hash())
+    }
+
+    /// Whether `entry` is in `store`: among the names read, else as [`Store::contains`] finds.
+    pub fn contains(&self, store: &Store, entry: &EntryName) -> bool {
+        match &self.entries {
+            Some(entries) => entries.contains(entry.as_str()),
+            None => store.contains(entry),
+        }
+    }
+}
+
+impl Store {
+    /// Reads what a plan of `looks` lookups needs of the store (see [`Listing`]).
+    pub fn read_listing(&self, looks: usize) -> Result<Listing, StoreError> {
+        Ok(Listing {
+            realised: self.realised_hashes()?,
+            entries: match self.exists() && looks >= MIN_LOOKS {
+                true => self.entry_names(looks)?,
+                false => None,
+            },
+        })
+    }
+
+    /// The names of the store's entries (its directories but the dot ones), or `None` when the
+    /// store may hold many more than `looks`, or its file system does not say how many.
+    fn entry_names(&self, looks: usize) -> Result<Option<HashSet<String>>, StoreError> {
+        let dir = self.dir();
+        let subdirectories = fs::metadata(dir)
+            .map_err(StoreError::io("cannot read", dir))?
+            .nlink()
+            .saturating_sub(2);
+        if subdirectories == 0 || subdirectories > ENTRIES_PER_LOOK * looks as u64 {
+            return Ok(None);
+        }
+        let mut names = HashSet::with_capacity(subdirectories as usize);
+        for entry in fs::read_dir(dir).map_err(StoreError::io("cannot read", dir))? {
+            let entry = entry.map_err(StoreError::io("cannot read", dir))?;
+            // The type as the directory gives it, else by `lstat`: a symlink is no entry.
+            let is_dir = match entry.file_type() {
+                Ok(kind) => kind.is_dir(),
+                Err(e) => return Err(StoreError::io("cannot read", &entry.path())(e)),
+            };
+            if let (true, Ok(name)) = (is_dir, entry.file_name().into_string())
+                && !name.starts_with('.')
+            {
+                names.insert(name);
+            }
+        }
+        Ok(Some(names))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::name::Name;
+
+    fn entry(i: usize) -> EntryName {
+        let key: Key = format!("{i:064x}").parse().unwrap();
+        EntryName::new(&key, &Name::new(format!("d{i}")).unwrap(), None)
+    }
+
+    #[test]
+    fn a_listing_finds_the_entries_the_store_holds_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        for i in 0..300 {
+            fs::create_dir(store.entry_path(&entry(i))).unwrap();
+        }
+        // Not entries: a symlink to one, a file, and a name never made.
+        std::os::unix::fs::symlink(store.entry_path(&entry(0)), store.entry_path(&entry(300)))
+            .unwrap();
+        fs::write(store.entry_path(&entry(301)), b"").unwrap();
+        let not_entries = [entry(300), entry(301), entry(302)];
+        // The file systems that count a directory's subdirectories in its link count.
+        let counted = fs::metadata(store.dir()).unwrap().nlink() > 2;
+
+        // 300 entries and the store's own 10 directories: read for a plan of 100 lookups; not
+        // for one of 64 (the store is more than four times larger) or of fewer than 64.
+        for (looks, read) in [(100, counted), (64, false), (10, false)] {
+            let listing = store.read_listing(looks).unwrap();
+            assert_eq!(listing.entries.is_some(), read, "{looks} lookups");
+            if let Some(entries) = &listing.entries {
+                assert_eq!(entries.len(), 300);
+            }
+            for i in 0..300 {
+                assert!(listing.contains(&store, &entry(i)), "{looks}: entry {i}");
+            }
+            for not in &not_entries {
+                assert!(!listing.contains(&store, not), "{looks}: {not}");
+                assert!(!store.contains(not), "{not}");
+            }
+        }
+    }
+}
