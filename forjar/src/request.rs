@@ -5,7 +5,7 @@
 //! that an invalid request cannot exist. Each constructor's error names the field, the value
 //! and what is wrong with it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use crate::map::{SortedMap, SortedSet};
 use std::fmt;
@@ -631,24 +631,29 @@ pub(crate) fn check_names<'a>(
     if args_empty {
         return Err(RequestError::NoBuilder(name.to_string()));
     }
-    let mut seen: BTreeMap<&str, &'static str> = BTreeMap::new();
-    let mut claim = |n: &'a str, kind: &'static str| match seen.insert(n, kind) {
-        Some(first) => Err(RequestError::NameClash {
-            name: n.to_string(),
-            first,
-            second: kind,
-        }),
-        None => Ok(()),
-    };
     let outputs: Vec<&OutputName> = outputs.into_iter().collect();
-    for output in &outputs {
-        claim(output.as_str(), "an output")?;
-    }
-    for input in inputs {
-        claim(input.as_str(), "an input")?;
-    }
-    for key in env {
-        claim(key.as_str(), "an env var")?;
+    // Every name with the place it was claimed in. Sorted by name (stably), a name claimed
+    // twice is next to its first claim; the clash reported is the one claimed first, as
+    // claiming one name at a time finds it.
+    let mut claims: Vec<(&str, &'static str, usize)> = outputs
+        .iter()
+        .map(|o| (o.as_str(), "an output"))
+        .chain(inputs.into_iter().map(|i| (i.as_str(), "an input")))
+        .chain(env.into_iter().map(|k| (k.as_str(), "an env var")))
+        .enumerate()
+        .map(|(place, (name, kind))| (name, kind, place))
+        .collect();
+    claims.sort_by_key(|claim| claim.0);
+    let clash = claims
+        .windows(2)
+        .filter(|pair| pair[0].0 == pair[1].0)
+        .min_by_key(|pair| pair[1].2);
+    if let Some(&[(_, first, _), (name, second, _)]) = clash {
+        return Err(RequestError::NameClash {
+            name: name.to_string(),
+            first,
+            second,
+        });
     }
     if outputs.is_empty() {
         return Err(InvalidValue::new(
@@ -1100,5 +1105,18 @@ mod tests {
         assert!(matches!(err, RequestError::NetworkWithoutFixedOutput(_)));
         let err = check_names(&name, true, [&out], [], [], false, false).unwrap_err();
         assert!(matches!(err, RequestError::NoBuilder(_)));
+
+        // Of two clashes, the one met first in claiming outputs, inputs, then env vars: `z`
+        // (claimed third), not `a` (claimed fourth, though first by name).
+        let z = OutputName::new("z").unwrap();
+        let (a, z_input) = (InputName::new("a").unwrap(), InputName::new("z").unwrap());
+        let a_env = EnvKey::new("a").unwrap();
+        let err =
+            check_names(&name, false, [&z], [&a, &z_input], [&a_env], false, false).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("`z` is both an output and an input;"),
+            "{err}"
+        );
     }
 }
