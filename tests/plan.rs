@@ -529,3 +529,42 @@ fn a_plan_of_many_derivations_finds_exactly_the_entries_the_store_holds() {
     );
     assert_eq!((again.summary().cached, again.summary().build), (99, 101));
 }
+
+#[test]
+fn a_derivation_of_thousands_of_inputs_has_one_key_whatever_their_order() {
+    let (_dir, store) = temp_store();
+    let key = |reverse: bool| {
+        let mut g = Graph::new();
+        let leaves: Vec<Drv> = (0..3000)
+            .map(|i| g.add(drv(&format!("leaf{i}")).build().unwrap()))
+            .collect();
+        let mut order: Vec<usize> = (0..leaves.len()).collect();
+        if reverse {
+            order.reverse();
+        }
+        let mut all = Derivation::builder("all").script("echo > $out");
+        for i in order {
+            all = all.input(format!("in{i}"), leaves[i]);
+        }
+        let all = g.add(all.build().unwrap());
+        let plan = Plan::new(&g, &store).unwrap();
+        let node = plan.node(plan.node_of(&all).unwrap());
+        assert_eq!(node.derivation().unwrap().request().inputs.len(), 3000);
+        plan.key(&all).unwrap()
+    };
+    assert_eq!(key(false), key(true));
+
+    let twice = Derivation::builder("twice")
+        .script("echo > $out")
+        .env("b", "1")
+        .env("a", "2")
+        .env("b", "3")
+        .build()
+        .unwrap_err();
+    assert!(
+        twice
+            .to_string()
+            .contains("duplicate env var `b`: each env var may be given once"),
+        "{twice}"
+    );
+}

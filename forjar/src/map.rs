@@ -179,6 +179,22 @@ impl<K: Ord, V> SortedMap<K, V> {
         &mut self.entries[i].1
     }
 
+    /// A map of `entries` in any order, or, when a key is given twice, that key: the first that
+    /// repeats an earlier one, in the order given. `O(n log n)`, where inserting one at a time
+    /// in no order would be `O(n²)`.
+    pub fn from_unique(mut entries: Vec<(K, V)>) -> Result<Self, K> {
+        if entries.is_sorted_by(|a, b| a.0 < b.0) {
+            return Ok(SortedMap { entries });
+        }
+        let order = sorted_order(&entries, |entry| &entry.0);
+        if let Some(repeat) = first_repeat(&order, |i| &entries[i].0) {
+            return Err(entries.swap_remove(repeat).0);
+        }
+        Ok(SortedMap {
+            entries: in_order(entries, &order),
+        })
+    }
+
     /// A map of `entries` in any order; of equal keys the last is kept, as a `BTreeMap`
     /// collected from them keeps it.
     fn from_entries(mut entries: Vec<(K, V)>) -> Self {
@@ -196,6 +212,32 @@ impl<K: Ord, V> SortedMap<K, V> {
         }
         SortedMap { entries }
     }
+}
+
+/// The indices of `items` in the order of their keys; of equal keys, in the order given.
+fn sorted_order<T, K: Ord>(items: &[T], key: impl Fn(&T) -> &K) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| key(&items[a]).cmp(key(&items[b])));
+    order
+}
+
+/// Of the keys given more than once, the index of the earliest repeat, given the indices in key
+/// order (`sorted_order`): each repeat is next to the item it repeats there.
+fn first_repeat<'a, K: Ord + 'a>(order: &[usize], key: impl Fn(usize) -> &'a K) -> Option<usize> {
+    order
+        .windows(2)
+        .filter(|pair| key(pair[0]) == key(pair[1]))
+        .map(|pair| pair[1])
+        .min()
+}
+
+/// `items` rearranged in `order`, a permutation of their indices.
+fn in_order<T>(items: Vec<T>, order: &[usize]) -> Vec<T> {
+    let mut slots: Vec<Option<T>> = items.into_iter().map(Some).collect();
+    order
+        .iter()
+        .map(|&i| slots[i].take().expect("the order names each index once"))
+        .collect()
 }
 
 impl<K, V> Default for SortedMap<K, V> {
@@ -428,6 +470,21 @@ impl<T: Ord> SortedSet<T> {
         self.iter().all(|m| other.contains(m))
     }
 
+    /// A set of `members` in any order, or, when one is given twice, that one: the first that
+    /// repeats an earlier one, in the order given.
+    pub fn from_unique(mut members: Vec<T>) -> Result<Self, T> {
+        if members.is_sorted_by(|a, b| a < b) {
+            return Ok(SortedSet { members });
+        }
+        let order = sorted_order(&members, |member| member);
+        if let Some(repeat) = first_repeat(&order, |i| &members[i]) {
+            return Err(members.swap_remove(repeat));
+        }
+        Ok(SortedSet {
+            members: in_order(members, &order),
+        })
+    }
+
     fn from_members(mut members: Vec<T>) -> Self {
         if !members.is_sorted_by(|a, b| a < b) {
             members.sort();
@@ -541,6 +598,33 @@ mod tests {
         assert!(!map.contains_key(&1));
         assert_eq!(map.get(&3), Some(&33));
         assert_eq!(map.values().next_back(), Some(&50));
+    }
+
+    #[test]
+    fn a_map_from_unique_entries_names_the_first_key_given_twice() {
+        let map = SortedMap::from_unique(vec![("c", 3), ("a", 1), ("b", 2)]).unwrap();
+        assert!(map.iter().eq([(&"a", &1), (&"b", &2), (&"c", &3)]));
+        // `b` is repeated before `a` is, though `a` sorts first.
+        let repeated = SortedMap::from_unique(vec![("b", 1), ("a", 2), ("b", 3), ("a", 4)]);
+        assert_eq!(repeated.unwrap_err(), "b");
+        assert_eq!(
+            SortedSet::from_unique(vec![3, 1, 2, 1, 3]).unwrap_err(),
+            1,
+            "the second 1 comes before the second 3"
+        );
+        assert!(
+            SortedSet::from_unique(vec![3, 1, 2])
+                .unwrap()
+                .iter()
+                .eq(&[1, 2, 3])
+        );
+        // Many entries in no order.
+        let many: Vec<(u32, u32)> = (0..100_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761), i))
+            .collect();
+        let map = SortedMap::from_unique(many).unwrap();
+        assert_eq!(map.len(), 100_000);
+        assert!(map.keys().is_sorted());
     }
 
     #[test]

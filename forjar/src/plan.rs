@@ -4,8 +4,6 @@
 //! in topological order, and asks the store which outputs exist. It builds and imports nothing.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-
-use crate::map::{SortedMap, SortedSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -23,6 +21,7 @@ use crate::derivation::{
     Derivation, DerivationError, Drv, DrvId, Graph, GraphError, Input, IntoDerivation, Source,
 };
 use crate::hash::{self, HashError, HostFingerprint, Key, TreeDigest, TreeHasher};
+use crate::map::{SortedMap, SortedSet};
 use crate::name::Limits;
 use crate::name::{Name, OutputName};
 use crate::request::{
@@ -404,7 +403,7 @@ impl Planned {
         let Some(template) = &self.template else {
             unreachable!("the template is dropped only once the request is resolved")
         };
-        let mut parts = RequestParts::clone(template);
+        let mut from = Vec::with_capacity(self.from.len());
         for (input, node, output) in &self.from {
             let Some(outputs) = producer(*node) else {
                 return Ok(None);
@@ -412,14 +411,15 @@ impl Planned {
             let planned = outputs
                 .get(output)
                 .expect("outputs were checked when the edges were made");
-            parts.inputs.insert(
-                input.clone(),
-                ResolvedInput::Output {
-                    entry: planned.entry.clone(),
-                    key: planned.key,
-                },
-            );
+            let resolved = ResolvedInput::Output {
+                entry: planned.entry.clone(),
+                key: planned.key,
+            };
+            from.push((input.clone(), resolved));
         }
+        let mut parts = RequestParts::clone(template);
+        // Sorted once with the rest, not inserted one at a time.
+        parts.inputs.extend(from);
         let resolved = Resolved::new(BuildRequest::new(parts)?);
         Ok(Some(self.resolved.get_or_init(|| resolved)))
     }
@@ -1258,7 +1258,7 @@ impl<'g> Planner<'g> {
         // The inputs from sources are known; those from derivations are named by their
         // producers' keys, and are also where they are realised when every producer lands
         // where its key names it (as it does unless a rebuild may be cut off).
-        let mut inputs = SortedMap::with_capacity(drv.inputs.len());
+        let mut inputs = Vec::with_capacity(drv.inputs.len());
         let mut realised_as_named = true;
         let mut named_inputs = Vec::new();
         let mut toolchain = None;
@@ -1276,7 +1276,7 @@ impl<'g> Planner<'g> {
                         entry: entry.clone(),
                         digest: *digest,
                     };
-                    inputs.insert(edge.weight().clone(), resolved);
+                    inputs.push((edge.weight().clone(), resolved));
                 }
                 (NodeKind::Derivation(producer), Input::Output(o)) => {
                     realised_as_named &= producer.lands_where_named;
@@ -1312,7 +1312,7 @@ impl<'g> Planner<'g> {
             scratch_paths: Default::default(),
             outputs: drv.outputs.clone(),
             env: drv.env.clone(),
-            inputs,
+            inputs: inputs.into_iter().collect(),
             files: drv.files.clone(),
             constraints: drv.constraints.clone(),
             sandbox: drv.sandbox,
@@ -1327,15 +1327,16 @@ impl<'g> Planner<'g> {
         } else {
             (template.clone(), Some(Box::new(template)))
         };
-        for (input, _, _, named) in named_inputs {
-            addressed.inputs.insert(
-                input.clone(),
-                ResolvedInput::Output {
+        // Sorted once with the rest, not inserted one at a time.
+        addressed
+            .inputs
+            .extend(named_inputs.into_iter().map(|(input, _, _, named)| {
+                let resolved = ResolvedInput::Output {
                     entry: named.entry.clone(),
                     key: named.key,
-                },
-            );
-        }
+                };
+                (input.clone(), resolved)
+            }));
         let addressed = Resolved::new(BuildRequest::new(addressed).map_err(request_error)?);
         let mut planned_drv = Planned {
             template,

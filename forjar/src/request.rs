@@ -6,14 +6,13 @@
 //! and what is wrong with it.
 
 use std::collections::BTreeSet;
-
-use crate::map::{SortedMap, SortedSet};
 use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{DERIVATION_CONTEXT, Encoder, EntryName, HostFingerprint, Key, TreeDigest};
+use crate::map::{SortedMap, SortedSet};
 use crate::name::{InvalidValue, Name, OutputName, StoreDir, identifier, rules, string_newtype};
 
 /// Errors of the cross-field rules of a request.
