@@ -201,14 +201,15 @@ impl<K: Ord, V> SortedMap<K, V> {
         if !entries.is_sorted_by(|a, b| a.0 < b.0) {
             // Stable, so equal keys stay in the order given and the last can be kept.
             entries.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut kept: Vec<(K, V)> = Vec::with_capacity(entries.len());
-            for entry in entries {
-                match kept.last_mut() {
-                    Some(last) if last.0 == entry.0 => *last = entry,
-                    _ => kept.push(entry),
+            // `dedup_by` drops the later of two equal neighbours; swapped first, the later
+            // entry stays in the earlier's place.
+            entries.dedup_by(|later, earlier| {
+                let equal = later.0 == earlier.0;
+                if equal {
+                    std::mem::swap(later, earlier);
                 }
-            }
-            entries = kept;
+                equal
+            });
         }
         SortedMap { entries }
     }
