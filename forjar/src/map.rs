@@ -69,29 +69,9 @@ impl<K, V> SortedMap<K, V> {
         Values(self.entries.iter())
     }
 
-    /// The values in key order, mutable.
-    pub fn values_mut(&mut self) -> impl DoubleEndedIterator<Item = &mut V> + ExactSizeIterator {
-        self.entries.iter_mut().map(|(_, v)| v)
-    }
-
-    /// The keys in order, owned.
-    pub fn into_keys(self) -> impl DoubleEndedIterator<Item = K> + ExactSizeIterator {
-        self.entries.into_iter().map(|(k, _)| k)
-    }
-
     /// The values in key order, owned.
     pub fn into_values(self) -> impl DoubleEndedIterator<Item = V> + ExactSizeIterator {
         self.entries.into_iter().map(|(_, v)| v)
-    }
-
-    /// The entry of the least key.
-    pub fn first_key_value(&self) -> Option<(&K, &V)> {
-        self.entries.first().map(|(k, v)| (k, v))
-    }
-
-    /// The entry of the greatest key.
-    pub fn last_key_value(&self) -> Option<(&K, &V)> {
-        self.entries.last().map(|(k, v)| (k, v))
     }
 
     /// Removes every entry.
@@ -119,17 +99,6 @@ impl<K: Ord, V> SortedMap<K, V> {
         K: Borrow<Q>,
     {
         self.find(key).ok().map(|i| &self.entries[i].1)
-    }
-
-    /// The key and value of `key`.
-    pub fn get_key_value<Q: Ord + ?Sized>(&self, key: &Q) -> Option<(&K, &V)>
-    where
-        K: Borrow<Q>,
-    {
-        self.find(key).ok().map(|i| {
-            let (k, v) = &self.entries[i];
-            (k, v)
-        })
     }
 
     /// The value of `key`, mutable.
@@ -165,18 +134,6 @@ impl<K: Ord, V> SortedMap<K, V> {
         K: Borrow<Q>,
     {
         self.find(key).ok().map(|i| self.entries.remove(i).1)
-    }
-
-    /// The value of `key`, inserted from `value` when it has none.
-    pub fn get_or_insert_with(&mut self, key: K, value: impl FnOnce() -> V) -> &mut V {
-        let i = match self.find(&key) {
-            Ok(i) => i,
-            Err(i) => {
-                self.entries.insert(i, (key, value()));
-                i
-            }
-        };
-        &mut self.entries[i].1
     }
 
     /// A map of `entries` in any order, or, when a key is given twice, that key: the first that
@@ -464,11 +421,6 @@ impl<T: Ord> SortedSet<T> {
             }
             Err(_) => false,
         }
-    }
-
-    /// Whether every member is one of `other`.
-    pub fn is_subset(&self, other: &SortedSet<T>) -> bool {
-        self.iter().all(|m| other.contains(m))
     }
 
     /// A set of `members` in any order, or, when one is given twice, that one: the first that

@@ -609,7 +609,7 @@ pub(crate) fn list_sorted(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, Kind)
 }
 
 /// The entries of an open directory (read from its start), but `.` and `..`, with their kinds.
-fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, Kind)>> {
+pub(crate) fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, Kind)>> {
     // struct linux_dirent64: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, char d_name[].
     const NAME: usize = 19;
     let mut buf = vec![0u8; 32 << 10];

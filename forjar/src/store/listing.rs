@@ -8,11 +8,11 @@
 //! its own entries only.
 
 use std::collections::HashSet;
-use std::fs;
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::AsFd;
 
 use super::{EntryName, Store, StoreError};
 use crate::hash::Key;
+use crate::walk;
 
 /// How many entries, per look the plan would make, the store may hold for one read of its
 /// directory to be made instead: a name read costs a small part of a look.
@@ -62,33 +62,35 @@ impl Store {
     /// store may hold many more than `looks`, or its file system does not say how many.
     fn entry_names(&self, looks: usize) -> Result<Option<HashSet<String>>, StoreError> {
         let dir = self.dir();
-        let subdirectories = fs::metadata(dir)
-            .map_err(StoreError::io("cannot read", dir))?
-            .nlink()
+        let cannot_read = || StoreError::io("cannot read", dir);
+        // A descriptor of its own: a listing moves the descriptor's offset.
+        let root = walk::open_dir_path(dir).map_err(cannot_read())?;
+        let subdirectories = walk::fstat(root.as_fd())
+            .map_err(cannot_read())?
+            .st_nlink
             .saturating_sub(2);
         if subdirectories == 0 || subdirectories > ENTRIES_PER_LOOK * looks as u64 {
             return Ok(None);
         }
-        let mut names = HashSet::with_capacity(subdirectories as usize);
-        for entry in fs::read_dir(dir).map_err(StoreError::io("cannot read", dir))? {
-            let entry = entry.map_err(StoreError::io("cannot read", dir))?;
-            // The type as the directory gives it, else by `lstat`: a symlink is no entry.
-            let is_dir = match entry.file_type() {
-                Ok(kind) => kind.is_dir(),
-                Err(e) => return Err(StoreError::io("cannot read", &entry.path())(e)),
-            };
-            if let (true, Ok(name)) = (is_dir, entry.file_name().into_string())
-                && !name.starts_with('.')
-            {
-                names.insert(name);
-            }
-        }
+        // Each name's kind as the directory gives it, else by `fstatat` without following: a
+        // symlink is no entry.
+        let names = walk::list(root.as_fd())
+            .map_err(cannot_read())?
+            .into_iter()
+            .filter(|(name, kind)| {
+                matches!(kind, walk::Kind::Dir) && !name.to_bytes().starts_with(b".")
+            })
+            .filter_map(|(name, _)| name.into_string().ok())
+            .collect();
         Ok(Some(names))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
+
     use super::*;
     use crate::name::Name;
 
