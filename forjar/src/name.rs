@@ -194,6 +194,10 @@ pub struct Limits {
     pub max_output_size: Option<u64>,
     /// Largest log kept, in bytes.
     pub max_log_size: Option<u64>,
+    /// Most processes the builder and everything it starts may have at once. Left out of the
+    /// wire form when unset, so that a peer of an earlier version reads the limits as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_processes: Option<u64>,
 }
 
 /// The bound on a build's outputs, in bytes, when a derivation sets none: every byte of an
@@ -202,11 +206,20 @@ pub struct Limits {
 pub const DEFAULT_MAX_OUTPUT_SIZE: u64 = 64 << 30;
 /// The bound on a build's `/build` directory, in bytes (apparent size).
 pub const MAX_BUILD_DIR_SIZE: u64 = 64 << 30;
+/// The most processes a build may have at once when a derivation sets nothing: a fork bomb
+/// stops here.
+pub const DEFAULT_MAX_PROCESSES: u64 = 4096;
 
 impl Limits {
     /// The bound on the outputs' total size: the derivation's, or [`DEFAULT_MAX_OUTPUT_SIZE`].
     pub fn output_cap(&self) -> u64 {
         self.max_output_size.unwrap_or(DEFAULT_MAX_OUTPUT_SIZE)
+    }
+
+    /// The bound on the build's processes at once: the derivation's, or
+    /// [`DEFAULT_MAX_PROCESSES`].
+    pub fn process_cap(&self) -> u64 {
+        self.max_processes.unwrap_or(DEFAULT_MAX_PROCESSES)
     }
 }
 

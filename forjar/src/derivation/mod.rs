@@ -408,6 +408,13 @@ impl DerivationBuilder {
         self
     }
 
+    /// Most processes the builder and everything it starts may have at once (default
+    /// [`DEFAULT_MAX_PROCESSES`](crate::name::DEFAULT_MAX_PROCESSES)); a fork past it fails.
+    pub fn max_processes(mut self, processes: u64) -> Self {
+        self.limits.max_processes = Some(processes);
+        self
+    }
+
     /// Lets the script do what differs on every run (`$RANDOM`, `date`, `/dev/urandom`):
     /// its output is then not reproducible, and `check` will say so.
     pub fn allow_impure(mut self) -> Self {
@@ -560,6 +567,14 @@ impl DerivationBuilder {
             |n| env.keys().any(|k: &EnvKey| k.as_str() == n),
             |n| outputs.iter().any(|o: &OutputName| o.as_str() == n),
         )?;
+        if self.limits.max_processes == Some(0) {
+            return Err(InvalidValue::new(
+                "process limit",
+                "0",
+                "the builder is a process of the build; give `max_processes` 1 or more",
+            )
+            .into());
+        }
         if self.toolchain.is_some() && self.sandbox == SandboxLevel::HostTools {
             return Err(InvalidValue::new(
                 "sandbox level",

@@ -231,6 +231,13 @@ impl<'a> Prepared<'a> {
                     " (its memory limit is enforced by RLIMIT_AS here, and may have been hit)",
                 );
             }
+            if finished.process_limit_hit {
+                reason.push_str(&format!(
+                    " (it reached its limit of {} processes at once, and the kernel refused \
+                     it more; raise the limit with `max_processes` if the build needs them)",
+                    limits.process_cap()
+                ));
+            }
             return Err(self.fail(reason, finished.log_tail));
         }
 

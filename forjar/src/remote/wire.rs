@@ -225,7 +225,11 @@ mod tests {
             cpus: Some(2),
             ..Default::default()
         };
-        let received = decode(&encoded(&request, &key, &limits, Some("src/main.rs:3"))).unwrap();
+        let text = encoded(&request, &key, &limits, Some("src/main.rs:3"));
+        // Unset, the process limit is not on the wire: a worker of an earlier version, whose
+        // limits have no such field, reads the document as before.
+        assert!(!String::from_utf8_lossy(&text).contains("max_processes"));
+        let received = decode(&text).unwrap();
         assert_eq!(received.key, key);
         assert_eq!(received.request.args, request.args);
         assert_eq!(received.request.env, request.env);
@@ -233,6 +237,12 @@ mod tests {
         assert_eq!(received.limits.timeout, limits.timeout);
         assert_eq!(received.limits.cpus, Some(2));
         assert_eq!(received.location.as_deref(), Some("src/main.rs:3"));
+        let limits = Limits {
+            max_processes: Some(64),
+            ..limits
+        };
+        let received = decode(&encoded(&request, &key, &limits, None)).unwrap();
+        assert_eq!(received.limits, limits);
         let outputs = received.outputs();
         assert_eq!(outputs.len(), 2);
         assert!(

@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::libc;
 use nix::unistd::Pid;
 
-use super::DEFAULT_MAX_PROCESSES;
 use crate::name::Limits;
 
 const ROOT: &str = "/sys/fs/cgroup";
@@ -80,7 +79,7 @@ impl Cgroup {
                 fs::write(dir.join("memory.max"), memory.to_string())?;
                 let _ = fs::write(dir.join("memory.swap.max"), "0");
             }
-            fs::write(dir.join("pids.max"), DEFAULT_MAX_PROCESSES.to_string())?;
+            fs::write(dir.join("pids.max"), pids_max(limits))?;
             return Ok(Some(cgroup));
         }
         let (memory, pids) = (root.join("memory"), root.join("pids"));
@@ -102,10 +101,7 @@ impl Cgroup {
                 limit.to_string(),
             );
         }
-        fs::write(
-            cgroup.dirs[1].join("pids.max"),
-            DEFAULT_MAX_PROCESSES.to_string(),
-        )?;
+        fs::write(cgroup.dirs[1].join("pids.max"), pids_max(limits))?;
         Ok(Some(cgroup))
     }
 
@@ -148,6 +144,24 @@ impl Cgroup {
             })
         })
     }
+
+    /// Whether the kernel refused a fork of the build for its process limit (the `max` count
+    /// of `pids.events`, on v2 and v1 alike).
+    pub fn process_limit_hit(&self) -> bool {
+        let Some(dir) = self.dirs.last() else {
+            return false;
+        };
+        fs::read_to_string(dir.join("pids.events")).is_ok_and(|text| {
+            text.lines()
+                .any(|line| line.strip_prefix("max ").is_some_and(|n| n.trim() != "0"))
+        })
+    }
+}
+
+/// The cgroup's `pids.max`: the build's process limit, and one for the supervisor, which is in
+/// the cgroup too.
+fn pids_max(limits: &Limits) -> String {
+    limits.process_cap().saturating_add(1).to_string()
 }
 
 /// Removes the empty cgroups of forjar processes that no longer exist (killed before they could

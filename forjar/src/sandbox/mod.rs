@@ -90,8 +90,6 @@ pub const SOURCE_DATE_EPOCH: u64 = 315_532_800;
 const TAIL_LINES: usize = 25;
 /// The largest log kept when a derivation sets none.
 pub const DEFAULT_MAX_LOG: u64 = 64 << 20;
-/// The most processes a build may have when a derivation sets nothing (a fork bomb stops here).
-pub const DEFAULT_MAX_PROCESSES: u64 = 4096;
 
 /// Why the sandbox could not run a build.
 #[derive(Debug, thiserror::Error)]
@@ -322,6 +320,8 @@ pub struct Finished {
     pub log_bytes: u64,
     /// Wall-clock time.
     pub duration: Duration,
+    /// Whether the kernel refused it a process for its process limit (known with a cgroup only).
+    pub process_limit_hit: bool,
 }
 
 /// The host ids a build runs as: an unprivileged build id for root, the caller's own otherwise.
@@ -585,7 +585,7 @@ fn prepare(
         if let Some(memory) = spec.limits.memory {
             rlimits.push((Resource::RLIMIT_AS, memory));
         }
-        rlimits.push((Resource::RLIMIT_NPROC, DEFAULT_MAX_PROCESSES));
+        rlimits.push((Resource::RLIMIT_NPROC, spec.limits.process_cap()));
     }
 
     Ok(Prepared {
@@ -943,6 +943,7 @@ fn run_streams(
     let status_len = File::from(status_read).read(&mut status).unwrap_or(0);
     let (killed, tail, log_bytes) = killed?;
     let memory_hit = cgroup.as_ref().is_some_and(Cgroup::oom_killed);
+    let process_limit_hit = cgroup.as_ref().is_some_and(Cgroup::process_limit_hit);
     drop(cgroup);
 
     if let Some((&kind, message)) = failure.split_first()
@@ -975,6 +976,7 @@ fn run_streams(
         log_tail: tail,
         log_bytes,
         duration: started.elapsed(),
+        process_limit_hit,
     })
 }
 
