@@ -3,8 +3,8 @@
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
 
-use forjar::store::{EntryName, Problem, RootTarget, Store};
-use forjar_suite::{install_file, temp_store, test_key};
+use forjar::store::{EntryName, Problem, Recovered, RootTarget, Store};
+use forjar_suite::{install_file, run_dag, stderr, temp_store, test_key};
 
 /// Makes an entry's content writable again and overwrites it, as a careless tool might.
 fn tamper(store: &Store, entry: &forjar::store::EntryName, contents: &[u8]) {
@@ -296,4 +296,161 @@ fn verify_names_an_entry_whose_reference_is_gone() {
         "{}",
         report.problems[0]
     );
+}
+
+/// The windows of entries not yet synced (`<store>/.pending`), by name.
+fn windows(store: &Store) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(store.dir().join(".pending"))
+        .map(|listing| {
+            listing
+                .map(|item| item.unwrap().file_name().into_string().unwrap())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The names of the markers in a window.
+fn markers(store: &Store, window: &str) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(store.dir().join(".pending").join(window))
+        .unwrap()
+        .map(|item| item.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Renames `window` as if it had been made in an earlier boot: what a crash and a restart leave.
+fn rebooted(store_dir: &std::path::Path, window: &str) {
+    let rest = window.split_once('.').unwrap().1;
+    let pending = store_dir.join(".pending");
+    fs::rename(
+        pending.join(window),
+        pending.join(format!("{}.{rest}", "0".repeat(32))),
+    )
+    .unwrap();
+}
+
+/// Empties `entry`'s content, as a crash does to bytes that never reached the disk.
+fn lose_content(store_dir: &std::path::Path, entry: &EntryName) {
+    let content = store_dir.join(entry.as_str()).join("content");
+    fs::set_permissions(&content, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&content, b"").unwrap();
+}
+
+#[test]
+fn installed_entries_are_marked_until_one_sync_makes_them_durable() {
+    let (_dir, store) = temp_store();
+    let (lib, app) = lib_and_app(&store);
+    let open = windows(&store);
+    assert_eq!(open.len(), 1, "{open:?}");
+    let mut installed = vec![lib.to_string(), app.to_string()];
+    installed.sort();
+    assert_eq!(markers(&store, &open[0]), installed);
+    store.sync().unwrap();
+    assert!(windows(&store).is_empty());
+    // The next install opens a new window; recording a generation syncs it first.
+    let other = install_file(&store, "other", test_key(3), b"o", vec![]);
+    assert_eq!(windows(&store).len(), 1);
+    let roots = [("app".to_string(), app.clone())].into_iter().collect();
+    store.profile("p").unwrap().record(roots).unwrap();
+    assert!(windows(&store).is_empty());
+    let _ = install_file(&store, "more", test_key(4), b"m", vec![]);
+    store.add_root("other", &other).unwrap();
+    assert!(windows(&store).is_empty());
+}
+
+#[test]
+fn a_window_of_a_process_gone_in_this_boot_is_synced_and_removed_when_the_store_opens() {
+    let (dir, store) = temp_store();
+    let (lib, app) = lib_and_app(&store);
+    // A second handle while the first lives: its window is locked, and left alone.
+    let again = Store::open(dir.path().join("store")).unwrap();
+    assert_eq!(again.recovered(), &Recovered::default());
+    assert_eq!(windows(&store).len(), 1);
+    drop(again);
+    drop(store);
+    let store = Store::open(dir.path().join("store")).unwrap();
+    assert_eq!(store.recovered().synced, 1);
+    assert_eq!(store.recovered().checked, 0);
+    assert!(windows(&store).is_empty());
+    assert!(store.contains(&lib) && store.contains(&app));
+    assert!(store.verify().unwrap().is_ok());
+}
+
+#[test]
+fn after_a_crash_the_entries_a_window_names_are_checked_and_those_that_lost_data_removed() {
+    let (dir, store) = temp_store();
+    // Synced before the crash: never checked, whatever happens to later windows.
+    let old = install_file(&store, "old", test_key(5), b"old", vec![]);
+    store.sync().unwrap();
+    let (lib, app) = lib_and_app(&store);
+    let user = install_file(&store, "user", test_key(7), b"user", vec![app.clone()]);
+    let other = install_file(&store, "other", test_key(3), b"other", vec![old.clone()]);
+    let unrecorded = install_file(&store, "unrecorded", test_key(6), b"u", vec![]);
+    let window = windows(&store).remove(0);
+    drop(store);
+
+    // What a crash can leave: the window is of an earlier boot; `lib` lost its content's data
+    // (`app` refers to it, and `user` to `app`); `unrecorded` lost its digest record's; a
+    // realisation and a last-build record written in the window are empty.
+    let store_dir = dir.path().join("store");
+    rebooted(&store_dir, &window);
+    lose_content(&store_dir, &lib);
+    let record = store_dir.join(".digests").join(unrecorded.as_str());
+    fs::remove_file(&record).unwrap();
+    fs::write(&record, b"").unwrap();
+    let realisation = store_dir.join(".realisations").join("a".repeat(32));
+    fs::write(&realisation, b"").unwrap();
+    let last_build = store_dir.join(".builds/lost.json");
+    fs::write(&last_build, b"").unwrap();
+
+    let store = Store::open(&store_dir).unwrap();
+    let recovered = store.recovered();
+    assert_eq!(recovered.checked, 1);
+    assert_eq!(recovered.synced, 0);
+    let mut removed = vec![lib.clone(), app.clone(), user.clone(), unrecorded.clone()];
+    removed.sort();
+    assert_eq!(recovered.removed, removed);
+    for entry in &removed {
+        assert!(!store.contains(entry), "{entry} was kept");
+    }
+    assert!(store.contains(&other) && store.contains(&old));
+    assert!(!realisation.exists() && !last_build.exists());
+    assert!(windows(&store).is_empty());
+    assert!(
+        store.verify().unwrap().is_ok(),
+        "{:?}",
+        store.verify().unwrap()
+    );
+    // Settled once: the next open finds nothing to do.
+    drop(store);
+    let store = Store::open(&store_dir).unwrap();
+    assert_eq!(store.recovered(), &Recovered::default());
+}
+
+#[test]
+fn a_program_says_what_it_checked_and_removed_after_a_crash() {
+    let (dir, store) = temp_store();
+    let lib = install_file(&store, "lib", test_key(1), b"library", vec![]);
+    let window = windows(&store).remove(0);
+    drop(store);
+    let store_dir = dir.path().join("store");
+    rebooted(&store_dir, &window);
+    lose_content(&store_dir, &lib);
+    let out = run_dag(&store_dir, &[("DAG_LAYERS", "1")], &["apply", "-q"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "the machine stopped before entries installed in the store were synced; checked \
+             them: removed 1 that had lost data (`{lib}`)"
+        )),
+        "{err}"
+    );
+    let store = Store::open(&store_dir).unwrap();
+    assert!(!store.contains(&lib));
+    // The apply synced what it built, and left no window.
+    assert!(windows(&store).is_empty());
 }

@@ -208,7 +208,11 @@ impl Session {
             &|event| progress.observe(event),
         );
         progress.finish();
-        result.map_err(exec_failure)
+        // What was installed, before a failure too, is made durable with one sync.
+        let synced = self.store.sync();
+        let report = result.map_err(exec_failure)?;
+        synced?;
+        Ok(report)
     }
 
     fn apply(

@@ -55,6 +55,32 @@ impl Session {
             true => Store::open_to_read(store_dir)?,
             false => Store::open(store_dir)?,
         };
+        let recovered = store.recovered();
+        if recovered.checked > 0 {
+            let removed = match recovered.removed.as_slice() {
+                [] => "none had lost anything".to_string(),
+                removed => format!(
+                    "removed {} that had lost data ({}); they are built again when needed",
+                    removed.len(),
+                    removed
+                        .iter()
+                        .map(|e| format!("`{e}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            };
+            let _ = writeln!(
+                io::stderr().lock(),
+                "{}",
+                super::terminal::message(
+                    "warning",
+                    &format!(
+                        "the machine stopped before entries installed in the store were synced; \
+                         checked them: {removed}"
+                    )
+                )
+            );
+        }
         // Read only by a program that has toolchains to pin.
         let lock = match program.toolchains().is_empty() {
             true => Lock::empty(lock.to_path_buf()),

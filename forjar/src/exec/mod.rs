@@ -567,8 +567,8 @@ pub fn needed_for(plan: &Plan, targets: impl IntoIterator<Item = NodeIndex>) -> 
         .collect()
 }
 
-/// Realises everything the plan's roots need with `executor`, in parallel, and registers the
-/// roots.
+/// Realises everything the plan's roots need with `executor`, in parallel, makes what it
+/// installed durable with one sync ([`Store::sync`]), and registers the roots.
 pub fn apply(
     plan: &Plan,
     store: &Store,
@@ -576,7 +576,11 @@ pub fn apply(
     options: &Options,
     observer: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<Report, ExecError> {
-    let mut report = realise_all(plan, store, &needed(plan), executor, options, observer)?;
+    let realised = realise_all(plan, store, &needed(plan), executor, options, observer);
+    // What was installed, before a failure too.
+    let synced = store.sync();
+    let mut report = realised?;
+    synced?;
     report.roots = register_roots(plan, store)?;
     Ok(report)
 }

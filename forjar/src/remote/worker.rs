@@ -465,6 +465,11 @@ fn build(
     let log_path = store.log_path(&received.key.store_hash());
     match exec::run_job(&local, &job, store, cancel, &|_| {}) {
         Ok(_) => {
+            // A worker runs for long: each job's entries are made durable when it ends, so
+            // that what a crash leaves to check stays one job's.
+            store
+                .sync()
+                .map_err(|e| Refusal::new(tonic::Code::Internal, e.to_string()))?;
             let mut result = re::ActionResult::default();
             for entry in &entries {
                 // Each output's tree holds the build's log, which is also the action's stdout.

@@ -87,6 +87,8 @@ impl Store {
         if Name::new(name).is_err() {
             return Err(StoreError::BadRootName(name.to_string()));
         }
+        // A root must not outlive, after a crash, the entry it names.
+        self.sync()?;
         self.put_root(name, &self.entry_path(entry))
     }
 
@@ -220,7 +222,7 @@ impl Store {
 
     /// Runs `f` with the store to this handle alone: waits (after `on_wait`) while other
     /// handles have it open.
-    fn exclusively<T>(
+    pub(super) fn exclusively<T>(
         &self,
         on_wait: impl FnOnce(),
         f: impl FnOnce() -> Result<T, StoreError>,
@@ -298,7 +300,7 @@ impl Store {
     }
 
     /// Removes `entry` in one step (renamed out of place, then deleted).
-    fn remove_entry(&self, entry: &EntryName) -> Result<(), StoreError> {
+    pub(super) fn remove_entry(&self, entry: &EntryName) -> Result<(), StoreError> {
         let path = self.entry_path(entry);
         // Renamed out of place first, so the entry vanishes in one step; a crash during the
         // removal leaves only staging garbage, swept on the next open.

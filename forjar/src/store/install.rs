@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, TryLockError};
-use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -333,13 +332,10 @@ impl<'s> Staging<'s> {
             .map_err(StoreError::io("cannot write", &meta_path))?;
         set_mode(&meta_path, 0o444)?;
         self.store.record_digest(&self.entry, &meta.digest)?;
-        // One syncfs makes every staged file durable before the rename publishes the entry, so
-        // a crash cannot leave a valid-looking entry with empty files.
-        let store_dir = File::open(self.store.dir())
-            .map_err(StoreError::io("cannot open", self.store.dir()))?;
-        nix::unistd::syncfs(store_dir.as_fd()).map_err(|e| {
-            StoreError::io("cannot sync the file system of", self.store.dir())(e.into())
-        })?;
+        // The entry is marked in this process's window before it is renamed into place: its
+        // files reach the disk at the next sync, and until then a crash leaves it to be
+        // checked (`pending`).
+        let installing = self.store.installing(&self.entry)?;
         let target = self.store.entry_path(&self.entry);
         match fs::rename(&self.dir, &target) {
             Ok(()) => {}
@@ -358,9 +354,7 @@ impl<'s> Staging<'s> {
             Err(e) => return Err(StoreError::io("cannot install", &target)(e)),
         }
         set_mode(&target, 0o555)?;
-        store_dir
-            .sync_all()
-            .map_err(StoreError::io("cannot sync", self.store.dir()))?;
+        drop(installing);
         // The staging directory is gone; nothing is left for drop to remove.
         std::mem::forget(self);
         Ok(Committed::Installed(Box::new(meta)))

@@ -15,10 +15,14 @@
 //! <store>/.realisations/<h>         where a build's outputs are, when not where its key says
 //! <store>/.builds/<name>.json       the last build of each derivation name
 //! <store>/.settings.yaml            the store's settings (`keep-build-inputs`)
+//! <store>/.pending/<boot>.<pid>.<n>/ entries installed and not yet synced (`pending`)
 //! ```
 //!
-//! An entry is valid exactly when its directory exists: it is staged in `.tmp/`, synced, and
-//! renamed into place in one `rename(2)`.
+//! An entry is valid exactly when its directory exists: it is staged in `.tmp/` and renamed
+//! into place in one `rename(2)`, after a marker of its name in the process's window of
+//! entries not yet synced. A sync (`Store::sync`, before any generation or root is recorded)
+//! makes a window's entries durable at once; after a crash, the entries an earlier boot's
+//! window names are checked and removed if they lost anything (`pending`).
 //!
 //! Every open `Store` holds a shared lock on `.locks/store.lock`; garbage collection takes it
 //! exclusively, so that it never deletes an entry another process is about to use or build on.
@@ -28,6 +32,7 @@ mod gc;
 mod install;
 mod listing;
 mod meta;
+mod pending;
 mod profile;
 mod realisation;
 mod settings;
@@ -46,6 +51,7 @@ pub use gc::{GcReport, Root, RootTarget};
 pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
 pub use listing::Listing;
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
+pub use pending::Recovered;
 pub use profile::{Generation, Profile, RootChanges};
 pub use realisation::{BuildRecord, Realised, RealisedOutput};
 pub use settings::Settings;
@@ -250,6 +256,10 @@ pub struct Store {
     root: OnceLock<std::os::fd::OwnedFd>,
     /// Build directories of finished builds, kept for the next.
     build_dirs: builddir::Pool,
+    /// Entries installed and not yet synced ([`Store::sync`]).
+    pending: pending::Pending,
+    /// What opening the store settled of earlier processes' windows.
+    recovered: Recovered,
 }
 
 impl std::fmt::Debug for Store {
@@ -350,6 +360,8 @@ impl Store {
             cache: OnceLock::new(),
             root: OnceLock::new(),
             build_dirs: Default::default(),
+            pending: Default::default(),
+            recovered: Recovered::default(),
         })
     }
 
@@ -446,15 +458,24 @@ impl Store {
             .map_err(StoreError::io("cannot open", &lock_path))?;
         lock.lock_shared()
             .map_err(StoreError::io("cannot lock", &lock_path))?;
-        let store = Store {
+        let mut store = Store {
             dir: store_dir,
             lock: Some(lock),
             cache: OnceLock::new(),
             root: OnceLock::new(),
             build_dirs: Default::default(),
+            pending: Default::default(),
+            recovered: Recovered::default(),
         };
         store.sweep_staging()?;
+        store.recovered = store.recover_pending()?;
         Ok(store)
+    }
+
+    /// What opening the store found of processes that were gone before their entries were
+    /// synced: after a crash, the entries checked and those removed (they are built again).
+    pub fn recovered(&self) -> &Recovered {
+        &self.recovered
     }
 
     /// The store's directory (absolute, symlinks resolved).

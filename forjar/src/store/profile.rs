@@ -244,6 +244,8 @@ impl Profile<'_> {
         &self,
         roots: BTreeMap<String, EntryName>,
     ) -> Result<(Generation, bool), StoreError> {
+        // A generation must not outlive, after a crash, the entries it names.
+        self.store.sync()?;
         let _lock = self.lock()?;
         let current = self.current()?;
         if let Some(number) = current {

@@ -67,6 +67,44 @@ impl Store {
         read_json(&self.realisation_path(key))
     }
 
+    /// Removes every last-build record that cannot be read or names an entry that is gone
+    /// (after a crash's check removed entries); returns how many.
+    pub(crate) fn sweep_build_records(&self) -> Result<usize, StoreError> {
+        #[derive(Deserialize)]
+        struct Last {
+            outputs: Realised,
+        }
+        let dir = self.dir().join(".builds");
+        let Ok(listing) = fs::read_dir(&dir) else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for item in listing.flatten() {
+            let path = item.path();
+            let outputs = read_json::<Last>(&path).map(|last| last.map(|l| l.outputs));
+            removed += usize::from(self.remove_if_stale(&path, outputs)?);
+        }
+        Ok(removed)
+    }
+
+    /// Removes the record at `path` if it could not be read (`outputs` is an error) or names
+    /// an entry that is gone; returns whether it did.
+    fn remove_if_stale(
+        &self,
+        path: &Path,
+        outputs: Result<Option<Realised>, StoreError>,
+    ) -> Result<bool, StoreError> {
+        let stale = match outputs {
+            Ok(Some(outputs)) => outputs.values().any(|o| !self.contains(&o.entry)),
+            Ok(None) => false,
+            Err(_) => true,
+        };
+        if stale {
+            fs::remove_file(path).map_err(StoreError::io("cannot remove", path))?;
+        }
+        Ok(stale)
+    }
+
     /// The store hashes of every key with a realisation, read in one pass over the directory.
     pub fn realised_hashes(&self) -> Result<HashSet<String>, StoreError> {
         let dir = self.dir().join(".realisations");
@@ -101,15 +139,7 @@ impl Store {
         let mut removed = 0;
         for hash in self.realised_hashes()? {
             let path = self.dir().join(".realisations").join(&hash);
-            let stale = match read_json::<Realised>(&path) {
-                Ok(Some(outputs)) => outputs.values().any(|o| !self.contains(&o.entry)),
-                Ok(None) => false,
-                Err(_) => true,
-            };
-            if stale {
-                fs::remove_file(&path).map_err(StoreError::io("cannot remove", &path))?;
-                removed += 1;
-            }
+            removed += usize::from(self.remove_if_stale(&path, read_json::<Realised>(&path))?);
         }
         Ok(removed)
     }

@@ -185,7 +185,7 @@ impl Store {
     }
 
     /// What is wrong with `entry`: its content, and its references.
-    fn check(&self, entry: &EntryName) -> Vec<Problem> {
+    pub(super) fn check(&self, entry: &EntryName) -> Vec<Problem> {
         let meta = match self.meta(entry) {
             Ok(meta) => meta,
             Err(e) => {

@@ -1,0 +1,280 @@
+//! Entries made durable a batch at a time, and checked after a crash that came before.
+//!
+//! ```text
+//! <store>/.pending/<boot>.<pid>.<n>/          a window: entries installed since its last sync
+//! <store>/.pending/<boot>.<pid>.<n>/<entry>   one marker per entry installed in it
+//! ```
+//!
+//! Installing an entry is a rename into place; its files reach the disk when the kernel writes
+//! them back, or at the next [`Store::sync`], one `syncfs` for every entry installed since the
+//! last. Before the rename, the entry's name is created as a marker in the process's window,
+//! a directory named by the boot it was made in. A crash loses at most what was not yet on the
+//! disk, and the windows say which entries may have lost something:
+//!
+//! - A window of a process that is gone, made in this boot, holds nothing at risk: the kernel
+//!   has every byte. The next store to open it syncs the file system and removes it.
+//! - A window made in another boot may name entries whose files were lost with the machine.
+//!   The next store to open it takes the store to itself, checks each named entry as `verify`
+//!   does (content against the digest recorded outside the entry, `meta.yaml`, references),
+//!   removes those that fail and those that refer to them, drops damaged or stale realisation
+//!   and build records, and removes the window. What was removed is built again when needed.
+//!
+//! That a marker is on the disk whenever the rename after it is rests on journaling file
+//! systems (ext4, XFS, btrfs) committing metadata operations in order; no data of the marker
+//! is read, only its name.
+
+use std::fs::{self, File};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
+
+use super::{EntryName, Store, StoreError};
+
+/// The directory of the windows, in the store.
+const PENDING: &str = ".pending";
+
+/// This process's open window, and the gate that keeps a sync from running between an
+/// entry's marker and its rename.
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    window: Mutex<Option<Window>>,
+    gate: RwLock<()>,
+}
+
+/// An open window: its directory, locked (by `flock`) while this process has it.
+#[derive(Debug)]
+struct Window {
+    dir: PathBuf,
+    _lock: File,
+}
+
+/// What opening the store found of earlier windows.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    /// Windows of gone processes of this boot, synced and removed.
+    pub synced: usize,
+    /// Windows of an earlier boot, checked and removed.
+    pub checked: usize,
+    /// Entries those windows named that failed their check (or referred to one that did),
+    /// removed.
+    pub removed: Vec<EntryName>,
+}
+
+/// Held from an entry's marker to its rename; a sync waits for every one to be dropped.
+pub(super) struct Installing<'s> {
+    _gate: RwLockReadGuard<'s, ()>,
+}
+
+static WINDOWS: AtomicU64 = AtomicU64::new(0);
+
+/// This boot's id, as the kernel gives it (`/proc/sys/kernel/random/boot_id`), without dashes.
+fn boot_id() -> Result<String, StoreError> {
+    let path = Path::new("/proc/sys/kernel/random/boot_id");
+    let text = fs::read_to_string(path).map_err(StoreError::io("cannot read", path))?;
+    Ok(text.trim().replace('-', ""))
+}
+
+impl Store {
+    fn pending_dir(&self) -> PathBuf {
+        self.dir().join(PENDING)
+    }
+
+    /// Marks `entry` as installed in this process's window (opening one if there is none) and
+    /// returns the guard to hold until its rename is done.
+    pub(super) fn installing(&self, entry: &EntryName) -> Result<Installing<'_>, StoreError> {
+        let gate = self
+            .pending
+            .gate
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut window = self
+            .pending
+            .window
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if window.is_none() {
+            *window = Some(self.open_window()?);
+        }
+        let dir = &window.as_ref().expect("opened above").dir;
+        let marker = dir.join(entry.as_str());
+        File::create(&marker).map_err(StoreError::io("cannot create", &marker))?;
+        Ok(Installing { _gate: gate })
+    }
+
+    fn open_window(&self) -> Result<Window, StoreError> {
+        let pending = self.pending_dir();
+        fs::create_dir_all(&pending).map_err(StoreError::io("cannot create", &pending))?;
+        let name = format!(
+            "{}.{}.{}",
+            boot_id()?,
+            std::process::id(),
+            WINDOWS.fetch_add(1, Ordering::Relaxed)
+        );
+        // Made and locked under a dot-name, then renamed: a window is never seen unlocked
+        // while its process lives.
+        let new = pending.join(format!(".{name}"));
+        fs::create_dir(&new).map_err(StoreError::io("cannot create", &new))?;
+        let lock = File::open(&new).map_err(StoreError::io("cannot open", &new))?;
+        lock.lock().map_err(StoreError::io("cannot lock", &new))?;
+        let dir = pending.join(name);
+        fs::rename(&new, &dir).map_err(StoreError::io("cannot create", &dir))?;
+        Ok(Window { dir, _lock: lock })
+    }
+
+    /// Makes every entry this handle installed durable: one `syncfs` of the store's file
+    /// system, after every install under way is done. Recording a generation or a root does
+    /// it first, so that neither can outlive what it names; a program that keeps entries some
+    /// other way calls it when they must survive a crash.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let _gate = self
+            .pending
+            .gate
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let window = self
+            .pending
+            .window
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(window) = window {
+            self.syncfs()?;
+            remove_window(&window.dir);
+        }
+        Ok(())
+    }
+
+    fn syncfs(&self) -> Result<(), StoreError> {
+        let dir = File::open(self.dir()).map_err(StoreError::io("cannot open", self.dir()))?;
+        nix::unistd::syncfs(dir.as_fd())
+            .map_err(|e| StoreError::io("cannot sync the file system of", self.dir())(e.into()))
+    }
+
+    /// Settles the windows of processes that are gone (module docs). Called when the store is
+    /// opened, before anything in it is used.
+    pub(super) fn recover_pending(&self) -> Result<Recovered, StoreError> {
+        let mut recovered = Recovered::default();
+        let pending = self.pending_dir();
+        let Ok(listing) = fs::read_dir(&pending) else {
+            return Ok(recovered);
+        };
+        let boot = boot_id()?;
+        let mut earlier_boot = false;
+        let mut gone = Vec::new();
+        for item in listing.flatten() {
+            let name = item.file_name().to_string_lossy().into_owned();
+            let path = item.path();
+            if let Some(new) = name.strip_prefix('.') {
+                // A window its process did not get to name holds no marker. One of this boot
+                // may be about to be locked, and is left (empty, it costs nothing).
+                if new.split('.').next() != Some(boot.as_str()) {
+                    let _ = fs::remove_dir(&path);
+                }
+                continue;
+            }
+            if name.split('.').next() != Some(boot.as_str()) {
+                earlier_boot = true;
+                continue;
+            }
+            // Of this boot: gone when its process no longer holds its lock.
+            let Ok(lock) = File::open(&path) else {
+                continue;
+            };
+            if lock.try_lock().is_ok() {
+                gone.push((path, lock));
+            }
+        }
+        if !gone.is_empty() {
+            self.syncfs()?;
+            for (path, _lock) in &gone {
+                remove_window(path);
+            }
+            recovered.synced = gone.len();
+        }
+        if earlier_boot {
+            self.exclusively(|| {}, || self.check_windows(&boot, &mut recovered))?;
+        }
+        Ok(recovered)
+    }
+
+    /// With the store to itself: checks the entries the windows of earlier boots name, and
+    /// removes those windows.
+    fn check_windows(&self, boot: &str, recovered: &mut Recovered) -> Result<(), StoreError> {
+        let pending = self.pending_dir();
+        let listing = fs::read_dir(&pending).map_err(StoreError::io("cannot read", &pending))?;
+        let mut windows = Vec::new();
+        let mut named = Vec::new();
+        for item in listing.flatten() {
+            let name = item.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || name.split('.').next() == Some(boot) {
+                continue;
+            }
+            let path = item.path();
+            if let Ok(markers) = fs::read_dir(&path) {
+                named.extend(
+                    markers
+                        .flatten()
+                        .filter_map(|m| EntryName::parse(&m.file_name().to_string_lossy()).ok())
+                        .filter(|entry| self.contains(entry)),
+                );
+            }
+            windows.push(path);
+        }
+        named.sort();
+        named.dedup();
+        // Each named entry checked as `verify` does; then a failed entry fails those that
+        // refer to it, and those their referrers, until a round fails none. Entries outside
+        // the windows were synced before any of these was installed, and refer to none.
+        let (mut failed, mut kept): (Vec<EntryName>, Vec<EntryName>) = named
+            .into_iter()
+            .partition(|entry| !self.check(entry).is_empty());
+        let mut round = failed.clone();
+        while !round.is_empty() {
+            let (referrers, rest): (Vec<EntryName>, Vec<EntryName>) =
+                kept.into_iter().partition(|entry| {
+                    self.meta(entry)
+                        .is_ok_and(|meta| meta.references.iter().any(|r| round.contains(r)))
+                });
+            kept = rest;
+            failed.extend(referrers.iter().cloned());
+            round = referrers;
+        }
+        for entry in &failed {
+            self.remove_entry(entry)?;
+        }
+        recovered.removed = failed;
+        self.sweep_realisations()?;
+        self.sweep_build_records()?;
+        self.syncfs()?;
+        for window in &windows {
+            remove_window(window);
+        }
+        recovered.checked = windows.len();
+        recovered.removed.sort();
+        Ok(())
+    }
+}
+
+/// Removes a window: its markers, then itself. Best effort: a window left behind is settled
+/// again at the next open, which costs a sync or a check and loses nothing.
+fn remove_window(dir: &Path) {
+    if let Ok(markers) = fs::read_dir(dir) {
+        for marker in markers.flatten() {
+            let _ = fs::remove_file(marker.path());
+        }
+    }
+    let _ = fs::remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_boot_id_is_a_plain_name() {
+        let boot = boot_id().unwrap();
+        assert_eq!(boot.len(), 32, "{boot}");
+        assert!(boot.chars().all(|c| c.is_ascii_hexdigit()), "{boot}");
+    }
+}
