@@ -107,7 +107,7 @@ use crate::name::StoreDir;
 /// The marker file of a store, and the format it holds.
 const MARKER: &str = ".forjar-store";
 const FORMAT: &str = "forjar store v1\n";
-const DIRS: [&str; 9] = [
+const DIRS: [&str; 10] = [
     ".tmp",
     ".locks",
     ".logs",
@@ -117,6 +117,7 @@ const DIRS: [&str; 9] = [
     ".failed",
     ".realisations",
     ".builds",
+    ".pending",
 ];
 /// The directories no one but the store's owner may enter: what builds are writing, what failed
 /// builds left.
