@@ -93,11 +93,11 @@ impl Store {
             .window
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if window.is_none() {
-            *window = Some(self.open_window()?);
-        }
-        let dir = &window.as_ref().expect("opened above").dir;
-        let marker = dir.join(entry.as_str());
+        let window = match &mut *window {
+            Some(window) => window,
+            none => none.insert(self.open_window()?),
+        };
+        let marker = window.dir.join(entry.as_str());
         File::create(&marker).map_err(StoreError::io("cannot create", &marker))?;
         Ok(Installing { _gate: gate })
     }
