@@ -304,6 +304,8 @@ fn lock_toolchains(
         }));
         lock.insert(locked);
     }
+    // The imported toolchains are durable before the lock file names them.
+    store.sync()?;
     lock.write()
         .map_err(|e| Failure::new(ExitCode::Failure, e))?;
     let count = lock.toolchains().len();

@@ -342,7 +342,8 @@ pub fn adopt(store: &Store, entry: &EntryName, meta: &str, file: &Path) -> Resul
         moved => moved.map_err(AgentError::io("cannot move", file))?,
     }
     match staging.commit_fetched(meta)? {
-        Committed::Installed(_) => Ok(()),
+        // Durable before a generation names it.
+        Committed::Installed(_) => Ok(store.sync()?),
         Committed::Mismatch(m) => Err(AgentError(format!(
             "the uploaded agent hashes to {}, not {}; nothing was installed",
             m.got, m.expected

@@ -177,6 +177,8 @@ pub fn receive(
     loop {
         let name = get_bytes(input, MAX_NAME, "entry name")?;
         if name.is_empty() {
+            // What arrived is durable before anything (a generation, an activation) names it.
+            store.sync()?;
             return Ok(());
         }
         let name = String::from_utf8(name)
@@ -334,6 +336,13 @@ mod tests {
         let mut got = Vec::new();
         receive(&other, &mut &stream[..], |e| got.push(e.clone())).unwrap();
         assert_eq!(got, vec![entry.clone()]);
+        // Synced on arrival: no window of unsynced entries is left.
+        assert_eq!(
+            fs::read_dir(other_dir.path().join(".pending"))
+                .unwrap()
+                .count(),
+            0
+        );
         assert_eq!(
             other.meta(&entry).unwrap().digest,
             store.meta(&entry).unwrap().digest
