@@ -943,7 +943,9 @@ fn run_streams(
     let status_len = File::from(status_read).read(&mut status).unwrap_or(0);
     let (killed, tail, log_bytes) = killed?;
     let memory_hit = cgroup.as_ref().is_some_and(Cgroup::oom_killed);
-    let process_limit_hit = cgroup.as_ref().is_some_and(Cgroup::process_limit_hit);
+    // Read for a build that did not exit 0 only: a reason to give, not a state to keep.
+    let clean_exit = killed.is_none() && status_len == 2 && status == [0, 0];
+    let process_limit_hit = !clean_exit && cgroup.as_ref().is_some_and(Cgroup::process_limit_hit);
     drop(cgroup);
 
     if let Some((&kind, message)) = failure.split_first()

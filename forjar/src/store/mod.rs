@@ -514,14 +514,8 @@ impl Store {
     /// An entry is a directory: a symlink by its name is none. The name is looked up in the
     /// store directory's descriptor, so a plan of many entries walks the store's path once.
     pub fn contains(&self, entry: &EntryName) -> bool {
-        let root = match self.root.get() {
-            Some(root) => root,
-            // Opened only once the store exists: a store planned before it was made is looked
-            // at again by the next call.
-            None => match crate::walk::open_dir_path(self.dir()) {
-                Ok(root) => self.root.get_or_init(|| root),
-                Err(_) => return false,
-            },
+        let Ok(root) = self.root_fd() else {
+            return false;
         };
         let name = crate::walk::cstring(entry.as_str().as_bytes());
         crate::walk::stat_at(root.as_fd(), &name).is_ok_and(|st| {
@@ -530,6 +524,18 @@ impl Store {
                 crate::walk::Kind::Dir
             )
         })
+    }
+
+    /// The store directory's descriptor, kept for the handle's life. Opened only once the
+    /// store exists: a store planned before it was made is looked at again by the next call.
+    fn root_fd(&self) -> io::Result<&std::os::fd::OwnedFd> {
+        match self.root.get() {
+            Some(root) => Ok(root),
+            None => {
+                let root = crate::walk::open_dir_path(self.dir())?;
+                Ok(self.root.get_or_init(|| root))
+            }
+        }
     }
 
     /// The tree digest recorded for `entry` when it was installed, apart from the entry (whose

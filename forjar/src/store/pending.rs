@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
 
-use super::{EntryName, Store, StoreError};
+use super::{EntryName, Store, StoreError, remove_tree};
 
 /// The directory of the windows, in the store.
 const PENDING: &str = ".pending";
@@ -103,8 +103,8 @@ impl Store {
     }
 
     fn open_window(&self) -> Result<Window, StoreError> {
+        // `.pending` is made with the store.
         let pending = self.pending_dir();
-        fs::create_dir_all(&pending).map_err(StoreError::io("cannot create", &pending))?;
         let name = format!(
             "{}.{}.{}",
             boot_id()?,
@@ -146,8 +146,10 @@ impl Store {
     }
 
     fn syncfs(&self) -> Result<(), StoreError> {
-        let dir = File::open(self.dir()).map_err(StoreError::io("cannot open", self.dir()))?;
-        nix::unistd::syncfs(dir.as_fd())
+        let root = self
+            .root_fd()
+            .map_err(StoreError::io("cannot open", self.dir()))?;
+        nix::unistd::syncfs(root.as_fd())
             .map_err(|e| StoreError::io("cannot sync the file system of", self.dir())(e.into()))
     }
 
@@ -159,21 +161,27 @@ impl Store {
         let Ok(listing) = fs::read_dir(&pending) else {
             return Ok(recovered);
         };
+        let items: Vec<(String, PathBuf)> = listing
+            .flatten()
+            .map(|item| (item.file_name().to_string_lossy().into_owned(), item.path()))
+            .collect();
+        // Nearly always none: the boot id is read only when there is a window.
+        if items.is_empty() {
+            return Ok(recovered);
+        }
         let boot = boot_id()?;
         let mut earlier_boot = false;
         let mut gone = Vec::new();
-        for item in listing.flatten() {
-            let name = item.file_name().to_string_lossy().into_owned();
-            let path = item.path();
+        for (name, path) in items {
             if let Some(new) = name.strip_prefix('.') {
                 // A window its process did not get to name holds no marker. One of this boot
                 // may be about to be locked, and is left (empty, it costs nothing).
-                if new.split('.').next() != Some(boot.as_str()) {
+                if !of_boot(new, &boot) {
                     let _ = fs::remove_dir(&path);
                 }
                 continue;
             }
-            if name.split('.').next() != Some(boot.as_str()) {
+            if !of_boot(&name, &boot) {
                 earlier_boot = true;
                 continue;
             }
@@ -207,7 +215,7 @@ impl Store {
         let mut named = Vec::new();
         for item in listing.flatten() {
             let name = item.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') || name.split('.').next() == Some(boot) {
+            if name.starts_with('.') || of_boot(&name, boot) {
                 continue;
             }
             let path = item.path();
@@ -256,15 +264,15 @@ impl Store {
     }
 }
 
-/// Removes a window: its markers, then itself. Best effort: a window left behind is settled
-/// again at the next open, which costs a sync or a check and loses nothing.
+/// Whether the window named `name` was made in the boot `boot`.
+fn of_boot(name: &str, boot: &str) -> bool {
+    name.split('.').next() == Some(boot)
+}
+
+/// Removes a window, markers and all. Best effort: a window left behind is settled again at
+/// the next open, which costs a sync or a check and loses nothing.
 fn remove_window(dir: &Path) {
-    if let Ok(markers) = fs::read_dir(dir) {
-        for marker in markers.flatten() {
-            let _ = fs::remove_file(marker.path());
-        }
-    }
-    let _ = fs::remove_dir(dir);
+    let _ = remove_tree(dir);
 }
 
 #[cfg(test)]
