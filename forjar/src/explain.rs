@@ -120,7 +120,9 @@ pub fn explain(plan: &Plan, store: &Store) -> BTreeMap<NodeIndex, Vec<Reason>> {
                     // A record that cannot be read is as none: the explanation is all it serves.
                     let last = store.last_build(&node.name).ok().flatten();
                     let (request, key, unknown) = match planned.resolved() {
-                        Some(resolved) => (&*resolved.request, Some(resolved.key), BTreeSet::new()),
+                        Some(resolved) => {
+                            (&**resolved.request(), Some(resolved.key), BTreeSet::new())
+                        }
                         // The inputs from derivations built first are not known yet.
                         None => (
                             planned.request(),

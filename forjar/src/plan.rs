@@ -6,8 +6,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use petgraph::Direction;
 use petgraph::algo::{tarjan_scc, toposort};
@@ -23,10 +23,10 @@ use crate::derivation::{
 use crate::hash::{self, HashError, HostFingerprint, Key, TreeDigest, TreeHasher};
 use crate::map::{SortedMap, SortedSet};
 use crate::name::Limits;
-use crate::name::{Name, OutputName};
+use crate::name::{Name, OutputName, StoreDir};
 use crate::request::{
-    BuildRequest, CleanRelPath, InputName, RequestError, RequestParts, ResolvedInput, SandboxLevel,
-    ToolchainInput,
+    BuildRequest, CleanRelPath, InputName, PartsRef, RequestError, RequestParts, ResolvedInput,
+    SandboxLevel, ToolchainInput,
 };
 use crate::store::{EntryName, Listing, Store, StoreError};
 use crate::toolchain::{self, Database, Lock, PlannedToolchain, Toolchain, ToolchainError};
@@ -152,14 +152,58 @@ pub struct PlannedOutput {
 /// A derivation's build once every input is in the store: its request, which names the entries
 /// its inputs are realised to, the request's key, and the outputs that key names (where the build
 /// puts them).
+///
+/// A plan keys each derivation from its parts where they are; the request, a copy of them, is
+/// made when it is first asked for, which for a derivation found built is usually never.
 #[derive(Debug, Clone)]
 pub struct Resolved {
-    /// The normalised request.
-    pub request: BuildRequest,
     /// Its key.
     pub key: Key,
     /// The outputs as the key names them.
     pub outputs: SortedMap<OutputName, PlannedOutput>,
+    request: OnceLock<Box<BuildRequest>>,
+    /// What the request is made of, when it was not made at once.
+    parts: Option<DerivationParts>,
+}
+
+/// A derivation's request as parts: the derivation's own, the inputs resolved.
+#[derive(Debug, Clone)]
+struct DerivationParts {
+    derivation: Arc<Derivation>,
+    inputs: SortedMap<InputName, ResolvedInput>,
+    store_dir: Arc<StoreDir>,
+    host: Option<HostFingerprint>,
+    toolchain: Option<Box<ToolchainInput>>,
+}
+
+/// The working directory and scratch paths of every derivation's request.
+static BUILD_DIR: LazyLock<(CleanRelPath, SortedSet<CleanRelPath>)> = LazyLock::new(|| {
+    let build = CleanRelPath::new("working directory", "build").expect("`build` is a clean path");
+    (build, SortedSet::new())
+});
+
+impl DerivationParts {
+    fn by_ref(&self) -> PartsRef<'_> {
+        let d = &*self.derivation;
+        PartsRef {
+            name: &d.name,
+            system: &d.system,
+            args: &d.args,
+            working_dir: &BUILD_DIR.0,
+            scratch_paths: &BUILD_DIR.1,
+            outputs: &d.outputs,
+            env: &d.env,
+            inputs: &self.inputs,
+            files: &d.files,
+            constraints: &d.constraints,
+            sandbox: d.sandbox,
+            fixed_output: d.fixed_output.as_ref(),
+            store_dir: &self.store_dir,
+            host: self.host.as_ref(),
+            toolchain: self.toolchain.as_deref(),
+            input_lists: &d.input_lists,
+        }
+    }
 }
 
 impl Resolved {
@@ -167,10 +211,45 @@ impl Resolved {
         let key = request.key();
         let outputs = outputs_of(&key, &request.name, &request.outputs);
         Resolved {
-            request,
             key,
             outputs,
+            request: OnceLock::from(Box::new(request)),
+            parts: None,
         }
+    }
+
+    /// Checks `parts` as a request and keys them, without copying them into one.
+    ///
+    /// Their names are the derivation's, which [`DerivationBuilder::build`] checked by the same
+    /// rules (it makes every [`Derivation`]): what is left to check is what the plan added.
+    ///
+    /// [`DerivationBuilder::build`]: crate::derivation::DerivationBuilder::build
+    fn of_parts(parts: DerivationParts) -> Result<Self, RequestError> {
+        let view = parts.by_ref();
+        view.check_rest()?;
+        debug_assert!(
+            view.check().is_ok(),
+            "a derivation's names pass a request's rules"
+        );
+        let key = view.key();
+        let outputs = outputs_of(&key, view.name, view.outputs);
+        Ok(Resolved {
+            key,
+            outputs,
+            request: OnceLock::new(),
+            parts: Some(parts),
+        })
+    }
+
+    /// The normalised request.
+    pub fn request(&self) -> &BuildRequest {
+        self.request.get_or_init(|| {
+            let parts = self
+                .parts
+                .as_ref()
+                .expect("a request not made at once has its parts");
+            Box::new(BuildRequest::checked(parts.by_ref().to_parts()))
+        })
     }
 }
 
@@ -340,7 +419,7 @@ impl Planned {
     /// parts without the inputs from derivations.
     pub fn request(&self) -> &RequestParts {
         match (self.resolved(), &self.template) {
-            (Some(resolved), _) => &resolved.request,
+            (Some(resolved), _) => resolved.request(),
             (None, Some(template)) => template,
             (None, None) => {
                 unreachable!("the template is dropped only once the request is resolved")
@@ -498,8 +577,8 @@ pub struct PlannedRoot {
 pub struct Plan {
     dag: DiGraph<Node, InputName>,
     order: Vec<NodeIndex>,
-    /// The node of each derivation, by its index in the graph.
-    drv_nodes: HashMap<usize, NodeIndex>,
+    /// How many derivations the graph has: derivation `i` of the graph is node `i`.
+    derivations: usize,
     roots: Vec<PlannedRoot>,
     /// Problems that did not stop planning (such as a digest cache that could not be saved).
     pub warnings: Vec<String>,
@@ -556,9 +635,9 @@ impl Plan {
     pub fn with_lock(graph: &Graph, store: &Store, lock: &Lock) -> Result<Plan, PlanError> {
         let mut planner = Planner {
             graph,
-            dag: DiGraph::new(),
-            origins: Vec::new(),
-            drv_nodes: HashMap::new(),
+            dag: DiGraph::with_capacity(graph.slots.len(), graph.slots.len()),
+            origins: Vec::with_capacity(graph.slots.len()),
+            store_dir: Arc::new(store.store_dir().clone()),
             source_nodes: HashMap::new(),
             toolchain_nodes: HashMap::new(),
         };
@@ -580,7 +659,7 @@ impl Plan {
         }
         let levels = planner.keys(&order, store, &listing)?;
         let roots = planner.roots()?;
-        let Planner { dag, drv_nodes, .. } = planner;
+        let Planner { dag, .. } = planner;
         let mut dag = dag.map_owned(
             |_, n| n.expect("every node was keyed in topological order"),
             |_, e| e,
@@ -600,7 +679,7 @@ impl Plan {
         Ok(Plan {
             dag,
             order,
-            drv_nodes,
+            derivations: graph.slots.len(),
             roots,
             warnings,
         })
@@ -613,7 +692,7 @@ impl Plan {
 
     /// The node of a derivation of the planned graph.
     pub fn node_of<T: IntoDerivation>(&self, drv: &Drv<T>) -> Option<NodeIndex> {
-        self.drv_nodes.get(&drv.id.index).copied()
+        (drv.id.index < self.derivations).then(|| NodeIndex::new(drv.id.index))
     }
 
     /// The closure key of a derivation of the planned graph.
@@ -896,7 +975,8 @@ struct Planner<'g> {
     dag: DiGraph<Option<Node>, InputName>,
     /// What each node is made from, by node index.
     origins: Vec<Origin<'g>>,
-    drv_nodes: HashMap<usize, NodeIndex>,
+    /// The store directory of every request.
+    store_dir: Arc<StoreDir>,
     source_nodes: HashMap<&'g Source, NodeIndex>,
     toolchain_nodes: HashMap<&'g Toolchain, NodeIndex>,
 }
@@ -904,7 +984,7 @@ struct Planner<'g> {
 /// What a node is made from.
 #[derive(Clone, Copy)]
 enum Origin<'g> {
-    Derivation(&'g Derivation),
+    Derivation(&'g Arc<Derivation>),
     Source(&'g Source),
     Toolchain(&'g Toolchain),
 }
@@ -963,6 +1043,7 @@ impl<'g> Planner<'g> {
         self.dag.add_node(None)
     }
 
+    /// Adds a node per derivation, derivation `i` of the graph as node `i`, before any other.
     fn nodes(&mut self) -> Result<(), PlanError> {
         for (index, slot) in self.graph.slots.iter().enumerate() {
             match slot {
@@ -977,7 +1058,7 @@ impl<'g> Planner<'g> {
                 }
                 Slot::Defined(drv) => {
                     let node = self.add(Origin::Derivation(drv));
-                    self.drv_nodes.insert(index, node);
+                    debug_assert_eq!(node.index(), index, "derivation `i` is node `i`");
                 }
             }
         }
@@ -987,7 +1068,7 @@ impl<'g> Planner<'g> {
     fn edges(&mut self) -> Result<(), PlanError> {
         for index in 0..self.graph.slots.len() {
             let drv = self.derivation(index);
-            let consumer = self.drv_nodes[&index];
+            let consumer = NodeIndex::new(index);
             for (input_name, input) in &drv.inputs {
                 let from = match input {
                     Input::Source(source) => match self.source_nodes.get(source) {
@@ -1015,7 +1096,7 @@ impl<'g> Planner<'g> {
                                     .join(", "),
                             })));
                         }
-                        self.drv_nodes[&producer]
+                        NodeIndex::new(producer)
                     }
                 };
                 self.dag.add_edge(from, consumer, input_name.clone());
@@ -1303,41 +1384,37 @@ impl<'g> Planner<'g> {
                 .collect()
         };
         let host = (drv.sandbox == SandboxLevel::HostTools).then(HostFingerprint::current);
-        let template = RequestParts {
-            name: drv.name.clone(),
-            system: drv.system.clone(),
-            args: drv.args.clone(),
-            working_dir: CleanRelPath::new("working directory", "build")
-                .expect("`build` is a clean path"),
-            scratch_paths: Default::default(),
-            outputs: drv.outputs.clone(),
-            env: drv.env.clone(),
+        // The parts of the request the template would be, before the inputs from derivations.
+        let template = (!realised_as_named).then(|| {
+            Box::new(RequestParts {
+                inputs: inputs.iter().cloned().collect(),
+                ..DerivationParts {
+                    derivation: Arc::clone(drv),
+                    inputs: SortedMap::new(),
+                    store_dir: Arc::clone(&self.store_dir),
+                    host,
+                    toolchain: toolchain.clone(),
+                }
+                .by_ref()
+                .to_parts()
+            })
+        });
+        // Sorted once with the rest, not inserted one at a time.
+        inputs.extend(named_inputs.into_iter().map(|(input, _, _, named)| {
+            let resolved = ResolvedInput::Output {
+                entry: named.entry.clone(),
+                key: named.key,
+            };
+            (input.clone(), resolved)
+        }));
+        let addressed = Resolved::of_parts(DerivationParts {
+            derivation: Arc::clone(drv),
             inputs: inputs.into_iter().collect(),
-            files: drv.files.clone(),
-            constraints: drv.constraints.clone(),
-            sandbox: drv.sandbox,
-            fixed_output: drv.fixed_output,
-            store_dir: store.store_dir().clone(),
+            store_dir: Arc::clone(&self.store_dir),
             host,
             toolchain,
-            input_lists: drv.input_lists.clone(),
-        };
-        let (mut addressed, template) = if realised_as_named {
-            (template, None)
-        } else {
-            (template.clone(), Some(Box::new(template)))
-        };
-        // Sorted once with the rest, not inserted one at a time.
-        addressed
-            .inputs
-            .extend(named_inputs.into_iter().map(|(input, _, _, named)| {
-                let resolved = ResolvedInput::Output {
-                    entry: named.entry.clone(),
-                    key: named.key,
-                };
-                (input.clone(), resolved)
-            }));
-        let addressed = Resolved::new(BuildRequest::new(addressed).map_err(request_error)?);
+        })
+        .map_err(request_error)?;
         let mut planned_drv = Planned {
             template,
             from,
@@ -1394,7 +1471,7 @@ impl<'g> Planner<'g> {
                 Ok(_) => output.drv.index,
                 Err(error) => return Err(PlanError::Handle { consumer, error }),
             };
-            let node = self.drv_nodes[&index];
+            let node = NodeIndex::new(index);
             let producer = self.derivation(index);
             let Some(declared) = producer
                 .outputs

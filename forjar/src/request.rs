@@ -561,6 +561,51 @@ impl RequestParts {
             .map(ResolvedInput::entry)
             .chain(self.toolchain.as_ref().map(|t| &t.entry))
     }
+
+    /// Its fields by reference.
+    pub(crate) fn by_ref(&self) -> PartsRef<'_> {
+        PartsRef {
+            name: &self.name,
+            system: &self.system,
+            args: &self.args,
+            working_dir: &self.working_dir,
+            scratch_paths: &self.scratch_paths,
+            outputs: &self.outputs,
+            env: &self.env,
+            inputs: &self.inputs,
+            files: &self.files,
+            constraints: &self.constraints,
+            sandbox: self.sandbox,
+            fixed_output: self.fixed_output.as_ref(),
+            store_dir: &self.store_dir,
+            host: self.host.as_ref(),
+            toolchain: self.toolchain.as_deref(),
+            input_lists: &self.input_lists,
+        }
+    }
+}
+
+/// The fields of a request by reference: what its rules are checked on and its key computed
+/// from, whether a [`RequestParts`] holds them or a plan borrows them from the derivation it
+/// keys (which then makes no request of a derivation it finds built).
+#[derive(Clone, Copy)]
+pub(crate) struct PartsRef<'a> {
+    pub(crate) name: &'a Name,
+    pub(crate) system: &'a System,
+    pub(crate) args: &'a [Arg],
+    pub(crate) working_dir: &'a CleanRelPath,
+    pub(crate) scratch_paths: &'a SortedSet<CleanRelPath>,
+    pub(crate) outputs: &'a SortedSet<OutputName>,
+    pub(crate) env: &'a SortedMap<EnvKey, EnvValue>,
+    pub(crate) inputs: &'a SortedMap<InputName, ResolvedInput>,
+    pub(crate) files: &'a SortedMap<CleanRelPath, Vec<u8>>,
+    pub(crate) constraints: &'a Constraints,
+    pub(crate) sandbox: SandboxLevel,
+    pub(crate) fixed_output: Option<&'a FixedOutput>,
+    pub(crate) store_dir: &'a StoreDir,
+    pub(crate) host: Option<&'a HostFingerprint>,
+    pub(crate) toolchain: Option<&'a ToolchainInput>,
+    pub(crate) input_lists: &'a SortedMap<InputName, Vec<InputName>>,
 }
 
 /// A validated build request: the single input of key computation and of the sandbox. Its
@@ -675,13 +720,13 @@ pub(crate) fn check_names<'a>(
 /// sandbox's root: each scratch path is an empty writable directory of its own, clear of what
 /// the sandbox puts there; the build starts in `build` (the build directory), a directory in
 /// it, or in a scratch path.
-fn check_build_paths(parts: &RequestParts) -> Result<(), InvalidValue> {
+fn check_build_paths(parts: &PartsRef<'_>) -> Result<(), InvalidValue> {
     let store = parts
         .store_dir
         .as_path()
         .strip_prefix("/")
         .unwrap_or(parts.store_dir.as_path());
-    for scratch in &parts.scratch_paths {
+    for scratch in parts.scratch_paths {
         let path = scratch.as_path();
         let refusal = if let Some(dir) = rules::sandbox_dir(&format!("/{}", scratch.as_str())) {
             Some(format!(
@@ -725,22 +770,13 @@ impl BuildRequest {
     /// output; network only with a fixed output; a host fingerprint exactly for `host-tools`) and
     /// builds the request.
     pub fn new(parts: RequestParts) -> Result<Self, RequestError> {
-        check_names(
-            &parts.name,
-            parts.args.is_empty(),
-            &parts.outputs,
-            parts.inputs.keys(),
-            parts.env.keys(),
-            parts.constraints.network,
-            parts.fixed_output.is_some(),
-        )?;
-        check_input_lists(
-            &parts.input_lists,
-            |n| parts.inputs.contains_key(n),
-            |n| parts.env.keys().any(|k| k.as_str() == n),
-            |n| parts.outputs.iter().any(|o| o.as_str() == n),
-        )?;
-        Self::assemble(parts)
+        parts.by_ref().check()?;
+        Ok(BuildRequest(parts))
+    }
+
+    /// The request of parts whose rules [`PartsRef::check`] has passed.
+    pub(crate) fn checked(parts: RequestParts) -> Self {
+        BuildRequest(parts)
     }
 
     /// A request for a plain REAPI action run by `forjar worker`: like [`BuildRequest::new`],
@@ -758,28 +794,7 @@ impl BuildRequest {
             )
             .into());
         }
-        Self::assemble(parts)
-    }
-
-    /// The rules that do not concern names, and the request.
-    fn assemble(parts: RequestParts) -> Result<Self, RequestError> {
-        check_build_paths(&parts)?;
-        if parts.toolchain.is_some() && parts.sandbox == SandboxLevel::HostTools {
-            return Err(InvalidValue::new(
-                "toolchain",
-                parts.name.as_str(),
-                "a toolchain is for hermetic builds; `host-tools` sees the host's own tools",
-            )
-            .into());
-        }
-        if (parts.sandbox == SandboxLevel::HostTools) != parts.host.is_some() {
-            return Err(InvalidValue::new(
-                "host fingerprint",
-                parts.sandbox.as_str(),
-                "a host fingerprint is given exactly for the `host-tools` level",
-            )
-            .into());
-        }
+        parts.by_ref().check_rest()?;
         Ok(BuildRequest(parts))
     }
 
@@ -788,8 +803,79 @@ impl BuildRequest {
     /// A fixed-output derivation is keyed by its name, declared digest and store only (as in Nix):
     /// its output is known in advance, so a change to how it is fetched changes nothing downstream.
     pub fn key(&self) -> Key {
+        self.by_ref().key()
+    }
+}
+
+impl PartsRef<'_> {
+    /// The cross-field rules [`BuildRequest::new`] checks.
+    pub(crate) fn check(&self) -> Result<(), RequestError> {
+        check_names(
+            self.name,
+            self.args.is_empty(),
+            self.outputs,
+            self.inputs.keys(),
+            self.env.keys(),
+            self.constraints.network,
+            self.fixed_output.is_some(),
+        )?;
+        check_input_lists(
+            self.input_lists,
+            |n| self.inputs.contains_key(n),
+            |n| self.env.keys().any(|k| k.as_str() == n),
+            |n| self.outputs.iter().any(|o| o.as_str() == n),
+        )?;
+        self.check_rest()
+    }
+
+    /// The rules that do not concern names.
+    pub(crate) fn check_rest(&self) -> Result<(), RequestError> {
+        check_build_paths(self)?;
+        if self.toolchain.is_some() && self.sandbox == SandboxLevel::HostTools {
+            return Err(InvalidValue::new(
+                "toolchain",
+                self.name.as_str(),
+                "a toolchain is for hermetic builds; `host-tools` sees the host's own tools",
+            )
+            .into());
+        }
+        if (self.sandbox == SandboxLevel::HostTools) != self.host.is_some() {
+            return Err(InvalidValue::new(
+                "host fingerprint",
+                self.sandbox.as_str(),
+                "a host fingerprint is given exactly for the `host-tools` level",
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    /// The fields, owned.
+    pub(crate) fn to_parts(self) -> RequestParts {
+        RequestParts {
+            name: self.name.clone(),
+            system: self.system.clone(),
+            args: self.args.to_vec(),
+            working_dir: self.working_dir.clone(),
+            scratch_paths: self.scratch_paths.clone(),
+            outputs: self.outputs.clone(),
+            env: self.env.clone(),
+            inputs: self.inputs.clone(),
+            files: self.files.clone(),
+            constraints: self.constraints.clone(),
+            sandbox: self.sandbox,
+            fixed_output: self.fixed_output.cloned(),
+            store_dir: self.store_dir.clone(),
+            host: self.host.copied(),
+            toolchain: self.toolchain.map(|t| Box::new(t.clone())),
+            input_lists: self.input_lists.clone(),
+        }
+    }
+
+    /// See [`BuildRequest::key`].
+    pub(crate) fn key(&self) -> Key {
         let mut e = Encoder::new(DERIVATION_CONTEXT);
-        if let Some(fixed) = &self.fixed_output {
+        if let Some(fixed) = self.fixed_output {
             e.field("fixed")
                 .bytes(self.name.as_str().as_bytes())
                 .bytes(&fixed.key_bytes());
@@ -799,25 +885,25 @@ impl BuildRequest {
         e.field("name").bytes(self.name.as_str().as_bytes());
         e.field("system").bytes(self.system.as_str().as_bytes());
         e.field("args").count(self.args.len());
-        for arg in &self.args {
+        for arg in self.args {
             e.bytes(arg.as_bytes());
         }
         e.field("workdir")
             .bytes(self.working_dir.as_str().as_bytes());
         e.field("scratch").count(self.scratch_paths.len());
-        for path in &self.scratch_paths {
+        for path in self.scratch_paths {
             e.bytes(path.as_str().as_bytes());
         }
         e.field("env").count(self.env.len());
-        for (key, value) in &self.env {
+        for (key, value) in self.env {
             e.bytes(key.as_str().as_bytes()).bytes(value.as_bytes());
         }
         e.field("outputs").count(self.outputs.len());
-        for output in &self.outputs {
+        for output in self.outputs {
             e.bytes(output.as_str().as_bytes());
         }
         e.field("inputs").count(self.inputs.len());
-        for (name, input) in &self.inputs {
+        for (name, input) in self.inputs {
             e.bytes(name.as_str().as_bytes());
             match input {
                 ResolvedInput::Output { key, .. } => e.bytes(b"output").bytes(key.as_bytes()),
@@ -828,10 +914,10 @@ impl BuildRequest {
             };
         }
         e.field("files").count(self.files.len());
-        for (path, contents) in &self.files {
+        for (path, contents) in self.files {
             e.bytes(path.as_str().as_bytes()).bytes(contents);
         }
-        let constraints = &self.constraints;
+        let constraints = self.constraints;
         e.field("constraints")
             .u8(constraints.network.into())
             .u8(constraints.provide_bin_sh.into());
@@ -847,10 +933,9 @@ impl BuildRequest {
                 .map(|b| &b[..]),
         );
         e.field("sandbox").bytes(self.sandbox.as_str().as_bytes());
-        e.field("host")
-            .option(self.host.as_ref().map(|h| &h.as_bytes()[..]));
+        e.field("host").option(self.host.map(|h| &h.as_bytes()[..]));
         // Only when there is one, so that the keys of builds without a toolchain are as they were.
-        if let Some(toolchain) = &self.toolchain {
+        if let Some(toolchain) = self.toolchain {
             e.field("toolchain")
                 .bytes(toolchain.digest.as_bytes())
                 .bytes(toolchain.entry.as_str().as_bytes());
@@ -858,7 +943,7 @@ impl BuildRequest {
         // Likewise only when there are any.
         if !self.input_lists.is_empty() {
             e.field("input_lists").count(self.input_lists.len());
-            for (list, members) in &self.input_lists {
+            for (list, members) in self.input_lists {
                 e.bytes(list.as_str().as_bytes()).count(members.len());
                 for member in members {
                     e.bytes(member.as_str().as_bytes());

@@ -328,7 +328,7 @@ impl Session {
             .map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
         let builder: Vec<String> = resolved
             .map(|r| {
-                r.request
+                r.request()
                     .args
                     .iter()
                     .map(|a| String::from_utf8_lossy(a.as_bytes()).into_owned())

@@ -192,11 +192,11 @@ impl Session {
                             let _ = writeln!(text, "resolved key: {}", resolved.key);
                             value["resolved_key"] = resolved.key.to_string().into();
                         }
-                        value["request"] = serde_json::to_value(&resolved.request)
+                        value["request"] = serde_json::to_value(resolved.request())
                             .unwrap_or(serde_json::Value::Null);
                         let _ = writeln!(text, "request:");
                         text.push_str(&indent(
-                            serde_yaml_ng::to_string(&resolved.request)
+                            serde_yaml_ng::to_string(resolved.request())
                                 .unwrap_or_else(|e| format!("({e})")),
                         ));
                     }
@@ -331,6 +331,15 @@ fn waits_on(plan: &Plan, planned: &Planned) -> String {
         .join(", ")
 }
 
+/// The columns `text` takes: its characters, which for ASCII (every name and origin of a plan
+/// but a source's path) are its bytes.
+fn columns(text: &str) -> usize {
+    match text.is_ascii() {
+        true => text.len(),
+        false => text.chars().count(),
+    }
+}
+
 /// The plan as people read it: one line per node, dependencies first, then a summary; with
 /// `reasons`, each node built or imported is followed by why.
 pub fn render_plan(plan: &Plan, reasons: Option<&BTreeMap<NodeIndex, Vec<Reason>>>) -> String {
@@ -381,8 +390,8 @@ pub fn render_plan(plan: &Plan, reasons: Option<&BTreeMap<NodeIndex, Vec<Reason>
         .collect();
     let width = |cell: fn(&Row<'_>) -> usize| rows.iter().map(cell).max().unwrap_or(0);
     let w0 = width(|r| r.status.len() + usize::from(r.impure));
-    let w1 = width(|r| r.name.chars().count());
-    let w2 = width(|r| r.origin.chars().count());
+    let w1 = width(|r| columns(r.name));
+    let w2 = width(|r| columns(&r.origin));
     let mut text = String::with_capacity(rows.len() * (w0 + w1 + w2 + 48));
     for row in &rows {
         text.push_str(row.status);
@@ -394,9 +403,9 @@ pub fn render_plan(plan: &Plan, reasons: Option<&BTreeMap<NodeIndex, Vec<Reason>
             w0 + 2 - row.status.len() - usize::from(row.impure),
         );
         text.push_str(row.name);
-        pad(&mut text, w1 + 2 - row.name.chars().count());
+        pad(&mut text, w1 + 2 - columns(row.name));
         text.push_str(&row.origin);
-        pad(&mut text, w2 + 2 - row.origin.chars().count());
+        pad(&mut text, w2 + 2 - columns(&row.origin));
         match &row.entry {
             Cell::Entries(outputs) => {
                 for (i, output) in outputs.values().enumerate() {

@@ -32,7 +32,8 @@ pub(crate) enum Slot {
         name: String,
         location: &'static Location<'static>,
     },
-    Defined(Box<Derivation>),
+    /// Shared with the plan, which makes a request of it only for a build.
+    Defined(std::sync::Arc<Derivation>),
     /// Added, but failed validation; reported when planning.
     Invalid(Box<DerivationError>),
 }
@@ -84,7 +85,7 @@ impl Graph {
         derivation: Result<Derivation, DerivationError>,
     ) -> Drv<T> {
         self.slots.push(match derivation {
-            Ok(derivation) => Slot::Defined(Box::new(derivation)),
+            Ok(derivation) => Slot::Defined(std::sync::Arc::new(derivation)),
             Err(error) => Slot::Invalid(Box::new(error)),
         });
         Drv::new(DrvId {
@@ -119,7 +120,7 @@ impl Graph {
                 })
             }
             Slot::Declared { .. } => {
-                *slot = Slot::Defined(Box::new(derivation));
+                *slot = Slot::Defined(std::sync::Arc::new(derivation));
                 Ok(())
             }
         }

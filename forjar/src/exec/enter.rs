@@ -49,7 +49,7 @@ pub fn enter(
         .ok_or_else(not_realised)?;
     let planned = node.derivation().ok_or_else(not_realised)?;
     let job = BuildJob {
-        request: &resolved.request,
+        request: resolved.request(),
         key: &resolved.key,
         outputs: &resolved.outputs,
         limits: &planned.limits,
@@ -57,7 +57,7 @@ pub fn enter(
     };
     // The build's request with a shell for its builder, `/bin/sh` provided, and a prompt that
     // says where the shell is.
-    let mut parts = (*resolved.request).clone();
+    let mut parts = crate::request::RequestParts::clone(resolved.request());
     parts.args = SHELL
         .iter()
         .enumerate()

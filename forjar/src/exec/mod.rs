@@ -310,7 +310,7 @@ impl<'a> BuildJob<'a> {
         let planned = node.derivation()?;
         let resolved = planned.resolved()?;
         Some(BuildJob {
-            request: &resolved.request,
+            request: resolved.request(),
             key: &resolved.key,
             outputs: &resolved.outputs,
             limits: &planned.limits,

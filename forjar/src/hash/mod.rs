@@ -17,6 +17,7 @@ mod tree;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -254,26 +255,69 @@ pub(crate) fn with_read_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
 /// Every variable-length value is prefixed with its length as a u64 little-endian, every list
 /// with its count, every field with its tag (itself length-prefixed), every option with a 0/1
 /// byte: two different values can never encode to the same byte string.
-pub(crate) struct Encoder(blake3::Hasher);
+///
+/// A key is encoded from dozens of small values; they are gathered a BLAKE3 chunk at a time on
+/// the stack and given to the hasher whole, not one at a time.
+pub(crate) struct Encoder {
+    hasher: blake3::Hasher,
+    buf: [u8; ENCODER_CHUNK],
+    len: usize,
+}
+
+/// A BLAKE3 chunk.
+const ENCODER_CHUNK: usize = 1024;
+
+/// A hasher in derive-key mode for `context`; those of the store's keys are derived once per
+/// process and copied.
+fn derive_key_hasher(context: &str) -> blake3::Hasher {
+    static KEYED: [(&str, OnceLock<blake3::Hasher>); 3] = [
+        (DERIVATION_CONTEXT, OnceLock::new()),
+        (OUTPUT_CONTEXT, OnceLock::new()),
+        (SOURCE_CONTEXT, OnceLock::new()),
+    ];
+    match KEYED.iter().find(|(name, _)| *name == context) {
+        Some((_, hasher)) => hasher
+            .get_or_init(|| blake3::Hasher::new_derive_key(context))
+            .clone(),
+        None => blake3::Hasher::new_derive_key(context),
+    }
+}
 
 impl Encoder {
     pub(crate) fn new(context: &str) -> Self {
-        Encoder(blake3::Hasher::new_derive_key(context))
+        Encoder {
+            hasher: derive_key_hasher(context),
+            buf: [0; ENCODER_CHUNK],
+            len: 0,
+        }
+    }
+
+    fn write(&mut self, v: &[u8]) {
+        if v.len() > ENCODER_CHUNK - self.len {
+            self.hasher.update(&self.buf[..self.len]);
+            self.len = 0;
+            if v.len() >= ENCODER_CHUNK {
+                self.hasher.update(v);
+                return;
+            }
+        }
+        self.buf[self.len..self.len + v.len()].copy_from_slice(v);
+        self.len += v.len();
     }
 
     pub(crate) fn u8(&mut self, v: u8) -> &mut Self {
-        self.0.update(&[v]);
+        self.write(&[v]);
         self
     }
 
     pub(crate) fn u64(&mut self, v: u64) -> &mut Self {
-        self.0.update(&v.to_le_bytes());
+        self.write(&v.to_le_bytes());
         self
     }
 
     pub(crate) fn bytes(&mut self, v: &[u8]) -> &mut Self {
         self.u64(v.len() as u64);
-        self.0.update(v);
+        self.write(v);
         self
     }
 
@@ -292,8 +336,10 @@ impl Encoder {
         }
     }
 
-    pub(crate) fn finish(&self) -> [u8; 32] {
-        *self.0.finalize().as_bytes()
+    pub(crate) fn finish(&mut self) -> [u8; 32] {
+        self.hasher.update(&self.buf[..self.len]);
+        self.len = 0;
+        *self.hasher.finalize().as_bytes()
     }
 }
 
@@ -368,6 +414,35 @@ mod tests {
                     "malformed digest `{bad}`: expected `blake3:` followed by 64 lowercase hex digits"
                 )
             );
+        }
+    }
+
+    #[test]
+    fn the_encoder_hashes_exactly_its_encoding_however_it_is_split() {
+        // Values that fill the kept chunk exactly, cross its end and exceed it.
+        for sizes in [
+            vec![1016],
+            vec![1000, 30, 5],
+            vec![3000],
+            vec![10, 2048, 7],
+            vec![0; 200],
+        ] {
+            for context in [DERIVATION_CONTEXT, OUTPUT_CONTEXT, "forjar elsewhere v1"] {
+                let mut e = Encoder::new(context);
+                let mut plain = blake3::Hasher::new_derive_key(context);
+                for (i, size) in sizes.iter().enumerate() {
+                    let value: Vec<u8> = (0..*size).map(|b| (b * 7 + i) as u8).collect();
+                    e.u8(i as u8).bytes(&value);
+                    plain.update(&[i as u8]);
+                    plain.update(&(value.len() as u64).to_le_bytes());
+                    plain.update(&value);
+                }
+                assert_eq!(
+                    e.finish(),
+                    *plain.finalize().as_bytes(),
+                    "{sizes:?} in {context}"
+                );
+            }
         }
     }
 
