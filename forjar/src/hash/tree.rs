@@ -148,6 +148,11 @@ const PARALLEL_DEPTH: usize = 16;
 /// Files at least this large are hashed with BLAKE3's multi-threaded path.
 const RAYON_THRESHOLD: u64 = 1 << 20;
 
+/// A directory of fewer entries is hashed on the calling thread: handing a few small files to
+/// the thread pool and waiting for them costs more than hashing them (two wake-ups, and idle
+/// workers spinning after), and a large file's content is hashed in parallel anyway.
+const PARALLEL_ENTRIES: usize = 8;
+
 /// What a hole of a sparse file is hashed from: zeros that need no read.
 static ZEROS: [u8; BUFFER] = [0; BUFFER];
 
@@ -245,7 +250,7 @@ impl<'c> TreeHasher<'c> {
                 kind => self.leaf(&child, *kind),
             }
         };
-        let digests: Vec<[u8; 32]> = if entries.len() > 1 {
+        let digests: Vec<[u8; 32]> = if entries.len() >= PARALLEL_ENTRIES {
             entries.par_iter().map(one).collect::<Result<_, _>>()?
         } else {
             entries.iter().map(one).collect::<Result<_, _>>()?
@@ -422,7 +427,7 @@ impl Visitor for Digests<'_, '_> {
             Kind::Dir => Ok(None),
             kind => hasher.leaf(&At::new(dir, name, dir_path), *kind).map(Some),
         };
-        if entries.len() > 1 {
+        if entries.len() >= PARALLEL_ENTRIES {
             entries.par_iter().map(one).collect()
         } else {
             entries.iter().map(one).collect()
@@ -784,11 +789,16 @@ mod tests {
 
     #[test]
     fn a_parallel_walk_of_many_files_is_deterministic() {
+        // Directories hashed in parallel (the top, `d0`) and on the calling thread (the rest).
         let dir = tempfile::tempdir().unwrap();
         for i in 0..40 {
             let sub = dir.path().join(format!("d{}", i % 7));
             fs::create_dir_all(&sub).unwrap();
             fs::write(sub.join(format!("f{i}")), i.to_string()).unwrap();
+        }
+        for i in 0..PARALLEL_ENTRIES {
+            fs::write(dir.path().join(format!("top{i}")), i.to_string()).unwrap();
+            fs::write(dir.path().join(format!("d0/more{i}")), i.to_string()).unwrap();
         }
         let first = digest(dir.path());
         for _ in 0..5 {
