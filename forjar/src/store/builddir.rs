@@ -170,6 +170,8 @@ impl Store {
 /// through one descriptor of the directory opened without following a link, and the
 /// descriptor-relative, no-follow walk of [`remove_tree`] for each thing in it.
 fn empty_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::fd::AsFd;
+    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::OpenOptionsExt;
     let handle = fs::OpenOptions::new()
         .read(true)
@@ -182,9 +184,10 @@ fn empty_dir(dir: &Path) -> Result<(), StoreError> {
     handle
         .set_permissions(fs::Permissions::from_mode(0o755))
         .map_err(StoreError::io("cannot set the mode of", dir))?;
-    for item in fs::read_dir(dir).map_err(StoreError::io("cannot read", dir))? {
-        let item = item.map_err(StoreError::io("cannot read", dir))?;
-        remove_tree(&item.path())?;
+    // Listed through the descriptor taken back, not by the path again.
+    let items = crate::walk::list(handle.as_fd()).map_err(StoreError::io("cannot read", dir))?;
+    for (name, _) in items {
+        remove_tree(&dir.join(std::ffi::OsStr::from_bytes(name.as_bytes())))?;
     }
     Ok(())
 }

@@ -19,9 +19,11 @@
 //!   removes those that fail and those that refer to them, drops damaged or stale realisation
 //!   and build records, and removes the window. What was removed is built again when needed.
 //!
-//! That a marker is on the disk whenever the rename after it is rests on journaling file
-//! systems (ext4, XFS, btrfs) committing metadata operations in order; no data of the marker
-//! is read, only its name.
+//! That a marker is on the disk whenever the rename after it is rests on the file system
+//! committing metadata operations in order, as journaling and copy-on-write ones do (ext4 with
+//! its journal, XFS, btrfs); no data of the marker is read, only its name. On any other (ext4
+//! without a journal, ext2, vfat, or one this module does not know), each marker and each new
+//! window is synced (`fsync` of its directory) before the rename that follows it.
 
 use std::fs::{self, File};
 use std::os::fd::AsFd;
@@ -46,7 +48,11 @@ pub(super) struct Pending {
 #[derive(Debug)]
 struct Window {
     dir: PathBuf,
-    _lock: File,
+    /// The directory, open: its lock, and what is synced after each marker when the file
+    /// system does not keep metadata operations in order.
+    handle: File,
+    /// Whether the store's file system commits metadata operations in the order made.
+    in_order: bool,
 }
 
 /// What opening the store found of earlier windows.
@@ -99,6 +105,12 @@ impl Store {
         };
         let marker = window.dir.join(entry.as_str());
         File::create(&marker).map_err(StoreError::io("cannot create", &marker))?;
+        if !window.in_order {
+            window
+                .handle
+                .sync_all()
+                .map_err(StoreError::io("cannot sync", &window.dir))?;
+        }
         Ok(Installing { _gate: gate })
     }
 
@@ -119,7 +131,19 @@ impl Store {
         lock.lock().map_err(StoreError::io("cannot lock", &new))?;
         let dir = pending.join(name);
         fs::rename(&new, &dir).map_err(StoreError::io("cannot create", &dir))?;
-        Ok(Window { dir, _lock: lock })
+        let in_order = self
+            .root_fd()
+            .is_ok_and(|root| metadata_in_order(root.as_fd()));
+        if !in_order {
+            File::open(&pending)
+                .and_then(|p| p.sync_all())
+                .map_err(StoreError::io("cannot sync", &pending))?;
+        }
+        Ok(Window {
+            dir,
+            handle: lock,
+            in_order,
+        })
     }
 
     /// Makes every entry this handle installed durable: one `syncfs` of the store's file
@@ -264,6 +288,49 @@ impl Store {
     }
 }
 
+/// Whether the file system of the directory `dir` commits metadata operations (a create, then
+/// a rename) to the disk in the order they were made: a journaling or copy-on-write one, or
+/// one that is never on a disk. ext4 is asked whether it has a journal (`journal_task` in its
+/// `sysfs` directory, `<none>` without one); what cannot be told is taken as not in order.
+fn metadata_in_order(dir: std::os::fd::BorrowedFd<'_>) -> bool {
+    use nix::sys::statfs::{
+        BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC, fstatfs,
+    };
+    let Ok(fs) = fstatfs(dir) else {
+        return false;
+    };
+    match fs.filesystem_type() {
+        t if t == BTRFS_SUPER_MAGIC || t == XFS_SUPER_MAGIC => true,
+        t if t == TMPFS_MAGIC => true,
+        // The magic number of ext2, ext3 and ext4 alike: whichever it is, its journal says.
+        t if t == EXT4_SUPER_MAGIC => {
+            let Ok(stat) = nix::sys::stat::fstat(dir) else {
+                return false;
+            };
+            let device = format!(
+                "/sys/dev/block/{}:{}",
+                nix::sys::stat::major(stat.st_dev),
+                nix::sys::stat::minor(stat.st_dev)
+            );
+            let Some(name) = fs::read_link(&device)
+                .ok()
+                .and_then(|link| link.file_name().map(|n| n.to_os_string()))
+            else {
+                return false;
+            };
+            let task = Path::new("/sys/fs/ext4").join(name).join("journal_task");
+            fs::read_to_string(task).is_ok_and(|task| has_journal(&task))
+        }
+        _ => false,
+    }
+}
+
+/// Whether an ext4 file system's `journal_task` names a journal thread.
+fn has_journal(journal_task: &str) -> bool {
+    let task = journal_task.trim();
+    !task.is_empty() && task != "<none>"
+}
+
 /// Whether the window named `name` was made in the boot `boot`.
 fn of_boot(name: &str, boot: &str) -> bool {
     name.split('.').next() == Some(boot)
@@ -278,6 +345,16 @@ fn remove_window(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ext4_without_a_journal_is_not_taken_as_in_order() {
+        assert!(has_journal("jbd2/vda1-8\n"));
+        assert!(!has_journal("<none>\n"));
+        assert!(!has_journal(""));
+        // A file system in memory has nothing to lose.
+        let shm = File::open("/dev/shm").unwrap();
+        assert!(metadata_in_order(shm.as_fd()));
+    }
 
     #[test]
     fn the_boot_id_is_a_plain_name() {
