@@ -1386,18 +1386,14 @@ impl<'g> Planner<'g> {
         let host = (drv.sandbox == SandboxLevel::HostTools).then(HostFingerprint::current);
         // The parts of the request the template would be, before the inputs from derivations.
         let template = (!realised_as_named).then(|| {
-            Box::new(RequestParts {
+            let parts = DerivationParts {
+                derivation: Arc::clone(drv),
                 inputs: inputs.iter().cloned().collect(),
-                ..DerivationParts {
-                    derivation: Arc::clone(drv),
-                    inputs: SortedMap::new(),
-                    store_dir: Arc::clone(&self.store_dir),
-                    host,
-                    toolchain: toolchain.clone(),
-                }
-                .by_ref()
-                .to_parts()
-            })
+                store_dir: Arc::clone(&self.store_dir),
+                host,
+                toolchain: toolchain.clone(),
+            };
+            Box::new(parts.by_ref().to_parts())
         });
         // Sorted once with the rest, not inserted one at a time.
         inputs.extend(named_inputs.into_iter().map(|(input, _, _, named)| {

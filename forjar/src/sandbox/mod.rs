@@ -942,14 +942,26 @@ fn run_streams(
     let mut status = [0u8; 2];
     let status_len = File::from(status_read).read(&mut status).unwrap_or(0);
     let (killed, tail, log_bytes) = killed?;
+    let supervised = killed.is_none();
     let memory_hit = cgroup.as_ref().is_some_and(Cgroup::oom_killed);
+    let outcome = match (killed, status_len, status) {
+        (Some(outcome), _, _) => outcome,
+        (None, _, _) if memory_hit => Outcome::MemoryLimit(spec.limits.memory.unwrap_or_default()),
+        (None, 2, [0, code]) => Outcome::Exited(i32::from(code)),
+        (None, 2, [1, signal]) => Outcome::Signaled(
+            Signal::try_from(i32::from(signal))
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|_| format!("signal {signal}")),
+        ),
+        _ => Outcome::Signaled("an unknown cause (the supervisor died)".into()),
+    };
     // Read for a build that did not exit 0 only: a reason to give, not a state to keep.
-    let clean_exit = killed.is_none() && status_len == 2 && status == [0, 0];
-    let process_limit_hit = !clean_exit && cgroup.as_ref().is_some_and(Cgroup::process_limit_hit);
+    let process_limit_hit = !matches!(outcome, Outcome::Exited(0))
+        && cgroup.as_ref().is_some_and(Cgroup::process_limit_hit);
     drop(cgroup);
 
     if let Some((&kind, message)) = failure.split_first()
-        && killed.is_none()
+        && supervised
     {
         let message = String::from_utf8_lossy(message).into_owned();
         return Err(if kind == LIMIT_HIT {
@@ -962,17 +974,6 @@ fn run_streams(
             SandboxError::Unavailable(message)
         });
     }
-    let outcome = match (killed, status_len, status) {
-        (Some(outcome), _, _) => outcome,
-        (None, _, _) if memory_hit => Outcome::MemoryLimit(spec.limits.memory.unwrap_or_default()),
-        (None, 2, [0, code]) => Outcome::Exited(i32::from(code)),
-        (None, 2, [1, signal]) => Outcome::Signaled(
-            Signal::try_from(i32::from(signal))
-                .map(|s| s.as_str().to_string())
-                .unwrap_or_else(|_| format!("signal {signal}")),
-        ),
-        _ => Outcome::Signaled("an unknown cause (the supervisor died)".into()),
-    };
     Ok(Finished {
         outcome,
         log_tail: tail,

@@ -29,7 +29,7 @@ use std::fs::{self, File};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard};
 
 use super::{EntryName, Store, StoreError, remove_tree};
 
@@ -42,6 +42,9 @@ const PENDING: &str = ".pending";
 pub(super) struct Pending {
     window: Mutex<Option<Window>>,
     gate: RwLock<()>,
+    /// Whether the store's file system commits metadata operations in the order made; asked
+    /// once per handle, at its first window.
+    in_order: OnceLock<bool>,
 }
 
 /// An open window: its directory, locked (by `flock`) while this process has it.
@@ -51,7 +54,7 @@ struct Window {
     /// The directory, open: its lock, and what is synced after each marker when the file
     /// system does not keep metadata operations in order.
     handle: File,
-    /// Whether the store's file system commits metadata operations in the order made.
+    /// See [`Pending::in_order`].
     in_order: bool,
 }
 
@@ -131,9 +134,10 @@ impl Store {
         lock.lock().map_err(StoreError::io("cannot lock", &new))?;
         let dir = pending.join(name);
         fs::rename(&new, &dir).map_err(StoreError::io("cannot create", &dir))?;
-        let in_order = self
-            .root_fd()
-            .is_ok_and(|root| metadata_in_order(root.as_fd()));
+        let in_order = *self.pending.in_order.get_or_init(|| {
+            self.root_fd()
+                .is_ok_and(|root| metadata_in_order(root.as_fd()))
+        });
         if !in_order {
             File::open(&pending)
                 .and_then(|p| p.sync_all())
