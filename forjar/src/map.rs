@@ -140,16 +140,11 @@ impl<K: Ord, V> SortedMap<K, V> {
     /// repeats an earlier one, in the order given. `O(n log n)`, where inserting one at a time
     /// in no order would be `O(n²)`.
     pub fn from_unique(mut entries: Vec<(K, V)>) -> Result<Self, K> {
-        if entries.is_sorted_by(|a, b| a.0 < b.0) {
-            return Ok(SortedMap { entries });
-        }
-        let order = sorted_order(&entries, |entry| &entry.0);
-        if let Some(repeat) = first_repeat(&order, |i| &entries[i].0) {
+        if let Some(repeat) = sort_unique(&mut entries, |entry| &entry.0) {
             return Err(entries.swap_remove(repeat).0);
         }
-        Ok(SortedMap {
-            entries: in_order(entries, &order),
-        })
+        entries.shrink_to_fit();
+        Ok(SortedMap { entries })
     }
 
     /// A map of `entries` in any order; of equal keys the last is kept, as a `BTreeMap`
@@ -168,8 +163,35 @@ impl<K: Ord, V> SortedMap<K, V> {
                 equal
             });
         }
+        entries.shrink_to_fit();
         SortedMap { entries }
     }
+}
+
+/// Up to this many items, [`sort_unique`] compares every pair rather than sort their indices.
+const FEW: usize = 8;
+
+/// Sorts `items` by key in place; or, when a key is given twice, leaves them as given and
+/// returns the index of the first that repeats an earlier one, in the order given.
+fn sort_unique<T, K: Ord>(items: &mut Vec<T>, key: impl Fn(&T) -> &K) -> Option<usize> {
+    if items.is_sorted_by(|a, b| key(a) < key(b)) {
+        return None;
+    }
+    if items.len() <= FEW {
+        // A derivation's env, inputs and outputs are mostly this few: nothing allocated.
+        let repeat = (1..items.len())
+            .find(|&later| items[..later].iter().any(|i| key(i) == key(&items[later])));
+        if repeat.is_none() {
+            items.sort_unstable_by(|a, b| key(a).cmp(key(b)));
+        }
+        return repeat;
+    }
+    let order = sorted_order(items, &key);
+    if let Some(repeat) = first_repeat(&order, |i| key(&items[i])) {
+        return Some(repeat);
+    }
+    *items = in_order(std::mem::take(items), &order);
+    None
 }
 
 /// The indices of `items` in the order of their keys; of equal keys, in the order given.
@@ -426,16 +448,11 @@ impl<T: Ord> SortedSet<T> {
     /// A set of `members` in any order, or, when one is given twice, that one: the first that
     /// repeats an earlier one, in the order given.
     pub fn from_unique(mut members: Vec<T>) -> Result<Self, T> {
-        if members.is_sorted_by(|a, b| a < b) {
-            return Ok(SortedSet { members });
-        }
-        let order = sorted_order(&members, |member| member);
-        if let Some(repeat) = first_repeat(&order, |i| &members[i]) {
+        if let Some(repeat) = sort_unique(&mut members, |member| member) {
             return Err(members.swap_remove(repeat));
         }
-        Ok(SortedSet {
-            members: in_order(members, &order),
-        })
+        members.shrink_to_fit();
+        Ok(SortedSet { members })
     }
 
     fn from_members(mut members: Vec<T>) -> Self {
@@ -443,6 +460,7 @@ impl<T: Ord> SortedSet<T> {
             members.sort();
             members.dedup();
         }
+        members.shrink_to_fit();
         SortedSet { members }
     }
 }
@@ -571,6 +589,18 @@ mod tests {
                 .iter()
                 .eq(&[1, 2, 3])
         );
+        // More than a few, as one path; a few, as another.
+        let mut long: Vec<u32> = (0..20).rev().collect();
+        long.extend([7, 3]);
+        assert_eq!(
+            SortedSet::from_unique(long).unwrap_err(),
+            7,
+            "7 is repeated first"
+        );
+        let entries = |keys: &[u32]| keys.iter().map(|&k| (k, ())).collect::<Vec<_>>();
+        let long: Vec<u32> = (0..20).rev().chain([3, 7]).collect();
+        assert_eq!(SortedMap::from_unique(entries(&long)).unwrap_err(), 3);
+        assert_eq!(SortedMap::from_unique(entries(&[5, 4, 5])).unwrap_err(), 5);
         // Many entries in no order.
         let many: Vec<(u32, u32)> = (0..100_000u32)
             .map(|i| (i.wrapping_mul(2_654_435_761), i))

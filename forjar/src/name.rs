@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use forjar_rules as rules;
@@ -88,14 +89,18 @@ fn shown(bytes: &[u8]) -> String {
 /// assert!(Name::new("hello world").is_err());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Name(String);
+pub struct Name(CompactString);
 
 impl Name {
     /// Validates a name: 1 to 200 characters of `A-Z a-z 0-9 + - . _ ? =`, not starting with `.`.
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidValue> {
-        let name = name.into();
-        rules::name(&name).map_err(|reason| InvalidValue::new("name", &name, reason))?;
-        Ok(Name(name))
+        Name::of_str(&name.into())
+    }
+
+    /// [`Name::new`] of borrowed text: a short name is made without an allocation.
+    pub(crate) fn of_str(name: &str) -> Result<Self, InvalidValue> {
+        rules::name(name).map_err(|reason| InvalidValue::new("name", name, reason))?;
+        Ok(Name(name.into()))
     }
 
     /// A name made from an arbitrary file name: disallowed characters become `_`, a leading
@@ -117,7 +122,7 @@ impl Name {
         if name.is_empty() {
             name.push_str("source");
         }
-        Name(name)
+        Name(name.into())
     }
 }
 
@@ -128,19 +133,19 @@ pub(crate) fn identifier(field: &'static str, value: &str) -> Result<(), Invalid
 
 /// The name of one output of a derivation (`out`, `dev`, `doc`, ...).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct OutputName(String);
+pub struct OutputName(CompactString);
 
 impl OutputName {
     /// Validates an output name: a shell identifier of at most 64 bytes, not a reserved variable.
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidValue> {
         let name = name.into();
         identifier("output name", &name)?;
-        Ok(OutputName(name))
+        Ok(OutputName(name.into()))
     }
 
     /// The default output, `out`.
     pub fn out() -> Self {
-        OutputName("out".into())
+        OutputName(CompactString::const_new("out"))
     }
 }
 
@@ -198,6 +203,19 @@ pub struct Limits {
     /// wire form when unset, so that a peer of an earlier version reads the limits as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_processes: Option<u64>,
+}
+
+impl Limits {
+    /// No limit set: each is then its default.
+    pub const UNSET: Limits = Limits {
+        timeout: None,
+        max_silent: None,
+        memory: None,
+        cpus: None,
+        max_output_size: None,
+        max_log_size: None,
+        max_processes: None,
+    };
 }
 
 /// The bound on a build's outputs, in bytes, when a derivation sets none: every byte of an

@@ -197,7 +197,7 @@ impl DerivationParts {
             files: &d.files,
             constraints: &d.constraints,
             sandbox: d.sandbox,
-            fixed_output: d.fixed_output.as_ref(),
+            fixed_output: d.fixed_output.as_deref(),
             store_dir: &self.store_dir,
             host: self.host.as_ref(),
             toolchain: self.toolchain.as_deref(),
@@ -375,11 +375,16 @@ pub struct Planned {
     /// built by the request the key names with no earlier build of the name they could be
     /// realised to instead. What takes it is then resolved at planning.
     lands_where_named: bool,
-    /// Its limits (not in the key).
-    pub limits: Limits,
+    /// Its limits (not in the key), when any is set.
+    limits: Option<Box<Limits>>,
 }
 
 impl Planned {
+    /// Its limits (not in the key).
+    pub fn limits(&self) -> &Limits {
+        self.limits.as_deref().unwrap_or(&Limits::UNSET)
+    }
+
     /// The input-addressed key (see the type).
     pub fn key(&self) -> Key {
         self.key
@@ -1003,7 +1008,9 @@ struct Wave<'p, 'g> {
 }
 
 impl<'p> Wave<'p, '_> {
-    /// Keys `node`, then starts each dependent whose last input it was.
+    /// Keys `node`, then each dependent whose last input it was: one on this thread (what a
+    /// chain of derivations is, without a task or a trip to another core per link), the others
+    /// as tasks of their own.
     fn run(self, node: NodeIndex, scope: &rayon::Scope<'p>) {
         let dag = &self.planner.dag;
         let planned = |dep: NodeIndex| match &dag[dep] {
@@ -1013,16 +1020,21 @@ impl<'p> Wave<'p, '_> {
                 _ => unreachable!("a node starts once its inputs are keyed"),
             },
         };
-        let result = self.planner.key(node, self.store, self.listing, planned);
-        let ok = result.is_ok();
-        let _ = self.keyed[node.index()].set(result);
-        if !ok {
-            return;
-        }
-        for dependent in dag.neighbors_directed(node, Direction::Outgoing) {
-            // One count per edge, as there may be several from one input.
-            if self.waiting[dependent.index()].fetch_sub(1, Ordering::AcqRel) == 1 {
-                scope.spawn(move |scope| self.run(dependent, scope));
+        let mut next = Some(node);
+        while let Some(node) = next.take() {
+            let result = self.planner.key(node, self.store, self.listing, planned);
+            let ok = result.is_ok();
+            let _ = self.keyed[node.index()].set(result);
+            if !ok {
+                return;
+            }
+            for dependent in dag.neighbors_directed(node, Direction::Outgoing) {
+                // One count per edge, as there may be several from one input.
+                if self.waiting[dependent.index()].fetch_sub(1, Ordering::AcqRel) == 1
+                    && let Some(ready) = next.replace(dependent)
+                {
+                    scope.spawn(move |scope| self.run(ready, scope));
+                }
             }
         }
     }
@@ -1071,7 +1083,7 @@ impl<'g> Planner<'g> {
             let consumer = NodeIndex::new(index);
             for (input_name, input) in &drv.inputs {
                 let from = match input {
-                    Input::Source(source) => match self.source_nodes.get(source) {
+                    Input::Source(source) => match self.source_nodes.get(&**source) {
                         Some(&node) => node,
                         None => {
                             let node = self.add(Origin::Source(source));
@@ -1087,7 +1099,7 @@ impl<'g> Planner<'g> {
                                 consumer: drv.name.to_string(),
                                 location: drv.location(),
                                 input: input_name.to_string(),
-                                output: output.output.clone(),
+                                output: output.output.to_string(),
                                 producer: self.derivation(producer).name.to_string(),
                                 declared: declared
                                     .iter()
@@ -1101,7 +1113,7 @@ impl<'g> Planner<'g> {
                 };
                 self.dag.add_edge(from, consumer, input_name.clone());
             }
-            if let Some(toolchain) = &drv.toolchain {
+            if let Some(toolchain) = drv.toolchain.as_deref() {
                 let from = match self.toolchain_nodes.get(toolchain) {
                     Some(&node) => node,
                     None => {
@@ -1478,7 +1490,7 @@ impl<'g> Planner<'g> {
                     consumer,
                     location: String::from("root"),
                     input: name.clone(),
-                    output: output.output.clone(),
+                    output: output.output.to_string(),
                     producer: producer.name.to_string(),
                     declared: producer
                         .outputs

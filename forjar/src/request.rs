@@ -5,10 +5,12 @@
 //! that an invalid request cannot exist. Each constructor's error names the field, the value
 //! and what is wrong with it.
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{DERIVATION_CONTEXT, Encoder, EntryName, HostFingerprint, Key, TreeDigest};
@@ -74,27 +76,27 @@ string_newtype!(InputName, EnvKey, System);
 /// The name under which an input is visible to the build (an environment variable holding its
 /// store path).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct InputName(String);
+pub struct InputName(CompactString);
 
 impl InputName {
     /// Validates an input name: a shell identifier of at most 64 bytes, not a reserved variable.
     pub fn new(name: impl Into<String>) -> Result<Self, InvalidValue> {
         let name = name.into();
         identifier("input name", &name)?;
-        Ok(InputName(name))
+        Ok(InputName(name.into()))
     }
 }
 
 /// An environment variable name: non-empty, without `=` or NUL.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct EnvKey(String);
+pub struct EnvKey(CompactString);
 
 impl EnvKey {
     /// Validates an environment variable name.
     pub fn new(key: impl Into<String>) -> Result<Self, InvalidValue> {
         let key = key.into();
         rules::env_key(&key).map_err(|reason| InvalidValue::new("env key", &key, reason))?;
-        Ok(EnvKey(key))
+        Ok(EnvKey(key.into()))
     }
 }
 
@@ -204,14 +206,14 @@ impl AbsPath {
 
 /// A build platform, `<arch>-<os>`, one of [`crate::name::KNOWN_SYSTEMS`].
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct System(String);
+pub struct System(CompactString);
 
 impl System {
     /// Validates a system name against [`crate::name::KNOWN_SYSTEMS`].
     pub fn new(system: impl Into<String>) -> Result<Self, InvalidValue> {
         let system = system.into();
         rules::system(&system).map_err(|reason| InvalidValue::new("system", &system, reason))?;
-        Ok(System(system))
+        Ok(System(system.into()))
     }
 
     /// The system this program runs on, e.g. `x86_64-linux`.
@@ -222,15 +224,20 @@ impl System {
             "powerpc64" => "powerpc64le",
             other => other,
         };
-        System(format!("{arch}-linux"))
+        System(compact_str::format_compact!("{arch}-linux"))
     }
 }
 
 /// One argument of the builder's argv: bytes without NUL.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Arg(Vec<u8>);
+pub struct Arg(Cow<'static, [u8]>);
 
 impl Arg {
+    /// An argument of forjar's own (the script shell's), checked where it is written.
+    pub(crate) const fn fixed(arg: &'static str) -> Self {
+        Arg(Cow::Borrowed(arg.as_bytes()))
+    }
+
     /// Validates one argument; `index` names its position in the error.
     pub fn new(index: usize, arg: impl Into<Vec<u8>>) -> Result<Self, InvalidValue> {
         let arg = arg.into();
@@ -241,7 +248,7 @@ impl Arg {
                 format!("argument {index} contains a NUL byte, which no argv can hold"),
             ));
         }
-        Ok(Arg(arg))
+        Ok(Arg(Cow::Owned(arg)))
     }
 
     /// The argument's bytes.
@@ -267,7 +274,7 @@ impl<'de> Deserialize<'de> for Arg {
             );
             return Err(serde::de::Error::custom(error));
         }
-        Ok(Arg(arg))
+        Ok(Arg(Cow::Owned(arg)))
     }
 }
 
@@ -666,7 +673,7 @@ pub(crate) fn check_input_lists(
 pub(crate) fn check_names<'a>(
     name: &Name,
     args_empty: bool,
-    outputs: impl IntoIterator<Item = &'a OutputName>,
+    outputs: &[OutputName],
     inputs: impl IntoIterator<Item = &'a InputName>,
     env: impl IntoIterator<Item = &'a EnvKey>,
     network: bool,
@@ -675,7 +682,6 @@ pub(crate) fn check_names<'a>(
     if args_empty {
         return Err(RequestError::NoBuilder(name.to_string()));
     }
-    let outputs: Vec<&OutputName> = outputs.into_iter().collect();
     // Every name with the place it was claimed in. Sorted by name (stably), a name claimed
     // twice is next to its first claim; the clash reported is the one claimed first, as
     // claiming one name at a time finds it.
@@ -813,7 +819,7 @@ impl PartsRef<'_> {
         check_names(
             self.name,
             self.args.is_empty(),
-            self.outputs,
+            self.outputs.as_slice(),
             self.inputs.keys(),
             self.env.keys(),
             self.constraints.network,
@@ -1026,6 +1032,7 @@ mod bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::slice;
 
     /// The parts of a request with `working_dir` and `scratch_paths`, otherwise minimal.
     fn parts(working_dir: &str, scratch: &[&str]) -> RequestParts {
@@ -1179,15 +1186,26 @@ mod tests {
         let name = Name::new("x").unwrap();
         let out = OutputName::out();
         let src = InputName::new("out").unwrap();
-        let err = check_names(&name, false, [&out], [&src], [], false, false).unwrap_err();
+        let err = check_names(
+            &name,
+            false,
+            slice::from_ref(&out),
+            [&src],
+            [],
+            false,
+            false,
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "`out` is both an output and an input; inputs, outputs and env vars share the build \
              environment, so their names must differ"
         );
-        let err = check_names(&name, false, [&out], [], [], true, false).unwrap_err();
+        let err =
+            check_names(&name, false, slice::from_ref(&out), [], [], true, false).unwrap_err();
         assert!(matches!(err, RequestError::NetworkWithoutFixedOutput(_)));
-        let err = check_names(&name, true, [&out], [], [], false, false).unwrap_err();
+        let err =
+            check_names(&name, true, slice::from_ref(&out), [], [], false, false).unwrap_err();
         assert!(matches!(err, RequestError::NoBuilder(_)));
 
         // Of two clashes, the one met first in claiming outputs, inputs, then env vars: `z`
@@ -1195,8 +1213,16 @@ mod tests {
         let z = OutputName::new("z").unwrap();
         let (a, z_input) = (InputName::new("a").unwrap(), InputName::new("z").unwrap());
         let a_env = EnvKey::new("a").unwrap();
-        let err =
-            check_names(&name, false, [&z], [&a, &z_input], [&a_env], false, false).unwrap_err();
+        let err = check_names(
+            &name,
+            false,
+            slice::from_ref(&z),
+            [&a, &z_input],
+            [&a_env],
+            false,
+            false,
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("`z` is both an output and an input;"),

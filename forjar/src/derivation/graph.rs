@@ -145,7 +145,7 @@ impl Graph {
             .slots
             .iter()
             .filter_map(|slot| match slot {
-                Slot::Defined(drv) => drv.toolchain.as_ref(),
+                Slot::Defined(drv) => drv.toolchain.as_deref(),
                 _ => None,
             })
             .collect();

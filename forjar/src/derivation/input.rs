@@ -5,6 +5,8 @@ use std::io;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
+use compact_str::CompactString;
+
 use super::{Derivation, IntoDerivation};
 use crate::name::{InvalidValue, Name};
 
@@ -105,14 +107,14 @@ impl<T: IntoDerivation> Eq for Drv<T> {}
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct OutputRef {
     pub(crate) drv: DrvId,
-    pub(crate) output: String,
+    pub(crate) output: CompactString,
 }
 
 impl OutputRef {
     pub(crate) fn new(drv: DrvId, output: &str) -> Self {
         OutputRef {
             drv,
-            output: output.to_string(),
+            output: output.into(),
         }
     }
 
@@ -323,8 +325,9 @@ impl Source {
 pub enum Input {
     /// An output of another derivation (fixed-output ones included).
     Output(OutputRef),
-    /// A host file or directory, imported by content.
-    Source(Source),
+    /// A host file or directory, imported by content. Boxed: a derivation's inputs are mostly
+    /// outputs, and each input is as large as the larger kind.
+    Source(Box<Source>),
 }
 
 impl From<OutputRef> for Input {
@@ -353,12 +356,12 @@ impl<T: IntoDerivation> From<&Drv<T>> for Input {
 
 impl From<Source> for Input {
     fn from(source: Source) -> Self {
-        Input::Source(source)
+        Input::Source(Box::new(source))
     }
 }
 
 impl From<&Source> for Input {
     fn from(source: &Source) -> Self {
-        Input::Source(source.clone())
+        Input::Source(Box::new(source.clone()))
     }
 }

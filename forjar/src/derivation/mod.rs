@@ -29,7 +29,7 @@ mod input;
 mod typed;
 
 use std::collections::BTreeSet;
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::panic::Location;
 use std::time::Duration;
 
@@ -76,9 +76,11 @@ pub struct Derivation {
     pub(crate) files: SortedMap<CleanRelPath, Vec<u8>>,
     pub(crate) constraints: Constraints,
     pub(crate) sandbox: SandboxLevel,
-    pub(crate) fixed_output: Option<FixedOutput>,
-    pub(crate) toolchain: Option<Toolchain>,
-    pub(crate) limits: Limits,
+    // The rarer parts boxed, the limits left out when none is set: a program may hold
+    // thousands of derivations.
+    pub(crate) fixed_output: Option<Box<FixedOutput>>,
+    pub(crate) toolchain: Option<Box<Toolchain>>,
+    pub(crate) limits: Option<Box<Limits>>,
     pub(crate) location: &'static Location<'static>,
 }
 
@@ -108,15 +110,19 @@ impl Derivation {
     }
     /// The toolchain, if it has one.
     pub fn toolchain(&self) -> Option<&Toolchain> {
-        self.toolchain.as_ref()
+        self.toolchain.as_deref()
     }
     /// The resource limits.
     pub fn limits(&self) -> &Limits {
-        &self.limits
+        self.limits.as_deref().unwrap_or(&Limits::UNSET)
     }
     /// Where the derivation was defined, as `file:line`.
     pub fn location(&self) -> String {
-        format!("{}:{}", self.location.file(), self.location.line())
+        let file = self.location.file();
+        // Sized once: `format!` would guess short and grow.
+        let mut text = String::with_capacity(file.len() + 11);
+        let _ = write!(text, "{file}:{}", self.location.line());
+        text
     }
 }
 
@@ -424,27 +430,27 @@ impl DerivationBuilder {
 
     /// Validates everything and makes the derivation. The error names the derivation, where it
     /// was defined, the field and the value.
-    pub fn build(self) -> Result<Derivation, DerivationError> {
-        let name = self.name.clone();
+    pub fn build(mut self) -> Result<Derivation, DerivationError> {
+        let name = std::mem::take(&mut self.name);
         let location = self.location;
-        self.validate().map_err(|error| DerivationError {
+        self.validate(&name).map_err(|error| DerivationError {
             name,
             location: format!("{}:{}", location.file(), location.line()),
             error,
         })
     }
 
-    fn validate(self) -> Result<Derivation, RequestError> {
+    fn validate(self, name: &str) -> Result<Derivation, RequestError> {
         if let Some(error) = self.deferred {
             return Err(error);
         }
-        let name = Name::new(self.name)?;
+        let name = Name::of_str(name)?;
         let system = match self.system {
             Some(system) => System::new(system)?,
             None => System::host(),
         };
         let mut provide_bin_sh = self.provide_bin_sh;
-        let argv: Vec<Vec<u8>> = match (self.script, self.argv) {
+        let args: Vec<Arg> = match (self.script, self.argv) {
             (Some(_), Some(_)) => {
                 return Err(InvalidValue::new(
                     "builder",
@@ -465,20 +471,18 @@ impl DerivationBuilder {
                     )?;
                 }
                 provide_bin_sh = true;
-                SCRIPT_SHELL
-                    .iter()
-                    .map(|a| a.as_bytes().to_vec())
-                    .chain([script.into_bytes()])
-                    .collect()
+                let mut args = Vec::with_capacity(SCRIPT_SHELL.len() + 1);
+                args.extend(SCRIPT_SHELL.map(Arg::fixed));
+                args.push(Arg::new(SCRIPT_SHELL.len(), script)?);
+                args
             }
-            (None, Some(argv)) => argv,
+            (None, Some(argv)) => argv
+                .into_iter()
+                .enumerate()
+                .map(|(i, a)| Arg::new(i, a))
+                .collect::<Result<_, _>>()?,
             (None, None) => Vec::new(),
         };
-        let args = argv
-            .into_iter()
-            .enumerate()
-            .map(|(i, a)| Arg::new(i, a))
-            .collect::<Result<Vec<_>, _>>()?;
 
         // Each map is sorted once: inserting one entry at a time in the order given costs the
         // square of their number for a derivation of thousands of inputs.
@@ -540,7 +544,7 @@ impl DerivationBuilder {
             }
         }
         let fixed_output = match (self.fixed_output, self.fixed_output_mode) {
-            (Some(digest), mode) => Some(FixedOutput::new(&digest, mode)?),
+            (Some(digest), mode) => Some(Box::new(FixedOutput::new(&digest, mode)?)),
             (None, Some(_)) => {
                 return Err(InvalidValue::new(
                     "fixed-output mode",
@@ -555,7 +559,7 @@ impl DerivationBuilder {
         check_names(
             &name,
             args.is_empty(),
-            &outputs,
+            outputs.as_slice(),
             inputs.keys(),
             env.keys(),
             self.network,
@@ -601,8 +605,8 @@ impl DerivationBuilder {
             },
             sandbox: self.sandbox,
             fixed_output,
-            toolchain: self.toolchain,
-            limits: self.limits,
+            toolchain: self.toolchain.map(Box::new),
+            limits: (self.limits != Limits::UNSET).then(|| Box::new(self.limits)),
             location: self.location,
         })
     }
@@ -631,7 +635,8 @@ fn check_script(
     allow_impure: bool,
 ) -> Result<(), RequestError> {
     use crate::name::rules::script;
-    let mut declared: Vec<(&str, &str)> = Vec::new();
+    let mut declared: Vec<(&str, &str)> =
+        Vec::with_capacity(inputs.len() + input_lists.len() + env.len() + outputs.len().max(1));
     declared.extend(inputs.iter().map(|(n, _)| (n.as_str(), "input")));
     // A list is an input field to the derive, and named as one.
     declared.extend(input_lists.iter().map(|(n, _)| (n.as_str(), "input")));

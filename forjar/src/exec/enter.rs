@@ -52,7 +52,7 @@ pub fn enter(
         request: resolved.request(),
         key: &resolved.key,
         outputs: &resolved.outputs,
-        limits: &planned.limits,
+        limits: planned.limits(),
         location: node.location.as_deref(),
     };
     // The build's request with a shell for its builder, `/bin/sh` provided, and a prompt that

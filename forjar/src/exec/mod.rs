@@ -313,7 +313,7 @@ impl<'a> BuildJob<'a> {
             request: resolved.request(),
             key: &resolved.key,
             outputs: &resolved.outputs,
-            limits: &planned.limits,
+            limits: planned.limits(),
             location: node.location.as_deref(),
         })
     }

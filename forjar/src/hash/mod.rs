@@ -48,7 +48,14 @@ const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 /// assert_eq!(forjar::hash::base32(b"foobar"), "mzxw6ytboi");
 /// ```
 pub fn base32(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
+    let mut out = vec![0; (bytes.len() * 8).div_ceil(5)];
+    base32_into(bytes, &mut out);
+    String::from_utf8(out).expect("the base32 alphabet is ASCII")
+}
+
+/// [`base32`] into `out`, which is as long as the text is: 8 characters per 5 bytes.
+pub(crate) fn base32_into(bytes: &[u8], out: &mut [u8]) {
+    let mut at = 0;
     let mut buffer: u64 = 0;
     let mut bits = 0;
     for &byte in bytes {
@@ -56,13 +63,13 @@ pub fn base32(bytes: &[u8]) -> String {
         bits += 8;
         while bits >= 5 {
             bits -= 5;
-            out.push(BASE32[((buffer >> bits) & 31) as usize] as char);
+            out[at] = BASE32[((buffer >> bits) & 31) as usize];
+            at += 1;
         }
     }
     if bits > 0 {
-        out.push(BASE32[((buffer << (5 - bits)) & 31) as usize] as char);
+        out[at] = BASE32[((buffer << (5 - bits)) & 31) as usize];
     }
-    out
 }
 
 /// Whether `s` is a store hash: 32 characters of the lowercase base32 alphabet.
@@ -121,7 +128,12 @@ impl Key {
 
     /// The store hash: the first 20 bytes in lowercase base32, 32 characters.
     pub fn store_hash(&self) -> String {
-        base32(&self.0[..20])
+        base32(self.store_hash_bytes())
+    }
+
+    /// The bytes [`store_hash`](Key::store_hash) is the base32 of.
+    fn store_hash_bytes(&self) -> &[u8] {
+        &self.0[..20]
     }
 }
 
