@@ -389,6 +389,37 @@ fn keys_do_not_depend_on_definition_order_or_on_which_thread_keys_a_node() {
 }
 
 #[test]
+fn each_derivation_is_keyed_once_however_the_threads_race() {
+    // Many roots, each taken by one derivation ("leaf"), all of those by one more. Declared
+    // before the roots, the leaves come after all of them in the plan's order: the first roots
+    // and their leaves are keyed while later roots are still being started. A derivation
+    // started twice counts down what takes it twice, which then starts before all its inputs
+    // are keyed (a panic); a debug build also checks that no derivation is keyed twice.
+    let (_dir, store) = temp_store();
+    let mut g = Graph::new();
+    let leaves: Vec<Drv> = (0..2000).map(|i| g.declare(&format!("leaf{i}"))).collect();
+    for (i, leaf) in leaves.iter().enumerate() {
+        let root = g.add(
+            drv(&format!("root{i}"))
+                .env("i", i.to_string())
+                .build()
+                .unwrap(),
+        );
+        let derivation = drv(&format!("leaf{i}"))
+            .input("root", root)
+            .build()
+            .unwrap();
+        g.define(leaf, derivation).unwrap();
+    }
+    let top = g.add(drv("top").inputs("leaves", &leaves).build().unwrap());
+    for _ in 0..10 {
+        let plan = Plan::new(&g, &store).unwrap();
+        assert_eq!(plan.nodes().count(), 4001);
+        assert!(plan.key(&top).is_some());
+    }
+}
+
+#[test]
 fn ignore_rules_leave_files_out_of_a_sources_key_and_entry() {
     let (_dir, store) = temp_store();
     let src = tempfile::tempdir().unwrap();

@@ -1024,7 +1024,8 @@ impl<'p> Wave<'p, '_> {
         while let Some(node) = next.take() {
             let result = self.planner.key(node, self.store, self.listing, planned);
             let ok = result.is_ok();
-            let _ = self.keyed[node.index()].set(result);
+            let first = self.keyed[node.index()].set(result).is_ok();
+            debug_assert!(first, "node {} keyed twice", node.index());
             if !ok {
                 return;
             }
@@ -1310,11 +1311,18 @@ impl<'g> Planner<'g> {
             keyed: &keyed,
             listing,
         };
+        // Chosen before any starts: once one has, a count may reach zero while the others are
+        // being started, and a node taken then would be started twice.
+        let ready: Vec<NodeIndex> = order
+            .iter()
+            .copied()
+            .filter(|&node| {
+                is_derivation(node) && waiting[node.index()].load(Ordering::Relaxed) == 0
+            })
+            .collect();
         rayon::scope(|scope| {
-            for &node in order {
-                if is_derivation(node) && waiting[node.index()].load(Ordering::Relaxed) == 0 {
-                    scope.spawn(move |scope| wave.run(node, scope));
-                }
+            for node in ready {
+                scope.spawn(move |scope| wave.run(node, scope));
             }
         });
         // The first failure in topological order; a node after a failure was never keyed.
