@@ -13,7 +13,9 @@ use std::path::Path;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{DERIVATION_CONTEXT, Encoder, EntryName, HostFingerprint, Key, TreeDigest};
+use crate::hash::{
+    DERIVATION_CONTEXT, Encoder, EntryName, HostFingerprint, Key, STORE_HASH_LEN, TreeDigest,
+};
 use crate::map::{SortedMap, SortedSet};
 use crate::name::{InvalidValue, Name, OutputName, StoreDir, identifier, rules, string_newtype};
 
@@ -719,8 +721,32 @@ pub(crate) fn check_names<'a>(
     if fixed_output && (outputs.len() != 1 || outputs[0].as_str() != "out") {
         return Err(RequestError::FixedOutputOutputs(name.to_string()));
     }
+    // An output other than `out` is the store entry `<hash>-<name>-<output>`: a directory,
+    // whose name a file system holds up to 255 bytes.
+    let entry_len =
+        |output: &OutputName| STORE_HASH_LEN + 2 + name.as_str().len() + output.as_str().len();
+    if let Some(output) = outputs
+        .iter()
+        .find(|o| o.as_str() != "out" && entry_len(o) > MAX_FILE_NAME_LEN)
+    {
+        return Err(InvalidValue::new(
+            "output name",
+            output.as_str(),
+            format!(
+                "with the derivation's name of {} bytes, its store entry's name would be {} \
+                 bytes, more than the {MAX_FILE_NAME_LEN} a file name may have; shorten the \
+                 name or the output's name",
+                name.as_str().len(),
+                entry_len(output),
+            ),
+        )
+        .into());
+    }
     Ok(())
 }
+
+/// The longest file name the store's file systems hold, in bytes (`NAME_MAX`).
+const MAX_FILE_NAME_LEN: usize = 255;
 
 /// The rules of the working directory and the scratch paths, which are relative to the
 /// sandbox's root: each scratch path is an empty writable directory of its own, clear of what
@@ -1207,6 +1233,20 @@ mod tests {
         let err =
             check_names(&name, true, slice::from_ref(&out), [], [], false, false).unwrap_err();
         assert!(matches!(err, RequestError::NoBuilder(_)));
+
+        // The longest name with a short output makes an entry a file system holds; with a long
+        // output, not.
+        let longest = Name::new("n".repeat(crate::name::MAX_NAME_LEN)).unwrap();
+        let dev = OutputName::new("dev").unwrap();
+        assert!(check_names(&longest, false, slice::from_ref(&dev), [], [], false, false).is_ok());
+        let long = OutputName::new("o".repeat(30)).unwrap();
+        let err = check_names(&longest, false, &[out.clone(), long], [], [], false, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("`{}`", "o".repeat(30))) && err.contains("264 bytes"),
+            "{err}"
+        );
 
         // Of two clashes, the one met first in claiming outputs, inputs, then env vars: `z`
         // (claimed third), not `a` (claimed fourth, though first by name).
