@@ -32,7 +32,8 @@ impl EntryName {
         EntryName::new(&super::source_key(name, digest), name, None)
     }
 
-    /// Parses an entry name: a store hash, `-`, and a valid name.
+    /// Parses an entry name: a store hash, `-`, and a valid name, or a valid name, `-` and an
+    /// output name.
     pub fn parse(s: &str) -> Result<Self, InvalidValue> {
         let bad = || {
             InvalidValue::new(
