@@ -184,7 +184,7 @@ impl StoreDir {
 
 /// Resource limits of a build. None of them is part of the closure key: they can make a build
 /// fail, but cannot change what a successful build produces.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Total wall-clock time.
@@ -216,6 +216,12 @@ impl Limits {
         max_log_size: None,
         max_processes: None,
     };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::UNSET
+    }
 }
 
 /// The bound on a build's outputs, in bytes, when a derivation sets none: every byte of an

@@ -1063,7 +1063,7 @@ impl<'g> Planner<'g> {
                 Slot::Declared { name, location } => {
                     return Err(PlanError::Undefined {
                         name: name.clone(),
-                        location: format!("{}:{}", location.file(), location.line()),
+                        location: crate::derivation::site(location),
                     });
                 }
                 Slot::Invalid(error) => {

@@ -13,9 +13,7 @@ use std::path::Path;
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
 
-use crate::hash::{
-    DERIVATION_CONTEXT, Encoder, EntryName, HostFingerprint, Key, STORE_HASH_LEN, TreeDigest,
-};
+use crate::hash::{DERIVATION_CONTEXT, Encoder, EntryName, HostFingerprint, Key, TreeDigest};
 use crate::map::{SortedMap, SortedSet};
 use crate::name::{InvalidValue, Name, OutputName, StoreDir, identifier, rules, string_newtype};
 
@@ -235,7 +233,8 @@ impl System {
 pub struct Arg(Cow<'static, [u8]>);
 
 impl Arg {
-    /// An argument of forjar's own (the script shell's), checked where it is written.
+    /// An argument of forjar's own (the script shell's), which holds no NUL byte; borrowed, not
+    /// copied into each derivation.
     pub(crate) const fn fixed(arg: &'static str) -> Self {
         Arg(Cow::Borrowed(arg.as_bytes()))
     }
@@ -721,32 +720,27 @@ pub(crate) fn check_names<'a>(
     if fixed_output && (outputs.len() != 1 || outputs[0].as_str() != "out") {
         return Err(RequestError::FixedOutputOutputs(name.to_string()));
     }
-    // An output other than `out` is the store entry `<hash>-<name>-<output>`: a directory,
-    // whose name a file system holds up to 255 bytes.
-    let entry_len =
-        |output: &OutputName| STORE_HASH_LEN + 2 + name.as_str().len() + output.as_str().len();
+    // Each output is a store entry, a directory, whose name a file system holds only so long.
     if let Some(output) = outputs
         .iter()
-        .find(|o| o.as_str() != "out" && entry_len(o) > MAX_FILE_NAME_LEN)
+        .find(|o| EntryName::len_of(name, Some(o)) > EntryName::MAX_LEN)
     {
         return Err(InvalidValue::new(
             "output name",
             output.as_str(),
             format!(
                 "with the derivation's name of {} bytes, its store entry's name would be {} \
-                 bytes, more than the {MAX_FILE_NAME_LEN} a file name may have; shorten the \
-                 name or the output's name",
+                 bytes, more than the {} a file name may have; shorten the name or the \
+                 output's name",
                 name.as_str().len(),
-                entry_len(output),
+                EntryName::len_of(name, Some(output)),
+                EntryName::MAX_LEN,
             ),
         )
         .into());
     }
     Ok(())
 }
-
-/// The longest file name the store's file systems hold, in bytes (`NAME_MAX`).
-const MAX_FILE_NAME_LEN: usize = 255;
 
 /// The rules of the working directory and the scratch paths, which are relative to the
 /// sandbox's root: each scratch path is an empty writable directory of its own, clear of what

@@ -118,12 +118,17 @@ impl Derivation {
     }
     /// Where the derivation was defined, as `file:line`.
     pub fn location(&self) -> String {
-        let file = self.location.file();
-        // Sized once: `format!` would guess short and grow.
-        let mut text = String::with_capacity(file.len() + 11);
-        let _ = write!(text, "{file}:{}", self.location.line());
-        text
+        site(self.location)
     }
+}
+
+/// A source location as `file:line`.
+pub(crate) fn site(location: &Location<'_>) -> String {
+    let file = location.file();
+    // Sized once: `format!` would guess short and grow.
+    let mut text = String::with_capacity(file.len() + 11);
+    let _ = write!(text, "{file}:{}", location.line());
+    text
 }
 
 /// The script interpreter used for `.script(...)`.
@@ -435,7 +440,7 @@ impl DerivationBuilder {
         let location = self.location;
         self.validate(&name).map_err(|error| DerivationError {
             name,
-            location: format!("{}:{}", location.file(), location.line()),
+            location: site(location),
             error,
         })
     }

@@ -15,16 +15,25 @@ use crate::name::{InvalidValue, Name, OutputName, identifier};
 pub struct EntryName(Arc<str>);
 
 impl EntryName {
+    /// The longest an entry name may be: the longest file name the store's file systems hold
+    /// (`NAME_MAX`).
+    pub(crate) const MAX_LEN: usize = 255;
+
     /// The entry name of a key and a name.
     pub fn new(key: &Key, name: &Name, output: Option<&OutputName>) -> Self {
         let mut hash = [0; STORE_HASH_LEN];
         base32_into(key.store_hash_bytes(), &mut hash);
         let hash = std::str::from_utf8(&hash).expect("the base32 alphabet is ASCII");
         let name = name.as_str();
-        EntryName(match output.map(OutputName::as_str) {
-            Some(output) if output != "out" => joined(&[hash, "-", name, "-", output]),
-            _ => joined(&[hash, "-", name]),
+        EntryName(match named_output(output) {
+            Some(output) => joined(&[hash, "-", name, "-", output]),
+            None => joined(&[hash, "-", name]),
         })
+    }
+
+    /// The length of the entry name [`EntryName::new`] makes of `name` and `output`.
+    pub(crate) fn len_of(name: &Name, output: Option<&OutputName>) -> usize {
+        STORE_HASH_LEN + 1 + name.as_str().len() + named_output(output).map_or(0, |o| 1 + o.len())
     }
 
     /// The entry of a source (or any tree keyed as one) named `name` with content `digest`.
@@ -80,6 +89,13 @@ impl fmt::Display for EntryName {
     }
 }
 
+/// The output an entry name ends with: none for `out`.
+fn named_output(output: Option<&OutputName>) -> Option<&str> {
+    output
+        .map(OutputName::as_str)
+        .filter(|output| *output != "out")
+}
+
 /// `parts` joined, in one allocation when they are as short as entry names mostly are.
 fn joined(parts: &[&str]) -> Arc<str> {
     let mut buffer = [0; 128];
@@ -132,6 +148,7 @@ mod tests {
             let long = Name::new("n".repeat(len)).unwrap();
             let entry = EntryName::new(&key, &long, Some(&doc));
             assert_eq!(entry.as_str(), format!("{}-{long}-doc", key.store_hash()));
+            assert_eq!(entry.as_str().len(), EntryName::len_of(&long, Some(&doc)));
             assert_eq!(EntryName::parse(entry.as_str()), Ok(entry));
         }
     }

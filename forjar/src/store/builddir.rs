@@ -19,7 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 
-use super::{KeyLock, Store, StoreError, remove_tree};
+use super::{KeyLock, Store, StoreError, remove_tree, remove_tree_at};
 
 /// The idle build directories of a store handle, and the lock that keeps them.
 pub(super) struct BuildDirs {
@@ -167,11 +167,10 @@ impl Store {
 }
 
 /// Takes `dir` back from the build user (owner forjar, mode 0755) and removes what is in it:
-/// through one descriptor of the directory opened without following a link, and the
-/// descriptor-relative, no-follow walk of [`remove_tree`] for each thing in it.
+/// through one descriptor of the directory opened without following a link, listed and
+/// removed through that descriptor ([`remove_tree_at`]'s no-follow walk for each thing in it).
 fn empty_dir(dir: &Path) -> Result<(), StoreError> {
     use std::os::fd::AsFd;
-    use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::OpenOptionsExt;
     let handle = fs::OpenOptions::new()
         .read(true)
@@ -184,10 +183,10 @@ fn empty_dir(dir: &Path) -> Result<(), StoreError> {
     handle
         .set_permissions(fs::Permissions::from_mode(0o755))
         .map_err(StoreError::io("cannot set the mode of", dir))?;
-    // Listed through the descriptor taken back, not by the path again.
+    // Through the descriptor taken back, not by the path again.
     let items = crate::walk::list(handle.as_fd()).map_err(StoreError::io("cannot read", dir))?;
     for (name, _) in items {
-        remove_tree(&dir.join(std::ffi::OsStr::from_bytes(name.as_bytes())))?;
+        remove_tree_at(handle.as_fd(), &name, dir)?;
     }
     Ok(())
 }

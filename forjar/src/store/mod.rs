@@ -57,6 +57,7 @@ pub use realisation::{BuildRecord, Realised, RealisedOutput};
 pub use settings::Settings;
 #[cfg(feature = "remote")]
 pub(crate) use tree::ScratchDir;
+pub(crate) use tree::remove_tree_at;
 pub use tree::{remove_tree, tree_size};
 
 /// Writes `bytes` to the file at `path` (in one of the store's own directories) beside it,

@@ -51,11 +51,9 @@ pub(super) struct Pending {
 #[derive(Debug)]
 struct Window {
     dir: PathBuf,
-    /// The directory, open: its lock, and what is synced after each marker when the file
-    /// system does not keep metadata operations in order.
+    /// The directory, open: its lock, where markers are made, and what is synced after each
+    /// when the file system does not keep metadata operations in order.
     handle: File,
-    /// See [`Pending::in_order`].
-    in_order: bool,
 }
 
 /// What opening the store found of earlier windows.
@@ -106,9 +104,18 @@ impl Store {
             Some(window) => window,
             none => none.insert(self.open_window()?),
         };
-        let marker = window.dir.join(entry.as_str());
-        File::create(&marker).map_err(StoreError::io("cannot create", &marker))?;
-        if !window.in_order {
+        // Made through the window's descriptor, not by its path again.
+        let made = crate::walk::openat_mode(
+            window.handle.as_fd(),
+            &crate::walk::cstring(entry.as_str().as_bytes()),
+            nix::libc::O_WRONLY | nix::libc::O_CREAT | nix::libc::O_NOFOLLOW,
+            0o644,
+        );
+        if let Err(error) = made {
+            let marker = window.dir.join(entry.as_str());
+            return Err(StoreError::io("cannot create", &marker)(error));
+        }
+        if self.pending.in_order.get() != Some(&true) {
             window
                 .handle
                 .sync_all()
@@ -134,20 +141,25 @@ impl Store {
         lock.lock().map_err(StoreError::io("cannot lock", &new))?;
         let dir = pending.join(name);
         fs::rename(&new, &dir).map_err(StoreError::io("cannot create", &dir))?;
-        let in_order = *self.pending.in_order.get_or_init(|| {
-            self.root_fd()
-                .is_ok_and(|root| metadata_in_order(root.as_fd()))
-        });
+        let root = self
+            .root_fd()
+            .map_err(StoreError::io("cannot open", self.dir()))?;
+        let in_order = *self
+            .pending
+            .in_order
+            .get_or_init(|| metadata_in_order(root.as_fd()));
         if !in_order {
-            File::open(&pending)
-                .and_then(|p| p.sync_all())
-                .map_err(StoreError::io("cannot sync", &pending))?;
+            // Opened through the store's descriptor, not following a link.
+            crate::walk::openat(
+                root.as_fd(),
+                &crate::walk::cstring(PENDING.as_bytes()),
+                nix::libc::O_RDONLY | nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW,
+            )
+            .map(File::from)
+            .and_then(|p| p.sync_all())
+            .map_err(StoreError::io("cannot sync", &pending))?;
         }
-        Ok(Window {
-            dir,
-            handle: lock,
-            in_order,
-        })
+        Ok(Window { dir, handle: lock })
     }
 
     /// Makes every entry this handle installed durable: one `syncfs` of the store's file

@@ -367,16 +367,29 @@ impl Drop for ScratchDir {
 
 /// Removes a file or tree, making read-only directories writable first. A missing path is fine.
 pub fn remove_tree(path: &Path) -> Result<(), StoreError> {
-    // What vanished meanwhile was removed by someone else (a sweep racing a drop): either way,
-    // it is gone.
-    match walk::walk(
-        path,
-        &mut Remove,
-        walk::Options {
-            force: true,
-            ..walk::Options::default()
-        },
-    ) {
+    gone(walk::walk(path, &mut Remove, REMOVE))
+}
+
+/// [`remove_tree`] of `name` in the open directory `parent` (whose path, for messages, is
+/// `dir_path`): nothing above it is looked up again.
+pub(crate) fn remove_tree_at(
+    parent: BorrowedFd<'_>,
+    name: &CStr,
+    dir_path: &Path,
+) -> Result<(), StoreError> {
+    gone(walk::walk_at(parent, name, dir_path, &mut Remove, REMOVE))
+}
+
+/// A read-only directory is made writable to be emptied; nothing is left out.
+const REMOVE: walk::Options<'static> = walk::Options {
+    force: true,
+    keep: None,
+};
+
+/// What vanished meanwhile was removed by someone else (a sweep racing a drop): either way,
+/// it is gone.
+fn gone(removed: Result<(), StoreError>) -> Result<(), StoreError> {
+    match removed {
         Err(StoreError::Hash(HashError::NotFound { .. })) => Ok(()),
         other => other,
     }
