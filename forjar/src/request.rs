@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
+use std::sync::LazyLock;
 
 use compact_str::CompactString;
 use serde::{Deserialize, Serialize};
@@ -218,13 +219,16 @@ impl System {
 
     /// The system this program runs on, e.g. `x86_64-linux`.
     pub fn host() -> Self {
-        let arch = match std::env::consts::ARCH {
-            "x86" => "i686",
-            "arm" => "armv7l",
-            "powerpc64" => "powerpc64le",
-            other => other,
-        };
-        System(compact_str::format_compact!("{arch}-linux"))
+        static HOST: LazyLock<System> = LazyLock::new(|| {
+            let arch = match std::env::consts::ARCH {
+                "x86" => "i686",
+                "arm" => "armv7l",
+                "powerpc64" => "powerpc64le",
+                other => other,
+            };
+            System(compact_str::format_compact!("{arch}-linux"))
+        });
+        HOST.clone()
     }
 }
 
@@ -671,35 +675,54 @@ pub(crate) fn check_input_lists(
     Ok(())
 }
 
+/// The first name claimed twice among `claims` (each a name and what claims it), with what
+/// claimed it first and what claimed it again: the clash reported is the one a claim at a time
+/// would find.
+fn first_clash<'a>(
+    claims: impl Iterator<Item = (&'a str, &'static str)> + Clone,
+) -> Option<(&'a str, &'static str, &'static str)> {
+    // A derivation's few names, each against those before it, without a vector.
+    const FEW: usize = 16;
+    if claims.clone().nth(FEW).is_none() {
+        return claims.clone().enumerate().find_map(|(at, (name, kind))| {
+            let (_, first) = claims.clone().take(at).find(|(n, _)| *n == name)?;
+            Some((name, first, kind))
+        });
+    }
+    // Many: sorted by name (stably), a name claimed twice is next to its first claim.
+    let mut claims: Vec<(&str, &'static str, usize)> = claims
+        .enumerate()
+        .map(|(place, (name, kind))| (name, kind, place))
+        .collect();
+    claims.sort_by_key(|claim| claim.0);
+    claims
+        .windows(2)
+        .filter(|pair| pair[0].0 == pair[1].0)
+        .min_by_key(|pair| pair[1].2)
+        .map(|pair| (pair[1].0, pair[0].1, pair[1].1))
+}
+
+/// The rules a derivation's names follow: it has a builder and an output, no name is claimed
+/// twice among its outputs, inputs and env vars, and each output's store entry name fits a file
+/// name; with the rules of the network and fixed outputs.
 pub(crate) fn check_names<'a>(
     name: &Name,
     args_empty: bool,
     outputs: &[OutputName],
-    inputs: impl IntoIterator<Item = &'a InputName>,
-    env: impl IntoIterator<Item = &'a EnvKey>,
+    inputs: impl IntoIterator<Item = &'a InputName, IntoIter: Clone>,
+    env: impl IntoIterator<Item = &'a EnvKey, IntoIter: Clone>,
     network: bool,
     fixed_output: bool,
 ) -> Result<(), RequestError> {
     if args_empty {
         return Err(RequestError::NoBuilder(name.to_string()));
     }
-    // Every name with the place it was claimed in. Sorted by name (stably), a name claimed
-    // twice is next to its first claim; the clash reported is the one claimed first, as
-    // claiming one name at a time finds it.
-    let mut claims: Vec<(&str, &'static str, usize)> = outputs
+    let claims = outputs
         .iter()
         .map(|o| (o.as_str(), "an output"))
         .chain(inputs.into_iter().map(|i| (i.as_str(), "an input")))
-        .chain(env.into_iter().map(|k| (k.as_str(), "an env var")))
-        .enumerate()
-        .map(|(place, (name, kind))| (name, kind, place))
-        .collect();
-    claims.sort_by_key(|claim| claim.0);
-    let clash = claims
-        .windows(2)
-        .filter(|pair| pair[0].0 == pair[1].0)
-        .min_by_key(|pair| pair[1].2);
-    if let Some(&[(_, first, _), (name, second, _)]) = clash {
+        .chain(env.into_iter().map(|k| (k.as_str(), "an env var")));
+    if let Some((name, first, second)) = first_clash(claims) {
         return Err(RequestError::NameClash {
             name: name.to_string(),
             first,
@@ -747,6 +770,10 @@ pub(crate) fn check_names<'a>(
 /// the sandbox puts there; the build starts in `build` (the build directory), a directory in
 /// it, or in a scratch path.
 fn check_build_paths(parts: &PartsRef<'_>) -> Result<(), InvalidValue> {
+    // What every planned request has: the build directory, no scratch paths.
+    if parts.scratch_paths.is_empty() && parts.working_dir.as_str() == "build" {
+        return Ok(());
+    }
     let store = parts
         .store_dir
         .as_path()
@@ -1199,6 +1226,35 @@ mod tests {
             "{err}"
         );
         assert!(crate::name::KNOWN_SYSTEMS.contains(&System::host().as_str()));
+    }
+
+    #[test]
+    fn the_clash_reported_is_the_first_repeated_claim_however_many_names() {
+        type Claims<'a> = &'a [(&'a str, &'static str)];
+        type Clash<'a> = Option<(&'a str, &'static str, &'static str)>;
+        let (o, i, e) = ("an output", "an input", "an env var");
+        let cases: [(Claims, Clash); 4] = [
+            (&[("a", o), ("b", i), ("c", e)], None),
+            (&[("a", o), ("b", i), ("a", e)], Some(("a", o, e))),
+            // `y` is claimed again before `x` is.
+            (&[("x", o), ("y", i), ("y", e), ("x", e)], Some(("y", i, e))),
+            (&[("x", o), ("x", i), ("x", e)], Some(("x", o, i))),
+        ];
+        // The same claims, and the same followed by more names than a derivation has (the
+        // other path); what follows a clash does not change which is first.
+        let more: Vec<String> = (0..20).map(|n| format!("p{n}")).collect();
+        for (claims, clash) in cases {
+            assert_eq!(first_clash(claims.iter().copied()), clash, "{claims:?}");
+            let padded = claims
+                .iter()
+                .copied()
+                .chain(more.iter().map(|name| (name.as_str(), e)));
+            assert_eq!(first_clash(padded), clash, "{claims:?} and 20 more");
+        }
+        let many: Vec<(&str, &str)> = more.iter().map(|name| (name.as_str(), i)).collect();
+        assert_eq!(first_clash(many.iter().copied()), None);
+        let again = many.iter().copied().chain([("p3", e)]);
+        assert_eq!(first_clash(again), Some(("p3", i, e)));
     }
 
     #[test]

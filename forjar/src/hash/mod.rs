@@ -19,6 +19,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::OnceLock;
 
+use blake3::hazmat::{self, ContextKey, HasherExt};
 use serde::{Deserialize, Serialize};
 
 use crate::name::{Name, OutputName, rules};
@@ -269,9 +270,12 @@ pub(crate) fn with_read_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
 /// byte: two different values can never encode to the same byte string.
 ///
 /// A key is encoded from dozens of small values; they are gathered a BLAKE3 chunk at a time on
-/// the stack and given to the hasher whole, not one at a time.
+/// the stack, and a hasher is made only for an encoding longer than a chunk: most keys are hashed
+/// in one call, from the context's key derived once per process.
 pub(crate) struct Encoder {
-    hasher: blake3::Hasher,
+    context: ContextKey,
+    /// Made once the encoding passes a chunk.
+    hasher: Option<Box<blake3::Hasher>>,
     buf: [u8; ENCODER_CHUNK],
     len: usize,
 }
@@ -279,42 +283,54 @@ pub(crate) struct Encoder {
 /// A BLAKE3 chunk.
 const ENCODER_CHUNK: usize = 1024;
 
-/// A hasher in derive-key mode for `context`; those of the store's keys are derived once per
-/// process and copied.
-fn derive_key_hasher(context: &str) -> blake3::Hasher {
-    static KEYED: [(&str, OnceLock<blake3::Hasher>); 3] = [
+/// The key BLAKE3 derives from `context` for derive-key mode; those of the store's keys are
+/// derived once per process.
+fn context_key(context: &str) -> ContextKey {
+    static DERIVED: [(&str, OnceLock<ContextKey>); 3] = [
         (DERIVATION_CONTEXT, OnceLock::new()),
         (OUTPUT_CONTEXT, OnceLock::new()),
         (SOURCE_CONTEXT, OnceLock::new()),
     ];
-    match KEYED.iter().find(|(name, _)| *name == context) {
-        Some((_, hasher)) => hasher
-            .get_or_init(|| blake3::Hasher::new_derive_key(context))
-            .clone(),
-        None => blake3::Hasher::new_derive_key(context),
+    match DERIVED.iter().find(|(name, _)| *name == context) {
+        Some((_, key)) => *key.get_or_init(|| hazmat::hash_derive_key_context(context)),
+        None => hazmat::hash_derive_key_context(context),
     }
 }
 
 impl Encoder {
     pub(crate) fn new(context: &str) -> Self {
         Encoder {
-            hasher: derive_key_hasher(context),
+            context: context_key(context),
+            hasher: None,
             buf: [0; ENCODER_CHUNK],
             len: 0,
         }
     }
 
+    #[inline]
     fn write(&mut self, v: &[u8]) {
         if v.len() > ENCODER_CHUNK - self.len {
-            self.hasher.update(&self.buf[..self.len]);
-            self.len = 0;
-            if v.len() >= ENCODER_CHUNK {
-                self.hasher.update(v);
-                return;
-            }
+            return self.write_past_chunk(v);
         }
         self.buf[self.len..self.len + v.len()].copy_from_slice(v);
         self.len += v.len();
+    }
+
+    /// [`Encoder::write`] of a value that does not fit in what is left of the chunk.
+    #[inline(never)]
+    fn write_past_chunk(&mut self, v: &[u8]) {
+        let context = &self.context;
+        let hasher = self
+            .hasher
+            .get_or_insert_with(|| Box::new(blake3::Hasher::new_from_context_key(context)));
+        hasher.update(&self.buf[..self.len]);
+        self.len = 0;
+        if v.len() >= ENCODER_CHUNK {
+            hasher.update(v);
+        } else {
+            self.buf[..v.len()].copy_from_slice(v);
+            self.len = v.len();
+        }
     }
 
     pub(crate) fn u8(&mut self, v: u8) -> &mut Self {
@@ -349,9 +365,14 @@ impl Encoder {
     }
 
     pub(crate) fn finish(&mut self) -> [u8; 32] {
-        self.hasher.update(&self.buf[..self.len]);
-        self.len = 0;
-        *self.hasher.finalize().as_bytes()
+        let rest = &self.buf[..std::mem::take(&mut self.len)];
+        let digest = match self.hasher.take() {
+            Some(mut hasher) => hasher.update(rest).finalize(),
+            None => blake3::Hasher::new_from_context_key(&self.context)
+                .update(rest)
+                .finalize(),
+        };
+        *digest.as_bytes()
     }
 }
 

@@ -8,6 +8,7 @@
 //! its own entries only.
 
 use std::collections::HashSet;
+use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 
 use super::{EntryName, Store, StoreError};
@@ -27,7 +28,7 @@ pub struct Listing {
     /// The store hashes of the keys with a realisation.
     realised: HashSet<String>,
     /// The names of the store's entries, when they were read.
-    entries: Option<HashSet<String>>,
+    entries: Option<HashSet<String, foldhash::fast::RandomState>>,
 }
 
 impl Listing {
@@ -60,7 +61,10 @@ impl Store {
 
     /// The names of the store's entries (its directories but the dot ones), or `None` when the
     /// store may hold many more than `looks`, or its file system does not say how many.
-    fn entry_names(&self, looks: usize) -> Result<Option<HashSet<String>>, StoreError> {
+    fn entry_names(
+        &self,
+        looks: usize,
+    ) -> Result<Option<HashSet<String, foldhash::fast::RandomState>>, StoreError> {
         let dir = self.dir();
         let cannot_read = || StoreError::io("cannot read", dir);
         // A descriptor of its own: a listing moves the descriptor's offset.
@@ -72,16 +76,24 @@ impl Store {
         if subdirectories == 0 || subdirectories > ENTRIES_PER_LOOK * looks as u64 {
             return Ok(None);
         }
+        // Sized once. The names are the store's own (no build writes its directory), so a
+        // hasher faster than the standard library's, not made to stand chosen keys, will do.
+        let mut names = HashSet::with_capacity_and_hasher(
+            subdirectories as usize,
+            foldhash::fast::RandomState::default(),
+        );
         // Each name's kind as the directory gives it, else by `fstatat` without following: a
         // symlink is no entry.
-        let names = walk::list(root.as_fd())
-            .map_err(cannot_read())?
-            .into_iter()
-            .filter(|(name, kind)| {
-                matches!(kind, walk::Kind::Dir) && !name.to_bytes().starts_with(b".")
-            })
-            .filter_map(|(name, _)| name.into_string().ok())
-            .collect();
+        walk::each_entry(root.as_fd(), |name, kind| {
+            if matches!(kind, walk::Kind::Dir)
+                && !name.to_bytes().starts_with(b".")
+                && let Ok(name) = name.to_str()
+            {
+                names.insert(name.to_owned());
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(cannot_read())?;
         Ok(Some(names))
     }
 }
