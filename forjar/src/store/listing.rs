@@ -8,7 +8,6 @@
 //! its own entries only.
 
 use std::collections::HashSet;
-use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 
 use super::{EntryName, Store, StoreError};
@@ -91,7 +90,6 @@ impl Store {
             {
                 names.insert(name.to_owned());
             }
-            ControlFlow::Continue(())
         })
         .map_err(cannot_read())?;
         Ok(Some(names))
