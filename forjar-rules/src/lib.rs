@@ -515,10 +515,18 @@ const SANDBOX_DIRS: &[&str] = &["/build", "/tmp", "/dev", "/proc", "/etc"];
 /// The directory of the sandbox's own making (its own or the host tools') that `path`, absolute
 /// in the sandbox, is or is in; a request's scratch path may not be.
 pub fn sandbox_dir(path: &str) -> Option<&'static str> {
-    SANDBOX_DIRS.iter().chain(HOST_TOOLS).copied().find(|dir| {
-        path.strip_prefix(dir)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-    })
+    SANDBOX_DIRS
+        .iter()
+        .chain(HOST_TOOLS)
+        .copied()
+        .find(|dir| within(path, dir))
+}
+
+/// Whether `path` is `dir` or in it, component by component, for paths written without `.`,
+/// `..`, empty components or a trailing `/` (as the rules above make them).
+pub fn within(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 #[cfg(test)]

@@ -744,19 +744,19 @@ pub(crate) fn check_names<'a>(
         return Err(RequestError::FixedOutputOutputs(name.to_string()));
     }
     // Each output is a store entry, a directory, whose name a file system holds only so long.
-    if let Some(output) = outputs
+    if let Some((output, len)) = outputs
         .iter()
-        .find(|o| EntryName::len_of(name, Some(o)) > EntryName::MAX_LEN)
+        .map(|o| (o, EntryName::len_of(name, Some(o))))
+        .find(|&(_, len)| len > EntryName::MAX_LEN)
     {
         return Err(InvalidValue::new(
             "output name",
             output.as_str(),
             format!(
-                "with the derivation's name of {} bytes, its store entry's name would be {} \
+                "with the derivation's name of {} bytes, its store entry's name would be {len} \
                  bytes, more than the {} a file name may have; shorten the name or the \
                  output's name",
                 name.as_str().len(),
-                EntryName::len_of(name, Some(output)),
                 EntryName::MAX_LEN,
             ),
         )
@@ -770,17 +770,13 @@ pub(crate) fn check_names<'a>(
 /// the sandbox puts there; the build starts in `build` (the build directory), a directory in
 /// it, or in a scratch path.
 fn check_build_paths(parts: &PartsRef<'_>) -> Result<(), InvalidValue> {
-    // What every planned request has: the build directory, no scratch paths.
-    if parts.scratch_paths.is_empty() && parts.working_dir.as_str() == "build" {
-        return Ok(());
-    }
-    let store = parts
-        .store_dir
-        .as_path()
-        .strip_prefix("/")
-        .unwrap_or(parts.store_dir.as_path());
     for scratch in parts.scratch_paths {
         let path = scratch.as_path();
+        let store = parts
+            .store_dir
+            .as_path()
+            .strip_prefix("/")
+            .unwrap_or(parts.store_dir.as_path());
         let refusal = if let Some(dir) = rules::sandbox_dir(&format!("/{}", scratch.as_str())) {
             Some(format!(
                 "the sandbox makes `{dir}` itself; choose a path outside it"
@@ -802,12 +798,13 @@ fn check_build_paths(parts: &PartsRef<'_>) -> Result<(), InvalidValue> {
             return Err(InvalidValue::new("scratch path", scratch.as_str(), reason));
         }
     }
-    let working = parts.working_dir.as_path();
-    if !working.starts_with("build")
+    // Clean relative paths, compared as text component by component.
+    let working = parts.working_dir.as_str();
+    if !rules::within(working, "build")
         && !parts
             .scratch_paths
             .iter()
-            .any(|scratch| working.starts_with(scratch.as_path()))
+            .any(|scratch| rules::within(working, scratch.as_str()))
     {
         return Err(InvalidValue::new(
             "working directory",
@@ -1125,8 +1122,9 @@ mod tests {
             "invalid working directory `src`: must be `build` (the build directory), a \
              directory in it, or in a scratch path"
         );
-        // `buildx` is not in `build`.
+        // `buildx` is not in `build`, nor `workx/a` in `work`.
         assert!(BuildRequest::new(parts("buildx", &[])).is_err());
+        assert!(BuildRequest::new(parts("workx/a", &["work"])).is_err());
     }
 
     #[test]
