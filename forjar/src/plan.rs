@@ -540,7 +540,7 @@ pub struct Node {
     /// The derivation or source name.
     pub name: Name,
     /// Where it was defined (derivations).
-    pub location: Option<String>,
+    pub location: Option<std::sync::Arc<str>>,
     /// What it is.
     pub kind: NodeKind,
     /// What it needs, as planned.
@@ -750,7 +750,7 @@ impl Plan {
             .resolve_with(|dep| self.dag[dep].derivation()?.realised())
             .map_err(|error| PlanError::Request {
                 name: node.name.to_string(),
-                location: node.location.clone().unwrap_or_default(),
+                location: node.location.as_deref().unwrap_or_default().to_string(),
                 error,
             })
     }
@@ -900,7 +900,7 @@ impl Plan {
                 let mut value = serde_json::json!({
                     "id": i.index(),
                     "name": node.name,
-                    "location": node.location,
+                    "location": node.location.as_deref(),
                     "status": node.status,
                     "impure": node.impure,
                     "level": node.level,
@@ -1465,7 +1465,7 @@ impl<'g> Planner<'g> {
         };
         Ok(Node {
             name: drv.name.clone(),
-            location: Some(drv.location()),
+            location: Some(drv.shared_location()),
             kind: NodeKind::Derivation(Box::new(planned_drv)),
             status,
             impure: drv.sandbox == SandboxLevel::HostTools,

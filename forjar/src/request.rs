@@ -679,27 +679,36 @@ pub(crate) fn check_input_lists(
 /// claimed it first and what claimed it again: the clash reported is the one a claim at a time
 /// would find.
 fn first_clash<'a>(
-    claims: impl Iterator<Item = (&'a str, &'static str)> + Clone,
+    claims: impl Iterator<Item = (&'a str, &'static str)>,
 ) -> Option<(&'a str, &'static str, &'static str)> {
-    // A derivation's few names, each against those before it, without a vector.
+    // A derivation's few names, each against those before it, held on the stack.
     const FEW: usize = 16;
-    if claims.clone().nth(FEW).is_none() {
-        return claims.clone().enumerate().find_map(|(at, (name, kind))| {
-            let (_, first) = claims.clone().take(at).find(|(n, _)| *n == name)?;
-            Some((name, first, kind))
-        });
+    let mut few = [("", ""); FEW];
+    let mut claims = claims.enumerate();
+    for (at, (name, kind)) in claims.by_ref() {
+        if at == FEW {
+            // Many, none claimed twice among the first: sorted by name (stably), a name
+            // claimed twice is next to its first claim.
+            let mut all: Vec<(&str, &'static str, usize)> = few
+                .into_iter()
+                .chain([(name, kind)])
+                .chain(claims.map(|(_, claim)| claim))
+                .enumerate()
+                .map(|(place, (name, kind))| (name, kind, place))
+                .collect();
+            all.sort_by_key(|claim| claim.0);
+            return all
+                .windows(2)
+                .filter(|pair| pair[0].0 == pair[1].0)
+                .min_by_key(|pair| pair[1].2)
+                .map(|pair| (pair[1].0, pair[0].1, pair[1].1));
+        }
+        if let Some(&(_, first)) = few[..at].iter().find(|(n, _)| *n == name) {
+            return Some((name, first, kind));
+        }
+        few[at] = (name, kind);
     }
-    // Many: sorted by name (stably), a name claimed twice is next to its first claim.
-    let mut claims: Vec<(&str, &'static str, usize)> = claims
-        .enumerate()
-        .map(|(place, (name, kind))| (name, kind, place))
-        .collect();
-    claims.sort_by_key(|claim| claim.0);
-    claims
-        .windows(2)
-        .filter(|pair| pair[0].0 == pair[1].0)
-        .min_by_key(|pair| pair[1].2)
-        .map(|pair| (pair[1].0, pair[0].1, pair[1].1))
+    None
 }
 
 /// The rules a derivation's names follow: it has a builder and an output, no name is claimed
@@ -709,8 +718,8 @@ pub(crate) fn check_names<'a>(
     name: &Name,
     args_empty: bool,
     outputs: &[OutputName],
-    inputs: impl IntoIterator<Item = &'a InputName, IntoIter: Clone>,
-    env: impl IntoIterator<Item = &'a EnvKey, IntoIter: Clone>,
+    inputs: impl IntoIterator<Item = &'a InputName>,
+    env: impl IntoIterator<Item = &'a EnvKey>,
     network: bool,
     fixed_output: bool,
 ) -> Result<(), RequestError> {

@@ -169,7 +169,7 @@ impl Session {
         let node = self.plan.node(index);
         let mut value = serde_json::json!({
             "name": node.name.as_str(),
-            "location": node.location,
+            "location": node.location.as_deref(),
             "status": node.status.as_str(),
         });
         let mut text = format!("name: {}\n", node.name);
@@ -324,11 +324,21 @@ impl Session {
 
 /// The derivations a planned one takes whose builds it waits on: "`a`, `b`".
 fn waits_on(plan: &Plan, planned: &Planned) -> String {
-    plan.waits_on(planned)
-        .iter()
-        .map(|n| format!("`{n}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut text = String::new();
+    write_waits_on(&mut text, plan, planned);
+    text
+}
+
+/// [`waits_on`] written at the end of `text`: a plan of thousands to build writes one per line.
+fn write_waits_on(text: &mut String, plan: &Plan, planned: &Planned) {
+    for (at, name) in plan.waits_on(planned).into_iter().enumerate() {
+        if at > 0 {
+            text.push_str(", ");
+        }
+        text.push('`');
+        text.push_str(name.as_str());
+        text.push('`');
+    }
 }
 
 /// The columns `text` takes: its characters, which for ASCII (every name and origin of a plan
@@ -352,7 +362,12 @@ pub fn render_plan(plan: &Plan, reasons: Option<&BTreeMap<NodeIndex, Vec<Reason>
                 NodeKind::Derivation(planned) => (
                     match planned.outputs() {
                         Some(outputs) => Cell::Entries(outputs),
-                        None => Cell::Text(format!("(after {})", waits_on(plan, planned)).into()),
+                        None => {
+                            let mut text = String::from("(after ");
+                            write_waits_on(&mut text, plan, planned);
+                            text.push(')');
+                            Cell::Text(text.into())
+                        }
                     },
                     Cow::Borrowed(node.location.as_deref().unwrap_or_default()),
                 ),

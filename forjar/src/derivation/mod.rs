@@ -31,6 +31,7 @@ mod typed;
 use std::collections::BTreeSet;
 use std::fmt::{self, Write as _};
 use std::panic::Location;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use graph::{Graph, GraphError};
@@ -119,6 +120,23 @@ impl Derivation {
     /// Where the derivation was defined, as `file:line`.
     pub fn location(&self) -> String {
         site(self.location)
+    }
+
+    /// [`Derivation::location`], shared: derivations defined at one place (in a loop) one
+    /// after the other share one text.
+    pub(crate) fn shared_location(&self) -> Arc<str> {
+        thread_local! {
+            static LAST: std::cell::RefCell<Option<(&'static Location<'static>, Arc<str>)>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        LAST.with_borrow_mut(|last| match last {
+            Some((at, text)) if **at == *self.location => text.clone(),
+            _ => {
+                let text: Arc<str> = site(self.location).into();
+                *last = Some((self.location, text.clone()));
+                text
+            }
+        })
     }
 }
 
@@ -629,8 +647,8 @@ fn duplicate(field: &'static str, value: impl fmt::Display) -> RequestError {
 /// unless allowed, what differs on every run. Every problem is named, each on a line of its own.
 ///
 /// A program that makes many derivations from one template checks the template once: a script
-/// that passed with the same names declared is remembered (by a BLAKE3 digest of all three), so
-/// the check costs a hash, not a scan, per derivation.
+/// that passed with the same names declared is remembered (all three as one text, in a set), so
+/// the check costs a lookup, not a scan, per derivation.
 fn check_script(
     script: &str,
     env: &[(String, Vec<u8>)],
@@ -650,21 +668,20 @@ fn check_script(
         true => declared.push(("out", "output")),
         false => declared.extend(outputs.iter().map(|n| (n.as_str(), "output"))),
     }
-    // Hashed in one call: a dozen small updates cost more than the hash of the whole.
-    let mut text = Vec::with_capacity(script.len() + 16 * declared.len() + 1);
+    // The count first: what ends the names is known without looking into the script.
+    let mut text = Vec::with_capacity(script.len() + 16 * declared.len() + 9);
     text.push(u8::from(allow_impure));
+    text.extend_from_slice(&(declared.len() as u64).to_le_bytes());
     for (name, kind) in &declared {
         for part in [name.as_bytes(), b"\0", kind.as_bytes(), b"\0"] {
             text.extend_from_slice(part);
         }
     }
     text.extend_from_slice(script.as_bytes());
-    let key: [u8; 32] = blake3::hash(&text).into();
     thread_local! {
-        static PASSED: std::cell::RefCell<std::collections::HashSet<[u8; 32]>> =
-            std::cell::RefCell::default();
+        static PASSED: std::cell::RefCell<Passed> = std::cell::RefCell::default();
     }
-    if PASSED.with_borrow(|passed| passed.contains(&key)) {
+    if PASSED.with_borrow(|passed| passed.texts.contains(text.as_slice())) {
         return Ok(());
     }
     let scan = script::scan(script);
@@ -678,10 +695,33 @@ fn check_script(
     }
     match problems.is_empty() {
         true => {
-            PASSED.with_borrow_mut(|passed| passed.insert(key));
+            PASSED.with_borrow_mut(|passed| passed.insert(text));
             Ok(())
         }
         false => Err(RequestError::Script(problems)),
+    }
+}
+
+/// The texts (script, names declared and whether impure) that passed [`check_script`] on this
+/// thread, compared whole: a lookup costs a fast hash and one comparison.
+#[derive(Default)]
+struct Passed {
+    texts: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
+    bytes: usize,
+}
+
+impl Passed {
+    /// What the set may hold: a program of many distinct scripts does not keep a second copy
+    /// of each for the life of its thread.
+    const MAX_BYTES: usize = 8 << 20;
+
+    fn insert(&mut self, text: Vec<u8>) {
+        if self.bytes + text.len() > Self::MAX_BYTES {
+            self.texts.clear();
+            self.bytes = 0;
+        }
+        self.bytes += text.len();
+        self.texts.insert(text.into_boxed_slice());
     }
 }
 
@@ -694,6 +734,45 @@ impl fmt::Display for Derivation {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_script_that_passed_is_checked_again_with_other_names_or_impure_parts() {
+        let script = "echo \"$greeting\" > $out";
+        let with = |name: &str| Derivation::builder("greet").env(name, "hi").script(script);
+        for _ in 0..2 {
+            assert!(with("greeting").build().is_ok());
+            // The same text with another name declared: the use is undeclared.
+            let error = with("greetings").build().unwrap_err().to_string();
+            assert!(
+                error.contains("uses `$greeting`, which is not an input"),
+                "{error}"
+            );
+        }
+        let impure = "echo $RANDOM > $out";
+        let allowed = Derivation::builder("r")
+            .script(impure)
+            .allow_impure()
+            .build();
+        assert!(allowed.is_ok(), "{allowed:?}");
+        let refused = Derivation::builder("r").script(impure).build().unwrap_err();
+        assert!(refused.to_string().contains("`$RANDOM`"), "{refused}");
+    }
+
+    #[test]
+    fn the_scripts_remembered_are_bounded() {
+        let mut passed = Passed::default();
+        let text = vec![b'x'; Passed::MAX_BYTES / 3 + 1];
+        for n in 0..10u8 {
+            let mut text = text.clone();
+            text.push(n);
+            passed.insert(text);
+            assert!(passed.bytes <= Passed::MAX_BYTES, "{} bytes", passed.bytes);
+            assert_eq!(
+                passed.bytes,
+                passed.texts.iter().map(|t| t.len()).sum::<usize>()
+            );
+        }
+    }
 
     #[test]
     fn a_builders_script_is_checked_as_the_derive_checks_it() {

@@ -94,7 +94,7 @@ pub fn enter(
 fn request_error(node: &crate::plan::Node, error: crate::request::RequestError) -> ExecError {
     ExecError::Plan(Box::new(crate::plan::PlanError::Request {
         name: node.name.to_string(),
-        location: node.location.clone().unwrap_or_default(),
+        location: node.location.as_deref().unwrap_or_default().to_string(),
         error,
     }))
 }

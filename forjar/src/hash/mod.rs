@@ -56,10 +56,22 @@ pub fn base32(bytes: &[u8]) -> String {
 
 /// [`base32`] into `out`, which is as long as the text is: 8 characters per 5 bytes.
 pub(crate) fn base32_into(bytes: &[u8], out: &mut [u8]) {
+    // Five bytes are eight characters: each group at once, the rest a byte at a time.
+    let mut groups = bytes.chunks_exact(5);
+    let mut texts = out.chunks_exact_mut(8);
+    for (group, text) in (&mut groups).zip(&mut texts) {
+        let mut word = [0; 8];
+        word[3..].copy_from_slice(group);
+        let word = u64::from_be_bytes(word);
+        for (at, c) in text.iter_mut().enumerate() {
+            *c = BASE32[((word >> (35 - 5 * at)) & 31) as usize];
+        }
+    }
+    let out = texts.into_remainder();
     let mut at = 0;
     let mut buffer: u64 = 0;
     let mut bits = 0;
-    for &byte in bytes {
+    for &byte in groups.remainder() {
         buffer = (buffer << 8) | u64::from(byte);
         bits += 8;
         while bits >= 5 {
@@ -410,6 +422,22 @@ mod tests {
         ];
         for (input, expected) in vectors {
             assert_eq!(base32(input.as_bytes()), expected, "{input:?}");
+        }
+        // Longer texts, five bytes at a time and the rest, against the bits read one by one.
+        let bytes: Vec<u8> = (0..41u32).map(|i| (i * 151 + 7) as u8).collect();
+        for len in 0..=bytes.len() {
+            let bits: Vec<bool> = bytes[..len]
+                .iter()
+                .flat_map(|b| (0..8).rev().map(move |i| b >> i & 1 == 1))
+                .collect();
+            let expected: String = bits
+                .chunks(5)
+                .map(|c| {
+                    let v = (0..5).fold(0, |v, i| v << 1 | usize::from(c.get(i) == Some(&true)));
+                    BASE32[v] as char
+                })
+                .collect();
+            assert_eq!(base32(&bytes[..len]), expected, "{len} bytes");
         }
     }
 
