@@ -640,7 +640,8 @@ impl Plan {
     pub fn with_lock(graph: &Graph, store: &Store, lock: &Lock) -> Result<Plan, PlanError> {
         let mut planner = Planner {
             graph,
-            dag: DiGraph::with_capacity(graph.slots.len(), graph.slots.len()),
+            dag: DiGraph::with_capacity(graph.slots.len(), 0),
+            others: HashMap::new(),
             origins: Vec::with_capacity(graph.slots.len()),
             store_dir: Arc::new(store.store_dir().clone()),
             source_nodes: HashMap::new(),
@@ -662,13 +663,25 @@ impl Plan {
         if let Err(e) = store.save_digest_cache() {
             warnings.push(format!("the source digest cache was not saved ({e}); the next plan will read every source again"));
         }
-        let levels = planner.keys(&order, store, &listing)?;
+        let (levels, mut keyed) = planner.keys(&order, store, &listing)?;
         let roots = planner.roots()?;
-        let Planner { dag, .. } = planner;
+        let Planner {
+            dag, mut others, ..
+        } = planner;
+        let derivations = graph.slots.len();
         let mut dag = dag.map_owned(
-            |_, n| n.expect("every node was keyed in topological order"),
+            |node, ()| match node.index() < derivations {
+                true => match keyed[node.index()].take() {
+                    Some(Ok(planned)) => planned,
+                    _ => unreachable!("every derivation was keyed"),
+                },
+                false => others
+                    .remove(&node)
+                    .expect("every source and toolchain was planned"),
+            },
             |_, e| e,
         );
+        drop(keyed);
         // Without roots every node is wanted; with them, what they need.
         if !roots.is_empty() {
             let needed = needed_from(&dag, roots.iter().map(|r| r.node));
@@ -977,7 +990,11 @@ fn toolchain_edge() -> InputName {
 /// Planning state: nodes are filled in (`Some`) once keyed.
 struct Planner<'g> {
     graph: &'g Graph,
-    dag: DiGraph<Option<Node>, InputName>,
+    /// The graph's shape: a node's plan is kept apart (`others`, and the keys' own vector for
+    /// derivations) until the plan is put together, not in a second vector of nodes.
+    dag: DiGraph<(), InputName>,
+    /// The planned nodes of sources and toolchains, which come after the derivations.
+    others: HashMap<NodeIndex, Node>,
     /// What each node is made from, by node index.
     origins: Vec<Origin<'g>>,
     /// The store directory of every request.
@@ -994,6 +1011,9 @@ enum Origin<'g> {
     Toolchain(&'g Toolchain),
 }
 
+/// How keying a derivation went, once it has been keyed.
+type Keyed = OnceLock<Result<Node, PlanError>>;
+
 /// Keying in dependency order on the thread pool ([`Planner::keys`]).
 #[derive(Clone, Copy)]
 struct Wave<'p, 'g> {
@@ -1001,8 +1021,8 @@ struct Wave<'p, 'g> {
     store: &'p Store,
     /// Per node, the input edges from derivations not yet keyed.
     waiting: &'p [AtomicUsize],
-    /// Per node, how keying it went.
-    keyed: &'p [OnceLock<Result<Node, PlanError>>],
+    /// Per derivation, how keying it went.
+    keyed: &'p [Keyed],
     /// The store as the plan read it.
     listing: &'p Listing,
 }
@@ -1013,12 +1033,12 @@ impl<'p> Wave<'p, '_> {
     /// as tasks of their own.
     fn run(self, node: NodeIndex, scope: &rayon::Scope<'p>) {
         let dag = &self.planner.dag;
-        let planned = |dep: NodeIndex| match &dag[dep] {
-            Some(source) => source,
-            None => match self.keyed[dep.index()].get() {
+        let planned = |dep: NodeIndex| match self.keyed.get(dep.index()) {
+            Some(keyed) => match keyed.get() {
                 Some(Ok(planned)) => planned,
                 _ => unreachable!("a node starts once its inputs are keyed"),
             },
+            None => &self.planner.others[&dep],
         };
         let mut next = Some(node);
         while let Some(node) = next.take() {
@@ -1053,7 +1073,7 @@ impl<'g> Planner<'g> {
 
     fn add(&mut self, origin: Origin<'g>) -> NodeIndex {
         self.origins.push(origin);
-        self.dag.add_node(None)
+        self.dag.add_node(())
     }
 
     /// Adds a node per derivation, derivation `i` of the graph as node `i`, before any other.
@@ -1079,6 +1099,14 @@ impl<'g> Planner<'g> {
     }
 
     fn edges(&mut self) -> Result<(), PlanError> {
+        // Counted first: grown as they come, the edges would be copied as often as they double.
+        let count: usize = (0..self.graph.slots.len())
+            .map(|index| {
+                let drv = self.derivation(index);
+                drv.inputs.len() + usize::from(drv.toolchain.is_some())
+            })
+            .sum();
+        self.dag.reserve_exact_edges(count);
         for index in 0..self.graph.slots.len() {
             let drv = self.derivation(index);
             let consumer = NodeIndex::new(index);
@@ -1207,19 +1235,22 @@ impl<'g> Planner<'g> {
             } else {
                 Status::Import
             };
-            self.dag[node] = Some(Node {
-                name: source.name().clone(),
-                location: None,
-                kind: NodeKind::Source {
-                    path: source.host_path().to_path_buf(),
-                    digest,
-                    entry,
-                    ignore: source.ignore_rules().clone(),
+            self.others.insert(
+                node,
+                Node {
+                    name: source.name().clone(),
+                    location: None,
+                    kind: NodeKind::Source {
+                        path: source.host_path().to_path_buf(),
+                        digest,
+                        entry,
+                        ignore: source.ignore_rules().clone(),
+                    },
+                    status,
+                    impure: false,
+                    level: 0,
                 },
-                status,
-                impure: false,
-                level: 0,
-            });
+            );
         }
         Ok(())
     }
@@ -1248,21 +1279,24 @@ impl<'g> Planner<'g> {
             } else {
                 Status::Import
             };
-            self.dag[node] = Some(Node {
-                name: toolchain.name().clone(),
-                location: None,
-                kind: NodeKind::Toolchain {
-                    planned: Box::new(PlannedToolchain {
-                        toolchain: toolchain.clone(),
-                        locked,
-                        lock: lock.path().to_path_buf(),
-                    }),
-                    entry,
+            self.others.insert(
+                node,
+                Node {
+                    name: toolchain.name().clone(),
+                    location: None,
+                    kind: NodeKind::Toolchain {
+                        planned: Box::new(PlannedToolchain {
+                            toolchain: toolchain.clone(),
+                            locked,
+                            lock: lock.path().to_path_buf(),
+                        }),
+                        entry,
+                    },
+                    status,
+                    impure: false,
+                    level: 0,
                 },
-                status,
-                impure: false,
-                level: 0,
-            });
+            );
         }
         Ok(())
     }
@@ -1270,13 +1304,13 @@ impl<'g> Planner<'g> {
     /// Keys every derivation. A key needs only the keys of the node's inputs, so each node is
     /// keyed on the thread pool as soon as its last input is: the graph's own parallelism,
     /// whatever its shape. Returns every node's level (one more than its inputs' highest), by
-    /// index.
+    /// index, and each derivation's planned node, by index.
     fn keys(
-        &mut self,
+        &self,
         order: &[NodeIndex],
         store: &Store,
         listing: &Listing,
-    ) -> Result<Vec<usize>, PlanError> {
+    ) -> Result<(Vec<usize>, Vec<Keyed>), PlanError> {
         let count = self.dag.node_count();
         let mut level_of = vec![0usize; count];
         for &node in order {
@@ -1301,11 +1335,11 @@ impl<'g> Planner<'g> {
                 AtomicUsize::new(from_derivations)
             })
             .collect();
-        let keyed: Vec<OnceLock<Result<Node, PlanError>>> =
-            (0..count).map(|_| OnceLock::new()).collect();
-        let this = &*self;
+        let mut keyed: Vec<Keyed> = (0..self.graph.slots.len())
+            .map(|_| OnceLock::new())
+            .collect();
         let wave = Wave {
-            planner: this,
+            planner: self,
             store,
             waiting: &waiting,
             keyed: &keyed,
@@ -1326,18 +1360,19 @@ impl<'g> Planner<'g> {
             }
         });
         // The first failure in topological order; a node after a failure was never keyed.
-        let mut keyed: Vec<Option<Result<Node, PlanError>>> =
-            keyed.into_iter().map(OnceLock::into_inner).collect();
         for &node in order {
             if is_derivation(node) {
-                match keyed[node.index()].take() {
-                    Some(Ok(planned)) => self.dag[node] = Some(planned),
-                    Some(Err(error)) => return Err(error),
+                match keyed[node.index()].get() {
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) => match keyed[node.index()].take() {
+                        Some(Err(error)) => return Err(error),
+                        _ => unreachable!("the failure was just seen"),
+                    },
                     None => unreachable!("a node is left unkeyed only after a failure"),
                 }
             }
         }
-        Ok(level_of)
+        Ok((level_of, keyed))
     }
 
     /// The planned node of derivation `node`, given its inputs' planned nodes (`planned`).
