@@ -658,32 +658,37 @@ fn check_script(
     allow_impure: bool,
 ) -> Result<(), RequestError> {
     use crate::name::rules::script;
-    let mut declared: Vec<(&str, &str)> =
-        Vec::with_capacity(inputs.len() + input_lists.len() + env.len() + outputs.len().max(1));
-    declared.extend(inputs.iter().map(|(n, _)| (n.as_str(), "input")));
-    // A list is an input field to the derive, and named as one.
-    declared.extend(input_lists.iter().map(|(n, _)| (n.as_str(), "input")));
-    declared.extend(env.iter().map(|(n, _)| (n.as_str(), "env")));
-    match outputs.is_empty() {
-        true => declared.push(("out", "output")),
-        false => declared.extend(outputs.iter().map(|n| (n.as_str(), "output"))),
-    }
-    // The count first: what ends the names is known without looking into the script.
-    let mut text = Vec::with_capacity(script.len() + 16 * declared.len() + 9);
-    text.push(u8::from(allow_impure));
-    text.extend_from_slice(&(declared.len() as u64).to_le_bytes());
-    for (name, kind) in &declared {
-        for part in [name.as_bytes(), b"\0", kind.as_bytes(), b"\0"] {
-            text.extend_from_slice(part);
-        }
-    }
-    text.extend_from_slice(script.as_bytes());
+    let declared = || {
+        inputs
+            .iter()
+            .map(|(n, _)| (n.as_str(), "input"))
+            // A list is an input field to the derive, and named as one.
+            .chain(input_lists.iter().map(|(n, _)| (n.as_str(), "input")))
+            .chain(env.iter().map(|(n, _)| (n.as_str(), "env")))
+            .chain(outputs.iter().map(|n| (n.as_str(), "output")))
+            .chain(outputs.is_empty().then_some(("out", "output")))
+    };
     thread_local! {
         static PASSED: std::cell::RefCell<Passed> = std::cell::RefCell::default();
     }
-    if PASSED.with_borrow(|passed| passed.texts.contains(text.as_slice())) {
+    let passed = PASSED.with_borrow_mut(|passed| {
+        // The count first: what ends the names is known without looking into the script.
+        let text = &mut passed.text;
+        text.clear();
+        text.push(u8::from(allow_impure));
+        text.extend_from_slice(&(declared().count() as u64).to_le_bytes());
+        for (name, kind) in declared() {
+            for part in [name.as_bytes(), b"\0", kind.as_bytes(), b"\0"] {
+                text.extend_from_slice(part);
+            }
+        }
+        text.extend_from_slice(script.as_bytes());
+        passed.texts.contains(passed.text.as_slice())
+    });
+    if passed {
         return Ok(());
     }
+    let declared: Vec<(&str, &str)> = declared().collect();
     let scan = script::scan(script);
     let syntax = script::syntax(&scan);
     if !syntax.is_empty() {
@@ -695,7 +700,7 @@ fn check_script(
     }
     match problems.is_empty() {
         true => {
-            PASSED.with_borrow_mut(|passed| passed.insert(text));
+            PASSED.with_borrow_mut(Passed::remember);
             Ok(())
         }
         false => Err(RequestError::Script(problems)),
@@ -708,6 +713,8 @@ fn check_script(
 struct Passed {
     texts: std::collections::HashSet<Box<[u8]>, foldhash::fast::RandomState>,
     bytes: usize,
+    /// The text of the script being checked, made in the same buffer each time.
+    text: Vec<u8>,
 }
 
 impl Passed {
@@ -715,13 +722,14 @@ impl Passed {
     /// of each for the life of its thread.
     const MAX_BYTES: usize = 8 << 20;
 
-    fn insert(&mut self, text: Vec<u8>) {
-        if self.bytes + text.len() > Self::MAX_BYTES {
+    /// Remembers the text of the script just checked.
+    fn remember(&mut self) {
+        if self.bytes + self.text.len() > Self::MAX_BYTES {
             self.texts.clear();
             self.bytes = 0;
         }
-        self.bytes += text.len();
-        self.texts.insert(text.into_boxed_slice());
+        self.bytes += self.text.len();
+        self.texts.insert(self.text.as_slice().into());
     }
 }
 
@@ -763,9 +771,9 @@ mod tests {
         let mut passed = Passed::default();
         let text = vec![b'x'; Passed::MAX_BYTES / 3 + 1];
         for n in 0..10u8 {
-            let mut text = text.clone();
-            text.push(n);
-            passed.insert(text);
+            passed.text.clone_from(&text);
+            passed.text.push(n);
+            passed.remember();
             assert!(passed.bytes <= Passed::MAX_BYTES, "{} bytes", passed.bytes);
             assert_eq!(
                 passed.bytes,
