@@ -8,6 +8,7 @@
 //! its own entries only.
 
 use std::collections::HashSet;
+use std::hash::BuildHasher;
 use std::os::fd::AsFd;
 
 use super::{EntryName, Store, StoreError};
@@ -27,7 +28,54 @@ pub struct Listing {
     /// The store hashes of the keys with a realisation.
     realised: HashSet<String>,
     /// The names of the store's entries, when they were read.
-    entries: Option<HashSet<String, foldhash::fast::RandomState>>,
+    entries: Option<Names>,
+}
+
+/// The names of a store's entries: their text in one buffer, and a table of where each one is,
+/// by its hash (a string of its own per name was an allocation per entry, and a pointer to
+/// follow per look).
+#[derive(Debug, Default)]
+struct Names {
+    text: String,
+    /// Where each name starts and ends in `text`.
+    table: hashbrown::HashTable<(usize, usize)>,
+    state: foldhash::fast::RandomState,
+}
+
+impl Names {
+    fn with_capacity(names: usize) -> Self {
+        Names {
+            // Most names are a hash, `-` and a short name.
+            text: String::with_capacity(names * 48),
+            table: hashbrown::HashTable::with_capacity(names),
+            state: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// Adds `name`, which is not among those added (a directory's names are distinct).
+    fn insert(&mut self, name: &str) {
+        let start = self.text.len();
+        self.text.push_str(name);
+        let Names { text, table, state } = self;
+        table.insert_unique(
+            state.hash_one(name),
+            (start, text.len()),
+            |&(start, end)| state.hash_one(&text[start..end]),
+        );
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.table
+            .find(self.state.hash_one(name), |&(start, end)| {
+                &self.text[start..end] == name
+            })
+            .is_some()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.table.len()
+    }
 }
 
 impl Listing {
@@ -60,10 +108,7 @@ impl Store {
 
     /// The names of the store's entries (its directories but the dot ones), or `None` when the
     /// store may hold many more than `looks`, or its file system does not say how many.
-    fn entry_names(
-        &self,
-        looks: usize,
-    ) -> Result<Option<HashSet<String, foldhash::fast::RandomState>>, StoreError> {
+    fn entry_names(&self, looks: usize) -> Result<Option<Names>, StoreError> {
         let dir = self.dir();
         let cannot_read = || StoreError::io("cannot read", dir);
         // A descriptor of its own: a listing moves the descriptor's offset.
@@ -77,10 +122,7 @@ impl Store {
         }
         // Sized once. The names are the store's own (no build writes its directory), so a
         // hasher faster than the standard library's, not made to stand chosen keys, will do.
-        let mut names = HashSet::with_capacity_and_hasher(
-            subdirectories as usize,
-            foldhash::fast::RandomState::default(),
-        );
+        let mut names = Names::with_capacity(subdirectories as usize);
         // Each name's kind as the directory gives it, else by `fstatat` without following: a
         // symlink is no entry.
         walk::each_entry(root.as_fd(), |name, kind| {
@@ -88,7 +130,7 @@ impl Store {
                 && !name.to_bytes().starts_with(b".")
                 && let Ok(name) = name.to_str()
             {
-                names.insert(name.to_owned());
+                names.insert(name);
             }
         })
         .map_err(cannot_read())?;
@@ -107,6 +149,23 @@ mod tests {
     fn entry(i: usize) -> EntryName {
         let key: Key = format!("{i:064x}").parse().unwrap();
         EntryName::new(&key, &Name::new(format!("d{i}")).unwrap(), None)
+    }
+
+    #[test]
+    fn names_are_found_whole_past_the_room_first_made() {
+        let mut names = Names::with_capacity(2);
+        let made: Vec<String> = (0..500).map(|i| format!("n{i}")).collect();
+        for name in &made {
+            names.insert(name);
+        }
+        assert_eq!(names.len(), 500);
+        for name in &made {
+            assert!(names.contains(name), "{name}");
+        }
+        // A name's beginning, a name with more after it, and names never added.
+        for not in ["n", "n5000", "n1 ", "", "m1"] {
+            assert!(!names.contains(not), "{not:?}");
+        }
     }
 
     #[test]
