@@ -1040,9 +1040,14 @@ impl<'p> Wave<'p, '_> {
             },
             None => &self.planner.others[&dep],
         };
+        // The store directory each request of this chain holds, counted here: a count shared
+        // with the other threads would move between their cores at every node.
+        let store_dir = Arc::new(StoreDir::clone(&self.planner.store_dir));
         let mut next = Some(node);
         while let Some(node) = next.take() {
-            let result = self.planner.key(node, self.store, self.listing, planned);
+            let result = self
+                .planner
+                .key(node, self.store, self.listing, &store_dir, planned);
             let ok = result.is_ok();
             let first = self.keyed[node.index()].set(result).is_ok();
             debug_assert!(first, "node {} keyed twice", node.index());
@@ -1381,6 +1386,7 @@ impl<'g> Planner<'g> {
         node: NodeIndex,
         store: &Store,
         listing: &Listing,
+        store_dir: &Arc<StoreDir>,
         planned: impl Fn(NodeIndex) -> &'a Node,
     ) -> Result<Node, PlanError> {
         let Origin::Derivation(drv) = self.origins[node.index()] else {
@@ -1444,7 +1450,7 @@ impl<'g> Planner<'g> {
             let parts = DerivationParts {
                 derivation: Arc::clone(drv),
                 inputs: inputs.iter().cloned().collect(),
-                store_dir: Arc::clone(&self.store_dir),
+                store_dir: Arc::clone(store_dir),
                 host,
                 toolchain: toolchain.clone(),
             };
@@ -1461,7 +1467,7 @@ impl<'g> Planner<'g> {
         let addressed = Resolved::of_parts(DerivationParts {
             derivation: Arc::clone(drv),
             inputs: inputs.into_iter().collect(),
-            store_dir: Arc::clone(&self.store_dir),
+            store_dir: Arc::clone(store_dir),
             host,
             toolchain,
         })
