@@ -157,26 +157,33 @@ pub const SCRIPT_SHELL: [&str; 2] = ["/bin/sh", "-euc"];
 pub struct DerivationBuilder {
     name: String,
     location: &'static Location<'static>,
-    system: Option<String>,
     script: Option<String>,
-    argv: Option<Vec<Vec<u8>>>,
     env: Vec<(String, Vec<u8>)>,
     inputs: Vec<(String, Input)>,
-    input_lists: Vec<(String, Vec<String>)>,
     outputs: Vec<String>,
+    provide_bin_sh: bool,
+    sandbox: SandboxLevel,
+    allow_impure: bool,
+    /// The script was checked when the program was compiled (`#[derive(Derivation)]`).
+    script_checked: bool,
+    /// The parts fewer derivations set, made when one is: a builder is moved at every call.
+    more: Option<Box<More>>,
+}
+
+/// The parts of a [`DerivationBuilder`] fewer derivations set.
+#[derive(Debug, Clone, Default)]
+struct More {
+    system: Option<String>,
+    argv: Option<Vec<Vec<u8>>>,
+    input_lists: Vec<(String, Vec<String>)>,
     files: Vec<(String, Vec<u8>)>,
     network: bool,
-    provide_bin_sh: bool,
     ro_paths: Vec<String>,
     min_memory: Option<u64>,
-    sandbox: SandboxLevel,
     fixed_output: Option<String>,
     fixed_output_mode: Option<HashMode>,
     toolchain: Option<Toolchain>,
     limits: Limits,
-    allow_impure: bool,
-    /// The script was checked when the program was compiled (`#[derive(Derivation)]`).
-    script_checked: bool,
     /// The first error of a part that is checked as it is given (`render`).
     deferred: Option<RequestError>,
 }
@@ -187,27 +194,21 @@ impl DerivationBuilder {
         DerivationBuilder {
             name,
             location,
-            system: None,
             script: None,
-            argv: None,
             env: Vec::new(),
             inputs: Vec::new(),
-            input_lists: Vec::new(),
             outputs: Vec::new(),
-            files: Vec::new(),
-            network: false,
             provide_bin_sh: false,
-            ro_paths: Vec::new(),
-            min_memory: None,
             sandbox: SandboxLevel::default(),
-            fixed_output: None,
-            fixed_output_mode: None,
-            toolchain: None,
-            limits: Limits::default(),
             allow_impure: false,
             script_checked: false,
-            deferred: None,
+            more: None,
         }
+    }
+
+    /// The parts fewer derivations set, made now if none was.
+    fn more(&mut self) -> &mut More {
+        self.more.get_or_insert_with(Box::default)
     }
 
     /// A shell script run as `/bin/sh -euc <script>`; implies `provide_bin_sh`. [`build`]
@@ -228,13 +229,13 @@ impl DerivationBuilder {
         I: IntoIterator<Item = A>,
         A: Into<Vec<u8>>,
     {
-        self.argv = Some(argv.into_iter().map(Into::into).collect());
+        self.more().argv = Some(argv.into_iter().map(Into::into).collect());
         self
     }
 
     /// The platform to build for (default: this host's).
     pub fn system(mut self, system: impl Into<String>) -> Self {
-        self.system = Some(system.into());
+        self.more().system = Some(system.into());
         self
     }
 
@@ -296,7 +297,7 @@ impl DerivationBuilder {
     pub(crate) fn input_list(mut self, name: String, members: Vec<(String, Input)>) -> Self {
         let names = members.iter().map(|(n, _)| n.clone()).collect();
         self.inputs.extend(members);
-        self.input_lists.push((name, names));
+        self.more().input_lists.push((name, names));
         self
     }
 
@@ -308,7 +309,7 @@ impl DerivationBuilder {
 
     /// A file written into the build directory before the build, at a clean relative path.
     pub fn file(mut self, path: impl Into<String>, contents: impl Into<Vec<u8>>) -> Self {
-        self.files.push((path.into(), contents.into()));
+        self.more().files.push((path.into(), contents.into()));
         self
     }
 
@@ -339,9 +340,9 @@ impl DerivationBuilder {
         contents: Result<Vec<u8>, RequestError>,
     ) -> Self {
         match contents {
-            Ok(contents) => self.files.push((path.into(), contents)),
+            Ok(contents) => self.more().files.push((path.into(), contents)),
             Err(error) => {
-                self.deferred.get_or_insert(error);
+                self.more().deferred.get_or_insert(error);
             }
         }
         self
@@ -349,7 +350,7 @@ impl DerivationBuilder {
 
     /// Network access; only for fixed-output derivations.
     pub fn network(mut self, network: bool) -> Self {
-        self.network = network;
+        self.more().network = network;
         self
     }
 
@@ -361,13 +362,13 @@ impl DerivationBuilder {
 
     /// A host path bound read-only into the sandbox.
     pub fn ro_path(mut self, path: impl Into<String>) -> Self {
-        self.ro_paths.push(path.into());
+        self.more().ro_paths.push(path.into());
         self
     }
 
     /// The least memory, in bytes, the build needs.
     pub fn min_memory(mut self, bytes: u64) -> Self {
-        self.min_memory = Some(bytes);
+        self.more().min_memory = Some(bytes);
         self
     }
 
@@ -381,7 +382,7 @@ impl DerivationBuilder {
     /// ...), its `/bin/sh` among them, and `PATH` is `/usr/bin:/bin` unless the derivation sets
     /// it. Only for the `hermetic` level: `host-tools` sees the host's own.
     pub fn toolchain(mut self, toolchain: &Toolchain) -> Self {
-        self.toolchain = Some(toolchain.clone());
+        self.more().toolchain = Some(toolchain.clone());
         self
     }
 
@@ -390,57 +391,57 @@ impl DerivationBuilder {
     /// Nix's SRI `sha256-<base64>` (`prefetch` prints both), of the one file the output is
     /// unless [`fixed_output_mode`](Self::fixed_output_mode) says `Recursive`.
     pub fn fixed_output(mut self, digest: impl Into<String>) -> Self {
-        self.fixed_output = Some(digest.into());
+        self.more().fixed_output = Some(digest.into());
         self
     }
 
     /// What a SHA-256 fixed-output digest covers: the one file the output is (`Flat`, the
     /// default) or the output's NAR serialisation (`Recursive`), as Nix's `outputHashMode`.
     pub fn fixed_output_mode(mut self, mode: HashMode) -> Self {
-        self.fixed_output_mode = Some(mode);
+        self.more().fixed_output_mode = Some(mode);
         self
     }
 
     /// Total wall-clock limit.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.limits.timeout = Some(timeout);
+        self.more().limits.timeout = Some(timeout);
         self
     }
 
     /// Limit on time without log output.
     pub fn max_silent(mut self, max_silent: Duration) -> Self {
-        self.limits.max_silent = Some(max_silent);
+        self.more().limits.max_silent = Some(max_silent);
         self
     }
 
     /// Memory cap in bytes.
     pub fn memory_limit(mut self, bytes: u64) -> Self {
-        self.limits.memory = Some(bytes);
+        self.more().limits.memory = Some(bytes);
         self
     }
 
     /// CPUs the build may use.
     pub fn cpus(mut self, cpus: u32) -> Self {
-        self.limits.cpus = Some(cpus);
+        self.more().limits.cpus = Some(cpus);
         self
     }
 
     /// Largest total output size in bytes.
     pub fn max_output_size(mut self, bytes: u64) -> Self {
-        self.limits.max_output_size = Some(bytes);
+        self.more().limits.max_output_size = Some(bytes);
         self
     }
 
     /// Largest log kept, in bytes; a build that prints more is stopped.
     pub fn max_log_size(mut self, bytes: u64) -> Self {
-        self.limits.max_log_size = Some(bytes);
+        self.more().limits.max_log_size = Some(bytes);
         self
     }
 
     /// Most processes the builder and everything it starts may have at once (default
     /// [`DEFAULT_MAX_PROCESSES`](crate::name::DEFAULT_MAX_PROCESSES)); a fork past it fails.
     pub fn max_processes(mut self, processes: u64) -> Self {
-        self.limits.max_processes = Some(processes);
+        self.more().limits.max_processes = Some(processes);
         self
     }
 
@@ -464,16 +465,17 @@ impl DerivationBuilder {
     }
 
     fn validate(self, name: &str) -> Result<Derivation, RequestError> {
-        if let Some(error) = self.deferred {
+        let more = self.more.map(|more| *more).unwrap_or_default();
+        if let Some(error) = more.deferred {
             return Err(error);
         }
         let name = Name::of_str(name)?;
-        let system = match self.system {
+        let system = match more.system {
             Some(system) => System::new(system)?,
             None => System::host(),
         };
         let mut provide_bin_sh = self.provide_bin_sh;
-        let args: Vec<Arg> = match (self.script, self.argv) {
+        let args: Vec<Arg> = match (self.script, more.argv) {
             (Some(_), Some(_)) => {
                 return Err(InvalidValue::new(
                     "builder",
@@ -488,7 +490,7 @@ impl DerivationBuilder {
                         &script,
                         &self.env,
                         &self.inputs,
-                        &self.input_lists,
+                        &more.input_lists,
                         &self.outputs,
                         self.allow_impure,
                     )?;
@@ -525,7 +527,7 @@ impl DerivationBuilder {
             .map(|(name, input)| Ok((InputName::new(name)?, input)))
             .collect::<Result<Vec<_>, RequestError>>()?;
         let inputs = SortedMap::from_unique(inputs).map_err(|name| duplicate("input", name))?;
-        let input_lists = self
+        let input_lists = more
             .input_lists
             .into_iter()
             .map(|(list, members)| {
@@ -549,7 +551,7 @@ impl DerivationBuilder {
         };
         let outputs =
             SortedSet::from_unique(outputs).map_err(|output| duplicate("output", output))?;
-        let files = self
+        let files = more
             .files
             .into_iter()
             .map(|(path, contents)| Ok((CleanRelPath::new("file path", path)?, contents)))
@@ -557,7 +559,7 @@ impl DerivationBuilder {
         let files =
             SortedMap::from_unique(files).map_err(|path| duplicate("file", path.as_str()))?;
         let mut ro_paths = BTreeSet::new();
-        for path in self.ro_paths {
+        for path in more.ro_paths {
             let path = AbsPath::new("read-only path", path)?;
             if !ro_paths.insert(path.clone()) {
                 return Err(RequestError::Duplicate {
@@ -566,7 +568,7 @@ impl DerivationBuilder {
                 });
             }
         }
-        let fixed_output = match (self.fixed_output, self.fixed_output_mode) {
+        let fixed_output = match (more.fixed_output, more.fixed_output_mode) {
             (Some(digest), mode) => Some(Box::new(FixedOutput::new(&digest, mode)?)),
             (None, Some(_)) => {
                 return Err(InvalidValue::new(
@@ -585,7 +587,7 @@ impl DerivationBuilder {
             outputs.as_slice(),
             inputs.keys(),
             env.keys(),
-            self.network,
+            more.network,
             fixed_output.is_some(),
         )?;
         crate::request::check_input_lists(
@@ -594,7 +596,7 @@ impl DerivationBuilder {
             |n| env.keys().any(|k: &EnvKey| k.as_str() == n),
             |n| outputs.iter().any(|o: &OutputName| o.as_str() == n),
         )?;
-        if self.limits.max_processes == Some(0) {
+        if more.limits.max_processes == Some(0) {
             return Err(InvalidValue::new(
                 "process limit",
                 "0",
@@ -602,7 +604,7 @@ impl DerivationBuilder {
             )
             .into());
         }
-        if self.toolchain.is_some() && self.sandbox == SandboxLevel::HostTools {
+        if more.toolchain.is_some() && self.sandbox == SandboxLevel::HostTools {
             return Err(InvalidValue::new(
                 "sandbox level",
                 SandboxLevel::HostTools.as_str(),
@@ -621,15 +623,15 @@ impl DerivationBuilder {
             outputs,
             files,
             constraints: Constraints {
-                network: self.network,
+                network: more.network,
                 provide_bin_sh,
                 ro_paths,
-                min_memory: self.min_memory,
+                min_memory: more.min_memory,
             },
             sandbox: self.sandbox,
             fixed_output,
-            toolchain: self.toolchain.map(Box::new),
-            limits: (self.limits != Limits::UNSET).then(|| Box::new(self.limits)),
+            toolchain: more.toolchain.map(Box::new),
+            limits: (more.limits != Limits::UNSET).then(|| Box::new(more.limits)),
             location: self.location,
         })
     }
@@ -677,10 +679,10 @@ fn check_script(
         text.clear();
         text.push(u8::from(allow_impure));
         text.extend_from_slice(&(declared().count() as u64).to_le_bytes());
+        // Each name ends in NUL (no name holds one), then what declares it, a byte.
         for (name, kind) in declared() {
-            for part in [name.as_bytes(), b"\0", kind.as_bytes(), b"\0"] {
-                text.extend_from_slice(part);
-            }
+            text.extend_from_slice(name.as_bytes());
+            text.extend_from_slice(&[0, kind.as_bytes()[0]]);
         }
         text.extend_from_slice(script.as_bytes());
         passed.texts.contains(passed.text.as_slice())
