@@ -987,7 +987,8 @@ fn toolchain_edge() -> InputName {
     InputName::new("toolchain").expect("`toolchain` is an identifier")
 }
 
-/// Planning state: nodes are filled in (`Some`) once keyed.
+/// Planning state: the graph's shape, what each node is made from, and the planned sources and
+/// toolchains; the derivations' planned nodes are [`Planner::keys`]'s.
 struct Planner<'g> {
     graph: &'g Graph,
     /// The graph's shape: a node's plan is kept apart (`others`, and the keys' own vector for
