@@ -368,9 +368,9 @@ pub struct Planned {
     /// The outputs as `key` names them; `None` when they are the resolved request's (its key is
     /// `key`, as it is unless an input was realised to an earlier build's entries).
     named: Option<SortedMap<OutputName, PlannedOutput>>,
-    resolved: OnceLock<Resolved>,
+    resolved: Settled<Resolved>,
     /// Where the outputs are in the store, once they are there.
-    realised: OnceLock<Found>,
+    realised: Settled<Found>,
     /// Whether the outputs are, or will be, where the key names them: in the store so, or to be
     /// built by the request the key names with no earlier build of the name they could be
     /// realised to instead. What takes it is then resolved at planning.
@@ -451,7 +451,18 @@ impl Planned {
         if let Some(found) = self.realised() {
             return Ok(Some(found));
         }
-        let found = match lookup(store, &self.key, self.named(), listing) {
+        let found = self.look(store, record, listing)?;
+        Ok(found.map(|found| self.realised.get_or_init(|| found).outputs(self.named())))
+    }
+
+    /// What [`Planned::find`] finds, not yet recorded as the realisation.
+    fn look(
+        &self,
+        store: &Store,
+        record: bool,
+        listing: Option<&Listing>,
+    ) -> Result<Option<Found>, StoreError> {
+        Ok(match lookup(store, &self.key, self.named(), listing) {
             Some(found) => Some(found),
             None => match self.resolved() {
                 Some(resolved) if resolved.key != self.key => {
@@ -471,8 +482,7 @@ impl Planned {
                 }
                 _ => None,
             },
-        };
-        Ok(found.map(|found| self.realised.get_or_init(|| found).outputs(self.named())))
+        })
     }
 
     /// Resolves the request once every producer's outputs are realised (`producer`); `Ok(None)`
@@ -506,6 +516,34 @@ impl Planned {
         parts.inputs.extend(from);
         let resolved = Resolved::new(BuildRequest::new(parts)?);
         Ok(Some(self.resolved.get_or_init(|| resolved)))
+    }
+}
+
+/// A value known when the plan is made, or one set once later, by any thread: one known at
+/// once is held as it is, without the handshake of a cell set afterwards.
+#[derive(Debug, Clone)]
+enum Settled<T> {
+    Known(T),
+    Later(OnceLock<T>),
+}
+
+impl<T> Settled<T> {
+    fn later() -> Self {
+        Settled::Later(OnceLock::new())
+    }
+
+    fn get(&self) -> Option<&T> {
+        match self {
+            Settled::Known(value) => Some(value),
+            Settled::Later(cell) => cell.get(),
+        }
+    }
+
+    fn get_or_init(&self, make: impl FnOnce() -> T) -> &T {
+        match self {
+            Settled::Known(value) => value,
+            Settled::Later(cell) => cell.get_or_init(make),
+        }
     }
 }
 
@@ -1473,28 +1511,33 @@ impl<'g> Planner<'g> {
             toolchain,
         })
         .map_err(request_error)?;
+        // Resolved now when every derivation it takes is, or will be, where its key names it;
+        // otherwise once the builds it waits on are done.
+        let key = addressed.key;
+        let (resolved, named) = match realised_as_named {
+            true => (Settled::Known(addressed), None),
+            false => (Settled::later(), Some(addressed.outputs)),
+        };
         let mut planned_drv = Planned {
             template,
             from,
-            key: addressed.key,
-            named: None,
-            resolved: OnceLock::new(),
-            realised: OnceLock::new(),
+            key,
+            named,
+            resolved,
+            realised: Settled::later(),
             lands_where_named: false,
             limits: drv.limits.clone(),
         };
-        // Resolved now when every derivation it takes is, or will be, where its key names it;
-        // otherwise once the builds it waits on are done.
-        if realised_as_named {
-            let _ = planned_drv.resolved.set(addressed);
-        } else {
-            planned_drv.named = Some(addressed.outputs);
+        if !realised_as_named {
             planned_drv
                 .resolve_with(|dep| planned(dep).derivation()?.realised())
                 .map_err(request_error)?;
         }
-        let status = match planned_drv.find(store, false, Some(listing))? {
-            Some(_) => Status::Cached,
+        let status = match planned_drv.look(store, false, Some(listing))? {
+            Some(found) => {
+                planned_drv.realised = Settled::Known(found);
+                Status::Cached
+            }
             None => Status::Build,
         };
         planned_drv.lands_where_named = match (planned_drv.realised.get(), planned_drv.resolved()) {
