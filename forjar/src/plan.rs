@@ -1441,37 +1441,47 @@ impl<'g> Planner<'g> {
         // where its key names it (as it does unless a rebuild may be cut off).
         let mut inputs = Vec::with_capacity(drv.inputs.len());
         let mut realised_as_named = true;
-        let mut named_inputs = Vec::new();
+        let mut named_inputs = Vec::with_capacity(drv.inputs.len());
         let mut toolchain = None;
-        for edge in self.dag.edges_directed(node, Direction::Incoming) {
-            if let NodeKind::Toolchain { planned, entry } = &planned(edge.source()).kind {
-                toolchain = Some(Box::new(ToolchainInput {
-                    entry: entry.clone(),
-                    digest: planned.digest(),
-                }));
-                continue;
+        if drv.toolchain.is_some() {
+            for edge in self.dag.edges_directed(node, Direction::Incoming) {
+                if let NodeKind::Toolchain { planned, entry } = &planned(edge.source()).kind {
+                    toolchain = Some(Box::new(ToolchainInput {
+                        entry: entry.clone(),
+                        digest: planned.digest(),
+                    }));
+                }
             }
-            match (&planned(edge.source()).kind, &drv.inputs[edge.weight()]) {
-                (NodeKind::Source { entry, digest, .. }, _) => {
+        }
+        // In the derivation's own order (by name), each input's node as the edges were made
+        // from it: the inputs need no search by name and no sort.
+        for (input_name, input) in &drv.inputs {
+            match input {
+                Input::Source(source) => {
+                    let NodeKind::Source { entry, digest, .. } =
+                        &planned(self.source_nodes[&**source]).kind
+                    else {
+                        unreachable!("a source input has a source node")
+                    };
                     let resolved = ResolvedInput::Source {
                         entry: entry.clone(),
                         digest: *digest,
                     };
-                    inputs.push((edge.weight().clone(), resolved));
+                    inputs.push((input_name.clone(), resolved));
                 }
-                (NodeKind::Derivation(producer), Input::Output(o)) => {
+                Input::Output(o) => {
+                    let dep = NodeIndex::new(o.drv.index);
+                    let NodeKind::Derivation(producer) = &planned(dep).kind else {
+                        unreachable!("an output input has a derivation node")
+                    };
                     realised_as_named &= producer.lands_where_named;
                     let (output, named) = producer
                         .named()
                         .iter()
                         .find(|(name, _)| name.as_str() == o.output)
                         .expect("outputs were checked when the edges were made");
-                    named_inputs.push((edge.weight(), edge.source(), output, named));
+                    named_inputs.push((input_name, dep, output, named));
                 }
-                (NodeKind::Derivation(_), Input::Source(_)) => {
-                    unreachable!("a source input has a source node")
-                }
-                (NodeKind::Toolchain { .. }, _) => unreachable!("toolchain edges are taken above"),
             }
         }
         // Kept only for a request resolved after planning.
