@@ -487,6 +487,9 @@ mod tests {
             vec![3000],
             vec![10, 2048, 7],
             vec![0; 200],
+            // Every small length, each copied its own way.
+            (0..=20).collect(),
+            (0..=20).rev().cycle().take(150).collect(),
         ] {
             for context in [DERIVATION_CONTEXT, OUTPUT_CONTEXT, "forjar elsewhere v1"] {
                 let mut e = Encoder::new(context);
