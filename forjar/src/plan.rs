@@ -681,7 +681,7 @@ impl Plan {
             dag: DiGraph::with_capacity(graph.slots.len(), 0),
             others: HashMap::new(),
             origins: Vec::with_capacity(graph.slots.len()),
-            store_dir: Arc::new(store.store_dir().clone()),
+            store_dir: store.store_dir().clone(),
             source_nodes: HashMap::new(),
             toolchain_nodes: HashMap::new(),
         };
@@ -706,14 +706,13 @@ impl Plan {
         let Planner {
             dag, mut others, ..
         } = planner;
-        let derivations = graph.slots.len();
         let mut dag = dag.map_owned(
-            |node, ()| match node.index() < derivations {
-                true => match keyed[node.index()].take() {
+            |node, ()| match keyed.get_mut(node.index()) {
+                Some(keyed) => match keyed.take() {
                     Some(Ok(planned)) => planned,
                     _ => unreachable!("every derivation was keyed"),
                 },
-                false => others
+                None => others
                     .remove(&node)
                     .expect("every source and toolchain was planned"),
             },
@@ -1036,8 +1035,8 @@ struct Planner<'g> {
     others: HashMap<NodeIndex, Node>,
     /// What each node is made from, by node index.
     origins: Vec<Origin<'g>>,
-    /// The store directory of every request.
-    store_dir: Arc<StoreDir>,
+    /// The store directory of every request (each chain of keys shares a copy of its own).
+    store_dir: StoreDir,
     source_nodes: HashMap<&'g Source, NodeIndex>,
     toolchain_nodes: HashMap<&'g Toolchain, NodeIndex>,
 }
@@ -1081,7 +1080,7 @@ impl<'p> Wave<'p, '_> {
         };
         // The store directory each request of this chain holds, counted here: a count shared
         // with the other threads would move between their cores at every node.
-        let store_dir = Arc::new(StoreDir::clone(&self.planner.store_dir));
+        let store_dir = Arc::new(self.planner.store_dir.clone());
         let mut next = Some(node);
         while let Some(node) = next.take() {
             let result = self
@@ -1404,16 +1403,13 @@ impl<'g> Planner<'g> {
             }
         });
         // The first failure in topological order; a node after a failure was never keyed.
-        for &node in order {
-            if is_derivation(node) {
-                match keyed[node.index()].get() {
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) => match keyed[node.index()].take() {
-                        Some(Err(error)) => return Err(error),
-                        _ => unreachable!("the failure was just seen"),
-                    },
-                    None => unreachable!("a node is left unkeyed only after a failure"),
-                }
+        let failed = order.iter().find(|&&node| {
+            is_derivation(node) && !matches!(keyed[node.index()].get(), Some(Ok(_)))
+        });
+        if let Some(node) = failed {
+            match keyed[node.index()].take() {
+                Some(Err(error)) => return Err(error),
+                _ => unreachable!("a node is left unkeyed only after a failure"),
             }
         }
         Ok((level_of, keyed))

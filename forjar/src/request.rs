@@ -779,18 +779,15 @@ pub(crate) fn check_names<'a>(
 /// the sandbox puts there; the build starts in `build` (the build directory), a directory in
 /// it, or in a scratch path.
 fn check_build_paths(parts: &PartsRef<'_>) -> Result<(), InvalidValue> {
+    // Every path here is clean (no empty, `.` or `..` component), so a path is in a directory
+    // when it is so as text, component by component.
     for scratch in parts.scratch_paths {
-        let path = scratch.as_path();
-        let store = parts
-            .store_dir
-            .as_path()
-            .strip_prefix("/")
-            .unwrap_or(parts.store_dir.as_path());
-        let refusal = if let Some(dir) = rules::sandbox_dir(&format!("/{}", scratch.as_str())) {
+        let path = format!("/{}", scratch.as_str());
+        let refusal = if let Some(dir) = rules::sandbox_dir(&path) {
             Some(format!(
                 "the sandbox makes `{dir}` itself; choose a path outside it"
             ))
-        } else if path.starts_with(store) {
+        } else if rules::within(&path, parts.store_dir.as_str()) {
             Some(format!(
                 "it is in the store directory `{}`, which the build sees read-only",
                 parts.store_dir
@@ -800,14 +797,13 @@ fn check_build_paths(parts: &PartsRef<'_>) -> Result<(), InvalidValue> {
                 .constraints
                 .ro_paths
                 .iter()
-                .find(|ro| Path::new("/").join(path).starts_with(ro.as_path()))
+                .find(|ro| rules::within(&path, ro.as_str()))
                 .map(|ro| format!("it is in the read-only host path `{}`", ro.as_str()))
         };
         if let Some(reason) = refusal {
             return Err(InvalidValue::new("scratch path", scratch.as_str(), reason));
         }
     }
-    // Clean relative paths, compared as text component by component.
     let working = parts.working_dir.as_str();
     if !rules::within(working, "build")
         && !parts

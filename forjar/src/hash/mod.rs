@@ -56,32 +56,25 @@ pub fn base32(bytes: &[u8]) -> String {
 
 /// [`base32`] into `out`, which is as long as the text is: 8 characters per 5 bytes.
 pub(crate) fn base32_into(bytes: &[u8], out: &mut [u8]) {
-    // Five bytes are eight characters: each group at once, the rest a byte at a time.
+    // Five bytes are eight characters; the last group is padded with zero bits and cut to the
+    // characters its bytes make.
+    let group = |five: [u8; 5]| {
+        let mut word = [0; 8];
+        word[3..].copy_from_slice(&five);
+        let word = u64::from_be_bytes(word);
+        std::array::from_fn::<u8, 8, _>(|at| BASE32[((word >> (35 - 5 * at)) & 31) as usize])
+    };
     let mut groups = bytes.chunks_exact(5);
     let mut texts = out.chunks_exact_mut(8);
-    for (group, text) in (&mut groups).zip(&mut texts) {
-        let mut word = [0; 8];
-        word[3..].copy_from_slice(group);
-        let word = u64::from_be_bytes(word);
-        for (at, c) in text.iter_mut().enumerate() {
-            *c = BASE32[((word >> (35 - 5 * at)) & 31) as usize];
-        }
+    for (five, text) in (&mut groups).zip(&mut texts) {
+        text.copy_from_slice(&group(five.try_into().expect("a group is five bytes")));
     }
-    let out = texts.into_remainder();
-    let mut at = 0;
-    let mut buffer: u64 = 0;
-    let mut bits = 0;
-    for &byte in groups.remainder() {
-        buffer = (buffer << 8) | u64::from(byte);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            out[at] = BASE32[((buffer >> bits) & 31) as usize];
-            at += 1;
-        }
-    }
-    if bits > 0 {
-        out[at] = BASE32[((buffer << (5 - bits)) & 31) as usize];
+    let rest = groups.remainder();
+    if !rest.is_empty() {
+        let mut five = [0; 5];
+        five[..rest.len()].copy_from_slice(rest);
+        let text = texts.into_remainder();
+        text.copy_from_slice(&group(five)[..text.len()]);
     }
 }
 
