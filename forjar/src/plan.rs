@@ -462,26 +462,37 @@ impl Planned {
         record: bool,
         listing: Option<&Listing>,
     ) -> Result<Option<Found>, StoreError> {
-        Ok(match lookup(store, &self.key, self.named(), listing) {
-            Some(found) => Some(found),
-            None => match self.resolved() {
-                Some(resolved) if resolved.key != self.key => {
-                    let found = lookup(store, &resolved.key, &resolved.outputs, listing)
-                        .map(|f| Found::Elsewhere(f.outputs(&resolved.outputs).clone()));
-                    if let (Some(found), true) = (&found, record) {
-                        let outputs = found
-                            .outputs(&resolved.outputs)
-                            .iter()
-                            .map(|(name, o)| {
-                                Ok((name.clone(), store.realised_output(&o.entry, o.key)?))
-                            })
-                            .collect::<Result<_, StoreError>>()?;
-                        store.record_realisation(&self.key, &outputs)?;
-                    }
-                    found
+        match lookup(store, &self.key, self.named(), listing) {
+            Some(found) => Ok(Some(found)),
+            None => self.look_resolved(store, record, listing),
+        }
+    }
+
+    /// What [`Planned::look`] finds under the resolved request's key, when it is known and not
+    /// the input-addressed key.
+    fn look_resolved(
+        &self,
+        store: &Store,
+        record: bool,
+        listing: Option<&Listing>,
+    ) -> Result<Option<Found>, StoreError> {
+        Ok(match self.resolved() {
+            Some(resolved) if resolved.key != self.key => {
+                let found = lookup(store, &resolved.key, &resolved.outputs, listing)
+                    .map(|f| Found::Elsewhere(f.outputs(&resolved.outputs).clone()));
+                if let (Some(found), true) = (&found, record) {
+                    let outputs = found
+                        .outputs(&resolved.outputs)
+                        .iter()
+                        .map(|(name, o)| {
+                            Ok((name.clone(), store.realised_output(&o.entry, o.key)?))
+                        })
+                        .collect::<Result<_, StoreError>>()?;
+                    store.record_realisation(&self.key, &outputs)?;
                 }
-                _ => None,
-            },
+                found
+            }
+            _ => None,
         })
     }
 
@@ -497,12 +508,41 @@ impl Planned {
         let Some(template) = &self.template else {
             unreachable!("the template is dropped only once the request is resolved")
         };
+        let Some(from) = self.inputs_from(producer) else {
+            return Ok(None);
+        };
+        let resolved = Self::resolve(RequestParts::clone(template), from)?;
+        Ok(Some(self.resolved.get_or_init(|| resolved)))
+    }
+
+    /// [`Planned::resolve_with`] while the plan is made, when nothing else holds this: once
+    /// every producer's outputs are realised, the template becomes the request without a copy.
+    fn resolve_now<'a>(
+        &mut self,
+        producer: impl Fn(NodeIndex) -> Option<&'a SortedMap<OutputName, PlannedOutput>>,
+    ) -> Result<(), RequestError> {
+        if self.resolved.get().is_some() {
+            return Ok(());
+        }
+        let Some(from) = self.inputs_from(producer) else {
+            return Ok(());
+        };
+        let Some(template) = self.template.take() else {
+            unreachable!("the template is dropped only once the request is resolved")
+        };
+        self.resolved = Settled::Known(Self::resolve(*template, from)?);
+        Ok(())
+    }
+
+    /// The inputs from derivations where their producers' outputs are realised (`producer`);
+    /// `None` while one is not.
+    fn inputs_from<'a>(
+        &self,
+        producer: impl Fn(NodeIndex) -> Option<&'a SortedMap<OutputName, PlannedOutput>>,
+    ) -> Option<Vec<(InputName, ResolvedInput)>> {
         let mut from = Vec::with_capacity(self.from.len());
         for (input, node, output) in &self.from {
-            let Some(outputs) = producer(*node) else {
-                return Ok(None);
-            };
-            let planned = outputs
+            let planned = producer(*node)?
                 .get(output)
                 .expect("outputs were checked when the edges were made");
             let resolved = ResolvedInput::Output {
@@ -511,11 +551,17 @@ impl Planned {
             };
             from.push((input.clone(), resolved));
         }
-        let mut parts = RequestParts::clone(template);
+        Some(from)
+    }
+
+    /// The request of the template's `parts` with the inputs from derivations (`from`).
+    fn resolve(
+        mut parts: RequestParts,
+        from: Vec<(InputName, ResolvedInput)>,
+    ) -> Result<Resolved, RequestError> {
         // Sorted once with the rest, not inserted one at a time.
         parts.inputs.extend(from);
-        let resolved = Resolved::new(BuildRequest::new(parts)?);
-        Ok(Some(self.resolved.get_or_init(|| resolved)))
+        Ok(Resolved::new(BuildRequest::new(parts)?))
     }
 }
 
@@ -777,6 +823,18 @@ impl Plan {
         outputs.get(&root.output).map(|o| o.entry.clone())
     }
 
+    /// Whether the request of derivation `planned` waits on the outputs of builds: it is not
+    /// resolved, and an input's producer is not realised. (A derivation found in the store under
+    /// its own key is planned without its resolved request, which [`Plan::resolve`] makes.)
+    pub fn waits_on_outputs(&self, planned: &Planned) -> bool {
+        planned.resolved().is_none()
+            && planned.derivation_inputs().iter().any(|(_, dep, _)| {
+                self.dag[*dep]
+                    .derivation()
+                    .is_none_or(|d| d.realised().is_none())
+            })
+    }
+
     /// The derivations whose builds the request of derivation `planned` waits on (those it
     /// takes that are not in the store), by name.
     pub fn waits_on(&self, planned: &Planned) -> std::collections::BTreeSet<&Name> {
@@ -960,7 +1018,7 @@ impl Plan {
                         value["kind"] = "derivation".into();
                         value["key"] = serde_json::json!(planned.key());
                         value["outputs"] = serde_json::json!(planned.outputs());
-                        if planned.resolved().is_none() {
+                        if self.waits_on_outputs(planned) {
                             // The key names what the inputs' builds are realised to.
                             value["waits_on"] = serde_json::json!(self.waits_on(planned));
                         }
@@ -1534,12 +1592,16 @@ impl<'g> Planner<'g> {
             lands_where_named: false,
             limits: drv.limits.clone(),
         };
-        if !realised_as_named {
+        // Found under its own key, it needs no resolved request to be planned: one is made if
+        // it is asked for ([`Plan::resolve`]). Else the request is resolved to be looked for.
+        let mut found = planned_drv.look(store, false, Some(listing))?;
+        if found.is_none() && !realised_as_named {
             planned_drv
-                .resolve_with(|dep| planned(dep).derivation()?.realised())
+                .resolve_now(|dep| planned(dep).derivation()?.realised())
                 .map_err(request_error)?;
+            found = planned_drv.look_resolved(store, false, Some(listing))?;
         }
-        let status = match planned_drv.look(store, false, Some(listing))? {
+        let status = match found {
             Some(found) => {
                 planned_drv.realised = Settled::Known(found);
                 Status::Cached

@@ -13,6 +13,7 @@
 
 use std::ffi::{CStr, CString, OsStr};
 use std::io;
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -611,16 +612,19 @@ pub(crate) fn list_sorted(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, Kind)
 /// The entries of an open directory (read from its start), but `.` and `..`, with their kinds.
 pub(crate) fn list(dir: BorrowedFd<'_>) -> io::Result<Vec<(CString, Kind)>> {
     let mut entries = Vec::new();
-    each_entry(dir, |name, kind| entries.push((name.to_owned(), kind)))?;
+    each_entry(dir, |name, kind| {
+        entries.push((name.to_owned(), kind));
+        ControlFlow::Continue(())
+    })?;
     Ok(entries)
 }
 
 /// Gives `visit` each entry of an open directory (read from its start), but `.` and `..`, with
-/// its kind.
+/// its kind, until it breaks; `Ok(true)` when it saw every entry.
 pub(crate) fn each_entry(
     dir: BorrowedFd<'_>,
-    mut visit: impl FnMut(&CStr, Kind),
-) -> io::Result<()> {
+    mut visit: impl FnMut(&CStr, Kind) -> ControlFlow<()>,
+) -> io::Result<bool> {
     // struct linux_dirent64: u64 d_ino, i64 d_off, u16 d_reclen, u8 d_type, char d_name[].
     const NAME: usize = 19;
     let mut buf = vec![0u8; 32 << 10];
@@ -642,7 +646,7 @@ pub(crate) fn each_entry(
             return Err(e);
         }
         if n == 0 {
-            return Ok(());
+            return Ok(true);
         }
         let mut at = 0usize;
         while at < n as usize {
@@ -659,7 +663,9 @@ pub(crate) fn each_entry(
                 Some(kind) => kind,
                 None => Kind::from_mode(stat_at(dir, name)?.st_mode),
             };
-            visit(name, kind);
+            if visit(name, kind).is_break() {
+                return Ok(false);
+            }
         }
     }
 }

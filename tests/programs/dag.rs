@@ -6,6 +6,7 @@
 //! - The derivations named in `DAG_FAIL` (comma-separated) exit 1 after printing a line.
 //! - The derivations named in `DAG_NOISE` also write 8 random bytes to `noise`.
 //! - `DAG_SALT` changes every key.
+//! - A list of names may be `*`: every derivation of the layers.
 //! - The derivations named in `DAG_COMMENT` have a comment added to their script: a new key,
 //!   the same output.
 //! - The derivations named in `DAG_EXTRA` also write a file `extra`: a new key and output.
@@ -33,7 +34,7 @@ fn main() -> forjar::ExitCode {
     let noise = var("DAG_NOISE", "");
     let comment = var("DAG_COMMENT", "");
     let extra = var("DAG_EXTRA", "");
-    let named = |list: &str, name: &str| list.split(',').any(|f| f == name);
+    let named = |list: &str, name: &str| list == "*" || list.split(',').any(|f| f == name);
     forjar::main!(|g| {
         let mut previous: Vec<Drv> = Vec::new();
         for layer in 0..layers {

@@ -185,7 +185,12 @@ impl Session {
                 let _ = writeln!(text, "key: {}", planned.key());
                 value["kind"] = "derivation".into();
                 value["key"] = planned.key().to_string().into();
-                match planned.resolved() {
+                // Made here for a derivation planned without it (found under its own key).
+                let resolved = self
+                    .plan
+                    .resolve(index)
+                    .map_err(|e| Failure::new(ExitCode::InvalidProgram, e))?;
+                match resolved {
                     Some(resolved) => {
                         if resolved.key != planned.key() {
                             // Its inputs are realised to an earlier build's entries.

@@ -121,8 +121,7 @@ impl Serialize for EntryName {
 
 impl<'de> Deserialize<'de> for EntryName {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        EntryName::parse(&s).map_err(serde::de::Error::custom)
+        super::deserialize_parsed(d, "a store entry name", EntryName::parse)
     }
 }
 

@@ -80,7 +80,7 @@ pub(crate) fn base32_into(bytes: &[u8], out: &mut [u8]) {
 
 /// Whether `s` is a store hash: 32 characters of the lowercase base32 alphabet.
 pub fn is_store_hash(s: &str) -> bool {
-    s.len() == STORE_HASH_LEN && s.bytes().all(|b| BASE32.contains(&b))
+    s.len() == STORE_HASH_LEN && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7'))
 }
 
 /// Length of the hash part of a store entry name.
@@ -99,22 +99,56 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
 
 /// The bytes of lowercase hex `text`; `None` if it is not that.
 pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    text.as_bytes().chunks(2).map(hex_byte).collect()
+}
+
+/// The byte two lowercase hex digits make.
+fn hex_byte(pair: &[u8]) -> Option<u8> {
     let digit = |c: u8| match c {
         b'0'..=b'9' => Some(c - b'0'),
         b'a'..=b'f' => Some(c - b'a' + 10),
         _ => None,
     };
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    text.as_bytes()
-        .chunks(2)
-        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
-        .collect()
+    Some(digit(pair[0])? << 4 | digit(pair[1])?)
 }
 
+/// [`unhex`] of exactly 32 bytes, made in place.
 fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    unhex(s)?.try_into().ok()
+    if s.len() != 64 {
+        return None;
+    }
+    let mut bytes = [0; 32];
+    for (byte, pair) in bytes.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+        *byte = hex_byte(pair)?;
+    }
+    Some(bytes)
+}
+
+/// Deserialises a string and makes a value of it with `parse`, borrowing the text where the
+/// format allows (a `String` of its own was an allocation per value read).
+pub(crate) fn deserialize_parsed<'de, D, T, E>(
+    d: D,
+    expected: &'static str,
+    parse: impl FnOnce(&str) -> Result<T, E>,
+) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    E: fmt::Display,
+{
+    struct Text<F>(&'static str, F);
+    impl<'de, T, E: fmt::Display, F: FnOnce(&str) -> Result<T, E>> serde::de::Visitor<'de> for Text<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<Er: serde::de::Error>(self, text: &str) -> Result<T, Er> {
+            (self.1)(text).map_err(Er::custom)
+        }
+    }
+    d.deserialize_str(Text(expected, parse))
 }
 
 /// A 32-byte key of a derivation, output or source; printed as lowercase hex.
@@ -135,6 +169,11 @@ impl Key {
     /// The store hash: the first 20 bytes in lowercase base32, 32 characters.
     pub fn store_hash(&self) -> String {
         base32(self.store_hash_bytes())
+    }
+
+    /// [`store_hash`](Key::store_hash) written into `out`.
+    pub(crate) fn store_hash_into(&self, out: &mut [u8; STORE_HASH_LEN]) {
+        base32_into(self.store_hash_bytes(), out);
     }
 
     /// The bytes [`store_hash`](Key::store_hash) is the base32 of.
@@ -188,8 +227,7 @@ impl Serialize for Key {
 
 impl<'de> Deserialize<'de> for Key {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        deserialize_parsed(d, "a key (64 hex digits)", str::parse)
     }
 }
 
@@ -229,6 +267,10 @@ pub struct BadDigest(pub String);
 impl FromStr for TreeDigest {
     type Err = BadDigest;
     fn from_str(s: &str) -> Result<Self, BadDigest> {
+        // The common case in one pass; the rules say what is wrong with any other.
+        if let Some(bytes) = s.strip_prefix("blake3:").and_then(parse_hex32) {
+            return Ok(TreeDigest(bytes));
+        }
         rules::digest(s)
             .map(TreeDigest)
             .map_err(|_| BadDigest(s.to_string()))
@@ -243,8 +285,7 @@ impl Serialize for TreeDigest {
 
 impl<'de> Deserialize<'de> for TreeDigest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
+        deserialize_parsed(d, "a tree digest (64 hex digits)", str::parse)
     }
 }
 
@@ -441,6 +482,44 @@ mod tests {
         assert_eq!(h.len(), STORE_HASH_LEN);
         assert!(is_store_hash(&h));
         assert!(!is_store_hash("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"));
+        // Every character of the alphabet, and each neighbour of its ranges.
+        assert!(is_store_hash("abcdefghijklmnopqrstuvwxyz234567"));
+        for bad in ['1', '8', '`', '{', '0', '9', '-'] {
+            let text = format!("{bad}bcdefghijklmnopqrstuvwxyz234567");
+            assert!(!is_store_hash(&text), "{text}");
+        }
+        assert!(!is_store_hash("abcdefghijklmnopqrstuvwxyz23456"));
+        let mut out = [0; STORE_HASH_LEN];
+        key.store_hash_into(&mut out);
+        assert_eq!(out, h.as_bytes());
+    }
+
+    #[test]
+    fn keys_and_digests_read_back_from_json_with_or_without_escapes() {
+        let key = Key(std::array::from_fn(|i| (i * 9) as u8));
+        let digest = TreeDigest([0xc3; 32]);
+        let text = serde_json::to_string(&(key, digest)).unwrap();
+        assert_eq!(
+            serde_json::from_str::<(Key, TreeDigest)>(&text).unwrap(),
+            (key, digest)
+        );
+        // A string with an escape is not borrowed from the input; it reads the same.
+        let escaped = text.replacen("\"0", "\"\\u0030", 1);
+        assert_ne!(escaped, text);
+        assert_eq!(
+            serde_json::from_str::<(Key, TreeDigest)>(&escaped).unwrap(),
+            (key, digest)
+        );
+        // Bad values name what was expected or what is wrong.
+        let short = serde_json::from_str::<Key>("\"abc\"")
+            .unwrap_err()
+            .to_string();
+        assert!(short.contains("abc"), "{short}");
+        let number = serde_json::from_str::<Key>("7").unwrap_err().to_string();
+        assert!(number.contains("a key (64 hex digits)"), "{number}");
+        let upper = format!("\"{}\"", hex(&[0xab; 32]).to_uppercase());
+        assert!(serde_json::from_str::<Key>(&upper).is_err());
+        assert!(serde_json::from_str::<TreeDigest>(&format!("\"{key}\"")).is_err());
     }
 
     #[test]

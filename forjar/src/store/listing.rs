@@ -1,18 +1,20 @@
 //! What a plan reads of the store in one pass over a directory instead of one look per
-//! derivation: the keys with a realisation and, where it is cheaper, the names of the entries.
+//! derivation: the keys with a realisation and the names of the entries.
 //!
-//! A look for an entry is a system call; one read of the store directory answers for every
-//! entry it holds, a few hundred names per call. The read is made only when the store is not
-//! much larger than the plan (a directory's link count is two more than its subdirectories on
-//! the file systems that count them), so that a small plan against a large store still looks at
-//! its own entries only.
+//! A look for an entry or a realisation is a system call; one read of a directory answers for
+//! every name it holds, a few hundred names per call. Each read is made only when the directory
+//! is not much larger than the plan, so that a small plan against a large store, or against
+//! many realisations of earlier keys, still looks at its own entries only: the store's
+//! directory is read when its link count (two more than its subdirectories, on the file systems
+//! that count them) says so; the realisations are read until more names have come than the
+//! plan would look up, and given up there.
 
-use std::collections::HashSet;
 use std::hash::BuildHasher;
+use std::ops::ControlFlow;
 use std::os::fd::AsFd;
 
 use super::{EntryName, Store, StoreError};
-use crate::hash::Key;
+use crate::hash::{Key, STORE_HASH_LEN};
 use crate::walk;
 
 /// How many entries, per look the plan would make, the store may hold for one read of its
@@ -25,8 +27,9 @@ const MIN_LOOKS: usize = 64;
 /// The store as a plan read it.
 #[derive(Debug, Default)]
 pub struct Listing {
-    /// The store hashes of the keys with a realisation.
-    realised: HashSet<String>,
+    /// The store hashes of the keys with a realisation, when they were read; `None` looks for
+    /// each key's.
+    realised: Option<Names>,
     /// The names of the store's entries, when they were read.
     entries: Option<Names>,
 }
@@ -79,10 +82,18 @@ impl Names {
 }
 
 impl Listing {
-    /// Whether the build keyed `key` may have a realisation: it has none when its store hash
-    /// is not among those read.
+    /// Whether the build keyed `key` may have a realisation: it has none when the realisations
+    /// were read and its store hash is not among them.
     pub fn may_have_realisation(&self, key: &Key) -> bool {
-        !self.realised.is_empty() && self.realised.contains(&key.store_hash())
+        match &self.realised {
+            Some(names) if names.table.is_empty() => false,
+            Some(names) => {
+                let mut hash = [0; STORE_HASH_LEN];
+                key.store_hash_into(&mut hash);
+                std::str::from_utf8(&hash).is_ok_and(|hash| names.contains(hash))
+            }
+            None => true,
+        }
     }
 
     /// Whether `entry` is in `store`: among the names read, else as [`Store::contains`] finds.
@@ -97,13 +108,50 @@ impl Listing {
 impl Store {
     /// Reads what a plan of `looks` lookups needs of the store (see [`Listing`]).
     pub fn read_listing(&self, looks: usize) -> Result<Listing, StoreError> {
+        if !self.exists() {
+            return Ok(Listing {
+                realised: Some(Names::default()),
+                entries: None,
+            });
+        }
         Ok(Listing {
-            realised: self.realised_hashes()?,
-            entries: match self.exists() && looks >= MIN_LOOKS {
+            realised: self.realised_names(looks)?,
+            entries: match looks >= MIN_LOOKS {
                 true => self.entry_names(looks)?,
                 false => None,
             },
         })
+    }
+
+    /// The store hashes of the keys with a realisation (the names in `.realisations` but the
+    /// dot ones, which are records being written), or `None` when there are more than
+    /// [`ENTRIES_PER_LOOK`] per look of a plan of `looks` (at least [`MIN_LOOKS`]): the read
+    /// stops there, and each key is looked for.
+    fn realised_names(&self, looks: usize) -> Result<Option<Names>, StoreError> {
+        let dir = self.dir().join(".realisations");
+        let cannot_read = || StoreError::io("cannot read", &dir);
+        let records = match walk::open_dir_path(&dir) {
+            Ok(records) => records,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Some(Names::default()));
+            }
+            Err(e) => return Err(cannot_read()(e)),
+        };
+        let most = ENTRIES_PER_LOOK as usize * looks.max(MIN_LOOKS);
+        let mut names = Names::default();
+        let whole = walk::each_entry(records.as_fd(), |name, _| {
+            if let Ok(name) = name.to_str()
+                && !name.starts_with('.')
+            {
+                if names.table.len() == most {
+                    return ControlFlow::Break(());
+                }
+                names.insert(name);
+            }
+            ControlFlow::Continue(())
+        })
+        .map_err(cannot_read())?;
+        Ok(whole.then_some(names))
     }
 
     /// The names of the store's entries (its directories but the dot ones), or `None` when the
@@ -132,6 +180,7 @@ impl Store {
             {
                 names.insert(name);
             }
+            ControlFlow::Continue(())
         })
         .map_err(cannot_read())?;
         Ok(Some(names))
@@ -165,6 +214,39 @@ mod tests {
         // A name's beginning, a name with more after it, and names never added.
         for not in ["n", "n5000", "n1 ", "", "m1"] {
             assert!(!names.contains(not), "{not:?}");
+        }
+    }
+
+    #[test]
+    fn realisations_are_read_whole_only_up_to_four_per_look() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        // Distinct in the bytes the store hash is made of.
+        let key = |i: usize| -> Key { format!("{i:08x}{:056x}", 0).parse().unwrap() };
+        // None yet: no key has one.
+        let listing = store.read_listing(100).unwrap();
+        assert!(!listing.may_have_realisation(&key(0)));
+        let records = store.dir().join(".realisations");
+        for i in 0..300 {
+            fs::write(records.join(key(i).store_hash()), b"{}").unwrap();
+        }
+        // A record being written is not one.
+        fs::write(records.join(format!(".{}", key(300).store_hash())), b"{}").unwrap();
+        // A plan of 100 lookups may read 400 names: all of them, and only those have one.
+        let listing = store.read_listing(100).unwrap();
+        assert_eq!(listing.realised.as_ref().map(Names::len), Some(300));
+        for i in 0..300 {
+            assert!(listing.may_have_realisation(&key(i)), "{i}");
+        }
+        for i in 300..310 {
+            assert!(!listing.may_have_realisation(&key(i)), "{i}");
+        }
+        // A plan of 10 may read 256 (four for each of at least 64): more are there, so none is
+        // kept, and each key is looked for.
+        let listing = store.read_listing(10).unwrap();
+        assert!(listing.realised.is_none());
+        for i in [0, 299, 300, 1000] {
+            assert!(listing.may_have_realisation(&key(i)), "{i}");
         }
     }
 

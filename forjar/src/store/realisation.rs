@@ -14,14 +14,16 @@
 //! not rebuilt (early cutoff).
 
 use std::collections::{BTreeMap, HashSet};
+use std::ffi::OsString;
 use std::fs;
 use std::io;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::{Store, StoreError};
-use crate::hash::{EntryName, Key, TreeDigest};
+use crate::hash::{EntryName, Key, STORE_HASH_LEN, TreeDigest};
 use crate::name::{Name, OutputName};
 use crate::request::RequestParts;
 
@@ -53,9 +55,20 @@ pub struct BuildRecord {
     pub outputs: Realised,
 }
 
+/// The realisations' directory and a separator, after the store's directory.
+const REALISATIONS: &[u8] = b"/.realisations/";
+
 impl Store {
     fn realisation_path(&self, key: &Key) -> PathBuf {
-        self.dir().join(".realisations").join(key.store_hash())
+        // Written out, not joined: a plan reads a realisation for each build that was cut off.
+        let mut hash = [0; STORE_HASH_LEN];
+        key.store_hash_into(&mut hash);
+        let dir = self.dir().as_os_str().as_bytes();
+        let mut path = Vec::with_capacity(dir.len() + REALISATIONS.len() + STORE_HASH_LEN);
+        path.extend_from_slice(dir);
+        path.extend_from_slice(REALISATIONS);
+        path.extend_from_slice(&hash);
+        PathBuf::from(OsString::from_vec(path))
     }
 
     fn build_record_path(&self, name: &Name) -> PathBuf {
