@@ -1129,6 +1129,22 @@ fn a_rebuild_that_changes_no_output_rebuilds_nothing_after_it() {
         "{}",
         stdout(&plan)
     );
+    // n1-0 is found under its own key, and planned without its resolved request: what asks for
+    // that request gets it.
+    let show = run_dag(&store, &comment, &["show", "n1-0"]);
+    assert!(show.status.success(), "{}", stderr(&show));
+    assert!(
+        stdout(&show).contains("status: cached\n") && stdout(&show).contains("resolved key: "),
+        "{}",
+        stdout(&show)
+    );
+    let check = run_dag(&store, &comment, &["check", "n1-0"]);
+    assert!(check.status.success(), "{}", stderr(&check));
+    assert!(
+        stdout(&check).contains("round 1: n1-0 output `out` matches the store"),
+        "{}",
+        stdout(&check)
+    );
     // A changed output rebuilds what takes it; their outputs, unchanged, stop it there.
     let extra = [("DAG_SALT", salt.as_str()), ("DAG_EXTRA", "n0-0")];
     let changed = run_dag(&store, &extra, &["apply"]);

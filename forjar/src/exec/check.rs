@@ -68,6 +68,9 @@ pub fn check(
     let not_realised = || ExecError::NotRealised {
         name: node.name.to_string(),
     };
+    // A derivation found under its own key was planned without its resolved request.
+    plan.resolve(index)
+        .map_err(|e| ExecError::Plan(Box::new(e)))?;
     let job = BuildJob::of(node).ok_or_else(not_realised)?;
     // The store's copy is where the outputs are realised: an earlier build's entries when the
     // last build of this key changed nothing.
