@@ -284,8 +284,12 @@ pub(crate) fn lookup(
         None => store.contains(entry),
     };
     // A record that cannot be read is no record.
-    if listing.is_none_or(|listing| listing.may_have_realisation(key))
-        && let Ok(Some(recorded)) = store.realisation(key)
+    let recorded = match listing {
+        Some(listing) if !listing.may_have_realisation(key) => Ok(None),
+        Some(listing) => listing.realisation(store, key),
+        None => store.realisation(key),
+    };
+    if let Ok(Some(recorded)) = recorded
         && recorded.keys().eq(named.keys())
         && recorded.values().all(|o| contains(&o.entry))
     {

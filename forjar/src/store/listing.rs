@@ -9,11 +9,15 @@
 //! that count them) says so; the realisations are read until more names have come than the
 //! plan would look up, and given up there.
 
+use std::ffi::CStr;
 use std::hash::BuildHasher;
+use std::io::Read;
 use std::ops::ControlFlow;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
-use super::{EntryName, Store, StoreError};
+use nix::libc;
+
+use super::{EntryName, Realised, Store, StoreError};
 use crate::hash::{Key, STORE_HASH_LEN};
 use crate::walk;
 
@@ -30,6 +34,8 @@ pub struct Listing {
     /// The store hashes of the keys with a realisation, when they were read; `None` looks for
     /// each key's.
     realised: Option<Names>,
+    /// The realisations' directory, where they are read by name.
+    records: Option<OwnedFd>,
     /// The names of the store's entries, when they were read.
     entries: Option<Names>,
 }
@@ -96,6 +102,53 @@ impl Listing {
         }
     }
 
+    /// The realisation recorded for `key`, read by name in the directory the listing opened
+    /// (one name to resolve, not the store's whole path), else as [`Store::realisation`] reads
+    /// it.
+    pub fn realisation(&self, store: &Store, key: &Key) -> Result<Option<Realised>, StoreError> {
+        let Some(records) = &self.records else {
+            return store.realisation(key);
+        };
+        let mut hash = [0; STORE_HASH_LEN + 1];
+        key.store_hash_into(
+            (&mut hash[..STORE_HASH_LEN])
+                .try_into()
+                .expect("its length"),
+        );
+        let name = CStr::from_bytes_with_nul(&hash).expect("a store hash holds no NUL");
+        let damaged =
+            |e: std::io::Error| StoreError::io("cannot read", &store.realisation_path(key))(e);
+        // Not followed: a record is a file forjar wrote, never a symlink.
+        let file = match walk::openat(records.as_fd(), name, libc::O_RDONLY | libc::O_NOFOLLOW) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(damaged(e)),
+        };
+        // A record is a few hundred bytes: read to its end without asking its size or position
+        // first (as `read_to_end` does, two system calls more per record).
+        let mut file = std::fs::File::from(file);
+        let mut text = vec![0; 1024];
+        let mut len = 0;
+        loop {
+            if len == text.len() {
+                text.resize(len * 2, 0);
+            }
+            match file.read(&mut text[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(damaged(e)),
+            }
+        }
+        text.truncate(len);
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| StoreError::Damaged {
+                path: store.realisation_path(key),
+                reason: e.to_string(),
+            })
+    }
+
     /// Whether `entry` is in `store`: among the names read, else as [`Store::contains`] finds.
     pub fn contains(&self, store: &Store, entry: &EntryName) -> bool {
         match &self.entries {
@@ -111,11 +164,14 @@ impl Store {
         if !self.exists() {
             return Ok(Listing {
                 realised: Some(Names::default()),
+                records: None,
                 entries: None,
             });
         }
+        let (realised, records) = self.realised_names(looks)?;
         Ok(Listing {
-            realised: self.realised_names(looks)?,
+            realised,
+            records,
             entries: match looks >= MIN_LOOKS {
                 true => self.entry_names(looks)?,
                 false => None,
@@ -127,13 +183,13 @@ impl Store {
     /// dot ones, which are records being written), or `None` when there are more than
     /// [`ENTRIES_PER_LOOK`] per look of a plan of `looks` (at least [`MIN_LOOKS`]): the read
     /// stops there, and each key is looked for.
-    fn realised_names(&self, looks: usize) -> Result<Option<Names>, StoreError> {
+    fn realised_names(&self, looks: usize) -> Result<(Option<Names>, Option<OwnedFd>), StoreError> {
         let dir = self.dir().join(".realisations");
         let cannot_read = || StoreError::io("cannot read", &dir);
         let records = match walk::open_dir_path(&dir) {
             Ok(records) => records,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(Some(Names::default()));
+                return Ok((Some(Names::default()), None));
             }
             Err(e) => return Err(cannot_read()(e)),
         };
@@ -151,7 +207,7 @@ impl Store {
             ControlFlow::Continue(())
         })
         .map_err(cannot_read())?;
-        Ok(whole.then_some(names))
+        Ok((whole.then_some(names), Some(records)))
     }
 
     /// The names of the store's entries (its directories but the dot ones), or `None` when the
@@ -193,7 +249,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
 
     use super::*;
-    use crate::name::Name;
+    use crate::name::{Name, OutputName};
 
     fn entry(i: usize) -> EntryName {
         let key: Key = format!("{i:064x}").parse().unwrap();
@@ -248,6 +304,52 @@ mod tests {
         for i in [0, 299, 300, 1000] {
             assert!(listing.may_have_realisation(&key(i)), "{i}");
         }
+    }
+
+    #[test]
+    fn a_realisation_is_read_by_name_in_the_listings_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("store")).unwrap();
+        let key = |i: u8| -> Key { format!("{i:02x}{:062x}", 0).parse().unwrap() };
+        let out = OutputName::out();
+        let recorded = Realised::from([(
+            out.clone(),
+            super::super::RealisedOutput {
+                entry: entry(1),
+                key: key(9),
+                digest: format!("blake3:{}", "ab".repeat(32)).parse().unwrap(),
+            },
+        )]);
+        store.record_realisation(&key(1), &recorded).unwrap();
+        let records = store.dir().join(".realisations");
+        // A record as long as many outputs make, past the first read's room.
+        let long: Realised = (0..40)
+            .map(|i| {
+                let name = OutputName::new(format!("o{i}")).unwrap();
+                (name, recorded[&out].clone())
+            })
+            .collect();
+        store.record_realisation(&key(2), &long).unwrap();
+        fs::write(records.join(key(3).store_hash()), b"{ not json").unwrap();
+        std::os::unix::fs::symlink(
+            records.join(key(1).store_hash()),
+            records.join(key(4).store_hash()),
+        )
+        .unwrap();
+        let listing = store.read_listing(100).unwrap();
+        assert_eq!(
+            listing.realisation(&store, &key(1)).unwrap(),
+            Some(recorded)
+        );
+        assert_eq!(listing.realisation(&store, &key(2)).unwrap(), Some(long));
+        let damaged = listing
+            .realisation(&store, &key(3))
+            .unwrap_err()
+            .to_string();
+        assert!(damaged.contains(&key(3).store_hash()), "{damaged}");
+        // A symlink is not followed: no record is read through it.
+        assert!(listing.realisation(&store, &key(4)).is_err());
+        assert_eq!(listing.realisation(&store, &key(5)).unwrap(), None);
     }
 
     #[test]

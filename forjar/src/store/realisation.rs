@@ -59,7 +59,7 @@ pub struct BuildRecord {
 const REALISATIONS: &[u8] = b"/.realisations/";
 
 impl Store {
-    fn realisation_path(&self, key: &Key) -> PathBuf {
+    pub(crate) fn realisation_path(&self, key: &Key) -> PathBuf {
         // Written out, not joined: a plan reads a realisation for each build that was cut off.
         let mut hash = [0; STORE_HASH_LEN];
         key.store_hash_into(&mut hash);
