@@ -285,7 +285,7 @@ impl Serialize for TreeDigest {
 
 impl<'de> Deserialize<'de> for TreeDigest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        deserialize_parsed(d, "a tree digest (64 hex digits)", str::parse)
+        deserialize_parsed(d, "a tree digest (`blake3:` and 64 hex digits)", str::parse)
     }
 }
 

@@ -336,20 +336,28 @@ mod tests {
             records.join(key(4).store_hash()),
         )
         .unwrap();
+        // Through the listing's directory, and by path (a listing without it): the same
+        // answers.
         let listing = store.read_listing(100).unwrap();
-        assert_eq!(
-            listing.realisation(&store, &key(1)).unwrap(),
-            Some(recorded)
-        );
-        assert_eq!(listing.realisation(&store, &key(2)).unwrap(), Some(long));
-        let damaged = listing
-            .realisation(&store, &key(3))
-            .unwrap_err()
-            .to_string();
-        assert!(damaged.contains(&key(3).store_hash()), "{damaged}");
-        // A symlink is not followed: no record is read through it.
-        assert!(listing.realisation(&store, &key(4)).is_err());
-        assert_eq!(listing.realisation(&store, &key(5)).unwrap(), None);
+        let by_path = Listing::default();
+        for listing in [&listing, &by_path] {
+            assert_eq!(
+                listing.realisation(&store, &key(1)).unwrap(),
+                Some(recorded.clone())
+            );
+            assert_eq!(
+                listing.realisation(&store, &key(2)).unwrap(),
+                Some(long.clone())
+            );
+            let damaged = listing
+                .realisation(&store, &key(3))
+                .unwrap_err()
+                .to_string();
+            assert!(damaged.contains(&key(3).store_hash()), "{damaged}");
+            // A symlink is not followed: no record is read through it.
+            assert!(listing.realisation(&store, &key(4)).is_err());
+            assert_eq!(listing.realisation(&store, &key(5)).unwrap(), None);
+        }
     }
 
     #[test]
