@@ -11,7 +11,6 @@
 
 use std::ffi::CStr;
 use std::hash::BuildHasher;
-use std::io::Read;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -109,44 +108,22 @@ impl Listing {
         let Some(records) = &self.records else {
             return store.realisation(key);
         };
-        let mut hash = [0; STORE_HASH_LEN + 1];
-        key.store_hash_into(
-            (&mut hash[..STORE_HASH_LEN])
-                .try_into()
-                .expect("its length"),
-        );
-        let name = CStr::from_bytes_with_nul(&hash).expect("a store hash holds no NUL");
-        let damaged =
-            |e: std::io::Error| StoreError::io("cannot read", &store.realisation_path(key))(e);
+        let mut hash = [0; STORE_HASH_LEN];
+        key.store_hash_into(&mut hash);
+        let mut name = [0; STORE_HASH_LEN + 1];
+        name[..STORE_HASH_LEN].copy_from_slice(&hash);
+        let name = CStr::from_bytes_with_nul(&name).expect("a store hash holds no NUL");
         // Not followed: a record is a file forjar wrote, never a symlink.
-        let file = match walk::openat(records.as_fd(), name, libc::O_RDONLY | libc::O_NOFOLLOW) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(damaged(e)),
-        };
-        // A record is a few hundred bytes: read to its end without asking its size or position
-        // first (as `read_to_end` does, two system calls more per record).
-        let mut file = std::fs::File::from(file);
-        let mut text = vec![0; 1024];
-        let mut len = 0;
-        loop {
-            if len == text.len() {
-                text.resize(len * 2, 0);
+        match walk::openat(records.as_fd(), name, libc::O_RDONLY | libc::O_NOFOLLOW) {
+            Ok(file) => {
+                super::realisation::read_record(file.into(), || store.realisation_path(key))
+                    .map(Some)
             }
-            match file.read(&mut text[len..]) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(damaged(e)),
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("cannot read", &store.realisation_path(key))(
+                e,
+            )),
         }
-        text.truncate(len);
-        serde_json::from_slice(&text)
-            .map(Some)
-            .map_err(|e| StoreError::Damaged {
-                path: store.realisation_path(key),
-                reason: e.to_string(),
-            })
     }
 
     /// Whether `entry` is in `store`: among the names read, else as [`Store::contains`] finds.
