@@ -231,6 +231,10 @@ fn a_unit_that_does_not_start_rolls_the_host_back_by_itself() {
         line.contains("hello.service"),
         "the failure names the unit: {line}"
     );
+    assert!(
+        line.contains("status=1/FAILURE"),
+        "and says how its process ended, from the unit's log: {line}"
+    );
     // The host runs the first generation's service and configuration again.
     assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
     let config = hosts.ssh(0, "cat /etc/hello/config.toml");
@@ -359,7 +363,25 @@ fn a_connection_dropped_during_copy_or_activation_leaves_a_whole_generation_and_
         let first = child.wait_with_output().unwrap();
         // A rerun completes, and the host is on a whole generation.
         let rerun = fleet(&store, &hosts, &env, &["apply"]);
-        assert_ok(&rerun);
+        if !rerun.status.success() {
+            // What the host saw: the unit's journal and both runs' activation logs.
+            let host = hosts.ssh(
+                0,
+                "journalctl --no-pager -o short-precise -n 60 -u hello.service; \
+                 cd /var/lib/forjar/machine/activations && tail -n 30 $(ls -tr | tail -n 6)",
+            );
+            panic!(
+                "round {round}: the rerun failed ({})\n{}\n{}\nfirst run ({}):\n{}\n{}\n\
+                 the host:\n{}",
+                rerun.status,
+                stdout(&rerun),
+                stderr(&rerun),
+                first.status,
+                stdout(&first),
+                stderr(&first),
+                stdout(&host)
+            );
+        }
         let line = summary_line(&rerun, hosts.name(0));
         assert!(
             line.contains("activated generation") || line.contains("unchanged"),

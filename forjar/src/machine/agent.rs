@@ -1044,13 +1044,13 @@ pub fn converge(
                     .any(|p| p.starts_with(UNIT_DIR)))
         {
             log(&format!("restarting {name}"));
-            systemctl(&["restart", name])?;
+            unit_action("restart", name)?;
         } else if changes.units_reloaded.contains(name) {
             log(&format!("reloading {name}"));
-            systemctl(&["reload-or-restart", name])?;
+            unit_action("reload-or-restart", name)?;
         } else if !active || changes.units_started.contains(name) {
             log(&format!("starting {name}"));
-            systemctl(&["start", name])?;
+            unit_action("start", name)?;
         } else {
             continue;
         }
@@ -1093,16 +1093,29 @@ fn settle(started: &[String]) -> Result<(), AgentError> {
 
 /// `None` if unit `name` is active, else its last log lines.
 fn inactive(name: &str) -> Option<String> {
-    if check("systemctl", &["is-active", "--quiet", name]) {
-        return None;
+    match check("systemctl", &["is-active", "--quiet", name]) {
+        true => None,
+        false => Some(unit_log(name)),
     }
-    Some(
-        Command::new("journalctl")
-            .args(["--no-pager", "-n", "8", "-o", "cat", "-u", name])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_default(),
-    )
+}
+
+/// The last lines unit `name` and systemd wrote about it (how its process ended among them).
+fn unit_log(name: &str) -> String {
+    Command::new("journalctl")
+        .args(["--no-pager", "-n", "8", "-o", "cat", "-u", name])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `systemctl ACTION NAME` (start, restart, reload-or-restart); when it fails, the error
+/// carries the unit's last log lines, where systemd says why (not only where to look).
+fn unit_action(action: &str, name: &str) -> Result<(), AgentError> {
+    systemctl(&[action, name]).map_err(|e| match unit_log(name) {
+        lines if lines.is_empty() => e,
+        lines => AgentError(format!("{}; its last log lines:\n{lines}", e.0)),
+    })
 }
 
 /// Writes the manifest's secrets from `values` (root-only-writable directories are made on
@@ -1173,11 +1186,11 @@ fn bounce(name: &str, reload: bool, why: &str) -> Result<(), AgentError> {
     match reload {
         true => {
             log(&format!("reloading {name}{why}"));
-            systemctl(&["reload-or-restart", name])
+            unit_action("reload-or-restart", name)
         }
         false => {
             log(&format!("restarting {name}{why}"));
-            systemctl(&["restart", name])
+            unit_action("restart", name)
         }
     }
 }
