@@ -232,8 +232,26 @@ fn a_unit_that_does_not_start_rolls_the_host_back_by_itself() {
         "the failure names the unit: {line}"
     );
     assert!(
-        line.contains("status=1/FAILURE"),
-        "and says how its process ended, from the unit's log: {line}"
+        line.contains("exited with status 1/FAILURE"),
+        "and says how its process ended: {line}"
+    );
+    // A program that cannot be executed fails the restart itself, which says why.
+    let missing = fleet(
+        &store,
+        &hosts,
+        &[
+            ("FLEET_GREETING", "missing"),
+            ("FLEET_EXEC", "/nonexistent/server"),
+        ],
+        &["apply"],
+    );
+    assert_eq!(missing.status.code(), Some(4), "{}", stdout(&missing));
+    let line = summary_line(&missing, hosts.name(0));
+    assert!(
+        line.contains("rolled back to generation 1")
+            && line.contains("exited with status 203/EXEC")
+            && !line.contains("See \""),
+        "{line}"
     );
     // The host runs the first generation's service and configuration again.
     assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
@@ -448,6 +466,17 @@ fn two_applies_at_once_are_serialised_by_the_host() {
     });
     assert_ok(&a);
     assert_ok(&b);
+    // Each says which generation it found when it took the host, not what its plan saw.
+    let mut lines = [
+        summary_line(&a, hosts.name(0)),
+        summary_line(&b, hosts.name(0)),
+    ];
+    lines.sort_by_key(|l| l.contains("generation 3"));
+    assert!(
+        lines[0].contains("activated generation 2 (was 1)")
+            && lines[1].contains("activated generation 3 (was 2)"),
+        "{lines:#?}"
+    );
     let generations = fleet(&store, &hosts, &[], &["generations", "--on", hosts.name(0)]);
     let listing = stdout(&generations);
     assert!(

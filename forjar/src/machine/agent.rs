@@ -29,6 +29,7 @@ use super::archive;
 use super::hostpath::{self, Parent};
 use super::manifest::{self, Changes, Manifest, PathKind, PathSpec, UNIT_DIR};
 use super::secret;
+use super::unit_state;
 use crate::hash::{EntryName, TreeDigest};
 use crate::store::{Committed, KeyLock, Meta, Staging, Store};
 use crate::walk::Kind;
@@ -85,6 +86,11 @@ pub struct Outcome {
     pub result: String,
     /// The generation the host is on now.
     pub generation: Option<u64>,
+    /// The generation the host was on when this activation took the host's lock (none: it had
+    /// none, or the activation did not get that far) — not necessarily the one a plan saw
+    /// earlier, since another activation may have run in between.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
     /// What went wrong, for `rolled-back` and `failed`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -501,9 +507,7 @@ fn run_checks(manifest: &Manifest) -> Result<(), AgentError> {
         check.run(log).map_err(|e| {
             AgentError(match &check.unit {
                 Some(unit) => match inactive(unit) {
-                    Some(journal) => format!(
-                        "{unit}: {e}; the unit is not active, its last log lines:\n{journal}"
-                    ),
+                    Some(state) => format!("{unit}: {e}; the unit is not active: {state}"),
                     None => format!("{unit}: {e}"),
                 },
                 None => e,
@@ -613,6 +617,7 @@ pub fn follow(state: &State, id: &str) -> Result<(), AgentError> {
                 id: id.to_string(),
                 result: "failed".into(),
                 generation: state.current()?,
+                from: None,
                 error: Some(format!(
                     "the activator of {id} ended without an outcome (it was killed, or the host \
                      restarted); the next activation takes the host back to the generation it \
@@ -682,6 +687,7 @@ pub fn run_activation(store: &Store, state: &State, id: &str, request: &Request)
                     id: id.to_string(),
                     result: "failed".into(),
                     generation: state.current().ok().flatten(),
+                    from: None,
                     error: Some(e.0),
                     changes: None,
                 },
@@ -691,6 +697,7 @@ pub fn run_activation(store: &Store, state: &State, id: &str, request: &Request)
             id: id.to_string(),
             result: "failed".into(),
             generation: None,
+            from: None,
             error: Some(e.0),
             changes: None,
         },
@@ -844,6 +851,7 @@ fn activate_locked(
             id: id.to_string(),
             result: "unchanged".into(),
             generation: Some(n),
+            from: previous,
             error: None,
             changes: Some(changes),
         });
@@ -896,6 +904,7 @@ fn activate_locked(
                 id: id.to_string(),
                 result: "activated".into(),
                 generation: Some(number),
+                from: previous,
                 error: None,
                 changes: Some(changes),
             }
@@ -912,6 +921,7 @@ fn activate_locked(
                 id: id.to_string(),
                 result: "rolled-back".into(),
                 generation: previous,
+                from: previous,
                 error: Some(e.0),
                 changes: None,
             }
@@ -1081,9 +1091,9 @@ fn settle(started: &[String]) -> Result<(), AgentError> {
     if !started.is_empty() {
         std::thread::sleep(SETTLE);
         for name in started {
-            if let Some(journal) = inactive(name) {
+            if let Some(state) = inactive(name) {
                 return Err(AgentError(format!(
-                    "unit {name} did not stay active after it was started; its last log lines:\n{journal}"
+                    "unit {name} did not stay active after it was started: {state}"
                 )));
             }
         }
@@ -1091,31 +1101,43 @@ fn settle(started: &[String]) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// `None` if unit `name` is active, else its last log lines.
+/// `None` if unit `name` is active, else how it stands ([`unit_state::report`]).
 fn inactive(name: &str) -> Option<String> {
     match check("systemctl", &["is-active", "--quiet", name]) {
         true => None,
-        false => Some(unit_log(name)),
+        false => Some(unit_state::report(name)),
     }
 }
 
-/// The last lines unit `name` and systemd wrote about it (how its process ended among them).
-fn unit_log(name: &str) -> String {
-    Command::new("journalctl")
-        .args(["--no-pager", "-n", "8", "-o", "cat", "-u", name])
+/// `systemctl ACTION NAME` (start, restart, reload-or-restart); when it fails, the error says
+/// how the unit stands, where systemd says why, in place of `systemctl`'s pointer to commands
+/// to run on the host ("See \"systemctl status ...\"").
+fn unit_action(action: &str, name: &str) -> Result<(), AgentError> {
+    let output = Command::new("systemctl")
+        .args([action, name])
         .stdin(Stdio::null())
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-/// `systemctl ACTION NAME` (start, restart, reload-or-restart); when it fails, the error
-/// carries the unit's last log lines, where systemd says why (not only where to look).
-fn unit_action(action: &str, name: &str) -> Result<(), AgentError> {
-    systemctl(&[action, name]).map_err(|e| match unit_log(name) {
-        lines if lines.is_empty() => e,
-        lines => AgentError(format!("{}; its last log lines:\n{lines}", e.0)),
-    })
+        .map_err(|e| AgentError(format!("cannot run systemctl: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let said: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("See \""))
+        .collect();
+    let mut error = format!(
+        "`systemctl {action} {name}` failed ({}): {}",
+        output.status,
+        said.join(" ")
+    );
+    let state = unit_state::report(name);
+    if !state.is_empty() {
+        error.push_str("; ");
+        error.push_str(&state);
+    }
+    Err(AgentError(error))
 }
 
 /// Writes the manifest's secrets from `values` (root-only-writable directories are made on

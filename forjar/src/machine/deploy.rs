@@ -1131,6 +1131,8 @@ pub fn deploy_host(
         })?;
         report.result = outcome.result.clone();
         report.generation = outcome.generation;
+        // Another apply may have moved the host between the plan and this activation.
+        report.previous = outcome.from.or(report.previous);
         report.changes = outcome.changes.clone();
         report.error = outcome.error.clone();
         if let Ok(generations) = host.generations() {

@@ -20,6 +20,7 @@ pub mod manifest;
 mod model;
 pub mod secret;
 pub mod ssh;
+mod unit_state;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
