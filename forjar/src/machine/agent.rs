@@ -1112,7 +1112,14 @@ fn inactive(name: &str) -> Option<String> {
 /// `systemctl ACTION NAME` (start, restart, reload-or-restart); when it fails, the error says
 /// how the unit stands, where systemd says why, in place of `systemctl`'s pointer to commands
 /// to run on the host ("See \"systemctl status ...\"").
+///
+/// The unit's failed state is reset first, as NixOS's switch does: systemd refuses a sixth start
+/// within 10 s (`StartLimitBurst=`, meant for a crashing service's automatic restarts), and a
+/// few applies in a row, each restarting the unit, and a rollback's restart would otherwise
+/// be refused — the rollback too, leaving the unit down.
 fn unit_action(action: &str, name: &str) -> Result<(), AgentError> {
+    // A unit that is not failed, or not loaded yet, has nothing to reset.
+    check("systemctl", &["reset-failed", name]);
     let output = Command::new("systemctl")
         .args([action, name])
         .stdin(Stdio::null())

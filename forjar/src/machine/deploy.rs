@@ -848,23 +848,14 @@ pub fn activate_to_the_end(
         Err(e) => {
             let Some(id) = id.clone() else { return Err(e) };
             host.close();
-            (relay.log)(&format!(
-                "lost the connection ({}); reconnecting",
-                e.message()
-            ));
-            reach
-                .retry(RECONNECT_FOR, |h| h.wait(&id, relay.again()))
-                .map_err(|again| {
-                    MachineError::host(
-                        name,
-                        format!(
-                            "lost the connection during activation {id} and could not \
-                             reconnect: {}; the host finishes the activation by itself (old or \
-                             new generation), and the next apply shows which",
-                            again.message()
-                        ),
-                    )
-                })?
+            follow_again(
+                reach,
+                &id,
+                &mut relay,
+                e,
+                "the host finishes the activation by itself (old or new generation), and the \
+                 next apply shows which",
+            )?
         }
     };
     let id = id.unwrap_or_default();
@@ -880,7 +871,19 @@ pub fn activate_to_the_end(
             Ok((new_host, ())) => {
                 host.close();
                 host = new_host;
-                step = host.wait(&id, relay.again())?;
+                (host, step) = match host.wait(&id, relay.again()) {
+                    Ok(step) => (host, step),
+                    Err(e) => {
+                        host.close();
+                        follow_again(
+                            reach,
+                            &id,
+                            &mut relay,
+                            e,
+                            "the host confirmed it and stays on the new generation",
+                        )?
+                    }
+                };
             }
             Err(e) => {
                 let why = e.message();
@@ -917,6 +920,34 @@ pub fn activate_to_the_end(
         *error = format!("{error}; the controller's new connection failed: {why}");
     }
     Ok((host, *outcome))
+}
+
+/// Follows activation `id` again over a new connection, after the one following it failed with
+/// `lost`; retried for [`RECONNECT_FOR`]. `meanwhile` says what the host does if no connection
+/// can be made.
+fn follow_again(
+    reach: &Reach<'_>,
+    id: &str,
+    relay: &mut Relay<'_>,
+    lost: MachineError,
+    meanwhile: &str,
+) -> Result<(Host, Step), MachineError> {
+    (relay.log)(&format!(
+        "lost the connection ({}); reconnecting",
+        lost.message()
+    ));
+    reach
+        .retry(RECONNECT_FOR, |h| h.wait(id, relay.again()))
+        .map_err(|again| {
+            MachineError::host(
+                reach.machine.name(),
+                format!(
+                    "lost the connection during activation {id} and could not reconnect: {}; \
+                     {meanwhile}",
+                    again.message()
+                ),
+            )
+        })
 }
 
 /// How hosts are deployed: what every host of one deploy shares.

@@ -32,7 +32,7 @@ pub(super) fn report(name: &str) -> String {
 }
 
 /// Words `show` (`systemctl show`'s `Key=value` lines) and `log` (the unit's last log lines):
-/// "it is failed/failed (result exit-code); its main process exited with status 1/FAILURE;
+/// "it is failed/failed (result exit-code); its main process last exited with status 1/FAILURE;
 /// systemd restarted it 5 times; its last log lines: ...".
 pub(super) fn describe(show: &str, log: &str) -> String {
     let properties: BTreeMap<&str, &str> = show
@@ -52,11 +52,11 @@ pub(super) fn describe(show: &str, log: &str) -> String {
     // ExecMainCode is how the main process last ended: CLD_EXITED, CLD_KILLED or CLD_DUMPED.
     match (get("ExecMainCode"), status) {
         ("1", Some(code)) => parts.push(format!(
-            "its main process exited with status {}",
+            "its main process last exited with status {}",
             exit_status(code)
         )),
         ("2" | "3", Some(signal)) => parts.push(format!(
-            "its main process was killed by signal {}",
+            "its main process was last killed by signal {}",
             signal_name(signal)
         )),
         _ => {}
@@ -151,7 +151,7 @@ mod tests {
         let log = "hello.service: Start request repeated too quickly.";
         assert_eq!(
             describe(show, log),
-            "it is failed/failed (result exit-code); its main process exited with status \
+            "it is failed/failed (result exit-code); its main process last exited with status \
              1/FAILURE; systemd restarted it 5 times; its last log lines:\n\
              hello.service: Start request repeated too quickly."
         );
@@ -163,13 +163,13 @@ mod tests {
                     ExecMainStatus=203\nNRestarts=0\n";
         assert_eq!(
             describe(exec, ""),
-            "it is failed/failed (result exit-code); its main process exited with status 203/EXEC"
+            "it is failed/failed (result exit-code); its main process last exited with status 203/EXEC"
         );
         let killed = "ActiveState=failed\nSubState=failed\nResult=signal\nExecMainCode=2\n\
                       ExecMainStatus=9\nNRestarts=1\n";
         assert_eq!(
             describe(killed, ""),
-            "it is failed/failed (result signal); its main process was killed by signal \
+            "it is failed/failed (result signal); its main process was last killed by signal \
              9/SIGKILL; systemd restarted it once"
         );
     }
