@@ -41,6 +41,16 @@ fn fleet_command(program: &Path, store: &Path, names: &str, ssh_config: &Path) -
     command
 }
 
+/// One test host, deployed once from a new store (its generation 1); the directory holding
+/// the store lives as long as the value.
+fn one_host_deployed() -> Option<(TestHosts, tempfile::TempDir, PathBuf)> {
+    let hosts = TestHosts::up(1)?;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
+    Some((hosts, dir, store))
+}
+
 /// A new ssh key pair at `path`; returns its public key's type and text.
 fn new_key(path: &Path) -> String {
     assert_ok(
@@ -202,12 +212,9 @@ fn apply_converges_hosts_sends_only_what_they_lack_and_rolls_back_on_request() {
 
 #[test]
 fn a_unit_that_does_not_start_rolls_the_host_back_by_itself() {
-    let Some(hosts) = TestHosts::up(1) else {
+    let Some((hosts, _dir, store)) = one_host_deployed() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
     assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
 
     let broken = fleet(
@@ -268,12 +275,9 @@ fn a_unit_that_does_not_start_rolls_the_host_back_by_itself() {
 
 #[test]
 fn drift_is_read_on_the_host_and_repaired() {
-    let Some(hosts) = TestHosts::up(1) else {
+    let Some((hosts, _dir, store)) = one_host_deployed() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
     assert_ok(&hosts.ssh(
         0,
         "echo 'greeting = \"edited\"' >> /etc/hello/config.toml; chmod 666 /opt/hello/server.py; systemctl stop hello",
@@ -441,12 +445,9 @@ fn a_connection_dropped_during_copy_or_activation_leaves_a_whole_generation_and_
 
 #[test]
 fn a_unit_started_five_times_in_ten_seconds_is_still_restarted_by_an_apply_and_a_rollback() {
-    let Some(hosts) = TestHosts::up(1) else {
+    let Some((hosts, _dir, store)) = one_host_deployed() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
     // Five starts within 10 s (a crash loop's automatic restarts, an operator, applies in a
     // row): systemd refuses the sixth unless the unit's start counter is reset first.
     assert_ok(&hosts.ssh(
@@ -468,12 +469,9 @@ fn a_unit_started_five_times_in_ten_seconds_is_still_restarted_by_an_apply_and_a
 
 #[test]
 fn two_applies_at_once_are_serialised_by_the_host() {
-    let Some(hosts) = TestHosts::up(1) else {
+    let Some((hosts, _dir, store)) = one_host_deployed() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
     let spawn = |greeting: &str| {
         fleet_command(
             &example("fleet"),
@@ -596,12 +594,9 @@ fn a_mistake_in_a_machine_is_an_invalid_program_naming_the_machine_and_the_line(
 #[test]
 fn an_activator_killed_midway_is_reported_and_the_next_apply_returns_then_activates() {
     use std::io::BufRead;
-    let Some(hosts) = TestHosts::up(1) else {
+    let Some((hosts, _dir, store)) = one_host_deployed() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
 
     // Kill the activator while it restarts the service (it then waits for the unit to settle).
     let mut child = fleet_command(
@@ -685,12 +680,9 @@ fn the_local_machine_is_changed_without_ssh() {
 
 #[test]
 fn a_link_a_user_placed_on_the_way_to_a_managed_path_is_not_followed() {
-    let Some(hosts) = TestHosts::up(1) else {
+    let Some((hosts, _dir, store)) = one_host_deployed() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
     // A directory on the way to a managed file, replaced by a link another user owns.
     assert_ok(&hosts.ssh(
         0,
@@ -717,12 +709,9 @@ fn a_link_a_user_placed_on_the_way_to_a_managed_path_is_not_followed() {
 
 #[test]
 fn a_change_that_cuts_the_controller_off_is_undone_by_the_host_itself() {
-    let Some(hosts) = TestHosts::up(1) else {
+    let Some((hosts, _dir, store)) = one_host_deployed() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
 
     // sshd moves to port 2222: the activation and its health check pass, but the controller
     // cannot reach the host over a new connection to confirm, so the host goes back.
@@ -769,12 +758,9 @@ fn a_change_that_cuts_the_controller_off_is_undone_by_the_host_itself() {
 
 #[test]
 fn a_failing_health_check_rolls_the_host_back() {
-    let Some(hosts) = TestHosts::up(1) else {
+    let Some((hosts, _dir, store)) = one_host_deployed() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
     let env = [
         ("FLEET_GREETING", "unchecked"),
         ("FLEET_UNHEALTHY", hosts.name(0)),

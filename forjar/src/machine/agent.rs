@@ -1110,8 +1110,7 @@ fn inactive(name: &str) -> Option<String> {
 }
 
 /// `systemctl ACTION NAME` (start, restart, reload-or-restart); when it fails, the error says
-/// how the unit stands, where systemd says why, in place of `systemctl`'s pointer to commands
-/// to run on the host ("See \"systemctl status ...\"").
+/// how the unit stands, where systemd says why.
 ///
 /// The unit's failed state is reset first, as NixOS's switch does: systemd refuses a sixth start
 /// within 10 s (`StartLimitBurst=`, meant for a crashing service's automatic restarts), and a
@@ -1120,31 +1119,10 @@ fn inactive(name: &str) -> Option<String> {
 fn unit_action(action: &str, name: &str) -> Result<(), AgentError> {
     // A unit that is not failed, or not loaded yet, has nothing to reset.
     check("systemctl", &["reset-failed", name]);
-    let output = Command::new("systemctl")
-        .args([action, name])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| AgentError(format!("cannot run systemctl: {e}")))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let said: Vec<&str> = stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("See \""))
-        .collect();
-    let mut error = format!(
-        "`systemctl {action} {name}` failed ({}): {}",
-        output.status,
-        said.join(" ")
-    );
-    let state = unit_state::report(name);
-    if !state.is_empty() {
-        error.push_str("; ");
-        error.push_str(&state);
-    }
-    Err(AgentError(error))
+    systemctl(&[action, name]).map_err(|e| match unit_state::report(name) {
+        state if state.is_empty() => e,
+        state => AgentError(format!("{}; {state}", e.0)),
+    })
 }
 
 /// Writes the manifest's secrets from `values` (root-only-writable directories are made on
@@ -1245,11 +1223,19 @@ fn run(args: &[String]) -> Result<(), AgentError> {
         .output()
         .map_err(|e| AgentError(format!("cannot run {}: {e}", args[0])))?;
     if !output.status.success() {
+        // Not systemctl's pointers to commands to run on the host ("See \"systemctl status
+        // ...\""): the error goes to a controller, and the host may be rolled back by then.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let said: Vec<&str> = stderr
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("See \""))
+            .collect();
         return Err(AgentError(format!(
             "`{}` failed ({}): {}",
             args.join(" "),
             output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            said.join("\n")
         )));
     }
     Ok(())
