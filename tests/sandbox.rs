@@ -30,6 +30,23 @@ fn tools(name: &str, script: &str) -> DerivationBuilder {
         .script(script)
 }
 
+/// Plans `g` and applies it with at most `jobs` builds at once.
+fn apply_jobs(store: &Store, g: &Graph, jobs: usize) -> Report {
+    let plan = Plan::new(g, store).unwrap();
+    let options = forjar::exec::Options {
+        jobs,
+        ..Default::default()
+    };
+    forjar::exec::apply(
+        &plan,
+        store,
+        &forjar::exec::Local::default(),
+        &options,
+        &|_| {},
+    )
+    .unwrap()
+}
+
 /// Everything in the store directory, for "the store is left as it was".
 fn store_listing(store: &Store) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(store.dir())
@@ -134,19 +151,7 @@ fn a_build_directory_is_emptied_and_kept_for_the_next_build() {
         .unwrap(),
     );
     g.root("look", second);
-    let plan = Plan::new(&g, &store).unwrap();
-    let options = forjar::exec::Options {
-        jobs: 1,
-        ..Default::default()
-    };
-    let report = forjar::exec::apply(
-        &plan,
-        &store,
-        &forjar::exec::Local::default(),
-        &options,
-        &|_| {},
-    )
-    .unwrap();
+    let report = apply_jobs(&store, &g, 1);
     let text = content_text(&store, &report.roots[0].1);
     // The second build got the first one's directory (the same inode), emptied and with the
     // mode and owner a new one has.
@@ -436,6 +441,44 @@ fn a_builder_cannot_connect_to_the_hosts_loopback() {
         &["| bash: connect: Connection refused"],
     );
     assert!(listener.accept().is_err(), "a connection reached the host");
+}
+
+#[test]
+fn builds_at_once_have_network_namespaces_of_their_own_with_loopback_up() {
+    if !sandbox() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    // Each build listens on its loopback and connects to itself, says which network namespace
+    // it is in, and stays a second, so that the two are alive at once (no namespace of one
+    // can be freed and its number given to the other).
+    let script = r#"
+        perl -MIO::Socket::INET -e '
+            my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1:0") or die "listen: $!\n";
+            my $c = IO::Socket::INET->new(PeerAddr => "127.0.0.1:" . $l->sockport) or die "connect: $!\n";
+            my $a = $l->accept or die "accept: $!\n";
+            print $c "over loopback\n"; close $c;
+            print scalar <$a>;' > $out
+        readlink /proc/self/ns/net >> $out
+        sleep 1
+    "#;
+    let mut g = Graph::new();
+    for name in ["one", "two"] {
+        let d = g.add(tools(name, &format!("# {name}{script}")).build().unwrap());
+        g.root(name, d);
+    }
+    let report = apply_jobs(&store, &g, 2);
+    let host = fs::read_link("/proc/self/ns/net").unwrap();
+    let seen: Vec<String> = report
+        .roots
+        .iter()
+        .map(|(_, entry)| content_text(&store, entry))
+        .collect();
+    for text in &seen {
+        assert!(text.starts_with("over loopback\nnet:["), "{text}");
+        assert_ne!(text.lines().nth(1), host.to_str(), "the host's: {text}");
+    }
+    assert_ne!(seen[0].lines().nth(1), seen[1].lines().nth(1), "{seen:?}");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use nix::libc;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
-use nix::sched::{CloneFlags, unshare};
+use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::socket::{
     AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg,
     sendmsg, socketpair,
@@ -89,6 +89,7 @@ pub(super) fn supervisor(
     sync_write: OwnedFd,
     sync_read: OwnedFd,
     status_write: OwnedFd,
+    network: Option<OwnedFd>,
 ) -> ! {
     let err = p.err_write;
     let result = (|| -> Result<(), Failed> {
@@ -127,6 +128,7 @@ pub(super) fn supervisor(
             p.stderr_write,
             p.err_write,
             p.hold,
+            network.as_ref().map_or(-1, AsRawFd::as_raw_fd),
         ];
         let mut keep = [-1; 16];
         if own.len() + p.cgroup_tasks.len() > keep.len() {
@@ -165,8 +167,17 @@ pub(super) fn supervisor(
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS;
-        if !p.network {
-            flags |= CloneFlags::CLONE_NEWNET;
+        match network {
+            // Made ahead by the spawner, for this build alone, its loopback up: entered
+            // while this process is still root of the host's user namespace, whose it is.
+            Some(made) if !p.network => {
+                ctx(setns(&made, CloneFlags::CLONE_NEWNET), || {
+                    "cannot enter the build's network namespace (setns)".into()
+                })?;
+                drop(made);
+            }
+            _ if !p.network => flags |= CloneFlags::CLONE_NEWNET,
+            _ => {}
         }
         ctx(unshare(flags), || {
             "cannot create the build's namespaces (unshare)".into()
@@ -593,7 +604,8 @@ fn write_file(path: &Path, contents: &[u8]) -> Result<(), Failed> {
     })
 }
 
-/// Brings the loopback interface of the new network namespace up.
+/// Brings the loopback interface of this process's network namespace up, unless it is (the
+/// spawner's namespaces are made with it up).
 fn loopback_up() -> Result<(), Failed> {
     // SAFETY: plain socket/ioctl calls on a socket owned here and closed at the end; `req` is
     // a zeroed ifreq whose name is "lo".
@@ -618,12 +630,39 @@ fn loopback_up() -> Result<(), Failed> {
             )
                 .into());
         }
-        req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        let up = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        if req.ifr_ifru.ifru_flags & up == up {
+            return Ok(());
+        }
+        req.ifr_ifru.ifru_flags |= up;
         if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
             return Err(("cannot bring loopback up", std::io::Error::last_os_error()).into());
         }
     }
     Ok(())
+}
+
+/// A new network namespace, its loopback up, for one build: made in this process, which is
+/// then put back into `host`, the namespace it was in. An error after the switch that cannot
+/// go back is [`NamespaceError::Stranded`], and this process must not make another supervisor.
+pub(super) fn network_namespace(host: &OwnedFd) -> Result<OwnedFd, NamespaceError> {
+    unshare(CloneFlags::CLONE_NEWNET).map_err(|_| NamespaceError::Failed)?;
+    let made = fs::File::open("/proc/thread-self/ns/net").map(OwnedFd::from);
+    let up = loopback_up();
+    setns(host, CloneFlags::CLONE_NEWNET).map_err(|_| NamespaceError::Stranded)?;
+    match (made, up) {
+        (Ok(made), Ok(())) => Ok(made),
+        _ => Err(NamespaceError::Failed),
+    }
+}
+
+/// Why [`network_namespace`] made none.
+#[derive(Debug)]
+pub(super) enum NamespaceError {
+    /// Back in the namespace it was in; `unshare` is refused to a process that is not root.
+    Failed,
+    /// Left in the new namespace.
+    Stranded,
 }
 
 fn setup(p: &Prepared, feed: &mut Feed) -> Result<Never, Failed> {

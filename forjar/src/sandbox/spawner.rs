@@ -184,14 +184,73 @@ fn serve(stream: UnixStream, parent: Pid) -> ! {
     // kept, or a log would not end while the spawner lives.
     child::close_all_but(&mut [stream.as_raw_fd()]);
     child::default_signals();
+    let mut networks = Networks::open();
+    networks.refill();
     while let Ok(Some(request)) = receive(&stream) {
-        let reply = request.spawn();
+        // A build given the network stays in the spawner's, which is forjar's.
+        let network = if request.prepared.network {
+            None
+        } else {
+            networks.take()
+        };
+        let reply = request.spawn(network);
         if (&stream).write_all(&reply.to_le_bytes()).is_err() {
             break;
         }
+        // While the build starts: the next build's.
+        networks.refill();
     }
     // SAFETY: _exit ends this process only.
     unsafe { libc::_exit(0) }
+}
+
+/// Network namespaces made ahead, one at a time, each for one build: making one (about half
+/// a millisecond of the kernel's work, most of a build's `unshare`) is then done while the
+/// spawner waits for the next build, not while a build waits for its sandbox. Only a spawner
+/// that may (root) makes them; otherwise, or after a failure, each supervisor makes its own.
+struct Networks {
+    /// The namespace the spawner is in, to go back to after making one; none when it makes
+    /// none.
+    host: Option<OwnedFd>,
+    /// The next build's.
+    spare: Option<OwnedFd>,
+}
+
+impl Networks {
+    fn open() -> Networks {
+        let may = nix::unistd::geteuid().is_root();
+        let host = may
+            .then(|| {
+                File::open("/proc/thread-self/ns/net")
+                    .map(OwnedFd::from)
+                    .ok()
+            })
+            .flatten();
+        Networks { host, spare: None }
+    }
+
+    /// Makes the next build's namespace, if there is none.
+    fn refill(&mut self) {
+        let Some(host) = &self.host else { return };
+        if self.spare.is_some() {
+            return;
+        }
+        match child::network_namespace(host) {
+            Ok(made) => self.spare = Some(made),
+            // From here on each supervisor makes its own, as it does for a spawner that is
+            // not root.
+            Err(child::NamespaceError::Failed) => self.host = None,
+            // Left in a namespace that is not forjar's: a build given the network would get
+            // it. This spawner ends; the next build starts a new one.
+            // SAFETY: _exit ends this process only.
+            Err(child::NamespaceError::Stranded) => unsafe { libc::_exit(1) },
+        }
+    }
+
+    /// The next build's namespace, if one was made.
+    fn take(&mut self) -> Option<OwnedFd> {
+        self.spare.take()
+    }
 }
 
 /// A build's request as the spawner received it.
@@ -205,8 +264,9 @@ struct Request {
 }
 
 impl Request {
-    /// Makes the supervisor: its pid, or a negative errno.
-    fn spawn(self) -> i64 {
+    /// Makes the supervisor, which enters `network` (when given) as its network namespace:
+    /// its pid, or a negative errno. This process's copy of `network` is closed.
+    fn spawn(self, network: Option<OwnedFd>) -> i64 {
         // SAFETY: a raw clone without CLONE_VM, as fork; this process is single-threaded, so
         // the child finds no lock held. The child runs only `child::supervisor`, which ends
         // in `_exit` or `exec`.
@@ -226,6 +286,7 @@ impl Request {
                 self.sync_write,
                 self.ready_read,
                 self.status_write,
+                network,
             ),
             1.. => pid,
             _ => -i64::from(
