@@ -207,7 +207,8 @@ fn serve(stream: UnixStream, parent: Pid) -> ! {
 /// Network namespaces made ahead, one at a time, each for one build: making one (about half
 /// a millisecond of the kernel's work, most of a build's `unshare`) is then done while the
 /// spawner waits for the next build, not while a build waits for its sandbox. Only a spawner
-/// that may (root) makes them; otherwise, or after a failure, each supervisor makes its own.
+/// that may enter its own namespace again (root of the user namespace that owns it) makes
+/// them; otherwise, or after a failure, each supervisor makes its own.
 struct Networks {
     /// The namespace the spawner is in, to go back to after making one; none when it makes
     /// none.
@@ -218,14 +219,13 @@ struct Networks {
 
 impl Networks {
     fn open() -> Networks {
-        let may = nix::unistd::geteuid().is_root();
-        let host = may
-            .then(|| {
-                File::open("/proc/thread-self/ns/net")
-                    .map(OwnedFd::from)
-                    .ok()
-            })
-            .flatten();
+        // Entering the namespace it is in asks the kernel what going back would: root of a
+        // user namespace of its own (`unshare --map-root-user`) may make a namespace but not
+        // return to the host's.
+        let host = File::open("/proc/thread-self/ns/net")
+            .map(OwnedFd::from)
+            .ok()
+            .filter(|host| nix::sched::setns(host, nix::sched::CloneFlags::CLONE_NEWNET).is_ok());
         Networks { host, spare: None }
     }
 
