@@ -168,8 +168,8 @@ pub(super) fn supervisor(
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS;
         match network {
-            // Made ahead by the spawner, for this build alone, its loopback up: entered
-            // while this process is still root of the host's user namespace, whose it is.
+            // Made ahead by the spawner for this build alone, its loopback up; entered while
+            // this process is still root of the user namespace that owns it, forjar's.
             Some(made) if !p.network => {
                 ctx(setns(&made, CloneFlags::CLONE_NEWNET), || {
                     "cannot enter the build's network namespace (setns)".into()
@@ -659,7 +659,8 @@ pub(super) fn network_namespace(host: &OwnedFd) -> Result<OwnedFd, NamespaceErro
 /// Why [`network_namespace`] made none.
 #[derive(Debug)]
 pub(super) enum NamespaceError {
-    /// Back in the namespace it was in; `unshare` is refused to a process that is not root.
+    /// Back in the namespace it was in: the `unshare`, opening the new namespace or bringing
+    /// its loopback up failed.
     Failed,
     /// Left in the new namespace.
     Stranded,

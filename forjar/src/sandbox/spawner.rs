@@ -237,8 +237,8 @@ impl Networks {
         }
         match child::network_namespace(host) {
             Ok(made) => self.spare = Some(made),
-            // From here on each supervisor makes its own, as it does for a spawner that is
-            // not root.
+            // From here on each supervisor makes its own, as it does for a spawner that may
+            // not go back.
             Err(child::NamespaceError::Failed) => self.host = None,
             // Left in a namespace that is not forjar's: a build given the network would get
             // it. This spawner ends; the next build starts a new one.
