@@ -21,9 +21,12 @@
 //!
 //! That a marker is on the disk whenever the rename after it is rests on the file system
 //! committing metadata operations in order, as journaling and copy-on-write ones do (ext4 with
-//! its journal, XFS, btrfs); no data of the marker is read, only its name. On any other (ext4
-//! without a journal, ext2, vfat, or one this module does not know), each marker and each new
-//! window is synced (`fsync` of its directory) before the rename that follows it.
+//! its journal, XFS, btrfs); no data of the marker is read, only its name. On any other, each
+//! new marker and window is synced before the rename that follows it: the new file itself, so
+//! that its inode is on the disk (`fsync` of a directory writes its entries, not the inodes they
+//! name, and `fsck` drops an entry whose inode was never written), and its directory. ext4
+//! without a journal syncs a new entry's directory with the file (`ext4_sync_parent`), so there
+//! one `fsync` does both; on one this module does not know (ext2, vfat, ...), both are called.
 
 use std::fs::{self, File};
 use std::os::fd::AsFd;
@@ -42,9 +45,32 @@ const PENDING: &str = ".pending";
 pub(super) struct Pending {
     window: Mutex<Option<Window>>,
     gate: RwLock<()>,
-    /// Whether the store's file system commits metadata operations in the order made; asked
-    /// once per handle, at its first window.
-    in_order: OnceLock<bool>,
+    /// How the store's file system keeps metadata operations; asked once per handle, at its
+    /// first window.
+    order: OnceLock<Order>,
+}
+
+/// How a file system keeps metadata operations (the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    /// On the disk in the order made: nothing is synced before a rename.
+    Kept,
+    /// Not in order, but `fsync` of a new file also syncs the directories it is a new entry of
+    /// (ext4 without a journal).
+    NewEntrySyncsItsDirectory,
+    /// Not in order: a new file and its directory are each synced.
+    Unknown,
+}
+
+impl Order {
+    /// Makes `made`, new in the directory that `dir` opens, durable as this order needs.
+    fn sync(self, made: &File, dir: impl FnOnce() -> std::io::Result<File>) -> std::io::Result<()> {
+        match self {
+            Order::Kept => Ok(()),
+            Order::NewEntrySyncsItsDirectory => made.sync_all(),
+            Order::Unknown => made.sync_all().and_then(|()| dir()?.sync_all()),
+        }
+    }
 }
 
 /// An open window: its directory, locked (by `flock`) while this process has it.
@@ -105,22 +131,19 @@ impl Store {
             none => none.insert(self.open_window()?),
         };
         // Made through the window's descriptor, not by its path again.
+        let marker = || window.dir.join(entry.as_str());
         let made = crate::walk::openat_mode(
             window.handle.as_fd(),
             &crate::walk::cstring(entry.as_str().as_bytes()),
             nix::libc::O_WRONLY | nix::libc::O_CREAT | nix::libc::O_NOFOLLOW,
             0o644,
-        );
-        if let Err(error) = made {
-            let marker = window.dir.join(entry.as_str());
-            return Err(StoreError::io("cannot create", &marker)(error));
-        }
-        if self.pending.in_order.get() != Some(&true) {
-            window
-                .handle
-                .sync_all()
-                .map_err(StoreError::io("cannot sync", &window.dir))?;
-        }
+        )
+        .map(File::from)
+        .map_err(|error| StoreError::io("cannot create", &marker())(error))?;
+        let order = *self.pending.order.get().unwrap_or(&Order::Unknown);
+        order
+            .sync(&made, || window.handle.try_clone())
+            .map_err(|error| StoreError::io("cannot sync", &marker())(error))?;
         Ok(Installing { _gate: gate })
     }
 
@@ -144,21 +167,21 @@ impl Store {
         let root = self
             .root_fd()
             .map_err(StoreError::io("cannot open", self.dir()))?;
-        let in_order = *self
+        let order = *self
             .pending
-            .in_order
-            .get_or_init(|| metadata_in_order(root.as_fd()));
-        if !in_order {
-            // Opened through the store's descriptor, not following a link.
-            crate::walk::openat(
-                root.as_fd(),
-                &crate::walk::cstring(PENDING.as_bytes()),
-                nix::libc::O_RDONLY | nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW,
-            )
-            .map(File::from)
-            .and_then(|p| p.sync_all())
-            .map_err(StoreError::io("cannot sync", &pending))?;
-        }
+            .order
+            .get_or_init(|| file_system_order(root.as_fd()));
+        order
+            .sync(&lock, || {
+                // Opened through the store's descriptor, not following a link.
+                crate::walk::openat(
+                    root.as_fd(),
+                    &crate::walk::cstring(PENDING.as_bytes()),
+                    nix::libc::O_RDONLY | nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW,
+                )
+                .map(File::from)
+            })
+            .map_err(StoreError::io("cannot sync", &dir))?;
         Ok(Window { dir, handle: lock })
     }
 
@@ -304,41 +327,42 @@ impl Store {
     }
 }
 
-/// Whether the file system of the directory `dir` commits metadata operations (a create, then
-/// a rename) to the disk in the order they were made: a journaling or copy-on-write one, or
-/// one that is never on a disk. ext4 is asked whether it has a journal (`journal_task` in its
-/// `sysfs` directory, `<none>` without one); what cannot be told is taken as not in order.
-fn metadata_in_order(dir: std::os::fd::BorrowedFd<'_>) -> bool {
+/// How the file system of the directory `dir` keeps metadata operations: in the order made
+/// (a create, then a rename) for a journaling or copy-on-write one, or one that is never on a
+/// disk. ext4 is asked whether it has a journal (`journal_task` in its `sysfs` directory,
+/// `<none>` without one); what cannot be told is taken as not in order.
+fn file_system_order(dir: std::os::fd::BorrowedFd<'_>) -> Order {
     use nix::sys::statfs::{
         BTRFS_SUPER_MAGIC, EXT4_SUPER_MAGIC, TMPFS_MAGIC, XFS_SUPER_MAGIC, fstatfs,
     };
     let Ok(fs) = fstatfs(dir) else {
-        return false;
+        return Order::Unknown;
     };
     match fs.filesystem_type() {
-        t if t == BTRFS_SUPER_MAGIC || t == XFS_SUPER_MAGIC => true,
-        t if t == TMPFS_MAGIC => true,
-        // The magic number of ext2, ext3 and ext4 alike: whichever it is, its journal says.
-        t if t == EXT4_SUPER_MAGIC => {
-            let Ok(stat) = nix::sys::stat::fstat(dir) else {
-                return false;
-            };
-            let device = format!(
-                "/sys/dev/block/{}:{}",
-                nix::sys::stat::major(stat.st_dev),
-                nix::sys::stat::minor(stat.st_dev)
-            );
-            let Some(name) = fs::read_link(&device)
-                .ok()
-                .and_then(|link| link.file_name().map(|n| n.to_os_string()))
-            else {
-                return false;
-            };
-            let task = Path::new("/sys/fs/ext4").join(name).join("journal_task");
-            fs::read_to_string(task).is_ok_and(|task| has_journal(&task))
-        }
-        _ => false,
+        t if t == BTRFS_SUPER_MAGIC || t == XFS_SUPER_MAGIC || t == TMPFS_MAGIC => Order::Kept,
+        // The magic number of ext2, ext3 and ext4 alike: whichever it is, its journal says,
+        // and only the ext4 driver has a `sysfs` directory to ask.
+        t if t == EXT4_SUPER_MAGIC => match ext4_has_journal(dir) {
+            Some(true) => Order::Kept,
+            Some(false) => Order::NewEntrySyncsItsDirectory,
+            None => Order::Unknown,
+        },
+        _ => Order::Unknown,
     }
+}
+
+/// Whether the ext4 file system of `dir` has a journal; none when the ext4 driver does not say
+/// (the ext2 driver has no `sysfs` directory).
+fn ext4_has_journal(dir: std::os::fd::BorrowedFd<'_>) -> Option<bool> {
+    let stat = nix::sys::stat::fstat(dir).ok()?;
+    let device = format!(
+        "/sys/dev/block/{}:{}",
+        nix::sys::stat::major(stat.st_dev),
+        nix::sys::stat::minor(stat.st_dev)
+    );
+    let name = fs::read_link(&device).ok()?.file_name()?.to_os_string();
+    let task = Path::new("/sys/fs/ext4").join(name).join("journal_task");
+    fs::read_to_string(task).ok().map(|task| has_journal(&task))
 }
 
 /// Whether an ext4 file system's `journal_task` names a journal thread (its process id).
@@ -369,7 +393,7 @@ mod tests {
         assert!(!has_journal(""));
         // A file system in memory has nothing to lose.
         let shm = File::open("/dev/shm").unwrap();
-        assert!(metadata_in_order(shm.as_fd()));
+        assert_eq!(file_system_order(shm.as_fd()), Order::Kept);
     }
 
     #[test]
