@@ -168,16 +168,17 @@ pub(super) fn supervisor(
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWUTS;
         match network {
-            // Made ahead by the spawner for this build alone, its loopback up; entered while
-            // this process is still root of the user namespace that owns it, forjar's.
-            Some(made) if !p.network => {
+            // Made ahead by the spawner for this build alone (never for one given the
+            // network), its loopback up; entered while this process is still root of the user
+            // namespace that owns it, forjar's.
+            Some(made) => {
                 ctx(setns(&made, CloneFlags::CLONE_NEWNET), || {
                     "cannot enter the build's network namespace (setns)".into()
                 })?;
                 drop(made);
             }
-            _ if !p.network => flags |= CloneFlags::CLONE_NEWNET,
-            _ => {}
+            None if !p.network => flags |= CloneFlags::CLONE_NEWNET,
+            None => {}
         }
         ctx(unshare(flags), || {
             "cannot create the build's namespaces (unshare)".into()

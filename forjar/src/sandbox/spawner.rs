@@ -191,7 +191,7 @@ fn serve(stream: UnixStream, parent: Pid) -> ! {
         let network = if request.prepared.network {
             None
         } else {
-            networks.take()
+            networks.spare.take()
         };
         let reply = request.spawn(network);
         if (&stream).write_all(&reply.to_le_bytes()).is_err() {
@@ -245,11 +245,6 @@ impl Networks {
             // SAFETY: _exit ends this process only.
             Err(child::NamespaceError::Stranded) => unsafe { libc::_exit(1) },
         }
-    }
-
-    /// The next build's namespace, if one was made.
-    fn take(&mut self) -> Option<OwnedFd> {
-        self.spare.take()
     }
 }
 

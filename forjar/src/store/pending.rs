@@ -80,6 +80,8 @@ struct Window {
     /// The directory, open: its lock, where markers are made, and what is synced after each
     /// when the file system does not keep metadata operations in order.
     handle: File,
+    /// How the store's file system keeps metadata operations.
+    order: Order,
 }
 
 /// What opening the store found of earlier windows.
@@ -140,8 +142,8 @@ impl Store {
         )
         .map(File::from)
         .map_err(|error| StoreError::io("cannot create", &marker())(error))?;
-        let order = *self.pending.order.get().unwrap_or(&Order::Unknown);
-        order
+        window
+            .order
             .sync(&made, || window.handle.try_clone())
             .map_err(|error| StoreError::io("cannot sync", &marker())(error))?;
         Ok(Installing { _gate: gate })
@@ -182,7 +184,11 @@ impl Store {
                 .map(File::from)
             })
             .map_err(StoreError::io("cannot sync", &dir))?;
-        Ok(Window { dir, handle: lock })
+        Ok(Window {
+            dir,
+            handle: lock,
+            order,
+        })
     }
 
     /// Makes every entry this handle installed durable: one `syncfs` of the store's file
