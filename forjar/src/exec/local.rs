@@ -73,6 +73,8 @@ pub(super) struct Prepared<'a> {
 pub(super) struct Built<'a> {
     pub(super) stagings: Vec<Staging<'a>>,
     log_tail: Vec<String>,
+    /// The sandbox's supervisor, exiting meanwhile; dropped once the outputs are installed.
+    pub(super) remains: sandbox::Remains,
 }
 
 impl Local {
@@ -292,6 +294,7 @@ impl<'a> Prepared<'a> {
         Ok(Built {
             stagings,
             log_tail: finished.log_tail,
+            remains: finished.remains,
         })
     }
 
@@ -468,6 +471,8 @@ impl<'a> Prepared<'a> {
                 }
             }
         }
+        // The supervisor ended while the outputs were installed: reaped, its cgroup removed.
+        drop(built.remains);
         // The build directory goes (when `self` drops) while the lock is held: staging of this
         // key is only ever touched under it.
         Ok(())

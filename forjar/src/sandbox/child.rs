@@ -227,6 +227,10 @@ pub(super) fn supervisor(
                 drop((sync_write, sync_read));
                 feed(p, &feed_here)?;
                 drop(feed_here);
+                // Fed, the builder is in its mount namespace. Held here, it outlives the
+                // builder: tearing a mount namespace down waits for an RCU grace period, which
+                // this process's exit then pays, after the parent has the builder's status.
+                let _mounts = mount_namespace_of(child);
                 take_build_ids()?;
                 // Changing the effective ids cleared the parent-death signal: it is set again,
                 // and a forjar that died in between ends the build here (the builder dies with
@@ -271,6 +275,24 @@ pub(super) fn supervisor(
         Ok(()) => unreachable!("the supervisor exits from inside"),
         Err(failure) => die(err, failure),
     }
+}
+
+/// A descriptor of the mount namespace process `pid` is in (Linux 6.11 and later: the
+/// pidfd's `PIDFD_GET_MNT_NAMESPACE`); `None` where the kernel has no such request or the
+/// process is gone.
+fn mount_namespace_of(pid: nix::unistd::Pid) -> Option<OwnedFd> {
+    const PIDFD_GET_MNT_NAMESPACE: libc::c_ulong = 0xFF << 8 | 3;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if pidfd < 0 {
+        return None;
+    }
+    // SAFETY: a non-negative return is a descriptor this process now owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // SAFETY: an ioctl without an argument on a pidfd; it returns a new descriptor or -1.
+    let ns = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_MNT_NAMESPACE, 0) };
+    // SAFETY: as above.
+    (ns >= 0).then(|| unsafe { OwnedFd::from_raw_fd(ns) })
 }
 
 /// Puts every signal at its default disposition and unblocks all: forjar ignores `SIGPIPE`, as
@@ -334,7 +356,14 @@ fn builder(p: &Prepared, mut feed: Feed) -> ! {
     let ready = ctx(unshare(CloneFlags::CLONE_NEWNS), || {
         "cannot create the build's mount namespace".into()
     })
-    .and_then(|()| take_build_ids());
+    .and_then(|()| take_build_ids())
+    // Changing ids made this process undumpable, which keeps the supervisor from taking hold
+    // of its mount namespace (`mount_namespace_of`); `exec` makes it dumpable as well.
+    .and_then(|()| {
+        ctx(nix::sys::prctl::set_dumpable(true), || {
+            "cannot make the builder dumpable".into()
+        })
+    });
     let failure = match ready.and_then(|()| setup(p, &mut feed)) {
         Ok(never) => match never {},
         Err(failure) => failure,

@@ -42,7 +42,7 @@ use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::resource::Resource;
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::waitpid;
 use nix::unistd::{Pid, pipe2};
 
 use crate::name::OutputName;
@@ -322,6 +322,30 @@ pub struct Finished {
     pub duration: Duration,
     /// Whether the kernel refused it a process for its process limit (known with a cgroup only).
     pub process_limit_hit: bool,
+    /// The supervisor, still exiting, and the build's cgroup: waited for and removed when
+    /// this is dropped, which a caller that has more to do for the build does last.
+    pub remains: Remains,
+}
+
+/// What is left of a finished build once its every process is gone: the supervisor, which
+/// reported how the builder ended and is exiting (unless it was already reaped), and the cgroup
+/// it is in until then. A process's exit tears down its namespaces, and a mount namespace's
+/// teardown waits for an RCU grace period; the caller has the build's outcome without waiting
+/// for it, and drops this once it has done its own work (installing the outputs).
+#[derive(Debug)]
+pub struct Remains {
+    supervisor: Option<Pid>,
+    cgroup: Option<Cgroup>,
+}
+
+impl Drop for Remains {
+    fn drop(&mut self) {
+        if let Some(pid) = self.supervisor {
+            while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
+        }
+        // The cgroup is removed only once the supervisor has left it.
+        drop(self.cgroup.take());
+    }
 }
 
 /// The host ids a build runs as: an unprivileged build id for root, the caller's own otherwise.
@@ -895,8 +919,10 @@ fn run_streams(
     let (sync_read, sync_write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
     let (ready_read, ready_write) =
         pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
+    // Non-blocking: read once the supervisor wrote to it or ended, or once the build was
+    // stopped, when it may hold nothing (the supervisor's two bytes never fill it).
     let (status_read, status_write) =
-        pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
+        pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(nix_err("cannot make a pipe"))?;
     let (log_read, log_write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
     let (err_read, err_write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
     let stderr_pipe = match stderr {
@@ -930,6 +956,7 @@ fn run_streams(
         sync_read,
         ready_write,
         log_read,
+        &status_read,
         log,
         stderr,
         output_size,
@@ -943,6 +970,8 @@ fn run_streams(
     let status_len = File::from(status_read).read(&mut status).unwrap_or(0);
     let (killed, tail, log_bytes) = killed?;
     let supervised = killed.is_none();
+    // A build that was stopped had its supervisor reaped; one that ended has it exiting.
+    let supervisor = supervised.then_some(supervisor);
     let memory_hit = cgroup.as_ref().is_some_and(Cgroup::oom_killed);
     let outcome = match (killed, status_len, status) {
         (Some(outcome), _, _) => outcome,
@@ -958,12 +987,13 @@ fn run_streams(
     // Read for a build that did not exit 0 only: a reason to give, not a state to keep.
     let process_limit_hit = !matches!(outcome, Outcome::Exited(0))
         && cgroup.as_ref().is_some_and(Cgroup::process_limit_hit);
-    drop(cgroup);
+    let remains = Remains { supervisor, cgroup };
 
     if let Some((&kind, message)) = failure.split_first()
         && supervised
     {
         let message = String::from_utf8_lossy(message).into_owned();
+        drop(remains);
         return Err(if kind == LIMIT_HIT {
             SandboxError::open_files()
         } else if kind == EXEC_FAILED {
@@ -980,6 +1010,7 @@ fn run_streams(
         log_bytes,
         duration: started.elapsed(),
         process_limit_hit,
+        remains,
     })
 }
 
@@ -1004,6 +1035,7 @@ fn supervise(
     sync_read: OwnedFd,
     ready_write: OwnedFd,
     log_read: OwnedFd,
+    status: &OwnedFd,
     log: &mut dyn Write,
     stderr: Option<(OwnedFd, &mut dyn Write)>,
     output_size: &dyn Fn() -> u64,
@@ -1043,6 +1075,7 @@ fn supervise(
         spec,
         supervisor,
         log_read,
+        status,
         log,
         stderr,
         output_size,
@@ -1107,12 +1140,16 @@ fn reap(pid: Pid) {
     while let Err(nix::errno::Errno::EINTR) = waitpid(pid, None) {}
 }
 
-/// Streams the build's log until it ends or a limit stops it.
+/// Streams the build's log until the build ends or a limit stops it. A build has ended when
+/// its supervisor has reported how its builder ended: pid 1 of the build's pid namespace is
+/// reaped only once every other process in it is gone. The supervisor itself is not waited
+/// for (nor reaped) then: a build stopped here has it reaped.
 #[allow(clippy::too_many_arguments)]
 fn watch(
     spec: &BuildSpec,
     supervisor: Pid,
     log_read: OwnedFd,
+    status: &OwnedFd,
     log: &mut dyn Write,
     stderr: Option<(OwnedFd, &mut dyn Write)>,
     output_size: &dyn Fn() -> u64,
@@ -1131,8 +1168,6 @@ fn watch(
     if let Some((read, sink)) = stderr {
         streams.push((File::from(read), sink));
     }
-    // Readable when the supervisor exits, so the end of a build is seen at once.
-    let exited = pidfd_open(supervisor);
     loop {
         if !streams.is_empty() {
             let mut fds: Vec<PollFd> = streams
@@ -1179,15 +1214,10 @@ fn watch(
                 streams.remove(i);
             }
         } else {
-            match waitpid(supervisor, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::EINTR) => match &exited {
-                    Some(pidfd) => {
-                        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-                        let _ = poll(&mut fds, PollTimeout::from(100u16));
-                    }
-                    None => std::thread::sleep(Duration::from_millis(5)),
-                },
-                _ => return Ok((None, tail.finish(), log_bytes)),
+            // Readable once the supervisor wrote the builder's status, or ended without.
+            let mut fds = [PollFd::new(status.as_fd(), PollFlags::POLLIN)];
+            if let Ok(1..) = poll(&mut fds, PollTimeout::from(100u16)) {
+                return Ok((None, tail.finish(), log_bytes));
             }
         }
         let killed = if spec.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {

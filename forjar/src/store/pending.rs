@@ -25,8 +25,10 @@
 //! new marker and window is synced before the rename that follows it: the new file itself, so
 //! that its inode is on the disk (`fsync` of a directory writes its entries, not the inodes they
 //! name, and `fsck` drops an entry whose inode was never written), and its directory. ext4
-//! without a journal syncs a new entry's directory with the file (`ext4_sync_parent`), so there
-//! one `fsync` does both; on one this module does not know (ext2, vfat, ...), both are called.
+//! without a journal syncs a new entry's directory with the file (`ext4_sync_parent`), and that
+//! directory's own when it is new too, so there one `fsync` of the marker does all (a new
+//! window is synced by its first marker's); on one this module does not know (ext2, vfat,
+//! ...), each file and directory is synced.
 
 use std::fs::{self, File};
 use std::os::fd::AsFd;
@@ -173,17 +175,24 @@ impl Store {
             .pending
             .order
             .get_or_init(|| file_system_order(root.as_fd()));
-        order
-            .sync(&lock, || {
-                // Opened through the store's descriptor, not following a link.
-                crate::walk::openat(
-                    root.as_fd(),
-                    &crate::walk::cstring(PENDING.as_bytes()),
-                    nix::libc::O_RDONLY | nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW,
-                )
-                .map(File::from)
-            })
-            .map_err(StoreError::io("cannot sync", &dir))?;
+        // On ext4 without a journal the window is still a new entry of `.pending` when its
+        // first marker is synced, and that `fsync` syncs the window and `.pending` too
+        // (`ext4_sync_parent` goes up for as long as each directory is a new entry of its
+        // parent; the open window keeps its inode, and that state, in memory). A window no
+        // marker was made in need not survive a crash.
+        if order == Order::Unknown {
+            order
+                .sync(&lock, || {
+                    // Opened through the store's descriptor, not following a link.
+                    crate::walk::openat(
+                        root.as_fd(),
+                        &crate::walk::cstring(PENDING.as_bytes()),
+                        nix::libc::O_RDONLY | nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW,
+                    )
+                    .map(File::from)
+                })
+                .map_err(StoreError::io("cannot sync", &dir))?;
+        }
         Ok(Window {
             dir,
             handle: lock,
