@@ -281,17 +281,11 @@ pub(super) fn supervisor(
 /// pidfd's `PIDFD_GET_MNT_NAMESPACE`); `None` where the kernel has no such request or the
 /// process is gone.
 fn mount_namespace_of(pid: nix::unistd::Pid) -> Option<OwnedFd> {
-    const PIDFD_GET_MNT_NAMESPACE: libc::c_ulong = 0xFF << 8 | 3;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if pidfd < 0 {
-        return None;
-    }
-    // SAFETY: a non-negative return is a descriptor this process now owns.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    const PIDFD_GET_MNT_NAMESPACE: libc::c_ulong = (0xFF << 8) | 3;
+    let pidfd = super::pidfd_open(pid)?;
     // SAFETY: an ioctl without an argument on a pidfd; it returns a new descriptor or -1.
     let ns = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_MNT_NAMESPACE, 0) };
-    // SAFETY: as above.
+    // SAFETY: a non-negative return is a descriptor this process now owns.
     (ns >= 0).then(|| unsafe { OwnedFd::from_raw_fd(ns) })
 }
 

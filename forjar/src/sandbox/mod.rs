@@ -993,7 +993,6 @@ fn run_streams(
         && supervised
     {
         let message = String::from_utf8_lossy(message).into_owned();
-        drop(remains);
         return Err(if kind == LIMIT_HIT {
             SandboxError::open_files()
         } else if kind == EXEC_FAILED {
@@ -1017,8 +1016,9 @@ fn run_streams(
 /// How often a running build's outputs and `/build` are measured against their bounds, at most.
 const SIZE_CHECK_EVERY: Duration = Duration::from_millis(250);
 
-/// A pidfd of `pid` (Linux 5.3 and later); `None` where the kernel has none.
-fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+/// A pidfd of `pid` (Linux 5.3 and later); `None` where the kernel has none. A system call
+/// only: a fork child may call it.
+pub(super) fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     // SAFETY: a non-negative return is a descriptor this process now owns.

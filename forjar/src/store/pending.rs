@@ -73,6 +73,23 @@ impl Order {
             Order::Unknown => made.sync_all().and_then(|()| dir()?.sync_all()),
         }
     }
+
+    /// Makes a new window, `made` in the `.pending` that `dir` opens, durable as this order
+    /// needs before any marker in it. On ext4 without a journal nothing is done here: the window
+    /// is still a new entry of `.pending` when its first marker is synced, and that `fsync`
+    /// syncs the window and `.pending` too (`ext4_sync_parent` goes up for as long as each
+    /// directory is a new entry of its parent; the open window keeps its inode, and that
+    /// state, in memory). A window no marker was made in need not survive a crash.
+    fn sync_window(
+        self,
+        made: &File,
+        dir: impl FnOnce() -> std::io::Result<File>,
+    ) -> std::io::Result<()> {
+        match self {
+            Order::Kept | Order::NewEntrySyncsItsDirectory => Ok(()),
+            Order::Unknown => self.sync(made, dir),
+        }
+    }
 }
 
 /// An open window: its directory, locked (by `flock`) while this process has it.
@@ -175,24 +192,17 @@ impl Store {
             .pending
             .order
             .get_or_init(|| file_system_order(root.as_fd()));
-        // On ext4 without a journal the window is still a new entry of `.pending` when its
-        // first marker is synced, and that `fsync` syncs the window and `.pending` too
-        // (`ext4_sync_parent` goes up for as long as each directory is a new entry of its
-        // parent; the open window keeps its inode, and that state, in memory). A window no
-        // marker was made in need not survive a crash.
-        if order == Order::Unknown {
-            order
-                .sync(&lock, || {
-                    // Opened through the store's descriptor, not following a link.
-                    crate::walk::openat(
-                        root.as_fd(),
-                        &crate::walk::cstring(PENDING.as_bytes()),
-                        nix::libc::O_RDONLY | nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW,
-                    )
-                    .map(File::from)
-                })
-                .map_err(StoreError::io("cannot sync", &dir))?;
-        }
+        order
+            .sync_window(&lock, || {
+                // Opened through the store's descriptor, not following a link.
+                crate::walk::openat(
+                    root.as_fd(),
+                    &crate::walk::cstring(PENDING.as_bytes()),
+                    nix::libc::O_RDONLY | nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW,
+                )
+                .map(File::from)
+            })
+            .map_err(StoreError::io("cannot sync", &dir))?;
         Ok(Window {
             dir,
             handle: lock,
