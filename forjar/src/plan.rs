@@ -176,6 +176,10 @@ struct DerivationParts {
     toolchain: Option<Box<ToolchainInput>>,
 }
 
+/// Plans of fewer derivations than this are laid out and keyed on the calling thread: handing
+/// work to the thread pool and waking it costs more than the work.
+const PARALLEL_FROM: usize = 64;
+
 /// The working directory and scratch paths of every derivation's request.
 static BUILD_DIR: LazyLock<(CleanRelPath, SortedSet<CleanRelPath>)> = LazyLock::new(|| {
     let build = CleanRelPath::new("working directory", "build").expect("`build` is a clean path");
@@ -735,15 +739,17 @@ impl Plan {
             source_nodes: HashMap::new(),
             toolchain_nodes: HashMap::new(),
         };
+        let mut lay_out = || -> Result<Vec<NodeIndex>, PlanError> {
+            planner.nodes()?;
+            planner.edges()?;
+            toposort(&planner.dag, None).map_err(|_| planner.cycle())
+        };
+        let read = || store.read_listing(graph.slots.len());
         // The store is read while the graph is laid out: neither needs the other.
-        let (order, listing) = rayon::join(
-            || -> Result<Vec<NodeIndex>, PlanError> {
-                planner.nodes()?;
-                planner.edges()?;
-                toposort(&planner.dag, None).map_err(|_| planner.cycle())
-            },
-            || store.read_listing(graph.slots.len()),
-        );
+        let (order, listing) = match graph.slots.len() < PARALLEL_FROM {
+            true => (lay_out(), read()),
+            false => rayon::join(lay_out, read),
+        };
         let (order, listing) = (order?, listing?);
         let mut warnings = Vec::new();
         planner.hash_sources(store)?;
@@ -1132,7 +1138,31 @@ impl<'p> Wave<'p, '_> {
     /// chain of derivations is, without a task or a trip to another core per link), the others
     /// as tasks of their own.
     fn run(self, node: NodeIndex, scope: &rayon::Scope<'p>) {
-        let dag = &self.planner.dag;
+        // The store directory each request of this chain holds, counted here: a count shared
+        // with the other threads would move between their cores at every node.
+        let store_dir = Arc::new(self.planner.store_dir.clone());
+        let mut next = Some(node);
+        while let Some(node) = next.take() {
+            self.key_one(node, &store_dir, |dependent| {
+                if let Some(ready) = next.replace(dependent) {
+                    scope.spawn(move |scope| self.run(ready, scope));
+                }
+            });
+        }
+    }
+
+    /// Keys `ready` and everything that follows from them on this thread, in a small plan:
+    /// waking the thread pool would cost more than the keying.
+    fn run_here(self, mut ready: Vec<NodeIndex>) {
+        let store_dir = Arc::new(self.planner.store_dir.clone());
+        while let Some(node) = ready.pop() {
+            self.key_one(node, &store_dir, |dependent| ready.push(dependent));
+        }
+    }
+
+    /// Keys `node`, and, when that went well, gives `ready` each dependent whose last input it
+    /// was.
+    fn key_one(self, node: NodeIndex, store_dir: &Arc<StoreDir>, mut ready: impl FnMut(NodeIndex)) {
         let planned = |dep: NodeIndex| match self.keyed.get(dep.index()) {
             Some(keyed) => match keyed.get() {
                 Some(Ok(planned)) => planned,
@@ -1140,27 +1170,23 @@ impl<'p> Wave<'p, '_> {
             },
             None => &self.planner.others[&dep],
         };
-        // The store directory each request of this chain holds, counted here: a count shared
-        // with the other threads would move between their cores at every node.
-        let store_dir = Arc::new(self.planner.store_dir.clone());
-        let mut next = Some(node);
-        while let Some(node) = next.take() {
-            let result = self
-                .planner
-                .key(node, self.store, self.listing, &store_dir, planned);
-            let ok = result.is_ok();
-            let first = self.keyed[node.index()].set(result).is_ok();
-            debug_assert!(first, "node {} keyed twice", node.index());
-            if !ok {
-                return;
-            }
-            for dependent in dag.neighbors_directed(node, Direction::Outgoing) {
-                // One count per edge, as there may be several from one input.
-                if self.waiting[dependent.index()].fetch_sub(1, Ordering::AcqRel) == 1
-                    && let Some(ready) = next.replace(dependent)
-                {
-                    scope.spawn(move |scope| self.run(ready, scope));
-                }
+        let result = self
+            .planner
+            .key(node, self.store, self.listing, store_dir, planned);
+        let ok = result.is_ok();
+        let first = self.keyed[node.index()].set(result).is_ok();
+        debug_assert!(first, "node {} keyed twice", node.index());
+        if !ok {
+            return;
+        }
+        for dependent in self
+            .planner
+            .dag
+            .neighbors_directed(node, Direction::Outgoing)
+        {
+            // One count per edge, as there may be several from one input.
+            if self.waiting[dependent.index()].fetch_sub(1, Ordering::AcqRel) == 1 {
+                ready(dependent);
             }
         }
     }
@@ -1459,11 +1485,15 @@ impl<'g> Planner<'g> {
                 is_derivation(node) && waiting[node.index()].load(Ordering::Relaxed) == 0
             })
             .collect();
-        rayon::scope(|scope| {
-            for node in ready {
-                scope.spawn(move |scope| wave.run(node, scope));
-            }
-        });
+        if self.graph.slots.len() < PARALLEL_FROM {
+            wave.run_here(ready);
+        } else {
+            rayon::scope(|scope| {
+                for node in ready {
+                    scope.spawn(move |scope| wave.run(node, scope));
+                }
+            });
+        }
         // The first failure in topological order; a node after a failure was never keyed.
         let failed = order.iter().find(|&&node| {
             is_derivation(node) && !matches!(keyed[node.index()].get(), Some(Ok(_)))

@@ -32,7 +32,7 @@ pub struct WorkerArgs {
 pub fn run(store_dir: &Path, args: WorkerArgs) -> Result<ExitCode, Failure> {
     let address = Address::parse(&args.server)?;
     let store = Store::open(store_dir)?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    let cores = crate::exec::cores() as u32;
     let jobs = u32::from(args.jobs);
     let name = args.name.unwrap_or_else(|| {
         let host = nix::unistd::gethostname()

@@ -31,9 +31,8 @@ pub struct Local {
 
 impl Default for Local {
     fn default() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Local {
-            cores: cores as u32,
+            cores: super::cores() as u32,
             keep_failed: false,
         }
     }

@@ -278,10 +278,17 @@ pub struct Options {
     pub interrupt: Option<&'static AtomicBool>,
 }
 
+/// The CPUs this process may use (`available_parallelism`: its affinity and its cgroup's
+/// quota), found once: each look opens and reads several cgroup files.
+pub fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
-            jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            jobs: cores(),
             keep_going: false,
             interrupt: None,
         }

@@ -220,13 +220,16 @@ pub(super) fn supervisor(
             ForkResult::Parent { child } => {
                 drop(feed_there);
                 // The parent watches the builder's end through a pidfd: pid 1 of the build's
-                // pid namespace ends only once every other process in it is gone. The builder
-                // is not reaped before the parent has opened its pidfd, so the pid is its.
+                // pid namespace ends only once every other process in it is gone. This process
+                // neither reaps the builder nor exits (the builder would die with it, and be
+                // reaped elsewhere) before the parent has opened its pidfd, so the pid is its;
+                // the builder is fed meanwhile.
                 let _ = nix::unistd::write(&sync_write, &child.as_raw().to_le_bytes());
+                let fed = feed(p, &feed_here);
+                drop(feed_here);
                 let _ = nix::unistd::read(&sync_read, &mut byte);
                 drop((sync_write, sync_read));
-                feed(p, &feed_here)?;
-                drop(feed_here);
+                fed?;
                 // Fed, the builder is in its mount namespace. Held here, it outlives the
                 // builder: tearing a mount namespace down waits for an RCU grace period, which
                 // this process's exit then pays, after the parent has the builder's status.

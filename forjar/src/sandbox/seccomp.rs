@@ -11,7 +11,8 @@
 //! on a kernel without them, and libc falls back to `openat`. `ioctl` with `TIOCSTI` (push
 //! bytes into a terminal's input, where the user's shell would read them after the build or an
 //! `enter` shell ends) or `TIOCLINUX` fails with `EPERM`. The filter also covers the 32-bit
-//! x86 ABI on x86_64 hosts, and refuses every x32 call, so that neither is a way around it.
+//! x86 ABI on x86_64 hosts, and refuses every x32 call, so that neither is a way around it; a
+//! call of any other ABI the kernel runs (32-bit Arm on an aarch64 host) kills the build.
 
 use nix::libc;
 
@@ -225,11 +226,27 @@ fn section(rules: &[Rule], x86_64: bool) -> Vec<libc::sock_filter> {
     program
 }
 
-/// The whole filter: dispatch on the architecture, then each ABI's section. An architecture
-/// without rules is allowed through; the kernel only reports the host's ABIs.
+/// The audit architectures of the ABIs a build on this host may call with: the host's own and,
+/// on x86_64, i386. Empty on a host the filter has no rules for.
+const HOST_ABIS: &[u32] = if cfg!(target_arch = "x86_64") {
+    &[AUDIT_ARCH_X86_64, AUDIT_ARCH_I386]
+} else if cfg!(target_arch = "aarch64") {
+    &[AUDIT_ARCH_AARCH64]
+} else {
+    &[]
+};
+
+/// The whole filter: dispatch on the architecture, then each of the host's ABIs' sections. A
+/// call of another ABI kills the process: its numbers mean other calls, which the sections do
+/// not know (on a host without rules, where there are no sections, every call is allowed).
 pub(crate) fn program() -> Vec<libc::sock_filter> {
+    program_for(HOST_ABIS)
+}
+
+fn program_for(host: &[u32]) -> Vec<libc::sock_filter> {
     let sections: Vec<(u32, Vec<libc::sock_filter>)> = abis()
         .into_iter()
+        .filter(|(arch, _)| host.contains(arch))
         .map(|(arch, rules)| {
             let mut body = vec![stmt(LD_W_ABS, OFFSET_NR)];
             body.extend(section(&rules, arch == AUDIT_ARCH_X86_64));
@@ -242,7 +259,10 @@ pub(crate) fn program() -> Vec<libc::sock_filter> {
         program.push(jump(JEQ_K, arch, 0, skip));
         program.extend(body);
     }
-    program.push(allow());
+    program.push(match host.is_empty() {
+        true => allow(),
+        false => stmt(RET_K, libc::SECCOMP_RET_KILL_PROCESS),
+    });
     program
 }
 
@@ -264,5 +284,122 @@ pub(crate) fn install(program: &[libc::sock_filter]) -> std::io::Result<()> {
         Ok(())
     } else {
         Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the kernel's filter returns for a call: the instructions `program_for` emits, run
+    /// on a `struct seccomp_data` of `arch`, `nr` and `args`.
+    fn verdict(program: &[libc::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+        let mut data = Vec::with_capacity(64);
+        data.extend(nr.to_ne_bytes());
+        data.extend(arch.to_ne_bytes());
+        data.extend(0u64.to_ne_bytes());
+        for arg in args {
+            data.extend(arg.to_ne_bytes());
+        }
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let ins = program[pc];
+            let code = u32::from(ins.code);
+            let step = |taken: bool| 1 + usize::from(if taken { ins.jt } else { ins.jf });
+            pc += match code {
+                LD_W_ABS => {
+                    let at = ins.k as usize;
+                    acc = u32::from_ne_bytes(data[at..at + 4].try_into().unwrap());
+                    1
+                }
+                JEQ_K => step(acc == ins.k),
+                JGE_K => step(acc >= ins.k),
+                JSET_K => step(acc & ins.k != 0),
+                RET_K => return ins.k,
+                other => panic!("instruction {other:#x} is not one the filter uses"),
+            };
+        }
+    }
+
+    fn errno(errno: i32) -> u32 {
+        libc::SECCOMP_RET_ERRNO | errno as u32
+    }
+
+    #[test]
+    fn the_host_abis_are_filtered_and_every_other_one_killed() {
+        let all = [AUDIT_ARCH_X86_64, AUDIT_ARCH_I386, AUDIT_ARCH_AARCH64];
+        for host in [&all[..2], &all[2..]] {
+            let program = program_for(host);
+            assert!(program.len() < 256, "{} instructions", program.len());
+            for &arch in &all {
+                // getpid on x86_64 and i386 (39, 20), getppid on aarch64 (173): ordinary calls.
+                let plain = [39, 20, 173];
+                for nr in plain {
+                    let got = verdict(&program, arch, nr, [0; 6]);
+                    match host.contains(&arch) {
+                        true => assert_eq!(got, libc::SECCOMP_RET_ALLOW, "{arch:#x} {nr}"),
+                        false => assert_eq!(got, libc::SECCOMP_RET_KILL_PROCESS, "{arch:#x} {nr}"),
+                    }
+                }
+            }
+        }
+        // 32-bit Arm, which an aarch64 kernel may run, has no section: its calls are killed.
+        const AUDIT_ARCH_ARM: u32 = 0x4000_0028;
+        let arm = verdict(
+            &program_for(&all[2..]),
+            AUDIT_ARCH_ARM,
+            15,
+            [0, 0o4755, 0, 0, 0, 0],
+        );
+        assert_eq!(arm, libc::SECCOMP_RET_KILL_PROCESS);
+        // A host without rules gets a filter that allows everything.
+        assert_eq!(
+            verdict(&program_for(&[]), AUDIT_ARCH_ARM, 15, [0; 6]),
+            libc::SECCOMP_RET_ALLOW
+        );
+    }
+
+    #[test]
+    fn setuid_modes_xattrs_and_x32_calls_are_refused_on_the_host_abis() {
+        let x86 = program_for(&[AUDIT_ARCH_X86_64, AUDIT_ARCH_I386]);
+        let call = |arch, nr, args| verdict(&x86, arch, nr, args);
+        // chmod(path, 04755) and chmod(path, 0755); i386's chmod is 15.
+        assert_eq!(
+            call(AUDIT_ARCH_X86_64, 90, [0, 0o4755, 0, 0, 0, 0]),
+            errno(libc::EPERM)
+        );
+        assert_eq!(
+            call(AUDIT_ARCH_X86_64, 90, [0, 0o755, 0, 0, 0, 0]),
+            libc::SECCOMP_RET_ALLOW
+        );
+        assert_eq!(
+            call(AUDIT_ARCH_I386, 15, [0, 0o2755, 0, 0, 0, 0]),
+            errno(libc::EPERM)
+        );
+        // openat(dir, path, O_CREAT, 04755), and the same mode without O_CREAT.
+        assert_eq!(
+            call(AUDIT_ARCH_X86_64, 257, [0, 0, 0o100, 0o4755, 0, 0]),
+            errno(libc::EPERM)
+        );
+        assert_eq!(
+            call(AUDIT_ARCH_X86_64, 257, [0, 0, 0, 0o4755, 0, 0]),
+            libc::SECCOMP_RET_ALLOW
+        );
+        // setxattr, openat2, and an x32 call.
+        assert_eq!(call(AUDIT_ARCH_X86_64, 188, [0; 6]), errno(libc::ENOTSUP));
+        assert_eq!(call(AUDIT_ARCH_X86_64, 437, [0; 6]), errno(libc::ENOSYS));
+        assert_eq!(
+            call(AUDIT_ARCH_X86_64, X32_SYSCALL_BIT | 39, [0; 6]),
+            errno(libc::EPERM)
+        );
+        // ioctl(fd, TIOCSTI) and an ordinary ioctl.
+        assert_eq!(
+            call(AUDIT_ARCH_X86_64, 16, [0, TIOCSTI as u64, 0, 0, 0, 0]),
+            errno(libc::EPERM)
+        );
+        assert_eq!(
+            call(AUDIT_ARCH_X86_64, 16, [0, 0x5401, 0, 0, 0, 0]),
+            libc::SECCOMP_RET_ALLOW
+        );
     }
 }
