@@ -39,7 +39,7 @@ const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
 
 /// A step that failed, for the error pipe: its kind (one of [`SETUP_FAILED`] and
 /// [`EXEC_FAILED`]) and what happened.
-struct Failed(u8, String);
+pub(super) struct Failed(u8, String);
 
 impl<E: std::fmt::Display> From<(&str, E)> for Failed {
     fn from((what, e): (&str, E)) -> Self {
@@ -928,8 +928,27 @@ fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
         );
     }
 
-    // An empty session keyring of the build's own, so that nothing of forjar's is reachable
-    // even before the filter refuses the keyring calls.
+    if !p.confined {
+        confine()?;
+    }
+
+    let argv: Vec<&CStr> = p.args.iter().map(CString::as_c_str).collect();
+    let envp: Vec<&CStr> = p.env.iter().map(CString::as_c_str).collect();
+    let error = nix::unistd::execve(argv[0], &argv, &envp).unwrap_err();
+    Err(Failed(
+        EXEC_FAILED,
+        format!(
+            "cannot run the builder `{}`: {error}",
+            argv[0].to_string_lossy()
+        ),
+    ))
+}
+
+/// Confines this process and all it forks as a build must be: an empty session keyring of its
+/// own, so that nothing of forjar's is reachable even before the filter refuses the keyring
+/// calls; `no_new_privs`; the seccomp filter ([`super::seccomp`]). The spawner does it once, for
+/// every build it forks; a builder forked from one that could not does it before `exec`.
+pub(super) fn confine() -> Result<(), Failed> {
     // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) takes no pointer but the NULL name.
     if unsafe {
         libc::syscall(
@@ -948,20 +967,9 @@ fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
     ctx(nix::sys::prctl::set_no_new_privs(), || {
         "cannot set no_new_privs".into()
     })?;
-    ctx(super::seccomp::install(&p.seccomp), || {
+    ctx(super::seccomp::install(&super::seccomp::program()), || {
         "cannot install the seccomp filter".into()
-    })?;
-
-    let argv: Vec<&CStr> = p.args.iter().map(CString::as_c_str).collect();
-    let envp: Vec<&CStr> = p.env.iter().map(CString::as_c_str).collect();
-    let error = nix::unistd::execve(argv[0], &argv, &envp).unwrap_err();
-    Err(Failed(
-        EXEC_FAILED,
-        format!(
-            "cannot run the builder `{}`: {error}",
-            argv[0].to_string_lossy()
-        ),
-    ))
+    })
 }
 
 const PASSWD: &str = "root:x:0:0:root:/build:/noshell\n\

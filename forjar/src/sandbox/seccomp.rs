@@ -178,6 +178,52 @@ fn allow() -> libc::sock_filter {
     stmt(RET_K, libc::SECCOMP_RET_ALLOW)
 }
 
+impl Rule {
+    /// The call the rule is about.
+    fn nr(self) -> u32 {
+        match self {
+            Rule::ModeBits { nr, .. }
+            | Rule::CreateMode { nr, .. }
+            | Rule::TerminalInput { nr }
+            | Rule::NotSupported { nr }
+            | Rule::Missing { nr } => nr,
+        }
+    }
+
+    /// The rule's instructions, assuming the call's number is loaded: a test of the number, whose
+    /// "no" goes past the rest, then the verdict on the arguments.
+    fn code(self) -> Vec<libc::sock_filter> {
+        let body = match self {
+            Rule::ModeBits { arg, .. } => vec![
+                stmt(LD_W_ABS, offset_arg(arg)),
+                jump(JSET_K, S_ISUID | S_ISGID, 0, 1),
+                ret_errno(libc::EPERM),
+                allow(),
+            ],
+            Rule::CreateMode { flags, mode, .. } => vec![
+                stmt(LD_W_ABS, offset_arg(flags)),
+                jump(JSET_K, CREATES, 0, 3),
+                stmt(LD_W_ABS, offset_arg(mode)),
+                jump(JSET_K, S_ISUID | S_ISGID, 0, 1),
+                ret_errno(libc::EPERM),
+                allow(),
+            ],
+            Rule::TerminalInput { .. } => vec![
+                stmt(LD_W_ABS, offset_arg(1)),
+                jump(JEQ_K, TIOCSTI, 2, 0),
+                jump(JEQ_K, TIOCLINUX, 1, 0),
+                allow(),
+                ret_errno(libc::EPERM),
+            ],
+            Rule::NotSupported { .. } => vec![ret_errno(libc::ENOTSUP)],
+            Rule::Missing { .. } => vec![ret_errno(libc::ENOSYS)],
+        };
+        let mut code = vec![jump(JEQ_K, self.nr(), 0, body.len() as u8)];
+        code.extend(body);
+        code
+    }
+}
+
 /// The rules of one ABI, assuming the syscall number is loaded.
 fn section(rules: &[Rule], x86_64: bool) -> Vec<libc::sock_filter> {
     let mut program = Vec::new();
@@ -186,44 +232,33 @@ fn section(rules: &[Rule], x86_64: bool) -> Vec<libc::sock_filter> {
         program.push(jump(JGE_K, X32_SYSCALL_BIT, 0, 1));
         program.push(ret_errno(libc::EPERM));
     }
-    for rule in rules {
-        match *rule {
-            Rule::ModeBits { nr, arg } => {
-                program.push(jump(JEQ_K, nr, 0, 4));
-                program.push(stmt(LD_W_ABS, offset_arg(arg)));
-                program.push(jump(JSET_K, S_ISUID | S_ISGID, 0, 1));
-                program.push(ret_errno(libc::EPERM));
-                program.push(allow());
-            }
-            Rule::CreateMode { nr, flags, mode } => {
-                program.push(jump(JEQ_K, nr, 0, 6));
-                program.push(stmt(LD_W_ABS, offset_arg(flags)));
-                program.push(jump(JSET_K, CREATES, 0, 3));
-                program.push(stmt(LD_W_ABS, offset_arg(mode)));
-                program.push(jump(JSET_K, S_ISUID | S_ISGID, 0, 1));
-                program.push(ret_errno(libc::EPERM));
-                program.push(allow());
-            }
-            Rule::TerminalInput { nr } => {
-                program.push(jump(JEQ_K, nr, 0, 5));
-                program.push(stmt(LD_W_ABS, offset_arg(1)));
-                program.push(jump(JEQ_K, TIOCSTI, 2, 0));
-                program.push(jump(JEQ_K, TIOCLINUX, 1, 0));
-                program.push(allow());
-                program.push(ret_errno(libc::EPERM));
-            }
-            Rule::NotSupported { nr } => {
-                program.push(jump(JEQ_K, nr, 0, 1));
-                program.push(ret_errno(libc::ENOTSUP));
-            }
-            Rule::Missing { nr } => {
-                program.push(jump(JEQ_K, nr, 0, 1));
-                program.push(ret_errno(libc::ENOSYS));
-            }
-        }
-    }
-    program.push(allow());
+    let mut rules = rules.to_vec();
+    rules.sort_by_key(|rule| rule.nr());
+    program.extend(search(&rules));
     program
+}
+
+/// Rules this many or fewer are tried one after the other.
+const RUN: usize = 3;
+
+/// The rules `sorted` (by number, each number once) as a binary search on the call's number
+/// down to runs of a few, each run tried in turn and ending in `allow`: a call that no rule
+/// names passes some six comparisons rather than one per rule. The kernel runs the filter on
+/// each call number of each ABI when it attaches it (to learn which calls it always allows),
+/// at every build; the build's own calls that it does not always allow run it too.
+fn search(sorted: &[Rule]) -> Vec<libc::sock_filter> {
+    if sorted.len() <= RUN {
+        let mut code: Vec<_> = sorted.iter().flat_map(|rule| rule.code()).collect();
+        code.push(allow());
+        return code;
+    }
+    let (below, from) = sorted.split_at(sorted.len() / 2);
+    let below = search(below);
+    let skip = u8::try_from(below.len()).expect("half a section is shorter than 256 instructions");
+    let mut code = vec![jump(JGE_K, from[0].nr(), skip, 0)];
+    code.extend(below);
+    code.extend(search(from));
+    code
 }
 
 /// The audit architectures of the ABIs a build on this host may call with: the host's own and,
@@ -323,6 +358,67 @@ mod tests {
 
     fn errno(errno: i32) -> u32 {
         libc::SECCOMP_RET_ERRNO | errno as u32
+    }
+
+    /// What the rules say of a call, read directly.
+    fn reference(rules: &[Rule], x86_64: bool, nr: u32, args: [u64; 6]) -> u32 {
+        if x86_64 && nr >= X32_SYSCALL_BIT {
+            return errno(libc::EPERM);
+        }
+        let arg = |i: u32| args[i as usize] as u32;
+        let refused = |yes: bool| match yes {
+            true => errno(libc::EPERM),
+            false => libc::SECCOMP_RET_ALLOW,
+        };
+        match rules.iter().find(|rule| rule.nr() == nr) {
+            None => libc::SECCOMP_RET_ALLOW,
+            Some(&Rule::ModeBits { arg: a, .. }) => refused(arg(a) & (S_ISUID | S_ISGID) != 0),
+            Some(&Rule::CreateMode { flags, mode, .. }) => {
+                refused(arg(flags) & CREATES != 0 && arg(mode) & (S_ISUID | S_ISGID) != 0)
+            }
+            Some(Rule::TerminalInput { .. }) => refused(arg(1) == TIOCSTI || arg(1) == TIOCLINUX),
+            Some(Rule::NotSupported { .. }) => errno(libc::ENOTSUP),
+            Some(Rule::Missing { .. }) => errno(libc::ENOSYS),
+        }
+    }
+
+    #[test]
+    fn the_filter_says_of_every_call_what_its_rules_do() {
+        let patterns: Vec<[u64; 6]> = [0, 0o755, 0o4755, 0o2000 | 0o100, 0o100, 0o20_000_000]
+            .into_iter()
+            .map(|v| [v; 6])
+            .chain([
+                [0, u64::from(TIOCSTI), 0, 0, 0, 0],
+                [0, u64::from(TIOCLINUX), 0, 0, 0, 0],
+                [0, 0, 0o100, 0o4000, 0, 0],
+                [0, 0o100, 0o2755, 0, 0, 0],
+            ])
+            .collect();
+        for (arch, rules) in abis() {
+            let mut numbers: Vec<u32> = rules.iter().map(|rule| rule.nr()).collect();
+            numbers.sort_unstable();
+            numbers.dedup();
+            assert_eq!(
+                numbers.len(),
+                rules.len(),
+                "a call with two rules on {arch:#x}"
+            );
+            let host = match arch {
+                AUDIT_ARCH_AARCH64 => &[AUDIT_ARCH_AARCH64][..],
+                _ => &[AUDIT_ARCH_X86_64, AUDIT_ARCH_I386][..],
+            };
+            let program = program_for(host);
+            let x86_64 = arch == AUDIT_ARCH_X86_64;
+            for nr in (0..1024).chain([X32_SYSCALL_BIT | 2, X32_SYSCALL_BIT | 90]) {
+                for &args in &patterns {
+                    assert_eq!(
+                        verdict(&program, arch, nr, args),
+                        reference(&rules, x86_64, nr, args),
+                        "arch {arch:#x}, call {nr}, arguments {args:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -184,9 +184,14 @@ fn serve(stream: UnixStream, parent: Pid) -> ! {
     // kept, or a log would not end while the spawner lives.
     child::close_all_but(&mut [stream.as_raw_fd()]);
     child::default_signals();
+    // Confined once here, as every build must be, each build inherits it: the kernel compiles
+    // a seccomp filter when it is attached. One that cannot be leaves it to each builder, which
+    // then fails with the reason.
+    let confined = child::confine().is_ok();
     let mut networks = Networks::open();
     networks.refill();
-    while let Ok(Some(request)) = receive(&stream) {
+    while let Ok(Some(mut request)) = receive(&stream) {
+        request.prepared.confined = confined;
         // A build given the network stays in the spawner's, which is forjar's.
         let network = if request.prepared.network {
             None
@@ -465,11 +470,6 @@ fn encode(p: &Prepared) -> Vec<u8> {
         w.number(index as u64);
         w.number(*limit);
     }
-    w.number(p.seccomp.len() as u64);
-    for op in &p.seccomp {
-        w.number(u64::from(op.code) | u64::from(op.jt) << 16 | u64::from(op.jf) << 24);
-        w.number(u64::from(op.k));
-    }
     for strings in [&p.args, &p.env] {
         w.number(strings.len() as u64);
         for s in strings {
@@ -518,15 +518,6 @@ fn decode(body: &[u8], fds: Vec<OwnedFd>) -> Option<Request> {
         let resource = *RESOURCES.get(usize::try_from(r.number()?).ok()?)?;
         Some((resource, r.number()?))
     })?;
-    let seccomp = r.list(|r| {
-        let op = r.number()?;
-        Some(libc::sock_filter {
-            code: op as u16,
-            jt: (op >> 16) as u8,
-            jf: (op >> 24) as u8,
-            k: r.number()? as u32,
-        })
-    })?;
     let args = r.list(Reader::cstring)?;
     let env = r.list(Reader::cstring)?;
     if !r.0.is_empty() {
@@ -569,7 +560,7 @@ fn decode(body: &[u8], fds: Vec<OwnedFd>) -> Option<Request> {
             store_dir,
             files,
             rlimits,
-            seccomp,
+            confined: false,
             args,
             env,
             log_write,
@@ -618,7 +609,7 @@ mod tests {
             store_dir: "/s".into(),
             files: vec![("conf".into(), b"a\0b".to_vec())],
             rlimits: vec![(Resource::RLIMIT_CORE, 0), (Resource::RLIMIT_AS, 1 << 40)],
-            seccomp: super::super::seccomp::program(),
+            confined: false,
             args: vec![CString::new("/bin/sh").unwrap()],
             env: vec![CString::new("A=b c").unwrap()],
             log_write: -1,
