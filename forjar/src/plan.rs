@@ -176,9 +176,11 @@ struct DerivationParts {
     toolchain: Option<Box<ToolchainInput>>,
 }
 
-/// Plans of fewer derivations than this are laid out and keyed on the calling thread: handing
-/// work to the thread pool and waking it costs more than the work.
-const PARALLEL_FROM: usize = 64;
+/// Whether `graph` is small enough to be laid out and keyed on the calling thread (fewer than
+/// 64 derivations): handing work to the thread pool and waking it costs more than the work.
+fn small(graph: &Graph) -> bool {
+    graph.slots.len() < 64
+}
 
 /// The working directory and scratch paths of every derivation's request.
 static BUILD_DIR: LazyLock<(CleanRelPath, SortedSet<CleanRelPath>)> = LazyLock::new(|| {
@@ -746,7 +748,7 @@ impl Plan {
         };
         let read = || store.read_listing(graph.slots.len());
         // The store is read while the graph is laid out: neither needs the other.
-        let (order, listing) = match graph.slots.len() < PARALLEL_FROM {
+        let (order, listing) = match small(graph) {
             true => (lay_out(), read()),
             false => rayon::join(lay_out, read),
         };
@@ -1485,7 +1487,7 @@ impl<'g> Planner<'g> {
                 is_derivation(node) && waiting[node.index()].load(Ordering::Relaxed) == 0
             })
             .collect();
-        if self.graph.slots.len() < PARALLEL_FROM {
+        if small(self.graph) {
             wave.run_here(ready);
         } else {
             rayon::scope(|scope| {

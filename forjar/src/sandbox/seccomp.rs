@@ -245,7 +245,7 @@ const RUN: usize = 3;
 /// down to runs of a few, each run tried in turn and ending in `allow`: a call that no rule
 /// names passes some six comparisons rather than one per rule. The kernel runs the filter on
 /// each call number of each ABI when it attaches it (to learn which calls it always allows),
-/// at every build; the build's own calls that it does not always allow run it too.
+/// and on each call of the build's that it does not always allow.
 fn search(sorted: &[Rule]) -> Vec<libc::sock_filter> {
     if sorted.len() <= RUN {
         let mut code: Vec<_> = sorted.iter().flat_map(|rule| rule.code()).collect();
