@@ -108,16 +108,17 @@ fn parse(bytes: &[u8]) -> Option<Elf> {
     })
 }
 
-/// A computed closure and the stamps of the files it was read from.
+/// A computed closure, each of its files with the stamp the real file had when it was read.
 struct Cached {
-    files: Vec<(PathBuf, PathBuf)>,
-    stamps: Vec<(PathBuf, FileId)>,
+    files: Vec<(PathBuf, PathBuf, FileId)>,
 }
 
 /// Closures already computed by this process. Every build that asks for `/bin/sh` needs the
 /// same few files; reading and parsing them (libc is megabytes) once per build showed in
-/// profiles of large applies. An entry is used only while every path still resolves to the
-/// file it did and every file read still has the stamp it had.
+/// profiles of large applies. An entry is used only while each real file still has the stamp
+/// it had (device, inode, size, times) and each path still leads to that same file: a `stat`
+/// of each, where resolving each path again cost a `readlink` per component (some twenty per
+/// build for `/bin/sh`).
 static CACHE: Mutex<BTreeMap<PathBuf, Arc<Cached>>> = Mutex::new(BTreeMap::new());
 
 /// The host files `program` needs to run: the program itself (symlinks resolved), its ELF
@@ -130,27 +131,27 @@ pub(crate) fn closure(program: &Path) -> Result<Vec<(PathBuf, PathBuf)>, String>
         .get(program)
         .cloned();
     if let Some(cached) = cached {
-        let fresh = cached
-            .files
-            .iter()
-            .all(|(path, real)| fs::canonicalize(path).is_ok_and(|r| r == *real))
-            && cached
-                .stamps
-                .iter()
-                .all(|(path, stamp)| stamp_of(path) == Some(*stamp));
+        let fresh = cached.files.iter().all(|(path, real, stamp)| {
+            stamp_of(real) == Some(*stamp) && stamp_of(path) == Some(*stamp)
+        });
         if fresh {
-            return Ok(cached.files.clone());
+            return Ok(cached
+                .files
+                .iter()
+                .map(|(path, real, _)| (path.clone(), real.clone()))
+                .collect());
         }
     }
     let files = compute(program)?;
-    let stamps = files
+    // A file that cannot be stamped is not cached: the next build reads it again.
+    let stamped: Option<Vec<_>> = files
         .iter()
-        .filter_map(|(_, real)| Some((real.clone(), stamp_of(real)?)))
+        .map(|(path, real)| Some((path.clone(), real.clone(), stamp_of(real)?)))
         .collect();
-    let cached = Arc::new(Cached {
-        files: files.clone(),
-        stamps,
-    });
+    let Some(stamped) = stamped else {
+        return Ok(files);
+    };
+    let cached = Arc::new(Cached { files: stamped });
     CACHE
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -236,6 +237,31 @@ mod tests {
         fs::remove_file(&program).unwrap();
         fs::write(&program, "#!/bin/sh\n").unwrap();
         assert!(closure(&program).unwrap_err().contains("is not a 64-bit"));
+    }
+
+    #[test]
+    fn a_remembered_closure_follows_a_link_to_another_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (one, two, link) = (
+            dir.path().join("one"),
+            dir.path().join("two"),
+            dir.path().join("sh"),
+        );
+        for copy in [&one, &two] {
+            fs::copy(fs::canonicalize("/bin/sh").unwrap(), copy).unwrap();
+        }
+        std::os::unix::fs::symlink(&one, &link).unwrap();
+        let real = |files: Vec<(PathBuf, PathBuf)>| {
+            files
+                .into_iter()
+                .find(|(path, _)| *path == link)
+                .map(|(_, real)| real)
+        };
+        assert_eq!(real(closure(&link).unwrap()), Some(one.clone()));
+        // The same content behind the same name, another file: the closure names that one.
+        fs::remove_file(&link).unwrap();
+        std::os::unix::fs::symlink(&two, &link).unwrap();
+        assert_eq!(real(closure(&link).unwrap()), Some(two.clone()));
     }
 
     #[test]
