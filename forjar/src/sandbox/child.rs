@@ -11,6 +11,7 @@ use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{DirBuilderExt, symlink};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::libc;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -928,7 +929,7 @@ fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
         );
     }
 
-    if !p.confined {
+    if !CONFINED.load(Ordering::Relaxed) {
         confine()?;
     }
 
@@ -943,6 +944,9 @@ fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
         ),
     ))
 }
+
+/// Set once [`confine`] has confined this process, and so in every process it forks.
+static CONFINED: AtomicBool = AtomicBool::new(false);
 
 /// Confines this process and all it forks as a build must be: an empty session keyring of its
 /// own, so that nothing of forjar's is reachable even before the filter refuses the keyring
@@ -969,7 +973,9 @@ pub(super) fn confine() -> Result<(), Failed> {
     })?;
     ctx(super::seccomp::install(&super::seccomp::program()), || {
         "cannot install the seccomp filter".into()
-    })
+    })?;
+    CONFINED.store(true, Ordering::Relaxed);
+    Ok(())
 }
 
 const PASSWD: &str = "root:x:0:0:root:/build:/noshell\n\

@@ -194,9 +194,6 @@ pub(crate) struct Prepared {
     store_dir: PathBuf,
     files: Vec<(PathBuf, Vec<u8>)>,
     rlimits: Vec<(Resource, u64)>,
-    /// Whether the process the build is forked from is already confined as a builder must be
-    /// ([`child::confine`]); set by the spawner, never sent to it.
-    confined: bool,
     args: Vec<CString>,
     env: Vec<CString>,
     log_write: RawFd,
@@ -632,7 +629,6 @@ fn prepare(
             .map(|(p, c)| (p.as_path().to_path_buf(), c.clone()))
             .collect(),
         rlimits,
-        confined: false,
         args: request.args.iter().map(|a| cstring(a.as_bytes())).collect(),
         env,
         log_write: -1,

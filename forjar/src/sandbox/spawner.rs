@@ -187,11 +187,10 @@ fn serve(stream: UnixStream, parent: Pid) -> ! {
     // Confined once here, as every build must be, each build inherits it: the kernel compiles
     // a seccomp filter when it is attached. One that cannot be leaves it to each builder, which
     // then fails with the reason.
-    let confined = child::confine().is_ok();
+    let _ = child::confine();
     let mut networks = Networks::open();
     networks.refill();
-    while let Ok(Some(mut request)) = receive(&stream) {
-        request.prepared.confined = confined;
+    while let Ok(Some(request)) = receive(&stream) {
         // A build given the network stays in the spawner's, which is forjar's.
         let network = if request.prepared.network {
             None
@@ -560,7 +559,6 @@ fn decode(body: &[u8], fds: Vec<OwnedFd>) -> Option<Request> {
             store_dir,
             files,
             rlimits,
-            confined: false,
             args,
             env,
             log_write,
@@ -609,7 +607,6 @@ mod tests {
             store_dir: "/s".into(),
             files: vec![("conf".into(), b"a\0b".to_vec())],
             rlimits: vec![(Resource::RLIMIT_CORE, 0), (Resource::RLIMIT_AS, 1 << 40)],
-            confined: false,
             args: vec![CString::new("/bin/sh").unwrap()],
             env: vec![CString::new("A=b c").unwrap()],
             log_write: -1,
