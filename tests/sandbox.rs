@@ -1424,6 +1424,7 @@ fn run_hand_made(
         cores: 1,
         cancel,
         hold: None,
+        under_way: None,
     };
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     forjar::sandbox::run_split(&spec, &mut stdout, &mut stderr, &|| 0)
@@ -1432,6 +1433,56 @@ fn run_hand_made(
             (finished.outcome, text(stdout), text(stderr))
         })
         .map_err(|e| e.to_string())
+}
+
+/// The caller's work handed to the sandbox (`under_way`; forjar marks the outputs' entries
+/// there) runs while the build does, not after it: this builder ends only once that work made
+/// a file it waits for in `/build`.
+#[test]
+fn the_work_under_way_runs_while_the_build_does() {
+    use forjar::name::OutputName;
+    use forjar::sandbox::Outcome;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    if !sandbox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    let (build_dir, staging) = (dir.path().join("build"), dir.path().join("staging"));
+    for d in [&store_dir, &build_dir, &staging] {
+        fs::create_dir(d).unwrap();
+    }
+    let script = "i=0; while [ ! -e /build/go ]; do i=$((i + 1)); \
+                  [ $i -lt 1000 ] || exit 3; sleep 0.01; done; echo ok > $out";
+    let request = hand_made(&store_dir, "build", &[], script);
+    let calls = AtomicUsize::new(0);
+    let go = build_dir.join("go");
+    let under_way = || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        fs::write(&go, b"").unwrap();
+    };
+    let spec = forjar::sandbox::BuildSpec {
+        request: &request,
+        inputs: Vec::new(),
+        referenced: Vec::new(),
+        toolchain: None,
+        outputs: vec![(
+            OutputName::new("out").unwrap(),
+            staging.clone(),
+            request.store_dir.as_path().join("hand-made-out"),
+        )],
+        build_dir,
+        limits: Default::default(),
+        cores: 1,
+        cancel: None,
+        hold: None,
+        under_way: Some(&under_way),
+    };
+    let finished = forjar::sandbox::run(&spec, &mut Vec::new(), &|| 0).unwrap();
+    assert_eq!(finished.outcome, Outcome::Exited(0));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(fs::read_to_string(staging.join("content")).unwrap(), "ok\n");
 }
 
 /// A request's working directory and scratch paths, which no derivation of the builder API

@@ -85,6 +85,7 @@ fn main() {
         cores: 1,
         cancel: None,
         hold: None,
+        under_way: None,
     };
     let forjar_spawn = measure(runs, |_| {
         let finished = sandbox::run(&spec, &mut std::io::sink(), &|| 0).expect("the sandbox runs");

@@ -194,13 +194,16 @@ impl<'a> Prepared<'a> {
         };
         let stagings = std::mem::take(&mut self.stagings);
         let build_dir = self.build_dir.path().to_path_buf();
-        let spec = self.spec(
+        // The outputs' markers are made and synced while the build runs, not after it.
+        let mark_ahead = || stagings.iter().for_each(Staging::mark_ahead);
+        let mut spec = self.spec(
             job.request,
             &stagings,
             build_dir,
             limits.clone(),
             Some(cx.stop),
         );
+        spec.under_way = Some(&mark_ahead);
         let content_paths: Vec<PathBuf> = stagings.iter().map(Staging::content_path).collect();
         let output_size = || content_paths.iter().map(|p| staged_size(p)).sum();
         let finished =
@@ -333,6 +336,7 @@ impl<'a> Prepared<'a> {
             limits,
             cancel,
             hold: Some(self.cx.lock.as_fd()),
+            under_way: None,
         }
     }
 

@@ -666,6 +666,7 @@ fn run_command(
         cores: options.cores,
         cancel: Some(cancel),
         hold: None,
+        under_way: None,
     };
     let stdout_path = top.0.join("stdout");
     let stderr_path = top.0.join("stderr");

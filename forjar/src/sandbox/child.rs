@@ -539,14 +539,37 @@ fn locked_flags(path: &Path) -> MsFlags {
     flags
 }
 
-fn mkdirs(path: &Path) -> Result<(), Failed> {
-    ctx(
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(path),
-        || format!("cannot create `{}`", path.display()),
-    )
+/// The directories made so far in the build's root, so that each is made once, parents first,
+/// and none is asked for again (a new root has nothing but what is made here).
+#[derive(Default)]
+struct Made(Vec<PathBuf>);
+
+impl Made {
+    /// Makes the directory `path` and those above it that are not there.
+    fn dirs(&mut self, path: &Path) -> Result<(), Failed> {
+        if self.0.iter().any(|made| made == path) {
+            return Ok(());
+        }
+        if let Some(parent) = path.parent()
+            && !parent.as_os_str().is_empty()
+        {
+            self.dirs(parent)?;
+        }
+        let made = match fs::DirBuilder::new().mode(0o755).create(path) {
+            // Already there: the host's, or inside a bound directory.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+            made => made,
+        };
+        ctx(made, || format!("cannot create `{}`", path.display()))?;
+        self.0.push(path.to_path_buf());
+        Ok(())
+    }
+
+    /// Something was mounted on the directory `path`: what was made below it is hidden.
+    fn mounted_on(&mut self, path: &Path) {
+        self.0
+            .retain(|made| made == path || !made.starts_with(path));
+    }
 }
 
 /// How a bind may be used.
@@ -560,17 +583,30 @@ enum Access {
 
 /// Attaches the detached mount `clone` (a host object, cloned by the supervisor) at `target`,
 /// always `nosuid`, and `nodev` unless it is a device; read-only unless writable.
-fn bind(clone: OwnedFd, target: &Path, is_dir: bool, access: Access) -> Result<(), Failed> {
+fn bind(
+    made: &mut Made,
+    clone: OwnedFd,
+    target: &Path,
+    is_dir: bool,
+    access: Access,
+) -> Result<(), Failed> {
     const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
-    if let Some(parent) = target.parent() {
-        mkdirs(parent)?;
-    }
     if is_dir {
-        mkdirs(target)?;
-    } else if !target.exists() {
-        ctx(fs::File::create(target), || {
-            format!("cannot create `{}`", target.display())
-        })?;
+        made.dirs(target)?;
+        made.mounted_on(target);
+    } else {
+        if let Some(parent) = target.parent() {
+            made.dirs(parent)?;
+        }
+        ctx(
+            fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                // A mount point: what it holds is never seen.
+                .truncate(false)
+                .open(target),
+            || format!("cannot create `{}`", target.display()),
+        )?;
     }
     let c = CString::new(target.as_os_str().as_encoded_bytes()).expect("sandbox paths have no NUL");
     // SAFETY: move_mount of a descriptor this process owns to a valid C string.
@@ -608,8 +644,9 @@ fn bind(clone: OwnedFd, target: &Path, is_dir: bool, access: Access) -> Result<(
     )
 }
 
-fn tmpfs(target: &Path, mode: u32, extra: MsFlags) -> Result<(), Failed> {
-    mkdirs(target)?;
+fn tmpfs(made: &mut Made, target: &Path, mode: u32, extra: MsFlags) -> Result<(), Failed> {
+    made.dirs(target)?;
+    made.mounted_on(target);
     let options = format!("mode={mode:o}");
     ctx(
         mount(
@@ -623,9 +660,9 @@ fn tmpfs(target: &Path, mode: u32, extra: MsFlags) -> Result<(), Failed> {
     )
 }
 
-fn write_file(path: &Path, contents: &[u8]) -> Result<(), Failed> {
+fn write_file(made: &mut Made, path: &Path, contents: &[u8]) -> Result<(), Failed> {
     if let Some(parent) = path.parent() {
-        mkdirs(parent)?;
+        made.dirs(parent)?;
     }
     ctx(fs::write(path, contents), || {
         format!("cannot write `{}`", path.display())
@@ -713,21 +750,22 @@ fn setup(p: &Prepared, feed: &mut Feed) -> Result<Never, Failed> {
         ),
         || "cannot make the mounts private".into(),
     )?;
-    tmpfs(root, 0o755, MsFlags::empty())?;
+    let made = &mut Made::default();
+    tmpfs(made, root, 0o755, MsFlags::empty())?;
     // /tmp first: a store that lives under /tmp is bound on top of it below.
-    tmpfs(&at(Path::new("/tmp")), 0o1777, MsFlags::empty())?;
+    tmpfs(made, &at(Path::new("/tmp")), 0o1777, MsFlags::empty())?;
     // The request's scratch paths likewise: what is bound inside one lands on top of it.
     for scratch in &p.scratch {
-        tmpfs(&at(scratch), 0o1777, MsFlags::empty())?;
+        tmpfs(made, &at(scratch), 0o1777, MsFlags::empty())?;
     }
 
     // From here on the kernel has given a sandbox: what fails is a path of this build's.
-    place(p, feed, root).map_err(|Failed(_, message)| Failed(PLACE_FAILED, message))?;
-    mounts(p, feed, root)
+    place(p, feed, made, root).map_err(|Failed(_, message)| Failed(PLACE_FAILED, message))?;
+    mounts(p, feed, made, root)
 }
 
 /// The binds and symlinks of the build's inputs, toolchain and read-only paths.
-fn place(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<(), Failed> {
+fn place(p: &Prepared, feed: &mut Feed, made: &mut Made, root: &Path) -> Result<(), Failed> {
     let at = |path: &Path| -> PathBuf { root.join(path.strip_prefix("/").unwrap_or(path)) };
     for placement in &p.placements {
         let target = at(&placement.target);
@@ -740,11 +778,11 @@ fn place(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<(), Failed> {
                 } else {
                     Access::ReadOnly
                 };
-                bind(feed.next()?, &target, *is_dir, access)?
+                bind(made, feed.next()?, &target, *is_dir, access)?
             }
             PlacementKind::Symlink { to } => {
                 if let Some(parent) = target.parent() {
-                    mkdirs(parent)?;
+                    made.dirs(parent)?;
                 }
                 ctx(symlink(to, &target), || {
                     format!("cannot create the symlink `{}`", target.display())
@@ -757,12 +795,12 @@ fn place(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<(), Failed> {
 }
 
 /// The store directory, `/build`, `/dev`, `/proc`, `/etc`, and the switch to the new root.
-fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
+fn mounts(p: &Prepared, feed: &mut Feed, made: &mut Made, root: &Path) -> Result<Never, Failed> {
     let at = |path: &Path| -> PathBuf { root.join(path.strip_prefix("/").unwrap_or(path)) };
     // The store directory itself is read-only (only the outputs bound in it are writable), even
     // where its path runs through a writable part of the sandbox such as /tmp.
     let store = at(&p.store_dir);
-    mkdirs(&store)?;
+    made.dirs(&store)?;
     ctx(
         mount(
             Some(&store),
@@ -785,18 +823,20 @@ fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
 
     // /build: the working directory, from the host; the request's files are written into it.
     bind(
+        made,
         feed.next()?,
         &at(Path::new("/build")),
         true,
         Access::Writable,
     )?;
     for (path, contents) in &p.files {
-        write_file(&at(&Path::new("/build").join(path)), contents)?;
+        write_file(made, &at(&Path::new("/build").join(path)), contents)?;
     }
 
     // /dev: the harmless devices, a private devpts, shared memory.
     for name in DEVICES {
         bind(
+            made,
             feed.next()?,
             &at(&Path::new("/dev").join(name)),
             false,
@@ -804,7 +844,7 @@ fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
         )?;
     }
     let pts = at(Path::new("/dev/pts"));
-    mkdirs(&pts)?;
+    made.dirs(&pts)?;
     ctx(
         mount(
             Some("devpts"),
@@ -826,11 +866,11 @@ fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
             format!("cannot create /dev/{link}")
         })?;
     }
-    tmpfs(&at(Path::new("/dev/shm")), 0o1777, MsFlags::MS_NOEXEC)?;
+    tmpfs(made, &at(Path::new("/dev/shm")), 0o1777, MsFlags::MS_NOEXEC)?;
 
     // A fresh /proc of the build's own pid namespace.
     let proc_dir = at(Path::new("/proc"));
-    mkdirs(&proc_dir)?;
+    made.dirs(&proc_dir)?;
     ctx(
         mount(
             Some("proc"),
@@ -842,9 +882,9 @@ fn mounts(p: &Prepared, feed: &mut Feed, root: &Path) -> Result<Never, Failed> {
         || "cannot mount /proc".into(),
     )?;
 
-    write_file(&at(Path::new("/etc/passwd")), PASSWD.as_bytes())?;
-    write_file(&at(Path::new("/etc/group")), GROUP.as_bytes())?;
-    write_file(&at(Path::new("/etc/hosts")), HOSTS.as_bytes())?;
+    write_file(made, &at(Path::new("/etc/passwd")), PASSWD.as_bytes())?;
+    write_file(made, &at(Path::new("/etc/group")), GROUP.as_bytes())?;
+    write_file(made, &at(Path::new("/etc/hosts")), HOSTS.as_bytes())?;
 
     ctx(sethostname("localhost"), || {
         "cannot set the hostname".into()

@@ -240,6 +240,11 @@ pub struct BuildSpec<'a> {
     /// so that a build outliving a killed forjar still holds it); every other descriptor of
     /// forjar's is closed in the supervisor.
     pub hold: Option<std::os::fd::BorrowedFd<'a>>,
+    /// Called once the builder is forked, while the build sets up and runs: the caller's own
+    /// work that can overlap the build (forjar marks the outputs' entries as about to be
+    /// installed, a sync the install would otherwise wait for). The build's log is read again
+    /// when it returns.
+    pub under_way: Option<&'a (dyn Fn() + Sync)>,
 }
 
 /// How a build ended.
@@ -1069,6 +1074,11 @@ fn supervise(
         _ => None,
     };
     drop(ready_write);
+    if builder.is_some()
+        && let Some(under_way) = spec.under_way
+    {
+        under_way();
+    }
     let watched = watch(
         spec,
         supervisor,

@@ -4,9 +4,11 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, TryLockError};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
+use super::pending::MarkedAhead;
 use super::tree::remove_tree;
 use super::{EntryKind, EntryName, Meta, SCHEMA, Store, StoreError};
 use crate::hash::{self, Key, TreeDigest, TreeHasher, is_store_hash};
@@ -201,6 +203,8 @@ pub struct Staging<'s> {
     store: &'s Store,
     dir: PathBuf,
     entry: EntryName,
+    /// Where the entry was marked ahead of its install, if it was ([`Staging::mark_ahead`]).
+    ahead: OnceLock<MarkedAhead>,
 }
 
 static STAGING_SEQ: AtomicU64 = AtomicU64::new(0);
@@ -216,7 +220,23 @@ impl<'s> Staging<'s> {
             std::process::id()
         ));
         fs::create_dir(&dir).map_err(StoreError::io("cannot create", &dir))?;
-        Ok(Staging { store, dir, entry })
+        Ok(Staging {
+            store,
+            dir,
+            entry,
+            ahead: OnceLock::new(),
+        })
+    }
+
+    /// Marks the entry as about to be installed while its content is still being made (while
+    /// its build runs), so that the install waits for no sync of the marker: see the store's
+    /// `pending` module. Once is enough; an error is left for the install to meet again.
+    pub fn mark_ahead(&self) {
+        if self.ahead.get().is_none()
+            && let Ok(marked) = self.store.mark_ahead(&self.entry)
+        {
+            let _ = self.ahead.set(marked);
+        }
     }
 
     /// Where the producer writes the content: a file, directory or symlink.
@@ -252,6 +272,10 @@ impl<'s> Staging<'s> {
     pub(crate) fn fresh_copy(self, lock: &KeyLock) -> Result<Staging<'s>, StoreError> {
         let copy = Staging::new(self.store, lock, self.entry.clone())?;
         super::tree::copy(&self.content_path(), &copy.content_path())?;
+        // The marker names the entry, not the staging.
+        if let Some(&marked) = self.ahead.get() {
+            let _ = copy.ahead.set(marked);
+        }
         Ok(copy)
     }
 
@@ -335,7 +359,9 @@ impl<'s> Staging<'s> {
         // The entry is marked in this process's window before it is renamed into place: its
         // files reach the disk at the next sync, and until then a crash leaves it to be
         // checked (`pending`).
-        let installing = self.store.installing(&self.entry)?;
+        let installing = self
+            .store
+            .installing(&self.entry, self.ahead.get().copied())?;
         let target = self.store.entry_path(&self.entry);
         match fs::rename(&self.dir, &target) {
             Ok(()) => {}
@@ -649,5 +675,75 @@ mod tests {
                 .next()
                 .is_none()
         );
+    }
+
+    /// The markers of each window in `.pending`, sorted.
+    fn windows(store: &Store) -> Vec<Vec<String>> {
+        let mut windows: Vec<Vec<String>> = fs::read_dir(store.dir().join(".pending"))
+            .unwrap()
+            .flatten()
+            .map(|window| {
+                let mut names: Vec<String> = fs::read_dir(window.path())
+                    .unwrap()
+                    .flatten()
+                    .map(|m| m.file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                names
+            })
+            .collect();
+        windows.sort();
+        windows
+    }
+
+    #[test]
+    fn an_entry_marked_ahead_is_marked_again_if_its_window_was_synced_before_the_install() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let stage = |n: u8| {
+            let name = Name::new(format!("x{n}")).unwrap();
+            let key: Key = format!("{n:02x}").repeat(32).parse().unwrap();
+            let entry = EntryName::new(&key, &name, None);
+            let lock = KeyLock::acquire(&store, entry.hash()).unwrap();
+            let staging = Staging::new(&store, &lock, entry.clone()).unwrap();
+            fs::write(staging.content_path(), [n]).unwrap();
+            let digest = hash::tree_digest(&staging.content_path()).unwrap();
+            let draft = Draft::imported(&name, digest, SystemTime::now());
+            (entry, lock, staging, draft)
+        };
+
+        // Marked while "building", installed in the same window: marked there once.
+        let (one, _lock, staging, draft) = stage(1);
+        staging.mark_ahead();
+        assert_eq!(windows(&store), vec![vec![one.to_string()]]);
+        assert!(matches!(
+            staging.commit(draft).unwrap(),
+            Committed::Installed(_)
+        ));
+        assert_eq!(windows(&store), vec![vec![one.to_string()]]);
+
+        // A sync between the mark and the install took the window with the marker: the
+        // install marks the entry in a new one before its rename.
+        let (two, _lock, staging, draft) = stage(2);
+        staging.mark_ahead();
+        store.sync().unwrap();
+        assert!(windows(&store).is_empty());
+        assert!(matches!(
+            staging.commit(draft).unwrap(),
+            Committed::Installed(_)
+        ));
+        assert_eq!(windows(&store), vec![vec![two.to_string()]]);
+
+        // A marked entry that is never installed leaves a name the next sync removes.
+        let (three, _lock, staging, _draft) = stage(3);
+        staging.mark_ahead();
+        drop(staging);
+        assert!(!store.contains(&three));
+        let mut both = vec![two.to_string(), three.to_string()];
+        both.sort();
+        assert_eq!(windows(&store), vec![both]);
+        store.sync().unwrap();
+        assert!(windows(&store).is_empty());
+        assert!(store.contains(&one) && store.contains(&two));
     }
 }

@@ -8,8 +8,10 @@
 //! Installing an entry is a rename into place; its files reach the disk when the kernel writes
 //! them back, or at the next [`Store::sync`], one `syncfs` for every entry installed since the
 //! last. Before the rename, the entry's name is created as a marker in the process's window,
-//! a directory named by the boot it was made in. A crash loses at most what was not yet on the
-//! disk, and the windows say which entries may have lost something:
+//! a directory named by the boot it was made in; a build's outputs are marked while the build
+//! runs, and marked again at the install only if their window was synced in between. A crash
+//! loses at most what was not yet on the disk, and the windows say which entries may have lost
+//! something:
 //!
 //! - A window of a process that is gone, made in this boot, holds nothing at risk: the kernel
 //!   has every byte. The next store to open it syncs the file system and removes it.
@@ -95,6 +97,8 @@ impl Order {
 /// An open window: its directory, locked (by `flock`) while this process has it.
 #[derive(Debug)]
 struct Window {
+    /// Its number in this process (`WINDOWS`), which a window is never given twice.
+    number: u64,
     dir: PathBuf,
     /// The directory, open: its lock, where markers are made, and what is synced after each
     /// when the file system does not keep metadata operations in order.
@@ -120,6 +124,14 @@ pub(super) struct Installing<'s> {
     _gate: RwLockReadGuard<'s, ()>,
 }
 
+/// An entry marked ahead of its install ([`Store::mark_ahead`]): the window its marker is in.
+/// The marker still counts at the install if that window is still open, not synced and
+/// removed since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct MarkedAhead {
+    window: u64,
+}
+
 static WINDOWS: AtomicU64 = AtomicU64::new(0);
 
 /// This boot's id, as the kernel gives it (`/proc/sys/kernel/random/boot_id`), without dashes.
@@ -135,8 +147,13 @@ impl Store {
     }
 
     /// Marks `entry` as installed in this process's window (opening one if there is none) and
-    /// returns the guard to hold until its rename is done.
-    pub(super) fn installing(&self, entry: &EntryName) -> Result<Installing<'_>, StoreError> {
+    /// returns the guard to hold until its rename is done. An entry `ahead` marked in the
+    /// window still open is not marked again.
+    pub(super) fn installing(
+        &self,
+        entry: &EntryName,
+        ahead: Option<MarkedAhead>,
+    ) -> Result<Installing<'_>, StoreError> {
         let gate = self
             .pending
             .gate
@@ -147,7 +164,31 @@ impl Store {
             .window
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let window = match &mut *window {
+        let open = window.as_ref().map(|w| w.number);
+        if ahead.is_none_or(|ahead| Some(ahead.window) != open) {
+            self.mark(&mut window, entry)?;
+        }
+        Ok(Installing { _gate: gate })
+    }
+
+    /// Marks `entry` in this process's window before its content is ready: while a build
+    /// runs, so that the marker's sync is not waited for after it. A marker whose entry is
+    /// never installed costs nothing: the window is removed at its sync, and a check after a
+    /// crash passes over a name with no entry. Returns the window, for the install.
+    pub(super) fn mark_ahead(&self, entry: &EntryName) -> Result<MarkedAhead, StoreError> {
+        let mut window = self
+            .pending
+            .window
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let window = self.mark(&mut window, entry)?;
+        Ok(MarkedAhead { window })
+    }
+
+    /// Makes the marker of `entry` in `window`, opening one if there is none, and syncs it as
+    /// the file system needs; returns the window's number.
+    fn mark(&self, window: &mut Option<Window>, entry: &EntryName) -> Result<u64, StoreError> {
+        let window = match window {
             Some(window) => window,
             none => none.insert(self.open_window()?),
         };
@@ -165,18 +206,14 @@ impl Store {
             .order
             .sync(&made, || window.handle.try_clone())
             .map_err(|error| StoreError::io("cannot sync", &marker())(error))?;
-        Ok(Installing { _gate: gate })
+        Ok(window.number)
     }
 
     fn open_window(&self) -> Result<Window, StoreError> {
         // `.pending` is made with the store.
         let pending = self.pending_dir();
-        let name = format!(
-            "{}.{}.{}",
-            boot_id()?,
-            std::process::id(),
-            WINDOWS.fetch_add(1, Ordering::Relaxed)
-        );
+        let number = WINDOWS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}.{}.{number}", boot_id()?, std::process::id());
         // Made and locked under a dot-name, then renamed: a window is never seen unlocked
         // while its process lives.
         let new = pending.join(format!(".{name}"));
@@ -204,6 +241,7 @@ impl Store {
             })
             .map_err(StoreError::io("cannot sync", &dir))?;
         Ok(Window {
+            number,
             dir,
             handle: lock,
             order,
