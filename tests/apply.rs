@@ -629,6 +629,13 @@ fn check_rebuilds_and_names_the_files_that_differ() {
             && text.contains("round 2: n0-0 output `out` matches the store"),
         "{text}"
     );
+    // The rebuilds are compared, not installed: nothing of theirs is marked in the store's
+    // windows (which the process, gone, would have left to the next open to sync).
+    let windows: Vec<_> = fs::read_dir(store.join(".pending"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(windows.is_empty(), "{windows:?}");
     let out = run_dag(&store, &env, &["check", "n0-1"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(

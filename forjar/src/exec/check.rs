@@ -11,6 +11,7 @@ use std::sync::atomic::AtomicBool;
 
 use petgraph::graph::NodeIndex;
 
+use super::local::Then;
 use super::{BuildJob, Context, Event, ExecError, Local};
 use crate::hash::{TreeDigest, TreeHasher};
 use crate::name::OutputName;
@@ -86,7 +87,7 @@ pub fn check(
     };
     let log_path = store.dir().join(".logs").join(format!("{hash}.check.log"));
     let mut prepared = local.prepare(&job, &cx, log_path)?;
-    let built = prepared.run()?;
+    let built = prepared.run(Then::Compare)?;
     let mut checked = Vec::new();
     for ((output, planned), staging) in realised.iter().zip(&built.stagings) {
         let content = staging.content_path();

@@ -43,7 +43,7 @@ impl Executor for Local {
         let started = SystemTime::now();
         let log_path = cx.store.log_path(&job.key.store_hash());
         let mut prepared = self.prepare(job, cx, log_path)?;
-        let built = prepared.run()?;
+        let built = prepared.run(Then::Install)?;
         prepared.install(built, started)?;
         Ok(Done::Made)
     }
@@ -66,6 +66,15 @@ pub(super) struct Prepared<'a> {
     stagings: Vec<Staging<'a>>,
     build_dir: BuildDir<'a>,
     log_path: PathBuf,
+}
+
+/// What is done with a build's outputs once it has run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Then {
+    /// They are installed in the store.
+    Install,
+    /// They are compared with the entries in the store (`check`), and not installed.
+    Compare,
 }
 
 /// What a successful run left: each output, checked and owned by the store's owner again.
@@ -183,7 +192,9 @@ impl<'a> Prepared<'a> {
 
     /// Runs the builder in the sandbox and checks what it left: every declared output, nothing
     /// beside them, within the output cap. A fixed output is copied into fresh files first.
-    pub(super) fn run(&mut self) -> Result<Built<'a>, ExecError> {
+    /// For [`Then::Install`], the outputs' entries are marked as about to be installed while the
+    /// build runs.
+    pub(super) fn run(&mut self, then: Then) -> Result<Built<'a>, ExecError> {
         let (job, cx) = (self.job, self.cx);
         let limits = job.limits;
         let mut log = LogTap {
@@ -203,7 +214,9 @@ impl<'a> Prepared<'a> {
             limits.clone(),
             Some(cx.stop),
         );
-        spec.under_way = Some(&mark_ahead);
+        if then == Then::Install {
+            spec.under_way = Some(&mark_ahead);
+        }
         let content_paths: Vec<PathBuf> = stagings.iter().map(Staging::content_path).collect();
         let output_size = || content_paths.iter().map(|p| staged_size(p)).sum();
         let finished =

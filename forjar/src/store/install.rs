@@ -231,7 +231,7 @@ impl<'s> Staging<'s> {
     /// Marks the entry as about to be installed while its content is still being made (while
     /// its build runs), so that the install waits for no sync of the marker: see the store's
     /// `pending` module. Once is enough; an error is left for the install to meet again.
-    pub fn mark_ahead(&self) {
+    pub(crate) fn mark_ahead(&self) {
         if self.ahead.get().is_none()
             && let Ok(marked) = self.store.mark_ahead(&self.entry)
         {
