@@ -741,6 +741,48 @@ fn max_silent_time_kills_a_quiet_build() {
     assert_eq!(host_processes_with("4321.875"), 0);
 }
 
+/// A build is in a cgroup of its own for its process limit always, and for memory only when it
+/// has a memory limit: on cgroup v1 a memory cgroup would only account, and one removed stays
+/// offline while the page cache the build wrote is charged to it (v2 has one cgroup for both).
+#[test]
+fn a_build_has_a_memory_cgroup_only_with_a_memory_limit() {
+    if !sandbox() || !exact_process_count() {
+        return;
+    }
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        eprintln!("cgroup v2: one cgroup per build, for memory and processes alike");
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let cgroups = |builder: DerivationBuilder| -> Vec<(String, String)> {
+        let entry = build_root(&store, builder).unwrap();
+        content_text(&store, &entry)
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.splitn(3, ':');
+                let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+                Some((controllers.to_string(), path.to_string()))
+            })
+            .collect()
+    };
+    let path_of = |cgroups: &[(String, String)], controller: &str| -> String {
+        cgroups
+            .iter()
+            .find(|(controllers, _)| controllers.split(',').any(|c| c == controller))
+            .map(|(_, path)| path.clone())
+            .unwrap_or_else(|| panic!("no {controller} line in {cgroups:?}"))
+    };
+    let own = |path: &str| path.starts_with("/forjar-");
+
+    let unlimited = cgroups(tools("unlimited", "cat /proc/self/cgroup > $out"));
+    assert!(own(&path_of(&unlimited, "pids")), "{unlimited:?}");
+    assert!(!own(&path_of(&unlimited, "memory")), "{unlimited:?}");
+
+    let limited = cgroups(tools("limited", "cat /proc/self/cgroup > $out").memory_limit(256 << 20));
+    assert!(own(&path_of(&limited, "pids")), "{limited:?}");
+    assert!(own(&path_of(&limited, "memory")), "{limited:?}");
+}
+
 #[test]
 fn a_memory_cap_stops_a_build_and_says_so() {
     if !sandbox() {

@@ -20,9 +20,12 @@ const ROOT: &str = "/sys/fs/cgroup";
 /// The cgroup directories of one build, removed on drop.
 #[derive(Debug)]
 pub struct Cgroup {
-    /// One directory on v2; the memory and pids directories on v1.
+    /// One directory on v2; on v1 the pids directory, after the memory one for a build with a
+    /// memory limit.
     dirs: Vec<PathBuf>,
     v2: bool,
+    /// The directory whose memory events say whether the limit was hit; none without a limit.
+    memory: Option<PathBuf>,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -74,6 +77,7 @@ impl Cgroup {
             let cgroup = Cgroup {
                 dirs: vec![dir.clone()],
                 v2: true,
+                memory: limits.memory.map(|_| dir.clone()),
             };
             if let Some(memory) = limits.memory {
                 fs::write(dir.join("memory.max"), memory.to_string())?;
@@ -82,26 +86,35 @@ impl Cgroup {
             fs::write(dir.join("pids.max"), pids_max(limits))?;
             return Ok(Some(cgroup));
         }
+        // A memory cgroup only for a build with a memory limit: without one it would only
+        // account, and on v1 a removed memory cgroup lingers, offline, for as long as the page
+        // cache the build wrote is charged to it.
         let (memory, pids) = (root.join("memory"), root.join("pids"));
-        if !memory.join("cgroup.procs").exists() || !pids.join("cgroup.procs").exists() {
+        let limited = limits.memory.is_some();
+        if !pids.join("cgroup.procs").exists() || (limited && !memory.join("cgroup.procs").exists())
+        {
             return Ok(None);
         }
-        let dirs = vec![memory.join(&name), pids.join(&name)];
-        for dir in &dirs {
+        let memory = limited.then(|| memory.join(&name));
+        let pids = pids.join(&name);
+        let mut cgroup = Cgroup {
+            dirs: Vec::new(),
+            v2: false,
+            memory: memory.clone(),
+        };
+        // Each held once made, so that one made before a failure is removed.
+        for dir in memory.iter().chain([&pids]) {
             fs::create_dir(dir)?;
+            cgroup.dirs.push(dir.clone());
         }
-        let cgroup = Cgroup { dirs, v2: false };
-        if let Some(limit) = limits.memory {
-            fs::write(
-                cgroup.dirs[0].join("memory.limit_in_bytes"),
-                limit.to_string(),
-            )?;
+        if let (Some(memory), Some(limit)) = (&memory, limits.memory) {
+            fs::write(memory.join("memory.limit_in_bytes"), limit.to_string())?;
             let _ = fs::write(
-                cgroup.dirs[0].join("memory.memsw.limit_in_bytes"),
+                memory.join("memory.memsw.limit_in_bytes"),
                 limit.to_string(),
             );
         }
-        fs::write(cgroup.dirs[1].join("pids.max"), pids_max(limits))?;
+        fs::write(pids.join("pids.max"), pids_max(limits))?;
         Ok(Some(cgroup))
     }
 
@@ -130,12 +143,16 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Whether the kernel killed a process of the build for going over its memory limit.
+    /// Whether the kernel killed a process of the build for going over its memory limit; never
+    /// for a build without one.
     pub fn oom_killed(&self) -> bool {
-        let (file, dir) = if self.v2 {
-            ("memory.events", &self.dirs[0])
+        let Some(dir) = &self.memory else {
+            return false;
+        };
+        let file = if self.v2 {
+            "memory.events"
         } else {
-            ("memory.oom_control", &self.dirs[0])
+            "memory.oom_control"
         };
         fs::read_to_string(dir.join(file)).is_ok_and(|text| {
             text.lines().any(|line| {
