@@ -9,7 +9,7 @@ use std::ffi::{CStr, CString};
 use std::fs;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::{DirBuilderExt, symlink};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -598,12 +598,14 @@ fn bind(
         if let Some(parent) = target.parent() {
             made.dirs(parent)?;
         }
+        // Not through a link: before `pivot_root` an absolute one leads into the host.
         ctx(
             fs::OpenOptions::new()
                 .write(true)
                 .create(true)
                 // A mount point: what it holds is never seen.
                 .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW)
                 .open(target),
             || format!("cannot create `{}`", target.display()),
         )?;
