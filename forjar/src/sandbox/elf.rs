@@ -131,8 +131,9 @@ pub(crate) fn closure(program: &Path) -> Result<Vec<(PathBuf, PathBuf)>, String>
         .get(program)
         .cloned();
     if let Some(cached) = cached {
+        // A path that is its real file is stamped once.
         let fresh = cached.files.iter().all(|(path, real, stamp)| {
-            stamp_of(real) == Some(*stamp) && stamp_of(path) == Some(*stamp)
+            stamp_of(real) == Some(*stamp) && (path == real || stamp_of(path) == Some(*stamp))
         });
         if fresh {
             return Ok(cached

@@ -711,15 +711,15 @@ mod tests {
             let draft = Draft::imported(&name, digest, SystemTime::now());
             (entry, lock, staging, draft)
         };
+        let installed = |staging: Staging<'_>, draft| {
+            matches!(staging.commit(draft).unwrap(), Committed::Installed(_))
+        };
 
         // Marked while "building", installed in the same window: marked there once.
         let (one, _lock, staging, draft) = stage(1);
         staging.mark_ahead();
         assert_eq!(windows(&store), vec![vec![one.to_string()]]);
-        assert!(matches!(
-            staging.commit(draft).unwrap(),
-            Committed::Installed(_)
-        ));
+        assert!(installed(staging, draft));
         assert_eq!(windows(&store), vec![vec![one.to_string()]]);
 
         // A sync between the mark and the install took the window with the marker: the
@@ -728,10 +728,7 @@ mod tests {
         staging.mark_ahead();
         store.sync().unwrap();
         assert!(windows(&store).is_empty());
-        assert!(matches!(
-            staging.commit(draft).unwrap(),
-            Committed::Installed(_)
-        ));
+        assert!(installed(staging, draft));
         assert_eq!(windows(&store), vec![vec![two.to_string()]]);
 
         // A marked entry that is never installed leaves a name the next sync removes.
