@@ -540,14 +540,16 @@ fn locked_flags(path: &Path) -> MsFlags {
 }
 
 /// The directories made so far in the build's root, so that each is made once, parents first,
-/// and none is asked for again (a new root has nothing but what is made here).
+/// and none is asked for again (a new root has nothing but what is made here). Ordered by
+/// component, so that what lies below a directory follows it: a build binds each path of its
+/// inputs' closure, and a lookup here must not grow with how many came before.
 #[derive(Default)]
-struct Made(Vec<PathBuf>);
+struct Made(std::collections::BTreeSet<PathBuf>);
 
 impl Made {
     /// Makes the directory `path` and those above it that are not there.
     fn dirs(&mut self, path: &Path) -> Result<(), Failed> {
-        if self.0.iter().any(|made| made == path) {
+        if self.0.contains(path) {
             return Ok(());
         }
         if let Some(parent) = path.parent()
@@ -561,14 +563,22 @@ impl Made {
             made => made,
         };
         ctx(made, || format!("cannot create `{}`", path.display()))?;
-        self.0.push(path.to_path_buf());
+        self.0.insert(path.to_path_buf());
         Ok(())
     }
 
     /// Something was mounted on the directory `path`: what was made below it is hidden.
     fn mounted_on(&mut self, path: &Path) {
-        self.0
-            .retain(|made| made == path || !made.starts_with(path));
+        use std::ops::Bound::{Excluded, Unbounded};
+        let hidden: Vec<PathBuf> = self
+            .0
+            .range::<Path, _>((Excluded(path), Unbounded))
+            .take_while(|made| made.starts_with(path))
+            .cloned()
+            .collect();
+        for made in hidden {
+            self.0.remove(&made);
+        }
     }
 }
 
@@ -1025,3 +1035,34 @@ const PASSWD: &str = "root:x:0:0:root:/build:/noshell\n\
                       nobody:x:65534:65534:nobody:/:/noshell\n";
 const GROUP: &str = "root:x:0:\nforjar:x:100:\nnogroup:x:65534:\n";
 const HOSTS: &str = "127.0.0.1 localhost\n::1 localhost\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mount_hides_what_was_made_below_it_and_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let at = |p: &str| dir.path().join(p);
+        let mut made = Made::default();
+        let make = |made: &mut Made, p: &str| {
+            if let Err(Failed(_, why)) = made.dirs(&at(p)) {
+                panic!("{why}");
+            }
+        };
+        for p in ["a/b/c", "a/b/x/y", "a/b0", "a/b c", "a/a"] {
+            make(&mut made, p);
+        }
+        made.mounted_on(&at("a/b"));
+        for kept in ["a", "a/b", "a/b0", "a/b c", "a/a"] {
+            assert!(made.0.contains(&at(kept)), "{kept} was forgotten");
+        }
+        for hidden in ["a/b/c", "a/b/x", "a/b/x/y"] {
+            assert!(!made.0.contains(&at(hidden)), "{hidden} was kept");
+        }
+        // Made again after the mount: it is not there any more in the mounted tree.
+        fs::remove_dir_all(at("a/b/c")).unwrap();
+        make(&mut made, "a/b/c");
+        assert!(at("a/b/c").is_dir());
+    }
+}
