@@ -75,6 +75,28 @@ fn gc_keeps_what_roots_reach_through_references_and_deletes_the_rest() {
 }
 
 #[test]
+fn a_closure_follows_an_entry_made_again_after_it_was_deleted() {
+    let (_dir, store) = temp_store();
+    let (lib, app) = lib_and_app(&store);
+    let both = std::collections::BTreeSet::from([lib.clone(), app.clone()]);
+    assert_eq!(store.closure([app.clone()]).unwrap(), both);
+    store
+        .delete(std::slice::from_ref(&app), false, || {
+            panic!("nothing else holds the store")
+        })
+        .unwrap();
+    // The same key built again by another process, this time without naming `lib`: the same
+    // entry name.
+    let other = Store::open(store.dir()).unwrap();
+    let again = install_file(&other, "app", test_key(2), b"application", vec![]);
+    assert_eq!(again, app);
+    assert_eq!(
+        store.closure([app.clone()]).unwrap(),
+        std::collections::BTreeSet::from([app])
+    );
+}
+
+#[test]
 fn an_indirect_root_lives_as_long_as_its_link() {
     let (dir, store) = temp_store();
     let entry = install_file(&store, "result", test_key(7), b"out", vec![]);

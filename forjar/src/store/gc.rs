@@ -306,6 +306,7 @@ impl Store {
         // removal leaves only staging garbage, swept on the next open.
         let doomed = self.dir().join(".tmp").join(format!("{}.gc", entry.hash()));
         fs::rename(&path, &doomed).map_err(StoreError::io("cannot remove", &path))?;
+        self.forget_references(entry);
         remove_tree(&doomed)?;
         self.forget_digest(entry)
     }

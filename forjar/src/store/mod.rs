@@ -39,11 +39,12 @@ mod settings;
 mod tree;
 mod verify;
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 pub use crate::hash::EntryName;
 pub(crate) use builddir::BuildDir;
@@ -262,6 +263,20 @@ pub struct Store {
     pending: pending::Pending,
     /// What opening the store settled of earlier processes' windows.
     recovered: Recovered,
+    /// The references of entries this handle has read or installed, for [`Store::closure`].
+    references: References,
+}
+
+/// An entry's references, kept once read: they do not change while it is in the store, and
+/// no other handle removes an entry while this one is open (every handle holds the store lock
+/// shared; removing takes it exclusive). This handle's own removals forget them.
+#[derive(Default)]
+struct References(Mutex<HashMap<EntryName, Arc<[EntryName]>>>);
+
+impl References {
+    fn lock(&self) -> MutexGuard<'_, HashMap<EntryName, Arc<[EntryName]>>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -364,6 +379,7 @@ impl Store {
             build_dirs: Default::default(),
             pending: Default::default(),
             recovered: Recovered::default(),
+            references: References::default(),
         })
     }
 
@@ -468,6 +484,7 @@ impl Store {
             build_dirs: Default::default(),
             pending: Default::default(),
             recovered: Recovered::default(),
+            references: References::default(),
         };
         store.sweep_staging()?;
         store.recovered = store.recover_pending()?;
@@ -603,11 +620,36 @@ impl Store {
         let mut seen = std::collections::BTreeSet::new();
         let mut queue: std::collections::VecDeque<EntryName> = roots.into_iter().collect();
         while let Some(entry) = queue.pop_front() {
-            if seen.insert(entry.clone()) {
-                queue.extend(self.meta(&entry)?.references);
+            if !seen.contains(&entry) {
+                queue.extend(self.references(&entry)?.iter().cloned());
+                seen.insert(entry);
             }
         }
         Ok(seen)
+    }
+
+    /// The entries `entry`'s content names, from its `meta.yaml` the first time this handle
+    /// asks.
+    fn references(&self, entry: &EntryName) -> Result<Arc<[EntryName]>, StoreError> {
+        if let Some(known) = self.references.lock().get(entry) {
+            return Ok(known.clone());
+        }
+        let read: Arc<[EntryName]> = self.meta(entry)?.references.into();
+        self.remember_references(entry, read.clone());
+        Ok(read)
+    }
+
+    /// Keeps the references of `entry`, which is in the store; a store that is not open (a
+    /// handle to read one that may not exist) keeps none.
+    pub(crate) fn remember_references(&self, entry: &EntryName, references: Arc<[EntryName]>) {
+        if self.lock.is_some() {
+            self.references.lock().insert(entry.clone(), references);
+        }
+    }
+
+    /// `entry` is gone from the store.
+    pub(crate) fn forget_references(&self, entry: &EntryName) {
+        self.references.lock().remove(entry);
     }
 
     /// Reads an entry's `meta.yaml`.
