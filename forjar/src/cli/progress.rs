@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::io::{self, IsTerminal, Write};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -28,6 +28,9 @@ pub(crate) enum Verbosity {
 pub(crate) struct Progress {
     verbosity: Verbosity,
     bars: Option<Bars>,
+    /// When each running node started, and whether its `built` line was printed already (when
+    /// its builder was done, before its install).
+    started: Mutex<HashMap<usize, (Instant, bool)>>,
 }
 
 struct Bars {
@@ -72,7 +75,11 @@ impl Progress {
                 running: Mutex::new(HashMap::new()),
             }
         });
-        Progress { verbosity, bars }
+        Progress {
+            verbosity,
+            bars,
+            started: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Prints a line above the bars, or on its own.
@@ -95,6 +102,9 @@ impl Progress {
         }
         match event {
             Event::Started(node) => {
+                if let Ok(mut started) = self.started.lock() {
+                    started.insert(id(node), (Instant::now(), false));
+                }
                 let text = format!("{} {}{}", verb(node), node.name, at(node));
                 match &self.bars {
                     Some(bars) => {
@@ -126,7 +136,13 @@ impl Progress {
             }
             Event::Finished(node, done, elapsed) => {
                 self.end(node);
-                if done != Done::Cached {
+                let told = self
+                    .started
+                    .lock()
+                    .ok()
+                    .and_then(|mut started| started.remove(&id(node)))
+                    .is_some_and(|(_, told)| told);
+                if done != Done::Cached && !told {
                     let verb = match (done, &node.kind) {
                         (Done::Downloaded, _) => "downloaded",
                         (Done::Executed, _) => "built remotely",
@@ -142,6 +158,9 @@ impl Progress {
             }
             Event::Failed(node, _) => {
                 self.end(node);
+                if let Ok(mut started) = self.started.lock() {
+                    started.remove(&id(node));
+                }
                 self.line(&format!("failed {}{}", node.name, at(node)));
             }
             Event::Remote(node, error) => {
@@ -152,6 +171,22 @@ impl Progress {
                     "waiting for {holder} to finish, which holds `{}`",
                     node.name
                 ));
+            }
+            // The builder is done: the line says so now, while the outputs are installed beside
+            // the next builds, so that the lines show the builds `-j` counts.
+            Event::Built(node) => {
+                let took = self.started.lock().ok().and_then(|mut started| {
+                    let (at, told) = started.get_mut(&id(node))?;
+                    *told = true;
+                    Some(at.elapsed())
+                });
+                if let Some(took) = took {
+                    self.line(&format!(
+                        "built {} in {:.1}s",
+                        node.name,
+                        took.as_secs_f64()
+                    ));
+                }
             }
             Event::Skipped(node, failed) => {
                 if let Some(bars) = &self.bars {

@@ -219,12 +219,22 @@ impl<'a> Prepared<'a> {
         }
         let content_paths: Vec<PathBuf> = stagings.iter().map(Staging::content_path).collect();
         let output_size = || content_paths.iter().map(|p| staged_size(p)).sum();
-        let finished =
-            sandbox::run(&spec, &mut log, &output_size).map_err(|error| ExecError::Sandbox {
-                name: job.name().to_string(),
-                location: job.location().to_string(),
-                error,
-            })?;
+        let finished = sandbox::run(&spec, &mut log, &output_size);
+        // What is left of a build that ran well is its output's check and install, which run
+        // beside the next build; a failure holds its place until it is reported, so that none
+        // starts after it.
+        if then == Then::Install
+            && finished
+                .as_ref()
+                .is_ok_and(|finished| finished.outcome.success())
+        {
+            (cx.events)(JobEvent::Built);
+        }
+        let finished = finished.map_err(|error| ExecError::Sandbox {
+            name: job.name().to_string(),
+            location: job.location().to_string(),
+            error,
+        })?;
         drop(log);
         if finished.outcome == Outcome::Cancelled {
             return Err(job.cancelled());

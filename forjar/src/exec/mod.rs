@@ -264,12 +264,17 @@ pub enum Event<'a> {
     /// Another process holds the node's key, as it says (`process 1234 (building `hello`)`);
     /// the node waits for it.
     Waiting(&'a Node, &'a str),
+    /// The node's builder is done, well or not; what is left is checking and installing what it
+    /// made, which no longer counts against [`Options::jobs`].
+    Built(&'a Node),
 }
 
 /// How to apply: the scheduler's settings. How each build is run is its executor's.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// How many builds and imports run at once.
+    /// How many builders and imports run at once. A build whose builder is done checks and
+    /// installs its outputs beside the next ones (up to this many more), as Nix frees a build
+    /// slot when the builder exits.
     pub jobs: usize,
     /// Go on after a failure with everything that does not depend on it.
     pub keep_going: bool,
@@ -371,6 +376,10 @@ pub enum JobEvent<'a> {
     /// Another process holds the job's key (`process 1234 (building `hello`)`); the job
     /// waits for it to finish.
     Waiting(&'a str),
+    /// The job's builder is done, well or not: what the executor does from here (checking and
+    /// installing the outputs) no longer counts against [`Options::jobs`]. An executor that
+    /// never says so holds its place until it returns.
+    Built,
 }
 
 /// What an executor works with besides its job.
@@ -552,6 +561,7 @@ fn node_events<'a>(
         JobEvent::Log(line) => observer(Event::Log(node, line)),
         JobEvent::Remote(error) => observer(Event::Remote(node, error)),
         JobEvent::Waiting(holder) => observer(Event::Waiting(node, holder)),
+        JobEvent::Built => observer(Event::Built(node)),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The parallel scheduler over the plan's DAG (see the module above).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -12,6 +12,14 @@ use petgraph::graph::NodeIndex;
 use super::{Done, Event, ExecError, Executor, Options, Report, realise};
 use crate::plan::{NodeKind, Plan, Status};
 use crate::store::Store;
+
+/// What a worker thread tells the scheduler about its node.
+enum Told {
+    /// The node's builder is done (the executor said so): it no longer counts against `jobs`.
+    Built(NodeIndex),
+    /// The node is realised, or failed.
+    Done(NodeIndex, Result<Done, ExecError>),
+}
 
 /// The state of one parallel realisation.
 pub(super) struct Scheduler<'a> {
@@ -115,19 +123,26 @@ impl<'a> Scheduler<'a> {
 
     pub(super) fn run(mut self) -> Result<Report, ExecError> {
         let jobs = self.options.jobs.max(1);
-        let mut running: BTreeMap<NodeIndex, String> = BTreeMap::new();
-        // Builds run on up to `jobs` worker threads, started as they are first needed and kept
-        // for the whole run (with their read buffers), fed through one queue.
+        // Every node under way, and those of them whose builder may still run: only those count
+        // against `jobs`. A node whose builder is done checks and installs its outputs beside
+        // the next builds, up to `jobs` of them at once.
+        let mut running: BTreeSet<NodeIndex> = BTreeSet::new();
+        let mut building: BTreeSet<NodeIndex> = BTreeSet::new();
+        // Builds run on up to twice `jobs` worker threads, started as they are first needed and
+        // kept for the whole run (with their read buffers), fed through one queue.
         let (work_tx, work_rx) = mpsc::channel::<NodeIndex>();
         let work_rx = Mutex::new(work_rx);
         let mut workers = 0;
         std::thread::scope(|scope| {
-            let (done_tx, done_rx) = mpsc::channel::<(NodeIndex, Result<Done, ExecError>)>();
+            let (told_tx, told_rx) = mpsc::channel::<Told>();
             loop {
                 if self.interrupted() {
                     self.stop.store(true, Ordering::Relaxed);
                 }
-                while !self.stop.load(Ordering::Relaxed) && running.len() < jobs {
+                while !self.stop.load(Ordering::Relaxed)
+                    && building.len() < jobs
+                    && running.len() < 2 * jobs
+                {
                     let Some((_, _, node)) = self.ready.pop() else {
                         break;
                     };
@@ -153,9 +168,9 @@ impl<'a> Scheduler<'a> {
                         self.settle(node, Ok(Done::Cached));
                         continue;
                     }
-                    let plan_node = self.plan.node(node);
-                    (self.observer)(Event::Started(plan_node));
-                    running.insert(node, plan_node.name.to_string());
+                    (self.observer)(Event::Started(self.plan.node(node)));
+                    running.insert(node);
+                    building.insert(node);
                     if running.len() > workers {
                         workers += 1;
                         let (plan, store, executor, observer, stop, work, tx) = (
@@ -165,7 +180,7 @@ impl<'a> Scheduler<'a> {
                             self.observer,
                             self.stop,
                             &work_rx,
-                            done_tx.clone(),
+                            told_tx.clone(),
                         );
                         scope.spawn(move || {
                             loop {
@@ -174,12 +189,20 @@ impl<'a> Scheduler<'a> {
                                 let next = work.lock().unwrap_or_else(|e| e.into_inner()).recv();
                                 let Ok(node) = next else { break };
                                 let started = Instant::now();
-                                let result = realise(plan, store, node, executor, stop, observer);
+                                // The place is given up after the observer is told, so that
+                                // what it shows of the builder's end comes before the next start.
+                                let observe = |event: Event<'_>| {
+                                    observer(event);
+                                    if let Event::Built(_) = event {
+                                        let _ = tx.send(Told::Built(node));
+                                    }
+                                };
+                                let result = realise(plan, store, node, executor, stop, &observe);
                                 if let Ok(done) = &result {
                                     let took = started.elapsed();
                                     observer(Event::Finished(plan.node(node), *done, took));
                                 }
-                                let _ = tx.send((node, result));
+                                let _ = tx.send(Told::Done(node, result));
                             }
                         });
                     }
@@ -191,9 +214,13 @@ impl<'a> Scheduler<'a> {
                     drop(work_tx);
                     break;
                 }
-                match done_rx.recv_timeout(Duration::from_millis(100)) {
-                    Ok((node, result)) => {
+                match told_rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(Told::Built(node)) => {
+                        building.remove(&node);
+                    }
+                    Ok(Told::Done(node, result)) => {
                         running.remove(&node);
+                        building.remove(&node);
                         self.settle(node, result);
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -304,7 +331,9 @@ mod tests {
 
     use super::*;
     use crate::derivation::{Derivation, Drv, Graph};
-    use crate::exec::{BuildFailure, BuildJob, Context, realise_all};
+    use std::sync::atomic::AtomicUsize;
+
+    use crate::exec::{BuildFailure, BuildJob, Context, JobEvent, realise_all};
     use crate::store::{Draft, EntryKind, Staging};
 
     /// An executor that runs no builder: it records the jobs it is given, in order, fails or
@@ -316,11 +345,50 @@ mod tests {
         fail: Vec<&'static str>,
         /// A job of this name sets this flag, as Ctrl-C does, and waits until it is stopped.
         hang: Option<(&'static str, &'static AtomicBool)>,
+        /// Whether a job says when its builder is done (a local build does, when it succeeded).
+        says_built: bool,
+        /// How long each builder runs.
+        build_time: Duration,
+        /// Once its builder is done, a job installs only when this many jobs have started (or
+        /// after ten seconds).
+        install_after_started: usize,
+        /// Builders running, and the most at once.
+        builders: Counted,
+        /// Jobs under way, and the most at once.
+        under_way: Counted,
+    }
+
+    #[derive(Default)]
+    struct Counted(AtomicUsize, AtomicUsize);
+
+    impl Counted {
+        fn enter(&self) -> impl Drop + '_ {
+            let now = self.0.fetch_add(1, Ordering::SeqCst) + 1;
+            self.1.fetch_max(now, Ordering::SeqCst);
+            scopeguard(move || {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            })
+        }
+
+        fn most(&self) -> usize {
+            self.1.load(Ordering::SeqCst)
+        }
+    }
+
+    fn scopeguard(f: impl FnMut()) -> impl Drop {
+        struct Guard<F: FnMut()>(F);
+        impl<F: FnMut()> Drop for Guard<F> {
+            fn drop(&mut self) {
+                (self.0)()
+            }
+        }
+        Guard(f)
     }
 
     impl Executor for Fake {
         fn execute(&self, job: &BuildJob<'_>, cx: &Context<'_>) -> Result<Done, ExecError> {
             let name = job.name().to_string();
+            let _under_way = self.under_way.enter();
             self.ran.lock().unwrap().push(name.clone());
             if let Some((hang, interrupt)) = self.hang
                 && hang == name
@@ -340,6 +408,19 @@ mod tests {
                     log_path: Default::default(),
                     kept: None,
                 })));
+            }
+            {
+                let _builder = self.builders.enter();
+                std::thread::sleep(self.build_time);
+            }
+            if self.says_built {
+                (cx.events)(JobEvent::Built);
+            }
+            let waited = Instant::now();
+            while self.ran.lock().unwrap().len() < self.install_after_started
+                && waited.elapsed() < Duration::from_secs(10)
+            {
+                std::thread::sleep(Duration::from_millis(1));
             }
             for (output, planned) in job.outputs {
                 let staging = Staging::new(cx.store, cx.lock, planned.entry.clone())?;
@@ -485,7 +566,10 @@ mod tests {
         for i in 0..8 {
             add(&mut g, &format!("leaf{i}"), &[]);
         }
-        let fake = Fake::default();
+        let fake = Fake {
+            build_time: Duration::from_millis(50),
+            ..Fake::default()
+        };
         let options = Options {
             jobs: 3,
             ..Options::default()
@@ -493,5 +577,35 @@ mod tests {
         let report = run(&g, &fake, &options).unwrap();
         assert_eq!(report.built.len(), 8);
         assert_eq!(report.cached, 0);
+        assert_eq!(fake.builders.most(), 3, "builders at once");
+    }
+
+    #[test]
+    fn a_build_whose_builder_is_done_leaves_its_place_to_the_next() {
+        let mut g = Graph::new();
+        let first = add(&mut g, "first", &[]);
+        add(&mut g, "second", &[]);
+        add(&mut g, "third", &[]);
+        add(&mut g, "after-first", &[&first]);
+        // A job installs only once another has started: with `-j 1`, only if a job whose
+        // builder is done no longer holds the place.
+        let fake = Fake {
+            says_built: true,
+            install_after_started: 2,
+            ..Fake::default()
+        };
+        let started = Instant::now();
+        let report = run(&g, &fake, &one_job()).unwrap();
+        assert_eq!(report.built.len(), 4);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "a job waited for the next to start, which never did"
+        );
+        assert_eq!(fake.builders.most(), 1, "builders at once");
+        assert_eq!(fake.under_way.most(), 2, "jobs under way at once");
+        // What depends on a build starts only once it is installed.
+        let ran = fake.ran.into_inner().unwrap();
+        let at = |name: &str| ran.iter().position(|r| r == name).unwrap();
+        assert!(at("after-first") > at("first"), "{ran:?}");
     }
 }
