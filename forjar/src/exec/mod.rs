@@ -264,8 +264,8 @@ pub enum Event<'a> {
     /// Another process holds the node's key, as it says (`process 1234 (building `hello`)`);
     /// the node waits for it.
     Waiting(&'a Node, &'a str),
-    /// The node's builder is done, well or not; what is left is checking and installing what it
-    /// made, which no longer counts against [`Options::jobs`].
+    /// The node's builder succeeded; what is left is checking and installing what it made,
+    /// which no longer counts against [`Options::jobs`].
     Built(&'a Node),
 }
 
@@ -376,9 +376,10 @@ pub enum JobEvent<'a> {
     /// Another process holds the job's key (`process 1234 (building `hello`)`); the job
     /// waits for it to finish.
     Waiting(&'a str),
-    /// The job's builder is done, well or not: what the executor does from here (checking and
-    /// installing the outputs) no longer counts against [`Options::jobs`]. An executor that
-    /// never says so holds its place until it returns.
+    /// The job's builder succeeded: what the executor does from here (checking and installing
+    /// the outputs) no longer counts against [`Options::jobs`]. An executor says so only of a
+    /// builder that succeeded, so that no build starts after a failure before it is reported;
+    /// one that never says so holds its place until it returns.
     Built,
 }
 

@@ -319,6 +319,8 @@ fn keep_log(store: &Store, meta: &Meta, log: &std::path::Path) -> Result<(), Rem
 pub struct Cache {
     remote: Remote,
     down: AtomicBool,
+    /// Whether an outage was told already (builds under way at once may each meet it).
+    told: AtomicBool,
     execute: bool,
     packed: PackedEntries,
 }
@@ -328,6 +330,7 @@ impl Cache {
         Cache {
             remote,
             down: AtomicBool::new(false),
+            told: AtomicBool::new(false),
             execute,
             packed: PackedEntries::default(),
         }
@@ -377,6 +380,12 @@ impl Cache {
     /// Whether the remote has stopped answering during this apply.
     pub fn is_down(&self) -> bool {
         self.down.load(Ordering::Relaxed)
+    }
+
+    /// Whether `error` is to be told: every failure but an outage after the first, which calls
+    /// under way at the same time may each meet.
+    pub fn tells(&self, error: &RemoteError) -> bool {
+        !error.is_outage() || !self.told.swap(true, Ordering::Relaxed)
     }
 
     /// Records an outage: the remote is not asked again during this apply.

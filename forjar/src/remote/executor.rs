@@ -32,13 +32,13 @@ impl<E: Executor> Executor for Cached<E> {
         match self.cache.pull(cx.store, cx.lock, &job.entries()) {
             Ok(true) => return Ok(Done::Downloaded),
             Ok(false) => {}
-            Err(error) => (cx.events)(JobEvent::Remote(&error)),
+            Err(error) => tell(&self.cache, cx, &error),
         }
         let done = self.inner.execute(job, cx)?;
         if done == Done::Made {
             let own: Vec<EntryName> = job.outputs.values().map(|o| o.entry.clone()).collect();
             if let Err(error) = self.cache.push(cx.store, &own) {
-                (cx.events)(JobEvent::Remote(&error));
+                tell(&self.cache, cx, &error);
             }
         }
         Ok(done)
@@ -64,7 +64,7 @@ impl<E: Executor> Executor for Hybrid<E> {
         match build_remotely(job, cx, &self.cache, &closure) {
             Ok(done) => done,
             Err(error) if error.is_outage() => {
-                (cx.events)(JobEvent::Remote(&error));
+                tell(&self.cache, cx, &error);
                 self.local.execute(job, cx)
             }
             Err(error) => Err(ExecError::Remote {
@@ -73,6 +73,13 @@ impl<E: Executor> Executor for Hybrid<E> {
                 error: Box::new(error),
             }),
         }
+    }
+}
+
+/// Tells the apply that the remote failed; an outage once, however many builds met it.
+fn tell(cache: &Cache, cx: &Context<'_>, error: &RemoteError) {
+    if cache.tells(error) {
+        (cx.events)(JobEvent::Remote(error));
     }
 }
 
