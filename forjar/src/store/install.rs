@@ -375,16 +375,16 @@ impl<'s> Staging<'s> {
                 // The record just written is of this staging's content, not the entry's.
                 let existing = self.store.meta(&self.entry)?;
                 self.store.record_digest(&self.entry, &existing.digest)?;
-                let references = existing.references.as_slice().into();
-                self.store.remember_references(&self.entry, references);
+                self.store
+                    .remember_references(&self.entry, &existing.references);
                 return Ok(Committed::Installed(Box::new(existing)));
             }
             Err(e) => return Err(StoreError::io("cannot install", &target)(e)),
         }
         set_mode(&target, 0o555)?;
         drop(installing);
-        let references = meta.references.as_slice().into();
-        self.store.remember_references(&self.entry, references);
+        self.store
+            .remember_references(&self.entry, &meta.references);
         // The staging directory is gone; nothing is left for drop to remove.
         std::mem::forget(self);
         Ok(Committed::Installed(Box::new(meta)))

@@ -634,17 +634,23 @@ impl Store {
         if let Some(known) = self.references.lock().get(entry) {
             return Ok(known.clone());
         }
-        let read: Arc<[EntryName]> = self.meta(entry)?.references.into();
-        self.remember_references(entry, read.clone());
-        Ok(read)
+        Ok(self.remember_references(entry, &self.meta(entry)?.references))
     }
 
-    /// Keeps the references of `entry`, which is in the store; a store that is not open (a
-    /// handle to read one that may not exist) keeps none.
-    pub(crate) fn remember_references(&self, entry: &EntryName, references: Arc<[EntryName]>) {
+    /// Keeps the references of `entry`, which is in the store, and returns them; a store that
+    /// is not open (a handle to read one that may not exist) keeps none.
+    pub(crate) fn remember_references(
+        &self,
+        entry: &EntryName,
+        references: &[EntryName],
+    ) -> Arc<[EntryName]> {
+        let references: Arc<[EntryName]> = references.into();
         if self.lock.is_some() {
-            self.references.lock().insert(entry.clone(), references);
+            self.references
+                .lock()
+                .insert(entry.clone(), references.clone());
         }
+        references
     }
 
     /// `entry` is gone from the store.
