@@ -34,6 +34,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -355,19 +356,23 @@ impl Drop for Remains {
 /// The host ids a build runs as: an unprivileged build id for root, the caller's own otherwise.
 /// Root inside a user namespace that does not map the build id (a container that maps only
 /// root) builds as itself, which is unprivileged outside that namespace.
+/// Read once per process: forjar never changes its ids or its user namespace.
 pub fn host_ids() -> (u32, u32) {
-    let mapped = |file| maps(file, ROOT_BUILD_UID);
-    if nix::unistd::geteuid().is_root()
-        && mapped("/proc/self/uid_map")
-        && mapped("/proc/self/gid_map")
-    {
-        (ROOT_BUILD_UID, ROOT_BUILD_UID)
-    } else {
-        (
-            nix::unistd::geteuid().as_raw(),
-            nix::unistd::getegid().as_raw(),
-        )
-    }
+    static IDS: OnceLock<(u32, u32)> = OnceLock::new();
+    *IDS.get_or_init(|| {
+        let mapped = |file| maps(file, ROOT_BUILD_UID);
+        if nix::unistd::geteuid().is_root()
+            && mapped("/proc/self/uid_map")
+            && mapped("/proc/self/gid_map")
+        {
+            (ROOT_BUILD_UID, ROOT_BUILD_UID)
+        } else {
+            (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            )
+        }
+    })
 }
 
 /// Whether an id map of this process's user namespace maps `id`.
