@@ -10,7 +10,10 @@
 //! 1. A tree-shaped DAG of `--tree` (1000) trivial derivations (node i depends on 2i+1 and
 //!    2i+2; each writes its number and its inputs' paths): forjar's plan + apply with `-j 2` on
 //!    a fresh store, against `nix-build -j2` of the same tree with Nix's sandbox on and
-//!    substituters off. Both start from nothing built (a new nonce every run).
+//!    substituters off. Both start from nothing built (a new nonce every run). With Nix, each
+//!    pair is followed by a run of the floor (`floor/mod.rs`): the same tree built with the
+//!    sandbox's namespaces, mounts and `exec` alone, without forjar's runtime, which bounds what
+//!    any runtime with this isolation could reach against Nix on this machine.
 //! 2. A no-op `plan` of `--noop` (10,000) cached derivations (the same tree shape): defining
 //!    the graph, opening the store and planning, in process; and Nix's no-op `nix-build` of
 //!    the same tree once built (left out with `--no-nix-noop`; building it takes minutes).
@@ -19,8 +22,10 @@
 //!    process of its own: milliseconds per derivation and that process's peak RSS, against
 //!    the smallest size.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+mod floor;
 mod peers;
 use peers::{have, measure, nix_build};
 
@@ -85,6 +90,18 @@ fn secs(d: Duration) -> String {
 }
 
 fn main() {
+    // Before any thread starts: the floor forks its workers and builds from this process.
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--floor-one") {
+        let size = args[i + 1].parse().expect("--floor-one takes a size");
+        let dir = args
+            .iter()
+            .position(|a| a == "--store")
+            .map(|i| &args[i + 1]);
+        let took = floor::run(Path::new(dir.expect("--floor-one takes --store")), size, 2);
+        println!("{}", took.as_secs_f64());
+        return;
+    }
     // As a program's `main!` does: builds are forked from a process made while this one is
     // small.
     forjar::sandbox::start_spawner().expect("the build spawner starts");
@@ -152,7 +169,25 @@ fn main() {
 }
 
 fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, nix: bool) {
-    // Interleaved pairs: forjar's run i, then Nix's run i, so that both meet the same load.
+    // Interleaved: forjar's run i, then Nix's run i, then the floor's, so that all meet the
+    // same load.
+    let exe = std::env::current_exe().expect("this benchmark's path");
+    let mut floors = Vec::new();
+    let mut floor = |i: usize| {
+        let at = dir.path().join(format!("floor-{i}"));
+        std::fs::create_dir(&at).unwrap();
+        std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        peers::settle();
+        let out = peers::run_ok(
+            std::process::Command::new(&exe)
+                .args(["--floor-one", &tree_size.to_string(), "--store"])
+                .arg(&at),
+        );
+        let secs: f64 = String::from_utf8_lossy(&out).trim().parse().unwrap();
+        if i != usize::MAX {
+            floors.push(Duration::from_secs_f64(secs));
+        }
+    };
     let build = |i: usize| {
         let store = Store::open(dir.path().join(format!("tree-{i}"))).unwrap();
         peers::settle();
@@ -166,7 +201,9 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
         peers::settle();
         let started = Instant::now();
         nix_build(&nix_tree(tree_size, &format!("{seed}-{i}")), 2);
-        started.elapsed()
+        let took = started.elapsed();
+        floor(i);
+        took
     };
     let timed = peers::pairs(runs, build, nix.then_some(nix_build_tree));
     println!("| {tree_size}-derivation tree, first build, -j2 | median | / forjar |");
@@ -178,6 +215,12 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
             secs(nix_first),
             nix_first.as_secs_f64() / timed.ours.as_secs_f64()
         );
+        let floor = peers::median(floors);
+        println!(
+            "| floor: the sandbox's namespaces and mounts alone, -j2 (benches/floor) | {} | {:.2}x |",
+            secs(floor),
+            floor.as_secs_f64() / timed.ours.as_secs_f64()
+        );
         println!(
             "\nnix-build / forjar per pair: {} (median {:.2}; target: at least 10)",
             timed
@@ -187,6 +230,12 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
                 .collect::<Vec<_>>()
                 .join(", "),
             timed.ratio()
+        );
+        println!(
+            "nix-build / floor: {:.2} (the most a runtime with this sandbox could reach here); \
+             forjar / floor: {:.2}",
+            nix_first.as_secs_f64() / floor.as_secs_f64(),
+            timed.ours.as_secs_f64() / floor.as_secs_f64()
         );
     }
 }
