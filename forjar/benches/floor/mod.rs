@@ -26,9 +26,6 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Gid, Uid, fork, pipe2, pivot_root, read, write};
 
-/// The host id the build user is mapped to, as forjar maps it.
-const HOST_ID: u32 = 30001;
-
 /// Builds the `size`-node tree under `dir` (which it fills) with `jobs` workers; returns the
 /// time from the first fork to the last build's end.
 pub fn run(dir: &Path, size: usize, jobs: usize) -> Duration {
@@ -38,11 +35,13 @@ pub fn run(dir: &Path, size: usize, jobs: usize) -> Duration {
         .map(PathBuf::from)
         .filter(|d| d.exists())
         .collect();
+    // The host ids the build user is mapped to, as forjar maps them.
+    let (uid, gid) = forjar::sandbox::host_ids();
     fs::create_dir_all(dir.join("root")).unwrap();
     for i in 0..size {
         let out = dir.join(format!("n{i}"));
         fs::create_dir(&out).unwrap();
-        std::os::unix::fs::chown(&out, Some(HOST_ID), Some(HOST_ID)).unwrap();
+        std::os::unix::fs::chown(&out, Some(uid), Some(gid)).unwrap();
     }
     // Each worker builds the nodes whose index is its own modulo `jobs`, leaves first, and
     // waits for a node's children by their output: a tree's levels are built in order.
@@ -58,7 +57,7 @@ pub fn run(dir: &Path, size: usize, jobs: usize) -> Duration {
                             std::thread::sleep(Duration::from_micros(50));
                         }
                     }
-                    let code = build(dir, &sh, &libs, size, i);
+                    let code = build(dir, &sh, &libs, (uid, gid), size, i);
                     if code != 0 {
                         eprintln!("floor: build {i} failed ({code})");
                         // SAFETY: _exit ends this worker only.
@@ -97,7 +96,14 @@ fn closure(i: usize, size: usize) -> Vec<usize> {
 }
 
 /// One sandboxed build of node `i`; its exit code.
-fn build(dir: &Path, sh: &Path, libs: &[PathBuf], size: usize, i: usize) -> i32 {
+fn build(
+    dir: &Path,
+    sh: &Path,
+    libs: &[PathBuf],
+    (uid, gid): (u32, u32),
+    size: usize,
+    i: usize,
+) -> i32 {
     let flags = nix::fcntl::OFlag::O_CLOEXEC;
     let (ready_r, ready_w) = pipe2(flags).unwrap();
     let (go_r, go_w) = pipe2(flags).unwrap();
@@ -132,8 +138,8 @@ fn build(dir: &Path, sh: &Path, libs: &[PathBuf], size: usize, i: usize) -> i32 
             assert_eq!(read(&ready_r, &mut byte), Ok(1));
             let proc = PathBuf::from(format!("/proc/{child}"));
             fs::write(proc.join("setgroups"), "deny").unwrap();
-            fs::write(proc.join("uid_map"), format!("1000 {HOST_ID} 1\n")).unwrap();
-            fs::write(proc.join("gid_map"), format!("100 {HOST_ID} 1\n")).unwrap();
+            fs::write(proc.join("uid_map"), format!("1000 {uid} 1\n")).unwrap();
+            fs::write(proc.join("gid_map"), format!("100 {gid} 1\n")).unwrap();
             write(&go_w, b"g").unwrap();
             match waitpid(child, None).unwrap() {
                 WaitStatus::Exited(_, code) => code,
