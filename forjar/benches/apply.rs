@@ -176,7 +176,8 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
     let mut floor = |i: usize| {
         let at = dir.path().join(format!("floor-{i}"));
         std::fs::create_dir(&at).unwrap();
-        std::fs::set_permissions(&at, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let open = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+        std::fs::set_permissions(&at, open).unwrap();
         peers::settle();
         let out = peers::run_ok(
             std::process::Command::new(&exe)
@@ -217,7 +218,7 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
         );
         let floor = peers::median(floors);
         println!(
-            "| floor: the sandbox's namespaces and mounts alone, -j2 (benches/floor) | {} | {:.2}x |",
+            "| floor: the sandbox's namespaces and mounts alone, -j2 | {} | {:.2}x |",
             secs(floor),
             floor.as_secs_f64() / timed.ours.as_secs_f64()
         );
