@@ -150,13 +150,19 @@ pub enum RemoteError {
 
 impl RemoteError {
     /// Whether the remote itself stopped answering (as opposed to refusing one request), so
-    /// that asking it again during this apply is pointless.
+    /// that asking it again during this apply is pointless. `Cancelled` is one: forjar never
+    /// cancels a call it made, so a call comes back cancelled when its connection went away
+    /// under it (a server killed with calls in flight fails one `Unknown: transport error`
+    /// and another `Cancelled: operation was canceled`).
     pub fn is_outage(&self) -> bool {
         match self {
             RemoteError::Unreachable { .. } => true,
             RemoteError::Call { code, .. } => matches!(
                 code,
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+                tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Unknown
+                    | tonic::Code::Cancelled
             ),
             _ => false,
         }
@@ -300,6 +306,34 @@ mod tests {
         let named = Address::parse("grpc://cache.example:8980/main/").unwrap();
         assert_eq!(named.instance(), "main");
         assert_eq!(named.to_string(), "grpc://cache.example:8980/main");
+    }
+
+    #[test]
+    fn a_call_the_connection_failed_is_an_outage_and_a_refusal_is_not() {
+        let call = |code| RemoteError::Call {
+            call: "FindMissingBlobs",
+            address: "grpc://127.0.0.1:1".into(),
+            code,
+            message: String::new(),
+        };
+        for code in [
+            tonic::Code::Unavailable,
+            tonic::Code::DeadlineExceeded,
+            tonic::Code::Unknown,
+            tonic::Code::Cancelled,
+        ] {
+            assert!(call(code).is_outage(), "{code:?}");
+        }
+        for code in [
+            tonic::Code::NotFound,
+            tonic::Code::InvalidArgument,
+            tonic::Code::PermissionDenied,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::FailedPrecondition,
+            tonic::Code::Internal,
+        ] {
+            assert!(!call(code).is_outage(), "{code:?}");
+        }
     }
 
     #[test]
