@@ -42,15 +42,20 @@ fn tree(g: &mut Graph, size: usize, nonce: &str) -> Drv {
             .script("echo $id ${dep0-} ${dep1-} > $out")
             .env("id", i.to_string())
             .env("nonce", nonce);
-        for (k, child) in [2 * i + 1, 2 * i + 2].into_iter().enumerate() {
-            if child < size {
-                let drv = nodes[child].take().expect("each node has one parent");
-                builder = builder.input(format!("dep{k}"), drv);
-            }
+        for (k, child) in children(i, size).enumerate() {
+            let drv = nodes[child].take().expect("each node has one parent");
+            builder = builder.input(format!("dep{k}"), drv);
         }
         nodes[i] = Some(g.add(builder.build().expect("a valid derivation")));
     }
     nodes[0].take().expect("the tree has a root")
+}
+
+/// The children of node `i` in the tree of `size`: 2i+1 and 2i+2, those that exist.
+fn children(i: usize, size: usize) -> impl Iterator<Item = usize> {
+    [2 * i + 1, 2 * i + 2]
+        .into_iter()
+        .filter(move |&c| c < size)
 }
 
 /// Plans and applies the tree on `store`.
@@ -90,21 +95,6 @@ fn secs(d: Duration) -> String {
 }
 
 fn main() {
-    // Before any thread starts: the floor forks its workers and builds from this process.
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--floor-one") {
-        let size = args[i + 1].parse().expect("--floor-one takes a size");
-        let dir = args
-            .iter()
-            .position(|a| a == "--store")
-            .map(|i| &args[i + 1]);
-        let took = floor::run(Path::new(dir.expect("--floor-one takes --store")), size, 2);
-        println!("{}", took.as_secs_f64());
-        return;
-    }
-    // As a program's `main!` does: builds are forked from a process made while this one is
-    // small.
-    forjar::sandbox::start_spawner().expect("the build spawner starts");
     let (runs, rest) = peers::args(3);
     let flag = |name: &str, default: usize| {
         rest.iter()
@@ -112,6 +102,27 @@ fn main() {
             .and_then(|i| rest.get(i + 1))
             .map_or(default, |n| n.parse().expect("a number"))
     };
+    let store = |part: &str| {
+        rest.iter()
+            .position(|a| a == "--store")
+            .and_then(|i| rest.get(i + 1))
+            .map(Path::new)
+            .unwrap_or_else(|| panic!("{part} takes --store DIR"))
+    };
+    // Before any thread starts: the floor forks its workers and builds from this process.
+    if rest.iter().any(|a| a == "--floor-one") {
+        let took = floor::run(store("--floor-one"), flag("--floor-one", 0), 2);
+        println!("{}", took.as_secs_f64());
+        return;
+    }
+    // As a program's `main!` does: builds are forked from a process made while this one is
+    // small.
+    forjar::sandbox::start_spawner().expect("the build spawner starts");
+    if rest.iter().any(|a| a == "--scaling-one") {
+        let nonce = format!("{}-{}", std::process::id(), flag("--nonce", 0));
+        scaling_one(store("--scaling-one"), flag("--scaling-one", 0), &nonce);
+        return;
+    }
     let tree_size = flag("--tree", 1000);
     let noop_size = flag("--noop", 10_000);
     let nix_noop = !rest.iter().any(|a| a == "--no-nix-noop");
@@ -126,16 +137,6 @@ fn main() {
     let nix = have("nix-build") && !rest.iter().any(|a| a == "--no-nix");
     if !have("nix-build") {
         eprintln!("nix-build not found: install Debian's nix-bin (bench/apply does)");
-    }
-    if let Some(i) = rest.iter().position(|a| a == "--scaling-one") {
-        let nonce = format!("{}-{}", std::process::id(), flag("--nonce", 0));
-        let store = rest
-            .iter()
-            .position(|a| a == "--store")
-            .map(|i| rest[i + 1].as_str())
-            .expect("--scaling-one takes --store");
-        scaling_one(store, rest[i + 1].parse().expect("a size"), &nonce);
-        return;
     }
     let sizes: Vec<usize> = rest
         .iter()
@@ -299,7 +300,7 @@ fn scaling_part(dir: &tempfile::TempDir, runs: usize, sizes: &[usize]) {
 
 /// One run of [`scaling_part`], in this process: prints the milliseconds the first build of a
 /// tree of `size` took, and this process's peak RSS in KiB.
-fn scaling_one(store: &str, size: usize, nonce: &str) {
+fn scaling_one(store: &Path, size: usize, nonce: &str) {
     let store = Store::open(store).unwrap();
     let started = Instant::now();
     let report = apply_tree(&store, size, nonce, 2);

@@ -29,12 +29,7 @@ use nix::unistd::{ForkResult, Gid, Uid, fork, pipe2, pivot_root, read, write};
 /// Builds the `size`-node tree under `dir` (which it fills) with `jobs` workers; returns the
 /// time from the first fork to the last build's end.
 pub fn run(dir: &Path, size: usize, jobs: usize) -> Duration {
-    let sh = fs::canonicalize("/bin/sh").expect("/bin/sh");
-    let libs: Vec<PathBuf> = ["/lib/x86_64-linux-gnu", "/lib64", "/lib/aarch64-linux-gnu"]
-        .into_iter()
-        .map(PathBuf::from)
-        .filter(|d| d.exists())
-        .collect();
+    let sh = super::peers::sh_closure();
     // The host ids the build user is mapped to, as forjar maps them.
     let (uid, gid) = forjar::sandbox::host_ids();
     fs::create_dir_all(dir.join("root")).unwrap();
@@ -50,23 +45,21 @@ pub fn run(dir: &Path, size: usize, jobs: usize) -> Duration {
     for w in 0..jobs {
         // SAFETY: this process is single-threaded (`--floor-one` starts no thread).
         match unsafe { fork() }.unwrap() {
-            ForkResult::Child => {
+            ForkResult::Child => child(|| {
                 for i in (0..size).rev().filter(|i| i % jobs == w) {
-                    for child in [2 * i + 1, 2 * i + 2].into_iter().filter(|&c| c < size) {
-                        while !dir.join(format!("n{child}/content")).exists() {
+                    for below in super::children(i, size) {
+                        while !dir.join(format!("n{below}/content")).exists() {
                             std::thread::sleep(Duration::from_micros(50));
                         }
                     }
-                    let code = build(dir, &sh, &libs, (uid, gid), size, i);
+                    let code = build(dir, &sh, (uid, gid), size, i);
                     if code != 0 {
                         eprintln!("floor: build {i} failed ({code})");
-                        // SAFETY: _exit ends this worker only.
-                        unsafe { libc::_exit(1) };
+                        return 1;
                     }
                 }
-                // SAFETY: as above.
-                unsafe { libc::_exit(0) };
-            }
+                0
+            }),
             ForkResult::Parent { child } => workers.push(child),
         }
     }
@@ -85,12 +78,8 @@ fn closure(i: usize, size: usize) -> Vec<usize> {
     let mut below = Vec::new();
     let mut next = vec![i];
     while let Some(n) = next.pop() {
-        for child in [2 * n + 1, 2 * n + 2] {
-            if child < size {
-                below.push(child);
-                next.push(child);
-            }
-        }
+        below.extend(super::children(n, size));
+        next.extend(super::children(n, size));
     }
     below
 }
@@ -98,8 +87,7 @@ fn closure(i: usize, size: usize) -> Vec<usize> {
 /// One sandboxed build of node `i`; its exit code.
 fn build(
     dir: &Path,
-    sh: &Path,
-    libs: &[PathBuf],
+    sh: &[(PathBuf, PathBuf)],
     (uid, gid): (u32, u32),
     size: usize,
     i: usize,
@@ -109,7 +97,7 @@ fn build(
     let (go_r, go_w) = pipe2(flags).unwrap();
     // SAFETY: the worker is single-threaded.
     match unsafe { fork() }.unwrap() {
-        ForkResult::Child => {
+        ForkResult::Child => child(|| {
             let ns = CloneFlags::CLONE_NEWUSER
                 | CloneFlags::CLONE_NEWNS
                 | CloneFlags::CLONE_NEWPID
@@ -122,16 +110,14 @@ fn build(
             assert_eq!(read(&go_r, &mut byte), Ok(1));
             loopback_up();
             // SAFETY: single-threaded.
-            let code = match unsafe { fork() }.unwrap() {
-                ForkResult::Child => builder(dir, sh, libs, size, i),
+            match unsafe { fork() }.unwrap() {
+                ForkResult::Child => child(|| builder(dir, sh, size, i)),
                 ForkResult::Parent { child } => match waitpid(child, None).unwrap() {
                     WaitStatus::Exited(_, code) => code,
                     _ => 97,
                 },
-            };
-            // SAFETY: _exit ends this process only.
-            unsafe { libc::_exit(code) }
-        }
+            }
+        }),
         ForkResult::Parent { child } => {
             drop((ready_w, go_r));
             let mut byte = [0u8];
@@ -150,7 +136,7 @@ fn build(
 }
 
 /// Pid 1 of the build: the new root, then `exec`.
-fn builder(dir: &Path, sh: &Path, libs: &[PathBuf], size: usize, i: usize) -> ! {
+fn builder(dir: &Path, sh: &[(PathBuf, PathBuf)], size: usize, i: usize) -> ! {
     nix::unistd::setresgid(Gid::from(100), Gid::from(100), Gid::from(100)).unwrap();
     nix::unistd::setresuid(Uid::from(1000), Uid::from(1000), Uid::from(1000)).unwrap();
     let none = None::<&str>;
@@ -188,9 +174,8 @@ fn builder(dir: &Path, sh: &Path, libs: &[PathBuf], size: usize, i: usize) -> ! 
         mount(Some("tmpfs"), &target, Some("tmpfs"), safe, Some(mode)).unwrap();
     }
     let read_only = MsFlags::MS_RDONLY | MsFlags::MS_NODEV;
-    bind(sh, &at(Path::new("/bin/sh")), read_only);
-    for lib in libs {
-        bind(lib, &at(lib), read_only);
+    for (target, real) in sh {
+        bind(real, &at(target), read_only);
     }
     for input in closure(i, size) {
         let host = dir.join(format!("n{input}"));
@@ -255,7 +240,16 @@ fn builder(dir: &Path, sh: &Path, libs: &[PathBuf], size: usize, i: usize) -> ! 
     unsafe { libc::_exit(127) }
 }
 
-/// Brings the network namespace's loopback up, as the sandbox does.
+/// Runs `body` in a forked child and ends the child with its code: a panic ends the child
+/// too (exit code 98), rather than unwinding into the code of the process it was forked from.
+fn child(body: impl FnOnce() -> i32) -> ! {
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or(98);
+    // SAFETY: _exit ends this process only.
+    unsafe { libc::_exit(code) }
+}
+
+/// Brings the network namespace's loopback up, as the sandbox does (its own calls: the floor
+/// runs none of forjar's sandbox code).
 fn loopback_up() {
     // SAFETY: a socket and two ioctls on a zeroed ifreq named "lo".
     unsafe {

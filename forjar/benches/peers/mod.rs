@@ -1,5 +1,6 @@
 //! What the benchmark programs share: timing, and finding the peers they compare against.
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -117,12 +118,17 @@ pub fn args(default_runs: usize) -> (usize, Vec<String>) {
 /// host's `/bin/sh` provided as forjar provides it, and panics if it fails.
 #[allow(dead_code, reason = "only the benchmarks that run Nix use it")]
 pub fn nix_build(expr: &str, jobs: usize) {
+    let sandbox_paths = sh_closure()
+        .iter()
+        .map(|(at, real)| format!("{}={}", at.display(), real.display()))
+        .collect::<Vec<_>>()
+        .join(" ");
     run_ok(
         Command::new("nix-build")
             .args(["--no-out-link", "--quiet", "-j", &jobs.to_string()])
             .args(["--option", "sandbox", "true"])
             .args(["--option", "substituters", ""])
-            .args(["--option", "sandbox-paths", &sh_closure()])
+            .args(["--option", "sandbox-paths", &sandbox_paths])
             .args(["-E", expr])
             .stdout(Stdio::null()),
     );
@@ -151,15 +157,20 @@ pub fn settle() {
     nix::unistd::sync();
 }
 
-/// Nix's `sandbox-paths` giving its builds the host's `/bin/sh` and what it needs, as forjar's
-/// `provide_bin_sh` does.
-fn sh_closure() -> String {
+/// The host's `/bin/sh` and the library directories it needs, each as its path in a build and
+/// its real path on the host: what [`nix_build`] gives Nix's builds (`sandbox-paths`), as
+/// forjar's `provide_bin_sh` does, and what the apply benchmark's floor binds.
+#[allow(
+    dead_code,
+    reason = "only the benchmarks that run Nix or the floor use it"
+)]
+pub fn sh_closure() -> Vec<(PathBuf, PathBuf)> {
     let real = std::fs::canonicalize("/bin/sh").unwrap();
-    let mut paths = vec![format!("/bin/sh={}", real.display())];
+    let mut paths = vec![(PathBuf::from("/bin/sh"), real)];
     for dir in ["/lib/x86_64-linux-gnu", "/lib64", "/lib/aarch64-linux-gnu"] {
         if let Ok(real) = std::fs::canonicalize(dir) {
-            paths.push(format!("{dir}={}", real.display()));
+            paths.push((PathBuf::from(dir), real));
         }
     }
-    paths.join(" ")
+    paths
 }
