@@ -35,6 +35,14 @@ use super::{
 /// own mount namespace.
 const NEW_ROOT: &str = "/tmp";
 
+/// `path`, made under [`NEW_ROOT`] before the switch to it, as the build sees it: for messages.
+fn in_build(path: &Path) -> PathBuf {
+    match path.strip_prefix(NEW_ROOT) {
+        Ok(inside) => Path::new("/").join(inside),
+        Err(_) => path.to_path_buf(),
+    }
+}
+
 /// From <linux/keyctl.h>.
 const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
 
@@ -540,42 +548,65 @@ fn locked_flags(path: &Path) -> MsFlags {
 }
 
 /// The directories made so far in the build's root, so that each is made once, parents first,
-/// and none is asked for again (a new root has nothing but what is made here). Ordered by
-/// component, so that what lies below a directory follows it: a build binds each path of its
-/// inputs' closure, and a lookup here must not grow with how many came before.
+/// and none is asked for again (a new root has nothing but what is made here). A build binds
+/// each path of its inputs' closure, and a lookup here must not grow with how many came before;
+/// the keys are bytes ([`made_key`]), compared without splitting paths into components again.
 #[derive(Default)]
-struct Made(std::collections::BTreeSet<PathBuf>);
+struct Made(std::collections::BTreeSet<Vec<u8>>);
+
+/// `path` as a key of [`Made`]: each component after a NUL, which no path holds and which sorts
+/// below every other byte, so that what lies below a directory sorts right after it and before
+/// anything beside it (`a/b/c` before `a/b c` and `a/b0`). Components as `Path` has them: `a//b`,
+/// `a/./b` and `a/b/` are `a/b`.
+fn made_key(path: &Path) -> Vec<u8> {
+    let mut key = Vec::with_capacity(path.as_os_str().len() + 2);
+    for component in path.components() {
+        key.push(0);
+        if component != std::path::Component::RootDir {
+            key.extend_from_slice(component.as_os_str().as_encoded_bytes());
+        }
+    }
+    key
+}
 
 impl Made {
     /// Makes the directory `path` and those above it that are not there.
     fn dirs(&mut self, path: &Path) -> Result<(), Failed> {
-        if self.0.contains(path) {
+        self.dirs_keyed(path, made_key(path))
+    }
+
+    /// [`dirs`](Self::dirs), with `path`'s key; the parent's key is the key up to its last
+    /// component.
+    fn dirs_keyed(&mut self, path: &Path, key: Vec<u8>) -> Result<(), Failed> {
+        if self.0.contains(&key) {
             return Ok(());
         }
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
+            && let Some(cut) = key.iter().rposition(|&b| b == 0)
         {
-            self.dirs(parent)?;
+            self.dirs_keyed(parent, key[..cut].to_vec())?;
         }
         let made = match fs::DirBuilder::new().mode(0o755).create(path) {
             // Already there: the host's, or inside a bound directory.
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
             made => made,
         };
-        ctx(made, || format!("cannot create `{}`", path.display()))?;
-        self.0.insert(path.to_path_buf());
+        ctx(made, || {
+            format!("cannot create `{}`", in_build(path).display())
+        })?;
+        self.0.insert(key);
         Ok(())
     }
 
-    /// Something was mounted on the directory `path`: what was made below it is hidden.
+    /// Something was mounted on the directory `path`: what was made below it is hidden. Those
+    /// keys are the ones from `path`'s key and a NUL up to `path`'s key and the next byte.
     fn mounted_on(&mut self, path: &Path) {
-        use std::ops::Bound::{Excluded, Unbounded};
-        let hidden: Vec<PathBuf> = self
-            .0
-            .range::<Path, _>((Excluded(path), Unbounded))
-            .take_while(|made| made.starts_with(path))
-            .cloned()
-            .collect();
+        let mut below = made_key(path);
+        below.push(0);
+        let mut beside = below.clone();
+        *beside.last_mut().expect("a key and a NUL") = 1;
+        let hidden: Vec<Vec<u8>> = self.0.range(below..beside).cloned().collect();
         for made in hidden {
             self.0.remove(&made);
         }
@@ -617,7 +648,7 @@ fn bind(
                 .truncate(false)
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(target),
-            || format!("cannot create `{}`", target.display()),
+            || format!("cannot create `{}`", in_build(target).display()),
         )?;
     }
     let c = CString::new(target.as_os_str().as_encoded_bytes()).expect("sandbox paths have no NUL");
@@ -633,14 +664,13 @@ fn bind(
         )
     };
     if rc != 0 {
-        return Err(Failed(
-            SETUP_FAILED,
-            format!(
-                "cannot bind `{}`: {}",
-                target.display(),
-                std::io::Error::last_os_error()
-            ),
-        ));
+        let error = std::io::Error::last_os_error();
+        let what = format!("cannot bind `{}`", in_build(target).display());
+        return Err(if error.raw_os_error() == Some(libc::ENOSPC) {
+            mount_table_full(what)
+        } else {
+            Failed(SETUP_FAILED, format!("{what}: {error}"))
+        });
     }
     drop(clone);
     let mut flags =
@@ -652,15 +682,42 @@ fn bind(
     }
     ctx(
         mount(None::<&str>, target, None::<&str>, flags, None::<&str>),
-        || format!("cannot make `{}` read-only", target.display()),
+        || format!("cannot make `{}` read-only", in_build(target).display()),
     )
+}
+
+/// A mount that `what` describes failed with `ENOSPC`: the build's mount namespace holds as many
+/// mounts as the kernel allows in one (`fs.mount-max`, read while the host's `/proc` is still
+/// there), and each path of the build's inputs' closure is a mount. A failure of this build's
+/// (what it binds), told as one, not as a kernel without sandboxes.
+fn mount_table_full(what: String) -> Failed {
+    let max = fs::read_to_string("/proc/sys/fs/mount-max")
+        .map(|max| max.trim().to_string())
+        .unwrap_or_else(|_| "?".into());
+    Failed(
+        PLACE_FAILED,
+        format!(
+            "{what}: the build's mount namespace has the most mounts the kernel allows in one \
+             (fs.mount-max = {max}), and each path of the build's inputs and their closure is \
+             a mount; raise the limit (`sysctl fs.mount-max=<more>`) or give the build fewer \
+             inputs"
+        ),
+    )
+}
+
+/// [`ctx`] for a call that adds a mount: `ENOSPC` is [`mount_table_full`].
+fn mounting<T>(r: nix::Result<T>, what: impl FnOnce() -> String) -> Result<T, Failed> {
+    r.map_err(|e| match e {
+        nix::errno::Errno::ENOSPC => mount_table_full(what()),
+        e => Failed(SETUP_FAILED, format!("{}: {e}", what())),
+    })
 }
 
 fn tmpfs(made: &mut Made, target: &Path, mode: u32, extra: MsFlags) -> Result<(), Failed> {
     made.dirs(target)?;
     made.mounted_on(target);
     let options = format!("mode={mode:o}");
-    ctx(
+    mounting(
         mount(
             Some("tmpfs"),
             target,
@@ -668,7 +725,7 @@ fn tmpfs(made: &mut Made, target: &Path, mode: u32, extra: MsFlags) -> Result<()
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | extra,
             Some(options.as_str()),
         ),
-        || format!("cannot mount a tmpfs on `{}`", target.display()),
+        || format!("cannot mount a tmpfs on `{}`", in_build(target).display()),
     )
 }
 
@@ -677,7 +734,7 @@ fn write_file(made: &mut Made, path: &Path, contents: &[u8]) -> Result<(), Faile
         made.dirs(parent)?;
     }
     ctx(fs::write(path, contents), || {
-        format!("cannot write `{}`", path.display())
+        format!("cannot write `{}`", in_build(path).display())
     })
 }
 
@@ -797,7 +854,10 @@ fn place(p: &Prepared, feed: &mut Feed, made: &mut Made, root: &Path) -> Result<
                     made.dirs(parent)?;
                 }
                 ctx(symlink(to, &target), || {
-                    format!("cannot create the symlink `{}`", target.display())
+                    format!(
+                        "cannot create the symlink `{}`",
+                        in_build(&target).display()
+                    )
                 })?;
             }
         }
@@ -813,7 +873,7 @@ fn mounts(p: &Prepared, feed: &mut Feed, made: &mut Made, root: &Path) -> Result
     // where its path runs through a writable part of the sandbox such as /tmp.
     let store = at(&p.store_dir);
     made.dirs(&store)?;
-    ctx(
+    mounting(
         mount(
             Some(&store),
             &store,
@@ -857,7 +917,7 @@ fn mounts(p: &Prepared, feed: &mut Feed, made: &mut Made, root: &Path) -> Result
     }
     let pts = at(Path::new("/dev/pts"));
     made.dirs(&pts)?;
-    ctx(
+    mounting(
         mount(
             Some("devpts"),
             &pts,
@@ -883,7 +943,7 @@ fn mounts(p: &Prepared, feed: &mut Feed, made: &mut Made, root: &Path) -> Result
     // A fresh /proc of the build's own pid namespace.
     let proc_dir = at(Path::new("/proc"));
     made.dirs(&proc_dir)?;
-    ctx(
+    mounting(
         mount(
             Some("proc"),
             &proc_dir,
@@ -1041,6 +1101,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_full_mount_table_is_told_as_the_builds_with_the_limit_and_what_to_do() {
+        let Err(Failed(kind, message)) =
+            mounting::<()>(Err(nix::errno::Errno::ENOSPC), || "cannot mount x".into())
+        else {
+            panic!("an error stays one");
+        };
+        assert_eq!(kind, PLACE_FAILED);
+        let max = fs::read_to_string("/proc/sys/fs/mount-max").unwrap();
+        assert!(message.starts_with("cannot mount x: "), "{message}");
+        assert!(
+            message.contains(&format!("(fs.mount-max = {})", max.trim()))
+                && message.contains("sysctl fs.mount-max="),
+            "{message}"
+        );
+        // Any other refusal is the sandbox's.
+        let Err(Failed(kind, message)) =
+            mounting::<()>(Err(nix::errno::Errno::EPERM), || "cannot mount x".into())
+        else {
+            panic!("an error stays one");
+        };
+        assert_eq!(
+            (kind, message.as_str()),
+            (
+                SETUP_FAILED,
+                "cannot mount x: EPERM: Operation not permitted"
+            )
+        );
+        // Paths in messages are the build's.
+        assert_eq!(
+            in_build(&Path::new(NEW_ROOT).join("nix/store/a")),
+            Path::new("/nix/store/a")
+        );
+        assert_eq!(in_build(Path::new(NEW_ROOT)), Path::new("/"));
+    }
+
+    #[test]
     fn a_mount_hides_what_was_made_below_it_and_nothing_beside_it() {
         let dir = tempfile::tempdir().unwrap();
         let at = |p: &str| dir.path().join(p);
@@ -1050,15 +1146,25 @@ mod tests {
                 panic!("{why}");
             }
         };
-        for p in ["a/b/c", "a/b/x/y", "a/b0", "a/b c", "a/a"] {
+        for p in ["a/b/c", "a/b/x/y", "a/b0", "a/b c", "a/b-x", "a/a"] {
             make(&mut made, p);
         }
-        made.mounted_on(&at("a/b"));
-        for kept in ["a", "a/b", "a/b0", "a/b c", "a/a"] {
-            assert!(made.0.contains(&at(kept)), "{kept} was forgotten");
+        // The same directory however its path is written.
+        for same in ["a//b/c", "a/./b/c", "a/b/c/"] {
+            assert!(made.0.contains(&made_key(&at(same))), "{same} is a/b/c");
+        }
+        made.mounted_on(&at("a/b/"));
+        for kept in ["a", "a/b", "a/b0", "a/b c", "a/b-x", "a/a"] {
+            assert!(
+                made.0.contains(&made_key(&at(kept))),
+                "{kept} was forgotten"
+            );
         }
         for hidden in ["a/b/c", "a/b/x", "a/b/x/y"] {
-            assert!(!made.0.contains(&at(hidden)), "{hidden} was kept");
+            assert!(
+                !made.0.contains(&made_key(&at(hidden))),
+                "{hidden} was kept"
+            );
         }
         // Made again after the mount: it is not there any more in the mounted tree.
         fs::remove_dir_all(at("a/b/c")).unwrap();
