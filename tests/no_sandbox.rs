@@ -1,7 +1,10 @@
-//! Where the kernel gives no sandbox, forjar says so and builds nothing.
+//! Where the kernel gives no sandbox, or none where forjar runs, forjar says why and builds
+//! nothing.
 //!
-//! The program runs inside a user namespace whose `max_user_namespaces` is 0, so that creating
-//! the build's namespaces fails as on a kernel without unprivileged user namespaces.
+//! Each test runs a program inside a user namespace made for it: one whose
+//! `max_user_namespaces` is 0, so that creating the build's namespaces fails as on a kernel
+//! without unprivileged user namespaces; one where a path of `/proc` has a mount over it, as in a
+//! container.
 
 use std::process::Command;
 
@@ -51,6 +54,62 @@ fn without_user_namespaces_apply_fails_clearly_and_builds_nothing() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         // What is imported (the source and the toolchain) needs no sandbox.
         .filter(|n| !n.starts_with('.') && !n.ends_with("-hello-src") && !n.ends_with("-cc"))
+        .collect();
+    assert!(built.is_empty(), "something was built: {built:?}");
+}
+
+/// Where a path of `/proc` has a mount over it, as in a container (whose runtime masks
+/// `/proc/kcore`, `/proc/keys` and others), the kernel refuses the build its own `/proc`: apply
+/// says that, and what to do, not that the kernel has no user namespaces.
+#[test]
+fn under_a_covered_proc_apply_says_where_to_run_and_builds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let cover = "mount --bind /dev/null /proc/version && exec \"$@\"";
+    let out = Command::new("unshare")
+        .args([
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "sh",
+            "-c",
+            cover,
+            "sh",
+        ])
+        .arg(example("dag"))
+        .arg("--store")
+        .arg(&store)
+        .arg("apply")
+        .env("DAG_LAYERS", "1")
+        .current_dir(dir.path())
+        .output()
+        .expect("unshare (util-linux) runs");
+    let err = stderr(&out);
+    if !out.status.success() && (err.starts_with("unshare:") || err.starts_with("mount:")) {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must be able to run this test: {err}"
+        );
+        eprintln!("skipping: cannot cover a path of /proc to run the test under: {err}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("error: cannot build `n0-")
+            && err.contains(
+                "cannot set the build's sandbox up: cannot mount /proc: EPERM: Operation not \
+                 permitted: a path of the host's /proc has a mount over it"
+            )
+            && err.contains("run forjar where /proc is whole")
+            && err.contains("systempaths=unconfined"),
+        "{err}"
+    );
+    assert!(!err.contains("the kernel gives no sandbox here"), "{err}");
+    let built: Vec<String> = std::fs::read_dir(&store)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
         .collect();
     assert!(built.is_empty(), "something was built: {built:?}");
 }

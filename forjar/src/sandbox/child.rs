@@ -705,6 +705,22 @@ fn mount_table_full(what: String) -> Failed {
     )
 }
 
+/// Why the build's `/proc` was refused (`EPERM`, where every other mount succeeded): the kernel
+/// mounts a new `/proc` in a user namespace only where that reveals nothing the host's hides,
+/// and a path of the host's `/proc` has a mount over it, as a container's masked paths
+/// (`/proc/kcore`, `/proc/keys`, ...) have. Where forjar runs, not the kernel or the build.
+fn proc_covered() -> Failed {
+    Failed(
+        PLACE_FAILED,
+        "cannot mount /proc: EPERM: Operation not permitted: a path of the host's /proc has \
+         a mount over it (as in a container, whose runtime masks /proc/kcore, /proc/keys and \
+         others), and the kernel mounts a build's own /proc only where that reveals nothing \
+         hidden; run forjar where /proc is whole (Docker: `--security-opt \
+         systempaths=unconfined`; Podman: `--security-opt unmask=ALL`)"
+            .into(),
+    )
+}
+
 /// [`ctx`] for a call that adds a mount: `ENOSPC` is [`mount_table_full`].
 fn mounting<T>(r: nix::Result<T>, what: impl FnOnce() -> String) -> Result<T, Failed> {
     r.map_err(|e| match e {
@@ -943,16 +959,17 @@ fn mounts(p: &Prepared, feed: &mut Feed, made: &mut Made, root: &Path) -> Result
     // A fresh /proc of the build's own pid namespace.
     let proc_dir = at(Path::new("/proc"));
     made.dirs(&proc_dir)?;
-    mounting(
-        mount(
-            Some("proc"),
-            &proc_dir,
-            Some("proc"),
-            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-            None::<&str>,
-        ),
-        || "cannot mount /proc".into(),
-    )?;
+    let proc_mounted = mount(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    );
+    if proc_mounted == Err(nix::errno::Errno::EPERM) {
+        return Err(proc_covered());
+    }
+    mounting(proc_mounted, || "cannot mount /proc".into())?;
 
     write_file(made, &at(Path::new("/etc/passwd")), PASSWD.as_bytes())?;
     write_file(made, &at(Path::new("/etc/group")), GROUP.as_bytes())?;
