@@ -6,38 +6,64 @@
 //! without unprivileged user namespaces; one where a path of `/proc` has a mount over it, as in a
 //! container.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 
 use forjar_suite::{example, stderr};
+
+/// Runs `program --store <store> apply` under `unshare --user --map-root-user` with `unshare`'s
+/// further `options`, after `sh -c script` (which ends in `exec "$@"`); `None` where the
+/// confinement cannot be made, which fails the test under CI.
+fn apply_confined(
+    options: &[&str],
+    script: &str,
+    program: &str,
+    dir: &Path,
+    env: &[(&str, &str)],
+) -> Option<Output> {
+    let out = Command::new("unshare")
+        .args(["--user", "--map-root-user"])
+        .args(options)
+        .args(["sh", "-c", script, "sh"])
+        .arg(example(program))
+        .arg("--store")
+        .arg(dir.join("store"))
+        .arg("apply")
+        .envs(env.iter().copied())
+        .current_dir(dir)
+        .output()
+        .expect("unshare (util-linux) runs");
+    let err = stderr(&out);
+    if !out.status.success() && (err.starts_with("unshare:") || err.starts_with("mount:")) {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must be able to run this test: {err}"
+        );
+        eprintln!("skipping: cannot confine the test: {err}");
+        return None;
+    }
+    Some(out)
+}
+
+/// The entries in `dir`'s store that `keep` accepts.
+fn entries(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_dir(dir.join("store"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.') && keep(n))
+        .collect()
+}
 
 #[test]
 fn without_user_namespaces_apply_fails_clearly_and_builds_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
     let confine = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\"";
-    let out = Command::new("unshare")
-        .args(["--user", "--map-root-user", "sh", "-c", confine, "sh"])
-        .arg(example("hello"))
-        .arg("--store")
-        .arg(&store)
-        .arg("apply")
-        .output()
-        .expect("unshare (util-linux) runs");
-    if !out.status.success() && stderr(&out).starts_with("unshare:") {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must be able to run this test: {}",
-            stderr(&out)
-        );
-        eprintln!(
-            "skipping: cannot make a user namespace to confine the test in: {}",
-            stderr(&out)
-        );
+    let Some(out) = apply_confined(&[], confine, "hello", dir.path(), &[]) else {
         return;
-    }
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    };
     let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("error: cannot build `message` (examples/hello/main.rs:"),
         "{err}"
@@ -49,12 +75,10 @@ fn without_user_namespaces_apply_fails_clearly_and_builds_nothing() {
         "{err}"
     );
     assert!(err.contains("forjar never builds unsandboxed"), "{err}");
-    let built: Vec<String> = std::fs::read_dir(&store)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        // What is imported (the source and the toolchain) needs no sandbox.
-        .filter(|n| !n.starts_with('.') && !n.ends_with("-hello-src") && !n.ends_with("-cc"))
-        .collect();
+    // What is imported (the source and the toolchain) needs no sandbox.
+    let built = entries(dir.path(), |n| {
+        !n.ends_with("-hello-src") && !n.ends_with("-cc")
+    });
     assert!(built.is_empty(), "something was built: {built:?}");
 }
 
@@ -64,36 +88,12 @@ fn without_user_namespaces_apply_fails_clearly_and_builds_nothing() {
 #[test]
 fn under_a_covered_proc_apply_says_where_to_run_and_builds_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
     let cover = "mount --bind /dev/null /proc/version && exec \"$@\"";
-    let out = Command::new("unshare")
-        .args([
-            "--user",
-            "--map-root-user",
-            "--mount",
-            "sh",
-            "-c",
-            cover,
-            "sh",
-        ])
-        .arg(example("dag"))
-        .arg("--store")
-        .arg(&store)
-        .arg("apply")
-        .env("DAG_LAYERS", "1")
-        .current_dir(dir.path())
-        .output()
-        .expect("unshare (util-linux) runs");
-    let err = stderr(&out);
-    if !out.status.success() && (err.starts_with("unshare:") || err.starts_with("mount:")) {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must be able to run this test: {err}"
-        );
-        eprintln!("skipping: cannot cover a path of /proc to run the test under: {err}");
+    let env = [("DAG_LAYERS", "1")];
+    let Some(out) = apply_confined(&["--mount"], cover, "dag", dir.path(), &env) else {
         return;
-    }
+    };
+    let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("error: cannot build `n0-")
@@ -106,10 +106,6 @@ fn under_a_covered_proc_apply_says_where_to_run_and_builds_nothing() {
         "{err}"
     );
     assert!(!err.contains("the kernel gives no sandbox here"), "{err}");
-    let built: Vec<String> = std::fs::read_dir(&store)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
+    let built = entries(dir.path(), |_| true);
     assert!(built.is_empty(), "something was built: {built:?}");
 }
