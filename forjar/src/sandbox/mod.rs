@@ -99,7 +99,9 @@ pub enum SandboxError {
     #[error(
         "the kernel gives no sandbox here ({0}); forjar never builds unsandboxed. It needs user \
          namespaces: check `sysctl user.max_user_namespaces` (must be above 0) and, on Debian and \
-         Ubuntu, `kernel.unprivileged_userns_clone` and `kernel.apparmor_restrict_unprivileged_userns`"
+         Ubuntu, `kernel.unprivileged_userns_clone` and `kernel.apparmor_restrict_unprivileged_userns`; \
+         in a container, whose runtime's seccomp profile may refuse them, run it with \
+         `--security-opt seccomp=unconfined` (Docker, Podman) or privileged"
     )]
     Unavailable(String),
     /// One of the build's paths could not be placed in its sandbox.
