@@ -244,7 +244,7 @@ pub fn sandbox() -> bool {
         .1
         {
             Err(ExecError::Sandbox {
-                error: e @ SandboxError::Unavailable(_),
+                error: e @ (SandboxError::Unavailable(_) | SandboxError::ProcCovered(_)),
                 ..
             }) => Err(e.to_string()),
             Err(other) => panic!("the probe build failed: {other}"),

@@ -26,8 +26,8 @@ use nix::unistd::{
 };
 
 use super::{
-    BUILD_GID, BUILD_UID, DEVICES, EXEC_FAILED, LIMIT_HIT, PLACE_FAILED, PlacementKind, Prepared,
-    SETUP_FAILED,
+    BUILD_GID, BUILD_UID, DEVICES, EXEC_FAILED, LIMIT_HIT, PLACE_FAILED, PROC_COVERED,
+    PlacementKind, Prepared, SETUP_FAILED,
 };
 
 /// Where the new root is assembled before `pivot_root`. Any directory every uid can search
@@ -708,17 +708,9 @@ fn mount_table_full(what: String) -> Failed {
 /// Why the build's `/proc` was refused (`EPERM`, where every other mount succeeded): the kernel
 /// mounts a new `/proc` in a user namespace only where that reveals nothing the host's hides,
 /// and a path of the host's `/proc` has a mount over it, as a container's masked paths
-/// (`/proc/kcore`, `/proc/keys`, ...) have. Where forjar runs, not the kernel or the build.
-fn proc_covered() -> Failed {
-    Failed(
-        PLACE_FAILED,
-        "cannot mount /proc: EPERM: Operation not permitted: a path of the host's /proc has \
-         a mount over it (as in a container, whose runtime masks /proc/kcore, /proc/keys and \
-         others), and the kernel mounts a build's own /proc only where that reveals nothing \
-         hidden; run forjar where /proc is whole (Docker: `--security-opt \
-         systempaths=unconfined`; Podman: `--security-opt unmask=ALL`)"
-            .into(),
-    )
+/// (`/proc/kcore`, `/proc/keys`, ...) have: no sandbox where forjar runs (`ProcCovered`).
+fn proc_covered(error: nix::errno::Errno) -> Failed {
+    Failed(PROC_COVERED, format!("cannot mount /proc: {error}"))
 }
 
 /// [`ctx`] for a call that adds a mount: `ENOSPC` is [`mount_table_full`].
@@ -966,8 +958,8 @@ fn mounts(p: &Prepared, feed: &mut Feed, made: &mut Made, root: &Path) -> Result
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         None::<&str>,
     );
-    if proc_mounted == Err(nix::errno::Errno::EPERM) {
-        return Err(proc_covered());
+    if let Err(error @ nix::errno::Errno::EPERM) = proc_mounted {
+        return Err(proc_covered(error));
     }
     mounting(proc_mounted, || "cannot mount /proc".into())?;
 

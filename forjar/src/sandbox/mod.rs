@@ -16,8 +16,9 @@
 //! needs no permission on the way to a path, sees nothing it was not given, and neither process
 //! holds more than a batch of descriptors however many inputs a build has.
 //!
-//! If the kernel cannot give a sandbox, the build fails with [`SandboxError::Unavailable`]; it
-//! never runs unsandboxed.
+//! If the kernel cannot give a sandbox, the build fails with [`SandboxError::Unavailable`], or
+//! [`SandboxError::ProcCovered`] where it refuses one only where forjar runs; it never runs
+//! unsandboxed.
 
 mod child;
 mod elf;
@@ -85,6 +86,9 @@ const EXEC_FAILED: u8 = b'X';
 const PLACE_FAILED: u8 = b'P';
 /// The first byte a child writes to the error pipe: a limit of the process stopped the setup.
 const LIMIT_HIT: u8 = b'L';
+/// The first byte a child writes to the error pipe: the build's `/proc` was refused where
+/// every other mount succeeded: a path of the host's `/proc` has a mount over it.
+const PROC_COVERED: u8 = b'C';
 /// `SOURCE_DATE_EPOCH` in every build that does not set it: 1980-01-01T00:00:00Z.
 pub const SOURCE_DATE_EPOCH: u64 = 315_532_800;
 /// Lines of the log kept for error messages.
@@ -104,6 +108,17 @@ pub enum SandboxError {
          `--security-opt seccomp=unconfined` (Docker, Podman) or privileged"
     )]
     Unavailable(String),
+    /// The kernel gives a sandbox, but not where forjar runs: it refused the build a `/proc` of
+    /// its own (it mounts one in a user namespace only where that reveals nothing the host's
+    /// hides), as it does in a container whose runtime mounts over paths of `/proc`.
+    #[error(
+        "no sandbox can be made where forjar runs: the kernel refused the build its own /proc \
+         ({0}), as it does where a path of the host's /proc has a mount over it (a container's \
+         runtime masks /proc/kcore, /proc/keys and others), and forjar never builds \
+         unsandboxed; run it where /proc is whole (Docker: `--security-opt \
+         systempaths=unconfined`; Podman: `--security-opt unmask=ALL`)"
+    )]
+    ProcCovered(String),
     /// One of the build's paths could not be placed in its sandbox.
     #[error("cannot set the build's sandbox up: {0}")]
     Setup(String),
@@ -1009,6 +1024,8 @@ fn run_streams(
             SandboxError::Builder(message)
         } else if kind == PLACE_FAILED {
             SandboxError::Setup(message)
+        } else if kind == PROC_COVERED {
+            SandboxError::ProcCovered(message)
         } else {
             SandboxError::Unavailable(message)
         });
