@@ -3,8 +3,8 @@
 //!
 //! Each test runs a program inside a user namespace made for it: one whose
 //! `max_user_namespaces` is 0, so that creating the build's namespaces fails as on a kernel
-//! without unprivileged user namespaces; one where a path of `/proc` has a mount over it, as in a
-//! container.
+//! without unprivileged user namespaces; one whose `max_net_namespaces` is 0; one where a path
+//! of `/proc` has a mount over it, as in a container.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -55,6 +55,15 @@ fn entries(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
         .collect()
 }
 
+/// `err` says the kernel gave no namespaces, and names `limit` as 0.
+fn says_the_kernel_allows_none(err: &str, limit: &str) {
+    let told = format!(
+        "the kernel gives no sandbox here (cannot create the build's namespaces (unshare): ENOSPC: \
+         No space left on device (the kernel allows none: {limit} = 0));"
+    );
+    assert!(err.contains(&told), "{err}");
+}
+
 #[test]
 fn without_user_namespaces_apply_fails_clearly_and_builds_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -68,12 +77,7 @@ fn without_user_namespaces_apply_fails_clearly_and_builds_nothing() {
         err.contains("error: cannot build `message` (examples/hello/main.rs:"),
         "{err}"
     );
-    assert!(
-        err.contains(
-            "the kernel gives no sandbox here (cannot create the build's namespaces (unshare):"
-        ),
-        "{err}"
-    );
+    says_the_kernel_allows_none(&err, "user.max_user_namespaces");
     assert!(err.contains("forjar never builds unsandboxed"), "{err}");
     // What is imported (the source and the toolchain) needs no sandbox.
     let built = entries(dir.path(), |n| {
@@ -108,6 +112,23 @@ fn under_a_covered_proc_apply_says_where_to_run_and_builds_nothing() {
     );
     // Not the advice of a kernel without user namespaces.
     assert!(!err.contains("max_user_namespaces"), "{err}");
+    let built = entries(dir.path(), |_| true);
+    assert!(built.is_empty(), "something was built: {built:?}");
+}
+
+/// Where another of the kernel's limits on namespaces is 0 (here network namespaces), the
+/// message names it, beside the advice on user namespaces.
+#[test]
+fn without_network_namespaces_apply_names_the_limit_and_builds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let confine = "echo 0 > /proc/sys/user/max_net_namespaces && exec \"$@\"";
+    let env = [("DAG_LAYERS", "1")];
+    let Some(out) = apply_confined(&[], confine, "dag", dir.path(), &env) else {
+        return;
+    };
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    says_the_kernel_allows_none(&err, "user.max_net_namespaces");
     let built = entries(dir.path(), |_| true);
     assert!(built.is_empty(), "something was built: {built:?}");
 }

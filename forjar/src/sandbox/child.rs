@@ -189,8 +189,18 @@ pub(super) fn supervisor(
             None if !p.network => flags |= CloneFlags::CLONE_NEWNET,
             None => {}
         }
-        ctx(unshare(flags), || {
-            "cannot create the build's namespaces (unshare)".into()
+        unshare(flags).map_err(|e| {
+            Failed(
+                SETUP_FAILED,
+                format!(
+                    "cannot create the build's namespaces (unshare): {e}{}",
+                    if e == nix::errno::Errno::ENOSPC {
+                        namespace_limits()
+                    } else {
+                        String::new()
+                    }
+                ),
+            )
         })?;
         ctx(nix::unistd::write(&sync_write, b"u"), || {
             "cannot signal the parent".into()
@@ -287,6 +297,36 @@ pub(super) fn supervisor(
         Ok(()) => unreachable!("the supervisor exits from inside"),
         Err(failure) => die(err, failure),
     }
+}
+
+/// Which of the kernel's limits on namespaces an `unshare` that failed with `ENOSPC` met, as
+/// this process's user namespace has them (`/proc/sys/user/max_*_namespaces`): those at 0, or
+/// all of them if none is (then one is used up).
+fn namespace_limits() -> String {
+    let limits: Vec<(String, String)> = ["user", "mnt", "pid", "ipc", "uts", "net", "cgroup"]
+        .iter()
+        .filter_map(|kind| {
+            let name = format!("max_{kind}_namespaces");
+            let value = fs::read_to_string(Path::new("/proc/sys/user").join(&name)).ok()?;
+            Some((format!("user.{name}"), value.trim().to_string()))
+        })
+        .collect();
+    let zero: Vec<String> = limits
+        .iter()
+        .filter(|(_, value)| value == "0")
+        .map(|(name, value)| format!("{name} = {value}"))
+        .collect();
+    if !zero.is_empty() {
+        return format!(" (the kernel allows none: {})", zero.join(", "));
+    }
+    let all: Vec<String> = limits
+        .iter()
+        .map(|(name, value)| format!("{name} = {value}"))
+        .collect();
+    format!(
+        " (one of the kernel's limits on namespaces is used up: {})",
+        all.join(", ")
+    )
 }
 
 /// A descriptor of the mount namespace process `pid` is in (Linux 6.11 and later: the
