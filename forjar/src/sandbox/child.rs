@@ -195,7 +195,7 @@ pub(super) fn supervisor(
                 format!(
                     "cannot create the build's namespaces (unshare): {e}{}",
                     if e == nix::errno::Errno::ENOSPC {
-                        namespace_limits()
+                        namespace_limits(flags)
                     } else {
                         String::new()
                     }
@@ -299,13 +299,22 @@ pub(super) fn supervisor(
     }
 }
 
-/// Which of the kernel's limits on namespaces an `unshare` that failed with `ENOSPC` met, as
-/// this process's user namespace has them (`/proc/sys/user/max_*_namespaces`): those at 0, or
-/// all of them if none is (then one is used up).
-fn namespace_limits() -> String {
-    let limits: Vec<(String, String)> = ["user", "mnt", "pid", "ipc", "uts", "net", "cgroup"]
+/// Which of the kernel's limits on namespaces an `unshare` of `flags` that failed with `ENOSPC`
+/// met, as this process's user namespace has them (`/proc/sys/user/max_*_namespaces`), of the
+/// kinds it asked for: those at 0, or all of them if none is (then one is used up).
+fn namespace_limits(flags: CloneFlags) -> String {
+    let kinds = [
+        (CloneFlags::CLONE_NEWUSER, "user"),
+        (CloneFlags::CLONE_NEWNS, "mnt"),
+        (CloneFlags::CLONE_NEWPID, "pid"),
+        (CloneFlags::CLONE_NEWIPC, "ipc"),
+        (CloneFlags::CLONE_NEWUTS, "uts"),
+        (CloneFlags::CLONE_NEWNET, "net"),
+    ];
+    let limits: Vec<(String, String)> = kinds
         .iter()
-        .filter_map(|kind| {
+        .filter(|(flag, _)| flags.contains(*flag))
+        .filter_map(|(_, kind)| {
             let name = format!("max_{kind}_namespaces");
             let value = fs::read_to_string(Path::new("/proc/sys/user").join(&name)).ok()?;
             Some((format!("user.{name}"), value.trim().to_string()))
