@@ -600,6 +600,58 @@ fn a_fork_bomb_is_contained() {
     assert!(Command::new("true").status().unwrap().success());
 }
 
+/// A user whose hard limit on processes (`ulimit -Hu`) is below a build's process cap (4,096 by
+/// default) builds under that limit: the builder lowers its `RLIMIT_NPROC` to it, where raising
+/// it would be refused. The limit is a user's, not root's (root builds in a cgroup of its own):
+/// the program runs as `nobody`, which takes root to become, as CI has.
+#[test]
+fn a_user_with_a_hard_process_limit_below_the_cap_builds_under_it() {
+    if !sandbox() {
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI must run this test as root, to run a program as another user"
+        );
+        eprintln!("skipping: running a program as another user takes root");
+        return;
+    }
+    // Everything the other user touches is in a directory it may use: the program too, as the
+    // checkout may lie where it cannot look.
+    let dir = tempfile::tempdir().unwrap();
+    let open = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+    fs::set_permissions(dir.path(), open).unwrap();
+    let program = dir.path().join("dag");
+    fs::copy(forjar_suite::example("dag"), &program).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["prlimit", "--nproc=64"])
+        .arg(&program)
+        .arg("--store")
+        .arg(dir.path().join("store"))
+        .arg("apply")
+        .env("DAG_LAYERS", "1")
+        .env("HOME", dir.path())
+        .current_dir(dir.path())
+        .output()
+        .expect("setpriv and prlimit (util-linux) run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let built = fs::read_dir(dir.path().join("store"))
+        .unwrap()
+        .filter(|e| {
+            !e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
+    assert_eq!(built, 5, "{err}");
+}
+
 /// Whether a build's processes are counted by its own cgroup (as root), so that its process
 /// limit is exact. Without root it is `RLIMIT_NPROC`, which counts every process of the user;
 /// under CI (`CI=true`, as root) that fails the calling test.
