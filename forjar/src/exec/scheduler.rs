@@ -172,7 +172,6 @@ impl<'a> Scheduler<'a> {
                     running.insert(node);
                     building.insert(node);
                     if running.len() > workers {
-                        workers += 1;
                         let (plan, store, executor, observer, stop, work, tx) = (
                             self.plan,
                             self.store,
@@ -182,7 +181,7 @@ impl<'a> Scheduler<'a> {
                             &work_rx,
                             told_tx.clone(),
                         );
-                        scope.spawn(move || {
+                        let spawned = std::thread::Builder::new().spawn_scoped(scope, move || {
                             loop {
                                 // The lock is held only to take the next node; the queue
                                 // closes when the scheduler is done.
@@ -205,6 +204,18 @@ impl<'a> Scheduler<'a> {
                                 let _ = tx.send(Told::Done(node, result));
                             }
                         });
+                        match spawned {
+                            Ok(_) => workers += 1,
+                            // The workers there are take the node in their turn.
+                            Err(_) if workers > 0 => {}
+                            Err(source) => {
+                                running.remove(&node);
+                                building.remove(&node);
+                                let name = self.plan.node(node).name.to_string();
+                                self.settle(node, Err(ExecError::NoThread { name, source }));
+                                continue;
+                            }
+                        }
                     }
                     work_tx
                         .send(node)
