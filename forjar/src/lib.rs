@@ -40,6 +40,7 @@ pub mod remote;
 pub mod request;
 pub mod sandbox;
 pub mod store;
+mod threads;
 pub mod toolchain;
 mod walk;
 

@@ -748,7 +748,7 @@ impl Plan {
         };
         let read = || store.read_listing(graph.slots.len());
         // The store is read while the graph is laid out: neither needs the other.
-        let (order, listing) = match small(graph) {
+        let (order, listing) = match small(graph) || !crate::threads::shared() {
             true => (lay_out(), read()),
             false => rayon::join(lay_out, read),
         };
@@ -1341,25 +1341,35 @@ impl<'g> Planner<'g> {
         let cache = store.digest_cache();
         let sources: Vec<(&Source, NodeIndex)> =
             self.source_nodes.iter().map(|(&s, &n)| (s, n)).collect();
-        let hashed = sources
-            .par_iter()
-            .map(|(source, node)| {
-                crate::derivation::ignore::with_rules(
-                    source.ignore_rules(),
-                    source.host_path(),
-                    |keep| {
-                        TreeHasher::with_cache(cache)
-                            .keeping(keep)
-                            .digest(source.host_path())
-                    },
-                )
-                .map(|digest| (source, *node, digest))
-                .map_err(|error| PlanError::Source {
-                    path: source.host_path().to_path_buf(),
-                    error,
-                })
+        let hash_one = |(source, node): (&'g Source, NodeIndex)| {
+            crate::derivation::ignore::with_rules(
+                source.ignore_rules(),
+                source.host_path(),
+                |keep| {
+                    TreeHasher::with_cache(cache)
+                        .keeping(keep)
+                        .digest(source.host_path())
+                },
+            )
+            .map(|digest| (source, node, digest))
+            .map_err(|error| PlanError::Source {
+                path: source.host_path().to_path_buf(),
+                error,
             })
-            .collect::<Result<Vec<_>, _>>()?;
+        };
+        let hashed = if sources.len() > 1 && crate::threads::shared() {
+            sources
+                .par_iter()
+                .copied()
+                .map(hash_one)
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            sources
+                .iter()
+                .copied()
+                .map(hash_one)
+                .collect::<Result<Vec<_>, _>>()?
+        };
         for (source, node, digest) in hashed {
             let key = hash::source_key(source.name(), &digest);
             let entry = EntryName::new(&key, source.name(), None);
@@ -1487,7 +1497,7 @@ impl<'g> Planner<'g> {
                 is_derivation(node) && waiting[node.index()].load(Ordering::Relaxed) == 0
             })
             .collect();
-        if small(self.graph) {
+        if small(self.graph) || !crate::threads::shared() {
             wave.run_here(ready);
         } else {
             rayon::scope(|scope| {

@@ -379,10 +379,6 @@ pub fn __main_with<O: clap::Args>(
     }
     process::grow_heap_in_large_steps();
     process::raise_open_file_limit();
-    if let Err(e) = process::start_shared_threads() {
-        eprintln!("error: {e}");
-        return ExitCode::Failure;
-    }
     // Named after the program's file, as `--version` and `--help` show it; with the program's
     // own options.
     let command = O::augment_args(

@@ -1,5 +1,5 @@
-//! What a forjar process sets up for itself: its signal handlers, its open-file limit, its
-//! allocator and its threads.
+//! What a forjar process sets up for itself: its signal handlers, its open-file limit and its
+//! allocator.
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
@@ -54,22 +54,5 @@ pub(super) fn grow_heap_in_large_steps() {
     // SAFETY: mallopt sets an allocator parameter under the allocator's own lock.
     unsafe {
         nix::libc::mallopt(nix::libc::M_TOP_PAD, 32 << 20);
-    }
-}
-
-/// Starts the threads that hashing and planning share (rayon's global pool) now, so that a
-/// process that may not start them is told why, not stopped by a panic at their first use.
-/// Threads count against the user's limit on processes (`ulimit -u`).
-pub(super) fn start_shared_threads() -> Result<(), String> {
-    match rayon::ThreadPoolBuilder::new().build_global() {
-        Ok(()) => Ok(()),
-        // An I/O error is the threads' own; without one, the pool was already started.
-        Err(e) => match std::error::Error::source(&e) {
-            Some(cause) => Err(format!(
-                "cannot start forjar's threads: {cause}{}",
-                crate::exec::thread_limit_hint(cause)
-            )),
-            None => Ok(()),
-        },
     }
 }

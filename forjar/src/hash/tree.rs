@@ -250,11 +250,12 @@ impl<'c> TreeHasher<'c> {
                 kind => self.leaf(&child, *kind),
             }
         };
-        let digests: Vec<[u8; 32]> = if entries.len() >= PARALLEL_ENTRIES {
-            entries.par_iter().map(one).collect::<Result<_, _>>()?
-        } else {
-            entries.iter().map(one).collect::<Result<_, _>>()?
-        };
+        let digests: Vec<[u8; 32]> =
+            if entries.len() >= PARALLEL_ENTRIES && crate::threads::shared() {
+                entries.par_iter().map(one).collect::<Result<_, _>>()?
+            } else {
+                entries.iter().map(one).collect::<Result<_, _>>()?
+            };
         let children: Vec<(CString, [u8; 32])> = entries
             .into_iter()
             .map(|(name, _)| name)
@@ -335,8 +336,9 @@ impl<'c> TreeHasher<'c> {
                 return Ok((*blake3::hash(&buf[..n]).as_bytes(), n as u64));
             }
             let mut hasher = blake3::Hasher::new();
+            let spread = size >= RAYON_THRESHOLD && crate::threads::shared();
             let mut update = |bytes: &[u8]| {
-                if size >= RAYON_THRESHOLD {
+                if spread {
                     hasher.update_rayon(bytes);
                 } else {
                     hasher.update(bytes);
@@ -427,7 +429,7 @@ impl Visitor for Digests<'_, '_> {
             Kind::Dir => Ok(None),
             kind => hasher.leaf(&At::new(dir, name, dir_path), *kind).map(Some),
         };
-        if entries.len() >= PARALLEL_ENTRIES {
+        if entries.len() >= PARALLEL_ENTRIES && crate::threads::shared() {
             entries.par_iter().map(one).collect()
         } else {
             entries.iter().map(one).collect()

@@ -144,7 +144,11 @@ impl Store {
                 _ => problems.push(Problem::Stray { name }),
             }
         }
-        problems.par_extend(entries.par_iter().flat_map_iter(|entry| self.check(entry)));
+        if crate::threads::shared() {
+            problems.par_extend(entries.par_iter().flat_map_iter(|entry| self.check(entry)));
+        } else {
+            problems.extend(entries.iter().flat_map(|entry| self.check(entry)));
+        }
         problems.extend(self.missing_roots()?);
         problems.sort_by_key(ToString::to_string);
         Ok(VerifyReport {
