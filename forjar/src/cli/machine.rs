@@ -97,16 +97,29 @@ pub(super) fn bounded<T: Sync, R: Send>(
     use std::sync::atomic::{AtomicUsize, Ordering};
     let next = AtomicUsize::new(0);
     let results: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
+    let work = || {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(item) = items.get(i) else { break };
+            let result = each(item);
+            *results[i].lock().expect("a host's slot is not poisoned") = Some(result);
+        }
+    };
     std::thread::scope(|scope| {
+        // As many as the limit, or as the user's limit on threads (`ulimit -u`) lets start;
+        // with none, the hosts are taken here, one after the other.
+        let mut started = 0;
         for _ in 0..limit.clamp(1, items.len().max(1)) {
-            scope.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(item) = items.get(i) else { break };
-                    let result = each(item);
-                    *results[i].lock().expect("a host's slot is not poisoned") = Some(result);
-                }
-            });
+            if std::thread::Builder::new()
+                .spawn_scoped(scope, work)
+                .is_err()
+            {
+                break;
+            }
+            started += 1;
+        }
+        if started == 0 {
+            work();
         }
     });
     results
