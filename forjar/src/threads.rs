@@ -1,5 +1,5 @@
-//! The threads that hashing, planning and `verify` share: rayon's global pool, started at its
-//! first use.
+//! The threads that hashing, planning and `verify` share (rayon's global pool, started at its
+//! first use), and what to say of a thread or process that cannot start.
 
 use std::sync::OnceLock;
 
@@ -15,4 +15,23 @@ pub(crate) fn shared() -> bool {
         // already (by a program that configured it).
         Err(e) => std::error::Error::source(&e).is_none(),
     })
+}
+
+/// What to say of a thread or process that could not be started with `error`: where it is
+/// `EAGAIN`, the user's limit on processes and threads (`ulimit -u`), which every thread counts
+/// against, and its value here.
+pub(crate) fn limit_hint(error: &(dyn std::error::Error + 'static)) -> String {
+    let again = error
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.raw_os_error() == Some(nix::libc::EAGAIN));
+    if !again {
+        return String::new();
+    }
+    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NPROC) {
+        Ok((soft, _)) if soft != nix::sys::resource::RLIM_INFINITY => format!(
+            " (this user's processes and threads are at their limit, `ulimit -u` = {soft}, \
+             or the system's; raise it or stop some)"
+        ),
+        _ => " (the system's limit on processes and threads is reached)".into(),
+    }
 }

@@ -38,25 +38,6 @@ use crate::sandbox::SandboxError;
 use crate::store::{BuildRecord, Realised};
 use crate::store::{EntryName, KeyLock, Store, StoreError};
 
-/// What to say of a thread or process that could not be started with `error`: where it is
-/// `EAGAIN`, the user's limit on processes and threads (`ulimit -u`), which every thread counts
-/// against, and its value here.
-pub fn thread_limit_hint(error: &(dyn std::error::Error + 'static)) -> String {
-    let again = error
-        .downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.raw_os_error() == Some(nix::libc::EAGAIN));
-    if !again {
-        return String::new();
-    }
-    match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NPROC) {
-        Ok((soft, _)) if soft != nix::sys::resource::RLIM_INFINITY => format!(
-            " (this user's processes and threads are at their limit, `ulimit -u` = {soft}, \
-             or the system's; raise it or stop some)"
-        ),
-        _ => " (the system's limit on processes and threads is reached)".into(),
-    }
-}
-
 /// Why realising a plan stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -136,7 +117,7 @@ pub enum ExecError {
     #[error("the build of `{0}` was cancelled")]
     Cancelled(String),
     /// No thread could be started to build on.
-    #[error("cannot start a thread to build `{name}` on: {source}{}", thread_limit_hint(.source))]
+    #[error("cannot start a thread to build `{name}` on: {source}{}", crate::threads::limit_hint(.source))]
     NoThread {
         /// The derivation.
         name: String,

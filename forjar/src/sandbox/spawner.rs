@@ -111,7 +111,7 @@ pub(super) fn spawn(
                 pid @ 1.. => Ok(Pid::from_raw(pid as i32)),
                 errno => {
                     let error = io::Error::from_raw_os_error(-errno as i32);
-                    let hint = crate::exec::thread_limit_hint(&error);
+                    let hint = crate::threads::limit_hint(&error);
                     Err(super::io_err("cannot fork the build's supervisor")(
                         io::Error::new(error.kind(), format!("{error}{hint}")),
                     ))
