@@ -137,10 +137,25 @@ pub fn serve(
                         running.insert(lease.id.clone(), cancel.clone());
                         let (id, payload, tx) =
                             (lease.id.clone(), lease.payload.clone(), done_tx.clone());
-                        scope.spawn(move || {
-                            let finished = run_lease(remote, store, options, &id, payload, &cancel);
-                            let _ = tx.send((id, finished));
-                        });
+                        let run = {
+                            let (id, tx) = (id.clone(), tx.clone());
+                            move || {
+                                let finished =
+                                    run_lease(remote, store, options, &id, payload, &cancel);
+                                let _ = tx.send((id, finished));
+                            }
+                        };
+                        if let Err(e) = std::thread::Builder::new().spawn_scoped(scope, run) {
+                            // No thread for it (the user's limit on threads): given back, to
+                            // be run elsewhere or here later (the server retries UNAVAILABLE).
+                            let message = format!(
+                                "the worker cannot start a thread for it: {e}{}",
+                                crate::threads::limit_hint(&e)
+                            );
+                            eprintln!("worker {}: lease {id}: {message}", options.name);
+                            let refusal = Refusal::new(tonic::Code::Unavailable, message);
+                            let _ = tx.send((id.clone(), completed(id, Err(refusal))));
+                        }
                     }
                     LeaseState::Cancelled => {
                         if let Some(run) = running.get(&lease.id) {
