@@ -17,14 +17,11 @@ pub(crate) fn shared() -> bool {
     })
 }
 
-/// What to say of a thread or process that could not be started with `error`: where it is
-/// `EAGAIN`, the user's limit on processes and threads (`ulimit -u`), which every thread counts
-/// against, and its value here.
-pub(crate) fn limit_hint(error: &(dyn std::error::Error + 'static)) -> String {
-    let again = error
-        .downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.raw_os_error() == Some(nix::libc::EAGAIN));
-    if !again {
+/// What to add to `error` where it is `EAGAIN`, as a thread or process that could not start
+/// has: the user's limit on processes and threads (`ulimit -u`), which every thread counts
+/// against, and its value here; nothing for any other error.
+pub(crate) fn limit_hint(error: &std::io::Error) -> String {
+    if error.raw_os_error() != Some(nix::libc::EAGAIN) {
         return String::new();
     }
     match nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NPROC) {

@@ -231,7 +231,18 @@ pub(super) fn supervisor(
         )?;
         // SAFETY: this process is single-threaded (a fork child); the builder child only runs
         // `builder`, which ends in exec or _exit.
-        match ctx(unsafe { fork() }, || "cannot fork the builder".into())? {
+        let forked = unsafe { fork() }.map_err(|e| {
+            // A fork refused at the user's limit on processes is this setup's, not a kernel
+            // without sandboxes.
+            let hint = crate::threads::limit_hint(&e.into());
+            let kind = if hint.is_empty() {
+                SETUP_FAILED
+            } else {
+                PLACE_FAILED
+            };
+            Failed(kind, format!("cannot fork the builder: {e}{hint}"))
+        })?;
+        match forked {
             ForkResult::Child => {
                 drop((feed_here, sync_write, sync_read, status_write));
                 builder(p, Feed::new(feed_there))
@@ -712,15 +723,9 @@ fn bind(
             MOVE_MOUNT_F_EMPTY_PATH,
         )
     };
-    if rc != 0 {
-        let error = std::io::Error::last_os_error();
-        let what = format!("cannot bind `{}`", in_build(target).display());
-        return Err(if error.raw_os_error() == Some(libc::ENOSPC) {
-            mount_table_full(what)
-        } else {
-            Failed(SETUP_FAILED, format!("{what}: {error}"))
-        });
-    }
+    mounting(nix::errno::Errno::result(rc), || {
+        format!("cannot bind `{}`", in_build(target).display())
+    })?;
     drop(clone);
     let mut flags =
         MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | locked_flags(target);

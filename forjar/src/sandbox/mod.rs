@@ -81,8 +81,9 @@ const SETUP_FAILED: u8 = b'S';
 /// The first byte a child writes to the error pipe: the sandbox was set up, but `exec` of the
 /// builder failed.
 const EXEC_FAILED: u8 = b'X';
-/// The first byte a child writes to the error pipe: a bind or symlink of the build's own paths
-/// could not be made in the sandbox, which the kernel did give.
+/// The first byte a child writes to the error pipe: the kernel gave the sandbox, but this
+/// build's setup failed in it (a bind or symlink of its paths, a mount past the kernel's mount
+/// table, a fork past the user's limit on processes).
 const PLACE_FAILED: u8 = b'P';
 /// The first byte a child writes to the error pipe: a limit of the process stopped the setup.
 const LIMIT_HIT: u8 = b'L';
@@ -141,7 +142,7 @@ pub enum SandboxError {
         advice: String,
     },
     /// The parent's side of running a build failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {source}{}", crate::threads::limit_hint(.source))]
     Io {
         /// What was being done.
         what: &'static str,

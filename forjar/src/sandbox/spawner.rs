@@ -109,13 +109,9 @@ pub(super) fn spawn(
         return match (&current.stream).read_exact(&mut reply) {
             Ok(()) => match i64::from_le_bytes(reply) {
                 pid @ 1.. => Ok(Pid::from_raw(pid as i32)),
-                errno => {
-                    let error = io::Error::from_raw_os_error(-errno as i32);
-                    let hint = crate::threads::limit_hint(&error);
-                    Err(super::io_err("cannot fork the build's supervisor")(
-                        io::Error::new(error.kind(), format!("{error}{hint}")),
-                    ))
-                }
+                errno => Err(super::io_err("cannot fork the build's supervisor")(
+                    io::Error::from_raw_os_error(-errno as i32),
+                )),
             },
             Err(e) => {
                 end(link.take());
