@@ -78,8 +78,10 @@ fn closure(i: usize, size: usize) -> Vec<usize> {
     let mut below = Vec::new();
     let mut next = vec![i];
     while let Some(n) = next.pop() {
-        below.extend(super::children(n, size));
-        next.extend(super::children(n, size));
+        for child in super::children(n, size) {
+            below.push(child);
+            next.push(child);
+        }
     }
     below
 }

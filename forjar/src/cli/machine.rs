@@ -108,16 +108,13 @@ pub(super) fn bounded<T: Sync, R: Send>(
     std::thread::scope(|scope| {
         // As many as the limit, or as the user's limit on threads (`ulimit -u`) lets start;
         // with none, the hosts are taken here, one after the other.
-        let mut started = 0;
-        for _ in 0..limit.clamp(1, items.len().max(1)) {
-            if std::thread::Builder::new()
-                .spawn_scoped(scope, work)
-                .is_err()
-            {
-                break;
-            }
-            started += 1;
-        }
+        let started = (0..limit.clamp(1, items.len().max(1)))
+            .take_while(|_| {
+                std::thread::Builder::new()
+                    .spawn_scoped(scope, work)
+                    .is_ok()
+            })
+            .count();
         if started == 0 {
             work();
         }
