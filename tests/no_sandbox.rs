@@ -6,31 +6,33 @@
 //! without unprivileged user namespaces; one whose `max_net_namespaces` is 0; one where a path
 //! of `/proc` has a mount over it, as in a container.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-use forjar_suite::{example, stderr};
+use forjar_suite::{example, stderr, store_entries};
 
-/// Runs `program --store <store> apply` under `unshare --user --map-root-user` with `unshare`'s
-/// further `options`, after `sh -c script` (which ends in `exec "$@"`); `None` where the
-/// confinement cannot be made, which fails the test under CI.
-fn apply_confined(
+/// Runs `program --store <store> apply` (the `dag` program with one layer) under `unshare
+/// --user --map-root-user` with `unshare`'s further `options`, after `sh -c script` (which ends
+/// in `exec "$@"`); checks that it failed (exit 1) and built nothing but what `imported` accepts
+/// (what needs no sandbox), and returns what it said. `None` where the confinement cannot be
+/// made, which fails the test under CI.
+fn refused(
     options: &[&str],
     script: &str,
     program: &str,
-    dir: &Path,
-    env: &[(&str, &str)],
-) -> Option<Output> {
+    imported: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
     let out = Command::new("unshare")
         .args(["--user", "--map-root-user"])
         .args(options)
         .args(["sh", "-c", script, "sh"])
         .arg(example(program))
         .arg("--store")
-        .arg(dir.join("store"))
+        .arg(&store)
         .arg("apply")
-        .envs(env.iter().copied())
-        .current_dir(dir)
+        .env("DAG_LAYERS", "1")
+        .current_dir(dir.path())
         .output()
         .expect("unshare (util-linux) runs");
     let err = stderr(&out);
@@ -43,16 +45,13 @@ fn apply_confined(
         eprintln!("skipping: cannot confine the test: {err}");
         return None;
     }
-    Some(out)
-}
-
-/// The entries in `dir`'s store that `keep` accepts.
-fn entries(dir: &Path, keep: impl Fn(&str) -> bool) -> Vec<String> {
-    std::fs::read_dir(dir.join("store"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.starts_with('.') && keep(n))
-        .collect()
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let built: Vec<String> = store_entries(&store)
+        .into_iter()
+        .filter(|n| !imported(n))
+        .collect();
+    assert!(built.is_empty(), "something was built: {built:?}");
+    Some(err)
 }
 
 /// `err` says the kernel gave no namespaces, and names `limit` as 0.
@@ -66,24 +65,18 @@ fn says_the_kernel_allows_none(err: &str, limit: &str) {
 
 #[test]
 fn without_user_namespaces_apply_fails_clearly_and_builds_nothing() {
-    let dir = tempfile::tempdir().unwrap();
     let confine = "echo 0 > /proc/sys/user/max_user_namespaces && exec \"$@\"";
-    let Some(out) = apply_confined(&[], confine, "hello", dir.path(), &[]) else {
+    // What is imported (the source and the toolchain) needs no sandbox.
+    let imported = |n: &str| n.ends_with("-hello-src") || n.ends_with("-cc");
+    let Some(err) = refused(&[], confine, "hello", imported) else {
         return;
     };
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("error: cannot build `message` (examples/hello/main.rs:"),
         "{err}"
     );
     says_the_kernel_allows_none(&err, "user.max_user_namespaces");
     assert!(err.contains("forjar never builds unsandboxed"), "{err}");
-    // What is imported (the source and the toolchain) needs no sandbox.
-    let built = entries(dir.path(), |n| {
-        !n.ends_with("-hello-src") && !n.ends_with("-cc")
-    });
-    assert!(built.is_empty(), "something was built: {built:?}");
 }
 
 /// Where a path of `/proc` has a mount over it, as in a container (whose runtime masks
@@ -91,14 +84,10 @@ fn without_user_namespaces_apply_fails_clearly_and_builds_nothing() {
 /// says that, and what to do, not that the kernel has no user namespaces.
 #[test]
 fn under_a_covered_proc_apply_says_where_to_run_and_builds_nothing() {
-    let dir = tempfile::tempdir().unwrap();
     let cover = "mount --bind /dev/null /proc/version && exec \"$@\"";
-    let env = [("DAG_LAYERS", "1")];
-    let Some(out) = apply_confined(&["--mount"], cover, "dag", dir.path(), &env) else {
+    let Some(err) = refused(&["--mount"], cover, "dag", |_| false) else {
         return;
     };
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("error: cannot build `n0-")
             && err.contains(
@@ -112,23 +101,15 @@ fn under_a_covered_proc_apply_says_where_to_run_and_builds_nothing() {
     );
     // Not the advice of a kernel without user namespaces.
     assert!(!err.contains("max_user_namespaces"), "{err}");
-    let built = entries(dir.path(), |_| true);
-    assert!(built.is_empty(), "something was built: {built:?}");
 }
 
 /// Where another of the kernel's limits on namespaces is 0 (here network namespaces), the
 /// message names it, beside the advice on user namespaces.
 #[test]
 fn without_network_namespaces_apply_names_the_limit_and_builds_nothing() {
-    let dir = tempfile::tempdir().unwrap();
     let confine = "echo 0 > /proc/sys/user/max_net_namespaces && exec \"$@\"";
-    let env = [("DAG_LAYERS", "1")];
-    let Some(out) = apply_confined(&[], confine, "dag", dir.path(), &env) else {
+    let Some(err) = refused(&[], confine, "dag", |_| false) else {
         return;
     };
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(1), "{err}");
     says_the_kernel_allows_none(&err, "user.max_net_namespaces");
-    let built = entries(dir.path(), |_| true);
-    assert!(built.is_empty(), "something was built: {built:?}");
 }

@@ -609,13 +609,7 @@ fn a_user_with_a_hard_process_limit_below_the_cap_builds_under_it() {
     if !sandbox() {
         return;
     }
-    if !nix::unistd::geteuid().is_root() {
-        assert_ne!(
-            std::env::var("CI").as_deref(),
-            Ok("true"),
-            "CI must run this test as root, to run a program as another user"
-        );
-        eprintln!("skipping: running a program as another user takes root");
+    if !forjar_suite::as_root("running a program as another user") {
         return;
     }
     // Everything the other user touches is in a directory it may use: the program too, as the
@@ -639,17 +633,8 @@ fn a_user_with_a_hard_process_limit_below_the_cap_builds_under_it() {
         .expect("setpriv and prlimit (util-linux) run");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    let built = fs::read_dir(dir.path().join("store"))
-        .unwrap()
-        .filter(|e| {
-            !e.as_ref()
-                .unwrap()
-                .file_name()
-                .to_string_lossy()
-                .starts_with('.')
-        })
-        .count();
-    assert_eq!(built, 5, "{err}");
+    let built = forjar_suite::store_entries(&dir.path().join("store"));
+    assert_eq!(built.len(), 5, "{err}");
 }
 
 /// Whether a build's processes are counted by its own cgroup (as root), so that its process

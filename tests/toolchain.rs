@@ -18,16 +18,7 @@ static APT: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Whether this test can change the host's packages; under CI it must.
 fn can_install_packages() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert_ne!(
-        std::env::var("CI").as_deref(),
-        Ok("true"),
-        "CI runs as root, and must run the toolchain tests"
-    );
-    eprintln!("skipping: installing test packages needs root");
-    false
+    forjar_suite::as_root("installing test packages")
 }
 
 /// Packages this run made and installed; removed from the host when dropped.

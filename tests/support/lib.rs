@@ -356,6 +356,34 @@ pub fn fresh_salt(test: &str) -> String {
     format!("{test}-{}-{}", std::process::id(), now.as_nanos())
 }
 
+/// The names of the entries in the store at `store`, read off the directory (no `Store` is
+/// opened: the store may be another user's); none if it was never made.
+pub fn store_entries(store: &Path) -> Vec<String> {
+    match std::fs::read_dir(store) {
+        Ok(items) => items
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.starts_with('.'))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => panic!("cannot read {}: {e}", store.display()),
+    }
+}
+
+/// Whether this test runs as root, which `what` takes; under CI (`CI=true`, as root) a test
+/// that is not fails, elsewhere it is skipped, saying so.
+pub fn as_root(what: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert_ne!(
+        std::env::var("CI").as_deref(),
+        Ok("true"),
+        "CI runs as root, and must run this test: {what} takes root"
+    );
+    eprintln!("skipping: {what} takes root");
+    false
+}
+
 /// Every entry of the store with the tree digest its meta.yaml records.
 pub fn store_digests(store: &Path) -> BTreeMap<String, String> {
     let store = forjar::store::Store::open(store).expect("the store opens");
