@@ -368,7 +368,7 @@ fn run_script(script: &str, timeout: Duration) -> Result<(), String> {
     let kept = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     if let Some(mut pipe) = child.stderr.take() {
         let kept = std::sync::Arc::clone(&kept);
-        std::thread::spawn(move || {
+        let drain = std::thread::Builder::new().spawn(move || {
             let mut buffer = [0u8; 4096];
             while let Ok(n @ 1..) = pipe.read(&mut buffer) {
                 let mut kept = kept
@@ -379,6 +379,15 @@ fn run_script(script: &str, timeout: Duration) -> Result<(), String> {
                 kept.drain(..excess);
             }
         });
+        if let Err(e) = drain {
+            // Undrained, the command could block on a full pipe: it is not left running.
+            let _ = child.kill();
+            let _ = child.wait();
+            let hint = crate::threads::limit_hint(&e);
+            return Err(format!(
+                "cannot start a thread for the command's output: {e}{hint}"
+            ));
+        }
     }
     let deadline = Instant::now() + timeout;
     loop {

@@ -175,60 +175,78 @@ impl Transport {
             OwnedFd::from(stdout_write),
             OwnedFd::from(stderr_write),
         );
-        // The command (and with it this process's copies of the child's pipe ends) is dropped
-        // once spawned, so that the pipes end when the child does.
+        // The threads that feed the command and drain its standard error start before the
+        // command does: one that cannot start (every thread counts against the user's limit on
+        // processes) is an error with nothing running on the machine, not a command left
+        // without its input. The command (and with it this process's copies of the child's pipe
+        // ends) is dropped once spawned, so that the pipes end when the child does; if it does
+        // not spawn, they end with it, and the threads with them.
         enum Running<'s> {
             Local(std::process::Child),
             Ssh(Box<openssh::Child<&'s openssh::Session>>),
         }
-        let running = match &self.link {
-            Link::Local => std::process::Command::new(&argv[0])
-                .args(&argv[1..])
-                .stdin(stdin_read)
-                .stdout(stdout_write)
-                .stderr(stderr_write)
-                .spawn()
-                .map(Running::Local)
-                .map_err(|e| fail(&format!("cannot run `{}`", argv[0]), &e))?,
-            Link::Ssh { runtime, session } => {
-                let mut command = session.command(argv[0].as_str());
-                command
-                    .args(&argv[1..])
-                    .stdin(openssh::Stdio::from(stdin_read))
-                    .stdout(openssh::Stdio::from(stdout_write))
-                    .stderr(openssh::Stdio::from(stderr_write));
-                let child = runtime
-                    .block_on(command.spawn())
-                    .map_err(|e| fail("the connection failed", &error_chain(&e)))?;
-                drop(command);
-                Running::Ssh(Box::new(child))
-            }
-        };
-        let mut stdout = Vec::new();
-        let (sent, stderr) = std::thread::scope(|scope| {
-            let writer = scope.spawn(move || {
-                let mut counting = Counting {
-                    inner: io::BufWriter::with_capacity(1 << 20, stdin_write),
-                    count: 0,
-                    next: Counting::<()>::EVERY,
-                    report: None,
-                };
-                let result = match input {
-                    Input::Nothing => Ok(()),
-                    Input::Bytes(bytes) => counting.write_all(bytes),
-                    Input::Stream(write, report) => {
-                        counting.report = Some(report);
-                        write(&mut counting)
+        std::thread::scope(|scope| {
+            let no_thread = |e: io::Error| {
+                let hint = crate::threads::limit_hint(&e);
+                fail(
+                    "cannot start a thread for the command",
+                    &format!("{e}{hint}"),
+                )
+            };
+            let writer = std::thread::Builder::new()
+                .spawn_scoped(scope, move || {
+                    let mut counting = Counting {
+                        inner: io::BufWriter::with_capacity(1 << 20, stdin_write),
+                        count: 0,
+                        next: Counting::<()>::EVERY,
+                        report: None,
+                    };
+                    let result = match input {
+                        Input::Nothing => Ok(()),
+                        Input::Bytes(bytes) => counting.write_all(bytes),
+                        Input::Stream(write, report) => {
+                            counting.report = Some(report);
+                            write(&mut counting)
+                        }
                     }
+                    .and_then(|()| counting.flush());
+                    (counting.count, result)
+                })
+                .map_err(no_thread)?;
+            let reader = std::thread::Builder::new()
+                .spawn_scoped(scope, move || {
+                    let mut text = String::new();
+                    let _ = BufReader::new(stderr_read).read_to_string(&mut text);
+                    text
+                })
+                .map_err(no_thread)?;
+            let running = match &self.link {
+                Link::Local => std::process::Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(stdin_read)
+                    .stdout(stdout_write)
+                    .stderr(stderr_write)
+                    .spawn()
+                    .map(Running::Local)
+                    .map_err(|e| {
+                        let hint = crate::threads::limit_hint(&e);
+                        fail(&format!("cannot run `{}`", argv[0]), &format!("{e}{hint}"))
+                    })?,
+                Link::Ssh { runtime, session } => {
+                    let mut command = session.command(argv[0].as_str());
+                    command
+                        .args(&argv[1..])
+                        .stdin(openssh::Stdio::from(stdin_read))
+                        .stdout(openssh::Stdio::from(stdout_write))
+                        .stderr(openssh::Stdio::from(stderr_write));
+                    let child = runtime
+                        .block_on(command.spawn())
+                        .map_err(|e| fail("the connection failed", &error_chain(&e)))?;
+                    drop(command);
+                    Running::Ssh(Box::new(child))
                 }
-                .and_then(|()| counting.flush());
-                (counting.count, result)
-            });
-            let reader = scope.spawn(move || {
-                let mut text = String::new();
-                let _ = BufReader::new(stderr_read).read_to_string(&mut text);
-                text
-            });
+            };
+            let mut stdout = Vec::new();
             let mut out = BufReader::new(stdout_read);
             let mut buffer = Vec::new();
             loop {
@@ -242,24 +260,24 @@ impl Transport {
                 }
             }
             let (sent, _written) = writer.join().expect("the writer does not panic");
-            (sent, reader.join().expect("the reader does not panic"))
-        });
-        let status = match running {
-            Running::Local(mut child) => child
-                .wait()
-                .map_err(|e| fail("cannot wait for the command", &e))?,
-            Running::Ssh(child) => match &self.link {
-                Link::Ssh { runtime, .. } => runtime
-                    .block_on((*child).wait())
-                    .map_err(|e| fail("the connection failed", &error_chain(&e)))?,
-                Link::Local => unreachable!("an ssh child has an ssh link"),
-            },
-        };
-        Ok(Reply {
-            status,
-            stdout,
-            stderr,
-            sent,
+            let stderr = reader.join().expect("the reader does not panic");
+            let status = match running {
+                Running::Local(mut child) => child
+                    .wait()
+                    .map_err(|e| fail("cannot wait for the command", &e))?,
+                Running::Ssh(child) => match &self.link {
+                    Link::Ssh { runtime, .. } => runtime
+                        .block_on((*child).wait())
+                        .map_err(|e| fail("the connection failed", &error_chain(&e)))?,
+                    Link::Local => unreachable!("an ssh child has an ssh link"),
+                },
+            };
+            Ok(Reply {
+                status,
+                stdout,
+                stderr,
+                sent,
+            })
         })
     }
 
