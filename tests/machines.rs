@@ -311,6 +311,24 @@ fn drift_is_read_on_the_host_and_repaired() {
     assert_ok(&repair);
     assert!(stdout(&repair).contains("no drift"), "{}", stdout(&repair));
     assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+
+    // A host whose state names no current generation (its state removed) has nothing to be
+    // compared with: drift says so and fails, rather than "no drift".
+    let state = "/var/lib/forjar/machine";
+    assert_ok(&hosts.ssh(0, &format!("mv {state}/current {state}/current.kept")));
+    for args in [&["drift"][..], &["drift", "--repair"]] {
+        let none = fleet(&store, &hosts, &[], args);
+        let text = stdout(&none);
+        assert_eq!(none.status.code(), Some(1), "{args:?}\n{text}");
+        assert!(
+            text.contains(hosts.name(0))
+                && text.contains("no generation is current on this host")
+                && text.contains("`apply` deploys one")
+                && !text.contains("no drift"),
+            "{args:?}\n{text}"
+        );
+    }
+    assert_ok(&hosts.ssh(0, &format!("mv {state}/current.kept {state}/current")));
 }
 
 #[test]

@@ -1368,10 +1368,11 @@ fn remove(path: &Path) -> Result<(), AgentError> {
 }
 
 /// `drift`: every difference between the live host and its current generation.
+///
+/// A host with no current generation (never activated, or its state removed) is an error: there
+/// is nothing to compare it with, and "no drift" would say it is what forjar deployed.
 pub fn drift(store: &Store, state: &State) -> Result<Vec<Drift>, AgentError> {
-    let Some(current) = state.current()? else {
-        return Ok(Vec::new());
-    };
+    let current = current_or_none_deployed(state)?;
     let system = Sys::of(&state.generation(current)?, store);
     let manifest = read_manifest(&system)?;
     let mut found = Vec::new();
@@ -1448,12 +1449,21 @@ pub fn drift(store: &Store, state: &State) -> Result<Vec<Drift>, AgentError> {
 pub fn repair(store: &Store, state: &State) -> Result<(), AgentError> {
     let _lock = state.lock()?;
     resume(store, state)?;
-    let Some(current) = state.current()? else {
-        return Ok(());
-    };
+    let current = current_or_none_deployed(state)?;
     let system = Sys::of(&state.generation(current)?, store);
     let manifest = read_manifest(&system)?;
     converge(&system, &manifest, Some(&manifest), true, None)
+}
+
+/// The current generation, or the error of a host on which none is.
+fn current_or_none_deployed(state: &State) -> Result<u64, AgentError> {
+    state.current()?.ok_or_else(|| {
+        AgentError(format!(
+            "no generation is current on this host (`{}` names none), so there is nothing to \
+             compare it with or to restore; `apply` deploys one",
+            state.dir.join("current").display()
+        ))
+    })
 }
 
 /// Reads entry names, one a line, from `input`.
@@ -1474,4 +1484,24 @@ pub fn read_names(input: impl BufRead) -> Result<Vec<EntryName>, AgentError> {
 /// A digest, for records.
 pub fn digest_text(text: &str) -> String {
     TreeDigest::from_bytes(*blake3::hash(text.as_bytes()).as_bytes()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_and_repair_on_a_host_without_a_current_generation_say_so() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let state = State::open(&tmp.path().join("state")).unwrap();
+        let error = drift(&store, &state).unwrap_err().to_string();
+        assert!(
+            error.contains("no generation is current on this host")
+                && error.contains("`apply` deploys one"),
+            "{error}"
+        );
+        let error = repair(&store, &state).unwrap_err().to_string();
+        assert!(error.contains("no generation is current"), "{error}");
+    }
 }
