@@ -55,8 +55,33 @@ pub(super) fn select<'m>(
     let Some(on) = on else {
         return Ok(machines.iter().collect());
     };
+    let usage = |text: String| Err(Failure::new(ExitCode::Usage, text));
+    if machines.is_empty() {
+        return usage(format!(
+            "`--on {on}` selects machines, and the program has none; leave `--on` out"
+        ));
+    }
+    let names = || {
+        machines
+            .iter()
+            .map(Machine::name)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let patterns: Vec<&str> = on
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect();
+    if patterns.is_empty() {
+        return usage(format!(
+            "`--on` names no machine; give names, `@tag`s or globs, comma-separated (the \
+             program's machines are: {})",
+            names()
+        ));
+    }
     let mut selected: Vec<&Machine> = Vec::new();
-    for pattern in on.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+    for pattern in patterns {
         let matches: Vec<&Machine> = machines
             .iter()
             .filter(|m| match pattern.strip_prefix('@') {
@@ -65,16 +90,9 @@ pub(super) fn select<'m>(
             })
             .collect();
         if matches.is_empty() {
-            return Err(Failure::new(
-                ExitCode::Usage,
-                format!(
-                    "`--on {pattern}` matches no machine; the program's machines are: {}",
-                    machines
-                        .iter()
-                        .map(Machine::name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
+            return usage(format!(
+                "`--on {pattern}` matches no machine; the program's machines are: {}",
+                names()
             ));
         }
         for m in matches {
@@ -558,6 +576,21 @@ mod tests {
             "{}",
             error.message
         );
+        let error = select(&machines, Some(" , ")).unwrap_err();
+        assert_eq!(error.code, ExitCode::Usage);
+        assert!(
+            error.message.contains("`--on` names no machine") && error.message.contains("db1"),
+            "{}",
+            error.message
+        );
+        let error = select(&[], Some("web1")).unwrap_err();
+        assert_eq!(error.code, ExitCode::Usage);
+        assert!(
+            error.message.contains("the program has none"),
+            "{}",
+            error.message
+        );
+        assert!(select(&[], None).unwrap().is_empty());
     }
 
     #[test]

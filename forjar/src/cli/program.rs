@@ -51,6 +51,8 @@ impl Session {
         if let Some(errors) = program.machine_errors() {
             return Err(Failure::new(ExitCode::InvalidProgram, errors));
         }
+        // An `--on` that selects no machine is said before anything is planned or built.
+        super::machine::select(&program.machines, hosts.on.as_deref())?;
         let store = match to_read {
             true => Store::open_to_read(store_dir)?,
             false => Store::open(store_dir)?,
