@@ -141,8 +141,13 @@ impl Transport {
             builder.jump_hosts([jump.as_str()]);
         }
         let session = runtime.block_on(builder.connect(address)).map_err(|e| {
-            // The master's error is one line of ssh's log; ssh itself says all of it.
-            let said = diagnose(address, user, port, jump, options);
+            // The master's error is one line of ssh's log; ssh itself says all of it. A
+            // connection that timed out is not tried again: that would double the wait on every
+            // unreachable host, and the line says what there is to say.
+            let said = match error_chain(&e).contains("timed out") {
+                true => String::new(),
+                false => diagnose(address, user, port, jump, options),
+            };
             MachineError::host(&host, connect_advice(address, &e, &said))
         })?;
         Ok(Transport {
@@ -352,8 +357,14 @@ fn diagnose(
 
 /// A connection failure, with what to do about the usual causes.
 fn connect_advice(address: &str, e: &openssh::Error, said: &str) -> String {
+    // One line, as `diagnose` gives it: ssh's log may be several.
     let text = match said.is_empty() {
-        true => error_chain(e),
+        true => error_chain(e)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
         false => said.to_string(),
     };
     let line = |needle: &str| {
