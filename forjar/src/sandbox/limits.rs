@@ -7,8 +7,8 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Once, OnceLock};
 
 use nix::libc;
 use nix::unistd::Pid;
@@ -29,6 +29,46 @@ pub struct Cgroup {
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// What the host's cgroup file system offers, read once per process: it does not change
+/// while forjar runs, and reading it for every build cost a build two or three lookups (and
+/// on v2 a write to the root's `cgroup.subtree_control`).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    v2: bool,
+    /// Whether the `pids` controller is there (v1: mounted; v2: available at the root).
+    pids: bool,
+    /// Likewise the `memory` controller.
+    memory: bool,
+}
+
+static LAYOUT: OnceLock<Layout> = OnceLock::new();
+
+impl Layout {
+    fn of(root: &Path) -> Layout {
+        match fs::read_to_string(root.join("cgroup.controllers")) {
+            Ok(controllers) => {
+                let has = |c: &str| controllers.split_whitespace().any(|w| w == c);
+                let (pids, memory) = (has("pids"), has("memory"));
+                if pids && memory {
+                    // Best effort: the controllers may already be enabled, or only settable
+                    // by systemd.
+                    let _ = fs::write(root.join("cgroup.subtree_control"), "+memory +pids");
+                }
+                Layout {
+                    v2: true,
+                    pids,
+                    memory,
+                }
+            }
+            Err(_) => Layout {
+                v2: false,
+                pids: root.join("pids").join("cgroup.procs").exists(),
+                memory: root.join("memory").join("cgroup.procs").exists(),
+            },
+        }
+    }
+}
 
 impl Cgroup {
     /// Makes a cgroup for one build with its limits, if this process may (root, with a
@@ -65,13 +105,11 @@ impl Cgroup {
                 sweep(&parent);
             }
         });
-        if root.join("cgroup.controllers").exists() {
-            let controllers = fs::read_to_string(root.join("cgroup.controllers"))?;
-            if !(controllers.contains("memory") && controllers.contains("pids")) {
+        let layout = *LAYOUT.get_or_init(|| Layout::of(root));
+        if layout.v2 {
+            if !layout.pids || !layout.memory {
                 return Ok(None);
             }
-            // Best effort: the controllers may already be enabled, or only settable by systemd.
-            let _ = fs::write(root.join("cgroup.subtree_control"), "+memory +pids");
             let dir = root.join(&name);
             fs::create_dir(&dir)?;
             let cgroup = Cgroup {
@@ -91,8 +129,7 @@ impl Cgroup {
         // cache the build wrote is charged to it.
         let (memory, pids) = (root.join("memory"), root.join("pids"));
         let limited = limits.memory.is_some();
-        if !pids.join("cgroup.procs").exists() || (limited && !memory.join("cgroup.procs").exists())
-        {
+        if !layout.pids || (limited && !layout.memory) {
             return Ok(None);
         }
         let memory = limited.then(|| memory.join(&name));

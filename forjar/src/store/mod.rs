@@ -265,6 +265,9 @@ pub struct Store {
     recovered: Recovered,
     /// The references of entries this handle has read or installed, for [`Store::closure`].
     references: References,
+    /// [`Store::owner`], read at its first use: the store directory's owner does not change
+    /// while a handle is open, and it was read three times for every build.
+    owner: OnceLock<Option<(u32, u32)>>,
 }
 
 /// An entry's references, kept once read: they do not change while it is in the store, and
@@ -380,6 +383,7 @@ impl Store {
             pending: Default::default(),
             recovered: Recovered::default(),
             references: References::default(),
+            owner: OnceLock::new(),
         })
     }
 
@@ -485,6 +489,7 @@ impl Store {
             pending: Default::default(),
             recovered: Recovered::default(),
             references: References::default(),
+            owner: OnceLock::new(),
         };
         store.sweep_staging()?;
         store.recovered = store.recover_pending()?;
@@ -511,10 +516,12 @@ impl Store {
     /// owners (root); `None` when whatever it writes is already its own.
     pub fn owner(&self) -> Option<(u32, u32)> {
         use std::os::unix::fs::MetadataExt;
-        if !nix::unistd::geteuid().is_root() {
-            return None;
-        }
-        fs::metadata(self.dir()).ok().map(|m| (m.uid(), m.gid()))
+        *self.owner.get_or_init(|| {
+            if !nix::unistd::geteuid().is_root() {
+                return None;
+            }
+            fs::metadata(self.dir()).ok().map(|m| (m.uid(), m.gid()))
+        })
     }
 
     /// The directory of an entry.
