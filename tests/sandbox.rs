@@ -619,22 +619,36 @@ fn a_user_with_a_hard_process_limit_below_the_cap_builds_under_it() {
     fs::set_permissions(dir.path(), open).unwrap();
     let program = dir.path().join("dag");
     fs::copy(forjar_suite::example("dag"), &program).unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .args(["prlimit", "--nproc=64"])
-        .arg(&program)
-        .arg("--store")
-        .arg(dir.path().join("store"))
-        .arg("apply")
-        .env("DAG_LAYERS", "1")
-        .env("HOME", dir.path())
-        .current_dir(dir.path())
-        .output()
-        .expect("setpriv and prlimit (util-linux) run");
+    let apply = |fail: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .args(["prlimit", "--nproc=64"])
+            .arg(&program)
+            .arg("--store")
+            .arg(dir.path().join("store"))
+            .arg("apply")
+            .env("DAG_LAYERS", "1")
+            .env("DAG_FAIL", fail)
+            .env("HOME", dir.path())
+            .current_dir(dir.path())
+            .output()
+            .expect("setpriv and prlimit (util-linux) run")
+    };
+    let out = apply("");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     let built = forjar_suite::store_entries(&dir.path().join("store"));
     assert_eq!(built.len(), 5, "{err}");
+    // A build that fails says what it ran under: the lower limit, not the one it asks.
+    let out = apply("n0-0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(
+            "at most 64 processes of this user at once (its hard `ulimit -u`), not the 4096 it asks"
+        ),
+        "{err}"
+    );
 }
 
 /// Whether a build's processes are counted by its own cgroup (as root), so that its process

@@ -265,6 +265,13 @@ impl<'a> Prepared<'a> {
                     limits.process_cap()
                 ));
             }
+            if !finished.lowered.is_empty() {
+                reason.push_str(&format!(
+                    " (it ran under lower hard limits than it asks, which forjar was given and \
+                     cannot raise: {}; raise them, or run forjar as root)",
+                    finished.lowered.join("; ")
+                ));
+            }
             return Err(self.fail(reason, finished.log_tail));
         }
 

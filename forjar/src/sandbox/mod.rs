@@ -345,6 +345,9 @@ pub struct Finished {
     pub duration: Duration,
     /// Whether the kernel refused it a process for its process limit (known with a cgroup only).
     pub process_limit_hit: bool,
+    /// The limits it ran under that are lower than its derivation asks, one clause each: the
+    /// hard resource limits forjar was given, which the builder cannot raise.
+    pub lowered: Vec<String>,
     /// The supervisor, still exiting, and the build's cgroup: waited for and removed when
     /// this is dropped, which a caller that has more to do for the build does last.
     pub remains: Remains,
@@ -941,6 +944,7 @@ fn run_streams(
     let cgroup =
         Cgroup::create(&spec.limits).map_err(io_err("cannot create the build's cgroup"))?;
     let mut prepared = prepare(spec, cgroup.as_ref(), interactive)?;
+    let lowered = lowered_limits(&prepared.rlimits);
 
     let (sync_read, sync_write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
     let (ready_read, ready_write) =
@@ -1037,8 +1041,38 @@ fn run_streams(
         log_bytes,
         duration: started.elapsed(),
         process_limit_hit,
+        lowered,
         remains,
     })
+}
+
+/// Which of `rlimits` this process's hard limits lower (the builder sets each to at most the
+/// hard limit it has): one clause each, for the message of a build that failed.
+fn lowered_limits(rlimits: &[(Resource, u64)]) -> Vec<String> {
+    rlimits
+        .iter()
+        .filter_map(|&(resource, asked)| {
+            let (_, hard) = nix::sys::resource::getrlimit(resource).ok()?;
+            if hard == nix::sys::resource::RLIM_INFINITY || hard >= asked {
+                return None;
+            }
+            Some(match resource {
+                Resource::RLIMIT_NPROC => format!(
+                    "at most {hard} processes of this user at once (its hard `ulimit -u`), not \
+                     the {asked} it asks"
+                ),
+                Resource::RLIMIT_AS => format!(
+                    "at most {hard} bytes of memory a process (the hard `ulimit -v`), not the \
+                     {asked} it asks"
+                ),
+                Resource::RLIMIT_FSIZE => format!(
+                    "files of at most {hard} bytes (the hard `ulimit -f`), not the {asked} of \
+                     its output bound"
+                ),
+                other => format!("{other:?} at most {hard}, not {asked}"),
+            })
+        })
+        .collect()
 }
 
 /// How often a running build's outputs and `/build` are measured against their bounds, at most.
