@@ -145,9 +145,15 @@ impl State {
             let path = dir.join(sub);
             fs::create_dir_all(&path).map_err(AgentError::io("cannot create", &path))?;
         }
-        Ok(State {
+        Ok(State::at(dir))
+    }
+
+    /// The state directory `dir` as it is, for a command that only reads it: one that does not
+    /// exist holds no generation, and nothing is made.
+    pub fn at(dir: &Path) -> State {
+        State {
             dir: dir.to_path_buf(),
-        })
+        }
     }
 
     fn generation_path(&self, number: u64) -> PathBuf {
@@ -157,8 +163,12 @@ impl State {
     /// Every generation, oldest first.
     pub fn generations(&self) -> Result<Vec<GenerationRecord>, AgentError> {
         let dir = self.dir.join("generations");
-        let mut numbers: Vec<u64> = fs::read_dir(&dir)
-            .map_err(AgentError::io("cannot read", &dir))?
+        let listing = match fs::read_dir(&dir) {
+            Ok(listing) => listing,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(AgentError::io("cannot read", &dir)(e)),
+        };
+        let mut numbers: Vec<u64> = listing
             .filter_map(|i| i.ok())
             .filter_map(|i| i.file_name().to_str()?.strip_suffix(".json")?.parse().ok())
             .collect();
@@ -1503,5 +1513,18 @@ mod tests {
         );
         let error = repair(&store, &state).unwrap_err().to_string();
         assert!(error.contains("no generation is current"), "{error}");
+    }
+
+    #[test]
+    fn a_state_directory_only_read_is_not_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let dir = tmp.path().join("state");
+        let state = State::at(&dir);
+        assert!(state.generations().unwrap().is_empty());
+        assert_eq!(state.current().unwrap(), None);
+        assert!(probe(&store, &state, &[]).unwrap().current.is_none());
+        assert!(drift(&store, &state).is_err());
+        assert!(!dir.exists(), "reading made the state directory");
     }
 }

@@ -160,7 +160,15 @@ pub fn agent_main(args: Vec<std::ffi::OsString>) -> i32 {
 
 fn run_agent(cli: AgentCli) -> Result<i32, agent::AgentError> {
     let store = crate::store::Store::open(&cli.store)?;
-    let state = agent::State::open(&cli.state)?;
+    // The commands that only read the host (those of `plan`, `drift`, `generations`, `diff`)
+    // leave a state directory that is not there as it is.
+    let state = match cli.command {
+        AgentCommand::Probe
+        | AgentCommand::Generations
+        | AgentCommand::Manifest { .. }
+        | AgentCommand::Drift { repair: false } => agent::State::at(&cli.state),
+        _ => agent::State::open(&cli.state)?,
+    };
     let print = |text: String| -> Result<i32, agent::AgentError> {
         let mut out = io::stdout().lock();
         writeln!(out, "{text}").map_err(|e| agent::AgentError(format!("cannot write: {e}")))?;
