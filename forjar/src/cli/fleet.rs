@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::machine::{bounded, select, summary};
+use super::machine::{bounded, summary};
 use super::program::Session;
 use super::progress::Verbosity;
 use super::terminal::sanitise;
@@ -250,7 +250,7 @@ impl Session {
     /// After `apply` built everything: deploys the selected machines in waves, hosts of a
     /// wave in parallel, and prints the summary.
     pub(super) fn deploy(&self, args: &DeployArgs) -> Result<ExitCode, Failure> {
-        let machines = select(&self.machines, self.on.as_deref())?;
+        let machines = self.selected_machines();
         if machines.is_empty() {
             if args.json {
                 emit("{\n  \"hosts\": []\n}\n")?;

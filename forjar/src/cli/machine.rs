@@ -46,14 +46,12 @@ impl From<MachineError> for Failure {
     }
 }
 
-/// The machines `--on` selects: a comma-separated list of names, `@tag`s and globs (`web*`);
-/// all of them without `--on`.
-pub(super) fn select<'m>(
-    machines: &'m [Machine],
-    on: Option<&str>,
-) -> Result<Vec<&'m Machine>, Failure> {
+/// The machines `--on` selects, by their index in `machines`, in the order named: a
+/// comma-separated list of names, `@tag`s and globs (`web*`); all of them without `--on`.
+/// Called once, when the program starts, so that a mistake is said before anything is built.
+pub(super) fn select(machines: &[Machine], on: Option<&str>) -> Result<Vec<usize>, Failure> {
     let Some(on) = on else {
-        return Ok(machines.iter().collect());
+        return Ok((0..machines.len()).collect());
     };
     let usage = |text: String| Err(Failure::new(ExitCode::Usage, text));
     if machines.is_empty() {
@@ -80,13 +78,12 @@ pub(super) fn select<'m>(
             names()
         ));
     }
-    let mut selected: Vec<&Machine> = Vec::new();
+    let mut selected: Vec<usize> = Vec::new();
     for pattern in patterns {
-        let matches: Vec<&Machine> = machines
-            .iter()
-            .filter(|m| match pattern.strip_prefix('@') {
-                Some(tag) => m.tags().contains(tag),
-                None => glob(pattern, m.name()),
+        let matches: Vec<usize> = (0..machines.len())
+            .filter(|&i| match pattern.strip_prefix('@') {
+                Some(tag) => machines[i].tags().contains(tag),
+                None => glob(pattern, machines[i].name()),
             })
             .collect();
         if matches.is_empty() {
@@ -95,9 +92,9 @@ pub(super) fn select<'m>(
                 names()
             ));
         }
-        for m in matches {
-            if !selected.iter().any(|s| s.name() == m.name()) {
-                selected.push(m);
+        for i in matches {
+            if !selected.contains(&i) {
+                selected.push(i);
             }
         }
     }
@@ -171,6 +168,11 @@ fn glob(pattern: &str, text: &str) -> bool {
 }
 
 impl Session {
+    /// The machines `--on` selected when the program started.
+    pub(super) fn selected_machines(&self) -> Vec<&Machine> {
+        self.selected.iter().map(|&i| &self.machines[i]).collect()
+    }
+
     pub(super) fn ssh(&self) -> SshOptions {
         SshOptions {
             config: self.ssh_config.clone(),
@@ -235,7 +237,7 @@ impl Session {
     }
 
     fn host_plans(&self) -> Result<Vec<Result<HostPlan, String>>, Failure> {
-        let machines = select(&self.machines, self.on.as_deref())?;
+        let machines = self.selected_machines();
         let resolve = self.resolver();
         let unbuilt = |m: &Machine| {
             m.file_outputs()
@@ -272,7 +274,7 @@ impl Session {
         &self,
         each: impl Fn(&deploy::Host) -> Result<T, MachineError> + Sync,
     ) -> Result<Vec<PerHost<T>>, Failure> {
-        let machines = select(&self.machines, self.on.as_deref())?;
+        let machines = self.selected_machines();
         let agent = deploy::agent_entry(&self.store, false)?;
         let ssh = self.ssh();
         Ok(bounded(&machines, self.max_hosts, |m| {
@@ -379,7 +381,7 @@ impl Session {
     /// `rollback --on HOST [--to N]`: activates an earlier generation of each selected host,
     /// confirmed over a new connection as a deploy is.
     pub(super) fn host_rollback(&self, to: Option<u64>) -> Result<ExitCode, Failure> {
-        let machines = select(&self.machines, self.on.as_deref())?;
+        let machines = self.selected_machines();
         let agent = deploy::agent_entry(&self.store, false)?;
         let options = DeployOptions::new(self.ssh(), CONFIRM_TIMEOUT);
         let lines = HostLines::new(self.verbosity, &machines);
@@ -563,8 +565,8 @@ mod tests {
         let names = |on: &str| -> Vec<String> {
             select(&machines, Some(on))
                 .unwrap()
-                .iter()
-                .map(|m| m.name().to_string())
+                .into_iter()
+                .map(|i| machines[i].name().to_string())
                 .collect()
         };
         assert_eq!(names("@db,web1"), ["db1", "web1"]);

@@ -23,7 +23,8 @@ pub(super) struct Session {
     pub(super) profile: String,
     pub(super) machines: Vec<Machine>,
     pub(super) machine_roots: std::collections::HashMap<crate::derivation::OutputRef, String>,
-    pub(super) on: Option<String>,
+    /// The machines `--on` selects, by index in `machines`.
+    pub(super) selected: Vec<usize>,
     pub(super) ssh_config: Option<std::path::PathBuf>,
     pub(super) max_hosts: usize,
 }
@@ -52,7 +53,7 @@ impl Session {
             return Err(Failure::new(ExitCode::InvalidProgram, errors));
         }
         // An `--on` that selects no machine is said before anything is planned or built.
-        super::machine::select(&program.machines, hosts.on.as_deref())?;
+        let selected = super::machine::select(&program.machines, hosts.on.as_deref())?;
         let store = match to_read {
             true => Store::open_to_read(store_dir)?,
             false => Store::open(store_dir)?,
@@ -104,7 +105,7 @@ impl Session {
             profile,
             machines: std::mem::take(&mut program.machines),
             machine_roots: std::mem::take(&mut program.machine_roots),
-            on: hosts.on,
+            selected,
             ssh_config: hosts.ssh_config,
             max_hosts: hosts.max_hosts,
         }))
