@@ -1057,14 +1057,9 @@ fn mounts(p: &Prepared, feed: &mut Feed, made: &mut Made, root: &Path) -> Result
     })?;
 
     for &(resource, limit) in &p.rlimits {
-        // Never above the hard limit this process was given: raising it takes a privilege no
-        // process of a build has (`CAP_SYS_RESOURCE` of the host), and the host's limit binds
-        // the build anyway. A user whose `ulimit -Hu` is below the build's process cap builds
-        // under that limit, not not at all.
-        let limit = match nix::sys::resource::getrlimit(resource) {
-            Ok((_, hard)) => limit.min(hard),
-            Err(_) => limit,
-        };
+        // Never above the hard limit this process was given: a user whose `ulimit -Hu` is
+        // below the build's process cap builds under that limit, not not at all.
+        let limit = super::at_most_hard(resource, limit);
         ctx(
             nix::sys::resource::setrlimit(resource, limit, limit),
             || format!("cannot set {resource:?}"),

@@ -345,8 +345,9 @@ pub struct Finished {
     pub duration: Duration,
     /// Whether the kernel refused it a process for its process limit (known with a cgroup only).
     pub process_limit_hit: bool,
-    /// The limits it ran under that are lower than its derivation asks, one clause each: the
-    /// hard resource limits forjar was given, which the builder cannot raise.
+    /// For a build that did not exit 0, the limits it ran under that are lower than its
+    /// derivation asks, one clause each: the hard resource limits forjar was given, which the
+    /// builder cannot raise.
     pub lowered: Vec<String>,
     /// The supervisor, still exiting, and the build's cgroup: waited for and removed when
     /// this is dropped, which a caller that has more to do for the build does last.
@@ -944,7 +945,6 @@ fn run_streams(
     let cgroup =
         Cgroup::create(&spec.limits).map_err(io_err("cannot create the build's cgroup"))?;
     let mut prepared = prepare(spec, cgroup.as_ref(), interactive)?;
-    let lowered = lowered_limits(&prepared.rlimits);
 
     let (sync_read, sync_write) = pipe2(OFlag::O_CLOEXEC).map_err(nix_err("cannot make a pipe"))?;
     let (ready_read, ready_write) =
@@ -971,6 +971,7 @@ fn run_streams(
     // Set here as well as in the supervisor, so that it holds whichever runs first.
     let terminal = interactive.then(|| Foreground::give(supervisor));
     drop((sync_write, ready_read, status_write, log_write, err_write));
+    let rlimits = std::mem::take(&mut prepared.rlimits);
     drop(prepared);
     let stderr = stderr_pipe.map(|(read, write, sink)| {
         drop(write);
@@ -1015,8 +1016,12 @@ fn run_streams(
         _ => Outcome::Signaled("an unknown cause (the supervisor died)".into()),
     };
     // Read for a build that did not exit 0 only: a reason to give, not a state to keep.
-    let process_limit_hit = !matches!(outcome, Outcome::Exited(0))
-        && cgroup.as_ref().is_some_and(Cgroup::process_limit_hit);
+    let failed = !matches!(outcome, Outcome::Exited(0));
+    let process_limit_hit = failed && cgroup.as_ref().is_some_and(Cgroup::process_limit_hit);
+    let lowered = match failed {
+        true => lowered_limits(&rlimits),
+        false => Vec::new(),
+    };
     let remains = Remains { supervisor, cgroup };
 
     if let Some((&kind, message)) = failure.split_first()
@@ -1046,14 +1051,25 @@ fn run_streams(
     })
 }
 
-/// Which of `rlimits` this process's hard limits lower (the builder sets each to at most the
-/// hard limit it has): one clause each, for the message of a build that failed.
+/// `asked`, or the hard limit of `resource` this process has if that is lower: what a build
+/// gets, as raising a hard limit takes a privilege no process of a build has
+/// (`CAP_SYS_RESOURCE` of the host), and the host's limit binds the build anyway. A system
+/// call only: the builder calls it after `fork`.
+pub(super) fn at_most_hard(resource: Resource, asked: u64) -> u64 {
+    match nix::sys::resource::getrlimit(resource) {
+        Ok((_, hard)) => asked.min(hard),
+        Err(_) => asked,
+    }
+}
+
+/// Which of `rlimits` the hard limits lower ([`at_most_hard`]): one clause each, for the
+/// message of a build that failed.
 fn lowered_limits(rlimits: &[(Resource, u64)]) -> Vec<String> {
     rlimits
         .iter()
         .filter_map(|&(resource, asked)| {
-            let (_, hard) = nix::sys::resource::getrlimit(resource).ok()?;
-            if hard == nix::sys::resource::RLIM_INFINITY || hard >= asked {
+            let hard = at_most_hard(resource, asked);
+            if hard == asked {
                 return None;
             }
             Some(match resource {
