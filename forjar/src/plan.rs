@@ -13,7 +13,6 @@ use petgraph::Direction;
 use petgraph::algo::{tarjan_scc, toposort};
 use petgraph::graph::{DiGraph, NodeIndex};
 use petgraph::visit::EdgeRef;
-use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::derivation::graph::Slot;
@@ -1341,7 +1340,7 @@ impl<'g> Planner<'g> {
         let cache = store.digest_cache();
         let sources: Vec<(&Source, NodeIndex)> =
             self.source_nodes.iter().map(|(&s, &n)| (s, n)).collect();
-        let hash_one = |(source, node): (&'g Source, NodeIndex)| {
+        let hash_one = |&(source, node): &(&'g Source, NodeIndex)| {
             crate::derivation::ignore::with_rules(
                 source.ignore_rules(),
                 source.host_path(),
@@ -1357,19 +1356,8 @@ impl<'g> Planner<'g> {
                 error,
             })
         };
-        let hashed = if sources.len() > 1 && crate::threads::shared() {
-            sources
-                .par_iter()
-                .copied()
-                .map(hash_one)
-                .collect::<Result<Vec<_>, _>>()?
-        } else {
-            sources
-                .iter()
-                .copied()
-                .map(hash_one)
-                .collect::<Result<Vec<_>, _>>()?
-        };
+        let hashed: Vec<_> =
+            crate::threads::collect::<_, _, Result<_, _>>(&sources, sources.len() > 1, hash_one)?;
         for (source, node, digest) in hashed {
             let key = hash::source_key(source.name(), &digest);
             let entry = EntryName::new(&key, source.name(), None);

@@ -17,6 +17,23 @@ pub(crate) fn shared() -> bool {
     })
 }
 
+/// `f` of each of `items`, collected in their order: spread over the shared threads where
+/// `spread` and they run ([`shared`]), else on the calling thread. A collection of `Result`s
+/// stops at the first error either way.
+pub(crate) fn collect<T, R, C>(items: &[T], spread: bool, f: impl Fn(&T) -> R + Sync + Send) -> C
+where
+    T: Sync,
+    R: Send,
+    C: rayon::iter::FromParallelIterator<R> + FromIterator<R>,
+{
+    use rayon::iter::{IntoParallelRefIterator, ParallelIterator};
+    if spread && shared() {
+        items.par_iter().map(f).collect()
+    } else {
+        items.iter().map(f).collect()
+    }
+}
+
 /// What to add to `error` where it is `EAGAIN`, as a thread or process that could not start
 /// has: the user's limit on processes and threads (`ulimit -u`), which every thread counts
 /// against, and its value here; nothing for any other error.

@@ -24,8 +24,6 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use rayon::prelude::*;
-
 use super::cache::{DigestCache, FileId};
 use super::{READ_BUFFER as BUFFER, TREE_CONTEXT, TreeDigest, with_read_buffer};
 use crate::walk::{self, At, Kind, Visitor};
@@ -250,12 +248,11 @@ impl<'c> TreeHasher<'c> {
                 kind => self.leaf(&child, *kind),
             }
         };
-        let digests: Vec<[u8; 32]> =
-            if entries.len() >= PARALLEL_ENTRIES && crate::threads::shared() {
-                entries.par_iter().map(one).collect::<Result<_, _>>()?
-            } else {
-                entries.iter().map(one).collect::<Result<_, _>>()?
-            };
+        let digests: Vec<[u8; 32]> = crate::threads::collect::<_, _, Result<_, _>>(
+            &entries,
+            entries.len() >= PARALLEL_ENTRIES,
+            one,
+        )?;
         let children: Vec<(CString, [u8; 32])> = entries
             .into_iter()
             .map(|(name, _)| name)
@@ -429,11 +426,7 @@ impl Visitor for Digests<'_, '_> {
             Kind::Dir => Ok(None),
             kind => hasher.leaf(&At::new(dir, name, dir_path), *kind).map(Some),
         };
-        if entries.len() >= PARALLEL_ENTRIES && crate::threads::shared() {
-            entries.par_iter().map(one).collect()
-        } else {
-            entries.iter().map(one).collect()
-        }
+        crate::threads::collect(entries, entries.len() >= PARALLEL_ENTRIES, one)
     }
 
     fn leave(

@@ -4,8 +4,6 @@
 use std::fmt;
 use std::fs;
 
-use rayon::prelude::*;
-
 use super::{EntryName, Store, StoreError};
 use crate::hash::{TreeDigest, TreeHasher};
 
@@ -144,11 +142,9 @@ impl Store {
                 _ => problems.push(Problem::Stray { name }),
             }
         }
-        if crate::threads::shared() {
-            problems.par_extend(entries.par_iter().flat_map_iter(|entry| self.check(entry)));
-        } else {
-            problems.extend(entries.iter().flat_map(|entry| self.check(entry)));
-        }
+        let checked: Vec<Vec<Problem>> =
+            crate::threads::collect(&entries, true, |entry| self.check(entry));
+        problems.extend(checked.into_iter().flatten());
         problems.extend(self.missing_roots()?);
         problems.sort_by_key(ToString::to_string);
         Ok(VerifyReport {
