@@ -137,24 +137,21 @@ pub fn serve(
                         running.insert(lease.id.clone(), cancel.clone());
                         let (id, payload, tx) =
                             (lease.id.clone(), lease.payload.clone(), done_tx.clone());
-                        let run = {
-                            let (id, tx) = (id.clone(), tx.clone());
-                            move || {
-                                let finished =
-                                    run_lease(remote, store, options, &id, payload, &cancel);
-                                let _ = tx.send((id, finished));
-                            }
+                        let run = move || {
+                            let finished = run_lease(remote, store, options, &id, payload, &cancel);
+                            let _ = tx.send((id, finished));
                         };
                         if let Err(e) = std::thread::Builder::new().spawn_scoped(scope, run) {
                             // No thread for it (the user's limit on threads): given back, to
                             // be run elsewhere or here later (the server retries UNAVAILABLE).
+                            let id = &lease.id;
                             let message = format!(
                                 "the worker cannot start a thread for it: {e}{}",
                                 crate::threads::limit_hint(&e)
                             );
                             eprintln!("worker {}: lease {id}: {message}", options.name);
                             let refusal = Refusal::new(tonic::Code::Unavailable, message);
-                            let _ = tx.send((id.clone(), completed(id, Err(refusal))));
+                            let _ = done_tx.send((id.clone(), completed(id.clone(), Err(refusal))));
                         }
                     }
                     LeaseState::Cancelled => {
