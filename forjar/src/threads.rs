@@ -49,3 +49,13 @@ pub(crate) fn limit_hint(error: &std::io::Error) -> String {
         _ => " (the system's limit on processes and threads is reached)".into(),
     }
 }
+
+/// An I/O error as said to the user: its text, and the hint of [`limit_hint`] where it is a
+/// thread or process that could not start.
+pub(crate) struct Said<'e>(pub &'e std::io::Error);
+
+impl std::fmt::Display for Said<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.0, limit_hint(self.0))
+    }
+}

@@ -117,7 +117,7 @@ pub enum ExecError {
     #[error("the build of `{0}` was cancelled")]
     Cancelled(String),
     /// No thread could be started to build on.
-    #[error("cannot start a thread to build `{name}` on: {source}{}", crate::threads::limit_hint(.source))]
+    #[error("cannot start a thread to build `{name}` on: {}", crate::threads::Said(.source))]
     NoThread {
         /// The derivation.
         name: String,

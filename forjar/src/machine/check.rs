@@ -383,9 +383,9 @@ fn run_script(script: &str, timeout: Duration) -> Result<(), String> {
             // Undrained, the command could block on a full pipe: it is not left running.
             let _ = child.kill();
             let _ = child.wait();
-            let hint = crate::threads::limit_hint(&e);
             return Err(format!(
-                "cannot start a thread for the command's output: {e}{hint}"
+                "cannot start a thread for the command's output: {}",
+                crate::threads::Said(&e)
             ));
         }
     }

@@ -144,11 +144,14 @@ impl Transport {
             // The master's error is one line of ssh's log; ssh itself says all of it. A
             // connection that timed out is not tried again: that would double the wait on every
             // unreachable host, and the line says what there is to say.
-            let said = match error_chain(&e).contains("timed out") {
-                true => String::new(),
-                false => diagnose(address, user, port, jump, options),
+            let line = one_line(&error_chain(&e));
+            let said = match line.contains("timed out") {
+                true => line,
+                false => Some(diagnose(address, user, port, jump, options))
+                    .filter(|said| !said.is_empty())
+                    .unwrap_or(line),
             };
-            MachineError::host(&host, connect_advice(address, &e, &said))
+            MachineError::host(&host, connect_advice(address, &said))
         })?;
         Ok(Transport {
             host,
@@ -192,10 +195,9 @@ impl Transport {
         }
         std::thread::scope(|scope| {
             let no_thread = |e: io::Error| {
-                let hint = crate::threads::limit_hint(&e);
                 fail(
                     "cannot start a thread for the command",
-                    &format!("{e}{hint}"),
+                    &crate::threads::Said(&e),
                 )
             };
             let writer = std::thread::Builder::new()
@@ -234,8 +236,10 @@ impl Transport {
                     .spawn()
                     .map(Running::Local)
                     .map_err(|e| {
-                        let hint = crate::threads::limit_hint(&e);
-                        fail(&format!("cannot run `{}`", argv[0]), &format!("{e}{hint}"))
+                        fail(
+                            &format!("cannot run `{}`", argv[0]),
+                            &crate::threads::Said(&e),
+                        )
                     })?,
                 Link::Ssh { runtime, session } => {
                     let mut command = session.command(argv[0].as_str());
@@ -345,28 +349,22 @@ fn diagnose(
         .args([address, "true"])
         .stdin(std::process::Stdio::null())
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .filter(|l| !l.trim().is_empty() && !l.starts_with("@@@"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
+        .map(|o| one_line(&String::from_utf8_lossy(&o.stderr)))
         .unwrap_or_default()
 }
 
+/// ssh's log, which may be several lines, as one: its lines joined by `; `, without the empty
+/// ones and the rule of `@` signs around a changed host key's warning.
+fn one_line(log: &str) -> String {
+    log.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with("@@@"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// A connection failure, with what to do about the usual causes.
-fn connect_advice(address: &str, e: &openssh::Error, said: &str) -> String {
-    // One line, as `diagnose` gives it: ssh's log may be several.
-    let text = match said.is_empty() {
-        true => error_chain(e)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty())
-            .collect::<Vec<_>>()
-            .join("; "),
-        false => said.to_string(),
-    };
+fn connect_advice(address: &str, text: &str) -> String {
     let line = |needle: &str| {
         text.split("; ")
             .find(|l| l.contains(needle))

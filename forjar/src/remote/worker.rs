@@ -146,8 +146,8 @@ pub fn serve(
                             // be run elsewhere or here later (the server retries UNAVAILABLE).
                             let id = &lease.id;
                             let message = format!(
-                                "the worker cannot start a thread for it: {e}{}",
-                                crate::threads::limit_hint(&e)
+                                "the worker cannot start a thread for it: {}",
+                                crate::threads::Said(&e)
                             );
                             eprintln!("worker {}: lease {id}: {message}", options.name);
                             let refusal = Refusal::new(tonic::Code::Unavailable, message);

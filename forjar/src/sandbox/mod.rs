@@ -142,7 +142,7 @@ pub enum SandboxError {
         advice: String,
     },
     /// The parent's side of running a build failed.
-    #[error("{what}: {source}{}", crate::threads::limit_hint(.source))]
+    #[error("{what}: {}", crate::threads::Said(.source))]
     Io {
         /// What was being done.
         what: &'static str,
