@@ -10,21 +10,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
-use forjar_suite::{OnTerminal, dag, fresh_salt, reported, run_dag, sandbox, stderr, stdout};
+use forjar_suite::{
+    OnTerminal, dag, fresh_salt, reported, run_dag, sandbox, stderr, stdout, store_entries,
+};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-
-/// The store's entries (directories that are not dot-files).
-fn entries(store: &Path) -> BTreeSet<String> {
-    fs::read_dir(store)
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| !n.starts_with('.'))
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 fn store_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -291,7 +281,7 @@ fn kill_9_at_thirty_moments_leaves_a_valid_store_and_the_next_apply_completes() 
                 stderr(&verify)
             );
         }
-        for entry in entries(&store) {
+        for entry in store_entries(&store) {
             assert!(
                 store.join(&entry).join("meta.yaml").is_file(),
                 "after a kill at {point}/{points}: {entry} has no meta.yaml"
@@ -357,7 +347,11 @@ fn ctrl_c_stops_the_builds_removes_their_staging_and_exits_130() {
         fs::read_dir(store.join(".tmp")).unwrap().next().is_none(),
         "staging is removed"
     );
-    assert!(entries(&store).is_empty(), "{:?}", entries(&store));
+    assert!(
+        store_entries(&store).is_empty(),
+        "{:?}",
+        store_entries(&store)
+    );
 }
 
 /// The pids of the processes whose command line holds `needle`, and of those whose parent is
@@ -511,7 +505,11 @@ fn ctrl_c_typed_on_a_terminal_stops_the_builds_clears_the_display_and_exits_130(
         fs::read_dir(store.join(".tmp")).unwrap().next().is_none(),
         "staging is removed"
     );
-    assert!(entries(&store).is_empty(), "{:?}", entries(&store));
+    assert!(
+        store_entries(&store).is_empty(),
+        "{:?}",
+        store_entries(&store)
+    );
 }
 
 /// Waits until the terminal has shown `text` `times` times in all.
@@ -573,7 +571,7 @@ fn enter_opens_a_shell_in_the_sandbox_of_a_derivation_as_its_build_sees_it() {
         "{shown}"
     );
     // Its inputs were built; it was not, and nothing of the shell's is left.
-    let made = entries(&store);
+    let made = store_entries(&store);
     assert!(made.iter().any(|e| e.ends_with("-n0-0")), "{made:?}");
     assert!(!made.iter().any(|e| e.ends_with("-n1-0")), "{made:?}");
     assert!(
@@ -1271,7 +1269,7 @@ fn gc_keeps_build_inputs_when_asked_delete_refuses_what_is_needed_and_verify_rep
     let salt = fresh_salt("integrity");
     let env = [("DAG_SALT", salt.as_str())];
     assert!(run_dag(&store, &env, &["apply"]).status.success());
-    let all = entries(&store);
+    let all = store_entries(&store);
     assert_eq!(all.len(), 13, "{all:?}");
     let entry = |name: &str| {
         all.iter()
@@ -1283,14 +1281,18 @@ fn gc_keeps_build_inputs_when_asked_delete_refuses_what_is_needed_and_verify_rep
     // `top` refers to none of its inputs; kept as what it was built from, they stay.
     let kept = run_dag(&store, &[], &["gc", "--keep-build-inputs"]);
     assert!(kept.status.success(), "{}", stderr(&kept));
-    assert_eq!(entries(&store), all);
+    assert_eq!(store_entries(&store), all);
     assert!(
         run_dag(&store, &[], &["set", "keep-build-inputs", "true"])
             .status
             .success()
     );
     assert!(run_dag(&store, &[], &["gc"]).status.success());
-    assert_eq!(entries(&store), all, "the store's setting keeps them too");
+    assert_eq!(
+        store_entries(&store),
+        all,
+        "the store's setting keeps them too"
+    );
 
     // What a root needs is not deleted, and says who needs it; the rest is.
     let refused = run_dag(&store, &[], &["delete", &entry("top")]);
@@ -1304,10 +1306,10 @@ fn gc_keeps_build_inputs_when_asked_delete_refuses_what_is_needed_and_verify_rep
         "{}",
         stderr(&refused)
     );
-    assert!(entries(&store).contains(&entry("top")));
+    assert!(store_entries(&store).contains(&entry("top")));
     let deleted = run_dag(&store, &[], &["delete", &entry("n0-0")]);
     assert!(deleted.status.success(), "{}", stderr(&deleted));
-    assert!(!entries(&store).contains(&entry("n0-0")));
+    assert!(!store_entries(&store).contains(&entry("n0-0")));
 
     // `verify` names the problem, exit 1; `verify --repair` builds what it takes and leaves a
     // whole store. Returns what the repair built.
@@ -1341,5 +1343,5 @@ fn gc_keeps_build_inputs_when_asked_delete_refuses_what_is_needed_and_verify_rep
         entry("top")
     );
     assert_eq!(verify_and_repair(&problem), ["top"]);
-    assert!(entries(&store).contains(&entry("top")));
+    assert!(store_entries(&store).contains(&entry("top")));
 }

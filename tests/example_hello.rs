@@ -3,18 +3,7 @@
 use std::fs;
 use std::path::Path;
 
-use forjar_suite::{run_example, stderr, stdout};
-
-/// The store entries (not the store's own dot-directories) under `store`.
-fn entries(store: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(store)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
-    names
-}
+use forjar_suite::{run_example, stderr, stdout, store_entries};
 
 #[test]
 fn plan_lists_every_node_with_a_summary_and_writes_no_entry() {
@@ -83,7 +72,7 @@ fn plan_lists_every_node_with_a_summary_and_writes_no_entry() {
         "a dry run shows the same plan"
     );
     assert!(
-        entries(&store).is_empty(),
+        store_entries(&store).is_empty(),
         "plan or a dry run wrote store entries"
     );
     for dir in [".roots", ".logs", ".tmp"] {

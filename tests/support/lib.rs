@@ -100,7 +100,7 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::SystemTime;
 
 use forjar::hash::Key;
@@ -356,15 +356,16 @@ pub fn fresh_salt(test: &str) -> String {
     format!("{test}-{}-{}", std::process::id(), now.as_nanos())
 }
 
-/// The names of the entries in the store at `store`, read off the directory (no `Store` is
-/// opened: the store may be another user's); none if it was never made.
-pub fn store_entries(store: &Path) -> Vec<String> {
+/// The names of the entries in the store at `store` (not its own dot-directories), read off
+/// the directory (no `Store` is opened: the store may be another user's); none if it was never
+/// made.
+pub fn store_entries(store: &Path) -> BTreeSet<String> {
     match std::fs::read_dir(store) {
         Ok(items) => items
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .filter(|n| !n.starts_with('.'))
             .collect(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
         Err(e) => panic!("cannot read {}: {e}", store.display()),
     }
 }
