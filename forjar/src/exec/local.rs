@@ -3,8 +3,8 @@
 //! [`Local::prepare`]: the inputs' closure is in the store -> a staging directory for each
 //! output and a build directory. [`Prepared::run`]: the sandbox runs the builder, which writes
 //! its outputs -> every declared output exists, nothing else, within the output cap. Then
-//! [`Prepared::install`]: reference scan -> fixed-output digest check -> canonicalise, hash,
-//! `meta.yaml`, and one rename per output into the store. `check` runs the first two phases and
+//! [`Prepared::install`]: fixed-output digest check -> canonicalise, hash and reference scan in
+//! one read, `meta.yaml`, and one rename per output into the store. `check` runs the first two phases and
 //! compares instead of installing.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,11 +14,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
-use super::{BuildFailure, BuildJob, Context, Done, ExecError, Executor, JobEvent, refscan};
-use crate::hash::{self, HashError, TreeHasher};
+use super::{BuildFailure, BuildJob, Context, Done, ExecError, Executor, JobEvent};
+use crate::hash::{self, HashError, Needles, TreeHasher};
 use crate::request::{FixedOutput, HashMode, InputName};
 use crate::sandbox::{self, BuildSpec, Outcome};
-use crate::store::{BuildDir, Committed, Draft, EntryKind, EntryName, Staging, StoreError};
+use crate::store::{
+    BuildDir, Committed, Draft, EntryKind, EntryName, Scanned, Staging, StoreError,
+};
 
 /// Builds in the sandbox on this machine.
 #[derive(Debug, Clone)]
@@ -446,24 +448,6 @@ impl<'a> Prepared<'a> {
                     });
                 }
             }
-            let content = staging.content_path();
-            let references: Vec<EntryName> = refscan::scan(&content, &candidates, cx.stop)
-                .map_err(|e| self.stopped_or(StoreError::io("cannot scan", &content)(e)))?
-                .into_iter()
-                .collect();
-            if fixed.is_some() && !references.is_empty() {
-                return Err(self.fail(
-                    format!(
-                        "a fixed-output derivation may not refer to store entries, and its output refers to {}",
-                        references
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                    built.log_tail,
-                ));
-            }
             drafts.push((
                 staging,
                 Draft {
@@ -476,7 +460,7 @@ impl<'a> Prepared<'a> {
                     },
                     key: planned.key,
                     derivation: Some(*job.key),
-                    references,
+                    references: Vec::new(),
                     inputs: input_entries.clone(),
                     system: Some(request.system.to_string()),
                     sandbox: Some(request.sandbox.as_str().to_string()),
@@ -488,13 +472,28 @@ impl<'a> Prepared<'a> {
                 },
             ));
         }
+        // Each output is read once, for its digest and what it refers to together.
+        let needles = Needles::new(&candidates);
         for (staging, draft) in drafts {
             match staging
-                .commit_unless(draft, cx.stop)
+                .commit_scanning(draft, &needles, cx.stop)
                 .map_err(|e| self.stopped_or(e))?
             {
-                Committed::Installed(_) => {}
-                Committed::Mismatch(m) => {
+                Scanned::FixedRefers(references) => {
+                    return Err(self.fail(
+                        format!(
+                            "a fixed-output derivation may not refer to store entries, and its output refers to {}",
+                            references
+                                .iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        built.log_tail,
+                    ));
+                }
+                Scanned::Committed(Committed::Installed(_)) => {}
+                Scanned::Committed(Committed::Mismatch(m)) => {
                     return Err(ExecError::HashMismatch {
                         name: job.name().to_string(),
                         location: job.location().to_string(),

@@ -14,7 +14,6 @@
 mod check;
 mod enter;
 mod local;
-mod refscan;
 mod scheduler;
 
 pub use check::{CheckedOutput, check};

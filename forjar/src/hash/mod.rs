@@ -13,6 +13,7 @@ mod cache;
 mod entry;
 mod host;
 mod nar;
+mod refs;
 mod tree;
 
 use std::fmt;
@@ -29,6 +30,7 @@ pub(crate) use cache::FileId;
 pub use entry::EntryName;
 pub use host::HostFingerprint;
 pub use nar::{file_sha256, nar_sha256};
+pub use refs::Needles;
 pub use tree::{HashError, HashStats, TreeHasher, file_digest, file_digest_from, tree_digest};
 
 /// BLAKE3 derive-key context of closure keys.

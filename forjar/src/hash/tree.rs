@@ -14,17 +14,20 @@
 //! large buffer and hashed with BLAKE3's SIMD paths, large files with its multi-threaded path. With a
 //! [`DigestCache`], a file whose (device, inode, size, mtime, ctime) was seen before is not read.
 
+use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::SystemTime;
 
+use super::EntryName;
 use super::cache::{DigestCache, FileId};
+use super::refs::{Needles, Scanner};
 use super::{READ_BUFFER as BUFFER, TREE_CONTEXT, TreeDigest, with_read_buffer};
 use crate::walk::{self, At, Kind, Visitor};
 
@@ -129,6 +132,8 @@ pub struct TreeHasher<'c> {
     cache: Option<&'c DigestCache>,
     stop: Option<&'c AtomicBool>,
     keep: Option<walk::Keep<'c>>,
+    /// What the tree is scanned for while it is read, and what was found.
+    scan: Option<(&'c Needles, Mutex<BTreeSet<EntryName>>)>,
     files_read: AtomicU64,
     bytes_read: AtomicU64,
     cache_hits: AtomicU64,
@@ -189,6 +194,48 @@ impl<'c> TreeHasher<'c> {
         self
     }
 
+    /// Makes the hasher also scan what it reads for the store hashes of `needles`: the
+    /// contents of every file, the target of every symlink, and every name below the root
+    /// ([`TreeHasher::references`]). It reads every file, with a cache or without.
+    pub fn scanning(mut self, needles: &'c Needles) -> Self {
+        self.scan = Some((needles, Mutex::default()));
+        self
+    }
+
+    /// The entries among the needles of [`TreeHasher::scanning`] whose hash occurs in the trees
+    /// hashed so far.
+    pub fn references(&self) -> BTreeSet<EntryName> {
+        match &self.scan {
+            Some((_, found)) => found.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            None => BTreeSet::new(),
+        }
+    }
+
+    /// A scanner for one item, when scanning.
+    fn scanner(&self) -> Option<Scanner<'c>> {
+        self.scan.as_ref().map(|(needles, _)| Scanner::new(needles))
+    }
+
+    /// Keeps what `scanner` found.
+    fn found(&self, scanner: Option<Scanner<'_>>) {
+        if let (Some((_, found)), Some(scanner)) = (&self.scan, scanner) {
+            let new = scanner.found();
+            if !new.is_empty() {
+                found
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(new);
+            }
+        }
+    }
+
+    /// Scans a name below the root.
+    fn scan_name(&self, name: &CString) {
+        let mut scanner = self.scanner();
+        feed(&mut scanner, name.as_bytes());
+        self.found(scanner);
+    }
+
     /// What this hasher has read so far.
     pub fn stats(&self) -> HashStats {
         HashStats {
@@ -242,6 +289,7 @@ impl<'c> TreeHasher<'c> {
             keep.retain(&path, &mut entries);
         }
         let one = |(name, kind): &(CString, Kind)| {
+            self.scan_name(name);
             let child = At::new(fd.as_fd(), name, &path);
             match kind {
                 Kind::Dir => self.dir(&child, depth + 1),
@@ -273,7 +321,13 @@ impl<'c> TreeHasher<'c> {
     fn leaf(&self, at: &At<'_>, kind: Kind) -> Result<[u8; 32], HashError> {
         match kind {
             Kind::File => self.file(at),
-            Kind::Symlink => Ok(symlink_node(&at.read_link()?)),
+            Kind::Symlink => {
+                let target = at.read_link()?;
+                let mut scanner = self.scanner();
+                feed(&mut scanner, &target);
+                self.found(scanner);
+                Ok(symlink_node(&target))
+            }
             other => Err(HashError::SpecialFile {
                 path: at.path(),
                 kind: other.special_name(),
@@ -284,7 +338,7 @@ impl<'c> TreeHasher<'c> {
     fn file(&self, at: &At<'_>) -> Result<[u8; 32], HashError> {
         self.check_stop(|| at.path())?;
         // With a cache, one fstatat answers for an unchanged file: no open, no read.
-        if let Some(cache) = self.cache {
+        if let Some(cache) = self.cache.filter(|_| self.scan.is_none()) {
             let st = at.stat()?;
             if Kind::from_mode(st.st_mode) == Kind::File
                 && let Some(hash) = cache.get(&FileId::of(&st))
@@ -325,11 +379,14 @@ impl<'c> TreeHasher<'c> {
     /// imported source is hashed again. A file that fits the buffer is hashed in one call, which
     /// spares the incremental hasher's bookkeeping on the many small files of a typical tree. The
     /// holes of a sparse file are hashed as the zeros they read as, without reading them.
+    /// When scanning, what is read is scanned too.
     fn contents(&self, file: &File, at: &At<'_>, size: u64) -> Result<[u8; 32], HashError> {
+        let mut scanner = self.scanner();
         let hashed = with_read_buffer(|buf| -> Result<([u8; 32], u64), HashError> {
             let io = |e| HashError::io(&at.path(), e);
             if size <= BUFFER as u64 {
                 let n = read_full(file, 0, &mut buf[..size as usize]).map_err(io)?;
+                feed(&mut scanner, &buf[..n]);
                 return Ok((*blake3::hash(&buf[..n]).as_bytes(), n as u64));
             }
             let mut hasher = blake3::Hasher::new();
@@ -344,6 +401,11 @@ impl<'c> TreeHasher<'c> {
             let mut total = 0u64;
             'file: while total < size {
                 let (data, hole) = next_data(file, total, size);
+                if total < data
+                    && let Some(scanner) = &mut scanner
+                {
+                    scanner.gap();
+                }
                 while total < data {
                     self.check_stop(|| at.path())?;
                     let n = (data - total).min(BUFFER as u64) as usize;
@@ -355,6 +417,7 @@ impl<'c> TreeHasher<'c> {
                     let want = (hole - total).min(BUFFER as u64) as usize;
                     let n = read_full(file, total, &mut buf[..want]).map_err(io)?;
                     update(&buf[..n]);
+                    feed(&mut scanner, &buf[..n]);
                     total += n as u64;
                     if n < want {
                         break 'file;
@@ -364,6 +427,7 @@ impl<'c> TreeHasher<'c> {
             Ok((*hasher.finalize().as_bytes(), total))
         });
         let (hash, read) = hashed?;
+        self.found(scanner);
         self.files_read.fetch_add(1, Ordering::Relaxed);
         self.bytes_read.fetch_add(read, Ordering::Relaxed);
         if read != size {
@@ -374,6 +438,13 @@ impl<'c> TreeHasher<'c> {
             });
         }
         Ok(hash)
+    }
+}
+
+/// Feeds `bytes` to the scanner, if there is one.
+fn feed(scanner: &mut Option<Scanner<'_>>, bytes: &[u8]) {
+    if let Some(scanner) = scanner {
+        scanner.feed(bytes);
     }
 }
 
@@ -422,9 +493,12 @@ impl Visitor for Digests<'_, '_> {
         entries: &[(CString, Kind)],
     ) -> Result<Vec<Option<[u8; 32]>>, HashError> {
         let hasher = self.0;
-        let one = |(name, kind): &(CString, Kind)| match kind {
-            Kind::Dir => Ok(None),
-            kind => hasher.leaf(&At::new(dir, name, dir_path), *kind).map(Some),
+        let one = |(name, kind): &(CString, Kind)| {
+            hasher.scan_name(name);
+            match kind {
+                Kind::Dir => Ok(None),
+                kind => hasher.leaf(&At::new(dir, name, dir_path), *kind).map(Some),
+            }
         };
         crate::threads::collect(entries, entries.len() >= PARALLEL_ENTRIES, one)
     }

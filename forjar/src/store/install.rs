@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use super::pending::MarkedAhead;
 use super::tree::remove_tree;
 use super::{EntryKind, EntryName, Meta, SCHEMA, Store, StoreError};
-use crate::hash::{self, Key, TreeDigest, TreeHasher, is_store_hash};
+use crate::hash::{self, Key, Needles, TreeDigest, TreeHasher, is_store_hash};
 use crate::name::Name;
 use crate::walk;
 
@@ -197,6 +197,16 @@ pub enum Committed {
     Mismatch(Mismatch),
 }
 
+/// What a commit that scanned its content for references did ([`Staging::commit_scanning`]).
+#[derive(Debug)]
+pub(crate) enum Scanned {
+    /// As [`Staging::commit`]; the entry's provenance lists the references found.
+    Committed(Committed),
+    /// The draft is a fixed output's, and its content refers to these entries: nothing was
+    /// installed.
+    FixedRefers(Vec<EntryName>),
+}
+
 /// A directory in `.tmp/` in which one entry is put together. Removed on drop unless committed.
 #[derive(Debug)]
 pub struct Staging<'s> {
@@ -294,6 +304,34 @@ impl<'s> Staging<'s> {
         let content = self.content_path();
         let size = super::tree::canonicalise(&content, self.store.owner())?;
         let digest = TreeHasher::new().stopped_by(stop).digest(&content)?;
+        self.finish(draft, size, digest)
+    }
+
+    /// [`Staging::commit_unless`] of a build's output, whose references are what its content
+    /// mentions of `needles`: the content is read once, for its digest and its references
+    /// together. A fixed output's content may refer to no entry; one that does is not
+    /// installed.
+    pub(crate) fn commit_scanning(
+        self,
+        mut draft: Draft,
+        needles: &Needles,
+        stop: &AtomicBool,
+    ) -> Result<Scanned, StoreError> {
+        let content = self.content_path();
+        let size = super::tree::canonicalise(&content, self.store.owner())?;
+        let hasher = TreeHasher::new().stopped_by(stop).scanning(needles);
+        let digest = hasher.digest(&content)?;
+        let references: Vec<EntryName> = hasher.references().into_iter().collect();
+        if draft.kind == EntryKind::Fixed && !references.is_empty() {
+            return Ok(Scanned::FixedRefers(references));
+        }
+        draft.references = references;
+        self.finish(draft, size, digest).map(Scanned::Committed)
+    }
+
+    /// Installs the canonical content of `size` bytes that hashed to `digest`, with `draft`'s
+    /// provenance, if `digest` is the one the draft expects.
+    fn finish(self, draft: Draft, size: u64, digest: TreeDigest) -> Result<Committed, StoreError> {
         if let Some(expected) = draft.expected
             && expected != digest
         {

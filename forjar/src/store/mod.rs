@@ -50,6 +50,7 @@ pub use crate::hash::EntryName;
 pub(crate) use builddir::BuildDir;
 pub use gc::{GcReport, Root, RootTarget};
 pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
+pub(crate) use install::Scanned;
 pub use listing::Listing;
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use pending::Recovered;
