@@ -49,8 +49,8 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 pub use crate::hash::EntryName;
 pub(crate) use builddir::BuildDir;
 pub use gc::{GcReport, Root, RootTarget};
-pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
 pub(crate) use install::Scanned;
+pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
 pub use listing::Listing;
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use pending::Recovered;
@@ -266,6 +266,9 @@ pub struct Store {
     recovered: Recovered,
     /// The references of entries this handle has read or installed, for [`Store::closure`].
     references: References,
+    /// The digests this handle recorded of entries it installed, until the build that made
+    /// each reads it back ([`Store::realised_output`]): one read of `.digests/` fewer per build.
+    recorded: Mutex<HashMap<EntryName, TreeDigest>>,
     /// [`Store::owner`], read at its first use: the store directory's owner does not change
     /// while a handle is open, and it was read three times for every build.
     owner: OnceLock<Option<(u32, u32)>>,
@@ -384,6 +387,7 @@ impl Store {
             pending: Default::default(),
             recovered: Recovered::default(),
             references: References::default(),
+            recorded: Mutex::default(),
             owner: OnceLock::new(),
         })
     }
@@ -490,6 +494,7 @@ impl Store {
             pending: Default::default(),
             recovered: Recovered::default(),
             references: References::default(),
+            recorded: Mutex::default(),
             owner: OnceLock::new(),
         };
         store.sweep_staging()?;
@@ -601,11 +606,25 @@ impl Store {
         fs::write(&tmp, format!("{digest}\n")).map_err(StoreError::io("cannot write", &tmp))?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444))
             .map_err(StoreError::io("cannot set the mode of", &tmp))?;
-        fs::rename(&tmp, &path).map_err(StoreError::io("cannot write", &path))
+        fs::rename(&tmp, &path).map_err(StoreError::io("cannot write", &path))?;
+        self.recorded_here().insert(entry.clone(), *digest);
+        Ok(())
+    }
+
+    /// The digests recorded by this handle and not yet read back.
+    fn recorded_here(&self) -> MutexGuard<'_, HashMap<EntryName, TreeDigest>> {
+        self.recorded.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The digest this handle recorded of `entry`, once: the build that installed it reads it
+    /// back for its realisation, and nothing else needs it kept.
+    pub(super) fn take_recorded_here(&self, entry: &EntryName) -> Option<TreeDigest> {
+        self.recorded_here().remove(entry)
     }
 
     /// Removes `entry`'s digest record (the entry is gone).
     pub(crate) fn forget_digest(&self, entry: &EntryName) -> Result<(), StoreError> {
+        self.recorded_here().remove(entry);
         remove_if_there(&self.digest_record(entry))
     }
 

@@ -165,9 +165,12 @@ impl Store {
         entry: &EntryName,
         key: Key,
     ) -> Result<RealisedOutput, StoreError> {
-        let digest = match self.recorded_digest(entry)? {
+        let digest = match self.take_recorded_here(entry) {
             Some(digest) => digest,
-            None => self.meta(entry)?.digest,
+            None => match self.recorded_digest(entry)? {
+                Some(digest) => digest,
+                None => self.meta(entry)?.digest,
+            },
         };
         Ok(RealisedOutput {
             entry: entry.clone(),
