@@ -13,37 +13,90 @@ use super::{EntryName, STORE_HASH_LEN};
 
 /// The hashes a scan looks for, each with the entry it names.
 #[derive(Debug, Default)]
-pub struct Needles(HashMap<[u8; STORE_HASH_LEN], EntryName>);
+pub struct Needles {
+    entries: HashMap<[u8; STORE_HASH_LEN], EntryName>,
+    /// A bit per slot, set for the slots of the needles' first eight bytes
+    /// ([`Needles::slot`]): most windows of a long run of base32 digits that is no hash are
+    /// ruled out by one bit, without hashing the window for the map.
+    filter: Vec<u64>,
+    /// Log2 of the number of slots: 64 per needle, at least 4,096.
+    bits: u32,
+}
 
 impl Needles {
     /// The needles of `candidates`, the entries a tree may refer to.
     pub fn new<'a>(candidates: impl IntoIterator<Item = &'a EntryName>) -> Needles {
-        Needles(
-            candidates
-                .into_iter()
-                .map(|e| {
-                    let hash: [u8; STORE_HASH_LEN] = e
-                        .hash()
-                        .as_bytes()
-                        .try_into()
-                        .expect("store hashes are 32 bytes");
-                    (hash, e.clone())
-                })
-                .collect(),
-        )
+        let entries: HashMap<[u8; STORE_HASH_LEN], EntryName> = candidates
+            .into_iter()
+            .map(|e| {
+                let hash: [u8; STORE_HASH_LEN] = e
+                    .hash()
+                    .as_bytes()
+                    .try_into()
+                    .expect("store hashes are 32 bytes");
+                (hash, e.clone())
+            })
+            .collect();
+        let bits = (entries.len() * 64)
+            .next_power_of_two()
+            .trailing_zeros()
+            .max(12);
+        let mut needles = Needles {
+            filter: vec![0; 1 << (bits - 6)],
+            bits,
+            entries,
+        };
+        for hash in needles.entries.keys() {
+            let slot = needles.slot(hash);
+            needles.filter[slot / 64] |= 1 << (slot % 64);
+        }
+        needles
+    }
+
+    /// The filter's slot of a window: its first eight bytes, multiplied by a constant whose
+    /// top bits mix all of them (Fibonacci hashing).
+    fn slot(&self, window: &[u8; STORE_HASH_LEN]) -> usize {
+        let prefix = u64::from_le_bytes(window[..8].try_into().expect("eight bytes"));
+        (prefix.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - self.bits)) as usize
+    }
+
+    /// The entry whose hash `window` is, if any.
+    fn get(&self, window: &[u8; STORE_HASH_LEN]) -> Option<&EntryName> {
+        let slot = self.slot(window);
+        if self.filter[slot / 64] & (1 << (slot % 64)) == 0 {
+            return None;
+        }
+        self.entries.get(window)
     }
 }
 
+/// Which bytes are base32 digits of a store hash (`a`-`z`, `2`-`7`), looked up by value.
+static BASE32: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        table[b] = (b as u8).is_ascii_lowercase() || (b >= b'2' as usize && b <= b'7' as usize);
+        b += 1;
+    }
+    table
+};
+
 fn is_base32(b: u8) -> bool {
-    b.is_ascii_lowercase() || (b'2'..=b'7').contains(&b)
+    BASE32[b as usize]
 }
 
 /// Finds needles in one item's bytes (a file's contents, a symlink's target, a name), fed in
 /// chunks: a hash split between two chunks is still found.
+///
+/// Within a chunk, each window of 32 bytes is checked from its end (as Nix's scanner does): a
+/// byte that is no base32 digit rules out every window that holds it, so the scan moves past
+/// it, and text or binary data is mostly skipped 32 bytes at a time. A run of digits is checked
+/// once, byte by byte, and each window in it looked up.
 pub(super) struct Scanner<'n> {
     needles: &'n Needles,
-    /// The current run of base32 characters, at most the last 31 kept between chunks.
-    window: Vec<u8>,
+    /// The base32 digits that end what was fed so far, at most 31: the start of a hash that may
+    /// end in the next chunk.
+    carry: Vec<u8>,
     found: BTreeSet<EntryName>,
 }
 
@@ -51,37 +104,82 @@ impl<'n> Scanner<'n> {
     pub(super) fn new(needles: &'n Needles) -> Self {
         Scanner {
             needles,
-            window: Vec::new(),
+            carry: Vec::new(),
             found: BTreeSet::new(),
         }
     }
 
     /// The next bytes of the item.
     pub(super) fn feed(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            if !is_base32(b) {
-                self.window.clear();
-                continue;
+        if self.needles.entries.is_empty() {
+            return;
+        }
+        // Windows that start in the carry and end in these bytes.
+        if !self.carry.is_empty() {
+            let leading = bytes
+                .iter()
+                .take(STORE_HASH_LEN - 1)
+                .take_while(|&&b| is_base32(b))
+                .count();
+            let held = self.carry.len();
+            // The window starting `held - k` bytes before these needs `32 - k` of them.
+            for k in (STORE_HASH_LEN - leading).max(1)..=held {
+                let mut window = [0u8; STORE_HASH_LEN];
+                window[..k].copy_from_slice(&self.carry[held - k..]);
+                window[k..].copy_from_slice(&bytes[..STORE_HASH_LEN - k]);
+                self.check(&window);
             }
-            self.window.push(b);
-            if self.window.len() >= STORE_HASH_LEN {
-                let start = self.window.len() - STORE_HASH_LEN;
-                let candidate: [u8; STORE_HASH_LEN] =
-                    self.window[start..].try_into().expect("a 32-byte window");
-                if let Some(entry) = self.needles.0.get(&candidate) {
-                    self.found.insert(entry.clone());
+        }
+        self.windows_within(bytes);
+        // What ends these bytes may start a hash in the next ones.
+        let trailing = bytes
+            .iter()
+            .rev()
+            .take(STORE_HASH_LEN - 1)
+            .take_while(|&&b| is_base32(b))
+            .count();
+        if trailing < bytes.len() {
+            self.carry.clear();
+        }
+        self.carry
+            .extend_from_slice(&bytes[bytes.len() - trailing..]);
+        let excess = self.carry.len().saturating_sub(STORE_HASH_LEN - 1);
+        self.carry.drain(..excess);
+    }
+
+    /// Checks every window that lies within `bytes`.
+    fn windows_within(&mut self, bytes: &[u8]) {
+        let mut start = 0;
+        // `bytes[start..digits]` are known to be base32 digits.
+        let mut digits = 0;
+        while start + STORE_HASH_LEN <= bytes.len() {
+            let end = start + STORE_HASH_LEN;
+            let from = digits.max(start);
+            match bytes[from..end].iter().rposition(|&b| !is_base32(b)) {
+                Some(at) => {
+                    start = from + at + 1;
+                    digits = start;
                 }
-                if self.window.len() > 4 * STORE_HASH_LEN {
-                    self.window.drain(..self.window.len() - STORE_HASH_LEN);
+                None => {
+                    digits = end;
+                    self.check(&bytes[start..end]);
+                    start += 1;
                 }
             }
+        }
+    }
+
+    fn check(&mut self, window: &[u8]) {
+        let window: &[u8; STORE_HASH_LEN] = window.try_into().expect("a 32-byte window");
+        if let Some(entry) = self.needles.get(window) {
+            self.found.insert(entry.clone());
         }
     }
 
     /// A stretch the item has no bytes in (a hole of a sparse file, which reads as zeros):
     /// no hash runs across it.
     pub(super) fn gap(&mut self) {
-        self.window.clear();
+        self.carry.clear();
     }
 
     /// What the item refers to.
@@ -110,6 +208,59 @@ mod tests {
         let hasher = TreeHasher::new().scanning(&needles);
         assert_eq!(hasher.digest(path).unwrap(), tree_digest(path).unwrap());
         hasher.references()
+    }
+
+    /// Every window of 32 base32 digits of `bytes` that is a needle, checked one by one.
+    fn naive(bytes: &[u8], needles: &[EntryName]) -> BTreeSet<EntryName> {
+        needles
+            .iter()
+            .filter(|e| {
+                bytes
+                    .windows(STORE_HASH_LEN)
+                    .any(|w| w == e.hash().as_bytes() && w.iter().all(|&b| is_base32(b)))
+            })
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn the_scanner_finds_what_checking_every_window_finds_however_the_bytes_are_fed() {
+        let needles: Vec<EntryName> = (1..=4).map(|n| entry(n, "x")).collect();
+        let table = Needles::new(&needles);
+        // xorshift: the same bytes on every run.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for round in 0..400 {
+            // Runs of digits, needles (whole, or cut short), and other bytes.
+            let mut bytes = Vec::new();
+            while bytes.len() < 300 {
+                match next() % 5 {
+                    0 => bytes.extend(needles[next() as usize % 4].hash().as_bytes()),
+                    1 => {
+                        let hash = needles[next() as usize % 4].hash().as_bytes();
+                        bytes.extend(&hash[..next() as usize % STORE_HASH_LEN]);
+                    }
+                    2 => bytes
+                        .extend((0..next() % 40).map(|_| b"abcxyz234567"[next() as usize % 12])),
+                    _ => {
+                        bytes.extend((0..next() % 6).map(|_| b" /-0189AZ\n"[next() as usize % 10]))
+                    }
+                }
+            }
+            let mut scanner = Scanner::new(&table);
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                let n = (next() as usize % 50).min(rest.len());
+                scanner.feed(&rest[..n]);
+                rest = &rest[n..];
+            }
+            assert_eq!(scanner.found(), naive(&bytes, &needles), "round {round}");
+        }
     }
 
     #[test]
