@@ -4,8 +4,8 @@
 //! output and a build directory. [`Prepared::run`]: the sandbox runs the builder, which writes
 //! its outputs -> every declared output exists, nothing else, within the output cap. Then
 //! [`Prepared::install`]: fixed-output digest check -> canonicalise, hash and reference scan in
-//! one read, `meta.yaml`, and one rename per output into the store. `check` runs the first two phases and
-//! compares instead of installing.
+//! one read, `meta.yaml`, and one rename per output into the store. `check` runs the first two
+//! phases and compares instead of installing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

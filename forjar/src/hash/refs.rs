@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use super::{EntryName, STORE_HASH_LEN};
 
 /// The hashes a scan looks for, each with the entry it names.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Needles {
     entries: HashMap<[u8; STORE_HASH_LEN], EntryName>,
     /// A bit per slot, set for the slots of the needles' first eight bytes

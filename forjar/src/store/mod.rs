@@ -266,7 +266,7 @@ pub struct Store {
     recovered: Recovered,
     /// The references of entries this handle has read or installed, for [`Store::closure`].
     references: References,
-    /// The digests this handle recorded of entries it installed, until the build that made
+    /// The digests this handle recorded of entries builds installed, until the build that made
     /// each reads it back ([`Store::realised_output`]): one read of `.digests/` fewer per build.
     recorded: Mutex<HashMap<EntryName, TreeDigest>>,
     /// [`Store::owner`], read at its first use: the store directory's owner does not change
@@ -606,9 +606,13 @@ impl Store {
         fs::write(&tmp, format!("{digest}\n")).map_err(StoreError::io("cannot write", &tmp))?;
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o444))
             .map_err(StoreError::io("cannot set the mode of", &tmp))?;
-        fs::rename(&tmp, &path).map_err(StoreError::io("cannot write", &path))?;
+        fs::rename(&tmp, &path).map_err(StoreError::io("cannot write", &path))
+    }
+
+    /// Keeps `digest`, just recorded for `entry`, which a build installed, until the build's
+    /// realisation takes it ([`Store::take_recorded_here`]).
+    pub(super) fn remember_recorded(&self, entry: &EntryName, digest: &TreeDigest) {
         self.recorded_here().insert(entry.clone(), *digest);
-        Ok(())
     }
 
     /// The digests recorded by this handle and not yet read back.
