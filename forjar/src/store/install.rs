@@ -421,9 +421,6 @@ impl<'s> Staging<'s> {
         }
         set_mode(&target, 0o555)?;
         drop(installing);
-        if matches!(meta.kind, EntryKind::Build | EntryKind::Fixed) {
-            self.store.remember_recorded(&self.entry, &meta.digest);
-        }
         self.store
             .remember_references(&self.entry, &meta.references);
         // The staging directory is gone; nothing is left for drop to remove.

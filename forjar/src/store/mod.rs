@@ -266,9 +266,6 @@ pub struct Store {
     recovered: Recovered,
     /// The references of entries this handle has read or installed, for [`Store::closure`].
     references: References,
-    /// The digests this handle recorded of entries builds installed, until the build that made
-    /// each reads it back ([`Store::realised_output`]): one read of `.digests/` fewer per build.
-    recorded: Mutex<HashMap<EntryName, TreeDigest>>,
     /// [`Store::owner`], read at its first use: the store directory's owner does not change
     /// while a handle is open, and it was read three times for every build.
     owner: OnceLock<Option<(u32, u32)>>,
@@ -387,7 +384,6 @@ impl Store {
             pending: Default::default(),
             recovered: Recovered::default(),
             references: References::default(),
-            recorded: Mutex::default(),
             owner: OnceLock::new(),
         })
     }
@@ -494,7 +490,6 @@ impl Store {
             pending: Default::default(),
             recovered: Recovered::default(),
             references: References::default(),
-            recorded: Mutex::default(),
             owner: OnceLock::new(),
         };
         store.sweep_staging()?;
@@ -609,26 +604,8 @@ impl Store {
         fs::rename(&tmp, &path).map_err(StoreError::io("cannot write", &path))
     }
 
-    /// Keeps `digest`, just recorded for `entry`, which a build installed, until the build's
-    /// realisation takes it ([`Store::take_recorded_here`]).
-    pub(super) fn remember_recorded(&self, entry: &EntryName, digest: &TreeDigest) {
-        self.recorded_here().insert(entry.clone(), *digest);
-    }
-
-    /// The digests recorded by this handle and not yet read back.
-    fn recorded_here(&self) -> MutexGuard<'_, HashMap<EntryName, TreeDigest>> {
-        self.recorded.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The digest this handle recorded of `entry`, once: the build that installed it reads it
-    /// back for its realisation, and nothing else needs it kept.
-    pub(super) fn take_recorded_here(&self, entry: &EntryName) -> Option<TreeDigest> {
-        self.recorded_here().remove(entry)
-    }
-
     /// Removes `entry`'s digest record (the entry is gone).
     pub(crate) fn forget_digest(&self, entry: &EntryName) -> Result<(), StoreError> {
-        self.recorded_here().remove(entry);
         remove_if_there(&self.digest_record(entry))
     }
 

@@ -165,12 +165,9 @@ impl Store {
         entry: &EntryName,
         key: Key,
     ) -> Result<RealisedOutput, StoreError> {
-        let digest = match self.take_recorded_here(entry) {
+        let digest = match self.recorded_digest(entry)? {
             Some(digest) => digest,
-            None => match self.recorded_digest(entry)? {
-                Some(digest) => digest,
-                None => self.meta(entry)?.digest,
-            },
+            None => self.meta(entry)?.digest,
         };
         Ok(RealisedOutput {
             entry: entry.clone(),
