@@ -15,6 +15,13 @@ use crate::name::{InvalidValue, Name, OutputName, identifier};
 pub struct EntryName(Arc<str>);
 
 impl EntryName {
+    /// A test's entry `name`, of the key whose 32 bytes are all `n`.
+    #[cfg(test)]
+    pub(crate) fn numbered(n: u8, name: &str) -> EntryName {
+        let key: Key = format!("{n:02x}").repeat(32).parse().unwrap();
+        EntryName::new(&key, &Name::new(name).unwrap(), None)
+    }
+
     /// The longest an entry name may be: the longest file name the store's file systems hold
     /// (`NAME_MAX`).
     pub(crate) const MAX_LEN: usize = 255;

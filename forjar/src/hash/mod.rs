@@ -82,7 +82,22 @@ pub(crate) fn base32_into(bytes: &[u8], out: &mut [u8]) {
 
 /// Whether `s` is a store hash: 32 characters of the lowercase base32 alphabet.
 pub fn is_store_hash(s: &str) -> bool {
-    s.len() == STORE_HASH_LEN && s.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7'))
+    s.len() == STORE_HASH_LEN && s.bytes().all(is_base32_digit)
+}
+
+/// Whether `b` is a character of the lowercase base32 alphabet ([`BASE32`]).
+pub(crate) fn is_base32_digit(b: u8) -> bool {
+    /// The alphabet as a table by byte value: the reference scan asks for every byte it reads.
+    static DIGITS: [bool; 256] = {
+        let mut table = [false; 256];
+        let mut i = 0;
+        while i < BASE32.len() {
+            table[BASE32[i] as usize] = true;
+            i += 1;
+        }
+        table
+    };
+    DIGITS[b as usize]
 }
 
 /// Length of the hash part of a store entry name.

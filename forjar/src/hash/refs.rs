@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{EntryName, STORE_HASH_LEN};
+use super::{EntryName, STORE_HASH_LEN, is_base32_digit};
 
 /// The hashes a scan looks for, each with the entry it names.
 #[derive(Debug)]
@@ -70,21 +70,6 @@ impl Needles {
     }
 }
 
-/// Which bytes are base32 digits of a store hash (`a`-`z`, `2`-`7`), looked up by value.
-static BASE32: [bool; 256] = {
-    let mut table = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        table[b] = (b as u8).is_ascii_lowercase() || (b >= b'2' as usize && b <= b'7' as usize);
-        b += 1;
-    }
-    table
-};
-
-fn is_base32(b: u8) -> bool {
-    BASE32[b as usize]
-}
-
 /// Finds needles in one item's bytes (a file's contents, a symlink's target, a name), fed in
 /// chunks: a hash split between two chunks is still found.
 ///
@@ -119,7 +104,7 @@ impl<'n> Scanner<'n> {
             let leading = bytes
                 .iter()
                 .take(STORE_HASH_LEN - 1)
-                .take_while(|&&b| is_base32(b))
+                .take_while(|&&b| is_base32_digit(b))
                 .count();
             let held = self.carry.len();
             // The window starting `held - k` bytes before these needs `32 - k` of them.
@@ -136,7 +121,7 @@ impl<'n> Scanner<'n> {
             .iter()
             .rev()
             .take(STORE_HASH_LEN - 1)
-            .take_while(|&&b| is_base32(b))
+            .take_while(|&&b| is_base32_digit(b))
             .count();
         if trailing < bytes.len() {
             self.carry.clear();
@@ -155,7 +140,7 @@ impl<'n> Scanner<'n> {
         while start + STORE_HASH_LEN <= bytes.len() {
             let end = start + STORE_HASH_LEN;
             let from = digits.max(start);
-            match bytes[from..end].iter().rposition(|&b| !is_base32(b)) {
+            match bytes[from..end].iter().rposition(|&b| !is_base32_digit(b)) {
                 Some(at) => {
                     start = from + at + 1;
                     digits = start;
@@ -194,13 +179,7 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
-    use crate::hash::{Key, TreeHasher, tree_digest};
-    use crate::name::Name;
-
-    fn entry(n: u8, name: &str) -> EntryName {
-        let key: Key = format!("{n:02x}").repeat(32).parse().unwrap();
-        EntryName::new(&key, &Name::new(name).unwrap(), None)
-    }
+    use crate::hash::{TreeHasher, tree_digest};
 
     /// The digest and the references of the tree at `path`, in one pass.
     fn scan(path: &std::path::Path, candidates: &[EntryName]) -> BTreeSet<EntryName> {
@@ -217,7 +196,7 @@ mod tests {
             .filter(|e| {
                 bytes
                     .windows(STORE_HASH_LEN)
-                    .any(|w| w == e.hash().as_bytes() && w.iter().all(|&b| is_base32(b)))
+                    .any(|w| w == e.hash().as_bytes() && w.iter().all(|&b| is_base32_digit(b)))
             })
             .cloned()
             .collect()
@@ -225,7 +204,7 @@ mod tests {
 
     #[test]
     fn the_scanner_finds_what_checking_every_window_finds_however_the_bytes_are_fed() {
-        let needles: Vec<EntryName> = (1..=4).map(|n| entry(n, "x")).collect();
+        let needles: Vec<EntryName> = (1..=4).map(|n| EntryName::numbered(n, "x")).collect();
         let table = Needles::new(&needles);
         // xorshift: the same bytes on every run.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -265,7 +244,7 @@ mod tests {
 
     #[test]
     fn hashes_are_found_in_contents_symlinks_and_names_and_across_read_boundaries() {
-        let [a, b, c, d, e, f] = [1, 2, 3, 4, 5, 6].map(|n| entry(n, "x"));
+        let [a, b, c, d, e, f] = [1, 2, 3, 4, 5, 6].map(|n| EntryName::numbered(n, "x"));
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("out");
         fs::create_dir_all(root.join(format!("share/{e}"))).unwrap();
@@ -297,7 +276,7 @@ mod tests {
 
     #[test]
     fn a_hash_inside_a_longer_base32_run_is_found_but_a_partial_or_split_one_is_not() {
-        let a = entry(1, "a");
+        let a = EntryName::numbered(1, "a");
         let dir = tempfile::tempdir().unwrap();
         let x = dir.path().join("x");
         fs::write(&x, format!("zz{}zz", a.hash())).unwrap();
@@ -314,7 +293,7 @@ mod tests {
     #[test]
     fn a_hash_across_a_hole_of_a_sparse_file_is_not_one() {
         use std::os::unix::fs::FileExt;
-        let a = entry(1, "a");
+        let a = EntryName::numbered(1, "a");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sparse");
         let file = fs::File::create(&path).unwrap();

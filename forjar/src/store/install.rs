@@ -744,8 +744,7 @@ mod tests {
         let store = Store::open(tmp.path().join("store")).unwrap();
         let stage = |n: u8| {
             let name = Name::new(format!("x{n}")).unwrap();
-            let key: Key = format!("{n:02x}").repeat(32).parse().unwrap();
-            let entry = EntryName::new(&key, &name, None);
+            let entry = EntryName::numbered(n, name.as_str());
             let lock = KeyLock::acquire(&store, entry.hash()).unwrap();
             let staging = Staging::new(&store, &lock, entry.clone()).unwrap();
             fs::write(staging.content_path(), [n]).unwrap();

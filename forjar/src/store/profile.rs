@@ -344,8 +344,7 @@ mod tests {
     use super::*;
 
     fn entry(n: u8, name: &str) -> EntryName {
-        let key: crate::hash::Key = format!("{n:02x}").repeat(32).parse().unwrap();
-        EntryName::new(&key, &Name::new(name).unwrap(), None)
+        EntryName::numbered(n, name)
     }
 
     #[test]
