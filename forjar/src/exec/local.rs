@@ -402,13 +402,6 @@ impl<'a> Prepared<'a> {
         let (job, cx) = (self.job, self.cx);
         let request = job.request;
         let fixed = request.fixed_output.as_ref();
-        let own: Vec<EntryName> = job.outputs.values().map(|o| o.entry.clone()).collect();
-        let candidates: Vec<EntryName> = self
-            .input_closure
-            .iter()
-            .cloned()
-            .chain(own.iter().cloned())
-            .collect();
         let log_digest = TreeHasher::new().digest(&self.log_path).ok();
         // The toolchain under a name no input can have.
         let input_entries: BTreeMap<String, EntryName> = request
@@ -472,8 +465,10 @@ impl<'a> Prepared<'a> {
                 },
             ));
         }
-        // Each output is read once, for its digest and what it refers to together.
-        let needles = Needles::new(&candidates);
+        // Each output is read once, for its digest and what it refers to together: any entry
+        // of the inputs' closure, or any of the build's own outputs.
+        let own = job.outputs.values().map(|o| &o.entry);
+        let needles = Needles::new(self.input_closure.iter().chain(own));
         for (staging, draft) in drafts {
             match staging
                 .commit_scanning(draft, &needles, cx.stop)

@@ -203,10 +203,10 @@ impl<'c> TreeHasher<'c> {
     }
 
     /// The entries among the needles of [`TreeHasher::scanning`] whose hash occurs in the trees
-    /// hashed so far.
-    pub fn references(&self) -> BTreeSet<EntryName> {
-        match &self.scan {
-            Some((_, found)) => found.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+    /// this hasher hashed.
+    pub fn references(self) -> BTreeSet<EntryName> {
+        match self.scan {
+            Some((_, found)) => found.into_inner().unwrap_or_else(PoisonError::into_inner),
             None => BTreeSet::new(),
         }
     }

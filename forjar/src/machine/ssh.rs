@@ -147,9 +147,10 @@ impl Transport {
             let line = one_line(&error_chain(&e));
             let said = match line.contains("timed out") {
                 true => line,
-                false => Some(diagnose(address, user, port, jump, options))
-                    .filter(|said| !said.is_empty())
-                    .unwrap_or(line),
+                false => match diagnose(address, user, port, jump, options) {
+                    diagnosed if diagnosed.is_empty() => line,
+                    diagnosed => diagnosed,
+                },
             };
             MachineError::host(&host, connect_advice(address, &said))
         })?;
