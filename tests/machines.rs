@@ -612,6 +612,50 @@ fn a_mistake_in_a_machine_is_an_invalid_program_naming_the_machine_and_the_line(
     );
 }
 
+/// A machine command of a user at its limit on processes and threads (`ulimit -u`): the command
+/// for the host cannot start the threads that feed and read it, which is said for that host,
+/// with the limit, and is no panic. The machine is the one the program runs on (`local`, no
+/// SSH), as `nobody`, which has nothing deployed: with room, the same command reaches it and
+/// finds no agent.
+#[test]
+fn a_machine_command_at_the_thread_limit_says_so_for_the_host() {
+    if !forjar_suite::as_root("running a program as another user") {
+        return;
+    }
+    let dir = forjar_suite::open_dir_with("fleet");
+    let store = dir.path().join("store");
+    let drift = |nproc| {
+        forjar_suite::as_nobody(
+            &dir.path().join("fleet"),
+            dir.path(),
+            nproc,
+            &["--store", store.to_str().unwrap(), "drift"],
+            &[("FLEET_HOSTS", "local")],
+        )
+    };
+    // Each host's result is in the report on standard output.
+    let said = |out: &Output| format!("{}{}", stdout(out), stderr(out));
+    let out = drift(Some(1));
+    let text = said(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(
+        text.contains("local: cannot start a thread for the command"),
+        "{text}"
+    );
+    assert!(
+        text.contains("this user's processes and threads are at their limit, `ulimit -u` = 1"),
+        "{text}"
+    );
+    let out = drift(None);
+    let text = said(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("local: the host has no forjar agent yet"),
+        "{text}"
+    );
+}
+
 #[test]
 fn an_activator_killed_midway_is_reported_and_the_next_apply_returns_then_activates() {
     use std::io::BufRead;

@@ -600,39 +600,42 @@ fn a_fork_bomb_is_contained() {
     assert!(Command::new("true").status().unwrap().success());
 }
 
+/// A directory for [`dag_as_nobody`], where the sandbox runs and this test is root (which
+/// becoming another user takes, as CI has).
+fn dir_for_nobody() -> Option<tempfile::TempDir> {
+    (sandbox() && forjar_suite::as_root("running a program as another user"))
+        .then(|| forjar_suite::open_dir_with("dag"))
+}
+
+/// Runs the `dag` program of `dir` ([`dir_for_nobody`]) as `nobody`, with its
+/// store in `dir`, `args`, `env` and at most `nproc` processes and threads of that user.
+fn dag_as_nobody(
+    dir: &Path,
+    nproc: Option<u32>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let store = dir.join("store");
+    let args = [&["--store", store.to_str().unwrap()], args].concat();
+    forjar_suite::as_nobody(&dir.join("dag"), dir, nproc, &args, env)
+}
+
 /// A user whose hard limit on processes (`ulimit -Hu`) is below a build's process cap (4,096 by
 /// default) builds under that limit: the builder lowers its `RLIMIT_NPROC` to it, where raising
 /// it would be refused. The limit is a user's, not root's (root builds in a cgroup of its own):
 /// the program runs as `nobody`, which takes root to become, as CI has.
 #[test]
 fn a_user_with_a_hard_process_limit_below_the_cap_builds_under_it() {
-    if !sandbox() {
+    let Some(dir) = dir_for_nobody() else {
         return;
-    }
-    if !forjar_suite::as_root("running a program as another user") {
-        return;
-    }
-    // Everything the other user touches is in a directory it may use: the program too, as the
-    // checkout may lie where it cannot look.
-    let dir = tempfile::tempdir().unwrap();
-    let open = std::os::unix::fs::PermissionsExt::from_mode(0o777);
-    fs::set_permissions(dir.path(), open).unwrap();
-    let program = dir.path().join("dag");
-    fs::copy(forjar_suite::example("dag"), &program).unwrap();
+    };
     let apply = |fail: &str| {
-        Command::new("setpriv")
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .args(["prlimit", "--nproc=64"])
-            .arg(&program)
-            .arg("--store")
-            .arg(dir.path().join("store"))
-            .arg("apply")
-            .env("DAG_LAYERS", "1")
-            .env("DAG_FAIL", fail)
-            .env("HOME", dir.path())
-            .current_dir(dir.path())
-            .output()
-            .expect("setpriv and prlimit (util-linux) run")
+        dag_as_nobody(
+            dir.path(),
+            Some(64),
+            &["apply"],
+            &[("DAG_LAYERS", "1"), ("DAG_FAIL", fail)],
+        )
     };
     let out = apply("");
     let err = String::from_utf8_lossy(&out.stderr);
@@ -649,6 +652,52 @@ fn a_user_with_a_hard_process_limit_below_the_cap_builds_under_it() {
         ),
         "{err}"
     );
+}
+
+/// A user at its limit on processes and threads (`ulimit -u`), whose process may start no thread
+/// at all: the plan is made on the one thread there is; an apply says which build could not
+/// start and why, exits 1 without a panic, and leaves no entry, staging, log or record behind,
+/// so that the same apply with room builds everything.
+#[test]
+fn a_user_at_the_thread_limit_plans_and_is_told_why_it_cannot_apply() {
+    let Some(dir) = dir_for_nobody() else {
+        return;
+    };
+    let store = dir.path().join("store");
+    // Twenty layers: more than a plan keys on its calling thread (64 derivations and up are
+    // keyed on the shared threads, which cannot start here).
+    let layers = [("DAG_LAYERS", "20")];
+
+    let out = dag_as_nobody(dir.path(), Some(1), &["plan"], &layers);
+    let (text, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{err}");
+    assert!(
+        text.contains("Plan: 81 to build, 0 cached"),
+        "{text}\n{err}"
+    );
+
+    let out = dag_as_nobody(dir.path(), Some(1), &["apply"], &layers);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("cannot start a thread to build `n0-"), "{err}");
+    assert!(
+        err.contains("this user's processes and threads are at their limit, `ulimit -u` = 1"),
+        "{err}"
+    );
+    assert_eq!(forjar_suite::store_entries(&store).len(), 0, "{err}");
+    let names = |dir: &str| forjar_suite::store_entries(&store.join(dir));
+    for left in [".tmp", ".pending", ".logs", ".builds"] {
+        assert!(names(left).is_empty(), "{left}: {:?}", names(left));
+    }
+
+    let out = dag_as_nobody(dir.path(), None, &["apply"], &layers);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(forjar_suite::store_entries(&store).len(), 81, "{err}");
 }
 
 /// Whether a build's processes are counted by its own cgroup (as root), so that its process

@@ -370,6 +370,41 @@ pub fn store_entries(store: &Path) -> BTreeSet<String> {
     }
 }
 
+/// A directory every user may use, with the example program `name` copied into it (the
+/// checkout may lie where another user cannot look).
+pub fn open_dir_with(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let open = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+    std::fs::set_permissions(dir.path(), open).unwrap();
+    std::fs::copy(example(name), dir.path().join(name)).unwrap();
+    dir
+}
+
+/// Runs `program` as `nobody` in `dir` (its home too) with `args` and `env`, with at most
+/// `nproc` processes and threads of that user (`prlimit --nproc`) when given. Becoming another
+/// user takes root ([`as_root`]).
+pub fn as_nobody(
+    program: &Path,
+    dir: &Path,
+    nproc: Option<u32>,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    let mut command = Command::new("setpriv");
+    command.args(["--reuid=65534", "--regid=65534", "--clear-groups"]);
+    if let Some(nproc) = nproc {
+        command.arg("prlimit").arg(format!("--nproc={nproc}"));
+    }
+    command
+        .arg(program)
+        .args(args)
+        .envs(env.iter().copied())
+        .env("HOME", dir)
+        .current_dir(dir)
+        .output()
+        .expect("setpriv and prlimit (util-linux) run")
+}
+
 /// Whether this test runs as root, which `what` takes; under CI (`CI=true`, as root) a test
 /// that is not fails, elsewhere it is skipped, saying so.
 pub fn as_root(what: &str) -> bool {
