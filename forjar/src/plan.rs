@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
 
 use petgraph::Direction;
 use petgraph::algo::{tarjan_scc, toposort};
@@ -609,14 +609,10 @@ pub enum NodeKind {
     Derivation(Box<Planned>),
     /// A source.
     Source {
-        /// The host path.
-        path: PathBuf,
-        /// The content's tree digest.
-        digest: TreeDigest,
+        /// Where it is read from, and what of it.
+        planned: Box<PlannedSource>,
         /// Its store entry.
         entry: EntryName,
-        /// What it leaves out of the tree at `path`.
-        ignore: crate::derivation::ignore::IgnoreRules,
     },
     /// A toolchain, as locked.
     Toolchain {
@@ -625,6 +621,18 @@ pub enum NodeKind {
         /// Its store entry.
         entry: EntryName,
     },
+}
+
+/// A source as planned: boxed in its node, as a derivation's plan is, so that a node of the
+/// plan is small for the many derivations.
+#[derive(Debug, Clone)]
+pub struct PlannedSource {
+    /// The host path.
+    pub path: PathBuf,
+    /// The content's tree digest.
+    pub digest: TreeDigest,
+    /// What it leaves out of the tree at `path`.
+    pub ignore: crate::derivation::ignore::IgnoreRules,
 }
 
 /// A node of the plan.
@@ -765,10 +773,7 @@ impl Plan {
         } = planner;
         let mut dag = dag.map_owned(
             |node, ()| match keyed.get_mut(node.index()) {
-                Some(keyed) => match keyed.take() {
-                    Some(Ok(planned)) => planned,
-                    _ => unreachable!("every derivation was keyed"),
-                },
+                Some(keyed) => keyed.take().expect("every derivation was keyed"),
                 None => others
                     .remove(&node)
                     .expect("every source and toolchain was planned"),
@@ -1034,12 +1039,12 @@ impl Plan {
                             value["waits_on"] = serde_json::json!(self.waits_on(planned));
                         }
                     }
-                    NodeKind::Source {
-                        path,
-                        digest,
-                        entry,
-                        ignore,
-                    } => {
+                    NodeKind::Source { planned, entry } => {
+                        let PlannedSource {
+                            path,
+                            digest,
+                            ignore,
+                        } = &**planned;
                         value["kind"] = "source".into();
                         value["path"] = serde_json::json!(path);
                         value["digest"] = serde_json::json!(digest);
@@ -1118,8 +1123,9 @@ enum Origin<'g> {
     Toolchain(&'g Toolchain),
 }
 
-/// How keying a derivation went, once it has been keyed.
-type Keyed = OnceLock<Result<Node, PlanError>>;
+/// A derivation's planned node, once it has been keyed. (Why keying one failed is kept apart:
+/// an error is larger than a node, and there is one for at most a few of them.)
+type Keyed = OnceLock<Node>;
 
 /// Keying in dependency order on the thread pool ([`Planner::keys`]).
 #[derive(Clone, Copy)]
@@ -1128,8 +1134,10 @@ struct Wave<'p, 'g> {
     store: &'p Store,
     /// Per node, the input edges from derivations not yet keyed.
     waiting: &'p [AtomicUsize],
-    /// Per derivation, how keying it went.
+    /// Per derivation, its planned node once keyed.
     keyed: &'p [Keyed],
+    /// The derivations whose keying failed, and why.
+    failed: &'p Mutex<Vec<(NodeIndex, PlanError)>>,
     /// The store as the plan read it.
     listing: &'p Listing,
 }
@@ -1165,20 +1173,25 @@ impl<'p> Wave<'p, '_> {
     /// was.
     fn key_one(self, node: NodeIndex, store_dir: &Arc<StoreDir>, mut ready: impl FnMut(NodeIndex)) {
         let planned = |dep: NodeIndex| match self.keyed.get(dep.index()) {
-            Some(keyed) => match keyed.get() {
-                Some(Ok(planned)) => planned,
-                _ => unreachable!("a node starts once its inputs are keyed"),
-            },
+            Some(keyed) => keyed
+                .get()
+                .expect("a node starts once its inputs are keyed"),
             None => &self.planner.others[&dep],
         };
         let result = self
             .planner
             .key(node, self.store, self.listing, store_dir, planned);
-        let ok = result.is_ok();
-        let first = self.keyed[node.index()].set(result).is_ok();
-        debug_assert!(first, "node {} keyed twice", node.index());
-        if !ok {
-            return;
+        match result {
+            Ok(planned) => {
+                let first = self.keyed[node.index()].set(planned).is_ok();
+                debug_assert!(first, "node {} keyed twice", node.index());
+            }
+            Err(error) => {
+                // Its dependents are not keyed.
+                let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+                failed.push((node, error));
+                return;
+            }
         }
         for dependent in self
             .planner
@@ -1372,10 +1385,12 @@ impl<'g> Planner<'g> {
                     name: source.name().clone(),
                     location: None,
                     kind: NodeKind::Source {
-                        path: source.host_path().to_path_buf(),
-                        digest,
+                        planned: Box::new(PlannedSource {
+                            path: source.host_path().to_path_buf(),
+                            digest,
+                            ignore: source.ignore_rules().clone(),
+                        }),
                         entry,
-                        ignore: source.ignore_rules().clone(),
                     },
                     status,
                     impure: false,
@@ -1466,14 +1481,16 @@ impl<'g> Planner<'g> {
                 AtomicUsize::new(from_derivations)
             })
             .collect();
-        let mut keyed: Vec<Keyed> = (0..self.graph.slots.len())
+        let keyed: Vec<Keyed> = (0..self.graph.slots.len())
             .map(|_| OnceLock::new())
             .collect();
+        let failed = Mutex::new(Vec::new());
         let wave = Wave {
             planner: self,
             store,
             waiting: &waiting,
             keyed: &keyed,
+            failed: &failed,
             listing,
         };
         // Chosen before any starts: once one has, a count may reach zero while the others are
@@ -1495,13 +1512,14 @@ impl<'g> Planner<'g> {
             });
         }
         // The first failure in topological order; a node after a failure was never keyed.
-        let failed = order.iter().find(|&&node| {
-            is_derivation(node) && !matches!(keyed[node.index()].get(), Some(Ok(_)))
-        });
-        if let Some(node) = failed {
-            match keyed[node.index()].take() {
-                Some(Err(error)) => return Err(error),
-                _ => unreachable!("a node is left unkeyed only after a failure"),
+        let unkeyed = order
+            .iter()
+            .find(|&&node| is_derivation(node) && keyed[node.index()].get().is_none());
+        if let Some(&node) = unkeyed {
+            let mut failed = failed.into_inner().unwrap_or_else(PoisonError::into_inner);
+            match failed.iter().position(|&(at, _)| at == node) {
+                Some(first) => return Err(failed.swap_remove(first).1),
+                None => unreachable!("a node is left unkeyed only after a failure"),
             }
         }
         Ok((level_of, keyed))
@@ -1546,14 +1564,16 @@ impl<'g> Planner<'g> {
         for (input_name, input) in &drv.inputs {
             match input {
                 Input::Source(source) => {
-                    let NodeKind::Source { entry, digest, .. } =
-                        &planned(self.source_nodes[&**source]).kind
+                    let NodeKind::Source {
+                        planned: source,
+                        entry,
+                    } = &planned(self.source_nodes[&**source]).kind
                     else {
                         unreachable!("a source input has a source node")
                     };
                     let resolved = ResolvedInput::Source {
                         entry: entry.clone(),
-                        digest: *digest,
+                        digest: source.digest,
                     };
                     inputs.push((input_name.clone(), resolved));
                 }

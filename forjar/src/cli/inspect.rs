@@ -234,12 +234,8 @@ impl Session {
                     .map(|(o, p)| (o.to_string(), p.entry.clone()))
                     .collect()
             }
-            NodeKind::Source {
-                path,
-                digest,
-                entry,
-                ignore,
-            } => {
+            NodeKind::Source { planned, entry } => {
+                let (path, digest, ignore) = (&planned.path, planned.digest, &planned.ignore);
                 let _ = writeln!(text, "path: {}", path.display());
                 if !ignore.patterns.is_empty() {
                     let _ = writeln!(text, "ignore: {}", ignore.patterns.join(" "));
@@ -376,9 +372,9 @@ pub fn render_plan(plan: &Plan, reasons: Option<&BTreeMap<NodeIndex, Vec<Reason>
                     },
                     Cow::Borrowed(node.location.as_deref().unwrap_or_default()),
                 ),
-                NodeKind::Source { entry, path, .. } => (
+                NodeKind::Source { planned, entry } => (
                     Cell::Text(entry.as_str().into()),
-                    path.display().to_string().into(),
+                    planned.path.display().to_string().into(),
                 ),
                 NodeKind::Toolchain { planned, entry } => (
                     Cell::Text(entry.as_str().into()),

@@ -512,12 +512,12 @@ pub fn realise(
 ) -> Result<Done, ExecError> {
     let node = plan.node(index);
     match &node.kind {
-        NodeKind::Source {
-            path,
-            digest,
-            entry,
-            ignore,
-        } => {
+        NodeKind::Source { planned, entry } => {
+            let crate::plan::PlannedSource {
+                path,
+                digest,
+                ignore,
+            } = &**planned;
             if store.contains(entry) {
                 return Ok(Done::Cached);
             }
