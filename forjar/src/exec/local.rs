@@ -453,6 +453,7 @@ impl<'a> Prepared<'a> {
                     },
                     key: planned.key,
                     derivation: Some(*job.key),
+                    // What the content mentions, found as it is hashed (`commit_scanning`).
                     references: Vec::new(),
                     inputs: input_entries.clone(),
                     system: Some(request.system.to_string()),

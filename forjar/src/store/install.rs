@@ -295,21 +295,21 @@ impl<'s> Staging<'s> {
     /// If the entry appeared meanwhile (it cannot while the key lock is held, but a store may be
     /// shared with a careless tool), the existing entry wins and the staging is discarded.
     pub fn commit(self, draft: Draft) -> Result<Committed, StoreError> {
-        self.commit_unless(draft, &AtomicBool::new(false))
-    }
-
-    /// [`Staging::commit`], giving up (nothing installed) once `stop` is set while the content
-    /// is hashed: Ctrl-C during a large output.
-    pub fn commit_unless(self, draft: Draft, stop: &AtomicBool) -> Result<Committed, StoreError> {
-        let content = self.content_path();
-        let size = super::tree::canonicalise(&content, self.store.owner())?;
-        let digest = TreeHasher::new().stopped_by(stop).digest(&content)?;
+        let (size, digest) = self.canonical(&TreeHasher::new())?;
         self.finish(draft, size, digest)
     }
 
-    /// [`Staging::commit_unless`] of a build's output, whose references are what its content
-    /// mentions of `needles`: the content is read once, for its digest and its references
-    /// together. A fixed output's content may refer to no entry; one that does is not
+    /// Canonicalises the content and hashes it with `hasher`: its size and digest.
+    fn canonical(&self, hasher: &TreeHasher) -> Result<(u64, TreeDigest), StoreError> {
+        let content = self.content_path();
+        let size = super::tree::canonicalise(&content, self.store.owner())?;
+        Ok((size, hasher.digest(&content)?))
+    }
+
+    /// [`Staging::commit`] of a build's output, whose references are what its content mentions
+    /// of `needles`: the content is read once, for its digest and its references together.
+    /// Gives up (nothing installed) once `stop` is set while the content is read: Ctrl-C during
+    /// a large output. A fixed output's content may refer to no entry; one that does is not
     /// installed.
     pub(crate) fn commit_scanning(
         self,
@@ -317,10 +317,8 @@ impl<'s> Staging<'s> {
         needles: &Needles,
         stop: &AtomicBool,
     ) -> Result<Scanned, StoreError> {
-        let content = self.content_path();
-        let size = super::tree::canonicalise(&content, self.store.owner())?;
         let hasher = TreeHasher::new().stopped_by(stop).scanning(needles);
-        let digest = hasher.digest(&content)?;
+        let (size, digest) = self.canonical(&hasher)?;
         let references: Vec<EntryName> = hasher.references().into_iter().collect();
         if draft.kind == EntryKind::Fixed && !references.is_empty() {
             return Ok(Scanned::FixedRefers(references));
