@@ -7,7 +7,7 @@
 //! current roots are links in `.profiles/<profile>/roots/`, listed as `<profile>/<root>`; every
 //! generation of every profile is a root too.
 //! Everything reachable from a root through the `references` of `meta.yaml` is live; everything
-//! else is garbage.
+//! else is garbage. A collection also removes the lock files of keys no one works on.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, TryLockError};
@@ -16,7 +16,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use super::tree::{remove_tree, tree_size};
-use super::{EntryName, Store, StoreError};
+use super::{EntryName, KeyLock, Store, StoreError};
 use crate::hash::base32;
 use crate::name::Name;
 
@@ -340,6 +340,7 @@ impl Store {
         }
         if !dry_run {
             self.sweep_realisations()?;
+            KeyLock::remove_free(self)?;
         }
         Ok(report)
     }

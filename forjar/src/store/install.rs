@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, TryLockError};
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -24,18 +25,51 @@ pub struct KeyLock {
 }
 
 impl KeyLock {
-    fn open(store: &Store, hash: &str) -> Result<File, StoreError> {
+    fn path(store: &Store, hash: &str) -> PathBuf {
         assert!(
             is_store_hash(hash),
             "lock names are store hashes, got {hash:?}"
         );
-        let path = store.dir().join(".locks").join(format!("{hash}.lock"));
-        File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(StoreError::io("cannot open", &path))
+        store.dir().join(".locks").join(format!("{hash}.lock"))
+    }
+
+    /// Opens the lock file of `hash` (making it if there is none) and takes its lock: when
+    /// another holds it, waits for it if `waiting` is given (told the holder's note first),
+    /// else gives up. A file removed while this process waited for it or before it took it
+    /// (garbage collection removes the files of free locks: [`KeyLock::remove_free`]) has no
+    /// link left, and locks nothing another process can see: it is opened anew.
+    fn take(
+        store: &Store,
+        hash: &str,
+        waiting: Option<&dyn Fn(&str)>,
+    ) -> Result<Option<File>, StoreError> {
+        let path = Self::path(store, hash);
+        loop {
+            let file = super::open_lock_file(&path)?;
+            match (file.try_lock(), waiting) {
+                (Ok(()), _) => {}
+                (Err(TryLockError::WouldBlock), None) => return Ok(None),
+                (Err(TryLockError::WouldBlock), Some(waiting)) => {
+                    let holder = fs::read_to_string(&path).unwrap_or_default();
+                    let holder = holder.trim();
+                    waiting(if holder.is_empty() {
+                        "another forjar process"
+                    } else {
+                        holder
+                    });
+                    file.lock().map_err(StoreError::io("cannot lock", &path))?;
+                }
+                (Err(TryLockError::Error(e)), _) => {
+                    return Err(StoreError::io("cannot lock", &path)(e));
+                }
+            }
+            let links = walk::fstat(file.as_fd())
+                .map_err(StoreError::io("cannot read", &path))?
+                .st_nlink;
+            if links > 0 {
+                return Ok(Some(file));
+            }
+        }
     }
 
     /// Waits for and takes the lock of store hash `hash`, then removes the staging a killed
@@ -54,22 +88,9 @@ impl KeyLock {
         what: &str,
         waiting: &dyn Fn(&str),
     ) -> Result<KeyLock, StoreError> {
-        let file = Self::open(store, hash)?;
-        let path = store.dir().join(".locks").join(format!("{hash}.lock"));
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                let holder = fs::read_to_string(&path).unwrap_or_default();
-                let holder = holder.trim();
-                waiting(if holder.is_empty() {
-                    "another forjar process"
-                } else {
-                    holder
-                });
-                file.lock().map_err(StoreError::io("cannot lock", &path))?;
-            }
-            Err(TryLockError::Error(e)) => return Err(StoreError::io("cannot lock", &path)(e)),
-        }
+        let Some(file) = Self::take(store, hash, Some(waiting))? else {
+            unreachable!("a lock waited for is taken or fails")
+        };
         // Best effort: it only informs whoever waits next.
         let _ = file.set_len(0).and_then(|()| {
             std::os::unix::fs::FileExt::write_all_at(
@@ -92,6 +113,57 @@ impl KeyLock {
         })
     }
 
+    /// Removes the lock file of every key no one works on; returns how many. A key's file is
+    /// made at its first build or import, and would otherwise stay for good, one for every
+    /// key the store ever built. Called with the store to this handle alone (garbage
+    /// collection), so that no other process takes a key's lock meanwhile; a lock still held
+    /// (by a build's supervisor that outlives its killed forjar for a moment, or in this
+    /// process) keeps its file. Through the directory's descriptor, not following a link.
+    pub(super) fn remove_free(store: &Store) -> Result<usize, StoreError> {
+        let dir_path = store.dir().join(".locks");
+        let root = store
+            .root_fd()
+            .map_err(StoreError::io("cannot open", store.dir()))?;
+        let dir = walk::openat(root.as_fd(), &walk::cstring(b".locks"), walk::DIR_FLAGS)
+            .map_err(StoreError::io("cannot open", &dir_path))?;
+        let mut removed = 0;
+        for (name, kind) in
+            walk::list(dir.as_fd()).map_err(StoreError::io("cannot read", &dir_path))?
+        {
+            let is_key_lock = name
+                .to_bytes()
+                .strip_suffix(b".lock")
+                .and_then(|hash| std::str::from_utf8(hash).ok())
+                .is_some_and(is_store_hash);
+            if kind != walk::Kind::File || !is_key_lock {
+                continue;
+            }
+            let path = || dir_path.join(name.to_string_lossy().as_ref());
+            let file = match walk::openat(
+                dir.as_fd(),
+                &name,
+                nix::libc::O_RDONLY | nix::libc::O_NOFOLLOW,
+            ) {
+                Ok(fd) => File::from(fd),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io("cannot open", &path())(e)),
+            };
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(TryLockError::WouldBlock) => continue,
+                Err(TryLockError::Error(e)) => {
+                    return Err(StoreError::io("cannot lock", &path())(e));
+                }
+            }
+            // Removed while locked: whoever opened it before takes the lock of a file with no
+            // link left, and opens the name again (`take`).
+            walk::unlink_at(dir.as_fd(), &name, false)
+                .map_err(StoreError::io("cannot remove", &path()))?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
     /// The locked file, which a build's supervisor keeps open (so the lock is held) until its
     /// build is gone, even when this process is killed first.
     pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
@@ -100,18 +172,10 @@ impl KeyLock {
 
     /// Takes the lock if nobody holds it.
     pub(crate) fn try_acquire(store: &Store, hash: &str) -> Result<Option<KeyLock>, StoreError> {
-        let file = Self::open(store, hash)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(KeyLock {
-                file,
-                hash: hash.to_string(),
-            })),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(e)) => Err(StoreError::io(
-                "cannot lock",
-                &store.dir().join(".locks"),
-            )(e)),
-        }
+        Ok(Self::take(store, hash, None)?.map(|file| KeyLock {
+            file,
+            hash: hash.to_string(),
+        }))
     }
 
     /// The store hash this lock is for.
@@ -695,6 +759,76 @@ mod tests {
             .collect();
         assert_eq!(left, vec![format!("{live_key}.1-0-x")]);
         drop((lock, second));
+    }
+
+    /// The names in the store's `.locks`, sorted.
+    fn lock_files(store: &Store) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(store.dir().join(".locks"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_collection_removes_the_lock_files_of_keys_no_one_works_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let (free, held) = ("a".repeat(32), "b".repeat(32));
+        drop(KeyLock::acquire(&store, &free).unwrap());
+        let lock = KeyLock::acquire(&store, &held).unwrap();
+        fs::write(store.dir().join(".locks/notes"), b"").unwrap();
+        assert_eq!(
+            lock_files(&store),
+            [
+                format!("{free}.lock"),
+                format!("{held}.lock"),
+                "notes".into(),
+                "store.lock".into()
+            ]
+        );
+
+        store.gc(false, || {}).unwrap();
+        // The held key's stays, and what is not a key's lock.
+        assert_eq!(
+            lock_files(&store),
+            [format!("{held}.lock"), "notes".into(), "store.lock".into()]
+        );
+        assert!(KeyLock::try_acquire(&store, &held).unwrap().is_none());
+        drop(lock);
+        // A dry run removes nothing.
+        store.gc(true, || {}).unwrap();
+        assert_eq!(lock_files(&store).len(), 3);
+        let again = KeyLock::acquire(&store, &free).unwrap();
+        assert!(KeyLock::try_acquire(&store, &free).unwrap().is_none());
+        drop(again);
+    }
+
+    #[test]
+    fn a_lock_file_removed_while_waited_for_is_opened_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let hash = "c".repeat(32);
+        let first = KeyLock::acquire(&store, &hash).unwrap();
+        let (told, waits) = std::sync::mpsc::channel();
+        std::thread::scope(|scope| {
+            let second = scope.spawn(|| {
+                KeyLock::acquire_for(&store, &hash, "second", &|_| {
+                    told.send(()).unwrap();
+                })
+                .unwrap()
+            });
+            waits.recv().unwrap();
+            // As a collection does: removed while held. The waiter has the removed file open.
+            fs::remove_file(store.dir().join(format!(".locks/{hash}.lock"))).unwrap();
+            drop(first);
+            let second = second.join().unwrap();
+            // It holds the lock of the file that is there now, which a third cannot take.
+            let links = walk::fstat(second.as_fd()).unwrap().st_nlink;
+            assert_eq!(links, 1);
+            assert!(KeyLock::try_acquire(&store, &hash).unwrap().is_none());
+        });
     }
 
     #[test]

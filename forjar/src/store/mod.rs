@@ -5,7 +5,8 @@
 //! <store>/<h>-<name>/content       the output; read-only, mtime 1
 //! <store>/<h>-<name>/meta.yaml     provenance
 //! <store>/.tmp/                    staging on the same filesystem; swept on open
-//! <store>/.locks/<h>.lock          one build of one key at a time, across processes
+//! <store>/.locks/<h>.lock          one build of one key at a time, across processes; removed
+//!                                  by garbage collection when free
 //! <store>/.logs/<h>.log            build logs
 //! <store>/.roots/                  GC roots (symlinks)
 //! <store>/.profiles/<p>/           a profile: `<n>.yaml` generations, `current`, `roots/<root>`
@@ -473,12 +474,7 @@ impl Store {
             }
         }
         let lock_path = dir.join(".locks/store.lock");
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(StoreError::io("cannot open", &lock_path))?;
+        let lock = open_lock_file(&lock_path)?;
         lock.lock_shared()
             .map_err(StoreError::io("cannot lock", &lock_path))?;
         let mut store = Store {
@@ -809,6 +805,16 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// Opens the lock file at `path` for `flock`, making it if there is none.
+fn open_lock_file(path: &Path) -> Result<File, StoreError> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(StoreError::io("cannot open", path))
 }
 
 #[cfg(test)]

@@ -151,12 +151,7 @@ impl Profile<'_> {
     /// Takes the profile's lock: one change to a profile at a time, across processes.
     fn lock(&self) -> Result<File, StoreError> {
         let path = self.dir.join(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(StoreError::io("cannot open", &path))?;
+        let file = super::open_lock_file(&path)?;
         file.lock().map_err(StoreError::io("cannot lock", &path))?;
         Ok(file)
     }
