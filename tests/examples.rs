@@ -159,6 +159,12 @@ fn the_webapp_profile_holds_its_typed_config_and_systemd_unit() {
     );
     let help = run_example("webapp", &store, &["--help"]);
     assert!(stdout(&help).contains("--env <ENV>"), "{}", stdout(&help));
+    // The program's own name, in its own help.
+    assert!(
+        stdout(&help).contains("`source <(webapp completions bash)`"),
+        "{}",
+        stdout(&help)
+    );
     let completions = run_example("webapp", &store, &["completions", "bash"]);
     assert!(
         stdout(&completions).contains("--env"),

@@ -234,7 +234,8 @@ enum ProgramCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print a completion script for SHELL: `source <(hello completions bash)`.
+    /// Print a completion script for SHELL (`source <(PROGRAM completions bash)`, the program
+    /// named as it runs).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
@@ -381,8 +382,15 @@ pub fn __main_with<O: clap::Args>(
     process::raise_open_file_limit();
     // Named after the program's file, as `--version` and `--help` show it; with the program's
     // own options.
+    let name = program_name();
     let command = O::augment_args(
-        <ProgramCli as clap::CommandFactory>::command().display_name(program_name()),
+        <ProgramCli as clap::CommandFactory>::command()
+            .mut_subcommand("completions", |completions| {
+                completions.about(format!(
+                    "Print a completion script for SHELL: `source <({name} completions bash)`"
+                ))
+            })
+            .display_name(name),
     )
     .color(colour_asked());
     let parsed = command.clone().try_get_matches().and_then(|matches| {
