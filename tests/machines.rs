@@ -126,6 +126,8 @@ fn apply_converges_hosts_sends_only_what_they_lack_and_rolls_back_on_request() {
             sent_bytes(&first, hosts.name(i)) > 1_000_000,
             "the agent was sent: {line}"
         );
+        assert!(line.contains(" the agent and 2 entries, "), "{line}");
+        assert!(line.contains("1 user added, 1 unit started"), "{line}");
         assert_eq!(hosts.http_get(i, 8080), "hello from forjar");
     }
     let user = hosts.ssh(0, "id -u hello && stat -c '%U %a' /etc/hello/config.toml");
@@ -147,17 +149,18 @@ fn apply_converges_hosts_sends_only_what_they_lack_and_rolls_back_on_request() {
     let text = stdout(&plan);
     assert!(text.contains("~ path /etc/hello/config.toml"), "{text}");
     assert!(text.contains("restart unit hello.service"), "{text}");
-    assert!(text.contains("copy 1 entries"), "{text}");
+    assert!(text.contains("copy 1 entry ("), "{text}");
     let second = fleet(&store, &hosts, &env, &["apply", "--on", hosts.name(0)]);
     assert_ok(&second);
     let line = summary_line(&second, hosts.name(0));
     assert!(line.contains("activated generation 2"), "{line}");
-    assert!(line.contains("1 units restarted"), "{line}");
+    assert!(line.contains("1 unit restarted"), "{line}");
     let sent = sent_bytes(&second, hosts.name(0));
     assert!(
         sent > 0 && sent < 20_000,
         "only the system entry was sent: {line}"
     );
+    assert!(line.contains(" 1 entry, "), "{line}");
     assert!(
         !stdout(&second).contains(hosts.name(1)),
         "--on left the other host alone"

@@ -128,7 +128,7 @@ fn verify_exits_non_zero_naming_the_damaged_entry() {
     let (store, entry) = store_with_source(dir.path());
     let out = forjar(store.dir(), &["store", "verify"]);
     assert!(out.status.success());
-    assert_eq!(stdout(&out), "verified 1 entries: all match\n");
+    assert_eq!(stdout(&out), "verified 1 entry: all match\n");
 
     let file = store.content_path(&entry).join("hello.txt");
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
@@ -138,7 +138,7 @@ fn verify_exits_non_zero_naming_the_damaged_entry() {
     let text = stdout(&out);
     let head = format!("{entry}: content does not match its digest: the store records blake3:");
     assert!(text.starts_with(&head), "{text}");
-    assert!(text.ends_with("verified 1 entries: 1 problems\n"), "{text}");
+    assert!(text.ends_with("verified 1 entry: 1 problem\n"), "{text}");
 
     // Content and meta.yaml rewritten together, as the entry's one-time owner could: the
     // store's own record, kept apart from the entry, still tells.
@@ -206,7 +206,7 @@ fn gc_dry_run_lists_entries_and_bytes_then_gc_deletes_them() {
     );
     assert!(
         text.ends_with(&format!(
-            "would delete 1 entries, {size} B ({size} bytes); 0 live\n"
+            "would delete 1 entry, {size} B ({size} bytes); 0 live\n"
         )),
         "{text}"
     );

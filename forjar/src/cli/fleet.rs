@@ -20,7 +20,7 @@ use super::{ExitCode, Failure, emit};
 use crate::machine::Machine;
 use crate::machine::deploy::{self, DeployOptions, HostReport, Reach, System};
 use crate::machine::secret;
-use crate::store::human_bytes;
+use crate::store::{counted, human_bytes};
 
 /// How long an activated host waits for the controller's confirmation, unless told otherwise
 /// (deploy-rs's default).
@@ -330,10 +330,11 @@ impl Session {
             if let Some((number, failures)) = stopped {
                 let _ = writeln!(
                     text,
-                    "stopped before wave {} of {}: {failures} hosts failed or went back, more than \
+                    "stopped before wave {} of {}: {} failed or went back, more than \
                      --max-fail allows ({budget}); the skipped hosts were not touched",
                     number + 1,
-                    waves.len()
+                    waves.len(),
+                    counted(failures, "host", "hosts")
                 );
             }
         }
@@ -365,8 +366,8 @@ impl Session {
             return;
         }
         lines.line(&format!(
-            "more hosts failed than --max-fail allows: taking the {} hosts this apply changed back",
-            changed.len()
+            "more hosts failed than --max-fail allows: taking the {} this apply changed back",
+            counted(changed.len(), "host", "hosts")
         ));
         let progress = |host: &str, line: &str| lines.show(host, line);
         let outcomes = bounded(&changed, self.max_hosts, |&i| {
@@ -423,11 +424,15 @@ fn render_summary(text: &mut String, reports: &[HostReport]) {
         .map(|r| {
             let sent = match r.sent_bytes {
                 0 => "-".to_string(),
-                bytes => format!(
-                    "{} entries, {} ({bytes} bytes)",
-                    r.sent_entries,
-                    human_bytes(bytes)
-                ),
+                bytes => {
+                    let entries = counted(r.sent_entries, "entry", "entries");
+                    let what = match (r.sent_agent, r.sent_entries) {
+                        (true, 0) => "the agent".to_string(),
+                        (true, _) => format!("the agent and {entries}"),
+                        (false, _) => entries,
+                    };
+                    format!("{what}, {} ({bytes} bytes)", human_bytes(bytes))
+                }
             };
             let detail = match (&r.error, &r.changes) {
                 (Some(error), _) => error.clone(),
@@ -473,8 +478,8 @@ fn render_summary(text: &mut String, reports: &[HostReport]) {
     let count = |result: &str| reports.iter().filter(|r| r.result == result).count();
     let _ = writeln!(
         text,
-        "{} hosts: {} activated, {} unchanged, {} rolled back, {} failed, {} skipped",
-        reports.len(),
+        "{}: {} activated, {} unchanged, {} rolled back, {} failed, {} skipped",
+        counted(reports.len(), "host", "hosts"),
         count("activated"),
         count("unchanged"),
         count("rolled-back"),

@@ -15,7 +15,7 @@ use crate::machine::deploy::{self, DeployOptions, HostPlan, System};
 use crate::machine::manifest::Changes;
 use crate::machine::ssh::SshOptions;
 use crate::machine::{Machine, MachineError};
-use crate::store::human_bytes;
+use crate::store::{counted, human_bytes};
 
 /// A machine's name and what a command gave on it, or why it failed there.
 type PerHost<T> = (String, Result<T, String>);
@@ -458,23 +458,25 @@ fn plan_code(plans: &[Result<HostPlan, String>]) -> ExitCode {
     }
 }
 
-/// What activation changed, counted: `3 paths changed, 1 units restarted`.
+/// What activation changed, counted: `3 paths changed, 1 unit restarted`.
 pub(super) fn summary(changes: &Changes) -> String {
     let mut parts = Vec::new();
-    let mut count = |n: usize, what: &str| {
+    let mut count = |n: usize, what: &str, done: &str| {
         if n > 0 {
-            parts.push(format!("{n} {what}"));
+            parts.push(format!("{} {done}", counted(n, what, &format!("{what}s"))));
         }
     };
     count(
         changes.paths_added.len() + changes.paths_changed.len() + changes.paths_removed.len(),
-        "paths changed",
+        "path",
+        "changed",
     );
-    count(changes.users_added.len(), "users added");
-    count(changes.units_started.len(), "units started");
-    count(changes.units_restarted.len(), "units restarted");
-    count(changes.units_reloaded.len(), "units reloaded");
-    count(changes.units_stopped.len(), "units stopped");
+    count(changes.groups_added.len(), "group", "added");
+    count(changes.users_added.len(), "user", "added");
+    count(changes.units_started.len(), "unit", "started");
+    count(changes.units_restarted.len(), "unit", "restarted");
+    count(changes.units_reloaded.len(), "unit", "reloaded");
+    count(changes.units_stopped.len(), "unit", "stopped");
     parts.join(", ")
 }
 
@@ -513,8 +515,8 @@ fn render_host_plan(text: &mut String, plan: &HostPlan) {
         let total: u64 = plan.send.iter().map(|(_, s)| s).sum();
         let _ = writeln!(
             text,
-            "  copy {} entries ({}):",
-            plan.send.len(),
+            "  copy {} ({}):",
+            counted(plan.send.len(), "entry", "entries"),
             human_bytes(total)
         );
         for (entry, size) in &plan.send {

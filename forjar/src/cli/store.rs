@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 use super::{ExitCode, Failure, emit};
 use crate::hash::tree_digest;
-use crate::store::{EntryName, RootTarget, Store, human_bytes};
+use crate::store::{EntryName, RootTarget, Store, counted, human_bytes};
 
 /// Commands on the store.
 #[derive(Debug, Subcommand)]
@@ -264,12 +264,12 @@ pub(super) fn verify_text(report: &crate::store::VerifyReport) -> String {
     }
     let _ = writeln!(
         text,
-        "verified {} entries: {}",
-        report.checked,
+        "verified {}: {}",
+        counted(report.checked, "entry", "entries"),
         if report.is_ok() {
             "all match".to_string()
         } else {
-            format!("{} problems", report.problems.len())
+            counted(report.problems.len(), "problem", "problems")
         }
     );
     text
@@ -413,8 +413,8 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
             }
             let _ = writeln!(
                 text,
-                "{verb} {} entries, {} ({} bytes); {} live",
-                report.dead.len(),
+                "{verb} {}, {} ({} bytes); {} live",
+                counted(report.dead.len(), "entry", "entries"),
                 human_bytes(report.bytes),
                 report.bytes,
                 report.live

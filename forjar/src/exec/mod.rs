@@ -149,11 +149,7 @@ fn stopped_list(names: &[String]) -> String {
 fn describe_several(failures: &[ExecError], skipped: &[String]) -> String {
     let mut text = format!(
         "{} failed",
-        if failures.len() == 1 {
-            "1 build".to_string()
-        } else {
-            format!("{} builds", failures.len())
-        }
+        crate::store::counted(failures.len(), "build", "builds")
     );
     if !skipped.is_empty() {
         text.push_str(&format!(

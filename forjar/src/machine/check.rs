@@ -192,9 +192,9 @@ impl Check {
             };
             if attempt >= self.retries {
                 return Err(format!(
-                    "health check {} failed after {} attempts: {error}",
+                    "health check {} failed after {}: {error}",
                     self.describe(),
-                    attempt + 1
+                    crate::store::counted(attempt as usize + 1, "attempt", "attempts")
                 ));
             }
             attempt += 1;

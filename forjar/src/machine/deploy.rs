@@ -999,6 +999,8 @@ pub struct HostReport {
     pub generation: Option<u64>,
     /// The generation it was on before, as far as known.
     pub previous: Option<u64>,
+    /// Whether the agent was installed (its upload is in `sent_bytes`).
+    pub sent_agent: bool,
     /// Entries sent.
     pub sent_entries: usize,
     /// Bytes sent, the agent's upload included.
@@ -1017,6 +1019,7 @@ impl HostReport {
             result: result.to_string(),
             generation: None,
             previous: None,
+            sent_agent: false,
             sent_entries: 0,
             sent_bytes: 0,
             changes: None,
@@ -1141,12 +1144,17 @@ pub fn deploy_host(
             progress(name, &what);
             let shown = |sent: u64| live(name, &format!("{what}: {} sent", human_bytes(sent)));
             report.sent_bytes += host.install_agent(store, &options.agent, &shown)?;
+            report.sent_agent = true;
             plan = plan_host(&host, system)?;
         }
         if !plan.send.is_empty() {
             let bytes: u64 = plan.send.iter().map(|(_, s)| s).sum();
             let count = plan.send.len();
-            let what = format!("copying {count} entries ({})", human_bytes(bytes));
+            let what = format!(
+                "copying {} ({})",
+                crate::store::counted(count, "entry", "entries"),
+                human_bytes(bytes)
+            );
             progress(name, &what);
             let shown = |sent: u64| live(name, &format!("{what}: {} sent", human_bytes(sent)));
             let entries: Vec<EntryName> = plan.send.iter().map(|(e, _)| e.clone()).collect();
