@@ -295,11 +295,11 @@ fn drift_is_read_on_the_host_and_repaired() {
     );
     let text = stdout(&drift);
     assert!(
-        text.contains("/etc/hello/config.toml: content is"),
+        text.contains("/etc/hello/config.toml: content is") && text.contains(" bytes), expected "),
         "{text}"
     );
     assert!(
-        text.contains("/opt/hello/server.py: mode is 0o666, expected 0o755"),
+        text.contains("/opt/hello/server.py: mode is 0666, expected 0755"),
         "{text}"
     );
     assert!(text.contains("unit hello.service: not active"), "{text}");
@@ -310,10 +310,23 @@ fn drift_is_read_on_the_host_and_repaired() {
         stdout(&plan)
     );
 
+    // The repair says what it put back; nothing is left.
     let repair = fleet(&store, &hosts, &[], &["drift", "--repair"]);
     assert_ok(&repair);
-    assert!(stdout(&repair).contains("no drift"), "{}", stdout(&repair));
+    let text = stdout(&repair);
+    let host = hosts.name(0);
+    for repaired in [
+        format!("{host}: /etc/hello/config.toml: content is"),
+        format!("{host}: /opt/hello/server.py: mode is 0666, expected 0755; repaired"),
+        format!("{host}: unit hello.service: not active; repaired"),
+    ] {
+        assert!(text.contains(&repaired), "{repaired}\n{text}");
+    }
+    assert!(!text.contains("after the repair"), "{text}");
     assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+    let after = fleet(&store, &hosts, &[], &["drift", "--on", host]);
+    assert_ok(&after);
+    assert_eq!(stdout(&after), format!("{host}: no drift\n"));
 
     // A host whose state names no current generation (its state removed) has nothing to be
     // compared with: drift says so and fails, rather than "no drift".

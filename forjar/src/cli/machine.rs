@@ -297,14 +297,20 @@ impl Session {
         for (name, result) in results {
             match result {
                 Ok(drift) => {
-                    if !drift.is_empty() && !repair {
+                    // What a repair could not put back counts as drift still.
+                    if drift.iter().any(|d| !d.repaired) {
                         code = ExitCode::Failure;
                     }
                     if drift.is_empty() {
                         let _ = writeln!(text, "{name}: no drift");
                     }
                     for d in &drift {
-                        let _ = writeln!(text, "{name}: {}: {}", d.subject, d.difference);
+                        let repaired = match (d.repaired, repair) {
+                            (true, _) => "; repaired",
+                            (false, true) => "; still, after the repair",
+                            (false, false) => "",
+                        };
+                        let _ = writeln!(text, "{name}: {}: {}{repaired}", d.subject, d.difference);
                     }
                     value.insert(
                         name,

@@ -106,6 +106,20 @@ pub struct Drift {
     pub subject: String,
     /// What differs.
     pub difference: String,
+    /// Whether `drift --repair` put it back (what differed before the repair and does not
+    /// after it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repaired: bool,
+}
+
+impl Drift {
+    fn new(subject: String, difference: String) -> Drift {
+        Drift {
+            subject,
+            difference,
+            repaired: false,
+        }
+    }
 }
 
 /// A failure on the host; printed by the agent to its standard error.
@@ -1293,13 +1307,17 @@ fn differences(path: &Path, spec: &PathSpec) -> Result<Vec<String>, AgentError> 
     };
     let mut differences = Vec::new();
     match &spec.kind {
-        PathKind::File { digest, .. } => {
+        PathKind::File { digest, size, .. } => {
             if found.kind != Kind::File {
                 return Ok(vec!["not a regular file".into()]);
             }
             let got = parent.file_digest().map_err(io)?;
             if got != *digest {
-                differences.push(format!("content is {got}, expected {digest}"));
+                differences.push(format!(
+                    "content is {got} ({}), expected {digest} ({})",
+                    crate::store::counted(found.size as usize, "byte", "bytes"),
+                    crate::store::counted(*size as usize, "byte", "bytes")
+                ));
             }
         }
         PathKind::Directory => {
@@ -1330,7 +1348,7 @@ fn differences(path: &Path, spec: &PathSpec) -> Result<Vec<String>, AgentError> 
     }
     if found.mode != spec.mode {
         differences.push(format!(
-            "mode is {:#o}, expected {:#o}",
+            "mode is {:04o}, expected {:04o}",
             found.mode, spec.mode
         ));
     }
@@ -1388,26 +1406,17 @@ pub fn drift(store: &Store, state: &State) -> Result<Vec<Drift>, AgentError> {
     let mut found = Vec::new();
     for name in manifest.groups.keys() {
         if !exists("group", name) {
-            found.push(Drift {
-                subject: format!("group {name}"),
-                difference: "missing".into(),
-            });
+            found.push(Drift::new(format!("group {name}"), "missing".into()));
         }
     }
     for name in manifest.users.keys() {
         if !exists("passwd", name) {
-            found.push(Drift {
-                subject: format!("user {name}"),
-                difference: "missing".into(),
-            });
+            found.push(Drift::new(format!("user {name}"), "missing".into()));
         }
     }
     for (path, spec) in &manifest.paths {
         for difference in differences(Path::new(path), spec)? {
-            found.push(Drift {
-                subject: path.clone(),
-                difference,
-            });
+            found.push(Drift::new(path.clone(), difference));
         }
     }
     for (path, spec) in &manifest.secrets {
@@ -1429,27 +1438,18 @@ pub fn drift(store: &Store, state: &State) -> Result<Vec<Drift>, AgentError> {
                 f.uid, f.gid, spec.owner, spec.group
             ),
             Some(f) if f.mode != spec.mode => {
-                format!("secret mode is {:#o}, expected {:#o}", f.mode, spec.mode)
+                format!("secret mode is {:04o}, expected {:04o}", f.mode, spec.mode)
             }
             Some(_) => continue,
         };
-        found.push(Drift {
-            subject: path.clone(),
-            difference,
-        });
+        found.push(Drift::new(path.clone(), difference));
     }
     for (name, unit) in &manifest.units {
         if unit.enable && !check("systemctl", &["is-enabled", "--quiet", name]) {
-            found.push(Drift {
-                subject: format!("unit {name}"),
-                difference: "not enabled".into(),
-            });
+            found.push(Drift::new(format!("unit {name}"), "not enabled".into()));
         }
         if unit.start && !check("systemctl", &["is-active", "--quiet", name]) {
-            found.push(Drift {
-                subject: format!("unit {name}"),
-                difference: "not active".into(),
-            });
+            found.push(Drift::new(format!("unit {name}"), "not active".into()));
         }
     }
     Ok(found)

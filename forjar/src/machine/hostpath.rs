@@ -33,6 +33,7 @@ pub(crate) struct Found {
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
+    pub size: u64,
 }
 
 /// A path the agent will not reach: a link on the way is not one it trusts.
@@ -134,6 +135,7 @@ impl Parent {
                 uid: st.st_uid,
                 gid: st.st_gid,
                 mode: st.st_mode & 0o7777,
+                size: st.st_size as u64,
             })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
