@@ -1176,6 +1176,73 @@ fn twenty_hosts_with_three_links_dropped_during_a_rolling_deploy() {
 }
 
 #[test]
+fn ctrl_c_during_a_deploy_activates_no_other_host_and_says_what_it_left() {
+    let Some(hosts) = TestHosts::up(2) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    // Two waves of one host, on a terminal: Ctrl-C is typed while the first host gets the
+    // agent (its link slowed so that the upload lasts), before the second wave. A Ctrl-C
+    // reaches the terminal's whole process group: what forjar runs there must not die of it.
+    hosts.rate(0, Some("4mbit"));
+    let names = [hosts.name(0), hosts.name(1)].join(",");
+    let mut command = fleet_command(&example("fleet"), &store, &names, &hosts.ssh_config());
+    command.args(["apply", "--serial", "1"]);
+    let terminal = forjar_suite::OnTerminal::spawn(command);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !terminal.shown().contains("installing the agent") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no agent install shown:\n{}",
+            terminal.shown()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    terminal.type_keys(b"\x03");
+    let (shown, status) = terminal.finish();
+    assert_eq!(status.code(), Some(130), "{shown}");
+    assert!(
+        shown.contains("interrupted: a host activating goes on to its outcome"),
+        "{shown}"
+    );
+    assert!(!shown.contains("lost the connection"), "{shown}");
+    let row = |i: usize| {
+        shown
+            .lines()
+            .find(|l| l.starts_with(&format!("{}  ", hosts.name(i))))
+            .unwrap_or_else(|| panic!("no summary row for host {i}:\n{shown}"))
+            .to_string()
+    };
+    let second = row(1);
+    assert!(
+        second.contains("skipped, not contacted")
+            && second.contains("interrupted before this host was contacted"),
+        "{second}"
+    );
+    assert_ok(&hosts.ssh(1, "test ! -e /var/lib/forjar/machine/current"));
+    // The first's upload was cut short: nothing of it is installed, its system is as it was.
+    let first = row(0);
+    assert!(
+        first.contains("interrupted, never activated")
+            && first.contains("interrupted before its activation"),
+        "{first}"
+    );
+    assert_ok(&hosts.ssh(0, "test ! -e /var/lib/forjar/machine/current"));
+    assert!(
+        shown.contains("interrupted: 2 hosts left as they were"),
+        "{shown}"
+    );
+    hosts.rate(0, None);
+    // Nothing was left half done: the next apply deploys both.
+    let again = fleet(&store, &hosts, &[], &["apply"]);
+    assert_ok(&again);
+    for i in 0..2 {
+        assert_eq!(hosts.http_get(i, 8080), "hello from forjar", "host {i}");
+    }
+}
+
+#[test]
 fn a_host_without_gzip_gets_the_agent_as_it_is() {
     let Some(hosts) = TestHosts::up(1) else {
         return;

@@ -674,6 +674,21 @@ impl TestHosts {
         assert_ok(&output);
     }
 
+    /// Sends host `i` at most `rate` (tc's notation, `4mbit`), or, with `None`, as fast as
+    /// the link goes.
+    pub fn rate(&self, i: usize, rate: Option<&str>) {
+        let output = Command::new(root().join("hosts/testhosts"))
+            .args([
+                "rate",
+                &self.run,
+                &(i + 1).to_string(),
+                rate.unwrap_or("off"),
+            ])
+            .output()
+            .expect("hosts/testhosts runs");
+        assert_ok(&output);
+    }
+
     /// A cable from host `i` to host `j`, outside the controller's network; returns the ssh
     /// host name that reaches `j` over it (through `i`, with `ssh -J`).
     pub fn wire(&self, i: usize, j: usize) -> String {

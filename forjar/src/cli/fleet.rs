@@ -8,11 +8,13 @@ use std::fmt::Write as _;
 use std::io::{self, IsTerminal, Write};
 use std::ops::Range;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::machine::{bounded, summary};
+use super::process::{INTERRUPT_SIGNAL, INTERRUPTED};
 use super::program::Session;
 use super::progress::Verbosity;
 use super::terminal::sanitise;
@@ -239,6 +241,10 @@ fn result_text(report: &HostReport) -> String {
         "unchanged" => format!("unchanged, {}", on(report.generation)),
         "rolled-back" => format!("rolled back to {}", on(report.generation)),
         "skipped" => "skipped, not contacted".to_string(),
+        "interrupted" => match report.generation {
+            Some(n) => format!("interrupted, on generation {n}"),
+            None => "interrupted, never activated".to_string(),
+        },
         _ => match report.generation {
             Some(n) => format!("failed, on generation {n}"),
             None => "failed".to_string(),
@@ -259,8 +265,10 @@ impl Session {
         }
         let systems = self.systems(&machines)?;
         let secrets = read_secrets(&machines)?;
-        let options =
+        super::process::handle_interrupts();
+        let mut options =
             DeployOptions::new(self.ssh(), Duration::from_secs(args.confirm_timeout.into()));
+        options.interrupt = Some(&INTERRUPTED);
         let total = machines.len();
         let budget = args.max_fail.of(total);
         let waves = waves(total, args.serial, args.canary);
@@ -271,42 +279,71 @@ impl Session {
             .map(|m| HostReport::new(m.name(), "skipped"))
             .collect();
         let mut stopped = None;
-        for (number, wave) in waves.iter().enumerate() {
-            let failures = reports.iter().filter(|r| r.failed()).count();
-            if failures > budget {
-                stopped = Some((number, failures));
-                break;
-            }
-            if waves.len() > 1 {
-                lines.line(&format!(
-                    "wave {} of {}: {}",
-                    number + 1,
-                    waves.len(),
-                    machines[wave.clone()]
-                        .iter()
-                        .map(|m| m.name())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            let hosts: Vec<usize> = wave.clone().collect();
-            let done = bounded(&hosts, self.max_hosts, |&i| {
-                let report = deploy::deploy_host(
-                    &self.store,
-                    machines[i],
-                    &systems[i],
-                    &secrets[i],
-                    &options,
-                    &progress,
-                    &|host, line| lines.live(host, line),
-                );
-                lines.done(&report);
-                report
+        let ended = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            // Says at once what a Ctrl-C does here; the hosts see it between their steps.
+            let _ = std::thread::Builder::new().spawn_scoped(scope, || {
+                while !ended.load(Ordering::SeqCst) {
+                    if INTERRUPTED.load(Ordering::SeqCst) {
+                        lines.line(
+                            "interrupted: a host activating goes on to its outcome; no other host \
+                             is activated (Ctrl-C again stops at once, and a host not yet \
+                             confirmed then goes back by itself)",
+                        );
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             });
-            for (slot, report) in reports[wave.clone()].iter_mut().zip(done) {
-                *slot = report;
+            for (number, wave) in waves.iter().enumerate() {
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    for (slot, machine) in reports[wave.start..]
+                        .iter_mut()
+                        .zip(&machines[wave.start..])
+                    {
+                        *slot = HostReport::not_contacted(machine.name());
+                    }
+                    break;
+                }
+                let failures = reports.iter().filter(|r| r.failed()).count();
+                if failures > budget {
+                    stopped = Some((number, failures));
+                    break;
+                }
+                if waves.len() > 1 {
+                    lines.line(&format!(
+                        "wave {} of {}: {}",
+                        number + 1,
+                        waves.len(),
+                        machines[wave.clone()]
+                            .iter()
+                            .map(|m| m.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+                let hosts: Vec<usize> = wave.clone().collect();
+                let done = bounded(&hosts, self.max_hosts, |&i| {
+                    let report = deploy::deploy_host(
+                        &self.store,
+                        machines[i],
+                        &systems[i],
+                        &secrets[i],
+                        &options,
+                        &progress,
+                        &|host, line| lines.live(host, line),
+                    );
+                    lines.done(&report);
+                    report
+                });
+                for (slot, report) in reports[wave.clone()].iter_mut().zip(done) {
+                    *slot = report;
+                }
             }
-        }
+            ended.store(true, Ordering::SeqCst);
+        });
+        // What an interrupt left as it was; none if it came too late to stop anything.
+        let interrupted = reports.iter().filter(|r| r.interrupted()).count();
         let failures = reports.iter().filter(|r| r.failed()).count();
         let spent = failures > budget;
         if spent && args.rollback_all {
@@ -323,6 +360,7 @@ impl Session {
                 "max_fail": budget,
                 "failed": failures,
                 "stopped_before_wave": stopped.map(|(n, _)| n + 1),
+                "interrupted": interrupted,
             });
             let _ = writeln!(text, "{value:#}");
         } else {
@@ -337,17 +375,32 @@ impl Session {
                     counted(failures, "host", "hosts")
                 );
             }
+            if interrupted > 0 {
+                let _ = writeln!(
+                    text,
+                    "interrupted: {} left as {}",
+                    counted(interrupted, "host", "hosts"),
+                    if interrupted == 1 {
+                        "it was"
+                    } else {
+                        "they were"
+                    }
+                );
+            }
         }
         emit(&text)?;
-        Ok(
-            if reports.iter().any(|r| r.result == "failed") || stopped.is_some() {
-                ExitCode::Failure
-            } else if reports.iter().any(|r| r.result == "rolled-back") {
-                ExitCode::RolledBack
-            } else {
-                ExitCode::Success
-            },
-        )
+        Ok(if interrupted > 0 {
+            match INTERRUPT_SIGNAL.load(Ordering::SeqCst) {
+                nix::libc::SIGTERM => ExitCode::Terminated,
+                _ => ExitCode::Interrupted,
+            }
+        } else if reports.iter().any(|r| r.result == "failed") || stopped.is_some() {
+            ExitCode::Failure
+        } else if reports.iter().any(|r| r.result == "rolled-back") {
+            ExitCode::RolledBack
+        } else {
+            ExitCode::Success
+        })
     }
 
     /// `--rollback-all`: the hosts this apply activated go back to the generation they were on.
@@ -436,7 +489,11 @@ fn render_summary(text: &mut String, reports: &[HostReport]) {
             };
             let detail = match (&r.error, &r.changes) {
                 (Some(error), _) => error.clone(),
-                (None, Some(changes)) if r.result == "activated" => summary(changes),
+                (None, Some(changes)) if r.result == "activated" => match summary(changes) {
+                    // A new generation whose difference is elsewhere: the agent, a hook.
+                    none if none.is_empty() => "no path, user or unit changed".to_string(),
+                    some => some,
+                },
                 _ => String::new(),
             };
             let was = match (r.result.as_str(), r.previous) {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -510,6 +511,7 @@ impl Host {
         &self,
         store: &Store,
         upload: &AgentUpload,
+        stop: Option<&AtomicBool>,
         on_sent: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, MachineError> {
         let meta =
@@ -548,7 +550,10 @@ impl Host {
             let reply = self.transport.run(
                 &argv,
                 Input::Stream(
-                    Box::new(move |out| io::copy(&mut fs::File::open(&file)?, out).map(drop)),
+                    Box::new(move |out| {
+                        io::copy(&mut fs::File::open(&file)?, &mut Stoppable { out, stop })
+                            .map(drop)
+                    }),
                     on_sent,
                 ),
                 |_| {},
@@ -571,12 +576,15 @@ impl Host {
         &self,
         store: &Store,
         entries: &[EntryName],
+        stop: Option<&AtomicBool>,
         on_sent: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, MachineError> {
         let reply = self.agent(
             &["receive"],
             Input::Stream(
-                Box::new(move |mut out| archive::write_entries(store, entries, &mut out)),
+                Box::new(move |out| {
+                    archive::write_entries(store, entries, &mut Stoppable { out, stop })
+                }),
                 on_sent,
             ),
             |_| {},
@@ -692,6 +700,26 @@ impl Host {
     /// Closes the connection.
     pub fn close(self) {
         self.transport.close();
+    }
+}
+
+/// An upload's stream, which fails once `stop` is set (Ctrl-C): the host takes a cut stream as
+/// it takes a dropped connection, and installs nothing of it.
+struct Stoppable<'a, 's> {
+    out: &'a mut dyn io::Write,
+    stop: Option<&'s AtomicBool>,
+}
+
+impl io::Write for Stoppable<'_, '_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        if self.stop.is_some_and(|stop| stop.load(Ordering::SeqCst)) {
+            return Err(io::Error::other("interrupted"));
+        }
+        self.out.write(bytes)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -962,6 +990,9 @@ pub struct DeployOptions {
     pub provenance: Provenance,
     /// The agent's upload.
     pub agent: AgentUpload,
+    /// Set when the deploy is to stop (Ctrl-C): a host not yet activating is left as it is;
+    /// one activating goes on to its outcome.
+    pub interrupt: Option<&'static AtomicBool>,
 }
 
 impl DeployOptions {
@@ -972,7 +1003,13 @@ impl DeployOptions {
             confirm,
             provenance: Provenance::current(),
             agent: AgentUpload::default(),
+            interrupt: None,
         }
+    }
+
+    fn interrupted(&self) -> bool {
+        self.interrupt
+            .is_some_and(|flag| flag.load(Ordering::SeqCst))
     }
 
     /// The request to activate `system` (none: go back to generation `to`) after `plan`.
@@ -988,12 +1025,16 @@ impl DeployOptions {
     }
 }
 
+/// Why a host was skipped after an interrupt.
+const NOT_CONTACTED: &str = "interrupted before this host was contacted";
+
 /// What a deploy did on one host.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostReport {
     /// The machine.
     pub machine: String,
-    /// `activated`, `unchanged`, `rolled-back`, `failed` or `skipped`.
+    /// `activated`, `unchanged`, `rolled-back`, `failed`, `skipped` (not contacted) or
+    /// `interrupted` (stopped before its activation).
     pub result: String,
     /// The generation the host is on afterwards, as far as known.
     pub generation: Option<u64>,
@@ -1025,6 +1066,20 @@ impl HostReport {
             changes: None,
             error: None,
         }
+    }
+
+    /// A report of `machine`, not contacted as the deploy was interrupted.
+    pub fn not_contacted(machine: &str) -> HostReport {
+        let mut report = HostReport::new(machine, "skipped");
+        report.error = Some(NOT_CONTACTED.into());
+        report
+    }
+
+    /// Whether an interrupt left the host as it was: not contacted, or stopped before its
+    /// activation.
+    pub fn interrupted(&self) -> bool {
+        self.result == "interrupted"
+            || (self.result == "skipped" && self.error.as_deref() == Some(NOT_CONTACTED))
     }
 
     /// Whether the host counts against a failure budget: it failed or went back.
@@ -1120,8 +1175,12 @@ pub fn deploy_host(
     progress: &(dyn Fn(&str, &str) + Sync),
     live: &(dyn Fn(&str, &str) + Sync),
 ) -> HostReport {
+    if options.interrupted() {
+        return HostReport::not_contacted(machine.name());
+    }
     let mut report = HostReport::new(machine.name(), "failed");
     let name = machine.name.as_str();
+    let mut activating = false;
     let result = (|| -> Result<(), MachineError> {
         progress(name, "connecting");
         let reach = Reach {
@@ -1143,7 +1202,8 @@ pub fn deploy_host(
             );
             progress(name, &what);
             let shown = |sent: u64| live(name, &format!("{what}: {} sent", human_bytes(sent)));
-            report.sent_bytes += host.install_agent(store, &options.agent, &shown)?;
+            report.sent_bytes +=
+                host.install_agent(store, &options.agent, options.interrupt, &shown)?;
             report.sent_agent = true;
             plan = plan_host(&host, system)?;
         }
@@ -1158,10 +1218,15 @@ pub fn deploy_host(
             progress(name, &what);
             let shown = |sent: u64| live(name, &format!("{what}: {} sent", human_bytes(sent)));
             let entries: Vec<EntryName> = plan.send.iter().map(|(e, _)| e.clone()).collect();
-            report.sent_bytes += host.send(store, &entries, &shown)?;
+            report.sent_bytes += host.send(store, &entries, options.interrupt, &shown)?;
             report.sent_entries = entries.len();
         }
+        if options.interrupted() {
+            host.close();
+            return Err(MachineError::host(name, "interrupted".into()));
+        }
         let request = options.request(Some(system.entry.clone()), None, plan.digest());
+        activating = true;
         progress(name, "activating");
         // From here on, which generation the host ends on is known only from its outcome.
         report.generation = None;
@@ -1180,9 +1245,18 @@ pub fn deploy_host(
         host.close();
         Ok(())
     })();
-    if let Err(e) = result {
-        report.result = "failed".into();
-        report.error = Some(e.message());
+    match result {
+        // Stopped before its activation, an upload cut short or not: nothing of its system
+        // changed, and what was copied whole waits in its store.
+        Err(_) if !activating && options.interrupted() => {
+            report.result = "interrupted".into();
+            report.error = Some("interrupted before its activation: it runs what it ran".into());
+        }
+        Err(e) => {
+            report.result = "failed".into();
+            report.error = Some(e.message());
+        }
+        Ok(()) => {}
     }
     report
 }

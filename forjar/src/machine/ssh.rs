@@ -5,11 +5,16 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
 use super::MachineError;
+
+/// How long a connection's ssh master lives without a command: longer than any pause between
+/// the commands of a deploy (the longest is the agent's compression, seconds).
+const MASTER_IDLE: std::num::NonZeroUsize = std::num::NonZeroUsize::new(600).unwrap();
 use super::model::{Machine, Target};
 
 /// How hosts are reached.
@@ -127,6 +132,9 @@ impl Transport {
             .known_hosts_check(openssh::KnownHosts::Strict)
             .connect_timeout(options.connect_timeout)
             .server_alive_interval(Duration::from_secs(2))
+            // The master ends once it has had no command for this long: a forjar killed
+            // before it closed its connections leaves none for good.
+            .control_persist(openssh::ControlPersist::IdleFor(MASTER_IDLE))
             .control_directory(std::env::temp_dir());
         if let Some(config) = &options.config {
             builder.config_file(config);
@@ -140,20 +148,22 @@ impl Transport {
         if let Some(jump) = jump {
             builder.jump_hosts([jump.as_str()]);
         }
-        let session = runtime.block_on(builder.connect(address)).map_err(|e| {
-            // The master's error is one line of ssh's log; ssh itself says all of it. A
-            // connection that timed out is not tried again: that would double the wait on every
-            // unreachable host, and the line says what there is to say.
-            let line = one_line(&error_chain(&e));
-            let said = match line.contains("timed out") {
-                true => line,
-                false => match diagnose(address, user, port, jump, options) {
-                    diagnosed if diagnosed.is_empty() => line,
-                    diagnosed => diagnosed,
-                },
-            };
-            MachineError::host(&host, connect_advice(address, &said))
-        })?;
+        let session = runtime
+            .block_on(builder.connect_mux(address))
+            .map_err(|e| {
+                // The master's error is one line of ssh's log; ssh itself says all of it. A
+                // connection that timed out is not tried again: that would double the wait on every
+                // unreachable host, and the line says what there is to say.
+                let line = one_line(&error_chain(&e));
+                let said = match line.contains("timed out") {
+                    true => line,
+                    false => match diagnose(address, user, port, jump, options) {
+                        diagnosed if diagnosed.is_empty() => line,
+                        diagnosed => diagnosed,
+                    },
+                };
+                MachineError::host(&host, connect_advice(address, &said))
+            })?;
         Ok(Transport {
             host,
             link: Link::Ssh { runtime, session },
@@ -229,7 +239,10 @@ impl Transport {
                 })
                 .map_err(no_thread)?;
             let running = match &self.link {
+                // A process group of its own, as an ssh channel's command is on its host: a
+                // Ctrl-C on the terminal reaches forjar, which lets the command finish.
                 Link::Local => std::process::Command::new(&argv[0])
+                    .process_group(0)
                     .args(&argv[1..])
                     .stdin(stdin_read)
                     .stdout(stdout_write)
