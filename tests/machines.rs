@@ -1230,7 +1230,11 @@ fn ctrl_c_during_a_deploy_activates_no_other_host_and_says_what_it_left() {
     );
     assert_ok(&hosts.ssh(0, "test ! -e /var/lib/forjar/machine/current"));
     assert!(
-        shown.contains("interrupted: 2 hosts left as they were"),
+        shown.contains("interrupted: 2 hosts left as they were")
+            && shown.contains(
+                "2 hosts: 0 activated, 0 unchanged, 0 rolled back, 0 failed, 1 skipped, \
+                 1 interrupted"
+            ),
         "{shown}"
     );
     hosts.rate(0, None);

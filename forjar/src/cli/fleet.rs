@@ -20,7 +20,7 @@ use super::progress::Verbosity;
 use super::terminal::sanitise;
 use super::{ExitCode, Failure, emit};
 use crate::machine::Machine;
-use crate::machine::deploy::{self, DeployOptions, HostReport, Reach, System};
+use crate::machine::deploy::{self, DeployOptions, HostReport, HostResult, Reach, System};
 use crate::machine::secret;
 use crate::store::{counted, human_bytes};
 
@@ -236,16 +236,16 @@ fn read_secrets(machines: &[&Machine]) -> Result<Vec<secret::Values>, Failure> {
 /// A host's result in a few words: what it is on now.
 fn result_text(report: &HostReport) -> String {
     let on = |n: Option<u64>| n.map_or("no generation".to_string(), |n| format!("generation {n}"));
-    match report.result.as_str() {
-        "activated" => format!("activated {}", on(report.generation)),
-        "unchanged" => format!("unchanged, {}", on(report.generation)),
-        "rolled-back" => format!("rolled back to {}", on(report.generation)),
-        "skipped" => "skipped, not contacted".to_string(),
-        "interrupted" => match report.generation {
+    match report.result {
+        HostResult::Activated => format!("activated {}", on(report.generation)),
+        HostResult::Unchanged => format!("unchanged, {}", on(report.generation)),
+        HostResult::RolledBack => format!("rolled back to {}", on(report.generation)),
+        HostResult::Skipped => "skipped, not contacted".to_string(),
+        HostResult::Interrupted => match report.generation {
             Some(n) => format!("interrupted, on generation {n}"),
             None => "interrupted, never activated".to_string(),
         },
-        _ => match report.generation {
+        HostResult::Failed => match report.generation {
             Some(n) => format!("failed, on generation {n}"),
             None => "failed".to_string(),
         },
@@ -276,7 +276,7 @@ impl Session {
         let progress = |host: &str, line: &str| lines.show(host, line);
         let mut reports: Vec<HostReport> = machines
             .iter()
-            .map(|m| HostReport::new(m.name(), "skipped"))
+            .map(|m| HostReport::new(m.name(), HostResult::Skipped))
             .collect();
         let mut stopped = None;
         let ended = AtomicBool::new(false);
@@ -394,9 +394,9 @@ impl Session {
                 nix::libc::SIGTERM => ExitCode::Terminated,
                 _ => ExitCode::Interrupted,
             }
-        } else if reports.iter().any(|r| r.result == "failed") || stopped.is_some() {
+        } else if reports.iter().any(|r| r.result == HostResult::Failed) || stopped.is_some() {
             ExitCode::Failure
-        } else if reports.iter().any(|r| r.result == "rolled-back") {
+        } else if reports.iter().any(|r| r.result == HostResult::RolledBack) {
             ExitCode::RolledBack
         } else {
             ExitCode::Success
@@ -413,7 +413,7 @@ impl Session {
         lines: &HostLines,
     ) {
         let changed: Vec<usize> = (0..reports.len())
-            .filter(|&i| reports[i].result == "activated")
+            .filter(|&i| reports[i].result == HostResult::Activated)
             .collect();
         if changed.is_empty() {
             return;
@@ -444,7 +444,7 @@ impl Session {
             let report = &mut reports[i];
             match outcome {
                 Ok(outcome) if outcome.result == "activated" => {
-                    report.result = "rolled-back".into();
+                    report.result = HostResult::RolledBack;
                     report.generation = outcome.generation;
                     report.error = Some(format!(
                         "taken back by --rollback-all to the system of generation {}",
@@ -452,7 +452,7 @@ impl Session {
                     ));
                 }
                 Ok(outcome) => {
-                    report.result = "failed".into();
+                    report.result = HostResult::Failed;
                     report.generation = outcome.generation;
                     report.error = Some(format!(
                         "--rollback-all could not take it back ({}): {}",
@@ -461,7 +461,7 @@ impl Session {
                     ));
                 }
                 Err(e) => {
-                    report.result = "failed".into();
+                    report.result = HostResult::Failed;
                     report.error = Some(format!("--rollback-all could not take it back: {e}"));
                 }
             }
@@ -489,15 +489,17 @@ fn render_summary(text: &mut String, reports: &[HostReport]) {
             };
             let detail = match (&r.error, &r.changes) {
                 (Some(error), _) => error.clone(),
-                (None, Some(changes)) if r.result == "activated" => match summary(changes) {
-                    // A new generation whose difference is elsewhere: the agent, a hook.
-                    none if none.is_empty() => "no path, user or unit changed".to_string(),
-                    some => some,
-                },
+                (None, Some(changes)) if r.result == HostResult::Activated => {
+                    match summary(changes) {
+                        // A new generation whose difference is elsewhere: the agent, a hook.
+                        none if none.is_empty() => "no path, user or unit changed".to_string(),
+                        some => some,
+                    }
+                }
                 _ => String::new(),
             };
-            let was = match (r.result.as_str(), r.previous) {
-                ("activated", Some(p)) => format!(" (was {p})"),
+            let was = match (r.result, r.previous) {
+                (HostResult::Activated, Some(p)) => format!(" (was {p})"),
                 _ => String::new(),
             };
             [
@@ -532,17 +534,24 @@ fn render_summary(text: &mut String, reports: &[HostReport]) {
             sanitise(&row[3]).replace('\n', " | ")
         );
     }
-    let count = |result: &str| reports.iter().filter(|r| r.result == result).count();
-    let _ = writeln!(
+    let count = |result: HostResult| reports.iter().filter(|r| r.result == result).count();
+    let _ = write!(
         text,
         "{}: {} activated, {} unchanged, {} rolled back, {} failed, {} skipped",
         counted(reports.len(), "host", "hosts"),
-        count("activated"),
-        count("unchanged"),
-        count("rolled-back"),
-        count("failed"),
-        count("skipped")
+        count(HostResult::Activated),
+        count(HostResult::Unchanged),
+        count(HostResult::RolledBack),
+        count(HostResult::Failed),
+        count(HostResult::Skipped)
     );
+    // Every host is counted once; an interrupt's are named only when there are any.
+    match count(HostResult::Interrupted) {
+        0 => text.push('\n'),
+        n => {
+            let _ = writeln!(text, ", {n} interrupted");
+        }
+    }
 }
 
 #[cfg(test)]

@@ -448,8 +448,6 @@ pub fn render_plan(plan: &Plan, reasons: Option<&BTreeMap<NodeIndex, Vec<Reason>
         );
     }
     let s = plan.summary();
-    let plural =
-        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     text.push_str(&format!("Plan: {} to build", s.build));
     if s.waiting > 0 {
         // Early cutoff: their keys name what the builds before them make.
@@ -459,10 +457,14 @@ pub fn render_plan(plan: &Plan, reasons: Option<&BTreeMap<NodeIndex, Vec<Reason>
             if s.waiting == 1 { "it" } else { "them" },
         ));
     }
-    let mut import = plural(s.import, "source", "sources");
+    let mut import = crate::store::counted(s.import, "source", "sources");
     if s.toolchains > 0 {
         import.push_str(" and ");
-        import.push_str(&plural(s.toolchains, "toolchain", "toolchains"));
+        import.push_str(&crate::store::counted(
+            s.toolchains,
+            "toolchain",
+            "toolchains",
+        ));
     }
     text.push_str(&format!(", {} cached, {import} to import", s.cached));
     if s.unneeded > 0 {

@@ -314,9 +314,9 @@ fn lock_toolchains(
     let count = lock.toolchains().len();
     let _ = writeln!(
         out,
-        "Wrote {} ({count} toolchain{})",
+        "Wrote {} ({})",
         lock.path().display(),
-        if count == 1 { "" } else { "s" }
+        crate::store::counted(count, "toolchain", "toolchains")
     );
     if json {
         let value = serde_json::json!({ "path": lock.path(), "toolchains": listed });

@@ -1028,14 +1028,44 @@ impl DeployOptions {
 /// Why a host was skipped after an interrupt.
 const NOT_CONTACTED: &str = "interrupted before this host was contacted";
 
+/// How a deploy ended on one host (in JSON: `activated`, `unchanged`, `rolled-back`, `failed`,
+/// `skipped`, `interrupted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostResult {
+    /// A new generation is active.
+    Activated,
+    /// The host ran this system already.
+    Unchanged,
+    /// The activation failed and the host went back to the generation before.
+    RolledBack,
+    /// Something went wrong; the report's error says what.
+    Failed,
+    /// Not contacted: a wave not started, after a spent failure budget or an interrupt.
+    Skipped,
+    /// Stopped by an interrupt before its activation.
+    Interrupted,
+}
+
+impl HostResult {
+    /// The result of an activation whose outcome the agent reported as `result`.
+    fn of_outcome(result: &str) -> HostResult {
+        match result {
+            "activated" => HostResult::Activated,
+            "unchanged" => HostResult::Unchanged,
+            "rolled-back" => HostResult::RolledBack,
+            _ => HostResult::Failed,
+        }
+    }
+}
+
 /// What a deploy did on one host.
 #[derive(Debug, Clone, Serialize)]
 pub struct HostReport {
     /// The machine.
     pub machine: String,
-    /// `activated`, `unchanged`, `rolled-back`, `failed`, `skipped` (not contacted) or
-    /// `interrupted` (stopped before its activation).
-    pub result: String,
+    /// How it ended.
+    pub result: HostResult,
     /// The generation the host is on afterwards, as far as known.
     pub generation: Option<u64>,
     /// The generation it was on before, as far as known.
@@ -1054,10 +1084,10 @@ pub struct HostReport {
 
 impl HostReport {
     /// A report of `machine` with nothing done yet.
-    pub fn new(machine: &str, result: &str) -> HostReport {
+    pub fn new(machine: &str, result: HostResult) -> HostReport {
         HostReport {
             machine: machine.to_string(),
-            result: result.to_string(),
+            result,
             generation: None,
             previous: None,
             sent_agent: false,
@@ -1070,7 +1100,7 @@ impl HostReport {
 
     /// A report of `machine`, not contacted as the deploy was interrupted.
     pub fn not_contacted(machine: &str) -> HostReport {
-        let mut report = HostReport::new(machine, "skipped");
+        let mut report = HostReport::new(machine, HostResult::Skipped);
         report.error = Some(NOT_CONTACTED.into());
         report
     }
@@ -1078,13 +1108,13 @@ impl HostReport {
     /// Whether an interrupt left the host as it was: not contacted, or stopped before its
     /// activation.
     pub fn interrupted(&self) -> bool {
-        self.result == "interrupted"
-            || (self.result == "skipped" && self.error.as_deref() == Some(NOT_CONTACTED))
+        self.result == HostResult::Interrupted
+            || (self.result == HostResult::Skipped && self.error.as_deref() == Some(NOT_CONTACTED))
     }
 
     /// Whether the host counts against a failure budget: it failed or went back.
     pub fn failed(&self) -> bool {
-        matches!(self.result.as_str(), "failed" | "rolled-back")
+        matches!(self.result, HostResult::Failed | HostResult::RolledBack)
     }
 }
 
@@ -1178,7 +1208,7 @@ pub fn deploy_host(
     if options.interrupted() {
         return HostReport::not_contacted(machine.name());
     }
-    let mut report = HostReport::new(machine.name(), "failed");
+    let mut report = HostReport::new(machine.name(), HostResult::Failed);
     let name = machine.name.as_str();
     let mut activating = false;
     let result = (|| -> Result<(), MachineError> {
@@ -1233,7 +1263,7 @@ pub fn deploy_host(
         let (host, outcome) = activate_to_the_end(host, &reach, &request, secrets, &mut |line| {
             progress(name, line)
         })?;
-        report.result = outcome.result.clone();
+        report.result = HostResult::of_outcome(&outcome.result);
         report.generation = outcome.generation;
         // Another apply may have moved the host between the plan and this activation.
         report.previous = outcome.from.or(report.previous);
@@ -1249,11 +1279,11 @@ pub fn deploy_host(
         // Stopped before its activation, an upload cut short or not: nothing of its system
         // changed, and what was copied whole waits in its store.
         Err(_) if !activating && options.interrupted() => {
-            report.result = "interrupted".into();
+            report.result = HostResult::Interrupted;
             report.error = Some("interrupted before its activation: it runs what it ran".into());
         }
         Err(e) => {
-            report.result = "failed".into();
+            report.result = HostResult::Failed;
             report.error = Some(e.message());
         }
         Ok(()) => {}

@@ -113,11 +113,10 @@ pub fn serve(
     let mut bots = BotsClient::new(remote.channel());
     let mut session = create_session(remote, &mut bots, options)?;
     eprintln!(
-        "worker {} serving {address} with store {} ({} job{} at once)",
+        "worker {} serving {address} with store {} ({} at once)",
         options.name,
         store.dir().display(),
-        options.jobs,
-        if options.jobs == 1 { "" } else { "s" }
+        crate::store::counted(options.jobs, "job", "jobs")
     );
     let (done_tx, done_rx) = mpsc::channel::<(String, Lease)>();
     // The leases running here, each with its cancel flag.
