@@ -178,8 +178,8 @@ fn apply_converges_hosts_sends_only_what_they_lack_and_rolls_back_on_request() {
     assert_ok(&generations);
     let listing = stdout(&generations);
     assert!(
-        listing.contains("   1  ") && listing.contains("   2  "),
-        "{listing}"
+        listing.contains("   1  ") && listing.contains("*    2  "),
+        "the second is the one it runs:\n{listing}"
     );
     assert!(
         store
@@ -206,11 +206,21 @@ fn apply_converges_hosts_sends_only_what_they_lack_and_rolls_back_on_request() {
     );
     assert_ok(&back);
     assert!(
-        stdout(&back).contains("now on generation"),
+        stdout(&back).contains("now on generation 3"),
         "{}",
         stdout(&back)
     );
     assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+    let listing = stdout(&fleet(
+        &store,
+        &hosts,
+        &env,
+        &["generations", "--on", hosts.name(0)],
+    ));
+    assert!(
+        listing.contains("   2  ") && listing.contains("*    3  "),
+        "the rollback is a generation of its own, and the current one:\n{listing}"
+    );
 }
 
 #[test]

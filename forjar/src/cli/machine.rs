@@ -334,8 +334,13 @@ impl Session {
 
     /// `generations --on HOST`.
     pub(super) fn host_generations(&self) -> Result<ExitCode, Failure> {
-        let results = self.connect_each(|host| host.generations())?;
-        let (text, code) = render_each(results, |text, name, generations| {
+        // Which one the host runs, as its probe says (the profile's list marks its current
+        // generation the same way).
+        let results = self.connect_each(|host| {
+            let current = host.probe(&[])?.0.and_then(|probe| probe.current);
+            Ok((host.generations()?, current.map(|g| g.number)))
+        })?;
+        let (text, code) = render_each(results, |text, name, (generations, current)| {
             let _ = writeln!(text, "{name}:");
             if generations.is_empty() {
                 let _ = writeln!(text, "  no generations yet; `apply` makes one");
@@ -346,7 +351,8 @@ impl Session {
                 );
                 let _ = writeln!(
                     text,
-                    "  {:>4}  {time}  {:<11}  {}  by {}{}",
+                    "  {} {:>4}  {time}  {:<11}  {}  by {}{}",
+                    if current == Some(g.number) { '*' } else { ' ' },
                     g.number,
                     g.status,
                     g.system,
