@@ -63,12 +63,23 @@ impl FromStr for Amount {
     }
 }
 
+/// A wave's size: an [`Amount`] other than none (a share too small for one host is one host).
+fn wave_size(text: &str) -> Result<Amount, String> {
+    match text.parse()? {
+        Amount::Hosts(0) | Amount::Percent(0) => Err(format!(
+            "`{text}`: a wave has at least one host; leave `--serial` out to deploy every host \
+             at once"
+        )),
+        size => Ok(size),
+    }
+}
+
 /// How `apply` deploys the machines it built for.
 #[derive(Debug, clap::Args)]
 pub(super) struct DeployArgs {
     /// Deploy in waves of N hosts, or P% of the selected hosts; a wave starts when the one
     /// before it has ended [default: all hosts in one wave].
-    #[arg(long, value_name = "N|P%")]
+    #[arg(long, value_name = "N|P%", value_parser = wave_size)]
     serial: Option<Amount>,
     /// Deploy one host alone first, as a canary.
     #[arg(long)]
@@ -565,6 +576,16 @@ mod tests {
         assert_eq!(Amount::Percent(25).of(10), 2);
         assert!("101%".parse::<Amount>().unwrap_err().contains("`101%`"));
         assert!("x".parse::<Amount>().unwrap_err().contains("`x`"));
+        // A wave of no host is refused; no failure allowed is the default.
+        assert_eq!(wave_size("2"), Ok(Amount::Hosts(2)));
+        for none in ["0", "0%"] {
+            let error = wave_size(none).unwrap_err();
+            assert!(
+                error.contains(&format!("`{none}`")) && error.contains("at least one host"),
+                "{error}"
+            );
+        }
+        assert_eq!("0".parse(), Ok(Amount::Hosts(0)));
     }
 
     #[test]
