@@ -1185,6 +1185,29 @@ fn twenty_hosts_with_three_links_dropped_during_a_rolling_deploy() {
     assert_eq!(hosts.http_get(0, 8080), "second");
 }
 
+/// Runs `command` on a terminal of its own, types Ctrl-C once it shows `text`, and returns what
+/// the terminal showed; checks that the program said what a Ctrl-C does and exited 130.
+fn ctrl_c_once_shown(command: Command, text: &str) -> String {
+    let terminal = forjar_suite::OnTerminal::spawn(command);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while !terminal.shown().contains(text) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "`{text}` never shown:\n{}",
+            terminal.shown()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    terminal.type_keys(b"\x03");
+    let (shown, status) = terminal.finish();
+    assert_eq!(status.code(), Some(130), "{shown}");
+    assert!(
+        shown.contains("interrupted: a host activating goes on to its outcome"),
+        "{shown}"
+    );
+    shown
+}
+
 #[test]
 fn ctrl_c_during_a_deploy_activates_no_other_host_and_says_what_it_left() {
     let Some(hosts) = TestHosts::up(2) else {
@@ -1199,23 +1222,7 @@ fn ctrl_c_during_a_deploy_activates_no_other_host_and_says_what_it_left() {
     let names = [hosts.name(0), hosts.name(1)].join(",");
     let mut command = fleet_command(&example("fleet"), &store, &names, &hosts.ssh_config());
     command.args(["apply", "--serial", "1"]);
-    let terminal = forjar_suite::OnTerminal::spawn(command);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    while !terminal.shown().contains("installing the agent") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no agent install shown:\n{}",
-            terminal.shown()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    terminal.type_keys(b"\x03");
-    let (shown, status) = terminal.finish();
-    assert_eq!(status.code(), Some(130), "{shown}");
-    assert!(
-        shown.contains("interrupted: a host activating goes on to its outcome"),
-        "{shown}"
-    );
+    let shown = ctrl_c_once_shown(command, "installing the agent");
     assert!(!shown.contains("lost the connection"), "{shown}");
     let row = |i: usize| {
         shown
@@ -1254,6 +1261,40 @@ fn ctrl_c_during_a_deploy_activates_no_other_host_and_says_what_it_left() {
     for i in 0..2 {
         assert_eq!(hosts.http_get(i, 8080), "hello from forjar", "host {i}");
     }
+}
+
+#[test]
+fn ctrl_c_during_a_rollback_lets_the_one_under_way_end_and_starts_no_other() {
+    let Some(hosts) = TestHosts::up(2) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
+    assert_ok(&fleet(
+        &store,
+        &hosts,
+        &[("FLEET_GREETING", "second")],
+        &["apply"],
+    ));
+    // One host at a time, on a terminal: Ctrl-C is typed while the first goes back.
+    let names = [hosts.name(0), hosts.name(1)].join(",");
+    let mut command = fleet_command(&example("fleet"), &store, &names, &hosts.ssh_config());
+    command.args(["--max-hosts", "1", "rollback", "--on", &names]);
+    let shown = ctrl_c_once_shown(command, "rolling back");
+    assert!(
+        shown.contains(&format!("{}: now on generation 3", hosts.name(0))),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!(
+            "{}: interrupted before this host was contacted",
+            hosts.name(1)
+        )),
+        "{shown}"
+    );
+    assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+    assert_eq!(hosts.http_get(1, 8080), "second");
 }
 
 #[test]

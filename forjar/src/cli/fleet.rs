@@ -120,6 +120,38 @@ fn waves(total: usize, serial: Option<Amount>, canary: bool) -> Vec<Range<usize>
     waves
 }
 
+/// Runs `work` (hosts' commands, each of which sees an interrupt between its steps), and says
+/// what a Ctrl-C does as soon as one comes.
+pub(super) fn noticing_interrupts<T>(lines: &HostLines, work: impl FnOnce() -> T) -> T {
+    let ended = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let _ = std::thread::Builder::new().spawn_scoped(scope, || {
+            while !ended.load(Ordering::SeqCst) {
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    lines.line(
+                        "interrupted: a host activating goes on to its outcome; no other host is \
+                         activated (Ctrl-C again stops at once, and a host not yet confirmed then \
+                         goes back by itself)",
+                    );
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let done = work();
+        ended.store(true, Ordering::SeqCst);
+        done
+    })
+}
+
+/// The exit code of a command an interrupt stopped: 130, or 143 for SIGTERM.
+pub(super) fn interrupted_code() -> ExitCode {
+    match INTERRUPT_SIGNAL.load(Ordering::SeqCst) {
+        nix::libc::SIGTERM => ExitCode::Terminated,
+        _ => ExitCode::Interrupted,
+    }
+}
+
 /// One line per host: a live spinner line each on a terminal, plain `host: text` lines
 /// otherwise, nothing with `-q`.
 pub(super) struct HostLines {
@@ -290,22 +322,7 @@ impl Session {
             .map(|m| HostReport::new(m.name(), HostResult::Skipped))
             .collect();
         let mut stopped = None;
-        let ended = AtomicBool::new(false);
-        std::thread::scope(|scope| {
-            // Says at once what a Ctrl-C does here; the hosts see it between their steps.
-            let _ = std::thread::Builder::new().spawn_scoped(scope, || {
-                while !ended.load(Ordering::SeqCst) {
-                    if INTERRUPTED.load(Ordering::SeqCst) {
-                        lines.line(
-                            "interrupted: a host activating goes on to its outcome; no other host \
-                             is activated (Ctrl-C again stops at once, and a host not yet \
-                             confirmed then goes back by itself)",
-                        );
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-            });
+        noticing_interrupts(&lines, || {
             for (number, wave) in waves.iter().enumerate() {
                 if INTERRUPTED.load(Ordering::SeqCst) {
                     for (slot, machine) in reports[wave.start..]
@@ -351,7 +368,6 @@ impl Session {
                     *slot = report;
                 }
             }
-            ended.store(true, Ordering::SeqCst);
         });
         // What an interrupt left as it was; none if it came too late to stop anything.
         let interrupted = reports.iter().filter(|r| r.interrupted()).count();
@@ -401,10 +417,7 @@ impl Session {
         }
         emit(&text)?;
         Ok(if interrupted > 0 {
-            match INTERRUPT_SIGNAL.load(Ordering::SeqCst) {
-                nix::libc::SIGTERM => ExitCode::Terminated,
-                _ => ExitCode::Interrupted,
-            }
+            interrupted_code()
         } else if reports.iter().any(|r| r.result == HostResult::Failed) || stopped.is_some() {
             ExitCode::Failure
         } else if reports.iter().any(|r| r.result == HostResult::RolledBack) {

@@ -3,10 +3,12 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Subcommand;
 
-use super::fleet::{CONFIRM_TIMEOUT, HostLines};
+use super::fleet::{CONFIRM_TIMEOUT, HostLines, interrupted_code, noticing_interrupts};
+use super::process::INTERRUPTED;
 use super::program::Session;
 use super::{ExitCode, Failure, emit};
 use crate::derivation::OutputRef;
@@ -398,16 +400,29 @@ impl Session {
         let options = DeployOptions::new(self.ssh(), CONFIRM_TIMEOUT);
         let lines = HostLines::new(self.verbosity, &machines);
         let progress = |host: &str, line: &str| lines.show(host, line);
-        let results: Vec<PerHost<_>> = bounded(&machines, self.max_hosts, |m| {
-            let reach = deploy::Reach {
-                machine: m,
-                store: &self.store,
-                agent: &agent,
-                ssh: &options.ssh,
-            };
-            let outcome =
-                deploy::rollback_host(&reach, to, &options, &progress).map_err(|e| e.to_string());
-            (m.name().to_string(), outcome)
+        // As a deploy: a Ctrl-C lets the rollbacks under way end, and starts no other.
+        super::process::handle_interrupts();
+        let left = AtomicUsize::new(0);
+        let results: Vec<PerHost<_>> = noticing_interrupts(&lines, || {
+            bounded(&machines, self.max_hosts, |m| {
+                if INTERRUPTED.load(Ordering::SeqCst) {
+                    left.fetch_add(1, Ordering::SeqCst);
+                    let not = format!(
+                        "{}: interrupted before this host was contacted; it runs what it ran",
+                        m.name()
+                    );
+                    return (m.name().to_string(), Err(not));
+                }
+                let reach = deploy::Reach {
+                    machine: m,
+                    store: &self.store,
+                    agent: &agent,
+                    ssh: &options.ssh,
+                };
+                let outcome = deploy::rollback_host(&reach, to, &options, &progress)
+                    .map_err(|e| e.to_string());
+                (m.name().to_string(), outcome)
+            })
         });
         lines.finish();
         let (text, code) = render_each(results, |text, name, outcome| {
@@ -428,7 +443,10 @@ impl Session {
             ok
         });
         emit(&text)?;
-        Ok(code)
+        Ok(match left.into_inner() {
+            0 => code,
+            _ => interrupted_code(),
+        })
     }
 }
 

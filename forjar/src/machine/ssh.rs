@@ -148,22 +148,41 @@ impl Transport {
         if let Some(jump) = jump {
             builder.jump_hosts([jump.as_str()]);
         }
-        let session = runtime
-            .block_on(builder.connect_mux(address))
-            .map_err(|e| {
-                // The master's error is one line of ssh's log; ssh itself says all of it. A
-                // connection that timed out is not tried again: that would double the wait on every
-                // unreachable host, and the line says what there is to say.
-                let line = one_line(&error_chain(&e));
-                let said = match line.contains("timed out") {
-                    true => line,
-                    false => match diagnose(address, user, port, jump, options) {
-                        diagnosed if diagnosed.is_empty() => line,
-                        diagnosed => diagnosed,
-                    },
-                };
-                MachineError::host(&host, connect_advice(address, &said))
-            })?;
+        // The master is started from this thread with the terminal's signals blocked, which it
+        // keeps: a Ctrl-C on the terminal reaches forjar's whole process group, and the master
+        // is in it until it has authenticated and gone to a session of its own.
+        let terminal_signals = {
+            let mut set = nix::sys::signal::SigSet::empty();
+            set.add(nix::sys::signal::Signal::SIGINT);
+            set.add(nix::sys::signal::Signal::SIGQUIT);
+            set
+        };
+        let mut before = nix::sys::signal::SigSet::empty();
+        let _ = nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_BLOCK,
+            Some(&terminal_signals),
+            Some(&mut before),
+        );
+        let connected = runtime.block_on(builder.connect_mux(address));
+        let _ = nix::sys::signal::pthread_sigmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&before),
+            None,
+        );
+        let session = connected.map_err(|e| {
+            // The master's error is one line of ssh's log; ssh itself says all of it. A
+            // connection that timed out is not tried again: that would double the wait on every
+            // unreachable host, and the line says what there is to say.
+            let line = one_line(&error_chain(&e));
+            let said = match line.contains("timed out") {
+                true => line,
+                false => match diagnose(address, user, port, jump, options) {
+                    diagnosed if diagnosed.is_empty() => line,
+                    diagnosed => diagnosed,
+                },
+            };
+            MachineError::host(&host, connect_advice(address, &said))
+        })?;
         Ok(Transport {
             host,
             link: Link::Ssh { runtime, session },
