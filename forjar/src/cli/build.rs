@@ -9,7 +9,7 @@ use clap::Subcommand;
 use petgraph::graph::NodeIndex;
 
 use super::inspect::render_plan;
-use super::process::{INTERRUPT_SIGNAL, INTERRUPTED, handle_interrupts};
+use super::process::{INTERRUPTED, handle_interrupts, interrupted_code};
 use super::program::Session;
 use super::progress::{Progress, Verbosity};
 use super::{ExitCode, Failure, emit};
@@ -110,15 +110,10 @@ impl BuildCommand {
 /// What an interrupted or failed run exits with.
 fn exec_failure(error: ExecError) -> Failure {
     match error {
-        ExecError::Interrupted(_) => {
-            let signal = INTERRUPT_SIGNAL.load(Ordering::SeqCst);
-            let code = if signal == nix::libc::SIGTERM {
-                ExitCode::Terminated
-            } else {
-                ExitCode::Interrupted
-            };
-            Failure::new(code, format!("{error}; their staging was removed"))
-        }
+        ExecError::Interrupted(_) => Failure::new(
+            interrupted_code(),
+            format!("{error}; their staging was removed"),
+        ),
         error => Failure::new(ExitCode::Failure, error),
     }
 }

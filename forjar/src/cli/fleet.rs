@@ -14,7 +14,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::machine::{bounded, summary};
-use super::process::{INTERRUPT_SIGNAL, INTERRUPTED};
+use super::process::{INTERRUPTED, interrupted_code};
 use super::program::Session;
 use super::progress::Verbosity;
 use super::terminal::sanitise;
@@ -142,14 +142,6 @@ pub(super) fn noticing_interrupts<T>(lines: &HostLines, work: impl FnOnce() -> T
         ended.store(true, Ordering::SeqCst);
         done
     })
-}
-
-/// The exit code of a command an interrupt stopped: 130, or 143 for SIGTERM.
-pub(super) fn interrupted_code() -> ExitCode {
-    match INTERRUPT_SIGNAL.load(Ordering::SeqCst) {
-        nix::libc::SIGTERM => ExitCode::Terminated,
-        _ => ExitCode::Interrupted,
-    }
 }
 
 /// One line per host: a live spinner line each on a terminal, plain `host: text` lines
@@ -467,7 +459,7 @@ impl Session {
         for (&i, outcome) in changed.iter().zip(outcomes) {
             let report = &mut reports[i];
             match outcome {
-                Ok(outcome) if outcome.result == "activated" => {
+                Ok(outcome) if HostResult::of_outcome(&outcome.result) == HostResult::Activated => {
                     report.result = HostResult::RolledBack;
                     report.generation = outcome.generation;
                     report.error = Some(format!(

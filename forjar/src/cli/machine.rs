@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Subcommand;
 
-use super::fleet::{CONFIRM_TIMEOUT, HostLines, interrupted_code, noticing_interrupts};
-use super::process::INTERRUPTED;
+use super::fleet::{CONFIRM_TIMEOUT, HostLines, noticing_interrupts};
+use super::process::{INTERRUPTED, interrupted_code};
 use super::program::Session;
 use super::{ExitCode, Failure, emit};
 use crate::derivation::OutputRef;
 use crate::hash::EntryName;
-use crate::machine::deploy::{self, DeployOptions, HostPlan, System};
+use crate::machine::deploy::{self, DeployOptions, HostPlan, HostResult, System};
 use crate::machine::manifest::Changes;
 use crate::machine::ssh::SshOptions;
 use crate::machine::{Machine, MachineError};
@@ -426,7 +426,10 @@ impl Session {
         });
         lines.finish();
         let (text, code) = render_each(results, |text, name, outcome| {
-            let ok = outcome.result == "activated" || outcome.result == "unchanged";
+            let ok = matches!(
+                HostResult::of_outcome(&outcome.result),
+                HostResult::Activated | HostResult::Unchanged
+            );
             let _ = match ok {
                 true => writeln!(
                     text,

@@ -17,6 +17,14 @@ extern "C" fn on_interrupt(signal: nix::libc::c_int) {
     INTERRUPT_SIGNAL.store(signal, Ordering::SeqCst);
 }
 
+/// The exit code of a command an interrupt stopped: 130 for Ctrl-C (SIGINT), 143 for SIGTERM.
+pub(super) fn interrupted_code() -> super::ExitCode {
+    match INTERRUPT_SIGNAL.load(Ordering::SeqCst) {
+        nix::libc::SIGTERM => super::ExitCode::Terminated,
+        _ => super::ExitCode::Interrupted,
+    }
+}
+
 /// Raises this process's soft limit on open files to its hard limit, as Nix and cargo do: the
 /// usual soft limit (1,024) is far below what the hard limit allows, and an apply holds files
 /// for many builds at once.

@@ -1049,7 +1049,7 @@ pub enum HostResult {
 
 impl HostResult {
     /// The result of an activation whose outcome the agent reported as `result`.
-    fn of_outcome(result: &str) -> HostResult {
+    pub fn of_outcome(result: &str) -> HostResult {
         match result {
             "activated" => HostResult::Activated,
             "unchanged" => HostResult::Unchanged,

@@ -10,12 +10,14 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use nix::sys::signal::{SigSet, SigmaskHow, Signal, pthread_sigmask};
+
 use super::MachineError;
+use super::model::{Machine, Target};
 
 /// How long a connection's ssh master lives without a command: longer than any pause between
 /// the commands of a deploy (the longest is the agent's compression, seconds).
 const MASTER_IDLE: std::num::NonZeroUsize = std::num::NonZeroUsize::new(600).unwrap();
-use super::model::{Machine, Target};
 
 /// How hosts are reached.
 #[derive(Debug, Clone)]
@@ -151,24 +153,17 @@ impl Transport {
         // The master is started from this thread with the terminal's signals blocked, which it
         // keeps: a Ctrl-C on the terminal reaches forjar's whole process group, and the master
         // is in it until it has authenticated and gone to a session of its own.
-        let terminal_signals = {
-            let mut set = nix::sys::signal::SigSet::empty();
-            set.add(nix::sys::signal::Signal::SIGINT);
-            set.add(nix::sys::signal::Signal::SIGQUIT);
-            set
-        };
-        let mut before = nix::sys::signal::SigSet::empty();
-        let _ = nix::sys::signal::pthread_sigmask(
-            nix::sys::signal::SigmaskHow::SIG_BLOCK,
+        let mut terminal_signals = SigSet::empty();
+        terminal_signals.add(Signal::SIGINT);
+        terminal_signals.add(Signal::SIGQUIT);
+        let mut before = SigSet::empty();
+        let _ = pthread_sigmask(
+            SigmaskHow::SIG_BLOCK,
             Some(&terminal_signals),
             Some(&mut before),
         );
         let connected = runtime.block_on(builder.connect_mux(address));
-        let _ = nix::sys::signal::pthread_sigmask(
-            nix::sys::signal::SigmaskHow::SIG_SETMASK,
-            Some(&before),
-            None,
-        );
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&before), None);
         let session = connected.map_err(|e| {
             // The master's error is one line of ssh's log; ssh itself says all of it. A
             // connection that timed out is not tried again: that would double the wait on every

@@ -761,14 +761,19 @@ mod tests {
         drop((lock, second));
     }
 
-    /// The names in the store's `.locks`, sorted.
-    fn lock_files(store: &Store) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(store.dir().join(".locks"))
+    /// The names in directory `dir`, sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
             .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
         names
+    }
+
+    /// The names in the store's `.locks`, sorted.
+    fn lock_files(store: &Store) -> Vec<String> {
+        names_in(&store.dir().join(".locks"))
     }
 
     #[test]
@@ -856,15 +861,7 @@ mod tests {
         let mut windows: Vec<Vec<String>> = fs::read_dir(store.dir().join(".pending"))
             .unwrap()
             .flatten()
-            .map(|window| {
-                let mut names: Vec<String> = fs::read_dir(window.path())
-                    .unwrap()
-                    .flatten()
-                    .map(|m| m.file_name().to_string_lossy().into_owned())
-                    .collect();
-                names.sort();
-                names
-            })
+            .map(|window| names_in(&window.path()))
             .collect();
         windows.sort();
         windows
