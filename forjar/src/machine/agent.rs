@@ -1311,7 +1311,8 @@ fn differences(path: &Path, spec: &PathSpec) -> Result<Vec<String>, AgentError> 
             if found.kind != Kind::File {
                 return Ok(vec!["not a regular file".into()]);
             }
-            let got = parent.file_digest().map_err(io)?;
+            // The content alone: a mode that differs is said once, below.
+            let got = parent.file_digest(spec.mode & 0o100 != 0).map_err(io)?;
             if got != *digest {
                 differences.push(format!(
                     "content is {got} ({}), expected {digest} ({})",
@@ -1513,6 +1514,46 @@ mod tests {
         );
         let error = repair(&store, &state).unwrap_err().to_string();
         assert!(error.contains("no generation is current"), "{error}");
+    }
+
+    #[test]
+    fn a_file_whose_mode_alone_changed_differs_in_its_mode_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("server.py");
+        fs::write(&path, b"print(1)\n").unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let user = nix::unistd::User::from_uid(nix::unistd::getuid())
+            .unwrap()
+            .unwrap();
+        let group = nix::unistd::Group::from_gid(nix::unistd::getgid())
+            .unwrap()
+            .unwrap();
+        let spec = |bytes: &[u8]| PathSpec {
+            kind: PathKind::File {
+                source: String::new(),
+                digest: crate::hash::file_digest(bytes, true),
+                size: bytes.len() as u64,
+            },
+            owner: user.name.clone(),
+            group: group.name.clone(),
+            mode: 0o755,
+        };
+        // An executable whose `x` bits were taken: its content is what it was.
+        assert_eq!(
+            differences(&path, &spec(b"print(1)\n")).unwrap(),
+            ["mode is 0644, expected 0755"]
+        );
+        let both = differences(&path, &spec(b"print(2)\n")).unwrap();
+        assert!(
+            both.len() == 2
+                && both[0].starts_with("content is blake3:")
+                && both[0].ends_with("(9 bytes)")
+                && both[1] == "mode is 0644, expected 0755",
+            "{both:?}"
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(differences(&path, &spec(b"print(1)\n")).unwrap().is_empty());
     }
 
     #[test]

@@ -333,12 +333,21 @@ pub struct Provenance {
     pub revision: Option<String>,
 }
 
+/// The user `uid` as the environment (`var`) names it, else as the user database does (a
+/// service or a cron job has no `USER`), else by number.
+fn user_name(var: impl Fn(&str) -> Option<String>, uid: nix::unistd::Uid) -> String {
+    ["USER", "LOGNAME"]
+        .into_iter()
+        .filter_map(var)
+        .find(|user| !user.is_empty())
+        .or_else(|| Some(nix::unistd::User::from_uid(uid).ok()??.name))
+        .unwrap_or_else(|| uid.to_string())
+}
+
 impl Provenance {
     /// The running controller's.
     pub fn current() -> Provenance {
-        let user = std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| nix::unistd::getuid().to_string());
+        let user = user_name(|name| std::env::var(name).ok(), nix::unistd::getuid());
         let host = nix::unistd::gethostname()
             .map(|h| h.to_string_lossy().into_owned())
             .unwrap_or_default();
@@ -1322,4 +1331,30 @@ pub fn mirror(store: &Store, machine: &str, generations: &[GenerationRecord]) ->
     let tmp = dir.join("generations.json.tmp");
     fs::write(&tmp, serde_json::to_string_pretty(generations)?)?;
     fs::rename(&tmp, dir.join("generations.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::unistd::Uid;
+
+    #[test]
+    fn the_operator_is_named_without_a_user_variable() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(user_name(env(&[("USER", "ada")]), Uid::from_raw(0)), "ada");
+        assert_eq!(
+            user_name(env(&[("USER", ""), ("LOGNAME", "ops")]), Uid::from_raw(0)),
+            "ops"
+        );
+        // As a service runs it: no variable, the name from the user database.
+        assert_eq!(user_name(env(&[]), Uid::from_raw(0)), "root");
+        assert_eq!(user_name(env(&[]), Uid::from_raw(3_999_999)), "3999999");
+    }
 }

@@ -142,15 +142,16 @@ impl Parent {
         }
     }
 
-    /// The tree digest of the regular file at the path, read without following it.
-    pub(crate) fn file_digest(&self) -> io::Result<TreeDigest> {
+    /// The tree digest of the regular file at the path, read without following it, as a file
+    /// node whose executable bit is `executable`: its content's, whatever its mode (which is
+    /// compared on its own).
+    pub(crate) fn file_digest(&self, executable: bool) -> io::Result<TreeDigest> {
         let fd = walk::openat(
             self.dir.as_fd(),
             &self.name,
             libc::O_RDONLY | libc::O_NOFOLLOW,
         )?;
-        let st = walk::fstat(fd.as_fd())?;
-        file_digest_from(File::from(fd), st.st_mode & 0o100 != 0)
+        file_digest_from(File::from(fd), executable)
     }
 
     /// Whether the path is a regular file holding exactly `bytes`, read without following it
