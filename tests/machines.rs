@@ -308,8 +308,10 @@ fn drift_is_read_on_the_host_and_repaired() {
         text.contains("/etc/hello/config.toml: content is") && text.contains(" bytes), expected "),
         "{text}"
     );
+    // Its content is as it was: the mode alone differs.
     assert!(
-        text.contains("/opt/hello/server.py: mode is 0666, expected 0755"),
+        text.contains("/opt/hello/server.py: mode is 0666, expected 0755")
+            && !text.contains("/opt/hello/server.py: content"),
         "{text}"
     );
     assert!(text.contains("unit hello.service: not active"), "{text}");
@@ -1186,8 +1188,9 @@ fn twenty_hosts_with_three_links_dropped_during_a_rolling_deploy() {
 }
 
 /// Runs `command` on a terminal of its own, types Ctrl-C once it shows `text`, and returns what
-/// the terminal showed; checks that the program said what a Ctrl-C does and exited 130.
-fn ctrl_c_once_shown(command: Command, text: &str) -> String {
+/// the terminal showed; checks that the program said what a Ctrl-C does (`notice`) and exited
+/// 130.
+fn ctrl_c_once_shown(command: Command, text: &str, notice: &str) -> String {
     let terminal = forjar_suite::OnTerminal::spawn(command);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
     while !terminal.shown().contains(text) {
@@ -1201,12 +1204,12 @@ fn ctrl_c_once_shown(command: Command, text: &str) -> String {
     terminal.type_keys(b"\x03");
     let (shown, status) = terminal.finish();
     assert_eq!(status.code(), Some(130), "{shown}");
-    assert!(
-        shown.contains("interrupted: a host activating goes on to its outcome"),
-        "{shown}"
-    );
+    assert!(shown.contains(notice), "{shown}");
     shown
 }
+
+/// What a deploy or a rollback says of a Ctrl-C.
+const ACTIVATIONS_GO_ON: &str = "interrupted: a host activating goes on to its outcome";
 
 #[test]
 fn ctrl_c_during_a_deploy_activates_no_other_host_and_says_what_it_left() {
@@ -1222,7 +1225,7 @@ fn ctrl_c_during_a_deploy_activates_no_other_host_and_says_what_it_left() {
     let names = [hosts.name(0), hosts.name(1)].join(",");
     let mut command = fleet_command(&example("fleet"), &store, &names, &hosts.ssh_config());
     command.args(["apply", "--serial", "1"]);
-    let shown = ctrl_c_once_shown(command, "installing the agent");
+    let shown = ctrl_c_once_shown(command, "installing the agent", ACTIVATIONS_GO_ON);
     assert!(!shown.contains("lost the connection"), "{shown}");
     let row = |i: usize| {
         shown
@@ -1281,7 +1284,7 @@ fn ctrl_c_during_a_rollback_lets_the_one_under_way_end_and_starts_no_other() {
     let names = [hosts.name(0), hosts.name(1)].join(",");
     let mut command = fleet_command(&example("fleet"), &store, &names, &hosts.ssh_config());
     command.args(["--max-hosts", "1", "rollback", "--on", &names]);
-    let shown = ctrl_c_once_shown(command, "rolling back");
+    let shown = ctrl_c_once_shown(command, "rolling back", ACTIVATIONS_GO_ON);
     assert!(
         shown.contains(&format!("{}: now on generation 3", hosts.name(0))),
         "{shown}"
@@ -1313,4 +1316,52 @@ fn a_host_without_gzip_gets_the_agent_as_it_is() {
     let agent = std::fs::metadata(example("fleet")).unwrap().len();
     assert!(sent_bytes(&apply, hosts.name(0)) > agent, "{line}");
     assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+}
+
+#[test]
+fn ctrl_c_during_a_repair_lets_the_one_under_way_end_and_contacts_no_other() {
+    let Some(hosts) = TestHosts::up(2) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
+    for i in 0..2 {
+        assert_ok(&hosts.ssh(i, "chmod 666 /opt/hello/server.py"));
+    }
+    // One host at a time, on a terminal: Ctrl-C is typed while the first is being reached (its
+    // link slowed so that this lasts).
+    hosts.rate(0, Some("32kbit"));
+    let names = [hosts.name(0), hosts.name(1)].join(",");
+    let mut command = fleet_command(&example("fleet"), &store, &names, &hosts.ssh_config());
+    command.args(["--max-hosts", "1", "drift", "--repair"]);
+    let shown = ctrl_c_once_shown(
+        command,
+        "connecting",
+        "interrupted: a host being repaired goes on to the end of its repair",
+    );
+    hosts.rate(0, None);
+    for said in [
+        format!(
+            "{}: /opt/hello/server.py: mode is 0666, expected 0755; repaired",
+            hosts.name(0)
+        ),
+        format!(
+            "{}: interrupted before this host was contacted",
+            hosts.name(1)
+        ),
+    ] {
+        assert!(shown.contains(&said), "{said}\n{shown}");
+    }
+    // The first was repaired whole; the second was not touched.
+    let after = fleet(&store, &hosts, &[], &["drift"]);
+    assert_eq!(after.status.code(), Some(1), "{}", stdout(&after));
+    assert_eq!(
+        stdout(&after),
+        format!(
+            "{}: no drift\n{}: /opt/hello/server.py: mode is 0666, expected 0755\n",
+            hosts.name(0),
+            hosts.name(1)
+        )
+    );
 }

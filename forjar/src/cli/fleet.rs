@@ -120,19 +120,24 @@ fn waves(total: usize, serial: Option<Amount>, canary: bool) -> Vec<Range<usize>
     waves
 }
 
-/// Runs `work` (hosts' commands, each of which sees an interrupt between its steps), and says
-/// what a Ctrl-C does as soon as one comes.
-pub(super) fn noticing_interrupts<T>(lines: &HostLines, work: impl FnOnce() -> T) -> T {
+/// What a Ctrl-C during a deploy or a rollback does.
+pub(super) const ACTIVATIONS_GO_ON: &str = "interrupted: a host activating goes on to its \
+    outcome; no other host is activated (Ctrl-C again stops at once, and a host not yet \
+    confirmed then goes back by itself)";
+
+/// Runs `work` (hosts' commands, each of which sees an interrupt between its steps), and shows
+/// `notice`, what a Ctrl-C does, as soon as one comes.
+pub(super) fn noticing_interrupts<T>(
+    lines: &HostLines,
+    notice: &str,
+    work: impl FnOnce() -> T,
+) -> T {
     let ended = AtomicBool::new(false);
     std::thread::scope(|scope| {
         let _ = std::thread::Builder::new().spawn_scoped(scope, || {
             while !ended.load(Ordering::SeqCst) {
                 if INTERRUPTED.load(Ordering::SeqCst) {
-                    lines.line(
-                        "interrupted: a host activating goes on to its outcome; no other host is \
-                         activated (Ctrl-C again stops at once, and a host not yet confirmed then \
-                         goes back by itself)",
-                    );
+                    lines.line(notice);
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -145,10 +150,12 @@ pub(super) fn noticing_interrupts<T>(lines: &HostLines, work: impl FnOnce() -> T
 }
 
 /// One line per host: a live spinner line each on a terminal, plain `host: text` lines
-/// otherwise, nothing with `-q`.
+/// otherwise (unless made [`HostLines::live_only`]), nothing with `-q`.
 pub(super) struct HostLines {
     verbosity: Verbosity,
     bars: Option<(MultiProgress, HashMap<String, ProgressBar>)>,
+    /// Whether a host's steps are written as plain lines when there is no terminal.
+    plain_steps: bool,
 }
 
 /// A host's line before its first step.
@@ -176,7 +183,20 @@ impl HostLines {
                 .collect();
             (multi, bars)
         });
-        HostLines { verbosity, bars }
+        HostLines {
+            verbosity,
+            bars,
+            plain_steps: true,
+        }
+    }
+
+    /// Host lines for a command that reads: its steps only on a terminal, where they are
+    /// replaced by its output; a notice ([`HostLines::line`]) everywhere but with `-q`.
+    pub(super) fn live_only(verbosity: Verbosity, machines: &[&Machine]) -> HostLines {
+        HostLines {
+            plain_steps: false,
+            ..HostLines::new(verbosity, machines)
+        }
     }
 
     pub(super) fn show(&self, host: &str, text: &str) {
@@ -193,7 +213,7 @@ impl HostLines {
                     bar.set_message(text.into_owned());
                 }
             }
-            None if self.verbosity != Verbosity::Quiet => {
+            None if self.verbosity != Verbosity::Quiet && self.plain_steps => {
                 let _ = writeln!(io::stderr().lock(), "{host}: {text}");
             }
             None => {}
@@ -218,7 +238,7 @@ impl HostLines {
         }
     }
 
-    fn line(&self, text: &str) {
+    pub(super) fn line(&self, text: &str) {
         match &self.bars {
             Some((multi, _)) => {
                 let _ = multi.println(sanitise(text));
@@ -314,7 +334,7 @@ impl Session {
             .map(|m| HostReport::new(m.name(), HostResult::Skipped))
             .collect();
         let mut stopped = None;
-        noticing_interrupts(&lines, || {
+        noticing_interrupts(&lines, ACTIVATIONS_GO_ON, || {
             for (number, wave) in waves.iter().enumerate() {
                 if INTERRUPTED.load(Ordering::SeqCst) {
                     for (slot, machine) in reports[wave.start..]

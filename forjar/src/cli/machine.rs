@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use clap::Subcommand;
 
-use super::fleet::{CONFIRM_TIMEOUT, HostLines, noticing_interrupts};
+use super::fleet::{ACTIVATIONS_GO_ON, CONFIRM_TIMEOUT, HostLines, noticing_interrupts};
 use super::process::{INTERRUPTED, interrupted_code};
 use super::program::Session;
 use super::{ExitCode, Failure, emit};
@@ -146,6 +146,53 @@ pub(super) fn bounded<T: Sync, R: Send>(
         .collect()
 }
 
+/// What a Ctrl-C does while hosts are read.
+const READS_END: &str = "interrupted: the hosts being read are read to the end; no other host \
+    is contacted (Ctrl-C again stops at once)";
+
+/// Runs `each` on every machine as [`bounded`] does, heeding a Ctrl-C (or SIGTERM): from it on
+/// no further host is started, each host left getting an error that says so, while the hosts
+/// under way end their `each`; `notice`, what a Ctrl-C does, is shown as it comes. Also says
+/// whether an interrupt left a host.
+fn each_host_heeding_interrupts<R: Send>(
+    machines: &[&Machine],
+    limit: usize,
+    lines: &HostLines,
+    notice: &str,
+    each: impl Fn(&Machine) -> Result<R, String> + Sync,
+) -> (Vec<PerHost<R>>, bool) {
+    super::process::handle_interrupts();
+    let left = AtomicUsize::new(0);
+    let results = noticing_interrupts(lines, notice, || {
+        bounded(machines, limit, |m| {
+            let name = m.name().to_string();
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                left.fetch_add(1, Ordering::SeqCst);
+                let not = format!("{name}: {NOT_CONTACTED}");
+                return (name, Err(not));
+            }
+            (name, each(m))
+        })
+    });
+    lines.finish();
+    (results, left.into_inner() > 0)
+}
+
+/// What a Ctrl-C does during `drift --repair`.
+const REPAIRS_END: &str = "interrupted: a host being repaired goes on to the end of its repair; \
+    no other host is contacted (Ctrl-C again stops at once)";
+
+/// `code`, or the interrupt's if one left a host.
+fn unless_interrupted(code: ExitCode, left: bool) -> ExitCode {
+    match left {
+        false => code,
+        true => interrupted_code(),
+    }
+}
+
+/// A host an interrupt left before it was reached.
+const NOT_CONTACTED: &str = "interrupted before this host was contacted";
+
 /// `*` any run of characters, `?` one character.
 fn glob(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
@@ -211,7 +258,7 @@ impl Session {
     /// After the build plan: each selected host's plan. Hosts whose files need outputs that
     /// are not built yet are planned after `apply` builds them.
     pub(super) fn plan_hosts(&self) -> Result<ExitCode, Failure> {
-        let plans = self.host_plans()?;
+        let (plans, left) = self.host_plans()?;
         let mut text = String::new();
         for plan in &plans {
             match plan {
@@ -222,12 +269,12 @@ impl Session {
             }
         }
         super::emit_changes(&text)?;
-        Ok(plan_code(&plans))
+        Ok(unless_interrupted(plan_code(&plans), left))
     }
 
     /// The hosts' plans as JSON, for `plan --json`.
     pub(super) fn host_plans_json(&self) -> Result<(ExitCode, serde_json::Value), Failure> {
-        let plans = self.host_plans()?;
+        let (plans, left) = self.host_plans()?;
         let value: Vec<serde_json::Value> = plans
             .iter()
             .map(|p| match p {
@@ -235,10 +282,14 @@ impl Session {
                 Err(e) => serde_json::json!({ "error": e }),
             })
             .collect();
-        Ok((plan_code(&plans), serde_json::Value::Array(value)))
+        Ok((
+            unless_interrupted(plan_code(&plans), left),
+            serde_json::Value::Array(value),
+        ))
     }
 
-    fn host_plans(&self) -> Result<Vec<Result<HostPlan, String>>, Failure> {
+    /// Each selected host's plan (an error names the host), and whether an interrupt left any.
+    fn host_plans(&self) -> Result<(Vec<Result<HostPlan, String>>, bool), Failure> {
         let machines = self.selected_machines();
         let resolve = self.resolver();
         let unbuilt = |m: &Machine| {
@@ -246,23 +297,32 @@ impl Session {
                 .any(|o| resolve(o).is_none_or(|e| !self.store.contains(&e)))
         };
         if machines.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), false));
         }
         let agent = deploy::agent_entry(&self.store, false)?;
         let ssh = self.ssh();
-        let plans = bounded(&machines, self.max_hosts, |m| -> Result<HostPlan, String> {
-            if unbuilt(m) {
-                return Err(format!("{}: {LATER}", m.name()));
-            }
-            let system = deploy::assemble(&self.store, m, &agent, &resolve, false)
-                .map_err(|e| e.to_string())?;
-            let host =
-                deploy::Host::connect(m, &self.store, &agent, &ssh).map_err(|e| e.to_string())?;
-            let plan = deploy::plan_host(&host, &system).map_err(|e| e.to_string());
-            host.close();
-            plan
-        });
-        Ok(plans)
+        let lines = HostLines::live_only(self.verbosity, &machines);
+        let (plans, left) = each_host_heeding_interrupts(
+            &machines,
+            self.max_hosts,
+            &lines,
+            READS_END,
+            |m| -> Result<HostPlan, String> {
+                if unbuilt(m) {
+                    return Err(format!("{}: {LATER}", m.name()));
+                }
+                let system = deploy::assemble(&self.store, m, &agent, &resolve, false)
+                    .map_err(|e| e.to_string())?;
+                lines.show(m.name(), "connecting");
+                let host = deploy::Host::connect(m, &self.store, &agent, &ssh)
+                    .map_err(|e| e.to_string())?;
+                lines.show(m.name(), "reading its state");
+                let plan = deploy::plan_host(&host, &system).map_err(|e| e.to_string());
+                host.close();
+                plan
+            },
+        );
+        Ok((plans.into_iter().map(|(_, plan)| plan).collect(), left))
     }
 
     /// Runs a machine command.
@@ -272,27 +332,44 @@ impl Session {
         }
     }
 
+    /// Connects to each selected host and runs `each` on it, showing `step` (on a terminal)
+    /// meanwhile; a Ctrl-C contacts no further host and lets those under way end, with
+    /// `notice` said. Also says whether an interrupt left a host.
     fn connect_each<T: Send>(
         &self,
+        step: &str,
+        notice: &str,
         each: impl Fn(&deploy::Host) -> Result<T, MachineError> + Sync,
-    ) -> Result<Vec<PerHost<T>>, Failure> {
+    ) -> Result<(Vec<PerHost<T>>, bool), Failure> {
         let machines = self.selected_machines();
         let agent = deploy::agent_entry(&self.store, false)?;
         let ssh = self.ssh();
-        Ok(bounded(&machines, self.max_hosts, |m| {
-            let result = deploy::Host::connect(m, &self.store, &agent, &ssh)
-                .and_then(|host| {
-                    let result = each(&host);
-                    host.close();
-                    result
-                })
-                .map_err(|e| e.to_string());
-            (m.name().to_string(), result)
-        }))
+        let lines = HostLines::live_only(self.verbosity, &machines);
+        Ok(each_host_heeding_interrupts(
+            &machines,
+            self.max_hosts,
+            &lines,
+            notice,
+            |m| {
+                lines.show(m.name(), "connecting");
+                deploy::Host::connect(m, &self.store, &agent, &ssh)
+                    .and_then(|host| {
+                        lines.show(m.name(), step);
+                        let result = each(&host);
+                        host.close();
+                        result
+                    })
+                    .map_err(|e| e.to_string())
+            },
+        ))
     }
 
     fn drift(&self, repair: bool, json: bool) -> Result<ExitCode, Failure> {
-        let results = self.connect_each(|host| host.drift(repair))?;
+        let (step, notice) = match repair {
+            false => ("reading its state", READS_END),
+            true => ("repairing", REPAIRS_END),
+        };
+        let (results, left) = self.connect_each(step, notice, |host| host.drift(repair))?;
         let mut code = ExitCode::Success;
         let mut text = String::new();
         let mut value = serde_json::Map::new();
@@ -331,14 +408,14 @@ impl Session {
         } else {
             emit(&text)?;
         }
-        Ok(code)
+        Ok(unless_interrupted(code, left))
     }
 
     /// `generations --on HOST`.
     pub(super) fn host_generations(&self) -> Result<ExitCode, Failure> {
         // Which one the host runs, as its probe says (the profile's list marks its current
         // generation the same way).
-        let results = self.connect_each(|host| {
+        let (results, left) = self.connect_each("reading its generations", READS_END, |host| {
             let current = host.probe(&[])?.0.and_then(|probe| probe.current);
             Ok((host.generations()?, current.map(|g| g.number)))
         })?;
@@ -369,12 +446,12 @@ impl Session {
             true
         });
         emit(&text)?;
-        Ok(code)
+        Ok(unless_interrupted(code, left))
     }
 
     /// `diff A B --on HOST`: what activating generation B over A changes on each host.
     pub(super) fn host_diff(&self, a: u64, b: u64) -> Result<ExitCode, Failure> {
-        let results = self.connect_each(|host| {
+        let (results, left) = self.connect_each("reading both generations", READS_END, |host| {
             Ok(Changes::between(
                 Some(&host.manifest(a)?),
                 &host.manifest(b)?,
@@ -389,7 +466,7 @@ impl Session {
             true
         });
         super::emit_changes(&text)?;
-        Ok(code)
+        Ok(unless_interrupted(code, left))
     }
 
     /// `rollback --on HOST [--to N]`: activates an earlier generation of each selected host,
@@ -401,30 +478,21 @@ impl Session {
         let lines = HostLines::new(self.verbosity, &machines);
         let progress = |host: &str, line: &str| lines.show(host, line);
         // As a deploy: a Ctrl-C lets the rollbacks under way end, and starts no other.
-        super::process::handle_interrupts();
-        let left = AtomicUsize::new(0);
-        let results: Vec<PerHost<_>> = noticing_interrupts(&lines, || {
-            bounded(&machines, self.max_hosts, |m| {
-                if INTERRUPTED.load(Ordering::SeqCst) {
-                    left.fetch_add(1, Ordering::SeqCst);
-                    let not = format!(
-                        "{}: interrupted before this host was contacted; it runs what it ran",
-                        m.name()
-                    );
-                    return (m.name().to_string(), Err(not));
-                }
+        let (results, left) = each_host_heeding_interrupts(
+            &machines,
+            self.max_hosts,
+            &lines,
+            ACTIVATIONS_GO_ON,
+            |m| {
                 let reach = deploy::Reach {
                     machine: m,
                     store: &self.store,
                     agent: &agent,
                     ssh: &options.ssh,
                 };
-                let outcome = deploy::rollback_host(&reach, to, &options, &progress)
-                    .map_err(|e| e.to_string());
-                (m.name().to_string(), outcome)
-            })
-        });
-        lines.finish();
+                deploy::rollback_host(&reach, to, &options, &progress).map_err(|e| e.to_string())
+            },
+        );
         let (text, code) = render_each(results, |text, name, outcome| {
             let ok = matches!(
                 HostResult::of_outcome(&outcome.result),
@@ -446,10 +514,7 @@ impl Session {
             ok
         });
         emit(&text)?;
-        Ok(match left.into_inner() {
-            0 => code,
-            _ => interrupted_code(),
-        })
+        Ok(unless_interrupted(code, left))
     }
 }
 
