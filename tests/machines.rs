@@ -317,7 +317,7 @@ fn drift_is_read_on_the_host_and_repaired() {
     assert!(text.contains("unit hello.service: not active"), "{text}");
     let plan = fleet(&store, &hosts, &[], &["plan"]);
     assert!(
-        stdout(&plan).contains("drift: /etc/hello/config.toml"),
+        stdout(&plan).contains("  put back what drifted:\n    /etc/hello/config.toml: content is"),
         "{}",
         stdout(&plan)
     );
@@ -357,6 +357,60 @@ fn drift_is_read_on_the_host_and_repaired() {
         );
     }
     assert_ok(&hosts.ssh(0, &format!("mv {state}/current.kept {state}/current")));
+}
+
+#[test]
+fn an_apply_puts_back_what_drifted_on_a_host_that_runs_its_system_already() {
+    let Some((hosts, _dir, store)) = one_host_deployed() else {
+        return;
+    };
+    // Changed by hand: the greeting, and the service restarted to serve it; the server's
+    // mode.
+    assert_ok(&hosts.ssh(
+        0,
+        "sed -i 's/hello from forjar/edited by hand/' /etc/hello/config.toml; \
+         systemctl restart hello; chmod 644 /opt/hello/server.py",
+    ));
+    assert_eq!(hosts.http_get(0, 8080), "edited by hand");
+    let plan = fleet(&store, &hosts, &[], &["plan"]);
+    let text = stdout(&plan);
+    assert!(
+        text.contains("  runs this system already\n")
+            && text.contains("  put back what drifted:\n    /etc/hello/config.toml: content is")
+            && text.contains("    /opt/hello/server.py: mode is 0644, expected 0755\n"),
+        "{text}"
+    );
+
+    let apply = fleet(&store, &hosts, &[], &["apply"]);
+    assert_ok(&apply);
+    let row = summary_line(&apply, hosts.name(0));
+    assert!(
+        row.contains("unchanged, generation 1")
+            && row.ends_with("put back what drifted: /etc/hello/config.toml, /opt/hello/server.py"),
+        "{row}"
+    );
+    assert!(
+        stderr(&apply).contains("restarting hello.service: a file it reads was put back"),
+        "{}",
+        stderr(&apply)
+    );
+    // The service was restarted: it serves the program's greeting again.
+    assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+    let drift = fleet(&store, &hosts, &[], &["drift"]);
+    assert_ok(&drift);
+    assert_eq!(stdout(&drift), format!("{}: no drift\n", hosts.name(0)));
+
+    // With nothing drifted, nothing is put back or restarted.
+    let again = fleet(&store, &hosts, &[], &["apply"]);
+    assert_ok(&again);
+    assert!(
+        summary_line(&again, hosts.name(0))
+            .trim_end()
+            .ends_with("unchanged, generation 1  -"),
+        "{}",
+        stdout(&again)
+    );
+    assert!(!stderr(&again).contains("restarting"), "{}", stderr(&again));
 }
 
 #[test]

@@ -20,6 +20,7 @@ use super::progress::Verbosity;
 use super::terminal::sanitise;
 use super::{ExitCode, Failure, emit};
 use crate::machine::Machine;
+use crate::machine::agent::Drift;
 use crate::machine::deploy::{self, DeployOptions, HostReport, HostResult, Reach, System};
 use crate::machine::secret;
 use crate::store::{counted, human_bytes};
@@ -506,6 +507,18 @@ impl Session {
     }
 }
 
+/// What an apply put back on a host that runs its system already: `put back what drifted:
+/// /etc/app.conf, unit app.service`, each subject once.
+fn put_back(repaired: &[Drift]) -> String {
+    let mut subjects: Vec<&str> = Vec::new();
+    for d in repaired {
+        if !subjects.contains(&d.subject.as_str()) {
+            subjects.push(&d.subject);
+        }
+    }
+    format!("put back what drifted: {}", subjects.join(", "))
+}
+
 /// The per-host table printed at the end of a deploy.
 fn render_summary(text: &mut String, reports: &[HostReport]) {
     let rows: Vec<[String; 4]> = reports
@@ -532,6 +545,7 @@ fn render_summary(text: &mut String, reports: &[HostReport]) {
                         some => some,
                     }
                 }
+                _ if !r.repaired.is_empty() => put_back(&r.repaired),
                 _ => String::new(),
             };
             let was = match (r.result, r.previous) {

@@ -636,8 +636,13 @@ fn render_host_plan(text: &mut String, plan: &HostPlan) {
     for check in &plan.checks {
         let _ = writeln!(text, "  check {check}");
     }
+    // Activating a generation puts every path and unit as it says, and an apply to a host that
+    // runs it already puts back what drifted from it: either way the drift goes.
+    if !plan.drift.is_empty() {
+        let _ = writeln!(text, "  put back what drifted:");
+    }
     for d in &plan.drift {
-        let _ = writeln!(text, "  drift: {}: {}", d.subject, d.difference);
+        let _ = writeln!(text, "    {}: {}", d.subject, d.difference);
     }
 }
 

@@ -97,6 +97,9 @@ pub struct Outcome {
     /// What activation changed.
     #[serde(default)]
     pub changes: Option<Changes>,
+    /// What had drifted from the generation the host runs already, put back (`unchanged`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<Drift>,
 }
 
 /// One difference between a host's live state and its current generation.
@@ -648,6 +651,7 @@ pub fn follow(state: &State, id: &str) -> Result<(), AgentError> {
                      was on before"
                 )),
                 changes: None,
+                repaired: Vec::new(),
             };
             writeln!(
                 out,
@@ -714,6 +718,7 @@ pub fn run_activation(store: &Store, state: &State, id: &str, request: &Request)
                     from: None,
                     error: Some(e.0),
                     changes: None,
+                    repaired: Vec::new(),
                 },
             }
         }
@@ -724,6 +729,7 @@ pub fn run_activation(store: &Store, state: &State, id: &str, request: &Request)
             from: None,
             error: Some(e.0),
             changes: None,
+            repaired: Vec::new(),
         },
     };
     log(&format!("outcome: {}", outcome.result));
@@ -867,9 +873,19 @@ fn activate_locked(
         log(&format!("generation {n} is the system already"));
         // Secrets are written on every apply: tmpfs is empty after a restart, and a value
         // may have changed.
+        // And what drifted from it is put back, as an activation of it would: an apply makes
+        // the host match its program, whatever was changed on it by hand since.
+        let mut repaired = Vec::new();
         if request.system.is_some() {
             let changed = place_secrets(&new, secrets)?;
             restart_for_secrets(&new, &changed, &BTreeSet::new())?;
+            repaired = repair_locked(store, state)?;
+            if let Some(left) = repaired.iter().find(|d| !d.repaired) {
+                return Err(AgentError(format!(
+                    "{}: {}, still, after putting back what drifted from generation {n}",
+                    left.subject, left.difference
+                )));
+            }
         }
         return Ok(Outcome {
             id: id.to_string(),
@@ -878,6 +894,7 @@ fn activate_locked(
             from: previous,
             error: None,
             changes: Some(changes),
+            repaired,
         });
     }
     let number = state.generations()?.last().map_or(0, |g| g.number) + 1;
@@ -931,6 +948,7 @@ fn activate_locked(
                 from: previous,
                 error: None,
                 changes: Some(changes),
+                repaired: Vec::new(),
             }
         }
         Err(e) => {
@@ -948,6 +966,7 @@ fn activate_locked(
                 from: previous,
                 error: Some(e.0),
                 changes: None,
+                repaired: Vec::new(),
             }
         }
     };
@@ -1456,14 +1475,68 @@ pub fn drift(store: &Store, state: &State) -> Result<Vec<Drift>, AgentError> {
     Ok(found)
 }
 
-/// `drift --repair`: puts the live host back to its current generation.
-pub fn repair(store: &Store, state: &State) -> Result<(), AgentError> {
+/// `drift --repair`: puts the live host back to its current generation; returns what differed,
+/// each marked repaired unless it still differs (see [`repair_locked`]).
+pub fn repair(store: &Store, state: &State) -> Result<Vec<Drift>, AgentError> {
     let _lock = state.lock()?;
     resume(store, state)?;
+    repair_locked(store, state)
+}
+
+/// Puts back what drifted from the current generation, under the host's lock: paths, users,
+/// groups and units as the generation's activation left them, and each unit whose file or a
+/// file it restarts on was put back is restarted (or reloaded), as an activation that changed
+/// the file would, since it may run what was there; then the health checks run. Returns the
+/// drift found, each marked repaired unless it differs still; nothing is touched, and no
+/// check run, where nothing drifted.
+fn repair_locked(store: &Store, state: &State) -> Result<Vec<Drift>, AgentError> {
+    let before = drift(store, state)?;
+    if before.is_empty() {
+        return Ok(before);
+    }
     let current = current_or_none_deployed(state)?;
     let system = Sys::of(&state.generation(current)?, store);
     let manifest = read_manifest(&system)?;
-    converge(&system, &manifest, Some(&manifest), true, None)
+    for d in &before {
+        log(&format!("putting back {}: {}", d.subject, d.difference));
+    }
+    let put_back = |path: &str| before.iter().any(|d| d.subject == path);
+    // A unit that was not running is started by the converge, with what is there now.
+    let was_down = |name: &str| {
+        before
+            .iter()
+            .any(|d| d.subject == format!("unit {name}") && d.difference == "not active")
+    };
+    let bounce_after: Vec<(&String, bool)> = manifest
+        .units
+        .iter()
+        .filter(|(name, unit)| {
+            (unit.start || unit.provided)
+                && !was_down(name)
+                && (put_back(&Manifest::unit_path(name)) || unit.files.iter().any(|p| put_back(p)))
+        })
+        .map(|(name, unit)| (name, unit.reload))
+        .collect();
+    converge(&system, &manifest, Some(&manifest), true, None)?;
+    let mut bounced = Vec::new();
+    for (name, reload) in bounce_after {
+        bounce(name, reload, ": a file it reads was put back")?;
+        bounced.push(name.clone());
+    }
+    settle(&bounced)?;
+    // As after an activation: what was put back must work.
+    run_checks(&manifest)?;
+    let after = drift(store, state)?;
+    let mut found: Vec<Drift> = before
+        .into_iter()
+        .filter(|d| !after.contains(d))
+        .map(|d| Drift {
+            repaired: true,
+            ..d
+        })
+        .collect();
+    found.extend(after);
+    Ok(found)
 }
 
 /// The current generation, or the error of a host on which none is.

@@ -157,12 +157,16 @@ pub fn assemble(
     for (name, unit) in &machine.units {
         let mut triggers = Vec::new();
         let mut secret_triggers = Vec::new();
+        let mut trigger_files = Vec::new();
         for trigger in &unit.triggers {
             match paths.get(trigger.as_str()) {
                 Some(PathSpec {
                     kind: PathKind::File { digest, .. },
                     ..
-                }) => triggers.push(*digest),
+                }) => {
+                    triggers.push(*digest);
+                    trigger_files.push(trigger.as_str().to_string());
+                }
                 _ if machine.secrets.contains_key(trigger) => {
                     secret_triggers.push(trigger.as_str().to_string());
                 }
@@ -191,6 +195,7 @@ pub fn assemble(
                     stamp: UnitSpec::provided_stamp(&triggers),
                     provided: true,
                     secrets: secret_triggers,
+                    files: trigger_files,
                 },
             );
             continue;
@@ -230,6 +235,7 @@ pub fn assemble(
                 stamp: crate::hash::TreeDigest::from_bytes(*stamp.finalize().as_bytes()),
                 provided: false,
                 secrets: secret_triggers,
+                files: trigger_files,
             },
         );
     }
@@ -1087,6 +1093,9 @@ pub struct HostReport {
     pub sent_bytes: u64,
     /// What activation changed.
     pub changes: Option<Changes>,
+    /// What had drifted on a host that runs its system already, put back.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub repaired: Vec<Drift>,
     /// What went wrong.
     pub error: Option<String>,
 }
@@ -1103,6 +1112,7 @@ impl HostReport {
             sent_entries: 0,
             sent_bytes: 0,
             changes: None,
+            repaired: Vec::new(),
             error: None,
         }
     }
@@ -1277,6 +1287,7 @@ pub fn deploy_host(
         // Another apply may have moved the host between the plan and this activation.
         report.previous = outcome.from.or(report.previous);
         report.changes = outcome.changes.clone();
+        report.repaired = outcome.repaired.clone();
         report.error = outcome.error.clone();
         if let Ok(generations) = host.generations() {
             let _ = mirror(store, name, &generations);

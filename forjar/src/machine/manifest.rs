@@ -143,6 +143,10 @@ pub struct UnitSpec {
     /// Secret files whose new values restart (or reload) it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// The managed files it restarts (or reloads) on (their digests are in `stamp`): one a
+    /// repair puts back restarts it too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<String>,
 }
 
 impl UnitSpec {

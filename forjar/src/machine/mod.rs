@@ -219,21 +219,7 @@ fn run_agent(cli: AgentCli) -> Result<i32, agent::AgentError> {
         AgentCommand::Drift { repair } => {
             let drift = match repair {
                 false => agent::drift(&store, &state)?,
-                true => {
-                    let before = agent::drift(&store, &state)?;
-                    agent::repair(&store, &state)?;
-                    let after = agent::drift(&store, &state)?;
-                    let mut repaired: Vec<agent::Drift> = before
-                        .into_iter()
-                        .filter(|d| !after.contains(d))
-                        .map(|d| agent::Drift {
-                            repaired: true,
-                            ..d
-                        })
-                        .collect();
-                    repaired.extend(after);
-                    repaired
-                }
+                true => agent::repair(&store, &state)?,
             };
             print(serde_json::to_string(&drift).expect("drift serialises"))
         }
