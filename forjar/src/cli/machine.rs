@@ -317,7 +317,7 @@ impl Session {
                 let host = deploy::Host::connect(m, &self.store, &agent, &ssh)
                     .map_err(|e| e.to_string())?;
                 lines.show(m.name(), "reading its state");
-                let plan = deploy::plan_host(&host, &system).map_err(|e| e.to_string());
+                let plan = deploy::plan_host(&host, &system, true).map_err(|e| e.to_string());
                 host.close();
                 plan
             },

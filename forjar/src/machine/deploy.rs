@@ -1168,14 +1168,15 @@ impl HostPlan {
     }
 }
 
-/// Plans `system` on the connected `host`.
-pub fn plan_host(host: &Host, system: &System) -> Result<HostPlan, MachineError> {
+/// Plans `system` on the connected `host`, with the host's drift if `drift` (a deploy reads none:
+/// its activation puts back what drifted whatever the plan said).
+pub fn plan_host(host: &Host, system: &System, drift: bool) -> Result<HostPlan, MachineError> {
     let names: Vec<EntryName> = system.closure.iter().map(|(e, _)| e.clone()).collect();
     let (probe, own_agent) = host.probe(&names)?;
     let (missing, current, manifest, drift) = match probe {
         None => (names.clone(), None, None, Vec::new()),
         Some(probe) => {
-            let drift = if probe.current.is_some() {
+            let drift = if drift && probe.current.is_some() {
                 host.drift(false)?
             } else {
                 Vec::new()
@@ -1239,7 +1240,7 @@ pub fn deploy_host(
             ssh: &options.ssh,
         };
         let host = reach.connect()?;
-        let mut plan = plan_host(&host, system)?;
+        let mut plan = plan_host(&host, system, false)?;
         report.previous = plan.current.as_ref().map(|g| g.number);
         report.generation = report.previous;
         if plan.install_agent {
@@ -1254,7 +1255,7 @@ pub fn deploy_host(
             report.sent_bytes +=
                 host.install_agent(store, &options.agent, options.interrupt, &shown)?;
             report.sent_agent = true;
-            plan = plan_host(&host, system)?;
+            plan = plan_host(&host, system, false)?;
         }
         if !plan.send.is_empty() {
             let bytes: u64 = plan.send.iter().map(|(_, s)| s).sum();
