@@ -694,6 +694,35 @@ fn a_mistake_in_a_machine_is_an_invalid_program_naming_the_machine_and_the_line(
     );
 }
 
+#[test]
+fn an_ssh_config_that_cannot_be_read_is_named_once_before_any_host_is_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such-config");
+    for (config, why) in [
+        (missing.as_path(), "No such file or directory"),
+        (dir.path(), "is a directory"),
+    ] {
+        let output = fleet_command(
+            &example("fleet"),
+            &dir.path().join("store"),
+            "web1,web2",
+            config,
+        )
+        .arg("plan")
+        .output()
+        .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        let text = stderr(&output);
+        assert!(
+            text.contains(&format!("--ssh-config `{}`", config.display()))
+                && text.contains(why)
+                && !text.contains("web1"),
+            "{text}"
+        );
+        assert!(!dir.path().join("store").exists(), "{text}");
+    }
+}
+
 /// A machine command of a user at its limit on processes and threads (`ulimit -u`): the command
 /// for the host cannot start the threads that feed and read it, which is said for that host,
 /// with the limit, and is no panic. The machine is the one the program runs on (`local`, no

@@ -54,6 +54,22 @@ impl Session {
         }
         // An `--on` that selects no machine is said before anything is planned or built.
         let selected = super::machine::select(&program.machines, hosts.on.as_deref())?;
+        // A config file that is not there is said once, not as every host's connection error.
+        if let Some(config) = hosts.ssh_config.as_deref().filter(|_| !selected.is_empty())
+            && let Err(e) = std::fs::File::open(config).and_then(|f| match f.metadata()?.is_dir() {
+                true => Err(io::Error::from(io::ErrorKind::IsADirectory)),
+                false => Ok(()),
+            })
+        {
+            return Err(Failure::new(
+                ExitCode::Usage,
+                format!(
+                    "--ssh-config `{}` (or FORJAR_SSH_CONFIG) cannot be read: {e}; give an ssh \
+                     config file, or leave it out to use ~/.ssh/config",
+                    config.display()
+                ),
+            ));
+        }
         let store = match to_read {
             true => Store::open_to_read(store_dir)?,
             false => Store::open(store_dir)?,
