@@ -150,6 +150,13 @@ pub(super) fn bounded<T: Sync, R: Send>(
 const READS_END: &str = "interrupted: the hosts being read are read to the end; no other host \
     is contacted (Ctrl-C again stops at once)";
 
+/// What a Ctrl-C does during `drift --repair`.
+const REPAIRS_END: &str = "interrupted: a host being repaired goes on to the end of its repair; \
+    no other host is contacted (Ctrl-C again stops at once)";
+
+/// A host an interrupt left before it was reached.
+const NOT_CONTACTED: &str = "interrupted before this host was contacted";
+
 /// Runs `each` on every machine as [`bounded`] does, heeding a Ctrl-C (or SIGTERM): from it on
 /// no further host is started, each host left getting an error that says so, while the hosts
 /// under way end their `each`; `notice`, what a Ctrl-C does, is shown as it comes. Also says
@@ -178,10 +185,6 @@ fn each_host_heeding_interrupts<R: Send>(
     (results, left.into_inner() > 0)
 }
 
-/// What a Ctrl-C does during `drift --repair`.
-const REPAIRS_END: &str = "interrupted: a host being repaired goes on to the end of its repair; \
-    no other host is contacted (Ctrl-C again stops at once)";
-
 /// `code`, or the interrupt's if one left a host.
 fn unless_interrupted(code: ExitCode, left: bool) -> ExitCode {
     match left {
@@ -189,9 +192,6 @@ fn unless_interrupted(code: ExitCode, left: bool) -> ExitCode {
         true => interrupted_code(),
     }
 }
-
-/// A host an interrupt left before it was reached.
-const NOT_CONTACTED: &str = "interrupted before this host was contacted";
 
 /// `*` any run of characters, `?` one character.
 fn glob(pattern: &str, text: &str) -> bool {

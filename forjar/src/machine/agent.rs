@@ -871,18 +871,18 @@ fn activate_locked(
     {
         let n = previous.expect("a current system has a generation");
         log(&format!("generation {n} is the system already"));
-        // Secrets are written on every apply: tmpfs is empty after a restart, and a value
-        // may have changed.
-        // And what drifted from it is put back, as an activation of it would: an apply makes
-        // the host match its program, whatever was changed on it by hand since.
         let mut repaired = Vec::new();
         if request.system.is_some() {
+            // Secrets are written on every apply: tmpfs is empty after a restart, and a value
+            // may have changed.
             let changed = place_secrets(&new, secrets)?;
             restart_for_secrets(&new, &changed, &BTreeSet::new())?;
+            // And what drifted from the system is put back, as its activation would: an apply
+            // makes the host match its program, whatever was changed on it by hand since.
             repaired = repair_locked(store, state)?;
             if let Some(left) = repaired.iter().find(|d| !d.repaired) {
                 return Err(AgentError(format!(
-                    "{}: {}, still, after putting back what drifted from generation {n}",
+                    "after putting back what drifted from generation {n}, {} still differs: {}",
                     left.subject, left.difference
                 )));
             }
@@ -1469,11 +1469,14 @@ pub fn drift(store: &Store, state: &State) -> Result<Vec<Drift>, AgentError> {
             found.push(Drift::new(format!("unit {name}"), "not enabled".into()));
         }
         if unit.start && !check("systemctl", &["is-active", "--quiet", name]) {
-            found.push(Drift::new(format!("unit {name}"), "not active".into()));
+            found.push(Drift::new(format!("unit {name}"), NOT_ACTIVE.into()));
         }
     }
     Ok(found)
 }
+
+/// The drift of a unit that should run and does not.
+const NOT_ACTIVE: &str = "not active";
 
 /// `drift --repair`: puts the live host back to its current generation; returns what differed,
 /// each marked repaired unless it still differs (see [`repair_locked`]).
@@ -1505,7 +1508,7 @@ fn repair_locked(store: &Store, state: &State) -> Result<Vec<Drift>, AgentError>
     let was_down = |name: &str| {
         before
             .iter()
-            .any(|d| d.subject == format!("unit {name}") && d.difference == "not active")
+            .any(|d| d.subject == format!("unit {name}") && d.difference == NOT_ACTIVE)
     };
     let bounce_after: Vec<(&String, bool)> = manifest
         .units
