@@ -1395,8 +1395,16 @@ fn a_host_without_gzip_gets_the_agent_as_it_is() {
     assert_ok(&apply);
     let line = summary_line(&apply, hosts.name(0));
     assert!(line.contains("activated generation 1"), "{line}");
-    // The compressed upload was read and dropped, then the binary went as it is.
-    let agent = std::fs::metadata(example("fleet")).unwrap().len();
+    // The compressed upload was read and dropped, then the agent went as it is: the program's
+    // binary without its debugging information.
+    let agent = std::fs::read_dir(&store)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().ends_with("-forjar-agent"))
+        .map(|e| std::fs::metadata(e.path().join("content")).unwrap().len())
+        .expect("the agent is in the store");
+    let binary = std::fs::metadata(example("fleet")).unwrap().len();
+    assert!(agent < binary, "agent {agent} bytes, binary {binary}");
     assert!(sent_bytes(&apply, hosts.name(0)) > agent, "{line}");
     assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
 }

@@ -42,16 +42,40 @@ pub struct System {
 
 /// The entry of the running program, which is the agent on every host: imported into the store
 /// with `import`, else only named (for commands that write nothing).
+///
+/// The agent is the binary without its debugging information ([`super::slim`]), kept in
+/// `.machines/agent-binaries/`; a command that writes nothing makes it in memory when it is not
+/// there yet.
 pub fn agent_entry(store: &Store, import: bool) -> Result<EntryName, MachineError> {
     let exe = std::env::current_exe()
         .map_err(|e| MachineError::Program(format!("cannot find this program's binary: {e}")))?;
     let name = Name::new("forjar-agent").expect("the agent's name is valid");
+    let cannot = |e: io::Error| {
+        MachineError::Program(format!(
+            "cannot make the agent from `{}`: {e}",
+            exe.display()
+        ))
+    };
+    let kept = super::slim::kept_path(&store.dir().join(".machines/agent-binaries"), &exe)
+        .map_err(cannot)?;
     if import {
-        return Ok(store.import_source(&exe, &name)?.entry);
+        let binary = super::slim::keep(&exe, &kept).map_err(cannot)?;
+        return Ok(store
+            .import_source(binary.as_deref().unwrap_or(&exe), &name)?
+            .entry);
     }
-    let digest = TreeHasher::with_cache(store.digest_cache())
-        .digest(&exe)
-        .map_err(|e| MachineError::Program(e.to_string()))?;
+    let hash = |path: &Path| {
+        TreeHasher::with_cache(store.digest_cache())
+            .digest(path)
+            .map_err(|e| MachineError::Program(e.to_string()))
+    };
+    let digest = match kept.exists() {
+        true => hash(&kept)?,
+        false => match super::slim::without_debug_info(&fs::read(&exe).map_err(cannot)?) {
+            Some(slim) => file_digest(&slim, true),
+            None => hash(&exe)?,
+        },
+    };
     Ok(EntryName::of_source(&name, &digest))
 }
 

@@ -19,6 +19,7 @@ mod hostpath;
 pub mod manifest;
 mod model;
 pub mod secret;
+mod slim;
 pub mod ssh;
 mod unit_state;
 
