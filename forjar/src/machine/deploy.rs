@@ -796,12 +796,7 @@ impl AgentUpload {
                     let tmp = encoder.finish()?.into_inner().map_err(|e| e.into_error())?;
                     tmp.persist(&path)?;
                     // Only the newest agent is kept: the others belong to older programs.
-                    for old in fs::read_dir(&dir)?.flatten() {
-                        if old.path() != path {
-                            let _ = fs::remove_file(old.path());
-                        }
-                    }
-                    Ok(())
+                    super::slim::keep_only(&dir, &path)
                 })();
                 made.map(|()| path)
                     .map_err(|e| format!("cannot compress the agent into `{}`: {e}", dir.display()))

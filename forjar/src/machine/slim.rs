@@ -60,12 +60,19 @@ pub(crate) fn keep(exe: &Path, kept: &Path) -> io::Result<Option<PathBuf>> {
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))?;
     tmp.persist(kept).map_err(|e| e.error)?;
     // Only the running program's copy is kept: the others belong to older builds.
+    keep_only(dir, kept)?;
+    Ok(Some(kept.to_path_buf()))
+}
+
+/// Removes every file of `dir` but `kept` and the temporary files (`.tmp…`) another process
+/// may be writing there: a directory of made copies of which only the newest is wanted.
+pub(crate) fn keep_only(dir: &Path, kept: &Path) -> io::Result<()> {
     for old in fs::read_dir(dir)?.flatten() {
-        if old.path() != kept {
+        if old.path() != kept && !old.file_name().as_encoded_bytes().starts_with(b".tmp") {
             let _ = fs::remove_file(old.path());
         }
     }
-    Ok(Some(kept.to_path_buf()))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -102,6 +109,12 @@ mod tests {
         );
         // Made once: asked again, the same file.
         assert_eq!(keep(&exe, &kept).unwrap().unwrap(), path);
+        // An older copy goes; one another process is writing stays.
+        let (old, writing) = (dir.path().join("1-2-3-4.5"), dir.path().join(".tmpAbC"));
+        fs::write(&old, b"old").unwrap();
+        fs::write(&writing, b"being written").unwrap();
+        keep_only(dir.path(), &kept).unwrap();
+        assert!(!old.exists() && writing.exists() && kept.exists());
         // Not an ELF file: nothing to leave out.
         assert!(without_debug_info(b"#!/bin/sh\n").is_none());
     }
