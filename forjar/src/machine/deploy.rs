@@ -56,6 +56,18 @@ pub fn agent_entry(store: &Store, import: bool) -> Result<EntryName, MachineErro
             exe.display()
         ))
     };
+    let hash = |path: &Path| {
+        TreeHasher::with_cache(store.digest_cache())
+            .digest(path)
+            .map_err(|e| MachineError::Program(e.to_string()))
+    };
+    // A binary with nothing to leave out is the agent as it is, as before.
+    if !super::slim::has_debug_info(&exe).map_err(cannot)? {
+        return match import {
+            true => Ok(store.import_source(&exe, &name)?.entry),
+            false => Ok(EntryName::of_source(&name, &hash(&exe)?)),
+        };
+    }
     let kept = super::slim::kept_path(&store.dir().join(".machines/agent-binaries"), &exe)
         .map_err(cannot)?;
     if import {
@@ -64,11 +76,6 @@ pub fn agent_entry(store: &Store, import: bool) -> Result<EntryName, MachineErro
             .import_source(binary.as_deref().unwrap_or(&exe), &name)?
             .entry);
     }
-    let hash = |path: &Path| {
-        TreeHasher::with_cache(store.digest_cache())
-            .digest(path)
-            .map_err(|e| MachineError::Program(e.to_string()))
-    };
     let digest = match kept.exists() {
         true => hash(&kept)?,
         false => match super::slim::without_debug_info(&fs::read(&exe).map_err(cannot)?) {

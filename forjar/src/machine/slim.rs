@@ -11,6 +11,28 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+/// Whether the 64-bit ELF file at `path` has `.debug_*` sections, read from its section headers
+/// alone (a few small reads, not the file): a binary without them, as Cargo's default release
+/// build strips them, goes as it is and costs nothing more.
+pub(crate) fn has_debug_info(path: &Path) -> io::Result<bool> {
+    use object::read::elf::FileHeader;
+    let data = object::ReadCache::new(fs::File::open(path)?);
+    let Ok(header) = object::elf::FileHeader64::<object::Endianness>::parse(&data) else {
+        return Ok(false);
+    };
+    let Ok(endian) = header.endian() else {
+        return Ok(false);
+    };
+    let Ok(sections) = header.sections(endian, &data) else {
+        return Ok(false);
+    };
+    Ok(sections.iter().any(|section| {
+        sections
+            .section_name(endian, section)
+            .is_ok_and(|name| name.starts_with(b".debug_"))
+    }))
+}
+
 /// `elf` without its `.debug_*` sections, or `None` if it is not an ELF file the builder reads
 /// or has none.
 pub(crate) fn without_debug_info(elf: &[u8]) -> Option<Vec<u8>> {
@@ -90,6 +112,7 @@ mod tests {
             without_debug_info(&slim).is_none(),
             "a `.debug_*` section is left"
         );
+        assert!(has_debug_info(&exe).unwrap());
         // It runs: it lists its own tests.
         let dir = tempfile::tempdir().unwrap();
         let kept = kept_path(dir.path(), &exe).unwrap();
@@ -109,6 +132,7 @@ mod tests {
         );
         // Made once: asked again, the same file.
         assert_eq!(keep(&exe, &kept).unwrap().unwrap(), path);
+        assert!(!has_debug_info(&path).unwrap());
         // An older copy goes; one another process is writing stays.
         let (old, writing) = (dir.path().join("1-2-3-4.5"), dir.path().join(".tmpAbC"));
         fs::write(&old, b"old").unwrap();
