@@ -1409,6 +1409,102 @@ fn a_host_without_gzip_gets_the_agent_as_it_is() {
     assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
 }
 
+/// The fleet example's binary with the agent's `--help` text changed at `text` (same length): a
+/// program rebuilt with a small change, which runs as the example does.
+fn rebuilt_fleet(dir: &Path, text: &[u8]) -> PathBuf {
+    let binary = std::fs::read(example("fleet")).unwrap();
+    let was: &[u8] = b"run by the controller";
+    assert_eq!(was.len(), text.len());
+    let at = binary
+        .windows(was.len())
+        .position(|w| w == was)
+        .expect("the agent's help text is in the binary");
+    let mut rebuilt = binary;
+    rebuilt[at..at + was.len()].copy_from_slice(text);
+    let path = dir.join(String::from_utf8_lossy(text).replace(' ', "-"));
+    std::fs::write(&path, rebuilt).unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path
+}
+
+/// The store's entries of agents, by name.
+fn agents_in(store: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with("-forjar-agent"))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_rebuilt_program_sends_its_agent_as_a_change_to_the_one_the_host_runs() {
+    let Some(hosts) = TestHosts::up(1) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
+    let [first] = &agents_in(&store)[..] else {
+        panic!("one agent: {:?}", agents_in(&store));
+    };
+    let compressed = std::fs::metadata(store.join(format!(".machines/agents/{first}.gz")))
+        .unwrap()
+        .len();
+
+    // Rebuilt: the new agent goes as a change to the one the host runs, which makes it.
+    let rebuilt = rebuilt_fleet(dir.path(), b"run by the CONTROLLER");
+    let apply = fleet_program(&rebuilt, &store, &hosts, &[], &["apply"]);
+    assert_ok(&apply);
+    let line = summary_line(&apply, hosts.name(0));
+    assert!(line.contains("activated generation 2 (was 1)"), "{line}");
+    let tried = "sent as a change to the agent it has)";
+    assert!(stderr(&apply).contains(tried), "{}", stderr(&apply));
+    let sent = sent_bytes(&apply, hosts.name(0));
+    assert!(
+        sent < compressed / 20,
+        "{sent} bytes sent; the whole agent compressed is {compressed}: {line}"
+    );
+    let second = agents_in(&store)
+        .into_iter()
+        .find(|a| a != first)
+        .expect("a second agent");
+    // The host runs it, verified into its store, and it is the rebuilt one.
+    let help = hosts.ssh(
+        0,
+        &format!("{}/{second}/content __agent --help", store.display()),
+    );
+    assert!(stdout(&help).contains("run by the CONTROLLER"), "{help:?}");
+    assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+
+    // An agent that cannot make agents from changes (as one from before they were sent) is
+    // no failure: the new agent goes whole, compressed, after the change it could not use.
+    let content = format!("{}/{second}/content", store.display());
+    assert_ok(&hosts.ssh(
+        0,
+        &format!(
+            "chmod u+w {content} $(dirname {content}) && mv {content} {content}.real && \
+             printf '%s\\n' '#!/bin/sh' \
+               'case \" $* \" in *\" from-delta \"*) echo \"unrecognized subcommand\" >&2; exit 2;; esac' \
+               'exec \"$0.real\" \"$@\"' > {content} && chmod 555 {content}"
+        ),
+    ));
+    let third = rebuilt_fleet(dir.path(), b"run by the Controller");
+    let apply = fleet_program(&third, &store, &hosts, &[], &["apply"]);
+    assert_ok(&apply);
+    let line = summary_line(&apply, hosts.name(0));
+    assert!(line.contains("activated generation 3 (was 2)"), "{line}");
+    assert!(stderr(&apply).contains(tried), "{}", stderr(&apply));
+    let sent = sent_bytes(&apply, hosts.name(0));
+    assert!(
+        sent > compressed,
+        "{sent} bytes sent, {compressed} compressed: {line}"
+    );
+    assert_eq!(hosts.http_get(0, 8080), "hello from forjar");
+}
+
 #[test]
 fn ctrl_c_during_a_repair_lets_the_one_under_way_end_and_contacts_no_other() {
     let Some(hosts) = TestHosts::up(2) else {

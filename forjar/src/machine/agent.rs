@@ -384,6 +384,42 @@ pub fn adopt(store: &Store, entry: &EntryName, meta: &str, file: &Path) -> Resul
     }
 }
 
+/// `from-delta`: writes to `file` the agent binary that the change on standard input
+/// ([`super::delta`]) makes of entry `base`, an agent in this host's store; `adopt` then
+/// installs it, verified by its digest. `file` is the upload's file, made by the upload's script
+/// in the state directory; it is opened without following a link.
+pub fn from_delta(store: &Store, base: &EntryName, file: &Path) -> Result<(), AgentError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !store.contains(base) {
+        return Err(AgentError(format!(
+            "the host's store has no entry {base} to make the agent from"
+        )));
+    }
+    let base_path = store.content_path(base);
+    let old = fs::read(&base_path).map_err(AgentError::io("cannot read", &base_path))?;
+    let mut out = io::BufWriter::new(
+        fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(file)
+            .map_err(AgentError::io("cannot open", file))?,
+    );
+    super::delta::apply(&old, standard_input()?, &mut out)
+        .and_then(|_| out.flush())
+        .map_err(|e| AgentError(format!("cannot make the agent from {base}: {e}")))
+}
+
+/// Standard input, failing once nothing arrives for [`IDLE`].
+fn standard_input() -> Result<IdleLimited, AgentError> {
+    use std::os::fd::AsFd;
+    let stdin = io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| AgentError(format!("cannot read standard input: {e}")))?;
+    Ok(IdleLimited(fs::File::from(stdin)))
+}
+
 /// How long `receive` waits for the next bytes before it takes the connection for gone.
 const IDLE: Duration = Duration::from_secs(20);
 
@@ -420,12 +456,7 @@ impl Read for IdleLimited {
 
 /// `receive`: installs the entries of the stream on standard input, printing each.
 pub fn receive(store: &Store) -> Result<(), AgentError> {
-    use std::os::fd::AsFd;
-    let stdin = io::stdin()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| AgentError(format!("cannot read standard input: {e}")))?;
-    let mut input = io::BufReader::with_capacity(1 << 20, IdleLimited(fs::File::from(stdin)));
+    let mut input = io::BufReader::with_capacity(1 << 20, standard_input()?);
     let mut out = io::stdout().lock();
     archive::receive(store, &mut input, |entry| {
         let _ = writeln!(out, "installed {entry}");

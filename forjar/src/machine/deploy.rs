@@ -550,13 +550,15 @@ impl Host {
         Ok((Some(probe), own))
     }
 
-    /// Uploads the agent binary, gzip-compressed (`upload`), and installs it in the host's
-    /// store, verified by its digest; a host without `gzip` gets it as it is. Returns the bytes
-    /// sent.
+    /// Uploads the agent binary and installs it in the host's store, verified by its digest:
+    /// as a change to `base` (the agent the host runs, if this store has it too), which that
+    /// agent makes the new binary of; else gzip-compressed (`upload`); on a host without `gzip`,
+    /// as it is. Returns the bytes sent.
     pub fn install_agent(
         &self,
         store: &Store,
         upload: &AgentUpload,
+        base: Option<&EntryName>,
         stop: Option<&AtomicBool>,
         on_sent: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, MachineError> {
@@ -567,21 +569,47 @@ impl Host {
                     format!("cannot read the agent's meta.yaml: {e}"),
                 )
             })?;
-        let compressed = upload
-            .compressed(store, &self.agent)
-            .map_err(|e| MachineError::host(self.name(), e))?;
+        // Each way the agent may go, the file sent made only when it is tried.
+        let mut ways: Vec<(Way, String)> = Vec::new();
+        if let Some(base) = base {
+            ways.push((
+                Way::Delta(base),
+                format!(
+                    "b=\"$2/$5/content\"; [ -x \"$b\" ] || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}; \
+                     \"$b\" __agent --store \"$2\" --state \"$1\" from-delta --base \"$5\" --file \"$f\" \
+                       || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}"
+                ),
+            ));
+        }
+        ways.push((
+            Way::Compressed,
+            format!(
+                "command -v gzip >/dev/null || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}; \
+                 gzip -dc > \"$f\""
+            ),
+        ));
+        ways.push((Way::Whole, "cat > \"$f\"".to_string()));
+        let last = ways.len() - 1;
         let mut sent = 0;
-        for (file, unpack) in [
-            (compressed, "gzip -dc"),
-            (store.content_path(&self.agent), "cat"),
-        ] {
+        for (i, (way, make)) in ways.into_iter().enumerate() {
+            let file = match way {
+                // A change that cannot be made (the store lacks the agent the host has, the pair
+                // is too large, the store's directory cannot be written) is no reason to fail:
+                // the agent goes whole.
+                Way::Delta(base) => match upload.delta(store, base, &self.agent) {
+                    Ok(Some(delta)) => delta,
+                    _ => continue,
+                },
+                Way::Compressed => upload
+                    .compressed(store, &self.agent)
+                    .map_err(|e| MachineError::host(self.name(), e))?,
+                Way::Whole => store.content_path(&self.agent),
+            };
             let script = format!(
                 "set -e; umask 077; mkdir -p \"$1\"; f=$(mktemp \"$1/agent.XXXXXX\"); \
                  trap 'rm -f \"$f\"' EXIT; \
-                 command -v {program} >/dev/null || {{ cat >/dev/null; exit {NO_GZIP}; }}; \
-                 {unpack} > \"$f\"; chmod 700 \"$f\"; \
-                 \"$f\" __agent --store \"$2\" --state \"$1\" adopt --entry \"$3\" --meta \"$4\" --file \"$f\"",
-                program = unpack.split(' ').next().unwrap_or(unpack),
+                 {make}; chmod 700 \"$f\"; \
+                 \"$f\" __agent --store \"$2\" --state \"$1\" adopt --entry \"$3\" --meta \"$4\" --file \"$f\""
             );
             let argv = vec![
                 "sh".to_string(),
@@ -592,6 +620,7 @@ impl Host {
                 self.store_dir.display().to_string(),
                 self.agent.to_string(),
                 meta.clone(),
+                base.map(EntryName::to_string).unwrap_or_default(),
             ];
             let reply = self.transport.run(
                 &argv,
@@ -605,7 +634,7 @@ impl Host {
                 |_| {},
             )?;
             sent += reply.sent;
-            if reply.status.code() == Some(NO_GZIP) && unpack != "cat" {
+            if reply.status.code() == Some(NOT_THIS_WAY) && i < last {
                 continue;
             }
             if !reply.status.success() {
@@ -769,15 +798,33 @@ impl io::Write for Stoppable<'_, '_> {
     }
 }
 
-/// What the agent upload's script exits with on a host without `gzip`.
-const NO_GZIP: i32 = 97;
+/// How the agent binary is sent.
+enum Way<'a> {
+    /// As a change to this agent, which the host has.
+    Delta(&'a EntryName),
+    /// gzip-compressed.
+    Compressed,
+    /// As it is.
+    Whole,
+}
+
+/// What the agent upload's script exits with when it cannot make the agent the way it was sent
+/// (a host without `gzip`, or without the agent a change was made against, or whose agent does
+/// not make agents from changes): the next way is tried.
+const NOT_THIS_WAY: i32 = 97;
 
 /// The agent binary as it is uploaded: gzip-compressed once per agent (a program's binary
-/// compresses to about a third), kept in `<store>/.machines/agents/` for later applies.
+/// compresses to about a third), kept in `<store>/.machines/agents/` for later applies; and as a
+/// change to each agent hosts have ([`super::delta`]), made once per pair and kept in
+/// `<store>/.machines/agent-deltas/`.
 #[derive(Debug, Default)]
 pub struct AgentUpload {
     made: std::sync::OnceLock<Result<std::path::PathBuf, String>>,
+    /// By the agent changed from: hosts on the same agent wait for one change to be made.
+    deltas: std::sync::Mutex<BTreeMap<EntryName, std::sync::Arc<OnceDelta>>>,
 }
+
+type OnceDelta = std::sync::OnceLock<Result<Option<std::path::PathBuf>, String>>;
 
 impl AgentUpload {
     /// The compressed agent `agent` of `store`, made the first time it is asked for.
@@ -803,12 +850,66 @@ impl AgentUpload {
                     let tmp = encoder.finish()?.into_inner().map_err(|e| e.into_error())?;
                     tmp.persist(&path)?;
                     // Only the newest agent is kept: the others belong to older programs.
-                    super::slim::keep_only(&dir, &path)
+                    super::slim::keep_only(&dir, |name| name == path.file_name().unwrap())
                 })();
                 made.map(|()| path)
                     .map_err(|e| format!("cannot compress the agent into `{}`: {e}", dir.display()))
             })
             .clone()
+    }
+
+    /// Agent `agent` of `store` as a change to agent `base`, made the first time it is asked
+    /// for; `None` when `store` lacks `base` (collected since), or the pair is too large.
+    fn delta(
+        &self,
+        store: &Store,
+        base: &EntryName,
+        agent: &EntryName,
+    ) -> Result<Option<std::path::PathBuf>, String> {
+        if base == agent || !store.contains(base) {
+            return Ok(None);
+        }
+        let once = self
+            .deltas
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(base.clone())
+            .or_default()
+            .clone();
+        once.get_or_init(|| {
+            let dir = store.dir().join(".machines").join("agent-deltas");
+            let path = dir.join(format!("{base}-{agent}.zst"));
+            if path.exists() {
+                return Ok(Some(path));
+            }
+            let made = (|| -> io::Result<bool> {
+                let old = fs::read(store.content_path(base))?;
+                let mut new = fs::File::open(store.content_path(agent))?;
+                let len = new.metadata()?.len();
+                fs::create_dir_all(&dir)?;
+                let tmp = tempfile::NamedTempFile::new_in(&dir)?;
+                if !super::delta::make(&old, &mut new, len, io::BufWriter::new(tmp.as_file()))? {
+                    return Ok(false);
+                }
+                tmp.persist(&path)?;
+                // Only changes to the newest agent are kept: the others belong to older
+                // programs.
+                let to = format!("-{agent}.zst");
+                super::slim::keep_only(&dir, |name| {
+                    name.as_encoded_bytes().ends_with(to.as_bytes())
+                })?;
+                Ok(true)
+            })();
+            match made {
+                Ok(true) => Ok(Some(path)),
+                Ok(false) => Ok(None),
+                Err(e) => Err(format!(
+                    "cannot make the agent as a change into `{}`: {e}",
+                    dir.display()
+                )),
+            }
+        })
+        .clone()
     }
 }
 
@@ -1177,6 +1278,10 @@ pub struct HostPlan {
     pub send: Vec<(EntryName, u64)>,
     /// Whether the agent must be installed first.
     pub install_agent: bool,
+    /// The agent the host runs now (its current generation's), which a new one is sent as a
+    /// change to.
+    #[serde(skip)]
+    pub host_agent: Option<EntryName>,
     /// What activation would change; none when the host runs this system already.
     pub changes: Option<Changes>,
     /// How the host differs from its current generation now.
@@ -1233,6 +1338,7 @@ pub fn plan_host(host: &Host, system: &System, drift: bool) -> Result<HostPlan, 
         current,
         send,
         install_agent,
+        host_agent: manifest.as_ref().map(|m| m.agent.clone()),
         changes,
         drift,
         checks: system.manifest.checks.iter().map(Check::describe).collect(),
@@ -1272,14 +1378,20 @@ pub fn deploy_host(
         if plan.install_agent {
             let size =
                 fs::metadata(store.content_path(&system.manifest.agent)).map_or(0, |m| m.len());
-            let what = format!(
-                "installing the agent ({}, sent compressed)",
-                human_bytes(size)
-            );
+            let how = match &plan.host_agent {
+                Some(base) if store.contains(base) => "sent as a change to the agent it has",
+                _ => "sent compressed",
+            };
+            let what = format!("installing the agent ({}, {how})", human_bytes(size));
             progress(name, &what);
             let shown = |sent: u64| live(name, &format!("{what}: {} sent", human_bytes(sent)));
-            report.sent_bytes +=
-                host.install_agent(store, &options.agent, options.interrupt, &shown)?;
+            report.sent_bytes += host.install_agent(
+                store,
+                &options.agent,
+                plan.host_agent.as_ref(),
+                options.interrupt,
+                &shown,
+            )?;
             report.sent_agent = true;
             plan = plan_host(&host, system, false)?;
         }

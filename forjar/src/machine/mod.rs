@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod archive;
 mod check;
+mod delta;
 pub mod deploy;
 mod hostpath;
 pub mod manifest;
@@ -101,6 +102,13 @@ enum AgentCommand {
         #[arg(long)]
         file: PathBuf,
     },
+    /// Makes the agent binary uploaded as a change to entry `base` (on stdin) in `file`.
+    FromDelta {
+        #[arg(long)]
+        base: String,
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Receives an entry stream on stdin.
     Receive,
     /// Activates a system (detached), following its log.
@@ -185,6 +193,12 @@ fn run_agent(cli: AgentCli) -> Result<i32, agent::AgentError> {
             let entry = crate::hash::EntryName::parse(&entry)
                 .map_err(|e| agent::AgentError(e.to_string()))?;
             agent::adopt(&store, &entry, &meta, &file)?;
+            Ok(0)
+        }
+        AgentCommand::FromDelta { base, file } => {
+            let base = crate::hash::EntryName::parse(&base)
+                .map_err(|e| agent::AgentError(e.to_string()))?;
+            agent::from_delta(&store, &base, &file)?;
             Ok(0)
         }
         AgentCommand::Receive => {

@@ -6,6 +6,7 @@
 //! does (the symbol table stays, so a backtrace still names functions). The slim copy is made
 //! once per binary, beside the store's compressed agents, and named by the binary's identity.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -82,15 +83,17 @@ pub(crate) fn keep(exe: &Path, kept: &Path) -> io::Result<Option<PathBuf>> {
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))?;
     tmp.persist(kept).map_err(|e| e.error)?;
     // Only the running program's copy is kept: the others belong to older builds.
-    keep_only(dir, kept)?;
+    keep_only(dir, |name| Some(name) == kept.file_name())?;
     Ok(Some(kept.to_path_buf()))
 }
 
-/// Removes every file of `dir` but `kept` and the temporary files (`.tmp…`) another process
-/// may be writing there: a directory of made copies of which only the newest is wanted.
-pub(crate) fn keep_only(dir: &Path, kept: &Path) -> io::Result<()> {
+/// Removes every file of `dir` but those whose names `kept` keeps and the temporary files
+/// (`.tmp…`) another process may be writing there: a directory of made copies of which only
+/// those of the newest agent are wanted.
+pub(crate) fn keep_only(dir: &Path, kept: impl Fn(&OsStr) -> bool) -> io::Result<()> {
     for old in fs::read_dir(dir)?.flatten() {
-        if old.path() != kept && !old.file_name().as_encoded_bytes().starts_with(b".tmp") {
+        let name = old.file_name();
+        if !kept(&name) && !name.as_encoded_bytes().starts_with(b".tmp") {
             let _ = fs::remove_file(old.path());
         }
     }
@@ -137,7 +140,7 @@ mod tests {
         let (old, writing) = (dir.path().join("1-2-3-4.5"), dir.path().join(".tmpAbC"));
         fs::write(&old, b"old").unwrap();
         fs::write(&writing, b"being written").unwrap();
-        keep_only(dir.path(), &kept).unwrap();
+        keep_only(dir.path(), |name| Some(name) == kept.file_name()).unwrap();
         assert!(!old.exists() && writing.exists() && kept.exists());
         // Not an ELF file: nothing to leave out.
         assert!(without_debug_info(b"#!/bin/sh\n").is_none());
