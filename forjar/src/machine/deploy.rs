@@ -848,6 +848,8 @@ impl AgentUpload {
                         &mut encoder,
                     )?;
                     let tmp = encoder.finish()?.into_inner().map_err(|e| e.into_error())?;
+                    // Whole under its name even after a crash: a cut copy would be sent again.
+                    tmp.as_file().sync_all()?;
                     tmp.persist(&path)?;
                     // Only the newest agent is kept: the others belong to older programs.
                     super::slim::keep_only(&dir, |name| name == path.file_name().unwrap())
@@ -891,6 +893,7 @@ impl AgentUpload {
                 if !super::delta::make(&old, &mut new, len, io::BufWriter::new(tmp.as_file()))? {
                     return Ok(false);
                 }
+                tmp.as_file().sync_all()?;
                 tmp.persist(&path)?;
                 // Only changes to the newest agent are kept: the others belong to older
                 // programs.
