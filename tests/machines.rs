@@ -1397,12 +1397,12 @@ fn a_host_without_gzip_gets_the_agent_as_it_is() {
     assert!(line.contains("activated generation 1"), "{line}");
     // The compressed upload was read and dropped, then the agent went as it is: the program's
     // binary without its debugging information.
-    let agent = std::fs::read_dir(&store)
+    let [agent] = &agents_in(&store)[..] else {
+        panic!("one agent: {:?}", agents_in(&store));
+    };
+    let agent = std::fs::metadata(store.join(agent).join("content"))
         .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().ends_with("-forjar-agent"))
-        .map(|e| std::fs::metadata(e.path().join("content")).unwrap().len())
-        .expect("the agent is in the store");
+        .len();
     let binary = std::fs::metadata(example("fleet")).unwrap().len();
     assert!(agent < binary, "agent {agent} bytes, binary {binary}");
     assert!(sent_bytes(&apply, hosts.name(0)) > agent, "{line}");
@@ -1441,12 +1441,9 @@ fn agents_in(store: &Path) -> Vec<String> {
 
 #[test]
 fn a_rebuilt_program_sends_its_agent_as_a_change_to_the_one_the_host_runs() {
-    let Some(hosts) = TestHosts::up(1) else {
+    let Some((hosts, dir, store)) = one_host_deployed() else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let store = dir.path().join("store");
-    assert_ok(&fleet(&store, &hosts, &[], &["apply"]));
     let [first] = &agents_in(&store)[..] else {
         panic!("one agent: {:?}", agents_in(&store));
     };

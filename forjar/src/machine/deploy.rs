@@ -553,13 +553,14 @@ impl Host {
     /// Uploads the agent binary and installs it in the host's store, verified by its digest:
     /// as a change to `base` (the agent the host runs, if this store has it too), which that
     /// agent makes the new binary of; else gzip-compressed (`upload`); on a host without `gzip`,
-    /// as it is. Returns the bytes sent.
+    /// as it is. Tells `on_way` how, before each way is tried. Returns the bytes sent.
     pub fn install_agent(
         &self,
         store: &Store,
         upload: &AgentUpload,
         base: Option<&EntryName>,
         stop: Option<&AtomicBool>,
+        on_way: &dyn Fn(&str),
         on_sent: &(dyn Fn(u64) + Sync),
     ) -> Result<u64, MachineError> {
         let meta =
@@ -569,42 +570,46 @@ impl Host {
                     format!("cannot read the agent's meta.yaml: {e}"),
                 )
             })?;
-        // Each way the agent may go, the file sent made only when it is tried.
-        let mut ways: Vec<(Way, String)> = Vec::new();
-        if let Some(base) = base {
-            ways.push((
-                Way::Delta(base),
-                format!(
-                    "b=\"$2/$5/content\"; [ -x \"$b\" ] || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}; \
-                     \"$b\" __agent --store \"$2\" --state \"$1\" from-delta --base \"$5\" --file \"$f\" \
-                       || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}"
-                ),
-            ));
-        }
-        ways.push((
-            Way::Compressed,
-            format!(
-                "command -v gzip >/dev/null || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}; \
-                 gzip -dc > \"$f\""
-            ),
-        ));
-        ways.push((Way::Whole, "cat > \"$f\"".to_string()));
-        let last = ways.len() - 1;
         let mut sent = 0;
-        for (i, (way, make)) in ways.into_iter().enumerate() {
-            let file = match way {
+        for way in base
+            .map(Way::Delta)
+            .into_iter()
+            .chain([Way::Compressed, Way::Whole])
+        {
+            // Each way's file is made only when it is tried; the script makes the binary `$f`.
+            let (file, make, how) = match way {
                 // A change that cannot be made (the store lacks the agent the host has, the pair
                 // is too large, the store's directory cannot be written) is no reason to fail:
                 // the agent goes whole.
                 Way::Delta(base) => match upload.delta(store, base, &self.agent) {
-                    Ok(Some(delta)) => delta,
+                    Ok(Some(delta)) => (
+                        delta,
+                        format!(
+                            "b=\"$2/$5/content\"; [ -x \"$b\" ] || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}; \
+                             \"$b\" __agent --store \"$2\" --state \"$1\" from-delta --base \"$5\" --file \"$f\" \
+                               || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}"
+                        ),
+                        "sent as a change to the agent it has",
+                    ),
                     _ => continue,
                 },
-                Way::Compressed => upload
-                    .compressed(store, &self.agent)
-                    .map_err(|e| MachineError::host(self.name(), e))?,
-                Way::Whole => store.content_path(&self.agent),
+                Way::Compressed => (
+                    upload
+                        .compressed(store, &self.agent)
+                        .map_err(|e| MachineError::host(self.name(), e))?,
+                    format!(
+                        "command -v gzip >/dev/null || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}; \
+                         gzip -dc > \"$f\""
+                    ),
+                    "sent compressed",
+                ),
+                Way::Whole => (
+                    store.content_path(&self.agent),
+                    "cat > \"$f\"".to_string(),
+                    "sent as it is",
+                ),
             };
+            on_way(how);
             let script = format!(
                 "set -e; umask 077; mkdir -p \"$1\"; f=$(mktemp \"$1/agent.XXXXXX\"); \
                  trap 'rm -f \"$f\"' EXIT; \
@@ -634,7 +639,7 @@ impl Host {
                 |_| {},
             )?;
             sent += reply.sent;
-            if reply.status.code() == Some(NOT_THIS_WAY) && i < last {
+            if reply.status.code() == Some(NOT_THIS_WAY) && !matches!(way, Way::Whole) {
                 continue;
             }
             if !reply.status.success() {
@@ -799,6 +804,7 @@ impl io::Write for Stoppable<'_, '_> {
 }
 
 /// How the agent binary is sent.
+#[derive(Clone, Copy)]
 enum Way<'a> {
     /// As a change to this agent, which the host has.
     Delta(&'a EntryName),
@@ -831,31 +837,22 @@ impl AgentUpload {
     fn compressed(&self, store: &Store, agent: &EntryName) -> Result<std::path::PathBuf, String> {
         self.made
             .get_or_init(|| {
-                let dir = store.dir().join(".machines").join("agents");
-                let path = dir.join(format!("{agent}.gz"));
-                if path.exists() {
-                    return Ok(path);
-                }
-                let made = (|| -> io::Result<()> {
-                    fs::create_dir_all(&dir)?;
-                    let tmp = tempfile::NamedTempFile::new_in(&dir)?;
+                let path = store.dir().join(format!(".machines/agents/{agent}.gz"));
+                // Only the newest agent is kept: the others belong to older programs.
+                super::slim::made(&path, super::slim::only(&path), |file| {
                     let mut encoder = flate2::write::GzEncoder::new(
-                        io::BufWriter::new(tmp),
+                        io::BufWriter::new(file),
                         flate2::Compression::fast(),
                     );
                     io::copy(
                         &mut fs::File::open(store.content_path(agent))?,
                         &mut encoder,
                     )?;
-                    let tmp = encoder.finish()?.into_inner().map_err(|e| e.into_error())?;
-                    // Whole under its name even after a crash: a cut copy would be sent again.
-                    tmp.as_file().sync_all()?;
-                    tmp.persist(&path)?;
-                    // Only the newest agent is kept: the others belong to older programs.
-                    super::slim::keep_only(&dir, |name| name == path.file_name().unwrap())
-                })();
-                made.map(|()| path)
-                    .map_err(|e| format!("cannot compress the agent into `{}`: {e}", dir.display()))
+                    io::Write::flush(&mut encoder.finish()?)?;
+                    Ok(true)
+                })
+                .map(|made| made.expect("the compressed agent is always made"))
+                .map_err(|e| format!("cannot compress the agent into `{}`: {e}", path.display()))
             })
             .clone()
     }
@@ -879,38 +876,24 @@ impl AgentUpload {
             .or_default()
             .clone();
         once.get_or_init(|| {
-            let dir = store.dir().join(".machines").join("agent-deltas");
-            let path = dir.join(format!("{base}-{agent}.zst"));
-            if path.exists() {
-                return Ok(Some(path));
-            }
-            let made = (|| -> io::Result<bool> {
+            let path = store
+                .dir()
+                .join(format!(".machines/agent-deltas/{base}-{agent}.zst"));
+            // Only changes to the newest agent are kept: the others belong to older programs.
+            let to = format!("-{agent}.zst");
+            let kept = |name: &std::ffi::OsStr| name.as_encoded_bytes().ends_with(to.as_bytes());
+            super::slim::made(&path, kept, |file| {
                 let old = fs::read(store.content_path(base))?;
                 let mut new = fs::File::open(store.content_path(agent))?;
                 let len = new.metadata()?.len();
-                fs::create_dir_all(&dir)?;
-                let tmp = tempfile::NamedTempFile::new_in(&dir)?;
-                if !super::delta::make(&old, &mut new, len, io::BufWriter::new(tmp.as_file()))? {
-                    return Ok(false);
-                }
-                tmp.as_file().sync_all()?;
-                tmp.persist(&path)?;
-                // Only changes to the newest agent are kept: the others belong to older
-                // programs.
-                let to = format!("-{agent}.zst");
-                super::slim::keep_only(&dir, |name| {
-                    name.as_encoded_bytes().ends_with(to.as_bytes())
-                })?;
-                Ok(true)
-            })();
-            match made {
-                Ok(true) => Ok(Some(path)),
-                Ok(false) => Ok(None),
-                Err(e) => Err(format!(
+                super::delta::make(&old, &mut new, len, io::BufWriter::new(file))
+            })
+            .map_err(|e| {
+                format!(
                     "cannot make the agent as a change into `{}`: {e}",
-                    dir.display()
-                )),
-            }
+                    path.display()
+                )
+            })
         })
         .clone()
     }
@@ -1381,18 +1364,27 @@ pub fn deploy_host(
         if plan.install_agent {
             let size =
                 fs::metadata(store.content_path(&system.manifest.agent)).map_or(0, |m| m.len());
-            let how = match &plan.host_agent {
-                Some(base) if store.contains(base) => "sent as a change to the agent it has",
-                _ => "sent compressed",
+            // Said as each way is tried: a host may not take the first.
+            let what = std::sync::Mutex::new(String::new());
+            let on_way = |how: &str| {
+                let now = format!("installing the agent ({}, {how})", human_bytes(size));
+                progress(name, &now);
+                *what
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = now;
             };
-            let what = format!("installing the agent ({}, {how})", human_bytes(size));
-            progress(name, &what);
-            let shown = |sent: u64| live(name, &format!("{what}: {} sent", human_bytes(sent)));
+            let shown = |sent: u64| {
+                let what = what
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                live(name, &format!("{what}: {} sent", human_bytes(sent)));
+            };
             report.sent_bytes += host.install_agent(
                 store,
                 &options.agent,
                 plan.host_agent.as_ref(),
                 options.interrupt,
+                &on_way,
                 &shown,
             )?;
             report.sent_agent = true;

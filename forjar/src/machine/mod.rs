@@ -29,6 +29,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::hash::EntryName;
+
 pub use check::{Check, Probe};
 pub use model::{
     AbsPath, File, Group, GroupRef, Machine, Mode, Restart, ServiceType, Target, Unit, User,
@@ -95,8 +97,8 @@ enum AgentCommand {
     Probe,
     /// Installs the uploaded agent binary as its entry.
     Adopt {
-        #[arg(long)]
-        entry: String,
+        #[arg(long, value_parser = EntryName::parse)]
+        entry: EntryName,
         #[arg(long)]
         meta: String,
         #[arg(long)]
@@ -104,8 +106,8 @@ enum AgentCommand {
     },
     /// Makes the agent binary uploaded as a change to entry `base` (on stdin) in `file`.
     FromDelta {
-        #[arg(long)]
-        base: String,
+        #[arg(long, value_parser = EntryName::parse)]
+        base: EntryName,
         #[arg(long)]
         file: PathBuf,
     },
@@ -190,14 +192,10 @@ fn run_agent(cli: AgentCli) -> Result<i32, agent::AgentError> {
             print(serde_json::to_string(&probe).expect("a probe serialises"))
         }
         AgentCommand::Adopt { entry, meta, file } => {
-            let entry = crate::hash::EntryName::parse(&entry)
-                .map_err(|e| agent::AgentError(e.to_string()))?;
             agent::adopt(&store, &entry, &meta, &file)?;
             Ok(0)
         }
         AgentCommand::FromDelta { base, file } => {
-            let base = crate::hash::EntryName::parse(&base)
-                .map_err(|e| agent::AgentError(e.to_string()))?;
             agent::from_delta(&store, &base, &file)?;
             Ok(0)
         }

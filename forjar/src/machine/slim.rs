@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -70,21 +70,46 @@ pub(crate) fn kept_path(dir: &Path, exe: &Path) -> io::Result<PathBuf> {
 /// The slim copy of `exe` at `kept` (made if missing, the directory's other copies removed),
 /// or `None` if `exe` has no debugging information to leave out.
 pub(crate) fn keep(exe: &Path, kept: &Path) -> io::Result<Option<PathBuf>> {
-    if kept.exists() {
-        return Ok(Some(kept.to_path_buf()));
-    }
-    let Some(slim) = without_debug_info(&fs::read(exe)?) else {
-        return Ok(None);
-    };
-    let dir = kept.parent().expect("a kept copy is in a directory");
-    fs::create_dir_all(dir)?;
-    let tmp = tempfile::NamedTempFile::new_in(dir)?;
-    fs::write(tmp.path(), &slim)?;
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755))?;
-    tmp.persist(kept).map_err(|e| e.error)?;
     // Only the running program's copy is kept: the others belong to older builds.
-    keep_only(dir, |name| Some(name) == kept.file_name())?;
-    Ok(Some(kept.to_path_buf()))
+    made(kept, only(kept), |file| {
+        let Some(slim) = without_debug_info(&fs::read(exe)?) else {
+            return Ok(false);
+        };
+        file.write_all(&slim)?;
+        file.set_permissions(fs::Permissions::from_mode(0o755))?;
+        Ok(true)
+    })
+}
+
+/// The file `path` in a directory of made copies (the slim binaries, the compressed agents,
+/// the changes between agents), made by `write` if it is not there: into a temporary file
+/// beside it, synced (a cut copy must never stand under the name: it would be sent, or
+/// imported as the agent, on every later apply), and renamed; then the directory's files that
+/// `kept` does not keep are removed ([`keep_only`]). `None` when `write` says there is nothing
+/// to make.
+pub(crate) fn made(
+    path: &Path,
+    kept: impl Fn(&OsStr) -> bool,
+    write: impl FnOnce(&mut fs::File) -> io::Result<bool>,
+) -> io::Result<Option<PathBuf>> {
+    if path.exists() {
+        return Ok(Some(path.to_path_buf()));
+    }
+    let dir = path.parent().expect("a made copy is in a directory");
+    fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    if !write(tmp.as_file_mut())? {
+        return Ok(None);
+    }
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    keep_only(dir, kept)?;
+    Ok(Some(path.to_path_buf()))
+}
+
+/// Keeps `path`'s name alone.
+pub(crate) fn only(path: &Path) -> impl Fn(&OsStr) -> bool + '_ {
+    move |name| Some(name) == path.file_name()
 }
 
 /// Removes every file of `dir` but those whose names `kept` keeps and the temporary files
@@ -140,7 +165,7 @@ mod tests {
         let (old, writing) = (dir.path().join("1-2-3-4.5"), dir.path().join(".tmpAbC"));
         fs::write(&old, b"old").unwrap();
         fs::write(&writing, b"being written").unwrap();
-        keep_only(dir.path(), |name| Some(name) == kept.file_name()).unwrap();
+        keep_only(dir.path(), only(&kept)).unwrap();
         assert!(!old.exists() && writing.exists() && kept.exists());
         // Not an ELF file: nothing to leave out.
         assert!(without_debug_info(b"#!/bin/sh\n").is_none());
