@@ -1549,3 +1549,156 @@ fn ctrl_c_during_a_repair_lets_the_one_under_way_end_and_contacts_no_other() {
         )
     );
 }
+
+/// The entries in the host's store (the store is at the controller's path on the hosts).
+fn host_entries(hosts: &TestHosts, store: &Path) -> Vec<String> {
+    let listing = hosts.ssh(0, &format!("ls {}", store.display()));
+    assert_ok(&listing);
+    stdout(&listing).lines().map(str::to_string).collect()
+}
+
+/// The system entry of each generation the controller last read of `host`, by number.
+fn host_systems(store: &Path, host: &str) -> Vec<(u64, String)> {
+    let path = store.join(".machines").join(host).join("generations.json");
+    let records: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+    records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let number = r["number"].as_u64().unwrap();
+            (number, r["system"].as_str().unwrap().to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn a_host_deletes_old_generations_and_its_gc_frees_what_only_they_kept() {
+    let Some((hosts, dir, store)) = one_host_deployed() else {
+        return;
+    };
+    let host = hosts.name(0);
+    let [first_agent] = &agents_in(&store)[..] else {
+        panic!("one agent: {:?}", agents_in(&store));
+    };
+    // Generation 2 a new greeting; generation 3 a rebuilt program, with an agent of its own.
+    let env = [("FLEET_GREETING", "bonjour")];
+    assert_ok(&fleet(&store, &hosts, &env, &["apply"]));
+    let rebuilt = rebuilt_fleet(dir.path(), b"run by the CONTROLLER");
+    let run = |args: &[&str]| fleet_program(&rebuilt, &store, &hosts, &env, args);
+    assert_ok(&run(&["apply"]));
+    assert_ok(&run(&["generations", "--on", host]));
+    let systems = host_systems(&store, host);
+    assert_eq!(systems.len(), 3, "{systems:?}");
+    let before = host_entries(&hosts, &store);
+    for (_, system) in &systems {
+        assert!(before.contains(system), "{system} not in {before:?}");
+    }
+    // What an activation was sent is its generation's: nothing is left pending.
+    let roots = hosts.ssh(0, &format!("ls {}/.roots", store.display()));
+    assert!(
+        !stdout(&roots).contains("machine-pending-"),
+        "{}",
+        stdout(&roots)
+    );
+    let nothing = run(&["gc", "--on", host, "--dry-run"]);
+    assert_ok(&nothing);
+    assert!(
+        stdout(&nothing).contains(&format!("{host}: would delete 0 entries, 0 B")),
+        "every generation keeps its own: {}",
+        stdout(&nothing)
+    );
+
+    // The one it runs cannot go.
+    let refused = run(&["delete-generations", "3", "--on", host]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        stdout(&refused).contains("generation 3 is the one the host runs"),
+        "{}",
+        stdout(&refused)
+    );
+    let deleted = run(&["delete-generations", "--keep", "1", "--on", host]);
+    assert_ok(&deleted);
+    assert!(
+        stdout(&deleted).contains(&format!(
+            "{host}: deleted generations 1, 2; `gc --on {host}` frees what only they kept"
+        )),
+        "{}",
+        stdout(&deleted)
+    );
+    assert_eq!(
+        host_systems(&store, host),
+        systems[2..],
+        "the mirror follows"
+    );
+    let listing = stdout(&run(&["generations", "--on", host]));
+    assert!(
+        listing.contains("*    3  ") && !listing.contains("   1  "),
+        "{listing}"
+    );
+
+    // A dry run names what only generations 1 and 2 kept, the first agent with them, and
+    // deletes nothing; then the collection does.
+    let dry = run(&["gc", "--on", host, "--dry-run"]);
+    assert_ok(&dry);
+    let text = stdout(&dry);
+    for gone in [&systems[0].1, &systems[1].1, first_agent] {
+        assert!(
+            text.contains(&format!("{host}: would delete {gone}  ")),
+            "{gone}: {text}"
+        );
+    }
+    assert!(text.contains("would delete 3 entries, "), "{text}");
+    assert_eq!(host_entries(&hosts, &store), before);
+    let gc = run(&["gc", "--on", host]);
+    assert_ok(&gc);
+    assert!(
+        stdout(&gc).contains(&format!("{host}: deleted 3 entries, ")),
+        "{}",
+        stdout(&gc)
+    );
+    let after = host_entries(&hosts, &store);
+    for gone in [&systems[0].1, &systems[1].1, first_agent] {
+        assert!(!after.contains(gone), "{gone} still in {after:?}");
+    }
+    assert!(after.contains(&systems[2].1), "{after:?}");
+    assert_eq!(after.len(), before.len() - 3, "{before:?} -> {after:?}");
+
+    // The host runs on as it did: no drift, nothing to send, nothing to roll back to.
+    assert_eq!(hosts.http_get(0, 8080), "bonjour");
+    let drift = run(&["drift", "--on", host]);
+    assert_ok(&drift);
+    assert!(stdout(&drift).contains("no drift"), "{}", stdout(&drift));
+    let again = run(&["apply"]);
+    assert_ok(&again);
+    assert!(summary_line(&again, host).contains("unchanged, generation 3"));
+    assert_eq!(sent_bytes(&again, host), 0);
+    let back = run(&["rollback", "--on", host]);
+    assert_eq!(back.status.code(), Some(1), "{back:?}");
+    assert!(
+        stdout(&back).contains("no earlier generation"),
+        "{}",
+        stdout(&back)
+    );
+
+    // `--on` with a command that works on this machine alone is a mistake, not ignored.
+    let local = run(&["ls", "--on", host]);
+    assert_eq!(local.status.code(), Some(2), "{local:?}");
+    assert!(
+        stderr(&local).contains("leave `--on` out"),
+        "{}",
+        stderr(&local)
+    );
+
+    // The controller keeps what the host runs: after its own `gc`, the next rebuilt program's
+    // agent still goes as a change to the agent the host runs.
+    let root = std::fs::read_link(store.join(".roots").join(format!("machine-{host}"))).unwrap();
+    assert!(root.ends_with(&systems[2].1), "{}", root.display());
+    assert_ok(&run(&["gc"]));
+    let next = rebuilt_fleet(dir.path(), b"run by the Controller");
+    let apply = fleet_program(&next, &store, &hosts, &env, &["apply"]);
+    assert_ok(&apply);
+    assert!(summary_line(&apply, host).contains("activated generation 4 (was 3)"));
+    let tried = "sent as a change to the agent it has)";
+    assert!(stderr(&apply).contains(tried), "{}", stderr(&apply));
+}

@@ -13,6 +13,7 @@ use super::program::Session;
 use super::{ExitCode, Failure, emit};
 use crate::derivation::OutputRef;
 use crate::hash::EntryName;
+use crate::machine::agent;
 use crate::machine::deploy::{self, DeployOptions, HostPlan, HostResult, System};
 use crate::machine::manifest::Changes;
 use crate::machine::ssh::SshOptions;
@@ -153,6 +154,10 @@ const READS_END: &str = "interrupted: the hosts being read are read to the end; 
 /// What a Ctrl-C does during `drift --repair`.
 const REPAIRS_END: &str = "interrupted: a host being repaired goes on to the end of its repair; \
     no other host is contacted (Ctrl-C again stops at once)";
+
+/// What a Ctrl-C does during `delete-generations --on` and `gc --on`.
+const CLEANING_ENDS: &str = "interrupted: a host being cleaned up goes on to the end of it; no \
+    other host is contacted (Ctrl-C again stops at once)";
 
 /// A host an interrupt left before it was reached.
 const NOT_CONTACTED: &str = "interrupted before this host was contacted";
@@ -466,6 +471,75 @@ impl Session {
             true
         });
         super::emit_changes(&text)?;
+        Ok(unless_interrupted(code, left))
+    }
+
+    /// `delete-generations --on HOST`: deletes the generations `doomed` selects on each host, as
+    /// on a program's profile; the current one stays.
+    pub(super) fn host_delete_generations(
+        &self,
+        doomed: &agent::Doomed,
+    ) -> Result<ExitCode, Failure> {
+        let (results, left) = self.connect_each("deleting generations", CLEANING_ENDS, |host| {
+            let deleted = host.delete_generations(doomed)?;
+            Ok((deleted, host.generations()?))
+        })?;
+        let (text, code) = render_each(results, |text, name, (deleted, generations)| {
+            let _ = deploy::mirror(&self.store, name, &generations);
+            let list: Vec<String> = deleted.iter().map(u64::to_string).collect();
+            let _ = match deleted.len() {
+                0 => writeln!(text, "{name}: no generation matches; nothing was deleted"),
+                n => writeln!(
+                    text,
+                    "{name}: deleted generation{} {}; `gc --on {name}` frees what only {} kept",
+                    if n == 1 { "" } else { "s" },
+                    list.join(", "),
+                    if n == 1 { "it" } else { "they" },
+                ),
+            };
+            true
+        });
+        emit(&text)?;
+        Ok(unless_interrupted(code, left))
+    }
+
+    /// `gc --on HOST [--dry-run]`: deletes from each host's store what none of its generations
+    /// needs and no deploy under way sent.
+    pub(super) fn host_gc(&self, dry_run: bool) -> Result<ExitCode, Failure> {
+        let step = match dry_run {
+            true => "reading its store",
+            false => "collecting its store",
+        };
+        let notice = match dry_run {
+            true => READS_END,
+            false => CLEANING_ENDS,
+        };
+        let (results, left) = self.connect_each(step, notice, |host| host.gc(dry_run))?;
+        let verb = if dry_run { "would delete" } else { "deleted" };
+        let (text, code) = render_each(results, |text, name, collected| {
+            for (entry, size) in &collected.dead {
+                let _ = writeln!(text, "{name}: {verb} {entry}  {}", human_bytes(*size));
+            }
+            let pending = match collected.pending {
+                0 => String::new(),
+                n => format!(
+                    "; kept {} a deploy sent and has not activated yet",
+                    counted(n, "entry", "entries")
+                ),
+            };
+            let _ = writeln!(
+                text,
+                "{name}: {}{pending}",
+                super::store::collected(
+                    verb,
+                    collected.dead.len(),
+                    collected.bytes,
+                    collected.live
+                )
+            );
+            true
+        });
+        emit(&text)?;
         Ok(unless_interrupted(code, left))
     }
 

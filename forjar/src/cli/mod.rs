@@ -176,8 +176,9 @@ struct ProgramCli {
     /// Also print every build's log, each line prefixed with the derivation's name.
     #[arg(short, long, global = true)]
     verbose: bool,
-    /// The machines to plan, apply, check for drift, list or roll back: names, `@tag`s and
-    /// globs, comma-separated [default: all of them].
+    /// The machines to plan, apply, check for drift, list, roll back or clean up
+    /// (`delete-generations`, `gc`): names, `@tag`s and globs, comma-separated [default: all
+    /// of them].
     #[arg(long, global = true, value_name = "MACHINES")]
     on: Option<String>,
     /// An ssh config file to reach the machines with, instead of `~/.ssh/config`.

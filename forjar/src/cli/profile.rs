@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use clap::Subcommand;
 
@@ -196,28 +196,18 @@ fn delete_generations(
     let profile = store.profile(profile)?;
     let current = profile.current()?;
     let generations = profile.generations()?;
-    // Named numbers are taken as given (naming the current one is an error); the current one is
-    // left out of what the age and count select.
-    let mut doomed: BTreeSet<u64> = numbers.iter().copied().collect();
-    let not_current = |number: u64| current != Some(number);
-    if let Some(age) = older_than {
-        let cutoff = SystemTime::now().checked_sub(age).unwrap_or(UNIX_EPOCH);
-        doomed.extend(
-            generations
-                .iter()
-                .filter(|g| g.created() < cutoff && not_current(g.number))
-                .map(|g| g.number),
-        );
-    }
-    if let Some(keep) = keep {
-        let older = generations.len().saturating_sub(keep);
-        doomed.extend(
-            generations[..older]
-                .iter()
-                .map(|g| g.number)
-                .filter(|&n| not_current(n)),
-        );
-    }
+    let listed: Vec<(u64, SystemTime)> = generations
+        .iter()
+        .map(|g| (g.number, g.created()))
+        .collect();
+    let doomed = crate::store::generations_to_delete(
+        &listed,
+        current,
+        numbers,
+        older_than,
+        keep,
+        SystemTime::now(),
+    );
     if doomed.is_empty() {
         emit(&format!(
             "no generation of profile `{}` matches; nothing was deleted\n",

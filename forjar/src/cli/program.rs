@@ -9,7 +9,9 @@ use std::path::Path;
 use petgraph::graph::NodeIndex;
 
 use super::progress::Verbosity;
-use super::{ExitCode, Failure, Program, ProgramCli, ProgramCommand, profile, store};
+use super::{
+    ExitCode, Failure, Program, ProgramCli, ProgramCommand, build, inspect, profile, store,
+};
 use crate::machine::Machine;
 use crate::plan::Plan;
 use crate::store::Store;
@@ -221,7 +223,28 @@ pub(super) fn run(
             max_hosts: usize::from(cli.max_hosts),
         },
     };
+    if settings.hosts.on.is_some() && !reaches_hosts(&cli.command) {
+        return Err(Failure::new(
+            ExitCode::Usage,
+            "`--on` selects the hosts of `plan`, `apply`, `drift`, `generations`, `diff`, \
+             `rollback`, `delete-generations` and `gc`; this command works on this machine \
+             alone: leave `--on` out",
+        ));
+    }
     match cli.command {
+        ProgramCommand::Store(store::StoreCommand::Gc {
+            dry_run,
+            keep_build_inputs,
+        }) if settings.hosts.on.is_some() => {
+            if keep_build_inputs {
+                return Err(Failure::new(
+                    ExitCode::Usage,
+                    "`--keep-build-inputs` keeps what this store's entries were built from; a \
+                     host's store (`--on`) holds no builds: leave it out",
+                ));
+            }
+            Session::open(define, settings, false)?.host_gc(dry_run)
+        }
         ProgramCommand::Store(store::StoreCommand::Verify { repair: true }) => {
             let (report, wanted) = store::delete_damaged(&settings.store_dir)?;
             Session::open(define, settings, false)?.repair(&report, &wanted)
@@ -251,11 +274,15 @@ pub(super) fn run(
                     "`diff --json` compares the program's local generations; a host's (`--on`) \
                      are compared as text",
                 )),
-                profile::ProfileCommand::DeleteGenerations { .. } => Err(Failure::new(
-                    ExitCode::Usage,
-                    "`--on` goes with `generations`, `diff` and `rollback`; \
-                     `delete-generations` works on the program's local profile",
-                )),
+                profile::ProfileCommand::DeleteGenerations {
+                    numbers,
+                    older_than,
+                    keep,
+                } => session.host_delete_generations(&crate::machine::agent::Doomed {
+                    numbers,
+                    older_than: older_than.map(|age| age.as_secs()),
+                    keep,
+                }),
             }
         }
         ProgramCommand::Profile(command) => profile::run(
@@ -272,6 +299,18 @@ pub(super) fn run(
             Session::open(define, settings, false)?.machine(command)
         }
     }
+}
+
+/// Whether `command` works on hosts, which `--on` selects.
+fn reaches_hosts(command: &ProgramCommand) -> bool {
+    matches!(
+        command,
+        ProgramCommand::Build(build::BuildCommand::Apply { .. })
+            | ProgramCommand::Inspect(inspect::InspectCommand::Plan { .. })
+            | ProgramCommand::Machine(_)
+            | ProgramCommand::Profile(_)
+            | ProgramCommand::Store(store::StoreCommand::Gc { .. })
+    )
 }
 
 /// `lock`: imports each toolchain the program uses as the host has it now, and records what it

@@ -34,7 +34,8 @@ pub enum StoreCommand {
         #[arg(long)]
         repair: bool,
     },
-    /// Delete every entry not reachable from a root.
+    /// Delete every entry not reachable from a root; with `--on`, from each host's store what
+    /// none of its generations needs and no deploy under way sent.
     Gc {
         /// Only list what would be deleted and the bytes that would be freed.
         #[arg(long)]
@@ -413,11 +414,8 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
             }
             let _ = writeln!(
                 text,
-                "{verb} {}, {} ({} bytes); {} live",
-                counted(report.dead.len(), "entry", "entries"),
-                human_bytes(report.bytes),
-                report.bytes,
-                report.live
+                "{}",
+                collected(verb, report.dead.len(), report.bytes, report.live)
             );
             emit(&text)?;
         }
@@ -448,4 +446,14 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::Success)
+}
+
+/// What a collection deleted (`verb`: or would delete) of how many entries and bytes, and how
+/// many it kept: `deleted 3 entries, 5.0 KiB (5142 bytes); 3 live`.
+pub(super) fn collected(verb: &str, dead: usize, bytes: u64, live: usize) -> String {
+    format!(
+        "{verb} {}, {} ({bytes} bytes); {live} live",
+        counted(dead, "entry", "entries"),
+        human_bytes(bytes),
+    )
 }

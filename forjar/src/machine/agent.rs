@@ -362,7 +362,7 @@ pub fn adopt(store: &Store, entry: &EntryName, meta: &str, file: &Path) -> Resul
         .map_err(|e| AgentError(e.to_string()))?;
     let lock = KeyLock::acquire(store, entry.hash())?;
     if store.contains(entry) {
-        return Ok(());
+        return keep_pending(store, std::slice::from_ref(entry));
     }
     let staging = Staging::new(store, &lock, entry.clone())?;
     // Moved, not copied: the upload is this agent's own file, and a second copy of a binary of
@@ -375,8 +375,8 @@ pub fn adopt(store: &Store, entry: &EntryName, meta: &str, file: &Path) -> Resul
         moved => moved.map_err(AgentError::io("cannot move", file))?,
     }
     match staging.commit_fetched(meta)? {
-        // Durable before a generation names it.
-        Committed::Installed(_) => Ok(store.sync()?),
+        // Durable before a generation names it (`add_root` syncs first).
+        Committed::Installed(_) => keep_pending(store, std::slice::from_ref(entry)),
         Committed::Mismatch(m) => Err(AgentError(format!(
             "the uploaded agent hashes to {}, not {}; nothing was installed",
             m.got, m.expected
@@ -454,15 +454,188 @@ impl Read for IdleLimited {
     }
 }
 
-/// `receive`: installs the entries of the stream on standard input, printing each.
+/// `receive`: installs the entries of the stream on standard input, printing each, and keeps
+/// them from `gc` until an activation names them ([`keep_pending`]), those of a cut stream too.
 pub fn receive(store: &Store) -> Result<(), AgentError> {
     let mut input = io::BufReader::with_capacity(1 << 20, standard_input()?);
     let mut out = io::stdout().lock();
-    archive::receive(store, &mut input, |entry| {
+    let mut installed = Vec::new();
+    let received = archive::receive(store, &mut input, |entry| {
         let _ = writeln!(out, "installed {entry}");
         let _ = out.flush();
-    })?;
+        installed.push(entry.clone());
+    });
+    keep_pending(store, &installed)?;
+    Ok(received?)
+}
+
+/// The roots that keep what a deploy sent from `gc` until its activation names it:
+/// `machine-pending-<hash>`, one per entry. A host's `gc` needs the store to itself, so it
+/// cannot run while `receive` or `adopt` has it open; these roots carry that over to the
+/// activation, a later process.
+const PENDING: &str = "machine-pending-";
+
+/// How long `gc` keeps what a deploy sent and no activation named: a deploy cut off between
+/// its copy and its activation leaves such entries, and a deploy takes minutes, not a day.
+pub const PENDING_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn pending_root(entry: &EntryName) -> String {
+    format!("{PENDING}{}", entry.hash())
+}
+
+/// Keeps `entries`, installed by a deploy, from `gc` until an activation names them or
+/// [`PENDING_KEPT`] passes.
+fn keep_pending(store: &Store, entries: &[EntryName]) -> Result<(), AgentError> {
+    for entry in entries {
+        store.add_root(&pending_root(entry), entry)?;
+    }
     Ok(())
+}
+
+/// What `gc` on a host deleted (or, in a dry run, would delete).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Collected {
+    /// The entries with their sizes in bytes.
+    pub dead: Vec<(EntryName, u64)>,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The entries kept.
+    pub live: usize,
+    /// Entries a deploy sent and has not activated yet, kept.
+    pub pending: usize,
+    /// Entries a deploy sent longer than [`PENDING_KEPT`] ago and no activation named, let go.
+    pub expired: usize,
+    /// Whether nothing was deleted.
+    pub dry_run: bool,
+}
+
+/// `gc`: deletes the entries of the host's store that no generation needs and no deploy under
+/// way sent ([`keep_pending`]); waits while another process (a deploy's copy, an activation)
+/// has the store open.
+pub fn gc(store: &Store, dry_run: bool) -> Result<Collected, AgentError> {
+    let now = SystemTime::now();
+    let pending = std::cell::Cell::new(0);
+    let expired = |root: &crate::store::Root| {
+        if !root.name.starts_with(PENDING) {
+            return false;
+        }
+        let old = root
+            .made
+            .and_then(|made| now.duration_since(made).ok())
+            .is_some_and(|age| age > PENDING_KEPT);
+        if !old {
+            pending.set(pending.get() + 1);
+        }
+        old
+    };
+    let report = store.gc_expiring(dry_run, false, &expired, || {
+        log("waiting for the store: a deploy or an activation has it open")
+    })?;
+    Ok(Collected {
+        dead: report.dead,
+        bytes: report.bytes,
+        live: report.live,
+        pending: pending.get(),
+        expired: report.expired_roots.len(),
+        dry_run,
+    })
+}
+
+/// Which generations `delete-generations` deletes: those named, those older than `older_than`
+/// and all but the newest `keep`, as a program's profile selects them.
+#[derive(Debug, Clone, Default)]
+pub struct Doomed {
+    /// Generation numbers.
+    pub numbers: Vec<u64>,
+    /// An age in seconds, by the host's clock.
+    pub older_than: Option<u64>,
+    /// How many of the newest to keep.
+    pub keep: Option<usize>,
+}
+
+impl Doomed {
+    /// The agent's arguments that select them.
+    pub fn args(&self) -> Vec<String> {
+        let mut args: Vec<String> = self.numbers.iter().map(u64::to_string).collect();
+        if let Some(seconds) = self.older_than {
+            args.extend(["--older-than".into(), seconds.to_string()]);
+        }
+        if let Some(keep) = self.keep {
+            args.extend(["--keep".into(), keep.to_string()]);
+        }
+        args
+    }
+}
+
+/// `delete-generations`: deletes the generations `doomed` selects, all or none, and their roots,
+/// so that `gc` can free what only they kept. The current generation and the one an activation
+/// cut off would go back to are refused when named, and left out of what the age and count
+/// select. Returns the numbers deleted.
+pub fn delete_generations(
+    store: &Store,
+    state: &State,
+    doomed: &Doomed,
+) -> Result<Vec<u64>, AgentError> {
+    let _lock = state.lock()?;
+    let current = state.current()?;
+    let generations = state.generations()?;
+    let journal = state.dir.join("journal.json");
+    let resumed_to = match fs::read(&journal) {
+        Ok(bytes) => {
+            serde_json::from_slice::<Journal>(&bytes)
+                .map_err(|e| AgentError(format!("`{}` is damaged: {e}", journal.display())))?
+                .from
+        }
+        Err(_) => None,
+    };
+    for &number in &doomed.numbers {
+        if current == Some(number) {
+            return Err(AgentError(format!(
+                "generation {number} is the one the host runs and cannot be deleted; \
+                 `rollback --to` another generation, or `apply`, first"
+            )));
+        }
+        if resumed_to == Some(number) {
+            return Err(AgentError(format!(
+                "generation {number} is the one an activation that was cut off goes back to; \
+                 the next `apply` or `rollback` goes back first"
+            )));
+        }
+        state.generation(number)?;
+    }
+    let listed: Vec<(u64, SystemTime)> = generations
+        .iter()
+        .map(|g| (g.number, UNIX_EPOCH + Duration::from_secs(g.created)))
+        .collect();
+    let numbers = crate::store::generations_to_delete(
+        &listed,
+        current,
+        &doomed.numbers,
+        doomed.older_than.map(Duration::from_secs),
+        doomed.keep,
+        SystemTime::now(),
+    );
+    let mut deleted = Vec::new();
+    for record in generations.iter().filter(|g| numbers.contains(&g.number)) {
+        if resumed_to == Some(record.number) {
+            continue;
+        }
+        // The record goes first: a crash between the two leaves a root without a record,
+        // which keeps its system for nothing, not a record whose system `gc` took.
+        let path = state.generation_path(record.number);
+        fs::remove_file(&path).map_err(AgentError::io("cannot delete", &path))?;
+        sync_dir(&state.dir.join("generations"))?;
+        let system = Sys::of(record, store);
+        let root = format!("machine-generation-{}", record.number);
+        match system.dir == store.dir() {
+            true => store.remove_root(&root)?,
+            // A store at another path, deployed to from another controller's store.
+            false if system.dir.is_dir() => Store::open(&system.dir)?.remove_root(&root)?,
+            false => {}
+        }
+        deleted.push(record.number);
+    }
+    Ok(deleted)
 }
 
 /// What the controller asks an activation to record.
@@ -940,6 +1113,10 @@ fn activate_locked(
         status: "active".into(),
     })?;
     system_store.add_root(&format!("machine-generation-{number}"), &system.entry)?;
+    // What the deploy sent is the generation's now.
+    for entry in &closure {
+        system_store.remove_root(&pending_root(entry))?;
+    }
     let journal = state.dir.join("journal.json");
     write_atomic(
         &journal,
@@ -1661,6 +1838,137 @@ mod tests {
         );
         fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
         assert!(differences(&path, &spec(b"print(1)\n")).unwrap().is_empty());
+    }
+
+    /// An entry named `name` holding `text`, imported into `store`.
+    fn entry(store: &Store, dir: &Path, name: &str, text: &str) -> EntryName {
+        let path = dir.join(name);
+        fs::write(&path, text).unwrap();
+        let name = crate::name::Name::new(name).unwrap();
+        store.import_source(&path, &name).unwrap().entry
+    }
+
+    fn dead(collected: &Collected) -> Vec<&EntryName> {
+        collected.dead.iter().map(|(entry, _)| entry).collect()
+    }
+
+    #[test]
+    fn what_a_deploy_sent_is_kept_from_gc_until_a_day_has_passed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let sent = entry(&store, tmp.path(), "sent", "a system a deploy sent");
+        let loose = entry(&store, tmp.path(), "loose", "nothing keeps this");
+        keep_pending(&store, std::slice::from_ref(&sent)).unwrap();
+
+        let dry = gc(&store, true).unwrap();
+        assert_eq!((dead(&dry), dry.pending, dry.expired), (vec![&loose], 1, 0));
+        assert!(store.contains(&loose), "a dry run deleted");
+        let collected = gc(&store, false).unwrap();
+        assert_eq!(dead(&collected), [&loose]);
+        assert!(store.contains(&sent) && !store.contains(&loose));
+
+        // A deploy cut off between its copy and its activation a day ago: let go.
+        let root = store.dir().join(".roots").join(pending_root(&sent));
+        let old = nix::sys::time::TimeSpec::new(
+            (now() - PENDING_KEPT.as_secs() - 60).try_into().unwrap(),
+            0,
+        );
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &root,
+            &old,
+            &old,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
+        let dry = gc(&store, true).unwrap();
+        assert_eq!((dead(&dry), dry.pending, dry.expired), (vec![&sent], 0, 1));
+        assert!(root.symlink_metadata().is_ok() && store.contains(&sent));
+        let collected = gc(&store, false).unwrap();
+        assert_eq!(dead(&collected), [&sent]);
+        assert!(root.symlink_metadata().is_err() && !store.contains(&sent));
+    }
+
+    #[test]
+    fn deleting_generations_spares_the_current_one_and_the_one_a_cut_activation_goes_back_to() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let state = State::open(&tmp.path().join("state")).unwrap();
+        let mut systems = Vec::new();
+        for number in 1..=3 {
+            let system = entry(&store, tmp.path(), "system", &format!("system {number}"));
+            state
+                .write_generation(&GenerationRecord {
+                    number,
+                    system: system.clone(),
+                    store: PathBuf::new(),
+                    created: now() - 3600 * (4 - number),
+                    operator: "test".into(),
+                    revision: None,
+                    plan: String::new(),
+                    status: "active".into(),
+                })
+                .unwrap();
+            store
+                .add_root(&format!("machine-generation-{number}"), &system)
+                .unwrap();
+            systems.push(system);
+        }
+        state.switch(Some(3)).unwrap();
+        let named = |numbers: &[u64]| Doomed {
+            numbers: numbers.to_vec(),
+            ..Doomed::default()
+        };
+        let error = delete_generations(&store, &state, &named(&[1, 3]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("generation 3 is the one the host runs"),
+            "{error}"
+        );
+        let error = delete_generations(&store, &state, &named(&[7]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("the host has no generation 7"), "{error}");
+        assert_eq!(state.generations().unwrap().len(), 3, "a refusal deleted");
+
+        // An activation of 3 cut off goes back to 2: it stays until that is done.
+        let journal = state.dir.join("journal.json");
+        fs::write(&journal, r#"{"to":3,"from":2}"#).unwrap();
+        let error = delete_generations(&store, &state, &named(&[2]))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("an activation that was cut off"), "{error}");
+        let keep_one = Doomed {
+            keep: Some(1),
+            ..Doomed::default()
+        };
+        assert_eq!(delete_generations(&store, &state, &keep_one).unwrap(), [1]);
+        fs::remove_file(&journal).unwrap();
+        let older = Doomed {
+            older_than: Some(1800),
+            ..Doomed::default()
+        };
+        assert_eq!(delete_generations(&store, &state, &older).unwrap(), [2]);
+        let left: Vec<u64> = state
+            .generations()
+            .unwrap()
+            .iter()
+            .map(|g| g.number)
+            .collect();
+        assert_eq!(left, [3]);
+        assert!(
+            delete_generations(&store, &state, &older)
+                .unwrap()
+                .is_empty()
+        );
+
+        // Their systems are garbage now; the current one's is not.
+        let collected = gc(&store, false).unwrap();
+        let mut garbage = vec![&systems[0], &systems[1]];
+        garbage.sort();
+        assert_eq!(dead(&collected), garbage);
+        assert!(store.contains(&systems[2]));
     }
 
     #[test]

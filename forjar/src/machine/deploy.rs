@@ -438,6 +438,20 @@ fn sh_quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "'\\''"))
 }
 
+/// The controller's root that keeps the system a host runs, and so its agent, which the next
+/// rebuilt program's agent is sent as a change to: `machine-<host>` (a digest of the name for
+/// one too long for a root's name).
+fn host_root(machine: &str) -> String {
+    let root = format!("machine-{machine}");
+    match Name::new(root.as_str()) {
+        Ok(_) => root,
+        Err(_) => format!(
+            "machine-{}",
+            &crate::hash::base32(blake3::hash(machine.as_bytes()).as_bytes())[..32]
+        ),
+    }
+}
+
 /// How long a deploy tries to reconnect to a host whose connection dropped during activation.
 const RECONNECT_FOR: Duration = Duration::from_secs(20);
 
@@ -486,12 +500,18 @@ impl Host {
                 "the host has no forjar agent yet; `apply` installs it".to_string(),
             ));
         }
+        let name = command.first().copied().unwrap_or_default();
+        if reply.status.code() == Some(2) && reply.stderr.contains("unrecognized subcommand") {
+            return Err(MachineError::host(
+                self.name(),
+                format!(
+                    "the host's agent, from an older program, has no `{name}`; an `apply` of \
+                     this program installs its own agent, which has"
+                ),
+            ));
+        }
         if !reply.status.success() {
-            let what = format!(
-                "the agent's `{}`",
-                command.first().copied().unwrap_or_default()
-            );
-            return Err(self.failed(&what, &reply));
+            return Err(self.failed(&format!("the agent's `{name}`"), &reply));
         }
         Ok(reply)
     }
@@ -734,15 +754,41 @@ impl Host {
             .map(drop)
     }
 
+    /// Runs an agent command that answers in JSON, `what` it answers.
+    fn answer<T: serde::de::DeserializeOwned>(
+        &self,
+        command: &[&str],
+        what: &str,
+    ) -> Result<T, MachineError> {
+        let reply = self.agent(command, Input::Nothing, |_| {})?;
+        serde_json::from_slice(&reply.stdout).map_err(|e| {
+            MachineError::host(self.name(), format!("the agent's {what} is nonsense: {e}"))
+        })
+    }
+
     /// The host's generations.
     pub fn generations(&self) -> Result<Vec<GenerationRecord>, MachineError> {
-        let reply = self.agent(&["generations"], Input::Nothing, |_| {})?;
-        serde_json::from_slice(&reply.stdout).map_err(|e| {
-            MachineError::host(
-                self.name(),
-                format!("the agent's generations are nonsense: {e}"),
-            )
-        })
+        self.answer(&["generations"], "list of generations")
+    }
+
+    /// Deletes the host's generations `doomed` selects, and their roots; returns the numbers
+    /// deleted.
+    pub fn delete_generations(&self, doomed: &agent::Doomed) -> Result<Vec<u64>, MachineError> {
+        let args = doomed.args();
+        let command: Vec<&str> = std::iter::once("delete-generations")
+            .chain(args.iter().map(String::as_str))
+            .collect();
+        self.answer(&command, "list of deleted generations")
+    }
+
+    /// Deletes what the host's store holds for no generation and no deploy under way (with
+    /// `dry_run`, only says what).
+    pub fn gc(&self, dry_run: bool) -> Result<agent::Collected, MachineError> {
+        let command: &[&str] = match dry_run {
+            true => &["gc", "--dry-run"],
+            false => &["gc"],
+        };
+        self.answer(command, "collection report")
     }
 
     /// The manifest of the host's generation `number`.
@@ -768,13 +814,7 @@ impl Host {
         } else {
             &["drift"]
         };
-        let reply = self.agent(command, Input::Nothing, |_| {})?;
-        serde_json::from_slice(&reply.stdout).map_err(|e| {
-            MachineError::host(
-                self.name(),
-                format!("the agent's drift report is nonsense: {e}"),
-            )
-        })
+        self.answer(command, "drift report")
     }
 
     /// Closes the connection.
@@ -1423,6 +1463,14 @@ pub fn deploy_host(
         report.changes = outcome.changes.clone();
         report.repaired = outcome.repaired.clone();
         report.error = outcome.error.clone();
+        // Not the host's failure: said on its line, which keeps its result.
+        if matches!(report.result, HostResult::Activated | HostResult::Unchanged)
+            && let Err(e) = store.add_root(&host_root(name), &system.entry)
+        {
+            report.error = Some(format!(
+                "the controller's store cannot keep the system the host runs: {e}"
+            ));
+        }
         if let Ok(generations) = host.generations() {
             let _ = mirror(store, name, &generations);
         }

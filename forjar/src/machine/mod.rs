@@ -147,6 +147,20 @@ enum AgentCommand {
         #[arg(long)]
         repair: bool,
     },
+    /// Deletes generations (and their roots); prints the numbers deleted.
+    DeleteGenerations {
+        numbers: Vec<u64>,
+        /// Seconds.
+        #[arg(long)]
+        older_than: Option<u64>,
+        #[arg(long)]
+        keep: Option<usize>,
+    },
+    /// Deletes what no generation and no deploy under way needs; prints what it deleted.
+    Gc {
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// Runs the agent with `args` (those after `__agent`); returns the process's exit status.
@@ -177,7 +191,8 @@ fn run_agent(cli: AgentCli) -> Result<i32, agent::AgentError> {
         AgentCommand::Probe
         | AgentCommand::Generations
         | AgentCommand::Manifest { .. }
-        | AgentCommand::Drift { repair: false } => agent::State::at(&cli.state),
+        | AgentCommand::Drift { repair: false }
+        | AgentCommand::Gc { .. } => agent::State::at(&cli.state),
         _ => agent::State::open(&cli.state)?,
     };
     let print = |text: String| -> Result<i32, agent::AgentError> {
@@ -235,6 +250,23 @@ fn run_agent(cli: AgentCli) -> Result<i32, agent::AgentError> {
                 true => agent::repair(&store, &state)?,
             };
             print(serde_json::to_string(&drift).expect("drift serialises"))
+        }
+        AgentCommand::DeleteGenerations {
+            numbers,
+            older_than,
+            keep,
+        } => {
+            let doomed = agent::Doomed {
+                numbers,
+                older_than,
+                keep,
+            };
+            let deleted = agent::delete_generations(&store, &state, &doomed)?;
+            print(serde_json::to_string(&deleted).expect("numbers serialise"))
+        }
+        AgentCommand::Gc { dry_run } => {
+            let collected = agent::gc(&store, dry_run)?;
+            print(serde_json::to_string(&collected).expect("a report serialises"))
         }
     }
 }

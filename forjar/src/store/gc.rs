@@ -40,6 +40,8 @@ pub struct Root {
     pub indirect: bool,
     /// What it keeps alive.
     pub target: RootTarget,
+    /// When its link was made (or last replaced), if the file system says.
+    pub made: Option<std::time::SystemTime>,
 }
 
 /// What a garbage collection deleted, or would delete.
@@ -53,6 +55,8 @@ pub struct GcReport {
     pub live: usize,
     /// Roots that keep nothing alive.
     pub dangling_roots: Vec<String>,
+    /// Roots the collection was told had expired: removed (in a dry run, only left out).
+    pub expired_roots: Vec<String>,
     /// Whether this was a dry run (nothing deleted).
     pub dry_run: bool,
 }
@@ -145,6 +149,8 @@ impl Store {
             let Ok(link) = fs::read_link(item.path()) else {
                 continue;
             };
+            // The link's own time: `DirEntry::metadata` does not follow it.
+            let made = item.metadata().and_then(|m| m.modified()).ok();
             let indirect = !link.starts_with(self.dir());
             let pointed = if indirect {
                 fs::read_link(&link).ok()
@@ -160,6 +166,7 @@ impl Store {
                 link,
                 indirect,
                 target,
+                made,
             });
         }
         roots.sort_by(|a, b| a.name.cmp(&b.name));
@@ -174,9 +181,17 @@ impl Store {
     /// theirs (Nix's `keep-outputs`): what the live entries were built with stays, so that
     /// building them again, or what is next to them, fetches and builds nothing again.
     pub fn live(&self, keep_build_inputs: bool) -> Result<BTreeSet<EntryName>, StoreError> {
+        self.live_from(self.roots()?, keep_build_inputs)
+    }
+
+    /// [`Store::live`], from `roots` (and every profile's generations).
+    fn live_from(
+        &self,
+        roots: Vec<Root>,
+        keep_build_inputs: bool,
+    ) -> Result<BTreeSet<EntryName>, StoreError> {
         let mut live = BTreeSet::new();
-        let mut queue: VecDeque<EntryName> = self
-            .roots()?
+        let mut queue: VecDeque<EntryName> = roots
             .into_iter()
             .filter_map(|r| match r.target {
                 RootTarget::Entry(e) => Some(e),
@@ -214,10 +229,23 @@ impl Store {
         keep_build_inputs: bool,
         on_wait: impl FnOnce(),
     ) -> Result<GcReport, StoreError> {
+        self.gc_expiring(dry_run, keep_build_inputs, &|_| false, on_wait)
+    }
+
+    /// [`Store::gc_keeping`], where the roots of `.roots/` that `expired` picks keep nothing:
+    /// they are removed (in a dry run, only left out) before the live entries are found, and
+    /// listed in the report. The roots are read once the store is this handle's alone.
+    pub fn gc_expiring(
+        &self,
+        dry_run: bool,
+        keep_build_inputs: bool,
+        expired: &dyn Fn(&Root) -> bool,
+        on_wait: impl FnOnce(),
+    ) -> Result<GcReport, StoreError> {
         if dry_run {
-            return self.collect(true, keep_build_inputs);
+            return self.collect(true, keep_build_inputs, expired);
         }
-        self.exclusively(on_wait, || self.collect(false, keep_build_inputs))
+        self.exclusively(on_wait, || self.collect(false, keep_build_inputs, expired))
     }
 
     /// Runs `f` with the store to this handle alone: waits (after `on_wait`) while other
@@ -311,14 +339,30 @@ impl Store {
         self.forget_digest(entry)
     }
 
-    fn collect(&self, dry_run: bool, keep_build_inputs: bool) -> Result<GcReport, StoreError> {
-        let live = self.live(keep_build_inputs)?;
+    fn collect(
+        &self,
+        dry_run: bool,
+        keep_build_inputs: bool,
+        expired: &dyn Fn(&Root) -> bool,
+    ) -> Result<GcReport, StoreError> {
+        let (gone, roots): (Vec<Root>, Vec<Root>) =
+            // Only the store's own roots: a profile's are its generations' to change.
+            self.roots()?
+                .into_iter()
+                .partition(|r| !r.name.contains('/') && expired(r));
         let mut report = GcReport {
-            live: live.len(),
             dry_run,
             ..GcReport::default()
         };
-        for root in self.roots()? {
+        for root in gone {
+            if !dry_run {
+                self.remove_root(&root.name)?;
+            }
+            report.expired_roots.push(root.name);
+        }
+        let live = self.live_from(roots.clone(), keep_build_inputs)?;
+        report.live = live.len();
+        for root in roots {
             if root.target == RootTarget::Dangling {
                 if root.indirect && !dry_run {
                     self.remove_root(&root.name)?;

@@ -55,7 +55,7 @@ pub use install::{Committed, Draft, ImportOutcome, KeyLock, Mismatch, Staging};
 pub use listing::Listing;
 pub use meta::{EntryKind, Meta, MetaError, SCHEMA};
 pub use pending::Recovered;
-pub use profile::{Generation, Profile, RootChanges};
+pub use profile::{Generation, Profile, RootChanges, generations_to_delete};
 pub use realisation::{BuildRecord, Realised, RealisedOutput};
 pub use settings::Settings;
 #[cfg(feature = "remote")]

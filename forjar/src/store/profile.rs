@@ -39,6 +39,42 @@ impl Generation {
     }
 }
 
+/// Which generations `delete-generations` deletes of `listed` (each number with the time it was
+/// recorded, oldest first), `current` being the one in use: the `numbers` named, as given
+/// (naming the current one is refused where they are deleted), and, the current one left out,
+/// those recorded longer than `older_than` before `now` and all but the newest `keep`. Shared by
+/// a program's profile and a host's generations, so that the two select alike.
+pub fn generations_to_delete(
+    listed: &[(u64, SystemTime)],
+    current: Option<u64>,
+    numbers: &[u64],
+    older_than: Option<Duration>,
+    keep: Option<usize>,
+    now: SystemTime,
+) -> BTreeSet<u64> {
+    let mut doomed: BTreeSet<u64> = numbers.iter().copied().collect();
+    let not_current = |number: u64| current != Some(number);
+    if let Some(age) = older_than {
+        let cutoff = now.checked_sub(age).unwrap_or(UNIX_EPOCH);
+        doomed.extend(
+            listed
+                .iter()
+                .filter(|&&(number, created)| created < cutoff && not_current(number))
+                .map(|&(number, _)| number),
+        );
+    }
+    if let Some(keep) = keep {
+        let older = listed.len().saturating_sub(keep);
+        doomed.extend(
+            listed[..older]
+                .iter()
+                .map(|&(number, _)| number)
+                .filter(|&n| not_current(n)),
+        );
+    }
+    doomed
+}
+
 /// How the roots of two generations differ.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct RootChanges {
