@@ -45,12 +45,28 @@ pub(crate) fn make(
 }
 
 /// Writes what the change `delta` makes of `base` to `out`; returns its size. A change made
-/// against another base fails its checksum.
+/// against another base fails its checksum. What it makes is bounded: no change is made of a
+/// pair larger than one window, so one that makes more is refused once it has.
 pub(crate) fn apply(base: &[u8], delta: impl Read, out: &mut impl Write) -> io::Result<u64> {
+    apply_at_most(base, delta, out, 1 << MAX_WINDOW_LOG)
+}
+
+fn apply_at_most(
+    base: &[u8],
+    delta: impl Read,
+    out: &mut impl Write,
+    most: u64,
+) -> io::Result<u64> {
     let mut decoder =
         zstd::stream::read::Decoder::with_ref_prefix(io::BufReader::new(delta), base)?;
     decoder.window_log_max(MAX_WINDOW_LOG)?;
-    io::copy(&mut decoder, out)
+    let made = io::copy(&mut decoder.take(most + 1), out)?;
+    if made > most {
+        return Err(io::Error::other(format!(
+            "the change makes more than {most} bytes, more than any agent sent as a change"
+        )));
+    }
+    Ok(made)
 }
 
 #[cfg(test)]
@@ -94,6 +110,16 @@ mod tests {
         // Against another base, it fails rather than make something else.
         let other = noise(4 << 20, 4);
         assert!(apply(&other, delta.as_slice(), &mut Vec::new()).is_err());
+        // What it makes is bounded: a byte over the bound, and it stops there.
+        let mut cut = Vec::new();
+        let most = new.len() as u64 - 1;
+        let error = apply_at_most(&base, delta.as_slice(), &mut cut, most).unwrap_err();
+        assert!(error.to_string().contains("makes more than"), "{error}");
+        assert_eq!(cut.len() as u64, most + 1);
+        assert_eq!(
+            apply_at_most(&base, delta.as_slice(), &mut Vec::new(), new.len() as u64).unwrap(),
+            new.len() as u64
+        );
     }
 
     #[test]

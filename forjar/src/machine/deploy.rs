@@ -597,13 +597,13 @@ impl Host {
             .chain([Way::Compressed, Way::Whole])
         {
             // Each way's file is made only when it is tried; the script makes the binary `$f`.
-            let (file, make, how) = match way {
+            let (made, make, how) = match way {
                 // A change that cannot be made (the store lacks the agent the host has, the pair
                 // is too large, the store's directory cannot be written) is no reason to fail:
                 // the agent goes whole.
                 Way::Delta(base) => match upload.delta(store, base, &self.agent) {
                     Ok(Some(delta)) => (
-                        delta,
+                        Some(delta),
                         format!(
                             "b=\"$2/$5/content\"; [ -x \"$b\" ] || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}; \
                              \"$b\" __agent --store \"$2\" --state \"$1\" from-delta --base \"$5\" --file \"$f\" \
@@ -614,22 +614,22 @@ impl Host {
                     _ => continue,
                 },
                 Way::Compressed => (
-                    upload
-                        .compressed(store, &self.agent)
-                        .map_err(|e| MachineError::host(self.name(), e))?,
+                    Some(
+                        upload
+                            .compressed(store, &self.agent)
+                            .map_err(|e| MachineError::host(self.name(), e))?,
+                    ),
                     format!(
                         "command -v gzip >/dev/null || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}; \
                          gzip -dc > \"$f\""
                     ),
                     "sent compressed",
                 ),
-                Way::Whole => (
-                    store.content_path(&self.agent),
-                    "cat > \"$f\"".to_string(),
-                    "sent as it is",
-                ),
+                // The entry itself: no other program removes it while this one has the store.
+                Way::Whole => (None, "cat > \"$f\"".to_string(), "sent as it is"),
             };
             on_way(how);
+            let whole = store.content_path(&self.agent);
             let script = format!(
                 "set -e; umask 077; mkdir -p \"$1\"; f=$(mktemp \"$1/agent.XXXXXX\"); \
                  trap 'rm -f \"$f\"' EXIT; \
@@ -651,8 +651,12 @@ impl Host {
                 &argv,
                 Input::Stream(
                     Box::new(move |out| {
-                        io::copy(&mut fs::File::open(&file)?, &mut Stoppable { out, stop })
-                            .map(drop)
+                        let mut out = Stoppable { out, stop };
+                        match made {
+                            Some(made) => io::copy(&mut made.reader(), &mut out),
+                            None => io::copy(&mut fs::File::open(&whole)?, &mut out),
+                        }
+                        .map(drop)
                     }),
                     on_sent,
                 ),
@@ -865,16 +869,41 @@ const NOT_THIS_WAY: i32 = 97;
 /// `<store>/.machines/agent-deltas/`.
 #[derive(Debug, Default)]
 pub struct AgentUpload {
-    made: std::sync::OnceLock<Result<std::path::PathBuf, String>>,
+    made: std::sync::OnceLock<Result<Made, String>>,
     /// By the agent changed from: hosts on the same agent wait for one change to be made.
     deltas: std::sync::Mutex<BTreeMap<EntryName, std::sync::Arc<OnceDelta>>>,
 }
 
-type OnceDelta = std::sync::OnceLock<Result<Option<std::path::PathBuf>, String>>;
+type OnceDelta = std::sync::OnceLock<Result<Option<Made>, String>>;
+
+/// A made copy of the agent (compressed, or a change), open: each host reads it from the start
+/// through this one descriptor, so another program's apply from the same store, which keeps
+/// only its own agent's copies, cannot take it away in the middle of a deploy.
+#[derive(Debug, Clone)]
+struct Made(std::sync::Arc<fs::File>);
+
+impl Made {
+    fn open(path: &Path) -> io::Result<Made> {
+        Ok(Made(std::sync::Arc::new(fs::File::open(path)?)))
+    }
+
+    /// A reader from the start, of its own position.
+    fn reader(&self) -> impl io::Read + use<> {
+        struct At(std::sync::Arc<fs::File>, u64);
+        impl io::Read for At {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = std::os::unix::fs::FileExt::read_at(&*self.0, buf, self.1)?;
+                self.1 += n as u64;
+                Ok(n)
+            }
+        }
+        At(self.0.clone(), 0)
+    }
+}
 
 impl AgentUpload {
     /// The compressed agent `agent` of `store`, made the first time it is asked for.
-    fn compressed(&self, store: &Store, agent: &EntryName) -> Result<std::path::PathBuf, String> {
+    fn compressed(&self, store: &Store, agent: &EntryName) -> Result<Made, String> {
         self.made
             .get_or_init(|| {
                 let path = store.dir().join(format!(".machines/agents/{agent}.gz"));
@@ -891,7 +920,7 @@ impl AgentUpload {
                     io::Write::flush(&mut encoder.finish()?)?;
                     Ok(true)
                 })
-                .map(|made| made.expect("the compressed agent is always made"))
+                .and_then(|made| Made::open(&made.expect("the compressed agent is always made")))
                 .map_err(|e| format!("cannot compress the agent into `{}`: {e}", path.display()))
             })
             .clone()
@@ -904,7 +933,7 @@ impl AgentUpload {
         store: &Store,
         base: &EntryName,
         agent: &EntryName,
-    ) -> Result<Option<std::path::PathBuf>, String> {
+    ) -> Result<Option<Made>, String> {
         if base == agent || !store.contains(base) {
             return Ok(None);
         }
@@ -928,6 +957,7 @@ impl AgentUpload {
                 let len = new.metadata()?.len();
                 super::delta::make(&old, &mut new, len, io::BufWriter::new(file))
             })
+            .and_then(|made| made.as_deref().map(Made::open).transpose())
             .map_err(|e| {
                 format!(
                     "cannot make the agent as a change into `{}`: {e}",
@@ -1530,6 +1560,33 @@ pub fn mirror(store: &Store, machine: &str, generations: &[GenerationRecord]) ->
 mod tests {
     use super::*;
     use nix::unistd::Uid;
+
+    #[test]
+    fn a_made_copy_of_the_agent_is_sent_whole_after_another_program_removed_its_name() {
+        use std::io::Read;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let binary = tmp.path().join("agent");
+        let bytes: Vec<u8> = (0..1u32 << 20)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        fs::write(&binary, &bytes).unwrap();
+        let agent = store
+            .import_source(&binary, &Name::new("forjar-agent").unwrap())
+            .unwrap()
+            .entry;
+        let upload = AgentUpload::default();
+        upload.compressed(&store, &agent).unwrap();
+        // Another program's apply from this store keeps only its own agent's copies.
+        fs::remove_file(store.dir().join(format!(".machines/agents/{agent}.gz"))).unwrap();
+        for _host in 0..2 {
+            let mut sent = Vec::new();
+            flate2::read::GzDecoder::new(upload.compressed(&store, &agent).unwrap().reader())
+                .read_to_end(&mut sent)
+                .unwrap();
+            assert!(sent == bytes, "a host got {} bytes", sent.len());
+        }
+    }
 
     #[test]
     fn the_operator_is_named_without_a_user_variable() {

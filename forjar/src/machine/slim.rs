@@ -112,13 +112,23 @@ pub(crate) fn only(path: &Path) -> impl Fn(&OsStr) -> bool + '_ {
     move |name| Some(name) == path.file_name()
 }
 
-/// Removes every file of `dir` but those whose names `kept` keeps and the temporary files
-/// (`.tmp…`) another process may be writing there: a directory of made copies of which only
-/// those of the newest agent are wanted.
+/// How long a made copy not of the newest agent is kept: another program applied from the same
+/// store at the same time may have just made it, and is about to open it.
+const YOUNG: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
+/// Removes every file of `dir` but those whose names `kept` keeps, the temporary files
+/// (`.tmp…`) another process may be writing there, and those made within [`YOUNG`]: a
+/// directory of made copies of which only those of the newest agent are wanted.
 pub(crate) fn keep_only(dir: &Path, kept: impl Fn(&OsStr) -> bool) -> io::Result<()> {
+    let young = |entry: &fs::DirEntry| {
+        entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|made| made.elapsed().is_ok_and(|age| age < YOUNG))
+    };
     for old in fs::read_dir(dir)?.flatten() {
         let name = old.file_name();
-        if !kept(&name) && !name.as_encoded_bytes().starts_with(b".tmp") {
+        if !kept(&name) && !name.as_encoded_bytes().starts_with(b".tmp") && !young(&old) {
             let _ = fs::remove_file(old.path());
         }
     }
@@ -161,12 +171,25 @@ mod tests {
         // Made once: asked again, the same file.
         assert_eq!(keep(&exe, &kept).unwrap().unwrap(), path);
         assert!(!has_debug_info(&path).unwrap());
-        // An older copy goes; one another process is writing stays.
-        let (old, writing) = (dir.path().join("1-2-3-4.5"), dir.path().join(".tmpAbC"));
+        // An older copy goes; one another process is writing stays, and so does one another
+        // program made a moment ago.
+        let (old, writing, other) = (
+            dir.path().join("1-2-3-4.5"),
+            dir.path().join(".tmpAbC"),
+            dir.path().join("6-7-8-9.10"),
+        );
         fs::write(&old, b"old").unwrap();
+        let two_hours = std::time::Duration::from_secs(2 * 60 * 60);
+        fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - two_hours)
+            .unwrap();
         fs::write(&writing, b"being written").unwrap();
+        fs::write(&other, b"another program's").unwrap();
         keep_only(dir.path(), only(&kept)).unwrap();
-        assert!(!old.exists() && writing.exists() && kept.exists());
+        assert!(!old.exists() && writing.exists() && other.exists() && kept.exists());
         // Not an ELF file: nothing to leave out.
         assert!(without_debug_info(b"#!/bin/sh\n").is_none());
     }
