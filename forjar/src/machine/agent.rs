@@ -938,18 +938,71 @@ pub fn run_activation(store: &Store, state: &State, id: &str, request: &Request)
     };
     log(&format!("outcome: {}", outcome.result));
     let path = state.dir.join("activations").join(format!("{id}.json"));
-    match write_atomic(
+    let written = write_atomic(
         &path,
         serde_json::to_string(&outcome)
             .expect("an outcome serialises")
             .as_bytes(),
-    ) {
+    );
+    if let Err(e) = prune_activations(state, KEPT_ACTIVATIONS) {
+        log(&format!(
+            "cannot remove the files of old activations: {}",
+            e.0
+        ));
+    }
+    match written {
         Ok(()) => 0,
         Err(e) => {
             log(&e.0);
             1
         }
     }
+}
+
+/// How many finished activations' files (log, outcome, pid, confirmation) a host keeps: every
+/// apply activates, an unchanged host too, so without a bound a host applied every few minutes
+/// gathers files without end.
+const KEPT_ACTIVATIONS: usize = 100;
+
+/// Removes the files of every finished activation (one with an outcome) but the newest `keep`;
+/// an activation without an outcome (running, or its activator killed) keeps its files.
+fn prune_activations(state: &State, keep: usize) -> Result<(), AgentError> {
+    let dir = state.dir.join("activations");
+    let mut ids: BTreeSet<(u128, u32, String)> = BTreeSet::new();
+    let mut finished: BTreeSet<String> = BTreeSet::new();
+    let mut files: Vec<(String, PathBuf)> = Vec::new();
+    for item in fs::read_dir(&dir).map_err(AgentError::io("cannot read", &dir))? {
+        let item = item.map_err(AgentError::io("cannot read", &dir))?;
+        let name = item.file_name().to_string_lossy().into_owned();
+        let Some((id, suffix)) = name.split_once('.') else {
+            continue;
+        };
+        // `<nanoseconds>-<pid>`, as `activate` names them; anything else is not ours.
+        let Some((nanos, pid)) = id
+            .split_once('-')
+            .and_then(|(n, p)| Some((n.parse::<u128>().ok()?, p.parse::<u32>().ok()?)))
+        else {
+            continue;
+        };
+        if suffix == "json" {
+            finished.insert(id.to_string());
+        }
+        ids.insert((nanos, pid, id.to_string()));
+        files.push((id.to_string(), item.path()));
+    }
+    let doomed: BTreeSet<&String> = ids
+        .iter()
+        .map(|(_, _, id)| id)
+        .filter(|id| finished.contains(*id))
+        .rev()
+        .skip(keep)
+        .collect();
+    for (id, path) in &files {
+        if doomed.contains(id) {
+            fs::remove_file(path).map_err(AgentError::io("cannot remove", path))?;
+        }
+    }
+    Ok(())
 }
 
 /// A line of the activation's log: standard error, which is the log file for the detached
@@ -1969,6 +2022,45 @@ mod tests {
         garbage.sort();
         assert_eq!(dead(&collected), garbage);
         assert!(store.contains(&systems[2]));
+    }
+
+    #[test]
+    fn a_host_keeps_the_files_of_its_newest_finished_activations_and_of_running_ones() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = State::open(&tmp.path().join("state")).unwrap();
+        let file = |id: &str, suffix: &str| activation_file(&state, id, suffix);
+        // Ten finished ones, a second apart; the oldest has no outcome (its activator killed).
+        let ids: Vec<String> = (0..11u128)
+            .map(|i| {
+                format!(
+                    "{}-{}",
+                    1_700_000_000_000_000_000 + i * 1_000_000_000,
+                    40 + i
+                )
+            })
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            fs::write(file(id, "log"), "log").unwrap();
+            fs::write(file(id, "pid"), "1").unwrap();
+            if i > 0 {
+                fs::write(file(id, "json"), "{}").unwrap();
+            }
+        }
+        fs::write(state.dir.join("activations").join("notes.txt"), "mine").unwrap();
+        prune_activations(&state, 3).unwrap();
+        assert!(file(&ids[0], "log").exists(), "an unfinished one went");
+        for id in &ids[1..8] {
+            assert!(
+                !file(id, "log").exists() && !file(id, "json").exists(),
+                "{id} kept"
+            );
+        }
+        for id in &ids[8..] {
+            assert!(
+                file(id, "log").exists() && file(id, "json").exists() && file(id, "pid").exists()
+            );
+        }
+        assert!(state.dir.join("activations/notes.txt").exists());
     }
 
     #[test]
