@@ -850,6 +850,32 @@ fn the_local_machine_is_changed_without_ssh() {
     let line = summary_line(&local, "local");
     assert!(line.contains("activated generation 2"), "{line}");
     assert_eq!(hosts.http_get(0, 8080), "local");
+
+    // Its store is the program's own: collected from the local machine's generations and the
+    // program's roots, it keeps what both need.
+    let run = |command: &str| {
+        hosts.ssh(
+            0,
+            &format!(
+                "FLEET_HOSTS=local FLEET_GREETING=local fleet --store {} {command}",
+                store.display()
+            ),
+        )
+    };
+    let gc = run("gc --on local");
+    assert_ok(&gc);
+    assert!(stdout(&gc).contains("local: deleted "), "{}", stdout(&gc));
+    let drift = run("drift --on local");
+    assert_ok(&drift);
+    assert!(
+        stdout(&drift).contains("local: no drift"),
+        "{}",
+        stdout(&drift)
+    );
+    let again = run("apply");
+    assert_ok(&again);
+    assert!(summary_line(&again, "local").contains("unchanged, generation 2"));
+    assert_eq!(hosts.http_get(0, 8080), "local");
 }
 
 #[test]

@@ -514,7 +514,8 @@ impl Session {
             true => READS_END,
             false => CLEANING_ENDS,
         };
-        let (results, left) = self.connect_each(step, notice, |host| host.gc(dry_run))?;
+        let (results, left) =
+            self.connect_each(step, notice, |host| host.gc(&self.store, dry_run))?;
         let verb = if dry_run { "would delete" } else { "deleted" };
         let (text, code) = render_each(results, |text, name, collected| {
             for (entry, size) in &collected.dead {

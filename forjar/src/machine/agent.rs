@@ -528,7 +528,10 @@ pub fn gc(store: &Store, dry_run: bool) -> Result<Collected, AgentError> {
         }
         old
     };
-    let report = store.gc_expiring(dry_run, false, &expired, || {
+    // A local machine's store is the controller's own, whose setting says whether to keep
+    // build inputs; a host's store has the default (none) and no builds.
+    let keep_build_inputs = store.settings()?.keep_build_inputs;
+    let report = store.gc_expiring(dry_run, keep_build_inputs, &expired, || {
         log("waiting for the store: a deploy or an activation has it open")
     })?;
     Ok(Collected {

@@ -786,8 +786,13 @@ impl Host {
     }
 
     /// Deletes what the host's store holds for no generation and no deploy under way (with
-    /// `dry_run`, only says what).
-    pub fn gc(&self, dry_run: bool) -> Result<agent::Collected, MachineError> {
+    /// `dry_run`, only says what). The local machine's store is the program's own, `store`,
+    /// which this process has open: collected here, as an agent it runs would wait for the
+    /// store to itself, and so for this process, for ever.
+    pub fn gc(&self, store: &Store, dry_run: bool) -> Result<agent::Collected, MachineError> {
+        if self.transport.is_local() {
+            return agent::gc(store, dry_run).map_err(|e| MachineError::host(self.name(), e.0));
+        }
         let command: &[&str] = match dry_run {
             true => &["gc", "--dry-run"],
             false => &["gc"],

@@ -189,6 +189,11 @@ impl Transport {
         &self.host
     }
 
+    /// Whether the machine is this one (`Machine::local`), reached without ssh.
+    pub fn is_local(&self) -> bool {
+        matches!(self.link, Link::Local)
+    }
+
     /// Runs `argv` on the machine, feeding it `input` and calling `line` with each line of its
     /// standard output as it comes (all of it is also returned).
     pub fn run(
