@@ -465,8 +465,10 @@ pub fn receive(store: &Store) -> Result<(), AgentError> {
         let _ = out.flush();
         installed.push(entry.clone());
     });
-    keep_pending(store, &installed)?;
-    Ok(received?)
+    // What a cut stream installed is kept too, for the rerun; its error is the one said.
+    let kept = keep_pending(store, &installed);
+    received?;
+    kept
 }
 
 /// The roots that keep what a deploy sent from `gc` until its activation names it:
@@ -477,7 +479,7 @@ const PENDING: &str = "machine-pending-";
 
 /// How long `gc` keeps what a deploy sent and no activation named: a deploy cut off between
 /// its copy and its activation leaves such entries, and a deploy takes minutes, not a day.
-pub const PENDING_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
+const PENDING_KEPT: Duration = Duration::from_secs(24 * 60 * 60);
 
 fn pending_root(entry: &EntryName) -> String {
     format!("{PENDING}{}", entry.hash())
@@ -570,10 +572,10 @@ impl Doomed {
     }
 }
 
-/// `delete-generations`: deletes the generations `doomed` selects, all or none, and their roots,
-/// so that `gc` can free what only they kept. The current generation and the one an activation
-/// cut off would go back to are refused when named, and left out of what the age and count
-/// select. Returns the numbers deleted.
+/// `delete-generations`: deletes the generations `doomed` selects and their roots, so that `gc`
+/// can free what only they kept; none if one named cannot be deleted. The current generation
+/// and the one an activation cut off goes back to are refused when named, and left out of what
+/// the age and count select. Returns the numbers deleted.
 pub fn delete_generations(
     store: &Store,
     state: &State,
@@ -582,14 +584,17 @@ pub fn delete_generations(
     let _lock = state.lock()?;
     let current = state.current()?;
     let generations = state.generations()?;
+    // An activation cut off left its journal; the next one goes back to the journal's `from`
+    // first, and needs it.
     let journal = state.dir.join("journal.json");
-    let resumed_to = match fs::read(&journal) {
+    let going_back_to = match fs::read(&journal) {
         Ok(bytes) => {
             serde_json::from_slice::<Journal>(&bytes)
                 .map_err(|e| AgentError(format!("`{}` is damaged: {e}", journal.display())))?
                 .from
         }
-        Err(_) => None,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(AgentError::io("cannot read", &journal)(e)),
     };
     for &number in &doomed.numbers {
         if current == Some(number) {
@@ -598,7 +603,7 @@ pub fn delete_generations(
                  `rollback --to` another generation, or `apply`, first"
             )));
         }
-        if resumed_to == Some(number) {
+        if going_back_to == Some(number) {
             return Err(AgentError(format!(
                 "generation {number} is the one an activation that was cut off goes back to; \
                  the next `apply` or `rollback` goes back first"
@@ -620,7 +625,7 @@ pub fn delete_generations(
     );
     let mut deleted = Vec::new();
     for record in generations.iter().filter(|g| numbers.contains(&g.number)) {
-        if resumed_to == Some(record.number) {
+        if going_back_to == Some(record.number) {
             continue;
         }
         // The record goes first: a crash between the two leaves a root without a record,

@@ -1498,9 +1498,11 @@ pub fn deploy_host(
         report.changes = outcome.changes.clone();
         report.repaired = outcome.repaired.clone();
         report.error = outcome.error.clone();
-        // Not the host's failure: said on its line, which keeps its result.
+        // Not the host's failure: said on its line, which keeps its result. Unsynced: the
+        // root only saves sending an agent whole, not worth a `syncfs` of the store's file
+        // system in the middle of a deploy.
         if matches!(report.result, HostResult::Activated | HostResult::Unchanged)
-            && let Err(e) = store.add_root(&host_root(name), &system.entry)
+            && let Err(e) = store.add_root_unsynced(&host_root(name), &system.entry)
         {
             report.error = Some(format!(
                 "the controller's store cannot keep the system the host runs: {e}"

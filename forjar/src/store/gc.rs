@@ -74,6 +74,14 @@ pub(super) fn replace_link(dir: &Path, name: &str, target: &Path) -> Result<(), 
     fs::rename(&tmp, &path).map_err(StoreError::io("cannot create", &path))
 }
 
+/// A root's name is a name: no `/`, no leading `.`.
+fn root_name(name: &str) -> Result<(), StoreError> {
+    match Name::new(name) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(StoreError::BadRootName(name.to_string())),
+    }
+}
+
 impl Store {
     fn roots_dir(&self) -> PathBuf {
         self.dir().join(".roots")
@@ -88,11 +96,18 @@ impl Store {
 
     /// Makes `entry` a root named `name`, replacing a root of that name.
     pub fn add_root(&self, name: &str, entry: &EntryName) -> Result<(), StoreError> {
-        if Name::new(name).is_err() {
-            return Err(StoreError::BadRootName(name.to_string()));
-        }
+        root_name(name)?;
         // A root must not outlive, after a crash, the entry it names.
         self.sync()?;
+        self.put_root(name, &self.entry_path(entry))
+    }
+
+    /// Makes `entry` a root named `name`, as [`Store::add_root`], without first making what
+    /// this process installed durable: for a root that only saves work (after a crash it may
+    /// name an entry that is gone, and then keeps nothing), where a `syncfs` of the store's file
+    /// system would cost more than what it keeps.
+    pub fn add_root_unsynced(&self, name: &str, entry: &EntryName) -> Result<(), StoreError> {
+        root_name(name)?;
         self.put_root(name, &self.entry_path(entry))
     }
 
