@@ -1598,6 +1598,13 @@ fn host_systems(store: &Path, host: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
+/// `output` exited with `code`, and what `said` reads of it (its standard output or error)
+/// contains `text`.
+fn exits_saying(output: &Output, code: i32, said: fn(&Output) -> String, text: &str) {
+    assert_eq!(output.status.code(), Some(code), "{output:?}");
+    assert!(said(output).contains(text), "{}", said(output));
+}
+
 #[test]
 fn a_host_deletes_old_generations_and_its_gc_frees_what_only_they_kept() {
     let Some((hosts, dir, store)) = one_host_deployed() else {
@@ -1637,12 +1644,7 @@ fn a_host_deletes_old_generations_and_its_gc_frees_what_only_they_kept() {
 
     // The one it runs cannot go.
     let refused = run(&["delete-generations", "3", "--on", host]);
-    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
-    assert!(
-        stdout(&refused).contains("generation 3 is the one the host runs"),
-        "{}",
-        stdout(&refused)
-    );
+    exits_saying(&refused, 1, stdout, "generation 3 is the one the host runs");
     let deleted = run(&["delete-generations", "--keep", "1", "--on", host]);
     assert_ok(&deleted);
     assert!(
@@ -1700,21 +1702,11 @@ fn a_host_deletes_old_generations_and_its_gc_frees_what_only_they_kept() {
     assert!(summary_line(&again, host).contains("unchanged, generation 3"));
     assert_eq!(sent_bytes(&again, host), 0);
     let back = run(&["rollback", "--on", host]);
-    assert_eq!(back.status.code(), Some(1), "{back:?}");
-    assert!(
-        stdout(&back).contains("no earlier generation"),
-        "{}",
-        stdout(&back)
-    );
+    exits_saying(&back, 1, stdout, "no earlier generation");
 
     // `--on` with a command that works on this machine alone is a mistake, not ignored.
     let local = run(&["ls", "--on", host]);
-    assert_eq!(local.status.code(), Some(2), "{local:?}");
-    assert!(
-        stderr(&local).contains("leave `--on` out"),
-        "{}",
-        stderr(&local)
-    );
+    exits_saying(&local, 2, stderr, "leave `--on` out");
 
     // The controller keeps what the host runs: after its own `gc`, the next rebuilt program's
     // agent still goes as a change to the agent the host runs.

@@ -506,13 +506,9 @@ impl Session {
     /// `gc --on HOST [--dry-run]`: deletes from each host's store what none of its generations
     /// needs and no deploy under way sent.
     pub(super) fn host_gc(&self, dry_run: bool) -> Result<ExitCode, Failure> {
-        let step = match dry_run {
-            true => "reading its store",
-            false => "collecting its store",
-        };
-        let notice = match dry_run {
-            true => READS_END,
-            false => CLEANING_ENDS,
+        let (step, notice) = match dry_run {
+            true => ("reading its store", READS_END),
+            false => ("collecting its store", CLEANING_ENDS),
         };
         let (results, left) =
             self.connect_each(step, notice, |host| host.gc(&self.store, dry_run))?;

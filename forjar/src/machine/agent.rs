@@ -586,16 +586,7 @@ pub fn delete_generations(
     let generations = state.generations()?;
     // An activation cut off left its journal; the next one goes back to the journal's `from`
     // first, and needs it.
-    let journal = state.dir.join("journal.json");
-    let going_back_to = match fs::read(&journal) {
-        Ok(bytes) => {
-            serde_json::from_slice::<Journal>(&bytes)
-                .map_err(|e| AgentError(format!("`{}` is damaged: {e}", journal.display())))?
-                .from
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-        Err(e) => return Err(AgentError::io("cannot read", &journal)(e)),
-    };
+    let going_back_to = Journal::read(state)?.and_then(|journal| journal.from);
     for &number in &doomed.numbers {
         if current == Some(number) {
             return Err(AgentError(format!(
@@ -1030,15 +1021,31 @@ struct Journal {
     from: Option<u64>,
 }
 
+impl Journal {
+    fn path(state: &State) -> PathBuf {
+        state.dir.join("journal.json")
+    }
+
+    /// The journal an activation cut off left, if any.
+    fn read(state: &State) -> Result<Option<Journal>, AgentError> {
+        let path = Journal::path(state);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| AgentError(format!("`{}` is damaged: {e}", path.display()))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(AgentError::io("cannot read", &path)(e)),
+        }
+    }
+}
+
 /// Finishes what a killed activator left: the host goes back to the generation it was on
 /// before, so it is never left between two.
 fn resume(store: &Store, state: &State) -> Result<(), AgentError> {
-    let path = state.dir.join("journal.json");
-    let Ok(bytes) = fs::read(&path) else {
+    let Some(journal) = Journal::read(state)? else {
         return Ok(());
     };
-    let journal: Journal = serde_json::from_slice(&bytes)
-        .map_err(|e| AgentError(format!("`{}` is damaged: {e}", path.display())))?;
+    let path = Journal::path(state);
     log(&format!(
         "an activation of generation {} was interrupted; returning to {}",
         journal.to,
@@ -1178,7 +1185,7 @@ fn activate_locked(
     for entry in &closure {
         system_store.remove_root(&pending_root(entry))?;
     }
-    let journal = state.dir.join("journal.json");
+    let journal = Journal::path(state);
     write_atomic(
         &journal,
         serde_json::to_string(&Journal {

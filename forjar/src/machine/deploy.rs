@@ -603,7 +603,7 @@ impl Host {
                 // the agent goes whole.
                 Way::Delta(base) => match upload.delta(store, base, &self.agent) {
                     Ok(Some(delta)) => (
-                        Some(delta),
+                        delta,
                         format!(
                             "b=\"$2/$5/content\"; [ -x \"$b\" ] || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}; \
                              \"$b\" __agent --store \"$2\" --state \"$1\" from-delta --base \"$5\" --file \"$f\" \
@@ -614,22 +614,27 @@ impl Host {
                     _ => continue,
                 },
                 Way::Compressed => (
-                    Some(
-                        upload
-                            .compressed(store, &self.agent)
-                            .map_err(|e| MachineError::host(self.name(), e))?,
-                    ),
+                    upload
+                        .compressed(store, &self.agent)
+                        .map_err(|e| MachineError::host(self.name(), e))?,
                     format!(
                         "command -v gzip >/dev/null || {{ cat >/dev/null; exit {NOT_THIS_WAY}; }}; \
                          gzip -dc > \"$f\""
                     ),
                     "sent compressed",
                 ),
-                // The entry itself: no other program removes it while this one has the store.
-                Way::Whole => (None, "cat > \"$f\"".to_string(), "sent as it is"),
+                Way::Whole => {
+                    let binary = store.content_path(&self.agent);
+                    let open = fs::File::open(&binary).map_err(|e| {
+                        MachineError::host(
+                            self.name(),
+                            format!("cannot read the agent `{}`: {e}", binary.display()),
+                        )
+                    })?;
+                    (Made::new(open), "cat > \"$f\"".to_string(), "sent as it is")
+                }
             };
             on_way(how);
-            let whole = store.content_path(&self.agent);
             let script = format!(
                 "set -e; umask 077; mkdir -p \"$1\"; f=$(mktemp \"$1/agent.XXXXXX\"); \
                  trap 'rm -f \"$f\"' EXIT; \
@@ -651,12 +656,7 @@ impl Host {
                 &argv,
                 Input::Stream(
                     Box::new(move |out| {
-                        let mut out = Stoppable { out, stop };
-                        match made {
-                            Some(made) => io::copy(&mut made.reader(), &mut out),
-                            None => io::copy(&mut fs::File::open(&whole)?, &mut out),
-                        }
-                        .map(drop)
+                        io::copy(&mut made.reader(), &mut Stoppable { out, stop }).map(drop)
                     }),
                     on_sent,
                 ),
@@ -881,15 +881,16 @@ pub struct AgentUpload {
 
 type OnceDelta = std::sync::OnceLock<Result<Option<Made>, String>>;
 
-/// A made copy of the agent (compressed, or a change), open: each host reads it from the start
-/// through this one descriptor, so another program's apply from the same store, which keeps
-/// only its own agent's copies, cannot take it away in the middle of a deploy.
+/// What is sent of the agent (a made copy, compressed or a change, or the entry's binary), open:
+/// each host reads it from the start through this one descriptor, so another program's apply
+/// from the same store, which keeps only its own agent's copies, cannot take a copy away in the
+/// middle of a deploy.
 #[derive(Debug, Clone)]
 struct Made(std::sync::Arc<fs::File>);
 
 impl Made {
-    fn open(path: &Path) -> io::Result<Made> {
-        Ok(Made(std::sync::Arc::new(fs::File::open(path)?)))
+    fn new(file: fs::File) -> Made {
+        Made(std::sync::Arc::new(file))
     }
 
     /// A reader from the start, of its own position.
@@ -925,7 +926,7 @@ impl AgentUpload {
                     io::Write::flush(&mut encoder.finish()?)?;
                     Ok(true)
                 })
-                .and_then(|made| Made::open(&made.expect("the compressed agent is always made")))
+                .map(|made| Made::new(made.expect("the compressed agent is always made").1))
                 .map_err(|e| format!("cannot compress the agent into `{}`: {e}", path.display()))
             })
             .clone()
@@ -962,7 +963,7 @@ impl AgentUpload {
                 let len = new.metadata()?.len();
                 super::delta::make(&old, &mut new, len, io::BufWriter::new(file))
             })
-            .and_then(|made| made.as_deref().map(Made::open).transpose())
+            .map(|made| made.map(|(_, file)| Made::new(file)))
             .map_err(|e| {
                 format!(
                     "cannot make the agent as a change into `{}`: {e}",

@@ -71,29 +71,33 @@ pub(crate) fn kept_path(dir: &Path, exe: &Path) -> io::Result<PathBuf> {
 /// or `None` if `exe` has no debugging information to leave out.
 pub(crate) fn keep(exe: &Path, kept: &Path) -> io::Result<Option<PathBuf>> {
     // Only the running program's copy is kept: the others belong to older builds.
-    made(kept, only(kept), |file| {
+    let made = made(kept, only(kept), |file| {
         let Some(slim) = without_debug_info(&fs::read(exe)?) else {
             return Ok(false);
         };
         file.write_all(&slim)?;
         file.set_permissions(fs::Permissions::from_mode(0o755))?;
         Ok(true)
-    })
+    })?;
+    Ok(made.map(|(path, _)| path))
 }
 
 /// The file `path` in a directory of made copies (the slim binaries, the compressed agents,
 /// the changes between agents), made by `write` if it is not there: into a temporary file
 /// beside it, synced (a cut copy must never stand under the name: it would be sent, or
 /// imported as the agent, on every later apply), and renamed; then the directory's files that
-/// `kept` does not keep are removed ([`keep_only`]). `None` when `write` says there is nothing
-/// to make.
+/// `kept` does not keep are removed ([`keep_only`]). Returns it with the file open, which
+/// another program's removal of the name cannot take away; `None` when `write` says there is
+/// nothing to make.
 pub(crate) fn made(
     path: &Path,
     kept: impl Fn(&OsStr) -> bool,
     write: impl FnOnce(&mut fs::File) -> io::Result<bool>,
-) -> io::Result<Option<PathBuf>> {
-    if path.exists() {
-        return Ok(Some(path.to_path_buf()));
+) -> io::Result<Option<(PathBuf, fs::File)>> {
+    match fs::File::open(path) {
+        Ok(file) => return Ok(Some((path.to_path_buf(), file))),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        Err(_) => {}
     }
     let dir = path.parent().expect("a made copy is in a directory");
     fs::create_dir_all(dir)?;
@@ -102,9 +106,9 @@ pub(crate) fn made(
         return Ok(None);
     }
     tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
+    let file = tmp.persist(path).map_err(|e| e.error)?;
     keep_only(dir, kept)?;
-    Ok(Some(path.to_path_buf()))
+    Ok(Some((path.to_path_buf(), file)))
 }
 
 /// Keeps `path`'s name alone.
@@ -113,8 +117,11 @@ pub(crate) fn only(path: &Path) -> impl Fn(&OsStr) -> bool + '_ {
 }
 
 /// How long a made copy not of the newest agent is kept: another program applied from the same
-/// store at the same time may have just made it, and is about to open it.
-const YOUNG: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+/// store at the same time may have just made its slim binary, which it imports by its path
+/// next. (The copies a deploy sends are held open from their making: [`made`].) Not longer: a
+/// program rebuilt and applied every few minutes would keep a binary of tens of megabytes per
+/// rebuild.
+const YOUNG: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Removes every file of `dir` but those whose names `kept` keeps, the temporary files
 /// (`.tmp…`) another process may be writing there, and those made within [`YOUNG`]: a

@@ -196,20 +196,20 @@ impl Store {
     /// theirs (Nix's `keep-outputs`): what the live entries were built with stays, so that
     /// building them again, or what is next to them, fetches and builds nothing again.
     pub fn live(&self, keep_build_inputs: bool) -> Result<BTreeSet<EntryName>, StoreError> {
-        self.live_from(self.roots()?, keep_build_inputs)
+        self.live_from(&self.roots()?, keep_build_inputs)
     }
 
     /// [`Store::live`], from `roots` (and every profile's generations).
     fn live_from(
         &self,
-        roots: Vec<Root>,
+        roots: &[Root],
         keep_build_inputs: bool,
     ) -> Result<BTreeSet<EntryName>, StoreError> {
         let mut live = BTreeSet::new();
         let mut queue: VecDeque<EntryName> = roots
-            .into_iter()
-            .filter_map(|r| match r.target {
-                RootTarget::Entry(e) => Some(e),
+            .iter()
+            .filter_map(|r| match &r.target {
+                RootTarget::Entry(e) => Some(e.clone()),
                 RootTarget::Dangling => None,
             })
             .chain(self.generation_roots()?)
@@ -375,7 +375,7 @@ impl Store {
             }
             report.expired_roots.push(root.name);
         }
-        let live = self.live_from(roots.clone(), keep_build_inputs)?;
+        let live = self.live_from(&roots, keep_build_inputs)?;
         report.live = live.len();
         for root in roots {
             if root.target == RootTarget::Dangling {
