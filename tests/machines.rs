@@ -876,6 +876,25 @@ fn the_local_machine_is_changed_without_ssh() {
     assert_ok(&again);
     assert!(summary_line(&again, "local").contains("unchanged, generation 2"));
     assert_eq!(hosts.http_get(0, 8080), "local");
+
+    // Keeping one generation: the older goes; the store, the program's own, is left to `gc`.
+    let kept = hosts.ssh(
+        0,
+        &format!(
+            "FLEET_HOSTS=local FLEET_GREETING=local FLEET_KEEP_GENERATIONS=1 fleet --store {} \
+             apply",
+            store.display()
+        ),
+    );
+    assert_ok(&kept);
+    let line = summary_line(&kept, "local");
+    assert!(
+        line.contains("unchanged, generation 2")
+            && line.contains("deleted generation 1")
+            && !line.contains("freeing"),
+        "{line}"
+    );
+    assert_eq!(hosts.http_get(0, 8080), "local");
 }
 
 #[test]
@@ -1603,6 +1622,127 @@ fn host_systems(store: &Path, host: &str) -> Vec<(u64, String)> {
 fn exits_saying(output: &Output, code: i32, said: fn(&Output) -> String, text: &str) {
     assert_eq!(output.status.code(), Some(code), "{output:?}");
     assert!(said(output).contains(text), "{}", said(output));
+}
+
+#[test]
+fn a_host_that_keeps_two_generations_lets_the_oldest_go_at_each_apply() {
+    // Keeping none is a mistake of the program, said before any host is reached.
+    let dir = tempfile::tempdir().unwrap();
+    let zero = Command::new(example("fleet"))
+        .env("FLEET_HOSTS", "web-1")
+        .env("FLEET_KEEP_GENERATIONS", "0")
+        .arg("--store")
+        .arg(dir.path().join("mistake"))
+        .arg("plan")
+        .output()
+        .unwrap();
+    exits_saying(
+        &zero,
+        3,
+        stderr,
+        "keep_generations(0): a host keeps at least",
+    );
+
+    let Some(hosts) = TestHosts::up(1) else {
+        return;
+    };
+    let store = dir.path().join("store");
+    let host = hosts.name(0);
+    let keep = ("FLEET_KEEP_GENERATIONS", "2");
+    // An apply of `greeting` whose line for the host says each of `said`; its line.
+    let apply = |greeting: &str, said: &[&str]| {
+        let output = fleet(
+            &store,
+            &hosts,
+            &[keep, ("FLEET_GREETING", greeting)],
+            &["apply"],
+        );
+        assert_ok(&output);
+        let line = summary_line(&output, host);
+        for text in said {
+            assert!(line.contains(text), "{text}: {line}");
+        }
+        line
+    };
+    apply("hello", &["activated generation 1"]);
+    let line = apply("bonjour", &["activated generation 2 (was 1)"]);
+    assert!(
+        !line.contains("deleted"),
+        "two generations are kept: {line}"
+    );
+    let first = host_systems(&store, host)[0].1.clone();
+    assert!(host_entries(&hosts, &store).contains(&first));
+
+    // The third lets the first go, and what only it kept.
+    apply(
+        "hola",
+        &[
+            "activated generation 3 (was 2)",
+            "deleted generation 1, freeing ",
+        ],
+    );
+    let systems = host_systems(&store, host);
+    assert_eq!(
+        systems.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        [2, 3],
+        "the mirror follows"
+    );
+    let entries = host_entries(&hosts, &store);
+    assert!(!entries.contains(&first), "{first} still in {entries:?}");
+    for (_, kept) in &systems {
+        assert!(entries.contains(kept), "{kept} not in {entries:?}");
+    }
+    let json = fleet(
+        &store,
+        &hosts,
+        &[keep, ("FLEET_GREETING", "hola")],
+        &["apply", "--json"],
+    );
+    assert_ok(&json);
+    assert!(
+        !stdout(&json).contains("deleted_generations"),
+        "an unchanged host with two generations deletes none: {}",
+        stdout(&json)
+    );
+    assert_eq!(hosts.http_get(0, 8080), "hola");
+
+    // The one kept besides the current is there to go back to. Going back is generation 4,
+    // with generation 2's system; the next activation keeps the newest two, 4 and 5, and lets
+    // 2 and 3 go, and only what 3 alone kept.
+    assert_ok(&fleet(&store, &hosts, &[keep], &["rollback", "--on", host]));
+    assert_eq!(hosts.http_get(0, 8080), "bonjour");
+    apply(
+        "salut",
+        &[
+            "activated generation 5 (was 4)",
+            "deleted generations 2 and 3, freeing 1 entry ",
+        ],
+    );
+
+    // Fewer kept from now on: an unchanged apply lets the others go, the one it runs stays.
+    let one = fleet(
+        &store,
+        &hosts,
+        &[("FLEET_KEEP_GENERATIONS", "1"), ("FLEET_GREETING", "salut")],
+        &["apply", "--json"],
+    );
+    assert_ok(&one);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&one)).unwrap();
+    let report = &report["hosts"][0];
+    assert_eq!(report["result"], "unchanged", "{report}");
+    assert_eq!(
+        report["deleted_generations"],
+        serde_json::json!([4]),
+        "{report}"
+    );
+    assert!(
+        report["collected"]["entries"].as_u64().unwrap() >= 1,
+        "{report}"
+    );
+    assert_eq!(host_systems(&store, host).len(), 1);
+    assert_eq!(hosts.http_get(0, 8080), "salut");
+    let back = fleet(&store, &hosts, &[], &["rollback", "--on", host]);
+    exits_saying(&back, 1, stdout, "no earlier generation");
 }
 
 #[test]

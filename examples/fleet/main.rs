@@ -21,6 +21,9 @@
 //!
 //! `FLEET_JUMP=host` reaches every host through that one (`ssh -J`).
 //!
+//! `FLEET_KEEP_GENERATIONS=N` makes every host keep its newest N generations: an apply deletes
+//! the older ones and collects the host's store.
+//!
 //! With `FLEET_TOKEN` set, its value is a secret of the service: read when `apply` runs,
 //! written to `/run/hello/token` (tmpfs; the service's user only) before the service starts,
 //! and never put in the store; a new value restarts the service.
@@ -89,6 +92,12 @@ fn main() -> forjar::ExitCode {
                 (_, Err(_)) => Machine::ssh(host, host),
             }
             .tag("web");
+            if let Some(count) = std::env::var("FLEET_KEEP_GENERATIONS")
+                .ok()
+                .and_then(|n| n.parse().ok())
+            {
+                machine = machine.keep_generations(count);
+            }
             let hello = machine.user(User::system("hello"));
             let expected = match unhealthy.split(',').any(|h| h == host) {
                 true => "an answer this service never gives",

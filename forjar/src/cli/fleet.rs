@@ -520,6 +520,30 @@ fn put_back(repaired: &[Drift]) -> String {
 }
 
 /// The per-host table printed at the end of a deploy.
+/// What a machine that keeps only its newest generations let go after the apply.
+fn kept_newest(r: &HostReport) -> Option<String> {
+    let (last, earlier) = r.deleted_generations.split_last()?;
+    let numbers = match earlier {
+        [] => format!("generation {last}"),
+        _ => format!(
+            "generations {} and {last}",
+            earlier
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Some(match r.collected {
+        Some(c) => format!(
+            "deleted {numbers}, freeing {} ({})",
+            counted(c.entries, "entry", "entries"),
+            human_bytes(c.bytes)
+        ),
+        None => format!("deleted {numbers}"),
+    })
+}
+
 fn render_summary(text: &mut String, reports: &[HostReport]) {
     let rows: Vec<[String; 4]> = reports
         .iter()
@@ -547,6 +571,11 @@ fn render_summary(text: &mut String, reports: &[HostReport]) {
                 }
                 _ if !r.repaired.is_empty() => put_back(&r.repaired),
                 _ => String::new(),
+            };
+            let detail = match kept_newest(r) {
+                Some(kept) if detail.is_empty() => kept,
+                Some(kept) => format!("{detail}; {kept}"),
+                None => detail,
             };
             let was = match (r.result, r.previous) {
                 (HostResult::Activated, Some(p)) => format!(" (was {p})"),

@@ -1287,6 +1287,23 @@ pub struct HostReport {
     pub repaired: Vec<Drift>,
     /// What went wrong.
     pub error: Option<String>,
+    /// Generations deleted after the activation, as the machine keeps only its newest
+    /// ([`Machine::keep_generations`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deleted_generations: Vec<u64>,
+    /// What the host's store let go after them: entries and bytes (none for the local machine,
+    /// whose store is the program's, collected by `gc`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub collected: Option<Collection>,
+}
+
+/// What a host's store let go.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Collection {
+    /// Entries deleted.
+    pub entries: usize,
+    /// Their bytes.
+    pub bytes: u64,
 }
 
 impl HostReport {
@@ -1303,7 +1320,17 @@ impl HostReport {
             changes: None,
             repaired: Vec::new(),
             error: None,
+            deleted_generations: Vec::new(),
+            collected: None,
         }
+    }
+
+    /// Says `problem` on the host's line, after what is said there already; its result stays.
+    fn add_error(&mut self, problem: String) {
+        self.error = Some(match self.error.take() {
+            Some(earlier) => format!("{earlier}; {problem}"),
+            None => problem,
+        });
     }
 
     /// A report of `machine`, not contacted as the deploy was interrupted.
@@ -1502,14 +1529,27 @@ pub fn deploy_host(
         // Not the host's failure: said on its line, which keeps its result. Unsynced: the
         // root only saves sending an agent whole, not worth a `syncfs` of the store's file
         // system in the middle of a deploy.
-        if matches!(report.result, HostResult::Activated | HostResult::Unchanged)
-            && let Err(e) = store.add_root_unsynced(&host_root(name), &system.entry)
-        {
-            report.error = Some(format!(
+        let on_one = matches!(report.result, HostResult::Activated | HostResult::Unchanged);
+        if on_one && let Err(e) = store.add_root_unsynced(&host_root(name), &system.entry) {
+            report.add_error(format!(
                 "the controller's store cannot keep the system the host runs: {e}"
             ));
         }
-        if let Ok(generations) = host.generations() {
+        let mut generations = host.generations().ok();
+        if let (true, Some(keep), Some(known)) = (on_one, machine.keep_generations, &generations)
+            && known.len() > keep
+        {
+            match keep_newest(&host, store, keep, &mut report, progress) {
+                Ok(()) => generations = host.generations().ok(),
+                Err(e) => report.add_error(format!(
+                    "its generations older than the newest {keep} were not all deleted and \
+                     collected: {}; `delete-generations --keep {keep} --on {name}` and `gc \
+                     --on {name}` do it",
+                    e.message()
+                )),
+            }
+        }
+        if let Some(generations) = generations {
             let _ = mirror(store, name, &generations);
         }
         host.close();
@@ -1529,6 +1569,38 @@ pub fn deploy_host(
         Ok(()) => {}
     }
     report
+}
+
+/// Deletes the host's generations but its newest `keep` (never the one it runs, nor the one an
+/// activation cut off goes back to) and collects its store, for a machine that keeps only
+/// its newest generations; says what into `report`. A local machine's store is the
+/// program's own, still in use by this apply, and is left to `gc`.
+fn keep_newest(
+    host: &Host,
+    store: &Store,
+    keep: usize,
+    report: &mut HostReport,
+    progress: &(dyn Fn(&str, &str) + Sync),
+) -> Result<(), MachineError> {
+    progress(
+        host.name(),
+        &format!("deleting generations older than the newest {keep}"),
+    );
+    report.deleted_generations = host.delete_generations(&agent::Doomed {
+        numbers: Vec::new(),
+        older_than: None,
+        keep: Some(keep),
+    })?;
+    if report.deleted_generations.is_empty() || host.transport.is_local() {
+        return Ok(());
+    }
+    progress(host.name(), "collecting its store");
+    let collected = host.gc(store, false)?;
+    report.collected = Some(Collection {
+        entries: collected.dead.len(),
+        bytes: collected.bytes,
+    });
+    Ok(())
 }
 
 /// Activates generation `to` of `reach`'s host again (its previous one when `to` is none),

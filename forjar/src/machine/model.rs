@@ -718,6 +718,8 @@ pub struct Machine {
     pub(crate) hooks: Vec<HookSpec>,
     pub(crate) checks: Vec<Check>,
     pub(crate) secrets: BTreeMap<AbsPath, (Secret, SecretSpec)>,
+    /// How many of its newest generations the host keeps ([`Machine::keep_generations`]).
+    pub(crate) keep_generations: Option<usize>,
     /// Mistakes found while it was described, reported when the program is planned.
     pub(crate) errors: Vec<String>,
     pub(crate) location: &'static Location<'static>,
@@ -741,6 +743,7 @@ impl Machine {
             hooks: Vec::new(),
             checks: Vec::new(),
             secrets: BTreeMap::new(),
+            keep_generations: None,
             errors,
             location: Location::caller(),
         }
@@ -809,6 +812,29 @@ impl Machine {
     pub fn tag(mut self, tag: &str) -> Machine {
         self.tags.insert(tag.to_string());
         self
+    }
+
+    /// Keeps the host's newest `count` generations: after an apply that leaves the host on a
+    /// generation (activated or unchanged) and finds it with more, the older ones are deleted
+    /// and the host's store collected, as `delete-generations --keep COUNT --on HOST` and
+    /// `gc --on HOST` do. The generation the host runs is always kept; with `count` 1 there is
+    /// none left to roll back to (`rollback`, `--rollback-all`), so 2 or more is usual. Without
+    /// this setting a host keeps every generation until they are deleted by hand.
+    pub fn keep_generations(mut self, count: usize) -> Machine {
+        if count == 0 {
+            self.errors.push(
+                "keep_generations(0): a host keeps at least the generation it runs; \
+                 give 1 or more (2 keeps one to roll back to)"
+                    .into(),
+            );
+        }
+        self.keep_generations = Some(count);
+        self
+    }
+
+    /// How many of its newest generations the host keeps, if the program said.
+    pub fn kept_generations(&self) -> Option<usize> {
+        self.keep_generations
     }
 
     /// The machine's name.
