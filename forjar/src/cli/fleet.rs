@@ -519,7 +519,6 @@ fn put_back(repaired: &[Drift]) -> String {
     format!("put back what drifted: {}", subjects.join(", "))
 }
 
-/// The per-host table printed at the end of a deploy.
 /// What a machine that keeps only its newest generations let go after the apply.
 fn kept_newest(r: &HostReport) -> Option<String> {
     let (last, earlier) = r.deleted_generations.split_last()?;
@@ -544,6 +543,7 @@ fn kept_newest(r: &HostReport) -> Option<String> {
     })
 }
 
+/// The per-host table printed at the end of a deploy.
 fn render_summary(text: &mut String, reports: &[HostReport]) {
     let rows: Vec<[String; 4]> = reports
         .iter()

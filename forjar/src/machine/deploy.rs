@@ -1536,8 +1536,10 @@ pub fn deploy_host(
             ));
         }
         let mut generations = host.generations().ok();
+        // Not started after a Ctrl-C: the deploy stops as soon as the host has its outcome.
         if let (true, Some(keep), Some(known)) = (on_one, machine.keep_generations, &generations)
             && known.len() > keep
+            && !options.interrupted()
         {
             match keep_newest(&host, store, keep, &mut report, progress) {
                 Ok(()) => generations = host.generations().ok(),
