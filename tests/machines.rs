@@ -1673,7 +1673,20 @@ fn a_host_that_keeps_two_generations_lets_the_oldest_go_at_each_apply() {
     let first = host_systems(&store, host)[0].1.clone();
     assert!(host_entries(&hosts, &store).contains(&first));
 
-    // The third lets the first go, and what only it kept.
+    // The third lets the first go, and what only it kept; its plan says so first.
+    let plan = fleet(
+        &store,
+        &hosts,
+        &[keep, ("FLEET_GREETING", "hola")],
+        &["plan"],
+    );
+    assert_ok(&plan);
+    assert!(
+        stdout(&plan)
+            .contains("  delete generation 1 and collect the host's store (keeps the newest 2)"),
+        "{}",
+        stdout(&plan)
+    );
     apply(
         "hola",
         &[
@@ -1720,6 +1733,19 @@ fn a_host_that_keeps_two_generations_lets_the_oldest_go_at_each_apply() {
     );
 
     // Fewer kept from now on: an unchanged apply lets the others go, the one it runs stays.
+    let plan = fleet(
+        &store,
+        &hosts,
+        &[("FLEET_KEEP_GENERATIONS", "1"), ("FLEET_GREETING", "salut")],
+        &["plan", "--json"],
+    );
+    assert_ok(&plan);
+    let planned: serde_json::Value = serde_json::from_str(&stdout(&plan)).unwrap();
+    assert_eq!(
+        planned["hosts"][0]["delete_generations"],
+        serde_json::json!([4]),
+        "{planned}"
+    );
     let one = fleet(
         &store,
         &hosts,

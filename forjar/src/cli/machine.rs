@@ -322,9 +322,15 @@ impl Session {
                 let host = deploy::Host::connect(m, &self.store, &agent, &ssh)
                     .map_err(|e| e.to_string())?;
                 lines.show(m.name(), "reading its state");
-                let plan = deploy::plan_host(&host, &system, true).map_err(|e| e.to_string());
+                let plan = deploy::plan_host(&host, &system, true).and_then(|mut plan| {
+                    if let Some(keep) = m.kept_generations() {
+                        plan.deletes = deploy::would_delete(&host, &plan, keep)?;
+                        plan.keeps = Some(keep);
+                    }
+                    Ok(plan)
+                });
                 host.close();
-                plan
+                plan.map_err(|e| e.to_string())
             },
         );
         Ok((plans.into_iter().map(|(_, plan)| plan).collect(), left))
@@ -706,6 +712,15 @@ fn render_host_plan(text: &mut String, plan: &HostPlan) {
     }
     for check in &plan.checks {
         let _ = writeln!(text, "  check {check}");
+    }
+    if let (false, Some(keep)) = (plan.deletes.is_empty(), plan.keeps) {
+        let numbers: Vec<String> = plan.deletes.iter().map(u64::to_string).collect();
+        let _ = writeln!(
+            text,
+            "  delete generation{} {} and collect the host's store (keeps the newest {keep})",
+            if numbers.len() == 1 { "" } else { "s" },
+            numbers.join(", ")
+        );
     }
     // Activating a generation puts every path and unit as it says, and an apply to a host that
     // runs it already puts back what drifted from it: either way the drift goes.

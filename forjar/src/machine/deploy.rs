@@ -1379,6 +1379,13 @@ pub struct HostPlan {
     pub checks: Vec<String>,
     /// The secrets written at activation: each path and where its value is read.
     pub secrets: Vec<(String, String)>,
+    /// The generations deleted after it, for a machine that keeps only its newest
+    /// ([`would_delete`]); a deploy's own plan leaves this empty.
+    #[serde(rename = "delete_generations", skip_serializing_if = "Vec::is_empty")]
+    pub deletes: Vec<u64>,
+    /// How many of its newest generations the machine keeps, if it says.
+    #[serde(rename = "keep_generations", skip_serializing_if = "Option::is_none")]
+    pub keeps: Option<usize>,
 }
 
 impl HostPlan {
@@ -1432,7 +1439,41 @@ pub fn plan_host(host: &Host, system: &System, drift: bool) -> Result<HostPlan, 
         drift,
         checks: system.manifest.checks.iter().map(Check::describe).collect(),
         secrets: system.secrets.clone(),
+        deletes: Vec::new(),
+        keeps: None,
     })
+}
+
+/// The generations an apply of `plan` would delete on the host, for a machine that keeps its
+/// newest `keep` ([`Machine::keep_generations`]): those `delete-generations --keep` selects
+/// after the activation, which makes a generation when the system changes. (One an activation
+/// that was cut off goes back to would be spared; the plan does not read the journal.)
+pub fn would_delete(host: &Host, plan: &HostPlan, keep: usize) -> Result<Vec<u64>, MachineError> {
+    let now = std::time::SystemTime::now();
+    let mut listed: Vec<(u64, std::time::SystemTime)> = host
+        .generations()?
+        .iter()
+        .map(|g| {
+            (
+                g.number,
+                std::time::UNIX_EPOCH + Duration::from_secs(g.created),
+            )
+        })
+        .collect();
+    let current = match (&plan.changes, &plan.current) {
+        (None, Some(current)) => current.number,
+        _ => {
+            let next = listed.iter().map(|&(n, _)| n + 1).max().unwrap_or(1);
+            listed.push((next, now));
+            next
+        }
+    };
+    if listed.len() <= keep {
+        return Ok(Vec::new());
+    }
+    let doomed =
+        crate::store::generations_to_delete(&listed, Some(current), &[], None, Some(keep), now);
+    Ok(doomed.into_iter().collect())
 }
 
 /// Deploys `system` to `machine`: connect, plan, send what is missing, activate, report.
