@@ -297,6 +297,33 @@ fn gc_waits_for_other_handles_and_says_so() {
 }
 
 #[test]
+fn gc_with_a_bound_gives_up_deleting_nothing_and_keeps_its_own_hold_on_the_store() {
+    let (dir, store) = temp_store();
+    let entry = install_file(&store, "garbage", test_key(1), b"x", vec![]);
+    let other = Store::open(dir.path().join("store")).unwrap();
+    let second = std::time::Duration::from_secs(1);
+    let collect = |store: &Store| store.gc_expiring(false, false, &|_| false, || {}, Some(second));
+    let error = collect(&store).unwrap_err().to_string();
+    assert!(
+        error.contains("store.lock")
+            && error.contains("other processes kept the store open for 1 s; nothing was deleted"),
+        "{error}"
+    );
+    assert!(store.contains(&entry));
+    // The handle that gave up holds the store again: another's bounded gc gives up too.
+    drop(other);
+    let third = Store::open(dir.path().join("store")).unwrap();
+    assert!(
+        collect(&third).is_err(),
+        "the first handle still has the store open"
+    );
+    drop(third);
+    let report = collect(&store).unwrap();
+    assert_eq!(report.dead.len(), 1);
+    assert!(!store.contains(&entry));
+}
+
+#[test]
 fn verify_names_an_entry_whose_reference_is_gone() {
     let (_dir, store) = temp_store();
     let (lib, app) = lib_and_app(&store);

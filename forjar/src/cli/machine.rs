@@ -517,7 +517,7 @@ impl Session {
             false => ("collecting its store", CLEANING_ENDS),
         };
         let (results, left) =
-            self.connect_each(step, notice, |host| host.gc(&self.store, dry_run))?;
+            self.connect_each(step, notice, |host| host.gc(&self.store, dry_run, None))?;
         let verb = if dry_run { "would delete" } else { "deleted" };
         let (text, code) = render_each(results, |text, name, collected| {
             for (entry, size) in &collected.dead {

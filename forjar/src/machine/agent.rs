@@ -514,7 +514,7 @@ pub struct Collected {
 /// `gc`: deletes the entries of the host's store that no generation needs and no deploy under
 /// way sent ([`keep_pending`]); waits while another process (a deploy's copy, an activation)
 /// has the store open.
-pub fn gc(store: &Store, dry_run: bool) -> Result<Collected, AgentError> {
+pub fn gc(store: &Store, dry_run: bool, wait: Option<Duration>) -> Result<Collected, AgentError> {
     let now = SystemTime::now();
     let pending = std::cell::Cell::new(0);
     let expired = |root: &crate::store::Root| {
@@ -533,9 +533,13 @@ pub fn gc(store: &Store, dry_run: bool) -> Result<Collected, AgentError> {
     // A local machine's store is the controller's own, whose setting says whether to keep
     // build inputs; a host's store has the default (none) and no builds.
     let keep_build_inputs = store.settings()?.keep_build_inputs;
-    let report = store.gc_expiring(dry_run, keep_build_inputs, &expired, || {
-        log("waiting for the store: a deploy or an activation has it open")
-    })?;
+    let report = store.gc_expiring(
+        dry_run,
+        keep_build_inputs,
+        &expired,
+        || log("waiting for the store: a deploy or an activation has it open"),
+        wait,
+    )?;
     Ok(Collected {
         dead: report.dead,
         bytes: report.bytes,
@@ -1928,10 +1932,10 @@ mod tests {
         let loose = entry(&store, tmp.path(), "loose", "nothing keeps this");
         keep_pending(&store, std::slice::from_ref(&sent)).unwrap();
 
-        let dry = gc(&store, true).unwrap();
+        let dry = gc(&store, true, None).unwrap();
         assert_eq!((dead(&dry), dry.pending, dry.expired), (vec![&loose], 1, 0));
         assert!(store.contains(&loose), "a dry run deleted");
-        let collected = gc(&store, false).unwrap();
+        let collected = gc(&store, false, None).unwrap();
         assert_eq!(dead(&collected), [&loose]);
         assert!(store.contains(&sent) && !store.contains(&loose));
 
@@ -1949,10 +1953,10 @@ mod tests {
             nix::sys::stat::UtimensatFlags::NoFollowSymlink,
         )
         .unwrap();
-        let dry = gc(&store, true).unwrap();
+        let dry = gc(&store, true, None).unwrap();
         assert_eq!((dead(&dry), dry.pending, dry.expired), (vec![&sent], 0, 1));
         assert!(root.symlink_metadata().is_ok() && store.contains(&sent));
-        let collected = gc(&store, false).unwrap();
+        let collected = gc(&store, false, None).unwrap();
         assert_eq!(dead(&collected), [&sent]);
         assert!(root.symlink_metadata().is_err() && !store.contains(&sent));
     }
@@ -2032,7 +2036,7 @@ mod tests {
         );
 
         // Their systems are garbage now; the current one's is not.
-        let collected = gc(&store, false).unwrap();
+        let collected = gc(&store, false, None).unwrap();
         let mut garbage = vec![&systems[0], &systems[1]];
         garbage.sort();
         assert_eq!(dead(&collected), garbage);

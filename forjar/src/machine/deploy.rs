@@ -789,15 +789,27 @@ impl Host {
     /// `dry_run`, only says what). The local machine's store is the program's own, `store`,
     /// which this process has open: collected here, as an agent it runs would wait for the
     /// store to itself, and so for this process, for ever.
-    pub fn gc(&self, store: &Store, dry_run: bool) -> Result<agent::Collected, MachineError> {
+    /// With `wait` given, a store kept open by other processes longer than that is not
+    /// collected, and the error says so.
+    pub fn gc(
+        &self,
+        store: &Store,
+        dry_run: bool,
+        wait: Option<Duration>,
+    ) -> Result<agent::Collected, MachineError> {
         if self.transport.is_local() {
-            return agent::gc(store, dry_run).map_err(|e| MachineError::host(self.name(), e.0));
+            return agent::gc(store, dry_run, wait)
+                .map_err(|e| MachineError::host(self.name(), e.0));
         }
-        let command: &[&str] = match dry_run {
-            true => &["gc", "--dry-run"],
-            false => &["gc"],
-        };
-        self.answer(command, "collection report")
+        let seconds = wait.map(|wait| wait.as_secs().to_string());
+        let mut command = vec!["gc"];
+        if dry_run {
+            command.push("--dry-run");
+        }
+        if let Some(seconds) = &seconds {
+            command.extend(["--wait", seconds]);
+        }
+        self.answer(&command, "collection report")
     }
 
     /// The manifest of the host's generation `number`.
@@ -1614,6 +1626,10 @@ pub fn deploy_host(
     report
 }
 
+/// How long an apply's collection of a host's store waits at most for other processes that
+/// have it open (another deploy's copy or activation): past it the apply goes on, and says so.
+const COLLECTION_WAIT: Duration = Duration::from_secs(120);
+
 /// Deletes the host's generations but its newest `keep` (never the one it runs, nor the one an
 /// activation cut off goes back to) and collects its store, for a machine that keeps only
 /// its newest generations; says what into `report`. A local machine's store is the
@@ -1638,7 +1654,7 @@ fn keep_newest(
         return Ok(());
     }
     progress(host.name(), "collecting its store");
-    let collected = host.gc(store, false)?;
+    let collected = host.gc(store, false, Some(COLLECTION_WAIT))?;
     report.collected = Some(Collection {
         entries: collected.dead.len(),
         bytes: collected.bytes,

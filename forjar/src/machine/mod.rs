@@ -160,6 +160,9 @@ enum AgentCommand {
     Gc {
         #[arg(long)]
         dry_run: bool,
+        /// Seconds to wait at most for processes that have the store open.
+        #[arg(long)]
+        wait: Option<u64>,
     },
 }
 
@@ -264,8 +267,9 @@ fn run_agent(cli: AgentCli) -> Result<i32, agent::AgentError> {
             let deleted = agent::delete_generations(&store, &state, &doomed)?;
             print(serde_json::to_string(&deleted).expect("numbers serialise"))
         }
-        AgentCommand::Gc { dry_run } => {
-            let collected = agent::gc(&store, dry_run)?;
+        AgentCommand::Gc { dry_run, wait } => {
+            let wait = wait.map(std::time::Duration::from_secs);
+            let collected = agent::gc(&store, dry_run, wait)?;
             print(serde_json::to_string(&collected).expect("a report serialises"))
         }
     }

@@ -14,6 +14,7 @@ use std::fs::{self, TryLockError};
 use std::io;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use super::tree::{remove_tree, tree_size};
 use super::{EntryName, KeyLock, Store, StoreError};
@@ -244,23 +245,28 @@ impl Store {
         keep_build_inputs: bool,
         on_wait: impl FnOnce(),
     ) -> Result<GcReport, StoreError> {
-        self.gc_expiring(dry_run, keep_build_inputs, &|_| false, on_wait)
+        self.gc_expiring(dry_run, keep_build_inputs, &|_| false, on_wait, None)
     }
 
     /// [`Store::gc_keeping`], where the roots of `.roots/` that `expired` picks keep nothing:
     /// they are removed (in a dry run, only left out) before the live entries are found, and
     /// listed in the report. The roots are read once the store is this handle's alone.
+    /// With `wait` given, a store other handles keep open longer than that is not collected:
+    /// the error says so, and nothing was deleted.
     pub fn gc_expiring(
         &self,
         dry_run: bool,
         keep_build_inputs: bool,
         expired: &dyn Fn(&Root) -> bool,
         on_wait: impl FnOnce(),
+        wait: Option<Duration>,
     ) -> Result<GcReport, StoreError> {
         if dry_run {
             return self.collect(true, keep_build_inputs, expired);
         }
-        self.exclusively(on_wait, || self.collect(false, keep_build_inputs, expired))
+        self.exclusively_within(on_wait, wait, || {
+            self.collect(false, keep_build_inputs, expired)
+        })
     }
 
     /// Runs `f` with the store to this handle alone: waits (after `on_wait`) while other
@@ -268,6 +274,16 @@ impl Store {
     pub(super) fn exclusively<T>(
         &self,
         on_wait: impl FnOnce(),
+        f: impl FnOnce() -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.exclusively_within(on_wait, None, f)
+    }
+
+    /// [`Store::exclusively`], waiting at most `wait` when it is given.
+    fn exclusively_within<T>(
+        &self,
+        on_wait: impl FnOnce(),
+        wait: Option<Duration>,
         f: impl FnOnce() -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let lock_path = self.dir().join(".locks/store.lock");
@@ -279,8 +295,13 @@ impl Store {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 on_wait();
-                lock.lock()
-                    .map_err(StoreError::io("cannot lock", &lock_path))?;
+                match wait {
+                    None => lock
+                        .lock()
+                        .map_err(StoreError::io("cannot lock", &lock_path))?,
+                    Some(wait) => lock_within(lock, wait)
+                        .map_err(StoreError::io("cannot lock", &lock_path))?,
+                }
             }
             Err(TryLockError::Error(e)) => {
                 return Err(StoreError::io("cannot lock", &lock_path)(e));
@@ -402,5 +423,31 @@ impl Store {
             KeyLock::remove_free(self)?;
         }
         Ok(report)
+    }
+}
+
+/// Takes `lock` exclusively, trying again every tenth of a second for at most `wait`. A failed
+/// try gives up the shared lock the handle held (the kernel removes it before it tries), so
+/// one that times out takes it again before it says so.
+fn lock_within(lock: &std::fs::File, wait: Duration) -> std::io::Result<()> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(()),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(TryLockError::WouldBlock) => {
+                lock.lock_shared()?;
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "other processes kept the store open for {} s; nothing was deleted",
+                        wait.as_secs()
+                    ),
+                ));
+            }
+            Err(TryLockError::Error(e)) => return Err(e),
+        }
     }
 }
