@@ -1594,15 +1594,16 @@ pub fn deploy_host(
             && known.len() > keep
             && !options.interrupted()
         {
-            match keep_newest(&host, store, keep, &mut report, progress) {
-                Ok(()) => generations = host.generations().ok(),
-                Err(e) => report.add_error(format!(
+            if let Err(e) = keep_newest(&host, store, keep, &mut report, progress) {
+                report.add_error(format!(
                     "its generations older than the newest {keep} were not all deleted and \
                      collected: {}; `delete-generations --keep {keep} --on {name}` and `gc \
                      --on {name}` do it",
                     e.message()
-                )),
+                ));
             }
+            // Read again whatever happened: the deletion may have been done before a failure.
+            generations = host.generations().ok();
         }
         if let Some(generations) = generations {
             let _ = mirror(store, name, &generations);
