@@ -1728,33 +1728,30 @@ fn a_host_that_keeps_two_generations_lets_the_oldest_go_at_each_apply() {
         "salut",
         &[
             "activated generation 5 (was 4)",
-            "deleted generations 2 and 3, freeing 1 entry ",
+            "deleted generations 2, 3, freeing 1 entry ",
         ],
     );
 
     // Fewer kept from now on: an unchanged apply lets the others go, the one it runs stays.
-    let plan = fleet(
-        &store,
-        &hosts,
-        &[("FLEET_KEEP_GENERATIONS", "1"), ("FLEET_GREETING", "salut")],
-        &["plan", "--json"],
-    );
-    assert_ok(&plan);
-    let planned: serde_json::Value = serde_json::from_str(&stdout(&plan)).unwrap();
+    // `command --json` keeping one generation: what it says of the host.
+    let keeping_one = |command: &str| {
+        let output = fleet(
+            &store,
+            &hosts,
+            &[("FLEET_KEEP_GENERATIONS", "1"), ("FLEET_GREETING", "salut")],
+            &[command, "--json"],
+        );
+        assert_ok(&output);
+        let value: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+        value["hosts"][0].clone()
+    };
+    let planned = keeping_one("plan");
     assert_eq!(
-        planned["hosts"][0]["delete_generations"],
+        planned["delete_generations"],
         serde_json::json!([4]),
         "{planned}"
     );
-    let one = fleet(
-        &store,
-        &hosts,
-        &[("FLEET_KEEP_GENERATIONS", "1"), ("FLEET_GREETING", "salut")],
-        &["apply", "--json"],
-    );
-    assert_ok(&one);
-    let report: serde_json::Value = serde_json::from_str(&stdout(&one)).unwrap();
-    let report = &report["hosts"][0];
+    let report = keeping_one("apply");
     assert_eq!(report["result"], "unchanged", "{report}");
     assert_eq!(
         report["deleted_generations"],

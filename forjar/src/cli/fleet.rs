@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::machine::{bounded, summary};
+use super::machine::{bounded, generation_numbers, summary};
 use super::process::{INTERRUPTED, interrupted_code};
 use super::program::Session;
 use super::progress::Verbosity;
@@ -521,18 +521,10 @@ fn put_back(repaired: &[Drift]) -> String {
 
 /// What a machine that keeps only its newest generations let go after the apply.
 fn kept_newest(r: &HostReport) -> Option<String> {
-    let (last, earlier) = r.deleted_generations.split_last()?;
-    let numbers = match earlier {
-        [] => format!("generation {last}"),
-        _ => format!(
-            "generations {} and {last}",
-            earlier
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    };
+    if r.deleted_generations.is_empty() {
+        return None;
+    }
+    let numbers = generation_numbers(&r.deleted_generations);
     Some(match r.collected {
         Some(c) => format!(
             "deleted {numbers}, freeing {} ({})",

@@ -492,14 +492,12 @@ impl Session {
         })?;
         let (text, code) = render_each(results, |text, name, (deleted, generations)| {
             let _ = deploy::mirror(&self.store, name, &generations);
-            let list: Vec<String> = deleted.iter().map(u64::to_string).collect();
             let _ = match deleted.len() {
                 0 => writeln!(text, "{name}: no generation matches; nothing was deleted"),
                 n => writeln!(
                     text,
-                    "{name}: deleted generation{} {}; `gc --on {name}` frees what only {} kept",
-                    if n == 1 { "" } else { "s" },
-                    list.join(", "),
+                    "{name}: deleted {}; `gc --on {name}` frees what only {} kept",
+                    generation_numbers(&deleted),
                     if n == 1 { "it" } else { "they" },
                 ),
             };
@@ -634,6 +632,15 @@ fn plan_code(plans: &[Result<HostPlan, String>]) -> ExitCode {
 }
 
 /// What activation changed, counted: `3 paths changed, 1 unit restarted`.
+/// `generation 3`, or `generations 1, 2`.
+pub(super) fn generation_numbers(numbers: &[u64]) -> String {
+    let list: Vec<String> = numbers.iter().map(u64::to_string).collect();
+    match list.len() {
+        1 => format!("generation {}", list[0]),
+        _ => format!("generations {}", list.join(", ")),
+    }
+}
+
 pub(super) fn summary(changes: &Changes) -> String {
     let mut parts = Vec::new();
     let mut count = |n: usize, what: &str, done: &str| {
@@ -714,12 +721,10 @@ fn render_host_plan(text: &mut String, plan: &HostPlan) {
         let _ = writeln!(text, "  check {check}");
     }
     if let (false, Some(keep)) = (plan.deletes.is_empty(), plan.keeps) {
-        let numbers: Vec<String> = plan.deletes.iter().map(u64::to_string).collect();
         let _ = writeln!(
             text,
-            "  delete generation{} {} and collect the host's store (keeps the newest {keep})",
-            if numbers.len() == 1 { "" } else { "s" },
-            numbers.join(", ")
+            "  delete {} and collect the host's store (keeps the newest {keep})",
+            generation_numbers(&plan.deletes)
         );
     }
     // Activating a generation puts every path and unit as it says, and an apply to a host that

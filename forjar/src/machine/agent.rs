@@ -576,6 +576,19 @@ impl Doomed {
     }
 }
 
+/// Each generation's number and time, as [`crate::store::generations_to_delete`] selects from.
+pub(crate) fn dated(generations: &[GenerationRecord]) -> Vec<(u64, SystemTime)> {
+    generations
+        .iter()
+        .map(|g| (g.number, UNIX_EPOCH + Duration::from_secs(g.created)))
+        .collect()
+}
+
+/// The number the next generation gets, after `generations` (in their order).
+pub(crate) fn next_number(generations: &[GenerationRecord]) -> u64 {
+    generations.last().map_or(0, |g| g.number) + 1
+}
+
 /// `delete-generations`: deletes the generations `doomed` selects and their roots, so that `gc`
 /// can free what only they kept; none if one named cannot be deleted. The current generation
 /// and the one an activation cut off goes back to are refused when named, and left out of what
@@ -606,12 +619,8 @@ pub fn delete_generations(
         }
         state.generation(number)?;
     }
-    let listed: Vec<(u64, SystemTime)> = generations
-        .iter()
-        .map(|g| (g.number, UNIX_EPOCH + Duration::from_secs(g.created)))
-        .collect();
     let numbers = crate::store::generations_to_delete(
-        &listed,
+        &dated(&generations),
         current,
         &doomed.numbers,
         doomed.older_than.map(Duration::from_secs),
@@ -1173,7 +1182,7 @@ fn activate_locked(
             repaired,
         });
     }
-    let number = state.generations()?.last().map_or(0, |g| g.number) + 1;
+    let number = next_number(&state.generations()?);
     state.write_generation(&GenerationRecord {
         number,
         system: system.entry.clone(),

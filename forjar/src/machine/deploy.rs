@@ -1462,20 +1462,12 @@ pub fn plan_host(host: &Host, system: &System, drift: bool) -> Result<HostPlan, 
 /// that was cut off goes back to would be spared; the plan does not read the journal.)
 pub fn would_delete(host: &Host, plan: &HostPlan, keep: usize) -> Result<Vec<u64>, MachineError> {
     let now = std::time::SystemTime::now();
-    let mut listed: Vec<(u64, std::time::SystemTime)> = host
-        .generations()?
-        .iter()
-        .map(|g| {
-            (
-                g.number,
-                std::time::UNIX_EPOCH + Duration::from_secs(g.created),
-            )
-        })
-        .collect();
+    let generations = host.generations()?;
+    let mut listed = agent::dated(&generations);
     let current = match (&plan.changes, &plan.current) {
         (None, Some(current)) => current.number,
         _ => {
-            let next = listed.iter().map(|&(n, _)| n + 1).max().unwrap_or(1);
+            let next = agent::next_number(&generations);
             listed.push((next, now));
             next
         }
@@ -1594,7 +1586,12 @@ pub fn deploy_host(
             && known.len() > keep
             && !options.interrupted()
         {
-            if let Err(e) = keep_newest(&host, store, keep, &mut report, progress) {
+            let kept = keep_newest(&host, store, keep, &mut report, progress);
+            // The mirror without what was deleted (it may have been before a failure).
+            if let Some(generations) = &mut generations {
+                generations.retain(|g| !report.deleted_generations.contains(&g.number));
+            }
+            if let Err(e) = kept {
                 report.add_error(format!(
                     "its generations older than the newest {keep} were not all deleted and \
                      collected: {}; `delete-generations --keep {keep} --on {name}` and `gc \
@@ -1602,8 +1599,6 @@ pub fn deploy_host(
                     e.message()
                 ));
             }
-            // Read again whatever happened: the deletion may have been done before a failure.
-            generations = host.generations().ok();
         }
         if let Some(generations) = generations {
             let _ = mirror(store, name, &generations);
