@@ -36,6 +36,56 @@ fn most_at_once(output: &Output) -> usize {
     most
 }
 
+/// The builds of a run share the cgroups of its finished builds rather than each making and
+/// removing its own; none is left once the program ends. (As root: only root's builds have
+/// cgroups.)
+#[test]
+fn a_runs_builds_share_its_cgroups_and_none_is_left_after_it() {
+    if !sandbox() || !forjar_suite::as_root("a build's own cgroup") {
+        return;
+    }
+    let (_dir, store) = store_dir();
+    let env = [("DAG_CGROUP", "*"), ("DAG_WIDTH", "2"), ("DAG_LAYERS", "4")];
+    let out = run_dag(&store, &env, &["apply", "-j", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The cgroup each build ran in: `forjar-<pid>-<n>`, as the kernel names its pids one.
+    let used: Vec<PathBuf> = store_entries(&store)
+        .iter()
+        .filter_map(|entry| fs::read_to_string(store.join(entry).join("content/cgroup")).ok())
+        .map(|text| {
+            let line = text
+                .lines()
+                .find(|l| {
+                    l.split(':')
+                        .nth(1)
+                        .is_some_and(|c| c.is_empty() || c.split(',').any(|c| c == "pids"))
+                })
+                .unwrap_or_else(|| panic!("no pids cgroup in {text}"))
+                .to_string();
+            let path = line.splitn(3, ':').nth(2).unwrap();
+            assert!(path.starts_with("/forjar-"), "{text}");
+            let root = match line.split(':').nth(1) {
+                Some("") => "/sys/fs/cgroup".to_string(),
+                _ => "/sys/fs/cgroup/pids".to_string(),
+            };
+            PathBuf::from(root + path)
+        })
+        .collect();
+    assert_eq!(used.len(), 8, "every build wrote its cgroup: {used:?}");
+    let distinct: BTreeSet<&PathBuf> = used.iter().collect();
+    assert!(
+        distinct.len() < used.len(),
+        "one build after another, a finished build's cgroup is the next one's: {used:?}"
+    );
+    for cgroup in distinct {
+        assert!(
+            !cgroup.exists(),
+            "{} is left after the run",
+            cgroup.display()
+        );
+    }
+}
+
 #[test]
 fn apply_runs_builds_in_parallel_after_their_dependencies() {
     if !sandbox() {

@@ -741,6 +741,39 @@ fn a_build_has_at_most_its_process_limit_at_once() {
     );
 }
 
+/// A build that reached its process limit and still succeeded passes its cgroup (whose count
+/// of refused forks stays) to no later build of the run: a later failure is not put down to a
+/// limit it never reached.
+#[test]
+fn a_process_limit_one_build_reached_is_not_told_of_the_next() {
+    if !sandbox() || !exact_process_count() {
+        return;
+    }
+    let (_dir, store) = temp_store();
+    let (_, report) = apply(&store, |g| {
+        // The shell, the subshell and one `sleep`: the second `sleep` is refused.
+        let crowded = g.add(
+            tools(
+                "crowded",
+                "(sleep 0.2 & sleep 0.2 & wait) 2>/dev/null || true; echo > $out",
+            )
+            .max_processes(3)
+            .build()
+            .unwrap(),
+        );
+        let failing = tools("failing", "echo $crowded; exit 1")
+            .max_processes(3)
+            .input("crowded", crowded)
+            .build()
+            .unwrap();
+        let failing = g.add(failing);
+        g.root("it", failing);
+    });
+    let err = report.expect_err("`failing` exits 1").to_string();
+    assert!(err.contains("exited with status 1"), "{err}");
+    assert!(!err.contains("reached its limit"), "{err}");
+}
+
 #[test]
 fn a_write_past_the_output_cap_fails() {
     if !sandbox() {

@@ -10,6 +10,7 @@
 //! - The derivations named in `DAG_COMMENT` have a comment added to their script: a new key,
 //!   the same output.
 //! - The derivations named in `DAG_EXTRA` also write a file `extra`: a new key and output.
+//! - The derivations named in `DAG_CGROUP` also write their `/proc/self/cgroup` to `cgroup`.
 
 use forjar::prelude::*;
 
@@ -34,6 +35,7 @@ fn main() -> forjar::ExitCode {
     let noise = var("DAG_NOISE", "");
     let comment = var("DAG_COMMENT", "");
     let extra = var("DAG_EXTRA", "");
+    let cgroup = var("DAG_CGROUP", "");
     let named = |list: &str, name: &str| list == "*" || list.split(',').any(|f| f == name);
     forjar::main!(|g| {
         let mut previous: Vec<Drv> = Vec::new();
@@ -53,6 +55,9 @@ fn main() -> forjar::ExitCode {
                 }
                 if named(&extra, &name) {
                     script.push_str("echo extra > $out/extra\n");
+                }
+                if named(&cgroup, &name) {
+                    script.push_str("cat /proc/self/cgroup > $out/cgroup\n");
                 }
                 if failing {
                     script.push_str("echo \"$NAME gives up\" >&2\nexit 1\n");

@@ -15,7 +15,7 @@ use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 use super::{BuildFailure, BuildJob, Context, Done, ExecError, Executor, JobEvent};
-use crate::hash::{self, HashError, Needles, TreeHasher};
+use crate::hash::{self, HashError, Needles};
 use crate::request::{FixedOutput, HashMode, InputName};
 use crate::sandbox::{self, BuildSpec, Outcome};
 use crate::store::{
@@ -83,6 +83,8 @@ pub(super) enum Then {
 pub(super) struct Built<'a> {
     pub(super) stagings: Vec<Staging<'a>>,
     log_tail: Vec<String>,
+    /// The tree digest of the build's log, taken as it was written.
+    log_digest: hash::TreeDigest,
     /// The sandbox's supervisor, exiting meanwhile; dropped once the outputs are installed.
     pub(super) remains: sandbox::Remains,
 }
@@ -204,6 +206,7 @@ impl<'a> Prepared<'a> {
                 .map_err(StoreError::io("cannot create", &self.log_path))?,
             partial: Vec::new(),
             events: cx.events,
+            digest: hash::FileDigester::default(),
         };
         let stagings = std::mem::take(&mut self.stagings);
         let build_dir = self.build_dir.path().to_path_buf();
@@ -237,6 +240,7 @@ impl<'a> Prepared<'a> {
             location: job.location().to_string(),
             error,
         })?;
+        let log_digest = log.digest.finish(false);
         drop(log);
         if finished.outcome == Outcome::Cancelled {
             return Err(job.cancelled());
@@ -328,6 +332,7 @@ impl<'a> Prepared<'a> {
         Ok(Built {
             stagings,
             log_tail: finished.log_tail,
+            log_digest,
             remains: finished.remains,
         })
     }
@@ -402,7 +407,6 @@ impl<'a> Prepared<'a> {
         let (job, cx) = (self.job, self.cx);
         let request = job.request;
         let fixed = request.fixed_output.as_ref();
-        let log_digest = TreeHasher::new().digest(&self.log_path).ok();
         // The toolchain under a name no input can have.
         let input_entries: BTreeMap<String, EntryName> = request
             .inputs
@@ -459,7 +463,7 @@ impl<'a> Prepared<'a> {
                     system: Some(request.system.to_string()),
                     sandbox: Some(request.sandbox.as_str().to_string()),
                     started,
-                    log_digest,
+                    log_digest: Some(built.log_digest),
                     location: job.location.map(str::to_string),
                     source_path: None,
                     expected: fixed.and_then(FixedOutput::as_tree),
@@ -507,16 +511,19 @@ impl<'a> Prepared<'a> {
     }
 }
 
-/// The build log on disk, with each complete line also told as a [`JobEvent::Log`].
+/// The build log on disk, with each complete line also told as a [`JobEvent::Log`], and
+/// hashed as it is written (only this writes the file).
 struct LogTap<'a> {
     file: fs::File,
     partial: Vec<u8>,
     events: &'a (dyn Fn(JobEvent<'_>) + Sync),
+    digest: hash::FileDigester,
 }
 
 impl Write for LogTap<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
+        self.digest.write_all(&buf[..n])?;
         self.partial.extend_from_slice(&buf[..n]);
         while let Some(end) = self.partial.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = self.partial.drain(..=end).collect();

@@ -641,9 +641,10 @@ pub fn realise_all(
     observer: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<Report, ExecError> {
     let stop = AtomicBool::new(false);
+    // The cgroups kept for this run's next builds go with it, as do its build directories.
+    let _cgroups = crate::sandbox::KeepIdle::hold();
     let report =
         scheduler::Scheduler::new(plan, store, nodes, executor, options, observer, &stop).run();
-    // The build directories kept for this run's next builds go with it.
     store.release_build_dirs();
     report
 }

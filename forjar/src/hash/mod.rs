@@ -31,7 +31,9 @@ pub use entry::EntryName;
 pub use host::HostFingerprint;
 pub use nar::{file_sha256, nar_sha256};
 pub use refs::Needles;
-pub use tree::{HashError, HashStats, TreeHasher, file_digest, file_digest_from, tree_digest};
+pub use tree::{
+    FileDigester, HashError, HashStats, TreeHasher, file_digest, file_digest_from, tree_digest,
+};
 
 /// BLAKE3 derive-key context of closure keys.
 pub const DERIVATION_CONTEXT: &str = "forjar derivation v1";

@@ -554,13 +554,40 @@ pub fn file_digest(contents: &[u8], executable: bool) -> TreeDigest {
 
 /// [`file_digest`] of what `content` reads, streamed.
 pub fn file_digest_from(mut content: impl io::Read, executable: bool) -> io::Result<TreeDigest> {
-    let mut hasher = blake3::Hasher::new();
-    let size = io::copy(&mut content, &mut hasher)?;
-    Ok(TreeDigest::from_bytes(file_node(
-        executable,
-        size,
-        hasher.finalize().as_bytes(),
-    )))
+    let mut hasher = FileDigester::default();
+    io::copy(&mut content, &mut hasher)?;
+    Ok(hasher.finish(executable))
+}
+
+/// [`file_digest`] of the bytes written to it, as they are written: of a file whose writer
+/// sees every byte (a build's log), without reading the file again.
+#[derive(Default)]
+pub struct FileDigester {
+    contents: blake3::Hasher,
+    size: u64,
+}
+
+impl FileDigester {
+    /// The digest of a file holding what was written, with the owner-execute bit or without.
+    pub fn finish(&self, executable: bool) -> TreeDigest {
+        TreeDigest::from_bytes(file_node(
+            executable,
+            self.size,
+            self.contents.finalize().as_bytes(),
+        ))
+    }
+}
+
+impl io::Write for FileDigester {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.contents.update(buf);
+        self.size += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 fn is_executable(st: &nix::libc::stat) -> bool {

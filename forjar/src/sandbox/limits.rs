@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Once, OnceLock};
+use std::sync::{Mutex, Once, OnceLock, PoisonError};
 
 use nix::libc;
 use nix::unistd::Pid;
@@ -26,9 +26,63 @@ pub struct Cgroup {
     v2: bool,
     /// The directory whose memory events say whether the limit was hit; none without a limit.
     memory: Option<PathBuf>,
+    /// What its `pids.max` holds.
+    pids_max: String,
+    /// Removed when dropped, never kept for another build.
+    retired: bool,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The cgroups of this process's finished builds that had no memory limit, empty, kept for
+/// its next builds while a run is under way ([`KeepIdle`]), rather than removed and made again:
+/// a `mkdir` and an `rmdir` in the cgroup file system, and the kernel's making and tearing
+/// down of a cgroup, for every build. As many as builds ran at once. Removed when the last run
+/// ends; those of a process killed first go with the sweep of the next.
+static IDLE: Mutex<Idle> = Mutex::new(Idle {
+    runs: 0,
+    cgroups: Vec::new(),
+});
+
+struct Idle {
+    /// The runs under way, each holding a [`KeepIdle`].
+    runs: usize,
+    cgroups: Vec<Cgroup>,
+}
+
+fn idle() -> std::sync::MutexGuard<'static, Idle> {
+    IDLE.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Held by a run of builds: while one is held, a finished build's cgroup is kept for the next
+/// build; when the last is dropped, the kept ones are removed.
+#[must_use = "the cgroups are kept only while it is held"]
+pub struct KeepIdle(());
+
+impl KeepIdle {
+    /// Keeps finished builds' cgroups until it is dropped.
+    pub fn hold() -> KeepIdle {
+        idle().runs += 1;
+        KeepIdle(())
+    }
+}
+
+impl Drop for KeepIdle {
+    fn drop(&mut self) {
+        let kept = {
+            let mut idle = idle();
+            idle.runs -= 1;
+            match idle.runs {
+                0 => std::mem::take(&mut idle.cgroups),
+                _ => Vec::new(),
+            }
+        };
+        for mut cgroup in kept {
+            cgroup.retired = true;
+            drop(cgroup);
+        }
+    }
+}
 
 /// What the host's cgroup file system offers, read once per process: it does not change
 /// while forjar runs, and reading it for every build cost a build two or three lookups (and
@@ -92,6 +146,19 @@ impl Cgroup {
     }
 
     fn make(limits: &Limits) -> io::Result<Option<Cgroup>> {
+        let pids_max = pids_max(limits);
+        let kept = match limits.memory {
+            None => idle().cgroups.pop(),
+            Some(_) => None,
+        };
+        if let Some(mut idle) = kept {
+            if idle.pids_max == pids_max || idle.set_pids_max(&pids_max).is_ok() {
+                return Ok(Some(idle));
+            }
+            // Removed: a new one is made below.
+            idle.retired = true;
+            drop(idle);
+        }
         let name = format!(
             "forjar-{}-{}",
             std::process::id(),
@@ -116,12 +183,14 @@ impl Cgroup {
                 dirs: vec![dir.clone()],
                 v2: true,
                 memory: limits.memory.map(|_| dir.clone()),
+                pids_max,
+                retired: false,
             };
             if let Some(memory) = limits.memory {
                 fs::write(dir.join("memory.max"), memory.to_string())?;
                 let _ = fs::write(dir.join("memory.swap.max"), "0");
             }
-            fs::write(dir.join("pids.max"), pids_max(limits))?;
+            fs::write(dir.join("pids.max"), &cgroup.pids_max)?;
             return Ok(Some(cgroup));
         }
         // A memory cgroup only for a build with a memory limit: without one it would only
@@ -138,6 +207,8 @@ impl Cgroup {
             dirs: Vec::new(),
             v2: false,
             memory: memory.clone(),
+            pids_max,
+            retired: false,
         };
         // Each held once made, so that one made before a failure is removed.
         for dir in memory.iter().chain([&pids]) {
@@ -151,8 +222,29 @@ impl Cgroup {
                 limit.to_string(),
             );
         }
-        fs::write(pids.join("pids.max"), pids_max(limits))?;
+        fs::write(pids.join("pids.max"), &cgroup.pids_max)?;
         Ok(Some(cgroup))
+    }
+
+    fn set_pids_max(&mut self, max: &str) -> io::Result<()> {
+        let dir = self.dirs.last().expect("a cgroup has its pids directory");
+        fs::write(dir.join("pids.max"), max)?;
+        self.pids_max = max.to_string();
+        Ok(())
+    }
+
+    /// Whether the next build may have this cgroup: no memory limit to undo, no process left in
+    /// it, and its process limit never reached (which `pids.events` counts for good, and
+    /// [`Cgroup::process_limit_hit`] would tell of the next build).
+    fn reusable(&self) -> bool {
+        let Some(dir) = self.dirs.last() else {
+            return false;
+        };
+        !self.retired
+            && self.memory.is_none()
+            && idle().runs > 0
+            && read_small(&dir.join("pids.current")).is_some_and(|n| n.trim() == "0")
+            && !self.process_limit_hit()
     }
 
     /// The files the build's first process writes `0` to, before it starts anything, to move
@@ -205,7 +297,7 @@ impl Cgroup {
         let Some(dir) = self.dirs.last() else {
             return false;
         };
-        fs::read_to_string(dir.join("pids.events")).is_ok_and(|text| {
+        read_small(&dir.join("pids.events")).is_some_and(|text| {
             text.lines()
                 .any(|line| line.strip_prefix("max ").is_some_and(|n| n.trim() != "0"))
         })
@@ -238,8 +330,30 @@ fn sweep(parent: &Path) {
     }
 }
 
+/// A small file of the cgroup file system: one `read`, no size asked first.
+fn read_small(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let mut buf = [0u8; 256];
+    let n = File::open(path).ok()?.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
 impl Drop for Cgroup {
     fn drop(&mut self) {
+        if self.reusable() {
+            let mut idle = idle();
+            // Unless the last run ended meanwhile.
+            if idle.runs > 0 {
+                idle.cgroups.push(Cgroup {
+                    dirs: std::mem::take(&mut self.dirs),
+                    v2: self.v2,
+                    memory: None,
+                    pids_max: std::mem::take(&mut self.pids_max),
+                    retired: false,
+                });
+                return;
+            }
+        }
         // The build's processes are gone (its pid namespace died with pid 1), but the kernel
         // may take a moment to empty the cgroup.
         for dir in &self.dirs {

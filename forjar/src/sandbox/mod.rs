@@ -54,6 +54,7 @@ use crate::request::{BuildRequest, InputName, SandboxLevel};
 use crate::walk;
 
 use limits::Cgroup;
+pub use limits::KeepIdle;
 
 /// The uid of the build user inside the sandbox.
 pub const BUILD_UID: u32 = 1000;
@@ -552,8 +553,13 @@ fn prepare(
     // Parents before children, so a path bound inside another lands on top of it.
     placements.sort_by(|a, b| a.target.cmp(&b.target));
 
-    for device in DEVICES {
-        check_path(&Path::new("/dev").join(device))?;
+    // The host's devices are looked at once per process, until all are found.
+    static DEVICES_FOUND: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    if DEVICES_FOUND.get().is_none() {
+        for device in DEVICES {
+            check_path(&Path::new("/dev").join(device))?;
+        }
+        let _ = DEVICES_FOUND.set(());
     }
     check_path(&spec.build_dir)?;
 
@@ -703,6 +709,17 @@ fn hand_over(spec: &BuildSpec, uid: u32, gid: u32) -> Result<(), SandboxError> {
 /// Changes the owner of `path` and, for a directory, of everything under it; symlinks
 /// themselves, never their targets.
 fn chown_tree(path: &Path, (uid, gid): (u32, u32)) -> io::Result<()> {
+    // Most often an empty directory forjar has just made or emptied: one descriptor of it
+    // (opened without following a link), one look inside, and its own `fchown`.
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(dir) = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(path)
+        && walk::each_entry(dir.as_fd(), |_, _| std::ops::ControlFlow::Break(()))?
+    {
+        return std::os::unix::fs::fchown(&dir, Some(uid), Some(gid));
+    }
     walk::walk(path, &mut Chown(uid, gid), walk::Options::default())
 }
 

@@ -91,14 +91,12 @@ impl KeyLock {
         let Some(file) = Self::take(store, hash, Some(waiting))? else {
             unreachable!("a lock waited for is taken or fails")
         };
-        // Best effort: it only informs whoever waits next.
-        let _ = file.set_len(0).and_then(|()| {
-            std::os::unix::fs::FileExt::write_all_at(
-                &file,
-                format!("process {} ({what})", std::process::id()).as_bytes(),
-                0,
-            )
-        });
+        // Best effort: it only informs whoever waits next. Written over the last holder's
+        // note, then cut to its own length: a file cut to nothing first is one that ext4
+        // writes out when it is closed (its `auto_da_alloc`), a disk write for every build.
+        let note = format!("process {} ({what})", std::process::id());
+        let _ = std::os::unix::fs::FileExt::write_all_at(&file, note.as_bytes(), 0)
+            .and_then(|()| file.set_len(note.len() as u64));
         let tmp = store.dir().join(".tmp");
         let prefix = format!("{hash}.");
         for item in fs::read_dir(&tmp).map_err(StoreError::io("cannot read", &tmp))? {
