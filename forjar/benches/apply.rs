@@ -21,6 +21,9 @@
 //! 4. The first build of trees of `--sizes` (1000,4000,10000) derivations, each run in a
 //!    process of its own: milliseconds per derivation and that process's peak RSS, against
 //!    the smallest size.
+//!
+//! The parts that build start on a file system that has forgotten the inodes freed before
+//! (`peers::forget_freed_inodes`), and keep every store until the end.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -173,6 +176,7 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
     // Interleaved: forjar's run i, then Nix's run i, then the floor's, so that all meet the
     // same load.
     let exe = std::env::current_exe().expect("this benchmark's path");
+    peers::forget_freed_inodes();
     let mut floors = Vec::new();
     let mut floor = |i: usize| {
         let at = dir.path().join(format!("floor-{i}"));
@@ -217,7 +221,7 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
             secs(nix_first),
             nix_first.as_secs_f64() / timed.ours.as_secs_f64()
         );
-        let floor = peers::median(floors);
+        let floor = peers::median(floors.clone());
         println!(
             "| floor: the sandbox's namespaces and mounts alone, -j2 | {} | {:.2}x |",
             secs(floor),
@@ -239,6 +243,18 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
             nix_first.as_secs_f64() / floor.as_secs_f64(),
             timed.ours.as_secs_f64() / floor.as_secs_f64()
         );
+        let listed = |runs: &[Duration]| {
+            runs.iter()
+                .map(|d| format!("{:.3}", d.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "each run in order, seconds: forjar {}; nix-build {}; floor {}",
+            listed(&timed.our_runs),
+            listed(&timed.their_runs),
+            listed(&floors)
+        );
     }
 }
 
@@ -246,6 +262,7 @@ fn tree_part(dir: &tempfile::TempDir, runs: usize, tree_size: usize, seed: u32, 
 /// milliseconds per derivation, and the peak memory of that process.
 fn scaling_part(dir: &tempfile::TempDir, runs: usize, sizes: &[usize]) {
     let exe = std::env::current_exe().expect("this benchmark's path");
+    peers::forget_freed_inodes();
     let run = |size: usize, round: usize| {
         peers::settle();
         let out = peers::run_ok(

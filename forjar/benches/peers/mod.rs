@@ -36,6 +36,10 @@ pub struct Pairs {
     pub theirs: Option<Duration>,
     /// Each pair's ratio, peer over ours, sorted.
     pub ratios: Vec<f64>,
+    /// Our runs' times, in the order run.
+    pub our_runs: Vec<Duration>,
+    /// The peer's runs' times, in the order run.
+    pub their_runs: Vec<Duration>,
 }
 
 impl Pairs {
@@ -71,9 +75,11 @@ pub fn pairs(
     }
     ratios.sort_by(f64::total_cmp);
     Pairs {
-        ours: median(mine),
-        theirs: (!peer.is_empty()).then(|| median(peer)),
+        ours: median(mine.clone()),
+        theirs: (!peer.is_empty()).then(|| median(peer.clone())),
         ratios,
+        our_runs: mine,
+        their_runs: peer,
     }
 }
 
@@ -155,6 +161,25 @@ pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
 #[allow(dead_code, reason = "only the benchmarks that build use it")]
 pub fn settle() {
     nix::unistd::sync();
+}
+
+/// Makes the kernel forget the inodes freed before a part that makes many, such as the stores
+/// a previous run of a benchmark removed when it ended. ext4 without a journal will not reuse
+/// an inode freed within the last minute (five and more while its inode table block is dirty),
+/// and reads that block for each such inode it passes over while it looks for a free one: a
+/// run minutes after another's stores were removed took 4.64 s where it takes 2.69 s (forjar,
+/// which makes eight inodes a build, the 1,000-tree, 2026-12-06). `sync`, then the clean page
+/// cache dropped (root only): a block no longer in memory is one the kernel takes as written
+/// out long ago. The unmeasured first runs warm the caches again.
+#[allow(dead_code, reason = "only the benchmarks that build use it")]
+pub fn forget_freed_inodes() {
+    nix::unistd::sync();
+    if std::fs::write("/proc/sys/vm/drop_caches", "1").is_err() {
+        eprintln!(
+            "note: not root, so inodes freed shortly before this run (a previous run's stores) \
+             may slow its first minutes on ext4 without a journal"
+        );
+    }
 }
 
 /// The host's `/bin/sh` and the library directories it needs, each as its path in a build and
