@@ -48,27 +48,33 @@ fn a_runs_builds_share_its_cgroups_and_none_is_left_after_it() {
     let env = [("DAG_CGROUP", "*"), ("DAG_WIDTH", "2"), ("DAG_LAYERS", "4")];
     let out = run_dag(&store, &env, &["apply", "-j", "1"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    // The cgroup each build ran in: `forjar-<pid>-<n>`, as the kernel names its pids one.
+    // The cgroup each build ran in, `forjar-<pid>-<n>`: on cgroup v2 the one hierarchy's (the
+    // `0::` line), else the `pids` controller's.
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let used: Vec<PathBuf> = store_entries(&store)
         .iter()
         .filter_map(|entry| fs::read_to_string(store.join(entry).join("content/cgroup")).ok())
         .map(|text| {
-            let line = text
+            let path = text
                 .lines()
-                .find(|l| {
-                    l.split(':')
-                        .nth(1)
-                        .is_some_and(|c| c.is_empty() || c.split(',').any(|c| c == "pids"))
+                .filter_map(|line| {
+                    let mut fields = line.splitn(3, ':');
+                    let (_, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+                    let ours = match v2 {
+                        true => controllers.is_empty(),
+                        false => controllers.split(',').any(|c| c == "pids"),
+                    };
+                    ours.then(|| path.to_string())
                 })
-                .unwrap_or_else(|| panic!("no pids cgroup in {text}"))
-                .to_string();
-            let path = line.splitn(3, ':').nth(2).unwrap();
+                .next()
+                .unwrap_or_else(|| panic!("no pids cgroup in {text}"));
             assert!(path.starts_with("/forjar-"), "{text}");
-            let root = match line.split(':').nth(1) {
-                Some("") => "/sys/fs/cgroup".to_string(),
-                _ => "/sys/fs/cgroup/pids".to_string(),
+            let root = if v2 {
+                "/sys/fs/cgroup"
+            } else {
+                "/sys/fs/cgroup/pids"
             };
-            PathBuf::from(root + path)
+            PathBuf::from(format!("{root}{path}"))
         })
         .collect();
     assert_eq!(used.len(), 8, "every build wrote its cgroup: {used:?}");

@@ -74,6 +74,67 @@ fn gc_keeps_what_roots_reach_through_references_and_deletes_the_rest() {
     assert!(store.verify().unwrap().is_ok());
 }
 
+/// `gc` removes the build logs of the derivations whose entries it deleted, and those of
+/// builds that failed, and keeps the logs of what stays; a dry run only counts them.
+#[test]
+fn gc_removes_the_logs_of_what_it_collected_and_of_failed_builds() {
+    if !forjar_suite::sandbox() {
+        return;
+    }
+    use forjar::prelude::*;
+    let (_dir, store) = temp_store();
+    let said = |name: &str| {
+        Derivation::builder(name)
+            .script(format!("echo {name} says; echo > $out"))
+            .build()
+            .unwrap()
+    };
+    let (plan, report) = forjar_suite::apply(&store, |g| {
+        let kept = g.add(said("kept"));
+        g.root("kept", kept);
+        let gone = g.add(said("gone"));
+        g.root("gone", gone);
+    });
+    report.unwrap();
+    let entry = |root: &str| {
+        let root = plan.roots().iter().find(|r| r.name == root).unwrap();
+        plan.root_entry(root).unwrap()
+    };
+    let (kept, gone) = (entry("kept"), entry("gone"));
+    store.remove_root("gone").unwrap();
+    let (_, failed) = forjar_suite::apply(&store, |g| {
+        let fails = Derivation::builder("fails")
+            .script("echo fails says; exit 1")
+            .build()
+            .unwrap();
+        let fails = g.add(fails);
+        g.root("fails", fails);
+    });
+    assert!(failed.is_err());
+    let logs = || -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(store.dir().join(".logs"))
+            .unwrap()
+            .map(|item| item.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(logs().len(), 3, "{:?}", logs());
+
+    let dry = store.gc(true, || {}).unwrap();
+    assert_eq!(dry.logs, 2);
+    assert_eq!(logs().len(), 3, "a dry run removes nothing");
+    let report = store.gc(false, || {}).unwrap();
+    assert_eq!(report.dead.len(), 1, "{:?}", report.dead);
+    assert_eq!(report.logs, 2);
+    assert!(!store.contains(&gone));
+    let left = logs();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(store.log(&kept).unwrap(), b"kept says\n");
+    // Nothing more to remove.
+    assert_eq!(store.gc(false, || {}).unwrap().logs, 0);
+}
+
 #[test]
 fn a_closure_follows_an_entry_made_again_after_it_was_deleted() {
     let (_dir, store) = temp_store();

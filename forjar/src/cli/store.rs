@@ -412,9 +412,14 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
                     }
                 );
             }
+            let logs = match (report.logs, dry_run) {
+                (0, _) => String::new(),
+                (n, true) => format!("; would remove {}", counted(n, "build log", "build logs")),
+                (n, false) => format!("; removed {}", counted(n, "build log", "build logs")),
+            };
             let _ = writeln!(
                 text,
-                "{}",
+                "{}{logs}",
                 collected(verb, report.dead.len(), report.bytes, report.live)
             );
             emit(&text)?;

@@ -12,6 +12,7 @@
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, TryLockError};
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -58,6 +59,9 @@ pub struct GcReport {
     pub dangling_roots: Vec<String>,
     /// Roots the collection was told had expired: removed (in a dry run, only left out).
     pub expired_roots: Vec<String>,
+    /// The build logs (`.logs/<h>.log`, and `check`'s) of derivations no live entry was built
+    /// by, those of failed builds among them: removed (in a dry run, counted).
+    pub logs: usize,
     /// Whether this was a dry run (nothing deleted).
     pub dry_run: bool,
 }
@@ -197,14 +201,16 @@ impl Store {
     /// theirs (Nix's `keep-outputs`): what the live entries were built with stays, so that
     /// building them again, or what is next to them, fetches and builds nothing again.
     pub fn live(&self, keep_build_inputs: bool) -> Result<BTreeSet<EntryName>, StoreError> {
-        self.live_from(&self.roots()?, keep_build_inputs)
+        self.live_from(&self.roots()?, keep_build_inputs, &mut BTreeSet::new())
     }
 
-    /// [`Store::live`], from `roots` (and every profile's generations).
+    /// [`Store::live`], from `roots` (and every profile's generations); adds to `derivations`
+    /// the store hash of each derivation a live entry was built by.
     fn live_from(
         &self,
         roots: &[Root],
         keep_build_inputs: bool,
+        derivations: &mut BTreeSet<String>,
     ) -> Result<BTreeSet<EntryName>, StoreError> {
         let mut live = BTreeSet::new();
         let mut queue: VecDeque<EntryName> = roots
@@ -220,6 +226,9 @@ impl Store {
                 continue;
             }
             let meta = self.meta(&entry)?;
+            if let Some(derivation) = meta.derivation {
+                derivations.insert(derivation.store_hash());
+            }
             if keep_build_inputs {
                 queue.extend(meta.inputs.into_values());
             }
@@ -396,7 +405,8 @@ impl Store {
             }
             report.expired_roots.push(root.name);
         }
-        let live = self.live_from(&roots, keep_build_inputs)?;
+        let mut derivations = BTreeSet::new();
+        let live = self.live_from(&roots, keep_build_inputs, &mut derivations)?;
         report.live = live.len();
         for root in roots {
             if root.target == RootTarget::Dangling {
@@ -418,11 +428,57 @@ impl Store {
             report.bytes += size;
             report.dead.push((entry, size));
         }
+        report.logs = self.sweep_logs(&derivations, dry_run)?;
         if !dry_run {
             self.sweep_realisations()?;
             KeyLock::remove_free(self)?;
         }
         Ok(report)
+    }
+
+    /// Removes (with `dry_run`, counts) the build logs of derivations whose store hash is not in
+    /// `live`: `<h>.log` and `<h>.<what>.log` in `.logs`. Through the directory's descriptor,
+    /// not following a link; what is not a file of that form is left.
+    fn sweep_logs(&self, live: &BTreeSet<String>, dry_run: bool) -> Result<usize, StoreError> {
+        let dir_path = self.dir().join(".logs");
+        let root = self
+            .root_fd()
+            .map_err(StoreError::io("cannot open", self.dir()))?;
+        let dir = match crate::walk::openat(
+            root.as_fd(),
+            &crate::walk::cstring(b".logs"),
+            crate::walk::DIR_FLAGS,
+        ) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::io("cannot open", &dir_path)(e)),
+        };
+        let mut removed = 0;
+        for (name, kind) in
+            crate::walk::list(dir.as_fd()).map_err(StoreError::io("cannot read", &dir_path))?
+        {
+            let hash = std::str::from_utf8(name.to_bytes())
+                .ok()
+                .and_then(|n| n.strip_suffix(".log"))
+                .and_then(|n| n.split('.').next())
+                .filter(|hash| crate::hash::is_store_hash(hash));
+            let Some(hash) = hash else { continue };
+            if kind != crate::walk::Kind::File || live.contains(hash) {
+                continue;
+            }
+            if !dry_run {
+                match crate::walk::unlink_at(dir.as_fd(), &name, false) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        let path = dir_path.join(name.to_string_lossy().as_ref());
+                        return Err(StoreError::io("cannot remove", &path)(e));
+                    }
+                }
+            }
+            removed += 1;
+        }
+        Ok(removed)
     }
 }
 
