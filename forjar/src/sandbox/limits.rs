@@ -240,9 +240,12 @@ impl Cgroup {
         let Some(dir) = self.dirs.last() else {
             return false;
         };
-        !self.retired
-            && self.memory.is_none()
-            && idle().runs > 0
+        if self.retired || self.memory.is_some() {
+            return false;
+        }
+        // Not held while the files are read.
+        let running = idle().runs > 0;
+        running
             && read_small(&dir.join("pids.current")).is_some_and(|n| n.trim() == "0")
             && !self.process_limit_hit()
     }

@@ -54,7 +54,7 @@ use crate::request::{BuildRequest, InputName, SandboxLevel};
 use crate::walk;
 
 use limits::Cgroup;
-pub use limits::KeepIdle;
+pub(crate) use limits::KeepIdle;
 
 /// The uid of the build user inside the sandbox.
 pub const BUILD_UID: u32 = 1000;
