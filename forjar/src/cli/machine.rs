@@ -631,7 +631,6 @@ fn plan_code(plans: &[Result<HostPlan, String>]) -> ExitCode {
     }
 }
 
-/// What activation changed, counted: `3 paths changed, 1 unit restarted`.
 /// `generation 3`, or `generations 1, 2`.
 pub(super) fn generation_numbers(numbers: &[u64]) -> String {
     let list: Vec<String> = numbers.iter().map(u64::to_string).collect();
@@ -641,6 +640,7 @@ pub(super) fn generation_numbers(numbers: &[u64]) -> String {
     }
 }
 
+/// What activation changed, counted: `3 paths changed, 1 unit restarted`.
 pub(super) fn summary(changes: &Changes) -> String {
     let mut parts = Vec::new();
     let mut count = |n: usize, what: &str, done: &str| {

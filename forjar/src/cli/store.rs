@@ -412,10 +412,13 @@ pub fn run(dir: &Path, command: StoreCommand) -> Result<ExitCode, Failure> {
                     }
                 );
             }
-            let logs = match (report.logs, dry_run) {
-                (0, _) => String::new(),
-                (n, true) => format!("; would remove {}", counted(n, "build log", "build logs")),
-                (n, false) => format!("; removed {}", counted(n, "build log", "build logs")),
+            let logs = match report.logs {
+                0 => String::new(),
+                n => format!(
+                    "; {} {}",
+                    if dry_run { "would remove" } else { "removed" },
+                    counted(n, "build log", "build logs")
+                ),
             };
             let _ = writeln!(
                 text,

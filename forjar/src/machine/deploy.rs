@@ -1472,9 +1472,6 @@ pub fn would_delete(host: &Host, plan: &HostPlan, keep: usize) -> Result<Vec<u64
             next
         }
     };
-    if listed.len() <= keep {
-        return Ok(Vec::new());
-    }
     let doomed =
         crate::store::generations_to_delete(&listed, Some(current), &[], None, Some(keep), now);
     Ok(doomed.into_iter().collect())

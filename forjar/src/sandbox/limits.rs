@@ -28,8 +28,6 @@ pub struct Cgroup {
     memory: Option<PathBuf>,
     /// What its `pids.max` holds.
     pids_max: String,
-    /// Removed when dropped, never kept for another build.
-    retired: bool,
 }
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -78,8 +76,7 @@ impl Drop for KeepIdle {
             }
         };
         for mut cgroup in kept {
-            cgroup.retired = true;
-            drop(cgroup);
+            cgroup.remove();
         }
     }
 }
@@ -155,9 +152,8 @@ impl Cgroup {
             if idle.pids_max == pids_max || idle.set_pids_max(&pids_max).is_ok() {
                 return Ok(Some(idle));
             }
-            // Removed: a new one is made below.
-            idle.retired = true;
-            drop(idle);
+            // A new one is made below.
+            idle.remove();
         }
         let name = format!(
             "forjar-{}-{}",
@@ -184,7 +180,6 @@ impl Cgroup {
                 v2: true,
                 memory: limits.memory.map(|_| dir.clone()),
                 pids_max,
-                retired: false,
             };
             if let Some(memory) = limits.memory {
                 fs::write(dir.join("memory.max"), memory.to_string())?;
@@ -208,7 +203,6 @@ impl Cgroup {
             v2: false,
             memory: memory.clone(),
             pids_max,
-            retired: false,
         };
         // Each held once made, so that one made before a failure is removed.
         for dir in memory.iter().chain([&pids]) {
@@ -226,6 +220,20 @@ impl Cgroup {
         Ok(Some(cgroup))
     }
 
+    /// Removes the directories now, never to be kept; dropped afterwards, it has none left.
+    fn remove(&mut self) {
+        // The build's processes are gone (its pid namespace died with pid 1), but the kernel
+        // may take a moment to empty the cgroup.
+        for dir in std::mem::take(&mut self.dirs).iter() {
+            for _ in 0..100 {
+                if fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+
     fn set_pids_max(&mut self, max: &str) -> io::Result<()> {
         let dir = self.dirs.last().expect("a cgroup has its pids directory");
         fs::write(dir.join("pids.max"), max)?;
@@ -240,7 +248,7 @@ impl Cgroup {
         let Some(dir) = self.dirs.last() else {
             return false;
         };
-        if self.retired || self.memory.is_some() {
+        if self.memory.is_some() {
             return false;
         }
         // Not held while the files are read.
@@ -352,20 +360,10 @@ impl Drop for Cgroup {
                     v2: self.v2,
                     memory: None,
                     pids_max: std::mem::take(&mut self.pids_max),
-                    retired: false,
                 });
                 return;
             }
         }
-        // The build's processes are gone (its pid namespace died with pid 1), but the kernel
-        // may take a moment to empty the cgroup.
-        for dir in &self.dirs {
-            for _ in 0..100 {
-                if fs::remove_dir(dir).is_ok() || !dir.exists() {
-                    break;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-        }
+        self.remove();
     }
 }

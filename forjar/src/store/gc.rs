@@ -441,17 +441,8 @@ impl Store {
     /// not following a link; what is not a file of that form is left.
     fn sweep_logs(&self, live: &BTreeSet<String>, dry_run: bool) -> Result<usize, StoreError> {
         let dir_path = self.dir().join(".logs");
-        let root = self
-            .root_fd()
-            .map_err(StoreError::io("cannot open", self.dir()))?;
-        let dir = match crate::walk::openat(
-            root.as_fd(),
-            &crate::walk::cstring(b".logs"),
-            crate::walk::DIR_FLAGS,
-        ) {
-            Ok(dir) => dir,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(StoreError::io("cannot open", &dir_path)(e)),
+        let Some(dir) = self.own_dir(".logs")? else {
+            return Ok(0);
         };
         let mut removed = 0;
         for (name, kind) in

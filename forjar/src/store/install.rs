@@ -119,11 +119,9 @@ impl KeyLock {
     /// process) keeps its file. Through the directory's descriptor, not following a link.
     pub(super) fn remove_free(store: &Store) -> Result<usize, StoreError> {
         let dir_path = store.dir().join(".locks");
-        let root = store
-            .root_fd()
-            .map_err(StoreError::io("cannot open", store.dir()))?;
-        let dir = walk::openat(root.as_fd(), &walk::cstring(b".locks"), walk::DIR_FLAGS)
-            .map_err(StoreError::io("cannot open", &dir_path))?;
+        let Some(dir) = store.own_dir(".locks")? else {
+            return Ok(0);
+        };
         let mut removed = 0;
         for (name, kind) in
             walk::list(dir.as_fd()).map_err(StoreError::io("cannot read", &dir_path))?

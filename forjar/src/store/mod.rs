@@ -565,6 +565,23 @@ impl Store {
         }
     }
 
+    /// The store's own directory `name` (`.locks`, `.logs`), opened through the store's
+    /// descriptor without following a link; `None` when there is none.
+    fn own_dir(&self, name: &str) -> Result<Option<std::os::fd::OwnedFd>, StoreError> {
+        let root = self
+            .root_fd()
+            .map_err(StoreError::io("cannot open", self.dir()))?;
+        match crate::walk::openat(
+            root.as_fd(),
+            &crate::walk::cstring(name.as_bytes()),
+            crate::walk::DIR_FLAGS,
+        ) {
+            Ok(dir) => Ok(Some(dir)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("cannot open", &self.dir().join(name))(e)),
+        }
+    }
+
     /// The tree digest recorded for `entry` when it was installed, apart from the entry (whose
     /// `meta.yaml` says the same, but lives where a build once wrote); `None` if there is none.
     pub fn recorded_digest(&self, entry: &EntryName) -> Result<Option<TreeDigest>, StoreError> {
