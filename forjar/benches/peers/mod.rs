@@ -165,12 +165,14 @@ pub fn settle() {
 
 /// Makes the kernel forget the inodes freed before a part that makes many, such as the stores
 /// a previous run of a benchmark removed when it ended. ext4 without a journal will not reuse
-/// an inode freed within the last minute (five and more while its inode table block is dirty),
-/// and reads that block for each such inode it passes over while it looks for a free one: a
-/// run minutes after another's stores were removed took 4.64 s where it takes 2.69 s (forjar,
+/// an inode freed within the last minute (six while its inode table block is dirty), and looks
+/// that block up for each such inode it passes over while it looks for a free one: a run
+/// minutes after another's stores were removed took 4.64 s where it takes 2.69 s (forjar,
 /// which makes eight inodes a build, the 1,000-tree, 2026-12-06). `sync`, then the clean page
 /// cache dropped (root only): a block no longer in memory is one the kernel takes as written
-/// out long ago. The unmeasured first runs warm the caches again.
+/// out long ago. This holds only until the run reads the block back to make an inode in it;
+/// what is left of the window still slows the runs (the benchmarks chapter). The unmeasured
+/// first runs warm the caches again.
 #[allow(dead_code, reason = "only the benchmarks that build use it")]
 pub fn forget_freed_inodes() {
     nix::unistd::sync();

@@ -440,31 +440,21 @@ impl Store {
     /// `live`: `<h>.log` and `<h>.<what>.log` in `.logs`. Through the directory's descriptor,
     /// not following a link; what is not a file of that form is left.
     fn sweep_logs(&self, live: &BTreeSet<String>, dry_run: bool) -> Result<usize, StoreError> {
-        let dir_path = self.dir().join(".logs");
-        let Some(dir) = self.own_dir(".logs")? else {
+        let Some(logs) =
+            self.own_files(".logs", |name| name.strip_suffix(".log")?.split('.').next())?
+        else {
             return Ok(0);
         };
         let mut removed = 0;
-        for (name, kind) in
-            crate::walk::list(dir.as_fd()).map_err(StoreError::io("cannot read", &dir_path))?
-        {
-            let hash = std::str::from_utf8(name.to_bytes())
-                .ok()
-                .and_then(|n| n.strip_suffix(".log"))
-                .and_then(|n| n.split('.').next())
-                .filter(|hash| crate::hash::is_store_hash(hash));
-            let Some(hash) = hash else { continue };
-            if kind != crate::walk::Kind::File || live.contains(hash) {
+        for (name, hash) in &logs.files {
+            if live.contains(hash) {
                 continue;
             }
             if !dry_run {
-                match crate::walk::unlink_at(dir.as_fd(), &name, false) {
+                match crate::walk::unlink_at(logs.dir.as_fd(), name, false) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        let path = dir_path.join(name.to_string_lossy().as_ref());
-                        return Err(StoreError::io("cannot remove", &path)(e));
-                    }
+                    Err(e) => return Err(StoreError::io("cannot remove", &logs.path_of(name))(e)),
                 }
             }
             removed += 1;

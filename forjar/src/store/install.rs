@@ -118,26 +118,15 @@ impl KeyLock {
     /// (by a build's supervisor that outlives its killed forjar for a moment, or in this
     /// process) keeps its file. Through the directory's descriptor, not following a link.
     pub(super) fn remove_free(store: &Store) -> Result<usize, StoreError> {
-        let dir_path = store.dir().join(".locks");
-        let Some(dir) = store.own_dir(".locks")? else {
+        let Some(locks) = store.own_files(".locks", |name| name.strip_suffix(".lock"))? else {
             return Ok(0);
         };
         let mut removed = 0;
-        for (name, kind) in
-            walk::list(dir.as_fd()).map_err(StoreError::io("cannot read", &dir_path))?
-        {
-            let is_key_lock = name
-                .to_bytes()
-                .strip_suffix(b".lock")
-                .and_then(|hash| std::str::from_utf8(hash).ok())
-                .is_some_and(is_store_hash);
-            if kind != walk::Kind::File || !is_key_lock {
-                continue;
-            }
-            let path = || dir_path.join(name.to_string_lossy().as_ref());
+        for (name, _) in &locks.files {
+            let path = || locks.path_of(name);
             let file = match walk::openat(
-                dir.as_fd(),
-                &name,
+                locks.dir.as_fd(),
+                name,
                 nix::libc::O_RDONLY | nix::libc::O_NOFOLLOW,
             ) {
                 Ok(fd) => File::from(fd),
@@ -153,7 +142,7 @@ impl KeyLock {
             }
             // Removed while locked: whoever opened it before takes the lock of a file with no
             // link left, and opens the name again (`take`).
-            walk::unlink_at(dir.as_fd(), &name, false)
+            walk::unlink_at(locks.dir.as_fd(), name, false)
                 .map_err(StoreError::io("cannot remove", &path()))?;
             removed += 1;
         }

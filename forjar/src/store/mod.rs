@@ -565,21 +565,40 @@ impl Store {
         }
     }
 
-    /// The store's own directory `name` (`.locks`, `.logs`), opened through the store's
-    /// descriptor without following a link; `None` when there is none.
-    fn own_dir(&self, name: &str) -> Result<Option<std::os::fd::OwnedFd>, StoreError> {
+    /// The regular files of the store's own directory `name` (`.locks`, `.logs`) from whose
+    /// names `hash_of` reads a store hash, each with that hash; the directory is opened through
+    /// the store's descriptor, without following a link, and read once. `None` when there is no
+    /// such directory.
+    fn own_files(
+        &self,
+        name: &str,
+        hash_of: impl Fn(&str) -> Option<&str>,
+    ) -> Result<Option<OwnFiles>, StoreError> {
+        let path = self.dir().join(name);
         let root = self
             .root_fd()
             .map_err(StoreError::io("cannot open", self.dir()))?;
-        match crate::walk::openat(
+        let dir = match crate::walk::openat(
             root.as_fd(),
             &crate::walk::cstring(name.as_bytes()),
             crate::walk::DIR_FLAGS,
         ) {
-            Ok(dir) => Ok(Some(dir)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(StoreError::io("cannot open", &self.dir().join(name))(e)),
-        }
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("cannot open", &path)(e)),
+        };
+        let files = crate::walk::list(dir.as_fd())
+            .map_err(StoreError::io("cannot read", &path))?
+            .into_iter()
+            .filter(|(_, kind)| *kind == crate::walk::Kind::File)
+            .filter_map(|(file, _)| {
+                let hash = hash_of(std::str::from_utf8(file.to_bytes()).ok()?)
+                    .filter(|hash| is_store_hash(hash))?
+                    .to_string();
+                Some((file, hash))
+            })
+            .collect();
+        Ok(Some(OwnFiles { dir, path, files }))
     }
 
     /// The tree digest recorded for `entry` when it was installed, apart from the entry (whose
@@ -837,6 +856,23 @@ fn open_lock_file(path: &Path) -> Result<File, StoreError> {
         .write(true)
         .open(path)
         .map_err(StoreError::io("cannot open", path))
+}
+
+/// A store's own directory and the files [`Store::own_files`] found in it.
+struct OwnFiles {
+    /// The directory, opened.
+    dir: std::os::fd::OwnedFd,
+    /// Its path, for messages.
+    path: PathBuf,
+    /// Each file's name and the store hash it holds.
+    files: Vec<(std::ffi::CString, String)>,
+}
+
+impl OwnFiles {
+    /// The path of the file `name` in the directory, for messages.
+    fn path_of(&self, name: &std::ffi::CStr) -> PathBuf {
+        self.path.join(name.to_string_lossy().as_ref())
+    }
 }
 
 #[cfg(test)]
