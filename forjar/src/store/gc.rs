@@ -201,16 +201,16 @@ impl Store {
     /// theirs (Nix's `keep-outputs`): what the live entries were built with stays, so that
     /// building them again, or what is next to them, fetches and builds nothing again.
     pub fn live(&self, keep_build_inputs: bool) -> Result<BTreeSet<EntryName>, StoreError> {
-        self.live_from(&self.roots()?, keep_build_inputs, &mut BTreeSet::new())
+        self.live_from(&self.roots()?, keep_build_inputs, None)
     }
 
-    /// [`Store::live`], from `roots` (and every profile's generations); adds to `derivations`
-    /// the store hash of each derivation a live entry was built by.
+    /// [`Store::live`], from `roots` (and every profile's generations); adds to `derivations`,
+    /// when given, the store hash of each derivation a live entry was built by.
     fn live_from(
         &self,
         roots: &[Root],
         keep_build_inputs: bool,
-        derivations: &mut BTreeSet<String>,
+        mut derivations: Option<&mut BTreeSet<String>>,
     ) -> Result<BTreeSet<EntryName>, StoreError> {
         let mut live = BTreeSet::new();
         let mut queue: VecDeque<EntryName> = roots
@@ -226,7 +226,9 @@ impl Store {
                 continue;
             }
             let meta = self.meta(&entry)?;
-            if let Some(derivation) = meta.derivation {
+            if let (Some(derivations), Some(derivation)) =
+                (derivations.as_deref_mut(), meta.derivation)
+            {
                 derivations.insert(derivation.store_hash());
             }
             if keep_build_inputs {
@@ -406,7 +408,7 @@ impl Store {
             report.expired_roots.push(root.name);
         }
         let mut derivations = BTreeSet::new();
-        let live = self.live_from(&roots, keep_build_inputs, &mut derivations)?;
+        let live = self.live_from(&roots, keep_build_inputs, Some(&mut derivations))?;
         report.live = live.len();
         for root in roots {
             if root.target == RootTarget::Dangling {
