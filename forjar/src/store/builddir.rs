@@ -42,7 +42,7 @@ impl BuildDirs {
         hasher.update(&now.as_nanos().to_le_bytes());
         let hash = crate::hash::base32(&hasher.finalize().as_bytes()[..20]);
         let lock = KeyLock::try_acquire(store, &hash)?.ok_or_else(|| {
-            StoreError::io("cannot lock", &store.dir().join(".locks").join(&hash))(
+            StoreError::io("cannot lock", &store.dir().join(super::install::KEYS))(
                 std::io::Error::other("a fresh lock is held by another process"),
             )
         })?;
@@ -62,18 +62,11 @@ impl BuildDirs {
             .join(format!("{}.{n}-build", self.lock.hash()))
     }
 
-    /// Removes the idle directories and the lock's file (only a sweep ever takes that lock,
-    /// and there is nothing left for it).
-    pub(super) fn remove(mut self, store: &Store) {
+    /// Removes the idle directories.
+    pub(super) fn remove(mut self) {
         for dir in self.idle.drain(..) {
             let _ = remove_tree(&dir);
         }
-        let _ = fs::remove_file(
-            store
-                .dir()
-                .join(".locks")
-                .join(format!("{}.lock", self.lock.hash())),
-        );
     }
 }
 
@@ -147,7 +140,7 @@ impl Store {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(dirs) = dirs {
-            dirs.remove(self);
+            dirs.remove();
         }
     }
 

@@ -7,7 +7,7 @@
 //! current roots are links in `.profiles/<profile>/roots/`, listed as `<profile>/<root>`; every
 //! generation of every profile is a root too.
 //! Everything reachable from a root through the `references` of `meta.yaml` is live; everything
-//! else is garbage. A collection also removes the lock files of keys no one works on.
+//! else is garbage. A collection also removes the build logs no live entry needs.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::fs::{self, TryLockError};
@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::tree::{remove_tree, tree_size};
-use super::{EntryName, KeyLock, Store, StoreError};
+use super::{EntryName, Store, StoreError};
 use crate::hash::base32;
 use crate::name::Name;
 
@@ -433,7 +433,6 @@ impl Store {
         report.logs = self.sweep_logs(&derivations, dry_run)?;
         if !dry_run {
             self.sweep_realisations()?;
-            KeyLock::remove_free(self)?;
         }
         Ok(report)
     }

@@ -1,13 +1,15 @@
-//! Putting entries into the store: per-key locks, staging, canonicalisation, one rename.
+//! Putting entries into the store: key locks, staging, canonicalisation, one rename.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, TryLockError};
-use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
+use std::fs::{self, File};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::SystemTime;
+
+use nix::errno::Errno;
+use nix::fcntl::FcntlArg;
 
 use super::pending::MarkedAhead;
 use super::tree::remove_tree;
@@ -16,60 +18,96 @@ use crate::hash::{self, Key, Needles, TreeDigest, TreeHasher, is_store_hash};
 use crate::name::Name;
 use crate::walk;
 
-/// An exclusive lock on one key, `.locks/<h>.lock`: one build or import of one key at a time,
-/// across processes. Released on drop.
+/// An exclusive lock on one key: one build or import of one key at a time, across processes.
+/// Released on drop.
+///
+/// Every key's lock is one byte of `.locks/keys`, an open file description lock (`F_OFD_SETLK`)
+/// at an offset made of the key's store hash: a lock takes no file of its own, so a build makes
+/// no inode for it and a collection has none to remove. Like `flock`, it belongs to the open
+/// file, so it is held by every process that has that file open (a build's supervisor) and is
+/// released when the last of them closes it; unlike a POSIX record lock, two threads of one
+/// process exclude each other. The first part of the file is a table of notes, one slot a key
+/// (several keys share a slot), in which the holder says who it is and what for.
 #[derive(Debug)]
 pub struct KeyLock {
     file: File,
     hash: String,
 }
 
-impl KeyLock {
-    fn path(store: &Store, hash: &str) -> PathBuf {
-        assert!(
-            is_store_hash(hash),
-            "lock names are store hashes, got {hash:?}"
-        );
-        store.dir().join(".locks").join(format!("{hash}.lock"))
-    }
+/// The file of every key's lock and note.
+pub(super) const KEYS: &str = ".locks/keys";
+/// The bytes of a note's slot, and how many slots there are.
+const NOTE_LEN: u64 = 128;
+const NOTE_SLOTS: u64 = 1 << 14;
 
-    /// Opens the lock file of `hash` (making it if there is none) and takes its lock: when
-    /// another holds it, waits for it if `waiting` is given (told the holder's note first),
-    /// else gives up. A file removed while this process waited for it or before it took it
-    /// (garbage collection removes the files of free locks: [`KeyLock::remove_free`]) has no
-    /// link left, and locks nothing another process can see: it is opened anew.
+/// Where in `.locks/keys` the lock and note of store hash `hash` are: its first 60 bits, past
+/// the notes; and the slot of its note.
+fn key_offsets(hash: &str) -> (i64, u64) {
+    assert!(
+        is_store_hash(hash),
+        "lock names are store hashes, got {hash:?}"
+    );
+    let bits = hash.bytes().take(12).fold(0u64, |bits, digit| {
+        let value = match digit {
+            b'a'..=b'z' => digit - b'a',
+            _ => digit - b'2' + 26,
+        };
+        bits << 5 | u64::from(value)
+    });
+    let lock = NOTE_LEN * NOTE_SLOTS + bits;
+    (
+        i64::try_from(lock).expect("60 bits past 2 MiB fit an offset"),
+        bits % NOTE_SLOTS * NOTE_LEN,
+    )
+}
+
+impl KeyLock {
+    /// Opens `.locks/keys` (making it if there is none) and takes the lock of `hash` in it:
+    /// when another holds it, waits for it if `waiting` is given (told the holder's note
+    /// first), else gives up.
     fn take(
         store: &Store,
         hash: &str,
         waiting: Option<&dyn Fn(&str)>,
     ) -> Result<Option<File>, StoreError> {
-        let path = Self::path(store, hash);
-        loop {
-            let file = super::open_lock_file(&path)?;
-            match (file.try_lock(), waiting) {
-                (Ok(()), _) => {}
-                (Err(TryLockError::WouldBlock), None) => return Ok(None),
-                (Err(TryLockError::WouldBlock), Some(waiting)) => {
-                    let holder = fs::read_to_string(&path).unwrap_or_default();
-                    let holder = holder.trim();
-                    waiting(if holder.is_empty() {
-                        "another forjar process"
-                    } else {
-                        holder
-                    });
-                    file.lock().map_err(StoreError::io("cannot lock", &path))?;
-                }
-                (Err(TryLockError::Error(e)), _) => {
-                    return Err(StoreError::io("cannot lock", &path)(e));
-                }
+        let (offset, note_at) = key_offsets(hash);
+        let path = store.dir().join(KEYS);
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(StoreError::io("cannot open", &path))?;
+        let range = nix::libc::flock {
+            l_type: nix::libc::F_WRLCK as nix::libc::c_short,
+            l_whence: nix::libc::SEEK_SET as nix::libc::c_short,
+            l_start: offset,
+            l_len: 1,
+            l_pid: 0,
+        };
+        let lock = |wait: bool| loop {
+            let arg = match wait {
+                true => FcntlArg::F_OFD_SETLKW(&range),
+                false => FcntlArg::F_OFD_SETLK(&range),
+            };
+            match nix::fcntl::fcntl(&file, arg) {
+                Err(Errno::EINTR) => continue,
+                result => break result,
             }
-            let links = walk::fstat(file.as_fd())
-                .map_err(StoreError::io("cannot read", &path))?
-                .st_nlink;
-            if links > 0 {
-                return Ok(Some(file));
+        };
+        let cannot_lock = |e: Errno| StoreError::io("cannot lock", &path)(e.into());
+        match (lock(false), waiting) {
+            (Ok(_), _) => {}
+            (Err(Errno::EAGAIN | Errno::EACCES), None) => return Ok(None),
+            (Err(Errno::EAGAIN | Errno::EACCES), Some(waiting)) => {
+                waiting(&read_note(&file, note_at, hash));
+                lock(true).map_err(cannot_lock)?;
             }
+            (Err(e), _) => return Err(cannot_lock(e)),
         }
+        Ok(Some(file))
     }
 
     /// Waits for and takes the lock of store hash `hash`, then removes the staging a killed
@@ -81,7 +119,7 @@ impl KeyLock {
     }
 
     /// [`acquire`](Self::acquire), saying what for (`building `hello``): the holder writes it
-    /// into the lock file, and one that has to wait is told the holder's (`waiting`).
+    /// into its note, and one that has to wait is told the holder's (`waiting`).
     pub fn acquire_for(
         store: &Store,
         hash: &str,
@@ -91,12 +129,8 @@ impl KeyLock {
         let Some(file) = Self::take(store, hash, Some(waiting))? else {
             unreachable!("a lock waited for is taken or fails")
         };
-        // Best effort: it only informs whoever waits next. Written over the last holder's
-        // note, then cut to its own length: a file cut to nothing first is one that ext4
-        // writes out when it is closed (its `auto_da_alloc`), a disk write for every build.
-        let note = format!("process {} ({what})", std::process::id());
-        let _ = std::os::unix::fs::FileExt::write_all_at(&file, note.as_bytes(), 0)
-            .and_then(|()| file.set_len(note.len() as u64));
+        // Best effort: it only informs whoever waits next.
+        let _ = write_note(&file, key_offsets(hash).1, hash, what);
         let tmp = store.dir().join(".tmp");
         let prefix = format!("{hash}.");
         for item in fs::read_dir(&tmp).map_err(StoreError::io("cannot read", &tmp))? {
@@ -109,44 +143,6 @@ impl KeyLock {
             file,
             hash: hash.to_string(),
         })
-    }
-
-    /// Removes the lock file of every key no one works on; returns how many. A key's file is
-    /// made at its first build or import, and would otherwise stay for good, one for every
-    /// key the store ever built. Called with the store to this handle alone (garbage
-    /// collection), so that no other process takes a key's lock meanwhile; a lock still held
-    /// (by a build's supervisor that outlives its killed forjar for a moment, or in this
-    /// process) keeps its file. Through the directory's descriptor, not following a link.
-    pub(super) fn remove_free(store: &Store) -> Result<usize, StoreError> {
-        let Some(locks) = store.own_files(".locks", |name| name.strip_suffix(".lock"))? else {
-            return Ok(0);
-        };
-        let mut removed = 0;
-        for (name, _) in &locks.files {
-            let path = || locks.path_of(name);
-            let file = match walk::openat(
-                locks.dir.as_fd(),
-                name,
-                nix::libc::O_RDONLY | nix::libc::O_NOFOLLOW,
-            ) {
-                Ok(fd) => File::from(fd),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(StoreError::io("cannot open", &path())(e)),
-            };
-            match file.try_lock() {
-                Ok(()) => {}
-                Err(TryLockError::WouldBlock) => continue,
-                Err(TryLockError::Error(e)) => {
-                    return Err(StoreError::io("cannot lock", &path())(e));
-                }
-            }
-            // Removed while locked: whoever opened it before takes the lock of a file with no
-            // link left, and opens the name again (`take`).
-            walk::unlink_at(locks.dir.as_fd(), name, false)
-                .map_err(StoreError::io("cannot remove", &path()))?;
-            removed += 1;
-        }
-        Ok(removed)
     }
 
     /// The locked file, which a build's supervisor keeps open (so the lock is held) until its
@@ -167,6 +163,35 @@ impl KeyLock {
     pub fn hash(&self) -> &str {
         &self.hash
     }
+}
+
+/// Writes the note of the holder of `hash`'s lock into its slot: the hash, this process and
+/// `what`, cut to the slot, ended by a newline and padded with zeros (over a longer note that
+/// was there before).
+fn write_note(file: &File, at: u64, hash: &str, what: &str) -> std::io::Result<()> {
+    let mut note = format!("{hash} process {} ({what})", std::process::id());
+    let mut end = note.len().min(NOTE_LEN as usize - 1);
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    note.truncate(end);
+    let mut slot = note.into_bytes();
+    slot.push(b'\n');
+    slot.resize(NOTE_LEN as usize, 0);
+    std::os::unix::fs::FileExt::write_all_at(file, &slot, at)
+}
+
+/// The note of the holder of `hash`'s lock, or "another forjar process" when its slot holds
+/// another key's note (keys share slots), a note half written, or none.
+fn read_note(file: &File, at: u64, hash: &str) -> String {
+    let mut slot = [0; NOTE_LEN as usize];
+    let read = std::os::unix::fs::FileExt::read_at(file, &mut slot, at).unwrap_or(0);
+    std::str::from_utf8(&slot[..read])
+        .ok()
+        .and_then(|slot| slot.split_once('\n'))
+        .and_then(|(note, _)| note.strip_prefix(hash)?.strip_prefix(' '))
+        .unwrap_or("another forjar process")
+        .to_string()
 }
 
 /// What the producer of an entry knows; [`Staging::commit`] adds the digest, size and times.
@@ -762,63 +787,78 @@ mod tests {
     }
 
     #[test]
-    fn a_collection_removes_the_lock_files_of_keys_no_one_works_on() {
+    fn a_key_lock_makes_no_file_and_excludes_other_threads_until_its_file_is_closed() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path().join("store")).unwrap();
-        let (free, held) = ("a".repeat(32), "b".repeat(32));
-        drop(KeyLock::acquire(&store, &free).unwrap());
-        let lock = KeyLock::acquire(&store, &held).unwrap();
-        fs::write(store.dir().join(".locks/notes"), b"").unwrap();
-        assert_eq!(
-            lock_files(&store),
-            [
-                format!("{free}.lock"),
-                format!("{held}.lock"),
-                "notes".into(),
-                "store.lock".into()
-            ]
-        );
-
-        store.gc(false, || {}).unwrap();
-        // The held key's stays, and what is not a key's lock.
-        assert_eq!(
-            lock_files(&store),
-            [format!("{held}.lock"), "notes".into(), "store.lock".into()]
-        );
-        assert!(KeyLock::try_acquire(&store, &held).unwrap().is_none());
+        let (one, other) = ("a".repeat(32), "b".repeat(32));
+        let lock = KeyLock::acquire(&store, &one).unwrap();
+        assert_eq!(lock_files(&store), ["keys", "store.lock"]);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                assert!(KeyLock::try_acquire(&store, &one).unwrap().is_none());
+                assert!(KeyLock::try_acquire(&store, &other).unwrap().is_some());
+            });
+        });
+        // Held as long as the file is open anywhere, as by a build's supervisor.
+        let supervisor = lock.file.try_clone().unwrap();
         drop(lock);
-        // A dry run removes nothing.
-        store.gc(true, || {}).unwrap();
-        assert_eq!(lock_files(&store).len(), 3);
-        let again = KeyLock::acquire(&store, &free).unwrap();
-        assert!(KeyLock::try_acquire(&store, &free).unwrap().is_none());
-        drop(again);
+        assert!(KeyLock::try_acquire(&store, &one).unwrap().is_none());
+        drop(supervisor);
+        assert!(KeyLock::try_acquire(&store, &one).unwrap().is_some());
+        assert_eq!(lock_files(&store), ["keys", "store.lock"]);
+    }
+
+    /// The note one waiting for `hash`'s lock would be told.
+    fn note_of(store: &Store, hash: &str) -> String {
+        let keys = File::open(store.dir().join(KEYS)).unwrap();
+        read_note(&keys, key_offsets(hash).1, hash)
     }
 
     #[test]
-    fn a_lock_file_removed_while_waited_for_is_opened_again() {
+    fn one_waiting_for_a_key_is_told_the_holders_note_then_takes_it() {
         let tmp = tempfile::tempdir().unwrap();
         let store = Store::open(tmp.path().join("store")).unwrap();
         let hash = "c".repeat(32);
-        let first = KeyLock::acquire(&store, &hash).unwrap();
-        let (told, waits) = std::sync::mpsc::channel();
+        let holder = KeyLock::acquire_for(&store, &hash, "building `x`", &|_| {}).unwrap();
+        let (told, heard) = std::sync::mpsc::channel();
         std::thread::scope(|scope| {
-            let second = scope.spawn(|| {
-                KeyLock::acquire_for(&store, &hash, "second", &|_| {
-                    told.send(()).unwrap();
+            let waiter = scope.spawn(|| {
+                KeyLock::acquire_for(&store, &hash, "second", &|note| {
+                    told.send(note.to_string()).unwrap();
                 })
                 .unwrap()
             });
-            waits.recv().unwrap();
-            // As a collection does: removed while held. The waiter has the removed file open.
-            fs::remove_file(store.dir().join(format!(".locks/{hash}.lock"))).unwrap();
-            drop(first);
-            let second = second.join().unwrap();
-            // It holds the lock of the file that is there now, which a third cannot take.
-            let links = walk::fstat(second.as_fd()).unwrap().st_nlink;
-            assert_eq!(links, 1);
-            assert!(KeyLock::try_acquire(&store, &hash).unwrap().is_none());
+            let note = heard.recv().unwrap();
+            assert_eq!(
+                note,
+                format!("process {} (building `x`)", std::process::id())
+            );
+            drop(holder);
+            drop(waiter.join().unwrap());
         });
+    }
+
+    #[test]
+    fn a_note_is_cut_to_its_slot_and_not_told_for_another_key_of_the_slot() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        // The same note slot: their first 60 bits differ only above the slot's 14.
+        let (one, other) = ("a".repeat(32), format!("b{}", "a".repeat(31)));
+        assert_eq!(key_offsets(&one).1, key_offsets(&other).1);
+        assert_ne!(key_offsets(&one).0, key_offsets(&other).0);
+        let pid = std::process::id();
+        let first = KeyLock::acquire_for(&store, &one, &"é".repeat(100), &|_| {}).unwrap();
+        let note = note_of(&store, &one);
+        assert!(note.starts_with(&format!("process {pid} (éé")), "{note}");
+        assert!(note.len() < NOTE_LEN as usize - one.len(), "{note}");
+        let second = KeyLock::acquire_for(&store, &other, "building `x`", &|_| {}).unwrap();
+        assert_eq!(
+            note_of(&store, &other),
+            format!("process {pid} (building `x`)")
+        );
+        // Written over a longer note: nothing of that one is left after it.
+        assert_eq!(note_of(&store, &one), "another forjar process");
+        drop((first, second));
     }
 
     #[test]

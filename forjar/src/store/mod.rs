@@ -5,8 +5,7 @@
 //! <store>/<h>-<name>/content       the output; read-only, mtime 1
 //! <store>/<h>-<name>/meta.yaml     provenance
 //! <store>/.tmp/                    staging on the same filesystem; swept on open
-//! <store>/.locks/<h>.lock          one build of one key at a time, across processes; removed
-//!                                  by garbage collection when free
+//! <store>/.locks/keys              every key's lock (a byte of it) and its holder's note
 //! <store>/.logs/<h>.log            build logs
 //! <store>/.roots/                  GC roots (symlinks)
 //! <store>/.profiles/<p>/           a profile: `<n>.yaml` generations, `current`, `roots/<root>`
@@ -115,7 +114,10 @@ use crate::name::StoreDir;
 
 /// The marker file of a store, and the format it holds.
 const MARKER: &str = ".forjar-store";
-const FORMAT: &str = "forjar store v1\n";
+const FORMAT: &str = "forjar store v2\n";
+/// The format before it, whose key locks were a file each (`.locks/<h>.lock`); upgraded on open
+/// ([`upgrade_v1`]).
+const FORMAT_V1: &str = "forjar store v1\n";
 const DIRS: [&str; 10] = [
     ".tmp",
     ".locks",
@@ -135,6 +137,18 @@ const PRIVATE_DIRS: [&str; 2] = [".tmp", ".failed"];
 /// Errors of store operations.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store is of the format before this one, and another process (perhaps a forjar of
+    /// that format) has it open, so it cannot be upgraded now.
+    #[error(
+        "the store `{}` is of an older format (forjar store v1), which this forjar upgrades when no \
+         other process has the store open; another process has it open now (a forjar of that \
+         format would not see this one's key locks): let it finish, then run again",
+        .dir.display()
+    )]
+    InUseByOlder {
+        /// The store directory.
+        dir: PathBuf,
+    },
     /// The directory is not a store and cannot be made one.
     #[error("`{}` is not a forjar store: {reason}", .dir.display())]
     NotAStore {
@@ -305,7 +319,7 @@ impl Drop for Store {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some(dirs) = dirs {
-            dirs.remove(self);
+            dirs.remove();
         }
     }
 }
@@ -427,6 +441,7 @@ impl Store {
         let marker = dir.join(MARKER);
         match fs::read(&marker) {
             Ok(format) if format == FORMAT.as_bytes() => {}
+            Ok(format) if format == FORMAT_V1.as_bytes() => upgrade_v1(&dir)?,
             Ok(format) => {
                 return Err(StoreError::NotAStore {
                     dir,
@@ -848,6 +863,60 @@ impl Store {
     }
 }
 
+/// Upgrades the store at `dir` from format v1: removes its key lock files (`.locks/<h>.lock`;
+/// a key's lock is now a byte range of `.locks/keys`) and writes the new marker. The two ways of
+/// locking keys do not exclude each other, so this is done only with the store to this process
+/// alone: with `store.lock`, which every process that has the store open holds shared, taken
+/// exclusively. Another process of this forjar may be upgrading it at the same moment, which
+/// takes a moment: waited for up to two seconds, then the store is found upgraded. A process that
+/// holds it longer is refused with [`StoreError::InUseByOlder`].
+fn upgrade_v1(dir: &Path) -> Result<(), StoreError> {
+    let marker = dir.join(MARKER);
+    let upgraded = || fs::read(&marker).is_ok_and(|f| f == FORMAT.as_bytes());
+    let lock_path = dir.join(".locks/store.lock");
+    let lock = open_lock_file(&lock_path)?;
+    let waited = std::time::Instant::now();
+    loop {
+        match lock.try_lock() {
+            Ok(()) => break,
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(StoreError::io("cannot lock", &lock_path)(e));
+            }
+        }
+        if upgraded() {
+            return Ok(());
+        }
+        if waited.elapsed() > std::time::Duration::from_secs(2) {
+            return Err(StoreError::InUseByOlder {
+                dir: dir.to_path_buf(),
+            });
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    if upgraded() {
+        return Ok(());
+    }
+    // No key is locked: every holder of one has the store open. `.locks` is forjar's own
+    // directory, which no build writes; a name is unlinked, never followed.
+    let locks = dir.join(".locks");
+    for item in fs::read_dir(&locks).map_err(StoreError::io("cannot read", &locks))? {
+        let item = item.map_err(StoreError::io("cannot read", &locks))?;
+        let name = item.file_name();
+        let is_key_lock = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(".lock"))
+            .is_some_and(is_store_hash);
+        if is_key_lock {
+            let path = item.path();
+            fs::remove_file(&path).map_err(StoreError::io("cannot remove", &path))?;
+        }
+    }
+    let tmp = dir.join(format!("{MARKER}.{}.tmp", std::process::id()));
+    fs::write(&tmp, FORMAT).map_err(StoreError::io("cannot write", &tmp))?;
+    fs::rename(&tmp, &marker).map_err(StoreError::io("cannot write", &marker))
+}
+
 /// Opens the lock file at `path` for `flock`, making it if there is none.
 fn open_lock_file(path: &Path) -> Result<File, StoreError> {
     File::options()
@@ -908,6 +977,79 @@ mod tests {
         assert_eq!(store.entries().unwrap(), vec![]);
         drop(store);
         Store::open(&path).unwrap();
+    }
+
+    /// A store of format v1 at `path`, with a key's lock file and a file that is not one.
+    fn store_v1(path: &Path) -> String {
+        drop(Store::open(path).unwrap());
+        fs::write(path.join(MARKER), FORMAT_V1).unwrap();
+        let key_lock = format!("{}.lock", "d".repeat(32));
+        fs::write(
+            path.join(".locks").join(&key_lock),
+            b"process 1 (building `x`)",
+        )
+        .unwrap();
+        fs::write(path.join(".locks/kept"), b"").unwrap();
+        key_lock
+    }
+
+    #[test]
+    fn a_store_of_format_v1_is_upgraded_on_open_when_no_one_else_has_it_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let key_lock = store_v1(&path);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(fs::read_to_string(path.join(MARKER)).unwrap(), FORMAT);
+        assert!(!path.join(".locks").join(key_lock).exists());
+        assert!(path.join(".locks/kept").exists());
+        // Open, with this process's key locks in `.locks/keys`; another handle opens it as is.
+        let lock = KeyLock::acquire(&store, &"d".repeat(32)).unwrap();
+        let again = Store::open(&path).unwrap();
+        assert!(
+            KeyLock::try_acquire(&again, &"d".repeat(32))
+                .unwrap()
+                .is_none()
+        );
+        drop((lock, store, again));
+    }
+
+    #[test]
+    fn processes_that_open_a_store_of_format_v1_at_once_all_open_it_upgraded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        store_v1(&path);
+        let stores: Vec<Store> = std::thread::scope(|scope| {
+            let opening: Vec<_> = (0..4).map(|_| scope.spawn(|| Store::open(&path))).collect();
+            opening
+                .into_iter()
+                .map(|o| o.join().unwrap().unwrap())
+                .collect()
+        });
+        assert_eq!(stores.len(), 4);
+        assert_eq!(fs::read_to_string(path.join(MARKER)).unwrap(), FORMAT);
+    }
+
+    #[test]
+    fn a_store_of_format_v1_that_another_process_has_open_is_refused_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let key_lock = store_v1(&path);
+        // As a forjar of format v1 holds it while it works.
+        let older = File::open(path.join(".locks/store.lock")).unwrap();
+        older.lock_shared().unwrap();
+        let error = Store::open(&path).unwrap_err();
+        assert!(
+            matches!(error, StoreError::InUseByOlder { .. }),
+            "{error:?}"
+        );
+        let text = error.to_string();
+        assert!(text.contains(&path.display().to_string()), "{text}");
+        assert!(text.contains("let it finish, then run again"), "{text}");
+        assert_eq!(fs::read_to_string(path.join(MARKER)).unwrap(), FORMAT_V1);
+        assert!(path.join(".locks").join(&key_lock).exists());
+        drop(older);
+        Store::open(&path).unwrap();
+        assert_eq!(fs::read_to_string(path.join(MARKER)).unwrap(), FORMAT);
     }
 
     #[test]
