@@ -21,16 +21,21 @@
 //!   removes those that fail and those that refer to them, drops damaged or stale realisation
 //!   and build records, and removes the window. What was removed is built again when needed.
 //!
+//! A window's first marker is a new empty file; every other is a hard link to it: no inode is
+//! made for it, and none freed with the window, which on a file system that skips recently freed
+//! inodes (ext4 without a journal) every later file would pay for.
+//!
 //! That a marker is on the disk whenever the rename after it is rests on the file system
 //! committing metadata operations in order, as journaling and copy-on-write ones do (ext4 with
 //! its journal, XFS, btrfs); no data of the marker is read, only its name. On any other, each
-//! new marker and window is synced before the rename that follows it: the new file itself, so
-//! that its inode is on the disk (`fsync` of a directory writes its entries, not the inodes they
-//! name, and `fsck` drops an entry whose inode was never written), and its directory. ext4
-//! without a journal syncs a new entry's directory with the file (`ext4_sync_parent`), and that
-//! directory's own when it is new too, so there one `fsync` of the marker does all (a new
-//! window is synced by its first marker's); on one this module does not know (ext2, vfat,
-//! ...), each file and directory is synced.
+//! new marker and window is synced before the rename that follows it: the marker's file, so
+//! that its inode is on the disk with its link count (`fsync` of a directory writes its
+//! entries, not the inodes they name, and `fsck` drops an entry whose inode was never written),
+//! and its directory. ext4 without a journal syncs the directory of an inode's new entry, made
+//! or linked (`ext4_add_entry` marks the inode, `ext4_sync_parent` follows the mark), with the
+//! file, and that directory's own when it is new too, so there one `fsync` of the marker's file
+//! does all (a new window is synced by its first marker's); on one this module does not know
+//! (ext2, vfat, ...), each file and directory is synced.
 
 use std::fs::{self, File};
 use std::os::fd::AsFd;
@@ -103,6 +108,8 @@ struct Window {
     /// The directory, open: its lock, where markers are made, and what is synced after each
     /// when the file system does not keep metadata operations in order.
     handle: File,
+    /// Its first marker's name and file, which every later marker is a link to.
+    first: Option<(std::ffi::CString, File)>,
     /// How the store's file system keeps metadata operations.
     order: Order,
 }
@@ -194,17 +201,39 @@ impl Store {
         };
         // Made through the window's descriptor, not by its path again.
         let marker = || window.dir.join(entry.as_str());
-        let made = crate::walk::openat_mode(
-            window.handle.as_fd(),
-            &crate::walk::cstring(entry.as_str().as_bytes()),
-            nix::libc::O_WRONLY | nix::libc::O_CREAT | nix::libc::O_NOFOLLOW,
-            0o644,
-        )
-        .map(File::from)
-        .map_err(|error| StoreError::io("cannot create", &marker())(error))?;
+        let name = crate::walk::cstring(entry.as_str().as_bytes());
+        let made = match &window.first {
+            Some((first, made)) => {
+                match nix::unistd::linkat(
+                    window.handle.as_fd(),
+                    first.as_c_str(),
+                    window.handle.as_fd(),
+                    name.as_c_str(),
+                    nix::fcntl::AtFlags::empty(),
+                ) {
+                    // Marked before in this window: that marker was synced when made.
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(error) => {
+                        return Err(StoreError::io("cannot create", &marker())(error.into()));
+                    }
+                }
+                made
+            }
+            None => {
+                let made = crate::walk::openat_mode(
+                    window.handle.as_fd(),
+                    &name,
+                    nix::libc::O_WRONLY | nix::libc::O_CREAT | nix::libc::O_NOFOLLOW,
+                    0o644,
+                )
+                .map(File::from)
+                .map_err(|error| StoreError::io("cannot create", &marker())(error))?;
+                &window.first.insert((name, made)).1
+            }
+        };
         window
             .order
-            .sync(&made, || window.handle.try_clone())
+            .sync(made, || window.handle.try_clone())
             .map_err(|error| StoreError::io("cannot sync", &marker())(error))?;
         Ok(window.number)
     }
@@ -244,6 +273,7 @@ impl Store {
             number,
             dir,
             handle: lock,
+            first: None,
             order,
         })
     }
@@ -457,6 +487,43 @@ mod tests {
         // A file system in memory has nothing to lose.
         let shm = File::open("/dev/shm").unwrap();
         assert_eq!(file_system_order(shm.as_fd()), Order::Kept);
+    }
+
+    #[test]
+    fn a_windows_markers_are_links_to_its_first_and_go_with_its_sync() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path().join("store")).unwrap();
+        let entries: Vec<EntryName> = ["a", "b", "c"]
+            .into_iter()
+            .map(|name| {
+                let key: crate::hash::Key = "44".repeat(32).parse().unwrap();
+                EntryName::new(&key, &crate::name::Name::new(name).unwrap(), None)
+            })
+            .collect();
+        for entry in &entries {
+            store.mark_ahead(entry).unwrap();
+        }
+        // Marked again: nothing changes.
+        store.mark_ahead(&entries[1]).unwrap();
+        let windows: Vec<PathBuf> = fs::read_dir(store.pending_dir())
+            .unwrap()
+            .map(|w| w.unwrap().path())
+            .collect();
+        assert_eq!(windows.len(), 1);
+        let markers: Vec<fs::Metadata> = entries
+            .iter()
+            .map(|entry| fs::symlink_metadata(windows[0].join(entry.as_str())).unwrap())
+            .collect();
+        assert!(
+            markers
+                .iter()
+                .all(|m| m.is_file() && m.ino() == markers[0].ino())
+        );
+        assert_eq!(markers[0].nlink(), 3);
+        assert_eq!(fs::read_dir(&windows[0]).unwrap().count(), 3);
+        store.sync().unwrap();
+        assert_eq!(fs::read_dir(store.pending_dir()).unwrap().count(), 0);
     }
 
     #[test]
