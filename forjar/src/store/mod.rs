@@ -873,7 +873,9 @@ impl Store {
 fn upgrade_v1(dir: &Path) -> Result<(), StoreError> {
     let marker = dir.join(MARKER);
     let upgraded = || fs::read(&marker).is_ok_and(|f| f == FORMAT.as_bytes());
-    let lock_path = dir.join(".locks/store.lock");
+    let locks = dir.join(".locks");
+    fs::create_dir_all(&locks).map_err(StoreError::io("cannot create", &locks))?;
+    let lock_path = locks.join("store.lock");
     let lock = open_lock_file(&lock_path)?;
     let waited = std::time::Instant::now();
     loop {
@@ -899,7 +901,6 @@ fn upgrade_v1(dir: &Path) -> Result<(), StoreError> {
     }
     // No key is locked: every holder of one has the store open. `.locks` is forjar's own
     // directory, which no build writes; a name is unlinked, never followed.
-    let locks = dir.join(".locks");
     for item in fs::read_dir(&locks).map_err(StoreError::io("cannot read", &locks))? {
         let item = item.map_err(StoreError::io("cannot read", &locks))?;
         let name = item.file_name();
