@@ -475,9 +475,7 @@ impl Store {
                     });
                 }
                 if !foreign {
-                    let tmp = dir.join(format!("{MARKER}.{}.tmp", std::process::id()));
-                    fs::write(&tmp, FORMAT).map_err(StoreError::io("cannot create", &tmp))?;
-                    fs::rename(&tmp, &marker).map_err(StoreError::io("cannot create", &marker))?;
+                    write_marker(&dir)?;
                 }
             }
             Err(e) => return Err(StoreError::io("cannot read", &marker)(e)),
@@ -913,6 +911,13 @@ fn upgrade_v1(dir: &Path) -> Result<(), StoreError> {
             fs::remove_file(&path).map_err(StoreError::io("cannot remove", &path))?;
         }
     }
+    write_marker(dir)
+}
+
+/// Writes this format's marker into the store at `dir`: beside its final name first
+/// (`.forjar-store.<pid>.tmp`), then renamed over it, so that it is never seen half written.
+fn write_marker(dir: &Path) -> Result<(), StoreError> {
+    let marker = dir.join(MARKER);
     let tmp = dir.join(format!("{MARKER}.{}.tmp", std::process::id()));
     fs::write(&tmp, FORMAT).map_err(StoreError::io("cannot write", &tmp))?;
     fs::rename(&tmp, &marker).map_err(StoreError::io("cannot write", &marker))
