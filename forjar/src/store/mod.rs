@@ -578,40 +578,16 @@ impl Store {
         }
     }
 
-    /// The regular files of the store's own directory `name` (`.locks`, `.logs`) from whose
-    /// names `hash_of` reads a store hash, each with that hash; the directory is opened through
-    /// the store's descriptor, without following a link, and read once. `None` when there is no
-    /// such directory.
+    /// [`own_files`] of this store.
     fn own_files(
         &self,
         name: &str,
         hash_of: impl Fn(&str) -> Option<&str>,
     ) -> Result<Option<OwnFiles>, StoreError> {
-        let path = self.dir().join(name);
         let root = self
             .root_fd()
             .map_err(StoreError::io("cannot open", self.dir()))?;
-        let dir = match crate::walk::openat(
-            root.as_fd(),
-            &crate::walk::cstring(name.as_bytes()),
-            crate::walk::DIR_FLAGS,
-        ) {
-            Ok(dir) => dir,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(StoreError::io("cannot open", &path)(e)),
-        };
-        let files = crate::walk::list(dir.as_fd())
-            .map_err(StoreError::io("cannot read", &path))?
-            .into_iter()
-            .filter(|(_, kind)| *kind == crate::walk::Kind::File)
-            .filter_map(|(file, _)| {
-                let hash = hash_of(std::str::from_utf8(file.to_bytes()).ok()?)
-                    .filter(|hash| is_store_hash(hash))?
-                    .to_string();
-                Some((file, hash))
-            })
-            .collect();
-        Ok(Some(OwnFiles { dir, path, files }))
+        own_files(root.as_fd(), self.dir(), name, hash_of)
     }
 
     /// The tree digest recorded for `entry` when it was installed, apart from the entry (whose
@@ -897,21 +873,51 @@ fn upgrade_v1(dir: &Path) -> Result<(), StoreError> {
     if upgraded() {
         return Ok(());
     }
-    // No key is locked: every holder of one has the store open. `.locks` is forjar's own
-    // directory, which no build writes; a name is unlinked, never followed.
-    for item in fs::read_dir(&locks).map_err(StoreError::io("cannot read", &locks))? {
-        let item = item.map_err(StoreError::io("cannot read", &locks))?;
-        let name = item.file_name();
-        let is_key_lock = name
-            .to_str()
-            .and_then(|name| name.strip_suffix(".lock"))
-            .is_some_and(is_store_hash);
-        if is_key_lock {
-            let path = item.path();
-            fs::remove_file(&path).map_err(StoreError::io("cannot remove", &path))?;
+    // No key is locked: every holder of one has the store open.
+    let root = crate::walk::open_dir_path(dir).map_err(StoreError::io("cannot open", dir))?;
+    if let Some(locks) = own_files(root.as_fd(), dir, ".locks", |name| {
+        name.strip_suffix(".lock")
+    })? {
+        for (name, _) in &locks.files {
+            crate::walk::unlink_at(locks.dir.as_fd(), name, false)
+                .map_err(StoreError::io("cannot remove", &locks.path_of(name)))?;
         }
     }
     write_marker(dir)
+}
+
+/// The regular files of the store's own directory `name` (`.logs`; `.locks` in the upgrade
+/// from v1) from whose names `hash_of` reads a store hash, each with that hash. The directory
+/// is opened through `root`, the store directory's descriptor (`store_dir` its path, for
+/// messages), without following a link, and read once. `None` when there is no such directory.
+fn own_files(
+    root: std::os::fd::BorrowedFd<'_>,
+    store_dir: &Path,
+    name: &str,
+    hash_of: impl Fn(&str) -> Option<&str>,
+) -> Result<Option<OwnFiles>, StoreError> {
+    let path = store_dir.join(name);
+    let dir = match crate::walk::openat(
+        root,
+        &crate::walk::cstring(name.as_bytes()),
+        crate::walk::DIR_FLAGS,
+    ) {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("cannot open", &path)(e)),
+    };
+    let files = crate::walk::list(dir.as_fd())
+        .map_err(StoreError::io("cannot read", &path))?
+        .into_iter()
+        .filter(|(_, kind)| *kind == crate::walk::Kind::File)
+        .filter_map(|(file, _)| {
+            let hash = hash_of(std::str::from_utf8(file.to_bytes()).ok()?)
+                .filter(|hash| is_store_hash(hash))?
+                .to_string();
+            Some((file, hash))
+        })
+        .collect();
+    Ok(Some(OwnFiles { dir, path, files }))
 }
 
 /// Writes this format's marker into the store at `dir`: beside its final name first
