@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,20 +71,24 @@ impl KeyLock {
         hash: &str,
         waiting: Option<&dyn Fn(&str)>,
     ) -> Result<Option<File>, StoreError> {
-        let (offset, note_at) = key_offsets(hash);
-        let path = store.dir().join(KEYS);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(StoreError::io("cannot open", &path))?;
+        let path = || store.dir().join(KEYS);
+        // Through the store's descriptor: one name to resolve for each build, not the store's
+        // whole path.
+        let root = store
+            .root_fd()
+            .map_err(StoreError::io("cannot open", store.dir()))?;
+        let file = walk::openat_mode(
+            root.as_fd(),
+            &walk::cstring(KEYS.as_bytes()),
+            nix::libc::O_RDWR | nix::libc::O_CREAT | nix::libc::O_NOFOLLOW,
+            0o666,
+        )
+        .map(File::from)
+        .map_err(|e| StoreError::io("cannot open", &path())(e))?;
         let range = nix::libc::flock {
             l_type: nix::libc::F_WRLCK as nix::libc::c_short,
             l_whence: nix::libc::SEEK_SET as nix::libc::c_short,
-            l_start: offset,
+            l_start: key_offsets(hash).0,
             l_len: 1,
             l_pid: 0,
         };
@@ -97,12 +102,12 @@ impl KeyLock {
                 result => break result,
             }
         };
-        let cannot_lock = |e: Errno| StoreError::io("cannot lock", &path)(e.into());
+        let cannot_lock = |e: Errno| StoreError::io("cannot lock", &path())(e.into());
         match (lock(false), waiting) {
             (Ok(_), _) => {}
             (Err(Errno::EAGAIN | Errno::EACCES), None) => return Ok(None),
             (Err(Errno::EAGAIN | Errno::EACCES), Some(waiting)) => {
-                waiting(&read_note(&file, note_at, hash));
+                waiting(&read_note(&file, hash));
                 lock(true).map_err(cannot_lock)?;
             }
             (Err(e), _) => return Err(cannot_lock(e)),
@@ -130,7 +135,7 @@ impl KeyLock {
             unreachable!("a lock waited for is taken or fails")
         };
         // Best effort: it only informs whoever waits next.
-        let _ = write_note(&file, key_offsets(hash).1, hash, what);
+        let _ = write_note(&file, hash, what);
         let tmp = store.dir().join(".tmp");
         let prefix = format!("{hash}.");
         for item in fs::read_dir(&tmp).map_err(StoreError::io("cannot read", &tmp))? {
@@ -168,7 +173,7 @@ impl KeyLock {
 /// Writes the note of the holder of `hash`'s lock into its slot: the hash, this process and
 /// `what`, cut to the slot, ended by a newline and padded with zeros (over a longer note that
 /// was there before).
-fn write_note(file: &File, at: u64, hash: &str, what: &str) -> std::io::Result<()> {
+fn write_note(file: &File, hash: &str, what: &str) -> std::io::Result<()> {
     let mut note = format!("{hash} process {} ({what})", std::process::id());
     let mut end = note.len().min(NOTE_LEN as usize - 1);
     while !note.is_char_boundary(end) {
@@ -178,14 +183,15 @@ fn write_note(file: &File, at: u64, hash: &str, what: &str) -> std::io::Result<(
     let mut slot = note.into_bytes();
     slot.push(b'\n');
     slot.resize(NOTE_LEN as usize, 0);
-    std::os::unix::fs::FileExt::write_all_at(file, &slot, at)
+    std::os::unix::fs::FileExt::write_all_at(file, &slot, key_offsets(hash).1)
 }
 
 /// The note of the holder of `hash`'s lock, or "another forjar process" when its slot holds
 /// another key's note (keys share slots), a note half written, or none.
-fn read_note(file: &File, at: u64, hash: &str) -> String {
+fn read_note(file: &File, hash: &str) -> String {
     let mut slot = [0; NOTE_LEN as usize];
-    let read = std::os::unix::fs::FileExt::read_at(file, &mut slot, at).unwrap_or(0);
+    let read =
+        std::os::unix::fs::FileExt::read_at(file, &mut slot, key_offsets(hash).1).unwrap_or(0);
     std::str::from_utf8(&slot[..read])
         .ok()
         .and_then(|slot| slot.split_once('\n'))
@@ -811,7 +817,7 @@ mod tests {
     /// The note one waiting for `hash`'s lock would be told.
     fn note_of(store: &Store, hash: &str) -> String {
         let keys = File::open(store.dir().join(KEYS)).unwrap();
-        read_note(&keys, key_offsets(hash).1, hash)
+        read_note(&keys, hash)
     }
 
     #[test]
